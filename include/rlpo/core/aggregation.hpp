@@ -1,0 +1,182 @@
+#pragma once
+/// \file
+/// How per-token losses L_it become one number, with denominators that may come from outside.
+///
+/// Every mode is a weighted sum Σ_it c_i · m_it · L_it with a per-row factor c_i:
+///
+/// | mode                    | c_i                          | verl / TRL name                    |
+/// |-------------------------|------------------------------|------------------------------------|
+/// | TokenMean               | 1 / N_tok                    | token-mean; TRL bnpo (local), dapo |
+/// | TokenSum                | 1                            | (token-sum)                        |
+/// | SeqMeanTokenSum         | 1 / N_seq                    | seq-mean-token-sum                 |
+/// | SeqMeanTokenMean        | 1 / (|y_i| · N_seq)          | seq-mean-token-mean; TRL grpo      |
+/// | SeqMeanTokenSumNorm     | 1 / (N_seq · C)              | seq-mean-token-sum-norm; TRL dr_grpo |
+///
+/// where m is the mask (entries ≥ 0; 0 excludes a token entirely), |y_i| = Σ_t m_it,
+/// N_tok = Σ_it m_it and N_seq = the number of rows with |y_i| > 0 — unless the caller supplies
+/// `num_tokens` / `num_seqs`: the global counts of the whole mini-batch (over micro-batches and
+/// data-parallel ranks). With global counts supplied, the values and gradients of the
+/// micro-batches sum exactly to those of one call on the whole batch. Rows are never split, so
+/// |y_i| is always local. A row with |y_i| = 0 contributes 0 in every mode. C defaults to T, the
+/// number of columns (verl's default loss_scale_factor); Dr.GRPO / TRL use the maximum
+/// completion length, which callers pass as `norm_constant`. TRL's dr_grpo divides by the
+/// number of rows B including empty ones: pass `num_seqs = B` to reproduce it.
+///
+/// An empty mask (N_tok = 0) gives value 0 and gradient 0 in every mode (documented
+/// degenerate case, never a NaN).
+
+#include <rlpo/core/error.hpp>
+#include <rlpo/core/types.hpp>
+
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace rlpo {
+
+enum class Aggregation { TokenMean, TokenSum, SeqMeanTokenSum, SeqMeanTokenMean, SeqMeanTokenSumNorm };
+
+/// The aggregation mode and its (optionally external) denominators.
+struct Normalizer {
+    Aggregation mode = Aggregation::TokenMean;
+    /// Global Σ m over the mini-batch (TokenMean). Unset ⇒ the local Σ m.
+    std::optional<double> num_tokens{};
+    /// Global number of non-empty sequences (Seq* modes). Unset ⇒ the local count.
+    std::optional<double> num_seqs{};
+    /// C of SeqMeanTokenSumNorm. Unset ⇒ T (the number of columns).
+    std::optional<double> norm_constant{};
+};
+
+/// Canonical name of a mode, as verl spells it.
+inline const char* to_string(Aggregation a) {
+    switch (a) {
+        case Aggregation::TokenMean: return "token-mean";
+        case Aggregation::TokenSum: return "token-sum";
+        case Aggregation::SeqMeanTokenSum: return "seq-mean-token-sum";
+        case Aggregation::SeqMeanTokenMean: return "seq-mean-token-mean";
+        case Aggregation::SeqMeanTokenSumNorm: return "seq-mean-token-sum-norm";
+    }
+    return "?";
+}
+
+/// Parse verl names (`token-mean`, …) and TRL loss types (`grpo` → seq-mean-token-mean,
+/// `bnpo` / `dapo` → token-mean, `dr_grpo` → seq-mean-token-sum-norm). Unknown names throw
+/// with the list of valid names. (`bnpo` and `dapo` differ only in whether N_tok is local or
+/// global, which is the Normalizer's `num_tokens`, not the mode.)
+inline Aggregation parse_aggregation(const std::string& name) {
+    struct Entry {
+        const char* name;
+        Aggregation mode;
+    };
+    static const Entry table[] = {
+        {"token-mean", Aggregation::TokenMean},
+        {"token-sum", Aggregation::TokenSum},
+        {"seq-mean-token-sum", Aggregation::SeqMeanTokenSum},
+        {"seq-mean-token-mean", Aggregation::SeqMeanTokenMean},
+        {"seq-mean-token-sum-norm", Aggregation::SeqMeanTokenSumNorm},
+        {"grpo", Aggregation::SeqMeanTokenMean},
+        {"bnpo", Aggregation::TokenMean},
+        {"dapo", Aggregation::TokenMean},
+        {"dr_grpo", Aggregation::SeqMeanTokenSumNorm},
+    };
+    std::string valid;
+    for (const auto& e : table) {
+        if (name == e.name) return e.mode;
+        valid += valid.empty() ? "" : ", ";
+        valid += e.name;
+    }
+    detail::fail("parse_aggregation", "name: unknown aggregation '", name, "'; valid names: ",
+                 valid);
+}
+
+/// Per-row aggregation factors and the local counts they were built from.
+struct RowWeights {
+    std::vector<double> c;      ///< c_i of the table above (0 for empty rows)
+    std::vector<double> len;    ///< |y_i| = Σ_t m_it
+    double local_tokens = 0.0;  ///< Σ m
+    double local_seqs = 0.0;    ///< rows with |y_i| > 0
+    double tokens = 0.0;        ///< N_tok used (global if supplied)
+    double seqs = 0.0;          ///< N_seq used (global if supplied)
+};
+
+/// Build the row factors for `mask` under `norm`, validating the mask (finite, ≥ 0) and the
+/// normalizer (supplied counts > 0, C > 0) on the way. One pass over the mask.
+template <class Derived>
+inline RowWeights row_weights(const char* function, const Eigen::MatrixBase<Derived>& mask,
+                              const Normalizer& norm) {
+    const auto& m = mask.derived();
+    RowWeights w;
+    const Index B = m.rows();
+    w.c.assign(static_cast<std::size_t>(B), 0.0);
+    w.len.assign(static_cast<std::size_t>(B), 0.0);
+    bool bad = false;
+    for (Index i = 0; i < B; ++i) {
+        double s = 0.0;
+        for (Index t = 0; t < m.cols(); ++t) {
+            const double v = static_cast<double>(m(i, t));
+            bad |= !(v >= 0.0 && v < std::numeric_limits<double>::infinity());
+            s += v;
+        }
+        w.len[static_cast<std::size_t>(i)] = s;
+        w.local_tokens += s;
+        w.local_seqs += s > 0 ? 1.0 : 0.0;
+    }
+    if (bad) detail::check_mask(function, m);
+    if (norm.num_tokens)
+        RLPO_CHECK(*norm.num_tokens > 0 && std::isfinite(*norm.num_tokens), function,
+                   "Normalizer::num_tokens: must be > 0, given ", *norm.num_tokens);
+    if (norm.num_seqs)
+        RLPO_CHECK(*norm.num_seqs > 0 && std::isfinite(*norm.num_seqs), function,
+                   "Normalizer::num_seqs: must be > 0, given ", *norm.num_seqs);
+    if (norm.norm_constant)
+        RLPO_CHECK(*norm.norm_constant > 0 && std::isfinite(*norm.norm_constant), function,
+                   "Normalizer::norm_constant: must be > 0, given ", *norm.norm_constant);
+    w.tokens = norm.num_tokens.value_or(w.local_tokens);
+    w.seqs = norm.num_seqs.value_or(w.local_seqs);
+    const double C = norm.norm_constant.value_or(static_cast<double>(m.cols()));
+    for (Index i = 0; i < B; ++i) {
+        const auto k = static_cast<std::size_t>(i);
+        if (w.len[k] <= 0) continue;  // empty rows contribute 0 in every mode
+        switch (norm.mode) {
+            case Aggregation::TokenMean: w.c[k] = w.tokens > 0 ? 1.0 / w.tokens : 0.0; break;
+            case Aggregation::TokenSum: w.c[k] = 1.0; break;
+            case Aggregation::SeqMeanTokenSum: w.c[k] = w.seqs > 0 ? 1.0 / w.seqs : 0.0; break;
+            case Aggregation::SeqMeanTokenMean:
+                w.c[k] = w.seqs > 0 ? 1.0 / (w.len[k] * w.seqs) : 0.0;
+                break;
+            case Aggregation::SeqMeanTokenSumNorm:
+                w.c[k] = w.seqs > 0 ? 1.0 / (w.seqs * C) : 0.0;
+                break;
+        }
+    }
+    return w;
+}
+
+/// Aggregate a precomputed per-token loss matrix: Σ_it c_i m_it L_it. Masked entries of L are
+/// never read (they may be NaN). Optionally writes ∂/∂L (= c_i m_it) to `grad_L`.
+template <class DL, class DM>
+inline double aggregate(const Eigen::MatrixBase<DL>& loss, const Eigen::MatrixBase<DM>& mask,
+                        const Normalizer& norm = {},
+                        Mat<detail::scalar_t<DL>>* grad_L = nullptr) {
+    const char* fn = "aggregate";
+    detail::check_same_shape(fn, "mask", mask.derived(), "loss", loss.derived());
+    const RowWeights w = row_weights(fn, mask, norm);
+    if (grad_L) grad_L->setZero(loss.rows(), loss.cols());
+    double total = 0.0;
+    for (Index i = 0; i < loss.rows(); ++i) {
+        const double c = w.c[static_cast<std::size_t>(i)];
+        double row = 0.0;
+        for (Index t = 0; t < loss.cols(); ++t) {
+            const double m = static_cast<double>(mask.derived()(i, t));
+            if (m == 0) continue;
+            row += m * static_cast<double>(loss.derived()(i, t));
+            if (grad_L) (*grad_L)(i, t) = static_cast<detail::scalar_t<DL>>(c * m);
+        }
+        total += c * row;
+    }
+    return total;
+}
+
+}  // namespace rlpo

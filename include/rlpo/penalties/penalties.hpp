@@ -1,0 +1,3 @@
+#pragma once
+/// \file Umbrella of the divergence penalties.
+#include <rlpo/penalties/kl_estimators.hpp>

@@ -1,0 +1,3 @@
+#pragma once
+/// \file Umbrella of the policy-gradient surrogates.
+#include <rlpo/policy/ppo_clip.hpp>

@@ -1,0 +1,6 @@
+#pragma once
+/// \file The rlpo umbrella header: every module except rlpo/testing and rlpo/format.hpp.
+#include <rlpo/version.hpp>
+#include <rlpo/core/core.hpp>
+#include <rlpo/penalties/penalties.hpp>
+#include <rlpo/policy/policy.hpp>

@@ -1,0 +1,4 @@
+#pragma once
+#define RLPO_VERSION_MAJOR 0
+#define RLPO_VERSION_MINOR 1
+#define RLPO_VERSION_PATCH 0
