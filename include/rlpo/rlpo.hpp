@@ -4,3 +4,5 @@
 #include <rlpo/core/core.hpp>
 #include <rlpo/penalties/penalties.hpp>
 #include <rlpo/policy/policy.hpp>
+#include <rlpo/distill/distill.hpp>
+#include <rlpo/rollout/rollout.hpp>

@@ -1,0 +1,101 @@
+#!/usr/bin/python3
+"""Side-by-side timing of rlpo and PyTorch eager (forward + backward) on the same work.
+
+Usage: /usr/bin/python3 benchmarks/compare_pytorch.py [--filter SUBSTR] [--rounds N] [--threads K]
+
+Workloads are declared in benchmarks/compare/*.py (one module per area: token/, vocab/, ...);
+each module exposes WORKLOADS, a list of `Workload` objects (see benchmarks/compare/common.py).
+For every workload the rlpo side is a C++ binary built from benchmarks/ that prints one line
+"ms <milliseconds>" per repetition; the torch side is a Python closure timed here. Both run with
+the same number of threads (default 2), interleaved round by round so that machine noise hits
+both alike. The script builds the binaries it needs (cmake, Release, in build/) when they are
+missing, then prints one line per workload
+
+    NAME rlpo_ms=X torch_ms=Y speedup=Z
+
+(medians over all repetitions) and a last line `min_speedup=Z`.
+"""
+import argparse
+import glob
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BUILD = os.environ.get("RLPO_BENCH_BUILD_DIR", os.path.join(ROOT, "build"))
+sys.path.insert(0, os.path.join(HERE, "compare"))
+
+
+def load_workloads():
+    out = []
+    for path in sorted(glob.glob(os.path.join(HERE, "compare", "*.py"))):
+        name = os.path.splitext(os.path.basename(path))[0]
+        if name == "common":
+            continue
+        spec = importlib.util.spec_from_file_location("rlpo_compare_" + name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        out.extend(getattr(mod, "WORKLOADS", []))
+    return out
+
+
+def ensure_built(binaries):
+    missing = [b for b in binaries if not os.path.exists(os.path.join(BUILD, "benchmarks", b))]
+    if not missing:
+        return
+    if not os.path.exists(os.path.join(BUILD, "CMakeCache.txt")):
+        subprocess.check_call(["cmake", "-S", ROOT, "-B", BUILD, "-DCMAKE_BUILD_TYPE=Release",
+                               "-DRLPO_BUILD_BENCHMARKS=ON"], stdout=subprocess.DEVNULL)
+    subprocess.check_call(["cmake", "--build", BUILD, "-j2", "--target"] + missing)
+
+
+def run_rlpo(w, reps, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    cmd = [os.path.join(BUILD, "benchmarks", w.binary), "--workload", w.name, "--reps", str(reps)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return [float(line.split()[1]) for line in out.splitlines() if line.startswith("ms ")]
+
+
+def run_torch(w, reps):
+    import torch
+    step = w.torch_setup()
+    step()  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    del step
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--filter", default="")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
+    workloads = [w for w in load_workloads() if args.filter in w.name]
+    if not workloads:
+        sys.exit("no workloads match")
+    ensure_built(sorted({w.binary for w in workloads}))
+    speedups = []
+    for w in workloads:
+        r_all, t_all = [], []
+        for _ in range(args.rounds):
+            r_all += run_rlpo(w, w.reps, args.threads)
+            t_all += run_torch(w, w.reps)
+        r, t = statistics.median(r_all), statistics.median(t_all)
+        speedups.append(t / r)
+        print("%s rlpo_ms=%.3f torch_ms=%.3f speedup=%.1f" % (w.name, r, t, t / r), flush=True)
+    print("min_speedup=%.1f" % min(speedups))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,2 @@
+#pragma once
+/// \file Umbrella of the distillation divergences over logits.

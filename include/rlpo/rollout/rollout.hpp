@@ -1,0 +1,3 @@
+#pragma once
+/// \file Umbrella of the rollout module: groups, rollout batch, reward shaping, advantages, filters, training step.
+#include <rlpo/rollout/groups.hpp>
