@@ -1,3 +1,4 @@
 #pragma once
 /// \file Umbrella of the rollout module: groups, rollout batch, reward shaping, advantages, filters, training step.
 #include <rlpo/rollout/groups.hpp>
+#include <rlpo/rollout/batch.hpp>
