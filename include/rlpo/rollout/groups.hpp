@@ -29,16 +29,15 @@ public:
                    "num_responses: ", num_responses, " is not a multiple of group_size ",
                    group_size);
         Groups g;
+        g.offsets_.clear();
         for (Index b = 0; b <= num_responses; b += group_size) g.offsets_.push_back(b);
-        if (g.offsets_.empty()) g.offsets_.push_back(0);
         return g;
     }
 
     /// From one group id per response; each group must be a contiguous run.
     template <class Int>
     static Groups from_ids(const std::vector<Int>& ids) {
-        Groups g;
-        g.offsets_.push_back(0);
+        Groups g;  // offsets_ starts as {0}
         std::unordered_set<std::int64_t> seen;
         for (std::size_t i = 0; i < ids.size(); ++i) {
             const auto id = static_cast<std::int64_t>(ids[i]);
@@ -49,8 +48,7 @@ public:
                 if (i > 0) g.offsets_.push_back(static_cast<Index>(i));
             }
         }
-        g.offsets_.push_back(static_cast<Index>(ids.size()));
-        if (ids.empty()) g.offsets_.pop_back();
+        if (!ids.empty()) g.offsets_.push_back(static_cast<Index>(ids.size()));
         return g;
     }
 

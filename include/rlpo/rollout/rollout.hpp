@@ -1,4 +1,5 @@
 #pragma once
 /// \file Umbrella of the rollout module: groups, rollout batch, reward shaping, advantages, filters, training step.
 #include <rlpo/rollout/groups.hpp>
+#include <rlpo/rollout/advantages.hpp>
 #include <rlpo/rollout/batch.hpp>

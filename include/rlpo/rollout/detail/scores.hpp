@@ -1,0 +1,111 @@
+#pragma once
+/// \file
+/// Internal helpers of the rollout module: reading per-response score vectors, their
+/// non-finite policy, and group statistics accumulated in double.
+
+#include <rlpo/core/error.hpp>
+#include <rlpo/core/types.hpp>
+#include <rlpo/rollout/groups.hpp>
+
+#include <cmath>
+#include <vector>
+
+namespace rlpo::rollout {
+
+/// What a NaN per-response score means.
+///
+/// * `Throw` (rlpo's default): a NaN score is an error naming the response.
+/// * `AsZero`: a NaN score counts as 0 — TRL's GRPO/RLOO trainers sum the reward functions with
+///   `nansum`, so a sample for which every reward function returned None gets reward 0.
+///
+/// ±inf scores are always an error (group statistics are undefined).
+enum class NanScores { Throw, AsZero };
+
+namespace detail {
+
+/// Copy a vector-shaped Eigen expression (N×1 or 1×N) into doubles, applying the NaN policy.
+template <class D>
+inline std::vector<double> read_scores(const char* fn, const char* name,
+                                       const Eigen::MatrixBase<D>& x,
+                                       NanScores nan = NanScores::Throw) {
+    const auto& v = x.derived();
+    RLPO_CHECK(v.rows() == 1 || v.cols() == 1 || v.size() == 0, fn, name,
+               ": expected a vector (one entry per response), given shape [", v.rows(), ", ",
+               v.cols(), "]");
+    std::vector<double> out(static_cast<std::size_t>(v.size()));
+    const bool col = v.cols() == 1;
+    for (Index k = 0; k < v.size(); ++k) {
+        double s = static_cast<double>(col ? v(k, 0) : v(0, k));
+        if (std::isnan(s)) {
+            RLPO_CHECK(nan == NanScores::AsZero, fn, name, ": NaN at response ", k,
+                       " (NaN scores are rejected; NanScores::AsZero counts them as 0, as TRL "
+                       "does)");
+            s = 0.0;
+        }
+        RLPO_CHECK(std::isfinite(s), fn, name, ": non-finite value ", s, " at response ", k,
+                   " (group statistics are undefined)");
+        out[static_cast<std::size_t>(k)] = s;
+    }
+    return out;
+}
+
+/// Lengths (or any non-negative per-response quantity): finite and ≥ 0.
+template <class D>
+inline std::vector<double> read_nonnegative(const char* fn, const char* name,
+                                            const Eigen::MatrixBase<D>& x) {
+    const auto& v = x.derived();
+    RLPO_CHECK(v.rows() == 1 || v.cols() == 1 || v.size() == 0, fn, name,
+               ": expected a vector (one entry per response), given shape [", v.rows(), ", ",
+               v.cols(), "]");
+    std::vector<double> out(static_cast<std::size_t>(v.size()));
+    const bool col = v.cols() == 1;
+    for (Index k = 0; k < v.size(); ++k) {
+        const double s = static_cast<double>(col ? v(k, 0) : v(0, k));
+        RLPO_CHECK(std::isfinite(s) && s >= 0, fn, name, ": entries must be finite and >= 0, given ",
+                   s, " at response ", k);
+        out[static_cast<std::size_t>(k)] = s;
+    }
+    return out;
+}
+
+/// Throws unless `n` entries match the groups.
+inline void check_groups(const char* fn, const char* name, const Groups& g, std::size_t n) {
+    RLPO_CHECK(g.num_responses() == static_cast<Index>(n), fn, name, ": has ", n,
+               " entries, but the groups cover ", g.num_responses(), " responses");
+}
+
+/// Mean of x[b, e).
+inline double mean(const std::vector<double>& x, Index b, Index e) {
+    double s = 0.0;
+    for (Index k = b; k < e; ++k) s += x[static_cast<std::size_t>(k)];
+    return e > b ? s / static_cast<double>(e - b) : 0.0;
+}
+
+/// Standard deviation of x[b, e) around `mu`: sample (n − 1) or population (n) flavour; 0 when
+/// the flavour's denominator is ≤ 0.
+inline double stddev(const std::vector<double>& x, Index b, Index e, double mu, bool sample) {
+    double ss = 0.0;
+    for (Index k = b; k < e; ++k) {
+        const double d = x[static_cast<std::size_t>(k)] - mu;
+        ss += d * d;
+    }
+    const double n = static_cast<double>(e - b) - (sample ? 1.0 : 0.0);
+    return n > 0 ? std::sqrt(ss / n) : 0.0;
+}
+
+/// True when every entry of x[b, e) is bitwise the same value.
+inline bool all_equal(const std::vector<double>& x, Index b, Index e) {
+    for (Index k = b + 1; k < e; ++k)
+        if (x[static_cast<std::size_t>(k)] != x[static_cast<std::size_t>(b)]) return false;
+    return true;
+}
+
+template <class S>
+inline Vec<S> to_vec(const std::vector<double>& x) {
+    Vec<S> v(static_cast<Index>(x.size()));
+    for (std::size_t k = 0; k < x.size(); ++k) v(static_cast<Index>(k)) = static_cast<S>(x[k]);
+    return v;
+}
+
+}  // namespace detail
+}  // namespace rlpo::rollout
