@@ -2,4 +2,7 @@
 /// \file Umbrella of the rollout module: groups, rollout batch, reward shaping, advantages, filters, training step.
 #include <rlpo/rollout/groups.hpp>
 #include <rlpo/rollout/advantages.hpp>
+#include <rlpo/rollout/returns.hpp>
+#include <rlpo/rollout/shaping.hpp>
+#include <rlpo/rollout/filters.hpp>
 #include <rlpo/rollout/batch.hpp>

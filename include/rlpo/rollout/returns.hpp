@@ -1,0 +1,289 @@
+#pragma once
+/// \file
+/// Token-level advantage estimators over `[B, T]` token rewards: masked whitening, discounted
+/// returns, REINFORCE++ and REINFORCE++-baseline, and GAE.
+///
+/// | estimator | advantage | function |
+/// |---|---|---|
+/// | REINFORCE++ | whiten(G), G_t = r_t + γ·G_{t+1} within the response | `reinforce_pp_advantages` |
+/// | REINFORCE++-baseline | whiten(s_i − μ_g broadcast over tokens) | `reinforce_pp_baseline_advantages` |
+/// | GAE | Â_t = δ_t + γλ·Â_{t+1}, δ_t = r_t + γ·V_{t+1} − V_t; returns Â + V; then whiten(Â) | `gae_advantages` |
+///
+/// Papers: REINFORCE++ (Hu 2025, arXiv:2501.03262: discounted token returns, global batch
+/// advantage normalisation; "++-baseline" subtracts the group mean first); GAE (Schulman et al.
+/// 2016, arXiv:1506.02438). Anchor: verl `compute_reinforce_plus_plus_outcome_advantage`,
+/// `compute_reinforce_plus_plus_baseline_outcome_advantage`, `compute_gae_advantage_return`,
+/// `masked_whiten`.
+///
+/// Masks: only unmasked positions (m ≠ 0) are read; outputs are exactly 0 where m = 0. The
+/// recursions run over the unmasked positions of a row in order and *skip* masked ones (verl:
+/// "skip values and TD-error on observation tokens", so a multi-turn mask with holes chains the
+/// response segments); after the last unmasked token the return / value is 0 (terminal). The
+/// exception is REINFORCE++'s discounted return, which verl resets at a masked position
+/// (G_t = r_t + γ·m_{t+1}·G_{t+1}) and rlpo does the same. For prefix masks both rules agree.
+///
+/// Whitening (verl `masked_whiten`): (x − μ)/sqrt(v + ε) with μ, v the mask-weighted mean and
+/// variance over all unmasked tokens of the batch; v is unbiased (× N/(N−1), N = Σ m) in verl,
+/// population in OpenRLHF, which also takes sqrt(max(v, ε)) instead of sqrt(v + ε)
+/// (`WhitenOptions::openrlhf()`). With N ≤ 1 (where verl raises) the whitened values are 0.
+///
+/// **Bad input** (rlpo::invalid_argument): shape mismatch, NaN / ±inf reward or value under a
+/// non-zero mask, bad mask, γ or λ outside [0, 1], ε < 0.
+
+#include <rlpo/core/error.hpp>
+#include <rlpo/core/types.hpp>
+#include <rlpo/rollout/advantages.hpp>
+#include <rlpo/rollout/detail/scores.hpp>
+#include <rlpo/rollout/groups.hpp>
+
+#include <cmath>
+#include <vector>
+
+namespace rlpo::rollout {
+
+/// How `whiten` normalises.
+struct WhitenOptions {
+    bool unbiased = true;    ///< variance × N/(N−1) (verl) or population (OpenRLHF)
+    double epsilon = 1e-8;   ///< ε of sqrt(v + ε) (or of sqrt(max(v, ε)) with eps_as_floor)
+    bool eps_as_floor = false;
+    bool shift_mean = true;  ///< false: add the mean back (verl's shift_mean=False)
+    static WhitenOptions verl() { return {}; }
+    static WhitenOptions openrlhf() {
+        WhitenOptions o;
+        o.unbiased = false;
+        o.eps_as_floor = true;
+        return o;
+    }
+};
+
+/// A `[B, T]` advantage and the returns it came from (the value target of a critic).
+template <class S>
+struct TokenAdvantages {
+    Mat<S> advantages;
+    Mat<S> returns;
+};
+
+namespace detail {
+
+template <class S>
+inline void check_token_input(const char* fn, const char* name, const ConstMatRef<S>& x,
+                              const ConstMatRef<S>& mask) {
+    for (Index i = 0; i < x.rows(); ++i)
+        for (Index t = 0; t < x.cols(); ++t)
+            if (mask(i, t) != 0 && !std::isfinite(static_cast<double>(x(i, t))))
+                ::rlpo::detail::fail(fn, name, ": non-finite value ", x(i, t), " at [", i, ", ",
+                                     t, "] under a non-zero mask");
+}
+
+inline void check_unit(const char* fn, const char* name, double v) {
+    RLPO_CHECK(v >= 0 && v <= 1, fn, name, ": must be in [0, 1], given ", v);
+}
+
+/// Whitening of a double matrix in place over the mask (weights m).
+template <class S>
+inline void whiten_in_place(Mat<double>& x, const ConstMatRef<S>& mask, const WhitenOptions& o) {
+    double n = 0.0, sum = 0.0;
+    for (Index i = 0; i < x.rows(); ++i)
+        for (Index t = 0; t < x.cols(); ++t) {
+            const double m = static_cast<double>(mask(i, t));
+            if (m == 0) continue;
+            n += m;
+            sum += m * x(i, t);
+        }
+    const double mu = n > 0 ? sum / n : 0.0;
+    double ss = 0.0;
+    for (Index i = 0; i < x.rows(); ++i)
+        for (Index t = 0; t < x.cols(); ++t) {
+            const double m = static_cast<double>(mask(i, t));
+            if (m == 0) continue;
+            ss += m * (x(i, t) - mu) * (x(i, t) - mu);
+        }
+    double var = n > 0 ? ss / n : 0.0;
+    const bool degenerate = !(n > 1);
+    if (o.unbiased && !degenerate) var *= n / (n - 1);
+    const double denom = o.eps_as_floor ? std::sqrt(std::max(var, o.epsilon)) : std::sqrt(var + o.epsilon);
+    for (Index i = 0; i < x.rows(); ++i)
+        for (Index t = 0; t < x.cols(); ++t) {
+            if (mask(i, t) == 0) {
+                x(i, t) = 0.0;
+                continue;
+            }
+            double w = degenerate || !(denom > 0) ? 0.0 : (x(i, t) - mu) / denom;
+            if (!o.shift_mean) w += mu;
+            x(i, t) = w;
+        }
+}
+
+}  // namespace detail
+
+/// Masked whitening of a `[B, T]` array (see the file comment); 0 where the mask is 0.
+template <class DX, class DM>
+Mat<::rlpo::detail::scalar_t<DX>> whiten(const Eigen::MatrixBase<DX>& x,
+                                          const Eigen::MatrixBase<DM>& mask,
+                                          const WhitenOptions& opts = {}) {
+    using S = ::rlpo::detail::scalar_t<DX>;
+    constexpr const char* fn = "rollout::whiten";
+    const ConstMatRef<S> xv(x.derived()), m(mask.derived());
+    ::rlpo::detail::check_same_shape(fn, "mask", m, "x", xv);
+    ::rlpo::detail::check_mask(fn, m);
+    ::rlpo::detail::check_nonnegative(fn, "epsilon", opts.epsilon);
+    detail::check_token_input<S>(fn, "x", xv, m);
+    Mat<double> w = Mat<double>::Zero(xv.rows(), xv.cols());
+    for (Index i = 0; i < xv.rows(); ++i)
+        for (Index t = 0; t < xv.cols(); ++t)
+            if (m(i, t) != 0) w(i, t) = static_cast<double>(xv(i, t));
+    detail::whiten_in_place<S>(w, m, opts);
+    return w.cast<S>();
+}
+
+/// Options of `reinforce_pp_advantages`.
+struct ReinforcePPOptions {
+    double gamma = 1.0;  ///< discount (verl algorithm.gamma, 1.0)
+    bool whiten = true;  ///< global batch normalisation (the "++")
+    WhitenOptions whitening{};
+};
+
+/// REINFORCE++ (verl semantics): discounted returns G_t = r_t + γ·m_{t+1}·G_{t+1} per row, then
+/// whitened over all unmasked tokens of the batch. `returns` holds G (0 where m = 0).
+template <class DR, class DM>
+TokenAdvantages<::rlpo::detail::scalar_t<DR>> reinforce_pp_advantages(
+    const Eigen::MatrixBase<DR>& token_rewards, const Eigen::MatrixBase<DM>& mask,
+    const ReinforcePPOptions& opts = {}) {
+    using S = ::rlpo::detail::scalar_t<DR>;
+    constexpr const char* fn = "rollout::reinforce_pp_advantages";
+    const ConstMatRef<S> r(token_rewards.derived()), m(mask.derived());
+    ::rlpo::detail::check_same_shape(fn, "mask", m, "token_rewards", r);
+    ::rlpo::detail::check_mask(fn, m);
+    detail::check_unit(fn, "gamma", opts.gamma);
+    ::rlpo::detail::check_nonnegative(fn, "whitening.epsilon", opts.whitening.epsilon);
+    detail::check_token_input<S>(fn, "token_rewards", r, m);
+    Mat<double> G = Mat<double>::Zero(r.rows(), r.cols());
+    for (Index i = 0; i < r.rows(); ++i) {
+        double next = 0.0;  // G_{t+1}·m_{t+1}
+        for (Index t = r.cols() - 1; t >= 0; --t) {
+            if (m(i, t) == 0) {
+                next = 0.0;
+                continue;
+            }
+            G(i, t) = static_cast<double>(r(i, t)) + opts.gamma * next;
+            next = G(i, t);
+        }
+    }
+    TokenAdvantages<S> out;
+    out.returns = G.cast<S>();
+    if (opts.whiten) detail::whiten_in_place<S>(G, m, opts.whitening);
+    out.advantages = G.cast<S>();
+    return out;
+}
+
+/// Options of `reinforce_pp_baseline_advantages`.
+struct ReinforcePPBaselineOptions {
+    SingletonGroups singleton = SingletonGroups::Zero;  ///< verl: RawScore
+    NanScores nan_scores = NanScores::Throw;
+    WhitenOptions whitening{};
+    static ReinforcePPBaselineOptions verl() {
+        ReinforcePPBaselineOptions o;
+        o.singleton = SingletonGroups::RawScore;
+        return o;
+    }
+};
+
+/// REINFORCE++-baseline: a_i = s_i − μ_g (group mean baseline), broadcast over the response's
+/// tokens, then whitened over all unmasked tokens of the batch (so each response weighs by its
+/// length, as in verl). Singleton groups: 0, or the raw score under `verl()`.
+template <class DS, class DM>
+Mat<::rlpo::detail::scalar_t<DM>> reinforce_pp_baseline_advantages(
+    const Eigen::MatrixBase<DS>& scores, const Groups& groups, const Eigen::MatrixBase<DM>& mask,
+    const ReinforcePPBaselineOptions& opts = {}) {
+    using S = ::rlpo::detail::scalar_t<DM>;
+    constexpr const char* fn = "rollout::reinforce_pp_baseline_advantages";
+    const std::vector<double> s = detail::read_scores(fn, "scores", scores, opts.nan_scores);
+    detail::check_groups(fn, "scores", groups, s.size());
+    const ConstMatRef<S> m(mask.derived());
+    RLPO_CHECK(m.rows() == static_cast<Index>(s.size()), fn, "mask: expected ", s.size(),
+               " rows (one per score), given ", m.rows());
+    ::rlpo::detail::check_mask(fn, m);
+    ::rlpo::detail::check_nonnegative(fn, "whitening.epsilon", opts.whitening.epsilon);
+    std::vector<double> a(s.size(), 0.0);
+    for (Index g = 0; g < groups.num_groups(); ++g) {
+        const Index b = groups.begin(g), e = groups.end(g);
+        if (e - b == 1) {
+            if (opts.singleton == SingletonGroups::RawScore) a[static_cast<std::size_t>(b)] = s[static_cast<std::size_t>(b)];
+            continue;
+        }
+        if (detail::all_equal(s, b, e)) continue;
+        const double mu = detail::mean(s, b, e);
+        for (Index k = b; k < e; ++k) a[static_cast<std::size_t>(k)] = s[static_cast<std::size_t>(k)] - mu;
+    }
+    Mat<double> A = Mat<double>::Zero(m.rows(), m.cols());
+    for (Index i = 0; i < m.rows(); ++i)
+        for (Index t = 0; t < m.cols(); ++t)
+            if (m(i, t) != 0) A(i, t) = a[static_cast<std::size_t>(i)];
+    detail::whiten_in_place<S>(A, m, opts.whitening);
+    return A.cast<S>();
+}
+
+/// Options of `gae_advantages`. Defaults are verl's (γ = 1, λ = 1, whitened); the PPO paper
+/// uses γ 0.99, λ 0.95 (`ppo_paper()`), OpenRLHF γ 1, λ 0.95 with its whitening
+/// (`openrlhf()`).
+struct GAEOptions {
+    double gamma = 1.0;
+    double lambda = 1.0;
+    bool whiten = true;
+    WhitenOptions whitening{};
+    static GAEOptions verl() { return {}; }
+    static GAEOptions openrlhf() {
+        GAEOptions o;
+        o.lambda = 0.95;
+        o.whitening = WhitenOptions::openrlhf();
+        return o;
+    }
+    static GAEOptions ppo_paper() {
+        GAEOptions o;
+        o.gamma = 0.99;
+        o.lambda = 0.95;
+        return o;
+    }
+};
+
+/// Generalised advantage estimation over the unmasked positions of each row (masked positions
+/// skipped, terminal value 0 after the last one): δ_t = r_t + γ·V_next − V_t,
+/// Â_t = δ_t + γλ·Â_next. `returns` = Â + V (before whitening; the critic's target);
+/// `advantages` = whiten(Â) when `whiten`, else Â. λ = 1 gives Â_t = G_t − V_t (discounted
+/// return minus value); λ = 0 gives the TD error δ_t.
+template <class DR, class DV, class DM>
+TokenAdvantages<::rlpo::detail::scalar_t<DR>> gae_advantages(
+    const Eigen::MatrixBase<DR>& token_rewards, const Eigen::MatrixBase<DV>& values,
+    const Eigen::MatrixBase<DM>& mask, const GAEOptions& opts = {}) {
+    using S = ::rlpo::detail::scalar_t<DR>;
+    constexpr const char* fn = "rollout::gae_advantages";
+    const ConstMatRef<S> r(token_rewards.derived()), v(values.derived()), m(mask.derived());
+    ::rlpo::detail::check_same_shape(fn, "values", v, "token_rewards", r);
+    ::rlpo::detail::check_same_shape(fn, "mask", m, "token_rewards", r);
+    ::rlpo::detail::check_mask(fn, m);
+    detail::check_unit(fn, "gamma", opts.gamma);
+    detail::check_unit(fn, "lambda", opts.lambda);
+    ::rlpo::detail::check_nonnegative(fn, "whitening.epsilon", opts.whitening.epsilon);
+    detail::check_token_input<S>(fn, "token_rewards", r, m);
+    detail::check_token_input<S>(fn, "values", v, m);
+    Mat<double> A = Mat<double>::Zero(r.rows(), r.cols()), R = A;
+    for (Index i = 0; i < r.rows(); ++i) {
+        double next_value = 0.0, next_adv = 0.0;
+        for (Index t = r.cols() - 1; t >= 0; --t) {
+            if (m(i, t) == 0) continue;
+            const double vt = static_cast<double>(v(i, t));
+            const double delta = static_cast<double>(r(i, t)) + opts.gamma * next_value - vt;
+            next_adv = delta + opts.gamma * opts.lambda * next_adv;
+            next_value = vt;
+            A(i, t) = next_adv;
+            R(i, t) = next_adv + vt;
+        }
+    }
+    TokenAdvantages<S> out;
+    out.returns = R.cast<S>();
+    if (opts.whiten) detail::whiten_in_place<S>(A, m, opts.whitening);
+    out.advantages = A.cast<S>();
+    return out;
+}
+
+}  // namespace rlpo::rollout

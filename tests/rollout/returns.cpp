@@ -1,0 +1,241 @@
+// Token-level advantages (whitening, REINFORCE++, REINFORCE++-baseline, GAE): PyTorch reference,
+// properties (GAE λ = 1 ⇒ G − V, λ = 0 ⇒ TD error, reward-to-go, whitening moments, masked
+// positions never read) and bad input.
+#include "support/catch.hpp"
+#include "support/checks.hpp"
+#include "support/compare.hpp"
+#include "support/torch_reference.hpp"
+
+#include "rollout/common.hpp"
+
+#include <rlpo/rollout/returns.hpp>
+
+#include <cmath>
+#include <limits>
+
+using rlpo::Index;
+using rlpo::Mat;
+using rlpo::Vec;
+using rlpo::rollout::GAEOptions;
+using rlpo::rollout::ReinforcePPBaselineOptions;
+using rlpo::rollout::ReinforcePPOptions;
+using rlpo::rollout::WhitenOptions;
+namespace rr = rlpo::rollout;
+namespace rt = rlpo::testing;
+constexpr double nan_d = std::numeric_limits<double>::quiet_NaN();
+
+namespace {
+// A mask with prefix rows, an empty row, and a multi-turn row with holes; NaN at masked spots.
+template <class S>
+Mat<S> holey_mask(rt::Generator& gen, Index B, Index T) {
+    Mat<S> m = gen.mask<S>(B, T, 1, true);
+    m.row(0).setOnes();
+    m.row(1).setOnes();
+    m(1, 2) = 0;
+    m(1, 3) = 0;
+    m(1, T - 2) = 0;
+    return m;
+}
+template <class S>
+Mat<S> poison(Mat<S> x, const Mat<S>& m) {
+    for (Index k = 0; k < x.size(); ++k)
+        if (m.data()[k] == 0) x.data()[k] = std::numeric_limits<S>::quiet_NaN();
+    return x;
+}
+template <class S>
+void whiten_params(rlpo_test::TorchReference::Case& c, const WhitenOptions& w) {
+    c.p("whiten_eps", w.epsilon).s("whiten_std", w.unbiased ? "sample" : "population");
+    c.s("whiten_floor", w.eps_as_floor ? "yes" : "no");
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("reinforce++ / ++baseline / gae agree with the PyTorch reference", "[rollout][returns][torch]",
+                   float, double) {
+    using S = TestType;
+    rlpo_test::TorchReference tr("rollout", std::string("ret_") + (sizeof(S) == 4 ? "f" : "d"));
+    enum Kind { RPP, RPPB, GAE };
+    struct Run {
+        Kind kind;
+        Mat<S> r, v, m;
+        Vec<S> scores;
+        rr::Groups groups;
+        ReinforcePPOptions rpp;
+        ReinforcePPBaselineOptions rppb;
+        GAEOptions gae;
+    };
+    std::vector<Run> runs;
+    std::uint64_t seed = 700;
+    const Index B = 7, T = 9;
+    for (double gamma : {1.0, 0.9, 0.0})
+        for (bool whiten : {true, false}) {
+            rt::Generator gen(seed++);
+            Run run{RPP, {}, {}, holey_mask<S>(gen, B, T), {}, {}, {}, {}, {}};
+            run.r = poison<S>(gen.normal<S>(B, T), run.m);
+            run.rpp.gamma = gamma;
+            run.rpp.whiten = whiten;
+            if (gamma == 0.9) run.rpp.whitening = WhitenOptions::openrlhf();
+            auto& c = tr.add<S>("reinforce_pp");
+            c.in("token_rewards", run.r).in("mask", run.m).p("gamma", gamma).s("whiten", whiten ? "yes" : "no");
+            whiten_params<S>(c, run.rpp.whitening);
+            runs.push_back(run);
+        }
+    for (const auto& o : {ReinforcePPBaselineOptions{}, ReinforcePPBaselineOptions::verl()}) {
+        const auto b = rollout_test::grouped_batch(seed++, 4, 4);
+        rt::Generator gen(seed++);
+        Run run{RPPB, {}, {}, holey_mask<S>(gen, b.n(), T), b.scores.cast<S>(), b.groups, {}, o, {}};
+        auto& c = tr.add<S>("reinforce_pp_baseline");
+        c.in("scores", Mat<S>(run.scores)).in("group_ids", b.ids).in("mask", run.m);
+        c.s("singleton", o.singleton == rr::SingletonGroups::RawScore ? "raw" : "zero");
+        whiten_params<S>(c, o.whitening);
+        runs.push_back(run);
+    }
+    for (const auto& o : {GAEOptions{}, GAEOptions::openrlhf(), GAEOptions::ppo_paper()})
+        for (bool whiten : {true, false}) {
+            rt::Generator gen(seed++);
+            Run run{GAE, {}, {}, holey_mask<S>(gen, B, T), {}, {}, {}, {}, o};
+            run.r = poison<S>(gen.normal<S>(B, T), run.m);
+            run.v = poison<S>(gen.normal<S>(B, T), run.m);
+            run.gae.whiten = whiten;
+            auto& c = tr.add<S>("gae");
+            c.in("token_rewards", run.r).in("values", run.v).in("mask", run.m);
+            c.p("gamma", o.gamma).p("lambda", o.lambda).s("whiten", whiten ? "yes" : "no");
+            whiten_params<S>(c, o.whitening);
+            runs.push_back(run);
+        }
+    tr.run();
+    const double tol = rlpo_test::ref_tol<S>();
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+        INFO("case " << i << " kind " << runs[i].kind);
+        const auto& r = runs[i];
+        if (r.kind == RPP) {
+            const auto out = rr::reinforce_pp_advantages(r.r, r.m, r.rpp);
+            CHECK(rlpo_test::max_rel_err(out.advantages, tr.out(i, "adv")) < tol);
+            CHECK(rlpo_test::max_rel_err(out.returns, tr.out(i, "returns")) < tol);
+        } else if (r.kind == RPPB) {
+            const Mat<S> a = rr::reinforce_pp_baseline_advantages(r.scores, r.groups, r.m, r.rppb);
+            CHECK(rlpo_test::max_rel_err(a, tr.out(i, "adv")) < tol);
+        } else {
+            const auto out = rr::gae_advantages(r.r, r.v, r.m, r.gae);
+            CHECK(rlpo_test::max_rel_err(out.advantages, tr.out(i, "adv")) < tol);
+            CHECK(rlpo_test::max_rel_err(out.returns, tr.out(i, "returns")) < tol);
+        }
+    }
+}
+
+TEST_CASE("gae: λ = 1 is discounted return minus value, λ = 0 the TD error", "[rollout][returns][properties]") {
+    rt::Generator gen(11);
+    const Index B = 6, T = 10;
+    const Mat<double> m = gen.mask(B, T, 1, true), r = gen.normal(B, T), v = gen.normal(B, T);
+    for (double gamma : {1.0, 0.97, 0.5}) {
+        GAEOptions o;
+        o.gamma = gamma;
+        o.whiten = false;
+        o.lambda = 1.0;
+        const auto one = rr::gae_advantages(r, v, m, o);
+        ReinforcePPOptions ro;
+        ro.gamma = gamma;
+        ro.whiten = false;
+        const Mat<double> G = rr::reinforce_pp_advantages(r, m, ro).returns;
+        o.lambda = 0.0;
+        const auto zero = rr::gae_advantages(r, v, m, o);
+        for (Index i = 0; i < B; ++i)
+            for (Index t = 0; t < T; ++t) {
+                if (m(i, t) == 0) {
+                    CHECK(one.advantages(i, t) == 0.0);
+                    CHECK(one.returns(i, t) == 0.0);
+                    continue;
+                }
+                CHECK(one.advantages(i, t) == Approx(G(i, t) - v(i, t)).margin(1e-12));
+                CHECK(one.returns(i, t) == Approx(G(i, t)).margin(1e-12));  // λ = 1: returns = G
+                const double vnext = (t + 1 < T && m(i, t + 1) != 0) ? v(i, t + 1) : 0.0;
+                CHECK(zero.advantages(i, t) == Approx(r(i, t) + gamma * vnext - v(i, t)).margin(1e-12));
+            }
+    }
+    // closed form: one outcome reward at the end, γ = 1, zero values ⇒ every token's return is it
+    Mat<double> mm = Mat<double>::Zero(1, 5);
+    mm.leftCols(4).setOnes();
+    const Vec<double> sc = Vec<double>::Constant(1, 2.5);
+    const Mat<double> rr1 = rr::outcome_token_rewards(sc, mm);
+    GAEOptions o;
+    o.whiten = false;
+    const auto g = rr::gae_advantages(rr1, Mat<double>::Zero(1, 5), mm, o);
+    CHECK(g.advantages(0, 0) == 2.5);
+    CHECK(g.advantages(0, 3) == 2.5);
+    CHECK(g.advantages(0, 4) == 0.0);
+}
+
+TEST_CASE("whitening: moments, degenerate counts, masked entries never read", "[rollout][returns][properties]") {
+    rt::Generator gen(12);
+    const Mat<double> m = gen.mask(8, 6, 1, true);
+    Mat<double> x = poison<double>(gen.normal(8, 6, 3.0, 1.0), m);
+    const Mat<double> w = rr::whiten(x, m, WhitenOptions{true, 0.0, false, true});
+    double n = 0, s = 0, ss = 0;
+    for (Index k = 0; k < w.size(); ++k) {
+        if (m.data()[k] == 0) {
+            CHECK(w.data()[k] == 0.0);
+            continue;
+        }
+        n += 1, s += w.data()[k], ss += w.data()[k] * w.data()[k];
+    }
+    CHECK(std::abs(s / n) < 1e-12);
+    CHECK(ss / (n - 1) == Approx(1.0).epsilon(1e-12));  // unbiased variance 1
+    const Mat<double> wp = rr::whiten(x, m, WhitenOptions{false, 0.0, false, true});
+    CHECK(ss / n != Approx(1.0).epsilon(1e-6));
+    double ssp = 0;
+    for (Index k = 0; k < wp.size(); ++k)
+        if (m.data()[k] != 0) ssp += wp.data()[k] * wp.data()[k];
+    CHECK(ssp / n == Approx(1.0).epsilon(1e-12));  // population variance 1
+    // one unmasked token, or none: 0 (verl raises)
+    Mat<double> one = Mat<double>::Zero(2, 3);
+    one(1, 1) = 1;
+    CHECK(rr::whiten(Mat<double>::Constant(2, 3, 5.0), one).isZero(0));
+    CHECK(rr::whiten(Mat<double>::Constant(2, 3, 5.0), Mat<double>::Zero(2, 3)).isZero(0));
+    // shift_mean = false adds the mean back
+    const Mat<double> keep = rr::whiten(x, m, WhitenOptions{true, 0.0, false, false});
+    double mu = 0;
+    for (Index k = 0; k < x.size(); ++k)
+        if (m.data()[k] != 0) mu += x.data()[k] / n;
+    for (Index k = 0; k < x.size(); ++k)
+        if (m.data()[k] != 0) CHECK(keep.data()[k] == Approx(w.data()[k] + mu).margin(1e-12));
+    // REINFORCE++-baseline: every token of a response carries the same advantage; all-equal
+    // groups and singletons (default) give 0 before whitening, so they share one value after it
+    const auto b = rollout_test::grouped_batch(13, 5, 4);
+    const Mat<double> mb = gen.mask(b.n(), 5, 1, false);
+    const Mat<double> A = rr::reinforce_pp_baseline_advantages(b.scores, b.groups, mb);
+    for (Index i = 0; i < b.n(); ++i)
+        for (Index t = 0; t < 5; ++t)
+            if (mb(i, t) != 0) CHECK(A(i, t) == A(i, 0));
+    CHECK(A(b.groups.begin(1), 0) == A(b.groups.begin(2), 0));  // singleton and all-equal group
+}
+
+TEST_CASE("token advantages: bad input gives the documented error", "[rollout][returns][bad-input]") {
+    const Mat<double> r = Mat<double>::Ones(2, 3), m = Mat<double>::Ones(2, 3), small(2, 2);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::reinforce_pp_advantages(r, small),
+                                    "rollout::reinforce_pp_advantages(): mask: expected shape [2, 3]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(r, small, m), "rollout::gae_advantages(): values: expected shape [2, 3]");
+    Mat<double> bad = r;
+    bad(1, 2) = nan_d;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::reinforce_pp_advantages(bad, m), "token_rewards: non-finite value nan at [1, 2]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(r, bad, m), "values: non-finite value nan at [1, 2]");
+    Mat<double> m2 = m;
+    m2(1, 2) = 0;  // the NaN is masked: fine
+    CHECK_NOTHROW(rr::gae_advantages(r, bad, m2));
+    GAEOptions o;
+    o.lambda = 1.5;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(r, r, m, o), "lambda: must be in [0, 1], given 1.5");
+    o = {};
+    o.gamma = -0.1;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(r, r, m, o), "gamma: must be in [0, 1]");
+    o = {};
+    o.whitening.epsilon = -1;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(r, r, m, o), "whitening.epsilon: must be >= 0");
+    Vec<double> s(3);
+    s << 1, 2, 3;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::reinforce_pp_baseline_advantages(s, rr::Groups::equal(3, 3), m),
+                                    "mask: expected 3 rows (one per score), given 2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::reinforce_pp_baseline_advantages(s, rr::Groups::equal(2, 2), m),
+                                    "scores: has 3 entries, but the groups cover 2");
+    Mat<double> mneg = m;
+    mneg(0, 0) = -1;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::whiten(r, mneg), "rollout::whiten(): mask: entries must be finite and >= 0");
+}
