@@ -42,3 +42,106 @@ def ppo_clip(x, p, s):
         "pg_clipfrac_lower": clipfrac_lower,
         "ppo_kl": masked_mean(-neg_kl.detach(), mask),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Surrogates beyond PPO clip. Each is written from the paper / anchor formula with torch ops and
+# differentiated by autograd; "is_weights" (optional input) multiplies the per-token loss.
+# ---------------------------------------------------------------------------------------------
+
+
+def _weights(x, mask):
+    if "is_weights" in x:
+        return clean(x["is_weights"], mask)
+    return torch.ones_like(mask)
+
+
+def _finish(per_token, leaf, mask, p, s, metrics):
+    per_token = torch.where(mask != 0, per_token, torch.zeros_like(per_token))
+    value = aggregate(per_token, mask, p, s)
+    out = {"value": value.detach(), "grad": grad_of(value, leaf)}
+    out.update(metrics)
+    return out
+
+
+def reinforce(x, p, s):
+    """GPG / REINFORCE: the score-function surrogate −A·log π."""
+    mask = x["mask"]
+    leaf, logp = leaf_under_mask(x["logp"], mask)
+    adv = clean(x["advantages"], mask)
+    return _finish(-adv * logp * _weights(x, mask), leaf, mask, p, s, {})
+
+
+def cispo(x, p, s):
+    """CISPO: the IS weight is bounded and detached; the gradient is that of −w·A·log π."""
+    mask = x["mask"]
+    leaf, logp = leaf_under_mask(x["logp"], mask)
+    old, adv = clean(x["old_logp"], mask), clean(x["advantages"], mask)
+    L = float(p["log_ratio_clamp"])
+    log_ratio = logp - old
+    if math.isfinite(L):
+        log_ratio = log_ratio.clamp(-L, L)
+    ratio = log_ratio.exp()
+    if s["bound"] == "clip":
+        bounded = ratio.clamp(1.0 - float(p["clip_low"]), 1.0 + float(p["clip_high"]))
+    else:
+        bounded = ratio.clamp(max=float(p["cap"]))
+    is_weight = bounded.detach()
+    per_token = -(is_weight * adv * logp) * _weights(x, mask)
+    metrics = {
+        "pg_clipfrac": masked_mean((ratio != bounded).double(), mask),
+        "pg_clipfrac_lower": torch.zeros(()),
+        "ppo_kl": masked_mean(-log_ratio.detach(), mask),
+    }
+    if s["bound"] == "cap":
+        metrics["cispo_clip_ratio"] = masked_mean(((ratio > float(p["cap"])) & (adv > 0)).double(), mask)
+    return _finish(per_token, leaf, mask, p, s, metrics)
+
+
+def gspo(x, p, s):
+    """GSPO: s_i = exp(mean_t log-ratio), PPO-clipped. Token level: the value of s_i with the
+    gradient of the token's own log-prob (log ŝ = logp − sg(logp) + sg(log s_i)); sequence
+    level: s_i with its full gradient."""
+    mask = x["mask"]
+    leaf, logp = leaf_under_mask(x["logp"], mask)
+    old, adv = clean(x["old_logp"], mask), clean(x["advantages"], mask)
+    K = float(p["log_ratio_cap"])
+    log_ratio = logp - old
+    lens = mask.sum(dim=1, keepdim=True)
+    seq_log_ratio = (log_ratio * mask).sum(dim=1, keepdim=True) / lens.clamp(min=1e-300)
+    if s["level"] == "token":
+        log_s = logp - logp.detach() + seq_log_ratio.detach()
+    else:
+        log_s = seq_log_ratio.expand_as(logp)
+    if math.isfinite(K):
+        log_s = log_s.clamp(max=K)
+    ratio = log_s.exp()
+    loss1 = -adv * ratio
+    loss2 = -adv * ratio.clamp(1.0 - float(p["clip_low"]), 1.0 + float(p["clip_high"]))
+    per_token = torch.maximum(loss1, loss2) * _weights(x, mask)
+    metrics = {
+        "pg_clipfrac": masked_mean((loss2 > loss1).double(), mask),
+        "pg_clipfrac_lower": torch.zeros(()),
+        "ppo_kl": masked_mean(-log_ratio.detach(), mask),
+    }
+    return _finish(per_token, leaf, mask, p, s, metrics)
+
+
+def weighted_ppo_clip(x, p, s):
+    """PPO clip (verl's vanilla, dual-clip optional) with the per-token loss multiplied by the
+    rollout IS weights afterwards, as verl applies rollout_is_weights."""
+    mask = x["mask"]
+    leaf, logp = leaf_under_mask(x["logp"], mask)
+    old, adv = clean(x["old_logp"], mask), clean(x["advantages"], mask)
+    L = float(p["log_ratio_clamp"])
+    log_ratio = logp - old
+    if math.isfinite(L):
+        log_ratio = log_ratio.clamp(-L, L)
+    ratio = log_ratio.exp()
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1.0 - float(p["clip_low"]), 1.0 + float(p["clip_high"]))
+    per_token = torch.maximum(unclipped, clipped)
+    if "dual_clip" in p:
+        per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * float(p["dual_clip"])), per_token)
+    return _finish(per_token * _weights(x, mask), leaf, mask, p, s,
+                   {"ppo_kl": masked_mean(-log_ratio.detach(), mask)})

@@ -1,3 +1,7 @@
 #pragma once
 /// \file Umbrella of the policy-gradient surrogates.
+#include <rlpo/policy/cispo.hpp>
+#include <rlpo/policy/gspo.hpp>
+#include <rlpo/policy/policy_loss.hpp>
 #include <rlpo/policy/ppo_clip.hpp>
+#include <rlpo/policy/reinforce.hpp>

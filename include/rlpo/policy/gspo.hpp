@@ -1,0 +1,181 @@
+#pragma once
+/// \file
+/// GSPO: group sequence policy optimisation — PPO clipping on a length-normalised sequence ratio.
+///
+/// Per row i with |y_i| = Σ_t m_it > 0 and lr_it = logp_it − old_logp_it:
+///
+///     log s_i = min(Σ_t m_it·lr_it / |y_i|, K)          (K = 10: verl's cap; +inf disables)
+///     s_i     = exp(log s_i)
+///
+/// and per unmasked token, with ŝ the ratio of the chosen level:
+///
+///     l_it = max(−A_it·ŝ, −A_it·clip(ŝ, 1 − ε_l, 1 + ε_h))    (times the optional weight w_it)
+///
+/// * **Token level** (GSPO-token, verl's `gspo`): ŝ_it = sg(s_i)·π_θ(y_it)/sg(π_θ(y_it)), i.e.
+///   log ŝ_it = logp_it − sg(logp_it) + sg(log s_i). Its value equals s_i; its gradient flows
+///   only through the token's own log-prob: ∂ŝ_it/∂logp_it = s_i (0 when the cap K is active).
+/// * **Sequence level** (the paper's GSPO, TRL's `importance_sampling_level="sequence"`):
+///   ŝ_it = s_i with its full gradient ∂s_i/∂logp_it' = s_i·m_it'/|y_i|, so every token of the
+///   row receives Σ_t c_i·m_it·w_it·∂l_it/∂s_i · s_i/|y_i|.
+///
+/// With an advantage constant over each row (GRPO), the two levels give the same value and the
+/// same gradient under every aggregation mode; they differ when A varies within a row.
+///
+/// **Normalizer**: verl aggregates GSPO seq-mean-token-mean whatever `loss_agg_mode` says; by
+/// default (`aggregation = SeqMeanTokenMean`) rlpo does the same, replacing the Normalizer's mode
+/// but keeping its global counts (`num_seqs`), so micro-batches still add up. Set
+/// `aggregation = std::nullopt` to aggregate under the caller's mode (TRL: its `loss_type`).
+///
+/// **Metrics** (means over unmasked tokens, unweighted): `pg_clipfrac` (fraction with the
+/// clipped branch strictly larger), `pg_clipfrac_lower` (0, as verl), `ppo_kl` (mean of −lr,
+/// unclamped, as verl's gspo logs it).
+///
+/// **Defaults**: Zheng et al. 2025, "Group Sequence Policy Optimization" (arXiv 2507.18071):
+/// ε_l = 3e-4, ε_h = 4e-4, sequence-level ratio; `GSPOOptions::verl()` is the token form with the
+/// cap K = 10 and seq-mean-token-mean (ε comes from the actor's clip_ratio_low/high: set them);
+/// `GSPOOptions::trl()` is the sequence level, no cap, caller's aggregation. Deliberate
+/// difference: where a log-prob is −inf, verl's token form computes −inf − (−inf) = NaN; rlpo
+/// uses the value s_i = 0 and a zero gradient for that row.
+///
+/// **Bad input**: shapes differing from `logp`, ε_l, ε_h ≤ 0, K ≤ 0 → rlpo::invalid_argument;
+/// NaN under a non-zero mask → rlpo::invalid_argument naming the input; a row whose log-ratio is
+/// undefined (both log-probs −inf at one token, or +inf and −inf log-ratios in one row) is
+/// reported. Empty rows contribute 0; an empty mask gives value 0, gradient 0, metrics 0.
+
+#include <rlpo/policy/detail/common.hpp>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+namespace rlpo::policy {
+
+enum class GSPOLevel { Token, Sequence };
+
+struct GSPOOptions {
+    double clip_low = 3e-4;   ///< ε_l
+    double clip_high = 4e-4;  ///< ε_h
+    GSPOLevel level = GSPOLevel::Sequence;
+    /// K: upper cap on log s_i (verl: 10); +inf disables it.
+    double log_ratio_cap = 10.0;
+    /// Forced aggregation mode (verl: seq-mean-token-mean); nullopt = the Normalizer's mode.
+    std::optional<Aggregation> aggregation = Aggregation::SeqMeanTokenMean;
+
+    /// verl `compute_policy_loss_gspo`: token level, cap 10, seq-mean-token-mean.
+    static GSPOOptions verl(double clip_low = 3e-4, double clip_high = 4e-4) {
+        GSPOOptions o;
+        o.clip_low = clip_low;
+        o.clip_high = clip_high;
+        o.level = GSPOLevel::Token;
+        return o;
+    }
+    /// TRL GRPOTrainer with importance_sampling_level="sequence": no cap, loss_type aggregation.
+    static GSPOOptions trl(double clip_low = 3e-4, double clip_high = 4e-4) {
+        GSPOOptions o;
+        o.clip_low = clip_low;
+        o.clip_high = clip_high;
+        o.level = GSPOLevel::Sequence;
+        o.log_ratio_cap = std::numeric_limits<double>::infinity();
+        o.aggregation = std::nullopt;
+        return o;
+    }
+};
+
+namespace detail {
+inline void validate(const char* fn, const GSPOOptions& o) {
+    ::rlpo::detail::check_positive(fn, "clip_low", o.clip_low);
+    ::rlpo::detail::check_positive(fn, "clip_high", o.clip_high);
+    check_clamp(fn, "log_ratio_cap", o.log_ratio_cap);
+}
+}  // namespace detail
+
+/// GSPO loss and its gradient w.r.t. `logp`. All inputs `[B, T]`.
+template <class DL, class DO, class DA, class DM>
+Result<::rlpo::detail::scalar_t<DL>> gspo(
+    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
+    const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
+    const GSPOOptions& opts = {}, const Normalizer& norm = {},
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
+    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
+    using S = ::rlpo::detail::scalar_t<DL>;
+    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
+    constexpr const char* fn = "policy::gspo";
+    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
+        m(mask.derived());
+    ::rlpo::detail::check_same_shape(fn, "old_logp", olp, "logp", lp);
+    ::rlpo::detail::check_same_shape(fn, "advantages", A, "logp", lp);
+    ::rlpo::detail::check_same_shape(fn, "mask", m, "logp", lp);
+    detail::validate(fn, opts);
+    detail::check_weights(fn, is_weights, m);
+
+    Result<S> res;
+    const RowWeights w = row_weights(fn, m, detail::with_mode(norm, opts.aggregation));
+    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
+    const double lo = 1.0 - opts.clip_low, hi = 1.0 + opts.clip_high, K = opts.log_ratio_cap;
+    const bool token_level = opts.level == GSPOLevel::Token;
+    const Index B = lp.rows(), T = lp.cols();
+    double value = 0.0, clipped = 0.0, neg_kl = 0.0;
+    std::vector<double> dl(static_cast<std::size_t>(T));  // ∂l_it/∂(log ŝ) per token
+    for (Index i = 0; i < B; ++i) {
+        const auto r = static_cast<std::size_t>(i);
+        const double len = w.len[r];
+        if (len <= 0) {
+            for (Index t = 0; t < T; ++t) g.zero(i, t);
+            continue;
+        }
+        detail::check_row_nan<S>(fn, m, i, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
+        double sum_lr = 0.0;
+        for (Index t = 0; t < T; ++t) {
+            const double mk = static_cast<double>(m(i, t));
+            if (mk == 0) continue;
+            const double lr = static_cast<double>(lp(i, t)) - static_cast<double>(olp(i, t));
+            if (std::isnan(lr))
+                ::rlpo::detail::fail_nan_at<S>(fn, i, t, {{"logp", &lp}, {"old_logp", &olp}});
+            sum_lr += mk * lr;
+            neg_kl -= mk * lr;
+        }
+        if (std::isnan(sum_lr))
+            ::rlpo::detail::fail(fn, "inputs of row ", i,
+                                 " give an undefined (NaN) sequence log-ratio (+inf and -inf log-ratios)");
+        const double log_s_raw = sum_lr / len;
+        const double log_s = std::min(log_s_raw, K);
+        const double s = std::exp(log_s);
+        const double ds = log_s_raw > K ? 0.0 : s;  // ∂s/∂(log s), 0 beyond the cap
+        const double sc = std::clamp(s, lo, hi);
+        const bool in_range = s >= lo && s <= hi;
+        const double c = w.c[r];
+        double row = 0.0, G = 0.0;
+        for (Index t = 0; t < T; ++t) {
+            const double mk = static_cast<double>(m(i, t));
+            if (mk == 0) continue;
+            const double a = static_cast<double>(A(i, t));
+            const double l1 = -a * s, g1 = -a * ds;
+            const double l2 = -a * sc, g2 = in_range ? g1 : 0.0;
+            const ::rlpo::detail::LossGrad lg = detail::tie_max(l1, g1, l2, g2);
+            if (std::isnan(lg.loss) || std::isnan(lg.grad))
+                ::rlpo::detail::fail_nan_at<S>(fn, i, t, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
+            const double wt = detail::weight_at(is_weights, i, t);
+            clipped += l2 > l1 ? mk : 0.0;
+            row += mk * wt * lg.loss;
+            dl[static_cast<std::size_t>(t)] = c * mk * wt * lg.grad;
+            G += dl[static_cast<std::size_t>(t)];
+        }
+        value += c * row;
+        if (!g.active()) continue;
+        for (Index t = 0; t < T; ++t) {
+            const double mk = static_cast<double>(m(i, t));
+            if (mk == 0) {
+                g.zero(i, t);
+                continue;
+            }
+            g.put(i, t, token_level ? dl[static_cast<std::size_t>(t)] : G * mk / len);
+        }
+    }
+    res.value = g.coef() * value;
+    res.metrics.add("pg_clipfrac", clipped, w.local_tokens);
+    res.metrics.add("pg_clipfrac_lower", 0.0, w.local_tokens);
+    res.metrics.add("ppo_kl", neg_kl, w.local_tokens);
+    return res;
+}
+
+}  // namespace rlpo::policy

@@ -1,0 +1,95 @@
+#pragma once
+// Inputs and harness pieces shared by the policy tests (not a test file itself).
+#include "support/catch.hpp"
+#include "support/checks.hpp"
+#include "support/compare.hpp"
+#include "support/torch_reference.hpp"
+
+#include <rlpo/core/aggregation.hpp>
+#include <rlpo/testing/random.hpp>
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+namespace policy_test {
+
+using rlpo::Aggregation;
+using rlpo::Index;
+using rlpo::Mat;
+namespace rt = rlpo::testing;
+
+struct Batch {
+    Mat<double> logp, old, adv, mask, w;
+};
+
+/// Log-ratios spread over every region of the clipped surrogates: near 1, below 1 − ε, above
+/// 1 + ε, large (beyond the ±20 clamp when `huge`), advantages of both signs and zero, a mask
+/// with empty rows, and truncated-IS-like weights in [0.3, 2].
+inline Batch spread_batch(std::uint64_t seed, Index B = 8, Index T = 16, double small = 0.15,
+                          bool huge = true, bool row_constant_adv = false) {
+    rt::Generator gen(seed);
+    Batch b;
+    b.logp = gen.logprobs(B, T);
+    b.old = b.logp;
+    for (Index k = 0; k < b.old.size(); ++k) {
+        const double u = gen.uniform();
+        double lr;
+        if (u < 0.4) lr = gen.uniform(-small, small);
+        else if (u < 0.6) lr = gen.uniform(-1.5, -0.3);
+        else if (u < 0.8) lr = gen.uniform(0.3, 1.6);
+        else if (u < 0.9 && huge) lr = gen.uniform(20.5, 25.0) * (gen.uniform() < 0.5 ? -1 : 1);
+        else lr = gen.uniform(-3.0, 3.0);
+        b.old.data()[k] = b.logp.data()[k] - lr;
+    }
+    b.adv = gen.normal(B, T);
+    b.adv(0, 0) = 0.0;
+    if (row_constant_adv)
+        for (Index i = 0; i < B; ++i) b.adv.row(i).setConstant(b.adv(i, 0));
+    b.mask = gen.mask(B, T, 1, true);
+    b.mask(0, 0) = 1.0;
+    b.w = gen.uniform(B, T, 0.3, 2.0);
+    return b;
+}
+
+/// Record a Normalizer on a torch case.
+inline void put_norm(rlpo_test::TorchReference::Case& c, const rlpo::Normalizer& n) {
+    c.s("agg", rlpo::to_string(n.mode));
+    if (n.num_tokens) c.p("num_tokens", *n.num_tokens);
+    if (n.num_seqs) c.p("num_seqs", *n.num_seqs);
+    if (n.norm_constant) c.p("norm_constant", *n.norm_constant);
+}
+
+/// A normalizer of `mode`, sometimes with external counts.
+inline rlpo::Normalizer norm_for(Aggregation mode, std::uint64_t k) {
+    rlpo::Normalizer n;
+    n.mode = mode;
+    if (mode == Aggregation::SeqMeanTokenSumNorm) n.norm_constant = 40.0;
+    if (k % 3 == 0) {
+        n.num_tokens = 1000.0;
+        n.num_seqs = 50.0;
+    }
+    return n;
+}
+
+/// Micro-batch invariance: with global counts, the values and gradients of uneven row chunks
+/// add up to one call on the whole batch. `f(rows_begin, rows_count, norm)` returns a Result.
+template <class F>
+void require_micro_batch_invariance(F&& f, const Mat<double>& mask, double tol = 1e-12) {
+    for (Aggregation mode : rlpo_test::all_modes()) {
+        INFO(rlpo::to_string(mode));
+        const rlpo::Normalizer n = rlpo_test::global_normalizer(mode, mask);
+        const auto full = f(Index(0), mask.rows(), n);
+        double sum = 0.0;
+        Mat<double> g = Mat<double>::Zero(mask.rows(), mask.cols());
+        for (const auto& ch : rlpo_test::uneven_chunks(mask.rows())) {
+            const auto part = f(ch.first, ch.second, n);
+            sum += part.value;
+            g.middleRows(ch.first, ch.second) = part.grad;
+        }
+        CHECK(rlpo_test::rel_err(sum, full.value, 1e-12) < tol);
+        CHECK(rlpo_test::max_rel_err(g, full.grad) < tol);
+    }
+}
+
+}  // namespace policy_test
