@@ -1,2 +1,3 @@
 #pragma once
 /// \file Umbrella of the distillation divergences over logits.
+#include <rlpo/distill/divergences.hpp>

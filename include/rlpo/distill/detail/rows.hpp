@@ -1,0 +1,248 @@
+#pragma once
+/// \file
+/// The shared plumbing of the row-level (vocabulary) losses of rlpo/distill (internal).
+///
+/// A distillation loss has one value L_n per token row n of `[N, V]` logits. The rows belong
+/// to sequences through a `[B, T]` row mask with B·T = N (row n ↔ sequence n / T, position
+/// n % T), so the five aggregation modes of core/aggregation.hpp apply unchanged: the loss is
+/// Σ_n c_{b(n)} m_n L_n. The driver here
+///   * builds the row factors from the mask and the Normalizer (global counts supported);
+///   * runs the objective's row kernel on every row with m_n ≠ 0, in parallel with OpenMP
+///     (static schedule, per-thread scratch rows of V entries: no `[N, V]` temporaries);
+///   * hands the kernel a `RowGrad` that writes scale · (gradient expression) straight into the
+///     caller's buffer (overwrite or add), fused with the kernel's last pass over the row;
+///   * zeroes (Write) or leaves untouched (Add) the gradient of masked rows, never reading them;
+///   * stores per-row values and combines them in row order (bitwise identical results for any
+///     thread count) and reports the first bad row after the parallel loop.
+
+#include <rlpo/core/aggregation.hpp>
+#include <rlpo/core/error.hpp>
+#include <rlpo/core/result.hpp>
+#include <rlpo/core/types.hpp>
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#if defined(RLPO_USE_OPENMP)
+#include <omp.h>
+#endif
+
+namespace rlpo::distill::detail {
+
+/// Storage types accepted for logits: float, double and Eigen::bfloat16.
+template <class S>
+inline constexpr bool is_logit_scalar_v = std::is_same<S, float>::value ||
+                                          std::is_same<S, double>::value ||
+                                          std::is_same<S, Eigen::bfloat16>::value;
+
+/// Arithmetic type: double for double logits, float otherwise (bfloat16 is widened to float).
+template <class S>
+using acc_t = std::conditional_t<std::is_same<S, double>::value, double, float>;
+
+template <class A>
+using Arr = Eigen::Array<A, Eigen::Dynamic, 1>;
+template <class A>
+using ArrMap = Eigen::Map<Arr<A>>;
+template <class A>
+using CArrMap = Eigen::Map<const Arr<A>>;
+
+/// An error found inside the parallel loop, reported after it (exceptions cannot leave an
+/// OpenMP region). `what` is a static string; `col` the column or −1.
+struct RowError {
+    const char* input = nullptr;
+    const char* what = nullptr;
+    Index col = -1;
+    bool set() const { return what != nullptr; }
+};
+
+/// Per-thread scratch: two work rows and two widened copies (bf16 input).
+template <class A>
+struct Scratch {
+    Arr<A> a, b, z, y;
+    void ensure(Index V) {
+        if (a.size() != V) {
+            a.resize(V);
+            b.resize(V);
+        }
+    }
+};
+
+/// Where a row's gradient goes: `set(expr)` writes scale · expr (overwrite or add). Inactive
+/// when no gradient was requested.
+template <class S>
+struct RowGrad {
+    S* dst = nullptr;
+    Index V = 0;
+    double scale = 0.0;
+    bool add = false;
+    bool active() const { return dst != nullptr; }
+    template <class E>
+    void set(const E& expr) const {
+        using A = typename E::Scalar;
+        if (!dst) return;
+        Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> d(dst, V);
+        const A s = static_cast<A>(scale);
+        if constexpr (std::is_same<S, A>::value) {
+            if (add)
+                d += s * expr;
+            else
+                d = s * expr;
+        } else {
+            if (add)
+                d = (d.template cast<A>() + s * expr).template cast<S>();
+            else
+                d = (s * expr).template cast<S>();
+        }
+    }
+};
+
+/// Widen row `r` of `x` into `buf` if S is not the arithmetic type; return a pointer to A data.
+template <class A, class S>
+inline const A* widen(const ConstMatRef<S>& x, Index r, Arr<A>& buf) {
+    if constexpr (std::is_same<S, A>::value) {
+        return x.row(r).data();
+    } else {
+        const Index V = x.cols();
+        if (buf.size() != V) buf.resize(V);
+        buf = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>(x.row(r).data(), V)
+                  .template cast<A>();
+        return buf.data();
+    }
+}
+
+/// First NaN column of a row (called only after a NaN was flagged).
+template <class A>
+inline Index first_nan(const A* x, Index V) {
+    for (Index j = 0; j < V; ++j)
+        if (std::isnan(x[j])) return j;
+    return -1;
+}
+
+/// Check a logit row: NaN, +inf and "all −inf" are errors. Returns the row max.
+template <class A>
+inline A check_row(const A* x, Index V, const char* name, RowError& err) {
+    const A mx = CArrMap<A>(x, V).template maxCoeff<Eigen::PropagateNaN>();
+    if (std::isnan(mx)) {
+        err = {name, "NaN (NaN logits are rejected)", first_nan(x, V)};
+    } else if (mx == std::numeric_limits<A>::infinity()) {
+        Index c = 0;
+        while (c < V && !(x[c] == std::numeric_limits<A>::infinity())) ++c;
+        err = {name, "+inf logit (the softmax is undefined)", c};
+    } else if (mx == -std::numeric_limits<A>::infinity()) {
+        err = {name, "every logit is -inf (no distribution)", -1};
+    }
+    return mx;
+}
+
+/// e = exp((x − max)/T), exact 0 at −inf logits (Eigen's vectorised exp clamps its argument).
+/// Returns Σ e in the arithmetic type.
+template <class A>
+inline A exp_row(const A* x, Index V, A mx, A invT, A* e) {
+    const CArrMap<A> xa(x, V);
+    ArrMap<A> ea(e, V);
+    ea = (xa == -std::numeric_limits<A>::infinity())
+             .select(A(0), ((xa - mx) * invT).exp());
+    return ea.sum();
+}
+
+/// The flattened row mask, the row factors and the counts.
+struct RowPlan {
+    std::vector<double> m;  ///< m_n (0 = skip)
+    std::vector<double> w;  ///< c_{b(n)} · m_n
+    double local_rows = 0.0;
+};
+
+template <class DM>
+inline RowPlan plan_rows(const char* fn, Index N, const Eigen::MatrixBase<DM>& mask,
+                         const Normalizer& norm) {
+    const auto& mk = mask.derived();
+    RLPO_CHECK(mk.rows() * mk.cols() == N, fn, "mask: expected [B, T] with B*T = ", N,
+               " (the number of logit rows), given [", mk.rows(), ", ", mk.cols(), "]");
+    const RowWeights rw = row_weights(fn, mask, norm);
+    RowPlan p;
+    p.m.resize(static_cast<std::size_t>(N));
+    p.w.resize(static_cast<std::size_t>(N));
+    const Index T = mk.cols();
+    for (Index n = 0; n < N; ++n) {
+        const Index b = T > 0 ? n / T : 0, t = T > 0 ? n % T : 0;
+        const double mv = static_cast<double>(mk(b, t));
+        p.m[static_cast<std::size_t>(n)] = mv;
+        p.w[static_cast<std::size_t>(n)] = rw.c[static_cast<std::size_t>(b)] * mv;
+    }
+    p.local_rows = rw.local_tokens;
+    return p;
+}
+
+/// Result of a driven pass.
+struct PassResult {
+    double value = 0.0;     ///< Σ_n c m L_n (before the GradientOut coefficient)
+    double metric = 0.0;    ///< Σ_n m L_n
+    double aux = 0.0;       ///< Σ_n m aux_n (an objective's second statistic)
+    double count = 0.0;     ///< Σ_n m
+};
+
+/// Run `kernel(n, scratch, grad, err, aux) -> L_n` over the unmasked rows. `grad.set(expr)`
+/// must be called exactly once per row when `grad.active()`; the scale it applies is
+/// coef · c · m · `row_scale`. A non-finite L_n is an error ("infinite divergence").
+template <class S, class A, class K>
+inline PassResult drive_rows(const char* fn, const RowPlan& plan, Index N, Index V,
+                             const ::rlpo::detail::GradWriter<S>& g, double row_scale,
+                             K&& kernel) {
+    std::vector<double> loss(static_cast<std::size_t>(N), 0.0),
+        aux(static_cast<std::size_t>(N), 0.0);
+    std::vector<RowError> errs(static_cast<std::size_t>(N));
+    const bool add = g.mode() == GradMode::Add;
+#if defined(RLPO_USE_OPENMP)
+#pragma omp parallel if (N * V > 32768 && N > 1)
+#endif
+    {
+        Scratch<A> ws;
+#if defined(RLPO_USE_OPENMP)
+#pragma omp for schedule(static)
+#endif
+        for (Index n = 0; n < N; ++n) {
+            const auto k = static_cast<std::size_t>(n);
+            S* dst = g.row(n);
+            if (plan.m[k] == 0) {
+                if (dst && !add) Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(dst, V).setZero();
+                continue;
+            }
+            ws.ensure(V);
+            RowGrad<S> rg{dst, V, g.coef() * plan.w[k] * row_scale, add};
+            RowError err;
+            double ax = 0.0;
+            const double L = kernel(n, ws, rg, err, ax);
+            if (!err.set() && !std::isfinite(L))
+                err = {"inputs", "the divergence is infinite or undefined (the student or "
+                                 "teacher puts zero probability where the other has mass)",
+                       -1};
+            errs[k] = err;
+            loss[k] = L;
+            aux[k] = ax;
+        }
+    }
+    PassResult out;
+    for (Index n = 0; n < N; ++n) {
+        const auto k = static_cast<std::size_t>(n);
+        if (errs[k].set()) {
+            if (errs[k].col >= 0)
+                ::rlpo::detail::fail(fn, errs[k].input, ": ", errs[k].what, " at [", n, ", ",
+                                     errs[k].col, "] (row under a non-zero mask)");
+            ::rlpo::detail::fail(fn, errs[k].input, ": ", errs[k].what, " in row ", n,
+                                 " (row under a non-zero mask)");
+        }
+        if (plan.m[k] == 0) continue;
+        out.value += plan.w[k] * loss[k] * row_scale;
+        out.metric += plan.m[k] * loss[k] * row_scale;
+        out.aux += plan.m[k] * aux[k];
+    }
+    out.count = plan.local_rows;
+    return out;
+}
+
+}  // namespace rlpo::distill::detail

@@ -1,0 +1,382 @@
+// Dense distillation divergences (forward/reverse KL, JSD, skew KL/RKL, TVD), four ways:
+// finite differences, PyTorch autograd (float, double, bfloat16 input), properties, bad input.
+#include "support/catch.hpp"
+#include "support/checks.hpp"
+#include "support/compare.hpp"
+#include "support/torch_reference.hpp"
+
+#include <rlpo/distill/divergences.hpp>
+#include <rlpo/testing/random.hpp>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#if defined(RLPO_USE_OPENMP)
+#include <omp.h>
+#endif
+
+using rlpo::Aggregation;
+using rlpo::Index;
+using rlpo::Mat;
+using rlpo::distill::Divergence;
+using rlpo::distill::DistillOptions;
+namespace rt = rlpo::testing;
+using bf16 = Eigen::bfloat16;
+constexpr double inf = std::numeric_limits<double>::infinity();
+
+namespace {
+const Divergence kAll[] = {Divergence::ForwardKL,     Divergence::ReverseKL, Divergence::JSD,
+                           Divergence::SkewKL,        Divergence::SkewReverseKL, Divergence::TVD};
+
+struct Case {
+    Mat<double> z, y, mask;  // student [N, V], teacher [N, V], row mask [B, T]
+};
+
+// B sequences of T rows over V entries. Zero-probability columns where the divergence is
+// finite: a column −inf in both, a teacher-only −inf (not for reverse KL), a student-only −inf
+// (not for forward KL). One masked row holds NaN garbage.
+Case make_case(std::uint64_t seed, Divergence d, Index B = 3, Index T = 2, Index V = 7,
+               double scale = 2.0) {
+    rt::Generator gen(seed);
+    Case c;
+    c.z = gen.logits(B * T, V, scale);
+    c.y = gen.perturbed(c.z, 1.5);
+    c.mask = gen.mask(B, T, 1, false);
+    c.mask(0, 0) = 1;
+    c.z(0, 1) = c.y(0, 1) = -inf;
+    if (d != Divergence::ReverseKL) c.y(0, 2) = -inf;
+    if (d != Divergence::ForwardKL) c.z(0, 3) = -inf;
+    for (Index n = 0; n < B * T; ++n)
+        if (c.mask(n / T, n % T) == 0) {
+            c.z(n, 0) = std::numeric_limits<double>::quiet_NaN();
+            c.y(n, 1) = std::numeric_limits<double>::quiet_NaN();
+            break;
+        }
+    return c;
+}
+
+DistillOptions opts_for(Divergence d, double tau, bool tsq) {
+    DistillOptions o = DistillOptions::make(d);
+    o.temperature = tau;
+    o.temperature_squared = tsq;
+    o.beta = 0.3;
+    o.alpha = 0.2;
+    return o;
+}
+
+template <class S>
+Mat<S> cast(const Mat<double>& x) {
+    return x.template cast<S>();
+}
+template <class S>
+double value_tol() {
+    return std::is_same<S, double>::value ? 1e-10 : 2e-5;
+}
+template <class S>
+double grad_tol() {
+    return std::is_same<S, double>::value ? 1e-10 : (std::is_same<S, float>::value ? 1e-5 : 1e-2);
+}
+// Float gradients are compared normwise (max |g − ref| / max |ref|): entries such as q_j − p_j
+// cancel, and no float evaluation resolves them below float precision of the row's scale.
+template <class S>
+double grad_err(const Mat<double>& g, const Mat<double>& ref) {
+    if (std::is_same<S, double>::value) return rlpo_test::max_rel_err(g, ref);
+    const double scale = ref.cwiseAbs().maxCoeff();
+    return (g - ref).cwiseAbs().maxCoeff() / std::max(scale, 1e-300);
+}
+}  // namespace
+
+TEST_CASE("distill divergences: gradient equals central finite differences", "[distill][fd]") {
+    std::uint64_t seed = 11;
+    for (Divergence d : kAll)
+        for (double tau : {1.0, 2.5})
+            for (Aggregation mode : rlpo_test::all_modes()) {
+                INFO(rlpo::distill::to_string(d) << " tau " << tau << " " << rlpo::to_string(mode));
+                const Case c = make_case(seed++, d);
+                const DistillOptions o = opts_for(d, tau, tau > 1);
+                rlpo::Normalizer n;
+                n.mode = mode;
+                const auto r = rlpo::distill::divergence(c.z, c.y, c.mask, o, n);
+                REQUIRE(std::isfinite(r.value));
+                // masked rows: exactly zero gradient
+                for (Index k = 0; k < c.z.rows(); ++k)
+                    if (c.mask(k / 2, k % 2) == 0) CHECK(r.grad.row(k).isZero(0.0));
+                const auto near_kink = [&](Index k) {
+                    if (d != Divergence::TVD) return false;  // |p − q| kinks where p = q
+                    const Index row = k / c.z.cols();
+                    const Mat<double> zr = c.z.row(row) / tau, yr = c.y.row(row) / tau;
+                    const double lz = std::log((zr.array() - zr.maxCoeff()).exp().sum()) + zr.maxCoeff();
+                    const double ly = std::log((yr.array() - yr.maxCoeff()).exp().sum()) + yr.maxCoeff();
+                    for (Index j = 0; j < c.z.cols(); ++j)
+                        if (std::abs(std::exp(zr(0, j) - lz) - std::exp(yr(0, j) - ly)) < 1e-4) return true;
+                    return false;
+                };
+                Mat<double> zc = c.z;  // FD only through unmasked finite entries
+                rlpo_test::require_fd_gradient(
+                    [&](const Mat<double>& x) {
+                        return rlpo::distill::divergence(x, c.y, c.mask, o, n, rlpo::no_grad<double>()).value;
+                    },
+                    zc, r.grad, 1e-6, 1e-9, [&](Index k) {
+                        const Index row = k / c.z.cols();
+                        return c.mask(row / 2, row % 2) == 0 || near_kink(k);
+                    });
+            }
+}
+
+TEMPLATE_TEST_CASE("distill divergences: agree with the PyTorch autograd reference",
+                   "[distill][torch]", float, double, bf16) {
+    using S = TestType;
+    const std::string tag = std::is_same<S, double>::value ? "d" : (std::is_same<S, float>::value ? "f" : "b");
+    rlpo_test::TorchReference tr("distill", "div_" + tag);
+    struct Run {
+        Mat<S> z, y;
+        Mat<double> mask;
+        DistillOptions o;
+        rlpo::Normalizer n;
+    };
+    std::vector<Run> runs;
+    std::uint64_t seed = 500;
+    for (Divergence d : kAll)
+        for (int variant = 0; variant < 4; ++variant)
+            for (Aggregation mode : {Aggregation::TokenMean, Aggregation::SeqMeanTokenMean,
+                                     Aggregation::SeqMeanTokenSumNorm}) {
+                const Index V = variant == 3 ? 300 : 11;
+                // the JSD endpoints are forward / reverse KL: their supports must allow those
+                const Divergence shape = d != Divergence::JSD ? d
+                                         : variant == 1       ? Divergence::ForwardKL
+                                         : variant == 3       ? Divergence::ReverseKL
+                                                              : d;
+                const Case c = make_case(seed++, shape, 4, 3, V, variant == 2 ? 8.0 : 2.0);
+                Run r;
+                r.z = cast<S>(c.z);
+                r.y = cast<S>(c.y);
+                r.mask = c.mask;
+                r.o = opts_for(d, variant == 1 ? 0.7 : (variant == 2 ? 2.0 : 1.0), variant == 2);
+                if (d == Divergence::JSD && variant == 1) r.o.beta = 0.0;  // endpoint
+                if (d == Divergence::JSD && variant == 3) r.o.beta = 1.0;
+                r.n.mode = mode;
+                if (seed % 2) r.n.num_tokens = 40.0, r.n.num_seqs = 9.0;
+                auto& tc = tr.add<S>("divergence");
+                tc.in("student", r.z).in("teacher", r.y).in("mask", r.mask);
+                tc.p("temperature", r.o.temperature).p("tsq", r.o.temperature_squared ? 1.0 : 0.0);
+                tc.p("beta", r.o.beta).p("alpha", r.o.alpha);
+                tc.s("kind", rlpo::distill::to_string(d)).s("agg", rlpo::to_string(mode));
+                if (r.n.num_tokens) tc.p("num_tokens", *r.n.num_tokens);
+                if (r.n.num_seqs) tc.p("num_seqs", *r.n.num_seqs);
+                runs.push_back(std::move(r));
+            }
+    tr.run();
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+        const auto& r = runs[i];
+        INFO("case " << i << " " << rlpo::distill::to_string(r.o.divergence));
+        const auto res = rlpo::distill::divergence(r.z, r.y, r.mask, r.o, r.n);
+        CHECK(rlpo_test::rel_err(res.value, tr.scalar(i, "value"), 1e-6) < value_tol<S>());
+        const Mat<double> g = res.grad.template cast<double>();
+        CHECK(grad_err<S>(g, tr.out(i, "grad")) < grad_tol<S>());
+        CHECK(rlpo_test::rel_err(res.metrics[rlpo::distill::to_string(r.o.divergence)],
+                                 tr.scalar(i, "metric"), 1e-6) < value_tol<S>());
+    }
+}
+
+TEST_CASE("distill divergences: identities and limits", "[distill][properties]") {
+    rt::Generator gen(3);
+    const Mat<double> z = gen.logits(6, 40), y = gen.logits(6, 40);
+    const Mat<double> m = Mat<double>::Ones(2, 3);
+    SECTION("D(p, p) = 0 with zero gradient, every divergence and temperature") {
+        for (Divergence d : kAll)
+            for (double tau : {0.5, 1.0, 3.0}) {
+                const auto r = rlpo::distill::divergence(z, z, m, opts_for(d, tau, true));
+                CHECK(std::abs(r.value) < 1e-13);
+                CHECK(r.grad.cwiseAbs().maxCoeff() < 1e-13);
+            }
+    }
+    SECTION("JSD endpoints are exactly forward / reverse KL; interior is symmetric at 1/2") {
+        DistillOptions o = DistillOptions::make(Divergence::JSD);
+        o.beta = 0.0;
+        const auto j0 = rlpo::distill::divergence(z, y, m, o);
+        const auto f = rlpo::distill::forward_kl(z, y, m);
+        CHECK(j0.value == f.value);
+        CHECK(j0.grad == f.grad);
+        o.beta = 1.0;
+        const auto j1 = rlpo::distill::divergence(z, y, m, o);
+        const auto rk = rlpo::distill::reverse_kl(z, y, m);
+        CHECK(j1.value == rk.value);
+        CHECK(j1.grad == rk.grad);
+        o.beta = 0.5;
+        CHECK(rlpo::distill::divergence(z, y, m, o).value ==
+              Approx(rlpo::distill::divergence(y, z, m, o).value).epsilon(1e-12));
+        // bounded by log 2 and continuous towards 0 (not towards KL) near the endpoints
+        CHECK(rlpo::distill::divergence(z, y, m, o).value < std::log(2.0));
+        o.beta = 1e-9;
+        CHECK(rlpo::distill::divergence(z, y, m, o).value < 1e-6);
+    }
+    SECTION("skew KL: α = 0 is KL, α = 1 is 0; skew RKL: α = 0 is reverse KL") {
+        DistillOptions o = DistillOptions::make(Divergence::SkewKL);
+        o.alpha = 0.0;
+        CHECK(rlpo::distill::divergence(z, y, m, o).value ==
+              Approx(rlpo::distill::forward_kl(z, y, m).value).epsilon(1e-12));
+        o.alpha = 1.0;
+        CHECK(std::abs(rlpo::distill::divergence(z, y, m, o).value) < 1e-14);
+        o = DistillOptions::make(Divergence::SkewReverseKL);
+        o.alpha = 0.0;
+        CHECK(rlpo::distill::divergence(z, y, m, o).value ==
+              Approx(rlpo::distill::reverse_kl(z, y, m).value).epsilon(1e-12));
+    }
+    SECTION("Pinsker: TVD ≤ sqrt(KL/2); TVD ≤ 1") {
+        rlpo::Normalizer sum;
+        sum.mode = Aggregation::TokenSum;
+        const Mat<double> one = Mat<double>::Ones(1, 1);
+        for (Index i = 0; i < 6; ++i) {
+            const double t = rlpo::distill::tvd(z.row(i), y.row(i), one, {}, sum).value;
+            const double kl = rlpo::distill::forward_kl(z.row(i), y.row(i), one, {}, sum).value;
+            CHECK(t <= std::sqrt(kl / 2) + 1e-12);
+            CHECK(t <= 1.0);
+        }
+    }
+    SECTION("temperature_squared multiplies value and gradient by τ²") {
+        for (Divergence d : kAll) {
+            const auto a = rlpo::distill::divergence(z, y, m, opts_for(d, 2.0, false));
+            const auto b = rlpo::distill::divergence(z, y, m, opts_for(d, 2.0, true));
+            CHECK(b.value == Approx(4 * a.value).epsilon(1e-12));
+            CHECK(rlpo_test::max_rel_err(b.grad, Mat<double>(4 * a.grad)) < 1e-12);
+        }
+    }
+    SECTION("closed form: two-point distributions") {
+        Mat<double> zz(1, 2), yy(1, 2);
+        zz << 0.0, 0.0;                      // q = (1/2, 1/2)
+        yy << std::log(3.0), 0.0;            // p = (3/4, 1/4)
+        const Mat<double> one = Mat<double>::Ones(1, 1);
+        const double fkl = 0.75 * std::log(1.5) + 0.25 * std::log(0.5);
+        const double rkl = 0.5 * std::log(0.5 / 0.75) + 0.5 * std::log(0.5 / 0.25);
+        CHECK(rlpo::distill::forward_kl(zz, yy, one).value == Approx(fkl).epsilon(1e-14));
+        CHECK(rlpo::distill::reverse_kl(zz, yy, one).value == Approx(rkl).epsilon(1e-14));
+        CHECK(rlpo::distill::tvd(zz, yy, one).value == Approx(0.25).epsilon(1e-14));
+        const auto f = rlpo::distill::forward_kl(zz, yy, one);
+        CHECK(f.grad(0, 0) == Approx(0.5 - 0.75).epsilon(1e-14));  // q − p
+    }
+}
+
+TEST_CASE("distill divergences: micro-batches sum to the whole batch in every mode",
+          "[distill][properties][microbatch]") {
+    rt::Generator gen(8);
+    const Index B = 7, T = 3, V = 33;
+    const Mat<double> z = gen.logits(B * T, V), y = gen.logits(B * T, V);
+    const Mat<double> mask = gen.mask(B, T, 1, true);
+    for (Divergence d : kAll)
+        for (Aggregation mode : rlpo_test::all_modes()) {
+            INFO(rlpo::distill::to_string(d) << " " << rlpo::to_string(mode));
+            const rlpo::Normalizer n = rlpo_test::global_normalizer(mode, mask);
+            const DistillOptions o = opts_for(d, 1.5, true);
+            const auto whole = rlpo::distill::divergence(z, y, mask, o, n);
+            Mat<double> g = Mat<double>::Zero(B * T, V);
+            double total = 0;
+            rlpo::Metrics met;
+            for (const auto& ch : rlpo_test::uneven_chunks(B)) {
+                const Index r0 = ch.first * T, nr = ch.second * T;
+                Eigen::Ref<Mat<double>> gb = g.middleRows(r0, nr);
+                const auto part = rlpo::distill::divergence(
+                    z.middleRows(r0, nr), y.middleRows(r0, nr), mask.middleRows(ch.first, ch.second),
+                    o, n, rlpo::add_to<double>(gb));
+                total += part.value;
+                met.merge(part.metrics);
+            }
+            CHECK(total == Approx(whole.value).epsilon(1e-12).margin(1e-15));
+            CHECK(rlpo_test::max_rel_err(g, whole.grad) < 1e-12);
+            CHECK(met[rlpo::distill::to_string(d)] ==
+                  Approx(whole.metrics[rlpo::distill::to_string(d)]).epsilon(1e-12).margin(1e-15));
+        }
+}
+
+TEST_CASE("distill divergences: float rows at vocabulary scale, threads, chunked gradient",
+          "[distill][properties][threads]") {
+    rt::Generator gen(9);
+    const Index N = 24, V = 20000;
+    const Mat<float> z = gen.logits<float>(N, V, 3.0), y = gen.logits<float>(N, V, 3.0);
+    const Mat<double> zd = z.cast<double>(), yd = y.cast<double>();
+    const Mat<double> m = Mat<double>::Ones(N, 1);
+    for (Divergence d : kAll) {
+        INFO(rlpo::distill::to_string(d));
+        const DistillOptions o = opts_for(d, 1.0, false);
+        const auto rf = rlpo::distill::divergence(z, y, m, o);
+        const auto rd = rlpo::distill::divergence(zd, yd, m, o);
+        // float accumulation over 20k entries vs double
+        CHECK(rlpo_test::rel_err(rf.value, rd.value) < 1e-5);
+        // 20k-term rows: a few float roundings per entry; TVD's sign(q − p) may flip where
+        // q ≈ p in float, a discontinuity of the exact gradient, so only its value is compared.
+        if (d != Divergence::TVD) CHECK(grad_err<float>(rf.grad.cast<double>(), rd.grad) < 5e-5);
+#if defined(RLPO_USE_OPENMP)
+        const int before = omp_get_max_threads();
+        omp_set_num_threads(1);
+        const auto r1 = rlpo::distill::divergence(z, y, m, o);
+        omp_set_num_threads(2);
+        const auto r2 = rlpo::distill::divergence(z, y, m, o);
+        omp_set_num_threads(before);
+        CHECK(rlpo_test::rel_err(r1.value, r2.value) <= 1e-6);
+        CHECK(rlpo_test::max_rel_err(r1.grad, r2.grad) <= 1e-6);
+#endif
+        // chunked: the gradient streamed in row blocks equals the whole
+        Mat<float> g(N, V);
+        double total = 0;
+        for (Index r0 = 0; r0 < N; r0 += 5) {
+            const Index nr = std::min<Index>(5, N - r0);
+            rlpo::Normalizer n;
+            n.num_tokens = static_cast<double>(N);
+            Eigen::Ref<Mat<float>> gb = g.middleRows(r0, nr);
+            total += rlpo::distill::divergence(z.middleRows(r0, nr), y.middleRows(r0, nr),
+                                               Mat<double>::Ones(nr, 1), o, n,
+                                               rlpo::write_to<float>(gb)).value;
+        }
+        CHECK(rlpo_test::rel_err(total, rf.value) < 1e-6);
+        CHECK(rlpo_test::max_rel_err(g, rf.grad) < 1e-6);
+    }
+}
+
+TEST_CASE("distill divergences: bad input gives the documented error", "[distill][bad-input]") {
+    const Mat<double> z = Mat<double>::Zero(4, 5), m = Mat<double>::Ones(2, 2);
+    const Mat<double> y3(3, 5);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl(z, y3, m),
+                                    "distill::divergence(): teacher_logits: expected shape [4, 5]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl(z, z, Mat<double>::Ones(3, 1)),
+                                    "mask: expected [B, T] with B*T = 4");
+    Mat<double> neg = m;
+    neg(1, 1) = -1;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl(z, z, neg), "mask: entries must be finite and >= 0");
+    DistillOptions o;
+    o.temperature = 0;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::divergence(z, z, m, o), "temperature: must be > 0");
+    o = DistillOptions::make(Divergence::JSD);
+    o.beta = 1.5;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::divergence(z, z, m, o), "beta: must be in [0, 1]");
+    o = DistillOptions::make(Divergence::SkewKL);
+    o.alpha = -0.1;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::divergence(z, z, m, o), "alpha: must be in [0, 1]");
+    Mat<double> bad = z;
+    bad(2, 3) = std::numeric_limits<double>::quiet_NaN();
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl(bad, z, m), "student_logits: NaN (NaN logits are rejected) at [2, 3]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl(z, bad, m), "teacher_logits: NaN");
+    Mat<double> masked = m;
+    masked(1, 0) = 0;  // row 2 masked: its NaN is never read
+    CHECK(std::isfinite(rlpo::distill::forward_kl(bad, z, masked).value));
+    bad = z;
+    bad(1, 0) = inf;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::reverse_kl(bad, z, m), "student_logits: +inf logit");
+    bad.row(1).setConstant(-inf);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::reverse_kl(z, bad, m),
+                                    "teacher_logits: every logit is -inf (no distribution) in row 1");
+    bad = z;
+    bad(0, 0) = -inf;  // student has no mass where the teacher has: forward KL infinite
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl(bad, z, m), "the divergence is infinite");
+    CHECK(std::isfinite(rlpo::distill::jsd(bad, z, m).value));  // JSD stays finite
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::parse_divergence("kld"), "valid names: forward_kl");
+    CHECK(rlpo::distill::parse_divergence("rkl") == Divergence::ReverseKL);
+    const auto empty = rlpo::distill::forward_kl(z, z, Mat<double>::Zero(2, 2));
+    CHECK(empty.value == 0.0);
+    CHECK(empty.grad.isZero(0.0));
+    // ignore_index → mask
+    Eigen::Matrix<long long, 2, 2, Eigen::RowMajor> labels;
+    labels << 5, -100, 7, 8;
+    const Mat<float> lm = rlpo::distill::mask_from_labels(labels);
+    CHECK(lm(0, 1) == 0.f);
+    CHECK(lm.sum() == 3.f);
+}

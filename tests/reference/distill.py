@@ -1,0 +1,88 @@
+"""PyTorch references for include/rlpo/distill/ (independently written formulas + autograd).
+
+Rows of [N, V] logits are token rows; the row mask is [B, T] with B*T = N. Every reference
+computes in float64 from the given (possibly float- or bf16-rounded) inputs, takes the gradient
+with autograd, and never lets masked rows (which may hold NaN) into the graph.
+"""
+import math
+
+import torch
+
+from common import aggregate, grad_of, masked_mean
+
+
+def _rows(x, mask):
+    """Student leaf and a copy whose masked rows are zero (garbage never enters the graph)."""
+    keep = (mask.reshape(-1) != 0).unsqueeze(1)
+    leaf = x.clone().requires_grad_(True)
+    return leaf, torch.where(keep, leaf, torch.zeros_like(leaf))
+
+
+def _clean_rows(x, mask):
+    keep = (mask.reshape(-1) != 0).unsqueeze(1)
+    return torch.where(keep, x, torch.zeros_like(x))
+
+
+def _xlogy_terms(w, a, b):
+    """Σ w (a − b) with the convention 0·(anything) = 0 (zero-probability entries). a and b
+    are sanitised where w = 0 so that no 0·inf reaches autograd."""
+    pos = w > 0
+    z = torch.zeros_like(w)
+    a2, b2 = torch.where(pos, a, z), torch.where(pos, b, z)
+    return torch.where(pos, w * (a2 - b2), z).sum(dim=-1)
+
+
+def _safe_log(m, keep):
+    return torch.log(torch.where(keep, m, torch.ones_like(m)))
+
+
+def _kl(lp, lq):
+    """KL(P‖Q) from log-probabilities, per row."""
+    return _xlogy_terms(lp.exp(), lp, lq)
+
+
+def row_divergence(z, y, kind, tau, beta, alpha):
+    lq = torch.log_softmax(z / tau, dim=-1)
+    lp = torch.log_softmax(y / tau, dim=-1)
+    if kind == "forward_kl":
+        return _kl(lp, lq)
+    if kind == "reverse_kl":
+        return _kl(lq, lp)
+    if kind == "jsd":
+        # TRL-style: the mixture's log via logsumexp of the two weighted log-probs; endpoints
+        # special-cased exactly as TRL's generalized_jsd_loss does.
+        if beta == 0.0:
+            return _kl(lp, lq)
+        if beta == 1.0:
+            return _kl(lq, lp)
+        dead = (lq == -math.inf) & (lp == -math.inf)
+        z0 = torch.zeros_like(lq)
+        lm = torch.logsumexp(torch.stack([torch.where(dead, z0, lq) + math.log(1 - beta),
+                                          torch.where(dead, z0, lp) + math.log(beta)]), dim=0)
+        return beta * _kl(lp, lm) + (1 - beta) * _kl(lq, lm)
+    if kind == "skew_kl":
+        p, q = lp.exp(), lq.exp()
+        m = alpha * p + (1 - alpha) * q
+        return _xlogy_terms(p, lp, _safe_log(m, p > 0))
+    if kind == "skew_reverse_kl":
+        p, q = lp.exp(), lq.exp()
+        m = (1 - alpha) * p + alpha * q
+        return _xlogy_terms(q, lq, _safe_log(m, q > 0))
+    if kind == "tvd":
+        return 0.5 * (lp.exp() - lq.exp()).abs().sum(dim=-1)
+    raise ValueError(kind)
+
+
+def divergence(x, p, s):
+    mask = x["mask"]
+    leaf, z = _rows(x["student"], mask)
+    y = _clean_rows(x["teacher"], mask)
+    tau = float(p["temperature"])
+    L = row_divergence(z, y, s["kind"], tau, float(p["beta"]), float(p["alpha"]))
+    if float(p["tsq"]) != 0:
+        L = L * tau * tau
+    L = L.reshape(mask.shape)
+    L = torch.where(mask != 0, L, torch.zeros_like(L))
+    value = aggregate(L, mask, p, s)
+    return {"value": value.detach(), "grad": grad_of(value, leaf),
+            "metric": masked_mean(L.detach(), mask)}
