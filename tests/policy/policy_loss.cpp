@@ -19,7 +19,12 @@ TEST_CASE("policy_loss: verl and TRL names parse; unknown names list the valid o
     CHECK(rp::parse_policy_loss("reinforce") == PolicyLoss::GPG);
     CHECK(rp::parse_policy_loss("gspo") == PolicyLoss::GSPO);
     CHECK(rp::parse_policy_loss("cispo") == PolicyLoss::CISPO);
-    for (PolicyLoss l : {PolicyLoss::Vanilla, PolicyLoss::GPG, PolicyLoss::GSPO, PolicyLoss::CISPO})
+    CHECK(rp::parse_policy_loss("sapo") == PolicyLoss::SAPO);
+    CHECK(rp::parse_policy_loss("dppo_tv") == PolicyLoss::DPPOTV);
+    CHECK(rp::parse_policy_loss("dppo_kl") == PolicyLoss::DPPOKL);
+    CHECK(rp::parse_policy_loss("dro") == PolicyLoss::DRO);
+    for (PolicyLoss l : {PolicyLoss::Vanilla, PolicyLoss::GPG, PolicyLoss::GSPO, PolicyLoss::CISPO, PolicyLoss::SAPO,
+                         PolicyLoss::DPPOTV, PolicyLoss::DPPOKL, PolicyLoss::DRO})
         CHECK(rp::parse_policy_loss(rp::to_string(l)) == l);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::parse_policy_loss("ppo2"),
                                     "policy::parse_policy_loss(): name: unknown policy loss 'ppo2'; valid names: vanilla, grpo");
@@ -66,6 +71,16 @@ TEST_CASE("policy_loss: dispatch equals the direct call of each surrogate", "[po
     o = rp::make_policy_loss("cispo", Anchor::TRL);
     same(rp::policy_loss(o, b.logp, b.old, b.adv, b.mask, n, {}, w),
          rp::cispo(b.logp, b.old, b.adv, b.mask, o.cispo, n, {}, w));
+    o = rp::make_policy_loss("sapo");
+    same(rp::policy_loss(o, b.logp, b.old, b.adv, b.mask, n, {}, w), rp::sapo(b.logp, b.old, b.adv, b.mask, o.sapo, n, {}, w));
+    o = rp::make_policy_loss("dppo_tv");
+    same(rp::policy_loss(o, b.logp, b.old, b.adv, b.mask, n, {}, w),
+         rp::dppo(b.logp, b.old, b.adv, b.mask, rp::DPPOOptions::tv(), n, {}, w));
+    o = rp::make_policy_loss("dppo_kl");
+    same(rp::policy_loss(o, b.logp, b.old, b.adv, b.mask, n, {}, w),
+         rp::dppo(b.logp, b.old, b.adv, b.mask, rp::DPPOOptions::kl(), n, {}, w));
+    o = rp::make_policy_loss("dro");
+    same(rp::policy_loss(o, b.logp, b.old, b.adv, b.mask, n, {}, w), rp::dro(b.logp, b.old, b.adv, b.mask, {}, n, {}, w));
     // GradientOut is honoured: add into a buffer with a coefficient.
     Mat<double> g = Mat<double>::Ones(b.logp.rows(), b.logp.cols());
     o = rp::make_policy_loss("cispo");

@@ -10,7 +10,9 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace policy_test {
 
@@ -91,5 +93,58 @@ void require_micro_batch_invariance(F&& f, const Mat<double>& mask, double tol =
         CHECK(rlpo_test::max_rel_err(g, full.grad) < tol);
     }
 }
+
+/// The differential test of a token surrogate `f(logp, old, adv, mask, opts, norm, out, w)`:
+/// every option set × aggregation mode on `spread_batch` data (half the cases weighted, masked
+/// NaN garbage), compared with the torch function `fn`; `params(case, opts)` records the
+/// options; `metrics` are compared too. `effective_mode(opts, mode)` is the mode the surrogate
+/// aggregates under (forced modes).
+template <class S, class Opts, class F, class P, class M>
+void torch_suite(const std::string& tag, const std::string& fn, std::uint64_t seed,
+                 const std::vector<Opts>& option_sets, F&& f, P&& params,
+                 const std::vector<std::string>& metrics, M&& effective_mode, double small = 0.15,
+                 bool huge = true) {
+    rlpo_test::TorchReference ref("policy", tag + (sizeof(S) == 4 ? "_f" : "_d"));
+    struct Run {
+        Mat<S> logp, old, adv, mask, w;
+        Opts o;
+        rlpo::Normalizer norm;
+        bool weighted;
+    };
+    std::vector<Run> runs;
+    for (const auto& o : option_sets)
+        for (Aggregation mode : rlpo_test::all_modes()) {
+            const Batch b = spread_batch(seed++, 8, 16, small, huge);
+            Run r{b.logp.cast<S>(), b.old.cast<S>(), b.adv.cast<S>(), b.mask.cast<S>(), b.w.cast<S>(), o,
+                  norm_for(mode, seed), seed % 2 == 0};
+            r.mask(2, 3) = 0;
+            r.logp(2, 3) = std::numeric_limits<S>::quiet_NaN();
+            auto& c = ref.add<S>(fn);
+            c.in("logp", r.logp).in("old_logp", r.old).in("advantages", r.adv).in("mask", r.mask);
+            if (r.weighted) c.in("is_weights", r.w);
+            params(c, o);
+            rlpo::Normalizer eff = r.norm;
+            eff.mode = effective_mode(o, mode);
+            put_norm(c, eff);
+            runs.push_back(std::move(r));
+        }
+    ref.run();
+    const double tol = rlpo_test::ref_tol<S>();
+    for (std::size_t k = 0; k < runs.size(); ++k) {
+        const auto& r = runs[k];
+        INFO("case " << k);
+        std::optional<rlpo::ConstMatRef<S>> w;
+        if (r.weighted) w.emplace(r.w);
+        const auto res = f(r.logp, r.old, r.adv, r.mask, r.o, r.norm, rlpo::GradientOut<S>{}, w);
+        CHECK(rlpo_test::rel_err(res.value, ref.scalar(k, "value")) < tol);
+        CHECK(rlpo_test::max_rel_err(res.grad, ref.out(k, "grad")) < tol);
+        for (const auto& name : metrics) {
+            INFO(name);
+            CHECK(rlpo_test::rel_err(res.metrics[name], ref.scalar(k, name), 1e-12) < tol);
+        }
+    }
+}
+
+inline Aggregation caller_mode(Aggregation m) { return m; }
 
 }  // namespace policy_test

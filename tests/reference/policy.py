@@ -8,7 +8,8 @@ from common import aggregate, clean, grad_of, leaf_under_mask, masked_mean
 
 def ppo_clip(x, p, s):
     """PPO clip as verl's compute_policy_loss_vanilla writes it: clamp the log-ratio, take
-    max(−A r, −A clip(r)), and for A < 0 min(that, −A c) when dual-clip is on."""
+    max(−A r, −A clip(r)), and for A < 0 min(that, −A c) when dual-clip is on; with
+    `two_sided_delta` the unclipped ratio is min(r, δ) as in TRL's GRPO loss."""
     mask = x["mask"]
     leaf, logp = leaf_under_mask(x["logp"], mask)
     old, adv = clean(x["old_logp"], mask), clean(x["advantages"], mask)
@@ -16,11 +17,15 @@ def ppo_clip(x, p, s):
     L = float(p["log_ratio_clamp"])
     dual = float(p["dual_clip"]) if "dual_clip" in p else None
 
+    delta = float(p["two_sided_delta"]) if "two_sided_delta" in p else None
+
     neg_kl = logp - old
     if math.isfinite(L):
         neg_kl = torch.clamp(neg_kl, min=-L, max=L)
     ratio = torch.exp(neg_kl)
-    loss1 = -adv * ratio
+    # INTELLECT-2 / TRL `delta`: the unclipped branch's ratio is capped at δ (for every token)
+    unclipped = torch.clamp(ratio, max=delta) if delta is not None else ratio
+    loss1 = -adv * unclipped
     loss2 = -adv * torch.clamp(ratio, 1.0 - eps_l, 1.0 + eps_h)
     clipped = torch.maximum(loss1, loss2)
     clipfrac = masked_mean(torch.gt(loss2, loss1).double(), mask)
@@ -145,3 +150,58 @@ def weighted_ppo_clip(x, p, s):
         per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * float(p["dual_clip"])), per_token)
     return _finish(per_token * _weights(x, mask), leaf, mask, p, s,
                    {"ppo_kl": masked_mean(-log_ratio.detach(), mask)})
+
+
+def sapo(x, p, s):
+    """SAPO: the soft gate (4/τ)·σ(τ(r − 1)) replaces the clipped ratio; τ by the sign of A."""
+    mask = x["mask"]
+    leaf, logp = leaf_under_mask(x["logp"], mask)
+    old, adv = clean(x["old_logp"], mask), clean(x["advantages"], mask)
+    L = float(p["log_ratio_clamp"])
+    log_ratio = logp - old
+    if math.isfinite(L):
+        log_ratio = log_ratio.clamp(-L, L)
+    ratio = log_ratio.exp()
+    tau = torch.where(adv > 0, torch.full_like(adv, float(p["tau_pos"])), torch.full_like(adv, float(p["tau_neg"])))
+    gate = torch.sigmoid(tau * (ratio - 1.0)) * 4.0 / tau
+    metrics = {"pg_clipfrac": torch.zeros(()), "pg_clipfrac_lower": torch.zeros(()),
+               "ppo_kl": masked_mean(-log_ratio.detach(), mask)}
+    return _finish(-gate * adv * _weights(x, mask), leaf, mask, p, s, metrics)
+
+
+def dppo(x, p, s):
+    """DPPO binary-TV / binary-KL: a detached, truncated IS weight times −A·log π, kept only
+    inside the divergence trust region in the direction of the advantage."""
+    mask = x["mask"]
+    leaf, logp = leaf_under_mask(x["logp"], mask)
+    old, adv = clean(x["old_logp"], mask), clean(x["advantages"], mask)
+    log_ratio = (logp - old).clamp(-20.0, 20.0)
+    ratio = log_ratio.exp()
+    c = float(p["ratio_cap"])
+    trunc = ratio.clamp(max=c).detach()
+    prob, old_prob = logp.detach().exp(), old.exp()
+    lo, hi = float(p["delta_low"]), float(p["delta_high"])
+    if s["divergence"] == "tv":
+        keep_pos = (prob - old_prob) <= hi
+        keep_neg = (prob - old_prob) >= -lo
+    else:
+        bkl = old_prob * (old - logp.detach()) + (1 - old_prob) * torch.log((1 - old_prob + 1e-8) / (1 - prob + 1e-8))
+        keep_pos = (bkl <= hi) | (prob <= old_prob)
+        keep_neg = (bkl <= lo) | (prob >= old_prob)
+    keep = torch.where(adv > 0, keep_pos, keep_neg).double()
+    per_token = -adv * trunc * logp * keep * _weights(x, mask)
+    metrics = {"pg_clipfrac": masked_mean(1.0 - keep, mask),
+               "pg_clipfrac_lower": masked_mean((ratio.detach() > c).double() * keep, mask),
+               "ppo_kl": masked_mean(-log_ratio.detach(), mask)}
+    return _finish(per_token, leaf, mask, p, s, metrics)
+
+
+def dro(x, p, s):
+    """DRO per token: −(A·log π − ½β·(log π − log π_old)²)."""
+    mask = x["mask"]
+    leaf, logp = leaf_under_mask(x["logp"], mask)
+    old, adv = clean(x["old_logp"], mask), clean(x["advantages"], mask)
+    beta = float(p["beta"])
+    per_token = -(adv * logp - 0.5 * beta * (logp - old) ** 2)
+    return _finish(per_token * _weights(x, mask), leaf, mask, p, s,
+                   {"ppo_kl": masked_mean(-(logp - old).detach(), mask)})

@@ -39,15 +39,18 @@
 
 #include <rlpo/policy/cispo.hpp>
 #include <rlpo/policy/detail/common.hpp>
+#include <rlpo/policy/dppo.hpp>
+#include <rlpo/policy/dro.hpp>
 #include <rlpo/policy/gspo.hpp>
 #include <rlpo/policy/ppo_clip.hpp>
 #include <rlpo/policy/reinforce.hpp>
+#include <rlpo/policy/sapo.hpp>
 
 #include <string>
 
 namespace rlpo::policy {
 
-enum class PolicyLoss { Vanilla, GPG, GSPO, CISPO };
+enum class PolicyLoss { Vanilla, GPG, GSPO, CISPO, SAPO, DPPOTV, DPPOKL, DRO };
 
 /// Whose defaults `make_policy_loss` applies to the chosen variant.
 enum class Anchor { Paper, Verl, TRL };
@@ -58,6 +61,10 @@ struct PolicyLossOptions {
     PPOClipOptions vanilla{};
     GSPOOptions gspo{};
     CISPOOptions cispo{};
+    SAPOOptions sapo{};
+    DPPOOptions dppo_tv = DPPOOptions::tv();
+    DPPOOptions dppo_kl = DPPOOptions::kl();
+    DROOptions dro{};
 };
 
 /// verl's registry name of a variant.
@@ -67,6 +74,10 @@ inline const char* to_string(PolicyLoss l) {
         case PolicyLoss::GPG: return "gpg";
         case PolicyLoss::GSPO: return "gspo";
         case PolicyLoss::CISPO: return "cispo";
+        case PolicyLoss::SAPO: return "sapo";
+        case PolicyLoss::DPPOTV: return "dppo_tv";
+        case PolicyLoss::DPPOKL: return "dppo_kl";
+        case PolicyLoss::DRO: return "dro";
     }
     return "?";
 }
@@ -83,6 +94,8 @@ inline const PolicyLossName* policy_loss_names(std::size_t& n) {
         {"dapo", PolicyLoss::Vanilla},    {"gpg", PolicyLoss::GPG},
         {"reinforce", PolicyLoss::GPG},   {"gspo", PolicyLoss::GSPO},
         {"gspo_token", PolicyLoss::GSPO}, {"cispo", PolicyLoss::CISPO},
+        {"sapo", PolicyLoss::SAPO},       {"dppo_tv", PolicyLoss::DPPOTV},
+        {"dppo_kl", PolicyLoss::DPPOKL},  {"dro", PolicyLoss::DRO},
     };
     n = sizeof(table) / sizeof(table[0]);
     return table;
@@ -120,6 +133,7 @@ inline PolicyLossOptions make_policy_loss(const std::string& name, Anchor anchor
             o.vanilla = PPOClipOptions::trl();
             o.gspo = GSPOOptions::trl();
             o.cispo = CISPOOptions::trl();
+            o.sapo = SAPOOptions::trl();
             break;
     }
     if (name == "gspo_token") o.gspo.level = GSPOLevel::Token;
@@ -151,6 +165,14 @@ Result<::rlpo::detail::scalar_t<DL>> policy_loss(
             return gspo(logp, old_logp, advantages, mask, opts.gspo, norm, out, is_weights);
         case PolicyLoss::CISPO:
             return cispo(logp, old_logp, advantages, mask, opts.cispo, norm, out, is_weights);
+        case PolicyLoss::SAPO:
+            return sapo(logp, old_logp, advantages, mask, opts.sapo, norm, out, is_weights);
+        case PolicyLoss::DPPOTV:
+            return dppo(logp, old_logp, advantages, mask, opts.dppo_tv, norm, out, is_weights);
+        case PolicyLoss::DPPOKL:
+            return dppo(logp, old_logp, advantages, mask, opts.dppo_kl, norm, out, is_weights);
+        case PolicyLoss::DRO:
+            return dro(logp, old_logp, advantages, mask, opts.dro, norm, out, is_weights);
     }
     ::rlpo::detail::fail("policy::policy_loss", "loss: invalid PolicyLoss value ",
                          static_cast<int>(opts.loss));

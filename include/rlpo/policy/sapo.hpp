@@ -1,0 +1,112 @@
+#pragma once
+/// \file
+/// SAPO: soft adaptive policy optimisation — a smooth sigmoid gate in place of PPO's hard clip.
+///
+/// Per unmasked token, with lr = clamp(logp − old_logp, −L, L), r = exp(lr) and
+/// τ = τ_pos if A > 0 else τ_neg:
+///
+///     f(r) = (4/τ)·σ(τ·(r − 1)),     l = −f(r)·A      (times the optional per-token weight w)
+///
+/// f(1) = 2/τ and f'(1) = 1, so near r = 1 SAPO has PPO's gradient −A·r; far from 1
+/// the gradient decays smoothly instead of being cut to 0. A larger τ_neg makes negative
+/// updates decay faster (the paper's asymmetry).
+///
+/// **Gradient** w.r.t. `logp`: ∂l/∂logp = −w·A·4·σ(τ(r−1))·(1 − σ(τ(r−1)))·r inside the clamp,
+/// 0 outside it.
+///
+/// **Normalizer**: verl and TRL both aggregate SAPO seq-mean-token-mean whatever the configured
+/// mode; `aggregation = SeqMeanTokenMean` (default) does the same, keeping the Normalizer's
+/// global counts; `std::nullopt` uses the caller's mode.
+///
+/// **Metrics**: `pg_clipfrac` = 0 and `pg_clipfrac_lower` = 0 (nothing is clipped; reported as
+/// verl does), `ppo_kl` = mean of −lr (clamped).
+///
+/// **Defaults**: Gao et al. 2025, "Soft Adaptive Policy Optimization" (arXiv 2511.20347):
+/// τ_pos = 1.0, τ_neg = 1.05 — also verl's actor defaults and TRL's `sapo_temperature_pos/neg`.
+/// `SAPOOptions::verl()` clamps the log-ratio at ±20 (default); `::trl()` does not clamp.
+///
+/// **Bad input**: shapes differing from `logp`, τ_pos or τ_neg ≤ 0, L ≤ 0 →
+/// rlpo::invalid_argument; NaN under a non-zero mask → rlpo::invalid_argument naming the input.
+/// ±inf log-probs are accepted (the gate is bounded), except both −inf at one token (reported).
+/// An empty mask gives value 0, gradient 0 and metrics 0.
+
+#include <rlpo/core/math.hpp>
+#include <rlpo/policy/detail/common.hpp>
+
+#include <algorithm>
+#include <limits>
+
+namespace rlpo::policy {
+
+struct SAPOOptions {
+    double tau_pos = 1.0;   ///< τ for A > 0
+    double tau_neg = 1.05;  ///< τ for A ≤ 0
+    /// L: log-ratio clamp before exp (verl: 20); +inf disables it.
+    double log_ratio_clamp = 20.0;
+    /// Forced aggregation mode (verl, TRL: seq-mean-token-mean); nullopt = the Normalizer's mode.
+    std::optional<Aggregation> aggregation = Aggregation::SeqMeanTokenMean;
+
+    /// verl `compute_policy_loss_sapo` (τ 1.0 / 1.05, clamp ±20, seq-mean-token-mean).
+    static SAPOOptions verl() { return SAPOOptions{}; }
+    /// TRL GRPOTrainer loss_type "sapo": no clamp, seq-mean-token-mean.
+    static SAPOOptions trl() {
+        SAPOOptions o;
+        o.log_ratio_clamp = std::numeric_limits<double>::infinity();
+        return o;
+    }
+};
+
+namespace detail {
+inline void validate(const char* fn, const SAPOOptions& o) {
+    ::rlpo::detail::check_positive(fn, "tau_pos", o.tau_pos);
+    ::rlpo::detail::check_positive(fn, "tau_neg", o.tau_neg);
+    check_clamp(fn, "log_ratio_clamp", o.log_ratio_clamp);
+}
+}  // namespace detail
+
+/// SAPO loss and its gradient w.r.t. `logp`. All inputs `[B, T]`.
+template <class DL, class DO, class DA, class DM>
+Result<::rlpo::detail::scalar_t<DL>> sapo(
+    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
+    const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
+    const SAPOOptions& opts = {}, const Normalizer& norm = {},
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
+    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
+    using S = ::rlpo::detail::scalar_t<DL>;
+    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
+    constexpr const char* fn = "policy::sapo";
+    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
+        m(mask.derived());
+    ::rlpo::detail::check_same_shape(fn, "old_logp", olp, "logp", lp);
+    ::rlpo::detail::check_same_shape(fn, "advantages", A, "logp", lp);
+    ::rlpo::detail::check_same_shape(fn, "mask", m, "logp", lp);
+    detail::validate(fn, opts);
+    detail::check_weights(fn, is_weights, m);
+
+    Result<S> res;
+    const RowWeights w = row_weights(fn, m, detail::with_mode(norm, opts.aggregation));
+    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
+    const double L = opts.log_ratio_clamp;
+    const auto pass = ::rlpo::detail::token_pass<1, S>(
+        fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}},
+        [&](Index i, Index t, std::array<double, 1>& st) -> ::rlpo::detail::LossGrad {
+            const double a = static_cast<double>(A(i, t));
+            const double raw = static_cast<double>(lp(i, t)) - static_cast<double>(olp(i, t));
+            if (std::isnan(raw) || std::isnan(a)) return {raw + a, 0.0};
+            const double lr = std::clamp(raw, -L, L);
+            const double r = std::exp(lr);
+            const double tau = a > 0 ? opts.tau_pos : opts.tau_neg;
+            const double sg = ::rlpo::sigmoid(tau * (r - 1.0));
+            const double dr = (raw >= -L && raw <= L) ? r : 0.0;
+            const double wt = detail::weight_at(is_weights, i, t);
+            st[0] = -lr;
+            return {-wt * a * (4.0 / tau) * sg, -wt * a * 4.0 * sg * (1.0 - sg) * dr};
+        });
+    res.value = g.coef() * pass.value;
+    res.metrics.add("pg_clipfrac", 0.0, pass.count);
+    res.metrics.add("pg_clipfrac_lower", 0.0, pass.count);
+    res.metrics.add("ppo_kl", pass.stats[0], pass.count);
+    return res;
+}
+
+}  // namespace rlpo::policy
