@@ -155,3 +155,224 @@ def overlong(x, p, s):
     if clip:
         soft = torch.where(L > Lmax, torch.full_like(L, -f), soft)
     return {"penalty": soft}
+
+
+# ----------------------------------------------------------------------------------------------
+# more advantage estimators
+# ----------------------------------------------------------------------------------------------
+
+def opo(x, p, s):
+    scores, lens = _col(x["scores"]), _col(x["lengths"])
+    raw_singleton = s.get("singleton", "zero") == "raw"
+    adv = torch.zeros_like(scores)
+    for idx in _groups(x["group_ids"]):
+        g, l = scores[idx], lens[idx]
+        if g.numel() == 1:
+            if raw_singleton:
+                adv[idx] = g
+            continue
+        if bool((g == g[0]).all()):
+            continue
+        base = (l * g).sum() / l.sum() if float(l.sum()) > 0 else g.mean()
+        adv[idx] = g - base
+    return {"adv": adv}
+
+
+def grpo_passk(x, p, s):
+    scores = _col(x["scores"])
+    eps = float(p["epsilon"])
+    norm = s.get("norm", "yes") == "yes"
+    adv = torch.zeros_like(scores)
+    for idx in _groups(x["group_ids"]):
+        g = scores[idx]
+        if bool((g == g[0]).all()):
+            continue
+        srt, order = torch.sort(g, descending=True, stable=True)
+        a = srt[0] - srt[1]
+        if norm:
+            a = a / (torch.std(g, unbiased=True) + eps)
+        adv[idx[order[0]]] = a
+    return {"adv": adv}
+
+
+def passk_enumerated(x, p, s):
+    """pass@k advantage by brute force: for each response, the mean over all k-subsets of its
+    group that contain it of (max over the subset − mean over all subsets) / std over subsets."""
+    import itertools
+    scores = _col(x["scores"])
+    k = int(p["k"])
+    adv = torch.zeros_like(scores)
+    for idx in _groups(x["group_ids"]):
+        g = scores[idx].tolist()
+        n = len(g)
+        subsets = list(itertools.combinations(range(n), k))
+        vals = torch.tensor([max(g[j] for j in c) for c in subsets], dtype=torch.float64)
+        mean = vals.mean()
+        std = torch.sqrt(((vals - mean) ** 2).mean())
+        if float(std) == 0.0:
+            continue
+        for i in range(n):
+            mine = torch.tensor([float(v) for c, v in zip(subsets, vals) if i in c], dtype=torch.float64)
+            adv[idx[i]] = ((mine - mean) / std).mean()
+    return {"adv": adv}
+
+
+def gdpo(x, p, s):
+    R = x["rewards"]
+    eps = float(p["epsilon"])
+    weights = _col(p["weights"]) if "weights" in p else torch.ones(R.shape[1], dtype=torch.float64)
+    total = torch.zeros(R.shape[0], dtype=torch.float64)
+    for k in range(R.shape[1]):
+        col = R[:, k]
+        a = torch.zeros_like(col)
+        for idx in _groups(x["group_ids"]):
+            g = col[idx]
+            if g.numel() == 1 or bool((g == g[0]).all()):
+                continue
+            a[idx] = (g - g.mean()) / (torch.std(g, unbiased=True) + eps)
+        total = total + weights[k] * a
+    if bool((total == total[0]).all()):
+        return {"adv": torch.zeros_like(total)}
+    out = (total - total.mean()) / (torch.std(total, unbiased=True) + float(p["batch_epsilon"]))
+    return {"adv": out}
+
+
+def remax(x, p, s):
+    r, mask, b = x["token_rewards"], x["mask"], _col(x["baseline"])
+    r = torch.where(mask != 0, r, torch.zeros_like(r)) * mask
+    togo = torch.flip(torch.cumsum(torch.flip(r, dims=[1]), dim=1), dims=[1])
+    adv = (togo - b.reshape(-1, 1)) * (mask != 0)
+    return {"adv": adv, "returns": togo * (mask != 0)}
+
+
+# ----------------------------------------------------------------------------------------------
+# shaping
+# ----------------------------------------------------------------------------------------------
+
+def kimi(x, p, s):
+    L, c = _col(x["lengths"]), _col(x["correct"])
+    out = torch.zeros_like(L)
+    for idx in _groups(x["group_ids"]):
+        l = L[idx]
+        lo, hi = l.min(), l.max()
+        if float(hi - lo) == 0:
+            continue
+        lam = 0.5 - (l - lo) / (hi - lo)
+        out[idx] = torch.where(c[idx] != 0, lam, torch.clamp(lam, max=0.0))
+    return {"reward": out}
+
+
+def grpo_lambda(x, p, s):
+    c, r = _col(x["correct"]), _col(x["length_rewards"])
+    frac = float(p["top_fraction"])
+    groups = _groups(x["group_ids"])
+    acc = [float((c[idx] != 0).double().mean()) for idx in groups]
+    ranked = sorted(range(len(groups)), key=lambda g: (-acc[g], g))
+    top = set(ranked[:math.ceil(frac * len(groups) - 1e-9)])
+    out = (c != 0).double()
+    for g, idx in enumerate(groups):
+        if g in top:
+            out[idx] = r[idx]
+    return {"reward": out}
+
+
+def dot(x, p, s):
+    sc, L, c = _col(x["scores"]).clone(), _col(x["lengths"]), _col(x["correct"])
+    k, outlier = float(p["k_sigma"]), float(p["outlier_score"])
+    for idx in _groups(x["group_ids"]):
+        if idx.numel() < 2 or not bool((c[idx] != 0).all()):
+            continue
+        l = L[idx]
+        thr = l.mean() + k * torch.std(l, unbiased=False)
+        sc[idx] = torch.where(l > thr, torch.full_like(l, outlier), sc[idx])
+    return {"scores": sc}
+
+
+def stcr(x, p, s):
+    a, L, c = _col(x["adv"]).clone(), _col(x["lengths"]), _col(x["correct"])
+    base = float(p["base"])
+    for idx in _groups(x["group_ids"]):
+        ok = c[idx] != 0
+        if not bool(ok.any()):
+            continue
+        delta = L[idx] - L[idx][ok].mean()
+        scale = torch.where((~ok) & (delta > 0), 2.0 - base ** (-delta), torch.ones_like(delta))
+        a[idx] = a[idx] * scale
+    return {"adv": a}
+
+
+def ensemble(x, p, s):
+    R = x["rewards"]
+    mode = s["mode"]
+    if mode == "mean":
+        return {"reward": R.mean(dim=1)}
+    if mode == "wco":
+        return {"reward": R.min(dim=1).values}
+    var = torch.var(R, dim=1, unbiased=(s["variance"] == "sample"))
+    return {"reward": R.mean(dim=1) - float(p["lambda"]) * var}
+
+
+def ctrl(x, p, s):
+    r, B = _col(x["rewards"]), x["base"]
+    less = (B < r.reshape(-1, 1)).double().mean(dim=1)
+    eq = (B == r.reshape(-1, 1)).double().mean(dim=1)
+    u = less + eq if s["ties"] == "le" else less + 0.5 * eq
+    t = float(p["t"])
+    return {"u": u, "bon": torch.exp(t * u), "won": -torch.exp(-t * u)}
+
+
+def kl_in_reward(x, p, s):
+    from penalties import kl_estimator_value
+    mask = x["mask"]
+    sc = torch.where(mask != 0, x["token_scores"], torch.zeros_like(mask))
+    old = torch.where(mask != 0, x["old_logp"], torch.zeros_like(mask))
+    ref = torch.where(mask != 0, x["ref_logp"], torch.zeros_like(mask))
+    k = kl_estimator_value(old, ref, s["estimator"], float(p["log_ratio_clamp"]), float(p["value_clamp"]))
+    k = torch.where(mask != 0, k, torch.zeros_like(k))
+    beta = float(p["beta"])
+    rows = mask.sum(dim=1)
+    per_row = (k * mask).sum(dim=1)
+    nonempty = rows > 0
+    metric = (per_row[nonempty] / rows[nonempty]).mean() if bool(nonempty.any()) else torch.tensor(0.0, dtype=torch.float64)
+    return {"token_rewards": (sc - beta * k) * (mask != 0), "seq_kl": per_row, "reward_kl_penalty": metric}
+
+
+def truncation(x, p, s):
+    r, f = _col(x["rewards"]), _col(x["truncated"])
+    return {"rewards": torch.where(f != 0, r * float(p["factor"]), r)}
+
+
+# ----------------------------------------------------------------------------------------------
+# best of N
+# ----------------------------------------------------------------------------------------------
+
+def bon_enumerated(x, p, s):
+    """Best-of-N by enumerating all K^N draws: the winner is the highest reward, ties broken
+    uniformly among the tied draws (each tied position equally likely)."""
+    import itertools
+    pm, r = _col(x["p"]).tolist(), _col(x["rewards"]).tolist()
+    n, K = int(p["n"]), len(pm)
+    out = [0.0] * K
+    for draw in itertools.product(range(K), repeat=n):
+        prob = 1.0
+        for d in draw:
+            prob *= pm[d]
+        if prob == 0.0:
+            continue
+        best = max(r[d] for d in draw)
+        winners = [d for d in draw if r[d] == best]
+        for d in winners:
+            out[d] += prob / len(winners)
+    q = torch.tensor(out, dtype=torch.float64)
+    pt = torch.tensor(pm, dtype=torch.float64)
+    nz = (q > 0) & (pt > 0)
+    kl = (q[nz] * torch.log(q[nz] / pt[nz])).sum()
+    return {"q": q, "kl": kl}
+
+
+def tilt(x, p, s):
+    pm, r = _col(x["p"]), _col(x["rewards"])
+    beta = float(p["beta"])
+    w = torch.where(pm > 0, torch.log(pm) + r / beta, torch.full_like(pm, -math.inf))
+    logz = torch.logsumexp(w, dim=0)
+    return {"q": torch.exp(w - logz), "logz": logz}

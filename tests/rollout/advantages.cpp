@@ -11,6 +11,7 @@
 #include <rlpo/rollout/advantages.hpp>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 
 using rlpo::Index;
@@ -247,4 +248,172 @@ TEST_CASE("group advantages: bad input gives the documented error", "[rollout][a
     Mat<double> mneg = Mat<double>::Ones(4, 2);
     mneg(1, 1) = -1;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::broadcast_to_tokens(s, mneg), "mask: entries must be finite and >= 0");
+}
+
+TEMPLATE_TEST_CASE("opo / pass@k / gdpo agree with the PyTorch reference", "[rollout][advantages][torch]", float, double) {
+    using S = TestType;
+    rlpo_test::TorchReference tr("rollout", std::string("adv2_") + (sizeof(S) == 4 ? "f" : "d"));
+    std::vector<std::function<void(std::size_t)>> checks;
+    const double tol = rlpo_test::ref_tol<S>();
+    auto compare = [&tr, tol](std::size_t i, const Vec<S>& a) {
+        CHECK(rlpo_test::max_rel_err(Mat<double>(a.template cast<double>()), tr.out(i, "adv")) < tol);
+    };
+    std::uint64_t seed = 1500;
+    for (const auto& o : {rr::OPOOptions{}, rr::OPOOptions::verl()}) {
+        const auto b = grouped_batch(seed++);
+        rt::Generator gen(seed++);
+        Vec<S> L(b.n());
+        for (Index i = 0; i < b.n(); ++i) L(i) = static_cast<S>(gen.integer(0, 50));
+        L.head(3).setZero();  // first group may have all-zero lengths: plain mean
+        const Vec<S> s = b.scores.cast<S>();
+        auto& c = tr.add<S>("opo");
+        c.in("scores", Mat<S>(s)).in("lengths", Mat<S>(L)).in("group_ids", b.ids);
+        c.s("singleton", o.singleton == rr::SingletonGroups::RawScore ? "raw" : "zero");
+        checks.push_back([=](std::size_t i) { compare(i, rr::opo_advantages(s, L, b.groups, o)); });
+    }
+    for (bool norm : {true, false}) {
+        auto b = grouped_batch(seed++);
+        b.groups = Groups::equal(b.n() - b.n() % 4, 4);  // pass@k needs groups of ≥ 2
+        const Index n = b.groups.num_responses();
+        Vec<S> s = b.scores.head(n).cast<S>();
+        s(5) = s(6) = S(9);  // a tie for the maximum
+        Mat<double> ids(n, 1);
+        for (Index i = 0; i < n; ++i) ids(i, 0) = double(i / 4);
+        rr::GRPOPassKOptions o;
+        o.norm_by_std = norm;
+        auto& c = tr.add<S>("grpo_passk");
+        c.in("scores", Mat<S>(s)).in("group_ids", ids).p("epsilon", o.epsilon).s("norm", norm ? "yes" : "no");
+        checks.push_back([=](std::size_t i) { compare(i, rr::grpo_passk_advantages(s, b.groups, o)); });
+    }
+    for (Index k : {1, 2, 3, 5}) {
+        rt::Generator gen(seed++);
+        const Groups g = Groups::from_offsets({0, 5, 11, 16, 21});
+        Vec<S> s(21);
+        for (Index i = 0; i < 21; ++i) s(i) = gen.uniform() < 0.4 ? S(1) : S(0);
+        s.segment(16, 5).setOnes();  // all correct: 0
+        s(0) = S(1), s(1) = S(0);
+        Mat<double> ids(21, 1);
+        for (Index gi = 0; gi < 4; ++gi)
+            for (Index i = g.begin(gi); i < g.end(gi); ++i) ids(i, 0) = double(gi);
+        auto& c = tr.add<S>("passk_enumerated");
+        c.in("scores", Mat<S>(s)).in("group_ids", ids).p("k", double(k));
+        checks.push_back([=](std::size_t i) { compare(i, rr::passk_advantages(s, g, k)); });
+    }
+    for (int variant = 0; variant < 2; ++variant) {
+        const auto b = grouped_batch(seed++);
+        rt::Generator gen(seed++);
+        Mat<S> R(b.n(), 3);
+        for (Index i = 0; i < b.n(); ++i) {
+            R(i, 0) = static_cast<S>(b.scores(i));
+            R(i, 1) = gen.uniform() < 0.5 ? S(1) : S(0);  // a format reward
+            R(i, 2) = static_cast<S>(gen.normal());
+        }
+        rr::GDPOOptions o;
+        if (variant == 1) o.weights = {1.0, 0.5, 2.0};
+        auto& c = tr.add<S>("gdpo");
+        c.in("rewards", R).in("group_ids", b.ids).p("epsilon", o.component.epsilon).p("batch_epsilon", o.batch_epsilon);
+        if (!o.weights.empty()) c.p("weights", Mat<double>(Eigen::Map<const Mat<double>>(o.weights.data(), 3, 1)));
+        checks.push_back([=](std::size_t i) { compare(i, rr::gdpo_advantages(R, b.groups, o)); });
+    }
+    tr.run();
+    for (std::size_t i = 0; i < checks.size(); ++i) {
+        INFO("case " << i);
+        checks[i](i);
+    }
+}
+
+TEST_CASE("pass@k / OPO / GDPO: closed forms and identities", "[rollout][advantages][properties]") {
+    // pass@1 is GRPO with population std and ε = 0; pass@k sums to 0 in each group
+    rt::Generator gen(77);
+    Vec<double> s(24);
+    for (Index i = 0; i < 24; ++i) s(i) = gen.uniform() < 0.5 ? 1.0 : 0.0;
+    s(0) = 1, s(1) = 0;
+    const Groups g = Groups::equal(24, 8);
+    GRPOOptions pop;
+    pop.std_kind = StdKind::Population;
+    pop.epsilon = 0;
+    CHECK((rr::passk_advantages(s, g, 1) - rr::grpo_advantages(s, g, pop)).cwiseAbs().maxCoeff() < 1e-12);
+    for (Index k = 1; k <= 8; ++k) {
+        const Vec<double> a = rr::passk_advantages(s, g, k);
+        for (Index gi = 0; gi < 3; ++gi) CHECK(std::abs(a.segment(8 * gi, 8).sum()) < 1e-10);
+        // correct responses never get less than wrong ones
+        for (Index i = 0; i < 24; ++i)
+            for (Index j = 0; j < 24; ++j)
+                if (i / 8 == j / 8 && s(i) == 1 && s(j) == 0) CHECK(a(i) >= a(j));
+    }
+    // k = n with two correct answers: every n-subset passes, σ = 0 ⇒ 0
+    Vec<double> two(4);
+    two << 1, 1, 0, 0;
+    const Vec<double> an = rr::passk_advantages(two, Groups::equal(4, 4), 4);
+    CHECK(an.isZero(0));  // every 4-subset contains a correct answer: σ = 0 ⇒ 0
+    // OPO with equal lengths is Dr.GRPO; the length-weighted baseline of a group
+    const auto b = grouped_batch(78);
+    const Vec<double> ones = Vec<double>::Constant(b.n(), 7.0);
+    CHECK((rr::opo_advantages(b.scores, ones, b.groups) - rr::grpo_advantages(b.scores, b.groups, GRPOOptions::dr_grpo())).cwiseAbs().maxCoeff() < 1e-12);
+    Vec<double> s3(3), l3(3);
+    s3 << 1, 0, 0;
+    l3 << 10, 20, 30;
+    const Vec<double> o3 = rr::opo_advantages(s3, l3, Groups::equal(3, 3));
+    CHECK(o3(0) == Approx(1 - 10.0 / 60).epsilon(1e-14));
+    CHECK(o3(1) == Approx(-10.0 / 60).epsilon(1e-14));
+    // GDPO with one component and no batch step is GRPO; the batch step gives mean 0, std 1
+    rr::GDPOOptions go;
+    go.batch_normalize = false;
+    const Mat<double> one = b.scores;
+    CHECK((rr::gdpo_advantages(one, b.groups, go) - rr::grpo_advantages(b.scores, b.groups)).cwiseAbs().maxCoeff() < 1e-12);
+    Mat<double> two_rewards(b.n(), 2);
+    two_rewards.col(0) = b.scores;
+    for (Index i = 0; i < b.n(); ++i) two_rewards(i, 1) = double(i % 3 == 0);
+    rr::GDPOOptions gb;
+    gb.batch_epsilon = 0;
+    const Vec<double> ag = rr::gdpo_advantages(two_rewards, b.groups, gb);
+    CHECK(std::abs(ag.mean()) < 1e-12);
+    CHECK(std::sqrt((ag.array() - ag.mean()).square().sum() / (b.n() - 1)) == Approx(1.0).epsilon(1e-12));
+    // the paper's collapse: summed rewards {0, 1} and {0, 2} get the same GRPO advantages, GDPO
+    // keeps (1, 1) above (0, 1)
+    Mat<double> coll(4, 2);
+    coll << 0, 0, 0, 1, 0, 0, 1, 1;
+    const Vec<double> sums = coll.rowwise().sum();
+    GRPOOptions no_eps;
+    no_eps.epsilon = 0;
+    const Vec<double> ga = rr::grpo_advantages(sums, Groups::equal(4, 2), no_eps);
+    CHECK(ga(1) == Approx(ga(3)).epsilon(1e-12));
+    const Vec<double> gd = rr::gdpo_advantages(coll, Groups::equal(4, 2), rr::GDPOOptions{});
+    CHECK(gd(3) > gd(1) + 0.1);
+    CHECK(gd(2) < gd(0) - 0.1);
+    // verl pass@k: only the best response is non-zero, and it equals s_max − s_2nd without std
+    Vec<double> pk(4);
+    pk << 0.2, 0.9, 0.5, 0.1;
+    rr::GRPOPassKOptions po;
+    po.norm_by_std = false;
+    const Vec<double> ap = rr::grpo_passk_advantages(pk, Groups::equal(4, 4), po);
+    CHECK(ap(1) == Approx(0.4));
+    CHECK(ap(0) == 0);
+    CHECK(ap(2) == 0);
+}
+
+TEST_CASE("pass@k / OPO / GDPO: bad input gives the documented error", "[rollout][advantages][bad-input]") {
+    Vec<double> s(4);
+    s << 1, 0, 0.5, 1;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::passk_advantages(s, Groups::equal(4, 2), 1),
+                                    "rollout::passk_advantages(): scores: must be 0 or 1 (binary rewards), given 0.5 at response 2");
+    s(2) = 0;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::passk_advantages(s, Groups::equal(4, 2), 3), "k: 3 exceeds the size 2 of group 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::passk_advantages(s, Groups::equal(4, 2), 0), "k: must be >= 1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_passk_advantages(s, Groups::from_offsets({0, 1, 4})),
+                                    "rollout::grpo_passk_advantages(): groups: group 0 has 1 response(s); pass@k needs at least 2");
+    Vec<double> l(4);
+    l << 1, 2, -3, 4;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::opo_advantages(s, l, Groups::equal(4, 2)),
+                                    "rollout::opo_advantages(): lengths: entries must be finite and >= 0, given -3 at response 2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::opo_advantages(s, Vec<double>::Ones(3), Groups::equal(4, 2)), "lengths: has 3 entries");
+    rr::GDPOOptions go;
+    go.weights = {1.0};
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gdpo_advantages(Mat<double>::Ones(4, 2), Groups::equal(4, 2), go),
+                                    "rollout::gdpo_advantages(): weights: expected 2 entries (columns of rewards), given 1");
+    go = {};
+    go.component.scale = AdvantageScale::Batch;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gdpo_advantages(Mat<double>::Ones(4, 2), Groups::equal(4, 2), go), "component.scale: must be Group or None");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gdpo_advantages(Mat<double>::Ones(4, 0), Groups::equal(4, 2)), "expected at least one reward component");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gdpo_advantages(Mat<double>::Ones(3, 2), Groups::equal(4, 2)), "rewards: has 3 entries, but the groups cover 4");
 }

@@ -17,6 +17,9 @@
 /// | RLOO | s_i − (Σ_g s − s_i)/(n − 1) = n/(n−1)·(s_i − μ_g) | `rloo_advantages` |
 /// | OPO | s_i − Σ_g l_j s_j / Σ_g l_j (length-weighted baseline) | `opo_advantages` |
 /// | GRPO pass@k (verl) | best response of the group: (s_max − s_2nd) [/ (σ_g + ε)], others 0 | `grpo_passk_advantages` |
+/// | pass@k (analytic, binary) | correct: (1 − R̄)/σ; wrong: (1 − R̄ − C(n_neg−1, k−1)/C(n−1, k−1))/σ | `passk_advantages` |
+/// | GDPO | whiten_B(Σ_k w_k·GRPO_g(r_k)) over K reward components | `gdpo_advantages` |
+/// | DLER | (s_i − μ_g)/(σ_B + ε): GRPO with batch std (`GRPOOptions::dler()`) | `grpo_advantages` |
 ///
 /// Degenerate groups (documented, never NaN or a blow-up): a group whose scores are all
 /// bitwise equal gets advantage exactly 0 in every estimator; a singleton group gets 0 by
@@ -33,6 +36,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace rlpo::rollout {
@@ -97,6 +101,14 @@ struct GRPOOptions {
     static GRPOOptions dr_grpo() {
         GRPOOptions o;
         o.scale = AdvantageScale::None;
+        return o;
+    }
+    /// DLER (Liu et al. 2025, arXiv:2510.15110) "batch-wise reward normalisation": centre by
+    /// the group mean, divide by the std of the whole batch's rewards — against the large
+    /// group-std variance that a truncation penalty causes.
+    static GRPOOptions dler() {
+        GRPOOptions o;
+        o.scale = AdvantageScale::Batch;
         return o;
     }
 };
@@ -248,6 +260,208 @@ Mat<::rlpo::detail::scalar_t<DM>> outcome_token_rewards(const Eigen::MatrixBase<
                 break;
             }
     return out;
+}
+
+
+/// Options of `opo_advantages`.
+struct OPOOptions {
+    SingletonGroups singleton = SingletonGroups::Zero;  ///< verl: RawScore
+    NanScores nan_scores = NanScores::Throw;
+    static OPOOptions verl() {
+        OPOOptions o;
+        o.singleton = SingletonGroups::RawScore;
+        return o;
+    }
+};
+
+/// OPO, on-policy RL with the optimal reward baseline (Hao et al. 2025, arXiv:2505.23585):
+/// A_i = s_i − b_g with the length-weighted baseline b_g = Σ_{j∈g} l_j s_j / Σ_{j∈g} l_j
+/// (the variance-minimising baseline when the gradient norm grows with the length), as verl's
+/// `compute_opo_outcome_advantage`. `lengths` are the response lengths (≥ 0). A group whose
+/// lengths are all 0 uses the plain mean. Singleton groups: 0, or the raw score under `verl()`.
+template <class DS, class DL>
+Vec<::rlpo::detail::scalar_t<DS>> opo_advantages(const Eigen::MatrixBase<DS>& scores,
+                                                  const Eigen::MatrixBase<DL>& lengths,
+                                                  const Groups& groups,
+                                                  const OPOOptions& opts = {}) {
+    using S = ::rlpo::detail::scalar_t<DS>;
+    constexpr const char* fn = "rollout::opo_advantages";
+    const std::vector<double> s = detail::read_scores(fn, "scores", scores, opts.nan_scores);
+    const std::vector<double> l = detail::read_nonnegative(fn, "lengths", lengths);
+    detail::check_groups(fn, "scores", groups, s.size());
+    detail::check_groups(fn, "lengths", groups, l.size());
+    std::vector<double> a(s.size(), 0.0);
+    for (Index g = 0; g < groups.num_groups(); ++g) {
+        const Index b = groups.begin(g), e = groups.end(g);
+        if (e - b == 1) {
+            if (opts.singleton == SingletonGroups::RawScore) a[static_cast<std::size_t>(b)] = s[static_cast<std::size_t>(b)];
+            continue;
+        }
+        if (detail::all_equal(s, b, e)) continue;
+        double num = 0.0, den = 0.0;
+        for (Index k = b; k < e; ++k) {
+            num += l[static_cast<std::size_t>(k)] * s[static_cast<std::size_t>(k)];
+            den += l[static_cast<std::size_t>(k)];
+        }
+        const double base = den > 0 ? num / den : detail::mean(s, b, e);
+        for (Index k = b; k < e; ++k) a[static_cast<std::size_t>(k)] = s[static_cast<std::size_t>(k)] - base;
+    }
+    return detail::to_vec<S>(a);
+}
+
+/// Options of `grpo_passk_advantages`.
+struct GRPOPassKOptions {
+    bool norm_by_std = true;  ///< divide by σ_g + ε (verl `norm_adv_by_std_in_grpo`)
+    double epsilon = 1e-6;
+    StdKind std_kind = StdKind::Sample;
+};
+
+/// verl's GRPO pass@k advantage (`compute_grpo_passk_outcome_advantage`): only the best response
+/// of each group gets a non-zero advantage, s_max − s_2nd (divided by σ_g + ε when
+/// `norm_by_std`); ties for the maximum give 0 (s_max − s_2nd = 0), and the first of the tied
+/// responses is taken as "the best". Every group needs at least 2 responses (as in verl);
+/// all-equal groups give 0.
+template <class D>
+Vec<::rlpo::detail::scalar_t<D>> grpo_passk_advantages(const Eigen::MatrixBase<D>& scores,
+                                                        const Groups& groups,
+                                                        const GRPOPassKOptions& opts = {}) {
+    using S = ::rlpo::detail::scalar_t<D>;
+    constexpr const char* fn = "rollout::grpo_passk_advantages";
+    ::rlpo::detail::check_nonnegative(fn, "epsilon", opts.epsilon);
+    const std::vector<double> s = detail::read_scores(fn, "scores", scores);
+    detail::check_groups(fn, "scores", groups, s.size());
+    std::vector<double> a(s.size(), 0.0);
+    for (Index g = 0; g < groups.num_groups(); ++g) {
+        const Index b = groups.begin(g), e = groups.end(g);
+        RLPO_CHECK(e - b >= 2, fn, "groups: group ", g, " has ", e - b,
+                   " response(s); pass@k needs at least 2 per group");
+        if (detail::all_equal(s, b, e)) continue;
+        Index best = b;
+        for (Index k = b + 1; k < e; ++k)
+            if (s[static_cast<std::size_t>(k)] > s[static_cast<std::size_t>(best)]) best = k;
+        double second = -std::numeric_limits<double>::infinity();
+        for (Index k = b; k < e; ++k)
+            if (k != best) second = std::max(second, s[static_cast<std::size_t>(k)]);
+        double adv = s[static_cast<std::size_t>(best)] - second;
+        if (opts.norm_by_std) {
+            const double mu = detail::mean(s, b, e);
+            adv /= detail::stddev(s, b, e, mu, opts.std_kind == StdKind::Sample) + opts.epsilon;
+        }
+        a[static_cast<std::size_t>(best)] = adv;
+    }
+    return detail::to_vec<S>(a);
+}
+
+namespace detail {
+/// C(n−a, k)/C(n, k) = Π_{j=0}^{k−1} (n − a − j)/(n − j): the probability that k draws without
+/// replacement from n items avoid a marked ones (0 when a > n − k).
+inline double avoid_prob(Index n, Index a, Index k) {
+    double p = 1.0;
+    for (Index j = 0; j < k; ++j) {
+        if (n - a - j <= 0) return 0.0;
+        p *= static_cast<double>(n - a - j) / static_cast<double>(n - j);
+    }
+    return p;
+}
+}  // namespace detail
+
+/// Analytic pass@k advantages for binary rewards (Chen et al. 2025, "Pass@k Training for
+/// Adaptively Balancing Exploration and Exploitation", arXiv:2508.10751). With n responses in
+/// the group of which n_neg are wrong, the group's pass@k reward (a k-subset scores 1 iff it
+/// contains a correct response) has mean R̄ = 1 − C(n_neg, k)/C(n, k) and std σ = sqrt(R̄(1 − R̄));
+/// each response's advantage is the mean over the k-subsets containing it:
+///
+///   correct: A_pos = (1 − R̄)/σ,   wrong: A_neg = (1 − R̄ − C(n_neg − 1, k − 1)/C(n − 1, k − 1))/σ.
+///
+/// Scores must be 0/1 (> 0.5 counts as correct is *not* assumed: any other value is an error);
+/// all-correct or all-wrong groups (σ = 0) give 0; k must satisfy 1 ≤ k ≤ n for every group.
+/// k = 1 reduces to GRPO with population std and ε = 0 (tested).
+template <class D>
+Vec<::rlpo::detail::scalar_t<D>> passk_advantages(const Eigen::MatrixBase<D>& scores,
+                                                   const Groups& groups, Index k) {
+    using S = ::rlpo::detail::scalar_t<D>;
+    constexpr const char* fn = "rollout::passk_advantages";
+    const std::vector<double> s = detail::read_scores(fn, "scores", scores);
+    detail::check_groups(fn, "scores", groups, s.size());
+    RLPO_CHECK(k >= 1, fn, "k: must be >= 1, given ", k);
+    for (std::size_t i = 0; i < s.size(); ++i)
+        RLPO_CHECK(s[i] == 0.0 || s[i] == 1.0, fn, "scores: must be 0 or 1 (binary rewards), given ",
+                   s[i], " at response ", i);
+    std::vector<double> a(s.size(), 0.0);
+    for (Index g = 0; g < groups.num_groups(); ++g) {
+        const Index b = groups.begin(g), e = groups.end(g), n = e - b;
+        RLPO_CHECK(k <= n, fn, "k: ", k, " exceeds the size ", n, " of group ", g);
+        Index neg = 0;
+        for (Index j = b; j < e; ++j) neg += s[static_cast<std::size_t>(j)] == 0.0 ? 1 : 0;
+        if (neg == 0 || neg == n) continue;
+        const double rbar = 1.0 - detail::avoid_prob(n, n - neg, k);  // C(neg,k)/C(n,k)
+        const double sigma = std::sqrt(rbar * (1.0 - rbar));
+        if (!(sigma > 0)) continue;
+        // C(neg−1, k−1)/C(n−1, k−1): the other k−1 drawn from n−1 all wrong
+        const double others_wrong = detail::avoid_prob(n - 1, n - neg, k - 1);
+        const double a_pos = (1.0 - rbar) / sigma;
+        const double a_neg = (1.0 - rbar - others_wrong) / sigma;
+        for (Index j = b; j < e; ++j)
+            a[static_cast<std::size_t>(j)] = s[static_cast<std::size_t>(j)] == 1.0 ? a_pos : a_neg;
+    }
+    return detail::to_vec<S>(a);
+}
+
+/// Options of `gdpo_advantages`.
+struct GDPOOptions {
+    /// Per-component group normalisation (each column of the rewards, GRPO with these options;
+    /// its `scale` must be Group or None).
+    GRPOOptions component{};
+    /// Weights w_k of the components (empty = all 1).
+    std::vector<double> weights{};
+    /// Final batch normalisation (x − mean_B)/(std_B + ε_B) of the summed advantages.
+    bool batch_normalize = true;
+    StdKind batch_std_kind = StdKind::Sample;
+    double batch_epsilon = 1e-6;
+};
+
+/// GDPO, group reward-decoupled normalisation (Liu et al. 2026, arXiv:2601.05242): with K
+/// reward components per response (`rewards`, N × K), each component is group-normalised on
+/// its own (A_k = GRPO_g(r_k)), the normalised advantages are summed with weights
+/// (Σ_k w_k A_k), and the sum is normalised over the whole batch, so distinct reward
+/// combinations no longer collapse to one advantage as they do when GRPO normalises the summed
+/// reward. Degenerate groups follow `component` (0 for all-equal / singleton components); a
+/// batch whose summed advantages are all equal gives 0. [verify] The paper's method section
+/// was read through secondary summaries only (per-reward group normalisation, sum, batch
+/// normalisation); the per-component weights default to 1.
+template <class D>
+Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rewards,
+                                                  const Groups& groups,
+                                                  const GDPOOptions& opts = {}) {
+    using S = ::rlpo::detail::scalar_t<D>;
+    constexpr const char* fn = "rollout::gdpo_advantages";
+    const auto& R = rewards.derived();
+    const Index N = R.rows(), K = R.cols();
+    RLPO_CHECK(K >= 1, fn, "rewards: expected at least one reward component (column), given 0");
+    RLPO_CHECK(opts.weights.empty() || static_cast<Index>(opts.weights.size()) == K, fn,
+               "weights: expected ", K, " entries (columns of rewards), given ", opts.weights.size());
+    for (std::size_t k = 0; k < opts.weights.size(); ++k)
+        ::rlpo::detail::check_finite_param(fn, "weights", opts.weights[k]);
+    RLPO_CHECK(opts.component.scale != AdvantageScale::Batch, fn,
+               "component.scale: must be Group or None (the batch step is batch_normalize)");
+    ::rlpo::detail::check_nonnegative(fn, "batch_epsilon", opts.batch_epsilon);
+    detail::check_groups(fn, "rewards", groups, static_cast<std::size_t>(N));
+    std::vector<double> sum(static_cast<std::size_t>(N), 0.0);
+    for (Index k = 0; k < K; ++k) {
+        Vec<double> col(N);
+        for (Index i = 0; i < N; ++i) col(i) = static_cast<double>(R(i, k));
+        const Vec<double> a = grpo_advantages(col, groups, opts.component);
+        const double w = opts.weights.empty() ? 1.0 : opts.weights[static_cast<std::size_t>(k)];
+        for (Index i = 0; i < N; ++i) sum[static_cast<std::size_t>(i)] += w * a(i);
+    }
+    if (opts.batch_normalize && N > 0) {
+        if (detail::all_equal(sum, 0, N)) return Vec<S>::Zero(N);
+        const double mu = detail::mean(sum, 0, N);
+        const double sd = detail::stddev(sum, 0, N, mu, opts.batch_std_kind == StdKind::Sample);
+        const double den = sd + opts.batch_epsilon;
+        for (auto& x : sum) x = den > 0 ? (x - mu) / den : 0.0;
+    }
+    return detail::to_vec<S>(sum);
 }
 
 }  // namespace rlpo::rollout
