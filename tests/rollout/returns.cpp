@@ -53,7 +53,7 @@ TEMPLATE_TEST_CASE("reinforce++ / ++baseline / gae agree with the PyTorch refere
                    float, double) {
     using S = TestType;
     rlpo_test::TorchReference tr("rollout", std::string("ret_") + (sizeof(S) == 4 ? "f" : "d"));
-    enum Kind { RPP, RPPB, GAE };
+    enum Kind { RPP, RPPB, GAE, REMAX };
     struct Run {
         Kind kind;
         Mat<S> r, v, m;
@@ -102,6 +102,15 @@ TEMPLATE_TEST_CASE("reinforce++ / ++baseline / gae agree with the PyTorch refere
             whiten_params<S>(c, o.whitening);
             runs.push_back(run);
         }
+    for (int rep = 0; rep < 2; ++rep) {
+        rt::Generator gen(seed++);
+        Run run{REMAX, {}, {}, holey_mask<S>(gen, B, T), {}, {}, {}, {}, {}};
+        run.r = poison<S>(gen.normal<S>(B, T), run.m);
+        run.scores = gen.normal<S>(B, 1);  // the greedy baselines
+        auto& c = tr.add<S>("remax");
+        c.in("token_rewards", run.r).in("mask", run.m).in("baseline", Mat<S>(run.scores));
+        runs.push_back(run);
+    }
     tr.run();
     const double tol = rlpo_test::ref_tol<S>();
     for (std::size_t i = 0; i < runs.size(); ++i) {
@@ -114,6 +123,10 @@ TEMPLATE_TEST_CASE("reinforce++ / ++baseline / gae agree with the PyTorch refere
         } else if (r.kind == RPPB) {
             const Mat<S> a = rr::reinforce_pp_baseline_advantages(r.scores, r.groups, r.m, r.rppb);
             CHECK(rlpo_test::max_rel_err(a, tr.out(i, "adv")) < tol);
+        } else if (r.kind == REMAX) {
+            const auto out = rr::remax_advantages(r.r, r.scores, r.m);
+            CHECK(rlpo_test::max_rel_err(out.advantages, tr.out(i, "adv")) < tol);
+            CHECK(rlpo_test::max_rel_err(out.returns, tr.out(i, "returns")) < tol);
         } else {
             const auto out = rr::gae_advantages(r.r, r.v, r.m, r.gae);
             CHECK(rlpo_test::max_rel_err(out.advantages, tr.out(i, "adv")) < tol);
@@ -206,6 +219,23 @@ TEST_CASE("whitening: moments, degenerate counts, masked entries never read", "[
         for (Index t = 0; t < 5; ++t)
             if (mb(i, t) != 0) CHECK(A(i, t) == A(i, 0));
     CHECK(A(b.groups.begin(1), 0) == A(b.groups.begin(2), 0));  // singleton and all-equal group
+}
+
+TEST_CASE("remax: outcome reward minus the greedy baseline on every token", "[rollout][returns][properties]") {
+    rt::Generator gen(21);
+    const Mat<double> m = gen.mask(5, 7, 1, true);
+    const Vec<double> s = gen.normal(5, 1).col(0), b = gen.normal(5, 1).col(0);
+    const Mat<double> r = rr::outcome_token_rewards(s, m);
+    const auto out = rr::remax_advantages(r, b, m);
+    for (Index i = 0; i < 5; ++i)
+        for (Index t = 0; t < 7; ++t) CHECK(out.advantages(i, t) == (m(i, t) != 0 ? Approx(s(i) - b(i)) : Approx(0.0)));
+    // reward-to-go equals the undiscounted REINFORCE++ return on prefix masks
+    ReinforcePPOptions o;
+    o.whiten = false;
+    const Mat<double> rn = gen.normal(5, 7);
+    CHECK((rr::remax_advantages(rn, b, m).returns - rr::reinforce_pp_advantages(rn, m, o).returns).cwiseAbs().maxCoeff() < 1e-12);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::remax_advantages(rn, Vec<double>::Zero(4), m),
+                                    "rollout::remax_advantages(): greedy_baseline: expected 5 entries (rows of token_rewards), given 4");
 }
 
 TEST_CASE("token advantages: bad input gives the documented error", "[rollout][returns][bad-input]") {

@@ -8,6 +8,7 @@
 /// | REINFORCE++ | whiten(G), G_t = r_t + γ·G_{t+1} within the response | `reinforce_pp_advantages` |
 /// | REINFORCE++-baseline | whiten(s_i − μ_g broadcast over tokens) | `reinforce_pp_baseline_advantages` |
 /// | GAE | Â_t = δ_t + γλ·Â_{t+1}, δ_t = r_t + γ·V_{t+1} − V_t; returns Â + V; then whiten(Â) | `gae_advantages` |
+/// | ReMax | Σ_{t'≥t} r_t' − b_i, b_i the reward of the greedy response to the same prompt | `remax_advantages` |
 ///
 /// Papers: REINFORCE++ (Hu 2025, arXiv:2501.03262: discounted token returns, global batch
 /// advantage normalisation; "++-baseline" subtracts the group mean first); GAE (Schulman et al.
@@ -283,6 +284,41 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> gae_advantages(
     out.returns = R.cast<S>();
     if (opts.whiten) detail::whiten_in_place<S>(A, m, opts.whitening);
     out.advantages = A.cast<S>();
+    return out;
+}
+
+
+/// ReMax (Li et al. 2023, arXiv:2310.10505), as verl's `compute_remax_outcome_advantage`: the
+/// reward-to-go of each token minus the reward b_i of the greedy (argmax-decoded) response to the
+/// same prompt, A_it = Σ_{t' ≥ t} m_it'·r_it' − b_i on unmasked tokens (0 elsewhere);
+/// `returns` holds the reward-to-go. `greedy_baseline` has one entry per row (repeat the
+/// prompt's greedy reward for each of its responses). With an outcome reward at the last token
+/// every token of row i carries s_i − b_i.
+template <class DR, class DB, class DM>
+TokenAdvantages<::rlpo::detail::scalar_t<DR>> remax_advantages(
+    const Eigen::MatrixBase<DR>& token_rewards, const Eigen::MatrixBase<DB>& greedy_baseline,
+    const Eigen::MatrixBase<DM>& mask) {
+    using S = ::rlpo::detail::scalar_t<DR>;
+    constexpr const char* fn = "rollout::remax_advantages";
+    const ConstMatRef<S> r(token_rewards.derived()), m(mask.derived());
+    ::rlpo::detail::check_same_shape(fn, "mask", m, "token_rewards", r);
+    ::rlpo::detail::check_mask(fn, m);
+    const std::vector<double> b = detail::read_scores(fn, "greedy_baseline", greedy_baseline);
+    RLPO_CHECK(static_cast<Index>(b.size()) == r.rows(), fn, "greedy_baseline: expected ", r.rows(),
+               " entries (rows of token_rewards), given ", b.size());
+    detail::check_token_input<S>(fn, "token_rewards", r, m);
+    TokenAdvantages<S> out;
+    out.advantages = Mat<S>::Zero(r.rows(), r.cols());
+    out.returns = Mat<S>::Zero(r.rows(), r.cols());
+    for (Index i = 0; i < r.rows(); ++i) {
+        double togo = 0.0;
+        for (Index t = r.cols() - 1; t >= 0; --t) {
+            if (m(i, t) == 0) continue;
+            togo += static_cast<double>(m(i, t)) * static_cast<double>(r(i, t));
+            out.returns(i, t) = static_cast<S>(togo);
+            out.advantages(i, t) = static_cast<S>(togo - b[static_cast<std::size_t>(i)]);
+        }
+    }
     return out;
 }
 
