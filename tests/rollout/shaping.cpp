@@ -9,6 +9,7 @@
 #include <rlpo/rollout/shaping.hpp>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 
 using rlpo::Index;
@@ -41,6 +42,113 @@ TEMPLATE_TEST_CASE("shaping rules agree with the PyTorch reference", "[rollout][
             CHECK(rlpo_test::max_rel_err(Mat<double>(p.template cast<double>()), tr.out(i, "penalty")) < tol);
         });
     }
+    auto cmp = [&tr, tol](std::size_t i, const char* name, const Mat<double>& x) {
+        INFO(name);
+        CHECK(rlpo_test::max_rel_err(x, tr.out(i, name)) < tol);
+    };
+    auto vm = [](const auto& v) { return Mat<double>(v.template cast<double>()); };
+    std::uint64_t seed = 950;
+    // Kimi length reward, GRPO-λ, DOT, STCR, truncation on grouped batches with binary correctness
+    for (int rep = 0; rep < 3; ++rep) {
+        const auto b = rollout_test::grouped_batch(seed++);
+        rt::Generator g2(seed++);
+        Vec<S> L(b.n()), c(b.n()), adv(b.n()), trunc(b.n());
+        for (Index i = 0; i < b.n(); ++i) {
+            L(i) = static_cast<S>(g2.integer(5, 60));
+            c(i) = g2.uniform() < 0.6 ? S(1) : S(0);
+            adv(i) = static_cast<S>(g2.normal());
+            trunc(i) = g2.uniform() < 0.3 ? S(1) : S(0);
+        }
+        // an all-correct group with one long outlier, and an all-equal-length group
+        const Index g4 = b.groups.begin(4), n4 = b.groups.size(4);
+        c.segment(g4, n4).setOnes();
+        L.segment(g4, n4).setConstant(S(20));
+        L(g4) = S(400);
+        const Index g5 = b.groups.begin(5);
+        L.segment(g5, b.groups.size(5)).setConstant(S(33));
+        const Vec<S> sc = b.scores.cast<S>();
+        const Vec<S> lenr = (c.array() + S(0.3) * L.array() / S(60)).matrix();
+        const double frac = rep == 0 ? 0.0 : (rep == 1 ? 0.34 : 1.0);
+        rr::DOTOptions dot;
+        if (rep == 2) dot.k_sigma = 1.0, dot.outlier_score = -1.0;
+        const double base = rep == 2 ? 1.001 : 1.00001;
+        const double factor = rep * 0.1;
+        auto& c1 = tr.add<S>("kimi");
+        c1.in("lengths", Mat<S>(L)).in("correct", Mat<S>(c)).in("group_ids", b.ids);
+        checks.push_back([=](std::size_t i) { cmp(i, "reward", vm(rr::kimi_length_reward(L, c, b.groups))); });
+        auto& c2 = tr.add<S>("grpo_lambda");
+        c2.in("correct", Mat<S>(c)).in("length_rewards", Mat<S>(lenr)).in("group_ids", b.ids).p("top_fraction", frac);
+        checks.push_back([=](std::size_t i) { cmp(i, "reward", vm(rr::grpo_lambda_rewards(c, lenr, b.groups, frac))); });
+        auto& c3 = tr.add<S>("dot");
+        c3.in("scores", Mat<S>(sc)).in("lengths", Mat<S>(L)).in("correct", Mat<S>(c)).in("group_ids", b.ids);
+        c3.p("k_sigma", dot.k_sigma).p("outlier_score", dot.outlier_score);
+        checks.push_back([=](std::size_t i) { cmp(i, "scores", vm(rr::dot_outlier_truncation(sc, L, c, b.groups, dot))); });
+        auto& c4 = tr.add<S>("stcr");
+        c4.in("adv", Mat<S>(adv)).in("lengths", Mat<S>(L)).in("correct", Mat<S>(c)).in("group_ids", b.ids).p("base", base);
+        checks.push_back([=](std::size_t i) { cmp(i, "adv", vm(rr::stcr_scale_advantages(adv, L, c, b.groups, base))); });
+        auto& c5 = tr.add<S>("truncation");
+        c5.in("rewards", Mat<S>(sc)).in("truncated", Mat<S>(trunc)).p("factor", factor);
+        checks.push_back([=](std::size_t i) { cmp(i, "rewards", vm(rr::truncation_penalty(sc, trunc, factor))); });
+    }
+    // ensembles
+    for (int mode = 0; mode < 4; ++mode) {
+        rt::Generator g2(seed++);
+        const Mat<S> R = g2.normal<S>(9, 5);
+        rr::EnsembleOptions o = mode == 0 ? rr::EnsembleOptions::mean()
+                                : mode == 1 ? rr::EnsembleOptions::worst_case()
+                                            : rr::EnsembleOptions::uncertainty_weighted(0.7, mode == 2 ? rr::StdKind::Population : rr::StdKind::Sample);
+        auto& c = tr.add<S>("ensemble");
+        c.in("rewards", R).s("mode", mode == 0 ? "mean" : mode == 1 ? "wco" : "uwo");
+        c.s("variance", mode == 3 ? "sample" : "population").p("lambda", o.uncertainty_coef);
+        checks.push_back([=](std::size_t i) { cmp(i, "reward", vm(rr::ensemble_reward(R, o))); });
+    }
+    // CTRL calibration (with ties) and transforms
+    for (auto ties : {rr::CalibrationTies::LessEqual, rr::CalibrationTies::Midrank}) {
+        rt::Generator g2(seed++);
+        Mat<S> base(8, 6);
+        Vec<S> r(8);
+        for (Index i = 0; i < 8; ++i) {
+            for (Index j = 0; j < 6; ++j) base(i, j) = static_cast<S>(g2.integer(0, 6));
+            r(i) = static_cast<S>(g2.integer(-1, 7));
+        }
+        const double t = 3.5;
+        auto& c = tr.add<S>("ctrl");
+        c.in("rewards", Mat<S>(r)).in("base", base).p("t", t).s("ties", ties == rr::CalibrationTies::LessEqual ? "le" : "mid");
+        checks.push_back([=](std::size_t i) {
+            const Vec<S> u = rr::ctrl_calibrate(r, base, ties);
+            cmp(i, "u", vm(u));
+            cmp(i, "bon", vm(rr::ctrl_transform(u, t, rr::CTRLTransform::BestOfN)));
+            cmp(i, "won", vm(rr::ctrl_transform(u, t, rr::CTRLTransform::WorstOfN)));
+        });
+    }
+    // KL in reward, every estimator, verl and TRL clamps
+    for (auto e : {rlpo::penalties::KLEstimator::K1, rlpo::penalties::KLEstimator::Abs,
+                   rlpo::penalties::KLEstimator::K2, rlpo::penalties::KLEstimator::K3})
+        for (bool trl : {false, true}) {
+            rt::Generator g2(seed++);
+            const Index B = 6, T = 8;
+            Mat<S> m = g2.mask<S>(B, T, 1, true);
+            m.row(0).setOnes();
+            const Mat<S> old = g2.logprobs<S>(B, T);
+            Mat<S> ref = g2.perturbed<S>(old, 1.5);
+            ref(0, 0) = old(0, 0) - S(25);  // beyond the clamps
+            Mat<S> sc = g2.normal<S>(B, T);
+            for (Index k = 0; k < m.size(); ++k)
+                if (m.data()[k] == 0) sc.data()[k] = std::numeric_limits<S>::quiet_NaN();  // never read
+            const auto o = trl ? rlpo::penalties::KLOptions::trl(e) : rlpo::penalties::KLOptions::verl(e);
+            const double beta = 0.05;
+            auto& c = tr.add<S>("kl_in_reward");
+            c.in("token_scores", sc).in("old_logp", old).in("ref_logp", ref).in("mask", m);
+            c.p("beta", beta).p("log_ratio_clamp", o.log_ratio_clamp).p("value_clamp", o.value_clamp);
+            c.s("estimator", rlpo::penalties::to_string(e));
+            checks.push_back([=, &tr](std::size_t i) {
+                const auto res = rr::kl_in_reward(sc, old, ref, m, beta, o);
+                cmp(i, "token_rewards", res.token_rewards.template cast<double>());
+                cmp(i, "seq_kl", vm(res.seq_kl));
+                CHECK(rlpo_test::rel_err(res.metrics["reward_kl_penalty"], tr.scalar(i, "reward_kl_penalty")) < tol);
+                CHECK(res.metrics["reward_kl_penalty_coeff"] == beta);
+            });
+        }
     tr.run();
     for (std::size_t i = 0; i < checks.size(); ++i) {
         INFO("case " << i);
@@ -66,6 +174,79 @@ TEST_CASE("overlong penalty: closed form zones", "[rollout][shaping][properties]
     for (Index k = 1; k < 6; ++k) CHECK(p(k) <= p(k - 1));
 }
 
+TEST_CASE("shaping rules: closed forms and properties", "[rollout][shaping][properties]") {
+    // Kimi: shortest correct +0.5, longest −0.5; wrong answers never positive
+    Vec<double> L(4), c(4);
+    L << 10, 20, 30, 10;
+    c << 1, 1, 1, 0;
+    const Vec<double> k = rr::kimi_length_reward(L, c, Groups::equal(4, 4));
+    CHECK(k(0) == 0.5);
+    CHECK(k(1) == 0.0);
+    CHECK(k(2) == -0.5);
+    CHECK(k(3) == 0.0);  // wrong and shortest: min(0, 0.5)
+    CHECK(rr::kimi_length_reward(Vec<double>::Constant(3, 7.0), c.head(3), Groups::equal(3, 3)).isZero(0));
+    // GRPO-λ: fraction 0 ⇒ 0/1 correctness everywhere, 1 ⇒ the length rewards everywhere
+    const auto b = rollout_test::grouped_batch(31);
+    Vec<double> cc(b.n()), lr(b.n());
+    for (Index i = 0; i < b.n(); ++i) cc(i) = double(i % 3 != 0), lr(i) = 0.1 * i;
+    CHECK(rr::grpo_lambda_rewards(cc, lr, b.groups, 0.0) == cc);
+    CHECK(rr::grpo_lambda_rewards(cc, lr, b.groups, 1.0) == lr);
+    // DOT: nothing changes outside all-correct groups, and k = ∞-like thresholds change nothing
+    Vec<double> s(6), LL(6), c6(6);
+    s << 1, 1, 1, 1, 1, 0;
+    LL << 10, 11, 12, 100, 10, 500;
+    c6 << 1, 1, 1, 1, 1, 0;
+    const Groups g6 = Groups::from_offsets({0, 4, 6});
+    rr::DOTOptions d;
+    d.k_sigma = 1.0;
+    const Vec<double> ds = rr::dot_outlier_truncation(s, LL, c6, g6, d);
+    CHECK(ds(3) == 0.0);  // 100 > mean 33.25 + 1·σ (38.5)
+    CHECK(ds.head(3) == s.head(3));
+    CHECK(ds.tail(2) == s.tail(2));  // group with a wrong answer untouched
+    d.k_sigma = 3.0;  // a single outlier among 4 can never exceed μ + 3σ (max z-score is √3)
+    CHECK(rr::dot_outlier_truncation(s, LL, c6, g6, d) == s);
+    // STCR: scale is 1 at Δ ≤ 0, → 2 as Δ → ∞, only for wrong answers
+    Vec<double> a(3), L3(3), c3(3);
+    a << 1, -1, -1;
+    L3 << 100, 50, 1e9;
+    c3 << 1, 0, 0;
+    const Vec<double> st = rr::stcr_scale_advantages(a, L3, c3, Groups::equal(3, 3));
+    CHECK(st(0) == 1);
+    CHECK(st(1) == -1);
+    CHECK(st(2) == Approx(-2.0).epsilon(1e-12));
+    // ensembles: WCO ≤ mean; UWO with λ = 0 is the mean; identical models: UWO = mean = WCO
+    rt::Generator gen(5);
+    const Mat<double> R = gen.normal(6, 4);
+    const Vec<double> mean = rr::ensemble_reward(R, rr::EnsembleOptions::mean());
+    CHECK((rr::ensemble_reward(R, rr::EnsembleOptions::worst_case()).array() <= mean.array()).all());
+    CHECK((rr::ensemble_reward(R, rr::EnsembleOptions::uncertainty_weighted(0.0, rr::StdKind::Sample)) - mean).cwiseAbs().maxCoeff() < 1e-15);
+    const Mat<double> same = R.col(0).replicate(1, 4);
+    CHECK((rr::ensemble_reward(same, rr::EnsembleOptions::uncertainty_weighted(2.0, rr::StdKind::Population)) - R.col(0)).cwiseAbs().maxCoeff() < 1e-15);
+    // sample variance = population · K/(K − 1)
+    const Vec<double> up = rr::ensemble_reward(R, rr::EnsembleOptions::uncertainty_weighted(1.0, rr::StdKind::Population));
+    const Vec<double> us = rr::ensemble_reward(R, rr::EnsembleOptions::uncertainty_weighted(1.0, rr::StdKind::Sample));
+    CHECK(((mean - us) - (mean - up) * (4.0 / 3.0)).cwiseAbs().maxCoeff() < 1e-12);
+    // CTRL: calibration is invariant to a monotone transform of the reward model
+    const Mat<double> base = gen.normal(5, 9);
+    const Vec<double> r = gen.normal(5, 1).col(0);
+    const Vec<double> u1 = rr::ctrl_calibrate(r, base);
+    const Mat<double> base3 = base.array().cube();
+    const Vec<double> r3 = r.array().cube();
+    CHECK(rr::ctrl_calibrate(r3, base3) == u1);
+    CHECK((u1.array() >= 0).all());
+    CHECK((u1.array() <= 1).all());
+    // KL in reward: identical old and ref ⇒ rewards unchanged, seq_kl 0
+    const Mat<double> m = Mat<double>::Ones(2, 3), lp = gen.logprobs(2, 3), sc = gen.normal(2, 3);
+    const auto same_kl = rr::kl_in_reward(sc, lp, lp, m, 0.1);
+    CHECK(same_kl.token_rewards == sc);
+    CHECK(same_kl.seq_kl.isZero(0));
+    // k1 summed over a row equals Σ(old − ref), and β scales linearly
+    const Mat<double> ref = gen.perturbed(lp, 0.5);
+    const auto k1 = rr::kl_in_reward(sc, lp, ref, m, 0.2, rlpo::penalties::KLOptions::verl(rlpo::penalties::KLEstimator::K1));
+    CHECK(k1.seq_kl(0) == Approx((lp.row(0) - ref.row(0)).sum()).epsilon(1e-12));
+    CHECK(k1.token_rewards(1, 2) == Approx(sc(1, 2) - 0.2 * (lp(1, 2) - ref(1, 2))).epsilon(1e-12));
+}
+
 TEST_CASE("shaping: bad input gives the documented error", "[rollout][shaping][bad-input]") {
     Vec<double> L(2);
     L << 10, 20;
@@ -78,4 +259,40 @@ TEST_CASE("shaping: bad input gives the documented error", "[rollout][shaping][b
     L(1) = nan_d;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::overlong_penalty(L, OverlongOptions::dapo(100, 20)),
                                     "lengths: entries must be finite and >= 0, given nan at response 1");
+    Vec<double> r(2), f(3);
+    r << 1, 0;
+    f << 0, 1, 0;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::truncation_penalty(r, f), "rollout::truncation_penalty(): truncated: expected 2 entries");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::truncation_penalty(r, r, 1.5), "factor: must be in [0, 1], given 1.5");
+    const Groups g2 = Groups::equal(2, 2);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kimi_length_reward(f, r, g2), "rollout::kimi_length_reward(): lengths: has 3 entries, but the groups cover 2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_lambda_rewards(r, r, g2, 1.2), "top_fraction: must be in [0, 1], given 1.2");
+    rr::DOTOptions d;
+    d.k_sigma = -1;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::dot_outlier_truncation(r, r, r, g2, d), "k_sigma: must be >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::stcr_scale_advantages(r, r, r, g2, 1.0), "base: must be > 1, given 1");
+    Vec<double> lneg = r;
+    lneg(0) = -2;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::stcr_scale_advantages(r, lneg, r, g2), "lengths: entries must be finite and >= 0, given -2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ensemble_reward(Mat<double>::Ones(3, 1), rr::EnsembleOptions::uncertainty_weighted(1, rr::StdKind::Sample)),
+                                    "rollout::ensemble_reward(): rewards: the sample variance needs at least 2 reward models");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ensemble_reward(Mat<double>::Ones(3, 2), rr::EnsembleOptions::uncertainty_weighted(-1, rr::StdKind::Sample)),
+                                    "uncertainty_coef: must be >= 0");
+    Mat<double> Rn = Mat<double>::Ones(3, 2);
+    Rn(2, 1) = nan_d;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ensemble_reward(Rn, rr::EnsembleOptions::mean()), "rewards: non-finite value nan at [2, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ctrl_calibrate(r, Mat<double>::Ones(3, 4)), "rollout::ctrl_calibrate(): base_rewards: expected 2 rows");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ctrl_transform(r, 0.0), "rollout::ctrl_transform(): t: must be > 0");
+    Vec<double> u(2);
+    u << 0.5, 1.5;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ctrl_transform(u, 1.0), "calibrated: must be in [0, 1], given 1.5 at response 1");
+    const Mat<double> m = Mat<double>::Ones(2, 3), x = Mat<double>::Zero(2, 3);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kl_in_reward(x, x, Mat<double>::Zero(2, 2), m, 0.1), "rollout::kl_in_reward(): ref_logp: expected shape [2, 3]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kl_in_reward(x, x, x, m, -0.1), "beta: must be >= 0");
+    Mat<double> xn = x;
+    xn(1, 1) = nan_d;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kl_in_reward(x, xn, x, m, 0.1), "old_logp: NaN at [1, 1]");
+    Mat<double> ninf = Mat<double>::Constant(2, 3, -std::numeric_limits<double>::infinity());
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kl_in_reward(x, ninf, ninf, m, 0.1, rlpo::penalties::KLOptions::trl(rlpo::penalties::KLEstimator::K1)),
+                                    "give an undefined KL");
 }

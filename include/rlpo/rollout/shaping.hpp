@@ -4,19 +4,36 @@
 /// log-probs) into the scores the advantage estimators take.
 ///
 /// Every function returns a new vector (or `[B, T]` array); none is differentiated (rewards are
-/// constants of the loss). Lengths are per-response token counts (`lengths_from_mask(mask)`).
+/// constants of the loss). Lengths are per-response token counts (`lengths_from_mask(mask)`);
+/// `correct` is one 0/1 flag per response (non-zero = the verifier accepted the answer).
+///
+/// | rule | shaped value | function |
+/// |---|---|---|
+/// | DAPO overlong | 0 / −f·(L − (L_max − L_c))/L_c / −f by zone | `overlong_penalty` |
+/// | DLER truncation | r·c if the response was cut at the cap (c = 0 in DLER), else r | `truncation_penalty` |
+/// | Kimi length reward | λ = ½ − (L − L_min,g)/(L_max,g − L_min,g); correct: λ, wrong: min(0, λ) | `kimi_length_reward` |
+/// | GRPO-λ | top-λ fraction of groups by accuracy: length-shaped reward, others 0/1 | `grpo_lambda_rewards` |
+/// | DOT | in all-correct groups, L > μ_L + k·σ_L ⇒ score := outlier score | `dot_outlier_truncation` |
+/// | STCR | wrong and longer than the correct mean: A·(1 + (1 − b^(−Δ))) | `stcr_scale_advantages` |
+/// | ensembles | WCO min_k R_k; UWO mean_k R_k − λ·Var_k R_k (population or sample, explicit) | `ensemble_reward` |
+/// | InfAlign CTRL | u = F̂_base(r); BoN exp(t·u), WoN −exp(−t·u) | `ctrl_calibrate`, `ctrl_transform` |
+/// | KL in reward | r_it − β·k(old_logp − ref_logp) per token (or summed into the score) | `kl_in_reward` |
 ///
 /// **Bad input** (rlpo::invalid_argument): size mismatches, NaN / ±inf rewards, negative
 /// lengths, hyperparameters outside their domain (each function's comment lists its own).
 
 #include <rlpo/core/error.hpp>
+#include <rlpo/core/metrics.hpp>
 #include <rlpo/core/types.hpp>
+#include <rlpo/penalties/kl_estimators.hpp>
+#include <rlpo/rollout/advantages.hpp>
 #include <rlpo/rollout/detail/scores.hpp>
 #include <rlpo/rollout/groups.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <vector>
 
 namespace rlpo::rollout {
@@ -82,6 +99,402 @@ Vec<::rlpo::detail::scalar_t<D>> overlong_penalty(const Eigen::MatrixBase<D>& le
             out[k] = -opts.penalty_factor * (L[k] - expected) / opts.cache_length;
     }
     return detail::to_vec<S>(out);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// DLER truncation penalty
+// ---------------------------------------------------------------------------------------------
+
+/// DLER's truncation length penalty (Liu et al. 2025, arXiv:2510.15110): a response cut at the
+/// length cap keeps `factor` times its reward, r'_i = factor·r_i, others keep r_i. DLER gives a
+/// truncated response reward 0 (factor = 0, the default); a softer factor (e.g. 0.1) is an
+/// option. `truncated`: one flag per response (non-zero = cut; see `truncated_by_length`).
+/// Bad input: size mismatch, NaN / ±inf rewards, factor outside [0, 1].
+template <class DR, class DF>
+Vec<::rlpo::detail::scalar_t<DR>> truncation_penalty(const Eigen::MatrixBase<DR>& rewards,
+                                                      const Eigen::MatrixBase<DF>& truncated,
+                                                      double factor = 0.0) {
+    using S = ::rlpo::detail::scalar_t<DR>;
+    constexpr const char* fn = "rollout::truncation_penalty";
+    RLPO_CHECK(factor >= 0 && factor <= 1, fn, "factor: must be in [0, 1], given ", factor);
+    std::vector<double> r = detail::read_scores(fn, "rewards", rewards);
+    const std::vector<double> f = detail::read_scores(fn, "truncated", truncated);
+    RLPO_CHECK(f.size() == r.size(), fn, "truncated: expected ", r.size(),
+               " entries (one per reward), given ", f.size());
+    for (std::size_t k = 0; k < r.size(); ++k)
+        if (f[k] != 0) r[k] *= factor;
+    return detail::to_vec<S>(r);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kimi k1.5 length reward
+// ---------------------------------------------------------------------------------------------
+
+/// Kimi k1.5 length reward (Kimi Team 2025, arXiv:2501.12599, §2.3.3): within each group, with
+/// L_min, L_max the shortest and longest response lengths,
+///
+///   λ_i = 0.5 − (L_i − L_min)/(L_max − L_min);   reward_i = λ_i if correct, min(0, λ_i) if wrong,
+///
+/// so short correct answers gain up to +0.5, long ones lose up to −0.5, and wrong answers are
+/// only ever penalised. The paper adds it to the task reward with a weight (warmed up during
+/// training); this function returns the length reward alone. A group whose lengths are all
+/// equal (L_max = L_min, including singletons) gets 0.
+template <class DL, class DC>
+Vec<::rlpo::detail::scalar_t<DL>> kimi_length_reward(const Eigen::MatrixBase<DL>& lengths,
+                                                      const Eigen::MatrixBase<DC>& correct,
+                                                      const Groups& groups) {
+    using S = ::rlpo::detail::scalar_t<DL>;
+    constexpr const char* fn = "rollout::kimi_length_reward";
+    const std::vector<double> L = detail::read_nonnegative(fn, "lengths", lengths);
+    const std::vector<double> c = detail::read_scores(fn, "correct", correct);
+    detail::check_groups(fn, "lengths", groups, L.size());
+    detail::check_groups(fn, "correct", groups, c.size());
+    std::vector<double> out(L.size(), 0.0);
+    for (Index g = 0; g < groups.num_groups(); ++g) {
+        const Index b = groups.begin(g), e = groups.end(g);
+        const auto lo = *std::min_element(L.begin() + b, L.begin() + e);
+        const auto hi = *std::max_element(L.begin() + b, L.begin() + e);
+        if (!(hi > lo)) continue;
+        for (Index k = b; k < e; ++k) {
+            const auto i = static_cast<std::size_t>(k);
+            const double lam = 0.5 - (L[i] - lo) / (hi - lo);
+            out[i] = c[i] != 0 ? lam : std::min(0.0, lam);
+        }
+    }
+    return detail::to_vec<S>(out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GRPO-λ switching
+// ---------------------------------------------------------------------------------------------
+
+/// GRPO-λ (Dai et al. 2025, "Stable Reinforcement Learning for Efficient Reasoning",
+/// arXiv:2505.18086): length penalties destabilise training on prompts the policy still gets
+/// wrong, so the reward switches per group on the group's correctness ratio. The groups are
+/// ranked by accuracy (fraction of `correct` responses; ties keep batch order) and the top
+/// ⌈λ·G⌉ groups take the length-shaped reward `length_rewards` (e.g. correctness +
+/// `kimi_length_reward`), all other groups the plain 0/1 correctness reward.
+/// [verify] The abstract states the switch (high correctness ratio ⇒ length penalty, low ⇒
+/// 0/1 reward); the selection of the top-λ fraction of the batch follows the project's
+/// catalogue, the paper's method section could not be read here. λ must be in [0, 1].
+template <class DC, class DR>
+Vec<::rlpo::detail::scalar_t<DR>> grpo_lambda_rewards(const Eigen::MatrixBase<DC>& correct,
+                                                       const Eigen::MatrixBase<DR>& length_rewards,
+                                                       const Groups& groups, double top_fraction) {
+    using S = ::rlpo::detail::scalar_t<DR>;
+    constexpr const char* fn = "rollout::grpo_lambda_rewards";
+    RLPO_CHECK(top_fraction >= 0 && top_fraction <= 1, fn,
+               "top_fraction: must be in [0, 1], given ", top_fraction);
+    const std::vector<double> c = detail::read_scores(fn, "correct", correct);
+    const std::vector<double> r = detail::read_scores(fn, "length_rewards", length_rewards);
+    detail::check_groups(fn, "correct", groups, c.size());
+    detail::check_groups(fn, "length_rewards", groups, r.size());
+    const Index G = groups.num_groups();
+    std::vector<double> acc(static_cast<std::size_t>(G), 0.0);
+    for (Index g = 0; g < G; ++g) {
+        double n = 0;
+        for (Index k = groups.begin(g); k < groups.end(g); ++k) n += c[static_cast<std::size_t>(k)] != 0 ? 1 : 0;
+        acc[static_cast<std::size_t>(g)] = n / static_cast<double>(groups.size(g));
+    }
+    std::vector<Index> order(static_cast<std::size_t>(G));
+    std::iota(order.begin(), order.end(), Index{0});
+    std::stable_sort(order.begin(), order.end(), [&](Index a, Index b) {
+        return acc[static_cast<std::size_t>(a)] > acc[static_cast<std::size_t>(b)];
+    });
+    const auto top = static_cast<Index>(std::ceil(top_fraction * static_cast<double>(G) - 1e-9));
+    std::vector<char> shaped(static_cast<std::size_t>(G), 0);
+    for (Index k = 0; k < std::min(top, G); ++k) shaped[static_cast<std::size_t>(order[static_cast<std::size_t>(k)])] = 1;
+    std::vector<double> out(c.size());
+    for (Index g = 0; g < G; ++g)
+        for (Index k = groups.begin(g); k < groups.end(g); ++k) {
+            const auto i = static_cast<std::size_t>(k);
+            out[i] = shaped[static_cast<std::size_t>(g)] ? r[i] : (c[i] != 0 ? 1.0 : 0.0);
+        }
+    return detail::to_vec<S>(out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// DOT: dynamic outlier truncation
+// ---------------------------------------------------------------------------------------------
+
+struct DOTOptions {
+    double k_sigma = 3.0;           ///< outlier if L > μ_L + k·σ_L (three-sigma rule)
+    StdKind std_kind = StdKind::Population;
+    double outlier_score = 0.0;     ///< the score an outlier gets (the wrong-answer reward)
+};
+
+/// DOT, dynamic outlier truncation (Wu et al. 2026, "Anti-Length Shift", arXiv:2601.03969):
+/// only in groups where every response is correct (`correct` all non-zero, ≥ 2 responses), a
+/// response whose length exceeds μ_L + k·σ_L of its group becomes a negative: its score is
+/// replaced by `outlier_score`. Other groups and responses keep their scores, so long
+/// reasoning on hard prompts (groups with a wrong answer) is never penalised.
+/// [verify] The paper's abstract fixes the scope (the extreme length tail of fully correct
+/// groups); the three-sigma threshold over the group's lengths comes from secondary summaries
+/// of the method, and the auxiliary KL term and predictive dynamic sampling of the paper are
+/// not part of this rule. Bad input: k_sigma < 0, size mismatch, non-finite values.
+template <class DS, class DL, class DC>
+Vec<::rlpo::detail::scalar_t<DS>> dot_outlier_truncation(const Eigen::MatrixBase<DS>& scores,
+                                                          const Eigen::MatrixBase<DL>& lengths,
+                                                          const Eigen::MatrixBase<DC>& correct,
+                                                          const Groups& groups,
+                                                          const DOTOptions& opts = {}) {
+    using S = ::rlpo::detail::scalar_t<DS>;
+    constexpr const char* fn = "rollout::dot_outlier_truncation";
+    ::rlpo::detail::check_nonnegative(fn, "k_sigma", opts.k_sigma);
+    ::rlpo::detail::check_finite_param(fn, "outlier_score", opts.outlier_score);
+    std::vector<double> s = detail::read_scores(fn, "scores", scores);
+    const std::vector<double> L = detail::read_nonnegative(fn, "lengths", lengths);
+    const std::vector<double> c = detail::read_scores(fn, "correct", correct);
+    detail::check_groups(fn, "scores", groups, s.size());
+    detail::check_groups(fn, "lengths", groups, L.size());
+    detail::check_groups(fn, "correct", groups, c.size());
+    for (Index g = 0; g < groups.num_groups(); ++g) {
+        const Index b = groups.begin(g), e = groups.end(g);
+        if (e - b < 2) continue;
+        bool all_correct = true;
+        for (Index k = b; k < e; ++k) all_correct &= c[static_cast<std::size_t>(k)] != 0;
+        if (!all_correct) continue;
+        const double mu = detail::mean(L, b, e);
+        const double sd = detail::stddev(L, b, e, mu, opts.std_kind == StdKind::Sample);
+        for (Index k = b; k < e; ++k)
+            if (L[static_cast<std::size_t>(k)] > mu + opts.k_sigma * sd) s[static_cast<std::size_t>(k)] = opts.outlier_score;
+    }
+    return detail::to_vec<S>(s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// STCR advantage scaling
+// ---------------------------------------------------------------------------------------------
+
+/// STCR length-aware scaling of wrong answers' advantages (formula as the project catalogue
+/// gives it): in a group with at least one correct response, a wrong response longer than the
+/// mean correct length by Δ = L_i − mean_{j correct} L_j > 0 gets A_i·(1 + (1 − b^(−Δ))),
+/// b = 1.00001 — its (negative) advantage grows towards 2× with the excess length. Other
+/// responses keep A_i. [verify] The source paper of this rule could not be identified from
+/// the catalogue's reference; the formula is implemented exactly as catalogued.
+/// Bad input: base ≤ 1, size mismatch, non-finite values.
+template <class DA, class DL, class DC>
+Vec<::rlpo::detail::scalar_t<DA>> stcr_scale_advantages(const Eigen::MatrixBase<DA>& advantages,
+                                                         const Eigen::MatrixBase<DL>& lengths,
+                                                         const Eigen::MatrixBase<DC>& correct,
+                                                         const Groups& groups,
+                                                         double base = 1.00001) {
+    using S = ::rlpo::detail::scalar_t<DA>;
+    constexpr const char* fn = "rollout::stcr_scale_advantages";
+    RLPO_CHECK(std::isfinite(base) && base > 1, fn, "base: must be > 1, given ", base);
+    std::vector<double> a = detail::read_scores(fn, "advantages", advantages);
+    const std::vector<double> L = detail::read_nonnegative(fn, "lengths", lengths);
+    const std::vector<double> c = detail::read_scores(fn, "correct", correct);
+    detail::check_groups(fn, "advantages", groups, a.size());
+    detail::check_groups(fn, "lengths", groups, L.size());
+    detail::check_groups(fn, "correct", groups, c.size());
+    for (Index g = 0; g < groups.num_groups(); ++g) {
+        double sum = 0, n = 0;
+        for (Index k = groups.begin(g); k < groups.end(g); ++k)
+            if (c[static_cast<std::size_t>(k)] != 0) sum += L[static_cast<std::size_t>(k)], n += 1;
+        if (n == 0) continue;
+        const double mean_correct = sum / n;
+        for (Index k = groups.begin(g); k < groups.end(g); ++k) {
+            const auto i = static_cast<std::size_t>(k);
+            const double delta = L[i] - mean_correct;
+            if (c[i] == 0 && delta > 0) a[i] *= 1.0 + (1.0 - std::pow(base, -delta));
+        }
+    }
+    return detail::to_vec<S>(a);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reward-model ensembles
+// ---------------------------------------------------------------------------------------------
+
+/// How an ensemble of K reward models scores one response.
+struct EnsembleOptions {
+    enum class Mode { Mean, WorstCase, UncertaintyWeighted };
+    Mode mode = Mode::Mean;
+    double uncertainty_coef = 0.0;           ///< λ of UWO (≥ 0)
+    StdKind variance = StdKind::Population;  ///< UWO's variance flavour
+
+    static EnsembleOptions mean() { return {}; }
+    /// WCO: min_k R_k.
+    static EnsembleOptions worst_case() { return {Mode::WorstCase, 0.0, StdKind::Population}; }
+    /// UWO: mean_k R_k − λ·Var_k R_k; the variance flavour is a required argument because the
+    /// paper's (1/K)Σ(R_k − R̄)² (population) and torch.var's default (sample, 1/(K−1)) differ.
+    static EnsembleOptions uncertainty_weighted(double lambda, StdKind variance) {
+        return {Mode::UncertaintyWeighted, lambda, variance};
+    }
+};
+
+/// Conservative reward-model ensembles (Coste et al. 2024, "Reward Model Ensembles Help
+/// Mitigate Overoptimization", arXiv:2310.02743): `rewards` is N × K (K reward models), the
+/// result one reward per response: mean, WCO = min over models, or UWO = mean − λ·variance
+/// across models (population Σ(R_k − R̄)²/K or sample /(K − 1), chosen explicitly; the sample
+/// flavour needs K ≥ 2). Bad input: K = 0, NaN / ±inf rewards, λ < 0, sample variance with
+/// K = 1.
+template <class D>
+Vec<::rlpo::detail::scalar_t<D>> ensemble_reward(const Eigen::MatrixBase<D>& rewards,
+                                                  const EnsembleOptions& opts) {
+    using S = ::rlpo::detail::scalar_t<D>;
+    constexpr const char* fn = "rollout::ensemble_reward";
+    const auto& R = rewards.derived();
+    const Index N = R.rows(), K = R.cols();
+    RLPO_CHECK(K >= 1, fn, "rewards: expected at least one reward model (column), given 0");
+    ::rlpo::detail::check_nonnegative(fn, "uncertainty_coef", opts.uncertainty_coef);
+    if (opts.mode == EnsembleOptions::Mode::UncertaintyWeighted && opts.variance == StdKind::Sample)
+        RLPO_CHECK(K >= 2, fn, "rewards: the sample variance needs at least 2 reward models, given 1");
+    Vec<S> out(N);
+    for (Index i = 0; i < N; ++i) {
+        double sum = 0, lo = std::numeric_limits<double>::infinity();
+        for (Index k = 0; k < K; ++k) {
+            const double r = static_cast<double>(R(i, k));
+            RLPO_CHECK(std::isfinite(r), fn, "rewards: non-finite value ", r, " at [", i, ", ", k, "]");
+            sum += r;
+            lo = std::min(lo, r);
+        }
+        const double mu = sum / static_cast<double>(K);
+        double v = 0.0;
+        if (opts.mode == EnsembleOptions::Mode::UncertaintyWeighted) {
+            for (Index k = 0; k < K; ++k) v += (static_cast<double>(R(i, k)) - mu) * (static_cast<double>(R(i, k)) - mu);
+            v /= static_cast<double>(opts.variance == StdKind::Sample ? K - 1 : K);
+        }
+        switch (opts.mode) {
+            case EnsembleOptions::Mode::Mean: out(i) = static_cast<S>(mu); break;
+            case EnsembleOptions::Mode::WorstCase: out(i) = static_cast<S>(lo); break;
+            case EnsembleOptions::Mode::UncertaintyWeighted: out(i) = static_cast<S>(mu - opts.uncertainty_coef * v); break;
+        }
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// InfAlign CTRL: calibrate and transform
+// ---------------------------------------------------------------------------------------------
+
+/// How a tie between a response's reward and a base sample's reward counts in calibration.
+enum class CalibrationTies {
+    LessEqual,  ///< u = #{base ≤ r}/M (the CDF of the base policy's reward, InfAlign's definition)
+    Midrank     ///< u = (#{base < r} + ½·#{base = r})/M
+};
+
+/// InfAlign's reward calibration (Balashankar et al. 2025, arXiv:2412.19792, §4): the
+/// calibrated reward of response i is the base (reference) policy's reward CDF at r_i, estimated
+/// from M reward samples of base-policy responses to the same prompt: u_i = F̂_i(r_i) ∈ [0, 1].
+/// `base_rewards` is N × M (row i: the samples for response i's prompt). Calibration makes the
+/// reward invariant to monotone transformations of the reward model. Bad input: row mismatch,
+/// M = 0, non-finite values.
+template <class DR, class DB>
+Vec<::rlpo::detail::scalar_t<DR>> ctrl_calibrate(const Eigen::MatrixBase<DR>& rewards,
+                                                  const Eigen::MatrixBase<DB>& base_rewards,
+                                                  CalibrationTies ties = CalibrationTies::LessEqual) {
+    using S = ::rlpo::detail::scalar_t<DR>;
+    constexpr const char* fn = "rollout::ctrl_calibrate";
+    const std::vector<double> r = detail::read_scores(fn, "rewards", rewards);
+    const auto& B = base_rewards.derived();
+    RLPO_CHECK(B.rows() == static_cast<Index>(r.size()), fn, "base_rewards: expected ", r.size(),
+               " rows (one per reward), given ", B.rows());
+    RLPO_CHECK(B.cols() >= 1 || r.empty(), fn, "base_rewards: need at least one base sample per row");
+    Vec<S> out(static_cast<Index>(r.size()));
+    for (Index i = 0; i < B.rows(); ++i) {
+        double below = 0, equal = 0;
+        for (Index j = 0; j < B.cols(); ++j) {
+            const double b = static_cast<double>(B(i, j));
+            RLPO_CHECK(std::isfinite(b), fn, "base_rewards: non-finite value ", b, " at [", i, ", ", j, "]");
+            below += b < r[static_cast<std::size_t>(i)] ? 1 : 0;
+            equal += b == r[static_cast<std::size_t>(i)] ? 1 : 0;
+        }
+        const double u = ties == CalibrationTies::LessEqual ? below + equal : below + 0.5 * equal;
+        out(i) = static_cast<S>(u / static_cast<double>(B.cols()));
+    }
+    return out;
+}
+
+/// InfAlign's transformations of a calibrated reward u ∈ [0, 1]: for best-of-N decoding
+/// Φ(u) = exp(t·u), for worst-of-N (jailbreaking) Φ(u) = −exp(−t·u), t > 0 (the paper tunes t
+/// for each N). Bad input: t ≤ 0, u outside [0, 1].
+enum class CTRLTransform { BestOfN, WorstOfN };
+
+template <class D>
+Vec<::rlpo::detail::scalar_t<D>> ctrl_transform(const Eigen::MatrixBase<D>& calibrated, double t,
+                                                 CTRLTransform kind = CTRLTransform::BestOfN) {
+    using S = ::rlpo::detail::scalar_t<D>;
+    constexpr const char* fn = "rollout::ctrl_transform";
+    ::rlpo::detail::check_positive(fn, "t", t);
+    const std::vector<double> u = detail::read_scores(fn, "calibrated", calibrated);
+    Vec<S> out(static_cast<Index>(u.size()));
+    for (std::size_t k = 0; k < u.size(); ++k) {
+        RLPO_CHECK(u[k] >= 0 && u[k] <= 1, fn, "calibrated: must be in [0, 1], given ", u[k],
+                   " at response ", k);
+        out(static_cast<Index>(k)) = static_cast<S>(kind == CTRLTransform::BestOfN ? std::exp(t * u[k]) : -std::exp(-t * u[k]));
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// KL in the reward
+// ---------------------------------------------------------------------------------------------
+
+/// Token rewards with the KL penalty folded in, and its metrics.
+template <class S>
+struct KLRewardResult {
+    Mat<S> token_rewards;  ///< r_it − β·k_it on unmasked tokens, 0 elsewhere
+    Vec<S> seq_kl;         ///< Σ_t m_it·k_it per response (fold β·seq_kl into a score for GRPO)
+    Metrics metrics;       ///< `reward_kl_penalty` (verl: mean over responses of the per-response token mean), `reward_kl_penalty_coeff` (β)
+};
+
+/// KL penalty in the reward (PPO-RLHF, Ouyang et al. 2022; verl `apply_kl_penalty`):
+/// k_it = estimator(old_logp − ref_logp) per unmasked token (rlpo::penalties::kl_estimate, so
+/// k1 = "kl", k3 = "low_var_kl" with verl's clamps, …) and token_rewards = token_scores − β·k.
+/// The log-probs are the rollout (old) policy's: the penalty is a constant of the loss. For
+/// outcome-reward estimators (GRPO, RLOO) subtract β·seq_kl from the sequence scores instead.
+/// Metric `reward_kl_penalty` is verl's: the mean over responses with at least one token of
+/// the per-response masked mean of k (responses without tokens are skipped).
+/// Bad input: shape mismatch, β < 0, NaN / ±inf scores, NaN log-probs under the mask, both
+/// log-probs −inf at one token.
+template <class DS, class DO, class DR, class DM>
+KLRewardResult<::rlpo::detail::scalar_t<DS>> kl_in_reward(
+    const Eigen::MatrixBase<DS>& token_scores, const Eigen::MatrixBase<DO>& old_logp,
+    const Eigen::MatrixBase<DR>& ref_logp, const Eigen::MatrixBase<DM>& mask, double beta,
+    const penalties::KLOptions& kl = {}) {
+    using S = ::rlpo::detail::scalar_t<DS>;
+    constexpr const char* fn = "rollout::kl_in_reward";
+    const ConstMatRef<S> r(token_scores.derived()), o(old_logp.derived()), f(ref_logp.derived()),
+        m(mask.derived());
+    ::rlpo::detail::check_same_shape(fn, "old_logp", o, "token_scores", r);
+    ::rlpo::detail::check_same_shape(fn, "ref_logp", f, "token_scores", r);
+    ::rlpo::detail::check_same_shape(fn, "mask", m, "token_scores", r);
+    ::rlpo::detail::check_mask(fn, m);
+    ::rlpo::detail::check_nonnegative(fn, "beta", beta);
+    RLPO_CHECK(kl.log_ratio_clamp > 0 && !std::isnan(kl.log_ratio_clamp), fn,
+               "kl.log_ratio_clamp: must be > 0, given ", kl.log_ratio_clamp);
+    RLPO_CHECK(kl.value_clamp > 0 && !std::isnan(kl.value_clamp), fn,
+               "kl.value_clamp: must be > 0, given ", kl.value_clamp);
+    KLRewardResult<S> out;
+    out.token_rewards = Mat<S>::Zero(r.rows(), r.cols());
+    out.seq_kl = Vec<S>::Zero(r.rows());
+    double metric_sum = 0.0, metric_rows = 0.0;
+    for (Index i = 0; i < r.rows(); ++i) {
+        double ksum = 0.0, msum = 0.0;
+        for (Index t = 0; t < r.cols(); ++t) {
+            const double mk = static_cast<double>(m(i, t));
+            if (mk == 0) continue;
+            const double sc = static_cast<double>(r(i, t));
+            RLPO_CHECK(std::isfinite(sc), fn, "token_scores: non-finite value ", sc, " at [", i, ", ", t, "]");
+            const double lo = static_cast<double>(o(i, t)), lr = static_cast<double>(f(i, t));
+            RLPO_CHECK(!std::isnan(lo), fn, "old_logp: NaN at [", i, ", ", t, "] under a non-zero mask");
+            RLPO_CHECK(!std::isnan(lr), fn, "ref_logp: NaN at [", i, ", ", t, "] under a non-zero mask");
+            const double k = penalties::kl_estimate(lo - lr, kl).loss;
+            RLPO_CHECK(!std::isnan(k), fn, "inputs at [", i, ", ", t, "] give an undefined KL: old_logp=",
+                       lo, " ref_logp=", lr);
+            out.token_rewards(i, t) = static_cast<S>(sc - beta * k);
+            ksum += mk * k;
+            msum += mk;
+        }
+        out.seq_kl(i) = static_cast<S>(ksum);
+        if (msum > 0) metric_sum += ksum / msum, metric_rows += 1;
+    }
+    out.metrics.add("reward_kl_penalty", metric_sum, metric_rows);
+    out.metrics.set("reward_kl_penalty_coeff", beta);
+    return out;
 }
 
 }  // namespace rlpo::rollout
