@@ -5,4 +5,5 @@
 #include <rlpo/rollout/returns.hpp>
 #include <rlpo/rollout/shaping.hpp>
 #include <rlpo/rollout/filters.hpp>
+#include <rlpo/rollout/best_of_n.hpp>
 #include <rlpo/rollout/batch.hpp>
