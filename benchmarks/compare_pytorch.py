@@ -27,7 +27,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BUILD = os.environ.get("RLPO_BENCH_BUILD_DIR", os.path.join(ROOT, "build"))
-sys.path.insert(0, os.path.join(HERE, "compare"))
+# appended, not prepended: a workload module may share a name with a standard module (token.py)
+sys.path.append(os.path.join(HERE, "compare"))
 
 
 def load_workloads():

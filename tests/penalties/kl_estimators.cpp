@@ -19,7 +19,9 @@ using rlpo::penalties::KLOptions;
 namespace rt = rlpo::testing;
 constexpr double inf = std::numeric_limits<double>::infinity();
 
-static const KLEstimator kAll[] = {KLEstimator::K1, KLEstimator::Abs, KLEstimator::K2, KLEstimator::K3};
+static const KLEstimator kAll[] = {KLEstimator::K1,     KLEstimator::Abs,     KLEstimator::K2,
+                                   KLEstimator::K3,     KLEstimator::K1Plus,  KLEstimator::AbsPlus,
+                                   KLEstimator::K3Plus};
 
 TEST_CASE("kl_penalty: gradient equals central finite differences", "[penalties][kl][fd]") {
     rt::Generator gen(31);
@@ -35,6 +37,9 @@ TEST_CASE("kl_penalty: gradient equals central finite differences", "[penalties]
             n.mode = mode;
             const KLOptions o = KLOptions::verl(e);
             const auto r = rlpo::penalties::kl_penalty(logp, ref, m, o, n);
+            // straight-through X+: the gradient is that of k2 (its own value is X's)
+            const KLOptions o_grad =
+                rlpo::penalties::is_straight_through(e) ? KLOptions::verl(KLEstimator::K2) : o;
             const auto near_kink = [&](Index k) {
                 const double d = logp.data()[k] - ref.data()[k];
                 const double v = std::exp(-d) + d - 1;
@@ -42,10 +47,40 @@ TEST_CASE("kl_penalty: gradient equals central finite differences", "[penalties]
             };
             rlpo_test::require_fd_gradient(
                 [&](const Mat<double>& x) {
-                    return rlpo::penalties::kl_penalty(x, ref, m, o, n, rlpo::no_grad<double>()).value;
+                    return rlpo::penalties::kl_penalty(x, ref, m, o_grad, n, rlpo::no_grad<double>()).value;
                 },
                 logp, r.grad, 1e-6, 1e-10, near_kink);
         }
+}
+
+TEST_CASE("kl_penalty_corrected: gradient equals central finite differences", "[penalties][kl][fd]") {
+    rt::Generator gen(32);
+    const Mat<double> logp = gen.logprobs(5, 8);
+    Mat<double> old = gen.perturbed(logp, 0.7), ref = gen.perturbed(logp, 1.0);
+    old(0, 0) = logp(0, 0) + 23.0;  // importance log-ratio beyond the ±20 clamp: w = e^-20, no gradient through w
+    ref(1, 1) = logp(1, 1) - 3.0;   // k3 value clamp
+    const Mat<double> m = gen.mask(5, 8, 1, true);
+    for (KLEstimator e : {KLEstimator::K1, KLEstimator::Abs, KLEstimator::K2, KLEstimator::K3})
+        for (bool trl : {false, true})
+            for (Aggregation mode : rlpo_test::all_modes()) {
+                INFO(rlpo::penalties::to_string(e) << " trl " << trl << " " << rlpo::to_string(mode));
+                rlpo::Normalizer n;
+                n.mode = mode;
+                const KLOptions o = trl ? KLOptions::trl(e) : KLOptions::verl(e);
+                const auto r = rlpo::penalties::kl_penalty_corrected(logp, old, ref, m, o, n);
+                const auto near_kink = [&](Index k) {
+                    const double d = logp.data()[k] - ref.data()[k], lr = logp.data()[k] - old.data()[k];
+                    const double v = std::exp(-d) + d - 1;
+                    return std::abs(d) < 1e-4 || std::abs(std::abs(lr) - 20) < 1e-4 || std::abs(v - 10) < 1e-3;
+                };
+                rlpo_test::require_fd_gradient(
+                    [&](const Mat<double>& x) {
+                        return rlpo::penalties::kl_penalty_corrected(x, old, ref, m, o, n, rlpo::no_grad<double>()).value;
+                    },
+                    // atol 1e-8: the clamped token's gradient is w = e^-20 ≈ 2e-9, below what a
+                    // central difference of an O(1) value resolves
+                    logp, r.grad, 1e-6, 1e-8, near_kink);
+            }
 }
 
 TEMPLATE_TEST_CASE("kl_penalty: agrees with the PyTorch autograd reference", "[penalties][kl][torch]",
@@ -89,6 +124,46 @@ TEMPLATE_TEST_CASE("kl_penalty: agrees with the PyTorch autograd reference", "[p
                 if (r.n.num_seqs) c.p("num_seqs", *r.n.num_seqs);
                 runs.push_back(std::move(r));
             }
+    // importance-corrected (TRL use_bias_correction_kl) and KL-in-reward cases
+    struct Extra {
+        Mat<S> logp, old, ref, scores, mask;
+        KLOptions o;
+        rlpo::Normalizer n;
+        double beta;
+        std::size_t idx;
+    };
+    std::vector<Extra> corrected, in_reward;
+    for (KLEstimator e : kAll)
+        for (bool trl : {false, true}) {
+            rt::Generator gen(seed++);
+            Extra x;
+            x.logp = gen.logprobs<S>(6, 13);
+            x.old = gen.perturbed<S>(x.logp, 0.8);
+            x.ref = gen.perturbed<S>(x.logp, 1.5);
+            x.scores = gen.normal<S>(6, 13);
+            x.mask = gen.mask<S>(6, 13, 1, true);
+            x.mask.row(0).setOnes();
+            x.ref(0, 1) = x.logp(0, 1) - S(4);  // k3 value clamp
+            if (!trl) x.old(0, 2) = x.logp(0, 2) - S(21);  // importance ratio clamp
+            x.mask(1, 0) = 0;
+            x.logp(1, 0) = std::numeric_limits<S>::quiet_NaN();  // masked garbage
+            x.old(1, 0) = std::numeric_limits<S>::quiet_NaN();
+            x.o = trl ? KLOptions::trl(e) : KLOptions::verl(e);
+            x.n.mode = rlpo_test::all_modes()[static_cast<std::size_t>(seed % 5)];
+            x.beta = 0.05 * static_cast<double>(seed % 3 + 1);
+            auto& c = tr.add<S>("kl_penalty_corrected");
+            c.in("logp", x.logp).in("old_logp", x.old).in("ref_logp", x.ref).in("mask", x.mask);
+            c.p("log_ratio_clamp", x.o.log_ratio_clamp).p("value_clamp", x.o.value_clamp);
+            c.s("estimator", rlpo::penalties::to_string(e)).s("agg", rlpo::to_string(x.n.mode));
+            x.idx = tr.size() - 1;
+            corrected.push_back(x);
+            auto& cr = tr.add<S>("kl_in_reward");
+            cr.in("scores", x.scores).in("old_logp", x.old).in("ref_logp", x.ref).in("mask", x.mask);
+            cr.p("log_ratio_clamp", x.o.log_ratio_clamp).p("value_clamp", x.o.value_clamp).p("beta", x.beta);
+            cr.s("estimator", rlpo::penalties::to_string(rlpo::penalties::base_estimator(e)));
+            x.idx = tr.size() - 1;
+            in_reward.push_back(x);
+        }
     tr.run();
     const double tol = rlpo_test::ref_tol<S>();
     for (std::size_t i = 0; i < runs.size(); ++i) {
@@ -98,6 +173,22 @@ TEMPLATE_TEST_CASE("kl_penalty: agrees with the PyTorch autograd reference", "[p
         CHECK(rlpo_test::rel_err(res.value, tr.scalar(i, "value")) < tol);
         CHECK(rlpo_test::max_rel_err(res.grad, tr.out(i, "grad")) < tol);
         CHECK(rlpo_test::rel_err(res.metrics["kl"], tr.scalar(i, "kl")) < tol);
+    }
+    for (const auto& x : corrected) {
+        INFO("corrected case " << x.idx);
+        const auto res = rlpo::penalties::kl_penalty_corrected(x.logp, x.old, x.ref, x.mask, x.o, x.n);
+        CHECK(rlpo_test::rel_err(res.value, tr.scalar(x.idx, "value")) < tol);
+        CHECK(rlpo_test::max_rel_err(res.grad, tr.out(x.idx, "grad")) < tol);
+        CHECK(rlpo_test::rel_err(res.metrics["kl"], tr.scalar(x.idx, "kl")) < tol);
+    }
+    for (const auto& x : in_reward) {
+        INFO("in-reward case " << x.idx);
+        const auto res = rlpo::penalties::kl_in_reward(x.scores, x.old, x.ref, x.mask, x.beta, x.o);
+        CHECK(rlpo_test::max_rel_err(res.rewards, tr.out(x.idx, "rewards")) < tol);
+        CHECK(rlpo_test::max_rel_err(res.kl, tr.out(x.idx, "kl")) < tol);
+        CHECK(rlpo_test::max_rel_err(Mat<double>(res.seq_kl), tr.out(x.idx, "seq_kl")) < tol);
+        CHECK(rlpo_test::rel_err(res.metrics["reward_kl_penalty"], tr.scalar(x.idx, "reward_kl_penalty")) < tol);
+        CHECK(res.metrics["reward_kl_penalty_coeff"] == x.beta);
     }
 }
 
@@ -145,6 +236,47 @@ TEST_CASE("kl estimators: what each gradient follows, by exact enumeration", "[p
     // k3 → ∇ KL(π_ref‖π), the forward KL — not the reverse KL its value estimates
     CHECK(rlpo_test::max_rel_err(expected_grad(KLEstimator::K3), g_fwd) < 1e-7);
     CHECK(rlpo_test::max_rel_err(expected_grad(KLEstimator::K3), g_rev) > 1e-2);
+    // abs → ∇ Σ|π − π_ref| (twice the total variation): sign(log π/π_ref) = sign(π − π_ref)
+    const auto abs_div = [&](const Mat<double>& zz) {
+        const Mat<double> l = rlpo::log_softmax_rows(zz);
+        return (l.array().exp() - lref.array().exp()).abs().sum();
+    };
+    CHECK(rlpo_test::max_rel_err(expected_grad(KLEstimator::Abs), fd(abs_div)) < 1e-7);
+    // every straight-through X+ → ∇ KL(π‖π_ref), whatever X's value
+    for (KLEstimator e : {KLEstimator::K1Plus, KLEstimator::AbsPlus, KLEstimator::K3Plus}) {
+        INFO(rlpo::penalties::to_string(e));
+        CHECK(rlpo_test::max_rel_err(expected_grad(e), g_rev) < 1e-7);
+    }
+    // importance-corrected X with samples from π_old ≠ π (weights π_old through the mask):
+    // the expected gradient is ∇ E_π[X] — ∇KL(π‖π_ref) for k1 and k3, ∇ E_π[½d²] for k2,
+    // ∇ E_π|d| for abs — on-policy (π_old = π) included.
+    const Mat<double> z_old = gen.logits(1, V, 1.0);
+    const Mat<double> lold = rlpo::log_softmax_rows(z_old);
+    const auto corrected_grad = [&](KLEstimator e, const Mat<double>& lo) {
+        const Mat<double> w_old = lo.array().exp();
+        const auto r = rlpo::penalties::kl_penalty_corrected(lp, lo, lref, w_old, KLOptions::trl(e), sum);
+        return Mat<double>(rlpo::log_softmax_vjp(z, r.grad));
+    };
+    const auto e_half_d2 = [&](const Mat<double>& zz) {
+        const Mat<double> l = rlpo::log_softmax_rows(zz);
+        return (l.array().exp() * 0.5 * (l - lref).array().square()).sum();
+    };
+    const auto e_abs_d = [&](const Mat<double>& zz) {
+        const Mat<double> l = rlpo::log_softmax_rows(zz);
+        return (l.array().exp() * (l - lref).array().abs()).sum();
+    };
+    for (const Mat<double>* lo : {&lold, &lp}) {
+        CHECK(rlpo_test::max_rel_err(corrected_grad(KLEstimator::K1, *lo), g_rev) < 1e-7);
+        CHECK(rlpo_test::max_rel_err(corrected_grad(KLEstimator::K3, *lo), g_rev) < 1e-7);
+        CHECK(rlpo_test::max_rel_err(corrected_grad(KLEstimator::K2, *lo), fd(e_half_d2)) < 1e-7);
+        CHECK(rlpo_test::max_rel_err(corrected_grad(KLEstimator::Abs, *lo), fd(e_abs_d)) < 1e-7);
+    }
+    // without the correction, samples from π_old bias even k2: its expected gradient is not ∇KL
+    {
+        const Mat<double> w_old = lold.array().exp();
+        const auto r = rlpo::penalties::kl_penalty(lp, lref, w_old, KLOptions::trl(KLEstimator::K2), sum);
+        CHECK(rlpo_test::max_rel_err(Mat<double>(rlpo::log_softmax_vjp(z, r.grad)), g_rev) > 1e-2);
+    }
     // and the values: E_π[k1] = E_π[k3] = KL(π‖π_ref) exactly
     const double kl = reverse_kl(z);
     CHECK(rlpo::penalties::kl_penalty(lp, lref, pi, KLOptions::trl(KLEstimator::K1), sum).value == Approx(kl).epsilon(1e-12));
@@ -170,6 +302,34 @@ TEST_CASE("kl estimators: closed-form values and names", "[penalties][kl][proper
     CHECK(rlpo::penalties::parse_kl_estimator("mse") == KLEstimator::K2);
     CHECK(rlpo::penalties::parse_kl_estimator("kl") == KLEstimator::K1);
     CHECK(rlpo::penalties::parse_kl_estimator("abs") == KLEstimator::Abs);
+    CHECK(rlpo::penalties::parse_kl_estimator("k3+") == KLEstimator::K3Plus);
+    CHECK(rlpo::penalties::parse_kl_estimator("low_var_kl+") == KLEstimator::K3Plus);
+    CHECK(rlpo::penalties::parse_kl_estimator("kl+") == KLEstimator::K1Plus);
+    CHECK(rlpo::penalties::parse_kl_estimator("k1+") == KLEstimator::K1Plus);
+    CHECK(rlpo::penalties::parse_kl_estimator("abs+") == KLEstimator::AbsPlus);
+    CHECK(rlpo::penalties::parse_kl_estimator("mse+") == KLEstimator::K2);  // verl: k2+ is k2
+    CHECK(rlpo::penalties::parse_kl_estimator("k2+") == KLEstimator::K2);
+    for (KLEstimator e : kAll) CHECK(rlpo::penalties::parse_kl_estimator(rlpo::penalties::to_string(e)) == e);
+    // X+: value of X, gradient d = logp − ref_logp (k2's), also where X's clamps stop its own
+    {
+        rlpo::Normalizer tsum;
+        tsum.mode = Aggregation::TokenSum;
+        const auto p3 = rlpo::penalties::kl_penalty(lp, ref, m, KLOptions::verl(KLEstimator::K3Plus), tsum);
+        const auto k3 = rlpo::penalties::kl_penalty(lp, ref, m, KLOptions::verl(KLEstimator::K3), tsum);
+        CHECK(p3.value == k3.value);
+        CHECK(p3.metrics["kl"] == k3.metrics["kl"]);
+        CHECK(rlpo_test::max_rel_err(p3.grad, Mat<double>(lp - ref)) == 0.0);
+    }
+    // KL in reward: closed form on this row (k1, β = 0.1), and the fold into a sequence score
+    {
+        const Mat<double> scores = Mat<double>::Constant(1, 3, 1.0);
+        const auto kr = rlpo::penalties::kl_in_reward(scores, lp, ref, m, 0.1, KLOptions::verl(KLEstimator::K1));
+        CHECK(kr.rewards(0, 0) == Approx(1.0 - 0.1 * 0.5));
+        CHECK(kr.rewards(0, 1) == Approx(1.0));
+        CHECK(kr.rewards(0, 2) == Approx(1.0 + 0.1 * 0.4));
+        CHECK(kr.seq_kl(0) == Approx(0.5 + 0.0 - 0.4));
+        CHECK(kr.metrics["reward_kl_penalty"] == Approx(0.1 / 3));
+    }
     // k3 with −inf current log-prob is clamped to the value cap, gradient 0
     Mat<double> ninf = lp;
     ninf(0, 0) = -inf;
@@ -197,4 +357,24 @@ TEST_CASE("kl_penalty: bad input gives the documented error", "[penalties][kl][b
     const auto empty = rlpo::penalties::kl_penalty(x, x, Mat<double>::Zero(2, 3));
     CHECK(empty.value == 0.0);
     CHECK(empty.metrics["kl"] == 0.0);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::parse_kl_estimator("k4+"), "low_var_kl+, k3+");
+    // importance-corrected
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty_corrected(x, y, x, m),
+                                    "penalties::kl_penalty_corrected(): old_logp: expected shape [2, 3]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty_corrected(x, x, y, m), "ref_logp: expected shape");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty_corrected(x, bad, x, m), "old_logp: NaN at [0, 1]");
+    o = {};
+    o.value_clamp = -1;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty_corrected(x, x, x, m, o), "value_clamp: must be > 0");
+    // KL in reward
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_in_reward(x, x, x, m, -0.1),
+                                    "penalties::kl_in_reward(): beta: must be >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_in_reward(x, y, x, m, 0.1), "old_logp: expected shape");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_in_reward(bad, x, x, m, 0.1), "scores: NaN at [0, 1]");
+    Mat<double> neg_mask = m;
+    neg_mask(1, 1) = -1;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_in_reward(x, x, x, neg_mask, 0.1), "mask: entries must be finite and >= 0");
+    const auto r0 = rlpo::penalties::kl_in_reward(x, x, x, Mat<double>::Zero(2, 3), 0.1);
+    CHECK(r0.metrics["reward_kl_penalty"] == 0.0);
+    CHECK(r0.rewards.isZero());
 }

@@ -47,8 +47,10 @@ Batch spread_batch(std::uint64_t seed, Index B = 8, Index T = 16) {
 
 TEST_CASE("ppo_clip: gradient equals central finite differences", "[policy][ppo_clip][fd]") {
     const Batch b = spread_batch(21);
+    PPOClipOptions both = PPOClipOptions::verl();  // two-sided δ and dual-clip together
+    both.two_sided_delta = 2.5;
     for (const auto& opts : {PPOClipOptions{}, PPOClipOptions::verl(), PPOClipOptions::dapo(),
-                             PPOClipOptions::trl()}) {
+                             PPOClipOptions::trl(), PPOClipOptions::intellect2(), both}) {
         for (Aggregation mode : rlpo_test::all_modes()) {
             rlpo::Normalizer n;
             n.mode = mode;
@@ -60,6 +62,7 @@ TEST_CASE("ppo_clip: gradient equals central finite differences", "[policy][ppo_
                 return std::abs(r_ - (1 - opts.clip_low)) < 1e-4 ||
                        std::abs(r_ - (1 + opts.clip_high)) < 1e-4 ||
                        (opts.dual_clip && std::abs(r_ - *opts.dual_clip) < 1e-4) ||
+                       (opts.two_sided_delta && std::abs(r_ - *opts.two_sided_delta) < 1e-4) ||
                        std::abs(std::abs(lr) - 20.0) < 1e-4;
             };
             rlpo_test::require_fd_gradient(
@@ -93,6 +96,10 @@ TEMPLATE_TEST_CASE("ppo_clip: agrees with the PyTorch autograd reference", "[pol
     wide.dual_clip = 1.5;
     wide.log_ratio_clamp = 2.0;  // clamp region exercised on ordinary ratios too
     option_sets.push_back(wide);
+    option_sets.push_back(PPOClipOptions::intellect2());
+    PPOClipOptions delta_dual = PPOClipOptions::verl();
+    delta_dual.two_sided_delta = 2.0;  // δ below c = 3: both regions present
+    option_sets.push_back(delta_dual);
     for (const auto& opts : option_sets)
         for (Aggregation mode : rlpo_test::all_modes()) {
             const Batch b = spread_batch(seed++);
@@ -110,6 +117,7 @@ TEMPLATE_TEST_CASE("ppo_clip: agrees with the PyTorch autograd reference", "[pol
             c.p("clip_low", opts.clip_low).p("clip_high", opts.clip_high);
             c.p("log_ratio_clamp", opts.log_ratio_clamp);
             if (opts.dual_clip) c.p("dual_clip", *opts.dual_clip);
+            if (opts.two_sided_delta) c.p("two_sided_delta", *opts.two_sided_delta);
             c.s("agg", rlpo::to_string(mode));
             if (r.norm.num_tokens) c.p("num_tokens", *r.norm.num_tokens);
             if (r.norm.num_seqs) c.p("num_seqs", *r.norm.num_seqs);
@@ -185,6 +193,62 @@ TEST_CASE("ppo_clip: properties", "[policy][ppo_clip][properties]") {
         CHECK(neg.value == Approx(-(-1.0) * 0.8));  // r = e^-20 → clipped to 0.8 (A<0: max picks 0.8)
         CHECK(neg.grad(0, 0) == 0.0);
     }
+    SECTION("two-sided δ (INTELLECT-2): A<0 and r > δ gives −A·δ with zero gradient; A>0 unaffected") {
+        Mat<double> lp(1, 4), old = Mat<double>::Zero(1, 4), a(1, 4), mk = Mat<double>::Ones(1, 4);
+        lp << std::log(6.0), std::log(6.0), std::log(3.0), std::log(0.5);
+        a << -1.0, 1.0, -1.0, 1.0;
+        PPOClipOptions o = PPOClipOptions::intellect2();  // δ = 4, ε = 0.2
+        const auto r = rlpo::policy::ppo_clip(lp, old, a, mk, o, {});
+        // token 0: max(−A·min(6,4), −A·1.2) = 4; token 1: max(−6, −1.2) = −1.2 (clipped);
+        // token 2: r = 3 < δ: −A·r = 3, gradient r/N; token 3: r = 0.5: −0.5, gradient −r/N.
+        CHECK(r.value == Approx((4.0 - 1.2 + 3.0 - 0.5) / 4));
+        CHECK(r.grad(0, 0) == 0.0);
+        CHECK(r.grad(0, 1) == 0.0);
+        CHECK(r.grad(0, 2) == Approx(3.0 / 4));
+        CHECK(r.grad(0, 3) == Approx(-0.5 / 4));
+        CHECK(r.metrics["pg_clipfrac"] == Approx(0.25));      // only token 1 (l2 > l1)
+        CHECK(r.metrics["pg_clipfrac_lower"] == 0.0);         // δ is not the dual-clip
+        const auto off = rlpo::policy::ppo_clip(lp, old, a, mk, PPOClipOptions::trl(), {});
+        CHECK(off.grad(0, 0) == Approx(6.0 / 4));              // unbounded without δ
+        CHECK(off.grad(0, 1) == r.grad(0, 1));
+        CHECK(off.grad(0, 3) == r.grad(0, 3));
+        // at r = δ exactly (a tie inside torch.clamp's inclusive bound) the gradient passes
+        Mat<double> at(1, 1), neg = Mat<double>::Constant(1, 1, -1.0);
+        at << std::log(4.0);
+        const auto tie = rlpo::policy::ppo_clip(at, Mat<double>::Zero(1, 1), neg, Mat<double>::Ones(1, 1), o, {});
+        CHECK(tie.value == Approx(4.0));
+    }
+    SECTION("long rows (several vectorised chunks, ragged tail): float matches double, threads irrelevant") {
+        rt::Generator g2(9);
+        const Index B = 5, T = 1100;  // 1100 = 2·512 + 76: two full chunks and a tail
+        Mat<double> lp2 = g2.logprobs(B, T), old2 = g2.perturbed(lp2, 0.5), a2 = g2.normal(B, T);
+        Mat<double> m2 = g2.mask(B, T, 1, true);
+        const auto rd = rlpo::policy::ppo_clip(lp2, old2, a2, m2, PPOClipOptions::verl());
+        const Mat<float> lpf = lp2.cast<float>(), oldf = old2.cast<float>(), af = a2.cast<float>(), mf = m2.cast<float>();
+        const auto rf = rlpo::policy::ppo_clip(lpf, oldf, af, mf, PPOClipOptions::verl());
+        // the double run is the exact answer for the float-rounded inputs up to the rounding
+        // of those inputs; compare with the double run on the same rounded inputs
+        const auto rd_same = rlpo::policy::ppo_clip(Mat<double>(lpf.cast<double>()), Mat<double>(oldf.cast<double>()),
+                                                    Mat<double>(af.cast<double>()), Mat<double>(mf.cast<double>()),
+                                                    PPOClipOptions::verl());
+        CHECK(rlpo_test::rel_err(rf.value, rd_same.value) < 1e-5);
+        CHECK(rlpo_test::max_rel_err(rf.grad, rd_same.grad) < 1e-5);
+        CHECK(std::isfinite(rd.value));
+        // gradient destinations: write_to, add_to (twice = 2×), coefficient scales value and gradient
+        Mat<double> buf = Mat<double>::Constant(B, T, 7.0);
+        const auto rw = rlpo::policy::ppo_clip(lp2, old2, a2, m2, PPOClipOptions::verl(), {}, rlpo::write_to(buf, 0.5));
+        CHECK(rw.value == Approx(0.5 * rd.value).epsilon(1e-14));
+        CHECK(rlpo_test::max_rel_err(buf, Mat<double>(0.5 * rd.grad)) < 1e-14);
+        Mat<double> acc = Mat<double>::Zero(B, T);
+        rlpo::policy::ppo_clip(lp2, old2, a2, m2, PPOClipOptions::verl(), {}, rlpo::add_to(acc));
+        rlpo::policy::ppo_clip(lp2, old2, a2, m2, PPOClipOptions::verl(), {}, rlpo::add_to(acc));
+        CHECK(rlpo_test::max_rel_err(acc, Mat<double>(2.0 * rd.grad)) < 1e-14);
+        // a NaN under the mask deep in the second chunk is still found and named
+        Mat<double> bad = lp2;
+        m2(3, 700) = 1;
+        bad(3, 700) = std::numeric_limits<double>::quiet_NaN();
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(bad, old2, a2, m2), "logp: NaN at [3, 700]");
+    }
     SECTION("masked positions: gradient exactly 0 and their inputs never read") {
         Mat<double> lp = logp, mk = m;
         mk(0, 0) = 0;
@@ -211,6 +275,9 @@ TEST_CASE("ppo_clip: bad input gives the documented error", "[policy][ppo_clip][
     o = {};
     o.dual_clip = 1.0;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, x, m, o), "dual_clip: the constant c must be > 1");
+    o = {};
+    o.two_sided_delta = 1.2;  // must exceed 1 + ε_h = 1.2
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, x, m, o), "two_sided_delta: δ must be > 1 + clip_high");
     o = {};
     o.log_ratio_clamp = 0.0;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, x, m, o), "log_ratio_clamp");

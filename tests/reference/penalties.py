@@ -7,7 +7,12 @@ from common import aggregate, clean, grad_of, leaf_under_mask, masked_mean
 
 
 def kl_estimator_value(logp, ref, name, L, vmax):
-    """Schulman's estimators of KL(π‖π_ref) from x ~ π, in verl's spelling and clamps."""
+    """Schulman's estimators of KL(π‖π_ref) from x ~ π, in verl's spelling and clamps. A name
+    ending in '+' is the straight-through form: value of the base estimator, gradient of k2."""
+    if name.endswith("+"):
+        base = kl_estimator_value(logp, ref, name[:-1], L, vmax)
+        k2 = 0.5 * (logp - ref).square()
+        return k2 - k2.detach() + base.detach()
     if name in ("k1", "kl"):
         return logp - ref
     if name == "abs":
@@ -33,3 +38,35 @@ def kl_penalty(x, p, s):
     v = torch.where(mask != 0, v, torch.zeros_like(v))
     value = aggregate(v, mask, p, s)
     return {"value": value.detach(), "grad": grad_of(value, leaf), "kl": masked_mean(v.detach(), mask)}
+
+
+def kl_penalty_corrected(x, p, s):
+    """TRL use_bias_correction_kl: the estimate times exp(logp − old_logp), the ratio not
+    detached; the log-ratio clamped at ±L when L is finite (TRL: no clamp)."""
+    mask = x["mask"]
+    leaf, logp = leaf_under_mask(x["logp"], mask)
+    ref, old = clean(x["ref_logp"], mask), clean(x["old_logp"], mask)
+    L = float(p["log_ratio_clamp"])
+    k = kl_estimator_value(logp, ref, s["estimator"], L, float(p["value_clamp"]))
+    lr = logp - old
+    if math.isfinite(L):
+        lr = torch.clamp(lr, min=-L, max=L)
+    v = torch.where(mask != 0, torch.exp(lr) * k, torch.zeros_like(k))
+    value = aggregate(v, mask, p, s)
+    return {"value": value.detach(), "grad": grad_of(value, leaf), "kl": masked_mean(v.detach(), mask)}
+
+
+def kl_in_reward(x, p, s):
+    """verl apply_kl_penalty: token rewards = scores − β·k(old_logp, ref_logp) under the mask;
+    the logged penalty is the batch mean of the per-sequence token means."""
+    mask = x["mask"]
+    old, ref, scores = clean(x["old_logp"], mask), clean(x["ref_logp"], mask), clean(x["scores"], mask)
+    beta = float(p["beta"])
+    k = kl_estimator_value(old, ref, s["estimator"], float(p["log_ratio_clamp"]), float(p["value_clamp"]))
+    k = torch.where(mask != 0, k, torch.zeros_like(k))
+    rewards = torch.where(mask != 0, scores - beta * k, torch.zeros_like(k))
+    lens = mask.sum(dim=1)
+    seq = (k * mask).sum(dim=1)
+    rows = lens > 0
+    penalty = (seq[rows] / lens[rows]).mean() if bool(rows.any()) else torch.zeros(())
+    return {"rewards": rewards, "kl": k, "seq_kl": seq, "reward_kl_penalty": penalty}

@@ -11,16 +11,35 @@
 /// | `Abs`         | `abs`             | abs(d)                       | sign(d) (0 at d = 0)           |
 /// | `K2`          | `mse`, `k2`       | ½ d²                         | d                              |
 /// | `K3`          | `low_var_kl`, `k3`| e^δc − δc − 1, clamped to ≤ v_max | −(e^δc − 1) where unclamped, else 0 |
+/// | `K1Plus`, `AbsPlus`, `K3Plus` | `k1+`/`kl+`, `abs+`, `k3+`/`low_var_kl+` | value of X | d (the gradient of k2) |
+///
+/// **Straight-through "X+"** (verl `kl_penalty` names ending in `+`): the value of X (with its
+/// clamps) and the gradient of k2 (unclamped), i.e. k2 − sg(k2) + sg(X). `k2+` / `mse+` are k2.
+///
+/// **Importance-corrected** (`kl_penalty_corrected`, TRL `use_bias_correction_kl`, from the
+/// DeepSeek-V3.2 report): with w = exp(logp − old_logp) (not detached, as TRL's `coef_1`), the
+/// per-token value is w·X and its gradient w·(∂X/∂logp + X). The log-ratio goes through the same
+/// clamp L as k3 (stopping the gradient outside ±L); TRL does not clamp (`KLOptions::trl()`).
+/// With samples from π_old its expected gradient is exactly ∇E_π[X]: ∇KL(π‖π_ref) for k1 and k3.
+///
+/// **KL in the reward** (`kl_in_reward`): the rollout-time placement (verl `apply_kl_penalty`,
+/// OpenRLHF): per-token k from `old_logp` (the policy that sampled) against `ref_logp`, and
+/// rewards = scores − β·k per unmasked token (0 at masked tokens), plus the per-sequence sums
+/// Σ_t m·k that a GRPO-style trainer folds into the sequence score. No gradient: the reward is
+/// a constant for the policy-gradient step. Metrics as verl: `reward_kl_penalty` (mean over
+/// non-empty sequences of the token-mean k), `reward_kl_penalty_coeff` (β).
 ///
 /// where δc = clamp(δ, −L, L). verl clamps k3 (L = 20, v_max = 10; the clamps stop the gradient,
 /// as `torch.clamp` does, inclusive at the bounds); TRL's k3 is unclamped (`KLOptions::trl()`).
-/// What each estimator's gradient *follows* when used as a loss on-policy is proven by exact
-/// enumeration in tests/penalties (k1 → 0, k2 → ∇KL(π‖π_ref), k3 → ∇KL(π_ref‖π)).
+/// What each estimator's gradient *follows* when used as a loss is proven by exact enumeration in
+/// tests/penalties/kl_estimators.cpp (the README carries the table): on-policy k1 → 0,
+/// k2 and every X+ → ∇KL(π‖π_ref), k3 → ∇KL(π_ref‖π), abs → ∇Σ|π − π_ref| (twice the total
+/// variation); importance-corrected X under π_old → ∇E_π[X] (k1, k3: ∇KL(π‖π_ref)).
 ///
 /// The loss is the aggregation (core/aggregation.hpp) of the per-token value; the gradient is
 /// w.r.t. `logp`. Metric: `kl` = mean per-token estimate over unmasked tokens.
 ///
-/// **Bad input**: shape mismatch, L ≤ 0, v_max ≤ 0 → rlpo::invalid_argument; NaN under a non-zero
+/// **Bad input**: shape mismatch, L ≤ 0, v_max ≤ 0, β < 0 → rlpo::invalid_argument; NaN under a non-zero
 /// mask → rlpo::invalid_argument naming the input; −inf log-probs: k3 is clamped and finite, the
 /// others give ±inf values (never NaN), except both −inf at one token (d undefined), reported.
 
@@ -37,7 +56,19 @@
 
 namespace rlpo::penalties {
 
-enum class KLEstimator { K1, Abs, K2, K3 };
+/// The estimator. The `*Plus` values are the straight-through variants (value of X, gradient of
+/// k2); there is no K2Plus (verl maps `k2+` to k2).
+enum class KLEstimator { K1, Abs, K2, K3, K1Plus, AbsPlus, K3Plus };
+
+/// The estimator whose value a (possibly straight-through) estimator reports.
+inline constexpr KLEstimator base_estimator(KLEstimator e) {
+    return e == KLEstimator::K1Plus    ? KLEstimator::K1
+           : e == KLEstimator::AbsPlus ? KLEstimator::Abs
+           : e == KLEstimator::K3Plus  ? KLEstimator::K3
+                                       : e;
+}
+/// True for the straight-through ("X+") estimators.
+inline constexpr bool is_straight_through(KLEstimator e) { return base_estimator(e) != e; }
 
 struct KLOptions {
     KLEstimator estimator = KLEstimator::K3;
@@ -62,12 +93,14 @@ struct KLOptions {
     }
 };
 
-/// Estimator value and ∂/∂logp for one token, d = logp − ref_logp.
+/// Estimator value and ∂/∂logp for one token, d = logp − ref_logp (scalar reference form; the
+/// objectives use the vectorised `detail::kl_chunk`, which computes the same formulas).
 inline ::rlpo::detail::LossGrad kl_estimate(double d, const KLOptions& o) {
-    switch (o.estimator) {
-        case KLEstimator::K1: return {d, 1.0};
-        case KLEstimator::Abs: return {std::abs(d), d > 0 ? 1.0 : (d < 0 ? -1.0 : 0.0)};
-        case KLEstimator::K2: return {0.5 * d * d, d};
+    ::rlpo::detail::LossGrad lg{0.0, 0.0};
+    switch (base_estimator(o.estimator)) {
+        case KLEstimator::K1: lg = {d, 1.0}; break;
+        case KLEstimator::Abs: lg = {std::abs(d), d > 0 ? 1.0 : (d < 0 ? -1.0 : 0.0)}; break;
+        case KLEstimator::K2: lg = {0.5 * d * d, d}; break;
         case KLEstimator::K3: {
             const double L = o.log_ratio_clamp;
             const double delta = -d;
@@ -78,10 +111,13 @@ inline ::rlpo::detail::LossGrad kl_estimate(double d, const KLOptions& o) {
             const bool in_value = v <= o.value_clamp;  // v ≥ 0 > −v_max always
             const double value = std::min(v, o.value_clamp);
             const double grad = (in_delta && in_value) ? -(e - 1.0) : 0.0;  // ∂v/∂δ · ∂δ/∂logp
-            return {value, grad};
+            lg = {value, grad};
+            break;
         }
+        default: break;
     }
-    return {0.0, 0.0};
+    if (is_straight_through(o.estimator)) lg.grad = d;
+    return lg;
 }
 
 namespace detail {
@@ -90,6 +126,53 @@ inline void validate(const char* fn, const KLOptions& o) {
                "log_ratio_clamp: must be > 0, given ", o.log_ratio_clamp);
     RLPO_CHECK(o.value_clamp > 0 && !std::isnan(o.value_clamp), fn,
                "value_clamp: must be > 0, given ", o.value_clamp);
+}
+
+/// Vectorised estimator over a chunk of n tokens: d = x − x_ref → value v and ∂v/∂logp (the
+/// formulas of `kl_estimate`, in SIMD packets). A NaN d gives a NaN value (the clamps would
+/// hide it otherwise).
+template <class S>
+inline void kl_chunk(const S* x, const S* xr, Index n, const KLOptions& o,
+                     ::rlpo::detail::ChunkArray<S>& v, ::rlpo::detail::ChunkArray<S>& g) {
+    using namespace ::rlpo::detail::simd;
+    using P = Packet<S>;
+    constexpr Index W = width<S>;
+    v.resize(n), g.resize(n);
+    const KLEstimator base = base_estimator(o.estimator);
+    const bool st = is_straight_through(o.estimator);
+    const P zero = set1<S>(S(0)), one = set1<S>(S(1)), half = set1<S>(S(0.5));
+    const P vL = set1<S>(static_cast<S>(o.log_ratio_clamp));
+    const P vnL = set1<S>(static_cast<S>(-o.log_ratio_clamp));
+    const P vmax = set1<S>(static_cast<S>(o.value_clamp));
+    for (Index k = 0; k < n; k += W) {
+        const P d = psub(load(x, k, n), load(xr, k, n));
+        P val = d, grad = one;
+        switch (base) {
+            case KLEstimator::Abs:
+                val = pmax(d, pnegate(d));
+                grad = pselect(pcmp_lt(zero, d), one,
+                               pselect(pcmp_lt(d, zero), pnegate(one), zero));
+                break;
+            case KLEstimator::K2:
+                val = pmul(half, pmul(d, d));
+                grad = d;
+                break;
+            case KLEstimator::K3: {
+                const P delta = pnegate(d);
+                const P dc = pmin(pmax(delta, vnL), vL);
+                const P e = pexp(dc);
+                const P raw = psub(psub(e, dc), one);
+                val = pmin(raw, vmax);
+                const P live = pand(pand(pcmp_le(vnL, delta), pcmp_le(delta, vL)), pcmp_le(raw, vmax));
+                grad = pselect(live, psub(one, e), zero);
+                break;
+            }
+            default: break;  // K1: value d, gradient 1
+        }
+        if (st) grad = d;
+        store(v.data(), k, pselect(not_nan<S>(d), val, d));
+        store(g.data(), k, grad);
+    }
 }
 }  // namespace detail
 
@@ -100,12 +183,16 @@ inline const char* to_string(KLEstimator e) {
         case KLEstimator::Abs: return "abs";
         case KLEstimator::K2: return "k2";
         case KLEstimator::K3: return "k3";
+        case KLEstimator::K1Plus: return "k1+";
+        case KLEstimator::AbsPlus: return "abs+";
+        case KLEstimator::K3Plus: return "k3+";
     }
     return "?";
 }
 
-/// Parse verl/TRL spellings: `kl`, `k1`, `abs`, `mse`, `k2`, `low_var_kl`, `k3`. Unknown names
-/// throw with the list of valid names.
+/// Parse verl/TRL spellings: `kl`, `k1`, `abs`, `mse`, `k2`, `low_var_kl`, `k3`, and each with a
+/// `+` suffix (straight-through; `mse+` / `k2+` are k2, as in verl). Unknown names throw with
+/// the list of valid names.
 inline KLEstimator parse_kl_estimator(const std::string& name) {
     struct Entry {
         const char* name;
@@ -114,7 +201,11 @@ inline KLEstimator parse_kl_estimator(const std::string& name) {
     static const Entry table[] = {{"kl", KLEstimator::K1},  {"k1", KLEstimator::K1},
                                   {"abs", KLEstimator::Abs}, {"mse", KLEstimator::K2},
                                   {"k2", KLEstimator::K2},  {"low_var_kl", KLEstimator::K3},
-                                  {"k3", KLEstimator::K3}};
+                                  {"k3", KLEstimator::K3},  {"kl+", KLEstimator::K1Plus},
+                                  {"k1+", KLEstimator::K1Plus}, {"abs+", KLEstimator::AbsPlus},
+                                  {"mse+", KLEstimator::K2},   {"k2+", KLEstimator::K2},
+                                  {"low_var_kl+", KLEstimator::K3Plus},
+                                  {"k3+", KLEstimator::K3Plus}};
     std::string valid;
     for (const auto& e : table) {
         if (name == e.name) return e.e;
@@ -141,19 +232,131 @@ Result<::rlpo::detail::scalar_t<DL>> kl_penalty(
     detail::validate(fn, opts);
 
     Result<S> res;
-    const RowWeights w = row_weights(fn, m, norm);
+    const RowWeights w = ::rlpo::detail::row_weights_fast(fn, m, norm);
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
-    const auto pass = ::rlpo::detail::token_pass<1, S>(
+    const auto pass = ::rlpo::detail::token_pass_vec<1, S>(
         fn, m, w, g, {{"logp", &lp}, {"ref_logp", &rlp}},
-        [&](Index i, Index t, std::array<double, 1>& st) -> ::rlpo::detail::LossGrad {
-            const double d = static_cast<double>(lp(i, t)) - static_cast<double>(rlp(i, t));
-            if (std::isnan(d)) return {d, d};
-            const ::rlpo::detail::LossGrad lg = kl_estimate(d, opts);
-            st[0] = lg.loss;
-            return lg;
+        [&](Index i, Index t0, Index n, ::rlpo::detail::ChunkOut<S, 1>& o) {
+            detail::kl_chunk<S>(lp.data() + i * lp.outerStride() + t0,
+                                rlp.data() + i * rlp.outerStride() + t0, n, opts, o.loss, o.grad);
+            o.stats[0] = o.loss;
         });
     res.value = g.coef() * pass.value;
     res.metrics.add("kl", pass.stats[0], pass.count);
+    return res;
+}
+
+/// Importance-corrected token KL penalty (TRL `use_bias_correction_kl`): per token
+/// w·X(logp − ref_logp) with w = exp(clamp(logp − old_logp, ±L)), gradient w.r.t. `logp`
+/// w·(∂X/∂logp + X·[−L ≤ logp − old_logp ≤ L]). All inputs `[B, T]`. Metric `kl`: mean of w·X
+/// (what TRL logs with the correction on).
+template <class DL, class DO, class DR, class DM>
+Result<::rlpo::detail::scalar_t<DL>> kl_penalty_corrected(
+    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
+    const Eigen::MatrixBase<DR>& ref_logp, const Eigen::MatrixBase<DM>& mask,
+    const KLOptions& opts = {}, const Normalizer& norm = {},
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {}) {
+    using S = ::rlpo::detail::scalar_t<DL>;
+    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
+    constexpr const char* fn = "penalties::kl_penalty_corrected";
+    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), rlp(ref_logp.derived()),
+        m(mask.derived());
+    ::rlpo::detail::check_same_shape(fn, "old_logp", olp, "logp", lp);
+    ::rlpo::detail::check_same_shape(fn, "ref_logp", rlp, "logp", lp);
+    ::rlpo::detail::check_same_shape(fn, "mask", m, "logp", lp);
+    detail::validate(fn, opts);
+
+    Result<S> res;
+    const RowWeights w = ::rlpo::detail::row_weights_fast(fn, m, norm);
+    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
+    const S L = static_cast<S>(opts.log_ratio_clamp);
+    using Arr = ::rlpo::detail::ChunkArray<S>;
+    const auto pass = ::rlpo::detail::token_pass_vec<1, S>(
+        fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"ref_logp", &rlp}},
+        [&](Index i, Index t0, Index n, ::rlpo::detail::ChunkOut<S, 1>& o) {
+            using namespace ::rlpo::detail::simd;
+            using P = Packet<S>;
+            constexpr Index W = width<S>;
+            const S* x = lp.data() + i * lp.outerStride() + t0;
+            const S* xo = olp.data() + i * olp.outerStride() + t0;
+            Arr v, gv;
+            detail::kl_chunk<S>(x, rlp.data() + i * rlp.outerStride() + t0, n, opts, v, gv);
+            o.loss.resize(n), o.grad.resize(n);
+            const P vL = set1<S>(L), vnL = set1<S>(-L), zero = set1<S>(S(0));
+            for (Index k = 0; k < n; k += W) {
+                const P raw = psub(load(x, k, n), load(xo, k, n));
+                const P wt = pexp(pmin(pmax(raw, vnL), vL));
+                const P dw = pselect(pand(pcmp_le(vnL, raw), pcmp_le(raw, vL)), wt, zero);
+                const P vk = load(v.data(), k, n), gk = load(gv.data(), k, n);
+                store(o.loss.data(), k, pselect(not_nan<S>(raw), pmul(wt, vk), raw));
+                store(o.grad.data(), k, padd(pmul(wt, gk), pmul(vk, dw)));
+            }
+            o.stats[0] = o.loss;
+        });
+    res.value = g.coef() * pass.value;
+    res.metrics.add("kl", pass.stats[0], pass.count);
+    return res;
+}
+
+/// Result of `kl_in_reward`.
+template <class S>
+struct KLReward {
+    Mat<S> rewards;     ///< scores − β·k at unmasked tokens, 0 at masked ones  `[B, T]`
+    Mat<S> kl;          ///< the per-token estimate k (0 at masked tokens)       `[B, T]`
+    Vec<double> seq_kl;  ///< Σ_t m·k per sequence (fold β·seq_kl into a sequence score)
+    Metrics metrics;     ///< `reward_kl_penalty`, `reward_kl_penalty_coeff`
+};
+
+/// KL in the reward: k from `old_logp` (the sampling policy) vs `ref_logp` with the estimator of
+/// `opts` (its value; straight-through variants give the value of their base), subtracted as
+/// β·k from the per-token `scores`. All inputs `[B, T]`; β ≥ 0.
+template <class DS, class DO, class DR, class DM>
+KLReward<::rlpo::detail::scalar_t<DS>> kl_in_reward(const Eigen::MatrixBase<DS>& scores,
+                                                   const Eigen::MatrixBase<DO>& old_logp,
+                                                   const Eigen::MatrixBase<DR>& ref_logp,
+                                                   const Eigen::MatrixBase<DM>& mask, double beta,
+                                                   const KLOptions& opts = {}) {
+    using S = ::rlpo::detail::scalar_t<DS>;
+    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
+    constexpr const char* fn = "penalties::kl_in_reward";
+    const ConstMatRef<S> sc(scores.derived()), olp(old_logp.derived()), rlp(ref_logp.derived()),
+        m(mask.derived());
+    ::rlpo::detail::check_same_shape(fn, "old_logp", olp, "scores", sc);
+    ::rlpo::detail::check_same_shape(fn, "ref_logp", rlp, "scores", sc);
+    ::rlpo::detail::check_same_shape(fn, "mask", m, "scores", sc);
+    ::rlpo::detail::check_nonnegative(fn, "beta", beta);
+    detail::validate(fn, opts);
+    ::rlpo::detail::check_mask(fn, m);
+    const Index B = sc.rows(), T = sc.cols();
+    KLReward<S> res;
+    res.rewards.setZero(B, T);
+    res.kl.setZero(B, T);
+    res.seq_kl.setZero(B);
+    double mean_sum = 0.0, rows = 0.0;
+    for (Index i = 0; i < B; ++i) {
+        double s = 0.0, len = 0.0;
+        for (Index t = 0; t < T; ++t) {
+            const double mk = static_cast<double>(m(i, t));
+            if (mk == 0) continue;
+            const double d = static_cast<double>(olp(i, t)) - static_cast<double>(rlp(i, t));
+            const double score = static_cast<double>(sc(i, t));
+            if (std::isnan(d) || std::isnan(score))
+                ::rlpo::detail::fail_nan_at<S>(
+                    fn, i, t, {{"scores", &sc}, {"old_logp", &olp}, {"ref_logp", &rlp}});
+            const double k = kl_estimate(d, opts).loss;
+            res.kl(i, t) = static_cast<S>(k);
+            res.rewards(i, t) = static_cast<S>(score - beta * k);
+            s += mk * k;
+            len += mk;
+        }
+        res.seq_kl(i) = s;
+        if (len > 0) {
+            mean_sum += s / len;
+            rows += 1.0;
+        }
+    }
+    res.metrics.add("reward_kl_penalty", mean_sum, rows);
+    res.metrics.set("reward_kl_penalty_coeff", beta);
     return res;
 }
 

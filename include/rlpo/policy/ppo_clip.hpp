@@ -4,15 +4,30 @@
 ///
 /// Per unmasked token, with lr = clamp(logp − old_logp, −L, L) and r = exp(lr):
 ///
-///     l1 = −A·r,   l2 = −A·clip(r, 1 − ε_l, 1 + ε_h),   l = max(l1, l2)
+///     l1 = −A·r̃,   l2 = −A·clip(r, 1 − ε_l, 1 + ε_h),   l = max(l1, l2)
 ///     dual-clip (c > 1, only where A < 0):   l ← min(l, −A·c)
 ///
-/// and the loss is the aggregation (core/aggregation.hpp) of l over the mask.
+/// with r̃ = r, or r̃ = min(r, δ) with the INTELLECT-2 two-sided clip (δ > 1 + ε_h), and the loss
+/// is the aggregation (core/aggregation.hpp) of l over the mask.
 ///
-/// **Gradient** w.r.t. `logp`: ∂l1/∂logp = −A·r·[−L ≤ lr_raw ≤ L] (the clamp stops the gradient
-/// outside ±L); the clipped branch contributes −A·r·[1−ε_l ≤ r ≤ 1+ε_h]; the dual-clip constant
-/// contributes 0. At exact ties of max/min the gradient is split in half between the branches,
-/// as PyTorch's `torch.maximum` / `torch.minimum` do, so the result matches autograd everywhere.
+/// **Two-sided clip (INTELLECT-2)**: Prime Intellect, "INTELLECT-2: A Reasoning Model Trained
+/// Through Globally Decentralized Reinforcement Learning" (2025), §3.3, δ = 4 there; TRL's
+/// GRPOConfig `delta`. As in TRL, the unclipped branch's ratio is capped, min(r, δ), for every
+/// token. Since δ > 1 + ε_h, this changes nothing where A > 0 (the max already picks the clipped
+/// branch for r > 1 + ε_h); where A < 0 it bounds the loss of a huge ratio at −A·δ with zero
+/// gradient (like a dual-clip with c = δ, but reported differently: a token capped by δ is not
+/// counted in `pg_clipfrac_lower`). Both may be combined (δ first, then the dual-clip min).
+///
+/// **Gradient** w.r.t. `logp`: ∂l1/∂logp = −A·r·[−L ≤ lr_raw ≤ L]·[r ≤ δ] (the clamps stop the
+/// gradient, inclusive at their bounds as `torch.clamp`); the clipped branch contributes
+/// −A·r·[1−ε_l ≤ r ≤ 1+ε_h]; the dual-clip constant contributes 0. At exact ties of max/min
+/// the gradient is split in half between the branches, as PyTorch's `torch.maximum` /
+/// `torch.minimum` do, so the result matches autograd everywhere.
+///
+/// **Precision and speed**: the pass is vectorised (Eigen array code over chunks of a row, in
+/// the storage precision: float inputs are computed in float, double in double; sums are
+/// accumulated in double). Rows run in parallel with OpenMP, combined in row order, so the
+/// result does not depend on the number of threads.
 ///
 /// **Metrics** (means over unmasked tokens, mask-weighted, merged exactly across micro-batches):
 ///   * `pg_clipfrac`       — fraction of tokens where the clipped branch is strictly larger (l2 > l1);
@@ -23,10 +38,10 @@
 /// Control in MOBA Games with Deep RL"; clip-higher from DAPO, Yu et al. 2025): ε_l = ε_h = 0.2,
 /// dual-clip off, L = 20 (verl's clamp). Presets: `PPOClipOptions::verl()` (dual-clip c = 3,
 /// L = 20: verl's `compute_policy_loss_vanilla`), `::openrlhf()` (no dual-clip, no clamp),
-/// `::trl()` (no dual-clip, no clamp), `::dapo()` (ε_h = 0.28).
+/// `::trl()` (no dual-clip, no clamp), `::dapo()` (ε_h = 0.28), `::intellect2()` (δ = 4).
 ///
 /// **Bad input**: shapes differing from `logp` → rlpo::invalid_argument; ε_l ≤ 0 or ε_h ≤ 0,
-/// dual-clip c ≤ 1, L ≤ 0 → rlpo::invalid_argument; a NaN in any input under a non-zero mask →
+/// dual-clip c ≤ 1, δ ≤ 1 + ε_h, L ≤ 0 → rlpo::invalid_argument; a NaN in any input under a non-zero mask →
 /// rlpo::invalid_argument naming the input and position. ±inf log-probs are accepted (the
 /// clamp makes them finite) unless both are −inf at the same token (ratio undefined), which is
 /// reported. An empty mask gives value 0, gradient 0 and metrics 0.
@@ -51,6 +66,9 @@ struct PPOClipOptions {
     std::optional<double> dual_clip{};
     /// L: log-ratio clamp before exp; +inf disables it.
     double log_ratio_clamp = 20.0;
+    /// δ of the INTELLECT-2 two-sided clip (> 1 + ε_h): the unclipped branch uses min(r, δ);
+    /// unset = off. TRL: GRPOConfig `delta`.
+    std::optional<double> two_sided_delta{};
 
     /// verl `compute_policy_loss_vanilla`: dual-clip c = 3 always on, clamp ±20.
     static PPOClipOptions verl() {
@@ -72,6 +90,12 @@ struct PPOClipOptions {
         o.clip_high = 0.28;
         return o;
     }
+    /// INTELLECT-2: ε = 0.2, two-sided clip δ = 4 (TRL `delta=4`), no clamp as in TRL.
+    static PPOClipOptions intellect2() {
+        PPOClipOptions o = trl();
+        o.two_sided_delta = 4.0;
+        return o;
+    }
 };
 
 namespace detail {
@@ -83,6 +107,10 @@ inline void validate(const char* fn, const PPOClipOptions& o) {
                    "dual_clip: the constant c must be > 1, given ", *o.dual_clip);
     RLPO_CHECK(o.log_ratio_clamp > 0 && !std::isnan(o.log_ratio_clamp), fn,
                "log_ratio_clamp: must be > 0, given ", o.log_ratio_clamp);
+    if (o.two_sided_delta)
+        RLPO_CHECK(std::isfinite(*o.two_sided_delta) && *o.two_sided_delta > 1.0 + o.clip_high,
+                   fn, "two_sided_delta: δ must be > 1 + clip_high = ", 1.0 + o.clip_high,
+                   ", given ", *o.two_sided_delta);
 }
 
 /// Torch-style max/min of two branches with gradients: returns (value, gradient), ties split.
@@ -117,34 +145,65 @@ Result<::rlpo::detail::scalar_t<DL>> ppo_clip(
     detail::validate(fn, opts);
 
     Result<S> res;
-    const RowWeights w = row_weights(fn, m, norm);
+    const RowWeights w = ::rlpo::detail::row_weights_fast(fn, m, norm);
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
-    const double lo = 1.0 - opts.clip_low, hi = 1.0 + opts.clip_high, L = opts.log_ratio_clamp;
+    const S lo = static_cast<S>(1.0 - opts.clip_low), hi = static_cast<S>(1.0 + opts.clip_high);
+    const S L = static_cast<S>(opts.log_ratio_clamp);
     const bool dual = opts.dual_clip.has_value();
-    const double c = dual ? *opts.dual_clip : 0.0;
+    const S c = static_cast<S>(dual ? *opts.dual_clip : 0.0);
+    const bool two_sided = opts.two_sided_delta.has_value();
+    const S delta = static_cast<S>(two_sided ? *opts.two_sided_delta : 0.0);
 
     // stats: 0 clipped (l2 > l1), 1 dual-clip hit, 2 −lr
-    const auto pass = ::rlpo::detail::token_pass<3, S>(
+    const auto pass = ::rlpo::detail::token_pass_vec<3, S>(
         fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}},
-        [&](Index i, Index t, std::array<double, 3>& st) -> ::rlpo::detail::LossGrad {
-            const double a = static_cast<double>(A(i, t));
-            const double raw = static_cast<double>(lp(i, t)) - static_cast<double>(olp(i, t));
-            if (std::isnan(raw) || std::isnan(a)) return {raw + a, 0.0};
-            const double lr = std::clamp(raw, -L, L);
-            const double r = std::exp(lr);
-            const double dr = (raw >= -L && raw <= L) ? r : 0.0;  // ∂r/∂logp
-            const double l1 = -a * r, g1 = -a * dr;
-            const double rc = std::clamp(r, lo, hi);
-            const double l2 = -a * rc, g2 = (r >= lo && r <= hi) ? g1 : 0.0;
-            ::rlpo::detail::LossGrad lg = detail::branch_max(l1, g1, l2, g2);
-            st[0] = l2 > l1 ? 1.0 : 0.0;
-            st[2] = -lr;
-            if (dual && a < 0) {
-                const double l3 = -a * c;
-                st[1] = lg.loss > l3 ? 1.0 : 0.0;
-                lg = detail::branch_min(l3, 0.0, lg.loss, lg.grad);
+        [&](Index i, Index t0, Index n, ::rlpo::detail::ChunkOut<S, 3>& o) {
+            using namespace ::rlpo::detail::simd;
+            using P = Packet<S>;
+            constexpr Index W = width<S>;
+            const S* x = lp.data() + i * lp.outerStride() + t0;
+            const S* xo = olp.data() + i * olp.outerStride() + t0;
+            const S* adv = A.data() + i * A.outerStride() + t0;
+            o.loss.resize(n), o.grad.resize(n);
+            for (auto& st : o.stats) st.resize(n);
+            const P vL = set1<S>(L), vnL = set1<S>(-L), vlo = set1<S>(lo), vhi = set1<S>(hi);
+            const P vdelta = set1<S>(delta), vc = set1<S>(c), zero = set1<S>(S(0));
+            const P half = set1<S>(S(0.5));
+            for (Index k = 0; k < n; k += W) {
+                const P a = load(adv, k, n), na = pnegate(a);
+                const P raw = psub(load(x, k, n), load(xo, k, n));
+                const P lr = pmin(pmax(raw, vnL), vL);
+                const P r = pexp(lr);
+                // −A·∂r/∂logp: the clamp stops the gradient outside [−L, L] (inclusive bounds)
+                const P g0 = pselect(pand(pcmp_le(vnL, raw), pcmp_le(raw, vL)), pmul(na, r), zero);
+                P l1 = pmul(na, r), g1 = g0;
+                if (two_sided) {  // unclipped branch uses min(r, δ)
+                    const P capped = pcmp_lt(vdelta, r);
+                    l1 = pmul(na, pselect(capped, vdelta, r));
+                    g1 = pselect(capped, zero, g0);
+                }
+                const P l2 = pmul(na, pmin(pmax(r, vlo), vhi));
+                const P g2 = pselect(pand(pcmp_le(vlo, r), pcmp_le(r, vhi)), g0, zero);
+                const P gt = pcmp_lt(l1, l2), lt = pcmp_lt(l2, l1);
+                P l = pselect(gt, l2, l1);
+                P gr = pselect(gt, g2, pselect(lt, g1, pmul(half, padd(g1, g2))));
+                store(o.stats[0].data(), k, indicator<S>(gt));
+                store(o.stats[2].data(), k, pnegate(lr));
+                if (dual) {  // for A < 0: min(l, −A·c), ties split as torch.minimum
+                    const P neg = pcmp_lt(a, zero), l3 = pmul(na, vc);
+                    const P above = pcmp_lt(l3, l), below = pcmp_lt(l, l3);
+                    store(o.stats[1].data(), k, indicator<S>(pand(neg, above)));
+                    const P gd = pselect(above, zero, pselect(below, gr, pmul(half, gr)));
+                    gr = pselect(neg, gd, gr);
+                    l = pselect(neg, pselect(above, l3, l), l);
+                } else {
+                    store(o.stats[1].data(), k, zero);
+                }
+                // NaN inputs must surface as a NaN loss (min/max/compares drop them)
+                const P ok = pand(not_nan<S>(raw), not_nan<S>(a));
+                store(o.loss.data(), k, pselect(ok, l, padd(raw, a)));
+                store(o.grad.data(), k, gr);
             }
-            return lg;
         });
     res.value = g.coef() * pass.value;
     res.metrics.add("pg_clipfrac", pass.stats[0], pass.count);
