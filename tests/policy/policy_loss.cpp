@@ -23,8 +23,13 @@ TEST_CASE("policy_loss: verl and TRL names parse; unknown names list the valid o
     CHECK(rp::parse_policy_loss("dppo_tv") == PolicyLoss::DPPOTV);
     CHECK(rp::parse_policy_loss("dppo_kl") == PolicyLoss::DPPOKL);
     CHECK(rp::parse_policy_loss("dro") == PolicyLoss::DRO);
+    CHECK(rp::parse_policy_loss("geo_mean") == PolicyLoss::GeoMean);
+    CHECK(rp::parse_policy_loss("gmpo") == PolicyLoss::GeoMean);
+    CHECK(rp::parse_policy_loss("clip_cov") == PolicyLoss::ClipCov);
+    CHECK(rp::parse_policy_loss("kl_cov") == PolicyLoss::KLCov);
     for (PolicyLoss l : {PolicyLoss::Vanilla, PolicyLoss::GPG, PolicyLoss::GSPO, PolicyLoss::CISPO, PolicyLoss::SAPO,
-                         PolicyLoss::DPPOTV, PolicyLoss::DPPOKL, PolicyLoss::DRO})
+                         PolicyLoss::DPPOTV, PolicyLoss::DPPOKL, PolicyLoss::DRO, PolicyLoss::GeoMean,
+                         PolicyLoss::ClipCov, PolicyLoss::KLCov})
         CHECK(rp::parse_policy_loss(rp::to_string(l)) == l);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::parse_policy_loss("ppo2"),
                                     "policy::parse_policy_loss(): name: unknown policy loss 'ppo2'; valid names: vanilla, grpo");
@@ -81,6 +86,15 @@ TEST_CASE("policy_loss: dispatch equals the direct call of each surrogate", "[po
          rp::dppo(b.logp, b.old, b.adv, b.mask, rp::DPPOOptions::kl(), n, {}, w));
     o = rp::make_policy_loss("dro");
     same(rp::policy_loss(o, b.logp, b.old, b.adv, b.mask, n, {}, w), rp::dro(b.logp, b.old, b.adv, b.mask, {}, n, {}, w));
+    o = rp::make_policy_loss("geo_mean");
+    same(rp::policy_loss(o, b.logp, b.old, b.adv, b.mask, n, {}, w),
+         rp::gmpo(b.logp, b.old, b.adv, b.mask, rp::GMPOOptions::verl(), n, {}, w));
+    o = rp::make_policy_loss("clip_cov");
+    o.clip_cov.ratio = 0.05;
+    same(rp::policy_loss(o, b.logp, b.old, b.adv, b.mask, n, {}, w),
+         rp::clip_cov(b.logp, b.old, b.adv, b.mask, o.clip_cov, n, {}, w));
+    o = rp::make_policy_loss("kl_cov");
+    same(rp::policy_loss(o, b.logp, b.old, b.adv, b.mask, n, {}, w), rp::kl_cov(b.logp, b.old, b.adv, b.mask, {}, n, {}, w));
     // GradientOut is honoured: add into a buffer with a coefficient.
     Mat<double> g = Mat<double>::Ones(b.logp.rows(), b.logp.cols());
     o = rp::make_policy_loss("cispo");

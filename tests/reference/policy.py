@@ -205,3 +205,79 @@ def dro(x, p, s):
     per_token = -(adv * logp - 0.5 * beta * (logp - old) ** 2)
     return _finish(per_token * _weights(x, mask), leaf, mask, p, s,
                    {"ppo_kl": masked_mean(-(logp - old).detach(), mask)})
+
+
+def gmpo(x, p, s):
+    """GMPO: per row, −mean(A)·exp(mean of the sign-clipped log-ratios); broadcast to tokens for
+    the aggregation; token weights combined per row by their geometric mean."""
+    mask = x["mask"]
+    leaf, logp = leaf_under_mask(x["logp"], mask)
+    old, adv = clean(x["old_logp"], mask), clean(x["advantages"], mask)
+    log_ratio = logp - old
+    sgn = torch.sign(adv)
+    clamped = log_ratio.clamp(-float(p["clip_low"]), float(p["clip_high"]))
+    clipped_lr = sgn * torch.min(sgn * log_ratio, sgn * clamped)
+    lens = mask.sum(dim=1, keepdim=True)
+    safe = lens.clamp(min=1e-300)
+    rho = torch.exp((clipped_lr * mask).sum(dim=1, keepdim=True) / safe)
+    abar = (adv * mask).sum(dim=1, keepdim=True) / safe
+    seq_loss = -abar * rho
+    if "is_weights" in x:
+        w = torch.where(mask != 0, clean(x["is_weights"], mask), torch.ones_like(mask))
+        seq_loss = seq_loss * torch.exp((torch.log(w) * mask).sum(dim=1, keepdim=True) / safe)
+    per_token = seq_loss.expand_as(logp)
+    is_clipped = (log_ratio != clamped).detach()
+    metrics = {"pg_clipfrac": masked_mean((is_clipped & (adv > 0)).double(), mask),
+               "pg_clipfrac_lower": masked_mean((is_clipped & (adv < 0)).double(), mask),
+               "ppo_kl": masked_mean(-log_ratio.detach(), mask)}
+    value = aggregate(torch.where(mask != 0, per_token, torch.zeros_like(per_token)), mask, p, s)
+    out = {"value": value.detach(), "grad": grad_of(value, leaf)}
+    out.update(metrics)
+    return out
+
+
+def _covariance(adv, logp, mask, weighted):
+    valid = mask != 0
+    wts = mask if weighted else valid.double()
+    n = wts.sum()
+    mean_a = (adv * wts).sum() / n
+    mean_l = (logp * wts).sum() / n
+    return (adv - mean_a) * (logp - mean_l)
+
+
+def clip_cov(x, p, s):
+    """Clip-Cov given the selected tokens (input "selected"): PPO clip (no clamp) with the
+    selected tokens' loss zeroed. Also returns the candidate set computed independently, so the
+    test can check that the selection is a subset of it."""
+    mask = x["mask"]
+    leaf, logp = leaf_under_mask(x["logp"], mask)
+    old, adv = clean(x["old_logp"], mask), clean(x["advantages"], mask)
+    ratio = (logp - old).exp()
+    loss1 = -adv * ratio
+    loss2 = -adv * ratio.clamp(1.0 - float(p["clip_low"]), 1.0 + float(p["clip_high"]))
+    cov = _covariance(adv, logp.detach(), mask, True)
+    candidates = (mask != 0) & ~(loss2 > loss1) & (cov > float(p["cov_lb"])) & (cov < float(p["cov_ub"]))
+    keep = 1.0 - clean(x["selected"], mask)
+    per_token = torch.maximum(loss1, loss2) * keep * _weights(x, mask)
+    metrics = {"pg_clipfrac": masked_mean(1.0 - keep, mask), "ppo_kl": masked_mean(-(logp - old).detach(), mask),
+               "candidates": candidates.double(),
+               "k": torch.tensor(float(max(1, int(math.floor(float(p["ratio"]) * float(mask.sum()))))))}
+    return _finish(per_token, leaf, mask, p, s, metrics)
+
+
+def kl_cov(x, p, s):
+    """KL-Cov: −A·r everywhere, plus β·|log r| on the top-k tokens by covariance."""
+    mask = x["mask"]
+    leaf, logp = leaf_under_mask(x["logp"], mask)
+    old, adv = clean(x["old_logp"], mask), clean(x["advantages"], mask)
+    log_ratio = logp - old
+    valid = (mask != 0).reshape(-1)
+    cov = _covariance(adv, logp.detach(), mask, False).reshape(-1)[valid]
+    k = max(1, int(math.floor(cov.numel() * float(p["ratio"]))))
+    top = torch.topk(cov, k).indices
+    flat_idx = torch.nonzero(valid).reshape(-1)[top]
+    selected = torch.zeros(logp.numel(), dtype=torch.float64)
+    selected[flat_idx] = 1.0
+    selected = selected.reshape(logp.shape)
+    per_token = (-adv * log_ratio.exp() + float(p["kl_coef"]) * log_ratio.abs() * selected) * _weights(x, mask)
+    return _finish(per_token, leaf, mask, p, s, {"ppo_kl": masked_mean(log_ratio.abs().detach(), mask)})

@@ -25,6 +25,8 @@
 /// | `DRO`      | `dro`            | —                             | DRO (dro.hpp)                   |
 ///
 /// Also accepted: `reinforce` (= `gpg`), `gmpo` (= `geo_mean`), `gspo_token` (GSPO, token level).
+/// Clip-Cov's random selection is seeded by `clip_cov.seed`: a trainer that wants a fresh draw
+/// per step sets it (e.g. from the step number) before the call.
 /// TRL's `grpo` / `bnpo` / `dr_grpo` / `dapo` select the PPO clip surrogate; the aggregation
 /// they also imply is parsed separately by `rlpo::parse_aggregation`. An unknown name throws
 /// `rlpo::invalid_argument` listing every valid name.
@@ -38,9 +40,11 @@
 /// `pg_clipfrac`).
 
 #include <rlpo/policy/cispo.hpp>
+#include <rlpo/policy/cov.hpp>
 #include <rlpo/policy/detail/common.hpp>
 #include <rlpo/policy/dppo.hpp>
 #include <rlpo/policy/dro.hpp>
+#include <rlpo/policy/gmpo.hpp>
 #include <rlpo/policy/gspo.hpp>
 #include <rlpo/policy/ppo_clip.hpp>
 #include <rlpo/policy/reinforce.hpp>
@@ -50,7 +54,7 @@
 
 namespace rlpo::policy {
 
-enum class PolicyLoss { Vanilla, GPG, GSPO, CISPO, SAPO, DPPOTV, DPPOKL, DRO };
+enum class PolicyLoss { Vanilla, GPG, GSPO, CISPO, SAPO, GeoMean, ClipCov, KLCov, DPPOTV, DPPOKL, DRO };
 
 /// Whose defaults `make_policy_loss` applies to the chosen variant.
 enum class Anchor { Paper, Verl, TRL };
@@ -62,6 +66,9 @@ struct PolicyLossOptions {
     GSPOOptions gspo{};
     CISPOOptions cispo{};
     SAPOOptions sapo{};
+    GMPOOptions geo_mean{};
+    ClipCovOptions clip_cov{};
+    KLCovOptions kl_cov{};
     DPPOOptions dppo_tv = DPPOOptions::tv();
     DPPOOptions dppo_kl = DPPOOptions::kl();
     DROOptions dro{};
@@ -75,6 +82,9 @@ inline const char* to_string(PolicyLoss l) {
         case PolicyLoss::GSPO: return "gspo";
         case PolicyLoss::CISPO: return "cispo";
         case PolicyLoss::SAPO: return "sapo";
+        case PolicyLoss::GeoMean: return "geo_mean";
+        case PolicyLoss::ClipCov: return "clip_cov";
+        case PolicyLoss::KLCov: return "kl_cov";
         case PolicyLoss::DPPOTV: return "dppo_tv";
         case PolicyLoss::DPPOKL: return "dppo_kl";
         case PolicyLoss::DRO: return "dro";
@@ -96,6 +106,8 @@ inline const PolicyLossName* policy_loss_names(std::size_t& n) {
         {"gspo_token", PolicyLoss::GSPO}, {"cispo", PolicyLoss::CISPO},
         {"sapo", PolicyLoss::SAPO},       {"dppo_tv", PolicyLoss::DPPOTV},
         {"dppo_kl", PolicyLoss::DPPOKL},  {"dro", PolicyLoss::DRO},
+        {"geo_mean", PolicyLoss::GeoMean}, {"gmpo", PolicyLoss::GeoMean},
+        {"clip_cov", PolicyLoss::ClipCov}, {"kl_cov", PolicyLoss::KLCov},
     };
     n = sizeof(table) / sizeof(table[0]);
     return table;
@@ -128,6 +140,7 @@ inline PolicyLossOptions make_policy_loss(const std::string& name, Anchor anchor
             o.vanilla = PPOClipOptions::verl();
             o.gspo = GSPOOptions::verl();
             o.cispo = CISPOOptions::verl();
+            o.geo_mean = GMPOOptions::verl();
             break;
         case Anchor::TRL:
             o.vanilla = PPOClipOptions::trl();
@@ -167,6 +180,12 @@ Result<::rlpo::detail::scalar_t<DL>> policy_loss(
             return cispo(logp, old_logp, advantages, mask, opts.cispo, norm, out, is_weights);
         case PolicyLoss::SAPO:
             return sapo(logp, old_logp, advantages, mask, opts.sapo, norm, out, is_weights);
+        case PolicyLoss::GeoMean:
+            return gmpo(logp, old_logp, advantages, mask, opts.geo_mean, norm, out, is_weights);
+        case PolicyLoss::ClipCov:
+            return clip_cov(logp, old_logp, advantages, mask, opts.clip_cov, norm, out, is_weights);
+        case PolicyLoss::KLCov:
+            return kl_cov(logp, old_logp, advantages, mask, opts.kl_cov, norm, out, is_weights);
         case PolicyLoss::DPPOTV:
             return dppo(logp, old_logp, advantages, mask, opts.dppo_tv, norm, out, is_weights);
         case PolicyLoss::DPPOKL:

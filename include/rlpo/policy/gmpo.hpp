@@ -1,0 +1,158 @@
+#pragma once
+/// \file
+/// GMPO: geometric-mean policy optimisation — the arithmetic mean of token ratios replaced by
+/// their geometric mean, clipped per token in log space.
+///
+/// Per row i with |y_i| = Σ_t m_it > 0, lr_it = logp_it − old_logp_it (not clamped) and
+/// σ_it = sign(A_it):
+///
+///     lr̃_it   = σ_it · min(σ_it·lr_it, σ_it·clamp(lr_it, −ε_l, ε_h))
+///               (A > 0: only large ratios are clipped; A < 0: only small ones; A = 0: 0)
+///     ρ_i     = exp(Σ_t m_it·lr̃_it / |y_i|)               (geometric mean of the clipped ratios)
+///     Ā_i     = Σ_t m_it·A_it / |y_i|
+///     L_i     = −Ā_i · ρ_i                                 (times the row weight w_i below)
+///
+/// L_i is a sequence loss; it enters the aggregation as if broadcast to the row's tokens, so the
+/// value is Σ_i c_i·|y_i|·w_i·L_i (seq-mean-token-mean gives Σ_i L_i / N_seq, the paper's mean).
+/// Optional token weights are combined per row by their geometric mean
+/// w_i = exp(Σ_t m_it·log w_it / |y_i|), as verl combines rollout IS weights for geo_mean.
+///
+/// **Gradient** w.r.t. `logp`: ∂/∂logp_it = −c_i·w_i·Ā_i·ρ_i·m_it·∂lr̃_it/∂lr_it, where the last
+/// factor is 1 inside the clip range and on the unclipped side, 0 on the clipped side (ties split
+/// as autograd does).
+///
+/// **Normalizer**: verl ignores `loss_agg_mode` for geo_mean and takes the mean of L_i over all
+/// B rows. The default `aggregation = SeqMeanTokenMean` gives the mean over non-empty rows (or
+/// over `num_seqs` when supplied: pass `num_seqs = B` to count empty rows as verl does);
+/// `std::nullopt` uses the caller's mode.
+///
+/// **Metrics** (means over unmasked tokens): `pg_clipfrac` — tokens with lr outside [−ε_l, ε_h]
+/// and A > 0; `pg_clipfrac_lower` — the same with A < 0; `ppo_kl` — mean of −lr.
+///
+/// **Defaults**: Zhao et al. 2025, "Geometric-Mean Policy Optimization" (arXiv 2507.20673): clip
+/// range (e^−0.4, e^0.4), i.e. ε_l = ε_h = 0.4 in log space; verl's `geo_mean` reads ε from the
+/// actor's clip_ratio (`GMPOOptions::verl(ε)`). Deliberate difference: verl divides by
+/// |y_i| + 1e-8 (and adds 1e-10 inside the weights' log); rlpo uses the exact |y_i| (relative
+/// difference ≤ 1e-8) and exact log w.
+///
+/// **Bad input**: shapes differing from `logp`, ε_l or ε_h ≤ 0 → rlpo::invalid_argument; NaN
+/// under a non-zero mask → rlpo::invalid_argument naming the input; a row whose clipped
+/// log-ratios sum to NaN (+inf and −inf) is reported. Empty rows contribute 0.
+
+#include <rlpo/policy/detail/common.hpp>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+namespace rlpo::policy {
+
+struct GMPOOptions {
+    double clip_low = 0.4;   ///< ε_l (log space): ratios below e^−ε_l are clipped when A < 0
+    double clip_high = 0.4;  ///< ε_h (log space): ratios above e^ε_h are clipped when A > 0
+    /// Forced aggregation (verl: a mean over rows); nullopt = the Normalizer's mode.
+    std::optional<Aggregation> aggregation = Aggregation::SeqMeanTokenMean;
+
+    /// verl `compute_policy_loss_geo_mean` with the actor's clip ratios.
+    static GMPOOptions verl(double clip_low = 0.2, double clip_high = 0.2) {
+        GMPOOptions o;
+        o.clip_low = clip_low;
+        o.clip_high = clip_high;
+        return o;
+    }
+};
+
+namespace detail {
+inline void validate(const char* fn, const GMPOOptions& o) {
+    ::rlpo::detail::check_positive(fn, "clip_low", o.clip_low);
+    ::rlpo::detail::check_positive(fn, "clip_high", o.clip_high);
+}
+}  // namespace detail
+
+/// GMPO loss and its gradient w.r.t. `logp`. All inputs `[B, T]`.
+template <class DL, class DO, class DA, class DM>
+Result<::rlpo::detail::scalar_t<DL>> gmpo(
+    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
+    const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
+    const GMPOOptions& opts = {}, const Normalizer& norm = {},
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
+    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
+    using S = ::rlpo::detail::scalar_t<DL>;
+    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
+    constexpr const char* fn = "policy::gmpo";
+    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
+        m(mask.derived());
+    ::rlpo::detail::check_same_shape(fn, "old_logp", olp, "logp", lp);
+    ::rlpo::detail::check_same_shape(fn, "advantages", A, "logp", lp);
+    ::rlpo::detail::check_same_shape(fn, "mask", m, "logp", lp);
+    detail::validate(fn, opts);
+    detail::check_weights(fn, is_weights, m);
+
+    Result<S> res;
+    const RowWeights w = row_weights(fn, m, detail::with_mode(norm, opts.aggregation));
+    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
+    const double lo = -opts.clip_low, hi = opts.clip_high;
+    const Index B = lp.rows(), T = lp.cols();
+    double value = 0.0, clip_hi = 0.0, clip_lo = 0.0, neg_kl = 0.0;
+    std::vector<double> dlr(static_cast<std::size_t>(T));  // ∂lr̃/∂lr per token
+    for (Index i = 0; i < B; ++i) {
+        const auto r = static_cast<std::size_t>(i);
+        const double len = w.len[r];
+        if (len <= 0) {
+            for (Index t = 0; t < T; ++t) g.zero(i, t);
+            continue;
+        }
+        detail::check_row_nan<S>(fn, m, i, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
+        double sum_lr = 0.0, sum_a = 0.0, sum_logw = 0.0;
+        for (Index t = 0; t < T; ++t) {
+            const double mk = static_cast<double>(m(i, t));
+            if (mk == 0) continue;
+            const double a = static_cast<double>(A(i, t));
+            const double lr = static_cast<double>(lp(i, t)) - static_cast<double>(olp(i, t));
+            if (std::isnan(lr))
+                ::rlpo::detail::fail_nan_at<S>(fn, i, t, {{"logp", &lp}, {"old_logp", &olp}});
+            const double lrc = std::clamp(lr, lo, hi);
+            const double gc = (lr >= lo && lr <= hi) ? 1.0 : 0.0;
+            const double sg = a > 0 ? 1.0 : (a < 0 ? -1.0 : 0.0);
+            double v = 0.0, gv = 0.0;
+            if (sg != 0) {
+                const ::rlpo::detail::LossGrad mn = detail::tie_min(sg * lr, sg, sg * lrc, sg * gc);
+                v = sg * mn.loss;
+                gv = sg * mn.grad;
+            }
+            dlr[static_cast<std::size_t>(t)] = gv;
+            sum_lr += mk * v;
+            sum_a += mk * a;
+            if (is_weights) sum_logw += mk * std::log(static_cast<double>((*is_weights)(i, t)));
+            const bool clipped = lr != lrc;
+            clip_hi += (clipped && a > 0) ? mk : 0.0;
+            clip_lo += (clipped && a < 0) ? mk : 0.0;
+            neg_kl -= mk * lr;
+        }
+        if (std::isnan(sum_lr))
+            ::rlpo::detail::fail(fn, "inputs of row ", i,
+                                 " give an undefined (NaN) clipped log-ratio sum (+inf and -inf log-ratios)");
+        const double rho = std::exp(sum_lr / len);
+        const double abar = sum_a / len;
+        const double wrow = is_weights ? std::exp(sum_logw / len) : 1.0;
+        const double c = w.c[r];
+        value += c * len * wrow * (-abar * rho);
+        if (!g.active()) continue;
+        const double coef = -c * wrow * abar * rho;
+        for (Index t = 0; t < T; ++t) {
+            const double mk = static_cast<double>(m(i, t));
+            if (mk == 0) {
+                g.zero(i, t);
+                continue;
+            }
+            g.put(i, t, coef * mk * dlr[static_cast<std::size_t>(t)]);
+        }
+    }
+    res.value = g.coef() * value;
+    res.metrics.add("pg_clipfrac", clip_hi, w.local_tokens);
+    res.metrics.add("pg_clipfrac_lower", clip_lo, w.local_tokens);
+    res.metrics.add("ppo_kl", neg_kl, w.local_tokens);
+    return res;
+}
+
+}  // namespace rlpo::policy
