@@ -70,3 +70,45 @@ def kl_in_reward(x, p, s):
     rows = lens > 0
     penalty = (seq[rows] / lens[rows]).mean() if bool(rows.any()) else torch.zeros(())
     return {"rewards": rewards, "kl": k, "seq_kl": seq, "reward_kl_penalty": penalty}
+
+
+def _row_divergence(lp, lq, name):
+    """Per-row divergence from log-probabilities, written from the textbook definitions. Zero
+    probabilities are kept out of the graph (0·log 0 = 0) so autograd does not form 0·inf."""
+    p, q = lp.exp(), lq.exp()
+    zero = torch.zeros_like(p)
+    lp_s = torch.where(p > 0, lp, zero)
+    lq_s = torch.where(q > 0, lq, zero)
+    if name == "kl":
+        return torch.where(p > 0, p * (lp_s - lq_s), zero).sum(-1)
+    if name == "forward_kl":
+        return torch.where(q > 0, q * (lq_s - lp_s), zero).sum(-1)
+    if name == "chi2":
+        q_s = torch.where(q > 0, q, torch.ones_like(q))
+        return torch.where(q > 0, (p - q).square() / q_s, zero).sum(-1)
+    if name == "tv":
+        return 0.5 * (p - q).abs().sum(-1)
+    if name == "js":
+        m = 0.5 * (p + q)
+        lm = torch.log(torch.where(m > 0, m, torch.ones_like(m)))
+        return (0.5 * torch.where(p > 0, p * (lp_s - lm), zero).sum(-1)
+                + 0.5 * torch.where(q > 0, q * (lq_s - lm), zero).sum(-1))
+    raise ValueError(name)
+
+
+def vocab_divergence(x, p, s):
+    """Full-vocabulary divergence between softmax(z/τ) and softmax(z_ref/τ) per token row, rows
+    aggregated with the token mask [B, T] (row n = i·T + t); autograd w.r.t. the policy logits."""
+    mask = x["mask"]
+    B, T = mask.shape
+    rows = mask.reshape(-1) != 0
+    tau = float(p["temperature"])
+    leaf = x["logits"].clone().requires_grad_(True)
+    z = torch.where(rows.unsqueeze(1), leaf, torch.zeros_like(leaf))
+    zr = torch.where(rows.unsqueeze(1), x["ref_logits"], torch.zeros_like(x["ref_logits"]))
+    lp = torch.log_softmax(z / tau, dim=-1)
+    lq = torch.log_softmax(zr / tau, dim=-1)
+    D = _row_divergence(lp, lq, s["divergence"]).reshape(B, T)
+    D = torch.where(mask != 0, D, torch.zeros_like(D))
+    value = aggregate(D, mask, p, s)
+    return {"value": value.detach(), "grad": grad_of(value, leaf), "metric": masked_mean(D.detach(), mask)}

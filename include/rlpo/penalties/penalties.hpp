@@ -1,3 +1,4 @@
 #pragma once
 /// \file Umbrella of the divergence penalties.
 #include <rlpo/penalties/kl_estimators.hpp>
+#include <rlpo/penalties/vocab_divergence.hpp>
