@@ -281,3 +281,59 @@ def kl_cov(x, p, s):
     selected = selected.reshape(logp.shape)
     per_token = (-adv * log_ratio.exp() + float(p["kl_coef"]) * log_ratio.abs() * selected) * _weights(x, mask)
     return _finish(per_token, leaf, mask, p, s, {"ppo_kl": masked_mean(log_ratio.abs().detach(), mask)})
+
+
+def rollout_correction(x, p, s):
+    """Truncated / masked IS weights between the trainer's old log-probs and the rollout
+    engine's, at token, sequence or geometric-mean sequence level (no gradient: constants)."""
+    mask = x["mask"]
+    old, roll = clean(x["old_logp"], mask), clean(x["rollout_logp"], mask)
+    L, upper = float(p["log_ratio_clamp"]), float(p["upper"])
+    mask_mode = s["mode"] == "mask"
+    lower = float(p["lower"]) if "lower" in p else (1.0 / upper if mask_mode else 0.0)
+    lower_metric = float(p["lower"]) if "lower" in p else 1.0 / upper
+    log_ratio = old - roll
+    lens = mask.sum(dim=1, keepdim=True)
+    if s["level"] == "token":
+        w = log_ratio.clamp(-L, L).exp()
+    elif s["level"] == "sequence":
+        w = ((log_ratio * mask).sum(dim=1, keepdim=True).clamp(-L, L)).exp().expand_as(old)
+    else:
+        w = (((log_ratio * mask).sum(dim=1, keepdim=True) / lens.clamp(min=1e-300)).clamp(-L, L)).exp().expand_as(old)
+    valid = mask != 0
+    if mask_mode:
+        keep = (w >= lower) & (w <= upper) & valid
+        weights = torch.where(keep, w, torch.zeros_like(w))
+        new_mask = torch.where(keep, mask, torch.zeros_like(mask))
+    else:
+        weights = torch.where(valid, w.clamp(lower, upper), torch.zeros_like(w))
+        new_mask = mask
+    out = {"weights": weights, "mask": new_mask,
+           "rollout_is_mean": masked_mean(w, mask),
+           "rollout_is_ratio_fraction_high": masked_mean((w > upper).double(), mask),
+           "rollout_is_ratio_fraction_low": masked_mean((w < lower_metric).double(), mask)}
+    if mask_mode:
+        out["rollout_rs_masked_fraction"] = masked_mean((valid & ~keep).double(), mask)
+    return out
+
+
+def off_policy_sequence_mask(x, p, s):
+    """DeepSeek-V3.2: drop A < 0 tokens of sequences whose mean (rollout − current) log-prob
+    exceeds δ."""
+    mask = x["mask"]
+    logp, roll, adv = clean(x["logp"], mask), clean(x["rollout_logp"], mask), clean(x["advantages"], mask)
+    lens = mask.sum(dim=1, keepdim=True).clamp(min=1e-300)
+    mean_kl = ((roll - logp) * mask).sum(dim=1, keepdim=True) / lens
+    keep = ((adv >= 0) | (mean_kl <= float(p["delta"]))) & (mask != 0)
+    return {"mask": torch.where(keep, mask, torch.zeros_like(mask)),
+            "off_policy_masked_fraction": masked_mean(((mask != 0) & ~keep).double(), mask)}
+
+
+def top_entropy_mask(x, p, s):
+    mask = x["mask"]
+    ent = clean(x["entropy"], mask)
+    valid = mask != 0
+    thr = torch.quantile(ent[valid], 1.0 - float(p["keep_fraction"]))
+    keep = (ent >= thr) & valid
+    return {"mask": torch.where(keep, mask, torch.zeros_like(mask)),
+            "entropy_mask_kept_fraction": masked_mean(keep.double(), mask)}

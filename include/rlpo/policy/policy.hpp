@@ -1,6 +1,7 @@
 #pragma once
 /// \file Umbrella of the policy-gradient surrogates.
 #include <rlpo/policy/cispo.hpp>
+#include <rlpo/policy/corrections.hpp>
 #include <rlpo/policy/cov.hpp>
 #include <rlpo/policy/dppo.hpp>
 #include <rlpo/policy/dro.hpp>
