@@ -376,3 +376,37 @@ def tilt(x, p, s):
     w = torch.where(pm > 0, torch.log(pm) + r / beta, torch.full_like(pm, -math.inf))
     logz = torch.logsumexp(w, dim=0)
     return {"q": torch.exp(w - logz), "logz": logz}
+
+
+def arlcp(x, p, s):
+    import statistics
+    c, rc, L = _col(x["correct"]).tolist(), _col(x["reflections"]).tolist(), _col(x["lengths"]).tolist()
+    out = torch.zeros(len(c), dtype=torch.float64)
+    sig = lambda v: 1.0 / (1.0 + math.exp(-v))
+    for idx in _groups(x["group_ids"]):
+        ids = idx.tolist()
+        good = [i for i in ids if c[i] != 0]
+        counts, lens = [rc[i] for i in good], [L[i] for i in good]
+        mc = statistics.mean(counts) if counts else 0.0
+        sc = statistics.stdev(counts) if len(counts) > 1 else 1.0
+        ml = statistics.mean(lens) if lens else 0.0
+        sl = statistics.stdev(lens) if len(lens) > 1 else 1.0
+        for i in good:
+            w1 = 0.05 if rc[i] <= 40 else (0.1 if rc[i] <= 80 else 0.15)
+            out[i] = 1 - w1 * sig((rc[i] - mc) / (sc + 1e-6)) - (0.2 - w1) * sig((L[i] - ml) / (sl + 1e-6))
+    return {"reward": out}
+
+
+def care(x, p, s):
+    acc, conf = _col(x["accuracy"]), _col(x["consistency"])
+    lam, margin = float(p["bonus_coef"]), float(p["margin"])
+    out = torch.zeros_like(acc)
+    for idx in _groups(x["group_ids"]):
+        a, c = acc[idx], conf[idx]
+        accurate = (a > 0.1) & (a >= a.mean())
+        if not bool(accurate.any()):
+            continue
+        mu = c[accurate].mean()
+        bonus = torch.where(accurate & (c >= mu - margin), a * lam, torch.zeros_like(a))
+        out[idx] = bonus
+    return {"bonus": out}

@@ -90,6 +90,30 @@ TEMPLATE_TEST_CASE("shaping rules agree with the PyTorch reference", "[rollout][
         c5.in("rewards", Mat<S>(sc)).in("truncated", Mat<S>(trunc)).p("factor", factor);
         checks.push_back([=](std::size_t i) { cmp(i, "rewards", vm(rr::truncation_penalty(sc, trunc, factor))); });
     }
+    // ARLCP and GRPO-CARE
+    for (int rep = 0; rep < 3; ++rep) {
+        const auto b = rollout_test::grouped_batch(seed++);
+        rt::Generator g2(seed++);
+        Vec<S> c(b.n()), refl(b.n()), L(b.n()), acc(b.n()), cons(b.n());
+        for (Index i = 0; i < b.n(); ++i) {
+            c(i) = g2.uniform() < 0.6 ? S(1) : S(0);
+            refl(i) = static_cast<S>(g2.integer(0, 120));  // every tier
+            L(i) = static_cast<S>(g2.integer(50, 900));
+            acc(i) = g2.uniform() < 0.3 ? S(0) : static_cast<S>(g2.uniform(0.05, 1.0));
+            cons(i) = static_cast<S>(g2.uniform(0.2, 0.9));
+        }
+        const Index g3 = b.groups.begin(3);
+        c(g3) = S(1), c(g3 + 1) = S(0);  // group 3 has both correct and wrong responses
+        rr::CAREOptions co;
+        if (rep == 1) co.margin = 0.0, co.bonus_coef = 1.0;
+        auto& c1 = tr.add<S>("arlcp");
+        c1.in("correct", Mat<S>(c)).in("reflections", Mat<S>(refl)).in("lengths", Mat<S>(L)).in("group_ids", b.ids);
+        checks.push_back([=](std::size_t i) { cmp(i, "reward", vm(rr::arlcp_rewards(c, refl, L, b.groups))); });
+        auto& c2 = tr.add<S>("care");
+        c2.in("accuracy", Mat<S>(acc)).in("consistency", Mat<S>(cons)).in("group_ids", b.ids);
+        c2.p("bonus_coef", co.bonus_coef).p("margin", co.margin);
+        checks.push_back([=](std::size_t i) { cmp(i, "bonus", vm(rr::care_consistency_bonus(acc, cons, b.groups, co))); });
+    }
     // ensembles
     for (int mode = 0; mode < 4; ++mode) {
         rt::Generator g2(seed++);
@@ -247,6 +271,42 @@ TEST_CASE("shaping rules: closed forms and properties", "[rollout][shaping][prop
     CHECK(k1.token_rewards(1, 2) == Approx(sc(1, 2) - 0.2 * (lp(1, 2) - ref(1, 2))).epsilon(1e-12));
 }
 
+TEST_CASE("ARLCP / GRPO-CARE: closed forms", "[rollout][shaping][properties]") {
+    // ARLCP: a correct response at the correct-mean count and length loses exactly w/2 = 0.1;
+    // wrong responses get 0; a single correct response uses σ = 1
+    Vec<double> c(4), refl(4), L(4);
+    c << 1, 1, 1, 0;
+    refl << 10, 20, 30, 500;
+    L << 100, 200, 300, 50;
+    const Vec<double> a = rr::arlcp_rewards(c, refl, L, Groups::equal(4, 4));
+    CHECK(a(1) == Approx(1 - 0.05 * 0.5 - 0.15 * 0.5).epsilon(1e-12));
+    CHECK(a(3) == 0.0);
+    CHECK(a(0) > a(1));
+    CHECK(a(1) > a(2));
+    Vec<double> c1(2), r1(2), l1(2);
+    c1 << 1, 0;
+    r1 << 90, 0;
+    l1 << 7, 3;
+    const Vec<double> one = rr::arlcp_rewards(c1, r1, l1, Groups::equal(2, 2));
+    CHECK(one(0) == Approx(1 - 0.15 * 0.5 - 0.05 * 0.5).epsilon(1e-12));  // z = 0 with σ := 1; tier 3
+    // CARE: bonus only for accurate and consistent responses, λ_b·acc
+    Vec<double> acc(4), p(4);
+    acc << 1, 1, 0, 1;
+    p << 0.9, 0.5, 0.99, 0.705;
+    const Vec<double> bonus = rr::care_consistency_bonus(acc, p, Groups::equal(4, 4));
+    // accurate: 0, 1, 3 (acc ≥ mean 0.75); μ_p = 0.701(6); threshold 0.6917
+    CHECK(bonus(0) == 0.5);
+    CHECK(bonus(1) == 0.0);
+    CHECK(bonus(2) == 0.0);
+    CHECK(bonus(3) == 0.5);
+    rr::CAREOptions cap;
+    cap.consistency_cap = 0.7;  // caps 0.9 and 0.705 to 0.7: μ = 0.633, all accurate pass
+    const Vec<double> capped = rr::care_consistency_bonus(acc, p, Groups::equal(4, 4), cap);
+    CHECK(capped(1) == 0.0);  // 0.5 < 0.633 − 0.01
+    CHECK(capped(0) == 0.5);
+    CHECK(rr::care_consistency_bonus(Vec<double>::Zero(4), p, Groups::equal(4, 4)).isZero(0));
+}
+
 TEST_CASE("shaping: bad input gives the documented error", "[rollout][shaping][bad-input]") {
     Vec<double> L(2);
     L << 10, 20;
@@ -282,6 +342,17 @@ TEST_CASE("shaping: bad input gives the documented error", "[rollout][shaping][b
     Rn(2, 1) = nan_d;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ensemble_reward(Rn, rr::EnsembleOptions::mean()), "rewards: non-finite value nan at [2, 1]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ctrl_calibrate(r, Mat<double>::Ones(3, 4)), "rollout::ctrl_calibrate(): base_rewards: expected 2 rows");
+    rr::ARLCPOptions ao;
+    ao.weight_high = 0.3;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::arlcp_rewards(r, r, r, g2, ao), "rollout::arlcp_rewards(): weights: each reflection weight must be in [0, total_weight = 0.2], given 0.3");
+    ao = {};
+    ao.tier_low = 100;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::arlcp_rewards(r, r, r, g2, ao), "tier_low: must be <= tier_high");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::arlcp_rewards(r, lneg, r, g2), "reflection_counts: entries must be finite and >= 0");
+    rr::CAREOptions co;
+    co.margin = -0.1;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::care_consistency_bonus(r, r, g2, co), "rollout::care_consistency_bonus(): margin: must be >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::care_consistency_bonus(r, f, g2), "consistency: has 3 entries, but the groups cover 2");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ctrl_transform(r, 0.0), "rollout::ctrl_transform(): t: must be > 0");
     Vec<double> u(2);
     u << 0.5, 1.5;

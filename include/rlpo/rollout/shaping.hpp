@@ -15,6 +15,8 @@
 /// | GRPO-λ | top-λ fraction of groups by accuracy: length-shaped reward, others 0/1 | `grpo_lambda_rewards` |
 /// | DOT | in all-correct groups, L > μ_L + k·σ_L ⇒ score := outlier score | `dot_outlier_truncation` |
 /// | STCR | wrong and longer than the correct mean: A·(1 + (1 − b^(−Δ))) | `stcr_scale_advantages` |
+/// | ARLCP | correct: 1 − w_r·σ(z_refl) − (w − w_r)·σ(z_len) over the group's correct responses | `arlcp_rewards` |
+/// | GRPO-CARE | + λ_b·acc for accurate responses with consistency ≥ mean_accurate − m | `care_consistency_bonus` |
 /// | ensembles | WCO min_k R_k; UWO mean_k R_k − λ·Var_k R_k (population or sample, explicit) | `ensemble_reward` |
 /// | InfAlign CTRL | u = F̂_base(r); BoN exp(t·u), WoN −exp(−t·u) | `ctrl_calibrate`, `ctrl_transform` |
 /// | KL in reward | r_it − β·k(old_logp − ref_logp) per token (or summed into the score) | `kl_in_reward` |
@@ -495,6 +497,139 @@ KLRewardResult<::rlpo::detail::scalar_t<DS>> kl_in_reward(
     out.metrics.add("reward_kl_penalty", metric_sum, metric_rows);
     out.metrics.set("reward_kl_penalty_coeff", beta);
     return out;
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// ARLCP: adaptive reflection and length coordinated penalty
+// ---------------------------------------------------------------------------------------------
+
+/// Options of `arlcp_rewards`; defaults are the paper's released reward function.
+struct ARLCPOptions {
+    /// Reflection-count tiers: c ≤ t0 → w_r = w0, t0 < c ≤ t1 → w1, c > t1 → w2.
+    double tier_low = 40, tier_high = 80;
+    double weight_low = 0.05, weight_mid = 0.10, weight_high = 0.15;
+    /// w: total penalty weight; the length weight is w − w_r.
+    double total_weight = 0.2;
+    /// ε added to the stds.
+    double epsilon = 1e-6;
+};
+
+/// ARLCP (Yu et al. 2026, "Stop Unnecessary Reflection", arXiv:2602.12113), as its released
+/// reward function computes it. Per group, over the *correct* responses only, take the mean and
+/// sample std of the reflection counts c (μ_c, σ_c) and of the lengths L (μ_L, σ_L) — with one
+/// correct response σ := 1, with none μ := 0, σ := 1. A correct response gets
+///
+///   1 − w_r·sigmoid((c − μ_c)/(σ_c + ε)) − (w − w_r)·sigmoid((L − μ_L)/(σ_L + ε)),
+///
+/// with the reflection weight w_r chosen by the response's own reflection count (complexity
+/// proxy: 0.05 up to 40 reflections, 0.10 up to 80, 0.15 above), w = 0.2; a wrong response gets
+/// 0. Reflection counts are an input (the paper counts keywords such as "wait", "hmm").
+/// Bad input: size mismatches, negative / non-finite counts or lengths, weights outside
+/// [0, total_weight], tier_low > tier_high, ε < 0.
+template <class DC, class DR, class DL>
+Vec<::rlpo::detail::scalar_t<DL>> arlcp_rewards(const Eigen::MatrixBase<DC>& correct,
+                                                 const Eigen::MatrixBase<DR>& reflection_counts,
+                                                 const Eigen::MatrixBase<DL>& lengths,
+                                                 const Groups& groups, const ARLCPOptions& opts = {}) {
+    using S = ::rlpo::detail::scalar_t<DL>;
+    constexpr const char* fn = "rollout::arlcp_rewards";
+    ::rlpo::detail::check_nonnegative(fn, "total_weight", opts.total_weight);
+    for (double w : {opts.weight_low, opts.weight_mid, opts.weight_high})
+        RLPO_CHECK(w >= 0 && w <= opts.total_weight, fn, "weights: each reflection weight must be in [0, total_weight = ",
+                   opts.total_weight, "], given ", w);
+    RLPO_CHECK(opts.tier_low <= opts.tier_high, fn, "tier_low: must be <= tier_high, given ",
+               opts.tier_low, " > ", opts.tier_high);
+    ::rlpo::detail::check_nonnegative(fn, "epsilon", opts.epsilon);
+    const std::vector<double> c = detail::read_scores(fn, "correct", correct);
+    const std::vector<double> rc = detail::read_nonnegative(fn, "reflection_counts", reflection_counts);
+    const std::vector<double> L = detail::read_nonnegative(fn, "lengths", lengths);
+    detail::check_groups(fn, "correct", groups, c.size());
+    detail::check_groups(fn, "reflection_counts", groups, rc.size());
+    detail::check_groups(fn, "lengths", groups, L.size());
+    const auto sigmoid = [](double x) { return 1.0 / (1.0 + std::exp(-x)); };
+    std::vector<double> out(c.size(), 0.0);
+    for (Index g = 0; g < groups.num_groups(); ++g) {
+        std::vector<double> cc, cl;
+        for (Index k = groups.begin(g); k < groups.end(g); ++k)
+            if (c[static_cast<std::size_t>(k)] != 0) cc.push_back(rc[static_cast<std::size_t>(k)]), cl.push_back(L[static_cast<std::size_t>(k)]);
+        const Index n = static_cast<Index>(cc.size());
+        if (n == 0) continue;
+        const double mc = detail::mean(cc, 0, n), ml = detail::mean(cl, 0, n);
+        const double sc = n > 1 ? detail::stddev(cc, 0, n, mc, true) : 1.0;
+        const double sl = n > 1 ? detail::stddev(cl, 0, n, ml, true) : 1.0;
+        for (Index k = groups.begin(g); k < groups.end(g); ++k) {
+            const auto i = static_cast<std::size_t>(k);
+            if (c[i] == 0) continue;
+            const double wr = rc[i] <= opts.tier_low ? opts.weight_low
+                              : rc[i] <= opts.tier_high ? opts.weight_mid : opts.weight_high;
+            out[i] = 1.0 - wr * sigmoid((rc[i] - mc) / (sc + opts.epsilon)) -
+                     (opts.total_weight - wr) * sigmoid((L[i] - ml) / (sl + opts.epsilon));
+        }
+    }
+    return detail::to_vec<S>(out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GRPO-CARE consistency bonus
+// ---------------------------------------------------------------------------------------------
+
+/// Options of `care_consistency_bonus` (defaults: the paper's λ_b = 0.5 and margin 0.01).
+struct CAREOptions {
+    double bonus_coef = 0.5;          ///< λ_b
+    double margin = 0.01;             ///< m (0: at least the mean)
+    double accuracy_threshold = 0.1;  ///< accurate ⇔ acc > threshold and acc ≥ the group's mean acc
+    /// Upper bound applied to the consistency before the comparison (+inf: none).
+    double consistency_cap = std::numeric_limits<double>::infinity();
+};
+
+/// GRPO-CARE consistency bonus (Chen et al. 2025, arXiv:2506.16141), as the released trainer
+/// computes it within a group: a response is *accurate* when its accuracy reward acc_i exceeds
+/// the threshold (0.1) and is at least the group's mean accuracy; its consistency p_i is the
+/// slowly-updated (EMA) reference model's likelihood of the answer given the reasoning —
+/// exp of the mean reference log-prob over the answer tokens, an input here (optionally capped).
+/// With μ_p the mean consistency of the group's accurate responses, an accurate response with
+/// p_i ≥ μ_p − m gets the bonus λ_b·acc_i; all others 0. The result is to be *added* to the
+/// reward (the method replaces the KL penalty by this bonus). Bad input: size mismatches,
+/// non-finite values, λ_b < 0, m < 0, consistency_cap ≤ 0.
+template <class DA, class DP>
+Vec<::rlpo::detail::scalar_t<DA>> care_consistency_bonus(const Eigen::MatrixBase<DA>& accuracy,
+                                                          const Eigen::MatrixBase<DP>& consistency,
+                                                          const Groups& groups,
+                                                          const CAREOptions& opts = {}) {
+    using S = ::rlpo::detail::scalar_t<DA>;
+    constexpr const char* fn = "rollout::care_consistency_bonus";
+    ::rlpo::detail::check_nonnegative(fn, "bonus_coef", opts.bonus_coef);
+    ::rlpo::detail::check_nonnegative(fn, "margin", opts.margin);
+    ::rlpo::detail::check_finite_param(fn, "accuracy_threshold", opts.accuracy_threshold);
+    RLPO_CHECK(opts.consistency_cap > 0, fn, "consistency_cap: must be > 0, given ", opts.consistency_cap);
+    const std::vector<double> acc = detail::read_scores(fn, "accuracy", accuracy);
+    std::vector<double> p = detail::read_scores(fn, "consistency", consistency);
+    detail::check_groups(fn, "accuracy", groups, acc.size());
+    detail::check_groups(fn, "consistency", groups, p.size());
+    for (auto& x : p) x = std::min(x, opts.consistency_cap);
+    std::vector<double> out(acc.size(), 0.0);
+    for (Index g = 0; g < groups.num_groups(); ++g) {
+        const Index b = groups.begin(g), e = groups.end(g);
+        const double mean_acc = detail::mean(acc, b, e);
+        double psum = 0, n = 0;
+        std::vector<char> accurate(static_cast<std::size_t>(e - b), 0);
+        for (Index k = b; k < e; ++k) {
+            const auto i = static_cast<std::size_t>(k);
+            if (acc[i] > opts.accuracy_threshold && acc[i] >= mean_acc) {
+                accurate[static_cast<std::size_t>(k - b)] = 1;
+                psum += p[i];
+                n += 1;
+            }
+        }
+        if (n == 0) continue;
+        const double mu = psum / n;
+        for (Index k = b; k < e; ++k) {
+            const auto i = static_cast<std::size_t>(k);
+            if (accurate[static_cast<std::size_t>(k - b)] && p[i] >= mu - opts.margin) out[i] = opts.bonus_coef * acc[i];
+        }
+    }
+    return detail::to_vec<S>(out);
 }
 
 }  // namespace rlpo::rollout
