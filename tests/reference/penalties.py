@@ -112,3 +112,55 @@ def vocab_divergence(x, p, s):
     D = torch.where(mask != 0, D, torch.zeros_like(D))
     value = aggregate(D, mask, p, s)
     return {"value": value.detach(), "grad": grad_of(value, leaf), "metric": masked_mean(D.detach(), mask)}
+
+
+class _SafeState:
+    """The SAFE controller's bookkeeping, replayed step by step from its description."""
+
+    def __init__(self):
+        self.ks, self.kl_long = 0.0, 0.0
+        self.rewards = []
+        self.r_ema = None
+        self.integral, self.prev_err = 0.0, 0.0
+
+    def threshold(self, reward):
+        self.rewards.append(reward)
+        h = self.rewards
+        if len(h) < 50:
+            phi = 1.5
+        else:
+            recent = h[-50:]
+            old = h[-100:-50] if len(h) >= 100 else recent
+            mr, mo = sum(recent) / 50.0, sum(old) / 50.0
+            sd = math.sqrt(sum((v - mr) ** 2 for v in recent) / 50.0)
+            phi = 1.2 if mr > mo + 0.01 else (1.0 if (sd < 0.02 and mr > 0.7) else 0.8)
+        if self.r_ema is None:
+            self.r_ema, u = reward, 0.0
+        else:
+            prev = self.r_ema
+            self.r_ema = 0.95 * self.r_ema + 0.05 * reward
+            err = (self.r_ema - prev) - 0.001
+            self.integral = min(1.0, max(-1.0, self.integral + err))
+            u = 0.3 * err + 0.01 * self.integral + 0.05 * (err - self.prev_err)
+            self.prev_err = err
+        return min(0.6, max(0.1, (0.3 + u) * phi))
+
+
+def safe_penalty(x, p, s):
+    """SAFE entropy-gated penalty with k = token-mean(logp − ref_logp) kept differentiable;
+    the controller state comes from replaying `history` rows (kl, entropy, reward)."""
+    st = _SafeState()
+    for kl_h, _ent_h, rew_h in x["history"].tolist():
+        st.ks = 0.9 * st.ks + 0.1 * kl_h
+        st.threshold(rew_h)
+    mask = x["mask"]
+    leaf, logp = leaf_under_mask(x["logp"], mask)
+    ref = clean(x["ref_logp"], mask)
+    n = mask.sum()
+    kl = ((logp - ref) * mask).sum() / n if n > 0 else (logp * 0).sum()  # empty mask: KL 0
+    ks = 0.9 * st.ks + 0.1 * kl
+    tau = st.threshold(float(p["reward"]))
+    gate = max(0.5, 2.0 / (float(p["entropy"]) + 0.1))
+    value = torch.where(ks > tau, 0.1 * (ks - tau) ** 2 * gate, torch.zeros((), dtype=torch.float64))
+    return {"value": value.detach(), "grad": grad_of(value, leaf),
+            "threshold": torch.tensor(tau, dtype=torch.float64), "kl_short": ks.detach()}

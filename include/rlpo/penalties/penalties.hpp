@@ -1,4 +1,5 @@
 #pragma once
 /// \file Umbrella of the divergence penalties.
+#include <rlpo/penalties/kl_controllers.hpp>
 #include <rlpo/penalties/kl_estimators.hpp>
 #include <rlpo/penalties/vocab_divergence.hpp>
