@@ -337,3 +337,58 @@ def top_entropy_mask(x, p, s):
     keep = (ent >= thr) & valid
     return {"mask": torch.where(keep, mask, torch.zeros_like(mask)),
             "entropy_mask_kept_fraction": masked_mean(keep.double(), mask)}
+
+
+def value_loss(x, p, s):
+    """verl's clipped value loss: ½·agg(max((v − R)², (clamp(v, v_old ± c) − R)²))."""
+    mask = x["mask"]
+    leaf, v = leaf_under_mask(x["values"], mask)
+    vo, R = clean(x["old_values"], mask), clean(x["returns"], mask)
+    l1 = (v - R) ** 2
+    if "clip" in p:
+        c = float(p["clip"])
+        vc = torch.max(torch.min(v, vo + c), vo - c)
+        l2 = (vc - R) ** 2
+        per_token = torch.max(l1, l2)
+        clipfrac = masked_mean((l2 > l1).double(), mask)
+    else:
+        per_token = l1
+        clipfrac = torch.zeros(())
+    per_token = torch.where(mask != 0, per_token, torch.zeros_like(per_token))
+    value = 0.5 * aggregate(per_token, mask, p, s)
+    return {"value": value.detach(), "grad": grad_of(value, leaf), "vf_clipfrac": clipfrac,
+            "vpred_mean": masked_mean(v.detach(), mask)}
+
+
+def safe_critic_loss(x, p, s):
+    """SAFE: V = soft-min of two heads; ½(Huber(V − R) + Huber(V_c − R)), V_c clipped around V_old."""
+    mask = x["mask"]
+    leaf1, v1 = leaf_under_mask(x["v1"], mask)
+    leaf2, v2 = leaf_under_mask(x["v2"], mask)
+    vo, R = clean(x["old_values"], mask), clean(x["returns"], mask)
+    alpha, delta, c = float(p["alpha"]), float(p["huber_delta"]), float(p["clip"])
+    V = -alpha * (torch.logsumexp(torch.stack([-v1 / alpha, -v2 / alpha], -1), -1) - math.log(2.0))
+    Vc = vo + torch.clamp(V - vo, -c, c)
+    hub = torch.nn.functional.huber_loss
+    per_token = 0.5 * (hub(V, R, reduction="none", delta=delta) + hub(Vc, R, reduction="none", delta=delta))
+    per_token = torch.where(mask != 0, per_token, torch.zeros_like(per_token))
+    value = aggregate(per_token, mask, p, s)
+    g1, g2 = torch.autograd.grad(value, [leaf1, leaf2])
+    return {"value": value.detach(), "grad_v1": g1, "grad_v2": g2,
+            "vf_clipfrac": masked_mean(((V - vo).abs() > c).double().detach(), mask),
+            "vpred_mean": masked_mean(V.detach(), mask)}
+
+
+def entropy_bonus(x, p, s):
+    """Aggregated categorical entropy of softmax(logits) per unmasked position."""
+    mask = x["mask"]
+    B, T = mask.shape
+    logits = x["logits"].clone().requires_grad_(True)
+    row_mask = mask.reshape(-1) != 0
+    z = torch.where(row_mask[:, None], logits, torch.zeros_like(logits))
+    # H = logsumexp(z) − Σ softmax(z)·z, with −inf entries (probability 0) left out of the sum
+    finite = torch.where(torch.isinf(z), torch.zeros_like(z), z)
+    ent = (torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * finite).sum(-1)).reshape(B, T)
+    value = aggregate(torch.where(mask != 0, ent, torch.zeros_like(ent)), mask, p, s)
+    (g,) = torch.autograd.grad(value, logits)
+    return {"value": value.detach(), "grad": g, "entropy": masked_mean(ent.detach(), mask)}

@@ -1,0 +1,80 @@
+#pragma once
+/// \file
+/// Entropy bonus over the policy's logits.
+///
+/// The logits of every response position are rows of a `[B·T, V]` row-major matrix (row
+/// i·T + t is position t of sequence i, the layout of a `[B, T, V]` tensor), the mask is `[B, T]`:
+///
+///     H_it = logsumexp(z_it) − Σ_j softmax(z_it)_j · z_it,j
+///     value = agg(H)            (the aggregated entropy, e.g. its token mean)
+///
+/// **Gradient** w.r.t. the logits: ∂H/∂z_j = −p_j·(z_j − Σ_k p_k z_k) per row, times the
+/// aggregation weight c_i·m_it; rows of masked positions are never read and get gradient 0.
+/// The value is the entropy itself (a quantity to maximise): trainers minimise
+/// loss − β·H, so pass `rlpo::add_to(grad_logits, −β)` (the coefficient also scales the value).
+///
+/// **Metrics**: `entropy` (mean per-token entropy over unmasked positions, verl's
+/// `actor/entropy`).
+///
+/// **Defaults**: the coefficient β = `entropy_coeff` is 0 in verl (and in TRL unless set); the
+/// aggregation is the policy loss's (verl's `compute_entropy_loss` uses `loss_agg_mode`).
+///
+/// **Bad input**: logits rows ≠ B·T → rlpo::invalid_argument; a NaN or +inf logit in an
+/// unmasked row → rlpo::invalid_argument naming the row (−inf logits are zero-probability
+/// entries and accepted; a row of only −inf has entropy 0). An empty mask gives value 0.
+
+#include <rlpo/core/math.hpp>
+#include <rlpo/policy/detail/common.hpp>
+
+#include <vector>
+
+namespace rlpo::policy {
+
+/// Aggregated entropy of the softmax of each unmasked row and its gradient w.r.t. `logits`.
+template <class DZ, class DM>
+Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
+    const Eigen::MatrixBase<DZ>& logits, const Eigen::MatrixBase<DM>& mask, const Normalizer& norm = {},
+    const GradientOut<::rlpo::detail::scalar_t<DZ>>& out = {}) {
+    using S = ::rlpo::detail::scalar_t<DZ>;
+    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
+    constexpr const char* fn = "policy::entropy_bonus";
+    const ConstMatRef<S> z(logits.derived()), m(mask.derived());
+    const Index B = m.rows(), T = m.cols(), V = z.cols();
+    RLPO_CHECK(z.rows() == B * T, fn, "logits: expected ", B * T, " rows (B·T of mask [", B, ", ", T,
+               "]), given ", z.rows());
+    Result<S> res;
+    const RowWeights w = row_weights(fn, m, norm);
+    const ::rlpo::detail::GradWriter<S> g(fn, res, out, z.rows(), V);
+    // Rows are evaluated in double (float logits are widened first), so that float inputs get
+    // the entropy and gradient of the exact softmax of the given values.
+    std::vector<double> zd(static_cast<std::size_t>(V)), tmp(static_cast<std::size_t>(V));
+    double value = 0, hsum = 0;
+    for (Index i = 0; i < B; ++i) {
+        const double ci = w.c[static_cast<std::size_t>(i)];
+        for (Index t = 0; t < T; ++t) {
+            const Index row = i * T + t;
+            const double mk = static_cast<double>(m(i, t));
+            if (mk == 0) {
+                for (Index j = 0; j < V; ++j) g.zero(row, j);
+                continue;
+            }
+            for (Index j = 0; j < V; ++j) {
+                const double x = static_cast<double>(z(row, j));
+                if (std::isnan(x) || x == std::numeric_limits<double>::infinity())
+                    ::rlpo::detail::fail(fn, "logits: ", x, " at [", row, ", ", j,
+                                         "] in an unmasked row (NaN and +inf are rejected)");
+                zd[static_cast<std::size_t>(j)] = x;
+            }
+            const double h = ::rlpo::entropy_row(zd.data(), V, g.active() ? tmp.data() : nullptr, ci * mk);
+            value += ci * mk * h;
+            hsum += mk * h;
+            if (g.active())
+                for (Index j = 0; j < V; ++j) g.put(row, j, tmp[static_cast<std::size_t>(j)]);
+        }
+    }
+    res.value = g.coef() * value;
+    res.metrics.add("entropy", hsum, w.local_tokens);
+    return res;
+}
+
+}  // namespace rlpo::policy
