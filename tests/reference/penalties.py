@@ -164,3 +164,45 @@ def safe_penalty(x, p, s):
     value = torch.where(ks > tau, 0.1 * (ks - tau) ** 2 * gate, torch.zeros((), dtype=torch.float64))
     return {"value": value.detach(), "grad": grad_of(value, leaf),
             "threshold": torch.tensor(tau, dtype=torch.float64), "kl_short": ks.detach()}
+
+
+def occupancy_chi2_penalty(x, p, s):
+    """ORPO's discriminator rewards: chi2 = e^d − 1 per sample; sqrt_chi2 divides by the square
+    root of the batch mean of chi2 after dropping int(trim·n) samples at each end (all kept when
+    that is 0), when that mean is positive; non-finite → 0; reward −λ·distance clipped."""
+    mask = x["mask"]
+    keep = mask != 0
+    d = x["log_ratio"][keep]
+    chi = torch.expm1(d)
+    lam, trim, clip = float(p["coef"]), float(p["trim"]), float(p["reward_clip"])
+    out = {"occupancy_measure_chi2": chi[torch.isfinite(chi)].mean() if keep.any() else torch.zeros(())}
+    dist = chi
+    if s["divergence"] == "sqrt_chi2":
+        srt, _ = torch.sort(chi)
+        n = srt.numel()
+        k = int(trim * n)
+        trimmed = srt[k:n - k].mean() if n > 0 else torch.zeros(())
+        out["occupancy_measure_chi2_trimmed"] = trimmed
+        if n > 0 and trimmed > 0 and math.isfinite(float(trimmed)):
+            dist = chi / torch.sqrt(trimmed)
+    dist = torch.where(torch.isfinite(dist), dist, torch.zeros_like(dist))
+    rewards = torch.zeros_like(x["log_ratio"])
+    rewards[keep] = torch.clamp(-lam * dist, min=-clip, max=clip)
+    out["rewards"] = rewards
+    return out
+
+
+def velocity_mse(x, p, s):
+    """β_v · per-row mean (or sum) of (v − v_ref)² over the latent dimension, rows aggregated with
+    the token mask [B, T]; autograd w.r.t. v."""
+    mask = x["mask"]
+    B, T = mask.shape
+    rows = (mask.reshape(-1) != 0).unsqueeze(1)
+    leaf = x["v"].clone().requires_grad_(True)
+    v = torch.where(rows, leaf, torch.zeros_like(leaf))
+    vr = torch.where(rows, x["v_ref"], torch.zeros_like(x["v_ref"]))
+    sq = (v - vr).square()
+    per_row = sq.mean(dim=1) if s["reduction"] == "mean" else sq.sum(dim=1)
+    L = per_row.reshape(B, T)
+    value = float(p["beta"]) * aggregate(L, mask, p, s)
+    return {"value": value.detach(), "grad": grad_of(value, leaf), "velocity_mse": masked_mean(L.detach(), mask)}
