@@ -392,3 +392,48 @@ def entropy_bonus(x, p, s):
     value = aggregate(torch.where(mask != 0, ent, torch.zeros_like(ent)), mask, p, s)
     (g,) = torch.autograd.grad(value, logits)
     return {"value": value.detach(), "grad": g, "entropy": masked_mean(ent.detach(), mask)}
+
+
+def ace_advantages(x, p, s):
+    """ACE: negative advantages scaled by 1 + α·softplus(c_i), c_i = Σ_t (log π − log π_ref)."""
+    mask = x["mask"]
+    adv = clean(x["advantages"], mask)
+    logp, ref = clean(x["logp"], mask), clean(x["ref_logp"], mask)
+    c = ((logp - ref) * mask).sum(dim=1, keepdim=True)
+    scale = 1.0 + float(p["alpha"]) * torch.nn.functional.softplus(c)
+    out = torch.where(adv < 0, adv * scale, adv)
+    neg = (adv < 0) & (mask != 0)
+    scale_full = scale.expand_as(adv)
+    n_neg = (mask * neg.double()).sum()
+    return {"advantages": torch.where(mask != 0, out, torch.zeros_like(out)),
+            "ace_scale_mean": (scale_full * mask * neg.double()).sum() / n_neg if n_neg > 0 else torch.zeros(()),
+            "ace_confidence_mean": masked_mean(c.expand_as(adv), mask)}
+
+
+def trrd(x, p, s):
+    """TRRD: PPO clip of π_θ against π_mix = α·π_T + (1−α)·π_old (or the geometric mixture)."""
+    mask = x["mask"]
+    leaf, logp = leaf_under_mask(x["logp"], mask)
+    old, teacher, adv = clean(x["old_logp"], mask), clean(x["teacher_logp"], mask), clean(x["advantages"], mask)
+    alpha = float(p["alpha"])
+    if s["mixture"] == "geometric":
+        anchor = alpha * teacher + (1 - alpha) * old
+    elif alpha == 0:
+        anchor = old
+    elif alpha == 1:
+        anchor = teacher
+    else:
+        anchor = torch.logaddexp(math.log(alpha) + teacher, math.log(1 - alpha) + old)
+    L = float(p["log_ratio_clamp"])
+    log_ratio = logp - anchor
+    if math.isfinite(L):
+        log_ratio = log_ratio.clamp(-L, L)
+    ratio = log_ratio.exp()
+    l1 = -adv * ratio
+    l2 = -adv * ratio.clamp(1 - float(p["clip_low"]), 1 + float(p["clip_high"]))
+    per_token = torch.maximum(l1, l2)
+    if "dual_clip" in p:
+        per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * float(p["dual_clip"])), per_token)
+    return _finish(per_token, leaf, mask, p, s,
+                   {"ppo_kl": masked_mean(-log_ratio.detach(), mask),
+                    "trrd_anchor_shift": masked_mean(anchor - old, mask)})

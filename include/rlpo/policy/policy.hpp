@@ -1,5 +1,6 @@
 #pragma once
 /// \file Umbrella of the policy-gradient surrogates.
+#include <rlpo/policy/ace.hpp>
 #include <rlpo/policy/cispo.hpp>
 #include <rlpo/policy/corrections.hpp>
 #include <rlpo/policy/cov.hpp>
@@ -12,4 +13,5 @@
 #include <rlpo/policy/ppo_clip.hpp>
 #include <rlpo/policy/reinforce.hpp>
 #include <rlpo/policy/sapo.hpp>
+#include <rlpo/policy/trrd.hpp>
 #include <rlpo/policy/value_loss.hpp>
