@@ -212,13 +212,14 @@ Vec<::rlpo::detail::scalar_t<D>> rloo_advantages(const Eigen::MatrixBase<D>& sco
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> lengths_from_mask(const Eigen::MatrixBase<D>& mask) {
     using S = ::rlpo::detail::scalar_t<D>;
-    ::rlpo::detail::check_mask("rollout::lengths_from_mask", mask.derived());
-    Vec<S> len(mask.rows());
-    for (Index i = 0; i < mask.rows(); ++i) {
+    const ConstMatRef<S> m(mask.derived());
+    Vec<S> len(m.rows());
+    const Index T = m.cols();
+    detail::for_mask_rows<S>("rollout::lengths_from_mask", m, [&](Index i, const S* row) {
         Index n = 0;
-        for (Index t = 0; t < mask.cols(); ++t) n += mask.derived()(i, t) != 0 ? 1 : 0;
+        for (Index t = 0; t < T; ++t) n += row[t] != S(0) ? 1 : 0;
         len(i) = static_cast<S>(n);
-    }
+    });
     return len;
 }
 
@@ -231,13 +232,16 @@ Mat<::rlpo::detail::scalar_t<DM>> broadcast_to_tokens(const Eigen::MatrixBase<DA
     using S = ::rlpo::detail::scalar_t<DM>;
     constexpr const char* fn = "rollout::broadcast_to_tokens";
     const std::vector<double> a = detail::read_scores(fn, "seq_values", seq_values);
-    RLPO_CHECK(static_cast<Index>(a.size()) == mask.rows(), fn, "seq_values: expected ",
-               mask.rows(), " entries (rows of mask), given ", a.size());
-    ::rlpo::detail::check_mask(fn, mask.derived());
-    Mat<S> out = Mat<S>::Zero(mask.rows(), mask.cols());
-    for (Index i = 0; i < mask.rows(); ++i)
-        for (Index t = 0; t < mask.cols(); ++t)
-            if (mask.derived()(i, t) != 0) out(i, t) = static_cast<S>(a[static_cast<std::size_t>(i)]);
+    const ConstMatRef<S> m(mask.derived());
+    RLPO_CHECK(static_cast<Index>(a.size()) == m.rows(), fn, "seq_values: expected ", m.rows(),
+               " entries (rows of mask), given ", a.size());
+    Mat<S> out(m.rows(), m.cols());
+    const Index T = m.cols();
+    detail::for_mask_rows<S>(fn, m, [&](Index i, const S* row) {
+        const S v = static_cast<S>(a[static_cast<std::size_t>(i)]);
+        S* o = out.data() + i * T;
+        for (Index t = 0; t < T; ++t) o[t] = row[t] != S(0) ? v : S(0);
+    });
     return out;
 }
 
@@ -249,19 +253,22 @@ Mat<::rlpo::detail::scalar_t<DM>> outcome_token_rewards(const Eigen::MatrixBase<
     using S = ::rlpo::detail::scalar_t<DM>;
     constexpr const char* fn = "rollout::outcome_token_rewards";
     const std::vector<double> s = detail::read_scores(fn, "scores", scores);
-    RLPO_CHECK(static_cast<Index>(s.size()) == mask.rows(), fn, "scores: expected ", mask.rows(),
+    const ConstMatRef<S> m(mask.derived());
+    RLPO_CHECK(static_cast<Index>(s.size()) == m.rows(), fn, "scores: expected ", m.rows(),
                " entries (rows of mask), given ", s.size());
-    ::rlpo::detail::check_mask(fn, mask.derived());
-    Mat<S> out = Mat<S>::Zero(mask.rows(), mask.cols());
-    for (Index i = 0; i < mask.rows(); ++i)
-        for (Index t = mask.cols() - 1; t >= 0; --t)
-            if (mask.derived()(i, t) != 0) {
-                out(i, t) = static_cast<S>(s[static_cast<std::size_t>(i)]);
-                break;
-            }
+    Mat<S> out(m.rows(), m.cols());
+    const Index T = m.cols();
+    detail::for_mask_rows<S>(fn, m, [&](Index i, const S* row) {
+        S* o = out.data() + i * T;
+        Index last = -1;
+        for (Index t = 0; t < T; ++t) {
+            o[t] = S(0);
+            if (row[t] != S(0)) last = t;
+        }
+        if (last >= 0) o[last] = static_cast<S>(s[static_cast<std::size_t>(i)]);
+    });
     return out;
 }
-
 
 /// Options of `opo_advantages`.
 struct OPOOptions {

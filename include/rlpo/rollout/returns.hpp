@@ -37,7 +37,9 @@
 #include <rlpo/rollout/detail/scores.hpp>
 #include <rlpo/rollout/groups.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <vector>
 
 namespace rlpo::rollout {
@@ -66,52 +68,84 @@ struct TokenAdvantages {
 
 namespace detail {
 
-template <class S>
-inline void check_token_input(const char* fn, const char* name, const ConstMatRef<S>& x,
-                              const ConstMatRef<S>& mask) {
-    for (Index i = 0; i < x.rows(); ++i)
-        for (Index t = 0; t < x.cols(); ++t)
-            if (mask(i, t) != 0 && !std::isfinite(static_cast<double>(x(i, t))))
-                ::rlpo::detail::fail(fn, name, ": non-finite value ", x(i, t), " at [", i, ", ",
-                                     t, "] under a non-zero mask");
-}
-
 inline void check_unit(const char* fn, const char* name, double v) {
     RLPO_CHECK(v >= 0 && v <= 1, fn, name, ": must be in [0, 1], given ", v);
 }
 
-/// Whitening of a double matrix in place over the mask (weights m).
-template <class S>
-inline void whiten_in_place(Mat<double>& x, const ConstMatRef<S>& mask, const WhitenOptions& o) {
+/// Per-row scratch of the fused passes: the first non-finite input under the mask (input index
+/// and position) and the mask-weighted partial sums of the row.
+struct RowScan {
+    int bad_input = -1;  ///< index into the caller's input list, −1 when clean
+    Index bad_t = -1;
+    double bad_value = 0.0;
+    double weight = 0.0;  ///< Σ_t m
+    double sum = 0.0;     ///< Σ_t m·x
+};
+
+/// Run `f(i, scan)` for every row (in parallel with OpenMP; rows are independent and the
+/// partial sums are combined in row order afterwards, so results do not depend on the thread
+/// count), then report the first non-finite input a row flagged, naming it and its position.
+template <class F>
+inline std::vector<RowScan> scan_rows(const char* fn, Index B,
+                                      std::initializer_list<const char*> names, F&& f) {
+    std::vector<RowScan> rows(static_cast<std::size_t>(B));
+#if defined(RLPO_USE_OPENMP)
+#pragma omp parallel for schedule(static) if (B > 64)
+#endif
+    for (Index i = 0; i < B; ++i) f(i, rows[static_cast<std::size_t>(i)]);
+    for (Index i = 0; i < B; ++i) {
+        const RowScan& r = rows[static_cast<std::size_t>(i)];
+        if (r.bad_input >= 0)
+            ::rlpo::detail::fail(fn, *(names.begin() + r.bad_input), ": non-finite value ", r.bad_value,
+                                 " at [", i, ", ", r.bad_t, "] under a non-zero mask");
+    }
+    return rows;
+}
+
+/// Whitening in place over the mask (weights m), given the per-row Σm and Σm·x of pass one:
+/// mean in double, then a second (row-parallel) pass for the variance around it, then the
+/// normalisation; masked entries set to 0.
+template <class S, class X>
+inline void whiten_in_place(X& x, const ConstMatRef<S>& mask, const std::vector<RowScan>& rows,
+                            const WhitenOptions& o) {
+    const Index B = x.rows(), T = x.cols();
     double n = 0.0, sum = 0.0;
-    for (Index i = 0; i < x.rows(); ++i)
-        for (Index t = 0; t < x.cols(); ++t) {
-            const double m = static_cast<double>(mask(i, t));
-            if (m == 0) continue;
-            n += m;
-            sum += m * x(i, t);
-        }
+    for (const auto& r : rows) n += r.weight, sum += r.sum;
     const double mu = n > 0 ? sum / n : 0.0;
-    double ss = 0.0;
-    for (Index i = 0; i < x.rows(); ++i)
-        for (Index t = 0; t < x.cols(); ++t) {
+    std::vector<double> row_ss(static_cast<std::size_t>(B), 0.0);
+#if defined(RLPO_USE_OPENMP)
+#pragma omp parallel for schedule(static) if (B > 64)
+#endif
+    for (Index i = 0; i < B; ++i) {
+        double ss = 0.0;
+        for (Index t = 0; t < T; ++t) {
             const double m = static_cast<double>(mask(i, t));
             if (m == 0) continue;
-            ss += m * (x(i, t) - mu) * (x(i, t) - mu);
+            const double d = static_cast<double>(x(i, t)) - mu;
+            ss += m * d * d;
         }
+        row_ss[static_cast<std::size_t>(i)] = ss;
+    }
+    double ss = 0.0;
+    for (double v : row_ss) ss += v;
     double var = n > 0 ? ss / n : 0.0;
     const bool degenerate = !(n > 1);
     if (o.unbiased && !degenerate) var *= n / (n - 1);
     const double denom = o.eps_as_floor ? std::sqrt(std::max(var, o.epsilon)) : std::sqrt(var + o.epsilon);
-    for (Index i = 0; i < x.rows(); ++i)
-        for (Index t = 0; t < x.cols(); ++t) {
+    const bool zero = degenerate || !(denom > 0);
+#if defined(RLPO_USE_OPENMP)
+#pragma omp parallel for schedule(static) if (B > 64)
+#endif
+    for (Index i = 0; i < B; ++i)
+        for (Index t = 0; t < T; ++t) {
+            using X_t = typename X::Scalar;
             if (mask(i, t) == 0) {
-                x(i, t) = 0.0;
+                x(i, t) = X_t(0);
                 continue;
             }
-            double w = degenerate || !(denom > 0) ? 0.0 : (x(i, t) - mu) / denom;
+            double w = zero ? 0.0 : (static_cast<double>(x(i, t)) - mu) / denom;
             if (!o.shift_mean) w += mu;
-            x(i, t) = w;
+            x(i, t) = static_cast<X_t>(w);
         }
 }
 
@@ -128,13 +162,20 @@ Mat<::rlpo::detail::scalar_t<DX>> whiten(const Eigen::MatrixBase<DX>& x,
     ::rlpo::detail::check_same_shape(fn, "mask", m, "x", xv);
     ::rlpo::detail::check_mask(fn, m);
     ::rlpo::detail::check_nonnegative(fn, "epsilon", opts.epsilon);
-    detail::check_token_input<S>(fn, "x", xv, m);
-    Mat<double> w = Mat<double>::Zero(xv.rows(), xv.cols());
-    for (Index i = 0; i < xv.rows(); ++i)
-        for (Index t = 0; t < xv.cols(); ++t)
-            if (m(i, t) != 0) w(i, t) = static_cast<double>(xv(i, t));
-    detail::whiten_in_place<S>(w, m, opts);
-    return w.cast<S>();
+    Mat<S> w(xv.rows(), xv.cols());
+    const auto rows = detail::scan_rows(fn, xv.rows(), {"x"}, [&](Index i, detail::RowScan& sc) {
+        for (Index t = 0; t < xv.cols(); ++t) {
+            const double mk = static_cast<double>(m(i, t));
+            if (mk == 0) continue;
+            const double v = static_cast<double>(xv(i, t));
+            if (!std::isfinite(v) && sc.bad_input < 0) sc.bad_input = 0, sc.bad_t = t, sc.bad_value = v;
+            w(i, t) = xv(i, t);
+            sc.weight += mk;
+            sc.sum += mk * v;
+        }
+    });
+    detail::whiten_in_place<S>(w, m, rows, opts);
+    return w;
 }
 
 /// Options of `reinforce_pp_advantages`.
@@ -157,23 +198,28 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> reinforce_pp_advantages(
     ::rlpo::detail::check_mask(fn, m);
     detail::check_unit(fn, "gamma", opts.gamma);
     ::rlpo::detail::check_nonnegative(fn, "whitening.epsilon", opts.whitening.epsilon);
-    detail::check_token_input<S>(fn, "token_rewards", r, m);
-    Mat<double> G = Mat<double>::Zero(r.rows(), r.cols());
-    for (Index i = 0; i < r.rows(); ++i) {
+    TokenAdvantages<S> out;
+    out.returns.resize(r.rows(), r.cols());
+    const auto rows = detail::scan_rows(fn, r.rows(), {"token_rewards"}, [&](Index i, detail::RowScan& sc) {
         double next = 0.0;  // G_{t+1}·m_{t+1}
         for (Index t = r.cols() - 1; t >= 0; --t) {
-            if (m(i, t) == 0) {
+            const double mk = static_cast<double>(m(i, t));
+            if (mk == 0) {
+                out.returns(i, t) = S(0);
                 next = 0.0;
                 continue;
             }
-            G(i, t) = static_cast<double>(r(i, t)) + opts.gamma * next;
-            next = G(i, t);
+            const double rt = static_cast<double>(r(i, t));
+            if (!std::isfinite(rt) && sc.bad_input < 0) sc.bad_input = 0, sc.bad_t = t, sc.bad_value = rt;
+            const double G = rt + opts.gamma * next;
+            out.returns(i, t) = static_cast<S>(G);
+            next = G;
+            sc.weight += mk;
+            sc.sum += mk * G;
         }
-    }
-    TokenAdvantages<S> out;
-    out.returns = G.cast<S>();
-    if (opts.whiten) detail::whiten_in_place<S>(G, m, opts.whitening);
-    out.advantages = G.cast<S>();
+    });
+    out.advantages = out.returns;
+    if (opts.whiten) detail::whiten_in_place<S>(out.advantages, m, rows, opts.whitening);
     return out;
 }
 
@@ -216,12 +262,19 @@ Mat<::rlpo::detail::scalar_t<DM>> reinforce_pp_baseline_advantages(
         const double mu = detail::mean(s, b, e);
         for (Index k = b; k < e; ++k) a[static_cast<std::size_t>(k)] = s[static_cast<std::size_t>(k)] - mu;
     }
-    Mat<double> A = Mat<double>::Zero(m.rows(), m.cols());
-    for (Index i = 0; i < m.rows(); ++i)
-        for (Index t = 0; t < m.cols(); ++t)
-            if (m(i, t) != 0) A(i, t) = a[static_cast<std::size_t>(i)];
-    detail::whiten_in_place<S>(A, m, opts.whitening);
-    return A.cast<S>();
+    // The mean comes from a in double (no rounding to S before it).
+    Mat<S> A(m.rows(), m.cols());
+    const auto rows = detail::scan_rows(fn, m.rows(), {"scores"}, [&](Index i, detail::RowScan& sc) {
+        const double ai = a[static_cast<std::size_t>(i)];
+        for (Index t = 0; t < m.cols(); ++t) {
+            const double mk = static_cast<double>(m(i, t));
+            A(i, t) = mk != 0 ? static_cast<S>(ai) : S(0);
+            sc.weight += mk;
+            sc.sum += mk * ai;
+        }
+    });
+    detail::whiten_in_place<S>(A, m, rows, opts.whitening);
+    return A;
 }
 
 /// Options of `gae_advantages`. Defaults are verl's (γ = 1, λ = 1, whitened); the PPO paper
@@ -265,25 +318,31 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> gae_advantages(
     detail::check_unit(fn, "gamma", opts.gamma);
     detail::check_unit(fn, "lambda", opts.lambda);
     ::rlpo::detail::check_nonnegative(fn, "whitening.epsilon", opts.whitening.epsilon);
-    detail::check_token_input<S>(fn, "token_rewards", r, m);
-    detail::check_token_input<S>(fn, "values", v, m);
-    Mat<double> A = Mat<double>::Zero(r.rows(), r.cols()), R = A;
-    for (Index i = 0; i < r.rows(); ++i) {
+    TokenAdvantages<S> out;
+    out.advantages.resize(r.rows(), r.cols());
+    out.returns.resize(r.rows(), r.cols());
+    const auto rows = detail::scan_rows(fn, r.rows(), {"token_rewards", "values"}, [&](Index i, detail::RowScan& sc) {
         double next_value = 0.0, next_adv = 0.0;
         for (Index t = r.cols() - 1; t >= 0; --t) {
-            if (m(i, t) == 0) continue;
-            const double vt = static_cast<double>(v(i, t));
-            const double delta = static_cast<double>(r(i, t)) + opts.gamma * next_value - vt;
+            const double mk = static_cast<double>(m(i, t));
+            if (mk == 0) {
+                out.advantages(i, t) = S(0);
+                out.returns(i, t) = S(0);
+                continue;
+            }
+            const double rt = static_cast<double>(r(i, t)), vt = static_cast<double>(v(i, t));
+            if (sc.bad_input < 0 && !std::isfinite(rt)) sc.bad_input = 0, sc.bad_t = t, sc.bad_value = rt;
+            if (sc.bad_input < 0 && !std::isfinite(vt)) sc.bad_input = 1, sc.bad_t = t, sc.bad_value = vt;
+            const double delta = rt + opts.gamma * next_value - vt;
             next_adv = delta + opts.gamma * opts.lambda * next_adv;
             next_value = vt;
-            A(i, t) = next_adv;
-            R(i, t) = next_adv + vt;
+            out.advantages(i, t) = static_cast<S>(next_adv);
+            out.returns(i, t) = static_cast<S>(next_adv + vt);
+            sc.weight += mk;
+            sc.sum += mk * next_adv;
         }
-    }
-    TokenAdvantages<S> out;
-    out.returns = R.cast<S>();
-    if (opts.whiten) detail::whiten_in_place<S>(A, m, opts.whitening);
-    out.advantages = A.cast<S>();
+    });
+    if (opts.whiten) detail::whiten_in_place<S>(out.advantages, m, rows, opts.whitening);
     return out;
 }
 
@@ -306,19 +365,25 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> remax_advantages(
     const std::vector<double> b = detail::read_scores(fn, "greedy_baseline", greedy_baseline);
     RLPO_CHECK(static_cast<Index>(b.size()) == r.rows(), fn, "greedy_baseline: expected ", r.rows(),
                " entries (rows of token_rewards), given ", b.size());
-    detail::check_token_input<S>(fn, "token_rewards", r, m);
     TokenAdvantages<S> out;
-    out.advantages = Mat<S>::Zero(r.rows(), r.cols());
-    out.returns = Mat<S>::Zero(r.rows(), r.cols());
-    for (Index i = 0; i < r.rows(); ++i) {
+    out.advantages.resize(r.rows(), r.cols());
+    out.returns.resize(r.rows(), r.cols());
+    detail::scan_rows(fn, r.rows(), {"token_rewards"}, [&](Index i, detail::RowScan& sc) {
         double togo = 0.0;
         for (Index t = r.cols() - 1; t >= 0; --t) {
-            if (m(i, t) == 0) continue;
-            togo += static_cast<double>(m(i, t)) * static_cast<double>(r(i, t));
+            const double mk = static_cast<double>(m(i, t));
+            if (mk == 0) {
+                out.advantages(i, t) = S(0);
+                out.returns(i, t) = S(0);
+                continue;
+            }
+            const double rt = static_cast<double>(r(i, t));
+            if (!std::isfinite(rt) && sc.bad_input < 0) sc.bad_input = 0, sc.bad_t = t, sc.bad_value = rt;
+            togo += mk * rt;
             out.returns(i, t) = static_cast<S>(togo);
             out.advantages(i, t) = static_cast<S>(togo - b[static_cast<std::size_t>(i)]);
         }
-    }
+    });
     return out;
 }
 

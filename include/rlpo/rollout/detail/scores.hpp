@@ -8,6 +8,7 @@
 #include <rlpo/rollout/groups.hpp>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace rlpo::rollout {
@@ -98,6 +99,29 @@ inline bool all_equal(const std::vector<double>& x, Index b, Index e) {
     for (Index k = b + 1; k < e; ++k)
         if (x[static_cast<std::size_t>(k)] != x[static_cast<std::size_t>(b)]) return false;
     return true;
+}
+
+/// Run `f(i, mask_row)` for every row of a `[B, T]` mask (rows in parallel with OpenMP; each row
+/// is independent, so the result does not depend on the thread count), validating the mask on
+/// the way; throws the mask's error message when an entry is negative or non-finite.
+template <class S, class F>
+inline void for_mask_rows(const char* fn, const ConstMatRef<S>& m, F&& f) {
+    const Index B = m.rows(), T = m.cols();
+    bool bad = false;
+#if defined(RLPO_USE_OPENMP)
+#pragma omp parallel for schedule(static) reduction(|| : bad) if (B * T > 32768)
+#endif
+    for (Index i = 0; i < B; ++i) {
+        const S* row = m.data() + i * m.outerStride();
+        bool rb = false;
+        for (Index t = 0; t < T; ++t) {
+            const double v = static_cast<double>(row[t]);
+            rb |= !(v >= 0.0 && v < std::numeric_limits<double>::infinity());
+        }
+        f(i, row);
+        bad = bad || rb;
+    }
+    if (bad) ::rlpo::detail::check_mask(fn, m);
 }
 
 template <class S>
