@@ -410,3 +410,9 @@ def care(x, p, s):
         bonus = torch.where(accurate & (c >= mu - margin), a * lam, torch.zeros_like(a))
         out[idx] = bonus
     return {"bonus": out}
+
+
+def combine(x, p, s):
+    R = x["rewards"]
+    w = _col(p["weights"]) if "weights" in p else torch.ones(R.shape[1], dtype=torch.float64)
+    return {"reward": torch.nansum(R * w.reshape(1, -1), dim=1)}

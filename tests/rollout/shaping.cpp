@@ -114,6 +114,18 @@ TEMPLATE_TEST_CASE("shaping rules agree with the PyTorch reference", "[rollout][
         c2.p("bonus_coef", co.bonus_coef).p("margin", co.margin);
         checks.push_back([=](std::size_t i) { cmp(i, "bonus", vm(rr::care_consistency_bonus(acc, cons, b.groups, co))); });
     }
+    // reward components with TRL's nansum (NaN components skipped; an all-NaN row scores 0)
+    for (int variant = 0; variant < 2; ++variant) {
+        rt::Generator g2(seed++);
+        Mat<S> R = g2.normal<S>(7, 3);
+        R(1, 2) = std::numeric_limits<S>::quiet_NaN();
+        R.row(4).setConstant(std::numeric_limits<S>::quiet_NaN());
+        const std::vector<double> w = variant == 0 ? std::vector<double>{} : std::vector<double>{1.0, 0.25, -2.0};
+        auto& c = tr.add<S>("combine");
+        c.in("rewards", R);
+        if (!w.empty()) c.p("weights", Mat<double>(Eigen::Map<const Mat<double>>(w.data(), 3, 1)));
+        checks.push_back([=](std::size_t i) { cmp(i, "reward", vm(rr::combine_rewards(R, w, rr::NanScores::AsZero))); });
+    }
     // ensembles
     for (int mode = 0; mode < 4; ++mode) {
         rt::Generator g2(seed++);
@@ -342,6 +354,13 @@ TEST_CASE("shaping: bad input gives the documented error", "[rollout][shaping][b
     Rn(2, 1) = nan_d;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ensemble_reward(Rn, rr::EnsembleOptions::mean()), "rewards: non-finite value nan at [2, 1]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ctrl_calibrate(r, Mat<double>::Ones(3, 4)), "rollout::ctrl_calibrate(): base_rewards: expected 2 rows");
+    Mat<double> Rc = Mat<double>::Ones(2, 2);
+    Rc(1, 0) = nan_d;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::combine_rewards(Rc), "rollout::combine_rewards(): rewards: NaN at [1, 0]");
+    CHECK(rr::combine_rewards(Rc, {}, rr::NanScores::AsZero)(1) == 1.0);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::combine_rewards(Rc, {1.0}), "weights: expected 2 entries (columns of rewards), given 1");
+    Rc(1, 0) = std::numeric_limits<double>::infinity();
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::combine_rewards(Rc, {}, rr::NanScores::AsZero), "rewards: non-finite value inf at [1, 0]");
     rr::ARLCPOptions ao;
     ao.weight_high = 0.3;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::arlcp_rewards(r, r, r, g2, ao), "rollout::arlcp_rewards(): weights: each reflection weight must be in [0, total_weight = 0.2], given 0.3");

@@ -9,6 +9,7 @@
 ///
 /// | rule | shaped value | function |
 /// |---|---|---|
+/// | reward components | Σ_k w_k·R_ik (TRL: NaN components skipped, `nansum`) | `combine_rewards` |
 /// | DAPO overlong | 0 / −f·(L − (L_max − L_c))/L_c / −f by zone | `overlong_penalty` |
 /// | DLER truncation | r·c if the response was cut at the cap (c = 0 in DLER), else r | `truncation_penalty` |
 /// | Kimi length reward | λ = ½ − (L − L_min,g)/(L_max,g − L_min,g); correct: λ, wrong: min(0, λ) | `kimi_length_reward` |
@@ -39,6 +40,46 @@
 #include <vector>
 
 namespace rlpo::rollout {
+
+// ---------------------------------------------------------------------------------------------
+// Reward components
+// ---------------------------------------------------------------------------------------------
+
+/// The score of each response from K reward components (`rewards`, N × K, e.g. correctness and
+/// format): r_i = Σ_k w_k·R_ik, weights default to 1. NaN policy: `NanScores::Throw` (default)
+/// rejects a NaN component naming it; `NanScores::AsZero` skips it, as TRL's GRPO/RLOO trainers
+/// do (`nansum` over the weighted reward functions, so a function that returned None for a
+/// sample contributes nothing, and a sample with no reward at all scores 0). ±inf is always an
+/// error. Bad input: K = 0, weights of the wrong length or non-finite.
+template <class D>
+Vec<::rlpo::detail::scalar_t<D>> combine_rewards(const Eigen::MatrixBase<D>& rewards,
+                                                  const std::vector<double>& weights = {},
+                                                  NanScores nan = NanScores::Throw) {
+    using S = ::rlpo::detail::scalar_t<D>;
+    constexpr const char* fn = "rollout::combine_rewards";
+    const auto& R = rewards.derived();
+    const Index N = R.rows(), K = R.cols();
+    RLPO_CHECK(K >= 1, fn, "rewards: expected at least one reward component (column), given 0");
+    RLPO_CHECK(weights.empty() || static_cast<Index>(weights.size()) == K, fn, "weights: expected ", K,
+               " entries (columns of rewards), given ", weights.size());
+    for (double w : weights) ::rlpo::detail::check_finite_param(fn, "weights", w);
+    Vec<S> out(N);
+    for (Index i = 0; i < N; ++i) {
+        double sum = 0.0;
+        for (Index k = 0; k < K; ++k) {
+            const double r = static_cast<double>(R(i, k));
+            if (std::isnan(r)) {
+                RLPO_CHECK(nan == NanScores::AsZero, fn, "rewards: NaN at [", i, ", ", k,
+                           "] (NaN rewards are rejected; NanScores::AsZero skips them, as TRL does)");
+                continue;
+            }
+            RLPO_CHECK(std::isfinite(r), fn, "rewards: non-finite value ", r, " at [", i, ", ", k, "]");
+            sum += (weights.empty() ? 1.0 : weights[static_cast<std::size_t>(k)]) * r;
+        }
+        out(i) = static_cast<S>(sum);
+    }
+    return out;
+}
 
 // ---------------------------------------------------------------------------------------------
 // DAPO overlong soft penalty
