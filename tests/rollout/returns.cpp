@@ -12,6 +12,11 @@
 
 #include <cmath>
 #include <limits>
+#include <tuple>
+
+#if defined(RLPO_USE_OPENMP)
+#include <omp.h>
+#endif
 
 using rlpo::Index;
 using rlpo::Mat;
@@ -269,3 +274,30 @@ TEST_CASE("token advantages: bad input gives the documented error", "[rollout][r
     mneg(0, 0) = -1;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::whiten(r, mneg), "rollout::whiten(): mask: entries must be finite and >= 0");
 }
+
+#if defined(RLPO_USE_OPENMP)
+TEST_CASE("token advantages: bitwise identical with 1 and several threads", "[rollout][returns][threads]") {
+    rt::Generator gen(99);
+    const Index B = 300, T = 40;  // above the parallel threshold
+    const Mat<float> m = gen.mask<float>(B, T, 1, true), r = gen.normal<float>(B, T), v = gen.normal<float>(B, T);
+    const auto b = rollout_test::grouped_batch(5, 60, 5);
+    const Mat<float> mb = gen.mask<float>(b.n(), T, 1, true);
+    const auto run = [&] {
+        return std::make_tuple(rr::gae_advantages(r, v, m, GAEOptions::ppo_paper()).advantages,
+                               rr::reinforce_pp_advantages(r, m).advantages, rr::whiten(r, m),
+                               rr::reinforce_pp_baseline_advantages(b.scores, b.groups, mb),
+                               rr::broadcast_to_tokens(b.scores, mb));
+    };
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    const auto one = run();
+    omp_set_num_threads(4);
+    const auto many = run();
+    omp_set_num_threads(saved);
+    CHECK(std::get<0>(one) == std::get<0>(many));
+    CHECK(std::get<1>(one) == std::get<1>(many));
+    CHECK(std::get<2>(one) == std::get<2>(many));
+    CHECK(std::get<3>(one) == std::get<3>(many));
+    CHECK(std::get<4>(one) == std::get<4>(many));
+}
+#endif
