@@ -219,8 +219,9 @@ Vec<::rlpo::detail::scalar_t<DL>> kimi_length_reward(const Eigen::MatrixBase<DL>
 /// ⌈λ·G⌉ groups take the length-shaped reward `length_rewards` (e.g. correctness +
 /// `kimi_length_reward`), all other groups the plain 0/1 correctness reward.
 /// [verify] The abstract states the switch (high correctness ratio ⇒ length penalty, low ⇒
-/// 0/1 reward); the selection of the top-λ fraction of the batch follows the project's
-/// catalogue, the paper's method section could not be read here. λ must be in [0, 1].
+/// 0/1 reward) and summaries of the method state the batch-wise ranking of groups by
+/// correctness with a top-λ selection; the paper's own method section (e.g. its value of λ and
+/// its tie rule) could not be read here, so λ has no default. λ must be in [0, 1].
 template <class DC, class DR>
 Vec<::rlpo::detail::scalar_t<DR>> grpo_lambda_rewards(const Eigen::MatrixBase<DC>& correct,
                                                        const Eigen::MatrixBase<DR>& length_rewards,
