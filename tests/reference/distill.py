@@ -86,3 +86,70 @@ def divergence(x, p, s):
     value = aggregate(L, mask, p, s)
     return {"value": value.detach(), "grad": grad_of(value, leaf),
             "metric": masked_mean(L.detach(), mask)}
+
+
+def _safe_indices(idx, mask):
+    """Masked rows may hold garbage indices: replace them by 0..k-1."""
+    keep = (mask.reshape(-1) != 0).unsqueeze(1)
+    ar = torch.arange(idx.shape[1], dtype=torch.float64).expand_as(idx)
+    return torch.where(keep, idx, ar).long()
+
+
+def _topk_rows(lq, idx, lp, tail):
+    lq_k = lq.gather(1, idx)
+    if tail == "renormalize":
+        lpn = lp - torch.logsumexp(lp, dim=-1, keepdim=True)
+        return _xlogy_terms(lpn.exp(), lpn, lq_k)
+    # bucket: the (k+1)-category coarsening of teacher and student
+    pk = lp.exp()
+    pt = torch.clamp(1 - pk.sum(dim=-1), min=0)
+    in_k = torch.zeros_like(lq, dtype=torch.bool).scatter(1, idx, True)
+    qt = torch.where(in_k, torch.zeros_like(lq), lq.exp()).sum(dim=-1)
+    head = _xlogy_terms(pk, lp, lq_k)
+    tail_term = torch.where(pt > 0, pt * (torch.log(torch.where(pt > 0, pt, torch.ones_like(pt)))
+                                          - torch.log(qt)), torch.zeros_like(pt))
+    return head + tail_term
+
+
+def _finish(L, mask, p, s, leaf, extra):
+    tau = float(p["temperature"])
+    if float(p["tsq"]) != 0:
+        L = L * tau * tau
+    L = L.reshape(mask.shape)
+    L = torch.where(mask != 0, L, torch.zeros_like(L))
+    value = aggregate(L, mask, p, s)
+    out = {"value": value.detach(), "grad": grad_of(value, leaf),
+           "metric": masked_mean(L.detach(), mask)}
+    out.update(extra)
+    return out
+
+
+def forward_kl_topk(x, p, s):
+    mask = x["mask"]
+    leaf, z = _rows(x["student"], mask)
+    idx = _safe_indices(x["idx"], mask)
+    lp = _clean_rows(x["lp"], mask)
+    tau = float(p["temperature"])
+    lq = torch.log_softmax(z / tau, dim=-1)
+    L = _topk_rows(lq, idx, lp, s["tail"])
+    mass = lp.exp().sum(dim=-1).reshape(mask.shape)
+    return _finish(L, mask, p, s, leaf, {"mass": masked_mean(mass, mask)})
+
+
+def dac_kl(x, p, s):
+    """Top-p region of the teacher (smallest top set reaching top_p), teacher renormalised."""
+    mask = x["mask"]
+    leaf, z = _rows(x["student"], mask)
+    y = _clean_rows(x["teacher"], mask)
+    tau, top_p = float(p["temperature"]), float(p["top_p"])
+    lq = torch.log_softmax(z / tau, dim=-1)
+    lpt = torch.log_softmax(y / tau, dim=-1)
+    sorted_lp, order = torch.sort(lpt, dim=-1, descending=True)
+    before = torch.cumsum(sorted_lp.exp(), dim=-1) - sorted_lp.exp()
+    keep_sorted = (before < top_p) & (sorted_lp > -math.inf)
+    keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+    lp_r = torch.where(keep, lpt, torch.full_like(lpt, -math.inf))
+    lpn = lp_r - torch.logsumexp(lp_r, dim=-1, keepdim=True)
+    L = _xlogy_terms(lpn.exp(), lpn, lq)
+    size = keep.sum(dim=-1).to(torch.float64).reshape(mask.shape)
+    return _finish(L, mask, p, s, leaf, {"size": masked_mean(size, mask)})

@@ -167,21 +167,17 @@ inline void validate(const char* fn, const DistillOptions& o) {
 }
 
 /// One row of a dense divergence. z, y: the widened logit rows; returns L (without τ²).
-template <class S, class A>
-inline double dense_row(const DistillOptions& o, const A* z, const A* y, Index V, Scratch<A>& ws,
-                        const RowGrad<S>& rg, RowError& err) {
-    using std::log;
+/// `Safe` handles −inf logits exactly (zero probabilities) at the price of scalar selects.
+template <bool Safe, class S, class A>
+inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A mz, A my,
+                             Index V, Scratch<A>& ws, const RowGrad<S>& rg) {
     const A invT = static_cast<A>(1.0 / o.temperature);
-    const A mz = check_row(z, V, "student_logits", err);
-    if (err.set()) return 0.0;
-    const A my = check_row(y, V, "teacher_logits", err);
-    if (err.set()) return 0.0;
     const CArrMap<A> za(z, V), ya(y, V);
     ArrMap<A> eq(ws.a.data(), V), ep(ws.b.data(), V);
-    const double sq = static_cast<double>(exp_row(z, V, mz, invT, ws.a.data()));
-    const double sp = static_cast<double>(exp_row(y, V, my, invT, ws.b.data()));
+    const double sq = static_cast<double>(exp_row<Safe>(z, V, mz, invT, ws.a.data()));
+    const double sp = static_cast<double>(exp_row<Safe>(y, V, my, invT, ws.b.data()));
     const double lsq = std::log(sq), lsp = std::log(sp);
-    // log q_j = (z_j − mz)/τ − log sq;  log p_j = (y_j − my)/τ − log sp
+    // log q_j = z_j/τ + cq;  log p_j = y_j/τ + cp
     const A cq = static_cast<A>(-static_cast<double>(mz) * invT - lsq);
     const A cp = static_cast<A>(-static_cast<double>(my) * invT - lsp);
     const A iq = static_cast<A>(1.0 / sq), ip = static_cast<A>(1.0 / sp);
@@ -193,18 +189,19 @@ inline double dense_row(const DistillOptions& o, const A* z, const A* y, Index V
         case Divergence::ForwardKL: {
             // L = Σ p (y − z)/τ + (cp − cq)
             const double a =
-                (ep > zero).select(ep * (ya - za), zero).template cast<double>().sum();
+                keep_if<Safe>(ep > zero, ep * (ya - za)).template cast<double>().sum();
             const double L = a * ip * invT + static_cast<double>(cp) - static_cast<double>(cq);
+            if (!std::isfinite(L)) return L;
             rg.set((eq * iq - ep * ip) * invT);
             return L;
         }
         case Divergence::ReverseKL: {
             const double b =
-                (eq > zero).select(eq * (za - ya), zero).template cast<double>().sum();
+                keep_if<Safe>(eq > zero, eq * (za - ya)).template cast<double>().sum();
             const double L = b * iq * invT + static_cast<double>(cq) - static_cast<double>(cp);
             if (!std::isfinite(L)) return L;
             const A k = static_cast<A>(static_cast<double>(cq) - static_cast<double>(cp) - L);
-            rg.set((eq > zero).select(eq * iq * ((za - ya) * invT + k), zero) * invT);
+            rg.set(keep_if<Safe>(eq > zero, eq * iq * ((za - ya) * invT + k)) * invT);
             return L;
         }
         case Divergence::JSD: {
@@ -213,13 +210,13 @@ inline double dense_row(const DistillOptions& o, const A* z, const A* y, Index V
             eq *= iq;
             ep *= ip;
             const double klp =
-                (ep > zero)
-                    .select(ep * ((ya * invT + cp) - (beta * ep + omb * eq).log()), zero)
+                keep_if<Safe>(ep > zero, ep * ((ya * invT + cp) - (beta * ep + omb * eq).log()))
                     .template cast<double>()
                     .sum();
-            ep = (eq > zero).select((za * invT + cq) - (beta * ep + omb * eq).log(), zero);
+            ep = keep_if<Safe>(eq > zero, (za * invT + cq) - (beta * ep + omb * eq).log());
             const double klq = (eq * ep).template cast<double>().sum();
             const double L = o.beta * klp + (1.0 - o.beta) * klq;
+            if (!std::isfinite(L)) return L;
             const A kq = static_cast<A>(klq);
             rg.set(omb * eq * (ep - kq) * invT);
             return L;
@@ -230,11 +227,11 @@ inline double dense_row(const DistillOptions& o, const A* z, const A* y, Index V
             ep *= ip;
             // L = Σ p (log p − log m), m = αp + (1−α)q;  g = −(1−α) p/m
             const double L =
-                (ep > zero)
-                    .select(ep * ((ya * invT + cp) - (al * ep + oma * eq).log()), zero)
+                keep_if<Safe>(ep > zero, ep * ((ya * invT + cp) - (al * ep + oma * eq).log()))
                     .template cast<double>()
                     .sum();
-            ep = (ep > zero).select(-oma * ep / (al * ep + oma * eq), zero);
+            if (!std::isfinite(L)) return L;
+            ep = keep_if<Safe>(ep > zero, -oma * ep / (al * ep + oma * eq));
             const A sg = (eq * ep).sum();
             rg.set(eq * (ep - sg) * invT);
             return L;
@@ -243,12 +240,12 @@ inline double dense_row(const DistillOptions& o, const A* z, const A* y, Index V
             const A al = static_cast<A>(o.alpha), oma = static_cast<A>(1.0 - o.alpha);
             eq *= iq;
             ep *= ip;
-            // m = (1−α)p + αq;  L = Σ q (log q − log m);  ∂L/∂q = log(q/m) + 1 − αq/m
-            ep = (eq > zero).select((za * invT + cq) - (oma * ep + al * eq).log(), zero);
-            // ep now holds log(q/m); L = Σ q log(q/m)
+            // m = (1−α)p + αq;  L = Σ q log(q/m);  ∂L/∂q = log(q/m) + 1 − αq/m
+            ep = keep_if<Safe>(eq > zero, (za * invT + cq) - (oma * ep + al * eq).log());
             const double L = (eq * ep).template cast<double>().sum();
+            if (!std::isfinite(L)) return L;
             // g − 1 = log(q/m) − α q/m, with q/m = exp(log(q/m))
-            ep = (eq > zero).select(ep - al * ep.exp(), zero);
+            ep = keep_if<Safe>(eq > zero, ep - al * ep.exp());
             const A sg = (eq * ep).sum();
             rg.set(eq * (ep - sg) * invT);
             return L;
@@ -265,6 +262,169 @@ inline double dense_row(const DistillOptions& o, const A* z, const A* y, Index V
         }
     }
     return 0.0;
+}
+
+/// The fast path for rows without −inf / NaN / +inf: one online pass over both rows in
+/// L1-sized chunks (per-chunk max, exponentials stored to the work rows, per-chunk sums, and
+/// the forward / reverse KL value terms), then one pass per chunk that writes the gradient
+/// (forward / reverse KL), or a normalisation of the chunks followed by the divergence's own
+/// passes over the (cache-resident) row. Returns false, with nothing written, when the row
+/// holds a non-finite logit: the caller then takes the safe path.
+/// Σ of a vector expression: float (vectorised) within chunks, double across chunks.
+template <class E>
+inline double sum_chunks(const E& e) {
+    double s = 0.0;
+    const Index V = e.size();
+    for (Index off = 0; off < V; off += kRowChunk)
+        s += static_cast<double>(e.segment(off, std::min(kRowChunk, V - off)).sum());
+    return s;
+}
+
+template <class S, class A>
+inline bool dense_row_online(const DistillOptions& o, const A* z, const A* y, Index V,
+                             Scratch<A>& ws, const RowGrad<S>& rg, double& L_out) {
+    constexpr Index C = kRowChunk;
+    const Index nc = (V + C - 1) / C;
+    const A invT = static_cast<A>(1.0 / o.temperature);
+    Divergence d = o.divergence;
+    if (d == Divergence::JSD && o.beta == 0.0) d = Divergence::ForwardKL;
+    if (d == Divergence::JSD && o.beta == 1.0) d = Divergence::ReverseKL;
+    ws.cz.resize(static_cast<std::size_t>(nc));
+    ws.cy.resize(static_cast<std::size_t>(nc));
+    ws.cs.resize(static_cast<std::size_t>(nc));
+    ws.ct.resize(static_cast<std::size_t>(nc));
+    ws.cx.resize(static_cast<std::size_t>(nc));
+    double mz = -std::numeric_limits<double>::infinity(), my = mz;
+    for (Index k = 0; k < nc; ++k) {
+        const Index off = k * C, len = std::min(C, V - off);
+        const CArrMap<A> zc(z + off, len), yc(y + off, len);
+        const A zmax = zc.maxCoeff(), ymax = yc.maxCoeff();
+        // +inf (max) or −inf (min) anywhere: leave it to the safe path; a NaN shows up as a
+        // NaN chunk sum below (and a NaN max)
+        if (!(std::abs(zmax) < std::numeric_limits<A>::infinity()) ||
+            !(std::abs(ymax) < std::numeric_limits<A>::infinity()) ||
+            !(zc.minCoeff() > -std::numeric_limits<A>::infinity()) ||
+            !(yc.minCoeff() > -std::numeric_limits<A>::infinity()))
+            return false;
+        ArrMap<A> eq(ws.a.data() + off, len), ep(ws.b.data() + off, len);
+        eq = ((zc - zmax) * invT).exp();
+        ep = ((yc - ymax) * invT).exp();
+        const auto kk = static_cast<std::size_t>(k);
+        ws.cz[kk] = static_cast<double>(zmax);
+        ws.cy[kk] = static_cast<double>(ymax);
+        ws.cs[kk] = static_cast<double>(eq.sum());
+        ws.ct[kk] = static_cast<double>(ep.sum());
+        if (!std::isfinite(ws.cs[kk] + ws.ct[kk])) return false;  // a NaN logit
+        // float sums within a chunk (vectorised), double across chunks
+        if (d == Divergence::ForwardKL)
+            ws.cx[kk] = static_cast<double>((ep * (yc - zc)).sum());
+        else if (d == Divergence::ReverseKL)
+            ws.cx[kk] = static_cast<double>((eq * (zc - yc)).sum());
+        mz = std::max(mz, ws.cz[kk]);
+        my = std::max(my, ws.cy[kk]);
+    }
+    // Merge the chunks: factor_k = exp((m_k − m)/τ)
+    double sq = 0, sp = 0, x = 0;
+    for (Index k = 0; k < nc; ++k) {
+        const auto kk = static_cast<std::size_t>(k);
+        ws.cz[kk] = std::exp((ws.cz[kk] - mz) * invT);
+        ws.cy[kk] = std::exp((ws.cy[kk] - my) * invT);
+        sq += ws.cs[kk] * ws.cz[kk];
+        sp += ws.ct[kk] * ws.cy[kk];
+        x += ws.cx[kk] * (d == Divergence::ForwardKL ? ws.cy[kk] : ws.cz[kk]);
+    }
+    const double cq = -mz * invT - std::log(sq), cp = -my * invT - std::log(sp);
+    if (d == Divergence::ForwardKL) {
+        const double L = x / sp * invT + cp - cq;
+        L_out = L;
+        if (!std::isfinite(L)) return true;
+        for (Index k = 0; k < nc; ++k) {
+            const Index off = k * C, len = std::min(C, V - off);
+            const auto kk = static_cast<std::size_t>(k);
+            const A fq = static_cast<A>(ws.cz[kk] / sq * invT);
+            const A fp = static_cast<A>(ws.cy[kk] / sp * invT);
+            rg.set(off, len, CArrMap<A>(ws.a.data() + off, len) * fq -
+                                 CArrMap<A>(ws.b.data() + off, len) * fp);
+        }
+        return true;
+    }
+    if (d == Divergence::ReverseKL) {
+        const double L = x / sq * invT + cq - cp;
+        L_out = L;
+        if (!std::isfinite(L)) return true;
+        const A kc = static_cast<A>(cq - cp - L);
+        for (Index k = 0; k < nc; ++k) {
+            const Index off = k * C, len = std::min(C, V - off);
+            const auto kk = static_cast<std::size_t>(k);
+            const A fq = static_cast<A>(ws.cz[kk] / sq * invT);
+            const CArrMap<A> zc(z + off, len), yc(y + off, len);
+            rg.set(off, len, CArrMap<A>(ws.a.data() + off, len) * fq * ((zc - yc) * invT + kc));
+        }
+        return true;
+    }
+    // Other divergences: normalise the chunks (q, p), then the row-wide passes.
+    for (Index k = 0; k < nc; ++k) {
+        const Index off = k * C, len = std::min(C, V - off);
+        const auto kk = static_cast<std::size_t>(k);
+        ArrMap<A>(ws.a.data() + off, len) *= static_cast<A>(ws.cz[kk] / sq);
+        ArrMap<A>(ws.b.data() + off, len) *= static_cast<A>(ws.cy[kk] / sp);
+    }
+    const CArrMap<A> za(z, V), ya(y, V);
+    ArrMap<A> eq(ws.a.data(), V), ep(ws.b.data(), V);
+    const A cqa = static_cast<A>(cq), cpa = static_cast<A>(cp);
+    switch (d) {
+        case Divergence::JSD: {
+            const A beta = static_cast<A>(o.beta), omb = static_cast<A>(1.0 - o.beta);
+            const double klp =
+                sum_chunks(ep * ((ya * invT + cpa) - (beta * ep + omb * eq).log()));
+            ep = (za * invT + cqa) - (beta * ep + omb * eq).log();
+            const double klq = sum_chunks(eq * ep);
+            L_out = o.beta * klp + (1.0 - o.beta) * klq;
+            if (!std::isfinite(L_out)) return true;
+            rg.set(omb * eq * (ep - static_cast<A>(klq)) * invT);
+            return true;
+        }
+        case Divergence::SkewKL: {
+            const A al = static_cast<A>(o.alpha), oma = static_cast<A>(1.0 - o.alpha);
+            L_out = sum_chunks(ep * ((ya * invT + cpa) - (al * ep + oma * eq).log()));
+            if (!std::isfinite(L_out)) return true;
+            ep = -oma * ep / (al * ep + oma * eq);
+            const A sg = static_cast<A>(sum_chunks(eq * ep));
+            rg.set(eq * (ep - sg) * invT);
+            return true;
+        }
+        case Divergence::SkewReverseKL: {
+            const A al = static_cast<A>(o.alpha), oma = static_cast<A>(1.0 - o.alpha);
+            ep = (za * invT + cqa) - (oma * ep + al * eq).log();
+            L_out = sum_chunks(eq * ep);
+            if (!std::isfinite(L_out)) return true;
+            ep = ep - al * ep.exp();
+            const A sg = static_cast<A>(sum_chunks(eq * ep));
+            rg.set(eq * (ep - sg) * invT);
+            return true;
+        }
+        case Divergence::TVD: {
+            L_out = 0.5 * sum_chunks((ep - eq).abs());
+            ep = A(0.5) * (eq - ep).sign();
+            const A sg = static_cast<A>(sum_chunks(eq * ep));
+            rg.set(eq * (ep - sg) * invT);
+            return true;
+        }
+        default: break;
+    }
+    return true;
+}
+
+template <class S, class A>
+inline double dense_row(const DistillOptions& o, const A* z, const A* y, Index V, Scratch<A>& ws,
+                        const RowGrad<S>& rg, RowError& err) {
+    double L = 0.0;
+    if (dense_row_online<S, A>(o, z, y, V, ws, rg, L)) return L;
+    const A mz = check_row(z, V, "student_logits", err);
+    if (err.set()) return 0.0;
+    const A my = check_row(y, V, "teacher_logits", err);
+    if (err.set()) return 0.0;
+    return dense_row_impl<true, S, A>(o, z, y, mz, my, V, ws, rg);
 }
 
 }  // namespace detail

@@ -64,6 +64,8 @@ struct RowError {
 template <class A>
 struct Scratch {
     Arr<A> a, b, z, y;
+    std::vector<double> cz, cy, cs, ct, cx;  ///< per-chunk statistics of the online pass
+    std::vector<A> saved;                    ///< a few saved entries (top-k rows)
     void ensure(Index V) {
         if (a.size() != V) {
             a.resize(V);
@@ -71,6 +73,9 @@ struct Scratch {
         }
     }
 };
+
+/// Chunk length of the online pass: 2 logit chunks + 2 work chunks of floats stay in L1.
+inline constexpr Index kRowChunk = 2048;
 
 /// Where a row's gradient goes: `set(expr)` writes scale · expr (overwrite or add). Inactive
 /// when no gradient was requested.
@@ -83,9 +88,19 @@ struct RowGrad {
     bool active() const { return dst != nullptr; }
     template <class E>
     void set(const E& expr) const {
+        set(0, V, expr);
+    }
+    /// Add scale · v to entry j (after `set`: corrections at a few positions).
+    void add_at(Index j, double v) const {
+        if (!dst) return;
+        dst[j] = static_cast<S>(static_cast<double>(dst[j]) + scale * v);
+    }
+    /// Entries [off, off + len) of the row.
+    template <class E>
+    void set(Index off, Index len, const E& expr) const {
         using A = typename E::Scalar;
         if (!dst) return;
-        Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> d(dst, V);
+        Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> d(dst + off, len);
         const A s = static_cast<A>(scale);
         if constexpr (std::is_same<S, A>::value) {
             if (add)
@@ -139,15 +154,37 @@ inline A check_row(const A* x, Index V, const char* name, RowError& err) {
     return mx;
 }
 
-/// e = exp((x − max)/T), exact 0 at −inf logits (Eigen's vectorised exp clamps its argument).
-/// Returns Σ e in the arithmetic type.
-template <class A>
+/// e = exp((x − max)/T). `Safe`: exact 0 at −inf logits (Eigen's vectorised exp clamps its
+/// argument, so exp(−inf) would be ~1e−38, not 0); this uses `select`, which Eigen 3.4 does
+/// not vectorise, so it is only taken for rows that contain a −inf. Returns Σ e.
+template <bool Safe, class A>
 inline A exp_row(const A* x, Index V, A mx, A invT, A* e) {
     const CArrMap<A> xa(x, V);
     ArrMap<A> ea(e, V);
-    ea = (xa == -std::numeric_limits<A>::infinity())
-             .select(A(0), ((xa - mx) * invT).exp());
+    if constexpr (Safe)
+        ea = (xa == -std::numeric_limits<A>::infinity())
+                 .select(A(0), ((xa - mx) * invT).exp());
+    else
+        ea = ((xa - mx) * invT).exp();
     return ea.sum();
+}
+
+/// `cond ? e : 0` in the safe path, `e` in the fast path (rows without −inf, where the
+/// condition always holds): keeps the fast path free of (scalar) selects.
+template <bool Safe, class C, class E>
+inline auto keep_if(const C& cond, const E& e) {
+    if constexpr (Safe) {
+        return cond.select(e, typename E::Scalar(0));
+    } else {
+        (void)cond;
+        return e;
+    }
+}
+
+/// Whether a row holds a −inf entry (its max is already known to be finite).
+template <class A>
+inline bool has_neg_inf(const A* x, Index V) {
+    return CArrMap<A>(x, V).minCoeff() == -std::numeric_limits<A>::infinity();
 }
 
 /// The flattened row mask, the row factors and the counts.

@@ -1,0 +1,99 @@
+// Memory bandwidth of this machine, STREAM-style: copy (a = b, 2 arrays moved) and triad
+// (a = b + s·c, 3 arrays moved), float arrays of 256 MiB each (beyond any cache), rows split
+// over OpenMP threads exactly as the distillation kernels split theirs (set OMP_NUM_THREADS).
+// bench_distill includes this file so that its roofline fraction divides by a bandwidth
+// measured in the same process, on the same machine, in the same run.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <memory>
+
+namespace rlpo_bw {
+
+using Index = std::ptrdiff_t;
+
+/// Three arrays of n floats, first touched by the threads that will use them.
+struct Arrays {
+    Index n;
+    std::unique_ptr<float[]> a, b, c;
+    explicit Arrays(Index n_) : n(n_), a(new float[static_cast<std::size_t>(n_)]),
+                                b(new float[static_cast<std::size_t>(n_)]),
+                                c(new float[static_cast<std::size_t>(n_)]) {
+        float* pa = a.get();
+        float* pb = b.get();
+        float* pc = c.get();
+#if defined(RLPO_USE_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+        for (Index i = 0; i < n; ++i) {
+            pa[i] = 0.f;
+            pb[i] = 1.f;
+            pc[i] = 2.f;
+        }
+    }
+};
+
+inline void copy(Arrays& x) {
+    float* __restrict a = x.a.get();
+    const float* __restrict b = x.b.get();
+#if defined(RLPO_USE_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+    for (Index i = 0; i < x.n; ++i) a[i] = b[i];
+}
+
+inline void triad(Arrays& x, float s) {
+    float* __restrict a = x.a.get();
+    const float* __restrict b = x.b.get();
+    const float* __restrict c = x.c.get();
+#if defined(RLPO_USE_OPENMP)
+#pragma omp parallel for schedule(static)
+#endif
+    for (Index i = 0; i < x.n; ++i) a[i] = b[i] + s * c[i];
+}
+
+constexpr Index kElems = Index(64) << 20;  // 64 Mi floats = 256 MiB per array
+
+/// Best-of-`reps` triad bandwidth in bytes/s (STREAM reports the best rep), measured once per
+/// process and cached.
+inline double triad_bytes_per_second(int reps = 7) {
+    static const double bw = [reps] {
+        Arrays x(kElems);
+        double best = 1e300;
+        for (int r = 0; r < reps; ++r) {
+            const auto t0 = std::chrono::steady_clock::now();
+            triad(x, 3.f);
+            const auto t1 = std::chrono::steady_clock::now();
+            best = std::min(best, std::chrono::duration<double>(t1 - t0).count());
+            benchmark::DoNotOptimize(x.a.get());
+        }
+        return 3.0 * sizeof(float) * static_cast<double>(kElems) / best;
+    }();
+    return bw;
+}
+
+}  // namespace rlpo_bw
+
+static void BM_bandwidth_copy(benchmark::State& state) {
+    rlpo_bw::Arrays x(rlpo_bw::kElems);
+    for (auto _ : state) {
+        rlpo_bw::copy(x);
+        benchmark::DoNotOptimize(x.a.get());
+        benchmark::ClobberMemory();
+    }
+    state.SetBytesProcessed(state.iterations() * 2 * static_cast<int64_t>(sizeof(float)) * rlpo_bw::kElems);
+}
+BENCHMARK(BM_bandwidth_copy)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+static void BM_bandwidth_triad(benchmark::State& state) {
+    rlpo_bw::Arrays x(rlpo_bw::kElems);
+    for (auto _ : state) {
+        rlpo_bw::triad(x, 3.f);
+        benchmark::DoNotOptimize(x.a.get());
+        benchmark::ClobberMemory();
+    }
+    state.SetBytesProcessed(state.iterations() * 3 * static_cast<int64_t>(sizeof(float)) * rlpo_bw::kElems);
+}
+BENCHMARK(BM_bandwidth_triad)->UseRealTime()->Unit(benchmark::kMillisecond);

@@ -1,0 +1,289 @@
+#pragma once
+/// \file
+/// Forward KL to a teacher known only by its top-k (offline distillation stores (index,
+/// log-prob) pairs), and the DAC-KL idea: forward KL restricted to the teacher's top-p region.
+///
+/// Per token row n: student q = softmax(z/τ) over the full vocabulary; teacher given as k
+/// distinct indices K and log-probabilities ℓ_k (the teacher's log-probs at the distillation
+/// temperature, as stored: τ divides the student logits only), P_K = Σ_k e^{ℓ_k} ≤ 1. What
+/// happens to the teacher's tail mass 1 − P_K is the `TopKTail` rule:
+///
+/// * `Bucket` (default): the tail is one more category. p_t = 1 − P_K, q_t = Σ_{j∉K} q_j, and
+///   L = Σ_K p_k (ℓ_k − log q_k) + p_t (log p_t − log q_t). This is the exact KL between the
+///   (k+1)-category coarsenings of p and q, hence a lower bound of the full KL(p‖q) (data
+///   processing) that equals it when the teacher's mass is all in K. ∂L/∂z_j = (q_j − p_j)/τ
+///   for j ∈ K and q_j (1 − p_t/q_t)/τ for j ∉ K. q_t is summed over the tail directly (no
+///   1 − Q_K cancellation).
+/// * `Renormalize`: the teacher is renormalised on K, p̃_k = e^{ℓ_k}/P_K, and
+///   L = Σ_K p̃_k (log p̃_k − log q_k) (the student is not renormalised); ∂L/∂z_j = (q_j −
+///   p̃_j [j∈K])/τ. This is the rule of sparse / top-k logit distillation recipes that keep only
+///   the stored entries.
+///
+/// `dac_kl` builds K per row as the teacher's top-p region — the smallest set of highest
+/// teacher probabilities (softmax(y/τ)) whose mass reaches `top_p` — and applies `Renormalize`:
+/// forward KL to the teacher restricted to its high-density region and renormalised there. It
+/// implements the *idea* of DAC-KL (distillation with a dynamically clipped teacher
+/// distribution); the paper's learned clipping network that predicts the region is out of
+/// scope: the region here is the fixed top-p rule, a documented simplification.
+///
+/// Rows, masks, aggregation, temperature, τ² option, GradientOut, OpenMP and the bfloat16
+/// student logits work as in divergences.hpp. Metrics: `forward_kl` (mean L over unmasked
+/// rows) and `teacher_topk_mass` (mean P_K; for `dac_kl` the mean region mass) and for
+/// `dac_kl` also `dac_region_size` (mean |K|).
+///
+/// **Bad input** (rlpo::invalid_argument): indices / log-probs not `[N, k]`; an index outside
+/// [0, V) or repeated in a row; a NaN or +inf teacher log-prob; P_K > 1 (beyond 1e-4, Bucket;
+/// a tail mass ≤ 1e-4 is taken as rounding, i.e. 0, when K covers the student's support);
+/// every ℓ_k −inf (Renormalize: no distribution); top_p outside (0, 1]; τ ≤ 0; and per row the
+/// student errors of divergences.hpp (NaN, +inf, all −inf, infinite divergence: the student
+/// puts zero probability where the teacher has mass).
+
+#include <rlpo/distill/divergences.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+namespace rlpo::distill {
+
+enum class TopKTail { Bucket, Renormalize };
+
+struct TopKOptions {
+    TopKTail tail = TopKTail::Bucket;
+    double temperature = 1.0;          ///< τ > 0 divides the student logits
+    bool temperature_squared = false;  ///< multiply value and gradient by τ²
+};
+
+struct DacKLOptions {
+    double top_p = 0.9;                ///< mass of the teacher's high-density region, (0, 1]
+    double temperature = 1.0;          ///< τ > 0 divides both logit rows
+    bool temperature_squared = false;  ///< multiply value and gradient by τ²
+};
+
+namespace detail {
+
+/// q = softmax(z/τ) into ws.a (exact zeros at −inf); returns log Σ exp(z/τ) or NaN/+inf/−inf
+/// flags through `err`.
+template <class A>
+inline double student_softmax(const A* z, Index V, A invT, Scratch<A>& ws, RowError& err) {
+    const A mz = check_row(z, V, "student_logits", err);
+    if (err.set()) return 0.0;
+    double s = 0.0;
+    if (has_neg_inf(z, V))
+        s = static_cast<double>(exp_row<true>(z, V, mz, invT, ws.a.data()));
+    else
+        s = static_cast<double>(exp_row<false>(z, V, mz, invT, ws.a.data()));
+    ArrMap<A>(ws.a.data(), V) *= static_cast<A>(1.0 / s);
+    return static_cast<double>(mz) * static_cast<double>(invT) + std::log(s);
+}
+
+/// One row of top-k forward KL. idx/lp: the k (index, teacher log-prob) pairs (validated).
+template <class S, class A>
+inline double topk_row(TopKTail tail, const A* z, Index V, const std::vector<Index>& idx,
+                       const std::vector<double>& lp, double invT, Scratch<A>& ws,
+                       const RowGrad<S>& rg, RowError& err, double& mass) {
+    const double lse = student_softmax(z, V, static_cast<A>(invT), ws, err);
+    if (err.set()) return 0.0;
+    const std::size_t k = idx.size();
+    double PK = 0.0, lmax = -std::numeric_limits<double>::infinity();
+    for (double l : lp) lmax = std::max(lmax, l);
+    for (double l : lp) PK += std::exp(l);
+    mass = PK;
+    A* q = ws.a.data();
+    const auto logq = [&](Index j) { return static_cast<double>(z[j]) * invT - lse; };
+    if (tail == TopKTail::Renormalize) {
+        if (lmax == -std::numeric_limits<double>::infinity()) {
+            err = {"teacher_logprobs", "every log-prob is -inf (no distribution)", -1};
+            return 0.0;
+        }
+        double s = 0.0;
+        for (double l : lp) s += std::exp(l - lmax);
+        const double lnorm = lmax + std::log(s);
+        double L = 0.0;
+        for (std::size_t t = 0; t < k; ++t) {
+            const double lpt = lp[t] - lnorm;
+            if (lpt == -std::numeric_limits<double>::infinity()) continue;
+            L += std::exp(lpt) * (lpt - logq(idx[t]));
+        }
+        if (!std::isfinite(L)) return L;
+        rg.set(ArrMap<A>(q, V) * static_cast<A>(invT));
+        for (std::size_t t = 0; t < k; ++t) rg.add_at(idx[t], -std::exp(lp[t] - lnorm) * invT);
+        return L;
+    }
+    // Bucket
+    if (PK > 1.0 + 1e-4) {
+        err = {"teacher_logprobs", "the top-k probabilities sum to more than 1", -1};
+        return 0.0;
+    }
+    double pt = std::max(0.0, 1.0 - PK);
+    std::vector<A>& saved = ws.saved;
+    saved.resize(k);
+    for (std::size_t t = 0; t < k; ++t) {
+        saved[t] = q[idx[t]];
+        q[idx[t]] = A(0);
+    }
+    const double qt = sum_chunks(ArrMap<A>(q, V));
+    for (std::size_t t = 0; t < k; ++t) q[idx[t]] = saved[t];
+    // K covers the student's whole support: a tail mass within the rounding tolerance is 0
+    if (qt == 0 && pt <= 1e-4) pt = 0;
+    double L = 0.0;
+    for (std::size_t t = 0; t < k; ++t) {
+        if (lp[t] == -std::numeric_limits<double>::infinity()) continue;
+        L += std::exp(lp[t]) * (lp[t] - logq(idx[t]));
+    }
+    if (pt > 0) L += pt * (std::log(pt) - std::log(qt));
+    if (!std::isfinite(L)) return L;
+    const double r = pt > 0 ? pt / qt : 0.0;
+    rg.set(ArrMap<A>(q, V) * static_cast<A>((1.0 - r) * invT));
+    for (std::size_t t = 0; t < k; ++t)
+        rg.add_at(idx[t], (static_cast<double>(saved[t]) * r - std::exp(lp[t])) * invT);
+    return L;
+}
+
+inline void validate(const char* fn, const TopKOptions& o) {
+    ::rlpo::detail::check_positive(fn, "temperature", o.temperature);
+}
+inline void validate(const char* fn, const DacKLOptions& o) {
+    ::rlpo::detail::check_positive(fn, "temperature", o.temperature);
+    RLPO_CHECK(o.top_p > 0 && o.top_p <= 1, fn, "top_p: must be in (0, 1], given ", o.top_p);
+}
+
+}  // namespace detail
+
+/// Forward KL to a top-k teacher. `student_logits` `[N, V]` (float, double, bfloat16);
+/// `teacher_indices` `[N, k]` (any integer or floating type holding integers);
+/// `teacher_logprobs` `[N, k]`; `mask` `[B, T]` with B·T = N. Gradient w.r.t. the student
+/// logits.
+template <class DS, class DI, class DL, class DM>
+Result<::rlpo::detail::scalar_t<DS>> forward_kl_topk(
+    const Eigen::MatrixBase<DS>& student_logits, const Eigen::MatrixBase<DI>& teacher_indices,
+    const Eigen::MatrixBase<DL>& teacher_logprobs, const Eigen::MatrixBase<DM>& mask,
+    const TopKOptions& opts = {}, const Normalizer& norm = {},
+    const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
+    using S = ::rlpo::detail::scalar_t<DS>;
+    static_assert(detail::is_logit_scalar_v<S>,
+                  "rlpo::distill: logits must be float, double or Eigen::bfloat16");
+    using A = detail::acc_t<S>;
+    constexpr const char* fn = "distill::forward_kl_topk";
+    const ConstMatRef<S> z(student_logits.derived());
+    const auto& ti = teacher_indices.derived();
+    const auto& tl = teacher_logprobs.derived();
+    const Index N = z.rows(), V = z.cols(), K = ti.cols();
+    RLPO_CHECK(ti.rows() == N, fn, "teacher_indices: expected ", N,
+               " rows (rows of student_logits), given ", ti.rows());
+    ::rlpo::detail::check_same_shape(fn, "teacher_logprobs", tl, "teacher_indices", ti);
+    detail::validate(fn, opts);
+    const detail::RowPlan plan = detail::plan_rows(fn, N, mask, norm);
+    // Validate the teacher's pairs of unmasked rows up front (serial, O(N k log k)).
+    std::vector<Index> idx_all(static_cast<std::size_t>(N * K));
+    std::vector<double> lp_all(static_cast<std::size_t>(N * K));
+    for (Index n = 0; n < N; ++n) {
+        if (plan.m[static_cast<std::size_t>(n)] == 0) continue;
+        for (Index t = 0; t < K; ++t) {
+            const double iv = static_cast<double>(ti(n, t));
+            const double lv = static_cast<double>(tl(n, t));
+            RLPO_CHECK(iv >= 0 && iv < static_cast<double>(V) && iv == std::floor(iv), fn,
+                       "teacher_indices: ", iv, " at [", n, ", ", t,
+                       "] is not a vocabulary index in [0, ", V, ")");
+            RLPO_CHECK(!std::isnan(lv) && lv < std::numeric_limits<double>::infinity(), fn,
+                       "teacher_logprobs: ", lv, " at [", n, ", ", t,
+                       "] (NaN and +inf are rejected)");
+            idx_all[static_cast<std::size_t>(n * K + t)] = static_cast<Index>(iv);
+            lp_all[static_cast<std::size_t>(n * K + t)] = lv;
+        }
+        std::vector<Index> sorted(idx_all.begin() + n * K, idx_all.begin() + (n + 1) * K);
+        std::sort(sorted.begin(), sorted.end());
+        const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+        RLPO_CHECK(dup == sorted.end(), fn, "teacher_indices: index ", dup == sorted.end() ? 0 : *dup,
+                   " repeated in row ", n);
+    }
+    Result<S> res;
+    const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
+    const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
+    const double invT = 1.0 / opts.temperature;
+    const auto pass = detail::drive_rows<S, A>(
+        fn, plan, N, V, g, t2,
+        [&](Index n, detail::Scratch<A>& ws, const detail::RowGrad<S>& rg,
+            detail::RowError& err, double& aux) -> double {
+            const A* zr = detail::widen<A, S>(z, n, ws.z);
+            std::vector<Index> idx(idx_all.begin() + n * K, idx_all.begin() + (n + 1) * K);
+            std::vector<double> lp(lp_all.begin() + n * K, lp_all.begin() + (n + 1) * K);
+            return detail::topk_row<S, A>(opts.tail, zr, V, idx, lp, invT, ws, rg, err, aux);
+        });
+    res.value = g.coef() * pass.value;
+    res.metrics.add("forward_kl", pass.metric, pass.count);
+    res.metrics.add("teacher_topk_mass", pass.aux, pass.count);
+    return res;
+}
+
+/// DAC-KL as top-p restricted forward KL (see the file comment). `student_logits`,
+/// `teacher_logits` `[N, V]`, same scalar type; `mask` `[B, T]` with B·T = N.
+template <class DS, class DT, class DM>
+Result<::rlpo::detail::scalar_t<DS>> dac_kl(
+    const Eigen::MatrixBase<DS>& student_logits, const Eigen::MatrixBase<DT>& teacher_logits,
+    const Eigen::MatrixBase<DM>& mask, const DacKLOptions& opts = {},
+    const Normalizer& norm = {}, const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
+    using S = ::rlpo::detail::scalar_t<DS>;
+    static_assert(detail::is_logit_scalar_v<S>,
+                  "rlpo::distill: logits must be float, double or Eigen::bfloat16");
+    static_assert(std::is_same<S, ::rlpo::detail::scalar_t<DT>>::value,
+                  "rlpo::distill: student and teacher logits must have the same scalar type");
+    using A = detail::acc_t<S>;
+    constexpr const char* fn = "distill::dac_kl";
+    const ConstMatRef<S> z(student_logits.derived()), y(teacher_logits.derived());
+    ::rlpo::detail::check_same_shape(fn, "teacher_logits", y, "student_logits", z);
+    detail::validate(fn, opts);
+    const Index N = z.rows(), V = z.cols();
+    const detail::RowPlan plan = detail::plan_rows(fn, N, mask, norm);
+    Result<S> res;
+    const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
+    const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
+    const double invT = 1.0 / opts.temperature;
+    std::vector<double> region(static_cast<std::size_t>(N), 0.0);
+    const auto pass = detail::drive_rows<S, A>(
+        fn, plan, N, V, g, t2,
+        [&](Index n, detail::Scratch<A>& ws, const detail::RowGrad<S>& rg,
+            detail::RowError& err, double& aux) -> double {
+            const A* zr = detail::widen<A, S>(z, n, ws.z);
+            const A* yr = detail::widen<A, S>(y, n, ws.y);
+            // teacher log-probs at τ, then its top-p region (sorted by probability)
+            const A my = detail::check_row(yr, V, "teacher_logits", err);
+            if (err.set()) return 0.0;
+            double s = 0.0;
+            for (Index j = 0; j < V; ++j)
+                if (yr[j] > -std::numeric_limits<A>::infinity())
+                    s += std::exp((static_cast<double>(yr[j]) - my) * invT);
+            const double lse = static_cast<double>(my) * invT + std::log(s);
+            std::vector<Index> order(static_cast<std::size_t>(V));
+            std::iota(order.begin(), order.end(), Index(0));
+            std::sort(order.begin(), order.end(), [&](Index a, Index b) {
+                return yr[a] > yr[b] || (yr[a] == yr[b] && a < b);
+            });
+            std::vector<Index> idx;
+            std::vector<double> lp;
+            double cum = 0.0;
+            for (Index r = 0; r < V && cum < opts.top_p; ++r) {
+                const Index j = order[static_cast<std::size_t>(r)];
+                const double l = static_cast<double>(yr[j]) * invT - lse;
+                if (l == -std::numeric_limits<double>::infinity()) break;
+                idx.push_back(j);
+                lp.push_back(l);
+                cum += std::exp(l);
+            }
+            region[static_cast<std::size_t>(n)] = static_cast<double>(idx.size());
+            return detail::topk_row<S, A>(TopKTail::Renormalize, zr, V, idx, lp, invT, ws, rg,
+                                          err, aux);
+        });
+    double reg = 0.0;
+    for (Index n = 0; n < N; ++n)
+        reg += plan.m[static_cast<std::size_t>(n)] * region[static_cast<std::size_t>(n)];
+    res.value = g.coef() * pass.value;
+    res.metrics.add("forward_kl", pass.metric, pass.count);
+    res.metrics.add("teacher_topk_mass", pass.aux, pass.count);
+    res.metrics.add("dac_region_size", reg, pass.count);
+    return res;
+}
+
+}  // namespace rlpo::distill
