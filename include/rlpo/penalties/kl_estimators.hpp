@@ -94,7 +94,7 @@ struct KLOptions {
 };
 
 /// Estimator value and ∂/∂logp for one token, d = logp − ref_logp (scalar reference form; the
-/// objectives use the vectorised `detail::kl_chunk`, which computes the same formulas).
+/// objectives use the vectorised `detail::kl_packet`, which computes the same formulas).
 inline ::rlpo::detail::LossGrad kl_estimate(double d, const KLOptions& o) {
     ::rlpo::detail::LossGrad lg{0.0, 0.0};
     switch (base_estimator(o.estimator)) {
@@ -128,51 +128,57 @@ inline void validate(const char* fn, const KLOptions& o) {
                "value_clamp: must be > 0, given ", o.value_clamp);
 }
 
-/// Vectorised estimator over a chunk of n tokens: d = x − x_ref → value v and ∂v/∂logp (the
-/// formulas of `kl_estimate`, in SIMD packets). A NaN d gives a NaN value (the clamps would
-/// hide it otherwise).
+/// Broadcast constants of the vectorised estimator.
 template <class S>
-inline void kl_chunk(const S* x, const S* xr, Index n, const KLOptions& o,
-                     ::rlpo::detail::ChunkArray<S>& v, ::rlpo::detail::ChunkArray<S>& g) {
+struct KLPacketConsts {
+    using P = ::rlpo::detail::simd::Packet<S>;
+    KLEstimator base;
+    bool straight_through;
+    P zero, one, half, vL, vnL, vmax;
+    explicit KLPacketConsts(const KLOptions& o)
+        : base(base_estimator(o.estimator)),
+          straight_through(is_straight_through(o.estimator)),
+          zero(::rlpo::detail::simd::set1<S>(S(0))),
+          one(::rlpo::detail::simd::set1<S>(S(1))),
+          half(::rlpo::detail::simd::set1<S>(S(0.5))),
+          vL(::rlpo::detail::simd::set1<S>(static_cast<S>(o.log_ratio_clamp))),
+          vnL(::rlpo::detail::simd::set1<S>(static_cast<S>(-o.log_ratio_clamp))),
+          vmax(::rlpo::detail::simd::set1<S>(static_cast<S>(o.value_clamp))) {}
+};
+
+/// Vectorised estimator for one packet: d = logp − ref_logp → value v and ∂v/∂logp (the
+/// formulas of `kl_estimate`). A NaN d gives a NaN value (the clamps would hide it otherwise).
+template <class S>
+inline void kl_packet(const ::rlpo::detail::simd::Packet<S>& d, const KLPacketConsts<S>& c,
+                      ::rlpo::detail::simd::Packet<S>& v, ::rlpo::detail::simd::Packet<S>& g) {
     using namespace ::rlpo::detail::simd;
     using P = Packet<S>;
-    constexpr Index W = width<S>;
-    v.resize(n), g.resize(n);
-    const KLEstimator base = base_estimator(o.estimator);
-    const bool st = is_straight_through(o.estimator);
-    const P zero = set1<S>(S(0)), one = set1<S>(S(1)), half = set1<S>(S(0.5));
-    const P vL = set1<S>(static_cast<S>(o.log_ratio_clamp));
-    const P vnL = set1<S>(static_cast<S>(-o.log_ratio_clamp));
-    const P vmax = set1<S>(static_cast<S>(o.value_clamp));
-    for (Index k = 0; k < n; k += W) {
-        const P d = psub(load(x, k, n), load(xr, k, n));
-        P val = d, grad = one;
-        switch (base) {
-            case KLEstimator::Abs:
-                val = pmax(d, pnegate(d));
-                grad = pselect(pcmp_lt(zero, d), one,
-                               pselect(pcmp_lt(d, zero), pnegate(one), zero));
-                break;
-            case KLEstimator::K2:
-                val = pmul(half, pmul(d, d));
-                grad = d;
-                break;
-            case KLEstimator::K3: {
-                const P delta = pnegate(d);
-                const P dc = pmin(pmax(delta, vnL), vL);
-                const P e = pexp(dc);
-                const P raw = psub(psub(e, dc), one);
-                val = pmin(raw, vmax);
-                const P live = pand(pand(pcmp_le(vnL, delta), pcmp_le(delta, vL)), pcmp_le(raw, vmax));
-                grad = pselect(live, psub(one, e), zero);
-                break;
-            }
-            default: break;  // K1: value d, gradient 1
+    switch (c.base) {
+        case KLEstimator::Abs:
+            v = pmax(d, pnegate(d));
+            g = pselect(pcmp_lt(c.zero, d), c.one, pselect(pcmp_lt(d, c.zero), pnegate(c.one), c.zero));
+            break;
+        case KLEstimator::K2:
+            v = pmul(c.half, pmul(d, d));
+            g = d;
+            break;
+        case KLEstimator::K3: {
+            const P delta = pnegate(d);
+            const P dc = pmin(pmax(delta, c.vnL), c.vL);
+            const P e = pexp(dc);
+            const P raw = psub(psub(e, dc), c.one);
+            v = pmin(raw, c.vmax);
+            const P live = pand(pand(pcmp_le(c.vnL, delta), pcmp_le(delta, c.vL)), pcmp_le(raw, c.vmax));
+            g = pselect(live, psub(c.one, e), c.zero);
+            break;
         }
-        if (st) grad = d;
-        store(v.data(), k, pselect(not_nan<S>(d), val, d));
-        store(g.data(), k, grad);
+        default:  // K1: value d, gradient 1
+            v = d;
+            g = c.one;
+            break;
     }
+    if (c.straight_through) g = d;
+    v = pselect(not_nan<S>(d), v, d);
 }
 }  // namespace detail
 
@@ -234,12 +240,16 @@ Result<::rlpo::detail::scalar_t<DL>> kl_penalty(
     Result<S> res;
     const RowWeights w = ::rlpo::detail::row_weights_fast(fn, m, norm);
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
-    const auto pass = ::rlpo::detail::token_pass_vec<1, S>(
+    using P = ::rlpo::detail::simd::Packet<S>;
+    const detail::KLPacketConsts<S> kc(opts);
+    const auto pass = ::rlpo::detail::token_pass_simd<1, S>(
         fn, m, w, g, {{"logp", &lp}, {"ref_logp", &rlp}},
-        [&](Index i, Index t0, Index n, ::rlpo::detail::ChunkOut<S, 1>& o) {
-            detail::kl_chunk<S>(lp.data() + i * lp.outerStride() + t0,
-                                rlp.data() + i * rlp.outerStride() + t0, n, opts, o.loss, o.grad);
-            o.stats[0] = o.loss;
+        [&](Index i, Index k, Index T, P& loss, P& grad, ::rlpo::detail::simd::Packets<S, 1>& st) {
+            using namespace ::rlpo::detail::simd;
+            const P d = psub(load(lp.data() + i * lp.outerStride(), k, T),
+                             load(rlp.data() + i * rlp.outerStride(), k, T));
+            detail::kl_packet<S>(d, kc, loss, grad);
+            st[0] = loss;
         });
     res.value = g.coef() * pass.value;
     res.metrics.add("kl", pass.stats[0], pass.count);
@@ -269,29 +279,21 @@ Result<::rlpo::detail::scalar_t<DL>> kl_penalty_corrected(
     Result<S> res;
     const RowWeights w = ::rlpo::detail::row_weights_fast(fn, m, norm);
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
-    const S L = static_cast<S>(opts.log_ratio_clamp);
-    using Arr = ::rlpo::detail::ChunkArray<S>;
-    const auto pass = ::rlpo::detail::token_pass_vec<1, S>(
+    using P = ::rlpo::detail::simd::Packet<S>;
+    const detail::KLPacketConsts<S> kc(opts);
+    const auto pass = ::rlpo::detail::token_pass_simd<1, S>(
         fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"ref_logp", &rlp}},
-        [&](Index i, Index t0, Index n, ::rlpo::detail::ChunkOut<S, 1>& o) {
+        [&](Index i, Index k, Index T, P& loss, P& grad, ::rlpo::detail::simd::Packets<S, 1>& st) {
             using namespace ::rlpo::detail::simd;
-            using P = Packet<S>;
-            constexpr Index W = width<S>;
-            const S* x = lp.data() + i * lp.outerStride() + t0;
-            const S* xo = olp.data() + i * olp.outerStride() + t0;
-            Arr v, gv;
-            detail::kl_chunk<S>(x, rlp.data() + i * rlp.outerStride() + t0, n, opts, v, gv);
-            o.loss.resize(n), o.grad.resize(n);
-            const P vL = set1<S>(L), vnL = set1<S>(-L), zero = set1<S>(S(0));
-            for (Index k = 0; k < n; k += W) {
-                const P raw = psub(load(x, k, n), load(xo, k, n));
-                const P wt = pexp(pmin(pmax(raw, vnL), vL));
-                const P dw = pselect(pand(pcmp_le(vnL, raw), pcmp_le(raw, vL)), wt, zero);
-                const P vk = load(v.data(), k, n), gk = load(gv.data(), k, n);
-                store(o.loss.data(), k, pselect(not_nan<S>(raw), pmul(wt, vk), raw));
-                store(o.grad.data(), k, padd(pmul(wt, gk), pmul(vk, dw)));
-            }
-            o.stats[0] = o.loss;
+            const P x = load(lp.data() + i * lp.outerStride(), k, T);
+            P v, gv;
+            detail::kl_packet<S>(psub(x, load(rlp.data() + i * rlp.outerStride(), k, T)), kc, v, gv);
+            const P raw = psub(x, load(olp.data() + i * olp.outerStride(), k, T));
+            const P wt = pexp(pmin(pmax(raw, kc.vnL), kc.vL));
+            const P dw = pselect(pand(pcmp_le(kc.vnL, raw), pcmp_le(raw, kc.vL)), wt, kc.zero);
+            loss = pselect(not_nan<S>(raw), pmul(wt, v), raw);
+            grad = padd(pmul(wt, gv), pmul(v, dw));
+            st[0] = loss;
         });
     res.value = g.coef() * pass.value;
     res.metrics.add("kl", pass.stats[0], pass.count);

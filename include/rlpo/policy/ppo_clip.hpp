@@ -155,55 +155,48 @@ Result<::rlpo::detail::scalar_t<DL>> ppo_clip(
     const S delta = static_cast<S>(two_sided ? *opts.two_sided_delta : 0.0);
 
     // stats: 0 clipped (l2 > l1), 1 dual-clip hit, 2 −lr
-    const auto pass = ::rlpo::detail::token_pass_vec<3, S>(
+    using P = ::rlpo::detail::simd::Packet<S>;
+    namespace simd = ::rlpo::detail::simd;
+    const P vL = simd::set1<S>(L), vnL = simd::set1<S>(-L), vlo = simd::set1<S>(lo);
+    const P vhi = simd::set1<S>(hi), vdelta = simd::set1<S>(delta), vc = simd::set1<S>(c);
+    const P zero = simd::set1<S>(S(0)), half = simd::set1<S>(S(0.5));
+    const auto pass = ::rlpo::detail::token_pass_simd<3, S>(
         fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}},
-        [&](Index i, Index t0, Index n, ::rlpo::detail::ChunkOut<S, 3>& o) {
+        [&](Index i, Index k, Index T, P& loss, P& grad, ::rlpo::detail::simd::Packets<S, 3>& st) {
             using namespace ::rlpo::detail::simd;
-            using P = Packet<S>;
-            constexpr Index W = width<S>;
-            const S* x = lp.data() + i * lp.outerStride() + t0;
-            const S* xo = olp.data() + i * olp.outerStride() + t0;
-            const S* adv = A.data() + i * A.outerStride() + t0;
-            o.loss.resize(n), o.grad.resize(n);
-            for (auto& st : o.stats) st.resize(n);
-            const P vL = set1<S>(L), vnL = set1<S>(-L), vlo = set1<S>(lo), vhi = set1<S>(hi);
-            const P vdelta = set1<S>(delta), vc = set1<S>(c), zero = set1<S>(S(0));
-            const P half = set1<S>(S(0.5));
-            for (Index k = 0; k < n; k += W) {
-                const P a = load(adv, k, n), na = pnegate(a);
-                const P raw = psub(load(x, k, n), load(xo, k, n));
-                const P lr = pmin(pmax(raw, vnL), vL);
-                const P r = pexp(lr);
-                // −A·∂r/∂logp: the clamp stops the gradient outside [−L, L] (inclusive bounds)
-                const P g0 = pselect(pand(pcmp_le(vnL, raw), pcmp_le(raw, vL)), pmul(na, r), zero);
-                P l1 = pmul(na, r), g1 = g0;
-                if (two_sided) {  // unclipped branch uses min(r, δ)
-                    const P capped = pcmp_lt(vdelta, r);
-                    l1 = pmul(na, pselect(capped, vdelta, r));
-                    g1 = pselect(capped, zero, g0);
-                }
-                const P l2 = pmul(na, pmin(pmax(r, vlo), vhi));
-                const P g2 = pselect(pand(pcmp_le(vlo, r), pcmp_le(r, vhi)), g0, zero);
-                const P gt = pcmp_lt(l1, l2), lt = pcmp_lt(l2, l1);
-                P l = pselect(gt, l2, l1);
-                P gr = pselect(gt, g2, pselect(lt, g1, pmul(half, padd(g1, g2))));
-                store(o.stats[0].data(), k, indicator<S>(gt));
-                store(o.stats[2].data(), k, pnegate(lr));
-                if (dual) {  // for A < 0: min(l, −A·c), ties split as torch.minimum
-                    const P neg = pcmp_lt(a, zero), l3 = pmul(na, vc);
-                    const P above = pcmp_lt(l3, l), below = pcmp_lt(l, l3);
-                    store(o.stats[1].data(), k, indicator<S>(pand(neg, above)));
-                    const P gd = pselect(above, zero, pselect(below, gr, pmul(half, gr)));
-                    gr = pselect(neg, gd, gr);
-                    l = pselect(neg, pselect(above, l3, l), l);
-                } else {
-                    store(o.stats[1].data(), k, zero);
-                }
-                // NaN inputs must surface as a NaN loss (min/max/compares drop them)
-                const P ok = pand(not_nan<S>(raw), not_nan<S>(a));
-                store(o.loss.data(), k, pselect(ok, l, padd(raw, a)));
-                store(o.grad.data(), k, gr);
+            const P a = load(A.data() + i * A.outerStride(), k, T), na = pnegate(a);
+            const P raw = psub(load(lp.data() + i * lp.outerStride(), k, T),
+                               load(olp.data() + i * olp.outerStride(), k, T));
+            const P lr = pmin(pmax(raw, vnL), vL);
+            const P r = pexp(lr);
+            // −A·∂r/∂logp: the clamp stops the gradient outside [−L, L] (inclusive bounds)
+            const P g0 = pselect(pand(pcmp_le(vnL, raw), pcmp_le(raw, vL)), pmul(na, r), zero);
+            P l1 = pmul(na, r), g1 = g0;
+            if (two_sided) {  // unclipped branch uses min(r, δ)
+                const P capped = pcmp_lt(vdelta, r);
+                l1 = pmul(na, pselect(capped, vdelta, r));
+                g1 = pselect(capped, zero, g0);
             }
+            const P l2 = pmul(na, pmin(pmax(r, vlo), vhi));
+            const P g2 = pselect(pand(pcmp_le(vlo, r), pcmp_le(r, vhi)), g0, zero);
+            const P gt = pcmp_lt(l1, l2), lt = pcmp_lt(l2, l1);
+            P l = pselect(gt, l2, l1);
+            P gr = pselect(gt, g2, pselect(lt, g1, pmul(half, padd(g1, g2))));
+            st[0] = indicator<S>(gt);
+            st[2] = pnegate(lr);
+            if (dual) {  // for A < 0: min(l, −A·c), ties split as torch.minimum
+                const P neg = pcmp_lt(a, zero), l3 = pmul(na, vc);
+                const P above = pcmp_lt(l3, l), below = pcmp_lt(l, l3);
+                st[1] = indicator<S>(pand(neg, above));
+                const P gd = pselect(above, zero, pselect(below, gr, pmul(half, gr)));
+                gr = pselect(neg, gd, gr);
+                l = pselect(neg, pselect(above, l3, l), l);
+            } else {
+                st[1] = zero;
+            }
+            // NaN inputs must surface as a NaN loss (min/max/compares drop them)
+            loss = pselect(pand(not_nan<S>(raw), not_nan<S>(a)), l, padd(raw, a));
+            grad = gr;
         });
     res.value = g.coef() * pass.value;
     res.metrics.add("pg_clipfrac", pass.stats[0], pass.count);

@@ -112,40 +112,15 @@ inline TokenPassResult<K> token_pass(const char* function, const ConstMatRef<S>&
 // Vectorised row kernels
 // ---------------------------------------------------------------------------------------------
 //
-// `token_pass_vec` keeps the contract of `token_pass` (masked tokens never influence anything,
+// `token_pass_simd` keeps the contract of `token_pass` (masked tokens never influence anything,
 // gradient exactly 0 there, aggregation weights c_i·m_it, per-row partial sums combined in row
-// order, NaN diagnosis) but calls the objective once per *chunk* of a row: the functor fills
-// arrays with the per-token loss, ∂loss/∂x and its K statistics for `n` consecutive tokens,
-// computed in the storage precision S with SIMD packets (Eigen's packet primitives: exp, min,
-// max, compares; masks are blends, never branches). The driver then weights, masks (a blend,
-// so garbage at masked positions never propagates), sums and writes the gradient.
+// order, NaN diagnosis) but calls the objective once per SIMD *packet* of a row, computed in
+// the storage precision S with Eigen's packet primitives (exp, min, max, compares; masks are
+// blends, never branches). The driver blends masked lanes away (so garbage at masked positions
+// never propagates), sums in registers and writes the gradient. `row_weights_fast` computes
+// the aggregation factors of core/aggregation.hpp with vectorised row sums.
 
 namespace rlpo::detail {
-
-/// Tokens per chunk of the vectorised pass (a few KiB per array: stays in L1).
-inline constexpr Index kTokenChunk = 512;
-
-/// One chunk of per-token values (storage precision, at most kTokenChunk entries, no heap).
-template <class S>
-using ChunkArray = Eigen::Array<S, 1, Eigen::Dynamic, Eigen::RowMajor, 1, kTokenChunk>;
-
-/// Read-only view of `n` consecutive entries of a row.
-template <class S>
-using ChunkSeg = Eigen::Map<const Eigen::Array<S, 1, Eigen::Dynamic>>;
-
-/// What a vectorised kernel writes for one chunk (sized `n` by the kernel's assignments).
-template <class S, std::size_t K>
-struct ChunkOut {
-    ChunkArray<S> loss;
-    ChunkArray<S> grad;
-    std::array<ChunkArray<S>, K> stats;
-};
-
-/// The segment [t0, t0 + n) of row i of a row-major view.
-template <class S>
-inline ChunkSeg<S> chunk_of(const ConstMatRef<S>& x, Index i, Index t0, Index n) {
-    return ChunkSeg<S>(x.data() + i * x.outerStride() + t0, n);
-}
 
 /// SIMD helpers over Eigen's packet primitives (the same ones Eigen's own array code uses):
 /// a packet of S, loads that zero-pad past the end of a row, and the usual blend idioms.
@@ -181,11 +156,6 @@ inline Packet<S> load(const S* p, Index k, Index n) {
     for (Index j = 0; j < W; ++j) buf[j] = k + j < n ? p[k + j] : S(0);
     return Eigen::internal::ploadu<Packet<S>>(buf);
 }
-/// Store into a chunk buffer (capacity a multiple of the width: full packets are fine).
-template <class S>
-inline void store(S* p, Index k, const Packet<S>& v) {
-    Eigen::internal::pstoreu(p + k, v);
-}
 /// Store entries [k, min(k + width, n)) into a caller's buffer (never writes past n).
 template <class S>
 inline void store_n(S* p, Index k, Index n, const Packet<S>& v) {
@@ -205,43 +175,34 @@ template <class S>
 inline Packet<S> indicator(const Packet<S>& mask) {
     return pand(mask, set1<S>(S(1)));
 }
+/// K packets (a plain array member: std::array of a vector type would drop its alignment
+/// attributes in the template argument).
+template <class S, std::size_t K>
+struct Packets {
+    Packet<S> p[K];
+    Packet<S>& operator[](std::size_t j) { return p[j]; }
+    const Packet<S>& operator[](std::size_t j) const { return p[j]; }
+    void fill(const Packet<S>& v) {
+        for (std::size_t j = 0; j < K; ++j) p[j] = v;
+    }
+};
 }  // namespace simd
 
-static_assert(kTokenChunk % simd::width<float> == 0 && kTokenChunk % simd::width<double> == 0,
-              "the chunk length must be a multiple of the packet widths");
-
-/// Σ_k [m_k ≠ 0]·m_k·x_k over n entries (x at masked positions is never used, may be NaN):
-/// packet partial sums over blocks of 32 entries in S, each block added to a double total in
-/// order (a fixed order: results do not depend on the number of threads).
-template <class S>
-inline double masked_sum(const S* m, const S* x, Index n) {
-    using namespace simd;
-    constexpr Index W = width<S>;
-    const Packet<S> zero = set1<S>(S(0));
-    double total = 0.0;
-    for (Index b = 0; b < n; b += 32) {
-        const Index e = std::min<Index>(b + 32, n);
-        Packet<S> acc = zero;
-        for (Index k = b; k < e; k += W) {
-            const Packet<S> mk = load(m, k, n);
-            acc = padd(acc, pselect(pcmp_eq(mk, zero), zero, pmul(load(x, k, n), mk)));
-        }
-        total += static_cast<double>(Eigen::internal::predux(acc));
-    }
-    return total;
-}
-
-/// Vectorised token pass. `f(i, t0, n, ChunkOut<S, K>&)` must fill loss, grad and the K stats
-/// (each sized n) for tokens [t0, t0 + n) of row i, masked positions included: their values
-/// are discarded by a select, so they may be anything, NaN included. Kernels are written as
-/// plain loops over the chunk (or Eigen array code) that the compiler vectorises; the only
-/// transcendental calls go through Eigen's vectorised array functions. A NaN loss or gradient
-/// at an unmasked position is diagnosed exactly as in `token_pass`. Sums use 8 double lanes
-/// per chunk (a fixed order, so results do not depend on the number of threads).
+/// Per-packet token pass: the fastest form, used by ppo_clip and kl_penalty. The functor is
+/// called once per SIMD packet of a row,
+///     `f(i, k, T, loss, grad, stats)`  (Packet<S>& loss, Packet<S>& grad, simd::Packets<S, K>& stats)
+/// for the tokens [k, k + width) of row i (T = row length: load with `simd::load(p, k, T)`,
+/// which zero-pads past the end), and returns loss, ∂loss/∂x and the K statistics in registers.
+/// The driver loads the mask once per packet, blends masked lanes away, checks for NaN,
+/// writes the gradient and accumulates the sums (in S over 8 packets, then in double, in a
+/// fixed order). Packets whose lanes are all masked are skipped. Same contract as token_pass.
 template <std::size_t K, class S, class F>
-inline TokenPassResult<K> token_pass_vec(const char* function, const ConstMatRef<S>& mask,
-                                         const RowWeights& w, const GradWriter<S>& g,
-                                         std::initializer_list<NamedInput<S>> inputs, F&& f) {
+inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRef<S>& mask,
+                                          const RowWeights& w, const GradWriter<S>& g,
+                                          std::initializer_list<NamedInput<S>> inputs, F&& f) {
+    using namespace simd;
+    using P = Packet<S>;
+    constexpr Index W = width<S>;
     const Index B = mask.rows(), T = mask.cols();
     std::vector<double> row_value(static_cast<std::size_t>(B), 0.0);
     std::vector<std::array<double, K>> row_stats(static_cast<std::size_t>(B));
@@ -253,72 +214,72 @@ inline TokenPassResult<K> token_pass_vec(const char* function, const ConstMatRef
     for (Index i = 0; i < B; ++i) {
         const auto r = static_cast<std::size_t>(i);
         const double c = w.c[r];
-        const S gscale = static_cast<S>(c * g.coef());
-        S* grow = g.row(i);
-        double acc = 0.0;
+        S* gw = g.row(i);
+        const S* mk = mask.data() + i * mask.outerStride();
+        if (w.len[r] <= 0) {
+            if (gw && gmode == GradMode::Write) std::fill(gw, gw + T, S(0));
+            continue;
+        }
+        const P zero = set1<S>(S(0)), gs = set1<S>(static_cast<S>(c * g.coef()));
+        const P all = pcmp_eq(zero, zero);
+        P acc = zero, bad = zero;
+        Packets<S, K> acc_st;
+        acc_st.fill(zero);
+        double total = 0.0;
         std::array<double, K> st{};
-        ChunkOut<S, K> o;
-        for (Index t0 = 0; t0 < T; t0 += kTokenChunk) {
-            const Index n = std::min(kTokenChunk, T - t0);
-            const S* mk = mask.data() + i * mask.outerStride() + t0;
-            S* gw = grow ? grow + t0 : nullptr;
-            bool any = false;
-            {
-                using namespace simd;
-                const Packet<S> zero = set1<S>(S(0));
-                Packet<S> nz = zero;
-                for (Index k = 0; k < n; k += width<S>)
-                    nz = por(nz, pandnot(pcmp_eq(zero, zero), pcmp_eq(load(mk, k, n), zero)));
-                S lanes[width<S>];
-                Eigen::internal::pstoreu(lanes, nz);
-                for (Index j = 0; j < width<S>; ++j) any = any || lanes[j] != S(0);
+        int pending = 0;
+        const auto flush = [&] {
+            total += static_cast<double>(Eigen::internal::predux(acc));
+            acc = zero;
+            for (std::size_t j = 0; j < K; ++j) {
+                st[j] += static_cast<double>(Eigen::internal::predux(acc_st[j]));
+                acc_st[j] = zero;
             }
-            if (w.len[r] <= 0 || !any) {
-                if (gw && gmode == GradMode::Write)
-                    for (Index k = 0; k < n; ++k) gw[k] = S(0);
+            pending = 0;
+        };
+        P loss, grad;
+        Packets<S, K> stats;
+        for (Index k = 0; k < T; k += W) {
+            const P m = load(mk, k, T);
+            const P inactive = pcmp_eq(m, zero);
+            if (!Eigen::internal::predux_any(pandnot(all, inactive))) {
+                if (gw && gmode == GradMode::Write) store_n(gw, k, T, zero);
                 continue;
             }
-            f(i, t0, n, o);
-            const S* L = o.loss.data();
-            const S* G = o.grad.data();
-            {
-                using namespace simd;
-                constexpr Index W = width<S>;
-                const Packet<S> zero = set1<S>(S(0)), gs = set1<S>(gscale);
-                Packet<S> bad = zero;
-                for (Index k = 0; k < n; k += W) {
-                    const Packet<S> mk_p = load(mk, k, n);
-                    const Packet<S> inactive = pcmp_eq(mk_p, zero);
-                    const Packet<S> gv = load(G, k, n);
-                    const Packet<S> ok = pand(not_nan<S>(load(L, k, n)), not_nan<S>(gv));
-                    bad = por(bad, pandnot(pandnot(pcmp_eq(zero, zero), ok), inactive));
-                    if (gw) {
-                        const Packet<S> gk = pmul(pmul(gv, mk_p), gs);
-                        if (gmode == GradMode::Add) {
-                            const Packet<S> old = load(static_cast<const S*>(gw), k, n);
-                            store_n(gw, k, n, pselect(inactive, old, padd(old, gk)));
-                        } else {
-                            store_n(gw, k, n, pselect(inactive, zero, gk));
-                        }
-                    }
-                }
-                S lanes[W];
-                Eigen::internal::pstoreu(lanes, bad);
-                bool any_bad = false;
-                for (Index j = 0; j < W; ++j) any_bad = any_bad || lanes[j] != S(0);
-                if (any_bad) {
-                    for (Index k = 0; k < n; ++k)
-                        if (mk[k] != S(0) && (std::isnan(L[k]) || std::isnan(G[k]))) {
-                            row_nan[r] = t0 + k;
-                            break;
-                        }
-                    break;
+            f(i, k, T, loss, grad, stats);
+            bad = por(bad, pandnot(pandnot(all, pand(not_nan<S>(loss), not_nan<S>(grad))), inactive));
+            if (gw) {
+                const P gk = pmul(pmul(grad, m), gs);
+                if (gmode == GradMode::Add) {
+                    const P old = load(static_cast<const S*>(gw), k, T);
+                    store_n(gw, k, T, pselect(inactive, old, padd(old, gk)));
+                } else {
+                    store_n(gw, k, T, pselect(inactive, zero, gk));
                 }
             }
-            acc += masked_sum(mk, L, n);
-            for (std::size_t j = 0; j < K; ++j) st[j] += masked_sum(mk, o.stats[j].data(), n);
+            acc = padd(acc, pselect(inactive, zero, pmul(loss, m)));
+            for (std::size_t j = 0; j < K; ++j)
+                acc_st[j] = padd(acc_st[j], pselect(inactive, zero, pmul(stats[j], m)));
+            if (++pending == 8) flush();
         }
-        row_value[r] = c * acc;
+        flush();
+        if (Eigen::internal::predux_any(bad)) {
+            // find the first NaN again, in scalar code (rare path: the call throws)
+            for (Index k = 0; k < T && row_nan[r] < 0; k += W) {
+                const P m = load(mk, k, T);
+                f(i, k, T, loss, grad, stats);
+                S lb[W], gb[W], mb[W];
+                Eigen::internal::pstoreu(lb, loss);
+                Eigen::internal::pstoreu(gb, grad);
+                Eigen::internal::pstoreu(mb, m);
+                for (Index j = 0; j < W && k + j < T; ++j)
+                    if (mb[j] != S(0) && (std::isnan(lb[j]) || std::isnan(gb[j]))) {
+                        row_nan[r] = k + j;
+                        break;
+                    }
+            }
+        }
+        row_value[r] = c * total;
         row_stats[r] = st;
     }
     TokenPassResult<K> out;
