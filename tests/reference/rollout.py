@@ -416,3 +416,25 @@ def combine(x, p, s):
     R = x["rewards"]
     w = _col(p["weights"]) if "weights" in p else torch.ones(R.shape[1], dtype=torch.float64)
     return {"reward": torch.nansum(R * w.reshape(1, -1), dim=1)}
+
+
+def gdpo_trl(x, p, s):
+    """TRL's normalize_then_sum, from its definition: per component nanmean / sample nanstd over
+    the group (1e-4), weighted nansum, then batch (x − mean)/(std + 1e-4)."""
+    R = x["rewards"]
+    w = _col(p["weights"]) if "weights" in p else torch.ones(R.shape[1], dtype=torch.float64)
+    total = torch.zeros(R.shape[0], dtype=torch.float64)
+    for k in range(R.shape[1]):
+        for idx in _groups(x["group_ids"]):
+            g = R[idx, k]
+            ok = ~torch.isnan(g)
+            vals = g[ok]
+            if vals.numel() < 2 or bool((vals == vals[0]).all()):
+                continue
+            mean = vals.mean()
+            std = torch.sqrt(((vals - mean) ** 2).sum() / (vals.numel() - 1))
+            norm = torch.where(ok, (g - mean) / (std + 1e-4), torch.zeros_like(g))
+            total[idx] = total[idx] + w[k] * norm
+    if bool((total == total[0]).all()):
+        return {"adv": torch.zeros_like(total)}
+    return {"adv": (total - total.mean()) / (torch.std(total, unbiased=True) + 1e-4)}

@@ -315,6 +315,19 @@ TEMPLATE_TEST_CASE("opo / pass@k / gdpo agree with the PyTorch reference", "[rol
         if (!o.weights.empty()) c.p("weights", Mat<double>(Eigen::Map<const Mat<double>>(o.weights.data(), 3, 1)));
         checks.push_back([=](std::size_t i) { compare(i, rr::gdpo_advantages(R, b.groups, o)); });
     }
+    {  // TRL normalize_then_sum with abstaining (NaN) reward functions
+        const auto b = grouped_batch(seed++);
+        rt::Generator gen(seed++);
+        Mat<S> R(b.n(), 2);
+        for (Index i = 0; i < b.n(); ++i) {
+            R(i, 0) = static_cast<S>(b.scores(i));
+            R(i, 1) = gen.uniform() < 0.25 ? std::numeric_limits<S>::quiet_NaN() : static_cast<S>(gen.normal());
+        }
+        const rr::GDPOOptions o = rr::GDPOOptions::trl();
+        auto& c = tr.add<S>("gdpo_trl");
+        c.in("rewards", R).in("group_ids", b.ids);
+        checks.push_back([=](std::size_t i) { compare(i, rr::gdpo_advantages(R, b.groups, o)); });
+    }
     tr.run();
     for (std::size_t i = 0; i < checks.size(); ++i) {
         INFO("case " << i);

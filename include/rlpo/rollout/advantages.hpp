@@ -425,6 +425,20 @@ struct GDPOOptions {
     bool batch_normalize = true;
     StdKind batch_std_kind = StdKind::Sample;
     double batch_epsilon = 1e-6;
+    /// NaN components (a reward function that abstained) are left out of their component's
+    /// group mean and std and contribute 0 to the sum (TRL's nanmean / nanstd / nansum);
+    /// false: `component.nan_scores` decides (an error by default).
+    bool skip_nan_components = false;
+
+    /// TRL GRPOTrainer `multi_objective_aggregation="normalize_then_sum"`: sample stds,
+    /// ε 1e-4 for the components and the batch, NaN components skipped.
+    static GDPOOptions trl() {
+        GDPOOptions o;
+        o.component.epsilon = 1e-4;
+        o.batch_epsilon = 1e-4;
+        o.skip_nan_components = true;
+        return o;
+    }
 };
 
 /// GDPO, group reward-decoupled normalisation (Liu et al. 2026, arXiv:2601.05242): with K
@@ -433,9 +447,10 @@ struct GDPOOptions {
 /// (Σ_k w_k A_k), and the sum is normalised over the whole batch, so distinct reward
 /// combinations no longer collapse to one advantage as they do when GRPO normalises the summed
 /// reward. Degenerate groups follow `component` (0 for all-equal / singleton components); a
-/// batch whose summed advantages are all equal gives 0. [verify] The paper's method section
-/// was read through secondary summaries only (per-reward group normalisation, sum, batch
-/// normalisation); the per-component weights default to 1.
+/// batch whose summed advantages are all equal gives 0. Anchor: TRL's GRPOTrainer
+/// `multi_objective_aggregation="normalize_then_sum"` (`GDPOOptions::trl()`: ε 1e-4 in both
+/// steps, sample stds, abstaining (NaN) reward functions skipped); the defaults keep rlpo's
+/// GRPO ε 1e-6 and reject NaN.
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rewards,
                                                   const Groups& groups,
@@ -455,11 +470,36 @@ Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rew
     detail::check_groups(fn, "rewards", groups, static_cast<std::size_t>(N));
     std::vector<double> sum(static_cast<std::size_t>(N), 0.0);
     for (Index k = 0; k < K; ++k) {
-        Vec<double> col(N);
-        for (Index i = 0; i < N; ++i) col(i) = static_cast<double>(R(i, k));
-        const Vec<double> a = grpo_advantages(col, groups, opts.component);
         const double w = opts.weights.empty() ? 1.0 : opts.weights[static_cast<std::size_t>(k)];
-        for (Index i = 0; i < N; ++i) sum[static_cast<std::size_t>(i)] += w * a(i);
+        if (!opts.skip_nan_components) {
+            Vec<double> col(N);
+            for (Index i = 0; i < N; ++i) col(i) = static_cast<double>(R(i, k));
+            const Vec<double> a = grpo_advantages(col, groups, opts.component);
+            for (Index i = 0; i < N; ++i) sum[static_cast<std::size_t>(i)] += w * a(i);
+            continue;
+        }
+        // NaN-skipping path: statistics over the valid entries of each group only.
+        for (Index g = 0; g < groups.num_groups(); ++g) {
+            std::vector<double> v;
+            std::vector<Index> at;
+            for (Index i = groups.begin(g); i < groups.end(g); ++i) {
+                const double r = static_cast<double>(R(i, k));
+                if (std::isnan(r)) continue;
+                RLPO_CHECK(std::isfinite(r), fn, "rewards: non-finite value ", r, " at [", i, ", ", k, "]");
+                v.push_back(r);
+                at.push_back(i);
+            }
+            const Index n = static_cast<Index>(v.size());
+            if (n < 2 || detail::all_equal(v, 0, n)) continue;
+            const double mu = detail::mean(v, 0, n);
+            double den = 1.0;
+            if (opts.component.scale == AdvantageScale::Group)
+                den = std::max(detail::stddev(v, 0, n, mu, opts.component.std_kind == StdKind::Sample),
+                               opts.component.std_floor) + opts.component.epsilon;
+            if (!(den > 0)) continue;
+            for (Index j = 0; j < n; ++j)
+                sum[static_cast<std::size_t>(at[static_cast<std::size_t>(j)])] += w * (v[static_cast<std::size_t>(j)] - mu) / den;
+        }
     }
     if (opts.batch_normalize && N > 0) {
         if (detail::all_equal(sum, 0, N)) return Vec<S>::Zero(N);
