@@ -28,6 +28,11 @@
 /// population in OpenRLHF, which also takes sqrt(max(v, ε)) instead of sqrt(v + ε)
 /// (`WhitenOptions::openrlhf()`). With N ≤ 1 (where verl raises) the whitened values are 0.
 ///
+/// Precision and threads: recursions and whitening statistics run in double; outputs are stored
+/// in the caller's scalar type (the variance pass reads those stored values). Rows run in
+/// parallel with OpenMP and per-row partial sums are combined in row order, so results are
+/// bitwise identical for any thread count (tested).
+///
 /// **Bad input** (rlpo::invalid_argument): shape mismatch, NaN / ±inf reward or value under a
 /// non-zero mask, bad mask, γ or λ outside [0, 1], ε < 0.
 
