@@ -7,3 +7,4 @@
 #include <rlpo/rollout/filters.hpp>
 #include <rlpo/rollout/best_of_n.hpp>
 #include <rlpo/rollout/batch.hpp>
+#include <rlpo/rollout/step.hpp>

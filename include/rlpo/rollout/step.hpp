@@ -1,0 +1,346 @@
+#pragma once
+/// \file
+/// The training step: every term of an RL post-training loss in one call, composed into one
+/// gradient buffer per differentiable input, under one normalizer.
+///
+///     loss = pg_loss                                      (policy surrogate, ∂/∂logp)
+///          + β · kl_loss               if KL is placed in the loss (∂/∂logp)
+///          − c_H · entropy             if c_H ≠ 0           (∂/∂logits)
+///          + c_V · vf_loss             if c_V ≠ 0           (∂/∂values)
+///          + distillation hook value   if a hook is given   (∂/∂logits, the hook's own)
+///
+/// where every token term is aggregated by the same `Normalizer` (core/aggregation.hpp) and
+/// each term is the library's own objective, called once with a `GradientOut` that adds into
+/// the step's buffer (so the step's value and gradients are exactly the sum of its parts):
+///   * pg_loss — `policy::policy_loss(StepOptions::policy, …)` (PPO clip by default; GSPO,
+///     CISPO, GPG, SAPO, … by `policy::make_policy_loss(name)`), on (logp, old_logp, A);
+///   * kl_loss — `penalties::kl_penalty` of logp against ref_logp (k3 etc.). Placed in the
+///     *reward* instead (`KLPlacement::Reward`, classic PPO / verl `use_kl_in_reward`), it is not
+///     part of the loss: the rollout side subtracts β·kl(old_logp, ref_logp) from the token
+///     rewards before the advantages (rollout/shaping.hpp), and the step only reports it;
+///   * entropy — `policy::entropy_bonus` over the logits rows, with coefficient −c_H;
+///   * vf_loss — `policy::value_loss` (verl's clipped ½·max((v−R)², (clip(v, v_old±ε_v)−R)²)),
+///     gradient w.r.t. the values, coefficient c_V;
+///   * the distillation hook — a callable given the logits, the mask, a `GradientOut` adding
+///     into the step's logits gradient (coefficient `distill_coef`), the normalizer and the
+///     metrics to extend; it returns its value already scaled by that coefficient (as every
+///     rlpo objective does), e.g. a `distill::` divergence against a teacher's logits.
+///
+/// **Gradients** (one buffer per input, each term adds into it with `rlpo::add_to`):
+/// `grad_logp` [B, T], `grad_logits` [B·T, V] (row i·T + t is token (i, t); only when entropy or
+/// distillation is on), `grad_values` [B, T] (only when the value loss is on). The trainer
+/// back-propagates `grad_logp` through its log-softmax-gather and adds `grad_logits` at the
+/// logits. All are exactly 0 where the mask is 0, and masked inputs are never read.
+///
+/// **Micro-batches and data-parallel shards**: give the normalizer the global counts of the
+/// whole mini-batch (`global_normalizer(mask, mode)` computes them; across ranks, all-reduce
+/// them); then the values and gradients of the pieces add up exactly to one call on the whole
+/// batch, and `StepResult::merge` combines the pieces' results (values add, metrics merge as
+/// (sum, count) pairs).
+///
+/// **Metrics** (verl names): the surrogate's metrics under `actor/` (`actor/pg_clipfrac`,
+/// `actor/pg_clipfrac_lower`, `actor/ppo_kl` for PPO clip), `actor/kl_loss` (token-mean KL
+/// estimate, loss placement) or `actor/reward_kl` (reward placement, of old_logp against
+/// ref_logp, reported when ref_logp is given), `actor/entropy`, `critic/vf_clipfrac`,
+/// `critic/vpred_mean`, and whatever the hook adds; the loss parts are fields of `StepResult`.
+///
+/// **Defaults**: PPO clip with its paper defaults, no KL (β = 0.001 when enabled, verl's
+/// `kl_loss_coef`), no entropy, no value loss, token-mean — verl's actor defaults with
+/// `use_kl_loss=False`, `entropy_coeff=0`; value clip ε_v = 0.5 (verl `critic.cliprange_value`).
+///
+/// **Bad input** (rlpo::invalid_argument, "rlpo::rollout::TrainingStep(): …"): a missing input
+/// a term needs (`ref_logp` for the KL loss, `logits` for entropy / distillation, `values`,
+/// `old_values`, `returns` for the value loss), shapes differing from `logp` (logits: B·T rows),
+/// a non-finite coefficient, ε_v ≤ 0, invalid PPO / KL options (checked when the step is
+/// built), and each term's own errors (NaN inputs under the mask, other surrogates' options)
+/// with that term's message.
+
+#include <rlpo/core/aggregation.hpp>
+#include <rlpo/core/error.hpp>
+#include <rlpo/core/metrics.hpp>
+#include <rlpo/core/result.hpp>
+#include <rlpo/core/types.hpp>
+#include <rlpo/penalties/kl_estimators.hpp>
+#include <rlpo/policy/entropy.hpp>
+#include <rlpo/policy/policy_loss.hpp>
+#include <rlpo/policy/value_loss.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace rlpo::rollout {
+
+/// An optional read-only `[rows, cols]` input of the step. Assign any Eigen matrix expression;
+/// a row-major matrix, `Map` or row block (a micro-batch) is read in place.
+template <class S>
+class StepInput {
+public:
+    StepInput() = default;
+    StepInput(const StepInput&) = delete;  // a Ref may own a converted copy: never copy it
+    StepInput& operator=(const StepInput&) = delete;
+    template <class D>
+    StepInput& operator=(const Eigen::MatrixBase<D>& x) {
+        ref_ = std::make_unique<ConstMatRef<S>>(x.derived());
+        return *this;
+    }
+    bool present() const { return ref_ != nullptr; }
+    const ConstMatRef<S>& operator*() const { return *ref_; }
+    Index rows() const { return ref_ ? ref_->rows() : 0; }
+    Index cols() const { return ref_ ? ref_->cols() : 0; }
+
+private:
+    std::unique_ptr<ConstMatRef<S>> ref_;  // a Ref may own a converted copy: keep it put
+};
+
+/// What the step reads for one (micro-)batch. `logp`, `mask` and `advantages` are required;
+/// `old_logp` absent means on-policy (old = logp, every ratio 1).
+template <class S>
+struct StepInputs {
+    StepInput<S> logp;        ///< [B, T] current log-probs of the sampled tokens
+    StepInput<S> mask;        ///< [B, T] response mask
+    StepInput<S> advantages;  ///< [B, T] (broadcast sequence advantages before)
+    StepInput<S> old_logp;    ///< [B, T] behaviour log-probs (absent: on-policy)
+    StepInput<S> ref_logp;    ///< [B, T] reference log-probs (KL)
+    StepInput<S> logits;      ///< [B·T, V] logits (entropy, distillation)
+    StepInput<S> values;      ///< [B, T] current critic values (value loss)
+    StepInput<S> old_values;  ///< [B, T] values at rollout time (value clip)
+    StepInput<S> returns;     ///< [B, T] value targets
+};
+
+/// Where the KL penalty goes.
+enum class KLPlacement {
+    Loss,   ///< β · kl(logp, ref_logp) added to the loss (GRPO, verl use_kl_loss)
+    Reward  ///< subtracted from the token rewards on the rollout side (PPO, verl use_kl_in_reward)
+};
+
+/// A distillation term: called with the logits [B·T, V], the mask [B, T], a GradientOut adding
+/// into the step's logits gradient (coefficient included) and the metrics to extend; returns
+/// its (scaled) value.
+template <class S>
+using DistillHook =
+    std::function<double(const ConstMatRef<S>& logits, const ConstMatRef<S>& mask,
+                         const GradientOut<S>& grad_logits, const Normalizer& norm, Metrics& m)>;
+
+struct StepOptions {
+    /// The surrogate and its options (policy/policy_loss.hpp; default PPO clip, paper defaults).
+    /// `policy::make_policy_loss("gspo")` etc. give the verl / TRL presets.
+    policy::PolicyLossOptions policy{};
+
+    /// KL penalty: unset = none.
+    std::optional<penalties::KLOptions> kl{};
+    double kl_coef = 0.001;  ///< β (verl kl_loss_coef default 0.001)
+    KLPlacement kl_placement = KLPlacement::Loss;
+
+    double entropy_coef = 0.0;  ///< c_H (verl entropy_coeff; 0 = off)
+
+    double value_coef = 0.0;            ///< c_V (0 = no value loss)
+    policy::ValueLossOptions value{};   ///< value clip ε_v (verl critic.cliprange_value 0.5)
+
+    double distill_coef = 1.0;  ///< coefficient handed to the distillation hook
+
+    Normalizer norm{};  ///< one normalizer for every token term
+};
+
+/// The step's output: total loss, its parts, gradients and metrics.
+template <class S>
+struct StepResult {
+    double loss = 0.0;
+    double pg_loss = 0.0;
+    double kl_loss = 0.0;       ///< β-scaled (0 unless KLPlacement::Loss)
+    double entropy_loss = 0.0;  ///< −c_H · aggregated entropy (what enters the loss)
+    double vf_loss = 0.0;       ///< c_V-scaled
+    double distill_loss = 0.0;
+    Mat<S> grad_logp;    ///< [B, T]
+    Mat<S> grad_logits;  ///< [B·T, V] (empty unless entropy / distillation)
+    Mat<S> grad_values;  ///< [B, T] (empty unless the value loss)
+    Metrics metrics;
+
+    /// Combine the result of another micro-batch / shard of the same mini-batch: values add,
+    /// metrics merge. (Gradients belong to different rows and are not touched.)
+    StepResult& merge(const StepResult& o) {
+        loss += o.loss;
+        pg_loss += o.pg_loss;
+        kl_loss += o.kl_loss;
+        entropy_loss += o.entropy_loss;
+        vf_loss += o.vf_loss;
+        distill_loss += o.distill_loss;
+        metrics.merge(o.metrics);
+        return *this;
+    }
+};
+
+/// The global counts of a mini-batch mask (what each micro-batch / rank must be given).
+template <class D>
+inline Normalizer global_normalizer(const Eigen::MatrixBase<D>& mask, Aggregation mode,
+                                    std::optional<double> norm_constant = {}) {
+    const RowWeights w = row_weights("rollout::global_normalizer", mask, Normalizer{mode});
+    Normalizer n;
+    n.mode = mode;
+    n.num_tokens = w.local_tokens > 0 ? w.local_tokens : 1.0;
+    n.num_seqs = w.local_seqs > 0 ? w.local_seqs : 1.0;
+    n.norm_constant = norm_constant;
+    return n;
+}
+
+namespace detail {
+
+inline void validate(const char* fn, const StepOptions& o) {
+    ::rlpo::detail::check_finite_param(fn, "kl_coef", o.kl_coef);
+    ::rlpo::detail::check_finite_param(fn, "entropy_coef", o.entropy_coef);
+    ::rlpo::detail::check_finite_param(fn, "value_coef", o.value_coef);
+    ::rlpo::detail::check_finite_param(fn, "distill_coef", o.distill_coef);
+    if (o.value.clip) ::rlpo::detail::check_positive(fn, "value.clip", *o.value.clip);
+}
+
+template <class S>
+inline void require(const char* fn, const StepInput<S>& x, const char* name, const char* why,
+                    const ConstMatRef<S>& like) {
+    RLPO_CHECK(x.present(), fn, name, ": required (", why, ")");
+    ::rlpo::detail::check_same_shape(fn, name, *x, "logp", like);
+}
+
+}  // namespace detail
+
+/// Where the step's gradients go (default: allocated in the result). A `write_to` buffer is
+/// zeroed then accumulated into; an `add_to` buffer is accumulated into; `no_grad` skips.
+template <class S>
+struct StepGradients {
+    GradientOut<S> logp{};
+    GradientOut<S> logits{};
+    GradientOut<S> values{};
+};
+
+/// The training step: configure once, call once per (micro-)batch.
+template <class S>
+class TrainingStep {
+public:
+    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: the step runs in float or double");
+
+    TrainingStep() = default;
+    explicit TrainingStep(StepOptions opts, DistillHook<S> distill = {})
+        : opts_(std::move(opts)), distill_(std::move(distill)) {
+        detail::validate(kFn, opts_);
+        if (opts_.kl) penalties::detail::validate(kFn, *opts_.kl);
+        if (opts_.policy.loss == policy::PolicyLoss::Vanilla) policy::detail::validate(kFn, opts_.policy.vanilla);
+    }
+
+    const StepOptions& options() const { return opts_; }
+    bool uses_logits() const { return opts_.entropy_coef != 0.0 || static_cast<bool>(distill_); }
+    bool uses_values() const { return opts_.value_coef != 0.0; }
+
+    /// Total loss, gradients and metrics of one (micro-)batch.
+    StepResult<S> operator()(const StepInputs<S>& in, const StepGradients<S>& out = {}) const {
+        constexpr const char* fn = kFn;
+        RLPO_CHECK(in.logp.present(), fn, "logp: required");
+        const ConstMatRef<S>& lp = *in.logp;
+        const Index B = lp.rows(), T = lp.cols();
+        detail::require(fn, in.mask, "mask", "every term", lp);
+        detail::require(fn, in.advantages, "advantages", "the policy surrogate", lp);
+        const ConstMatRef<S>& m = *in.mask;
+        const bool kl_loss = opts_.kl && opts_.kl_placement == KLPlacement::Loss;
+        if (kl_loss) detail::require(fn, in.ref_logp, "ref_logp", "the KL loss", lp);
+        if (in.old_logp.present())
+            ::rlpo::detail::check_same_shape(fn, "old_logp", *in.old_logp, "logp", lp);
+        if (uses_logits()) {
+            RLPO_CHECK(in.logits.present(), fn, "logits: required (entropy or distillation term)");
+            RLPO_CHECK(in.logits.rows() == B * T && in.logits.cols() > 0, fn,
+                       "logits: expected [B*T = ", B * T, ", V > 0] rows (one per token of logp), given [",
+                       in.logits.rows(), ", ", in.logits.cols(), "]");
+        }
+        if (uses_values()) {
+            detail::require(fn, in.values, "values", "the value loss", lp);
+            detail::require(fn, in.old_values, "old_values", "the value loss", lp);
+            detail::require(fn, in.returns, "returns", "the value loss", lp);
+        }
+
+        StepResult<S> res;
+        const GradientOut<S> g_lp = resolve(out.logp, res.grad_logp, B, T);
+        const Normalizer& norm = opts_.norm;
+
+        // 1. policy surrogate
+        const ConstMatRef<S>& old = in.old_logp.present() ? *in.old_logp : lp;
+        const auto pg = policy::policy_loss(opts_.policy, lp, old, *in.advantages, m, norm, g_lp);
+        res.pg_loss = pg.value;
+        res.metrics.merge(pg.metrics.prefixed("actor/"));
+
+        // 2. KL
+        if (kl_loss) {
+            GradientOut<S> g = g_lp;
+            g.coef *= opts_.kl_coef;
+            const auto kl = penalties::kl_penalty(lp, *in.ref_logp, m, *opts_.kl, norm, g);
+            res.kl_loss = kl.value;
+            res.metrics.add("actor/kl_loss", kl.metrics.at("kl").sum, kl.metrics.at("kl").count);
+        } else if (opts_.kl && in.ref_logp.present()) {
+            const ConstMatRef<S>& o = in.old_logp.present() ? *in.old_logp : lp;
+            const auto kl =
+                penalties::kl_penalty(o, *in.ref_logp, m, *opts_.kl, norm, no_grad<S>());
+            res.metrics.add("actor/reward_kl", kl.metrics.at("kl").sum, kl.metrics.at("kl").count);
+        }
+
+        // 3. entropy and distillation (logits)
+        if (uses_logits()) {
+            const ConstMatRef<S>& z = *in.logits;
+            const GradientOut<S> g_z = resolve(out.logits, res.grad_logits, B * T, z.cols());
+            if (opts_.entropy_coef != 0.0) {
+                GradientOut<S> g = g_z;
+                g.coef *= -opts_.entropy_coef;  // loss −c_H·H
+                const auto h = policy::entropy_bonus(z, m, norm, g);
+                res.entropy_loss = h.value;
+                res.metrics.merge(h.metrics.prefixed("actor/"));
+            }
+            if (distill_) {
+                GradientOut<S> g = g_z;
+                g.coef *= opts_.distill_coef;
+                res.distill_loss = distill_(z, m, g, norm, res.metrics);
+            }
+        }
+
+        // 4. value loss
+        if (uses_values()) {
+            GradientOut<S> g = resolve(out.values, res.grad_values, B, T);
+            g.coef *= opts_.value_coef;
+            const auto vf = policy::value_loss(*in.values, *in.old_values, *in.returns, m,
+                                               opts_.value, norm, g);
+            res.vf_loss = vf.value;
+            res.metrics.merge(vf.metrics.prefixed("critic/"));
+        }
+
+        res.loss = res.pg_loss + res.kl_loss + res.entropy_loss + res.vf_loss + res.distill_loss;
+        return res;
+    }
+
+private:
+    static constexpr const char* kFn = "rollout::TrainingStep";
+
+    /// Turn a caller's destination into an accumulating one: Own → zeroed matrix in `own`;
+    /// Write → the caller's buffer, zeroed; Add → as given; None → none.
+    static GradientOut<S> resolve(const GradientOut<S>& out, Mat<S>& own, Index rows, Index cols) {
+        switch (out.mode) {
+            case GradMode::Own: own.setZero(rows, cols); return add_to<S>(own, out.coef);
+            case GradMode::Write: {
+                RLPO_CHECK(out.data != nullptr && out.rows == rows && out.cols == cols &&
+                               out.stride >= cols,
+                           kFn, "StepGradients: expected a [", rows, ", ", cols, "] buffer, given [",
+                           out.rows, ", ", out.cols, "]");
+                for (Index i = 0; i < rows; ++i)
+                    std::fill(out.data + i * out.stride, out.data + i * out.stride + cols, S(0));
+                GradientOut<S> a = out;
+                a.mode = GradMode::Add;
+                return a;
+            }
+            case GradMode::Add:
+            case GradMode::None: return out;
+        }
+        return out;
+    }
+
+    StepOptions opts_{};
+    DistillHook<S> distill_{};
+};
+
+}  // namespace rlpo::rollout

@@ -1,0 +1,425 @@
+// The training step: FD on every gradient (logp, logits, values), PyTorch autograd of the whole
+// composite loss, the step equal to the sum of its parts (each called on its own), micro-batch
+// and data-parallel shard invariance, metrics equal to the parts' metrics, and bad input.
+#include "support/catch.hpp"
+#include "support/checks.hpp"
+#include "support/compare.hpp"
+#include "support/torch_reference.hpp"
+
+#include <rlpo/penalties/kl_estimators.hpp>
+#include <rlpo/policy/ppo_clip.hpp>
+#include <rlpo/rollout/step.hpp>
+#include <rlpo/testing/random.hpp>
+
+#include <cmath>
+#include <limits>
+
+using rlpo::Aggregation;
+using rlpo::Index;
+using rlpo::Mat;
+using rlpo::rollout::KLPlacement;
+using rlpo::rollout::StepInputs;
+using rlpo::rollout::StepOptions;
+using rlpo::rollout::TrainingStep;
+namespace rt = rlpo::testing;
+
+namespace {
+
+template <class S>
+struct Data {
+    Mat<S> logp, old, ref, adv, mask, logits, values, old_values, returns;
+    Index V = 5;
+};
+
+template <class S>
+Data<S> make_data(std::uint64_t seed, Index B = 6, Index T = 7, Index V = 5) {
+    rt::Generator gen(seed);
+    Data<S> d;
+    d.V = V;
+    d.logp = gen.logprobs<S>(B, T);
+    d.old = gen.perturbed<S>(d.logp, 0.3);
+    d.ref = gen.perturbed<S>(d.logp, 0.8);
+    d.adv = gen.normal<S>(B, T);
+    d.mask = gen.mask<S>(B, T, 1, true);
+    d.mask.row(0).setOnes();
+    d.logits = gen.logits<S>(B * T, V);
+    d.values = gen.normal<S>(B, T);
+    d.old_values = gen.perturbed<S>(d.values, 0.6);
+    d.returns = gen.normal<S>(B, T);
+    // masked garbage: never read
+    for (Index i = 0; i < B; ++i)
+        for (Index t = 0; t < T; ++t)
+            if (d.mask(i, t) == 0) {
+                d.logp(i, t) = std::numeric_limits<S>::quiet_NaN();
+                d.values(i, t) = std::numeric_limits<S>::quiet_NaN();
+                d.logits.row(i * T + t).setConstant(std::numeric_limits<S>::quiet_NaN());
+            }
+    return d;
+}
+
+/// Inputs over rows [r0, r0 + n) of the data (a micro-batch when n < B).
+template <class S>
+void fill(StepInputs<S>& in, const Data<S>& d, Index r0, Index n, bool logits, bool values) {
+    const Index T = d.logp.cols();
+    in.logp = d.logp.middleRows(r0, n);
+    in.mask = d.mask.middleRows(r0, n);
+    in.advantages = d.adv.middleRows(r0, n);
+    in.old_logp = d.old.middleRows(r0, n);
+    in.ref_logp = d.ref.middleRows(r0, n);
+    if (logits) in.logits = d.logits.middleRows(r0 * T, n * T);
+    if (values) {
+        in.values = d.values.middleRows(r0, n);
+        in.old_values = d.old_values.middleRows(r0, n);
+        in.returns = d.returns.middleRows(r0, n);
+    }
+}
+
+StepOptions full_options(Aggregation mode) {
+    StepOptions o;
+    o.policy.vanilla = rlpo::policy::PPOClipOptions::verl();
+    o.kl = rlpo::penalties::KLOptions::verl();
+    o.kl_coef = 0.05;
+    o.entropy_coef = 0.01;
+    o.value_coef = 0.5;
+    o.value.clip = 0.5;
+    o.norm.mode = mode;
+    return o;
+}
+
+}  // namespace
+
+TEST_CASE("training step: gradients equal central finite differences", "[rollout][step][fd]") {
+    Data<double> d = make_data<double>(7);
+    for (Aggregation mode : rlpo_test::all_modes()) {
+        INFO(rlpo::to_string(mode));
+        const StepOptions o = full_options(mode);
+        const TrainingStep<double> step(o);
+        StepInputs<double> in;
+        fill(in, d, 0, d.logp.rows(), true, true);
+        const auto r = step(in);
+        REQUIRE(r.grad_logits.rows() == d.logits.rows());
+        REQUIRE(r.grad_values.rows() == d.values.rows());
+        const auto loss_with = [&](Mat<double>& target, const Mat<double>& x) {
+            const Mat<double> keep = target;
+            target = x;
+            StepInputs<double> in2;
+            fill(in2, d, 0, d.logp.rows(), true, true);
+            const double v = step(in2, {rlpo::no_grad<double>(), rlpo::no_grad<double>(), rlpo::no_grad<double>()}).loss;
+            target = keep;
+            return v;
+        };
+        // skip masked entries (NaN inputs; gradient checked to be exactly 0 below) and kinks
+        const auto skip_lp = [&](Index k) {
+            if (d.mask.data()[k] == 0) return true;
+            const double lr = d.logp.data()[k] - d.old.data()[k], ratio = std::exp(lr);
+            return std::abs(ratio - 0.8) < 1e-4 || std::abs(ratio - 1.2) < 1e-4 || std::abs(ratio - 3.0) < 1e-4;
+        };
+        rlpo_test::require_fd_gradient([&](const Mat<double>& x) { return loss_with(d.logp, x); }, d.logp,
+                                       r.grad_logp, 1e-6, 1e-9, skip_lp);
+        const Index T = d.logp.cols();
+        rlpo_test::require_fd_gradient([&](const Mat<double>& x) { return loss_with(d.logits, x); }, d.logits,
+                                       r.grad_logits, 1e-6, 1e-9,
+                                       [&](Index k) { return d.mask.data()[k / d.V] == 0; });
+        const auto skip_v = [&](Index k) {
+            if (d.mask.data()[k] == 0) return true;
+            const double dv = d.values.data()[k] - d.old_values.data()[k];
+            return std::abs(std::abs(dv) - 0.5) < 1e-4;
+        };
+        rlpo_test::require_fd_gradient([&](const Mat<double>& x) { return loss_with(d.values, x); }, d.values,
+                                       r.grad_values, 1e-6, 1e-9, skip_v);
+        for (Index i = 0; i < d.mask.rows(); ++i)
+            for (Index t = 0; t < T; ++t)
+                if (d.mask(i, t) == 0) {
+                    CHECK(r.grad_logp(i, t) == 0.0);
+                    CHECK(r.grad_values(i, t) == 0.0);
+                    CHECK(r.grad_logits.row(i * T + t).isZero(0.0));
+                }
+    }
+}
+
+TEMPLATE_TEST_CASE("training step: agrees with the PyTorch autograd reference", "[rollout][step][torch]",
+                   float, double) {
+    using S = TestType;
+    rlpo_test::TorchReference ref("step", std::string("step_") + (sizeof(S) == 4 ? "f" : "d"));
+    struct Run {
+        Data<S> d;
+        StepOptions o;
+        bool logits, values;
+    };
+    std::vector<Run> runs;
+    std::uint64_t seed = 500;
+    for (Aggregation mode : rlpo_test::all_modes())
+        for (int variant = 0; variant < 3; ++variant) {
+            Run r{make_data<S>(seed++), full_options(mode), variant != 1, variant != 2};
+            if (variant == 1) r.o.entropy_coef = 0.0, r.o.policy.vanilla = rlpo::policy::PPOClipOptions::dapo();
+            if (variant == 2) r.o.value_coef = 0.0;
+            if (mode == Aggregation::SeqMeanTokenSumNorm) r.o.norm.norm_constant = 30.0;
+            if (seed % 2 == 0) r.o.norm.num_tokens = 90.0, r.o.norm.num_seqs = 11.0;
+            auto& c = ref.add<S>("training_step");
+            // masked garbage goes to torch as 0 (its reference never reads it either)
+            Mat<S> lp = r.d.logp, v = r.d.values, z = r.d.logits;
+            for (Index k = 0; k < lp.size(); ++k)
+                if (r.d.mask.data()[k] == 0) lp.data()[k] = 0, v.data()[k] = 0;
+            for (Index k = 0; k < z.size(); ++k)
+                if (std::isnan(static_cast<double>(z.data()[k]))) z.data()[k] = 0;
+            c.in("logp", lp).in("old_logp", r.d.old).in("ref_logp", r.d.ref).in("advantages", r.d.adv).in("mask", r.d.mask);
+            if (r.logits) c.in("logits", z);
+            if (r.values) c.in("values", v).in("old_values", r.d.old_values).in("returns", r.d.returns);
+            const auto& ppo = r.o.policy.vanilla;
+            c.p("clip_low", ppo.clip_low).p("clip_high", ppo.clip_high).p("log_ratio_clamp", ppo.log_ratio_clamp);
+            if (ppo.dual_clip) c.p("dual_clip", *ppo.dual_clip);
+            c.p("kl_coef", r.o.kl_coef).p("entropy_coef", r.o.entropy_coef).p("value_coef", r.o.value_coef);
+            c.p("value_clip", *r.o.value.clip);
+            c.s("agg", rlpo::to_string(mode));
+            if (r.o.norm.num_tokens) c.p("num_tokens", *r.o.norm.num_tokens);
+            if (r.o.norm.num_seqs) c.p("num_seqs", *r.o.norm.num_seqs);
+            if (r.o.norm.norm_constant) c.p("norm_constant", *r.o.norm.norm_constant);
+            runs.push_back(std::move(r));
+        }
+    ref.run();
+    const double tol = rlpo_test::ref_tol<S>();
+    for (std::size_t k = 0; k < runs.size(); ++k) {
+        INFO("case " << k);
+        const Run& r = runs[k];
+        const TrainingStep<S> step(r.o);
+        StepInputs<S> in;
+        fill(in, r.d, 0, r.d.logp.rows(), r.logits, r.values);
+        const auto res = step(in);
+        CHECK(rlpo_test::rel_err(res.loss, ref.scalar(k, "loss")) < tol);
+        CHECK(rlpo_test::max_rel_err(res.grad_logp, ref.out(k, "grad_logp")) < tol);
+        if (r.logits) CHECK(rlpo_test::max_rel_err(res.grad_logits, ref.out(k, "grad_logits")) < tol);
+        if (r.values) CHECK(rlpo_test::max_rel_err(res.grad_values, ref.out(k, "grad_values")) < tol);
+        CHECK(rlpo_test::rel_err(res.metrics["actor/pg_clipfrac"], ref.scalar(k, "pg_clipfrac"), 1e-12) < tol);
+        CHECK(rlpo_test::rel_err(res.metrics["actor/ppo_kl"], ref.scalar(k, "ppo_kl"), 1e-12) < tol);
+        CHECK(rlpo_test::rel_err(res.metrics["actor/kl_loss"], ref.scalar(k, "kl_loss"), 1e-12) < tol);
+        if (r.logits) CHECK(rlpo_test::rel_err(res.metrics["actor/entropy"], ref.scalar(k, "entropy"), 1e-12) < tol);
+        if (r.values)
+            CHECK(rlpo_test::rel_err(res.metrics["critic/vf_clipfrac"], ref.scalar(k, "vf_clipfrac"), 1e-12) < tol);
+    }
+}
+
+TEMPLATE_TEST_CASE("training step: equals the sum of its parts, each called on its own",
+                   "[rollout][step][properties]", float, double) {
+    using S = TestType;
+    const Data<S> d = make_data<S>(11);
+    const Index B = d.logp.rows();
+    for (Aggregation mode : rlpo_test::all_modes()) {
+        INFO(rlpo::to_string(mode));
+        const StepOptions o = full_options(mode);
+        const TrainingStep<S> step(o);
+        StepInputs<S> in;
+        fill(in, d, 0, B, true, true);
+        const auto r = step(in);
+
+        const auto pg = rlpo::policy::ppo_clip(d.logp, d.old, d.adv, d.mask, o.policy.vanilla, o.norm);
+        const auto kl = rlpo::penalties::kl_penalty(d.logp, d.ref, d.mask, *o.kl, o.norm);
+        const auto ent = rlpo::policy::entropy_bonus(d.logits, d.mask, o.norm);
+        const auto vf = rlpo::policy::value_loss(d.values, d.old_values, d.returns, d.mask, o.value, o.norm);
+        const double tol = sizeof(S) == 4 ? 1e-5 : 1e-12;
+        CHECK(rlpo_test::rel_err(r.pg_loss, pg.value) < tol);
+        CHECK(rlpo_test::rel_err(r.kl_loss, o.kl_coef * kl.value) < tol);
+        CHECK(rlpo_test::rel_err(r.entropy_loss, -o.entropy_coef * ent.value) < tol);
+        CHECK(rlpo_test::rel_err(r.vf_loss, o.value_coef * vf.value) < tol);
+        CHECK(rlpo_test::rel_err(r.loss, pg.value + o.kl_coef * kl.value - o.entropy_coef * ent.value +
+                                             o.value_coef * vf.value) < tol);
+        const Mat<S> g_lp = pg.grad + static_cast<S>(o.kl_coef) * kl.grad;
+        CHECK(rlpo_test::max_rel_err(r.grad_logp, g_lp) < tol);
+        CHECK(rlpo_test::max_rel_err(r.grad_logits, Mat<S>(static_cast<S>(-o.entropy_coef) * ent.grad)) < tol);
+        CHECK(rlpo_test::max_rel_err(r.grad_values, Mat<S>(static_cast<S>(o.value_coef) * vf.grad)) < tol);
+        // metrics: exactly the parts' metrics, under the step's names
+        for (const char* name : {"pg_clipfrac", "pg_clipfrac_lower", "ppo_kl"})
+            CHECK(r.metrics["actor/" + std::string(name)] == pg.metrics[name]);
+        CHECK(r.metrics["actor/kl_loss"] == kl.metrics["kl"]);
+        CHECK(r.metrics["actor/entropy"] == ent.metrics["entropy"]);
+        CHECK(r.metrics["critic/vf_clipfrac"] == vf.metrics["vf_clipfrac"]);
+        CHECK(r.metrics["critic/vpred_mean"] == vf.metrics["vpred_mean"]);
+        CHECK(r.metrics.size() == pg.metrics.size() + kl.metrics.size() + ent.metrics.size() + vf.metrics.size());
+    }
+}
+
+TEMPLATE_TEST_CASE("training step: micro-batches and data-parallel shards give the one-call totals",
+                   "[rollout][step][properties]", float, double) {
+    using S = TestType;
+    const Data<S> d = make_data<S>(13, 10, 6);
+    const Index B = d.logp.rows(), T = d.logp.cols();
+    for (Aggregation mode : rlpo_test::all_modes()) {
+        INFO(rlpo::to_string(mode));
+        StepOptions o = full_options(mode);
+        o.norm = rlpo::rollout::global_normalizer(d.mask, mode);
+        const TrainingStep<S> step(o);
+        StepInputs<S> in;
+        fill(in, d, 0, B, true, true);
+        const auto whole = step(in);
+        // uneven micro-batches (1, 2, 3, 4 rows) split over two "ranks" (rows 0–2 and 3–9)
+        rlpo::rollout::StepResult<S> rank[2];
+        Mat<S> g_lp(B, T), g_z(B * T, d.V), g_v(B, T);
+        bool first[2] = {true, true};
+        for (const auto& ch : rlpo_test::uneven_chunks(B)) {
+            const int k = ch.first < 3 ? 0 : 1;
+            StepInputs<S> mb;
+            fill(mb, d, ch.first, ch.second, true, true);
+            // gradients written straight into the rows of the caller's full buffers
+            rlpo::rollout::StepGradients<S> out{
+                rlpo::write_to<S>(rlpo::MatRef<S>(g_lp.middleRows(ch.first, ch.second))),
+                rlpo::write_to<S>(rlpo::MatRef<S>(g_z.middleRows(ch.first * T, ch.second * T))),
+                rlpo::write_to<S>(rlpo::MatRef<S>(g_v.middleRows(ch.first, ch.second)))};
+            const auto r = step(mb, out);
+            if (first[k]) rank[k] = r, first[k] = false;
+            else rank[k].merge(r);
+        }
+        rank[0].merge(rank[1]);  // the all-reduce
+        const double tol = sizeof(S) == 4 ? 2e-5 : 1e-12;
+        CHECK(rlpo_test::rel_err(rank[0].loss, whole.loss) < tol);
+        CHECK(rlpo_test::rel_err(rank[0].pg_loss, whole.pg_loss) < tol);
+        CHECK(rlpo_test::rel_err(rank[0].vf_loss, whole.vf_loss) < tol);
+        CHECK(rlpo_test::max_rel_err(g_lp, whole.grad_logp) < tol);
+        CHECK(rlpo_test::max_rel_err(g_z, whole.grad_logits) < tol);
+        CHECK(rlpo_test::max_rel_err(g_v, whole.grad_values) < tol);
+        for (const auto& e : whole.metrics) {
+            INFO(e.first);
+            CHECK(rlpo_test::rel_err(rank[0].metrics[e.first], e.second.value(), 1e-12) < tol);
+        }
+    }
+}
+
+TEST_CASE("training step: options and placements", "[rollout][step][properties]") {
+    const Data<double> d = make_data<double>(17);
+    const Index B = d.logp.rows();
+    SECTION("defaults: PPO clip alone; on-policy without old_logp gives −mean A") {
+        const TrainingStep<double> step;
+        StepInputs<double> in;
+        in.logp = d.logp;
+        in.mask = d.mask;
+        in.advantages = d.adv;
+        const auto r = step(in);
+        const auto pg = rlpo::policy::ppo_clip(d.logp, d.logp, d.adv, d.mask);
+        CHECK(r.loss == pg.value);
+        CHECK(r.grad_logp.cwiseEqual(pg.grad).count() + (d.mask.array() == 0).count() >= d.mask.size());
+        CHECK(r.grad_logits.size() == 0);
+        CHECK(r.grad_values.size() == 0);
+        CHECK(r.metrics["actor/ppo_kl"] == 0.0);
+    }
+    SECTION("KL in the reward: reported of old vs ref, no gradient, not in the loss") {
+        StepOptions o;
+        o.kl = rlpo::penalties::KLOptions::verl(rlpo::penalties::KLEstimator::K1);
+        o.kl_placement = KLPlacement::Reward;
+        StepInputs<double> in;
+        fill(in, d, 0, B, false, false);
+        const auto r = TrainingStep<double>(o)(in);
+        const auto pg = rlpo::policy::ppo_clip(d.logp, d.old, d.adv, d.mask);
+        CHECK(r.loss == pg.value);
+        CHECK(r.kl_loss == 0.0);
+        CHECK_FALSE(r.metrics.contains("actor/kl_loss"));
+        const auto kl = rlpo::penalties::kl_penalty(d.old, d.ref, d.mask, *o.kl);
+        CHECK(r.metrics["actor/reward_kl"] == kl.metrics["kl"]);
+    }
+    SECTION("add_to accumulates, no_grad skips, a write_to buffer is zeroed first") {
+        const TrainingStep<double> step(full_options(Aggregation::TokenMean));
+        StepInputs<double> in;
+        fill(in, d, 0, B, true, true);
+        const auto own = step(in);
+        Mat<double> g = Mat<double>::Ones(B, d.logp.cols());
+        step(in, {rlpo::add_to<double>(g, 2.0), rlpo::no_grad<double>(), rlpo::no_grad<double>()});
+        CHECK(rlpo_test::max_rel_err(g, Mat<double>((Mat<double>::Ones(B, d.logp.cols()) + 2.0 * own.grad_logp))) < 1e-14);
+        Mat<double> w = Mat<double>::Constant(B, d.logp.cols(), 7.0);
+        const auto r = step(in, {rlpo::write_to<double>(w), rlpo::no_grad<double>(), rlpo::no_grad<double>()});
+        CHECK(w == own.grad_logp);
+        CHECK(r.grad_logp.size() == 0);
+        CHECK(r.grad_logits.size() == 0);
+        CHECK(r.loss == own.loss);
+    }
+    SECTION("a distillation hook adds its value and its logits gradient with its coefficient") {
+        StepOptions o;
+        o.distill_coef = 0.5;
+        const rlpo::rollout::DistillHook<double> hook =
+            [](const rlpo::ConstMatRef<double>& z, const rlpo::ConstMatRef<double>&,
+               const rlpo::GradientOut<double>& g, const rlpo::Normalizer&, rlpo::Metrics& m) {
+                // a toy term: Σ z over the first column, gradient 1 there
+                for (Index r = 0; r < z.rows(); ++r) g.data[r * g.stride] += static_cast<double>(g.coef);
+                m.set("distill/toy", 1.0);
+                return g.coef * (z.col(0).array().isNaN().select(0.0, z.col(0).array())).sum();
+            };
+        Mat<double> z = d.logits;
+        for (Index k = 0; k < z.size(); ++k)
+            if (std::isnan(z.data()[k])) z.data()[k] = 0;
+        StepInputs<double> in;
+        fill(in, d, 0, B, false, false);
+        in.logits = z;
+        const auto r = TrainingStep<double>(o, hook)(in);
+        CHECK(r.distill_loss == Approx(0.5 * z.col(0).sum()));
+        CHECK(r.grad_logits.col(0).isConstant(0.5));
+        CHECK(r.metrics["distill/toy"] == 1.0);
+    }
+}
+
+TEST_CASE("training step: bad input gives the documented error", "[rollout][step][bad-input]") {
+    const Data<double> d = make_data<double>(19);
+    const Index B = d.logp.rows();
+    const auto full = full_options(Aggregation::TokenMean);
+    {
+        StepInputs<double> in;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>()(in), "rollout::TrainingStep(): logp: required");
+        in.logp = d.logp;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>()(in), "mask: required (every term)");
+        in.mask = d.mask;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>()(in), "advantages: required (the policy surrogate)");
+        in.advantages = d.adv.leftCols(3);
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>()(in), "advantages: expected shape [6, 7] (same as logp), given [6, 3]");
+        in.advantages = d.adv;
+        in.old_logp = d.old.topRows(2);
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>()(in), "old_logp: expected shape");
+    }
+    {
+        StepInputs<double> in;
+        fill(in, d, 0, B, false, false);
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in), "logits: required (entropy or distillation term)");
+        in.logits = d.logits.topRows(4);
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in), "logits: expected [B*T = 42, V > 0] rows");
+        in.logits = d.logits;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in), "values: required (the value loss)");
+        in.values = d.values;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in), "old_values: required");
+        in.old_values = d.old_values;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in), "returns: required");
+    }
+    {
+        StepInputs<double> in;
+        in.logp = d.logp;
+        in.mask = d.mask;
+        in.advantages = d.adv;
+        StepOptions o;
+        o.kl = rlpo::penalties::KLOptions{};
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(o)(in), "ref_logp: required (the KL loss)");
+    }
+    StepOptions o;
+    o.value.clip = 0.0;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>{o}, "value.clip: must be > 0");
+    o = {};
+    o.kl_coef = std::numeric_limits<double>::quiet_NaN();
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>{o}, "kl_coef: must be finite");
+    o = {};
+    o.entropy_coef = std::numeric_limits<double>::infinity();
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>{o}, "entropy_coef: must be finite");
+    o = {};
+    o.policy.vanilla.clip_low = -1;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>{o}, "clip_low: must be > 0");
+    o = {};
+    o.kl = rlpo::penalties::KLOptions{};
+    o.kl->log_ratio_clamp = 0;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>{o}, "log_ratio_clamp: must be > 0");
+    {  // a term's own error surfaces with its message
+        Data<double> bad = d;
+        bad.adv(0, 1) = std::numeric_limits<double>::quiet_NaN();
+        StepInputs<double> in;
+        fill(in, bad, 0, B, true, true);
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in), "advantages: NaN at [0, 1]");
+        bad = d;
+        bad.logits(2, 0) = std::numeric_limits<double>::quiet_NaN();  // token [0, 2], unmasked
+        fill(in, bad, 0, B, true, true);
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in), "policy::entropy_bonus(): logits: nan at [2, 0]");
+        bad = d;
+        bad.returns(0, 3) = std::numeric_limits<double>::quiet_NaN();
+        fill(in, bad, 0, B, true, true);
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in), "returns: NaN at [0, 3]");
+    }
+}
