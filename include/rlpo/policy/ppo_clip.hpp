@@ -11,12 +11,13 @@
 /// is the aggregation (core/aggregation.hpp) of l over the mask.
 ///
 /// **Two-sided clip (INTELLECT-2)**: Prime Intellect, "INTELLECT-2: A Reasoning Model Trained
-/// Through Globally Decentralized Reinforcement Learning" (2025), two-sided GRPO clipping, δ = 4
-/// in its section 4.1 setting; TRL's GRPOConfig `delta`. As in TRL, the unclipped branch's ratio
-/// is capped, min(r, δ), for every token. Since δ > 1 + ε_h, this changes nothing where A > 0 (the max already picks the clipped
-/// branch for r > 1 + ε_h); where A < 0 it bounds the loss of a huge ratio at −A·δ with zero
-/// gradient (like a dual-clip with c = δ, but reported differently: a token capped by δ is not
-/// counted in `pg_clipfrac_lower`). Both may be combined (δ first, then the dual-clip min).
+/// Through Globally Decentralized Reinforcement Learning" (2025), two-sided GRPO clipping, δ = 4 in
+/// its section 4.1 setting; TRL's GRPOConfig `delta`. As in TRL, the unclipped branch's ratio is
+/// capped, min(r, δ), for every token. Since δ > 1 + ε_h, this changes nothing where A > 0 (the max
+/// already picks the clipped branch for r > 1 + ε_h); where A < 0 it bounds the loss of a huge
+/// ratio at −A·δ with zero gradient (like a dual-clip with c = δ, but reported differently: a token
+/// capped by δ is not counted in `pg_clipfrac_lower`). Both may be combined (δ first, then the
+/// dual-clip min).
 ///
 /// **Gradient** w.r.t. `logp`: ∂l1/∂logp = −A·r·[−L ≤ lr_raw ≤ L]·[r ≤ δ] (the clamps stop the
 /// gradient, inclusive at their bounds as `torch.clamp`); the clipped branch contributes
