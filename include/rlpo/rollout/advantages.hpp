@@ -216,9 +216,7 @@ Vec<::rlpo::detail::scalar_t<D>> lengths_from_mask(const Eigen::MatrixBase<D>& m
     Vec<S> len(m.rows());
     const Index T = m.cols();
     detail::for_mask_rows<S>("rollout::lengths_from_mask", m, [&](Index i, const S* row) {
-        Index n = 0;
-        for (Index t = 0; t < T; ++t) n += row[t] != S(0) ? 1 : 0;
-        len(i) = static_cast<S>(n);
+        len(i) = static_cast<S>((Eigen::Map<const Eigen::Array<S, 1, Eigen::Dynamic>>(row, T) != S(0)).count());
     });
     return len;
 }

@@ -113,11 +113,9 @@ inline void for_mask_rows(const char* fn, const ConstMatRef<S>& m, F&& f) {
 #endif
     for (Index i = 0; i < B; ++i) {
         const S* row = m.data() + i * m.outerStride();
-        bool rb = false;
-        for (Index t = 0; t < T; ++t) {
-            const double v = static_cast<double>(row[t]);
-            rb |= !(v >= 0.0 && v < std::numeric_limits<double>::infinity());
-        }
+        const Eigen::Map<const Eigen::Array<S, 1, Eigen::Dynamic>> r(row, T);
+        // vectorised: every entry ≥ 0 (false for NaN) and finite
+        const bool rb = T > 0 && !((r >= S(0)).all() && r.allFinite());
         f(i, row);
         bad = bad || rb;
     }
