@@ -430,3 +430,14 @@ TEST_CASE("pass@k / OPO / GDPO: bad input gives the documented error", "[rollout
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gdpo_advantages(Mat<double>::Ones(4, 0), Groups::equal(4, 2)), "expected at least one reward component");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gdpo_advantages(Mat<double>::Ones(3, 2), Groups::equal(4, 2)), "rewards: has 3 entries, but the groups cover 4");
 }
+
+TEST_CASE("advantage estimator names round-trip; unknown names list the valid ones", "[rollout][advantages][names]") {
+    using E = rr::AdvantageEstimator;
+    for (E e : {E::GAE, E::GRPO, E::DrGRPO, E::RLOO, E::ReinforcePP, E::ReinforcePPBaseline, E::ReMax, E::OPO,
+                E::GRPOPassK, E::PassK, E::GDPO})
+        CHECK(rr::parse_advantage_estimator(rr::to_string(e)) == e);
+    CHECK(rr::parse_advantage_estimator("reinforce_plus_plus") == E::ReinforcePP);
+    CHECK(rr::parse_advantage_estimator("grpo_passk") == E::GRPOPassK);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::parse_advantage_estimator("ppo"),
+                                    "rollout::parse_advantage_estimator(): name: unknown advantage estimator 'ppo'; valid names: gae, grpo, dr_grpo, rloo");
+}

@@ -37,6 +37,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 namespace rlpo::rollout {
@@ -507,6 +508,52 @@ Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rew
         for (auto& x : sum) x = den > 0 ? (x - mu) / den : 0.0;
     }
     return detail::to_vec<S>(sum);
+}
+
+
+/// The advantage estimators, for config-driven trainers.
+enum class AdvantageEstimator {
+    GAE, GRPO, DrGRPO, RLOO, ReinforcePP, ReinforcePPBaseline, ReMax, OPO, GRPOPassK, PassK, GDPO
+};
+
+/// Name of an estimator as verl's `algorithm.adv_estimator` spells it (rlpo's own spelling for
+/// those verl lacks: `dr_grpo`, `passk`, `gdpo`).
+inline const char* to_string(AdvantageEstimator e) {
+    switch (e) {
+        case AdvantageEstimator::GAE: return "gae";
+        case AdvantageEstimator::GRPO: return "grpo";
+        case AdvantageEstimator::DrGRPO: return "dr_grpo";
+        case AdvantageEstimator::RLOO: return "rloo";
+        case AdvantageEstimator::ReinforcePP: return "reinforce_plus_plus";
+        case AdvantageEstimator::ReinforcePPBaseline: return "reinforce_plus_plus_baseline";
+        case AdvantageEstimator::ReMax: return "remax";
+        case AdvantageEstimator::OPO: return "opo";
+        case AdvantageEstimator::GRPOPassK: return "grpo_passk";
+        case AdvantageEstimator::PassK: return "passk";
+        case AdvantageEstimator::GDPO: return "gdpo";
+    }
+    return "?";
+}
+
+/// Parse verl's `adv_estimator` names (`gae`, `grpo`, `rloo`, `reinforce_plus_plus`,
+/// `reinforce_plus_plus_baseline`, `remax`, `opo`, `grpo_passk`) and rlpo's (`dr_grpo`,
+/// `passk`, `gdpo`). Unknown names throw with the list of valid names.
+inline AdvantageEstimator parse_advantage_estimator(const std::string& name) {
+    static const AdvantageEstimator all[] = {
+        AdvantageEstimator::GAE,         AdvantageEstimator::GRPO,
+        AdvantageEstimator::DrGRPO,      AdvantageEstimator::RLOO,
+        AdvantageEstimator::ReinforcePP, AdvantageEstimator::ReinforcePPBaseline,
+        AdvantageEstimator::ReMax,       AdvantageEstimator::OPO,
+        AdvantageEstimator::GRPOPassK,   AdvantageEstimator::PassK,
+        AdvantageEstimator::GDPO};
+    std::string valid;
+    for (AdvantageEstimator e : all) {
+        if (name == to_string(e)) return e;
+        valid += valid.empty() ? "" : ", ";
+        valid += to_string(e);
+    }
+    ::rlpo::detail::fail("rollout::parse_advantage_estimator", "name: unknown advantage estimator '",
+                         name, "'; valid names: ", valid);
 }
 
 }  // namespace rlpo::rollout
