@@ -244,10 +244,11 @@ Result<::rlpo::detail::scalar_t<DL>> kl_penalty(
     const detail::KLPacketConsts<S> kc(opts);
     const auto pass = ::rlpo::detail::token_pass_simd<1, S>(
         fn, m, w, g, {{"logp", &lp}, {"ref_logp", &rlp}},
-        [&](Index i, Index k, Index T, P& loss, P& grad, ::rlpo::detail::simd::Packets<S, 1>& st) {
+        [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
+            ::rlpo::detail::simd::Packets<S, 1>& st) {
             using namespace ::rlpo::detail::simd;
-            const P d = psub(load(lp.data() + i * lp.outerStride(), k, T),
-                             load(rlp.data() + i * rlp.outerStride(), k, T));
+            const P d = psub(load_kept(lp.data() + i * lp.outerStride(), k, T, keep),
+                             load_kept(rlp.data() + i * rlp.outerStride(), k, T, keep));
             detail::kl_packet<S>(d, kc, loss, grad);
             st[0] = loss;
         });
@@ -283,12 +284,14 @@ Result<::rlpo::detail::scalar_t<DL>> kl_penalty_corrected(
     const detail::KLPacketConsts<S> kc(opts);
     const auto pass = ::rlpo::detail::token_pass_simd<1, S>(
         fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"ref_logp", &rlp}},
-        [&](Index i, Index k, Index T, P& loss, P& grad, ::rlpo::detail::simd::Packets<S, 1>& st) {
+        [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
+            ::rlpo::detail::simd::Packets<S, 1>& st) {
             using namespace ::rlpo::detail::simd;
-            const P x = load(lp.data() + i * lp.outerStride(), k, T);
+            const P x = load_kept(lp.data() + i * lp.outerStride(), k, T, keep);
             P v, gv;
-            detail::kl_packet<S>(psub(x, load(rlp.data() + i * rlp.outerStride(), k, T)), kc, v, gv);
-            const P raw = psub(x, load(olp.data() + i * olp.outerStride(), k, T));
+            detail::kl_packet<S>(psub(x, load_kept(rlp.data() + i * rlp.outerStride(), k, T, keep)), kc,
+                                 v, gv);
+            const P raw = psub(x, load_kept(olp.data() + i * olp.outerStride(), k, T, keep));
             const P wt = pexp(pmin(pmax(raw, kc.vnL), kc.vL));
             const P dw = pselect(pand(pcmp_le(kc.vnL, raw), pcmp_le(raw, kc.vL)), wt, kc.zero);
             loss = pselect(not_nan<S>(raw), pmul(wt, v), raw);

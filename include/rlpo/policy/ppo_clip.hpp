@@ -163,11 +163,12 @@ Result<::rlpo::detail::scalar_t<DL>> ppo_clip(
     const P zero = simd::set1<S>(S(0)), half = simd::set1<S>(S(0.5));
     const auto pass = ::rlpo::detail::token_pass_simd<3, S>(
         fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}},
-        [&](Index i, Index k, Index T, P& loss, P& grad, ::rlpo::detail::simd::Packets<S, 3>& st) {
+        [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
+            ::rlpo::detail::simd::Packets<S, 3>& st) {
             using namespace ::rlpo::detail::simd;
-            const P a = load(A.data() + i * A.outerStride(), k, T), na = pnegate(a);
-            const P raw = psub(load(lp.data() + i * lp.outerStride(), k, T),
-                               load(olp.data() + i * olp.outerStride(), k, T));
+            const P a = load_kept(A.data() + i * A.outerStride(), k, T, keep), na = pnegate(a);
+            const P raw = psub(load_kept(lp.data() + i * lp.outerStride(), k, T, keep),
+                               load_kept(olp.data() + i * olp.outerStride(), k, T, keep));
             const P lr = pmin(pmax(raw, vnL), vL);
             const P r = pexp(lr);
             // −A·∂r/∂logp: the clamp stops the gradient outside [−L, L] (inclusive bounds)

@@ -165,6 +165,11 @@ inline void store_n(S* p, Index k, Index n, const Packet<S>& v) {
     Eigen::internal::pstoreu(buf, v);
     for (Index j = 0; k + j < n; ++j) p[k + j] = buf[j];
 }
+/// `load` with the lanes where `keep` is clear set to 0 (masked positions never reach the math).
+template <class S>
+inline Packet<S> load_kept(const S* p, Index k, Index n, const Packet<S>& keep) {
+    return pand(load(p, k, n), keep);
+}
 /// All-ones lanes where x is not NaN.
 template <class S>
 inline Packet<S> not_nan(const Packet<S>& x) {
@@ -190,12 +195,15 @@ struct Packets {
 
 /// Per-packet token pass: the fastest form, used by ppo_clip and kl_penalty. The functor is
 /// called once per SIMD packet of a row,
-///     `f(i, k, T, loss, grad, stats)`  (Packet<S>& loss, Packet<S>& grad, simd::Packets<S, K>& stats)
-/// for the tokens [k, k + width) of row i (T = row length: load with `simd::load(p, k, T)`,
-/// which zero-pads past the end), and returns loss, ∂loss/∂x and the K statistics in registers.
-/// The driver loads the mask once per packet, blends masked lanes away, checks for NaN,
-/// writes the gradient and accumulates the sums (in S over 8 packets, then in double, in a
-/// fixed order). Packets whose lanes are all masked are skipped. Same contract as token_pass.
+///     `f(i, k, T, keep, loss, grad, stats)`
+///     (const Packet<S>& keep, Packet<S>& loss, Packet<S>& grad, simd::Packets<S, K>& stats)
+/// for the tokens [k, k + width) of row i (T = row length). It must read its inputs with
+/// `simd::load_kept(p, k, T, keep)`, which zero-pads past the end of the row and zeroes the
+/// masked lanes, so that whatever a masked position holds (NaN included) never reaches the
+/// arithmetic; on zero inputs a kernel must produce finite values. It returns loss, ∂loss/∂x
+/// and the K statistics in registers. The driver loads the mask once per packet, skips packets
+/// whose lanes are all masked, checks for NaN, writes the gradient and accumulates the sums (in
+/// S over 8 packets, then in double, in a fixed order). Same contract as token_pass.
 template <std::size_t K, class S, class F>
 inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRef<S>& mask,
                                           const RowWeights& w, const GradWriter<S>& g,
@@ -241,25 +249,23 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
         Packets<S, K> stats;
         for (Index k = 0; k < T; k += W) {
             const P m = load(mk, k, T);
-            const P inactive = pcmp_eq(m, zero);
-            if (!Eigen::internal::predux_any(pandnot(all, inactive))) {
+            const P keep = pandnot(all, pcmp_eq(m, zero));
+            if (!Eigen::internal::predux_any(keep)) {
                 if (gw && gmode == GradMode::Write) store_n(gw, k, T, zero);
                 continue;
             }
-            f(i, k, T, loss, grad, stats);
-            bad = por(bad, pandnot(pandnot(all, pand(not_nan<S>(loss), not_nan<S>(grad))), inactive));
+            f(i, k, T, keep, loss, grad, stats);
+            // masked lanes saw zero inputs: their outputs are finite, and m = 0 zeroes them
+            bad = por(bad, pandnot(all, pand(not_nan<S>(loss), not_nan<S>(grad))));
             if (gw) {
                 const P gk = pmul(pmul(grad, m), gs);
-                if (gmode == GradMode::Add) {
-                    const P old = load(static_cast<const S*>(gw), k, T);
-                    store_n(gw, k, T, pselect(inactive, old, padd(old, gk)));
-                } else {
-                    store_n(gw, k, T, pselect(inactive, zero, gk));
-                }
+                if (gmode == GradMode::Add)
+                    store_n(gw, k, T, padd(load(static_cast<const S*>(gw), k, T), gk));
+                else
+                    store_n(gw, k, T, gk);
             }
-            acc = padd(acc, pselect(inactive, zero, pmul(loss, m)));
-            for (std::size_t j = 0; j < K; ++j)
-                acc_st[j] = padd(acc_st[j], pselect(inactive, zero, pmul(stats[j], m)));
+            acc = padd(acc, pmul(loss, m));
+            for (std::size_t j = 0; j < K; ++j) acc_st[j] = padd(acc_st[j], pmul(stats[j], m));
             if (++pending == 8) flush();
         }
         flush();
@@ -267,7 +273,7 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
             // find the first NaN again, in scalar code (rare path: the call throws)
             for (Index k = 0; k < T && row_nan[r] < 0; k += W) {
                 const P m = load(mk, k, T);
-                f(i, k, T, loss, grad, stats);
+                f(i, k, T, pandnot(all, pcmp_eq(m, zero)), loss, grad, stats);
                 S lb[W], gb[W], mb[W];
                 Eigen::internal::pstoreu(lb, loss);
                 Eigen::internal::pstoreu(gb, grad);
