@@ -96,6 +96,23 @@ TEST_CASE("gmpo: properties", "[policy][gmpo][properties]") {
     }
 }
 
+TEST_CASE("gmpo: the parallel row loop gives the serial result and reports errors in row order",
+          "[policy][gmpo][properties]") {
+    const Batch b = spread_batch(25, 64, 1024, 0.15, false);
+    require_micro_batch_invariance(
+        [&](Index r0, Index nr, const rlpo::Normalizer& n) {
+            return rlpo::policy::gmpo(b.logp.middleRows(r0, nr), b.old.middleRows(r0, nr), b.adv.middleRows(r0, nr),
+                                      b.mask.middleRows(r0, nr), GMPOOptions{}, n);
+        },
+        b.mask);
+    Mat<double> bad = b.adv, m = b.mask;
+    m.row(33).setOnes();
+    m.row(60).setOnes();
+    bad(60, 1) = std::numeric_limits<double>::quiet_NaN();
+    bad(33, 1000) = std::numeric_limits<double>::quiet_NaN();
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gmpo(b.logp, b.old, bad, m), "advantages: NaN at [33, 1000]");
+}
+
 TEST_CASE("gmpo: bad input gives the documented error", "[policy][gmpo][bad-input]") {
     const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3), y = Mat<double>::Zero(2, 4);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gmpo(x, y, x, m),

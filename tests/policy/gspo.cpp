@@ -156,6 +156,28 @@ TEST_CASE("gspo: properties", "[policy][gspo][properties]") {
     }
 }
 
+TEST_CASE("gspo: the parallel row loop gives the serial result and reports errors in row order",
+          "[policy][gspo][properties]") {
+    // 64×1024 tokens take the OpenMP path (when enabled); its uneven micro-batches (≤ 11 rows)
+    // take the serial one: with global counts they must add up to the same value and gradient.
+    const Batch b = spread_batch(11, 64, 1024, 0.15, false);
+    for (auto o : {GSPOOptions::verl(0.2, 0.28), GSPOOptions::trl(0.2, 0.28)}) {
+        o.aggregation = std::nullopt;
+        require_micro_batch_invariance(
+            [&](Index r0, Index nr, const rlpo::Normalizer& n) {
+                return rlpo::policy::gspo(b.logp.middleRows(r0, nr), b.old.middleRows(r0, nr),
+                                          b.adv.middleRows(r0, nr), b.mask.middleRows(r0, nr), o, n);
+            },
+            b.mask);
+    }
+    Mat<double> bad = b.logp, m = b.mask;
+    m.row(40).setOnes();
+    m.row(50).setOnes();
+    bad(50, 7) = std::numeric_limits<double>::quiet_NaN();
+    bad(40, 900) = std::numeric_limits<double>::quiet_NaN();
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gspo(bad, b.old, b.adv, m), "logp: NaN at [40, 900]");
+}
+
 TEST_CASE("gspo: bad input gives the documented error", "[policy][gspo][bad-input]") {
     const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3), y = Mat<double>::Zero(2, 4);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gspo(x, y, x, m),

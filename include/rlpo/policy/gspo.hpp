@@ -45,6 +45,8 @@
 #include <rlpo/policy/detail/common.hpp>
 
 #include <algorithm>
+#include <array>
+#include <exception>
 #include <limits>
 #include <vector>
 
@@ -114,62 +116,81 @@ Result<::rlpo::detail::scalar_t<DL>> gspo(
     const double lo = 1.0 - opts.clip_low, hi = 1.0 + opts.clip_high, K = opts.log_ratio_cap;
     const bool token_level = opts.level == GSPOLevel::Token;
     const Index B = lp.rows(), T = lp.cols();
-    double value = 0.0, clipped = 0.0, neg_kl = 0.0;
-    std::vector<double> dl(static_cast<std::size_t>(T));  // ∂l_it/∂(log ŝ) per token
+    // Per-row partial sums, combined in row order after the (optionally parallel) row loop, so
+    // the result is bitwise identical for any number of threads. An error in a row is captured
+    // and the first one in row order is rethrown after the loop (never across threads).
+    std::vector<std::array<double, 3>> part(static_cast<std::size_t>(B), std::array<double, 3>{});
+    std::vector<std::exception_ptr> err(static_cast<std::size_t>(B));
+#if defined(RLPO_USE_OPENMP)
+#pragma omp parallel for schedule(static) if (B * T > 32768)
+#endif
     for (Index i = 0; i < B; ++i) {
         const auto r = static_cast<std::size_t>(i);
-        const double len = w.len[r];
-        if (len <= 0) {
-            for (Index t = 0; t < T; ++t) g.zero(i, t);
-            continue;
-        }
-        detail::check_row_nan<S>(fn, m, i, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
-        double sum_lr = 0.0;
-        for (Index t = 0; t < T; ++t) {
-            const double mk = static_cast<double>(m(i, t));
-            if (mk == 0) continue;
-            const double lr = static_cast<double>(lp(i, t)) - static_cast<double>(olp(i, t));
-            if (std::isnan(lr))
-                ::rlpo::detail::fail_nan_at<S>(fn, i, t, {{"logp", &lp}, {"old_logp", &olp}});
-            sum_lr += mk * lr;
-            neg_kl -= mk * lr;
-        }
-        if (std::isnan(sum_lr))
-            ::rlpo::detail::fail(fn, "inputs of row ", i,
-                                 " give an undefined (NaN) sequence log-ratio (+inf and -inf log-ratios)");
-        const double log_s_raw = sum_lr / len;
-        const double log_s = std::min(log_s_raw, K);
-        const double s = std::exp(log_s);
-        const double ds = log_s_raw > K ? 0.0 : s;  // ∂s/∂(log s), 0 beyond the cap
-        const double sc = std::clamp(s, lo, hi);
-        const bool in_range = s >= lo && s <= hi;
-        const double c = w.c[r];
-        double row = 0.0, G = 0.0;
-        for (Index t = 0; t < T; ++t) {
-            const double mk = static_cast<double>(m(i, t));
-            if (mk == 0) continue;
-            const double a = static_cast<double>(A(i, t));
-            const double l1 = -a * s, g1 = -a * ds;
-            const double l2 = -a * sc, g2 = in_range ? g1 : 0.0;
-            const ::rlpo::detail::LossGrad lg = detail::tie_max(l1, g1, l2, g2);
-            if (std::isnan(lg.loss) || std::isnan(lg.grad))
-                ::rlpo::detail::fail_nan_at<S>(fn, i, t, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
-            const double wt = detail::weight_at(is_weights, i, t);
-            clipped += l2 > l1 ? mk : 0.0;
-            row += mk * wt * lg.loss;
-            dl[static_cast<std::size_t>(t)] = c * mk * wt * lg.grad;
-            G += dl[static_cast<std::size_t>(t)];
-        }
-        value += c * row;
-        if (!g.active()) continue;
-        for (Index t = 0; t < T; ++t) {
-            const double mk = static_cast<double>(m(i, t));
-            if (mk == 0) {
-                g.zero(i, t);
+        try {
+            const double len = w.len[r];
+            if (len <= 0) {
+                for (Index t = 0; t < T; ++t) g.zero(i, t);
                 continue;
             }
-            g.put(i, t, token_level ? dl[static_cast<std::size_t>(t)] : G * mk / len);
+            detail::check_row_nan<S>(fn, m, i, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
+            double sum_lr = 0.0, neg_kl = 0.0, clipped = 0.0;
+            for (Index t = 0; t < T; ++t) {
+                const double mk = static_cast<double>(m(i, t));
+                if (mk == 0) continue;
+                const double lr = static_cast<double>(lp(i, t)) - static_cast<double>(olp(i, t));
+                if (std::isnan(lr))
+                    ::rlpo::detail::fail_nan_at<S>(fn, i, t, {{"logp", &lp}, {"old_logp", &olp}});
+                sum_lr += mk * lr;
+                neg_kl -= mk * lr;
+            }
+            if (std::isnan(sum_lr))
+                ::rlpo::detail::fail(fn, "inputs of row ", i,
+                                     " give an undefined (NaN) sequence log-ratio (+inf and -inf log-ratios)");
+            const double log_s_raw = sum_lr / len;
+            const double log_s = std::min(log_s_raw, K);
+            const double s = std::exp(log_s);
+            const double ds = log_s_raw > K ? 0.0 : s;  // ∂s/∂(log s), 0 beyond the cap
+            const double sc = std::clamp(s, lo, hi);
+            const bool in_range = s >= lo && s <= hi;
+            const double c = w.c[r];
+            std::vector<double> dl(static_cast<std::size_t>(T), 0.0);  // c·m·w·∂l_it/∂(log ŝ)
+            double row = 0.0, G = 0.0;
+            for (Index t = 0; t < T; ++t) {
+                const double mk = static_cast<double>(m(i, t));
+                if (mk == 0) continue;
+                const double a = static_cast<double>(A(i, t));
+                const double l1 = -a * s, g1 = -a * ds;
+                const double l2 = -a * sc, g2 = in_range ? g1 : 0.0;
+                const ::rlpo::detail::LossGrad lg = detail::tie_max(l1, g1, l2, g2);
+                if (std::isnan(lg.loss) || std::isnan(lg.grad))
+                    ::rlpo::detail::fail_nan_at<S>(fn, i, t, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
+                const double wt = detail::weight_at(is_weights, i, t);
+                clipped += l2 > l1 ? mk : 0.0;
+                row += mk * wt * lg.loss;
+                dl[static_cast<std::size_t>(t)] = c * mk * wt * lg.grad;
+                G += dl[static_cast<std::size_t>(t)];
+            }
+            part[r] = {c * row, clipped, neg_kl};
+            if (!g.active()) continue;
+            for (Index t = 0; t < T; ++t) {
+                const double mk = static_cast<double>(m(i, t));
+                if (mk == 0) {
+                    g.zero(i, t);
+                    continue;
+                }
+                g.put(i, t, token_level ? dl[static_cast<std::size_t>(t)] : G * mk / len);
+            }
+        } catch (...) {
+            err[r] = std::current_exception();
         }
+    }
+    double value = 0.0, clipped = 0.0, neg_kl = 0.0;
+    for (Index i = 0; i < B; ++i) {
+        const auto r = static_cast<std::size_t>(i);
+        if (err[r]) std::rethrow_exception(err[r]);
+        value += part[r][0];
+        clipped += part[r][1];
+        neg_kl += part[r][2];
     }
     res.value = g.coef() * value;
     res.metrics.add("pg_clipfrac", clipped, w.local_tokens);
