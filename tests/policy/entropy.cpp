@@ -94,6 +94,30 @@ TEST_CASE("entropy_bonus: properties", "[policy][entropy][properties]") {
     }
 }
 
+TEST_CASE("entropy_bonus: the parallel loop gives the serial result and reports errors in order",
+          "[policy][entropy][properties]") {
+    rt::Generator gen(53);
+    const Index B = 32, T = 16, V = 1024;  // 2^19 logits: the OpenMP path when enabled
+    const Mat<double> z = gen.logits(B * T, V), m = gen.mask(B, T, 1, true);
+    const rlpo::Normalizer n = rlpo_test::global_normalizer(Aggregation::SeqMeanTokenMean, m);
+    const auto full = rp::entropy_bonus(z, m, n);
+    double sum = 0;
+    Mat<double> g(B * T, V);
+    for (Index i = 0; i < B; ++i) {  // one sequence at a time: the serial path
+        const auto part = rp::entropy_bonus(z.middleRows(i * T, T), m.middleRows(i, 1), n);
+        sum += part.value;
+        g.middleRows(i * T, T) = part.grad;
+    }
+    CHECK(rlpo_test::rel_err(sum, full.value) < 1e-12);
+    CHECK(rlpo_test::max_rel_err(g, full.grad) < 1e-12);
+    Mat<double> bad = z, mm = m;
+    mm.row(30).setOnes();
+    mm.row(9).setOnes();
+    bad(30 * T, 0) = std::numeric_limits<double>::quiet_NaN();
+    bad(9 * T + 3, 5) = std::numeric_limits<double>::quiet_NaN();
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::entropy_bonus(bad, mm), "logits: nan at [147, 5]");
+}
+
 TEST_CASE("entropy_bonus: bad input gives the documented error", "[policy][entropy][bad-input]") {
     const Mat<double> z = Mat<double>::Zero(6, 4), m = Mat<double>::Ones(2, 3);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::entropy_bonus(Mat<double>(Mat<double>::Zero(5, 4)), m),

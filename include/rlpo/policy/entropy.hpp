@@ -26,6 +26,9 @@
 #include <rlpo/core/math.hpp>
 #include <rlpo/policy/detail/common.hpp>
 
+#include <array>
+#include <exception>
+#include <limits>
 #include <vector>
 
 namespace rlpo::policy {
@@ -46,31 +49,49 @@ Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
     const RowWeights w = row_weights(fn, m, norm);
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, z.rows(), V);
     // Rows are evaluated in double (float logits are widened first), so that float inputs get
-    // the entropy and gradient of the exact softmax of the given values.
-    std::vector<double> zd(static_cast<std::size_t>(V)), tmp(static_cast<std::size_t>(V));
+    // the entropy and gradient of the exact softmax of the given values. Sequences run in
+    // parallel (OpenMP) with per-sequence partial sums combined in order; a sequence's error is
+    // captured and the first one in order rethrown after the loop.
+    std::vector<std::array<double, 2>> part(static_cast<std::size_t>(B), std::array<double, 2>{});
+    std::vector<std::exception_ptr> err(static_cast<std::size_t>(B));
+#if defined(RLPO_USE_OPENMP)
+#pragma omp parallel for schedule(static) if (B * T * V > 262144)
+#endif
+    for (Index i = 0; i < B; ++i) {
+        try {
+            std::vector<double> zd(static_cast<std::size_t>(V)), tmp(static_cast<std::size_t>(V));
+            const double ci = w.c[static_cast<std::size_t>(i)];
+            double value = 0, hsum = 0;
+            for (Index t = 0; t < T; ++t) {
+                const Index row = i * T + t;
+                const double mk = static_cast<double>(m(i, t));
+                if (mk == 0) {
+                    for (Index j = 0; j < V; ++j) g.zero(row, j);
+                    continue;
+                }
+                for (Index j = 0; j < V; ++j) {
+                    const double x = static_cast<double>(z(row, j));
+                    if (std::isnan(x) || x == std::numeric_limits<double>::infinity())
+                        ::rlpo::detail::fail(fn, "logits: ", x, " at [", row, ", ", j,
+                                             "] in an unmasked row (NaN and +inf are rejected)");
+                    zd[static_cast<std::size_t>(j)] = x;
+                }
+                const double h = ::rlpo::entropy_row(zd.data(), V, g.active() ? tmp.data() : nullptr, ci * mk);
+                value += ci * mk * h;
+                hsum += mk * h;
+                if (g.active())
+                    for (Index j = 0; j < V; ++j) g.put(row, j, tmp[static_cast<std::size_t>(j)]);
+            }
+            part[static_cast<std::size_t>(i)] = {value, hsum};
+        } catch (...) {
+            err[static_cast<std::size_t>(i)] = std::current_exception();
+        }
+    }
     double value = 0, hsum = 0;
     for (Index i = 0; i < B; ++i) {
-        const double ci = w.c[static_cast<std::size_t>(i)];
-        for (Index t = 0; t < T; ++t) {
-            const Index row = i * T + t;
-            const double mk = static_cast<double>(m(i, t));
-            if (mk == 0) {
-                for (Index j = 0; j < V; ++j) g.zero(row, j);
-                continue;
-            }
-            for (Index j = 0; j < V; ++j) {
-                const double x = static_cast<double>(z(row, j));
-                if (std::isnan(x) || x == std::numeric_limits<double>::infinity())
-                    ::rlpo::detail::fail(fn, "logits: ", x, " at [", row, ", ", j,
-                                         "] in an unmasked row (NaN and +inf are rejected)");
-                zd[static_cast<std::size_t>(j)] = x;
-            }
-            const double h = ::rlpo::entropy_row(zd.data(), V, g.active() ? tmp.data() : nullptr, ci * mk);
-            value += ci * mk * h;
-            hsum += mk * h;
-            if (g.active())
-                for (Index j = 0; j < V; ++j) g.put(row, j, tmp[static_cast<std::size_t>(j)]);
-        }
+        if (err[static_cast<std::size_t>(i)]) std::rethrow_exception(err[static_cast<std::size_t>(i)]);
+        value += part[static_cast<std::size_t>(i)][0];
+        hsum += part[static_cast<std::size_t>(i)][1];
     }
     res.value = g.coef() * value;
     res.metrics.add("entropy", hsum, w.local_tokens);
