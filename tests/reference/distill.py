@@ -153,3 +153,88 @@ def dac_kl(x, p, s):
     L = _xlogy_terms(lpn.exp(), lpn, lq)
     size = keep.sum(dim=-1).to(torch.float64).reshape(mask.shape)
     return _finish(L, mask, p, s, leaf, {"size": masked_mean(size, mask)})
+
+
+def taid(x, p, s):
+    mask = x["mask"]
+    leaf, z = _rows(x["student"], mask)
+    y = _clean_rows(x["teacher"], mask)
+    tau, t = float(p["temperature"]), float(p["t"])
+    zd = z.detach()
+    if t == 1.0:
+        u = y
+    elif t == 0.0:
+        u = zd
+    else:  # −inf in either logit is −inf in the interpolation (never 0·inf)
+        dead = torch.isinf(zd) | torch.isinf(y)
+        u = torch.where(dead, torch.full_like(y, -math.inf),
+                        (1 - t) * torch.where(dead, torch.zeros_like(zd), zd)
+                        + t * torch.where(dead, torch.zeros_like(y), y))
+    target = torch.softmax(u / tau, dim=-1)
+    lq = torch.log_softmax(z / tau, dim=-1)
+    L = -_xlogy_terms(target, lq, torch.zeros_like(lq))
+    return _finish(L, mask, p, s, leaf, {})
+
+
+def nkd(x, p, s):
+    """Written after the NKD reference: target term at T = 1, non-target softmaxes at τ."""
+    mask = x["mask"]
+    leaf, z = _rows(x["student"], mask)
+    v = _clean_rows(x["teacher"], mask)
+    tau, gamma = float(p["temperature"]), float(p["gamma"])
+    if "targets" in x:
+        label = _safe_indices(x["targets"], mask)[:, :1]
+    else:
+        label = v.argmax(dim=-1, keepdim=True)
+    s_t = torch.log_softmax(z, dim=-1).gather(1, label)
+    w_t = torch.softmax(v, dim=-1).gather(1, label)
+    loss_t = -(w_t * s_t).squeeze(1)
+    keep = torch.ones_like(z, dtype=torch.bool).scatter(1, label, False)
+    n, c = z.shape
+    zs = z[keep].reshape(n, c - 1)
+    vs = v[keep].reshape(n, c - 1)
+    S_i = torch.log_softmax(zs / tau, dim=-1)
+    T_i = torch.softmax(vs / tau, dim=-1)
+    loss_non = -gamma * tau * tau * _xlogy_terms(T_i, S_i, torch.zeros_like(S_i))
+    L = loss_t + loss_non
+    out = _finish(L, mask, {**p, "tsq": torch.tensor(0.0)}, s, leaf, {})
+    out["target"] = masked_mean(loss_t.detach().reshape(mask.shape), mask)
+    return out
+
+
+def sinkhorn(x, p, s):
+    mask = x["mask"].reshape(-1)
+    sel = (mask != 0).nonzero().squeeze(1)
+    leaf = x["student"].clone().requires_grad_(True)
+    tau, eps, iters, scale = float(p["temperature"]), float(p["epsilon"]), int(p["iterations"]), float(p["scale"])
+    P = torch.softmax(leaf[sel] / tau, dim=-1)
+    Q = torch.softmax(x["teacher"][sel] / tau, dim=-1)
+    W = (P.unsqueeze(1) - Q.unsqueeze(0)).abs().sum(dim=-1)
+    K = torch.exp(-W / eps)
+    for _ in range(iters):
+        K = K / K.sum(dim=1, keepdim=True)
+        K = K / K.sum(dim=0, keepdim=True)
+    dist = (K * W).sum()
+    value = scale * dist
+    return {"value": value.detach(), "grad": grad_of(value, leaf), "sinkhorn": dist.detach()}
+
+
+def kdrl(x, p, s):
+    """GRPO clipped surrogate (token-mean) + β · k-estimator of KL(π‖π_T) on the KD mask."""
+    mask = x["mask"]
+    leaf = x["logp"].clone().requires_grad_(True)
+    logp = torch.where(mask != 0, leaf, torch.zeros_like(leaf))
+    old = torch.where(mask != 0, x["old_logp"], torch.zeros_like(leaf))
+    teacher = torch.where(mask != 0, x["teacher_logp"], torch.zeros_like(leaf))
+    adv = torch.where(mask != 0, x["adv"], torch.zeros_like(leaf))
+    ratio = torch.exp(torch.clamp(logp - old, -20.0, 20.0))
+    pg = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 0.8, 1.2))
+    pg = torch.where(mask != 0, pg, torch.zeros_like(pg))
+    kd_mask = mask * (1 - x["correct"]) if "correct" in x else mask
+    d = logp - teacher
+    est = s["estimator"]
+    k = d if est == "k1" else (0.5 * d * d if est == "k2" else torch.exp(-d) + d - 1)
+    k = torch.where(kd_mask != 0, k, torch.zeros_like(k))
+    beta = float(p["beta"])
+    value = aggregate(pg, mask, p, s) + beta * aggregate(k, kd_mask, p, s)
+    return {"value": value.detach(), "grad": grad_of(value, leaf), "kd_kl": masked_mean(k.detach(), kd_mask)}

@@ -2,3 +2,7 @@
 /// \file Umbrella of the distillation divergences over logits.
 #include <rlpo/distill/divergences.hpp>
 #include <rlpo/distill/topk.hpp>
+#include <rlpo/distill/taid.hpp>
+#include <rlpo/distill/nkd.hpp>
+#include <rlpo/distill/sinkhorn.hpp>
+#include <rlpo/distill/on_policy.hpp>
