@@ -9,6 +9,9 @@
 
 #include <cmath>
 #include <limits>
+#if defined(RLPO_USE_OPENMP)
+#include <omp.h>
+#endif
 
 using rlpo::Aggregation;
 using rlpo::Index;
@@ -248,6 +251,41 @@ TEST_CASE("ppo_clip: properties", "[policy][ppo_clip][properties]") {
         m2(3, 700) = 1;
         bad(3, 700) = std::numeric_limits<double>::quiet_NaN();
         RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(bad, old2, a2, m2), "logp: NaN at [3, 700]");
+    }
+    SECTION("micro-batches with global counts sum to the whole batch; any thread count, same bits") {
+        rt::Generator g3(12);
+        const Index B = 40, T = 1100;  // B·T > the parallel threshold
+        const Mat<float> lp3 = g3.logprobs<float>(B, T), old3 = g3.perturbed<float>(lp3, 0.6);
+        const Mat<float> a3 = g3.normal<float>(B, T), m3 = g3.mask<float>(B, T, 1, true);
+        for (Aggregation mode : rlpo_test::all_modes()) {
+            INFO(rlpo::to_string(mode));
+            const rlpo::Normalizer n = rlpo_test::global_normalizer(mode, m3);
+            const auto full = rlpo::policy::ppo_clip(lp3, old3, a3, m3, PPOClipOptions::verl(), n);
+            double total = 0;
+            Mat<float> g(B, T);
+            for (const auto& ch : rlpo_test::uneven_chunks(B)) {
+                auto gb = g.middleRows(ch.first, ch.second);
+                total += rlpo::policy::ppo_clip(Mat<float>(lp3.middleRows(ch.first, ch.second)),
+                                                Mat<float>(old3.middleRows(ch.first, ch.second)),
+                                                Mat<float>(a3.middleRows(ch.first, ch.second)),
+                                                Mat<float>(m3.middleRows(ch.first, ch.second)), PPOClipOptions::verl(), n,
+                                                rlpo::write_to<float>(gb))
+                             .value;
+            }
+            CHECK(total == Approx(full.value).epsilon(1e-12));
+            CHECK(g == full.grad);  // rows never split: bitwise equal
+        }
+#if defined(RLPO_USE_OPENMP)
+        const int before = omp_get_max_threads();
+        omp_set_num_threads(1);
+        const auto one = rlpo::policy::ppo_clip(lp3, old3, a3, m3, PPOClipOptions::verl());
+        omp_set_num_threads(3);
+        const auto three = rlpo::policy::ppo_clip(lp3, old3, a3, m3, PPOClipOptions::verl());
+        omp_set_num_threads(before);
+        CHECK(one.value == three.value);
+        CHECK(one.grad == three.grad);
+        CHECK(one.metrics["pg_clipfrac"] == three.metrics["pg_clipfrac"]);
+#endif
     }
     SECTION("masked positions: gradient exactly 0 and their inputs never read") {
         Mat<double> lp = logp, mk = m;
