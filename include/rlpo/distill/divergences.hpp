@@ -362,55 +362,64 @@ inline bool dense_row_online(const DistillOptions& o, const A* z, const A* y, In
         }
         return true;
     }
-    // Other divergences: normalise the chunks (q, p), then the row-wide passes.
+    // Other divergences: per chunk (in L1), normalise q and p, accumulate the value and the
+    // sums the gradient needs, and leave the per-entry factor g_j in the p row; then one pass
+    // per chunk writes q_j (g_j − s)/τ.
+    const A cqa = static_cast<A>(cq), cpa = static_cast<A>(cp);
+    const A beta = static_cast<A>(o.beta), omb = static_cast<A>(1.0 - o.beta);
+    const A al = static_cast<A>(o.alpha), oma = static_cast<A>(1.0 - o.alpha);
+    // sign(d) without a (scalar) select: clamp(d / FLT_MIN, −1, 1), exact ±1 for |d| ≥ FLT_MIN
+    const A big = A(1) / std::numeric_limits<A>::min();
+    if (ws.t.size() < C) ws.t.resize(C);
+    double L1 = 0.0, L2 = 0.0;             // value parts; L2 = Σ q g (or KL(q‖M))
     for (Index k = 0; k < nc; ++k) {
         const Index off = k * C, len = std::min(C, V - off);
         const auto kk = static_cast<std::size_t>(k);
-        ArrMap<A>(ws.a.data() + off, len) *= static_cast<A>(ws.cz[kk] / sq);
-        ArrMap<A>(ws.b.data() + off, len) *= static_cast<A>(ws.cy[kk] / sp);
+        ArrMap<A> eq(ws.a.data() + off, len), ep(ws.b.data() + off, len), tmp(ws.t.data(), len);
+        const CArrMap<A> zc(z + off, len), yc(y + off, len);
+        eq *= static_cast<A>(ws.cz[kk] / sq);
+        ep *= static_cast<A>(ws.cy[kk] / sp);
+        switch (d) {
+            case Divergence::JSD:
+                tmp = (beta * ep + omb * eq).log();  // log M
+                L1 += static_cast<double>((ep * ((yc * invT + cpa) - tmp)).sum());
+                ep = (zc * invT + cqa) - tmp;  // log(q/M)
+                L2 += static_cast<double>((eq * ep).sum());
+                break;
+            case Divergence::SkewKL:
+                tmp = al * ep + oma * eq;  // m
+                L1 += static_cast<double>((ep * ((yc * invT + cpa) - tmp.log())).sum());
+                ep = -oma * ep / tmp;
+                L2 += static_cast<double>((eq * ep).sum());
+                break;
+            case Divergence::SkewReverseKL:
+                tmp = oma * ep + al * eq;  // m
+                ep = (zc * invT + cqa) - tmp.log();  // log(q/m)
+                L1 += static_cast<double>((eq * ep).sum());
+                ep -= al * eq / tmp;
+                L2 += static_cast<double>((eq * ep).sum());
+                break;
+            case Divergence::TVD:
+                tmp = eq - ep;
+                L1 += 0.5 * static_cast<double>(tmp.abs().sum());
+                ep = A(0.5) * (tmp * big).cwiseMax(A(-1)).cwiseMin(A(1));
+                L2 += static_cast<double>((eq * ep).sum());
+                break;
+            default: break;
+        }
     }
-    const CArrMap<A> za(z, V), ya(y, V);
-    ArrMap<A> eq(ws.a.data(), V), ep(ws.b.data(), V);
-    const A cqa = static_cast<A>(cq), cpa = static_cast<A>(cp);
-    switch (d) {
-        case Divergence::JSD: {
-            const A beta = static_cast<A>(o.beta), omb = static_cast<A>(1.0 - o.beta);
-            const double klp =
-                sum_chunks(ep * ((ya * invT + cpa) - (beta * ep + omb * eq).log()));
-            ep = (za * invT + cqa) - (beta * ep + omb * eq).log();
-            const double klq = sum_chunks(eq * ep);
-            L_out = o.beta * klp + (1.0 - o.beta) * klq;
-            if (!std::isfinite(L_out)) return true;
-            rg.set(omb * eq * (ep - static_cast<A>(klq)) * invT);
-            return true;
-        }
-        case Divergence::SkewKL: {
-            const A al = static_cast<A>(o.alpha), oma = static_cast<A>(1.0 - o.alpha);
-            L_out = sum_chunks(ep * ((ya * invT + cpa) - (al * ep + oma * eq).log()));
-            if (!std::isfinite(L_out)) return true;
-            ep = -oma * ep / (al * ep + oma * eq);
-            const A sg = static_cast<A>(sum_chunks(eq * ep));
-            rg.set(eq * (ep - sg) * invT);
-            return true;
-        }
-        case Divergence::SkewReverseKL: {
-            const A al = static_cast<A>(o.alpha), oma = static_cast<A>(1.0 - o.alpha);
-            ep = (za * invT + cqa) - (oma * ep + al * eq).log();
-            L_out = sum_chunks(eq * ep);
-            if (!std::isfinite(L_out)) return true;
-            ep = ep - al * ep.exp();
-            const A sg = static_cast<A>(sum_chunks(eq * ep));
-            rg.set(eq * (ep - sg) * invT);
-            return true;
-        }
-        case Divergence::TVD: {
-            L_out = 0.5 * sum_chunks((ep - eq).abs());
-            ep = A(0.5) * (eq - ep).sign();
-            const A sg = static_cast<A>(sum_chunks(eq * ep));
-            rg.set(eq * (ep - sg) * invT);
-            return true;
-        }
-        default: break;
+    double L = L1;
+    A shift = static_cast<A>(L2), factor = invT;
+    if (d == Divergence::JSD) {
+        L = o.beta * L1 + (1.0 - o.beta) * L2;
+        factor = omb * invT;
+    }
+    L_out = L;
+    if (!std::isfinite(L)) return true;
+    for (Index k = 0; k < nc; ++k) {
+        const Index off = k * C, len = std::min(C, V - off);
+        const CArrMap<A> eq(ws.a.data() + off, len), ep(ws.b.data() + off, len);
+        rg.set(off, len, eq * (ep - shift) * factor);
     }
     return true;
 }

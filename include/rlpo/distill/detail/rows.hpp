@@ -63,7 +63,7 @@ struct RowError {
 /// Per-thread scratch: two work rows and two widened copies (bf16 input).
 template <class A>
 struct Scratch {
-    Arr<A> a, b, z, y;
+    Arr<A> a, b, z, y, t;  ///< work rows a, b; widened logits z, y; chunk temporary t
     std::vector<double> cz, cy, cs, ct, cx;  ///< per-chunk statistics of the online pass
     std::vector<A> saved;                    ///< a few saved entries (top-k rows)
     void ensure(Index V) {
