@@ -302,7 +302,8 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
 /// Fast row factors: the same result as `row_weights` (core/aggregation.hpp) for any mask
 /// whose row sums are exact (0/1 masks: partial sums of 32 entries are exact in S;
 /// fractional masks may differ in the last bits of |y_i|), with the per-row sums in SIMD
-/// packets and rows processed in parallel. Falls back
+/// packets. Serial on purpose: it streams the mask once at memory speed, and a parallel region
+/// (with its barrier) costs more than it saves, badly so on an oversubscribed machine. Falls back
 /// to `row_weights` (which validates and reports) as soon as an entry is not finite or < 0.
 template <class S>
 inline RowWeights row_weights_fast(const char* function, const ConstMatRef<S>& m,
@@ -310,9 +311,6 @@ inline RowWeights row_weights_fast(const char* function, const ConstMatRef<S>& m
     const Index B = m.rows(), T = m.cols();
     std::vector<double> len(static_cast<std::size_t>(B), 0.0);
     std::vector<char> bad(static_cast<std::size_t>(B), 0);
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel for schedule(dynamic, 8) if (B * T > 32768)
-#endif
     for (Index i = 0; i < B; ++i) {
         using namespace simd;
         constexpr Index W = width<S>;
