@@ -23,6 +23,7 @@
 #include <Eigen/Core>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -30,6 +31,9 @@
 
 #if defined(RLPO_USE_OPENMP)
 #include <omp.h>
+#endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 namespace rlpo::distill::detail {
@@ -63,7 +67,7 @@ struct RowError {
 /// Per-thread scratch: two work rows and two widened copies (bf16 input).
 template <class A>
 struct Scratch {
-    Arr<A> a, b, z, y, t;  ///< work rows a, b; widened logits z, y; chunk temporary t
+    Arr<A> a, b, z, y, t, s;  ///< work rows a, b; widened logits z, y; chunk temporaries t, s
     std::vector<double> cz, cy, cs, ct, cx;  ///< per-chunk statistics of the online pass
     std::vector<A> saved;                    ///< a few saved entries (top-k rows)
     void ensure(Index V) {
@@ -85,6 +89,8 @@ struct RowGrad {
     Index V = 0;
     double scale = 0.0;
     bool add = false;
+    float* stream_buf = nullptr;  ///< 16-byte aligned chunk buffer for streaming stores
+    Index stream_len = 0;
     bool active() const { return dst != nullptr; }
     template <class E>
     void set(const E& expr) const {
@@ -100,6 +106,21 @@ struct RowGrad {
     void set(Index off, Index len, const E& expr) const {
         using A = typename E::Scalar;
         if (!dst) return;
+#if defined(__SSE2__)
+        // Overwriting float rows: evaluate the chunk in L1, then stream it to memory with
+        // non-temporal stores (no read-for-ownership of the gradient lines).
+        if constexpr (std::is_same<S, float>::value && std::is_same<A, float>::value) {
+            if (!add && stream_buf && len <= stream_len &&
+                (reinterpret_cast<std::uintptr_t>(dst + off) % 16) == 0) {
+                ArrMap<A> t(stream_buf, len);
+                t = static_cast<A>(scale) * expr;
+                Index j = 0;
+                for (; j + 4 <= len; j += 4) _mm_stream_ps(dst + off + j, _mm_load_ps(stream_buf + j));
+                for (; j < len; ++j) dst[off + j] = stream_buf[j];
+                return;
+            }
+        }
+#endif
         Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> d(dst + off, len);
         const A s = static_cast<A>(scale);
         if constexpr (std::is_same<S, A>::value) {
@@ -251,6 +272,11 @@ inline PassResult drive_rows(const char* fn, const RowPlan& plan, Index N, Index
             }
             ws.ensure(V);
             RowGrad<S> rg{dst, V, g.coef() * plan.w[k] * row_scale, add};
+            if constexpr (std::is_same<S, float>::value && std::is_same<A, float>::value) {
+                if (ws.s.size() < kRowChunk) ws.s.resize(kRowChunk);
+                rg.stream_buf = ws.s.data();
+                rg.stream_len = kRowChunk;
+            }
             RowError err;
             double ax = 0.0;
             const double L = kernel(n, ws, rg, err, ax);
@@ -262,6 +288,9 @@ inline PassResult drive_rows(const char* fn, const RowPlan& plan, Index N, Index
             loss[k] = L;
             aux[k] = ax;
         }
+#if defined(__SSE2__)
+        _mm_sfence();  // order the streaming stores before the results are used
+#endif
     }
     PassResult out;
     for (Index n = 0; n < N; ++n) {
