@@ -21,8 +21,8 @@ peak() {  # prints the peak RSS in KiB of the command
 rlpo_kib=$(peak "$build/benchmarks/compare_distill" --workload "vocab/forward_kl_${N}x${V}" --reps 1)
 torch_kib=$(peak /usr/bin/python3 -c "
 import sys
-sys.path.insert(0, '$here/compare')
-import torch
+import torch  # before the compare/ folder joins sys.path (its modules must not shadow stdlib ones)
+sys.path.append('$here/compare')
 import vocab
 torch.set_num_threads($OMP_NUM_THREADS)
 step = [w for w in vocab.WORKLOADS if w.name == 'vocab/forward_kl_${N}x${V}'][0].torch_setup()
