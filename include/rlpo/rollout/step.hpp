@@ -174,7 +174,8 @@ struct StepResult {
     }
 };
 
-/// The global counts of a mini-batch mask (what each micro-batch / rank must be given).
+/// The global counts of a mini-batch mask (what each micro-batch / rank must be given). An
+/// empty mask gives counts of 1 (every term is 0 then), so the normalizer stays valid.
 template <class D>
 inline Normalizer global_normalizer(const Eigen::MatrixBase<D>& mask, Aggregation mode,
                                     std::optional<double> norm_constant = {}) {
