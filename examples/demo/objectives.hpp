@@ -40,7 +40,7 @@ inline std::vector<std::string> compare_set() {
 }
 
 /// `kl`: a KL penalty at all (β = kl_coef): in the loss (k3, GRPO-style) for the group
-/// objectives, in the reward (k1, PPO-RLHF-style) for PPO; DAPO drops it as its paper does.
+/// objectives, in the reward (k1, PPO-RLHF-style) for PPO.
 inline Objective make_objective(const std::string& name, bool kl, double kl_coef,
                                 double entropy_coef, bool length_shaping) {
     using rlpo::Aggregation;
@@ -66,10 +66,11 @@ inline Objective make_objective(const std::string& name, bool kl, double kl_coef
         s.norm.mode = Aggregation::TokenMean;
     } else if (name == "dapo") {
         // DAPO (Yu et al. 2025): clip-higher (0.2 / 0.28), token-mean, dynamic sampling, soft
-        // overlong penalty, no KL.
+        // overlong penalty. The paper also drops the KL term; the demo keeps it (--no-kl drops
+        // it): dynamic sampling removes a collapsed group from the loss, entropy bonus included,
+        // and with neither KL nor a larger model such prompts stay wrong for good.
         s.policy.vanilla = rlpo::policy::PPOClipOptions::dapo();
         s.norm.mode = Aggregation::TokenMean;
-        s.kl.reset();
         o.dynamic_sampling = true;
         o.overlong = true;
     } else if (name == "gspo") {
