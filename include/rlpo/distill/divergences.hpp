@@ -34,14 +34,19 @@
 /// 2015), off by default as in TRL GKD and Liger (`DistillOptions::hinton()` turns it on).
 /// The gradient is w.r.t. the raw student logits z (the 1/τ is included).
 ///
-/// **Speed.** Per row: one max pass over both rows (reads z and y from memory), one pass of
-/// two exponentials (rows now in cache), the divergence-specific pass, and the pass that
-/// writes the gradient; per-thread scratch of two V-rows, no `[N, V]` temporary beyond the
-/// gradient the caller asked for (pass a `GradientOut` over a row block to stream rows in
-/// chunks: rows are independent). Arithmetic in float (double for double logits) with
-/// vectorised Eigen array code; bfloat16 logits are widened to float row by row and the
-/// gradient is rounded back to bfloat16. Rows run in parallel (OpenMP); per-row values are
-/// combined in row order, so results are identical for any thread count.
+/// **Speed.** Per row: one online pass over both logit rows in L1-sized chunks (chunk max and
+/// min, the exponentials written to a per-thread work row, chunk sums, the KL value terms and,
+/// for JSD / skew / TVD, their value terms after the chunk maxima are merged as in an online
+/// softmax), the next chunks prefetched while one is computed; then one pass per chunk that
+/// writes the gradient (streaming stores for overwritten float gradients). Rows holding a
+/// non-finite logit take an exact slower path (Eigen 3.4 does not vectorise `select`).
+/// Per-thread scratch of two V-rows, no `[N, V]` temporary beyond the gradient the caller
+/// asked for (pass a `GradientOut` over a row block to stream rows in chunks: rows are
+/// independent). Arithmetic in float (double for double logits) with vectorised Eigen array
+/// code, float sums within 2048-entry chunks and double across chunks; bfloat16 logits are
+/// widened to float row by row and the gradient is rounded back to bfloat16. Rows run in
+/// parallel (OpenMP); per-row values are combined in row order, so results are identical for
+/// any thread count.
 ///
 /// **Metrics**: the divergence's name (`forward_kl`, `reverse_kl`, `jsd`, `skew_kl`,
 /// `skew_reverse_kl`, `tvd`) = mean of L_n (τ²-scaled when on) over unmasked rows,
@@ -270,6 +275,22 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
 /// (forward / reverse KL), or a normalisation of the chunks followed by the divergence's own
 /// passes over the (cache-resident) row. Returns false, with nothing written, when the row
 /// holds a non-finite logit: the caller then takes the safe path.
+/// Software prefetch of two chunks (one cache line at a time).
+template <class A>
+inline void prefetch_chunk(const A* a, const A* b, Index len) {
+#if defined(__SSE2__)
+    constexpr Index step = 64 / static_cast<Index>(sizeof(A));
+    for (Index j = 0; j < len; j += step) {
+        _mm_prefetch(reinterpret_cast<const char*>(a + j), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(b + j), _MM_HINT_T0);
+    }
+#else
+    (void)a;
+    (void)b;
+    (void)len;
+#endif
+}
+
 /// Σ of a vector expression: float (vectorised) within chunks, double across chunks.
 template <class E>
 inline double sum_chunks(const E& e) {
@@ -298,6 +319,8 @@ inline bool dense_row_online(const DistillOptions& o, const A* z, const A* y, In
     for (Index k = 0; k < nc; ++k) {
         const Index off = k * C, len = std::min(C, V - off);
         const CArrMap<A> zc(z + off, len), yc(y + off, len);
+        // fetch the next chunks while this one is computed (memory overlaps compute)
+        if (k + 1 < nc) prefetch_chunk(z + off + C, y + off + C, std::min(C, V - off - C));
         const A zmax = zc.maxCoeff(), ymax = yc.maxCoeff();
         // +inf (max) or −inf (min) anywhere: leave it to the safe path; a NaN shows up as a
         // NaN chunk sum below (and a NaN max)
