@@ -423,3 +423,35 @@ TEST_CASE("training step: bad input gives the documented error", "[rollout][step
         RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in), "returns: NaN at [0, 3]");
     }
 }
+
+TEMPLATE_TEST_CASE("training step: inputs bound from a RolloutBatch equal the explicit inputs",
+                   "[rollout][step][batch]", float, double) {
+    using S = TestType;
+    const Data<S> d = make_data<S>(23);
+    const Index B = d.logp.rows();
+    rlpo::rollout::RolloutBatch<S> batch;
+    batch.groups = rlpo::rollout::Groups::equal(B, 2);
+    batch.mask = d.mask;
+    batch.rewards = Mat<S>::Zero(B, 1);
+    batch.old_logp = d.old;
+    batch.ref_logp = d.ref;
+    batch.values = d.old_values;
+    REQUIRE_NOTHROW(batch.validate());
+    const TrainingStep<S> step(full_options(Aggregation::SeqMeanTokenSum));
+    StepInputs<S> direct;
+    fill(direct, d, 2, 3, true, true);
+    const auto want = step(direct);
+    StepInputs<S> bound;
+    rlpo::rollout::bind_rollout(bound, batch, 2, 3);
+    bound.logp = d.logp.middleRows(2, 3);
+    bound.advantages = d.adv.middleRows(2, 3);
+    bound.logits = d.logits.middleRows(2 * d.logp.cols(), 3 * d.logp.cols());
+    bound.values = d.values.middleRows(2, 3);
+    bound.returns = d.returns.middleRows(2, 3);
+    const auto got = step(bound);
+    CHECK(got.loss == want.loss);
+    CHECK(got.grad_logp == want.grad_logp);
+    CHECK(got.grad_values == want.grad_values);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::rollout::bind_rollout(bound, batch, 4, 3),
+                                    "rollout::bind_rollout(): rows: [4, 7) is outside the batch's 6 responses");
+}

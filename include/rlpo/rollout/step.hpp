@@ -64,6 +64,7 @@
 #include <rlpo/policy/entropy.hpp>
 #include <rlpo/policy/policy_loss.hpp>
 #include <rlpo/policy/value_loss.hpp>
+#include <rlpo/rollout/batch.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -111,6 +112,21 @@ struct StepInputs {
     StepInput<S> old_values;  ///< [B, T] values at rollout time (value clip)
     StepInput<S> returns;     ///< [B, T] value targets
 };
+
+/// Bind the rollout's fields of rows [row0, row0 + rows) to a step's inputs (read in place):
+/// `mask`, and where the batch has them `old_logp`, `ref_logp` and `old_values` (= the rollout's
+/// `values`). The trainer still sets `logp` (and `logits` / `values` / `returns`) from its
+/// forward pass and `advantages` from an estimator run over the whole batch.
+template <class S>
+inline void bind_rollout(StepInputs<S>& in, const RolloutBatch<S>& b, Index row0, Index rows) {
+    constexpr const char* fn = "rollout::bind_rollout";
+    RLPO_CHECK(row0 >= 0 && rows >= 0 && row0 + rows <= b.mask.rows(), fn, "rows: [", row0, ", ",
+               row0 + rows, ") is outside the batch's ", b.mask.rows(), " responses");
+    in.mask = b.mask.middleRows(row0, rows);
+    if (b.old_logp.rows() > 0) in.old_logp = b.old_logp.middleRows(row0, rows);
+    if (b.ref_logp.rows() > 0) in.ref_logp = b.ref_logp.middleRows(row0, rows);
+    if (b.values.rows() > 0) in.old_values = b.values.middleRows(row0, rows);
+}
 
 /// Where the KL penalty goes.
 enum class KLPlacement {
