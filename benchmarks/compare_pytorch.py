@@ -27,7 +27,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BUILD = os.environ.get("RLPO_BENCH_BUILD_DIR", os.path.join(ROOT, "build"))
-# appended, not prepended: a workload module may share a name with a standard module (token.py)
+# appended, not prepended: a workload module must never shadow a standard module
 sys.path.append(os.path.join(HERE, "compare"))
 
 

@@ -1,4 +1,4 @@
-// rlpo side of the token/ workloads of benchmarks/compare_pytorch.py (see compare/token.py):
+// rlpo side of the token/ workloads of benchmarks/compare_pytorch.py (see compare/token_level.py):
 // the same inputs, shapes and work as the PyTorch closure, value and gradient w.r.t. logp.
 #include "compare_main.hpp"
 
