@@ -137,7 +137,7 @@ Prepared prepare(const Objective& obj, const R& r, const rlpo::rollout::Groups& 
             if (obj.step.kl && obj.step.kl_placement == ro::KLPlacement::Reward) {
                 const auto kr = ro::kl_in_reward(token_rewards, r.old_logp, ref_logp, p.mask,
                                                  obj.step.kl_coef, *obj.step.kl);
-                token_rewards = kr.token_rewards;
+                token_rewards = kr.rewards;
                 p.kl = kr.metrics["reward_kl_penalty"];
             }
             ro::GAEOptions g;

@@ -179,7 +179,7 @@ TEMPLATE_TEST_CASE("shaping rules agree with the PyTorch reference", "[rollout][
             c.s("estimator", rlpo::penalties::to_string(e));
             checks.push_back([=, &tr](std::size_t i) {
                 const auto res = rr::kl_in_reward(sc, old, ref, m, beta, o);
-                cmp(i, "token_rewards", res.token_rewards.template cast<double>());
+                cmp(i, "token_rewards", res.rewards.template cast<double>());
                 cmp(i, "seq_kl", vm(res.seq_kl));
                 CHECK(rlpo_test::rel_err(res.metrics["reward_kl_penalty"], tr.scalar(i, "reward_kl_penalty")) < tol);
                 CHECK(res.metrics["reward_kl_penalty_coeff"] == beta);
@@ -274,13 +274,13 @@ TEST_CASE("shaping rules: closed forms and properties", "[rollout][shaping][prop
     // KL in reward: identical old and ref ⇒ rewards unchanged, seq_kl 0
     const Mat<double> m = Mat<double>::Ones(2, 3), lp = gen.logprobs(2, 3), sc = gen.normal(2, 3);
     const auto same_kl = rr::kl_in_reward(sc, lp, lp, m, 0.1);
-    CHECK(same_kl.token_rewards == sc);
+    CHECK(same_kl.rewards == sc);
     CHECK(same_kl.seq_kl.isZero(0));
     // k1 summed over a row equals Σ(old − ref), and β scales linearly
     const Mat<double> ref = gen.perturbed(lp, 0.5);
     const auto k1 = rr::kl_in_reward(sc, lp, ref, m, 0.2, rlpo::penalties::KLOptions::verl(rlpo::penalties::KLEstimator::K1));
     CHECK(k1.seq_kl(0) == Approx((lp.row(0) - ref.row(0)).sum()).epsilon(1e-12));
-    CHECK(k1.token_rewards(1, 2) == Approx(sc(1, 2) - 0.2 * (lp(1, 2) - ref(1, 2))).epsilon(1e-12));
+    CHECK(k1.rewards(1, 2) == Approx(sc(1, 2) - 0.2 * (lp(1, 2) - ref(1, 2))).epsilon(1e-12));
 }
 
 TEST_CASE("ARLCP / GRPO-CARE: closed forms", "[rollout][shaping][properties]") {
@@ -377,12 +377,12 @@ TEST_CASE("shaping: bad input gives the documented error", "[rollout][shaping][b
     u << 0.5, 1.5;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ctrl_transform(u, 1.0), "calibrated: must be in [0, 1], given 1.5 at response 1");
     const Mat<double> m = Mat<double>::Ones(2, 3), x = Mat<double>::Zero(2, 3);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kl_in_reward(x, x, Mat<double>::Zero(2, 2), m, 0.1), "rollout::kl_in_reward(): ref_logp: expected shape [2, 3]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kl_in_reward(x, x, Mat<double>::Zero(2, 2), m, 0.1), "penalties::kl_in_reward(): ref_logp: expected shape [2, 3]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kl_in_reward(x, x, x, m, -0.1), "beta: must be >= 0");
     Mat<double> xn = x;
     xn(1, 1) = nan_d;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kl_in_reward(x, xn, x, m, 0.1), "old_logp: NaN at [1, 1]");
     Mat<double> ninf = Mat<double>::Constant(2, 3, -std::numeric_limits<double>::infinity());
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kl_in_reward(x, ninf, ninf, m, 0.1, rlpo::penalties::KLOptions::trl(rlpo::penalties::KLEstimator::K1)),
-                                    "give an undefined KL");
+                                    "give an undefined (NaN) loss");
 }

@@ -477,69 +477,13 @@ Vec<::rlpo::detail::scalar_t<D>> ctrl_transform(const Eigen::MatrixBase<D>& cali
 // KL in the reward
 // ---------------------------------------------------------------------------------------------
 
-/// Token rewards with the KL penalty folded in, and its metrics.
-template <class S>
-struct KLRewardResult {
-    Mat<S> token_rewards;  ///< r_it − β·k_it on unmasked tokens, 0 elsewhere
-    Vec<S> seq_kl;         ///< Σ_t m_it·k_it per response (fold β·seq_kl into a score for GRPO)
-    Metrics metrics;       ///< `reward_kl_penalty` (verl: mean over responses of the per-response token mean), `reward_kl_penalty_coeff` (β)
-};
-
-/// KL penalty in the reward (PPO-RLHF, Ouyang et al. 2022; verl `apply_kl_penalty`):
-/// k_it = estimator(old_logp − ref_logp) per unmasked token (rlpo::penalties::kl_estimate, so
-/// k1 = "kl", k3 = "low_var_kl" with verl's clamps, …) and token_rewards = token_scores − β·k.
-/// The log-probs are the rollout (old) policy's: the penalty is a constant of the loss. For
-/// outcome-reward estimators (GRPO, RLOO) subtract β·seq_kl from the sequence scores instead.
-/// Metric `reward_kl_penalty` is verl's: the mean over responses with at least one token of
-/// the per-response masked mean of k (responses without tokens are skipped).
-/// Bad input: shape mismatch, β < 0, NaN / ±inf scores, NaN log-probs under the mask, both
-/// log-probs −inf at one token.
-template <class DS, class DO, class DR, class DM>
-KLRewardResult<::rlpo::detail::scalar_t<DS>> kl_in_reward(
-    const Eigen::MatrixBase<DS>& token_scores, const Eigen::MatrixBase<DO>& old_logp,
-    const Eigen::MatrixBase<DR>& ref_logp, const Eigen::MatrixBase<DM>& mask, double beta,
-    const penalties::KLOptions& kl = {}) {
-    using S = ::rlpo::detail::scalar_t<DS>;
-    constexpr const char* fn = "rollout::kl_in_reward";
-    const ConstMatRef<S> r(token_scores.derived()), o(old_logp.derived()), f(ref_logp.derived()),
-        m(mask.derived());
-    ::rlpo::detail::check_same_shape(fn, "old_logp", o, "token_scores", r);
-    ::rlpo::detail::check_same_shape(fn, "ref_logp", f, "token_scores", r);
-    ::rlpo::detail::check_same_shape(fn, "mask", m, "token_scores", r);
-    ::rlpo::detail::check_mask(fn, m);
-    ::rlpo::detail::check_nonnegative(fn, "beta", beta);
-    RLPO_CHECK(kl.log_ratio_clamp > 0 && !std::isnan(kl.log_ratio_clamp), fn,
-               "kl.log_ratio_clamp: must be > 0, given ", kl.log_ratio_clamp);
-    RLPO_CHECK(kl.value_clamp > 0 && !std::isnan(kl.value_clamp), fn,
-               "kl.value_clamp: must be > 0, given ", kl.value_clamp);
-    KLRewardResult<S> out;
-    out.token_rewards = Mat<S>::Zero(r.rows(), r.cols());
-    out.seq_kl = Vec<S>::Zero(r.rows());
-    double metric_sum = 0.0, metric_rows = 0.0;
-    for (Index i = 0; i < r.rows(); ++i) {
-        double ksum = 0.0, msum = 0.0;
-        for (Index t = 0; t < r.cols(); ++t) {
-            const double mk = static_cast<double>(m(i, t));
-            if (mk == 0) continue;
-            const double sc = static_cast<double>(r(i, t));
-            RLPO_CHECK(std::isfinite(sc), fn, "token_scores: non-finite value ", sc, " at [", i, ", ", t, "]");
-            const double lo = static_cast<double>(o(i, t)), lr = static_cast<double>(f(i, t));
-            RLPO_CHECK(!std::isnan(lo), fn, "old_logp: NaN at [", i, ", ", t, "] under a non-zero mask");
-            RLPO_CHECK(!std::isnan(lr), fn, "ref_logp: NaN at [", i, ", ", t, "] under a non-zero mask");
-            const double k = penalties::kl_estimate(lo - lr, kl).loss;
-            RLPO_CHECK(!std::isnan(k), fn, "inputs at [", i, ", ", t, "] give an undefined KL: old_logp=",
-                       lo, " ref_logp=", lr);
-            out.token_rewards(i, t) = static_cast<S>(sc - beta * k);
-            ksum += mk * k;
-            msum += mk;
-        }
-        out.seq_kl(i) = static_cast<S>(ksum);
-        if (msum > 0) metric_sum += ksum / msum, metric_rows += 1;
-    }
-    out.metrics.add("reward_kl_penalty", metric_sum, metric_rows);
-    out.metrics.set("reward_kl_penalty_coeff", beta);
-    return out;
-}
+/// KL penalty in the reward (PPO-RLHF, Ouyang et al. 2022; verl `apply_kl_penalty`) is
+/// `rlpo::penalties::kl_in_reward` — one implementation, re-exported here where the other reward
+/// shaping rules live: token rewards r_it − β·k(old_logp − ref_logp) on unmasked tokens, the
+/// per-sequence Σ_t m·k (`seq_kl`: fold β·seq_kl into the score for outcome-reward estimators
+/// such as GRPO / RLOO) and verl's metrics `reward_kl_penalty`, `reward_kl_penalty_coeff`.
+using ::rlpo::penalties::KLReward;
+using ::rlpo::penalties::kl_in_reward;
 
 
 // ---------------------------------------------------------------------------------------------
