@@ -53,6 +53,16 @@ inline void check_same_shape(const char* function, const char* name, const A& wh
                "), given [", what.rows(), ", ", what.cols(), "]");
 }
 
+/// The inputs every policy-gradient surrogate takes — `old_logp`, `advantages` and `mask` — must
+/// have the shape of `logp`.
+template <class L, class O, class A, class M>
+inline void check_surrogate_shapes(const char* function, const L& logp, const O& old_logp,
+                                   const A& advantages, const M& mask) {
+    check_same_shape(function, "old_logp", old_logp, "logp", logp);
+    check_same_shape(function, "advantages", advantages, "logp", logp);
+    check_same_shape(function, "mask", mask, "logp", logp);
+}
+
 /// A per-row vector (one entry per sequence) must have `rows` entries.
 template <class A>
 inline void check_length(const char* function, const char* name, const A& what, Index rows,

@@ -115,9 +115,7 @@ Mat<::rlpo::detail::scalar_t<DL>> clip_cov_selection(
     constexpr const char* fn = "policy::clip_cov";
     const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
         m(mask.derived());
-    ::rlpo::detail::check_same_shape(fn, "old_logp", olp, "logp", lp);
-    ::rlpo::detail::check_same_shape(fn, "advantages", A, "logp", lp);
-    ::rlpo::detail::check_same_shape(fn, "mask", m, "logp", lp);
+    ::rlpo::detail::check_surrogate_shapes(fn, lp, olp, A, m);
     detail::validate(fn, opts);
     ::rlpo::detail::check_mask(fn, m);
     const Mat<double> cov = detail::token_covariance<S>(fn, lp, A, m, true);
@@ -203,9 +201,7 @@ Result<::rlpo::detail::scalar_t<DL>> kl_cov(
     constexpr const char* fn = "policy::kl_cov";
     const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
         m(mask.derived());
-    ::rlpo::detail::check_same_shape(fn, "old_logp", olp, "logp", lp);
-    ::rlpo::detail::check_same_shape(fn, "advantages", A, "logp", lp);
-    ::rlpo::detail::check_same_shape(fn, "mask", m, "logp", lp);
+    ::rlpo::detail::check_surrogate_shapes(fn, lp, olp, A, m);
     detail::validate(fn, opts);
     detail::check_weights(fn, is_weights, m);
     Result<S> res;

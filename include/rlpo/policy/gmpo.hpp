@@ -84,9 +84,7 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
     constexpr const char* fn = "policy::gmpo";
     const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
         m(mask.derived());
-    ::rlpo::detail::check_same_shape(fn, "old_logp", olp, "logp", lp);
-    ::rlpo::detail::check_same_shape(fn, "advantages", A, "logp", lp);
-    ::rlpo::detail::check_same_shape(fn, "mask", m, "logp", lp);
+    ::rlpo::detail::check_surrogate_shapes(fn, lp, olp, A, m);
     detail::validate(fn, opts);
     detail::check_weights(fn, is_weights, m);
 
