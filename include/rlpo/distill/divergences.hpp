@@ -269,12 +269,6 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
     return 0.0;
 }
 
-/// The fast path for rows without −inf / NaN / +inf: one online pass over both rows in
-/// L1-sized chunks (per-chunk max, exponentials stored to the work rows, per-chunk sums, and
-/// the forward / reverse KL value terms), then one pass per chunk that writes the gradient
-/// (forward / reverse KL), or a normalisation of the chunks followed by the divergence's own
-/// passes over the (cache-resident) row. Returns false, with nothing written, when the row
-/// holds a non-finite logit: the caller then takes the safe path.
 /// Software prefetch of two chunks (one cache line at a time).
 template <class A>
 inline void prefetch_chunk(const A* a, const A* b, Index len) {
@@ -301,9 +295,92 @@ inline double sum_chunks(const E& e) {
     return s;
 }
 
+/// Pass-1 work on one chunk, in one vectorised sweep over both logit chunks: the chunk
+/// maxima and minima (a ±inf shows up there).
+template <class A>
+inline void chunk_minmax(const A* z, const A* y, Index len, A& zmax, A& ymax, A& zmin,
+                         A& ymin) {
+    namespace ei = Eigen::internal;
+    using P = Packet<A>;
+    constexpr Index W = kPacket<A>;
+    constexpr A inf = std::numeric_limits<A>::infinity();
+    const Index lv = len - len % W;
+    zmax = ymax = -inf;
+    zmin = ymin = inf;
+    if (lv > 0) {
+        P a = ei::ploadu<P>(z), b = ei::ploadu<P>(y);
+        P pzx = a, pzn = a, pyx = b, pyn = b;
+        for (Index j = W; j < lv; j += W) {
+            a = ei::ploadu<P>(z + j);
+            b = ei::ploadu<P>(y + j);
+            pzx = ei::pmax(pzx, a);
+            pzn = ei::pmin(pzn, a);
+            pyx = ei::pmax(pyx, b);
+            pyn = ei::pmin(pyn, b);
+        }
+        zmax = ei::predux_max(pzx);
+        zmin = ei::predux_min(pzn);
+        ymax = ei::predux_max(pyx);
+        ymin = ei::predux_min(pyn);
+    }
+    for (Index j = lv; j < len; ++j) {
+        zmax = std::max(zmax, z[j]);
+        zmin = std::min(zmin, z[j]);
+        ymax = std::max(ymax, y[j]);
+        ymin = std::min(ymin, y[j]);
+    }
+}
+
+/// Pass-1 exponentials of one chunk in one sweep: eq = exp((z − zmax)/τ), ep = exp((y −
+/// ymax)/τ) stored, their sums, and (Mode 1) Σ ep (y − z) or (Mode 2) Σ eq (z − y).
+template <int Mode, class A>
+inline void chunk_exp(const A* z, const A* y, Index len, A zmax, A ymax, A invT, A* eq, A* ep,
+                      double& sq, double& sp, double& sx) {
+    namespace ei = Eigen::internal;
+    using P = Packet<A>;
+    constexpr Index W = kPacket<A>;
+    const Index lv = len - len % W;
+    const P mz = ei::pset1<P>(zmax), my = ei::pset1<P>(ymax), it = ei::pset1<P>(invT);
+    P s1 = ei::pset1<P>(A(0)), s2 = s1, s3 = s1;
+    for (Index j = 0; j < lv; j += W) {
+        const P a = ei::ploadu<P>(z + j), b = ei::ploadu<P>(y + j);
+        const P ea = ei::pexp(ei::pmul(ei::psub(a, mz), it));
+        const P eb = ei::pexp(ei::pmul(ei::psub(b, my), it));
+        ei::pstoreu(eq + j, ea);
+        ei::pstoreu(ep + j, eb);
+        s1 = ei::padd(s1, ea);
+        s2 = ei::padd(s2, eb);
+        if constexpr (Mode == 1) s3 = ei::pmadd(eb, ei::psub(b, a), s3);
+        if constexpr (Mode == 2) s3 = ei::pmadd(ea, ei::psub(a, b), s3);
+    }
+    A t1 = ei::predux(s1), t2 = ei::predux(s2), t3 = ei::predux(s3);
+    for (Index j = lv; j < len; ++j) {
+        const A ea = std::exp((z[j] - zmax) * invT), eb = std::exp((y[j] - ymax) * invT);
+        eq[j] = ea;
+        ep[j] = eb;
+        t1 += ea;
+        t2 += eb;
+        if constexpr (Mode == 1) t3 += eb * (y[j] - z[j]);
+        if constexpr (Mode == 2) t3 += ea * (z[j] - y[j]);
+    }
+    sq = static_cast<double>(t1);
+    sp = static_cast<double>(t2);
+    sx = static_cast<double>(t3);
+}
+
+/// The fast path for rows without −inf / NaN / +inf: one online pass over both rows in
+/// L1-sized chunks (per-chunk max and min, exponentials stored to the work rows, per-chunk
+/// sums and the forward / reverse KL value terms, all in one vectorised sweep per chunk),
+/// then one pass per chunk that writes the gradient (forward / reverse KL) straight from
+/// registers, or, for the other divergences, one fused sweep per (cache-resident) chunk that
+/// normalises q and p and accumulates the value terms, followed by the gradient pass.
+/// Returns false, with nothing written, when the row holds a non-finite logit: the caller
+/// then takes the safe path.
 template <class S, class A>
 inline bool dense_row_online(const DistillOptions& o, const A* z, const A* y, Index V,
                              Scratch<A>& ws, const RowGrad<S>& rg, double& L_out) {
+    namespace ei = Eigen::internal;
+    using P = Packet<A>;
     constexpr Index C = kRowChunk;
     const Index nc = (V + C - 1) / C;
     const A invT = static_cast<A>(1.0 / o.temperature);
@@ -318,31 +395,33 @@ inline bool dense_row_online(const DistillOptions& o, const A* z, const A* y, In
     double mz = -std::numeric_limits<double>::infinity(), my = mz;
     for (Index k = 0; k < nc; ++k) {
         const Index off = k * C, len = std::min(C, V - off);
-        const CArrMap<A> zc(z + off, len), yc(y + off, len);
         // fetch the next chunks while this one is computed (memory overlaps compute)
         if (k + 1 < nc) prefetch_chunk(z + off + C, y + off + C, std::min(C, V - off - C));
-        const A zmax = zc.maxCoeff(), ymax = yc.maxCoeff();
+        A zmax, ymax, zmin, ymin;
+        chunk_minmax(z + off, y + off, len, zmax, ymax, zmin, ymin);
         // +inf (max) or −inf (min) anywhere: leave it to the safe path; a NaN shows up as a
         // NaN chunk sum below (and a NaN max)
         if (!(std::abs(zmax) < std::numeric_limits<A>::infinity()) ||
             !(std::abs(ymax) < std::numeric_limits<A>::infinity()) ||
-            !(zc.minCoeff() > -std::numeric_limits<A>::infinity()) ||
-            !(yc.minCoeff() > -std::numeric_limits<A>::infinity()))
+            !(zmin > -std::numeric_limits<A>::infinity()) ||
+            !(ymin > -std::numeric_limits<A>::infinity()))
             return false;
-        ArrMap<A> eq(ws.a.data() + off, len), ep(ws.b.data() + off, len);
-        eq = ((zc - zmax) * invT).exp();
-        ep = ((yc - ymax) * invT).exp();
         const auto kk = static_cast<std::size_t>(k);
-        ws.cz[kk] = static_cast<double>(zmax);
-        ws.cy[kk] = static_cast<double>(ymax);
-        ws.cs[kk] = static_cast<double>(eq.sum());
-        ws.ct[kk] = static_cast<double>(ep.sum());
-        if (!std::isfinite(ws.cs[kk] + ws.ct[kk])) return false;  // a NaN logit
+        A* eq = ws.a.data() + off;
+        A* ep = ws.b.data() + off;
         // float sums within a chunk (vectorised), double across chunks
         if (d == Divergence::ForwardKL)
-            ws.cx[kk] = static_cast<double>((ep * (yc - zc)).sum());
+            chunk_exp<1>(z + off, y + off, len, zmax, ymax, invT, eq, ep, ws.cs[kk], ws.ct[kk],
+                         ws.cx[kk]);
         else if (d == Divergence::ReverseKL)
-            ws.cx[kk] = static_cast<double>((eq * (zc - yc)).sum());
+            chunk_exp<2>(z + off, y + off, len, zmax, ymax, invT, eq, ep, ws.cs[kk], ws.ct[kk],
+                         ws.cx[kk]);
+        else
+            chunk_exp<0>(z + off, y + off, len, zmax, ymax, invT, eq, ep, ws.cs[kk], ws.ct[kk],
+                         ws.cx[kk]);
+        ws.cz[kk] = static_cast<double>(zmax);
+        ws.cy[kk] = static_cast<double>(ymax);
+        if (!std::isfinite(ws.cs[kk] + ws.ct[kk] + ws.cx[kk])) return false;  // a NaN logit
         mz = std::max(mz, ws.cz[kk]);
         my = std::max(my, ws.cy[kk]);
     }
@@ -365,9 +444,19 @@ inline bool dense_row_online(const DistillOptions& o, const A* z, const A* y, In
             const Index off = k * C, len = std::min(C, V - off);
             const auto kk = static_cast<std::size_t>(k);
             const A fq = static_cast<A>(ws.cz[kk] / sq * invT);
+            ws.prefetch_next(off, len);
             const A fp = static_cast<A>(ws.cy[kk] / sp * invT);
-            rg.set(off, len, CArrMap<A>(ws.a.data() + off, len) * fq -
-                                 CArrMap<A>(ws.b.data() + off, len) * fp);
+            const A* ea = ws.a.data() + off;
+            const A* eb = ws.b.data() + off;
+            const P pq = ei::pset1<P>(fq), pp = ei::pset1<P>(fp);
+            rg.template set_packets<A>(
+                off, len,
+                [&](Index j) {
+                    return ei::psub(ei::pmul(ei::ploadu<P>(ea + j), pq),
+                                    ei::pmul(ei::ploadu<P>(eb + j), pp));
+                },
+                [&](Index j) { return ea[j] * fq - eb[j] * fp; },
+                CArrMap<A>(ea, len) * fq - CArrMap<A>(eb, len) * fp);
         }
         return true;
     }
@@ -376,16 +465,30 @@ inline bool dense_row_online(const DistillOptions& o, const A* z, const A* y, In
         L_out = L;
         if (!std::isfinite(L)) return true;
         const A kc = static_cast<A>(cq - cp - L);
+        const P pk = ei::pset1<P>(kc), pit = ei::pset1<P>(invT);
         for (Index k = 0; k < nc; ++k) {
             const Index off = k * C, len = std::min(C, V - off);
             const auto kk = static_cast<std::size_t>(k);
+            ws.prefetch_next(off, len);
             const A fq = static_cast<A>(ws.cz[kk] / sq * invT);
-            const CArrMap<A> zc(z + off, len), yc(y + off, len);
-            rg.set(off, len, CArrMap<A>(ws.a.data() + off, len) * fq * ((zc - yc) * invT + kc));
+            const A* ea = ws.a.data() + off;
+            const A* zc = z + off;
+            const A* yc = y + off;
+            const P pq = ei::pset1<P>(fq);
+            rg.template set_packets<A>(
+                off, len,
+                [&](Index j) {
+                    const P t = ei::pmadd(ei::psub(ei::ploadu<P>(zc + j), ei::ploadu<P>(yc + j)),
+                                          pit, pk);
+                    return ei::pmul(ei::pmul(ei::ploadu<P>(ea + j), pq), t);
+                },
+                [&](Index j) { return ea[j] * fq * ((zc[j] - yc[j]) * invT + kc); },
+                CArrMap<A>(ea, len) * fq *
+                    ((CArrMap<A>(zc, len) - CArrMap<A>(yc, len)) * invT + kc));
         }
         return true;
     }
-    // Other divergences: per chunk (in L1), normalise q and p, accumulate the value and the
+    // Other divergences: per chunk (in cache), normalise q and p, accumulate the value and the
     // sums the gradient needs, and leave the per-entry factor g_j in the p row; then one pass
     // per chunk writes q_j (g_j − s)/τ.
     const A cqa = static_cast<A>(cq), cpa = static_cast<A>(cp);
@@ -395,20 +498,77 @@ inline bool dense_row_online(const DistillOptions& o, const A* z, const A* y, In
     const A big = A(1) / std::numeric_limits<A>::min();
     if (ws.t.size() < C) ws.t.resize(C);
     double L1 = 0.0, L2 = 0.0;             // value parts; L2 = Σ q g (or KL(q‖M))
+    constexpr Index W = kPacket<A>;
     for (Index k = 0; k < nc; ++k) {
         const Index off = k * C, len = std::min(C, V - off);
         const auto kk = static_cast<std::size_t>(k);
         ArrMap<A> eq(ws.a.data() + off, len), ep(ws.b.data() + off, len), tmp(ws.t.data(), len);
         const CArrMap<A> zc(z + off, len), yc(y + off, len);
-        eq *= static_cast<A>(ws.cz[kk] / sq);
-        ep *= static_cast<A>(ws.cy[kk] / sp);
+        const A fq = static_cast<A>(ws.cz[kk] / sq), fp = static_cast<A>(ws.cy[kk] / sp);
+        if (d == Divergence::JSD || d == Divergence::TVD) {
+            // one fused sweep: q, p normalised in place, value terms, g_j into the p row
+            A* qa = ws.a.data() + off;
+            A* pb = ws.b.data() + off;
+            const A* zr = z + off;
+            const A* yr = y + off;
+            const Index lv = len - len % W;
+            const P pq = ei::pset1<P>(fq), pp = ei::pset1<P>(fp);
+            P s1 = ei::pset1<P>(A(0)), s2 = s1;
+            A t1 = 0, t2 = 0;
+            if (d == Divergence::JSD) {
+                const P pbeta = ei::pset1<P>(beta), pomb = ei::pset1<P>(omb);
+                const P pit = ei::pset1<P>(invT), pcq = ei::pset1<P>(cqa),
+                        pcp = ei::pset1<P>(cpa);
+                for (Index j = 0; j < lv; j += W) {
+                    const P q = ei::pmul(ei::ploadu<P>(qa + j), pq);
+                    const P p = ei::pmul(ei::ploadu<P>(pb + j), pp);
+                    const P lm = ei::plog(ei::padd(ei::pmul(pbeta, p), ei::pmul(pomb, q)));
+                    const P lp = ei::pmadd(ei::ploadu<P>(yr + j), pit, pcp);
+                    const P r = ei::psub(ei::pmadd(ei::ploadu<P>(zr + j), pit, pcq), lm);
+                    s1 = ei::pmadd(p, ei::psub(lp, lm), s1);
+                    s2 = ei::pmadd(q, r, s2);
+                    ei::pstoreu(qa + j, q);
+                    ei::pstoreu(pb + j, r);
+                }
+                for (Index j = lv; j < len; ++j) {
+                    const A q = qa[j] * fq, p = pb[j] * fp;
+                    const A lm = std::log(beta * p + omb * q);
+                    const A r = (zr[j] * invT + cqa) - lm;
+                    t1 += p * ((yr[j] * invT + cpa) - lm);
+                    t2 += q * r;
+                    qa[j] = q;
+                    pb[j] = r;
+                }
+                L1 += static_cast<double>(ei::predux(s1) + t1);
+            } else {
+                const P pbig = ei::pset1<P>(big), one = ei::pset1<P>(A(1)),
+                        mone = ei::pset1<P>(A(-1)), half = ei::pset1<P>(A(0.5));
+                for (Index j = 0; j < lv; j += W) {
+                    const P q = ei::pmul(ei::ploadu<P>(qa + j), pq);
+                    const P p = ei::pmul(ei::ploadu<P>(pb + j), pp);
+                    const P t = ei::psub(q, p);
+                    const P g = ei::pmul(half, ei::pmin(ei::pmax(ei::pmul(t, pbig), mone), one));
+                    s1 = ei::padd(s1, ei::pabs(t));
+                    s2 = ei::pmadd(q, g, s2);
+                    ei::pstoreu(qa + j, q);
+                    ei::pstoreu(pb + j, g);
+                }
+                for (Index j = lv; j < len; ++j) {
+                    const A q = qa[j] * fq, p = pb[j] * fp, t = q - p;
+                    const A g = A(0.5) * std::min(std::max(t * big, A(-1)), A(1));
+                    t1 += std::abs(t);
+                    t2 += q * g;
+                    qa[j] = q;
+                    pb[j] = g;
+                }
+                L1 += 0.5 * static_cast<double>(ei::predux(s1) + t1);
+            }
+            L2 += static_cast<double>(ei::predux(s2) + t2);
+            continue;
+        }
+        eq *= fq;
+        ep *= fp;
         switch (d) {
-            case Divergence::JSD:
-                tmp = (beta * ep + omb * eq).log();  // log M
-                L1 += static_cast<double>((ep * ((yc * invT + cpa) - tmp)).sum());
-                ep = (zc * invT + cqa) - tmp;  // log(q/M)
-                L2 += static_cast<double>((eq * ep).sum());
-                break;
             case Divergence::SkewKL:
                 tmp = al * ep + oma * eq;  // m
                 L1 += static_cast<double>((ep * ((yc * invT + cpa) - tmp.log())).sum());
@@ -422,12 +582,6 @@ inline bool dense_row_online(const DistillOptions& o, const A* z, const A* y, In
                 ep -= al * eq / tmp;
                 L2 += static_cast<double>((eq * ep).sum());
                 break;
-            case Divergence::TVD:
-                tmp = eq - ep;
-                L1 += 0.5 * static_cast<double>(tmp.abs().sum());
-                ep = A(0.5) * (tmp * big).cwiseMax(A(-1)).cwiseMin(A(1));
-                L2 += static_cast<double>((eq * ep).sum());
-                break;
             default: break;
         }
     }
@@ -439,10 +593,21 @@ inline bool dense_row_online(const DistillOptions& o, const A* z, const A* y, In
     }
     L_out = L;
     if (!std::isfinite(L)) return true;
+    const P psh = ei::pset1<P>(shift), pf = ei::pset1<P>(factor);
     for (Index k = 0; k < nc; ++k) {
         const Index off = k * C, len = std::min(C, V - off);
-        const CArrMap<A> eq(ws.a.data() + off, len), ep(ws.b.data() + off, len);
-        rg.set(off, len, eq * (ep - shift) * factor);
+        ws.prefetch_next(off, len);
+        const A* ea = ws.a.data() + off;
+        const A* eb = ws.b.data() + off;
+        rg.template set_packets<A>(
+            off, len,
+            [&](Index j) {
+                return ei::pmul(ei::pmul(ei::ploadu<P>(ea + j),
+                                         ei::psub(ei::ploadu<P>(eb + j), psh)),
+                                pf);
+            },
+            [&](Index j) { return ea[j] * (eb[j] - shift) * factor; },
+            CArrMap<A>(ea, len) * (CArrMap<A>(eb, len) - shift) * factor);
     }
     return true;
 }
@@ -490,6 +655,10 @@ Result<::rlpo::detail::scalar_t<DS>> divergence(
             detail::RowError& err, double&) -> double {
             const A* zr = detail::widen<A, S>(z, n, ws.z);
             const A* yr = detail::widen<A, S>(y, n, ws.y);
+            const bool more = n + 1 < N;
+            ws.next_z = more ? reinterpret_cast<const char*>(z.row(n + 1).data()) : nullptr;
+            ws.next_y = more ? reinterpret_cast<const char*>(y.row(n + 1).data()) : nullptr;
+            ws.next_elem = sizeof(S);
             return detail::dense_row<S, A>(opts, zr, yr, V, ws, rg, err);
         });
     res.value = g.coef() * pass.value;

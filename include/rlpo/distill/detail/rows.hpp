@@ -35,6 +35,9 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 namespace rlpo::distill::detail {
 
@@ -70,6 +73,26 @@ struct Scratch {
     Arr<A> a, b, z, y, t, s;  ///< work rows a, b; widened logits z, y; chunk temporaries t, s
     std::vector<double> cz, cy, cs, ct, cx;  ///< per-chunk statistics of the online pass
     std::vector<A> saved;                    ///< a few saved entries (top-k rows)
+    /// The next rows this thread will read (a prefetch hint only, may be null), entry size.
+    const char* next_z = nullptr;
+    const char* next_y = nullptr;
+    std::size_t next_elem = 0;
+    /// Prefetch (into L2) entries [off, off + len) of the next rows, so that a row's
+    /// gradient-writing pass overlaps the reads of the next row.
+    void prefetch_next(Index off, Index len) const {
+#if defined(__SSE2__)
+        if (!next_z || !next_y) return;
+        const std::size_t b0 = static_cast<std::size_t>(off) * next_elem,
+                          b1 = static_cast<std::size_t>(off + len) * next_elem;
+        for (std::size_t b = b0; b < b1; b += 64) {
+            _mm_prefetch(next_z + b, _MM_HINT_T1);
+            _mm_prefetch(next_y + b, _MM_HINT_T1);
+        }
+#else
+        (void)off;
+        (void)len;
+#endif
+    }
     void ensure(Index V) {
         if (a.size() != V) {
             a.resize(V);
@@ -77,6 +100,23 @@ struct Scratch {
         }
     }
 };
+
+/// SIMD packet of the arithmetic type (Eigen's widest for the build) and its width.
+template <class A>
+using Packet = typename Eigen::internal::packet_traits<A>::type;
+template <class A>
+inline constexpr Index kPacket = Eigen::internal::unpacket_traits<Packet<A>>::size;
+
+#if defined(__SSE2__)
+/// Non-temporal store of one packet (dst aligned to the packet size).
+inline void stream_packet(float* dst, const __m128& v) { _mm_stream_ps(dst, v); }
+#if defined(__AVX__)
+inline void stream_packet(float* dst, const __m256& v) { _mm256_stream_ps(dst, v); }
+#endif
+#if defined(__AVX512F__)
+inline void stream_packet(float* dst, const __m512& v) { _mm512_stream_ps(dst, v); }
+#endif
+#endif
 
 /// Chunk length of the online pass: 2 logit chunks + 2 work chunks of floats stay in L1.
 inline constexpr Index kRowChunk = 2048;
@@ -100,6 +140,31 @@ struct RowGrad {
     void add_at(Index j, double v) const {
         if (!dst) return;
         dst[j] = static_cast<S>(static_cast<double>(dst[j]) + scale * v);
+    }
+    /// Entries [off, off + len) of the row, given packet-wise by `pf(j)` (a Packet<A> of
+    /// entries j .. j + W − 1) and entry-wise by `sf(j)` (tail): for overwritten float rows,
+    /// evaluated in registers and streamed to memory with non-temporal stores; otherwise the
+    /// equivalent Eigen expression `expr` is written by `set`.
+    template <class A, class PF, class SF, class E>
+    void set_packets(Index off, Index len, PF&& pf, SF&& sf, const E& expr) const {
+        if (!dst) return;
+#if defined(__SSE2__)
+        if constexpr (std::is_same<S, float>::value && std::is_same<A, float>::value) {
+            using P = Packet<A>;
+            constexpr Index W = kPacket<A>;
+            if (!add && (reinterpret_cast<std::uintptr_t>(dst + off) % sizeof(P)) == 0) {
+                namespace ei = Eigen::internal;
+                const P sc = ei::pset1<P>(static_cast<A>(scale));
+                const Index lv = len - len % W;
+                for (Index j = 0; j < lv; j += W) stream_packet(dst + off + j, ei::pmul(sc, pf(j)));
+                for (Index j = lv; j < len; ++j) dst[off + j] = static_cast<A>(scale) * sf(j);
+                return;
+            }
+        }
+#endif
+        (void)pf;
+        (void)sf;
+        set(off, len, expr);
     }
     /// Entries [off, off + len) of the row.
     template <class E>
