@@ -34,11 +34,14 @@
 /// 2015), off by default as in TRL GKD and Liger (`DistillOptions::hinton()` turns it on).
 /// The gradient is w.r.t. the raw student logits z (the 1/τ is included).
 ///
-/// **Speed.** Per row: one online pass over both logit rows in L1-sized chunks (chunk max and
-/// min, the exponentials written to a per-thread work row, chunk sums, the KL value terms and,
-/// for JSD / skew / TVD, their value terms after the chunk maxima are merged as in an online
-/// softmax), the next chunks prefetched while one is computed; then one pass per chunk that
-/// writes the gradient (streaming stores for overwritten float gradients). Rows holding a
+/// **Speed.** Per row: one online pass over both logit rows in L1-sized chunks (per chunk, one
+/// SIMD sweep for the chunk max and min, then one sweep computing both exponentials — two
+/// exps per entry in all — written to per-thread work rows, with their sums and the KL value
+/// terms; for JSD / TVD one more fused sweep, after the chunk maxima are merged as in an
+/// online softmax, for their value terms, with one log per entry for JSD), the next chunks
+/// prefetched while one is computed; then one pass per chunk that evaluates the gradient in
+/// registers and writes it (streaming stores for overwritten float gradients) while the
+/// thread's next rows are prefetched into L2, so reads and writes overlap. Rows holding a
 /// non-finite logit take an exact slower path (Eigen 3.4 does not vectorise `select`).
 /// Per-thread scratch of two V-rows, no `[N, V]` temporary beyond the gradient the caller
 /// asked for (pass a `GradientOut` over a row block to stream rows in chunks: rows are
@@ -295,6 +298,16 @@ inline double sum_chunks(const E& e) {
     return s;
 }
 
+/// Forces `x` to be rounded to its type here (keeps the compiler from fusing the product
+/// that made it into a later subtraction).
+#if defined(__GNUC__) && defined(__SSE2__)
+#define RLPO_DISTILL_ROUNDED(x) __asm__ volatile("" : "+v"(x))
+#elif defined(EIGEN_OPTIMIZATION_BARRIER)
+#define RLPO_DISTILL_ROUNDED(x) EIGEN_OPTIMIZATION_BARRIER(x)
+#else
+#define RLPO_DISTILL_ROUNDED(x) (void)0
+#endif
+
 /// Pass-1 work on one chunk, in one vectorised sweep over both logit chunks: the chunk
 /// maxima and minima (a ±inf shows up there).
 template <class A>
@@ -544,8 +557,12 @@ inline bool dense_row_online(const DistillOptions& o, const A* z, const A* y, In
                 const P pbig = ei::pset1<P>(big), one = ei::pset1<P>(A(1)),
                         mone = ei::pset1<P>(A(-1)), half = ei::pset1<P>(A(0.5));
                 for (Index j = 0; j < lv; j += W) {
-                    const P q = ei::pmul(ei::ploadu<P>(qa + j), pq);
-                    const P p = ei::pmul(ei::ploadu<P>(pb + j), pp);
+                    P q = ei::pmul(ei::ploadu<P>(qa + j), pq);
+                    P p = ei::pmul(ei::ploadu<P>(pb + j), pp);
+                    // q and p rounded before the difference (no fused multiply-subtract):
+                    // sign(q − p) must be exactly 0 where q = p
+                    RLPO_DISTILL_ROUNDED(q);
+                    RLPO_DISTILL_ROUNDED(p);
                     const P t = ei::psub(q, p);
                     const P g = ei::pmul(half, ei::pmin(ei::pmax(ei::pmul(t, pbig), mone), one));
                     s1 = ei::padd(s1, ei::pabs(t));
@@ -554,7 +571,10 @@ inline bool dense_row_online(const DistillOptions& o, const A* z, const A* y, In
                     ei::pstoreu(pb + j, g);
                 }
                 for (Index j = lv; j < len; ++j) {
-                    const A q = qa[j] * fq, p = pb[j] * fp, t = q - p;
+                    A q = qa[j] * fq, p = pb[j] * fp;
+                    RLPO_DISTILL_ROUNDED(q);
+                    RLPO_DISTILL_ROUNDED(p);
+                    const A t = q - p;
                     const A g = A(0.5) * std::min(std::max(t * big, A(-1)), A(1));
                     t1 += std::abs(t);
                     t2 += q * g;
