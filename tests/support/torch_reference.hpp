@@ -76,7 +76,13 @@ public:
     std::size_t size() const { return cases_.size(); }
 
     void run() {
+        // a test built twice (baseline and native ISA) may run concurrently: separate files
+#if defined(RLPO_TEST_IO_SUFFIX)
+        const std::string base =
+            std::string(RLPO_TEST_IO_DIR) + "/" + module_ + "_" + tag_ + RLPO_TEST_IO_SUFFIX;
+#else
         const std::string base = std::string(RLPO_TEST_IO_DIR) + "/" + module_ + "_" + tag_;
+#endif
         const std::string in = base + ".in", out = base + ".out", err = base + ".err";
         write(in);
         std::remove(out.c_str());

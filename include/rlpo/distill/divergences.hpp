@@ -64,12 +64,17 @@
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/result.hpp>
+#include <rlpo/core/detail/fast_exp.hpp>
 #include <rlpo/core/types.hpp>
 #include <rlpo/distill/detail/rows.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 namespace rlpo::distill {
 
@@ -272,21 +277,15 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
     return 0.0;
 }
 
-/// Software prefetch of two chunks (one cache line at a time).
-template <class A>
-inline void prefetch_chunk(const A* a, const A* b, Index len) {
-#if defined(__SSE2__)
-    constexpr Index step = 64 / static_cast<Index>(sizeof(A));
-    for (Index j = 0; j < len; j += step) {
-        _mm_prefetch(reinterpret_cast<const char*>(a + j), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(b + j), _MM_HINT_T0);
-    }
+/// Forces `x` to be rounded to its type here (keeps the compiler from fusing the product
+/// that made it into a later subtraction).
+#if defined(__GNUC__) && defined(__SSE2__)
+#define RLPO_DISTILL_ROUNDED(x) __asm__ volatile("" : "+v"(x))
+#elif defined(EIGEN_OPTIMIZATION_BARRIER)
+#define RLPO_DISTILL_ROUNDED(x) EIGEN_OPTIMIZATION_BARRIER(x)
 #else
-    (void)a;
-    (void)b;
-    (void)len;
+#define RLPO_DISTILL_ROUNDED(x) (void)0
 #endif
-}
 
 /// Σ of a vector expression: float (vectorised) within chunks, double across chunks.
 template <class E>
@@ -298,350 +297,567 @@ inline double sum_chunks(const E& e) {
     return s;
 }
 
-/// Forces `x` to be rounded to its type here (keeps the compiler from fusing the product
-/// that made it into a later subtraction).
-#if defined(__GNUC__) && defined(__SSE2__)
-#define RLPO_DISTILL_ROUNDED(x) __asm__ volatile("" : "+v"(x))
-#elif defined(EIGEN_OPTIMIZATION_BARRIER)
-#define RLPO_DISTILL_ROUNDED(x) EIGEN_OPTIMIZATION_BARRIER(x)
-#else
-#define RLPO_DISTILL_ROUNDED(x) (void)0
-#endif
-
-/// Pass-1 work on one chunk, in one vectorised sweep over both logit chunks: the chunk
-/// maxima and minima (a ±inf shows up there).
+/// The maxima of one chunk of both logit rows, in one vectorised sweep. (NaN and −inf are not
+/// looked for here: they make a row sum or the value non-finite and the row is then redone on
+/// the exact path; a +inf shows up as the maximum.)
 template <class A>
-inline void chunk_minmax(const A* z, const A* y, Index len, A& zmax, A& ymax, A& zmin,
-                         A& ymin) {
+inline void chunk_max(const A* z, const A* y, Index len, A& zmax, A& ymax) {
     namespace ei = Eigen::internal;
     using P = Packet<A>;
     constexpr Index W = kPacket<A>;
     constexpr A inf = std::numeric_limits<A>::infinity();
     const Index lv = len - len % W;
     zmax = ymax = -inf;
-    zmin = ymin = inf;
     if (lv > 0) {
-        P a = ei::ploadu<P>(z), b = ei::ploadu<P>(y);
-        P pzx = a, pzn = a, pyx = b, pyn = b;
+        P pz = ei::ploadu<P>(z), py = ei::ploadu<P>(y);
         for (Index j = W; j < lv; j += W) {
-            a = ei::ploadu<P>(z + j);
-            b = ei::ploadu<P>(y + j);
-            pzx = ei::pmax(pzx, a);
-            pzn = ei::pmin(pzn, a);
-            pyx = ei::pmax(pyx, b);
-            pyn = ei::pmin(pyn, b);
+            pz = ei::pmax(pz, ei::ploadu<P>(z + j));
+            py = ei::pmax(py, ei::ploadu<P>(y + j));
         }
-        zmax = ei::predux_max(pzx);
-        zmin = ei::predux_min(pzn);
-        ymax = ei::predux_max(pyx);
-        ymin = ei::predux_min(pyn);
+        zmax = ei::predux_max(pz);
+        ymax = ei::predux_max(py);
     }
     for (Index j = lv; j < len; ++j) {
         zmax = std::max(zmax, z[j]);
-        zmin = std::min(zmin, z[j]);
         ymax = std::max(ymax, y[j]);
-        ymin = std::min(ymin, y[j]);
     }
 }
 
-/// Pass-1 exponentials of one chunk in one sweep: eq = exp((z − zmax)/τ), ep = exp((y −
-/// ymax)/τ) stored, their sums, and (Mode 1) Σ ep (y − z) or (Mode 2) Σ eq (z − y).
-template <int Mode, class A>
-inline void chunk_exp(const A* z, const A* y, Index len, A zmax, A ymax, A invT, A* eq, A* ep,
-                      double& sq, double& sp, double& sx) {
-    namespace ei = Eigen::internal;
-    using P = Packet<A>;
-    constexpr Index W = kPacket<A>;
-    const Index lv = len - len % W;
-    const P mz = ei::pset1<P>(zmax), my = ei::pset1<P>(ymax), it = ei::pset1<P>(invT);
-    P s1 = ei::pset1<P>(A(0)), s2 = s1, s3 = s1;
-    for (Index j = 0; j < lv; j += W) {
-        const P a = ei::ploadu<P>(z + j), b = ei::ploadu<P>(y + j);
-        const P ea = ei::pexp(ei::pmul(ei::psub(a, mz), it));
-        const P eb = ei::pexp(ei::pmul(ei::psub(b, my), it));
-        ei::pstoreu(eq + j, ea);
-        ei::pstoreu(ep + j, eb);
-        s1 = ei::padd(s1, ea);
-        s2 = ei::padd(s2, eb);
-        if constexpr (Mode == 1) s3 = ei::pmadd(eb, ei::psub(b, a), s3);
-        if constexpr (Mode == 2) s3 = ei::pmadd(ea, ei::psub(a, b), s3);
+/// exp((x − max)/τ) of the softmax sweeps, as a shifted exponential: for float the short
+/// base-2 exponential of core/detail/fast_exp.hpp of a·x + b, with a = log2(e)/τ and
+/// b = −max·a folded into one multiply-add; for double Eigen's `pexp` of (x − max)/τ.
+template <class A>
+struct ShiftedExp {
+    A a = A(0), b = A(0);  // float: exponent a·x + b (base 2)
+    A m, it;               // double: (x − m)·it (base e)
+    ShiftedExp(A max, A invT) : m(max), it(invT) {
+        if constexpr (std::is_same<A, float>::value) {
+            a = static_cast<A>(1.4426950408889634 * static_cast<double>(invT));
+            b = -max * a;
+        }
     }
-    A t1 = ei::predux(s1), t2 = ei::predux(s2), t3 = ei::predux(s3);
-    for (Index j = lv; j < len; ++j) {
-        const A ea = std::exp((z[j] - zmax) * invT), eb = std::exp((y[j] - ymax) * invT);
-        eq[j] = ea;
-        ep[j] = eb;
-        t1 += ea;
-        t2 += eb;
-        if constexpr (Mode == 1) t3 += eb * (y[j] - z[j]);
-        if constexpr (Mode == 2) t3 += ea * (z[j] - y[j]);
-    }
-    sq = static_cast<double>(t1);
-    sp = static_cast<double>(t2);
-    sx = static_cast<double>(t3);
-}
-
-/// The fast path for rows without −inf / NaN / +inf: one online pass over both rows in
-/// L1-sized chunks (per-chunk max and min, exponentials stored to the work rows, per-chunk
-/// sums and the forward / reverse KL value terms, all in one vectorised sweep per chunk),
-/// then one pass per chunk that writes the gradient (forward / reverse KL) straight from
-/// registers, or, for the other divergences, one fused sweep per (cache-resident) chunk that
-/// normalises q and p and accumulates the value terms, followed by the gradient pass.
-/// Returns false, with nothing written, when the row holds a non-finite logit: the caller
-/// then takes the safe path.
-template <class S, class A>
-inline bool dense_row_online(const DistillOptions& o, const A* z, const A* y, Index V,
-                             Scratch<A>& ws, const RowGrad<S>& rg, double& L_out) {
-    namespace ei = Eigen::internal;
-    using P = Packet<A>;
-    constexpr Index C = kRowChunk;
-    const Index nc = (V + C - 1) / C;
-    const A invT = static_cast<A>(1.0 / o.temperature);
-    Divergence d = o.divergence;
-    if (d == Divergence::JSD && o.beta == 0.0) d = Divergence::ForwardKL;
-    if (d == Divergence::JSD && o.beta == 1.0) d = Divergence::ReverseKL;
-    ws.cz.resize(static_cast<std::size_t>(nc));
-    ws.cy.resize(static_cast<std::size_t>(nc));
-    ws.cs.resize(static_cast<std::size_t>(nc));
-    ws.ct.resize(static_cast<std::size_t>(nc));
-    ws.cx.resize(static_cast<std::size_t>(nc));
-    double mz = -std::numeric_limits<double>::infinity(), my = mz;
-    for (Index k = 0; k < nc; ++k) {
-        const Index off = k * C, len = std::min(C, V - off);
-        // fetch the next chunks while this one is computed (memory overlaps compute)
-        if (k + 1 < nc) prefetch_chunk(z + off + C, y + off + C, std::min(C, V - off - C));
-        A zmax, ymax, zmin, ymin;
-        chunk_minmax(z + off, y + off, len, zmax, ymax, zmin, ymin);
-        // +inf (max) or −inf (min) anywhere: leave it to the safe path; a NaN shows up as a
-        // NaN chunk sum below (and a NaN max)
-        if (!(std::abs(zmax) < std::numeric_limits<A>::infinity()) ||
-            !(std::abs(ymax) < std::numeric_limits<A>::infinity()) ||
-            !(zmin > -std::numeric_limits<A>::infinity()) ||
-            !(ymin > -std::numeric_limits<A>::infinity()))
-            return false;
-        const auto kk = static_cast<std::size_t>(k);
-        A* eq = ws.a.data() + off;
-        A* ep = ws.b.data() + off;
-        // float sums within a chunk (vectorised), double across chunks
-        if (d == Divergence::ForwardKL)
-            chunk_exp<1>(z + off, y + off, len, zmax, ymax, invT, eq, ep, ws.cs[kk], ws.ct[kk],
-                         ws.cx[kk]);
-        else if (d == Divergence::ReverseKL)
-            chunk_exp<2>(z + off, y + off, len, zmax, ymax, invT, eq, ep, ws.cs[kk], ws.ct[kk],
-                         ws.cx[kk]);
+    template <class P>
+    P packet(const P& x) const {
+        namespace ei = Eigen::internal;
+        if constexpr (std::is_same<A, float>::value)
+            return ::rlpo::detail::pexp2(ei::pmadd(x, ei::pset1<P>(a), ei::pset1<P>(b)));
         else
-            chunk_exp<0>(z + off, y + off, len, zmax, ymax, invT, eq, ep, ws.cs[kk], ws.ct[kk],
-                         ws.cx[kk]);
-        ws.cz[kk] = static_cast<double>(zmax);
-        ws.cy[kk] = static_cast<double>(ymax);
-        if (!std::isfinite(ws.cs[kk] + ws.ct[kk] + ws.cx[kk])) return false;  // a NaN logit
-        mz = std::max(mz, ws.cz[kk]);
-        my = std::max(my, ws.cy[kk]);
+            return ei::pexp(ei::pmul(ei::psub(x, ei::pset1<P>(m)), ei::pset1<P>(it)));
     }
-    // Merge the chunks: factor_k = exp((m_k − m)/τ)
-    double sq = 0, sp = 0, x = 0;
-    for (Index k = 0; k < nc; ++k) {
-        const auto kk = static_cast<std::size_t>(k);
-        ws.cz[kk] = std::exp((ws.cz[kk] - mz) * invT);
-        ws.cy[kk] = std::exp((ws.cy[kk] - my) * invT);
-        sq += ws.cs[kk] * ws.cz[kk];
-        sp += ws.ct[kk] * ws.cy[kk];
-        x += ws.cx[kk] * (d == Divergence::ForwardKL ? ws.cy[kk] : ws.cz[kk]);
+    A scalar(A x) const {
+        if constexpr (std::is_same<A, float>::value)
+            return ::rlpo::detail::exp2_scalar(std::fma(x, a, b));
+        else
+            return std::exp((x - m) * it);
     }
-    const double cq = -mz * invT - std::log(sq), cp = -my * invT - std::log(sp);
-    if (d == Divergence::ForwardKL) {
-        const double L = x / sp * invT + cp - cq;
-        L_out = L;
-        if (!std::isfinite(L)) return true;
-        for (Index k = 0; k < nc; ++k) {
-            const Index off = k * C, len = std::min(C, V - off);
-            const auto kk = static_cast<std::size_t>(k);
-            const A fq = static_cast<A>(ws.cz[kk] / sq * invT);
-            ws.prefetch_next(off, len);
-            const A fp = static_cast<A>(ws.cy[kk] / sp * invT);
-            const A* ea = ws.a.data() + off;
-            const A* eb = ws.b.data() + off;
-            const P pq = ei::pset1<P>(fq), pp = ei::pset1<P>(fp);
-            rg.template set_packets<A>(
-                off, len,
-                [&](Index j) {
-                    return ei::psub(ei::pmul(ei::ploadu<P>(ea + j), pq),
-                                    ei::pmul(ei::ploadu<P>(eb + j), pp));
-                },
-                [&](Index j) { return ea[j] * fq - eb[j] * fp; },
-                CArrMap<A>(ea, len) * fq - CArrMap<A>(eb, len) * fp);
+};
+
+/// One row in flight through the pipelined fast path (`dense_rows_fast`).
+template <class S, class A>
+struct Slot {
+    Index n = -1;                    ///< the row; −1: empty
+    const A* z = nullptr;            ///< its logits in the arithmetic type
+    const A* y = nullptr;
+    Arr<A> zb, yb;                   ///< widened copies (bfloat16 input only)
+    Arr<A> w0, w1;                   ///< work rows
+    std::vector<A> mz, my;           ///< chunk maxima
+    std::vector<double> s0, s1, s2;  ///< per-chunk sums of the stage the row is in
+    std::vector<A> f0, f1;           ///< per-chunk factors of the row's next stage
+    A c0 = 0, c1 = 0, c2 = 0, c3 = 0;  ///< row constants of the row's next stage
+    double L = 0.0;
+    RowGrad<S> rg;
+    void size(Index V, Index nc) {
+        if (w0.size() != V) {
+            w0.resize(V);
+            w1.resize(V);
         }
-        return true;
+        const auto k = static_cast<std::size_t>(nc);
+        mz.resize(k);
+        my.resize(k);
+        s0.resize(k);
+        s1.resize(k);
+        s2.resize(k);
+        f0.resize(k);
+        f1.resize(k);
     }
-    if (d == Divergence::ReverseKL) {
-        const double L = x / sq * invT + cq - cp;
-        L_out = L;
-        if (!std::isfinite(L)) return true;
-        const A kc = static_cast<A>(cq - cp - L);
-        const P pk = ei::pset1<P>(kc), pit = ei::pset1<P>(invT);
-        for (Index k = 0; k < nc; ++k) {
-            const Index off = k * C, len = std::min(C, V - off);
-            const auto kk = static_cast<std::size_t>(k);
-            ws.prefetch_next(off, len);
-            const A fq = static_cast<A>(ws.cz[kk] / sq * invT);
-            const A* ea = ws.a.data() + off;
-            const A* zc = z + off;
-            const A* yc = y + off;
-            const P pq = ei::pset1<P>(fq);
-            rg.template set_packets<A>(
-                off, len,
-                [&](Index j) {
-                    const P t = ei::pmadd(ei::psub(ei::ploadu<P>(zc + j), ei::ploadu<P>(yc + j)),
-                                          pit, pk);
-                    return ei::pmul(ei::pmul(ei::ploadu<P>(ea + j), pq), t);
-                },
-                [&](Index j) { return ea[j] * fq * ((zc[j] - yc[j]) * invT + kc); },
-                CArrMap<A>(ea, len) * fq *
-                    ((CArrMap<A>(zc, len) - CArrMap<A>(yc, len)) * invT + kc));
-        }
-        return true;
-    }
-    // Other divergences: per chunk (in cache), normalise q and p, accumulate the value and the
-    // sums the gradient needs, and leave the per-entry factor g_j in the p row; then one pass
-    // per chunk writes q_j (g_j − s)/τ.
-    const A cqa = static_cast<A>(cq), cpa = static_cast<A>(cp);
-    const A beta = static_cast<A>(o.beta), omb = static_cast<A>(1.0 - o.beta);
-    const A al = static_cast<A>(o.alpha), oma = static_cast<A>(1.0 - o.alpha);
-    // sign(d) without a (scalar) select: clamp(d / FLT_MIN, −1, 1), exact ±1 for |d| ≥ FLT_MIN
-    const A big = A(1) / std::numeric_limits<A>::min();
-    if (ws.t.size() < C) ws.t.resize(C);
-    double L1 = 0.0, L2 = 0.0;             // value parts; L2 = Σ q g (or KL(q‖M))
-    constexpr Index W = kPacket<A>;
-    for (Index k = 0; k < nc; ++k) {
-        const Index off = k * C, len = std::min(C, V - off);
-        const auto kk = static_cast<std::size_t>(k);
-        ArrMap<A> eq(ws.a.data() + off, len), ep(ws.b.data() + off, len), tmp(ws.t.data(), len);
-        const CArrMap<A> zc(z + off, len), yc(y + off, len);
-        const A fq = static_cast<A>(ws.cz[kk] / sq), fp = static_cast<A>(ws.cy[kk] / sp);
-        if (d == Divergence::JSD || d == Divergence::TVD) {
-            // one fused sweep: q, p normalised in place, value terms, g_j into the p row
-            A* qa = ws.a.data() + off;
-            A* pb = ws.b.data() + off;
-            const A* zr = z + off;
-            const A* yr = y + off;
-            const Index lv = len - len % W;
-            const P pq = ei::pset1<P>(fq), pp = ei::pset1<P>(fp);
-            P s1 = ei::pset1<P>(A(0)), s2 = s1;
-            A t1 = 0, t2 = 0;
-            if (d == Divergence::JSD) {
-                const P pbeta = ei::pset1<P>(beta), pomb = ei::pset1<P>(omb);
-                const P pit = ei::pset1<P>(invT), pcq = ei::pset1<P>(cqa),
-                        pcp = ei::pset1<P>(cpa);
-                for (Index j = 0; j < lv; j += W) {
-                    const P q = ei::pmul(ei::ploadu<P>(qa + j), pq);
-                    const P p = ei::pmul(ei::ploadu<P>(pb + j), pp);
-                    const P lm = ei::plog(ei::padd(ei::pmul(pbeta, p), ei::pmul(pomb, q)));
-                    const P lp = ei::pmadd(ei::ploadu<P>(yr + j), pit, pcp);
-                    const P r = ei::psub(ei::pmadd(ei::ploadu<P>(zr + j), pit, pcq), lm);
-                    s1 = ei::pmadd(p, ei::psub(lp, lm), s1);
-                    s2 = ei::pmadd(q, r, s2);
-                    ei::pstoreu(qa + j, q);
-                    ei::pstoreu(pb + j, r);
-                }
-                for (Index j = lv; j < len; ++j) {
-                    const A q = qa[j] * fq, p = pb[j] * fp;
-                    const A lm = std::log(beta * p + omb * q);
-                    const A r = (zr[j] * invT + cqa) - lm;
-                    t1 += p * ((yr[j] * invT + cpa) - lm);
-                    t2 += q * r;
-                    qa[j] = q;
-                    pb[j] = r;
-                }
-                L1 += static_cast<double>(ei::predux(s1) + t1);
-            } else {
-                const P pbig = ei::pset1<P>(big), one = ei::pset1<P>(A(1)),
-                        mone = ei::pset1<P>(A(-1)), half = ei::pset1<P>(A(0.5));
-                for (Index j = 0; j < lv; j += W) {
-                    P q = ei::pmul(ei::ploadu<P>(qa + j), pq);
-                    P p = ei::pmul(ei::ploadu<P>(pb + j), pp);
-                    // q and p rounded before the difference (no fused multiply-subtract):
-                    // sign(q − p) must be exactly 0 where q = p
-                    RLPO_DISTILL_ROUNDED(q);
-                    RLPO_DISTILL_ROUNDED(p);
-                    const P t = ei::psub(q, p);
-                    const P g = ei::pmul(half, ei::pmin(ei::pmax(ei::pmul(t, pbig), mone), one));
-                    s1 = ei::padd(s1, ei::pabs(t));
-                    s2 = ei::pmadd(q, g, s2);
-                    ei::pstoreu(qa + j, q);
-                    ei::pstoreu(pb + j, g);
-                }
-                for (Index j = lv; j < len; ++j) {
-                    A q = qa[j] * fq, p = pb[j] * fp;
-                    RLPO_DISTILL_ROUNDED(q);
-                    RLPO_DISTILL_ROUNDED(p);
-                    const A t = q - p;
-                    const A g = A(0.5) * std::min(std::max(t * big, A(-1)), A(1));
-                    t1 += std::abs(t);
-                    t2 += q * g;
-                    qa[j] = q;
-                    pb[j] = g;
-                }
-                L1 += 0.5 * static_cast<double>(ei::predux(s1) + t1);
+};
+
+/// Constants of a pass.
+template <class A>
+struct DenseCtx {
+    A invT, beta, omb, al, oma;
+    Index V, nc;
+};
+
+/// Where a stage-3 packet goes: streamed (overwritten float rows, aligned), stored, or added;
+/// bfloat16 rows are rounded entry by entry.
+template <class S, class A>
+struct GradSink {
+    S* dst = nullptr;
+    bool add = false, stream = false;
+    template <class P>
+    void packet(Index j, const P& v) const {
+        namespace ei = Eigen::internal;
+#if defined(__SSE2__)
+        if constexpr (std::is_same<S, float>::value && std::is_same<A, float>::value) {
+            if (stream) {
+                stream_packet(dst + j, v);
+                return;
             }
-            L2 += static_cast<double>(ei::predux(s2) + t2);
-            continue;
         }
-        eq *= fq;
-        ep *= fp;
-        switch (d) {
-            case Divergence::SkewKL:
-                tmp = al * ep + oma * eq;  // m
-                L1 += static_cast<double>((ep * ((yc * invT + cpa) - tmp.log())).sum());
-                ep = -oma * ep / tmp;
-                L2 += static_cast<double>((eq * ep).sum());
-                break;
-            case Divergence::SkewReverseKL:
-                tmp = oma * ep + al * eq;  // m
-                ep = (zc * invT + cqa) - tmp.log();  // log(q/m)
-                L1 += static_cast<double>((eq * ep).sum());
-                ep -= al * eq / tmp;
-                L2 += static_cast<double>((eq * ep).sum());
-                break;
-            default: break;
+#endif
+        if constexpr (std::is_same<S, A>::value) {
+            if (add)
+                ei::pstoreu(dst + j, ei::padd(ei::ploadu<P>(dst + j), v));
+            else
+                ei::pstoreu(dst + j, v);
+        } else {
+            constexpr Index W = kPacket<A>;
+            alignas(64) A t[W];
+            ei::pstore(t, v);
+            for (Index i = 0; i < W; ++i) scalar(j + i, t[i]);
         }
     }
-    double L = L1;
-    A shift = static_cast<A>(L2), factor = invT;
-    if (d == Divergence::JSD) {
-        L = o.beta * L1 + (1.0 - o.beta) * L2;
-        factor = omb * invT;
+    void scalar(Index j, A v) const {
+        if (add)
+            dst[j] = static_cast<S>(static_cast<A>(dst[j]) + v);
+        else
+            dst[j] = static_cast<S>(v);
     }
-    L_out = L;
-    if (!std::isfinite(L)) return true;
-    const P psh = ei::pset1<P>(shift), pf = ei::pset1<P>(factor);
-    for (Index k = 0; k < nc; ++k) {
-        const Index off = k * C, len = std::min(C, V - off);
-        ws.prefetch_next(off, len);
-        const A* ea = ws.a.data() + off;
-        const A* eb = ws.b.data() + off;
-        rg.template set_packets<A>(
-            off, len,
-            [&](Index j) {
-                return ei::pmul(ei::pmul(ei::ploadu<P>(ea + j),
-                                         ei::psub(ei::ploadu<P>(eb + j), psh)),
-                                pf);
-            },
-            [&](Index j) { return ea[j] * (eb[j] - shift) * factor; },
-            CArrMap<A>(ea, len) * (CArrMap<A>(eb, len) - shift) * factor);
+};
+
+/// Whether a divergence takes the three-stage pipeline (a value sweep between the
+/// exponentials and the gradient).
+constexpr bool three_stage(Divergence d) {
+    return d == Divergence::JSD || d == Divergence::SkewKL || d == Divergence::SkewReverseKL ||
+           d == Divergence::TVD;
+}
+
+/// One chunk of up to three rows in one fused sweep (the pipelined fast path):
+///   * stage 1 on row `a`: exponentials of both rows (stored to the work rows), their sums
+///     and the KL value terms, and the maxima of the next chunk (read one chunk ahead);
+///   * stage 2 on row `b` (three-stage divergences): q and p normalised, the value terms, and
+///     the per-entry factor of the gradient (work rows, in cache);
+///   * stage 3 on row `g`: the gradient, written once.
+/// Entries [lv, len) — at most one packet, in the last chunk — are done entry by entry.
+template <Divergence D, bool St1, bool St2, bool St3, class S, class A>
+inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>* b,
+                        Slot<S, A>* g) {
+    namespace ei = Eigen::internal;
+    using P = Packet<A>;
+    constexpr Index W = kPacket<A>;
+    constexpr Index C = kRowChunk;
+    constexpr A inf = std::numeric_limits<A>::infinity();
+    const Index off = k * C, len = std::min(C, c.V - off), lv = len - len % W;
+    const auto kk = static_cast<std::size_t>(k);
+    const P zero = ei::pset1<P>(A(0));
+    // stage 1
+    const bool la = St1 && k + 1 < c.nc;
+    const Index nlen = la ? std::min(C, c.V - off - C) : 0, nlv = nlen - nlen % W;
+    const ShiftedExp<A> ez(St1 ? a->mz[kk] : A(0), c.invT), ey(St1 ? a->my[kk] : A(0), c.invT);
+    const A* za = St1 ? a->z + off : nullptr;
+    const A* ya = St1 ? a->y + off : nullptr;
+    A* wa0 = St1 ? a->w0.data() + off : nullptr;
+    A* wa1 = St1 ? a->w1.data() + off : nullptr;
+    P s1 = zero, s2 = zero, s3 = zero, nz = ei::pset1<P>(-inf), ny = nz;
+    // stage 2
+    A* wb0 = St2 ? b->w0.data() + off : nullptr;
+    A* wb1 = St2 ? b->w1.data() + off : nullptr;
+    const A* zb = St2 ? b->z + off : nullptr;
+    const A* yb = St2 ? b->y + off : nullptr;
+    const A fq = St2 ? b->f0[kk] : A(0), fp = St2 ? b->f1[kk] : A(0);
+    const A cq = St2 ? b->c0 : A(0), cp = St2 ? b->c1 : A(0);
+    P u1 = zero, u2 = zero;
+    // stage 3
+    const A* wg0 = St3 ? g->w0.data() + off : nullptr;
+    const A* wg1 = St3 ? g->w1.data() + off : nullptr;
+    const A h0 = St3 ? g->f0[kk] : A(0), h1 = St3 ? g->f1[kk] : A(0);
+    const A k0 = St3 ? g->c0 : A(0), k1 = St3 ? g->c1 : A(0);
+    GradSink<S, A> sink;
+    if constexpr (St3) {
+        sink.dst = g->rg.dst + off;
+        sink.add = g->rg.add;
+        sink.stream = !sink.add &&
+                      reinterpret_cast<std::uintptr_t>(sink.dst) % sizeof(P) == 0;
+    }
+    const A invT = c.invT;
+    // sign(d) without a select: clamp(d / FLT_MIN, −1, 1), exact ±1 for |d| ≥ FLT_MIN
+    const A big = A(1) / std::numeric_limits<A>::min();
+
+    auto stage2 = [&](auto q, auto p, auto zv, auto yv, auto& o1, auto& o2, auto& v1,
+                      auto& v2) {
+        // q, p: normalised probabilities; zv, yv: logits; o1, o2: out (q, factor);
+        // v1, v2: value accumulators. Works for packets and scalars alike.
+        using T = std::decay_t<decltype(q)>;
+        constexpr bool pk = !std::is_same<T, A>::value;
+        auto set1 = [](A x) {
+            if constexpr (pk) return ei::pset1<T>(x); else return x;
+        };
+        auto mul = [](T x, T y) { if constexpr (pk) return ei::pmul(x, y); else return x * y; };
+        auto add = [](T x, T y) { if constexpr (pk) return ei::padd(x, y); else return x + y; };
+        auto sub = [](T x, T y) { if constexpr (pk) return ei::psub(x, y); else return x - y; };
+        auto madd = [](T x, T y, T z) {
+            if constexpr (pk) return ei::pmadd(x, y, z); else return x * y + z;
+        };
+        auto lg = [](T x) { if constexpr (pk) return ei::plog(x); else return std::log(x); };
+        if constexpr (D == Divergence::JSD) {
+            const T lm = lg(add(mul(set1(c.beta), p), mul(set1(c.omb), q)));
+            const T lp = madd(yv, set1(invT), set1(cp));
+            const T r = sub(madd(zv, set1(invT), set1(cq)), lm);
+            v1 = madd(p, sub(lp, lm), v1);
+            v2 = madd(q, r, v2);
+            o1 = q;
+            o2 = r;
+        } else if constexpr (D == Divergence::TVD) {
+            RLPO_DISTILL_ROUNDED(q);
+            RLPO_DISTILL_ROUNDED(p);
+            const T t = sub(q, p);
+            T h;
+            if constexpr (pk)
+                h = ei::pmul(ei::pset1<T>(A(0.5)),
+                             ei::pmin(ei::pmax(ei::pmul(t, ei::pset1<T>(big)), ei::pset1<T>(A(-1))),
+                                      ei::pset1<T>(A(1))));
+            else
+                h = A(0.5) * std::min(std::max(t * big, A(-1)), A(1));
+            if constexpr (pk) v1 = ei::padd(v1, ei::pabs(t)); else v1 += std::abs(t);
+            v2 = madd(q, h, v2);
+            o1 = q;
+            o2 = h;
+        } else if constexpr (D == Divergence::SkewKL) {
+            // m = αp + (1−α)q; value p (log p − log m); factor −(1−α) p/m
+            const T m = add(mul(set1(c.al), p), mul(set1(c.oma), q));
+            const T lp = madd(yv, set1(invT), set1(cp));
+            v1 = madd(p, sub(lp, lg(m)), v1);
+            T h;
+            if constexpr (pk) h = ei::pdiv(ei::pmul(ei::pset1<T>(-c.oma), p), m);
+            else h = -c.oma * p / m;
+            v2 = madd(q, h, v2);
+            o1 = q;
+            o2 = h;
+        } else {  // SkewReverseKL: m = (1−α)p + αq; r = log(q/m); factor r − α q/m
+            const T m = add(mul(set1(c.oma), p), mul(set1(c.al), q));
+            const T r = sub(madd(zv, set1(invT), set1(cq)), lg(m));
+            v1 = madd(q, r, v1);
+            T h;
+            if constexpr (pk) h = ei::psub(r, ei::pdiv(ei::pmul(ei::pset1<T>(c.al), q), m));
+            else h = r - c.al * q / m;
+            v2 = madd(q, h, v2);
+            o1 = q;
+            o2 = h;
+        }
+    };
+
+    for (Index j = 0; j < lv; j += W) {
+        if constexpr (St1) {
+            if (la && j < nlv) {
+                nz = ei::pmax(nz, ei::ploadu<P>(za + C + j));
+                ny = ei::pmax(ny, ei::ploadu<P>(ya + C + j));
+            }
+            const P zv = ei::ploadu<P>(za + j), yv = ei::ploadu<P>(ya + j);
+            const P eq = ez.packet(zv), ep = ey.packet(yv);
+            s1 = ei::padd(s1, eq);
+            s2 = ei::padd(s2, ep);
+            ei::pstoreu(wa0 + j, eq);
+            if constexpr (D == Divergence::ForwardKL) {
+                s3 = ei::pmadd(ep, ei::psub(yv, zv), s3);
+                ei::pstoreu(wa1 + j, ep);
+            } else if constexpr (D == Divergence::ReverseKL) {
+                const P dz = ei::psub(zv, yv);
+                s3 = ei::pmadd(eq, dz, s3);
+                ei::pstoreu(wa1 + j, dz);
+            } else {
+                ei::pstoreu(wa1 + j, ep);
+            }
+        }
+        if constexpr (St2) {
+            const P q = ei::pmul(ei::ploadu<P>(wb0 + j), ei::pset1<P>(fq));
+            const P p = ei::pmul(ei::ploadu<P>(wb1 + j), ei::pset1<P>(fp));
+            P o1, o2;
+            stage2(q, p, ei::ploadu<P>(zb + j), ei::ploadu<P>(yb + j), o1, o2, u1, u2);
+            ei::pstoreu(wb0 + j, o1);
+            ei::pstoreu(wb1 + j, o2);
+        }
+        if constexpr (St3) {
+            const P x0 = ei::ploadu<P>(wg0 + j), x1 = ei::ploadu<P>(wg1 + j);
+            P v;
+            if constexpr (D == Divergence::ForwardKL)  // q/τ − p/τ
+                v = ei::psub(ei::pmul(x0, ei::pset1<P>(h0)), ei::pmul(x1, ei::pset1<P>(h1)));
+            else if constexpr (D == Divergence::ReverseKL)  // q ((z − y)/τ + k)/τ
+                v = ei::pmul(ei::pmul(x0, ei::pset1<P>(h0)),
+                             ei::pmadd(x1, ei::pset1<P>(invT), ei::pset1<P>(k0)));
+            else  // q (factor − shift) · (1−β or 1)/τ
+                v = ei::pmul(ei::pmul(x0, ei::psub(x1, ei::pset1<P>(k0))), ei::pset1<P>(k1));
+            sink.packet(j, v);
+        }
+    }
+    A t1 = 0, t2 = 0, t3 = 0, v1 = 0, v2 = 0;
+    for (Index j = lv; j < len; ++j) {
+        if constexpr (St1) {
+            const A zv = za[j], yv = ya[j];
+            const A eq = ez.scalar(zv), ep = ey.scalar(yv);
+            t1 += eq;
+            t2 += ep;
+            wa0[j] = eq;
+            if constexpr (D == Divergence::ForwardKL) {
+                t3 += ep * (yv - zv);
+                wa1[j] = ep;
+            } else if constexpr (D == Divergence::ReverseKL) {
+                t3 += eq * (zv - yv);
+                wa1[j] = zv - yv;
+            } else {
+                wa1[j] = ep;
+            }
+        }
+        if constexpr (St2) {
+            A o1, o2;
+            stage2(wb0[j] * fq, wb1[j] * fp, zb[j], yb[j], o1, o2, v1, v2);
+            wb0[j] = o1;
+            wb1[j] = o2;
+        }
+        if constexpr (St3) {
+            A v;
+            if constexpr (D == Divergence::ForwardKL)
+                v = wg0[j] * h0 - wg1[j] * h1;
+            else if constexpr (D == Divergence::ReverseKL)
+                v = wg0[j] * h0 * (wg1[j] * invT + k0);
+            else
+                v = wg0[j] * (wg1[j] - k0) * k1;
+            sink.scalar(j, v);
+        }
+    }
+    if constexpr (St1) {
+        a->s0[kk] = static_cast<double>(ei::predux(s1) + t1);
+        a->s1[kk] = static_cast<double>(ei::predux(s2) + t2);
+        a->s2[kk] = static_cast<double>(ei::predux(s3) + t3);
+        if (la) {
+            A mzn = nlv > 0 ? ei::predux_max(nz) : -inf, myn = nlv > 0 ? ei::predux_max(ny) : -inf;
+            for (Index j = nlv; j < nlen; ++j) {
+                mzn = std::max(mzn, za[C + j]);
+                myn = std::max(myn, ya[C + j]);
+            }
+            a->mz[kk + 1] = mzn;
+            a->my[kk + 1] = myn;
+        }
+    }
+    if constexpr (St2) {
+        b->s0[kk] = static_cast<double>(ei::predux(u1) + v1);
+        b->s1[kk] = static_cast<double>(ei::predux(u2) + v2);
+    }
+}
+
+/// All chunks of one pipeline step with the given stages present.
+template <Divergence D, bool St1, bool St2, bool St3, class S, class A>
+inline void fused_row_step(const DenseCtx<A>& c, Slot<S, A>* a, Slot<S, A>* b,
+                           Slot<S, A>* g) {
+    for (Index k = 0; k < c.nc; ++k) fused_chunk<D, St1, St2, St3, S, A>(c, k, a, b, g);
+}
+
+template <Divergence D, class S, class A>
+inline void fused_step(const DenseCtx<A>& c, Slot<S, A>* a, Slot<S, A>* b, Slot<S, A>* g) {
+    const int m = (a ? 4 : 0) | (b ? 2 : 0) | (g ? 1 : 0);
+    if constexpr (!three_stage(D)) {
+        switch (m & 5) {
+            case 5: return fused_row_step<D, true, false, true>(c, a, b, g);
+            case 4: return fused_row_step<D, true, false, false>(c, a, b, g);
+            case 1: return fused_row_step<D, false, false, true>(c, a, b, g);
+            default: return;
+        }
+    }
+    switch (m) {
+        case 7: return fused_row_step<D, true, true, true>(c, a, b, g);
+        case 6: return fused_row_step<D, true, true, false>(c, a, b, g);
+        case 5: return fused_row_step<D, true, false, true>(c, a, b, g);
+        case 4: return fused_row_step<D, true, false, false>(c, a, b, g);
+        case 3: return fused_row_step<D, false, true, true>(c, a, b, g);
+        case 2: return fused_row_step<D, false, true, false>(c, a, b, g);
+        case 1: return fused_row_step<D, false, false, true>(c, a, b, g);
+        default: return;
+    }
+}
+
+/// After stage 1 of row `a`: merge the chunk maxima and sums (as an online softmax), and set
+/// up the next stage (for forward / reverse KL the value and the gradient factors, with the
+/// row's gradient scale folded in). False when the row needs the exact path (a non-finite
+/// maximum, sum or value: NaN, ±inf or a −inf logit somewhere).
+template <Divergence D, class S, class A>
+inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
+    const double invT = static_cast<double>(c.invT);
+    double mz = -std::numeric_limits<double>::infinity(), my = mz;
+    for (Index k = 0; k < c.nc; ++k) {
+        const auto kk = static_cast<std::size_t>(k);
+        const double zk = static_cast<double>(a.mz[kk]), yk = static_cast<double>(a.my[kk]);
+        if (!(std::abs(zk) < std::numeric_limits<double>::infinity()) ||
+            !(std::abs(yk) < std::numeric_limits<double>::infinity()))
+            return false;
+        mz = std::max(mz, zk);
+        my = std::max(my, yk);
+    }
+    double sq = 0, sp = 0, x = 0;
+    for (Index k = 0; k < c.nc; ++k) {
+        const auto kk = static_cast<std::size_t>(k);
+        const double ez = std::exp((static_cast<double>(a.mz[kk]) - mz) * invT),
+                     ey = std::exp((static_cast<double>(a.my[kk]) - my) * invT);
+        sq += a.s0[kk] * ez;
+        sp += a.s1[kk] * ey;
+        x += a.s2[kk] * (D == Divergence::ForwardKL ? ey : ez);
+        a.s0[kk] = ez;  // keep the chunk factors
+        a.s1[kk] = ey;
+    }
+    if (!std::isfinite(sq + sp + x)) return false;
+    const double cq = -mz * invT - std::log(sq), cp = -my * invT - std::log(sp);
+    const double scale = a.rg.scale;
+    if constexpr (D == Divergence::ForwardKL || D == Divergence::ReverseKL) {
+        const double L = D == Divergence::ForwardKL ? x / sp * invT + cp - cq
+                                                    : x / sq * invT + cq - cp;
+        if (!std::isfinite(L)) return false;
+        a.L = L;
+        for (Index k = 0; k < c.nc; ++k) {
+            const auto kk = static_cast<std::size_t>(k);
+            a.f0[kk] = static_cast<A>(scale * invT * a.s0[kk] / sq);
+            a.f1[kk] = static_cast<A>(scale * invT * a.s1[kk] / sp);
+        }
+        a.c0 = static_cast<A>(cq - cp - L);  // reverse KL: log q − log p − L = (z − y)/τ + c0
+    } else {
+        for (Index k = 0; k < c.nc; ++k) {
+            const auto kk = static_cast<std::size_t>(k);
+            a.f0[kk] = static_cast<A>(a.s0[kk] / sq);
+            a.f1[kk] = static_cast<A>(a.s1[kk] / sp);
+        }
+        a.c0 = static_cast<A>(cq);  // log q = z/τ + c0
+        a.c1 = static_cast<A>(cp);  // log p = y/τ + c1
     }
     return true;
 }
 
+/// After stage 2 of row `b` (three-stage divergences): the value, and the gradient constants
+/// q_j (h_j − c0) · c1. False when the value is not finite (the exact path decides).
+template <Divergence D, class S, class A>
+inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
+    double u1 = 0, u2 = 0;
+    for (Index k = 0; k < c.nc; ++k) {
+        u1 += b.s0[static_cast<std::size_t>(k)];
+        u2 += b.s1[static_cast<std::size_t>(k)];
+    }
+    double L = u1, factor = static_cast<double>(c.invT);
+    if constexpr (D == Divergence::JSD) {
+        L = static_cast<double>(c.beta) * u1 + static_cast<double>(c.omb) * u2;
+        factor *= static_cast<double>(c.omb);
+    } else if constexpr (D == Divergence::TVD) {
+        L = 0.5 * u1;
+    }
+    if (!std::isfinite(L) || !std::isfinite(u2)) return false;
+    b.L = L;
+    b.c0 = static_cast<A>(u2);
+    b.c1 = static_cast<A>(factor * b.rg.scale);
+    return true;
+}
+
+/// The exact path for one row (non-finite logits, zero probabilities, errors).
 template <class S, class A>
-inline double dense_row(const DistillOptions& o, const A* z, const A* y, Index V, Scratch<A>& ws,
-                        const RowGrad<S>& rg, RowError& err) {
-    double L = 0.0;
-    if (dense_row_online<S, A>(o, z, y, V, ws, rg, L)) return L;
+inline double dense_row_exact(const DistillOptions& o, const A* z, const A* y, Index V,
+                              Scratch<A>& ws, const RowGrad<S>& rg, RowError& err) {
+    ws.ensure(V);
     const A mz = check_row(z, V, "student_logits", err);
     if (err.set()) return 0.0;
     const A my = check_row(y, V, "teacher_logits", err);
     if (err.set()) return 0.0;
     return dense_row_impl<true, S, A>(o, z, y, mz, my, V, ws, rg);
+}
+
+/// The fast path over all rows: each thread takes a contiguous block of rows and runs them
+/// through a software pipeline of two (forward / reverse KL) or three stages, one fused sweep
+/// per chunk over all rows in flight (see `fused_chunk`), so that the reads of one row, the
+/// compute of the next and the gradient writes of the previous overlap. Rows that need the
+/// exact path leave the pipeline and are done at once; masked rows never enter it.
+template <Divergence D, class S, class A>
+inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const RowPlan& plan,
+                                  const ConstMatRef<S>& zm, const ConstMatRef<S>& ym,
+                                  const ::rlpo::detail::GradWriter<S>& g, double row_scale) {
+    const Index N = zm.rows(), V = zm.cols();
+    std::vector<double> loss(static_cast<std::size_t>(N), 0.0),
+        aux(static_cast<std::size_t>(N), 0.0);
+    std::vector<RowError> errs(static_cast<std::size_t>(N));
+    const bool add = g.mode() == GradMode::Add;
+    DenseCtx<A> c;
+    c.invT = static_cast<A>(1.0 / o.temperature);
+    c.beta = static_cast<A>(o.beta);
+    c.omb = static_cast<A>(1.0 - o.beta);
+    c.al = static_cast<A>(o.alpha);
+    c.oma = static_cast<A>(1.0 - o.alpha);
+    c.V = V;
+    c.nc = (V + kRowChunk - 1) / kRowChunk;
+    constexpr int kStages = three_stage(D) ? 3 : 2;
+#if defined(RLPO_USE_OPENMP)
+#pragma omp parallel if (N * V > 32768 && N > 1)
+#endif
+    {
+        Index r0 = 0, r1 = N;
+#if defined(RLPO_USE_OPENMP)
+        {
+            const Index nt = omp_get_num_threads(), id = omp_get_thread_num();
+            r0 = N * id / nt;
+            r1 = N * (id + 1) / nt;
+        }
+#endif
+        Scratch<A> ws;
+        Slot<S, A> slots[kStages];
+        auto exact = [&](Slot<S, A>& s) {
+            const auto k = static_cast<std::size_t>(s.n);
+            RowError err;
+            const double L = dense_row_exact<S, A>(o, s.z, s.y, V, ws, s.rg, err);
+            if (!err.set() && !std::isfinite(L)) err = infinite_divergence_error();
+            errs[k] = err;
+            loss[k] = L;
+            s.n = -1;
+        };
+        for (Index it = r0; it < r1 + kStages - 1; ++it) {
+            Slot<S, A>* a = nullptr;
+            if (it < r1) {
+                const auto k = static_cast<std::size_t>(it);
+                S* dst = g.row(it);
+                if (plan.m[k] == 0) {
+                    if (dst && !add)
+                        Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(dst, V).setZero();
+                } else {
+                    a = &slots[it % kStages];
+                    a->size(V, c.nc);
+                    a->n = it;
+                    a->z = widen<A, S>(zm, it, a->zb);
+                    a->y = widen<A, S>(ym, it, a->yb);
+                    a->rg = make_row_grad<S, A>(g, plan, it, V, row_scale, ws);
+                    chunk_max(a->z, a->y, std::min(kRowChunk, V), a->mz[0], a->my[0]);
+                }
+            }
+            Slot<S, A>* b = nullptr;
+            if (kStages == 3 && it - 1 >= r0) {
+                Slot<S, A>& s = slots[(it - 1) % kStages];
+                if (s.n == it - 1) b = &s;
+            }
+            Slot<S, A>* gs = nullptr;
+            if (it - (kStages - 1) >= r0) {
+                Slot<S, A>& s = slots[(it - (kStages - 1)) % kStages];
+                if (s.n == it - (kStages - 1) && s.rg.active()) gs = &s;
+            }
+            fused_step<D, S, A>(c, a, b, gs);
+            if (gs) gs->n = -1;
+            if (b) {
+                if (finish_stage2<D, S, A>(c, *b))
+                    loss[static_cast<std::size_t>(b->n)] = b->L;
+                else
+                    exact(*b);
+            }
+            if (a) {
+                if (!finish_stage1<D, S, A>(c, *a))
+                    exact(*a);
+                else if (!three_stage(D))
+                    loss[static_cast<std::size_t>(a->n)] = a->L;
+            }
+        }
+#if defined(__SSE2__)
+        _mm_sfence();  // order the streaming stores before the results are used
+#endif
+    }
+    return combine_rows(fn, plan, N, loss, aux, errs, row_scale);
 }
 
 }  // namespace detail
@@ -669,18 +885,21 @@ Result<::rlpo::detail::scalar_t<DS>> divergence(
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
     const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
-    const auto pass = detail::drive_rows<S, A>(
-        fn, plan, N, V, g, t2,
-        [&](Index n, detail::Scratch<A>& ws, const detail::RowGrad<S>& rg,
-            detail::RowError& err, double&) -> double {
-            const A* zr = detail::widen<A, S>(z, n, ws.z);
-            const A* yr = detail::widen<A, S>(y, n, ws.y);
-            const bool more = n + 1 < N;
-            ws.next_z = more ? reinterpret_cast<const char*>(z.row(n + 1).data()) : nullptr;
-            ws.next_y = more ? reinterpret_cast<const char*>(y.row(n + 1).data()) : nullptr;
-            ws.next_elem = sizeof(S);
-            return detail::dense_row<S, A>(opts, zr, yr, V, ws, rg, err);
-        });
+    Divergence d = opts.divergence;
+    if (d == Divergence::JSD && opts.beta == 0.0) d = Divergence::ForwardKL;
+    if (d == Divergence::JSD && opts.beta == 1.0) d = Divergence::ReverseKL;
+    detail::PassResult pass;
+    switch (d) {
+#define RLPO_DISTILL_CASE(K)                                                                   \
+    case K: pass = detail::dense_rows_fast<K, S, A>(fn, opts, plan, z, y, g, t2); break;
+        RLPO_DISTILL_CASE(Divergence::ForwardKL)
+        RLPO_DISTILL_CASE(Divergence::ReverseKL)
+        RLPO_DISTILL_CASE(Divergence::JSD)
+        RLPO_DISTILL_CASE(Divergence::SkewKL)
+        RLPO_DISTILL_CASE(Divergence::SkewReverseKL)
+        RLPO_DISTILL_CASE(Divergence::TVD)
+#undef RLPO_DISTILL_CASE
+    }
     res.value = g.coef() * pass.value;
     res.metrics.add(to_string(opts.divergence), pass.metric, pass.count);
     return res;

@@ -73,26 +73,6 @@ struct Scratch {
     Arr<A> a, b, z, y, t, s;  ///< work rows a, b; widened logits z, y; chunk temporaries t, s
     std::vector<double> cz, cy, cs, ct, cx;  ///< per-chunk statistics of the online pass
     std::vector<A> saved;                    ///< a few saved entries (top-k rows)
-    /// The next rows this thread will read (a prefetch hint only, may be null), entry size.
-    const char* next_z = nullptr;
-    const char* next_y = nullptr;
-    std::size_t next_elem = 0;
-    /// Prefetch (into L2) entries [off, off + len) of the next rows, so that a row's
-    /// gradient-writing pass overlaps the reads of the next row.
-    void prefetch_next(Index off, Index len) const {
-#if defined(__SSE2__)
-        if (!next_z || !next_y) return;
-        const std::size_t b0 = static_cast<std::size_t>(off) * next_elem,
-                          b1 = static_cast<std::size_t>(off + len) * next_elem;
-        for (std::size_t b = b0; b < b1; b += 64) {
-            _mm_prefetch(next_z + b, _MM_HINT_T1);
-            _mm_prefetch(next_y + b, _MM_HINT_T1);
-        }
-#else
-        (void)off;
-        (void)len;
-#endif
-    }
     void ensure(Index V) {
         if (a.size() != V) {
             a.resize(V);
@@ -140,31 +120,6 @@ struct RowGrad {
     void add_at(Index j, double v) const {
         if (!dst) return;
         dst[j] = static_cast<S>(static_cast<double>(dst[j]) + scale * v);
-    }
-    /// Entries [off, off + len) of the row, given packet-wise by `pf(j)` (a Packet<A> of
-    /// entries j .. j + W − 1) and entry-wise by `sf(j)` (tail): for overwritten float rows,
-    /// evaluated in registers and streamed to memory with non-temporal stores; otherwise the
-    /// equivalent Eigen expression `expr` is written by `set`.
-    template <class A, class PF, class SF, class E>
-    void set_packets(Index off, Index len, PF&& pf, SF&& sf, const E& expr) const {
-        if (!dst) return;
-#if defined(__SSE2__)
-        if constexpr (std::is_same<S, float>::value && std::is_same<A, float>::value) {
-            using P = Packet<A>;
-            constexpr Index W = kPacket<A>;
-            if (!add && (reinterpret_cast<std::uintptr_t>(dst + off) % sizeof(P)) == 0) {
-                namespace ei = Eigen::internal;
-                const P sc = ei::pset1<P>(static_cast<A>(scale));
-                const Index lv = len - len % W;
-                for (Index j = 0; j < lv; j += W) stream_packet(dst + off + j, ei::pmul(sc, pf(j)));
-                for (Index j = lv; j < len; ++j) dst[off + j] = static_cast<A>(scale) * sf(j);
-                return;
-            }
-        }
-#endif
-        (void)pf;
-        (void)sf;
-        set(off, len, expr);
     }
     /// Entries [off, off + len) of the row.
     template <class E>
@@ -309,6 +264,51 @@ struct PassResult {
     double count = 0.0;     ///< Σ_n m
 };
 
+/// The infinite-divergence error of a row whose value is not finite.
+inline RowError infinite_divergence_error() {
+    return {"inputs", "the divergence is infinite or undefined (the student or teacher puts "
+                      "zero probability where the other has mass)",
+            -1};
+}
+
+/// Combine per-row results in row order (identical for any thread count); report the first
+/// bad row under a non-zero mask.
+inline PassResult combine_rows(const char* fn, const RowPlan& plan, Index N,
+                               const std::vector<double>& loss, const std::vector<double>& aux,
+                               const std::vector<RowError>& errs, double row_scale) {
+    PassResult out;
+    for (Index n = 0; n < N; ++n) {
+        const auto k = static_cast<std::size_t>(n);
+        if (errs[k].set()) {
+            if (errs[k].col >= 0)
+                ::rlpo::detail::fail(fn, errs[k].input, ": ", errs[k].what, " at [", n, ", ",
+                                     errs[k].col, "] (row under a non-zero mask)");
+            ::rlpo::detail::fail(fn, errs[k].input, ": ", errs[k].what, " in row ", n,
+                                 " (row under a non-zero mask)");
+        }
+        if (plan.m[k] == 0) continue;
+        out.value += plan.w[k] * loss[k] * row_scale;
+        out.metric += plan.m[k] * loss[k] * row_scale;
+        out.aux += plan.m[k] * aux[k];
+    }
+    out.count = plan.local_rows;
+    return out;
+}
+
+/// The row gradient of row n: scale = coef · c · m · `row_scale`, streaming buffer attached.
+template <class S, class A>
+inline RowGrad<S> make_row_grad(const ::rlpo::detail::GradWriter<S>& g, const RowPlan& plan,
+                                Index n, Index V, double row_scale, Scratch<A>& ws) {
+    RowGrad<S> rg{g.row(n), V, g.coef() * plan.w[static_cast<std::size_t>(n)] * row_scale,
+                  g.mode() == GradMode::Add};
+    if constexpr (std::is_same<S, float>::value && std::is_same<A, float>::value) {
+        if (ws.s.size() < kRowChunk) ws.s.resize(kRowChunk);
+        rg.stream_buf = ws.s.data();
+        rg.stream_len = kRowChunk;
+    }
+    return rg;
+}
+
 /// Run `kernel(n, scratch, grad, err, aux) -> L_n` over the unmasked rows. `grad.set(expr)`
 /// must be called exactly once per row when `grad.active()`; the scale it applies is
 /// coef · c · m · `row_scale`. A non-finite L_n is an error ("infinite divergence").
@@ -336,19 +336,11 @@ inline PassResult drive_rows(const char* fn, const RowPlan& plan, Index N, Index
                 continue;
             }
             ws.ensure(V);
-            RowGrad<S> rg{dst, V, g.coef() * plan.w[k] * row_scale, add};
-            if constexpr (std::is_same<S, float>::value && std::is_same<A, float>::value) {
-                if (ws.s.size() < kRowChunk) ws.s.resize(kRowChunk);
-                rg.stream_buf = ws.s.data();
-                rg.stream_len = kRowChunk;
-            }
+            const RowGrad<S> rg = make_row_grad<S, A>(g, plan, n, V, row_scale, ws);
             RowError err;
             double ax = 0.0;
             const double L = kernel(n, ws, rg, err, ax);
-            if (!err.set() && !std::isfinite(L))
-                err = {"inputs", "the divergence is infinite or undefined (the student or "
-                                 "teacher puts zero probability where the other has mass)",
-                       -1};
+            if (!err.set() && !std::isfinite(L)) err = infinite_divergence_error();
             errs[k] = err;
             loss[k] = L;
             aux[k] = ax;
@@ -357,23 +349,7 @@ inline PassResult drive_rows(const char* fn, const RowPlan& plan, Index N, Index
         _mm_sfence();  // order the streaming stores before the results are used
 #endif
     }
-    PassResult out;
-    for (Index n = 0; n < N; ++n) {
-        const auto k = static_cast<std::size_t>(n);
-        if (errs[k].set()) {
-            if (errs[k].col >= 0)
-                ::rlpo::detail::fail(fn, errs[k].input, ": ", errs[k].what, " at [", n, ", ",
-                                     errs[k].col, "] (row under a non-zero mask)");
-            ::rlpo::detail::fail(fn, errs[k].input, ": ", errs[k].what, " in row ", n,
-                                 " (row under a non-zero mask)");
-        }
-        if (plan.m[k] == 0) continue;
-        out.value += plan.w[k] * loss[k] * row_scale;
-        out.metric += plan.m[k] * loss[k] * row_scale;
-        out.aux += plan.m[k] * aux[k];
-    }
-    out.count = plan.local_rows;
-    return out;
+    return combine_rows(fn, plan, N, loss, aux, errs, row_scale);
 }
 
 }  // namespace rlpo::distill::detail

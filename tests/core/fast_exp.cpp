@@ -1,0 +1,81 @@
+// The short float exponential of the softmax sweeps (core/detail/fast_exp.hpp): accuracy
+// against the double-precision exp2 over the whole range a softmax uses, and the edge cases
+// the distillation kernels rely on (−inf → exact 0, NaN kept, underflow to 0, subnormals).
+// Built twice when the compiler can: once for the baseline ISA (the generic Eigen packet
+// path) and once with -march=native (the AVX-512 path where the machine has it).
+#include "support/catch.hpp"
+
+#include <rlpo/core/detail/fast_exp.hpp>
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace ei = Eigen::internal;
+using P = ei::packet_traits<float>::type;
+constexpr int W = ei::packet_traits<float>::size;
+
+namespace {
+int lane_mismatches = 0;
+// 2^t from a packet holding t in all lanes (the lanes must agree).
+float packet_exp2(float t) {
+    alignas(64) float out[W];
+    ei::pstore(out, rlpo::detail::pexp2(ei::pset1<P>(t)));
+    for (int i = 1; i < W; ++i)
+        if (!(std::isnan(out[i]) ? std::isnan(out[0]) : out[i] == out[0])) ++lane_mismatches;
+    return out[0];
+}
+double rel(float got, double want) { return std::abs(static_cast<double>(got) - want) / want; }
+}  // namespace
+
+TEST_CASE("fast exp2: relative error within 2 ulp over the softmax range", "[core][fast_exp]") {
+    double worst_packet = 0, worst_scalar = 0;
+    // every 1/4099-th step over [−126, 8]: all fractional parts, normal results
+    for (int i = -126 * 4099; i <= 8 * 4099; ++i) {
+        const float t = static_cast<float>(i) / 4099.0f;
+        const double want = std::exp2(static_cast<double>(t));
+        worst_packet = std::max(worst_packet, rel(packet_exp2(t), want));
+        worst_scalar = std::max(worst_scalar, rel(rlpo::detail::exp2_scalar(t), want));
+    }
+    INFO("packet " << worst_packet << " scalar " << worst_scalar);
+    // float ulp is 2^−23 ≈ 1.19e−7 relative at most; the fit is 2e−9, the rest is rounding
+    CHECK(worst_packet < 1.5e-7);
+    CHECK(lane_mismatches == 0);
+    CHECK(worst_scalar < 1.5e-7);
+    // exact at integers (p(0) = 1 exactly)
+    for (int n = -126; n <= 20; ++n) {
+        CHECK(packet_exp2(static_cast<float>(n)) == std::ldexp(1.0f, n));
+        CHECK(rlpo::detail::exp2_scalar(static_cast<float>(n)) == std::ldexp(1.0f, n));
+    }
+}
+
+TEST_CASE("fast exp2: edge cases", "[core][fast_exp]") {
+    const float ninf = -std::numeric_limits<float>::infinity();
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    for (float t : {ninf, -1e30f, -1000.0f, -200.0f, -151.0f}) {
+        CHECK(packet_exp2(t) == 0.0f);
+        CHECK(rlpo::detail::exp2_scalar(t) == 0.0f);
+    }
+    CHECK(std::isnan(packet_exp2(nan)));
+    CHECK(std::isnan(rlpo::detail::exp2_scalar(nan)));
+    CHECK(packet_exp2(0.0f) == 1.0f);
+    CHECK(packet_exp2(-0.0f) == 1.0f);
+    CHECK(packet_exp2(-1e-30f) == Approx(1.0).epsilon(1e-7));
+    // subnormal results: within one subnormal step (2^−149) of the true value
+    for (float t : {-127.5f, -135.25f, -140.0f, -145.7f, -149.0f}) {
+        const double want = std::exp2(static_cast<double>(t));
+        CHECK(std::abs(packet_exp2(t) - want) <= std::ldexp(1.0, -149));
+        CHECK(std::abs(rlpo::detail::exp2_scalar(t) - want) <= std::ldexp(1.0, -149));
+    }
+    // monotone over a fine grid (a softmax keeps the order of its logits)
+    float prev = 0.0f;
+    int decreasing = 0;
+    for (int i = -40000; i <= 0; ++i) {
+        const float v = packet_exp2(static_cast<float>(i) / 1000.0f);
+        if (v < prev) ++decreasing;
+        prev = v;
+    }
+    CHECK(decreasing == 0);
+}
