@@ -359,18 +359,15 @@ struct Slot {
     const A* z = nullptr;            ///< its logits in the arithmetic type
     const A* y = nullptr;
     Arr<A> zb, yb;                   ///< widened copies (bfloat16 input only)
-    Arr<A> w0, w1;                   ///< work rows
+    A* w0 = nullptr;                 ///< work rows (a pair of the thread's work buffers,
+    A* w1 = nullptr;                 ///< shared in place with the row two stages ahead)
     std::vector<A> mz, my;           ///< chunk maxima
     std::vector<double> s0, s1, s2;  ///< per-chunk sums of the stage the row is in
     std::vector<A> f0, f1;           ///< per-chunk factors of the row's next stage
     A c0 = 0, c1 = 0, c2 = 0, c3 = 0;  ///< row constants of the row's next stage
     double L = 0.0;
     RowGrad<S> rg;
-    void size(Index V, Index nc) {
-        if (w0.size() != V) {
-            w0.resize(V);
-            w1.resize(V);
-        }
+    void size(Index nc) {
         const auto k = static_cast<std::size_t>(nc);
         mz.resize(k);
         my.resize(k);
@@ -457,22 +454,22 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
     const ShiftedExp<A> ez(St1 ? a->mz[kk] : A(0), c.invT), ey(St1 ? a->my[kk] : A(0), c.invT);
     const A* za = St1 ? a->z + off : nullptr;
     const A* ya = St1 ? a->y + off : nullptr;
-    A* wa0 = St1 ? a->w0.data() + off : nullptr;
-    A* wa1 = St1 ? a->w1.data() + off : nullptr;
+    A* wa0 = St1 ? a->w0 + off : nullptr;
+    A* wa1 = St1 ? a->w1 + off : nullptr;
     P s1 = zero, s2 = zero, s3 = zero, nz = ei::pset1<P>(-inf), ny = nz;
     // stage 2
-    A* wb0 = St2 ? b->w0.data() + off : nullptr;
-    A* wb1 = St2 ? b->w1.data() + off : nullptr;
+    A* wb0 = St2 ? b->w0 + off : nullptr;
+    A* wb1 = St2 ? b->w1 + off : nullptr;
     const A* zb = St2 ? b->z + off : nullptr;
     const A* yb = St2 ? b->y + off : nullptr;
     const A fq = St2 ? b->f0[kk] : A(0), fp = St2 ? b->f1[kk] : A(0);
     const A cq = St2 ? b->c0 : A(0), cp = St2 ? b->c1 : A(0);
     P u1 = zero, u2 = zero;
     // stage 3
-    const A* wg0 = St3 ? g->w0.data() + off : nullptr;
-    const A* wg1 = St3 ? g->w1.data() + off : nullptr;
+    const A* wg0 = St3 ? g->w0 + off : nullptr;
+    const A* wg1 = St3 ? g->w1 + off : nullptr;
     const A h0 = St3 ? g->f0[kk] : A(0), h1 = St3 ? g->f1[kk] : A(0);
-    const A k0 = St3 ? g->c0 : A(0), k1 = St3 ? g->c1 : A(0);
+    const A k0 = St3 ? g->c0 : A(0), k1 = St3 ? g->c1 : A(0), hk = h0 * k1;
     GradSink<S, A> sink;
     if constexpr (St3) {
         sink.dst = g->rg.dst + off;
@@ -481,6 +478,8 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
                       reinterpret_cast<std::uintptr_t>(sink.dst) % sizeof(P) == 0;
     }
     const A invT = c.invT;
+    // software prefetch distance (entries) ahead of the next-chunk reads
+    constexpr Index kPf = 512;
     // sign(d) without a select: clamp(d / FLT_MIN, −1, 1), exact ±1 for |d| ≥ FLT_MIN
     const A big = A(1) / std::numeric_limits<A>::min();
 
@@ -547,9 +546,45 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
         }
     };
 
+    // Stage 3 reads its entries before stage 1 overwrites them: rows two stages apart share
+    // one pair of work buffers.
     for (Index j = 0; j < lv; j += W) {
+        if constexpr (St3) {
+            const P x0 = ei::ploadu<P>(wg0 + j), x1 = ei::ploadu<P>(wg1 + j);
+            P v;
+            if constexpr (D == Divergence::ForwardKL)  // q/τ − p/τ
+                v = ei::psub(ei::pmul(x0, ei::pset1<P>(h0)), ei::pmul(x1, ei::pset1<P>(h1)));
+            else if constexpr (D == Divergence::ReverseKL)  // q ((z − y)/τ + k)/τ
+                v = ei::pmul(ei::pmul(x0, ei::pset1<P>(h0)),
+                             ei::pmadd(x1, ei::pset1<P>(invT), ei::pset1<P>(k0)));
+            else if constexpr (D == Divergence::TVD) {  // h = ½ sign(q − p) again
+                P q = ei::pmul(x0, ei::pset1<P>(h0)), p = ei::pmul(x1, ei::pset1<P>(h1));
+                RLPO_DISTILL_ROUNDED(q);
+                RLPO_DISTILL_ROUNDED(p);
+                const P h = ei::pmul(
+                    ei::pset1<P>(A(0.5)),
+                    ei::pmin(ei::pmax(ei::pmul(ei::psub(q, p), ei::pset1<P>(big)),
+                                      ei::pset1<P>(A(-1))),
+                             ei::pset1<P>(A(1))));
+                v = ei::pmul(ei::pmul(q, ei::psub(h, ei::pset1<P>(k0))), ei::pset1<P>(k1));
+            } else  // q (factor − shift) · (1−β or 1)/τ, q = e_q · f
+                v = ei::pmul(ei::pmul(x0, ei::psub(x1, ei::pset1<P>(k0))), ei::pset1<P>(hk));
+            sink.packet(j, v);
+        }
+        if constexpr (St2) {
+            const P q = ei::pmul(ei::ploadu<P>(wb0 + j), ei::pset1<P>(fq));
+            const P p = ei::pmul(ei::ploadu<P>(wb1 + j), ei::pset1<P>(fp));
+            P o1, o2;
+            stage2(q, p, ei::ploadu<P>(zb + j), ei::ploadu<P>(yb + j), o1, o2, u1, u2);
+            // e_q stays (stage 3 multiplies by the chunk factor again); TVD keeps both rows
+            if constexpr (D != Divergence::TVD) ei::pstoreu(wb1 + j, o2);
+        }
         if constexpr (St1) {
             if (la && j < nlv) {
+#if defined(__SSE2__)
+                _mm_prefetch(reinterpret_cast<const char*>(za + C + kPf + j), _MM_HINT_T0);
+                _mm_prefetch(reinterpret_cast<const char*>(ya + C + kPf + j), _MM_HINT_T0);
+#endif
                 nz = ei::pmax(nz, ei::ploadu<P>(za + C + j));
                 ny = ei::pmax(ny, ei::ploadu<P>(ya + C + j));
             }
@@ -569,29 +604,30 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
                 ei::pstoreu(wa1 + j, ep);
             }
         }
-        if constexpr (St2) {
-            const P q = ei::pmul(ei::ploadu<P>(wb0 + j), ei::pset1<P>(fq));
-            const P p = ei::pmul(ei::ploadu<P>(wb1 + j), ei::pset1<P>(fp));
-            P o1, o2;
-            stage2(q, p, ei::ploadu<P>(zb + j), ei::ploadu<P>(yb + j), o1, o2, u1, u2);
-            ei::pstoreu(wb0 + j, o1);
-            ei::pstoreu(wb1 + j, o2);
-        }
-        if constexpr (St3) {
-            const P x0 = ei::ploadu<P>(wg0 + j), x1 = ei::ploadu<P>(wg1 + j);
-            P v;
-            if constexpr (D == Divergence::ForwardKL)  // q/τ − p/τ
-                v = ei::psub(ei::pmul(x0, ei::pset1<P>(h0)), ei::pmul(x1, ei::pset1<P>(h1)));
-            else if constexpr (D == Divergence::ReverseKL)  // q ((z − y)/τ + k)/τ
-                v = ei::pmul(ei::pmul(x0, ei::pset1<P>(h0)),
-                             ei::pmadd(x1, ei::pset1<P>(invT), ei::pset1<P>(k0)));
-            else  // q (factor − shift) · (1−β or 1)/τ
-                v = ei::pmul(ei::pmul(x0, ei::psub(x1, ei::pset1<P>(k0))), ei::pset1<P>(k1));
-            sink.packet(j, v);
-        }
     }
     A t1 = 0, t2 = 0, t3 = 0, v1 = 0, v2 = 0;
     for (Index j = lv; j < len; ++j) {
+        if constexpr (St3) {
+            A v;
+            if constexpr (D == Divergence::ForwardKL)
+                v = wg0[j] * h0 - wg1[j] * h1;
+            else if constexpr (D == Divergence::ReverseKL)
+                v = wg0[j] * h0 * (wg1[j] * invT + k0);
+            else if constexpr (D == Divergence::TVD) {
+                A q = wg0[j] * h0, p = wg1[j] * h1;
+                RLPO_DISTILL_ROUNDED(q);
+                RLPO_DISTILL_ROUNDED(p);
+                const A h = A(0.5) * std::min(std::max((q - p) * big, A(-1)), A(1));
+                v = q * (h - k0) * k1;
+            } else
+                v = wg0[j] * (wg1[j] - k0) * hk;
+            sink.scalar(j, v);
+        }
+        if constexpr (St2) {
+            A o1, o2;
+            stage2(wb0[j] * fq, wb1[j] * fp, zb[j], yb[j], o1, o2, v1, v2);
+            if constexpr (D != Divergence::TVD) wb1[j] = o2;
+        }
         if constexpr (St1) {
             const A zv = za[j], yv = ya[j];
             const A eq = ez.scalar(zv), ep = ey.scalar(yv);
@@ -607,22 +643,6 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
             } else {
                 wa1[j] = ep;
             }
-        }
-        if constexpr (St2) {
-            A o1, o2;
-            stage2(wb0[j] * fq, wb1[j] * fp, zb[j], yb[j], o1, o2, v1, v2);
-            wb0[j] = o1;
-            wb1[j] = o2;
-        }
-        if constexpr (St3) {
-            A v;
-            if constexpr (D == Divergence::ForwardKL)
-                v = wg0[j] * h0 - wg1[j] * h1;
-            else if constexpr (D == Divergence::ReverseKL)
-                v = wg0[j] * h0 * (wg1[j] * invT + k0);
-            else
-                v = wg0[j] * (wg1[j] - k0) * k1;
-            sink.scalar(j, v);
         }
     }
     if constexpr (St1) {
@@ -801,6 +821,14 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
 #endif
         Scratch<A> ws;
         Slot<S, A> slots[kStages];
+        // work buffers: one pair (two stages) or two pairs (three stages; row n uses pair
+        // n mod 2, which stage 3 of row n − 2 frees chunk by chunk in the same sweep)
+        Arr<A> pool[2][2];
+        const int npairs = kStages == 3 ? 2 : 1;
+        for (int i = 0; i < npairs; ++i) {
+            pool[i][0].resize(V);
+            pool[i][1].resize(V);
+        }
         auto exact = [&](Slot<S, A>& s) {
             const auto k = static_cast<std::size_t>(s.n);
             RowError err;
@@ -810,24 +838,26 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
             loss[k] = L;
             s.n = -1;
         };
-        for (Index it = r0; it < r1 + kStages - 1; ++it) {
-            Slot<S, A>* a = nullptr;
-            if (it < r1) {
-                const auto k = static_cast<std::size_t>(it);
-                S* dst = g.row(it);
-                if (plan.m[k] == 0) {
-                    if (dst && !add)
-                        Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(dst, V).setZero();
-                } else {
-                    a = &slots[it % kStages];
-                    a->size(V, c.nc);
-                    a->n = it;
-                    a->z = widen<A, S>(zm, it, a->zb);
-                    a->y = widen<A, S>(ym, it, a->yb);
-                    a->rg = make_row_grad<S, A>(g, plan, it, V, row_scale, ws);
-                    chunk_max(a->z, a->y, std::min(kRowChunk, V), a->mz[0], a->my[0]);
-                }
+        // row `it` into a free slot (null for a masked row: its gradient is zeroed here)
+        auto enter = [&](Index it, Slot<S, A>& a) -> Slot<S, A>* {
+            const auto k = static_cast<std::size_t>(it);
+            S* dst = g.row(it);
+            if (plan.m[k] == 0) {
+                if (dst && !add) Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(dst, V).setZero();
+                return nullptr;
             }
+            a.size(c.nc);
+            a.n = it;
+            a.w0 = pool[it % npairs][0].data();
+            a.w1 = pool[it % npairs][1].data();
+            a.z = widen<A, S>(zm, it, a.zb);
+            a.y = widen<A, S>(ym, it, a.yb);
+            a.rg = make_row_grad<S, A>(g, plan, it, V, row_scale, ws);
+            chunk_max(a.z, a.y, std::min(kRowChunk, V), a.mz[0], a.my[0]);
+            return &a;
+        };
+        for (Index it = r0; it < r1 + kStages - 1; ++it) {
+            Slot<S, A>* a = it < r1 ? enter(it, slots[it % kStages]) : nullptr;
             Slot<S, A>* b = nullptr;
             if (kStages == 3 && it - 1 >= r0) {
                 Slot<S, A>& s = slots[(it - 1) % kStages];
