@@ -393,7 +393,8 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
     // Rows of several chunks with a ragged last chunk (not a multiple of any packet width),
     // masked rows holding NaN garbage, rows with zero-probability columns (the exact path in
     // the middle of the pipeline), a single-chunk row length, and τ ≠ 1.
-    for (Index V : {Index(3 * 2048 + 37), Index(2048), Index(29)}) {
+    // (65573: TVD's value sweep leaves the pipeline when its work rows outgrow the budget)
+    for (Index V : {Index(3 * 2048 + 37), Index(2048), Index(29), Index(65573)}) {
         rt::Generator gen(static_cast<std::uint64_t>(V));
         const Index N = 13;
         Mat<double> z = gen.logits(N, V, 3.0), y = gen.perturbed(z, 2.0);
@@ -406,6 +407,7 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
         const Mat<S> zs = cast<S>(z), ys = cast<S>(y);
         const Mat<double> zr = zs.template cast<double>(), yr = ys.template cast<double>();
         for (Divergence d : kAll) {
+            if (V > 60000 && d != Divergence::TVD && d != Divergence::JSD) continue;
             INFO(rlpo::distill::to_string(d) << " V=" << V);
             const DistillOptions o = opts_for(d, 0.7, false);
             double expect = 0, count = 0;

@@ -64,7 +64,7 @@
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/result.hpp>
-#include <rlpo/core/detail/fast_exp.hpp>
+#include <rlpo/core/detail/fast_math.hpp>
 #include <rlpo/core/types.hpp>
 #include <rlpo/distill/detail/rows.hpp>
 
@@ -324,7 +324,7 @@ inline void chunk_max(const A* z, const A* y, Index len, A& zmax, A& ymax) {
 }
 
 /// exp((x − max)/τ) of the softmax sweeps, as a shifted exponential: for float the short
-/// base-2 exponential of core/detail/fast_exp.hpp of a·x + b, with a = log2(e)/τ and
+/// base-2 exponential of core/detail/fast_math.hpp of a·x + b, with a = log2(e)/τ and
 /// b = −max·a folded into one multiply-add; for double Eigen's `pexp` of (x − max)/τ.
 template <class A>
 struct ShiftedExp {
@@ -498,7 +498,9 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
         auto madd = [](T x, T y, T z) {
             if constexpr (pk) return ei::pmadd(x, y, z); else return x * y + z;
         };
-        auto lg = [](T x) { if constexpr (pk) return ei::plog(x); else return std::log(x); };
+        auto lg = [](T x) {
+            if constexpr (pk) return ::rlpo::detail::plog(x); else return std::log(x);
+        };
         if constexpr (D == Divergence::JSD) {
             const T lm = lg(add(mul(set1(c.beta), p), mul(set1(c.omb), q)));
             const T lp = madd(yv, set1(invT), set1(cp));
@@ -806,7 +808,15 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
     c.oma = static_cast<A>(1.0 - o.alpha);
     c.V = V;
     c.nc = (V + kRowChunk - 1) / kRowChunk;
-    constexpr int kStages = three_stage(D) ? 3 : 2;
+    // Pipeline depth: 2 (stage 1 of row n with stage 3 of row n − 1) or 3 (the value sweep of
+    // row n − 1 fused in as well, two pairs of work buffers). TVD's value sweep is cheap: when
+    // two pairs would not fit in a core's L2 (measured: V = 151936 floats, 2.4 MB) it runs on
+    // its own right after stage 1 (`inline2`) with one pair. The log-heavy sweeps (JSD, skew)
+    // gain more from overlapping memory than they lose to the larger footprint: always fused.
+    constexpr std::size_t kWorkBudget = std::size_t(1) << 20;  // bytes of work rows at depth 3
+    const bool inline2 = D == Divergence::TVD &&
+                         4 * static_cast<std::size_t>(V) * sizeof(A) > kWorkBudget;
+    const int depth = three_stage(D) && !inline2 ? 3 : 2;
 #if defined(RLPO_USE_OPENMP)
 #pragma omp parallel if (N * V > 32768 && N > 1)
 #endif
@@ -820,11 +830,11 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
         }
 #endif
         Scratch<A> ws;
-        Slot<S, A> slots[kStages];
-        // work buffers: one pair (two stages) or two pairs (three stages; row n uses pair
-        // n mod 2, which stage 3 of row n − 2 frees chunk by chunk in the same sweep)
+        Slot<S, A> slots[3];
+        // work buffers: one pair at depth 2, two at depth 3 (row n uses pair n mod 2, which
+        // stage 3 of row n − 2 frees chunk by chunk in the same sweep)
         Arr<A> pool[2][2];
-        const int npairs = kStages == 3 ? 2 : 1;
+        const int npairs = depth == 3 ? 2 : 1;
         for (int i = 0; i < npairs; ++i) {
             pool[i][0].resize(V);
             pool[i][1].resize(V);
@@ -856,31 +866,36 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
             chunk_max(a.z, a.y, std::min(kRowChunk, V), a.mz[0], a.my[0]);
             return &a;
         };
-        for (Index it = r0; it < r1 + kStages - 1; ++it) {
-            Slot<S, A>* a = it < r1 ? enter(it, slots[it % kStages]) : nullptr;
+        auto finish2 = [&](Slot<S, A>& s) {
+            if (finish_stage2<D, S, A>(c, s))
+                loss[static_cast<std::size_t>(s.n)] = s.L;
+            else
+                exact(s);
+        };
+        for (Index it = r0; it < r1 + depth - 1; ++it) {
+            Slot<S, A>* a = it < r1 ? enter(it, slots[it % depth]) : nullptr;
             Slot<S, A>* b = nullptr;
-            if (kStages == 3 && it - 1 >= r0) {
-                Slot<S, A>& s = slots[(it - 1) % kStages];
+            if (depth == 3 && it - 1 >= r0) {
+                Slot<S, A>& s = slots[(it - 1) % depth];
                 if (s.n == it - 1) b = &s;
             }
             Slot<S, A>* gs = nullptr;
-            if (it - (kStages - 1) >= r0) {
-                Slot<S, A>& s = slots[(it - (kStages - 1)) % kStages];
-                if (s.n == it - (kStages - 1) && s.rg.active()) gs = &s;
+            if (it - (depth - 1) >= r0) {
+                Slot<S, A>& s = slots[(it - (depth - 1)) % depth];
+                if (s.n == it - (depth - 1) && s.rg.active()) gs = &s;
             }
             fused_step<D, S, A>(c, a, b, gs);
             if (gs) gs->n = -1;
-            if (b) {
-                if (finish_stage2<D, S, A>(c, *b))
-                    loss[static_cast<std::size_t>(b->n)] = b->L;
-                else
-                    exact(*b);
-            }
+            if (b) finish2(*b);
             if (a) {
-                if (!finish_stage1<D, S, A>(c, *a))
+                if (!finish_stage1<D, S, A>(c, *a)) {
                     exact(*a);
-                else if (!three_stage(D))
+                } else if (!three_stage(D)) {
                     loss[static_cast<std::size_t>(a->n)] = a->L;
+                } else if (inline2) {
+                    fused_step<D, S, A>(c, nullptr, a, nullptr);
+                    finish2(*a);
+                }
             }
         }
 #if defined(__SSE2__)

@@ -1,11 +1,12 @@
-// The short float exponential of the softmax sweeps (core/detail/fast_exp.hpp): accuracy
-// against the double-precision exp2 over the whole range a softmax uses, and the edge cases
-// the distillation kernels rely on (−inf → exact 0, NaN kept, underflow to 0, subnormals).
+// The short float exponential and logarithm of the vocabulary sweeps
+// (core/detail/fast_math.hpp), against double precision: exp2 over the whole range a softmax
+// uses, with the edge cases the distillation kernels rely on (−inf → exact 0, NaN kept,
+// underflow to 0, subnormals); log over the float range, near 1, and at 0, inf, NaN.
 // Built twice when the compiler can: once for the baseline ISA (the generic Eigen packet
 // path) and once with -march=native (the AVX-512 path where the machine has it).
 #include "support/catch.hpp"
 
-#include <rlpo/core/detail/fast_exp.hpp>
+#include <rlpo/core/detail/fast_math.hpp>
 
 #include <Eigen/Core>
 
@@ -78,4 +79,50 @@ TEST_CASE("fast exp2: edge cases", "[core][fast_exp]") {
         prev = v;
     }
     CHECK(decreasing == 0);
+}
+
+namespace {
+float packet_log(float x) {
+    alignas(64) float out[W];
+    ei::pstore(out, rlpo::detail::plog(ei::pset1<P>(x)));
+    for (int i = 1; i < W; ++i)
+        if (!(std::isnan(out[i]) ? std::isnan(out[0]) : out[i] == out[0])) ++lane_mismatches;
+    return out[0];
+}
+}  // namespace
+
+TEST_CASE("fast log: accuracy over the float range, edge cases", "[core][fast_log]") {
+    // relative error where ln x is away from 0; absolute error (in units of x − 1) near x = 1
+    double worst_rel = 0, worst_near1 = 0;
+    for (int i = 0; i < 2000000; ++i) {
+        // log-uniform over [2^−126, 2^100]: all mantissas and exponents of normal floats
+        const double u = -126.0 + 226.0 * (static_cast<double>(i) + 0.5) / 2000000.0;
+        const float x = static_cast<float>(std::exp2(u));
+        if (!(x > 0)) continue;
+        const double want = std::log(static_cast<double>(x));
+        const double got = packet_log(x);
+        if (std::abs(want) > 0.5)
+            worst_rel = std::max(worst_rel, std::abs(got - want) / std::abs(want));
+    }
+    for (int i = -100000; i <= 100000; ++i) {
+        const float x = 1.0f + static_cast<float>(i) * 3e-6f;
+        const double want = std::log(static_cast<double>(x));
+        if (x != 1.0f)
+            worst_near1 = std::max(worst_near1, std::abs(packet_log(x) - want) / std::abs(want));
+    }
+    INFO("relative " << worst_rel << " near 1 " << worst_near1);
+    CHECK(worst_rel < 2.5e-7);
+    CHECK(worst_near1 < 2.5e-7);
+    CHECK(lane_mismatches == 0);
+    CHECK(packet_log(1.0f) == 0.0f);
+    CHECK(packet_log(2.0f) == Approx(std::log(2.0)).epsilon(1e-7));
+    CHECK(packet_log(0.0f) == -std::numeric_limits<float>::infinity());
+    CHECK(packet_log(std::numeric_limits<float>::infinity()) ==
+          std::numeric_limits<float>::infinity());
+    CHECK(std::isnan(packet_log(std::numeric_limits<float>::quiet_NaN())));
+#if defined(__AVX512F__)
+    // subnormal arguments are exact on the AVX-512 path (Eigen's generic plog clamps them)
+    for (float x : {std::numeric_limits<float>::denorm_min(), 3e-42f, 1e-40f, 1.1e-38f})
+        CHECK(packet_log(x) == Approx(std::log(static_cast<double>(x))).epsilon(2e-7));
+#endif
 }
