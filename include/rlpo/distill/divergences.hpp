@@ -34,21 +34,26 @@
 /// 2015), off by default as in TRL GKD and Liger (`DistillOptions::hinton()` turns it on).
 /// The gradient is w.r.t. the raw student logits z (the 1/τ is included).
 ///
-/// **Speed.** Per row: one online pass over both logit rows in L1-sized chunks (per chunk, one
-/// SIMD sweep for the chunk max and min, then one sweep computing both exponentials — two
-/// exps per entry in all — written to per-thread work rows, with their sums and the KL value
-/// terms; for JSD / TVD one more fused sweep, after the chunk maxima are merged as in an
-/// online softmax, for their value terms, with one log per entry for JSD), the next chunks
-/// prefetched while one is computed; then one pass per chunk that evaluates the gradient in
-/// registers and writes it (streaming stores for overwritten float gradients) while the
-/// thread's next rows are prefetched into L2, so reads and writes overlap. Rows holding a
-/// non-finite logit take an exact slower path (Eigen 3.4 does not vectorise `select`).
-/// Per-thread scratch of two V-rows, no `[N, V]` temporary beyond the gradient the caller
-/// asked for (pass a `GradientOut` over a row block to stream rows in chunks: rows are
-/// independent). Arithmetic in float (double for double logits) with vectorised Eigen array
-/// code, float sums within 2048-entry chunks and double across chunks; bfloat16 logits are
-/// widened to float row by row and the gradient is rounded back to bfloat16. Rows run in
-/// parallel (OpenMP); per-row values are combined in row order, so results are identical for
+/// **Speed.** A softmax gradient needs two sweeps over a row (the normaliser comes last), so
+/// each thread runs its contiguous block of rows through a software pipeline and every sweep
+/// serves several rows at once, in L1-sized chunks of 2048 entries:
+///   * stage 1 of row n: both exponentials per entry (a short base-2 exponential on AVX-512,
+///     see core/detail/fast_math.hpp), stored to a pair of per-thread work rows, with their
+///     sums and the KL value terms, and the maxima of the next chunk read one chunk ahead
+///     (chunk maxima merged as in an online softmax);
+///   * stage 2 of row n − 1 (JSD, skew KL, skew reverse KL, TVD): q and p normalised, the value
+///     terms (one log per entry for JSD and skew KL) and the per-entry gradient factor;
+///   * stage 3 of the oldest row: the gradient, written once (streaming stores for overwritten
+///     float gradients), from the work rows, which stage 1 then refills in place.
+/// The three stages run in one fused sweep per chunk, so that the reads of one row, the
+/// arithmetic of the next and the gradient writes of a third overlap (docs/distill.md has the
+/// measurements behind this design). Rows holding a non-finite logit, or whose sums or value
+/// come out non-finite, leave the pipeline for an exact slower path. Per-thread scratch of at
+/// most two pairs of V-rows; no `[N, V]` temporary beyond the gradient the caller asked for
+/// (pass a `GradientOut` over a row block to stream rows in chunks: rows are independent).
+/// Arithmetic in float (double for double logits), float sums within chunks and double
+/// across chunks; bfloat16 logits are widened to float row by row and the gradient is rounded
+/// back to bfloat16. Per-row values are combined in row order, so results are identical for
 /// any thread count.
 ///
 /// **Metrics**: the divergence's name (`forward_kl`, `reverse_kl`, `jsd`, `skew_kl`,
