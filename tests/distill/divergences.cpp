@@ -457,6 +457,30 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
     }
 }
 
+TEST_CASE("distill divergences: float kernels keep their accuracy under large logit offsets",
+          "[distill][pipeline][properties]") {
+    // softmax is shift-invariant: rows offset by ±1000 (exact in float for these magnitudes
+    // up to rounding of the offset row itself) must give the double reference of the rounded
+    // offset rows to float accuracy, not lose digits to the size of the offset
+    rt::Generator gen(21);
+    const Index N = 6, V = 2 * 2048 + 11;
+    const Mat<double> z0 = gen.logits(N, V, 3.0), y0 = gen.perturbed(z0, 2.0);
+    Mat<float> z = (z0.array() + 1000.0).cast<float>().matrix();
+    Mat<float> y = (y0.array() - 500.0).cast<float>().matrix();
+    // row 2 holds a zero-probability column: it takes the exact path
+    z(2, 7) = y(2, 7) = -std::numeric_limits<float>::infinity();
+    const Mat<double> m = Mat<double>::Ones(N, 1);
+    for (Divergence d : kAll) {
+        INFO(rlpo::distill::to_string(d));
+        const DistillOptions o = opts_for(d, 0.7, false);
+        const auto rf = rlpo::distill::divergence(z, y, m, o);
+        const auto rd = rlpo::distill::divergence(Mat<double>(z.cast<double>()),
+                                                  Mat<double>(y.cast<double>()), m, o);
+        CHECK(rlpo_test::rel_err(rf.value, rd.value) < 2e-5);
+        if (d != Divergence::TVD) CHECK(grad_err<float>(rf.grad.cast<double>(), rd.grad) < 2e-5);
+    }
+}
+
 TEST_CASE("distill divergences: bad input gives the documented error", "[distill][bad-input]") {
     const Mat<double> z = Mat<double>::Zero(4, 5), m = Mat<double>::Ones(2, 2);
     const Mat<double> y3(3, 5);

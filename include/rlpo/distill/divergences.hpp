@@ -195,9 +195,11 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
     const double sq = static_cast<double>(exp_row<Safe>(z, V, mz, invT, ws.a.data()));
     const double sp = static_cast<double>(exp_row<Safe>(y, V, my, invT, ws.b.data()));
     const double lsq = std::log(sq), lsp = std::log(sp);
-    // log q_j = z_j/τ + cq;  log p_j = y_j/τ + cp
-    const A cq = static_cast<A>(-static_cast<double>(mz) * invT - lsq);
-    const A cp = static_cast<A>(-static_cast<double>(my) * invT - lsp);
+    // log q_j = (z_j − mz)/τ + cq;  log p_j = (y_j − my)/τ + cp: logits enter only shifted by
+    // their row maxima, so large logits cost no float digits
+    const A cq = static_cast<A>(-lsq), cp = static_cast<A>(-lsp);
+    const auto zs = za - mz;
+    const auto ys = ya - my;
     const A iq = static_cast<A>(1.0 / sq), ip = static_cast<A>(1.0 / sp);
     const A zero(0);
     Divergence d = o.divergence;
@@ -205,9 +207,9 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
     if (d == Divergence::JSD && o.beta == 1.0) d = Divergence::ReverseKL;
     switch (d) {
         case Divergence::ForwardKL: {
-            // L = Σ p (y − z)/τ + (cp − cq)
+            // L = Σ p ((y − my) − (z − mz))/τ + (cp − cq)
             const double a =
-                keep_if<Safe>(ep > zero, ep * (ya - za)).template cast<double>().sum();
+                keep_if<Safe>(ep > zero, ep * (ys - zs)).template cast<double>().sum();
             const double L = a * ip * invT + static_cast<double>(cp) - static_cast<double>(cq);
             if (!std::isfinite(L)) return L;
             rg.set((eq * iq - ep * ip) * invT);
@@ -215,11 +217,11 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
         }
         case Divergence::ReverseKL: {
             const double b =
-                keep_if<Safe>(eq > zero, eq * (za - ya)).template cast<double>().sum();
+                keep_if<Safe>(eq > zero, eq * (zs - ys)).template cast<double>().sum();
             const double L = b * iq * invT + static_cast<double>(cq) - static_cast<double>(cp);
             if (!std::isfinite(L)) return L;
             const A k = static_cast<A>(static_cast<double>(cq) - static_cast<double>(cp) - L);
-            rg.set(keep_if<Safe>(eq > zero, eq * iq * ((za - ya) * invT + k)) * invT);
+            rg.set(keep_if<Safe>(eq > zero, eq * iq * ((zs - ys) * invT + k)) * invT);
             return L;
         }
         case Divergence::JSD: {
@@ -228,10 +230,10 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
             eq *= iq;
             ep *= ip;
             const double klp =
-                keep_if<Safe>(ep > zero, ep * ((ya * invT + cp) - (beta * ep + omb * eq).log()))
+                keep_if<Safe>(ep > zero, ep * ((ys * invT + cp) - (beta * ep + omb * eq).log()))
                     .template cast<double>()
                     .sum();
-            ep = keep_if<Safe>(eq > zero, (za * invT + cq) - (beta * ep + omb * eq).log());
+            ep = keep_if<Safe>(eq > zero, (zs * invT + cq) - (beta * ep + omb * eq).log());
             const double klq = (eq * ep).template cast<double>().sum();
             const double L = o.beta * klp + (1.0 - o.beta) * klq;
             if (!std::isfinite(L)) return L;
@@ -245,7 +247,7 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
             ep *= ip;
             // L = Σ p (log p − log m), m = αp + (1−α)q;  g = −(1−α) p/m
             const double L =
-                keep_if<Safe>(ep > zero, ep * ((ya * invT + cp) - (al * ep + oma * eq).log()))
+                keep_if<Safe>(ep > zero, ep * ((ys * invT + cp) - (al * ep + oma * eq).log()))
                     .template cast<double>()
                     .sum();
             if (!std::isfinite(L)) return L;
@@ -259,7 +261,7 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
             eq *= iq;
             ep *= ip;
             // m = (1−α)p + αq;  L = Σ q log(q/m);  ∂L/∂q = log(q/m) + 1 − αq/m
-            ep = keep_if<Safe>(eq > zero, (za * invT + cq) - (oma * ep + al * eq).log());
+            ep = keep_if<Safe>(eq > zero, (zs * invT + cq) - (oma * ep + al * eq).log());
             const double L = (eq * ep).template cast<double>().sum();
             if (!std::isfinite(L)) return L;
             // g − 1 = log(q/m) − α q/m, with q/m = exp(log(q/m))
@@ -328,32 +330,33 @@ inline void chunk_max(const A* z, const A* y, Index len, A& zmax, A& ymax) {
     }
 }
 
-/// exp((x − max)/τ) of the softmax sweeps, as a shifted exponential: for float the short
-/// base-2 exponential of core/detail/fast_math.hpp of a·x + b, with a = log2(e)/τ and
-/// b = −max·a folded into one multiply-add; for double Eigen's `pexp` of (x − max)/τ.
+/// exp((x − max)/τ) of the softmax sweeps: for float the short base-2 exponential of
+/// core/detail/fast_math.hpp of (x − max)·a with a = log2(e)/τ, for double Eigen's `pexp` of
+/// (x − max)/τ. (The subtraction comes first: x·a − max·a in one multiply-add would round
+/// max·a, an absolute error in the exponent that grows with the size of the logits.)
 template <class A>
 struct ShiftedExp {
-    A a = A(0), b = A(0);  // float: exponent a·x + b (base 2)
-    A m, it;               // double: (x − m)·it (base e)
-    ShiftedExp(A max, A invT) : m(max), it(invT) {
-        if constexpr (std::is_same<A, float>::value) {
-            a = static_cast<A>(1.4426950408889634 * static_cast<double>(invT));
-            b = -max * a;
-        }
-    }
+    A m, a;
+    ShiftedExp(A max, A invT)
+        : m(max),
+          a(std::is_same<A, float>::value
+                ? static_cast<A>(1.4426950408889634 * static_cast<double>(invT))
+                : invT) {}
+    /// exp of d/τ for an already shifted d = x − max.
     template <class P>
-    P packet(const P& x) const {
+    P packet_shifted(const P& d) const {
         namespace ei = Eigen::internal;
+        const P t = ei::pmul(d, ei::pset1<P>(a));
         if constexpr (std::is_same<A, float>::value)
-            return ::rlpo::detail::pexp2(ei::pmadd(x, ei::pset1<P>(a), ei::pset1<P>(b)));
+            return ::rlpo::detail::pexp2(t);
         else
-            return ei::pexp(ei::pmul(ei::psub(x, ei::pset1<P>(m)), ei::pset1<P>(it)));
+            return ei::pexp(t);
     }
-    A scalar(A x) const {
+    A scalar_shifted(A d) const {
         if constexpr (std::is_same<A, float>::value)
-            return ::rlpo::detail::exp2_scalar(std::fma(x, a, b));
+            return ::rlpo::detail::exp2_scalar(d * a);
         else
-            return std::exp((x - m) * it);
+            return std::exp(d * a);
     }
 };
 
@@ -369,7 +372,8 @@ struct Slot {
     std::vector<A> mz, my;           ///< chunk maxima
     std::vector<double> s0, s1, s2;  ///< per-chunk sums of the stage the row is in
     std::vector<A> f0, f1;           ///< per-chunk factors of the row's next stage
-    A c0 = 0, c1 = 0, c2 = 0, c3 = 0;  ///< row constants of the row's next stage
+    A c0 = 0, c1 = 0;                ///< row constants of the row's next stage
+    double cq = 0, cp = 0;           ///< log q = z/τ + cq, log p = y/τ + cp (row constants)
     double L = 0.0;
     RowGrad<S> rg;
     void size(Index nc) {
@@ -457,6 +461,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
     const bool la = St1 && k + 1 < c.nc;
     const Index nlen = la ? std::min(C, c.V - off - C) : 0, nlv = nlen - nlen % W;
     const ShiftedExp<A> ez(St1 ? a->mz[kk] : A(0), c.invT), ey(St1 ? a->my[kk] : A(0), c.invT);
+    const P pmz = ei::pset1<P>(ez.m), pmy = ei::pset1<P>(ey.m);
     const A* za = St1 ? a->z + off : nullptr;
     const A* ya = St1 ? a->y + off : nullptr;
     A* wa0 = St1 ? a->w0 + off : nullptr;
@@ -468,7 +473,10 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
     const A* zb = St2 ? b->z + off : nullptr;
     const A* yb = St2 ? b->y + off : nullptr;
     const A fq = St2 ? b->f0[kk] : A(0), fp = St2 ? b->f1[kk] : A(0);
-    const A cq = St2 ? b->c0 : A(0), cp = St2 ? b->c1 : A(0);
+    // log q = (z − mz_k)/τ + cq_k (small terms only: no cancellation of large logits)
+    const A mzb = St2 ? b->mz[kk] : A(0), myb = St2 ? b->my[kk] : A(0);
+    const A cq = St2 ? static_cast<A>(b->cq + static_cast<double>(mzb) * static_cast<double>(c.invT)) : A(0);
+    const A cp = St2 ? static_cast<A>(b->cp + static_cast<double>(myb) * static_cast<double>(c.invT)) : A(0);
     P u1 = zero, u2 = zero;
     // stage 3
     const A* wg0 = St3 ? g->w0 + off : nullptr;
@@ -563,7 +571,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
                 v = ei::psub(ei::pmul(x0, ei::pset1<P>(h0)), ei::pmul(x1, ei::pset1<P>(h1)));
             else if constexpr (D == Divergence::ReverseKL)  // q ((z − y)/τ + k)/τ
                 v = ei::pmul(ei::pmul(x0, ei::pset1<P>(h0)),
-                             ei::pmadd(x1, ei::pset1<P>(invT), ei::pset1<P>(k0)));
+                             ei::pmadd(x1, ei::pset1<P>(invT), ei::pset1<P>(h1)));
             else if constexpr (D == Divergence::TVD) {  // h = ½ sign(q − p) again
                 P q = ei::pmul(x0, ei::pset1<P>(h0)), p = ei::pmul(x1, ei::pset1<P>(h1));
                 RLPO_DISTILL_ROUNDED(q);
@@ -582,7 +590,8 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
             const P q = ei::pmul(ei::ploadu<P>(wb0 + j), ei::pset1<P>(fq));
             const P p = ei::pmul(ei::ploadu<P>(wb1 + j), ei::pset1<P>(fp));
             P o1, o2;
-            stage2(q, p, ei::ploadu<P>(zb + j), ei::ploadu<P>(yb + j), o1, o2, u1, u2);
+            stage2(q, p, ei::psub(ei::ploadu<P>(zb + j), ei::pset1<P>(mzb)),
+                   ei::psub(ei::ploadu<P>(yb + j), ei::pset1<P>(myb)), o1, o2, u1, u2);
             // e_q stays (stage 3 multiplies by the chunk factor again); TVD keeps both rows
             if constexpr (D != Divergence::TVD) ei::pstoreu(wb1 + j, o2);
         }
@@ -595,18 +604,20 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
                 nz = ei::pmax(nz, ei::ploadu<P>(za + C + j));
                 ny = ei::pmax(ny, ei::ploadu<P>(ya + C + j));
             }
-            const P zv = ei::ploadu<P>(za + j), yv = ei::ploadu<P>(ya + j);
-            const P eq = ez.packet(zv), ep = ey.packet(yv);
+            // logits shifted by their chunk maxima: the value terms below use these small
+            // differences, never the raw (possibly large) logits
+            const P dz = ei::psub(ei::ploadu<P>(za + j), pmz), dy = ei::psub(ei::ploadu<P>(ya + j), pmy);
+            const P eq = ez.packet_shifted(dz), ep = ey.packet_shifted(dy);
             s1 = ei::padd(s1, eq);
             s2 = ei::padd(s2, ep);
             ei::pstoreu(wa0 + j, eq);
             if constexpr (D == Divergence::ForwardKL) {
-                s3 = ei::pmadd(ep, ei::psub(yv, zv), s3);
+                s3 = ei::pmadd(ep, ei::psub(dy, dz), s3);
                 ei::pstoreu(wa1 + j, ep);
             } else if constexpr (D == Divergence::ReverseKL) {
-                const P dz = ei::psub(zv, yv);
-                s3 = ei::pmadd(eq, dz, s3);
-                ei::pstoreu(wa1 + j, dz);
+                const P d = ei::psub(dz, dy);
+                s3 = ei::pmadd(eq, d, s3);
+                ei::pstoreu(wa1 + j, d);
             } else {
                 ei::pstoreu(wa1 + j, ep);
             }
@@ -619,7 +630,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
             if constexpr (D == Divergence::ForwardKL)
                 v = wg0[j] * h0 - wg1[j] * h1;
             else if constexpr (D == Divergence::ReverseKL)
-                v = wg0[j] * h0 * (wg1[j] * invT + k0);
+                v = wg0[j] * h0 * (wg1[j] * invT + h1);
             else if constexpr (D == Divergence::TVD) {
                 A q = wg0[j] * h0, p = wg1[j] * h1;
                 RLPO_DISTILL_ROUNDED(q);
@@ -632,21 +643,21 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
         }
         if constexpr (St2) {
             A o1, o2;
-            stage2(wb0[j] * fq, wb1[j] * fp, zb[j], yb[j], o1, o2, v1, v2);
+            stage2(wb0[j] * fq, wb1[j] * fp, zb[j] - mzb, yb[j] - myb, o1, o2, v1, v2);
             if constexpr (D != Divergence::TVD) wb1[j] = o2;
         }
         if constexpr (St1) {
-            const A zv = za[j], yv = ya[j];
-            const A eq = ez.scalar(zv), ep = ey.scalar(yv);
+            const A dz = za[j] - ez.m, dy = ya[j] - ey.m;
+            const A eq = ez.scalar_shifted(dz), ep = ey.scalar_shifted(dy);
             t1 += eq;
             t2 += ep;
             wa0[j] = eq;
             if constexpr (D == Divergence::ForwardKL) {
-                t3 += ep * (yv - zv);
+                t3 += ep * (dy - dz);
                 wa1[j] = ep;
             } else if constexpr (D == Divergence::ReverseKL) {
-                t3 += eq * (zv - yv);
-                wa1[j] = zv - yv;
+                t3 += eq * (dz - dy);
+                wa1[j] = dz - dy;
             } else {
                 wa1[j] = ep;
             }
@@ -719,39 +730,51 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
         mz = std::max(mz, zk);
         my = std::max(my, yk);
     }
+    // Stage 1 summed the KL terms over logits shifted by their chunk maxima (dz = z − mz_k,
+    // dy = y − my_k); the shifts come back here in double, as differences of maxima only, so
+    // that large logits (rows offset by hundreds) cost no float digits.
     double sq = 0, sp = 0, x = 0;
     for (Index k = 0; k < c.nc; ++k) {
         const auto kk = static_cast<std::size_t>(k);
-        const double ez = std::exp((static_cast<double>(a.mz[kk]) - mz) * invT),
-                     ey = std::exp((static_cast<double>(a.my[kk]) - my) * invT);
+        const double dzk = static_cast<double>(a.mz[kk]) - mz, dyk = static_cast<double>(a.my[kk]) - my;
+        const double ez = std::exp(dzk * invT), ey = std::exp(dyk * invT);
+        if (D == Divergence::ForwardKL)  // Σ p (y − z) = Σ ep (dy − dz) + (my_k − mz_k) Σ ep
+            x += ey * (a.s2[kk] + a.s1[kk] * (dyk - dzk));
+        else if (D == Divergence::ReverseKL)
+            x += ez * (a.s2[kk] + a.s0[kk] * (dzk - dyk));
         sq += a.s0[kk] * ez;
         sp += a.s1[kk] * ey;
-        x += a.s2[kk] * (D == Divergence::ForwardKL ? ey : ez);
         a.s0[kk] = ez;  // keep the chunk factors
         a.s1[kk] = ey;
     }
     if (!std::isfinite(sq + sp + x)) return false;
-    const double cq = -mz * invT - std::log(sq), cp = -my * invT - std::log(sp);
+    const double lsq = std::log(sq), lsp = std::log(sp);
     const double scale = a.rg.scale;
     if constexpr (D == Divergence::ForwardKL || D == Divergence::ReverseKL) {
-        const double L = D == Divergence::ForwardKL ? x / sp * invT + cp - cq
-                                                    : x / sq * invT + cq - cp;
+        // forward: Σ p (log p − log q) = Σ p (y − z)/τ + (mz − my)/τ + log sq − log sp
+        const double L = D == Divergence::ForwardKL ? x / sp * invT + lsq - lsp
+                                                    : x / sq * invT + lsp - lsq;
         if (!std::isfinite(L)) return false;
         a.L = L;
         for (Index k = 0; k < c.nc; ++k) {
             const auto kk = static_cast<std::size_t>(k);
             a.f0[kk] = static_cast<A>(scale * invT * a.s0[kk] / sq);
-            a.f1[kk] = static_cast<A>(scale * invT * a.s1[kk] / sp);
+            if (D == Divergence::ForwardKL) {
+                a.f1[kk] = static_cast<A>(scale * invT * a.s1[kk] / sp);
+            } else {  // log q − log p − L = (dz − dy)/τ + f1_k
+                const double dzk = static_cast<double>(a.mz[kk]) - mz,
+                             dyk = static_cast<double>(a.my[kk]) - my;
+                a.f1[kk] = static_cast<A>((dzk - dyk) * invT + lsp - lsq - L);
+            }
         }
-        a.c0 = static_cast<A>(cq - cp - L);  // reverse KL: log q − log p − L = (z − y)/τ + c0
     } else {
+        a.cq = -mz * invT - lsq;
+        a.cp = -my * invT - lsp;
         for (Index k = 0; k < c.nc; ++k) {
             const auto kk = static_cast<std::size_t>(k);
             a.f0[kk] = static_cast<A>(a.s0[kk] / sq);
             a.f1[kk] = static_cast<A>(a.s1[kk] / sp);
         }
-        a.c0 = static_cast<A>(cq);  // log q = z/τ + c0
-        a.c1 = static_cast<A>(cp);  // log p = y/τ + c1
     }
     return true;
 }

@@ -14,6 +14,8 @@
 ///   * zeroes (Write) or leaves untouched (Add) the gradient of masked rows, never reading them;
 ///   * stores per-row values and combines them in row order (bitwise identical results for any
 ///     thread count) and reports the first bad row after the parallel loop.
+/// The dense divergences (divergences.hpp) run their own pipelined driver over the same plan,
+/// row gradients and combine step.
 
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/error.hpp>
@@ -70,9 +72,8 @@ struct RowError {
 /// Per-thread scratch: two work rows and two widened copies (bf16 input).
 template <class A>
 struct Scratch {
-    Arr<A> a, b, z, y, t, s;  ///< work rows a, b; widened logits z, y; chunk temporaries t, s
-    std::vector<double> cz, cy, cs, ct, cx;  ///< per-chunk statistics of the online pass
-    std::vector<A> saved;                    ///< a few saved entries (top-k rows)
+    Arr<A> a, b, z, y, s;    ///< work rows a, b; widened logits z, y; streaming chunk s
+    std::vector<A> saved;    ///< a few saved entries (top-k rows)
     void ensure(Index V) {
         if (a.size() != V) {
             a.resize(V);
