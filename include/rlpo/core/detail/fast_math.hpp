@@ -9,7 +9,7 @@
 /// iteratively reweighted least squares in double precision, rounded to float): 2.0e−9 in exact
 /// arithmetic, ≤ 8.5e−8 (≈ 1.4 ulp) evaluated in float. On AVX-512 the whole exponential is
 /// eight instructions (`vreduceps`, six multiply-adds, `vscalefps`), about 2× faster than Eigen
-/// 3.4's `pexp`; the caller folds the shift and the 1/τ into the one multiply-add forming t.
+/// 3.4's `pexp`; the caller forms t = (x − max)·log2(e)/τ (subtraction first, see divergences.hpp).
 ///
 /// Edge cases, which the distillation kernels rely on: t = −inf (a −inf logit) and t < −150
 /// give exactly 0 (not Eigen's clamped ~1e−38); t = NaN gives NaN (the clamp keeps NaN, so a NaN
