@@ -422,7 +422,8 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
             expect /= count;
             gexp /= count;
             const auto r = rlpo::distill::divergence(zs, ys, mask, o);
-            CHECK(rlpo_test::rel_err(r.value, expect) < (std::is_same<S, double>::value ? 1e-12 : 2e-5));
+            CHECK(rlpo_test::rel_err(r.value, expect) <
+                  (std::is_same<S, double>::value ? 1e-12 : 2e-5));
             CHECK(grad_err<S>(r.grad.template cast<double>(), gexp) <
                   (std::is_same<S, double>::value ? 1e-12 : grad_tol<S>()));
             CHECK(r.grad.row(2).template cast<double>().cwiseAbs().maxCoeff() == 0.0);

@@ -475,8 +475,9 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
     const A fq = St2 ? b->f0[kk] : A(0), fp = St2 ? b->f1[kk] : A(0);
     // log q = (z − mz_k)/τ + cq_k (small terms only: no cancellation of large logits)
     const A mzb = St2 ? b->mz[kk] : A(0), myb = St2 ? b->my[kk] : A(0);
-    const A cq = St2 ? static_cast<A>(b->cq + static_cast<double>(mzb) * static_cast<double>(c.invT)) : A(0);
-    const A cp = St2 ? static_cast<A>(b->cp + static_cast<double>(myb) * static_cast<double>(c.invT)) : A(0);
+    const double it = static_cast<double>(c.invT);
+    const A cq = St2 ? static_cast<A>(b->cq + static_cast<double>(mzb) * it) : A(0);
+    const A cp = St2 ? static_cast<A>(b->cp + static_cast<double>(myb) * it) : A(0);
     P u1 = zero, u2 = zero;
     // stage 3
     const A* wg0 = St3 ? g->w0 + off : nullptr;
@@ -606,7 +607,8 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
             }
             // logits shifted by their chunk maxima: the value terms below use these small
             // differences, never the raw (possibly large) logits
-            const P dz = ei::psub(ei::ploadu<P>(za + j), pmz), dy = ei::psub(ei::ploadu<P>(ya + j), pmy);
+            const P dz = ei::psub(ei::ploadu<P>(za + j), pmz);
+            const P dy = ei::psub(ei::ploadu<P>(ya + j), pmy);
             const P eq = ez.packet_shifted(dz), ep = ey.packet_shifted(dy);
             s1 = ei::padd(s1, eq);
             s2 = ei::padd(s2, ep);
@@ -736,7 +738,8 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
     double sq = 0, sp = 0, x = 0;
     for (Index k = 0; k < c.nc; ++k) {
         const auto kk = static_cast<std::size_t>(k);
-        const double dzk = static_cast<double>(a.mz[kk]) - mz, dyk = static_cast<double>(a.my[kk]) - my;
+        const double dzk = static_cast<double>(a.mz[kk]) - mz,
+                     dyk = static_cast<double>(a.my[kk]) - my;
         const double ez = std::exp(dzk * invT), ey = std::exp(dyk * invT);
         if (D == Divergence::ForwardKL)  // Σ p (y − z) = Σ ep (dy − dz) + (my_k − mz_k) Σ ep
             x += ey * (a.s2[kk] + a.s1[kk] * (dyk - dzk));
