@@ -20,13 +20,17 @@ constexpr int W = ei::packet_traits<float>::size;
 
 namespace {
 int lane_mismatches = 0;
-// 2^t from a packet holding t in all lanes (the lanes must agree).
-float packet_exp2(float t) {
+// f of a packet holding x in all lanes (the lanes must agree).
+template <class F>
+float on_packet(F f, float x) {
     alignas(64) float out[W];
-    ei::pstore(out, rlpo::detail::pexp2(ei::pset1<P>(t)));
+    ei::pstore(out, f(ei::pset1<P>(x)));
     for (int i = 1; i < W; ++i)
         if (!(std::isnan(out[i]) ? std::isnan(out[0]) : out[i] == out[0])) ++lane_mismatches;
     return out[0];
+}
+float packet_exp2(float t) {
+    return on_packet([](const P& v) { return rlpo::detail::pexp2(v); }, t);
 }
 double rel(float got, double want) { return std::abs(static_cast<double>(got) - want) / want; }
 }  // namespace
@@ -83,11 +87,7 @@ TEST_CASE("fast exp2: edge cases", "[core][fast_exp]") {
 
 namespace {
 float packet_log(float x) {
-    alignas(64) float out[W];
-    ei::pstore(out, rlpo::detail::plog(ei::pset1<P>(x)));
-    for (int i = 1; i < W; ++i)
-        if (!(std::isnan(out[i]) ? std::isnan(out[0]) : out[i] == out[0])) ++lane_mismatches;
-    return out[0];
+    return on_packet([](const P& v) { return rlpo::detail::plog(v); }, x);
 }
 }  // namespace
 
