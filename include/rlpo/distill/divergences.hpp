@@ -473,6 +473,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
     const A* zb = St2 ? b->z + off : nullptr;
     const A* yb = St2 ? b->y + off : nullptr;
     const A fq = St2 ? b->f0[kk] : A(0), fp = St2 ? b->f1[kk] : A(0);
+    const A mq = c.omb * fq, mp = c.beta * fp;  // JSD's mixture weights of eq, ep
     // log q = (z − mz_k)/τ + cq_k (small terms only: no cancellation of large logits)
     const A mzb = St2 ? b->mz[kk] : A(0), myb = St2 ? b->my[kk] : A(0);
     const double it = static_cast<double>(c.invT);
@@ -497,11 +498,13 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
     // sign(d) without a select: clamp(d / FLT_MIN, −1, 1), exact ±1 for |d| ≥ FLT_MIN
     const A big = A(1) / std::numeric_limits<A>::min();
 
-    auto stage2 = [&](auto q, auto p, auto zv, auto yv, auto& o1, auto& o2, auto& v1,
-                      auto& v2) {
-        // q, p: normalised probabilities; zv, yv: logits; o1, o2: out (q, factor);
-        // v1, v2: value accumulators. Works for packets and scalars alike.
-        using T = std::decay_t<decltype(q)>;
+    // Stage 2 takes the unnormalised exponentials eq, ep of the chunk (q = eq·fq, p = ep·fp)
+    // and the shifted logits zv, yv; it gives the per-entry gradient factor `o2` (stored to
+    // w1) and two value sums v1, v2 that `finish_stage2` scales by the chunk factors where
+    // they are sums of eq·(…) or ep·(…) (JSD, TVD: two multiplies fewer per entry).
+    // Works for packets and scalars alike.
+    auto stage2 = [&](auto eq, auto ep, auto zv, auto yv, auto& o2, auto& v1, auto& v2) {
+        using T = std::decay_t<decltype(eq)>;
         constexpr bool pk = !std::is_same<T, A>::value;
         auto set1 = [](A x) {
             if constexpr (pk) return ei::pset1<T>(x); else return x;
@@ -516,30 +519,33 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
             if constexpr (pk) return ::rlpo::detail::plog(x); else return std::log(x);
         };
         if constexpr (D == Divergence::JSD) {
-            const T lm = lg(add(mul(set1(c.beta), p), mul(set1(c.omb), q)));
+            // M = βp + (1−β)q = eq·(1−β)fq + ep·βfp; r = log q − log M; v1 = Σ ep (log p −
+            // log M) (× fp), v2 = Σ eq r (× fq)
+            const T lm = lg(madd(eq, set1(mq), mul(ep, set1(mp))));
             const T lp = madd(yv, set1(invT), set1(cp));
             const T r = sub(madd(zv, set1(invT), set1(cq)), lm);
-            v1 = madd(p, sub(lp, lm), v1);
-            v2 = madd(q, r, v2);
-            o1 = q;
+            v1 = madd(ep, sub(lp, lm), v1);
+            v2 = madd(eq, r, v2);
             o2 = r;
         } else if constexpr (D == Divergence::TVD) {
+            // s = sign(q − p) (h = s/2); v1 = Σ |q − p| = Σ (q − p) s, v2 = Σ eq s (× fq/2).
+            // q and p are rounded before the subtraction, so that equal rows give s = 0.
+            T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));
             RLPO_DISTILL_ROUNDED(q);
             RLPO_DISTILL_ROUNDED(p);
             const T t = sub(q, p);
             T h;
             if constexpr (pk)
-                h = ei::pmul(ei::pset1<T>(A(0.5)),
-                             ei::pmin(ei::pmax(ei::pmul(t, ei::pset1<T>(big)), ei::pset1<T>(A(-1))),
-                                      ei::pset1<T>(A(1))));
+                h = ei::pmin(ei::pmax(ei::pmul(t, ei::pset1<T>(big)), ei::pset1<T>(A(-1))),
+                             ei::pset1<T>(A(1)));
             else
-                h = A(0.5) * std::min(std::max(t * big, A(-1)), A(1));
-            if constexpr (pk) v1 = ei::padd(v1, ei::pabs(t)); else v1 += std::abs(t);
-            v2 = madd(q, h, v2);
-            o1 = q;
+                h = std::min(std::max(t * big, A(-1)), A(1));
+            v1 = madd(t, h, v1);
+            v2 = madd(eq, h, v2);
             o2 = h;
         } else if constexpr (D == Divergence::SkewKL) {
             // m = αp + (1−α)q; value p (log p − log m); factor −(1−α) p/m
+            const T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));
             const T m = add(mul(set1(c.al), p), mul(set1(c.oma), q));
             const T lp = madd(yv, set1(invT), set1(cp));
             v1 = madd(p, sub(lp, lg(m)), v1);
@@ -547,9 +553,9 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
             if constexpr (pk) h = ei::pdiv(ei::pmul(ei::pset1<T>(-c.oma), p), m);
             else h = -c.oma * p / m;
             v2 = madd(q, h, v2);
-            o1 = q;
             o2 = h;
         } else {  // SkewReverseKL: m = (1−α)p + αq; r = log(q/m); factor r − α q/m
+            const T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));
             const T m = add(mul(set1(c.oma), p), mul(set1(c.al), q));
             const T r = sub(madd(zv, set1(invT), set1(cq)), lg(m));
             v1 = madd(q, r, v1);
@@ -557,7 +563,6 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
             if constexpr (pk) h = ei::psub(r, ei::pdiv(ei::pmul(ei::pset1<T>(c.al), q), m));
             else h = r - c.al * q / m;
             v2 = madd(q, h, v2);
-            o1 = q;
             o2 = h;
         }
     };
@@ -573,28 +578,17 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
             else if constexpr (D == Divergence::ReverseKL)  // q ((z − y)/τ + k)/τ
                 v = ei::pmul(ei::pmul(x0, ei::pset1<P>(h0)),
                              ei::pmadd(x1, ei::pset1<P>(invT), ei::pset1<P>(h1)));
-            else if constexpr (D == Divergence::TVD) {  // h = ½ sign(q − p) again
-                P q = ei::pmul(x0, ei::pset1<P>(h0)), p = ei::pmul(x1, ei::pset1<P>(h1));
-                RLPO_DISTILL_ROUNDED(q);
-                RLPO_DISTILL_ROUNDED(p);
-                const P h = ei::pmul(
-                    ei::pset1<P>(A(0.5)),
-                    ei::pmin(ei::pmax(ei::pmul(ei::psub(q, p), ei::pset1<P>(big)),
-                                      ei::pset1<P>(A(-1))),
-                             ei::pset1<P>(A(1))));
-                v = ei::pmul(ei::pmul(q, ei::psub(h, ei::pset1<P>(k0))), ei::pset1<P>(k1));
-            } else  // q (factor − shift) · (1−β or 1)/τ, q = e_q · f
+            else  // q (factor − shift) · c1, q = e_q · f (TVD: factor = sign(q − p))
                 v = ei::pmul(ei::pmul(x0, ei::psub(x1, ei::pset1<P>(k0))), ei::pset1<P>(hk));
             sink.packet(j, v);
         }
         if constexpr (St2) {
-            const P q = ei::pmul(ei::ploadu<P>(wb0 + j), ei::pset1<P>(fq));
-            const P p = ei::pmul(ei::ploadu<P>(wb1 + j), ei::pset1<P>(fp));
-            P o1, o2;
-            stage2(q, p, ei::psub(ei::ploadu<P>(zb + j), ei::pset1<P>(mzb)),
-                   ei::psub(ei::ploadu<P>(yb + j), ei::pset1<P>(myb)), o1, o2, u1, u2);
-            // e_q stays (stage 3 multiplies by the chunk factor again); TVD keeps both rows
-            if constexpr (D != Divergence::TVD) ei::pstoreu(wb1 + j, o2);
+            P o2;
+            stage2(ei::ploadu<P>(wb0 + j), ei::ploadu<P>(wb1 + j),
+                   ei::psub(ei::ploadu<P>(zb + j), ei::pset1<P>(mzb)),
+                   ei::psub(ei::ploadu<P>(yb + j), ei::pset1<P>(myb)), o2, u1, u2);
+            // e_q stays (stage 3 multiplies by the chunk factor again)
+            ei::pstoreu(wb1 + j, o2);
         }
         if constexpr (St1) {
             if (la && j < nlv) {
@@ -633,20 +627,14 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
                 v = wg0[j] * h0 - wg1[j] * h1;
             else if constexpr (D == Divergence::ReverseKL)
                 v = wg0[j] * h0 * (wg1[j] * invT + h1);
-            else if constexpr (D == Divergence::TVD) {
-                A q = wg0[j] * h0, p = wg1[j] * h1;
-                RLPO_DISTILL_ROUNDED(q);
-                RLPO_DISTILL_ROUNDED(p);
-                const A h = A(0.5) * std::min(std::max((q - p) * big, A(-1)), A(1));
-                v = q * (h - k0) * k1;
-            } else
+            else
                 v = wg0[j] * (wg1[j] - k0) * hk;
             sink.scalar(j, v);
         }
         if constexpr (St2) {
-            A o1, o2;
-            stage2(wb0[j] * fq, wb1[j] * fp, zb[j] - mzb, yb[j] - myb, o1, o2, v1, v2);
-            if constexpr (D != Divergence::TVD) wb1[j] = o2;
+            A o2;
+            stage2(wb0[j], wb1[j], zb[j] - mzb, yb[j] - myb, o2, v1, v2);
+            wb1[j] = o2;
         }
         if constexpr (St1) {
             const A dz = za[j] - ez.m, dy = ya[j] - ey.m;
@@ -786,17 +774,22 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
 /// q_j (h_j − c0) · c1. False when the value is not finite (the exact path decides).
 template <Divergence D, class S, class A>
 inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
+    // JSD: v1 and v2 are sums of ep·(…) and eq·(…); TVD: v2 is a sum of eq·sign
     double u1 = 0, u2 = 0;
     for (Index k = 0; k < c.nc; ++k) {
-        u1 += b.s0[static_cast<std::size_t>(k)];
-        u2 += b.s1[static_cast<std::size_t>(k)];
+        const auto kk = static_cast<std::size_t>(k);
+        const double f0 = static_cast<double>(b.f0[kk]), f1 = static_cast<double>(b.f1[kk]);
+        u1 += D == Divergence::JSD ? f1 * b.s0[kk] : b.s0[kk];
+        u2 += D == Divergence::JSD || D == Divergence::TVD ? f0 * b.s1[kk] : b.s1[kk];
     }
     double L = u1, factor = static_cast<double>(c.invT);
     if constexpr (D == Divergence::JSD) {
         L = static_cast<double>(c.beta) * u1 + static_cast<double>(c.omb) * u2;
         factor *= static_cast<double>(c.omb);
     } else if constexpr (D == Divergence::TVD) {
+        // L = ½ Σ |q − p|; ∂L/∂z = q (h − Σ q h)/τ with h = s/2 = ½ q (s − Σ q s)/τ
         L = 0.5 * u1;
+        factor *= 0.5;
     }
     if (!std::isfinite(L) || !std::isfinite(u2)) return false;
     b.L = L;
