@@ -332,16 +332,34 @@ inline void chunk_max(const A* z, const A* y, Index len, A& zmax, A& ymax) {
 
 /// exp((x − max)/τ) of the softmax sweeps: for float the short base-2 exponential of
 /// core/detail/fast_math.hpp of (x − max)·a with a = log2(e)/τ, for double Eigen's `pexp` of
-/// (x − max)/τ. (The subtraction comes first: x·a − max·a in one multiply-add would round
-/// max·a, an absolute error in the exponent that grows with the size of the logits.)
+/// (x − max)/τ. The subtraction comes first (`packet_shifted`), or, with a hardware
+/// multiply-add, the argument is one instruction (`packet_fused`): t = fma(x, a, −fl(max·a)).
+/// There x·a is exact inside the multiply-add; the constant's rounding δ = max·a − fl(max·a)
+/// (`delta`, exact in double) is the same for the whole chunk, exp2(t) = 2^((x − max)·a + δ),
+/// and the caller divides its chunk factor by 2^δ. (Rounding max·a without that correction
+/// would be an absolute error in the exponent that grows with the size of the logits.)
 template <class A>
 struct ShiftedExp {
-    A m, a;
-    ShiftedExp(A max, A invT)
-        : m(max),
-          a(std::is_same<A, float>::value
-                ? static_cast<A>(1.4426950408889634 * static_cast<double>(invT))
-                : invT) {}
+    A m, a, nc;  // nc = −fl(m·a)
+    static A scale(A invT) {
+        return std::is_same<A, float>::value
+                   ? static_cast<A>(1.4426950408889634 * static_cast<double>(invT))
+                   : invT;
+    }
+    ShiftedExp(A max, A invT) : m(max), a(scale(invT)), nc(-(max * a)) {}
+    /// δ = max·a − fl(max·a) of `packet_fused` (0 for a non-finite max)
+    static double delta(A max, A invT) {
+        const A a = scale(invT), r = max * a;
+        const double d = static_cast<double>(max) * static_cast<double>(a) - static_cast<double>(r);
+        return std::isfinite(d) ? d : 0.0;
+    }
+    /// 2^(x·a − fl(max·a)) for float with a fused multiply-add (see above).
+    template <class P>
+    P packet_fused(const P& x) const {
+        namespace ei = Eigen::internal;
+        return ::rlpo::detail::pexp2(ei::pmadd(x, ei::pset1<P>(a), ei::pset1<P>(nc)));
+    }
+    A scalar_fused(A x) const { return ::rlpo::detail::exp2_scalar(std::fma(x, a, nc)); }
     /// exp of d/τ for an already shifted d = x − max.
     template <class P>
     P packet_shifted(const P& d) const {
@@ -438,6 +456,17 @@ constexpr bool three_stage(Divergence d) {
     return d == Divergence::JSD || d == Divergence::SkewKL || d == Divergence::SkewReverseKL ||
            d == Divergence::TVD;
 }
+
+/// Whether stage 1 forms the exponent in one multiply-add (`ShiftedExp::packet_fused`):
+/// float, a hardware multiply-add (without one `pmadd` rounds the product), and a divergence
+/// whose stage 1 needs only the exponentials (the three-stage ones).
+template <Divergence D, class A>
+inline constexpr bool kFusedArg =
+#if defined(__FMA__) || defined(EIGEN_VECTORIZE_FMA)
+    std::is_same<A, float>::value && three_stage(D);
+#else
+    false;
+#endif
 
 /// One chunk of up to three rows in one fused sweep (the pipelined fast path):
 ///   * stage 1 on row `a`: exponentials of both rows (stored to the work rows), their sums
@@ -599,6 +628,15 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
                 nz = ei::pmax(nz, ei::ploadu<P>(za + C + j));
                 ny = ei::pmax(ny, ei::ploadu<P>(ya + C + j));
             }
+            if constexpr (kFusedArg<D, A>) {
+                const P eq = ez.packet_fused(ei::ploadu<P>(za + j));
+                const P ep = ey.packet_fused(ei::ploadu<P>(ya + j));
+                s1 = ei::padd(s1, eq);
+                s2 = ei::padd(s2, ep);
+                ei::pstoreu(wa0 + j, eq);
+                ei::pstoreu(wa1 + j, ep);
+                continue;
+            }
             // logits shifted by their chunk maxima: the value terms below use these small
             // differences, never the raw (possibly large) logits
             const P dz = ei::psub(ei::ploadu<P>(za + j), pmz);
@@ -636,7 +674,13 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
             stage2(wb0[j], wb1[j], zb[j] - mzb, yb[j] - myb, o2, v1, v2);
             wb1[j] = o2;
         }
-        if constexpr (St1) {
+        if constexpr (St1 && kFusedArg<D, A>) {
+            const A eq = ez.scalar_fused(za[j]), ep = ey.scalar_fused(ya[j]);
+            t1 += eq;
+            t2 += ep;
+            wa0[j] = eq;
+            wa1[j] = ep;
+        } else if constexpr (St1) {
             const A dz = za[j] - ez.m, dy = ya[j] - ey.m;
             const A eq = ez.scalar_shifted(dz), ep = ey.scalar_shifted(dy);
             t1 += eq;
@@ -728,7 +772,11 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
         const auto kk = static_cast<std::size_t>(k);
         const double dzk = static_cast<double>(a.mz[kk]) - mz,
                      dyk = static_cast<double>(a.my[kk]) - my;
-        const double ez = std::exp(dzk * invT), ey = std::exp(dyk * invT);
+        double ez = std::exp(dzk * invT), ey = std::exp(dyk * invT);
+        if constexpr (kFusedArg<D, A>) {  // the exponentials carry 2^δ (ShiftedExp::delta)
+            ez *= std::exp2(-ShiftedExp<A>::delta(a.mz[kk], c.invT));
+            ey *= std::exp2(-ShiftedExp<A>::delta(a.my[kk], c.invT));
+        }
         if (D == Divergence::ForwardKL)  // Σ p (y − z) = Σ ep (dy − dz) + (my_k − mz_k) Σ ep
             x += ey * (a.s2[kk] + a.s1[kk] * (dyk - dzk));
         else if (D == Divergence::ReverseKL)
