@@ -41,8 +41,11 @@
 ///     see core/detail/fast_math.hpp), stored to a pair of per-thread work rows, with their
 ///     sums and the KL value terms, and the maxima of the next chunk read one chunk ahead
 ///     (chunk maxima merged as in an online softmax);
-///   * stage 2 of row n − 1 (JSD, skew KL, skew reverse KL, TVD): q and p normalised, the value
-///     terms (one log per entry for JSD and skew KL) and the per-entry gradient factor;
+///   * stage 2 of row n − 1 (JSD, skew KL, skew reverse KL, TVD): the value terms (one
+///     table-driven log per entry for JSD and skew KL) and the per-entry gradient factor
+///     (JSD: log q − log M; TVD: sign(q − p)), stored over the teacher exponentials; JSD and
+///     TVD sum the unnormalised exponentials times their terms and scale by the chunk's
+///     normalising factor once per chunk;
 ///   * stage 3 of the oldest row: the gradient, written once (streaming stores for overwritten
 ///     float gradients), from the work rows, which stage 1 then refills in place.
 /// The three stages run in one fused sweep per chunk, so that the reads of one row, the
