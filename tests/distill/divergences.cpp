@@ -203,6 +203,23 @@ TEST_CASE("distill divergences: identities and limits", "[distill][properties]")
                 CHECK(r.grad.cwiseAbs().maxCoeff() < 1e-13);
             }
     }
+    SECTION("float through the row pipeline: D(p, p) = 0; TVD exactly (sign(0) = 0)") {
+        // equal rows give bitwise equal q and p, so TVD's sign must be exactly 0 everywhere
+        const Mat<float> zf = gen.logits(4, 3 * 2048 + 5, 3.0).cast<float>();
+        const Mat<float> m4 = Mat<float>::Ones(4, 1);
+        for (Divergence d : kAll)
+            for (double tau : {0.5, 1.0, 3.0}) {
+                INFO(rlpo::distill::to_string(d) << " tau=" << tau);
+                const auto r = rlpo::distill::divergence(zf, zf, m4, opts_for(d, tau, false));
+                if (d == Divergence::TVD) {
+                    CHECK(r.value == 0.0);
+                    CHECK(r.grad.cwiseAbs().maxCoeff() == 0.0f);
+                } else {
+                    CHECK(std::abs(r.value) < 1e-6);
+                    CHECK(r.grad.cwiseAbs().maxCoeff() < 1e-6f);
+                }
+            }
+    }
     SECTION("JSD endpoints are exactly forward / reverse KL; interior is symmetric at 1/2") {
         DistillOptions o = DistillOptions::make(Divergence::JSD);
         o.beta = 0.0;

@@ -29,8 +29,8 @@
 /// 1e−7·max(1, |ln x|) (measured 9.4e−8; Eigen's plog 1.1e−7), about 6e−8 near x = 1, where
 /// the result is not relatively accurate (ln 1 gives 2.8e−9). That is what the divergences
 /// need: they use ln M only in differences such as log q − log M, whose float inputs carry an
-/// absolute error of the same size. x = 0 gives −inf, +inf gives +inf and NaN stays NaN; subnormal x are
-/// handled by getexp/getmant. Without AVX-512 this is Eigen's `plog`.
+/// absolute error of the same size. x = 0 gives −inf, +inf gives +inf and NaN stays NaN;
+/// subnormal x are handled by getexp/getmant. Without AVX-512 this is Eigen's `plog`.
 
 #include <Eigen/Core>
 
