@@ -473,6 +473,24 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
             CHECK(r1.value == r3.value);
             CHECK(r1.grad == r2.grad);
             CHECK(r1.grad == r3.grad);
+            // The row split (the threads share each row) forced at every length, including
+            // rows of fewer chunks than threads: the same bits as one thread, for the value,
+            // the gradient and an added gradient. (Without forcing, V = 65573 splits JSD.)
+            auto& tune = rlpo::distill::detail::fast_path_tuning();
+            const std::size_t saved = tune.split_bytes;
+            tune.split_bytes = 0;
+            const auto s2 = with_threads(2, run), s3 = with_threads(3, run);
+            Mat<S> acc2 = Mat<S>::Constant(N, V, static_cast<S>(base));
+            with_threads(2, [&] {
+                return rlpo::distill::divergence(zs, ys, mask, o, rlpo::Normalizer{},
+                                                 rlpo::add_to<S>(acc2));
+            });
+            tune.split_bytes = saved;
+            CHECK(s2.value == r1.value);
+            CHECK(s3.value == r1.value);
+            CHECK(s2.grad == r1.grad);
+            CHECK(s3.grad == r1.grad);
+            CHECK(acc2 == acc);
 #endif
         }
     }

@@ -423,7 +423,7 @@ struct GradSink {
     S* dst = nullptr;
     bool add = false, stream = false;
     template <class P>
-    void packet(Index j, const P& v) const {
+    EIGEN_ALWAYS_INLINE void packet(Index j, const P& v) const {
         namespace ei = Eigen::internal;
 #if defined(__SSE2__)
         if constexpr (std::is_same<S, float>::value && std::is_same<A, float>::value) {
@@ -479,7 +479,7 @@ inline constexpr bool kFusedArg =
 ///   * stage 3 on row `g`: the gradient, written once.
 /// Entries [lv, len) — at most one packet, in the last chunk — are done entry by entry.
 template <Divergence D, bool St1, bool St2, bool St3, class S, class A>
-inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>* b,
+inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a, Slot<S, A>* b,
                         Slot<S, A>* g) {
     namespace ei = Eigen::internal;
     using P = Packet<A>;
@@ -490,7 +490,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
     const auto kk = static_cast<std::size_t>(k);
     const P zero = ei::pset1<P>(A(0));
     // stage 1
-    const bool la = St1 && k + 1 < c.nc;
+    const bool la = St1 && k + 1 < kend;  // the next chunk's maxima (same thread's range)
     const Index nlen = la ? std::min(C, c.V - off - C) : 0, nlv = nlen - nlen % W;
     const ShiftedExp<A> ez(St1 ? a->mz[kk] : A(0), c.invT), ey(St1 ? a->my[kk] : A(0), c.invT);
     const P pmz = ei::pset1<P>(ez.m), pmy = ei::pset1<P>(ey.m);
@@ -506,8 +506,12 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
     const A* yb = St2 ? b->y + off : nullptr;
     const A fq = St2 ? b->f0[kk] : A(0), fp = St2 ? b->f1[kk] : A(0);
     const A mq = c.omb * fq, mp = c.beta * fp;  // JSD's mixture weights of eq, ep
-    // log q = (z − mz_k)/τ + cq_k (small terms only: no cancellation of large logits)
-    const A mzb = St2 ? b->mz[kk] : A(0), myb = St2 ? b->my[kk] : A(0);
+    // log q = (z − mz_k)/τ + cq_k: small terms only, no cancellation of large logits. With a
+    // hardware multiply-add (kFusedArg) log q = fma(z, 1/τ, fl(cq)) on the raw logit instead:
+    // z/τ is exact inside it, and fl(cq)'s rounding, the same for the whole row, comes back
+    // in `finish_stage2`.
+    constexpr bool kRawLog = kFusedArg<D, A>;
+    const A mzb = St2 && !kRawLog ? b->mz[kk] : A(0), myb = St2 && !kRawLog ? b->my[kk] : A(0);
     const double it = static_cast<double>(c.invT);
     const A cq = St2 ? static_cast<A>(b->cq + static_cast<double>(mzb) * it) : A(0);
     const A cp = St2 ? static_cast<A>(b->cp + static_cast<double>(myb) * it) : A(0);
@@ -550,12 +554,18 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
         auto lg = [](T x) {
             if constexpr (pk) return ::rlpo::detail::plog(x); else return std::log(x);
         };
+        // v/τ + k: log q, log p from the (shifted or raw) logits; fused for raw logits
+        auto lin = [&](T v, A k) {
+            if constexpr (pk) return ei::pmadd(v, ei::pset1<T>(invT), ei::pset1<T>(k));
+            else if constexpr (kRawLog) return std::fma(v, invT, k);
+            else return v * invT + k;
+        };
         if constexpr (D == Divergence::JSD) {
             // M = βp + (1−β)q = eq·(1−β)fq + ep·βfp; r = log q − log M; v1 = Σ ep (log p −
             // log M) (× fp), v2 = Σ eq r (× fq)
             const T lm = lg(madd(eq, set1(mq), mul(ep, set1(mp))));
-            const T lp = madd(yv, set1(invT), set1(cp));
-            const T r = sub(madd(zv, set1(invT), set1(cq)), lm);
+            const T lp = lin(yv, cp);
+            const T r = sub(lin(zv, cq), lm);
             v1 = madd(ep, sub(lp, lm), v1);
             v2 = madd(eq, r, v2);
             o2 = r;
@@ -579,7 +589,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
             // m = αp + (1−α)q; value p (log p − log m); factor −(1−α) p/m
             const T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));
             const T m = add(mul(set1(c.al), p), mul(set1(c.oma), q));
-            const T lp = madd(yv, set1(invT), set1(cp));
+            const T lp = lin(yv, cp);
             v1 = madd(p, sub(lp, lg(m)), v1);
             T h;
             if constexpr (pk) h = ei::pdiv(ei::pmul(ei::pset1<T>(-c.oma), p), m);
@@ -589,7 +599,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
         } else {  // SkewReverseKL: m = (1−α)p + αq; r = log(q/m); factor r − α q/m
             const T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));
             const T m = add(mul(set1(c.oma), p), mul(set1(c.al), q));
-            const T r = sub(madd(zv, set1(invT), set1(cq)), lg(m));
+            const T r = sub(lin(zv, cq), lg(m));
             v1 = madd(q, r, v1);
             T h;
             if constexpr (pk) h = ei::psub(r, ei::pdiv(ei::pmul(ei::pset1<T>(c.al), q), m));
@@ -616,9 +626,12 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
         }
         if constexpr (St2) {
             P o2;
-            stage2(ei::ploadu<P>(wb0 + j), ei::ploadu<P>(wb1 + j),
-                   ei::psub(ei::ploadu<P>(zb + j), ei::pset1<P>(mzb)),
-                   ei::psub(ei::ploadu<P>(yb + j), ei::pset1<P>(myb)), o2, u1, u2);
+            P zv = ei::ploadu<P>(zb + j), yv = ei::ploadu<P>(yb + j);
+            if constexpr (!kRawLog) {
+                zv = ei::psub(zv, ei::pset1<P>(mzb));
+                yv = ei::psub(yv, ei::pset1<P>(myb));
+            }
+            stage2(ei::ploadu<P>(wb0 + j), ei::ploadu<P>(wb1 + j), zv, yv, o2, u1, u2);
             // e_q stays (stage 3 multiplies by the chunk factor again)
             ei::pstoreu(wb1 + j, o2);
         }
@@ -720,32 +733,35 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Slot<S, A>* a, Slot<S, A>
     }
 }
 
-/// All chunks of one pipeline step with the given stages present.
+/// Chunks [k0, k1) of one pipeline step with the given stages present (all chunks, or one
+/// thread's share of the rows in the row-split mode). Stage 1 expects the maxima of chunk k0
+/// to be set (`chunk_max`); it finds those of the following chunks itself.
 template <Divergence D, bool St1, bool St2, bool St3, class S, class A>
-inline void fused_row_step(const DenseCtx<A>& c, Slot<S, A>* a, Slot<S, A>* b,
-                           Slot<S, A>* g) {
-    for (Index k = 0; k < c.nc; ++k) fused_chunk<D, St1, St2, St3, S, A>(c, k, a, b, g);
+inline void fused_row_step(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a,
+                           Slot<S, A>* b, Slot<S, A>* g) {
+    for (Index k = k0; k < k1; ++k) fused_chunk<D, St1, St2, St3, S, A>(c, k, k1, a, b, g);
 }
 
 template <Divergence D, class S, class A>
-inline void fused_step(const DenseCtx<A>& c, Slot<S, A>* a, Slot<S, A>* b, Slot<S, A>* g) {
+inline void fused_step(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a, Slot<S, A>* b,
+                       Slot<S, A>* g) {
     const int m = (a ? 4 : 0) | (b ? 2 : 0) | (g ? 1 : 0);
     if constexpr (!three_stage(D)) {
         switch (m & 5) {
-            case 5: return fused_row_step<D, true, false, true>(c, a, b, g);
-            case 4: return fused_row_step<D, true, false, false>(c, a, b, g);
-            case 1: return fused_row_step<D, false, false, true>(c, a, b, g);
+            case 5: return fused_row_step<D, true, false, true>(c, k0, k1, a, b, g);
+            case 4: return fused_row_step<D, true, false, false>(c, k0, k1, a, b, g);
+            case 1: return fused_row_step<D, false, false, true>(c, k0, k1, a, b, g);
             default: return;
         }
     }
     switch (m) {
-        case 7: return fused_row_step<D, true, true, true>(c, a, b, g);
-        case 6: return fused_row_step<D, true, true, false>(c, a, b, g);
-        case 5: return fused_row_step<D, true, false, true>(c, a, b, g);
-        case 4: return fused_row_step<D, true, false, false>(c, a, b, g);
-        case 3: return fused_row_step<D, false, true, true>(c, a, b, g);
-        case 2: return fused_row_step<D, false, true, false>(c, a, b, g);
-        case 1: return fused_row_step<D, false, false, true>(c, a, b, g);
+        case 7: return fused_row_step<D, true, true, true>(c, k0, k1, a, b, g);
+        case 6: return fused_row_step<D, true, true, false>(c, k0, k1, a, b, g);
+        case 5: return fused_row_step<D, true, false, true>(c, k0, k1, a, b, g);
+        case 4: return fused_row_step<D, true, false, false>(c, k0, k1, a, b, g);
+        case 3: return fused_row_step<D, false, true, true>(c, k0, k1, a, b, g);
+        case 2: return fused_row_step<D, false, true, false>(c, k0, k1, a, b, g);
+        case 1: return fused_row_step<D, false, false, true>(c, k0, k1, a, b, g);
         default: return;
     }
 }
@@ -833,14 +849,26 @@ inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
         u1 += D == Divergence::JSD ? f1 * b.s0[kk] : b.s0[kk];
         u2 += D == Divergence::JSD || D == Divergence::TVD ? f0 * b.s1[kk] : b.s1[kk];
     }
+    // With kFusedArg, stage 2 formed log q and log p with the row constants rounded to float,
+    // off by e = c − fl(c) at every entry: the value sums lack e·Σq = e (log q) or e·Σp = e
+    // (log p). The gradient needs no correction: it uses h − Σ q h, in which e cancels.
+    double eq = 0, ep = 0;
+    if constexpr (kFusedArg<D, A>) {
+        eq = b.cq - static_cast<double>(static_cast<A>(b.cq));
+        ep = b.cp - static_cast<double>(static_cast<A>(b.cp));
+    }
     double L = u1, factor = static_cast<double>(c.invT);
     if constexpr (D == Divergence::JSD) {
-        L = static_cast<double>(c.beta) * u1 + static_cast<double>(c.omb) * u2;
+        L = static_cast<double>(c.beta) * (u1 + ep) + static_cast<double>(c.omb) * (u2 + eq);
         factor *= static_cast<double>(c.omb);
     } else if constexpr (D == Divergence::TVD) {
         // L = ½ Σ |q − p|; ∂L/∂z = q (h − Σ q h)/τ with h = s/2 = ½ q (s − Σ q s)/τ
         L = 0.5 * u1;
         factor *= 0.5;
+    } else if constexpr (D == Divergence::SkewKL) {
+        L = u1 + ep;
+    } else {  // SkewReverseKL
+        L = u1 + eq;
     }
     if (!std::isfinite(L) || !std::isfinite(u2)) return false;
     b.L = L;
@@ -861,11 +889,36 @@ inline double dense_row_exact(const DistillOptions& o, const A* z, const A* y, I
     return dense_row_impl<true, S, A>(o, z, y, mz, my, V, ws, rg);
 }
 
-/// The fast path over all rows: each thread takes a contiguous block of rows and runs them
-/// through a software pipeline of two (forward / reverse KL) or three stages, one fused sweep
-/// per chunk over all rows in flight (see `fused_chunk`), so that the reads of one row, the
-/// compute of the next and the gradient writes of the previous overlap. Rows that need the
-/// exact path leave the pipeline and are done at once; masked rows never enter it.
+/// Tuning of the fast path, for tests and benchmarks (not thread-safe to change during a
+/// call).
+struct FastPathTuning {
+    /// Row split when the per-thread working set of the row-block mode exceeds this many
+    /// bytes (see `dense_rows_fast`): 0 splits every multi-threaded pass, SIZE_MAX never.
+    std::size_t split_bytes = std::size_t(3) << 19;  // 1.5 MiB of a core's 2 MiB L2
+};
+inline FastPathTuning& fast_path_tuning() {
+    static FastPathTuning t;
+    return t;
+}
+
+/// The fast path over all rows, in one of two ways of sharing them between threads:
+///  * row blocks: each thread takes a contiguous block of rows and runs them through a
+///    software pipeline of two (forward / reverse KL) or three stages, one fused sweep per
+///    chunk over all rows in flight (see `fused_chunk`), so that the reads of one row, the
+///    compute of the next and the gradient writes of the previous overlap;
+///  * row split (long rows): every thread runs the same pipeline over all rows but sweeps
+///    only its own contiguous range of chunks [K_t, K_t+1) of each; after each step thread 0
+///    merges the per-chunk maxima and sums (`finish_stage1/2`) between two barriers. A
+///    thread's share of the logit and work rows in flight then fits in its core's L2 (at
+///    V = 151936 a whole row's do not: about 2.4 MB at depth 2, 4.9 MB at depth 3), and a
+///    single long row uses every thread.
+/// The split is taken when the row-block working set (the logit rows and work rows in flight,
+/// `arrays`·V floats) exceeds `FastPathTuning::split_bytes`, for float and double logits
+/// (bfloat16 rows are widened whole into per-row copies). Every chunk's arithmetic is the
+/// same in both modes — maxima, sums and gradient entries are per chunk, merged in chunk
+/// order in double — so the results do not depend on the mode or the number of threads, bit
+/// for bit. Rows that need the exact path leave the pipeline and are done at once (by thread
+/// 0 in the row split); masked rows never enter it.
 template <Divergence D, class S, class A>
 inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const RowPlan& plan,
                                   const ConstMatRef<S>& zm, const ConstMatRef<S>& ym,
@@ -892,27 +945,43 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
     const bool inline2 = D == Divergence::TVD &&
                          4 * static_cast<std::size_t>(V) * sizeof(A) > kWorkBudget;
     const int depth = three_stage(D) && !inline2 ? 3 : 2;
+    const int npairs = depth == 3 ? 2 : 1;
+    // logit rows (2 per row in stages 1 and 2) and work rows in flight in one thread
+    const std::size_t arrays = depth == 3 ? 8 : 4;
+    const bool split_ok = std::is_same<S, A>::value &&
+                          arrays * static_cast<std::size_t>(V) * sizeof(A) >
+                              fast_path_tuning().split_bytes;
+    // the row split's shared state: slots, work buffers, and the rows of the current step
+    Slot<S, A> shared_slots[3];
+    Arr<A> shared_pool[2][2];
+    Slot<S, A>* step[3] = {nullptr, nullptr, nullptr};  // rows in stages 1, 2, 3
+    S* step_zero = nullptr;                             // a masked row's gradient to zero
+    bool step_inline = false;
 #if defined(RLPO_USE_OPENMP)
-#pragma omp parallel if (N * V > 32768 && N > 1)
+#pragma omp parallel if (N * V > 32768 && (N > 1 || split_ok))
 #endif
     {
-        Index r0 = 0, r1 = N;
+        Index nt = 1, id = 0;
 #if defined(RLPO_USE_OPENMP)
-        {
-            const Index nt = omp_get_num_threads(), id = omp_get_thread_num();
-            r0 = N * id / nt;
-            r1 = N * (id + 1) / nt;
-        }
+        nt = omp_get_num_threads();
+        id = omp_get_thread_num();
 #endif
+        const bool split = split_ok && nt > 1;
+        const Index r0 = split ? 0 : N * id / nt, r1 = split ? N : N * (id + 1) / nt;
+        const Index k0 = split ? c.nc * id / nt : 0, k1 = split ? c.nc * (id + 1) / nt : c.nc;
+        const Index e0 = std::min(V, k0 * kRowChunk), e1 = std::min(V, k1 * kRowChunk);
         Scratch<A> ws;
-        Slot<S, A> slots[3];
+        Slot<S, A> own_slots[3];
+        Arr<A> own_pool[2][2];
+        Slot<S, A>* const slots = split ? shared_slots : own_slots;
+        Arr<A>(&pool)[2][2] = split ? shared_pool : own_pool;
         // work buffers: one pair at depth 2, two at depth 3 (row n uses pair n mod 2, which
         // stage 3 of row n − 2 frees chunk by chunk in the same sweep)
-        Arr<A> pool[2][2];
-        const int npairs = depth == 3 ? 2 : 1;
-        for (int i = 0; i < npairs; ++i) {
-            pool[i][0].resize(V);
-            pool[i][1].resize(V);
+        if (!split || id == 0) {
+            for (int i = 0; i < npairs; ++i) {
+                pool[i][0].resize(V);
+                pool[i][1].resize(V);
+            }
         }
         auto exact = [&](Slot<S, A>& s) {
             const auto k = static_cast<std::size_t>(s.n);
@@ -923,12 +992,13 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
             loss[k] = L;
             s.n = -1;
         };
-        // row `it` into a free slot (null for a masked row: its gradient is zeroed here)
-        auto enter = [&](Index it, Slot<S, A>& a) -> Slot<S, A>* {
+        // row `it` into a free slot (null for a masked row, whose gradient row is returned in
+        // `zero` to be zeroed)
+        auto enter = [&](Index it, Slot<S, A>& a, S*& zero) -> Slot<S, A>* {
             const auto k = static_cast<std::size_t>(it);
             S* dst = g.row(it);
             if (plan.m[k] == 0) {
-                if (dst && !add) Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(dst, V).setZero();
+                if (dst && !add) zero = dst;
                 return nullptr;
             }
             a.size(c.nc);
@@ -938,8 +1008,36 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
             a.z = widen<A, S>(zm, it, a.zb);
             a.y = widen<A, S>(ym, it, a.yb);
             a.rg = make_row_grad<S, A>(g, plan, it, V, row_scale, ws);
-            chunk_max(a.z, a.y, std::min(kRowChunk, V), a.mz[0], a.my[0]);
             return &a;
+        };
+        // the rows of step `it`: row `it` enters stage 1 (a), the two before it are in
+        // stage 2 (b, depth 3) and stage 3 (gs)
+        auto plan_step = [&](Index it, Slot<S, A>*& a, Slot<S, A>*& b, Slot<S, A>*& gs,
+                             S*& zero) {
+            zero = nullptr;
+            a = it < r1 ? enter(it, slots[it % depth], zero) : nullptr;
+            b = nullptr;
+            if (depth == 3 && it - 1 >= r0) {
+                Slot<S, A>& s = slots[(it - 1) % depth];
+                if (s.n == it - 1) b = &s;
+            }
+            gs = nullptr;
+            if (it - (depth - 1) >= r0) {
+                Slot<S, A>& s = slots[(it - (depth - 1)) % depth];
+                if (s.n == it - (depth - 1) && s.rg.active()) gs = &s;
+            }
+        };
+        // entries [e0, e1) of the step's chunks: a masked row's zeroed gradient, the maxima
+        // of the first chunk of row a, and the fused sweep
+        auto sweep = [&](Slot<S, A>* a, Slot<S, A>* b, Slot<S, A>* gs, S* zero) {
+            if (zero)
+                Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(zero + e0, e1 - e0).setZero();
+            if (a && k0 < k1) {
+                const auto kk = static_cast<std::size_t>(k0);
+                chunk_max(a->z + e0, a->y + e0, std::min(kRowChunk, V - e0), a->mz[kk],
+                          a->my[kk]);
+            }
+            fused_step<D, S, A>(c, k0, k1, a, b, gs);
         };
         auto finish2 = [&](Slot<S, A>& s) {
             if (finish_stage2<D, S, A>(c, s))
@@ -947,30 +1045,59 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
             else
                 exact(s);
         };
-        for (Index it = r0; it < r1 + depth - 1; ++it) {
-            Slot<S, A>* a = it < r1 ? enter(it, slots[it % depth]) : nullptr;
-            Slot<S, A>* b = nullptr;
-            if (depth == 3 && it - 1 >= r0) {
-                Slot<S, A>& s = slots[(it - 1) % depth];
-                if (s.n == it - 1) b = &s;
-            }
-            Slot<S, A>* gs = nullptr;
-            if (it - (depth - 1) >= r0) {
-                Slot<S, A>& s = slots[(it - (depth - 1)) % depth];
-                if (s.n == it - (depth - 1) && s.rg.active()) gs = &s;
-            }
-            fused_step<D, S, A>(c, a, b, gs);
+        // after the step's sweep: the results of the rows that leave; true when the value
+        // sweep of row a is due on its own (`inline2`)
+        auto finish_step = [&](Slot<S, A>* a, Slot<S, A>* b, Slot<S, A>* gs) -> bool {
             if (gs) gs->n = -1;
             if (b) finish2(*b);
             if (a) {
-                if (!finish_stage1<D, S, A>(c, *a)) {
+                if (!finish_stage1<D, S, A>(c, *a))
                     exact(*a);
-                } else if (!three_stage(D)) {
+                else if (!three_stage(D))
                     loss[static_cast<std::size_t>(a->n)] = a->L;
-                } else if (inline2) {
-                    fused_step<D, S, A>(c, nullptr, a, nullptr);
-                    finish2(*a);
+                else if (inline2)
+                    return true;
+            }
+            return false;
+        };
+        // One loop for both modes (one copy of the arithmetic: the results must not depend on
+        // how a compiler contracts multiply-adds in two copies). In the row split thread 0
+        // plans each step and merges its results, the others wait at the barriers.
+        Slot<S, A>* own_step[3] = {nullptr, nullptr, nullptr};
+        S* own_zero = nullptr;
+        bool own_inline = false;
+        Slot<S, A>** const st = split ? step : own_step;
+        S*& zero = split ? step_zero : own_zero;
+        bool& inl = split ? step_inline : own_inline;
+        const bool lead = !split || id == 0;
+        for (Index it = r0; it < r1 + depth - 1; ++it) {
+            if (lead) plan_step(it, st[0], st[1], st[2], zero);
+            if (split) {
+#if defined(RLPO_USE_OPENMP)
+#pragma omp barrier
+#endif
+            }
+            Slot<S, A>* const a = st[0];
+            sweep(a, st[1], st[2], zero);
+            if (split) {
+#if defined(RLPO_USE_OPENMP)
+#pragma omp barrier
+#endif
+            }
+            if (lead) inl = finish_step(a, st[1], st[2]);
+            if (split) {
+#if defined(RLPO_USE_OPENMP)
+#pragma omp barrier
+#endif
+            }
+            if (inl) {
+                fused_step<D, S, A>(c, k0, k1, nullptr, a, nullptr);
+                if (split) {
+#if defined(RLPO_USE_OPENMP)
+#pragma omp barrier
+#endif
                 }
+                if (lead) finish2(*a);
             }
         }
 #if defined(__SSE2__)
