@@ -74,6 +74,25 @@ inline double triad_bytes_per_second(int reps = 7) {
     return bw;
 }
 
+/// Seconds of one triad pass over `x`.
+inline double timed_triad(Arrays& x) {
+    const auto t0 = std::chrono::steady_clock::now();
+    triad(x, 3.f);
+    const auto t1 = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(x.a.get());
+    benchmark::ClobberMemory();
+    return std::chrono::duration<double>(t1 - t0).count();
+}
+
+/// Bytes one triad pass moves (read b and c, write a).
+inline double triad_bytes() { return 3.0 * sizeof(float) * static_cast<double>(kElems); }
+
+/// The arrays of the per-iteration triad passes of bench_distill, allocated once.
+inline Arrays& shared_arrays() {
+    static Arrays x(kElems);
+    return x;
+}
+
 }  // namespace rlpo_bw
 
 static void BM_bandwidth_copy(benchmark::State& state) {

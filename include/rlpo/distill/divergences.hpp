@@ -297,6 +297,43 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
 #define RLPO_DISTILL_ROUNDED(x) (void)0
 #endif
 
+/// a·b + c rounded as the build's `pmadd` on packets rounds it (fused with a hardware
+/// multiply-add, else a product and a sum), so that a row's tail entries match its packets.
+template <class A>
+inline A madd_as_packet(A a, A b, A c) {
+#if defined(__FMA__) || defined(EIGEN_VECTORIZE_FMA)
+    return std::fma(a, b, c);
+#else
+    A p = a * b;
+    RLPO_DISTILL_ROUNDED(p);
+    return p + c;
+#endif
+}
+
+/// sign(t) ∈ {−1, 0, +1}, 0 for ±0 and NaN (a NaN t makes the value NaN anyway), exact for
+/// subnormal t: on AVX-512 float packets one `vfixupimmps`, which maps each class of t to a
+/// constant; elsewhere two comparisons.
+template <class T>
+inline T sign_of(const T& t) {
+    namespace ei = Eigen::internal;
+    if constexpr (std::is_floating_point<T>::value) {
+        return static_cast<T>((t > T(0)) - (t < T(0)));
+    } else {
+#if defined(__AVX512F__)
+        using Tr = ei::unpacket_traits<T>;
+        if constexpr (std::is_same<typename Tr::type, float>::value && Tr::size == 16) {
+            // 4-bit responses per class, class 7 first: positive → +1 (A), negative → −1 (9),
+            // +inf → +1, −inf → −1, +1 → +1, zero → +0 (8), SNaN and QNaN → 0 (8)
+            return _mm512_fixupimm_ps(t, t, _mm512_set1_epi32(static_cast<int>(0xA9A9A888u)),
+                                      0);
+        }
+#endif
+        using A = typename ei::unpacket_traits<T>::type;
+        const T zero = ei::pzero(t), one = ei::pset1<T>(A(1));
+        return ei::psub(ei::pand(ei::pcmp_lt(zero, t), one), ei::pand(ei::pcmp_lt(t, zero), one));
+    }
+}
+
 /// Σ of a vector expression: float (vectorised) within chunks, double across chunks.
 template <class E>
 inline double sum_chunks(const E& e) {
@@ -520,7 +557,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
     const A* wg0 = St3 ? g->w0 + off : nullptr;
     const A* wg1 = St3 ? g->w1 + off : nullptr;
     const A h0 = St3 ? g->f0[kk] : A(0), h1 = St3 ? g->f1[kk] : A(0);
-    const A k0 = St3 ? g->c0 : A(0), k1 = St3 ? g->c1 : A(0), hk = h0 * k1;
+    const A k0 = St3 ? g->c0 : A(0), k1 = St3 ? g->c1 : A(0), hk = h0 * k1, nk = -(k0 * hk);
     GradSink<S, A> sink;
     if constexpr (St3) {
         sink.dst = g->rg.dst + off;
@@ -531,8 +568,6 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
     const A invT = c.invT;
     // software prefetch distance (entries) ahead of the next-chunk reads
     constexpr Index kPf = 512;
-    // sign(d) without a select: clamp(d / FLT_MIN, −1, 1), exact ±1 for |d| ≥ FLT_MIN
-    const A big = A(1) / std::numeric_limits<A>::min();
 
     // Stage 2 takes the unnormalised exponentials eq, ep of the chunk (q = eq·fq, p = ep·fp)
     // and the shifted logits zv, yv; it gives the per-entry gradient factor `o2` (stored to
@@ -576,12 +611,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
             RLPO_DISTILL_ROUNDED(q);
             RLPO_DISTILL_ROUNDED(p);
             const T t = sub(q, p);
-            T h;
-            if constexpr (pk)
-                h = ei::pmin(ei::pmax(ei::pmul(t, ei::pset1<T>(big)), ei::pset1<T>(A(-1))),
-                             ei::pset1<T>(A(1)));
-            else
-                h = std::min(std::max(t * big, A(-1)), A(1));
+            const T h = sign_of(t);
             v1 = madd(t, h, v1);
             v2 = madd(eq, h, v2);
             o2 = h;
@@ -620,8 +650,8 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
             else if constexpr (D == Divergence::ReverseKL)  // q ((z − y)/τ + k)/τ
                 v = ei::pmul(ei::pmul(x0, ei::pset1<P>(h0)),
                              ei::pmadd(x1, ei::pset1<P>(invT), ei::pset1<P>(h1)));
-            else  // q (factor − shift) · c1, q = e_q · f (TVD: factor = sign(q − p))
-                v = ei::pmul(ei::pmul(x0, ei::psub(x1, ei::pset1<P>(k0))), ei::pset1<P>(hk));
+            else  // q (factor − shift) · c1 = e_q · (factor · hk − shift · hk), hk = f · c1
+                v = ei::pmul(x0, ei::pmadd(x1, ei::pset1<P>(hk), ei::pset1<P>(nk)));
             sink.packet(j, v);
         }
         if constexpr (St2) {
@@ -682,7 +712,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
             else if constexpr (D == Divergence::ReverseKL)
                 v = wg0[j] * h0 * (wg1[j] * invT + h1);
             else
-                v = wg0[j] * (wg1[j] - k0) * hk;
+                v = wg0[j] * madd_as_packet(wg1[j], hk, nk);
             sink.scalar(j, v);
         }
         if constexpr (St2) {
