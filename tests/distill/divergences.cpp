@@ -473,9 +473,9 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
             CHECK(r1.value == r3.value);
             CHECK(r1.grad == r2.grad);
             CHECK(r1.grad == r3.grad);
-            // The row split (the threads share each row) forced at every length, including
-            // rows of fewer chunks than threads: the same bits as one thread, for the value,
-            // the gradient and an added gradient. (Without forcing, V = 65573 splits JSD.)
+            // The row split (the threads share each row) forced: the same bits as one thread,
+            // for the value, the gradient and an added gradient, with 3 threads on uneven
+            // chunk ranges. (Without forcing, V = 65573 splits JSD.)
             auto& tune = rlpo::distill::detail::fast_path_tuning();
             const std::size_t saved = tune.split_bytes;
             tune.split_bytes = 0;
@@ -495,6 +495,39 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
         }
     }
 }
+
+#if defined(RLPO_USE_OPENMP)
+TEMPLATE_TEST_CASE("distill divergences: row split with fewer chunks than threads",
+                   "[distill][pipeline]", float, double) {
+    // rows of 2 chunks over 3 threads (one thread sweeps no chunk but still plans and merges
+    // every step) and 40 rows, one masked and one on the exact path: the same bits as one
+    // thread
+    using S = TestType;
+    rt::Generator gen(5);
+    const Index N = 40, V = 2500;
+    Mat<double> z = gen.logits(N, V, 3.0), y = gen.perturbed(z, 2.0);
+    Mat<double> mask = Mat<double>::Ones(N, 1);
+    mask(3, 0) = 0;
+    z(11, 2) = y(11, 2) = -inf;
+    const Mat<S> zs = cast<S>(z), ys = cast<S>(y);
+    for (Divergence d : kAll) {
+        INFO(rlpo::distill::to_string(d));
+        const DistillOptions o = opts_for(d, 0.7, false);
+        const auto run = [&] { return rlpo::distill::divergence(zs, ys, mask, o); };
+        const auto r1 = with_threads(1, run);
+        auto& tune = rlpo::distill::detail::fast_path_tuning();
+        const std::size_t saved = tune.split_bytes;
+        tune.split_bytes = 0;
+        const auto s3 = with_threads(3, run), s2 = with_threads(2, run);
+        tune.split_bytes = saved;
+        CHECK(std::isfinite(r1.value));
+        CHECK(s3.value == r1.value);
+        CHECK(s2.value == r1.value);
+        CHECK(s3.grad == r1.grad);
+        CHECK(s2.grad == r1.grad);
+    }
+}
+#endif
 
 TEST_CASE("distill divergences: float kernels keep their accuracy under large logit offsets",
           "[distill][pipeline][properties]") {

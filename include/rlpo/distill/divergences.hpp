@@ -51,13 +51,17 @@
 /// The three stages run in one fused sweep per chunk, so that the reads of one row, the
 /// arithmetic of the next and the gradient writes of a third overlap (docs/distill.md has the
 /// measurements behind this design). Rows holding a non-finite logit, or whose sums or value
-/// come out non-finite, leave the pipeline for an exact slower path. Per-thread scratch of at
-/// most two pairs of V-rows; no `[N, V]` temporary beyond the gradient the caller asked for
-/// (pass a `GradientOut` over a row block to stream rows in chunks: rows are independent).
+/// come out non-finite, leave the pipeline for an exact slower path. Long rows (V = 151936)
+/// are shared by the threads instead: each sweeps its own range of chunks of every row, and
+/// thread 0 merges the per-chunk sums between barriers (`dense_rows_fast`), so that a thread's
+/// share stays in its L2 and a single row uses every thread. Per-thread (or, for shared rows,
+/// per-call) scratch of at most two pairs of V-rows; no `[N, V]` temporary beyond the gradient
+/// the caller asked for (pass a `GradientOut` over a row block to stream rows in chunks: rows
+/// are independent).
 /// Arithmetic in float (double for double logits), float sums within chunks and double
 /// across chunks; bfloat16 logits are widened to float row by row and the gradient is rounded
-/// back to bfloat16. Per-row values are combined in row order, so results are identical for
-/// any thread count.
+/// back to bfloat16. Per-row values are combined in row order and every chunk's arithmetic is
+/// the same whoever computes it, so results are identical for any thread count.
 ///
 /// **Metrics**: the divergence's name (`forward_kl`, `reverse_kl`, `jsd`, `skew_kl`,
 /// `skew_reverse_kl`, `tvd`) = mean of L_n (τ²-scaled when on) over unmasked rows,
