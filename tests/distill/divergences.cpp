@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #if defined(RLPO_USE_OPENMP)
@@ -36,6 +37,13 @@ auto with_threads(int k, F&& f) {
     omp_set_num_threads(before);
     return r;
 }
+
+// Forces the row split (the threads share each row) while in scope.
+struct ForceRowSplit {
+    std::size_t saved = rlpo::distill::detail::fast_path_tuning().split_bytes;
+    ForceRowSplit() { rlpo::distill::detail::fast_path_tuning().split_bytes = 0; }
+    ~ForceRowSplit() { rlpo::distill::detail::fast_path_tuning().split_bytes = saved; }
+};
 #endif
 
 const Divergence kAll[] = {Divergence::ForwardKL,     Divergence::ReverseKL, Divergence::JSD,
@@ -476,16 +484,15 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
             // The row split (the threads share each row) forced: the same bits as one thread,
             // for the value, the gradient and an added gradient, with 3 threads on uneven
             // chunk ranges. (Without forcing, V = 65573 splits JSD.)
-            auto& tune = rlpo::distill::detail::fast_path_tuning();
-            const std::size_t saved = tune.split_bytes;
-            tune.split_bytes = 0;
-            const auto s2 = with_threads(2, run), s3 = with_threads(3, run);
             Mat<S> acc2 = Mat<S>::Constant(N, V, static_cast<S>(base));
-            with_threads(2, [&] {
-                return rlpo::distill::divergence(zs, ys, mask, o, rlpo::Normalizer{},
-                                                 rlpo::add_to<S>(acc2));
-            });
-            tune.split_bytes = saved;
+            const auto [s2, s3] = [&] {
+                const ForceRowSplit force;
+                with_threads(2, [&] {
+                    return rlpo::distill::divergence(zs, ys, mask, o, rlpo::Normalizer{},
+                                                     rlpo::add_to<S>(acc2));
+                });
+                return std::make_pair(with_threads(2, run), with_threads(3, run));
+            }();
             CHECK(s2.value == r1.value);
             CHECK(s3.value == r1.value);
             CHECK(s2.grad == r1.grad);
@@ -500,8 +507,8 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
 TEMPLATE_TEST_CASE("distill divergences: row split with fewer chunks than threads",
                    "[distill][pipeline]", float, double) {
     // rows of 2 chunks over 3 threads (one thread sweeps no chunk but still plans and merges
-    // every step) and 40 rows, one masked and one on the exact path: the same bits as one
-    // thread
+    // every step) and 40 rows, one masked and one on the exact path: the naive reference, and
+    // the same bits as one thread
     using S = TestType;
     rt::Generator gen(5);
     const Index N = 40, V = 2500;
@@ -515,12 +522,26 @@ TEMPLATE_TEST_CASE("distill divergences: row split with fewer chunks than thread
         const DistillOptions o = opts_for(d, 0.7, false);
         const auto run = [&] { return rlpo::distill::divergence(zs, ys, mask, o); };
         const auto r1 = with_threads(1, run);
-        auto& tune = rlpo::distill::detail::fast_path_tuning();
-        const std::size_t saved = tune.split_bytes;
-        tune.split_bytes = 0;
-        const auto s3 = with_threads(3, run), s2 = with_threads(2, run);
-        tune.split_bytes = saved;
-        CHECK(std::isfinite(r1.value));
+        const auto [s3, s2] = [&] {
+            const ForceRowSplit force;
+            return std::make_pair(with_threads(3, run), with_threads(2, run));
+        }();
+        const Mat<double> zr = zs.template cast<double>(), yr = ys.template cast<double>();
+        double expect = 0, count = 0;
+        Mat<double> gexp = Mat<double>::Zero(N, V);
+        for (Index n = 0; n < N; ++n) {
+            if (mask(n, 0) == 0) continue;
+            Eigen::RowVectorXd gr;
+            expect += naive_row(d, zr.row(n), yr.row(n), o.temperature, o.beta, o.alpha, gr);
+            gexp.row(n) = gr;
+            count += 1;
+        }
+        expect /= count;
+        gexp /= count;
+        CHECK(rlpo_test::rel_err(s3.value, expect) <
+              (std::is_same<S, double>::value ? 1e-12 : 2e-5));
+        CHECK(grad_err<S>(s3.grad.template cast<double>(), gexp) <
+              (std::is_same<S, double>::value ? 1e-12 : grad_tol<S>()));
         CHECK(s3.value == r1.value);
         CHECK(s2.value == r1.value);
         CHECK(s3.grad == r1.grad);
