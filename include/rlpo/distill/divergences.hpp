@@ -408,11 +408,16 @@ struct ShiftedExp {
     }
     /// 2^(x·a − fl(max·a)) for float with a fused multiply-add (see above).
     template <class P>
-    P packet_fused(const P& x) const {
+    P packet_arg(const P& x) const {
         namespace ei = Eigen::internal;
-        return ::rlpo::detail::pexp2(ei::pmadd(x, ei::pset1<P>(a), ei::pset1<P>(nc)));
+        return ei::pmadd(x, ei::pset1<P>(a), ei::pset1<P>(nc));
     }
-    A scalar_fused(A x) const { return ::rlpo::detail::exp2_scalar(std::fma(x, a, nc)); }
+    A scalar_arg(A x) const { return std::fma(x, a, nc); }
+    template <class P>
+    P packet_fused(const P& x) const {
+        return ::rlpo::detail::pexp2(packet_arg(x));
+    }
+    A scalar_fused(A x) const { return ::rlpo::detail::exp2_scalar(scalar_arg(x)); }
     /// exp of d/τ for an already shifted d = x − max.
     template <class P>
     P packet_shifted(const P& d) const {
@@ -445,6 +450,7 @@ struct Slot {
     std::vector<A> f0, f1;           ///< per-chunk factors of the row's next stage
     A c0 = 0, c1 = 0;                ///< row constants of the row's next stage
     double cq = 0, cp = 0;           ///< log q = z/τ + cq, log p = y/τ + cp (row constants)
+    double kpq = 0;                  ///< JSD: KL(p‖q), from stage 1
     double L = 0.0;
     RowGrad<S> rg;
     void size(Index nc) {
@@ -609,12 +615,13 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
             else return v * invT + k;
         };
         if constexpr (D == Divergence::JSD) {
-            // M = βp + (1−β)q = eq·(1−β)fq + ep·βfp; r = log q − log M; v1 = Σ ep (log p −
-            // log M) (× fp), v2 = Σ eq r (× fq)
+            // M = βp + (1−β)q = eq·(1−β)fq + ep·βfp; r = log q − log M; v1 = Σ ep r (× fp),
+            // v2 = Σ eq r (× fq). KL(p‖M) = KL(p‖q) + Σ p r, KL(p‖q) from stage 1: the
+            // teacher's logits are not read again.
+            static_cast<void>(yv);
             const T lm = lg(madd(eq, set1(mq), mul(ep, set1(mp))));
-            const T lp = lin(yv, cp);
             const T r = sub(lin(zv, cq), lm);
-            v1 = madd(ep, sub(lp, lm), v1);
+            v1 = madd(ep, r, v1);
             v2 = madd(eq, r, v2);
             o2 = r;
         } else if constexpr (D == Divergence::TVD) {
@@ -690,10 +697,13 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
                 ny = ei::pmax(ny, ei::ploadu<P>(ya + C + j));
             }
             if constexpr (kFusedArg<D, A>) {
-                const P eq = ez.packet_fused(ei::ploadu<P>(za + j));
-                const P ep = ey.packet_fused(ei::ploadu<P>(ya + j));
+                const P tz = ez.packet_arg(ei::ploadu<P>(za + j));
+                const P ty = ey.packet_arg(ei::ploadu<P>(ya + j));
+                const P eq = ::rlpo::detail::pexp2(tz), ep = ::rlpo::detail::pexp2(ty);
                 s1 = ei::padd(s1, eq);
                 s2 = ei::padd(s2, ep);
+                // JSD: Σ ep (log2 ep − log2 eq), for KL(p‖q)
+                if constexpr (D == Divergence::JSD) s3 = ei::pmadd(ep, ei::psub(ty, tz), s3);
                 ei::pstoreu(wa0 + j, eq);
                 ei::pstoreu(wa1 + j, ep);
                 continue;
@@ -706,7 +716,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
             s1 = ei::padd(s1, eq);
             s2 = ei::padd(s2, ep);
             ei::pstoreu(wa0 + j, eq);
-            if constexpr (D == Divergence::ForwardKL) {
+            if constexpr (D == Divergence::ForwardKL || D == Divergence::JSD) {
                 s3 = ei::pmadd(ep, ei::psub(dy, dz), s3);
                 ei::pstoreu(wa1 + j, ep);
             } else if constexpr (D == Divergence::ReverseKL) {
@@ -736,9 +746,11 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
             wb1[j] = o2;
         }
         if constexpr (St1 && kFusedArg<D, A>) {
-            const A eq = ez.scalar_fused(za[j]), ep = ey.scalar_fused(ya[j]);
+            const A tz = ez.scalar_arg(za[j]), ty = ey.scalar_arg(ya[j]);
+            const A eq = ::rlpo::detail::exp2_scalar(tz), ep = ::rlpo::detail::exp2_scalar(ty);
             t1 += eq;
             t2 += ep;
+            if constexpr (D == Divergence::JSD) t3 += ep * (ty - tz);
             wa0[j] = eq;
             wa1[j] = ep;
         } else if constexpr (St1) {
@@ -747,7 +759,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
             t1 += eq;
             t2 += ep;
             wa0[j] = eq;
-            if constexpr (D == Divergence::ForwardKL) {
+            if constexpr (D == Divergence::ForwardKL || D == Divergence::JSD) {
                 t3 += ep * (dy - dz);
                 wa1[j] = ep;
             } else if constexpr (D == Divergence::ReverseKL) {
@@ -817,6 +829,7 @@ inline void fused_step(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a, 
 /// maximum, sum or value: NaN, ±inf or a −inf logit somewhere).
 template <Divergence D, class S, class A>
 inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
+    constexpr double kLn2 = 0.6931471805599453;
     const double invT = static_cast<double>(c.invT);
     double mz = -std::numeric_limits<double>::infinity(), my = mz;
     for (Index k = 0; k < c.nc; ++k) {
@@ -837,14 +850,23 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
         const double dzk = static_cast<double>(a.mz[kk]) - mz,
                      dyk = static_cast<double>(a.my[kk]) - my;
         double ez = std::exp(dzk * invT), ey = std::exp(dyk * invT);
+        double dlz = 0, dly = 0;
         if constexpr (kFusedArg<D, A>) {  // the exponentials carry 2^δ (ShiftedExp::delta)
-            ez *= std::exp2(-ShiftedExp<A>::delta(a.mz[kk], c.invT));
-            ey *= std::exp2(-ShiftedExp<A>::delta(a.my[kk], c.invT));
+            dlz = ShiftedExp<A>::delta(a.mz[kk], c.invT);
+            dly = ShiftedExp<A>::delta(a.my[kk], c.invT);
+            ez *= std::exp2(-dlz);
+            ey *= std::exp2(-dly);
         }
         if (D == Divergence::ForwardKL)  // Σ p (y − z) = Σ ep (dy − dz) + (my_k − mz_k) Σ ep
             x += ey * (a.s2[kk] + a.s1[kk] * (dyk - dzk));
         else if (D == Divergence::ReverseKL)
             x += ez * (a.s2[kk] + a.s0[kk] * (dzk - dyk));
+        else if (D == Divergence::JSD && kFusedArg<D, A>)
+            // Σ p log(p/q) in nats: the chunk's sum of ep (log2 ep − log2 eq), whose
+            // exponents carry δy_k − δz_k, plus the shift of the chunk maxima
+            x += ey * (kLn2 * a.s2[kk] + a.s1[kk] * ((dyk - dzk) * invT - (dly - dlz) * kLn2));
+        else if (D == Divergence::JSD)  // as forward KL
+            x += ey * invT * (a.s2[kk] + a.s1[kk] * (dyk - dzk));
         sq += a.s0[kk] * ez;
         sp += a.s1[kk] * ey;
         a.s0[kk] = ez;  // keep the chunk factors
@@ -873,6 +895,7 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
     } else {
         a.cq = -mz * invT - lsq;
         a.cp = -my * invT - lsp;
+        if (D == Divergence::JSD) a.kpq = x / sp + lsq - lsp;
         for (Index k = 0; k < c.nc; ++k) {
             const auto kk = static_cast<std::size_t>(k);
             a.f0[kk] = static_cast<A>(a.s0[kk] / sq);
@@ -904,7 +927,9 @@ inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
     }
     double L = u1, factor = static_cast<double>(c.invT);
     if constexpr (D == Divergence::JSD) {
-        L = static_cast<double>(c.beta) * (u1 + ep) + static_cast<double>(c.omb) * (u2 + eq);
+        // KL(p‖M) = KL(p‖q) + Σ p r, KL(q‖M) = Σ q r, r = log q − log M (r lacks eq)
+        L = static_cast<double>(c.beta) * (b.kpq + u1 + eq) +
+            static_cast<double>(c.omb) * (u2 + eq);
         factor *= static_cast<double>(c.omb);
     } else if constexpr (D == Divergence::TVD) {
         // L = ½ Σ |q − p|; ∂L/∂z = q (h − Σ q h)/τ with h = s/2 = ½ q (s − Σ q s)/τ
