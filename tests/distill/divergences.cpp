@@ -550,6 +550,45 @@ TEMPLATE_TEST_CASE("distill divergences: row split with fewer chunks than thread
 }
 #endif
 
+TEMPLATE_TEST_CASE("distill divergences: mixtures stay finite where a probability underflows",
+                   "[distill][properties]", float, bf16) {
+    // JSD, skew KL and skew reverse KL are finite for any rows, but their mixture, e.g.
+    // M = βp + (1−β)q, rounds to 0 in float where p is the smallest subnormal and q is 0
+    // (logit ranges beyond ~103 nats): row 0 has teacher log-probabilities on a fine grid
+    // through the subnormal range where the student's are −300; row 1 the same, swapped.
+    // The value and gradient must match the double reference, not be reported infinite.
+    using S = TestType;
+    rt::Generator gen(8);
+    const Index N = 2, V = 2500, G = 600;
+    const double tau = 0.5;
+    Mat<double> z = gen.logits(N, V, 2.0), y = gen.perturbed(z, 1.0);
+    for (Index j = 1; j <= G; ++j) {
+        // log-probabilities about −(90 … 120): through the subnormal range (below −103.3)
+        const double fine = -(80.0 + 0.05 * static_cast<double>(j)) * tau;
+        y(0, j) = fine;
+        z(0, j) = -300.0 * tau;
+        z(1, j) = fine;
+        y(1, j) = -300.0 * tau;
+    }
+    const Mat<S> zs = cast<S>(z), ys = cast<S>(y);
+    const Mat<double> zr = zs.template cast<double>(), yr = ys.template cast<double>();
+    for (Divergence d : {Divergence::JSD, Divergence::SkewKL, Divergence::SkewReverseKL}) {
+        INFO(rlpo::distill::to_string(d));
+        const DistillOptions o = opts_for(d, tau, false);
+        const auto r = rlpo::distill::divergence(zs, ys, o);
+        double expect = 0;
+        Mat<double> gexp(N, V);
+        for (Index n = 0; n < N; ++n) {
+            Eigen::RowVectorXd gr;
+            expect += naive_row(d, zr.row(n), yr.row(n), tau, o.beta, o.alpha, gr) / N;
+            gexp.row(n) = gr / N;
+        }
+        REQUIRE(std::isfinite(r.value));
+        CHECK(rlpo_test::rel_err(r.value, expect) < (std::is_same<S, float>::value ? 2e-5 : 1e-2));
+        CHECK(grad_err<S>(r.grad.template cast<double>(), gexp) < grad_tol<S>());
+    }
+}
+
 TEST_CASE("distill divergences: float kernels keep their accuracy under large logit offsets",
           "[distill][pipeline][properties]") {
     // rows offset by +1000 / −500 must match the naive double reference of the same (rounded)

@@ -191,6 +191,19 @@ inline void validate(const char* fn, const DistillOptions& o) {
     RLPO_CHECK(o.alpha >= 0 && o.alpha <= 1, fn, "alpha: must be in [0, 1], given ", o.alpha);
 }
 
+/// out = log(w1·e^l1 + w2·e^l2) entry by entry, from log-probabilities l1, l2: max(u, v) +
+/// log1p(e^−|u − v|) with u = l1 + log w1, v = l2 + log w2. The log of a mixture such as
+/// JSD's M = βp + (1−β)q, formed this way, never sees the mixture underflow: M itself
+/// rounds to 0 where p is subnormal and q is 0 (logit ranges beyond about 103/τ in float),
+/// and log 0 would make a finite divergence infinite. Entries where both l1 and l2 are −inf
+/// give NaN; callers mask them (both probabilities are 0 there).
+template <class A, class E1, class E2>
+inline void log_mix(ArrMap<A> out, const E1& l1, const E2& l2, double w1, double w2) {
+    const A a1 = static_cast<A>(std::log(w1)), a2 = static_cast<A>(std::log(w2));
+    out = (l1 + a1).max(l2 + a2);
+    out += (-((l1 + a1) - (l2 + a2)).abs()).exp().log1p();
+}
+
 /// One row of a dense divergence. z, y: the widened logit rows; returns L (without τ²).
 /// `Safe` handles −inf logits exactly (zero probabilities) at the price of scalar selects.
 template <bool Safe, class S, class A>
@@ -232,15 +245,17 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
             return L;
         }
         case Divergence::JSD: {
-            const A beta = static_cast<A>(o.beta), omb = static_cast<A>(1.0 - o.beta);
-            // q, p normalised in place; KL(p‖M) summed, then ep ← log(q/M) (0 where q = 0)
+            const A omb = static_cast<A>(1.0 - o.beta);
+            // log M from log p and log q (`log_mix`); q, p normalised in place; KL(p‖M)
+            // summed, then ep ← log(q/M) (0 where q = 0)
+            const ArrMap<A> lm = mix_row(ws, V);
+            log_mix<A>(lm, ys * invT + cp, zs * invT + cq, o.beta, 1.0 - o.beta);
             eq *= iq;
             ep *= ip;
-            const double klp =
-                keep_if<Safe>(ep > zero, ep * ((ys * invT + cp) - (beta * ep + omb * eq).log()))
-                    .template cast<double>()
-                    .sum();
-            ep = keep_if<Safe>(eq > zero, (zs * invT + cq) - (beta * ep + omb * eq).log());
+            const double klp = keep_if<Safe>(ep > zero, ep * ((ys * invT + cp) - lm))
+                                   .template cast<double>()
+                                   .sum();
+            ep = keep_if<Safe>(eq > zero, (zs * invT + cq) - lm);
             const double klq = (eq * ep).template cast<double>().sum();
             const double L = o.beta * klp + (1.0 - o.beta) * klq;
             if (!std::isfinite(L)) return L;
@@ -249,26 +264,30 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
             return L;
         }
         case Divergence::SkewKL: {
-            const A al = static_cast<A>(o.alpha), oma = static_cast<A>(1.0 - o.alpha);
+            const A oma = static_cast<A>(1.0 - o.alpha);
+            // L = Σ p (log p − log m), m = αp + (1−α)q (log m: `log_mix`);  g = −(1−α) p/m
+            const ArrMap<A> lm = mix_row(ws, V);
+            log_mix<A>(lm, ys * invT + cp, zs * invT + cq, o.alpha, 1.0 - o.alpha);
             eq *= iq;
             ep *= ip;
-            // L = Σ p (log p − log m), m = αp + (1−α)q;  g = −(1−α) p/m
-            const double L =
-                keep_if<Safe>(ep > zero, ep * ((ys * invT + cp) - (al * ep + oma * eq).log()))
-                    .template cast<double>()
-                    .sum();
+            const double L = keep_if<Safe>(ep > zero, ep * ((ys * invT + cp) - lm))
+                                 .template cast<double>()
+                                 .sum();
             if (!std::isfinite(L)) return L;
-            ep = keep_if<Safe>(ep > zero, -oma * ep / (al * ep + oma * eq));
+            ep = keep_if<Safe>(ep > zero, -oma * ((ys * invT + cp) - lm).exp());
             const A sg = (eq * ep).sum();
             rg.set(eq * (ep - sg) * invT);
             return L;
         }
         case Divergence::SkewReverseKL: {
-            const A al = static_cast<A>(o.alpha), oma = static_cast<A>(1.0 - o.alpha);
+            const A al = static_cast<A>(o.alpha);
+            // m = (1−α)p + αq (log m: `log_mix`);  L = Σ q log(q/m);  ∂L/∂q = log(q/m) + 1 −
+            // αq/m
+            const ArrMap<A> lm = mix_row(ws, V);
+            log_mix<A>(lm, ys * invT + cp, zs * invT + cq, 1.0 - o.alpha, o.alpha);
             eq *= iq;
             ep *= ip;
-            // m = (1−α)p + αq;  L = Σ q log(q/m);  ∂L/∂q = log(q/m) + 1 − αq/m
-            ep = keep_if<Safe>(eq > zero, (zs * invT + cq) - (oma * ep + al * eq).log());
+            ep = keep_if<Safe>(eq > zero, (zs * invT + cq) - lm);
             const double L = (eq * ep).template cast<double>().sum();
             if (!std::isfinite(L)) return L;
             // g − 1 = log(q/m) − α q/m, with q/m = exp(log(q/m))

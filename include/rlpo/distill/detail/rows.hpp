@@ -73,6 +73,7 @@ struct RowError {
 template <class A>
 struct Scratch {
     Arr<A> a, b, z, y, s;    ///< work rows a, b; widened logits z, y; streaming chunk s
+    Arr<A> m;                ///< a mixture's log (the exact dense path)
     std::vector<A> saved;    ///< a few saved entries (top-k rows)
     void ensure(Index V) {
         if (a.size() != V) {
@@ -81,6 +82,13 @@ struct Scratch {
         }
     }
 };
+
+/// The scratch row for a mixture's log, sized V.
+template <class A>
+inline ArrMap<A> mix_row(Scratch<A>& ws, Index V) {
+    if (ws.m.size() != V) ws.m.resize(V);
+    return ArrMap<A>(ws.m.data(), V);
+}
 
 /// SIMD packet of the arithmetic type (Eigen's widest for the build) and its width.
 template <class A>
