@@ -38,11 +38,15 @@ auto with_threads(int k, F&& f) {
     return r;
 }
 
-// Forces the row split (the threads share each row) while in scope.
+// Forces the row split (the threads share each row) while in scope; `shuffle`: its chunk
+// ranges move every step by a fixed pattern (instead of after the sweep times).
 struct ForceRowSplit {
-    std::size_t saved = rlpo::distill::detail::fast_path_tuning().split_bytes;
-    ForceRowSplit() { rlpo::distill::detail::fast_path_tuning().split_bytes = 0; }
-    ~ForceRowSplit() { rlpo::distill::detail::fast_path_tuning().split_bytes = saved; }
+    rlpo::distill::detail::FastPathTuning saved = rlpo::distill::detail::fast_path_tuning();
+    explicit ForceRowSplit(bool shuffle) {
+        rlpo::distill::detail::fast_path_tuning().split_bytes = 0;
+        rlpo::distill::detail::fast_path_tuning().shuffle_ranges = shuffle;
+    }
+    ~ForceRowSplit() { rlpo::distill::detail::fast_path_tuning() = saved; }
 };
 #endif
 
@@ -483,15 +487,20 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
             CHECK(r1.grad == r3.grad);
             // The row split (the threads share each row) forced: the same bits as one thread,
             // for the value, the gradient and an added gradient, with 3 threads on uneven
-            // chunk ranges. (Without forcing, V = 65573 splits JSD.)
+            // chunk ranges, and with 2 threads on ranges that move every step. (Without
+            // forcing, V = 65573 splits JSD.)
             Mat<S> acc2 = Mat<S>::Constant(N, V, static_cast<S>(base));
-            const auto [s2, s3] = [&] {
-                const ForceRowSplit force;
+            const auto s2 = [&] {
+                const ForceRowSplit force(true);
                 with_threads(2, [&] {
                     return rlpo::distill::divergence(zs, ys, mask, o, rlpo::Normalizer{},
                                                      rlpo::add_to<S>(acc2));
                 });
-                return std::make_pair(with_threads(2, run), with_threads(3, run));
+                return with_threads(2, run);
+            }();
+            const auto s3 = [&] {
+                const ForceRowSplit force(false);
+                return with_threads(3, run);
             }();
             CHECK(s2.value == r1.value);
             CHECK(s3.value == r1.value);
@@ -501,6 +510,25 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
 #endif
         }
     }
+}
+
+TEST_CASE("distill divergences: the row split's ranges move toward equal sweep times",
+          "[distill][pipeline]") {
+    using rlpo::distill::detail::balance_ranges;
+    // 3 threads over 30 chunks, 10 each: a boundary moves one chunk when two neighbours'
+    // times differ by more than one chunk of the slower one
+    std::vector<Index> kb = {0, 10, 20, 30};
+    std::vector<double> t = {1.0, 1.05, 1.5};  // 0 vs 1: within a chunk (0.105); 1 vs 2: not
+    balance_ranges(kb.data(), t.data(), 3, 30, 0);
+    CHECK(kb == std::vector<Index>{0, 10, 21, 30});  // thread 2 gives one chunk to thread 1
+    t = {2.0, 1.0, 1.0};
+    balance_ranges(kb.data(), t.data(), 3, 30, 1);
+    CHECK(kb == std::vector<Index>{0, 9, 21, 30});  // thread 0 gives one to thread 1
+    // a thread keeps one chunk however slow; an empty thread takes one
+    kb = {0, 1, 3, 3};
+    t = {5.0, 1.0, 0.0};
+    balance_ranges(kb.data(), t.data(), 3, 3, 2);
+    CHECK(kb == std::vector<Index>{0, 1, 2, 3});
 }
 
 #if defined(RLPO_USE_OPENMP)
@@ -523,7 +551,7 @@ TEMPLATE_TEST_CASE("distill divergences: row split with fewer chunks than thread
         const auto run = [&] { return rlpo::distill::divergence(zs, ys, mask, o); };
         const auto r1 = with_threads(1, run);
         const auto [s3, s2] = [&] {
-            const ForceRowSplit force;
+            const ForceRowSplit force(true);  // 0 to 2 chunks a thread, changing every step
             return std::make_pair(with_threads(3, run), with_threads(2, run));
         }();
         const Mat<double> zr = zs.template cast<double>(), yr = ys.template cast<double>();

@@ -81,6 +81,7 @@
 #include <rlpo/distill/detail/rows.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -984,10 +985,35 @@ struct FastPathTuning {
     /// Row split when the per-thread working set of the row-block mode exceeds this many
     /// bytes (see `dense_rows_fast`): 0 splits every multi-threaded pass, SIZE_MAX never.
     std::size_t split_bytes = std::size_t(3) << 19;  // 1.5 MiB of a core's 2 MiB L2
+    /// Move the row split's chunk ranges by a fixed pattern every step instead of after the
+    /// sweep times (`balance_ranges`), so that tests see rows swept under changing ranges.
+    bool shuffle_ranges = false;
 };
 inline FastPathTuning& fast_path_tuning() {
     static FastPathTuning t;
     return t;
+}
+
+/// The row split's load balance: moves the boundary kb[t + 1] between threads t and t + 1
+/// one chunk toward the faster of the two when their last sweep times differ by more than
+/// one chunk of the slower one (a thread keeps at least one chunk). The host may slow one
+/// core for a while; which thread sweeps a chunk never changes its arithmetic, so results
+/// stay the same bit for bit. (`FastPathTuning::shuffle_ranges`, for tests: the boundaries
+/// move by a fixed pattern of the step instead.)
+inline void balance_ranges(Index* kb, const double* time, Index nt, Index nc, Index step) {
+    if (fast_path_tuning().shuffle_ranges) {
+        for (Index t = 1; t < nt; ++t)
+            kb[t] = std::min(std::max(nc * t / nt + (step + t) % 3 - 1, kb[t - 1]), nc);
+        return;
+    }
+    for (Index t = 0; t + 1 < nt; ++t) {
+        const double ta = time[t], tb = time[t + 1];
+        const Index na = kb[t + 1] - kb[t], nb = kb[t + 2] - kb[t + 1];
+        if (ta > tb && na > 1 && (ta - tb) * static_cast<double>(na) > ta)
+            --kb[t + 1];
+        else if (tb > ta && nb > 1 && (tb - ta) * static_cast<double>(nb) > tb)
+            ++kb[t + 1];
+    }
 }
 
 /// The fast path over all rows, in one of two ways of sharing them between threads:
@@ -997,7 +1023,8 @@ inline FastPathTuning& fast_path_tuning() {
 ///    compute of the next and the gradient writes of the previous overlap;
 ///  * row split (long rows): every thread runs the same pipeline over all rows but sweeps
 ///    only its own contiguous range of chunks [K_t, K_t+1) of each; after each step thread 0
-///    merges the per-chunk maxima and sums (`finish_stage1/2`) between two barriers. A
+///    merges the per-chunk maxima and sums (`finish_stage1/2`), moves the ranges toward equal
+///    sweep times (`balance_ranges`) and plans the next step, between two barriers. A
 ///    thread's share of the logit and work rows in flight then fits in its core's L2 (at
 ///    V = 151936 a whole row's do not: about 2.4 MB at depth 2, 4.9 MB at depth 3), and a
 ///    single long row uses every thread.
@@ -1035,8 +1062,10 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
                          4 * static_cast<std::size_t>(V) * sizeof(A) > kWorkBudget;
     const int depth = three_stage(D) && !inline2 ? 3 : 2;
     const int npairs = depth == 3 ? 2 : 1;
-    // logit rows (2 per row in stages 1 and 2) and work rows in flight in one thread
-    const std::size_t arrays = depth == 3 ? 8 : 4;
+    // the rows in flight in one thread: the logit rows of stage 1 (2), the work rows (2 per
+    // pair) and the logit row that stage 2 reads (JSD and skew reverse KL: the student's,
+    // skew KL: the teacher's, TVD: none)
+    const std::size_t arrays = depth == 3 ? (D == Divergence::TVD ? 6 : 7) : 4;
     const bool split_ok = std::is_same<S, A>::value &&
                           arrays * static_cast<std::size_t>(V) * sizeof(A) >
                               fast_path_tuning().split_bytes;
@@ -1046,6 +1075,17 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
     Slot<S, A>* step[3] = {nullptr, nullptr, nullptr};  // rows in stages 1, 2, 3
     S* step_zero = nullptr;                             // a masked row's gradient to zero
     bool step_inline = false;
+    // and its chunk ranges: thread t sweeps chunks [kb[t], kb[t + 1]) of every row, and
+    // thread 0 moves the boundaries between steps after the threads' sweep times
+    // (`balance_ranges`)
+    std::vector<Index> kb;
+    std::vector<double> sweep_time;
+#if defined(RLPO_USE_OPENMP)
+    if (split_ok) {
+        kb.resize(static_cast<std::size_t>(omp_get_max_threads()) + 1);
+        sweep_time.resize(kb.size());
+    }
+#endif
 #if defined(RLPO_USE_OPENMP)
 #pragma omp parallel if (N * V > 32768 && (N > 1 || split_ok))
 #endif
@@ -1057,8 +1097,16 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
 #endif
         const bool split = split_ok && nt > 1;
         const Index r0 = split ? 0 : N * id / nt, r1 = split ? N : N * (id + 1) / nt;
-        const Index k0 = split ? c.nc * id / nt : 0, k1 = split ? c.nc * (id + 1) / nt : c.nc;
-        const Index e0 = std::min(V, k0 * kRowChunk), e1 = std::min(V, k1 * kRowChunk);
+        if (split && id == 0)
+            for (Index t = 0; t <= nt; ++t) kb[static_cast<std::size_t>(t)] = c.nc * t / nt;
+        // (the barriers of the row split; nothing in the row-block mode)
+        const auto sync = [split] {
+            if (split) {
+#if defined(RLPO_USE_OPENMP)
+#pragma omp barrier
+#endif
+            }
+        };
         Scratch<A> ws;
         Slot<S, A> own_slots[3];
         Arr<A> own_pool[2][2];
@@ -1116,9 +1164,11 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
                 if (s.n == it - (depth - 1) && s.rg.active()) gs = &s;
             }
         };
-        // entries [e0, e1) of the step's chunks: a masked row's zeroed gradient, the maxima
-        // of the first chunk of row a, and the fused sweep
-        auto sweep = [&](Slot<S, A>* a, Slot<S, A>* b, Slot<S, A>* gs, S* zero) {
+        // chunks [k0, k1) of the step, entries [e0, e1): a masked row's zeroed gradient, the
+        // maxima of the first chunk of row a, and the fused sweep
+        auto sweep = [&](Index k0, Index k1, Slot<S, A>* a, Slot<S, A>* b, Slot<S, A>* gs,
+                         S* zero) {
+            const Index e0 = std::min(V, k0 * kRowChunk), e1 = std::min(V, k1 * kRowChunk);
             if (zero)
                 Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(zero + e0, e1 - e0).setZero();
             if (a && k0 < k1) {
@@ -1151,7 +1201,8 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
         };
         // One loop for both modes (one copy of the arithmetic: the results must not depend on
         // how a compiler contracts multiply-adds in two copies). In the row split thread 0
-        // plans each step and merges its results, the others wait at the barriers.
+        // merges each step's results, moves the chunk ranges and plans the next step while
+        // the others wait at the barrier: two barriers a step (four with `inline2`).
         Slot<S, A>* own_step[3] = {nullptr, nullptr, nullptr};
         S* own_zero = nullptr;
         bool own_inline = false;
@@ -1159,34 +1210,32 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
         S*& zero = split ? step_zero : own_zero;
         bool& inl = split ? step_inline : own_inline;
         const bool lead = !split || id == 0;
-        for (Index it = r0; it < r1 + depth - 1; ++it) {
-            if (lead) plan_step(it, st[0], st[1], st[2], zero);
-            if (split) {
-#if defined(RLPO_USE_OPENMP)
-#pragma omp barrier
-#endif
-            }
+        const Index end = r1 + depth - 1;
+        if (lead && r0 < end) plan_step(r0, st[0], st[1], st[2], zero);
+        for (Index it = r0; it < end; ++it) {
+            sync();  // the step's rows and chunk ranges are set
+            const auto t = static_cast<std::size_t>(id);
+            const Index k0 = split ? kb[t] : 0, k1 = split ? kb[t + 1] : c.nc;
             Slot<S, A>* const a = st[0];
-            sweep(a, st[1], st[2], zero);
-            if (split) {
-#if defined(RLPO_USE_OPENMP)
-#pragma omp barrier
-#endif
-            }
+            const auto start = std::chrono::steady_clock::now();
+            sweep(k0, k1, a, st[1], st[2], zero);
+            if (split)
+                sweep_time[t] =
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+                        .count();
+            sync();  // every chunk swept
             if (lead) inl = finish_step(a, st[1], st[2]);
-            if (split) {
-#if defined(RLPO_USE_OPENMP)
-#pragma omp barrier
-#endif
-            }
-            if (inl) {
-                fused_step<D, S, A>(c, k0, k1, nullptr, a, nullptr);
-                if (split) {
-#if defined(RLPO_USE_OPENMP)
-#pragma omp barrier
-#endif
+            if (inline2) {
+                sync();  // `inl` is set
+                if (inl) {
+                    fused_step<D, S, A>(c, k0, k1, nullptr, a, nullptr);
+                    sync();
+                    if (lead) finish2(*a);
                 }
-                if (lead) finish2(*a);
+            }
+            if (lead) {
+                if (split) balance_ranges(kb.data(), sweep_time.data(), nt, c.nc, it);
+                if (it + 1 < end) plan_step(it + 1, st[0], st[1], st[2], zero);
             }
         }
 #if defined(__SSE2__)
