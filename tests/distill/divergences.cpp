@@ -50,6 +50,15 @@ struct ForceRowSplit {
 };
 #endif
 
+// Sets JSD's lean value sweep (`lean_bytes`: 0 always, SIZE_MAX never) while in scope.
+struct ScopedLean {
+    std::size_t saved = rlpo::distill::detail::fast_path_tuning().lean_bytes;
+    explicit ScopedLean(std::size_t bytes) {
+        rlpo::distill::detail::fast_path_tuning().lean_bytes = bytes;
+    }
+    ~ScopedLean() { rlpo::distill::detail::fast_path_tuning().lean_bytes = saved; }
+};
+
 const Divergence kAll[] = {Divergence::ForwardKL,     Divergence::ReverseKL, Divergence::JSD,
                            Divergence::SkewKL,        Divergence::SkewReverseKL, Divergence::TVD};
 
@@ -430,8 +439,14 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
     // Rows of several chunks with a ragged last chunk (not a multiple of any packet width),
     // masked rows holding NaN garbage, rows with zero-probability columns (the exact path in
     // the middle of the pipeline), a single-chunk row length, and τ ≠ 1.
-    // (65573: TVD's value sweep leaves the pipeline when its work rows outgrow the budget)
+    // (65573: TVD's value sweep leaves the pipeline when its work rows outgrow the budget,
+    // and JSD takes its lean value sweep; the other lengths run JSD both ways)
+    for (const bool lean : {false, true})
     for (Index V : {Index(3 * 2048 + 37), Index(2048), Index(29), Index(65573)}) {
+        if (lean && V > 60000) continue;
+        const ScopedLean scoped(lean       ? 0
+                                : V > 60000 ? rlpo::distill::detail::FastPathTuning{}.lean_bytes
+                                            : std::numeric_limits<std::size_t>::max());
         rt::Generator gen(static_cast<std::uint64_t>(V));
         const Index N = 13;
         Mat<double> z = gen.logits(N, V, 3.0), y = gen.perturbed(z, 2.0);
@@ -445,7 +460,8 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
         const Mat<double> zr = zs.template cast<double>(), yr = ys.template cast<double>();
         for (Divergence d : kAll) {
             if (V > 60000 && d != Divergence::TVD && d != Divergence::JSD) continue;
-            INFO(rlpo::distill::to_string(d) << " V=" << V);
+            if (lean && d != Divergence::JSD) continue;
+            INFO(rlpo::distill::to_string(d) << " V=" << V << " lean " << lean);
             const DistillOptions o = opts_for(d, 0.7, false);
             double expect = 0, count = 0;
             Mat<double> gexp = Mat<double>::Zero(N, V);
@@ -629,8 +645,11 @@ TEST_CASE("distill divergences: float kernels keep their accuracy under large lo
     // row 2 holds a zero-probability column: it takes the exact path
     z(2, 7) = y(2, 7) = -std::numeric_limits<float>::infinity();
     const Mat<double> m = Mat<double>::Ones(N, 1);
+    for (const bool lean : {false, true})
     for (Divergence d : kAll) {
-        INFO(rlpo::distill::to_string(d));
+        if (lean && d != Divergence::JSD) continue;
+        INFO(rlpo::distill::to_string(d) << " lean " << lean);
+        const ScopedLean scoped(lean ? 0 : std::numeric_limits<std::size_t>::max());
         const DistillOptions o = opts_for(d, 0.7, false);
         const auto rf = rlpo::distill::divergence(z, y, m, o);
         const Mat<double> zd = z.cast<double>(), yd = y.cast<double>();
@@ -643,6 +662,39 @@ TEST_CASE("distill divergences: float kernels keep their accuracy under large lo
         }
         CHECK(rlpo_test::rel_err(rf.value, expect) < 2e-5);
         if (d != Divergence::TVD) CHECK(grad_err<float>(rf.grad.cast<double>(), gexp) < 2e-5);
+    }
+}
+
+TEST_CASE("distill divergences: float JSD keeps its accuracy for close distributions",
+          "[distill][pipeline][properties]") {
+    // teacher and student close (JSD ~ 2e−5 and 2e−3): both value sweeps, the lean one with
+    // its per-chunk log-factor roundings restored, must match the naive double reference of
+    // the same float rows to float accuracy (absolute: the value is a sum of differences of
+    // log terms of size ~10, each rounded in float)
+    rt::Generator gen(33);
+    const Index N = 5, V = 3 * 2048 + 37;
+    const Mat<double> z0 = gen.logits(N, V, 3.0);
+    for (double spread : {0.01, 0.1}) {
+        const Mat<float> z = z0.cast<float>(), y = gen.perturbed(z0, spread).cast<float>();
+        const Mat<double> zd = z.cast<double>(), yd = y.cast<double>();
+        for (const bool lean : {false, true}) {
+            INFO("spread " << spread << " lean " << lean);
+            const ScopedLean scoped(lean ? 0 : std::numeric_limits<std::size_t>::max());
+            const DistillOptions o = opts_for(Divergence::JSD, 0.7, false);
+            const auto r = rlpo::distill::divergence(z, y, o);
+            double expect = 0;
+            Mat<double> gexp(N, V);
+            for (Index n = 0; n < N; ++n) {
+                Eigen::RowVectorXd gr;
+                expect += naive_row(Divergence::JSD, zd.row(n), yd.row(n), o.temperature,
+                                    o.beta, o.alpha, gr) /
+                          static_cast<double>(N);
+                gexp.row(n) = gr / static_cast<double>(N);
+            }
+            // float's own limit: the log terms (|log q| ~ 10) carry ~5e−7 each
+            CHECK(std::abs(r.value - expect) < 5e-8 + 1e-5 * expect);
+            CHECK(grad_err<float>(r.grad.cast<double>(), gexp) < 2e-4);
+        }
     }
 }
 

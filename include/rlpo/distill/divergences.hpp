@@ -468,6 +468,7 @@ struct Slot {
     std::vector<A> mz, my;           ///< chunk maxima
     std::vector<double> s0, s1, s2;  ///< per-chunk sums of the stage the row is in
     std::vector<A> f0, f1;           ///< per-chunk factors of the row's next stage
+    std::vector<double> m0, m1;      ///< JSD: per-chunk probability masses of q and p
     A c0 = 0, c1 = 0;                ///< row constants of the row's next stage
     double cq = 0, cp = 0;           ///< log q = z/τ + cq, log p = y/τ + cp (row constants)
     double kpq = 0;                  ///< JSD: KL(p‖q), from stage 1
@@ -482,6 +483,8 @@ struct Slot {
         s2.resize(k);
         f0.resize(k);
         f1.resize(k);
+        m0.resize(k);
+        m1.resize(k);
     }
 };
 
@@ -490,6 +493,7 @@ template <class A>
 struct DenseCtx {
     A invT, beta, omb, al, oma;
     Index V, nc;
+    bool lean = false;  ///< JSD's lean value sweep (`kLeanCapable`)
 };
 
 /// Where a stage-3 packet goes: streamed (overwritten float rows, aligned), stored, or added;
@@ -547,6 +551,26 @@ inline constexpr bool kFusedArg =
     false;
 #endif
 
+/// Whether JSD can take the lean value sweep, chosen for long rows (`dense_rows_fast`):
+/// stage 1 stores the student's exponent argument t = z·a − fl(max·a) in place of its
+/// exponential, and stage 2 recomputes e_q = 2^t and forms log q = t·ln 2 + log f_q (f_q the
+/// chunk factor) instead of reading the student's logits: 4 rows in flight in a thread
+/// instead of 7, for one more exponential per entry.
+template <Divergence D, class A>
+inline constexpr bool kLeanCapable = D == Divergence::JSD && kFusedArg<D, A>;
+
+/// log f of a chunk factor of the lean sweep, rounded to float, and its rounding e = log f −
+/// fl(log f) (a factor 0 — the chunk's probabilities all underflow — takes the log of the
+/// smallest subnormal: finite, and multiplied by zero probabilities only).
+template <class A>
+inline A lean_log_factor(A f, double& e) {
+    const double l =
+        std::log(static_cast<double>(f > A(0) ? f : std::numeric_limits<A>::denorm_min()));
+    const A r = static_cast<A>(l);
+    e = l - static_cast<double>(r);
+    return r;
+}
+
 /// One chunk of up to three rows in one fused sweep (the pipelined fast path):
 ///   * stage 1 on row `a`: exponentials of both rows (stored to the work rows), their sums
 ///     and the KL value terms, and the maxima of the next chunk (read one chunk ahead);
@@ -554,7 +578,7 @@ inline constexpr bool kFusedArg =
 ///     the per-entry factor of the gradient (work rows, in cache);
 ///   * stage 3 on row `g`: the gradient, written once.
 /// Entries [lv, len) — at most one packet, in the last chunk — are done entry by entry.
-template <Divergence D, bool St1, bool St2, bool St3, class S, class A>
+template <Divergence D, bool St1, bool St2, bool St3, bool Lean, class S, class A>
 inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a, Slot<S, A>* b,
                         Slot<S, A>* g) {
     namespace ei = Eigen::internal;
@@ -592,6 +616,11 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
     const A cq = St2 ? static_cast<A>(b->cq + static_cast<double>(mzb) * it) : A(0);
     const A cp = St2 ? static_cast<A>(b->cp + static_cast<double>(myb) * it) : A(0);
     P u1 = zero, u2 = zero;
+    // log f_q (lean); its rounding goes to s2 (free in stage 2) for `finish_stage2`
+    double lqe = 0;
+    const A lqk = St2 && Lean ? lean_log_factor(fq, lqe) : A(0);
+    if constexpr (St2 && Lean) b->s2[kk] = lqe;
+    constexpr A kLn2f = A(0.6931471805599453);
     // stage 3
     const A* wg0 = St3 ? g->w0 + off : nullptr;
     const A* wg1 = St3 ? g->w1 + off : nullptr;
@@ -640,7 +669,11 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
             // teacher's logits are not read again.
             static_cast<void>(yv);
             const T lm = lg(madd(eq, set1(mq), mul(ep, set1(mp))));
-            const T r = sub(lin(zv, cq), lm);
+            T r;
+            if constexpr (Lean)  // zv is log q already
+                r = sub(zv, lm);
+            else
+                r = sub(lin(zv, cq), lm);
             v1 = madd(ep, r, v1);
             v2 = madd(eq, r, v2);
             o2 = r;
@@ -696,7 +729,16 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
                 v = ei::pmul(x0, ei::pmadd(x1, ei::pset1<P>(hk), ei::pset1<P>(nk)));
             sink.packet(j, v);
         }
-        if constexpr (St2) {
+        if constexpr (St2 && Lean) {
+            // w0 holds t: e_q = 2^t (stored back for stage 3), log q = t·ln 2 + log f_q
+            P o2;
+            const P t = ei::ploadu<P>(wb0 + j);
+            const P eq = ::rlpo::detail::pexp2(t);
+            const P lq = ei::pmadd(t, ei::pset1<P>(kLn2f), ei::pset1<P>(lqk));
+            stage2(eq, ei::ploadu<P>(wb1 + j), lq, lq, o2, u1, u2);
+            ei::pstoreu(wb0 + j, eq);
+            ei::pstoreu(wb1 + j, o2);
+        } else if constexpr (St2) {
             P o2;
             P zv = ei::ploadu<P>(zb + j), yv = ei::ploadu<P>(yb + j);
             if constexpr (!kRawLog) {
@@ -724,7 +766,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
                 s2 = ei::padd(s2, ep);
                 // JSD: Σ ep (log2 ep − log2 eq), for KL(p‖q)
                 if constexpr (D == Divergence::JSD) s3 = ei::pmadd(ep, ei::psub(ty, tz), s3);
-                ei::pstoreu(wa0 + j, eq);
+                ei::pstoreu(wa0 + j, Lean ? tz : eq);
                 ei::pstoreu(wa1 + j, ep);
                 continue;
             }
@@ -760,7 +802,14 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
                 v = wg0[j] * madd_as_packet(wg1[j], hk, nk);
             sink.scalar(j, v);
         }
-        if constexpr (St2) {
+        if constexpr (St2 && Lean) {
+            A o2;
+            const A t = wb0[j], eq = ::rlpo::detail::exp2_scalar(t);
+            const A lq = madd_as_packet(t, kLn2f, lqk);
+            stage2(eq, wb1[j], lq, lq, o2, v1, v2);
+            wb0[j] = eq;
+            wb1[j] = o2;
+        } else if constexpr (St2) {
             A o2;
             stage2(wb0[j], wb1[j], zb[j] - mzb, yb[j] - myb, o2, v1, v2);
             wb1[j] = o2;
@@ -771,7 +820,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
             t1 += eq;
             t2 += ep;
             if constexpr (D == Divergence::JSD) t3 += ep * (ty - tz);
-            wa0[j] = eq;
+            wa0[j] = Lean ? tz : eq;
             wa1[j] = ep;
         } else if constexpr (St1) {
             const A dz = za[j] - ez.m, dy = ya[j] - ey.m;
@@ -813,34 +862,44 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
 /// Chunks [k0, k1) of one pipeline step with the given stages present (all chunks, or one
 /// thread's share of the rows in the row-split mode). Stage 1 expects the maxima of chunk k0
 /// to be set (`chunk_max`); it finds those of the following chunks itself.
-template <Divergence D, bool St1, bool St2, bool St3, class S, class A>
+template <Divergence D, bool St1, bool St2, bool St3, bool Lean, class S, class A>
 inline void fused_row_step(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a,
                            Slot<S, A>* b, Slot<S, A>* g) {
-    for (Index k = k0; k < k1; ++k) fused_chunk<D, St1, St2, St3, S, A>(c, k, k1, a, b, g);
+    for (Index k = k0; k < k1; ++k)
+        fused_chunk<D, St1, St2, St3, Lean, S, A>(c, k, k1, a, b, g);
 }
 
-template <Divergence D, class S, class A>
-inline void fused_step(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a, Slot<S, A>* b,
-                       Slot<S, A>* g) {
+template <Divergence D, bool Lean, class S, class A>
+inline void fused_step_as(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a,
+                          Slot<S, A>* b, Slot<S, A>* g) {
     const int m = (a ? 4 : 0) | (b ? 2 : 0) | (g ? 1 : 0);
     if constexpr (!three_stage(D)) {
         switch (m & 5) {
-            case 5: return fused_row_step<D, true, false, true>(c, k0, k1, a, b, g);
-            case 4: return fused_row_step<D, true, false, false>(c, k0, k1, a, b, g);
-            case 1: return fused_row_step<D, false, false, true>(c, k0, k1, a, b, g);
+            case 5: return fused_row_step<D, true, false, true, Lean>(c, k0, k1, a, b, g);
+            case 4: return fused_row_step<D, true, false, false, Lean>(c, k0, k1, a, b, g);
+            case 1: return fused_row_step<D, false, false, true, Lean>(c, k0, k1, a, b, g);
             default: return;
         }
     }
     switch (m) {
-        case 7: return fused_row_step<D, true, true, true>(c, k0, k1, a, b, g);
-        case 6: return fused_row_step<D, true, true, false>(c, k0, k1, a, b, g);
-        case 5: return fused_row_step<D, true, false, true>(c, k0, k1, a, b, g);
-        case 4: return fused_row_step<D, true, false, false>(c, k0, k1, a, b, g);
-        case 3: return fused_row_step<D, false, true, true>(c, k0, k1, a, b, g);
-        case 2: return fused_row_step<D, false, true, false>(c, k0, k1, a, b, g);
-        case 1: return fused_row_step<D, false, false, true>(c, k0, k1, a, b, g);
+        case 7: return fused_row_step<D, true, true, true, Lean>(c, k0, k1, a, b, g);
+        case 6: return fused_row_step<D, true, true, false, Lean>(c, k0, k1, a, b, g);
+        case 5: return fused_row_step<D, true, false, true, Lean>(c, k0, k1, a, b, g);
+        case 4: return fused_row_step<D, true, false, false, Lean>(c, k0, k1, a, b, g);
+        case 3: return fused_row_step<D, false, true, true, Lean>(c, k0, k1, a, b, g);
+        case 2: return fused_row_step<D, false, true, false, Lean>(c, k0, k1, a, b, g);
+        case 1: return fused_row_step<D, false, false, true, Lean>(c, k0, k1, a, b, g);
         default: return;
     }
+}
+
+/// Chunks [k0, k1) of the rows in stages 1, 2, 3 (a, b, g; null where none).
+template <Divergence D, class S, class A>
+inline void fused_step(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a, Slot<S, A>* b,
+                       Slot<S, A>* g) {
+    if constexpr (kLeanCapable<D, A>)
+        if (c.lean) return fused_step_as<D, true, S, A>(c, k0, k1, a, b, g);
+    fused_step_as<D, false, S, A>(c, k0, k1, a, b, g);
 }
 
 /// After stage 1 of row `a`: merge the chunk maxima and sums (as an online softmax), and set
@@ -869,13 +928,16 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
         const auto kk = static_cast<std::size_t>(k);
         const double dzk = static_cast<double>(a.mz[kk]) - mz,
                      dyk = static_cast<double>(a.my[kk]) - my;
-        double ez = std::exp(dzk * invT), ey = std::exp(dyk * invT);
-        double dlz = 0, dly = 0;
+        double ez, ey, dlz = 0, dly = 0;
         if constexpr (kFusedArg<D, A>) {  // the exponentials carry 2^δ (ShiftedExp::delta)
+            constexpr double kLog2e = 1.4426950408889634;
             dlz = ShiftedExp<A>::delta(a.mz[kk], c.invT);
             dly = ShiftedExp<A>::delta(a.my[kk], c.invT);
-            ez *= std::exp2(-dlz);
-            ey *= std::exp2(-dly);
+            ez = std::exp2(dzk * invT * kLog2e - dlz);
+            ey = std::exp2(dyk * invT * kLog2e - dly);
+        } else {
+            ez = std::exp(dzk * invT);
+            ey = std::exp(dyk * invT);
         }
         if (D == Divergence::ForwardKL)  // Σ p (y − z) = Σ ep (dy − dz) + (my_k − mz_k) Σ ep
             x += ey * (a.s2[kk] + a.s1[kk] * (dyk - dzk));
@@ -889,6 +951,8 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
             x += ey * invT * (a.s2[kk] + a.s1[kk] * (dyk - dzk));
         sq += a.s0[kk] * ez;
         sp += a.s1[kk] * ey;
+        a.m0[kk] = a.s0[kk] * ez;  // the chunk's masses, normalised below
+        a.m1[kk] = a.s1[kk] * ey;
         a.s0[kk] = ez;  // keep the chunk factors
         a.s1[kk] = ey;
     }
@@ -920,6 +984,8 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
             const auto kk = static_cast<std::size_t>(k);
             a.f0[kk] = static_cast<A>(a.s0[kk] / sq);
             a.f1[kk] = static_cast<A>(a.s1[kk] / sp);
+            a.m0[kk] /= sq;
+            a.m1[kk] /= sp;
         }
     }
     return true;
@@ -945,11 +1011,25 @@ inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
         eq = b.cq - static_cast<double>(static_cast<A>(b.cq));
         ep = b.cp - static_cast<double>(static_cast<A>(b.cp));
     }
+    // JSD: r = log q − log M lacks eq at every entry, so Σ q r lacks eq·Σq = eq and Σ p r
+    // lacks eq·Σp = eq; the lean sweep's log q lacks e_k = log f_k − fl(log f_k) in chunk k
+    // instead: Σ_k e_k × the chunk's mass of q (of p)
+    double rq = eq, rp = eq;
+    if constexpr (kLeanCapable<D, A>) {
+        if (c.lean) {
+            rq = rp = 0;
+            for (Index k = 0; k < c.nc; ++k) {  // s2: e_k, left by stage 2
+                const auto kk = static_cast<std::size_t>(k);
+                rq += b.s2[kk] * b.m0[kk];
+                rp += b.s2[kk] * b.m1[kk];
+            }
+        }
+    }
     double L = u1, factor = static_cast<double>(c.invT);
     if constexpr (D == Divergence::JSD) {
-        // KL(p‖M) = KL(p‖q) + Σ p r, KL(q‖M) = Σ q r, r = log q − log M (r lacks eq)
-        L = static_cast<double>(c.beta) * (b.kpq + u1 + eq) +
-            static_cast<double>(c.omb) * (u2 + eq);
+        // KL(p‖M) = KL(p‖q) + Σ p r, KL(q‖M) = Σ q r, r = log q − log M
+        L = static_cast<double>(c.beta) * (b.kpq + u1 + rp) +
+            static_cast<double>(c.omb) * (u2 + rq);
         factor *= static_cast<double>(c.omb);
     } else if constexpr (D == Divergence::TVD) {
         // L = ½ Σ |q − p|; ∂L/∂z = q (h − Σ q h)/τ with h = s/2 = ½ q (s − Σ q s)/τ
@@ -988,6 +1068,9 @@ struct FastPathTuning {
     /// Move the row split's chunk ranges by a fixed pattern every step instead of after the
     /// sweep times (`balance_ranges`), so that tests see rows swept under changing ranges.
     bool shuffle_ranges = false;
+    /// JSD takes the lean value sweep (`kLeanCapable`) when its row-block working set (7·V
+    /// floats) exceeds this many bytes: 0 always, SIZE_MAX never.
+    std::size_t lean_bytes = std::size_t(3) << 19;
 };
 inline FastPathTuning& fast_path_tuning() {
     static FastPathTuning t;
@@ -1069,6 +1152,10 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
     const bool split_ok = std::is_same<S, A>::value &&
                           arrays * static_cast<std::size_t>(V) * sizeof(A) >
                               fast_path_tuning().split_bytes;
+    // JSD's lean value sweep for long rows (4 rows in flight instead of 7); by the row length
+    // only, so that the results do not depend on the mode or the number of threads
+    c.lean = kLeanCapable<D, A> && arrays * static_cast<std::size_t>(V) * sizeof(A) >
+                                       fast_path_tuning().lean_bytes;
     // the row split's shared state: slots, work buffers, and the rows of the current step
     Slot<S, A> shared_slots[3];
     Arr<A> shared_pool[2][2];
