@@ -462,6 +462,8 @@ struct Slot {
     Index n = -1;                    ///< the row; −1: empty
     const A* z = nullptr;            ///< its logits in the arithmetic type
     const A* y = nullptr;
+    const A* nz = nullptr;           ///< the next row's logits, prefetched (from the
+    const A* ny = nullptr;           ///< thread's first chunk) during the last chunk of stage 1
     Arr<A> zb, yb;                   ///< widened copies (bfloat16 input only)
     A* w0 = nullptr;                 ///< work rows (a pair of the thread's work buffers,
     A* w1 = nullptr;                 ///< shared in place with the row two stages ahead)
@@ -579,8 +581,8 @@ inline A lean_log_factor(A f, double& e) {
 ///   * stage 3 on row `g`: the gradient, written once.
 /// Entries [lv, len) — at most one packet, in the last chunk — are done entry by entry.
 template <Divergence D, bool St1, bool St2, bool St3, bool Lean, class S, class A>
-inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a, Slot<S, A>* b,
-                        Slot<S, A>* g) {
+inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, Slot<S, A>* a,
+                        Slot<S, A>* b, Slot<S, A>* g) {
     namespace ei = Eigen::internal;
     using P = Packet<A>;
     constexpr Index W = kPacket<A>;
@@ -595,6 +597,10 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
     const ShiftedExp<A> ez(St1 ? a->mz[kk] : A(0), c.invT), ey(St1 ? a->my[kk] : A(0), c.invT);
     const P pmz = ei::pset1<P>(ez.m), pmy = ei::pset1<P>(ey.m);
     const A* za = St1 ? a->z + off : nullptr;
+    // the last chunk of the thread's range prefetches the first of the next row
+    const A* pz = St1 && !la && a->nz ? a->nz + kbeg * C : nullptr;
+    const A* py = St1 && !la && a->ny ? a->ny + kbeg * C : nullptr;
+    const Index plv = pz ? std::min(C, c.V - kbeg * C) : 0;
     const A* ya = St1 ? a->y + off : nullptr;
     A* wa0 = St1 ? a->w0 + off : nullptr;
     A* wa1 = St1 ? a->w1 + off : nullptr;
@@ -758,6 +764,12 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kend, Slot<S, A>* a
                 nz = ei::pmax(nz, ei::ploadu<P>(za + C + j));
                 ny = ei::pmax(ny, ei::ploadu<P>(ya + C + j));
             }
+#if defined(__SSE2__)
+            if (j < plv) {
+                _mm_prefetch(reinterpret_cast<const char*>(pz + j), _MM_HINT_T0);
+                _mm_prefetch(reinterpret_cast<const char*>(py + j), _MM_HINT_T0);
+            }
+#endif
             if constexpr (kFusedArg<D, A>) {
                 const P tz = ez.packet_arg(ei::ploadu<P>(za + j));
                 const P ty = ey.packet_arg(ei::ploadu<P>(ya + j));
@@ -866,7 +878,7 @@ template <Divergence D, bool St1, bool St2, bool St3, bool Lean, class S, class 
 inline void fused_row_step(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a,
                            Slot<S, A>* b, Slot<S, A>* g) {
     for (Index k = k0; k < k1; ++k)
-        fused_chunk<D, St1, St2, St3, Lean, S, A>(c, k, k1, a, b, g);
+        fused_chunk<D, St1, St2, St3, Lean, S, A>(c, k, k0, k1, a, b, g);
 }
 
 template <Divergence D, bool Lean, class S, class A>
@@ -1231,6 +1243,10 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
             a.w1 = pool[it % npairs][1].data();
             a.z = widen<A, S>(zm, it, a.zb);
             a.y = widen<A, S>(ym, it, a.yb);
+            const bool next = std::is_same<S, A>::value && it + 1 < r1 &&
+                              plan.m[static_cast<std::size_t>(it + 1)] != 0;
+            a.nz = next ? reinterpret_cast<const A*>(zm.row(it + 1).data()) : nullptr;
+            a.ny = next ? reinterpret_cast<const A*>(ym.row(it + 1).data()) : nullptr;
             a.rg = make_row_grad<S, A>(g, plan, it, V, row_scale, ws);
             return &a;
         };
