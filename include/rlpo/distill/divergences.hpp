@@ -43,18 +43,22 @@
 ///     (chunk maxima merged as in an online softmax);
 ///   * stage 2 of row n − 1 (JSD, skew KL, skew reverse KL, TVD): the value terms (one
 ///     table-driven log per entry for JSD and skew KL) and the per-entry gradient factor
-///     (JSD: log q − log M; TVD: sign(q − p)), stored over the teacher exponentials; JSD and
-///     TVD sum the unnormalised exponentials times their terms and scale by the chunk's
-///     normalising factor once per chunk;
+///     (JSD: r = log q − log M; TVD: sign(q − p)), stored over the teacher exponentials; JSD
+///     and TVD sum the unnormalised exponentials times their terms and scale by the chunk's
+///     normalising factor once per chunk. JSD reads no teacher logits here: KL(p‖M) =
+///     KL(p‖q) + Σ p r, with KL(p‖q) summed in stage 1. For long rows its lean variant reads
+///     no logits at all (`kLeanCapable`: stage 1 leaves the student's exponent arguments,
+///     stage 2 recomputes the exponential and log q from them);
 ///   * stage 3 of the oldest row: the gradient, written once (streaming stores for overwritten
 ///     float gradients), from the work rows, which stage 1 then refills in place.
 /// The three stages run in one fused sweep per chunk, so that the reads of one row, the
 /// arithmetic of the next and the gradient writes of a third overlap (docs/distill.md has the
 /// measurements behind this design). Rows holding a non-finite logit, or whose sums or value
 /// come out non-finite, leave the pipeline for an exact slower path. Long rows (V = 151936)
-/// are shared by the threads instead: each sweeps its own range of chunks of every row, and
-/// thread 0 merges the per-chunk sums between barriers (`dense_rows_fast`), so that a thread's
-/// share stays in its L2 and a single row uses every thread. Per-thread (or, for shared rows,
+/// are shared by the threads instead: each sweeps its own range of chunks of every row (the
+/// ranges follow the threads' sweep times), and thread 0 merges the per-chunk sums between
+/// barriers (`dense_rows_fast`), so that a thread's share stays in its L2 and a single row
+/// uses every thread. Per-thread (or, for shared rows,
 /// per-call) scratch of at most two pairs of V-rows; no `[N, V]` temporary beyond the gradient
 /// the caller asked for (pass a `GradientOut` over a row block to stream rows in chunks: rows
 /// are independent).
@@ -1199,7 +1203,7 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
         if (split && id == 0)
             for (Index t = 0; t <= nt; ++t) kb[static_cast<std::size_t>(t)] = c.nc * t / nt;
         // (the barriers of the row split; nothing in the row-block mode)
-        const auto sync = [split] {
+        const auto sync = [&] {
             if (split) {
 #if defined(RLPO_USE_OPENMP)
 #pragma omp barrier
