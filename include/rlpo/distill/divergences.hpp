@@ -1125,8 +1125,8 @@ inline void balance_ranges(Index* kb, const double* time, Index nt, Index nc, In
 ///    merges the per-chunk maxima and sums (`finish_stage1/2`), moves the ranges toward equal
 ///    sweep times (`balance_ranges`) and plans the next step, between two barriers. A
 ///    thread's share of the logit and work rows in flight then fits in its core's L2 (at
-///    V = 151936 a whole row's do not: about 2.4 MB at depth 2, 4.9 MB at depth 3), and a
-///    single long row uses every thread.
+///    V = 151936 a whole row's do not: about 2.4 MB at depth 2, 3.6–4.3 MB at depth 3), and
+///    a single long row uses every thread.
 /// The split is taken when the row-block working set (the logit rows and work rows in flight,
 /// `arrays`·V floats) exceeds `FastPathTuning::split_bytes`, for float and double logits
 /// (bfloat16 rows are widened whole into per-row copies). Every chunk's arithmetic is the
