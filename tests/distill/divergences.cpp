@@ -50,14 +50,22 @@ struct ForceRowSplit {
 };
 #endif
 
-// Sets JSD's lean value sweep (`lean_bytes`: 0 always, SIZE_MAX never) while in scope.
+// Sets JSD's lean value sweep (`lean_bytes`: 0 always, SIZE_MAX never) while in scope;
+// `log_form`: every chunk of it takes the log form instead of the ratio form.
 struct ScopedLean {
-    std::size_t saved = rlpo::distill::detail::fast_path_tuning().lean_bytes;
-    explicit ScopedLean(std::size_t bytes) {
+    rlpo::distill::detail::FastPathTuning saved = rlpo::distill::detail::fast_path_tuning();
+    explicit ScopedLean(std::size_t bytes, bool log_form = false) {
         rlpo::distill::detail::fast_path_tuning().lean_bytes = bytes;
+        rlpo::distill::detail::fast_path_tuning().lean_log_form = log_form;
     }
-    ~ScopedLean() { rlpo::distill::detail::fast_path_tuning().lean_bytes = saved; }
+    ~ScopedLean() { rlpo::distill::detail::fast_path_tuning() = saved; }
 };
+// JSD's value sweeps in the tests: 0 the ordinary one, 1 the lean one (ratio form where
+// safe), 2 the lean one in log form everywhere
+const int kLeanModes[] = {0, 1, 2};
+ScopedLean lean_mode(int mode) {
+    return ScopedLean(mode > 0 ? 0 : std::numeric_limits<std::size_t>::max(), mode == 2);
+}
 
 const Divergence kAll[] = {Divergence::ForwardKL,     Divergence::ReverseKL, Divergence::JSD,
                            Divergence::SkewKL,        Divergence::SkewReverseKL, Divergence::TVD};
@@ -440,13 +448,15 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
     // masked rows holding NaN garbage, rows with zero-probability columns (the exact path in
     // the middle of the pipeline), a single-chunk row length, and τ ≠ 1.
     // (65573: TVD's value sweep leaves the pipeline when its work rows outgrow the budget,
-    // and JSD takes its lean value sweep; the other lengths run JSD both ways)
-    for (const bool lean : {false, true}) {
+    // and JSD takes its lean value sweep; the other lengths run JSD in all three ways)
+    for (const int lean : kLeanModes) {
         for (Index V : {Index(3 * 2048 + 37), Index(2048), Index(29), Index(65573)}) {
-            if (lean && V > 60000) continue;
-            const ScopedLean scoped(lean       ? 0
-                                    : V > 60000 ? rlpo::distill::detail::FastPathTuning{}.lean_bytes
-                                                : std::numeric_limits<std::size_t>::max());
+            if (lean == 1 && V > 60000) continue;
+            const ScopedLean scoped(
+                lean > 0    ? 0
+                : V > 60000 ? rlpo::distill::detail::FastPathTuning{}.lean_bytes
+                            : std::numeric_limits<std::size_t>::max(),
+                lean == 2);
             rt::Generator gen(static_cast<std::uint64_t>(V));
             const Index N = 13;
             Mat<double> z = gen.logits(N, V, 3.0), y = gen.perturbed(z, 2.0);
@@ -605,23 +615,40 @@ TEMPLATE_TEST_CASE("distill divergences: mixtures stay finite where a probabilit
     // (logit ranges beyond ~103 nats): row 0 has teacher log-probabilities on a fine grid
     // through the subnormal range where the student's are −300; row 1 the same, swapped.
     // The value and gradient must match the double reference, not be reported infinite.
+    // Rows 2 and 3 (JSD's lean sweep, whose ratio form e_p/e_q needs a normal e_q): on a
+    // grid, the student's logits from 5 to 80 nats (row 2, first chunk: the ratio form with
+    // e_p/e_q up to 2^115) and from 5 to 100 nats (row 3, second chunk: past e_q's normal
+    // range, the log form) below the chunk's maximum, where the teacher's are 1 below it;
+    // row 4 as row 2 in its second chunk, but the whole chunk 40 nats lower for the student
+    // (c_k = β f_p/f_q about 2^57, so that c_k e_p/e_q would overflow: the log form).
     using S = TestType;
     rt::Generator gen(8);
-    const Index N = 2, V = 2500, G = 600;
+    const Index N = 5, V = 2500, G = 400;
     const double tau = 0.5;
     Mat<double> z = gen.logits(N, V, 2.0), y = gen.perturbed(z, 1.0);
     for (Index j = 1; j <= G; ++j) {
-        // log-probabilities about −(90 … 120): through the subnormal range (below −103.3)
+        // log-probabilities about −(80 … 100): through the subnormal range (below −87.3)
         const double fine = -(80.0 + 0.05 * static_cast<double>(j)) * tau;
         y(0, j) = fine;
         z(0, j) = -300.0 * tau;
         z(1, j) = fine;
         y(1, j) = -300.0 * tau;
+        const double jg = static_cast<double>(j) / static_cast<double>(G);
+        z(2, j) = (10.0 - (5.0 + 75.0 * jg)) * tau;
+        z(3, 2048 + j) = (10.0 - (5.0 + 95.0 * jg)) * tau;
+        z(4, 2048 + j) = (10.0 - 40.0 - (5.0 + 75.0 * jg)) * tau;
+        y(2, j) = y(3, 2048 + j) = y(4, 2048 + j) = 9.0 * tau;
     }
+    z.row(4).segment(2048 + G + 1, V - 2048 - G - 1).array() -= 40.0 * tau;
+    z(2, 0) = y(2, 0) = z(3, 2048) = y(3, 2048) = y(4, 2048) = 10.0 * tau;  // chunk maxima
+    z(4, 2048) = (10.0 - 40.0) * tau;
     const Mat<S> zs = cast<S>(z), ys = cast<S>(y);
     const Mat<double> zr = zs.template cast<double>(), yr = ys.template cast<double>();
+    for (const int lean : kLeanModes)
     for (Divergence d : {Divergence::JSD, Divergence::SkewKL, Divergence::SkewReverseKL}) {
-        INFO(rlpo::distill::to_string(d));
+        if (lean && d != Divergence::JSD) continue;
+        INFO(rlpo::distill::to_string(d) << " lean " << lean);
+        const ScopedLean scoped = lean_mode(lean);
         const DistillOptions o = opts_for(d, tau, false);
         const auto r = rlpo::distill::divergence(zs, ys, o);
         double expect = 0;
@@ -634,6 +661,21 @@ TEMPLATE_TEST_CASE("distill divergences: mixtures stay finite where a probabilit
         REQUIRE(std::isfinite(r.value));
         CHECK(rlpo_test::rel_err(r.value, expect) < (std::is_same<S, float>::value ? 2e-5 : 1e-2));
         CHECK(grad_err<S>(r.grad.template cast<double>(), gexp) < grad_tol<S>());
+        if (d == Divergence::JSD) {
+            // rows 2 to 4 stay on the fast path, whichever form their chunks take
+            auto& exact_rows = rlpo::distill::detail::fast_path_stats().exact_rows;
+            const std::size_t before = exact_rows.load();
+            const Mat<S> z23 = zs.bottomRows(3), y23 = ys.bottomRows(3);
+            const auto r23 = rlpo::distill::divergence(z23, y23, o);
+            CHECK(exact_rows.load() == before);
+            double e23 = 0;
+            for (Index n = 2; n < N; ++n) {
+                Eigen::RowVectorXd gr;
+                e23 += naive_row(d, zr.row(n), yr.row(n), tau, o.beta, o.alpha, gr) / 3;
+            }
+            CHECK(rlpo_test::rel_err(r23.value, e23) <
+                  (std::is_same<S, float>::value ? 2e-5 : 1e-2));
+        }
     }
 }
 
@@ -649,11 +691,11 @@ TEST_CASE("distill divergences: float kernels keep their accuracy under large lo
     // row 2 holds a zero-probability column: it takes the exact path
     z(2, 7) = y(2, 7) = -std::numeric_limits<float>::infinity();
     const Mat<double> m = Mat<double>::Ones(N, 1);
-    for (const bool lean : {false, true}) {
+    for (const int lean : kLeanModes) {
         for (Divergence d : kAll) {
             if (lean && d != Divergence::JSD) continue;
             INFO(rlpo::distill::to_string(d) << " lean " << lean);
-            const ScopedLean scoped(lean ? 0 : std::numeric_limits<std::size_t>::max());
+            const ScopedLean scoped = lean_mode(lean);
             const DistillOptions o = opts_for(d, 0.7, false);
             const auto rf = rlpo::distill::divergence(z, y, m, o);
             const Mat<double> zd = z.cast<double>(), yd = y.cast<double>();
@@ -674,8 +716,8 @@ TEST_CASE("distill divergences: float kernels keep their accuracy under large lo
 
 TEST_CASE("distill divergences: float JSD keeps its accuracy for close distributions",
           "[distill][pipeline][properties]") {
-    // teacher and student close (JSD ~ 2e−5 and 2e−3): both value sweeps, the lean one with
-    // its per-chunk log-factor roundings restored, must match the naive double reference of
+    // teacher and student close (JSD ~ 2e−5 and 2e−3): the value sweeps (the lean one in
+    // both forms, the log form with its per-chunk log-factor roundings restored) must match the naive double reference of
     // the same float rows to float accuracy (absolute: the value is a sum of differences of
     // log terms of size ~10, each rounded in float)
     rt::Generator gen(33);
@@ -684,9 +726,9 @@ TEST_CASE("distill divergences: float JSD keeps its accuracy for close distribut
     for (double spread : {0.01, 0.1}) {
         const Mat<float> z = z0.cast<float>(), y = gen.perturbed(z0, spread).cast<float>();
         const Mat<double> zd = z.cast<double>(), yd = y.cast<double>();
-        for (const bool lean : {false, true}) {
+        for (const int lean : kLeanModes) {
             INFO("spread " << spread << " lean " << lean);
-            const ScopedLean scoped(lean ? 0 : std::numeric_limits<std::size_t>::max());
+            const ScopedLean scoped = lean_mode(lean);
             const DistillOptions o = opts_for(Divergence::JSD, 0.7, false);
             const auto r = rlpo::distill::divergence(z, y, o);
             double expect = 0;

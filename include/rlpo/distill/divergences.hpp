@@ -47,8 +47,10 @@
 ///     and TVD sum the unnormalised exponentials times their terms and scale by the chunk's
 ///     normalising factor once per chunk. JSD reads no teacher logits here: KL(p‖M) =
 ///     KL(p‖q) + Σ p r, with KL(p‖q) summed in stage 1. For long rows its lean variant reads
-///     no logits at all (`kLeanCapable`: stage 1 leaves the student's exponent arguments,
-///     stage 2 recomputes the exponential and log q from them);
+///     no logits at all (`kLeanCapable`): r = −log((1−β) + c_k e_p/e_q) from the two
+///     exponentials alone (c_k the chunk's ratio of normalising factors), one log and a
+///     division per entry; chunks where e_q may be subnormal or the ratio overflow take the
+///     log-difference form instead;
 ///   * stage 3 of the oldest row: the gradient, written once (streaming stores for overwritten
 ///     float gradients), from the work rows, which stage 1 then refills in place.
 /// The three stages run in one fused sweep per chunk, so that the reads of one row, the
@@ -85,6 +87,7 @@
 #include <rlpo/distill/detail/rows.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -475,6 +478,8 @@ struct Slot {
     std::vector<double> s0, s1, s2;  ///< per-chunk sums of the stage the row is in
     std::vector<A> f0, f1;           ///< per-chunk factors of the row's next stage
     std::vector<double> m0, m1;      ///< JSD: per-chunk probability masses of q and p
+    std::vector<A> tmin;             ///< JSD lean: the chunk's least student exponent argument
+    std::vector<A> ck;               ///< JSD lean: β f_p/f_q of the chunk; −1: log form
     A c0 = 0, c1 = 0;                ///< row constants of the row's next stage
     double cq = 0, cp = 0;           ///< log q = z/τ + cq, log p = y/τ + cp (row constants)
     double kpq = 0;                  ///< JSD: KL(p‖q), from stage 1
@@ -491,6 +496,8 @@ struct Slot {
         f1.resize(k);
         m0.resize(k);
         m1.resize(k);
+        tmin.resize(k);
+        ck.resize(k);
     }
 };
 
@@ -539,6 +546,37 @@ struct GradSink {
     }
 };
 
+/// Tuning of the fast path, for tests and benchmarks (not thread-safe to change during a
+/// call).
+struct FastPathTuning {
+    /// Row split when the per-thread working set of the row-block mode exceeds this many
+    /// bytes (see `dense_rows_fast`): 0 splits every multi-threaded pass, SIZE_MAX never.
+    std::size_t split_bytes = std::size_t(3) << 19;  // 1.5 MiB of a core's 2 MiB L2
+    /// Move the row split's chunk ranges by a fixed pattern every step instead of after the
+    /// sweep times (`balance_ranges`), so that tests see rows swept under changing ranges.
+    bool shuffle_ranges = false;
+    /// JSD takes the lean value sweep (`kLeanCapable`) when its row-block working set (7·V
+    /// floats) exceeds this many bytes: 0 always, SIZE_MAX never.
+    std::size_t lean_bytes = std::size_t(3) << 19;
+    /// Every chunk of JSD's lean sweep takes the log form (`kLeanCapable`), so that tests see
+    /// it on ordinary rows.
+    bool lean_log_form = false;
+};
+inline FastPathTuning& fast_path_tuning() {
+    static FastPathTuning t;
+    return t;
+}
+
+/// What the fast path did, for tests: the rows it sent to the exact path (non-finite logits,
+/// sums or values), counted over all calls.
+struct FastPathStats {
+    std::atomic<std::size_t> exact_rows{0};
+};
+inline FastPathStats& fast_path_stats() {
+    static FastPathStats s;
+    return s;
+}
+
 /// Whether a divergence takes the three-stage pipeline (a value sweep between the
 /// exponentials and the gradient).
 constexpr bool three_stage(Divergence d) {
@@ -557,17 +595,24 @@ inline constexpr bool kFusedArg =
     false;
 #endif
 
-/// Whether JSD can take the lean value sweep, chosen for long rows (`dense_rows_fast`):
-/// stage 1 stores the student's exponent argument t = z·a − fl(max·a) in place of its
-/// exponential, and stage 2 recomputes e_q = 2^t and forms log q = t·ln 2 + log f_q (f_q the
-/// chunk factor) instead of reading the student's logits: 4 rows in flight in a thread
-/// instead of 7, for one more exponential per entry.
+/// Whether JSD can take the lean value sweep, chosen for long rows (`dense_rows_fast`). Its
+/// stage 2 reads no logits (4 rows in flight in a thread instead of 7). With q = e_q f_q and
+/// p = e_p f_p (f the chunk factors), log(M/q) = log((1−β) + c_k ρ), ρ = e_p/e_q, c_k =
+/// β f_p/f_q, so stage 2 forms l = −r = log(M/q) from the two stored exponentials alone: a
+/// division and one log per entry, no exponential, and no cancellation of
+/// log q against log M. That needs e_q normal and c_k ρ finite; stage 1 keeps the chunk's
+/// least exponent argument t_min (ρ ≤ 2^−t_min, as the teacher's arguments are ≤ 0 up to
+/// the rounding δ), and `finish_stage1` sends a chunk with t_min < −125, a zero f_q or
+/// log2 c_k − t_min ≥ 120 to the log form l = log M − log q instead, with log q = t·ln 2 +
+/// fl(log f_q) from the student's logits (re-read for that chunk only; the rounding of
+/// fl(log f_q) comes back in `finish_stage2`). Which form a chunk takes depends on the row's
+/// data only, never on the threads.
 template <Divergence D, class A>
 inline constexpr bool kLeanCapable = D == Divergence::JSD && kFusedArg<D, A>;
 
-/// log f of a chunk factor of the lean sweep, rounded to float, and its rounding e = log f −
-/// fl(log f) (a factor 0 — the chunk's probabilities all underflow — takes the log of the
-/// smallest subnormal: finite, and multiplied by zero probabilities only).
+/// log f of a chunk factor of the lean sweep's log form, rounded to float, and its rounding
+/// e = log f − fl(log f) (a factor 0 — the chunk's probabilities all underflow — takes the
+/// log of the smallest subnormal: finite, and multiplied by zero probabilities only).
 template <class A>
 inline A lean_log_factor(A f, double& e) {
     const double l =
@@ -609,6 +654,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
     A* wa0 = St1 ? a->w0 + off : nullptr;
     A* wa1 = St1 ? a->w1 + off : nullptr;
     P s1 = zero, s2 = zero, s3 = zero, nz = ei::pset1<P>(-inf), ny = nz;
+    P tmn = ei::pset1<P>(inf);  // lean: the least exponent argument of the student
     // stage 2
     A* wb0 = St2 ? b->w0 + off : nullptr;
     A* wb1 = St2 ? b->w1 + off : nullptr;
@@ -626,11 +672,13 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
     const A cq = St2 ? static_cast<A>(b->cq + static_cast<double>(mzb) * it) : A(0);
     const A cp = St2 ? static_cast<A>(b->cp + static_cast<double>(myb) * it) : A(0);
     P u1 = zero, u2 = zero;
-    // log f_q (lean); its rounding goes to s2 (free in stage 2) for `finish_stage2`
-    double lqe = 0;
-    const A lqk = St2 && Lean ? lean_log_factor(fq, lqe) : A(0);
-    if constexpr (St2 && Lean) b->s2[kk] = lqe;
+    A v1 = 0, v2 = 0;  // (entry-by-entry tail)
     constexpr A kLn2f = A(0.6931471805599453);
+    // lean: l = log((1−β) + c_k e_p/e_q), or the log form for a chunk marked by c_k < 0
+    const A ckk = St2 && Lean ? b->ck[kk] : A(0);
+    const bool logform = St2 && Lean && ckk < A(0);
+    const A omb = c.omb;  // (a local: the stores below could alias c)
+    const P pck = ei::pset1<P>(ckk), pomb = ei::pset1<P>(omb);
     // stage 3
     const A* wg0 = St3 ? g->w0 + off : nullptr;
     const A* wg1 = St3 ? g->w1 + off : nullptr;
@@ -679,11 +727,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             // teacher's logits are not read again.
             static_cast<void>(yv);
             const T lm = lg(madd(eq, set1(mq), mul(ep, set1(mp))));
-            T r;
-            if constexpr (Lean)  // zv is log q already
-                r = sub(zv, lm);
-            else
-                r = sub(lin(zv, cq), lm);
+            const T r = sub(lin(zv, cq), lm);
             v1 = madd(ep, r, v1);
             v2 = madd(eq, r, v2);
             o2 = r;
@@ -722,6 +766,45 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
         }
     };
 
+    // Lean, log form (rare: see `kLeanCapable`): l = log M − log q, log q = t·ln 2 + fl(log
+    // f_q) with t recomputed from the student's logits exactly as stage 1 formed it; the
+    // rounding of fl(log f_q) goes to s2 for `finish_stage2` (0 for the other chunks). The
+    // chunk's stage 2 is done here and skipped in the fused loop below (its rows are not
+    // touched by the other two stages).
+    if constexpr (St2 && Lean) {
+        double lqe = 0;
+        if (logform) {
+            const A lqk = lean_log_factor(fq, lqe);
+            const ShiftedExp<A> eb(b->mz[kk], c.invT);
+            auto logform_l = [&](auto eq, auto ep, auto z) {
+                using T = std::decay_t<decltype(eq)>;
+                if constexpr (std::is_same<T, A>::value) {
+                    const A lq = madd_as_packet(eb.scalar_arg(z), kLn2f, lqk);
+                    return static_cast<A>(std::log(eq * mq + ep * mp) - lq);
+                } else {
+                    const T lq = ei::pmadd(eb.packet_arg(z), ei::pset1<T>(kLn2f),
+                                           ei::pset1<T>(lqk));
+                    const T m = ei::pmadd(eq, ei::pset1<T>(mq), ei::pmul(ep, ei::pset1<T>(mp)));
+                    return ei::psub(::rlpo::detail::plog(m), lq);
+                }
+            };
+            for (Index j = 0; j < lv; j += W) {
+                const P eq = ei::ploadu<P>(wb0 + j), ep = ei::ploadu<P>(wb1 + j);
+                const P l = logform_l(eq, ep, ei::ploadu<P>(zb + j));
+                u1 = ei::pmadd(ep, l, u1);
+                u2 = ei::pmadd(eq, l, u2);
+                ei::pstoreu(wb1 + j, l);
+            }
+            for (Index j = lv; j < len; ++j) {
+                const A l = logform_l(wb0[j], wb1[j], zb[j]);
+                v1 += wb1[j] * l;
+                v2 += wb0[j] * l;
+                wb1[j] = l;
+            }
+        }
+        b->s2[kk] = lqe;
+    }
+
     // Stage 3 reads its entries before stage 1 overwrites them: rows two stages apart share
     // one pair of work buffers. (Unrolled by two: 2–3 % faster in paired runs at
     // 2048 × 32768, all four benchmarked divergences; the same arithmetic in the same order.)
@@ -740,14 +823,14 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             sink.packet(j, v);
         }
         if constexpr (St2 && Lean) {
-            // w0 holds t: e_q = 2^t (stored back for stage 3), log q = t·ln 2 + log f_q
-            P o2;
-            const P t = ei::ploadu<P>(wb0 + j);
-            const P eq = ::rlpo::detail::pexp2(t);
-            const P lq = ei::pmadd(t, ei::pset1<P>(kLn2f), ei::pset1<P>(lqk));
-            stage2(eq, ei::ploadu<P>(wb1 + j), lq, lq, o2, u1, u2);
-            ei::pstoreu(wb0 + j, eq);
-            ei::pstoreu(wb1 + j, o2);
+            // l = log((1−β) + c_k e_p/e_q) = −r over e_p; e_q stays for stage 3
+            if (!logform) {
+                const P eq = ei::ploadu<P>(wb0 + j), ep = ei::ploadu<P>(wb1 + j);
+                const P l = ::rlpo::detail::plog(ei::pmadd(ei::pdiv(ep, eq), pck, pomb));
+                u1 = ei::pmadd(ep, l, u1);
+                u2 = ei::pmadd(eq, l, u2);
+                ei::pstoreu(wb1 + j, l);
+            }
         } else if constexpr (St2) {
             P o2;
             P zv = ei::ploadu<P>(zb + j), yv = ei::ploadu<P>(yb + j);
@@ -782,7 +865,8 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
                 s2 = ei::padd(s2, ep);
                 // JSD: Σ ep (log2 ep − log2 eq), for KL(p‖q)
                 if constexpr (D == Divergence::JSD) s3 = ei::pmadd(ep, ei::psub(ty, tz), s3);
-                ei::pstoreu(wa0 + j, Lean ? tz : eq);
+                if constexpr (Lean) tmn = ei::pmin(tmn, tz);
+                ei::pstoreu(wa0 + j, eq);
                 ei::pstoreu(wa1 + j, ep);
                 continue;
             }
@@ -806,7 +890,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             }
         }
     }
-    A t1 = 0, t2 = 0, t3 = 0, v1 = 0, v2 = 0;
+    A t1 = 0, t2 = 0, t3 = 0, tm = inf;
     for (Index j = lv; j < len; ++j) {
         if constexpr (St3) {
             A v;
@@ -819,12 +903,13 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             sink.scalar(j, v);
         }
         if constexpr (St2 && Lean) {
-            A o2;
-            const A t = wb0[j], eq = ::rlpo::detail::exp2_scalar(t);
-            const A lq = madd_as_packet(t, kLn2f, lqk);
-            stage2(eq, wb1[j], lq, lq, o2, v1, v2);
-            wb0[j] = eq;
-            wb1[j] = o2;
+            if (!logform) {
+                const A eq = wb0[j], ep = wb1[j];
+                const A l = std::log(madd_as_packet(ep / eq, ckk, omb));
+                v1 += ep * l;
+                v2 += eq * l;
+                wb1[j] = l;
+            }
         } else if constexpr (St2) {
             A o2;
             stage2(wb0[j], wb1[j], zb[j] - mzb, yb[j] - myb, o2, v1, v2);
@@ -836,7 +921,8 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             t1 += eq;
             t2 += ep;
             if constexpr (D == Divergence::JSD) t3 += ep * (ty - tz);
-            wa0[j] = Lean ? tz : eq;
+            if constexpr (Lean) tm = std::min(tm, tz);
+            wa0[j] = eq;
             wa1[j] = ep;
         } else if constexpr (St1) {
             const A dz = za[j] - ez.m, dy = ya[j] - ey.m;
@@ -859,6 +945,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
         a->s0[kk] = static_cast<double>(ei::predux(s1) + t1);
         a->s1[kk] = static_cast<double>(ei::predux(s2) + t2);
         a->s2[kk] = static_cast<double>(ei::predux(s3) + t3);
+        if constexpr (Lean) a->tmin[kk] = std::min(lv > 0 ? ei::predux_min(tmn) : inf, tm);
         if (la) {
             A mzn = nlv > 0 ? ei::predux_max(nz) : -inf, myn = nlv > 0 ? ei::predux_max(ny) : -inf;
             for (Index j = nlv; j < nlen; ++j) {
@@ -916,6 +1003,23 @@ inline void fused_step(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a, 
     if constexpr (kLeanCapable<D, A>)
         if (c.lean) return fused_step_as<D, true, S, A>(c, k0, k1, a, b, g);
     fused_step_as<D, false, S, A>(c, k0, k1, a, b, g);
+}
+
+/// JSD's lean sweep: c_k = β f_p/f_q per chunk for l = log((1−β) + c_k e_p/e_q), or −1 where
+/// that form is not safe and the chunk takes the log form (see `kLeanCapable`): e_q may be
+/// subnormal (t_min < −125), f_q is 0, or c_k ρ may overflow (log2 c_k − t_min ≥ 120).
+template <class S, class A>
+inline void lean_chunk_forms(const DenseCtx<A>& c, Slot<S, A>& a) {
+    const bool all_log = fast_path_tuning().lean_log_form;
+    for (Index k = 0; k < c.nc; ++k) {
+        const auto kk = static_cast<std::size_t>(k);
+        const double fq = static_cast<double>(a.f0[kk]), fp = static_cast<double>(a.f1[kk]);
+        const double ck = static_cast<double>(c.beta) * fp / fq,
+                     tm = static_cast<double>(a.tmin[kk]);
+        const bool ok = !all_log && fq > 0 && tm >= -125.0 && std::isfinite(ck) &&
+                        (ck == 0 || std::log2(ck) - tm < 120.0);
+        a.ck[kk] = ok ? static_cast<A>(ck) : A(-1);
+    }
 }
 
 /// After stage 1 of row `a`: merge the chunk maxima and sums (as an online softmax), and set
@@ -1003,6 +1107,8 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
             a.m0[kk] /= sq;
             a.m1[kk] /= sp;
         }
+        if constexpr (kLeanCapable<D, A>)
+            if (c.lean) lean_chunk_forms(c, a);
     }
     return true;
 }
@@ -1028,17 +1134,21 @@ inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
         ep = b.cp - static_cast<double>(static_cast<A>(b.cp));
     }
     // JSD: r = log q − log M lacks eq at every entry, so Σ q r lacks eq·Σq = eq and Σ p r
-    // lacks eq·Σp = eq; the lean sweep's log q lacks e_k = log f_k − fl(log f_k) in chunk k
-    // instead: Σ_k e_k × the chunk's mass of q (of p)
+    // lacks eq·Σp = eq. The lean sweep sums l = −r instead; in its log-form chunks l carries
+    // e_k = log f_k − fl(log f_k) too: Σ_k e_k × the chunk's mass of q (of p) is taken off.
     double rq = eq, rp = eq;
+    bool lean = false;
     if constexpr (kLeanCapable<D, A>) {
-        if (c.lean) {
+        lean = c.lean;
+        if (lean) {
             rq = rp = 0;
-            for (Index k = 0; k < c.nc; ++k) {  // s2: e_k, left by stage 2
+            for (Index k = 0; k < c.nc; ++k) {  // s2: e_k, left by stage 2 (0: ratio form)
                 const auto kk = static_cast<std::size_t>(k);
-                rq += b.s2[kk] * b.m0[kk];
-                rp += b.s2[kk] * b.m1[kk];
+                rq -= b.s2[kk] * b.m0[kk];
+                rp -= b.s2[kk] * b.m1[kk];
             }
+            u1 = -u1;  // Σ p r, Σ q r
+            u2 = -u2;
         }
     }
     double L = u1, factor = static_cast<double>(c.invT);
@@ -1046,7 +1156,8 @@ inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
         // KL(p‖M) = KL(p‖q) + Σ p r, KL(q‖M) = Σ q r, r = log q − log M
         L = static_cast<double>(c.beta) * (b.kpq + u1 + rp) +
             static_cast<double>(c.omb) * (u2 + rq);
-        factor *= static_cast<double>(c.omb);
+        // the lean sweep's gradient factor is l = −r: q (r − Σ q r) = −q (l − Σ q l)
+        factor *= lean ? -static_cast<double>(c.omb) : static_cast<double>(c.omb);
     } else if constexpr (D == Divergence::TVD) {
         // L = ½ Σ |q − p|; ∂L/∂z = q (h − Σ q h)/τ with h = s/2 = ½ q (s − Σ q s)/τ
         L = 0.5 * u1;
@@ -1058,7 +1169,7 @@ inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
     }
     if (!std::isfinite(L) || !std::isfinite(u2)) return false;
     b.L = L;
-    b.c0 = static_cast<A>(u2);
+    b.c0 = static_cast<A>(lean ? -u2 : u2);  // Σ q × the stored factor (r, or l = −r)
     b.c1 = static_cast<A>(factor * b.rg.scale);
     return true;
 }
@@ -1073,24 +1184,6 @@ inline double dense_row_exact(const DistillOptions& o, const A* z, const A* y, I
     const A my = check_row(y, V, "teacher_logits", err);
     if (err.set()) return 0.0;
     return dense_row_impl<true, S, A>(o, z, y, mz, my, V, ws, rg);
-}
-
-/// Tuning of the fast path, for tests and benchmarks (not thread-safe to change during a
-/// call).
-struct FastPathTuning {
-    /// Row split when the per-thread working set of the row-block mode exceeds this many
-    /// bytes (see `dense_rows_fast`): 0 splits every multi-threaded pass, SIZE_MAX never.
-    std::size_t split_bytes = std::size_t(3) << 19;  // 1.5 MiB of a core's 2 MiB L2
-    /// Move the row split's chunk ranges by a fixed pattern every step instead of after the
-    /// sweep times (`balance_ranges`), so that tests see rows swept under changing ranges.
-    bool shuffle_ranges = false;
-    /// JSD takes the lean value sweep (`kLeanCapable`) when its row-block working set (7·V
-    /// floats) exceeds this many bytes: 0 always, SIZE_MAX never.
-    std::size_t lean_bytes = std::size_t(3) << 19;
-};
-inline FastPathTuning& fast_path_tuning() {
-    static FastPathTuning t;
-    return t;
 }
 
 /// The row split's load balance: moves the boundary kb[t + 1] between threads t and t + 1
@@ -1224,6 +1317,7 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
             }
         }
         auto exact = [&](Slot<S, A>& s) {
+            fast_path_stats().exact_rows.fetch_add(1, std::memory_order_relaxed);
             const auto k = static_cast<std::size_t>(s.n);
             RowError err;
             const double L = dense_row_exact<S, A>(o, s.z, s.y, V, ws, s.rg, err);
