@@ -477,7 +477,10 @@ struct Slot {
     std::vector<A> mz, my;           ///< chunk maxima
     std::vector<double> s0, s1, s2;  ///< per-chunk sums of the stage the row is in
     std::vector<A> f0, f1;           ///< per-chunk factors of the row's next stage
-    std::vector<double> m0, m1;      ///< JSD: per-chunk probability masses of q and p
+    /// per-chunk probability masses of q and p (JSD; first the chunk factors' exponents);
+    /// aligned, so that the vectorised exp in `finish_stage1` treats every entry the same
+    /// way whatever the allocation (a packet versus an unaligned head entry would differ)
+    std::vector<double, Eigen::aligned_allocator<double>> m0, m1;
     std::vector<A> tmin;             ///< JSD lean: the chunk's least student exponent argument
     std::vector<A> ck;               ///< JSD lean: β f_p/f_q of the chunk; −1: log form
     A c0 = 0, c1 = 0;                ///< row constants of the row's next stage
@@ -1016,8 +1019,9 @@ inline void lean_chunk_forms(const DenseCtx<A>& c, Slot<S, A>& a) {
         const double fq = static_cast<double>(a.f0[kk]), fp = static_cast<double>(a.f1[kk]);
         const double ck = static_cast<double>(c.beta) * fp / fq,
                      tm = static_cast<double>(a.tmin[kk]);
+        // (ilogb(c_k) ≤ log2 c_k < ilogb(c_k) + 1; ilogb(0) is FP_ILOGB0, negative)
         const bool ok = !all_log && fq > 0 && tm >= -125.0 && std::isfinite(ck) &&
-                        (ck == 0 || std::log2(ck) - tm < 120.0);
+                        (ck == 0 || std::ilogb(ck) + 1 - tm < 120.0);
         a.ck[kk] = ok ? static_cast<A>(ck) : A(-1);
     }
 }
@@ -1042,35 +1046,50 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
     }
     // Stage 1 summed the KL terms over logits shifted by their chunk maxima (dz = z − mz_k,
     // dy = y − my_k); the shifts come back here in double, as differences of maxima only, so
-    // that large logits (rows offset by hundreds) cost no float digits.
+    // that large logits (rows offset by hundreds) cost no float digits. The chunk factors
+    // e^(dz_k/τ) (with kFusedArg over 2^δ, `ShiftedExp::delta`) in one vectorised pass first,
+    // m0 and m1 holding their exponents: the merge is serial in the row split.
+    const auto nck = static_cast<std::size_t>(c.nc);
+    auto delta = [&](A m) {
+        if constexpr (kFusedArg<D, A>)
+            return ShiftedExp<A>::delta(m, c.invT);
+        else
+            return 0.0 * static_cast<double>(m);
+    };
+    // (explicit multiply-adds: this loop may be vectorised, and a compiler must not contract
+    // its head, body and tail differently — which entries fall where depends on allocation)
+    for (std::size_t kk = 0; kk < nck; ++kk) {
+        a.m0[kk] = std::fma(static_cast<double>(a.mz[kk]) - mz, invT, -(delta(a.mz[kk]) * kLn2));
+        a.m1[kk] = std::fma(static_cast<double>(a.my[kk]) - my, invT, -(delta(a.my[kk]) * kLn2));
+    }
+    Eigen::Map<Eigen::ArrayXd, Eigen::AlignedMax> e0(a.m0.data(), c.nc), e1(a.m1.data(), c.nc);
+    e0 = e0.exp();
+    e1 = e1.exp();
     double sq = 0, sp = 0, x = 0;
     for (Index k = 0; k < c.nc; ++k) {
         const auto kk = static_cast<std::size_t>(k);
         const double dzk = static_cast<double>(a.mz[kk]) - mz,
                      dyk = static_cast<double>(a.my[kk]) - my;
-        double ez, ey, dlz = 0, dly = 0;
-        if constexpr (kFusedArg<D, A>) {  // the exponentials carry 2^δ (ShiftedExp::delta)
-            constexpr double kLog2e = 1.4426950408889634;
-            dlz = ShiftedExp<A>::delta(a.mz[kk], c.invT);
-            dly = ShiftedExp<A>::delta(a.my[kk], c.invT);
-            ez = std::exp2(dzk * invT * kLog2e - dlz);
-            ey = std::exp2(dyk * invT * kLog2e - dly);
-        } else {
-            ez = std::exp(dzk * invT);
-            ey = std::exp(dyk * invT);
-        }
+        const double ez = a.m0[kk], ey = a.m1[kk];
+        const double dlz = delta(a.mz[kk]), dly = delta(a.my[kk]);
+        // (explicit multiply-adds throughout: a compiler free to contract would not have to
+        // do it the same way in every copy of this code, and results must not depend on the
+        // copy that runs)
+        using std::fma;
         if (D == Divergence::ForwardKL)  // Σ p (y − z) = Σ ep (dy − dz) + (my_k − mz_k) Σ ep
-            x += ey * (a.s2[kk] + a.s1[kk] * (dyk - dzk));
+            x = fma(ey, fma(a.s1[kk], dyk - dzk, a.s2[kk]), x);
         else if (D == Divergence::ReverseKL)
-            x += ez * (a.s2[kk] + a.s0[kk] * (dzk - dyk));
+            x = fma(ez, fma(a.s0[kk], dzk - dyk, a.s2[kk]), x);
         else if (D == Divergence::JSD && kFusedArg<D, A>)
             // Σ p log(p/q) in nats: the chunk's sum of ep (log2 ep − log2 eq), whose
             // exponents carry δy_k − δz_k, plus the shift of the chunk maxima
-            x += ey * (kLn2 * a.s2[kk] + a.s1[kk] * ((dyk - dzk) * invT - (dly - dlz) * kLn2));
+            x = fma(ey,
+                    fma(kLn2, a.s2[kk], a.s1[kk] * fma(dyk - dzk, invT, -((dly - dlz) * kLn2))),
+                    x);
         else if (D == Divergence::JSD)  // as forward KL
-            x += ey * invT * (a.s2[kk] + a.s1[kk] * (dyk - dzk));
-        sq += a.s0[kk] * ez;
-        sp += a.s1[kk] * ey;
+            x = fma(ey * invT, fma(a.s1[kk], dyk - dzk, a.s2[kk]), x);
+        sq = fma(a.s0[kk], ez, sq);
+        sp = fma(a.s1[kk], ey, sp);
         a.m0[kk] = a.s0[kk] * ez;  // the chunk's masses, normalised below
         a.m1[kk] = a.s1[kk] * ey;
         a.s0[kk] = ez;  // keep the chunk factors
@@ -1081,31 +1100,33 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
     const double scale = a.rg.scale;
     if constexpr (D == Divergence::ForwardKL || D == Divergence::ReverseKL) {
         // forward: Σ p (log p − log q) = Σ p (y − z)/τ + (mz − my)/τ + log sq − log sp
-        const double L = D == Divergence::ForwardKL ? x / sp * invT + lsq - lsp
-                                                    : x / sq * invT + lsp - lsq;
+        const double L = D == Divergence::ForwardKL ? std::fma(x / sp, invT, lsq) - lsp
+                                                    : std::fma(x / sq, invT, lsp) - lsq;
         if (!std::isfinite(L)) return false;
         a.L = L;
+        const double iq = scale * invT / sq, ip = scale * invT / sp;
         for (Index k = 0; k < c.nc; ++k) {
             const auto kk = static_cast<std::size_t>(k);
-            a.f0[kk] = static_cast<A>(scale * invT * a.s0[kk] / sq);
+            a.f0[kk] = static_cast<A>(a.s0[kk] * iq);
             if (D == Divergence::ForwardKL) {
-                a.f1[kk] = static_cast<A>(scale * invT * a.s1[kk] / sp);
+                a.f1[kk] = static_cast<A>(a.s1[kk] * ip);
             } else {  // log q − log p − L = (dz − dy)/τ + f1_k
                 const double dzk = static_cast<double>(a.mz[kk]) - mz,
                              dyk = static_cast<double>(a.my[kk]) - my;
-                a.f1[kk] = static_cast<A>((dzk - dyk) * invT + lsp - lsq - L);
+                a.f1[kk] = static_cast<A>(std::fma(dzk - dyk, invT, lsp) - lsq - L);
             }
         }
     } else {
-        a.cq = -mz * invT - lsq;
-        a.cp = -my * invT - lsp;
+        a.cq = std::fma(-mz, invT, -lsq);
+        a.cp = std::fma(-my, invT, -lsp);
         if (D == Divergence::JSD) a.kpq = x / sp + lsq - lsp;
+        const double iq = 1 / sq, ip = 1 / sp;
         for (Index k = 0; k < c.nc; ++k) {
             const auto kk = static_cast<std::size_t>(k);
-            a.f0[kk] = static_cast<A>(a.s0[kk] / sq);
-            a.f1[kk] = static_cast<A>(a.s1[kk] / sp);
-            a.m0[kk] /= sq;
-            a.m1[kk] /= sp;
+            a.f0[kk] = static_cast<A>(a.s0[kk] * iq);
+            a.f1[kk] = static_cast<A>(a.s1[kk] * ip);
+            a.m0[kk] *= iq;
+            a.m1[kk] *= ip;
         }
         if constexpr (kLeanCapable<D, A>)
             if (c.lean) lean_chunk_forms(c, a);
@@ -1117,13 +1138,14 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
 /// q_j (h_j − c0) · c1. False when the value is not finite (the exact path decides).
 template <Divergence D, class S, class A>
 inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
-    // JSD: v1 and v2 are sums of ep·(…) and eq·(…); TVD: v2 is a sum of eq·sign
+    // JSD: v1 and v2 are sums of ep·(…) and eq·(…); TVD: v2 is a sum of eq·sign (explicit
+    // multiply-adds, as in `finish_stage1`)
     double u1 = 0, u2 = 0;
     for (Index k = 0; k < c.nc; ++k) {
         const auto kk = static_cast<std::size_t>(k);
         const double f0 = static_cast<double>(b.f0[kk]), f1 = static_cast<double>(b.f1[kk]);
-        u1 += D == Divergence::JSD ? f1 * b.s0[kk] : b.s0[kk];
-        u2 += D == Divergence::JSD || D == Divergence::TVD ? f0 * b.s1[kk] : b.s1[kk];
+        u1 = std::fma(D == Divergence::JSD ? f1 : 1.0, b.s0[kk], u1);
+        u2 = std::fma(D == Divergence::JSD || D == Divergence::TVD ? f0 : 1.0, b.s1[kk], u2);
     }
     // With kFusedArg, stage 2 formed log q and log p with the row constants rounded to float,
     // off by e = c − fl(c) at every entry: the value sums lack e·Σq = e (log q) or e·Σp = e
@@ -1144,8 +1166,8 @@ inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
             rq = rp = 0;
             for (Index k = 0; k < c.nc; ++k) {  // s2: e_k, left by stage 2 (0: ratio form)
                 const auto kk = static_cast<std::size_t>(k);
-                rq -= b.s2[kk] * b.m0[kk];
-                rp -= b.s2[kk] * b.m1[kk];
+                rq = std::fma(-b.s2[kk], b.m0[kk], rq);
+                rp = std::fma(-b.s2[kk], b.m1[kk], rp);
             }
             u1 = -u1;  // Σ p r, Σ q r
             u2 = -u2;
@@ -1154,8 +1176,8 @@ inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
     double L = u1, factor = static_cast<double>(c.invT);
     if constexpr (D == Divergence::JSD) {
         // KL(p‖M) = KL(p‖q) + Σ p r, KL(q‖M) = Σ q r, r = log q − log M
-        L = static_cast<double>(c.beta) * (b.kpq + u1 + rp) +
-            static_cast<double>(c.omb) * (u2 + rq);
+        L = std::fma(static_cast<double>(c.beta), b.kpq + u1 + rp,
+                     static_cast<double>(c.omb) * (u2 + rq));
         // the lean sweep's gradient factor is l = −r: q (r − Σ q r) = −q (l − Σ q l)
         factor *= lean ? -static_cast<double>(c.omb) : static_cast<double>(c.omb);
     } else if constexpr (D == Divergence::TVD) {
