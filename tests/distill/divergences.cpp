@@ -742,6 +742,9 @@ TEST_CASE("distill divergences: float JSD keeps its accuracy for close distribut
             }
             // float's own limit: the log terms (|log q| ~ 10) carry ~5e−7 each
             CHECK(std::abs(r.value - expect) < 5e-8 + 1e-5 * expect);
+            // the log form restores the roundings e_k of fl(log f_k): 5e−9 and 2e−9 off here
+            // with them, 4.5e−8 and 3.9e−8 with their sign flipped (measured)
+            if (lean == 2) CHECK(std::abs(r.value - expect) < 2e-8);
             CHECK(grad_err<float>(r.grad.cast<double>(), gexp) < 2e-4);
         }
     }

@@ -1156,8 +1156,8 @@ inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
         ep = b.cp - static_cast<double>(static_cast<A>(b.cp));
     }
     // JSD: r = log q − log M lacks eq at every entry, so Σ q r lacks eq·Σq = eq and Σ p r
-    // lacks eq·Σp = eq. The lean sweep sums l = −r instead; in its log-form chunks l carries
-    // e_k = log f_k − fl(log f_k) too: Σ_k e_k × the chunk's mass of q (of p) is taken off.
+    // lacks eq·Σp = eq. The lean sweep sums l = −r instead (negated below); in its log-form
+    // chunks r = −l lacks e_k = log f_k − fl(log f_k): Σ_k e_k × the chunk's mass of q (of p).
     double rq = eq, rp = eq;
     bool lean = false;
     if constexpr (kLeanCapable<D, A>) {
@@ -1166,8 +1166,8 @@ inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
             rq = rp = 0;
             for (Index k = 0; k < c.nc; ++k) {  // s2: e_k, left by stage 2 (0: ratio form)
                 const auto kk = static_cast<std::size_t>(k);
-                rq = std::fma(-b.s2[kk], b.m0[kk], rq);
-                rp = std::fma(-b.s2[kk], b.m1[kk], rp);
+                rq = std::fma(b.s2[kk], b.m0[kk], rq);
+                rp = std::fma(b.s2[kk], b.m1[kk], rp);
             }
             u1 = -u1;  // Σ p r, Σ q r
             u2 = -u2;
