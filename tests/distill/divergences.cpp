@@ -717,9 +717,9 @@ TEST_CASE("distill divergences: float kernels keep their accuracy under large lo
 TEST_CASE("distill divergences: float JSD keeps its accuracy for close distributions",
           "[distill][pipeline][properties]") {
     // teacher and student close (JSD ~ 2e−5 and 2e−3): the value sweeps (the lean one in
-    // both forms, the log form with its per-chunk log-factor roundings restored) must match the naive double reference of
-    // the same float rows to float accuracy (absolute: the value is a sum of differences of
-    // log terms of size ~10, each rounded in float)
+    // both forms, the log form with its per-chunk log-factor roundings restored) must match
+    // the naive double reference of the same float rows to float accuracy (absolute: the
+    // value is a sum of differences of log terms of size ~10, each rounded in float)
     rt::Generator gen(33);
     const Index N = 5, V = 3 * 2048 + 37;
     const Mat<double> z0 = gen.logits(N, V, 3.0);
