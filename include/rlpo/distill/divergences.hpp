@@ -477,8 +477,9 @@ struct Slot {
     std::vector<A> mz, my;           ///< chunk maxima
     std::vector<double> s0, s1, s2;  ///< per-chunk sums of the stage the row is in
     std::vector<A> f0, f1;           ///< per-chunk factors of the row's next stage
-    /// per-chunk probability masses of q and p (JSD; first the chunk factors' exponents);
-    /// aligned, so that the vectorised exp in `finish_stage1` treats every entry the same
+    /// per chunk: the exponents of the chunk factors, then their exponentials (every
+    /// divergence, scratch of `finish_stage1`), then the probability masses of q and p (JSD).
+    /// Aligned, so that the vectorised exp in `finish_stage1` treats every entry the same
     /// way whatever the allocation (a packet versus an unaligned head entry would differ)
     std::vector<double, Eigen::aligned_allocator<double>> m0, m1;
     std::vector<A> tmin;             ///< JSD lean: the chunk's least student exponent argument
@@ -1051,10 +1052,12 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
     // m0 and m1 holding their exponents: the merge is serial in the row split.
     const auto nck = static_cast<std::size_t>(c.nc);
     auto delta = [&](A m) {
-        if constexpr (kFusedArg<D, A>)
+        if constexpr (kFusedArg<D, A>) {
             return ShiftedExp<A>::delta(m, c.invT);
-        else
-            return 0.0 * static_cast<double>(m);
+        } else {
+            static_cast<void>(m);
+            return 0.0;
+        }
     };
     // (explicit multiply-adds: this loop may be vectorised, and a compiler must not contract
     // its head, body and tail differently — which entries fall where depends on allocation)
