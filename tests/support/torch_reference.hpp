@@ -76,7 +76,7 @@ public:
     std::size_t size() const { return cases_.size(); }
 
     void run() {
-        // a test built twice (baseline and native ISA) may run concurrently: separate files
+        // a test built for several instruction sets may run concurrently: separate files
 #if defined(RLPO_TEST_IO_SUFFIX)
         const std::string base =
             std::string(RLPO_TEST_IO_DIR) + "/" + module_ + "_" + tag_ + RLPO_TEST_IO_SUFFIX;

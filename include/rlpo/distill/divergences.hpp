@@ -337,6 +337,22 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
 #define RLPO_DISTILL_UNROLL2
 #endif
 
+/// **Contraction.** GCC fuses a product into a later sum (`-ffp-contract=fast`, its default
+/// outside ISO mode) across statements and inlined calls, packet intrinsics included, and
+/// not necessarily in the same way in every copy of a function: `fused_chunk` is instantiated
+/// once per combination of stages, so the same row would round differently with and without
+/// a gradient, or with one thread and two. (Seen: forward KL in double, tuned for AMD Zen,
+/// summed a row tail's Σ ep·(dy − dz) fused in one copy and not in the other.) So every
+/// product that meets a sum in these kernels is either an explicit multiply-add (`pmadd`,
+/// `std::fma`, `madd_as_packet`) or rounded first (`rounded`); none is left to the compiler.
+
+/// `x`, rounded to its type at this point (a product so marked is never fused into a sum).
+template <class T>
+EIGEN_ALWAYS_INLINE T rounded(T x) {
+    RLPO_DISTILL_ROUNDED(x);
+    return x;
+}
+
 /// a·b + c rounded as the build's `pmadd` on packets rounds it (fused with a hardware
 /// multiply-add, else a product and a sum), so that a row's tail entries match its packets.
 template <class A>
@@ -532,7 +548,7 @@ struct GradSink {
 #endif
         if constexpr (std::is_same<S, A>::value) {
             if (add)
-                ei::pstoreu(dst + j, ei::padd(ei::ploadu<P>(dst + j), v));
+                ei::pstoreu(dst + j, ei::padd(ei::ploadu<P>(dst + j), rounded(v)));
             else
                 ei::pstoreu(dst + j, v);
         } else {
@@ -544,7 +560,7 @@ struct GradSink {
     }
     void scalar(Index j, A v) const {
         if (add)
-            dst[j] = static_cast<S>(static_cast<A>(dst[j]) + v);
+            dst[j] = static_cast<S>(static_cast<A>(dst[j]) + rounded(v));
         else
             dst[j] = static_cast<S>(v);
     }
@@ -710,11 +726,13 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
         auto set1 = [](A x) {
             if constexpr (pk) return ei::pset1<T>(x); else return x;
         };
-        auto mul = [](T x, T y) { if constexpr (pk) return ei::pmul(x, y); else return x * y; };
+        auto mul = [](T x, T y) {
+            if constexpr (pk) return rounded(ei::pmul(x, y)); else return rounded(x * y);
+        };
         auto add = [](T x, T y) { if constexpr (pk) return ei::padd(x, y); else return x + y; };
         auto sub = [](T x, T y) { if constexpr (pk) return ei::psub(x, y); else return x - y; };
         auto madd = [](T x, T y, T z) {
-            if constexpr (pk) return ei::pmadd(x, y, z); else return x * y + z;
+            if constexpr (pk) return ei::pmadd(x, y, z); else return madd_as_packet(x, y, z);
         };
         auto lg = [](T x) {
             if constexpr (pk) return ::rlpo::detail::plog(x); else return std::log(x);
@@ -723,7 +741,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
         auto lin = [&](T v, A k) {
             if constexpr (pk) return ei::pmadd(v, ei::pset1<T>(invT), ei::pset1<T>(k));
             else if constexpr (kRawLog) return std::fma(v, invT, k);
-            else return v * invT + k;
+            else return madd_as_packet(v, invT, k);
         };
         if constexpr (D == Divergence::JSD) {
             // M = βp + (1−β)q = eq·(1−β)fq + ep·βfp; r = log q − log M; v1 = Σ ep r (× fp),
@@ -784,11 +802,12 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
                 using T = std::decay_t<decltype(eq)>;
                 if constexpr (std::is_same<T, A>::value) {
                     const A lq = madd_as_packet(eb.scalar_arg(z), kLn2f, lqk);
-                    return static_cast<A>(std::log(eq * mq + ep * mp) - lq);
+                    return static_cast<A>(std::log(madd_as_packet(eq, mq, rounded(ep * mp))) - lq);
                 } else {
                     const T lq = ei::pmadd(eb.packet_arg(z), ei::pset1<T>(kLn2f),
                                            ei::pset1<T>(lqk));
-                    const T m = ei::pmadd(eq, ei::pset1<T>(mq), ei::pmul(ep, ei::pset1<T>(mp)));
+                    const T m =
+                        ei::pmadd(eq, ei::pset1<T>(mq), rounded(ei::pmul(ep, ei::pset1<T>(mp))));
                     return ei::psub(::rlpo::detail::plog(m), lq);
                 }
             };
@@ -801,8 +820,8 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             }
             for (Index j = lv; j < len; ++j) {
                 const A l = logform_l(wb0[j], wb1[j], zb[j]);
-                v1 += wb1[j] * l;
-                v2 += wb0[j] * l;
+                v1 = madd_as_packet(wb1[j], l, v1);
+                v2 = madd_as_packet(wb0[j], l, v2);
                 wb1[j] = l;
             }
         }
@@ -818,7 +837,8 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             const P x0 = ei::ploadu<P>(wg0 + j), x1 = ei::ploadu<P>(wg1 + j);
             P v;
             if constexpr (D == Divergence::ForwardKL)  // q/τ − p/τ
-                v = ei::psub(ei::pmul(x0, ei::pset1<P>(h0)), ei::pmul(x1, ei::pset1<P>(h1)));
+                v = ei::psub(rounded(ei::pmul(x0, ei::pset1<P>(h0))),
+                             rounded(ei::pmul(x1, ei::pset1<P>(h1))));
             else if constexpr (D == Divergence::ReverseKL)  // q ((z − y)/τ + k)/τ
                 v = ei::pmul(ei::pmul(x0, ei::pset1<P>(h0)),
                              ei::pmadd(x1, ei::pset1<P>(invT), ei::pset1<P>(h1)));
@@ -899,9 +919,9 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
         if constexpr (St3) {
             A v;
             if constexpr (D == Divergence::ForwardKL)
-                v = wg0[j] * h0 - wg1[j] * h1;
+                v = rounded(wg0[j] * h0) - rounded(wg1[j] * h1);
             else if constexpr (D == Divergence::ReverseKL)
-                v = wg0[j] * h0 * (wg1[j] * invT + h1);
+                v = wg0[j] * h0 * madd_as_packet(wg1[j], invT, h1);
             else
                 v = wg0[j] * madd_as_packet(wg1[j], hk, nk);
             sink.scalar(j, v);
@@ -910,8 +930,8 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             if (!logform) {
                 const A eq = wb0[j], ep = wb1[j];
                 const A l = std::log(madd_as_packet(ep / eq, ckk, omb));
-                v1 += ep * l;
-                v2 += eq * l;
+                v1 = madd_as_packet(ep, l, v1);
+                v2 = madd_as_packet(eq, l, v2);
                 wb1[j] = l;
             }
         } else if constexpr (St2) {
@@ -924,7 +944,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             const A eq = ::rlpo::detail::exp2_scalar(tz), ep = ::rlpo::detail::exp2_scalar(ty);
             t1 += eq;
             t2 += ep;
-            if constexpr (D == Divergence::JSD) t3 += ep * (ty - tz);
+            if constexpr (D == Divergence::JSD) t3 = madd_as_packet(ep, ty - tz, t3);
             if constexpr (Lean) tm = std::min(tm, tz);
             wa0[j] = eq;
             wa1[j] = ep;
@@ -935,10 +955,10 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             t2 += ep;
             wa0[j] = eq;
             if constexpr (D == Divergence::ForwardKL || D == Divergence::JSD) {
-                t3 += ep * (dy - dz);
+                t3 = madd_as_packet(ep, dy - dz, t3);
                 wa1[j] = ep;
             } else if constexpr (D == Divergence::ReverseKL) {
-                t3 += eq * (dz - dy);
+                t3 = madd_as_packet(eq, dz - dy, t3);
                 wa1[j] = dz - dy;
             } else {
                 wa1[j] = ep;
