@@ -18,9 +18,11 @@ using Index = std::ptrdiff_t;
 struct Arrays {
     Index n;
     std::unique_ptr<float[]> a, b, c;
-    explicit Arrays(Index n_) : n(n_), a(new float[static_cast<std::size_t>(n_)]),
-                                b(new float[static_cast<std::size_t>(n_)]),
-                                c(new float[static_cast<std::size_t>(n_)]) {
+    explicit Arrays(Index n_)
+        : n(n_),
+          a(new float[static_cast<std::size_t>(n_)]),
+          b(new float[static_cast<std::size_t>(n_)]),
+          c(new float[static_cast<std::size_t>(n_)]) {
         float* pa = a.get();
         float* pb = b.get();
         float* pc = c.get();
@@ -102,7 +104,8 @@ static void BM_bandwidth_copy(benchmark::State& state) {
         benchmark::DoNotOptimize(x.a.get());
         benchmark::ClobberMemory();
     }
-    state.SetBytesProcessed(state.iterations() * 2 * static_cast<int64_t>(sizeof(float)) * rlpo_bw::kElems);
+    state.SetBytesProcessed(state.iterations() * 2 * static_cast<int64_t>(sizeof(float)) *
+                            rlpo_bw::kElems);
 }
 BENCHMARK(BM_bandwidth_copy)->UseRealTime()->Unit(benchmark::kMillisecond);
 
@@ -113,6 +116,7 @@ static void BM_bandwidth_triad(benchmark::State& state) {
         benchmark::DoNotOptimize(x.a.get());
         benchmark::ClobberMemory();
     }
-    state.SetBytesProcessed(state.iterations() * 3 * static_cast<int64_t>(sizeof(float)) * rlpo_bw::kElems);
+    state.SetBytesProcessed(state.iterations() * 3 * static_cast<int64_t>(sizeof(float)) *
+                            rlpo_bw::kElems);
 }
 BENCHMARK(BM_bandwidth_triad)->UseRealTime()->Unit(benchmark::kMillisecond);

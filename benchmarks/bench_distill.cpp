@@ -48,8 +48,8 @@ void bench_divergence(benchmark::State& state, Divergence d) {
         const double tt = rlpo_bw::timed_triad(x);
         state.ResumeTiming();
         const auto t0 = std::chrono::steady_clock::now();
-        const auto r = rlpo::distill::divergence(z, y, mask, o, rlpo::Normalizer{},
-                                                 rlpo::write_to<float>(g));
+        const auto r =
+            rlpo::distill::divergence(z, y, mask, o, rlpo::Normalizer{}, rlpo::write_to<float>(g));
         benchmark::DoNotOptimize(r.value);
         benchmark::ClobberMemory();
         const auto t1 = std::chrono::steady_clock::now();
@@ -65,17 +65,19 @@ void bench_divergence(benchmark::State& state, Divergence d) {
     state.SetBytesProcessed(static_cast<int64_t>(bytes) * state.iterations());
     state.counters["roofline"] = median(ratio);
     state.counters["triad_GBps"] = median(triad) / 1e9;
-    state.counters["roofline_start"] =
-        benchmark::Counter(bytes * static_cast<double>(state.iterations()) / bw,
-                           benchmark::Counter::kIsRate);
+    state.counters["roofline_start"] = benchmark::Counter(
+        bytes * static_cast<double>(state.iterations()) / bw, benchmark::Counter::kIsRate);
 }
 
 }  // namespace
 
-#define RLPO_BENCH_DIV(NAME, KIND)                                                       \
-    static void NAME(benchmark::State& s) { bench_divergence(s, KIND); }                  \
-    BENCHMARK(NAME)->Args({2048, 32768})->Args({256, 151936})->UseRealTime()->Unit(     \
-        benchmark::kMillisecond)
+#define RLPO_BENCH_DIV(NAME, KIND)                                       \
+    static void NAME(benchmark::State& s) { bench_divergence(s, KIND); } \
+    BENCHMARK(NAME)                                                      \
+        ->Args({2048, 32768})                                            \
+        ->Args({256, 151936})                                            \
+        ->UseRealTime()                                                  \
+        ->Unit(benchmark::kMillisecond)
 
 RLPO_BENCH_DIV(BM_distill_forward_kl, Divergence::ForwardKL);
 RLPO_BENCH_DIV(BM_distill_reverse_kl, Divergence::ReverseKL);

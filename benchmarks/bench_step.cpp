@@ -89,7 +89,8 @@ void BM_grpo_advantage_and_step(benchmark::State& state) {
         in.advantages = adv;
         in.old_logp = r.old;
         in.ref_logp = r.ref;
-        const auto res = step(in, {rlpo::write_to(r.grad), rlpo::no_grad<float>(), rlpo::no_grad<float>()});
+        const auto res =
+            step(in, {rlpo::write_to(r.grad), rlpo::no_grad<float>(), rlpo::no_grad<float>()});
         benchmark::DoNotOptimize(res.loss);
         benchmark::DoNotOptimize(r.grad.data());
     }
@@ -116,7 +117,8 @@ void BM_ppo_gae_and_step(benchmark::State& state) {
         in.values = r.values;
         in.old_values = r.old_values;
         in.returns = ta.returns;
-        const auto res = step(in, {rlpo::write_to(r.grad), rlpo::no_grad<float>(), rlpo::write_to(r.grad_values)});
+        const auto res = step(
+            in, {rlpo::write_to(r.grad), rlpo::no_grad<float>(), rlpo::write_to(r.grad_values)});
         benchmark::DoNotOptimize(res.loss);
         benchmark::DoNotOptimize(r.grad.data());
     }

@@ -44,8 +44,10 @@ void BM_ppo_dual_k3_token_mean(benchmark::State& state) {
     const auto ppo = rlpo::policy::PPOClipOptions::verl();
     const auto kl = rlpo::penalties::KLOptions::verl(rlpo::penalties::KLEstimator::K3);
     for (auto _ : state) {
-        auto r1 = rlpo::policy::ppo_clip(b.logp, b.old, b.adv, b.mask, ppo, {}, rlpo::write_to(b.grad));
-        auto r2 = rlpo::penalties::kl_penalty(b.logp, b.ref, b.mask, kl, {}, rlpo::add_to(b.grad, 0.001));
+        auto r1 =
+            rlpo::policy::ppo_clip(b.logp, b.old, b.adv, b.mask, ppo, {}, rlpo::write_to(b.grad));
+        auto r2 =
+            rlpo::penalties::kl_penalty(b.logp, b.ref, b.mask, kl, {}, rlpo::add_to(b.grad, 0.001));
         benchmark::DoNotOptimize(r1.value + r2.value);
         benchmark::DoNotOptimize(b.grad.data());
     }
@@ -58,7 +60,8 @@ void BM_ppo_clip_only(benchmark::State& state) {
     TokenBatch<float> b(kB, kT);
     for (auto _ : state) {
         auto r = rlpo::policy::ppo_clip(b.logp, b.old, b.adv, b.mask,
-                                        rlpo::policy::PPOClipOptions::verl(), {}, rlpo::write_to(b.grad));
+                                        rlpo::policy::PPOClipOptions::verl(), {},
+                                        rlpo::write_to(b.grad));
         benchmark::DoNotOptimize(r.value);
     }
     state.SetItemsProcessed(state.iterations() * kB * kT);
@@ -68,8 +71,8 @@ BENCHMARK(BM_ppo_clip_only)->Unit(benchmark::kMillisecond)->UseRealTime();
 void BM_k3_only(benchmark::State& state) {
     TokenBatch<float> b(kB, kT);
     for (auto _ : state) {
-        auto r = rlpo::penalties::kl_penalty(b.logp, b.ref, b.mask, rlpo::penalties::KLOptions::verl(), {},
-                                             rlpo::write_to(b.grad));
+        auto r = rlpo::penalties::kl_penalty(
+            b.logp, b.ref, b.mask, rlpo::penalties::KLOptions::verl(), {}, rlpo::write_to(b.grad));
         benchmark::DoNotOptimize(r.value);
     }
     state.SetItemsProcessed(state.iterations() * kB * kT);

@@ -53,9 +53,7 @@ struct Reg {
                      {"reverse_kl", Divergence::ReverseKL},
                      {"jsd0.5", Divergence::JSD},
                      {"tvd", Divergence::TVD}};
-        const struct {
-            Index N, V;
-        } shapes[] = {{2048, 32768}, {256, 151936}};
+        const struct { Index N, V; } shapes[] = {{2048, 32768}, {256, 151936}};
         for (const auto& k : kinds)
             for (const auto& s : shapes)
                 rlpo_bench::registry()["vocab/" + std::string(k.name) + "_" + std::to_string(s.N) +

@@ -28,8 +28,10 @@ inline int compare_main(int argc, char** argv) {
     int reps = 5;
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string k = argv[i];
-        if (k == "--workload") name = argv[i + 1];
-        else if (k == "--reps") reps = std::atoi(argv[i + 1]);
+        if (k == "--workload")
+            name = argv[i + 1];
+        else if (k == "--reps")
+            reps = std::atoi(argv[i + 1]);
     }
     const auto it = registry().find(name);
     if (it == registry().end()) {

@@ -18,10 +18,10 @@ int main() {
     auto g = rlpo::view(grad.data(), B, T);
 
     rlpo::Normalizer norm;  // token-mean over this batch (pass global counts across micro-batches)
-    const auto pg = rlpo::policy::ppo_clip(lp, rlpo::view(old_logp.data(), B, T),
-                                           rlpo::view(adv.data(), B, T), rlpo::view(mask.data(), B, T),
-                                           rlpo::policy::PPOClipOptions::verl(), norm,
-                                           rlpo::write_to<float>(g));
+    const auto pg =
+        rlpo::policy::ppo_clip(lp, rlpo::view(old_logp.data(), B, T), rlpo::view(adv.data(), B, T),
+                               rlpo::view(mask.data(), B, T), rlpo::policy::PPOClipOptions::verl(),
+                               norm, rlpo::write_to<float>(g));
     const auto kl = rlpo::penalties::kl_penalty(lp, rlpo::view(ref_logp.data(), B, T),
                                                 rlpo::view(mask.data(), B, T), {}, norm,
                                                 rlpo::add_to<float>(g, 0.001));

@@ -17,7 +17,6 @@
 #include <rlpo/rollout/groups.hpp>
 #include <rlpo/rollout/step.hpp>
 
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -31,9 +30,9 @@ namespace demo {
 struct Config {
     std::string objective = "grpo";
     int steps = 500;
-    int prompts = 32;   // P prompts per step
-    int group = 16;     // G responses per prompt
-    int max_len = 6;    // T
+    int prompts = 32;  // P prompts per step
+    int group = 16;    // G responses per prompt
+    int max_len = 6;   // T
     int minibatches = 2;
     std::uint64_t seed = 1;
     bool kl = true;
@@ -169,7 +168,8 @@ inline double greedy_accuracy(Net& policy, int T) {
     for (int t = 0; t < T && !alive.empty(); ++t) {
         ctx.clear();
         for (int q : alive)
-            ctx.push_back({q / 10, q % 10, t == 0 ? kBos : resp[static_cast<std::size_t>(q)].back(), t});
+            ctx.push_back(
+                {q / 10, q % 10, t == 0 ? kBos : resp[static_cast<std::size_t>(q)].back(), t});
         const RM& z = policy.forward(ctx);
         std::vector<int> next;
         for (std::size_t k = 0; k < alive.size(); ++k) {
@@ -185,7 +185,6 @@ inline double greedy_accuracy(Net& policy, int T) {
         bool c = false;
         reward(q / 10, q % 10, resp[static_cast<std::size_t>(q)], c);
         ok += c ? 1 : 0;
-
     }
     return ok / 100.0;
 }
@@ -269,12 +268,14 @@ inline std::vector<Row> train(const Config& cfg, const Objective& obj, double& a
                 critic.backward(dv, cg);
                 copt.step(critic, cg);
             }
-            if (m == 0) agg = res;
-            else agg.merge(res);
+            if (m == 0)
+                agg = res;
+            else
+                agg.merge(res);
         }
         row.accuracy = greedy_accuracy(policy, cfg.max_len);
         const auto& mt = agg.metrics;
-        row.kl = mt.contains("actor/kl_loss") ? mt["actor/kl_loss"]
+        row.kl = mt.contains("actor/kl_loss")     ? mt["actor/kl_loss"]
                  : mt.contains("actor/reward_kl") ? mt["actor/reward_kl"]
                                                   : prep.kl;
         row.clipfrac = mt.contains("actor/pg_clipfrac") ? mt["actor/pg_clipfrac"] : 0.0;
@@ -304,21 +305,36 @@ int main(int argc, char** argv) {
             }
             return argv[++i];
         };
-        if (k == "--objective") cfg.objective = next();
-        else if (k == "--seed") cfg.seed = std::stoull(next());
-        else if (k == "--steps") cfg.steps = std::stoi(next());
-        else if (k == "--prompts") cfg.prompts = std::stoi(next());
-        else if (k == "--group") cfg.group = std::stoi(next());
-        else if (k == "--lr") cfg.lr = std::stof(next());
-        else if (k == "--no-kl") cfg.kl = false;
-        else if (k == "--hidden") cfg.hidden = std::stoi(next());
-        else if (k == "--dim") cfg.dim = std::stoi(next());
-        else if (k == "--entropy-coef") cfg.entropy_coef = std::stod(next());
-        else if (k == "--kl-coef") cfg.kl_coef = std::stod(next());
-        else if (k == "--length-shaping") cfg.length_shaping = true;
-        else if (k == "--compare") cfg.compare = true;
-        else if (k == "--out") cfg.out = next();
-        else if (k == "--quiet") cfg.quiet = true;
+        if (k == "--objective")
+            cfg.objective = next();
+        else if (k == "--seed")
+            cfg.seed = std::stoull(next());
+        else if (k == "--steps")
+            cfg.steps = std::stoi(next());
+        else if (k == "--prompts")
+            cfg.prompts = std::stoi(next());
+        else if (k == "--group")
+            cfg.group = std::stoi(next());
+        else if (k == "--lr")
+            cfg.lr = std::stof(next());
+        else if (k == "--no-kl")
+            cfg.kl = false;
+        else if (k == "--hidden")
+            cfg.hidden = std::stoi(next());
+        else if (k == "--dim")
+            cfg.dim = std::stoi(next());
+        else if (k == "--entropy-coef")
+            cfg.entropy_coef = std::stod(next());
+        else if (k == "--kl-coef")
+            cfg.kl_coef = std::stod(next());
+        else if (k == "--length-shaping")
+            cfg.length_shaping = true;
+        else if (k == "--compare")
+            cfg.compare = true;
+        else if (k == "--out")
+            cfg.out = next();
+        else if (k == "--quiet")
+            cfg.quiet = true;
         else if (k == "--help" || k == "-h") {
             std::printf("%s", demo::kUsage);
             return 0;
@@ -333,8 +349,8 @@ int main(int argc, char** argv) {
         std::vector<demo::Series> all;
         double first_start = 0, first_end = 0;
         for (const auto& name : names) {
-            const demo::Objective obj =
-                demo::make_objective(name, cfg.kl, cfg.kl_coef, cfg.entropy_coef, cfg.length_shaping);
+            const demo::Objective obj = demo::make_objective(name, cfg.kl, cfg.kl_coef,
+                                                             cfg.entropy_coef, cfg.length_shaping);
             double s = 0, e = 0;
             auto rows = demo::train(cfg, obj, s, e);
             if (all.empty()) first_start = s, first_end = e;

@@ -103,7 +103,8 @@ private:
 /// Adam with global-norm gradient clipping (as verl's actor: grad_clip 1.0).
 class Adam {
 public:
-    Adam(const Net& net, float lr, float clip = 1.0f) : lr_(lr), clip_(clip), m_(net.zeros()), v_(net.zeros()) {}
+    Adam(const Net& net, float lr, float clip = 1.0f)
+        : lr_(lr), clip_(clip), m_(net.zeros()), v_(net.zeros()) {}
     void step(Net& net, std::array<RM, Net::kParams>& g) {
         double norm2 = 0.0;
         for (const auto& x : g) norm2 += static_cast<double>(x.squaredNorm());

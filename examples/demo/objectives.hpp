@@ -101,8 +101,8 @@ inline Objective make_objective(const std::string& name, bool kl, double kl_coef
 /// Advantages (and returns for PPO) of one rollout, and the mask the loss uses.
 struct Prepared {
     RM advantages, returns, mask;
-    double kl = 0.0;        // KL-in-reward mean (PPO)
-    double dropped = 0.0;   // fraction of groups dropped by dynamic sampling
+    double kl = 0.0;       // KL-in-reward mean (PPO)
+    double dropped = 0.0;  // fraction of groups dropped by dynamic sampling
 };
 
 template <class R>
@@ -115,7 +115,8 @@ Prepared prepare(const Objective& obj, const R& r, const rlpo::rollout::Groups& 
     if (obj.overlong) {
         // soft overlong penalty over the last 2 positions of the T-token cap
         const rlpo::Vec<float> len = ro::lengths_from_mask(r.mask);
-        score += ro::overlong_penalty(len, ro::OverlongOptions::dapo(static_cast<double>(r.T), 2.0));
+        score +=
+            ro::overlong_penalty(len, ro::OverlongOptions::dapo(static_cast<double>(r.T), 2.0));
     }
     if (obj.dynamic_sampling) {
         // DAPO keeps sampling until the batch is full of informative groups; the demo keeps
@@ -125,12 +126,15 @@ Prepared prepare(const Objective& obj, const R& r, const rlpo::rollout::Groups& 
         for (Index k : sel.kept_responses) keep[static_cast<std::size_t>(k)] = true;
         for (Index i = 0; i < r.N; ++i)
             if (!keep[static_cast<std::size_t>(i)]) p.mask.row(i).setZero();
-        p.dropped = static_cast<double>(sel.num_dropped_groups) / static_cast<double>(groups.num_groups());
+        p.dropped =
+            static_cast<double>(sel.num_dropped_groups) / static_cast<double>(groups.num_groups());
     }
     rlpo::Vec<float> adv;
     switch (obj.advantage) {
         case Advantage::GRPO: adv = ro::grpo_advantages(score, groups); break;
-        case Advantage::DrGRPO: adv = ro::grpo_advantages(score, groups, ro::GRPOOptions::dr_grpo()); break;
+        case Advantage::DrGRPO:
+            adv = ro::grpo_advantages(score, groups, ro::GRPOOptions::dr_grpo());
+            break;
         case Advantage::RLOO: adv = ro::rloo_advantages(score, groups); break;
         case Advantage::GAE: {
             RM token_rewards = ro::outcome_token_rewards(score, p.mask);

@@ -1,11 +1,11 @@
 #pragma once
 // Progress bar, CSV of per-step metrics and the PNG plot (rendered by gnuplot).
+#include <sys/stat.h>
+#include <unistd.h>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <vector>
 
 namespace demo {
@@ -32,7 +32,8 @@ public:
         std::string bar(static_cast<std::size_t>(done), '#');
         bar.resize(width, '.');
         if (!tty_ && r.step % 10 != 0 && r.step != total_) return;
-        std::fprintf(stderr, "%s%-7s [%s] %3d/%d  reward %.3f  acc %.2f  kl %.4f  clip %.3f  %.1fs%s",
+        std::fprintf(stderr,
+                     "%s%-7s [%s] %3d/%d  reward %.3f  acc %.2f  kl %.4f  clip %.3f  %.1fs%s",
                      tty_ ? "\r" : "", name_.c_str(), bar.c_str(), r.step, total_, r.reward,
                      r.accuracy, r.kl, r.clipfrac, r.seconds, tty_ ? "" : "\n");
         std::fflush(stderr);
@@ -52,7 +53,8 @@ inline void write_outputs(const std::string& dir, const std::vector<Series>& all
     const std::string csv = dir + "/metrics.csv";
     {
         std::ofstream f(csv);
-        f << "objective,step,reward,accuracy,sample_accuracy,kl,pg_clipfrac,loss,response_length,seconds\n";
+        f << "objective,step,reward,accuracy,sample_accuracy,kl,pg_clipfrac,loss,response_length,"
+             "seconds\n";
         for (const auto& s : all)
             for (const auto& r : s.rows)
                 f << s.name << ',' << r.step << ',' << r.reward << ',' << r.accuracy << ','
@@ -65,7 +67,8 @@ inline void write_outputs(const std::string& dir, const std::vector<Series>& all
     for (std::size_t k = 0; k < all.size(); ++k) {
         const std::string dat = dir + "/" + all[k].name + ".dat";
         std::ofstream f(dat);
-        for (const auto& r : all[k].rows) f << r.step << ' ' << r.accuracy << ' ' << r.reward << ' ' << r.kl << '\n';
+        for (const auto& r : all[k].rows)
+            f << r.step << ' ' << r.accuracy << ' ' << r.reward << ' ' << r.kl << '\n';
         const std::string sep = k ? ", " : "";
         plot_acc += sep + "'" + dat + "' using 1:2 with lines lw 2 title '" + all[k].name + "'";
         plot_rew += sep + "'" + dat + "' using 1:3 with lines lw 2 title '" + all[k].name + "'";
@@ -87,9 +90,14 @@ inline void write_outputs(const std::string& dir, const std::vector<Series>& all
           << "unset multiplot\n";
     }
     // pngcairo when gnuplot has it, the plain png terminal otherwise
-    std::string cmd = "gnuplot -e \"set terminal\" 2>&1 | grep -q pngcairo || sed -i 's/^set terminal pngcairo/set terminal png/' '" + gp + "'; gnuplot '" + gp + "'";
-    if (std::system(cmd.c_str()) == 0) std::printf("wrote %s\n", png.c_str());
-    else std::printf("gnuplot failed: no PNG\n");
+    std::string cmd =
+        "gnuplot -e \"set terminal\" 2>&1 | grep -q pngcairo || sed -i 's/^set terminal "
+        "pngcairo/set terminal png/' '" +
+        gp + "'; gnuplot '" + gp + "'";
+    if (std::system(cmd.c_str()) == 0)
+        std::printf("wrote %s\n", png.c_str());
+    else
+        std::printf("gnuplot failed: no PNG\n");
 }
 
 }  // namespace demo

@@ -13,8 +13,8 @@ int main() {
     const auto old_logp = rlpo::view(old_buf, 2, 3);
     const auto adv = rlpo::view(adv_buf, 2, 3);
     const auto mask = rlpo::view(mask_buf, 2, 3);
-    const auto r = rlpo::policy::ppo_clip(logp, old_logp, adv, mask,
-                                          rlpo::policy::PPOClipOptions::verl());
+    const auto r =
+        rlpo::policy::ppo_clip(logp, old_logp, adv, mask, rlpo::policy::PPOClipOptions::verl());
     std::printf("ppo_clip value=%.6f pg_clipfrac=%.4f grad[0,0]=%.6f\n", r.value,
                 r.metrics["pg_clipfrac"], static_cast<double>(r.grad(0, 0)));
     return std::isfinite(r.value) && r.grad(1, 2) == 0.0f ? 0 : 1;

@@ -68,7 +68,8 @@ TEST_CASE("each aggregation mode equals its definition, masked entries never rea
             [&](const Mat<double>& x) { return rlpo::aggregate(x, m, n); }, L0, gL, 1e-7, 1e-10);
         n.norm_constant = 37.0;
         if (mode == Aggregation::SeqMeanTokenSumNorm)
-            CHECK(rlpo::aggregate(L, m, n) == Approx(by_definition(L, m, mode, 37.0)).epsilon(1e-14));
+            CHECK(rlpo::aggregate(L, m, n) ==
+                  Approx(by_definition(L, m, mode, 37.0)).epsilon(1e-14));
     }
 }
 
@@ -88,8 +89,9 @@ TEST_CASE("empty mask gives value 0 and gradient 0 in every mode", "[core][aggre
     }
 }
 
-TEMPLATE_TEST_CASE("micro-batch invariance: uneven splits with global counts sum to the whole batch",
-                   "[core][aggregation]", float, double) {
+TEMPLATE_TEST_CASE(
+    "micro-batch invariance: uneven splits with global counts sum to the whole batch",
+    "[core][aggregation]", float, double) {
     using S = TestType;
     rt::Generator gen(11);
     const Index B = 15, T = 12;  // chunks 1,2,3,4,5
@@ -108,14 +110,14 @@ TEMPLATE_TEST_CASE("micro-batch invariance: uneven splits with global counts sum
         for (auto [start, len] : rlpo_test::uneven_chunks(B)) {
             // Micro-batches are row blocks viewed in place (strided Refs are fine too).
             const auto part = rlpo::policy::ppo_clip(
-                logp.middleRows(start, len), old.middleRows(start, len),
-                adv.middleRows(start, len), mask.middleRows(start, len), opts, n);
+                logp.middleRows(start, len), old.middleRows(start, len), adv.middleRows(start, len),
+                mask.middleRows(start, len), opts, n);
             sum += part.value;
             grad.middleRows(start, len) = part.grad;
             metrics.merge(part.metrics);
         }
         if (sizeof(S) == 8) {
-            CHECK(sum == Approx(whole.value).epsilon(1e-14));  // exact up to summation order
+            CHECK(sum == Approx(whole.value).epsilon(1e-14));        // exact up to summation order
             CHECK(rlpo_test::max_rel_err(grad, whole.grad) == 0.0);  // per-token: bitwise
         } else {
             CHECK(sum == Approx(whole.value).epsilon(1e-6));

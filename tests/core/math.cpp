@@ -42,7 +42,8 @@ TEST_CASE("scalar functions match closed forms and stay finite in their tails", 
 
 TEST_CASE("online logsumexp equals the two-pass value across chunk boundaries", "[core][math]") {
     rt::Generator gen(1);
-    for (Index V : {Index(1), Index(7), Index(255), Index(256), Index(257), Index(1000), Index(5000)}) {
+    for (Index V :
+         {Index(1), Index(7), Index(255), Index(256), Index(257), Index(1000), Index(5000)}) {
         // An increasing ramp forces the running max to grow in every chunk.
         Mat<double> z(3, V);
         for (Index j = 0; j < V; ++j) {
@@ -59,9 +60,10 @@ TEST_CASE("online logsumexp equals the two-pass value across chunk boundaries", 
     }
 }
 
-TEST_CASE("logsumexp / softmax / entropy handle -inf entries, dead and empty rows", "[core][math]") {
+TEST_CASE("logsumexp / softmax / entropy handle -inf entries, dead and empty rows",
+          "[core][math]") {
     Mat<double> z(3, 4);
-    z << 0.0, -inf, 1.0, -inf,  //
+    z << 0.0, -inf, 1.0, -inf,   //
         -inf, -inf, -inf, -inf,  //
         1e300, 0, 0, 0;
     const auto lse = rlpo::logsumexp_rows(z);
@@ -103,10 +105,12 @@ TEMPLATE_TEST_CASE("VJPs of log-softmax, softmax and entropy match finite differ
         zr, a1, tol, 1e-5);
     const Mat<double> a2 = rlpo::softmax_vjp(zs, g.cast<TestType>()).template cast<double>();
     rlpo_test::require_fd_gradient(
-        [&](const Mat<double>& x) { return (rlpo::softmax_rows(x).array() * g.array()).sum(); },
-        zr, a2, tol, 1e-5);
+        [&](const Mat<double>& x) { return (rlpo::softmax_rows(x).array() * g.array()).sum(); }, zr,
+        a2, tol, 1e-5);
     const Mat<double> a3 = rlpo::entropy_vjp(zs, gH.cast<TestType>()).template cast<double>();
     rlpo_test::require_fd_gradient(
-        [&](const Mat<double>& x) { return (rlpo::entropy_rows(x).array() * gH.col(0).array()).sum(); },
+        [&](const Mat<double>& x) {
+            return (rlpo::entropy_rows(x).array() * gH.col(0).array()).sum();
+        },
         zr, a3, tol, 1e-5);
 }

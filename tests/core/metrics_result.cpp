@@ -38,7 +38,8 @@ TEST_CASE("GradientOut: own, write, add with coefficient, none", "[core][result]
     CHECK(rlpo_test::max_rel_err(buf, Mat<double>(2.0 * own.grad)) < 1e-15);
     Mat<double> acc = Mat<double>::Constant(3, 5, 1.0);
     rlpo::policy::ppo_clip(lp, old, A, m, {}, {}, rlpo::add_to(acc, 0.5));
-    CHECK(rlpo_test::max_rel_err(acc, Mat<double>(Mat<double>::Ones(3, 5) + 0.5 * own.grad)) < 1e-15);
+    CHECK(rlpo_test::max_rel_err(acc, Mat<double>(Mat<double>::Ones(3, 5) + 0.5 * own.grad)) <
+          1e-15);
     const auto none = rlpo::policy::ppo_clip(lp, old, A, m, {}, {}, rlpo::no_grad<double>());
     CHECK(none.grad.size() == 0);
     CHECK(none.value == own.value);
@@ -49,8 +50,9 @@ TEST_CASE("GradientOut: own, write, add with coefficient, none", "[core][result]
     CHECK(rlpo_test::max_rel_err(Mat<double>(big.block(1, 2, 3, 5)), own.grad) == 0.0);
     CHECK(big.col(0).isZero());
     Mat<double> wrong(2, 5);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(lp, old, A, m, {}, {}, rlpo::write_to(wrong)),
-                                    "GradientOut: expected shape [3, 5]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::policy::ppo_clip(lp, old, A, m, {}, {}, rlpo::write_to(wrong)),
+        "GradientOut: expected shape [3, 5]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(
         rlpo::policy::ppo_clip(lp, old, A, m, {}, {},
                                rlpo::write_to(buf, std::numeric_limits<double>::quiet_NaN())),

@@ -20,8 +20,8 @@
 using rlpo::Aggregation;
 using rlpo::Index;
 using rlpo::Mat;
-using rlpo::distill::Divergence;
 using rlpo::distill::DistillOptions;
+using rlpo::distill::Divergence;
 namespace rt = rlpo::testing;
 using bf16 = Eigen::bfloat16;
 constexpr double inf = std::numeric_limits<double>::infinity();
@@ -67,8 +67,8 @@ ScopedLean lean_mode(int mode) {
     return ScopedLean(mode > 0 ? 0 : std::numeric_limits<std::size_t>::max(), mode == 2);
 }
 
-const Divergence kAll[] = {Divergence::ForwardKL,     Divergence::ReverseKL, Divergence::JSD,
-                           Divergence::SkewKL,        Divergence::SkewReverseKL, Divergence::TVD};
+const Divergence kAll[] = {Divergence::ForwardKL, Divergence::ReverseKL,     Divergence::JSD,
+                           Divergence::SkewKL,    Divergence::SkewReverseKL, Divergence::TVD};
 
 struct Case {
     Mat<double> z, y, mask;  // student [N, V], teacher [N, V], row mask [B, T]
@@ -147,18 +147,24 @@ TEST_CASE("distill divergences: gradient equals central finite differences", "[d
                     if (d != Divergence::TVD) return false;  // |p − q| kinks where p = q
                     const Index row = k / c.z.cols();
                     const Mat<double> zr = c.z.row(row) / tau, yr = c.y.row(row) / tau;
-                    const double lz = std::log((zr.array() - zr.maxCoeff()).exp().sum()) + zr.maxCoeff();
-                    const double ly = std::log((yr.array() - yr.maxCoeff()).exp().sum()) + yr.maxCoeff();
+                    const double lz =
+                        std::log((zr.array() - zr.maxCoeff()).exp().sum()) + zr.maxCoeff();
+                    const double ly =
+                        std::log((yr.array() - yr.maxCoeff()).exp().sum()) + yr.maxCoeff();
                     for (Index j = 0; j < c.z.cols(); ++j)
-                        if (std::abs(std::exp(zr(0, j) - lz) - std::exp(yr(0, j) - ly)) < 1e-4) return true;
+                        if (std::abs(std::exp(zr(0, j) - lz) - std::exp(yr(0, j) - ly)) < 1e-4)
+                            return true;
                     return false;
                 };
                 Mat<double> zc = c.z;  // FD only through unmasked finite entries
                 rlpo_test::require_fd_gradient(
                     [&](const Mat<double>& x) {
-                        return rlpo::distill::divergence(x, c.y, c.mask, o, n, rlpo::no_grad<double>()).value;
+                        return rlpo::distill::divergence(x, c.y, c.mask, o, n,
+                                                         rlpo::no_grad<double>())
+                            .value;
                     },
-                    zc, r.grad, 1e-6, 1e-9, [&](Index k) {
+                    zc, r.grad, 1e-6, 1e-9,
+                    [&](Index k) {
                         const Index row = k / c.z.cols();
                         return c.mask(row / 2, row % 2) == 0 || near_kink(k);
                     });
@@ -168,7 +174,8 @@ TEST_CASE("distill divergences: gradient equals central finite differences", "[d
 TEMPLATE_TEST_CASE("distill divergences: agree with the PyTorch autograd reference",
                    "[distill][torch]", float, double, bf16) {
     using S = TestType;
-    const std::string tag = std::is_same<S, double>::value ? "d" : (std::is_same<S, float>::value ? "f" : "b");
+    const std::string tag =
+        std::is_same<S, double>::value ? "d" : (std::is_same<S, float>::value ? "f" : "b");
     rlpo_test::TorchReference tr("distill", "div_" + tag);
     struct Run {
         Mat<S> z, y;
@@ -302,8 +309,8 @@ TEST_CASE("distill divergences: identities and limits", "[distill][properties]")
     }
     SECTION("closed form: two-point distributions") {
         Mat<double> zz(1, 2), yy(1, 2);
-        zz << 0.0, 0.0;                      // q = (1/2, 1/2)
-        yy << std::log(3.0), 0.0;            // p = (3/4, 1/4)
+        zz << 0.0, 0.0;            // q = (1/2, 1/2)
+        yy << std::log(3.0), 0.0;  // p = (3/4, 1/4)
         const Mat<double> one = Mat<double>::Ones(1, 1);
         const double fkl = 0.75 * std::log(1.5) + 0.25 * std::log(0.5);
         const double rkl = 0.5 * std::log(0.5 / 0.75) + 0.5 * std::log(0.5 / 0.25);
@@ -334,8 +341,8 @@ TEST_CASE("distill divergences: micro-batches sum to the whole batch in every mo
                 const Index r0 = ch.first * T, nr = ch.second * T;
                 Eigen::Ref<Mat<double>> gb = g.middleRows(r0, nr);
                 const auto part = rlpo::distill::divergence(
-                    z.middleRows(r0, nr), y.middleRows(r0, nr), mask.middleRows(ch.first, ch.second),
-                    o, n, rlpo::add_to<double>(gb));
+                    z.middleRows(r0, nr), y.middleRows(r0, nr),
+                    mask.middleRows(ch.first, ch.second), o, n, rlpo::add_to<double>(gb));
                 total += part.value;
                 met.merge(part.metrics);
             }
@@ -377,9 +384,10 @@ TEST_CASE("distill divergences: float rows at vocabulary scale, threads, chunked
             rlpo::Normalizer n;
             n.num_tokens = static_cast<double>(N);
             Eigen::Ref<Mat<float>> gb = g.middleRows(r0, nr);
-            total += rlpo::distill::divergence(z.middleRows(r0, nr), y.middleRows(r0, nr),
-                                               Mat<double>::Ones(nr, 1), o, n,
-                                               rlpo::write_to<float>(gb)).value;
+            total +=
+                rlpo::distill::divergence(z.middleRows(r0, nr), y.middleRows(r0, nr),
+                                          Mat<double>::Ones(nr, 1), o, n, rlpo::write_to<float>(gb))
+                    .value;
         }
         CHECK(rlpo_test::rel_err(total, rf.value) < 1e-6);
         CHECK(rlpo_test::max_rel_err(g, rf.grad) < 1e-6);
@@ -390,8 +398,8 @@ namespace {
 // Naive double reference of one row (independent of the library's kernels): q, p by direct
 // softmax (exp(−inf) = 0), the value from its definition and ∂L/∂z_j = q_j (g_j − Σ q g)/τ
 // with g = ∂L/∂q.
-double naive_row(Divergence d, const Eigen::RowVectorXd& z, const Eigen::RowVectorXd& y,
-                 double tau, double beta, double alpha, Eigen::RowVectorXd& grad) {
+double naive_row(Divergence d, const Eigen::RowVectorXd& z, const Eigen::RowVectorXd& y, double tau,
+                 double beta, double alpha, Eigen::RowVectorXd& grad) {
     const Index V = z.size();
     auto softmax = [&](const Eigen::RowVectorXd& x) {
         const double m = x.maxCoeff();
@@ -406,7 +414,10 @@ double naive_row(Divergence d, const Eigen::RowVectorXd& z, const Eigen::RowVect
     for (Index j = 0; j < V; ++j) {
         const double qj = q(j), pj = p(j);
         switch (d) {
-            case Divergence::ForwardKL: L += xlogy(pj, qj); g(j) = qj > 0 ? -pj / qj : 0; break;
+            case Divergence::ForwardKL:
+                L += xlogy(pj, qj);
+                g(j) = qj > 0 ? -pj / qj : 0;
+                break;
             case Divergence::ReverseKL:
                 L += xlogy(qj, pj);
                 g(j) = qj > 0 ? std::log(qj / pj) + 1 : 0;
@@ -452,11 +463,10 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
     for (const int lean : kLeanModes) {
         for (Index V : {Index(3 * 2048 + 37), Index(2048), Index(29), Index(65573)}) {
             if (lean == 1 && V > 60000) continue;
-            const ScopedLean scoped(
-                lean > 0    ? 0
-                : V > 60000 ? rlpo::distill::detail::FastPathTuning{}.lean_bytes
-                            : std::numeric_limits<std::size_t>::max(),
-                lean == 2);
+            const ScopedLean scoped(lean > 0    ? 0
+                                    : V > 60000 ? rlpo::distill::detail::FastPathTuning{}.lean_bytes
+                                                : std::numeric_limits<std::size_t>::max(),
+                                    lean == 2);
             rt::Generator gen(static_cast<std::uint64_t>(V));
             const Index N = 13;
             Mat<double> z = gen.logits(N, V, 3.0), y = gen.perturbed(z, 2.0);
@@ -464,7 +474,7 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
             mask(2, 0) = mask(7, 0) = 0;
             z(2, 5) = std::numeric_limits<double>::quiet_NaN();
             y(7, V - 1) = std::numeric_limits<double>::quiet_NaN();
-            z(4, 3) = y(4, 3) = -inf;          // a zero column in both rows
+            z(4, 3) = y(4, 3) = -inf;  // a zero column in both rows
             z(10, V - 2) = y(10, V - 2) = -inf;
             const Mat<S> zs = cast<S>(z), ys = cast<S>(y);
             const Mat<double> zr = zs.template cast<double>(), yr = ys.template cast<double>();
@@ -478,8 +488,8 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
                 for (Index n = 0; n < N; ++n) {
                     if (mask(n, 0) == 0) continue;
                     Eigen::RowVectorXd gr;
-                    expect += naive_row(d, zr.row(n), yr.row(n), o.temperature, o.beta,
-                                        o.alpha, gr);
+                    expect +=
+                        naive_row(d, zr.row(n), yr.row(n), o.temperature, o.beta, o.alpha, gr);
                     gexp.row(n) = gr;
                     count += 1;
                 }
@@ -645,38 +655,39 @@ TEMPLATE_TEST_CASE("distill divergences: mixtures stay finite where a probabilit
     const Mat<S> zs = cast<S>(z), ys = cast<S>(y);
     const Mat<double> zr = zs.template cast<double>(), yr = ys.template cast<double>();
     for (const int lean : kLeanModes)
-    for (Divergence d : {Divergence::JSD, Divergence::SkewKL, Divergence::SkewReverseKL}) {
-        if (lean && d != Divergence::JSD) continue;
-        INFO(rlpo::distill::to_string(d) << " lean " << lean);
-        const ScopedLean scoped = lean_mode(lean);
-        const DistillOptions o = opts_for(d, tau, false);
-        const auto r = rlpo::distill::divergence(zs, ys, o);
-        double expect = 0;
-        Mat<double> gexp(N, V);
-        for (Index n = 0; n < N; ++n) {
-            Eigen::RowVectorXd gr;
-            expect += naive_row(d, zr.row(n), yr.row(n), tau, o.beta, o.alpha, gr) / N;
-            gexp.row(n) = gr / N;
-        }
-        REQUIRE(std::isfinite(r.value));
-        CHECK(rlpo_test::rel_err(r.value, expect) < (std::is_same<S, float>::value ? 2e-5 : 1e-2));
-        CHECK(grad_err<S>(r.grad.template cast<double>(), gexp) < grad_tol<S>());
-        if (d == Divergence::JSD) {
-            // rows 2 to 4 stay on the fast path, whichever form their chunks take
-            auto& exact_rows = rlpo::distill::detail::fast_path_stats().exact_rows;
-            const std::size_t before = exact_rows.load();
-            const Mat<S> z23 = zs.bottomRows(3), y23 = ys.bottomRows(3);
-            const auto r23 = rlpo::distill::divergence(z23, y23, o);
-            CHECK(exact_rows.load() == before);
-            double e23 = 0;
-            for (Index n = 2; n < N; ++n) {
+        for (Divergence d : {Divergence::JSD, Divergence::SkewKL, Divergence::SkewReverseKL}) {
+            if (lean && d != Divergence::JSD) continue;
+            INFO(rlpo::distill::to_string(d) << " lean " << lean);
+            const ScopedLean scoped = lean_mode(lean);
+            const DistillOptions o = opts_for(d, tau, false);
+            const auto r = rlpo::distill::divergence(zs, ys, o);
+            double expect = 0;
+            Mat<double> gexp(N, V);
+            for (Index n = 0; n < N; ++n) {
                 Eigen::RowVectorXd gr;
-                e23 += naive_row(d, zr.row(n), yr.row(n), tau, o.beta, o.alpha, gr) / 3;
+                expect += naive_row(d, zr.row(n), yr.row(n), tau, o.beta, o.alpha, gr) / N;
+                gexp.row(n) = gr / N;
             }
-            CHECK(rlpo_test::rel_err(r23.value, e23) <
+            REQUIRE(std::isfinite(r.value));
+            CHECK(rlpo_test::rel_err(r.value, expect) <
                   (std::is_same<S, float>::value ? 2e-5 : 1e-2));
+            CHECK(grad_err<S>(r.grad.template cast<double>(), gexp) < grad_tol<S>());
+            if (d == Divergence::JSD) {
+                // rows 2 to 4 stay on the fast path, whichever form their chunks take
+                auto& exact_rows = rlpo::distill::detail::fast_path_stats().exact_rows;
+                const std::size_t before = exact_rows.load();
+                const Mat<S> z23 = zs.bottomRows(3), y23 = ys.bottomRows(3);
+                const auto r23 = rlpo::distill::divergence(z23, y23, o);
+                CHECK(exact_rows.load() == before);
+                double e23 = 0;
+                for (Index n = 2; n < N; ++n) {
+                    Eigen::RowVectorXd gr;
+                    e23 += naive_row(d, zr.row(n), yr.row(n), tau, o.beta, o.alpha, gr) / 3;
+                }
+                CHECK(rlpo_test::rel_err(r23.value, e23) <
+                      (std::is_same<S, float>::value ? 2e-5 : 1e-2));
+            }
         }
-    }
 }
 
 TEST_CASE("distill divergences: float kernels keep their accuracy under large logit offsets",
@@ -703,9 +714,8 @@ TEST_CASE("distill divergences: float kernels keep their accuracy under large lo
             Mat<double> gexp(N, V);
             for (Index n = 0; n < N; ++n) {
                 Eigen::RowVectorXd gr;
-                expect += naive_row(d, zd.row(n), yd.row(n), o.temperature, o.beta, o.alpha,
-                                    gr) /
-                          N;
+                expect +=
+                    naive_row(d, zd.row(n), yd.row(n), o.temperature, o.beta, o.alpha, gr) / N;
                 gexp.row(n) = gr / static_cast<double>(N);
             }
             CHECK(rlpo_test::rel_err(rf.value, expect) < 2e-5);
@@ -735,8 +745,8 @@ TEST_CASE("distill divergences: float JSD keeps its accuracy for close distribut
             Mat<double> gexp(N, V);
             for (Index n = 0; n < N; ++n) {
                 Eigen::RowVectorXd gr;
-                expect += naive_row(Divergence::JSD, zd.row(n), yd.row(n), o.temperature,
-                                    o.beta, o.alpha, gr) /
+                expect += naive_row(Divergence::JSD, zd.row(n), yd.row(n), o.temperature, o.beta,
+                                    o.alpha, gr) /
                           static_cast<double>(N);
                 gexp.row(n) = gr / static_cast<double>(N);
             }
@@ -759,34 +769,43 @@ TEST_CASE("distill divergences: bad input gives the documented error", "[distill
                                     "mask: expected [B, T] with B*T = 4");
     Mat<double> neg = m;
     neg(1, 1) = -1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl(z, z, neg), "mask: entries must be finite and >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl(z, z, neg),
+                                    "mask: entries must be finite and >= 0");
     DistillOptions o;
     o.temperature = 0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::divergence(z, z, m, o), "temperature: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::divergence(z, z, m, o),
+                                    "temperature: must be > 0");
     o = DistillOptions::make(Divergence::JSD);
     o.beta = 1.5;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::divergence(z, z, m, o), "beta: must be in [0, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::divergence(z, z, m, o),
+                                    "beta: must be in [0, 1]");
     o = DistillOptions::make(Divergence::SkewKL);
     o.alpha = -0.1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::divergence(z, z, m, o), "alpha: must be in [0, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::divergence(z, z, m, o),
+                                    "alpha: must be in [0, 1]");
     Mat<double> bad = z;
     bad(2, 3) = std::numeric_limits<double>::quiet_NaN();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl(bad, z, m), "student_logits: NaN (NaN logits are rejected) at [2, 3]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl(bad, z, m),
+                                    "student_logits: NaN (NaN logits are rejected) at [2, 3]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl(z, bad, m), "teacher_logits: NaN");
     Mat<double> masked = m;
     masked(1, 0) = 0;  // row 2 masked: its NaN is never read
     CHECK(std::isfinite(rlpo::distill::forward_kl(bad, z, masked).value));
     bad = z;
     bad(1, 0) = inf;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::reverse_kl(bad, z, m), "student_logits: +inf logit");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::reverse_kl(bad, z, m),
+                                    "student_logits: +inf logit");
     bad.row(1).setConstant(-inf);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::reverse_kl(z, bad, m),
-                                    "teacher_logits: every logit is -inf (no distribution) in row 1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::distill::reverse_kl(z, bad, m),
+        "teacher_logits: every logit is -inf (no distribution) in row 1");
     bad = z;
     bad(0, 0) = -inf;  // student has no mass where the teacher has: forward KL infinite
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl(bad, z, m), "the divergence is infinite");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl(bad, z, m),
+                                    "the divergence is infinite");
     CHECK(std::isfinite(rlpo::distill::jsd(bad, z, m).value));  // JSD stays finite
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::parse_divergence("kld"), "valid names: forward_kl");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::parse_divergence("kld"),
+                                    "valid names: forward_kl");
     CHECK(rlpo::distill::parse_divergence("rkl") == Divergence::ReverseKL);
     const auto empty = rlpo::distill::forward_kl(z, z, Mat<double>::Zero(2, 2));
     CHECK(empty.value == 0.0);

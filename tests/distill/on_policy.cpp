@@ -41,7 +41,8 @@ TEST_CASE("opd_reward: closed form, λ = 1 identity, masking, bad input", "[dist
                                     "distill::opd_reward(): lambda: must be finite");
     Mat<double> mm = m;
     mm(0, 2) = 1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::opd_reward(lp, lt, lr, mm, 2.0), "ref_logp: NaN at [0, 2]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::opd_reward(lp, lt, lr, mm, 2.0),
+                                    "ref_logp: NaN at [0, 2]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::opd_reward(lp, Mat<double>(lt.leftCols(2)), m),
                                     "teacher_logp: expected shape [1, 3]");
 }
@@ -75,24 +76,27 @@ TEST_CASE("kdrl: finite differences and composition", "[distill][kdrl][fd][prope
                 o.beta = 0.3;
                 rlpo::Normalizer n;
                 n.mode = mode;
-                const auto r = rlpo::distill::kdrl(b.logp, b.old, b.teacher, b.adv, b.mask, o, b.correct, n);
+                const auto r =
+                    rlpo::distill::kdrl(b.logp, b.old, b.teacher, b.adv, b.mask, o, b.correct, n);
                 const auto near_kink = [&](Index k) {
                     const double ratio = std::exp(b.logp.data()[k] - b.old.data()[k]);
                     return std::abs(ratio - 0.8) < 1e-4 || std::abs(ratio - 1.2) < 1e-4;
                 };
                 rlpo_test::require_fd_gradient(
                     [&](const Mat<double>& x) {
-                        return rlpo::distill::kdrl(x, b.old, b.teacher, b.adv, b.mask, o, b.correct, n,
-                                                   rlpo::no_grad<double>())
+                        return rlpo::distill::kdrl(x, b.old, b.teacher, b.adv, b.mask, o, b.correct,
+                                                   n, rlpo::no_grad<double>())
                             .value;
                     },
                     b.logp, r.grad, 1e-6, 1e-9, near_kink);
                 // value = PPO + β·KL with the masked KD mask; write/add/none agree
                 Mat<double> g = Mat<double>::Constant(b.logp.rows(), b.logp.cols(), 2.0);
-                const auto ra = rlpo::distill::kdrl(b.logp, b.old, b.teacher, b.adv, b.mask, o, b.correct, n,
-                                                    rlpo::add_to<double>(g, 0.5));
+                const auto ra = rlpo::distill::kdrl(b.logp, b.old, b.teacher, b.adv, b.mask, o,
+                                                    b.correct, n, rlpo::add_to<double>(g, 0.5));
                 CHECK(ra.value == Approx(0.5 * r.value).epsilon(1e-12));
-                CHECK(rlpo_test::max_rel_err(g, Mat<double>(Mat<double>::Constant(g.rows(), g.cols(), 2.0) + 0.5 * r.grad)) < 1e-12);
+                CHECK(rlpo_test::max_rel_err(
+                          g, Mat<double>(Mat<double>::Constant(g.rows(), g.cols(), 2.0) +
+                                         0.5 * r.grad)) < 1e-12);
             }
     // β = 0 is the GRPO surrogate alone
     KDRLOptions o;
@@ -110,7 +114,8 @@ TEST_CASE("kdrl: finite differences and composition", "[distill][kdrl][fd][prope
           rlpo::distill::kdrl(c.logp, c.old, c.teacher, c.adv, c.mask, o, c.correct).value);
 }
 
-TEMPLATE_TEST_CASE("kdrl: agrees with the PyTorch autograd reference", "[distill][kdrl][torch]", float, double) {
+TEMPLATE_TEST_CASE("kdrl: agrees with the PyTorch autograd reference", "[distill][kdrl][torch]",
+                   float, double) {
     using S = TestType;
     rlpo_test::TorchReference tr("distill", std::string("kdrl_") + (sizeof(S) == 4 ? "f" : "d"));
     struct Run {
@@ -136,23 +141,31 @@ TEMPLATE_TEST_CASE("kdrl: agrees with the PyTorch autograd reference", "[distill
             r.correct = b.correct;
             r.n.mode = mc ? Aggregation::SeqMeanTokenMean : Aggregation::TokenMean;
             auto& c = tr.add<S>("kdrl");
-            c.in("logp", r.logp).in("old_logp", r.old).in("teacher_logp", r.teacher).in("adv", r.adv).in("mask", r.mask);
+            c.in("logp", r.logp)
+                .in("old_logp", r.old)
+                .in("teacher_logp", r.teacher)
+                .in("adv", r.adv)
+                .in("mask", r.mask);
             if (mc) {
                 Mat<double> corr(4, 1);
                 for (Index i = 0; i < 4; ++i) corr(i, 0) = b.correct[static_cast<std::size_t>(i)];
                 c.in("correct", corr);
             }
-            c.p("beta", r.o.beta).s("estimator", rlpo::penalties::to_string(e)).s("agg", rlpo::to_string(r.n.mode));
+            c.p("beta", r.o.beta)
+                .s("estimator", rlpo::penalties::to_string(e))
+                .s("agg", rlpo::to_string(r.n.mode));
             runs.push_back(std::move(r));
         }
     tr.run();
     for (std::size_t i = 0; i < runs.size(); ++i) {
         const auto& r = runs[i];
         INFO("case " << i);
-        const auto res = rlpo::distill::kdrl(r.logp, r.old, r.teacher, r.adv, r.mask, r.o, r.correct, r.n);
+        const auto res =
+            rlpo::distill::kdrl(r.logp, r.old, r.teacher, r.adv, r.mask, r.o, r.correct, r.n);
         CHECK(rlpo_test::rel_err(res.value, tr.scalar(i, "value")) < rlpo_test::ref_tol<S>());
         CHECK(rlpo_test::max_rel_err(res.grad, tr.out(i, "grad")) < rlpo_test::ref_tol<S>());
-        CHECK(rlpo_test::rel_err(res.metrics["kd_kl"], tr.scalar(i, "kd_kl")) < rlpo_test::ref_tol<S>());
+        CHECK(rlpo_test::rel_err(res.metrics["kd_kl"], tr.scalar(i, "kd_kl")) <
+              rlpo_test::ref_tol<S>());
     }
 }
 
@@ -164,8 +177,9 @@ TEST_CASE("kdrl: bad input gives the documented error", "[distill][kdrl][bad-inp
                                     "distill::kdrl(): beta: must be >= 0");
     o = {};
     o.mask_correct = true;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::kdrl(b.logp, b.old, b.teacher, b.adv, b.mask, o, {1.0}),
-                                    "correct: expected 5 entries");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::distill::kdrl(b.logp, b.old, b.teacher, b.adv, b.mask, o, {1.0}),
+        "correct: expected 5 entries");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(
         rlpo::distill::kdrl(b.logp, b.old, Mat<double>(b.teacher.leftCols(3)), b.adv, b.mask),
         "teacher_logp: expected shape [5, 7]");
@@ -173,5 +187,6 @@ TEST_CASE("kdrl: bad input gives the documented error", "[distill][kdrl][bad-inp
     bad(0, 0) = std::numeric_limits<double>::quiet_NaN();
     Mat<double> m = b.mask;
     m(0, 0) = 1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::kdrl(b.logp, b.old, bad, b.adv, m), "ref_logp: NaN at [0, 0]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::kdrl(b.logp, b.old, bad, b.adv, m),
+                                    "ref_logp: NaN at [0, 0]");
 }

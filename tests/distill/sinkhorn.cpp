@@ -18,11 +18,13 @@ using rlpo::distill::SinkhornOptions;
 namespace rt = rlpo::testing;
 using bf16 = Eigen::bfloat16;
 
-TEST_CASE("sinkhorn: gradient through the iterations equals central finite differences", "[distill][sinkhorn][fd]") {
+TEST_CASE("sinkhorn: gradient through the iterations equals central finite differences",
+          "[distill][sinkhorn][fd]") {
     for (int iters : {1, 3, 20})
         for (double eps : {0.1, 0.5}) {
             INFO("iterations " << iters << " eps " << eps);
-            rt::Generator gen(static_cast<std::uint64_t>(iters * 10) + static_cast<std::uint64_t>(eps * 10));
+            rt::Generator gen(static_cast<std::uint64_t>(iters * 10) +
+                              static_cast<std::uint64_t>(eps * 10));
             const Mat<double> z = gen.logits(6, 5, 2.0), y = gen.logits(6, 5, 2.0);
             Mat<double> mask = Mat<double>::Ones(3, 2);
             mask(2, 1) = 0;  // one row left out of the batch
@@ -40,10 +42,11 @@ TEST_CASE("sinkhorn: gradient through the iterations equals central finite diffe
         }
 }
 
-TEMPLATE_TEST_CASE("sinkhorn: agrees with PyTorch autograd of the unrolled iterations", "[distill][sinkhorn][torch]",
-                   float, double, bf16) {
+TEMPLATE_TEST_CASE("sinkhorn: agrees with PyTorch autograd of the unrolled iterations",
+                   "[distill][sinkhorn][torch]", float, double, bf16) {
     using S = TestType;
-    const std::string tag = std::is_same<S, double>::value ? "d" : (std::is_same<S, float>::value ? "f" : "b");
+    const std::string tag =
+        std::is_same<S, double>::value ? "d" : (std::is_same<S, float>::value ? "f" : "b");
     rlpo_test::TorchReference tr("distill", "sinkhorn_" + tag);
     struct Run {
         Mat<S> z, y;
@@ -65,7 +68,9 @@ TEMPLATE_TEST_CASE("sinkhorn: agrees with PyTorch autograd of the unrolled itera
         r.o.scale = variant == 1 ? 0.01 : 1.0;
         auto& tc = tr.add<S>("sinkhorn");
         tc.in("student", r.z).in("teacher", r.y).in("mask", r.mask);
-        tc.p("temperature", r.o.temperature).p("epsilon", r.o.epsilon).p("iterations", r.o.iterations);
+        tc.p("temperature", r.o.temperature)
+            .p("epsilon", r.o.epsilon)
+            .p("iterations", r.o.iterations);
         tc.p("scale", r.o.scale);
         runs.push_back(std::move(r));
     }
@@ -121,18 +126,23 @@ TEST_CASE("sinkhorn: bad input gives the documented error", "[distill][sinkhorn]
     const Mat<double> z = Mat<double>::Zero(3, 4), m = Mat<double>::Ones(3, 1);
     SinkhornOptions o;
     o.epsilon = 0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::sinkhorn(z, z, m, o), "distill::sinkhorn(): epsilon: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::sinkhorn(z, z, m, o),
+                                    "distill::sinkhorn(): epsilon: must be > 0");
     o = {};
     o.iterations = 0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::sinkhorn(z, z, m, o), "iterations: must be >= 1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::sinkhorn(z, z, m, o),
+                                    "iterations: must be >= 1");
     o = {};
     o.temperature = -2;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::sinkhorn(z, z, m, o), "temperature: must be > 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::sinkhorn(z, Mat<double>(Mat<double>::Zero(2, 4)), m),
-                                    "teacher_logits: expected shape [3, 4]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::sinkhorn(z, z, m, o),
+                                    "temperature: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::distill::sinkhorn(z, Mat<double>(Mat<double>::Zero(2, 4)), m),
+        "teacher_logits: expected shape [3, 4]");
     Mat<double> bad = z;
     bad(2, 1) = std::numeric_limits<double>::infinity();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::sinkhorn(bad, z, m), "student_logits: +inf logit");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::sinkhorn(bad, z, m),
+                                    "student_logits: +inf logit");
     const auto empty = rlpo::distill::sinkhorn(z, z, Mat<double>::Zero(3, 1));
     CHECK(empty.value == 0.0);
     CHECK(empty.grad.isZero(0.0));

@@ -88,11 +88,13 @@ TEST_CASE("TAID and NKD: gradients equal central finite differences", "[distill]
                         for (Index j = 0; j < u.cols(); ++j)
                             if (std::isnan(u(0, j))) u(0, j) = -inf;
                         const Mat<double> target = rlpo::softmax_rows(Mat<double>(u / tau));
-                        const Mat<double> lq = rlpo::log_softmax_rows(Mat<double>(x.row(row) / tau));
+                        const Mat<double> lq =
+                            rlpo::log_softmax_rows(Mat<double>(x.row(row) / tau));
                         double l = 0;
                         for (Index j = 0; j < u.cols(); ++j)
                             if (target(0, j) > 0) l -= target(0, j) * lq(0, j);
-                        total += w.c[static_cast<std::size_t>(row / 2)] * mk * l * (tau > 1 ? tau * tau : 1.0);
+                        total += w.c[static_cast<std::size_t>(row / 2)] * mk * l *
+                                 (tau > 1 ? tau * tau : 1.0);
                     }
                     return total;
                 };
@@ -104,16 +106,18 @@ TEST_CASE("TAID and NKD: gradients equal central finite differences", "[distill]
             const auto r = rlpo::distill::nkd(c.z, c.y, c.mask, {}, no, n);
             rlpo_test::require_fd_gradient(
                 [&](const Mat<double>& x) {
-                    return rlpo::distill::nkd(x, c.y, c.mask, {}, no, n, rlpo::no_grad<double>()).value;
+                    return rlpo::distill::nkd(x, c.y, c.mask, {}, no, n, rlpo::no_grad<double>())
+                        .value;
                 },
                 c.z, r.grad, 1e-6, 1e-8, skip);
         }
 }
 
-TEMPLATE_TEST_CASE("TAID and NKD: agree with the PyTorch autograd reference", "[distill][taid][nkd][torch]",
-                   float, double, bf16) {
+TEMPLATE_TEST_CASE("TAID and NKD: agree with the PyTorch autograd reference",
+                   "[distill][taid][nkd][torch]", float, double, bf16) {
     using S = TestType;
-    const std::string tag = std::is_same<S, double>::value ? "d" : (std::is_same<S, float>::value ? "f" : "b");
+    const std::string tag =
+        std::is_same<S, double>::value ? "d" : (std::is_same<S, float>::value ? "f" : "b");
     rlpo_test::TorchReference tr("distill", "targets_" + tag);
     struct Run {
         Mat<S> z, y;
@@ -169,7 +173,8 @@ TEMPLATE_TEST_CASE("TAID and NKD: agree with the PyTorch autograd reference", "[
         const char* metric = r.is_taid ? "taid_loss" : "nkd_loss";
         CHECK(rlpo_test::rel_err(res.metrics[metric], tr.scalar(i, "metric"), 1e-6) < vtol<S>());
         if (!r.is_taid)
-            CHECK(rlpo_test::rel_err(res.metrics["nkd_target_loss"], tr.scalar(i, "target"), 1e-6) < vtol<S>());
+            CHECK(rlpo_test::rel_err(res.metrics["nkd_target_loss"], tr.scalar(i, "target"), 1e-6) <
+                  vtol<S>());
     }
 }
 
@@ -206,13 +211,16 @@ TEST_CASE("TAID and NKD: limits and identities", "[distill][taid][nkd][propertie
         for (Aggregation mode : rlpo_test::all_modes()) {
             const rlpo::Normalizer n = rlpo_test::global_normalizer(mode, mask);
             const auto whole = rlpo::distill::nkd(z, y, mask, {}, {}, n);
-            const auto a = rlpo::distill::nkd(z.topRows(2), y.topRows(2), mask.topRows(1), {}, {}, n);
-            const auto b = rlpo::distill::nkd(z.bottomRows(2), y.bottomRows(2), mask.bottomRows(1), {}, {}, n);
+            const auto a =
+                rlpo::distill::nkd(z.topRows(2), y.topRows(2), mask.topRows(1), {}, {}, n);
+            const auto b =
+                rlpo::distill::nkd(z.bottomRows(2), y.bottomRows(2), mask.bottomRows(1), {}, {}, n);
             CHECK(a.value + b.value == Approx(whole.value).epsilon(1e-12).margin(1e-15));
             TAIDOptions o;
             const auto tw = rlpo::distill::taid(z, y, mask, o, n);
             const auto ta = rlpo::distill::taid(z.topRows(2), y.topRows(2), mask.topRows(1), o, n);
-            const auto tb = rlpo::distill::taid(z.bottomRows(2), y.bottomRows(2), mask.bottomRows(1), o, n);
+            const auto tb =
+                rlpo::distill::taid(z.bottomRows(2), y.bottomRows(2), mask.bottomRows(1), o, n);
             CHECK(ta.value + tb.value == Approx(tw.value).epsilon(1e-12).margin(1e-15));
         }
     }
@@ -238,7 +246,8 @@ TEST_CASE("TAID and NKD: limits and identities", "[distill][taid][nkd][propertie
         const double t1 = s2.t();
         s2.update(1.0);  // δ = (2 − 1)/(2 + ε), m = 0.01 δ
         const double m = 0.01 * (1.0 / (2.0 + 1e-8));
-        const double expect = std::max(0.4 + 0.6 * 2 / 100.0, t1 + 5e-4 / (1 + std::exp(-m)) * (1 - t1));
+        const double expect =
+            std::max(0.4 + 0.6 * 2 / 100.0, t1 + 5e-4 / (1 + std::exp(-m)) * (1 - t1));
         CHECK(s2.t() == Approx(expect).epsilon(1e-14));
         CHECK(s2.momentum() == Approx(m).epsilon(1e-12));
     }
@@ -248,7 +257,8 @@ TEST_CASE("TAID and NKD: bad input gives the documented error", "[distill][taid]
     const Mat<double> z = Mat<double>::Zero(2, 4), m = Mat<double>::Ones(2, 1);
     TAIDOptions o;
     o.t = 1.5;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::taid(z, z, m, o), "distill::taid(): t: must be in [0, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::taid(z, z, m, o),
+                                    "distill::taid(): t: must be in [0, 1]");
     o = {};
     o.temperature = 0;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::taid(z, z, m, o), "temperature: must be > 0");
@@ -261,14 +271,17 @@ TEST_CASE("TAID and NKD: bad input gives the documented error", "[distill][taid]
     NKDOptions no;
     no.gamma = -1;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::nkd(z, z, m, {}, no), "gamma: must be >= 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::nkd(z, z, m, {1}), "targets: expected 2 entries");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::nkd(z, z, m, {1, 4}), "targets: 4 at row 1 is not a vocabulary index");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::nkd(z, z, m, {1}),
+                                    "targets: expected 2 entries");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::nkd(z, z, m, {1, 4}),
+                                    "targets: 4 at row 1 is not a vocabulary index");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::nkd(Mat<double>(Mat<double>::Zero(2, 1)),
                                                        Mat<double>(Mat<double>::Zero(2, 1)), m),
                                     "need at least 2 vocabulary entries");
     TAIDSchedule::Options so;
     so.t_start = 1.0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(TAIDSchedule{so}, "distill::TAIDSchedule(): t_start: must be in [0, 1)");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(TAIDSchedule{so},
+                                    "distill::TAIDSchedule(): t_start: must be in [0, 1)");
     so = {};
     so.beta = 1.0;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(TAIDSchedule{so}, "beta: must be in [0, 1)");

@@ -43,7 +43,8 @@ TopK make_topk(std::uint64_t seed, Index B, Index T, Index V, Index k) {
     for (Index n = 0; n < B * T; ++n) {
         std::vector<Index> order(static_cast<std::size_t>(V));
         std::iota(order.begin(), order.end(), Index(0));
-        std::sort(order.begin(), order.end(), [&](Index a, Index b) { return lpf(n, a) > lpf(n, b); });
+        std::sort(order.begin(), order.end(),
+                  [&](Index a, Index b) { return lpf(n, a) > lpf(n, b); });
         for (Index t = 0; t < k; ++t) {
             c.idx(n, t) = static_cast<double>(order[static_cast<std::size_t>(t)]);
             c.lp(n, t) = lpf(n, order[static_cast<std::size_t>(t)]);
@@ -73,13 +74,14 @@ double tol() {
 }
 }  // namespace
 
-TEST_CASE("top-k forward KL and DAC-KL: gradient equals central finite differences", "[distill][topk][fd]") {
+TEST_CASE("top-k forward KL and DAC-KL: gradient equals central finite differences",
+          "[distill][topk][fd]") {
     std::uint64_t seed = 40;
     for (TopKTail tail : {TopKTail::Bucket, TopKTail::Renormalize})
         for (double tau : {1.0, 2.0})
             for (Aggregation mode : rlpo_test::all_modes()) {
-                INFO((tail == TopKTail::Bucket ? "bucket" : "renormalize") << " tau " << tau << " "
-                                                                           << rlpo::to_string(mode));
+                INFO((tail == TopKTail::Bucket ? "bucket" : "renormalize")
+                     << " tau " << tau << " " << rlpo::to_string(mode));
                 const TopK c = make_topk(seed++, 3, 2, 9, 4);
                 TopKOptions o;
                 o.tail = tail;
@@ -94,7 +96,8 @@ TEST_CASE("top-k forward KL and DAC-KL: gradient equals central finite differenc
                 };
                 rlpo_test::require_fd_gradient(
                     [&](const Mat<double>& x) {
-                        return rlpo::distill::forward_kl_topk(x, c.idx, c.lp, c.mask, o, n, rlpo::no_grad<double>())
+                        return rlpo::distill::forward_kl_topk(x, c.idx, c.lp, c.mask, o, n,
+                                                              rlpo::no_grad<double>())
                             .value;
                     },
                     c.z, r.grad, 1e-6, 1e-9, skip);
@@ -104,7 +107,8 @@ TEST_CASE("top-k forward KL and DAC-KL: gradient equals central finite differenc
                 const auto rd = rlpo::distill::dac_kl(c.z, c.y, c.mask, d, n);
                 rlpo_test::require_fd_gradient(
                     [&](const Mat<double>& x) {
-                        return rlpo::distill::dac_kl(x, c.y, c.mask, d, n, rlpo::no_grad<double>()).value;
+                        return rlpo::distill::dac_kl(x, c.y, c.mask, d, n, rlpo::no_grad<double>())
+                            .value;
                     },
                     c.z, rd.grad, 1e-6, 1e-9, skip);
             }
@@ -113,7 +117,8 @@ TEST_CASE("top-k forward KL and DAC-KL: gradient equals central finite differenc
 TEMPLATE_TEST_CASE("top-k forward KL and DAC-KL: agree with the PyTorch autograd reference",
                    "[distill][topk][torch]", float, double, bf16) {
     using S = TestType;
-    const std::string tag = std::is_same<S, double>::value ? "d" : (std::is_same<S, float>::value ? "f" : "b");
+    const std::string tag =
+        std::is_same<S, double>::value ? "d" : (std::is_same<S, float>::value ? "f" : "b");
     rlpo_test::TorchReference tr("distill", "topk_" + tag);
     struct Run {
         Mat<S> z, y;
@@ -158,11 +163,14 @@ TEMPLATE_TEST_CASE("top-k forward KL and DAC-KL: agree with the PyTorch autograd
     for (std::size_t i = 0; i < runs.size(); ++i) {
         const auto& r = runs[i];
         INFO("case " << i << " kind " << r.kind);
-        const auto res = r.kind == 2 ? rlpo::distill::dac_kl(r.z, r.y, r.mask, r.d, r.n)
-                                     : rlpo::distill::forward_kl_topk(r.z, r.idx, r.lp, r.mask, r.o, r.n);
-        CHECK(rlpo_test::rel_err(res.value, tr.scalar(i, "value"), 1e-6) < (sizeof(S) == 8 ? 1e-10 : 2e-5));
+        const auto res = r.kind == 2
+                             ? rlpo::distill::dac_kl(r.z, r.y, r.mask, r.d, r.n)
+                             : rlpo::distill::forward_kl_topk(r.z, r.idx, r.lp, r.mask, r.o, r.n);
+        CHECK(rlpo_test::rel_err(res.value, tr.scalar(i, "value"), 1e-6) <
+              (sizeof(S) == 8 ? 1e-10 : 2e-5));
         CHECK(grad_err<S>(res.grad.template cast<double>(), tr.out(i, "grad")) < tol<S>());
-        CHECK(rlpo_test::rel_err(res.metrics["forward_kl"], tr.scalar(i, "metric"), 1e-6) < (sizeof(S) == 8 ? 1e-10 : 2e-5));
+        CHECK(rlpo_test::rel_err(res.metrics["forward_kl"], tr.scalar(i, "metric"), 1e-6) <
+              (sizeof(S) == 8 ? 1e-10 : 2e-5));
         if (r.kind == 2) {
             CHECK(res.metrics["dac_region_size"] == Approx(tr.scalar(i, "size")));
         } else {
@@ -179,7 +187,8 @@ TEST_CASE("top-k forward KL: limits and bounds", "[distill][topk][properties]") 
     const Mat<double> lpf = rlpo::log_softmax_rows(y);
     Mat<double> all(N, V);
     for (Index n = 0; n < N; ++n)
-        for (Index j = 0; j < V; ++j) all(n, j) = static_cast<double>((j * 7 + n) % V);  // a permutation
+        for (Index j = 0; j < V; ++j)
+            all(n, j) = static_cast<double>((j * 7 + n) % V);  // a permutation
     Mat<double> lp_all(N, V);
     for (Index n = 0; n < N; ++n)
         for (Index j = 0; j < V; ++j) lp_all(n, j) = lpf(n, static_cast<Index>(all(n, j)));
@@ -202,7 +211,8 @@ TEST_CASE("top-k forward KL: limits and bounds", "[distill][topk][properties]") 
     SECTION("bucket KL ≤ full KL (data processing), and grows with k") {
         double prev = 0;
         for (Index k : {1, 3, 8, 20}) {
-            const auto r = rlpo::distill::forward_kl_topk(z, all.leftCols(k), lp_all.leftCols(k), m);
+            const auto r =
+                rlpo::distill::forward_kl_topk(z, all.leftCols(k), lp_all.leftCols(k), m);
             CHECK(r.value <= dense.value + 1e-12);
             CHECK(r.value >= prev - 1e-12);
             prev = r.value;
@@ -212,16 +222,17 @@ TEST_CASE("top-k forward KL: limits and bounds", "[distill][topk][properties]") 
         const Mat<double> mask = gen.mask(3, 2, 1, true);
         for (Aggregation mode : rlpo_test::all_modes()) {
             const rlpo::Normalizer n = rlpo_test::global_normalizer(mode, mask);
-            const auto whole = rlpo::distill::forward_kl_topk(z, all.leftCols(5), lp_all.leftCols(5), mask, {}, n);
+            const auto whole =
+                rlpo::distill::forward_kl_topk(z, all.leftCols(5), lp_all.leftCols(5), mask, {}, n);
             Mat<double> g = Mat<double>::Zero(N, V);
             double total = 0;
             for (const auto& ch : rlpo_test::uneven_chunks(3)) {
                 Eigen::Ref<Mat<double>> gb = g.middleRows(ch.first * 2, ch.second * 2);
-                total += rlpo::distill::forward_kl_topk(z.middleRows(ch.first * 2, ch.second * 2),
-                                                        all.leftCols(5).middleRows(ch.first * 2, ch.second * 2),
-                                                        lp_all.leftCols(5).middleRows(ch.first * 2, ch.second * 2),
-                                                        mask.middleRows(ch.first, ch.second), {}, n,
-                                                        rlpo::add_to<double>(gb))
+                total += rlpo::distill::forward_kl_topk(
+                             z.middleRows(ch.first * 2, ch.second * 2),
+                             all.leftCols(5).middleRows(ch.first * 2, ch.second * 2),
+                             lp_all.leftCols(5).middleRows(ch.first * 2, ch.second * 2),
+                             mask.middleRows(ch.first, ch.second), {}, n, rlpo::add_to<double>(gb))
                              .value;
             }
             CHECK(total == Approx(whole.value).epsilon(1e-12).margin(1e-15));
@@ -230,25 +241,31 @@ TEST_CASE("top-k forward KL: limits and bounds", "[distill][topk][properties]") 
     }
 }
 
-TEST_CASE("top-k forward KL and DAC-KL: bad input gives the documented error", "[distill][topk][bad-input]") {
+TEST_CASE("top-k forward KL and DAC-KL: bad input gives the documented error",
+          "[distill][topk][bad-input]") {
     const Mat<double> z = Mat<double>::Zero(2, 5), m = Mat<double>::Ones(2, 1);
     Mat<double> idx(2, 2), lp(2, 2);
     idx << 0, 1, 2, 3;
     lp << std::log(0.3), std::log(0.2), std::log(0.5), std::log(0.1);
     CHECK(std::isfinite(rlpo::distill::forward_kl_topk(z, idx, lp, m).value));
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl_topk(z, idx, Mat<double>(lp.leftCols(1)), m),
-                                    "distill::forward_kl_topk(): teacher_logprobs: expected shape [2, 2]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl_topk(z, Mat<double>(idx.topRows(1)), Mat<double>(lp.topRows(1)), m),
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::distill::forward_kl_topk(z, idx, Mat<double>(lp.leftCols(1)), m),
+        "distill::forward_kl_topk(): teacher_logprobs: expected shape [2, 2]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl_topk(z, Mat<double>(idx.topRows(1)),
+                                                                   Mat<double>(lp.topRows(1)), m),
                                     "teacher_indices: expected 2 rows");
     Mat<double> bad = idx;
     bad(1, 1) = 5;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl_topk(z, bad, lp, m),
-                                    "teacher_indices: 5 at [1, 1] is not a vocabulary index in [0, 5)");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::distill::forward_kl_topk(z, bad, lp, m),
+        "teacher_indices: 5 at [1, 1] is not a vocabulary index in [0, 5)");
     bad(1, 1) = 2;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl_topk(z, bad, lp, m), "index 2 repeated in row 1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl_topk(z, bad, lp, m),
+                                    "index 2 repeated in row 1");
     Mat<double> blp = lp;
     blp(0, 1) = std::numeric_limits<double>::quiet_NaN();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl_topk(z, idx, blp, m), "teacher_logprobs: nan at [0, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl_topk(z, idx, blp, m),
+                                    "teacher_logprobs: nan at [0, 1]");
     blp = lp;
     blp(0, 0) = std::log(0.9);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl_topk(z, idx, blp, m),
@@ -260,13 +277,16 @@ TEST_CASE("top-k forward KL and DAC-KL: bad input gives the documented error", "
                                     "every log-prob is -inf (no distribution) in row 0");
     Mat<double> zi = z;
     zi(0, 0) = -inf;  // student has no mass on a stored teacher entry
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl_topk(zi, idx, lp, m), "the divergence is infinite");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl_topk(zi, idx, lp, m),
+                                    "the divergence is infinite");
     DacKLOptions d;
     d.top_p = 0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::dac_kl(z, z, m, d), "distill::dac_kl(): top_p: must be in (0, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::dac_kl(z, z, m, d),
+                                    "distill::dac_kl(): top_p: must be in (0, 1]");
     TopKOptions t;
     t.temperature = -1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl_topk(z, idx, lp, m, t), "temperature: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::forward_kl_topk(z, idx, lp, m, t),
+                                    "temperature: must be > 0");
     // masked rows are never read: garbage indices there are fine
     Mat<double> mm = m;
     mm(1, 0) = 0;

@@ -41,7 +41,8 @@ SAFEKLController replay(const History& h) {
 }
 }  // namespace
 
-TEST_CASE("SAFE penalty: gradient equals central finite differences", "[penalties][controllers][fd]") {
+TEST_CASE("SAFE penalty: gradient equals central finite differences",
+          "[penalties][controllers][fd]") {
     rt::Generator gen(61);
     const Mat<double> logp = gen.logprobs(4, 9);
     const Mat<double> m = gen.mask(4, 9, 1, true);
@@ -51,13 +52,15 @@ TEST_CASE("SAFE penalty: gradient equals central finite differences", "[penaltie
         const SAFEKLController c = replay(make_history(7, 30, 1.0));
         const auto r = c.penalty(logp, ref, m, 1.3, 0.4);
         rlpo_test::require_fd_gradient(
-            [&](const Mat<double>& x) { return c.penalty(x, ref, m, 1.3, 0.4, rlpo::no_grad<double>()).value; },
+            [&](const Mat<double>& x) {
+                return c.penalty(x, ref, m, 1.3, 0.4, rlpo::no_grad<double>()).value;
+            },
             logp, r.grad, 1e-6, 1e-10);
     }
 }
 
-TEMPLATE_TEST_CASE("SAFE penalty: agrees with the PyTorch autograd reference", "[penalties][controllers][torch]",
-                   float, double) {
+TEMPLATE_TEST_CASE("SAFE penalty: agrees with the PyTorch autograd reference",
+                   "[penalties][controllers][torch]", float, double) {
     using S = TestType;
     rlpo_test::TorchReference tr("penalties", std::string("safe_") + (sizeof(S) == 4 ? "f" : "d"));
     struct Run {
@@ -125,29 +128,33 @@ TEST_CASE("KL controllers: properties", "[penalties][controllers][properties]") 
         acc << 0.25, 1.0, 0.25, 0.0, 0.75;
         const Vec<double> w = rlpo::penalties::dads_weights(adv, acc);
         CHECK(w(0) == Approx(1 - std::exp(-std::exp(1.0) * 0.25)));  // d = 0.75
-        CHECK(w(1) == 1.0);                                            // d = 0: all correct
-        CHECK(w(2) == 1.0);                                            // A ≤ 0
-        CHECK(w(3) == 1.0);                                            // d = 1: none correct
+        CHECK(w(1) == 1.0);                                          // d = 0: all correct
+        CHECK(w(2) == 1.0);                                          // A ≤ 0
+        CHECK(w(3) == 1.0);                                          // d = 1: none correct
         CHECK(w(4) == Approx(1 - std::exp(-std::exp(1.0) * 0.75)));
         CHECK(w(0) < w(4));  // harder prompt, smaller KL weight on its successes
         // weights scale each sequence's KL; denominators stay the unweighted counts
         rt::Generator gen(5);
-        const Mat<double> lp = gen.logprobs(5, 6), ref = gen.perturbed(lp, 1.0), m = Mat<double>::Ones(5, 6);
+        const Mat<double> lp = gen.logprobs(5, 6), ref = gen.perturbed(lp, 1.0),
+                          m = Mat<double>::Ones(5, 6);
         const Mat<double> wm = m.array().colwise() * w.array();
         rlpo::Normalizer n;
         n.num_tokens = 30.0;
-        const auto weighted = rlpo::penalties::kl_penalty(lp, ref, wm, rlpo::penalties::KLOptions::verl(), n);
+        const auto weighted =
+            rlpo::penalties::kl_penalty(lp, ref, wm, rlpo::penalties::KLOptions::verl(), n);
         double expect = 0;
         for (Index i = 0; i < 5; ++i) {
             rlpo::Normalizer sum;
             sum.mode = Aggregation::TokenSum;
-            expect += w(i) * rlpo::penalties::kl_penalty(Mat<double>(lp.row(i)), Mat<double>(ref.row(i)),
-                                                         Mat<double>(m.row(i)), rlpo::penalties::KLOptions::verl(), sum)
+            expect += w(i) * rlpo::penalties::kl_penalty(
+                                 Mat<double>(lp.row(i)), Mat<double>(ref.row(i)),
+                                 Mat<double>(m.row(i)), rlpo::penalties::KLOptions::verl(), sum)
                                  .value;
         }
         CHECK(weighted.value == Approx(expect / 30.0).epsilon(1e-13));
     }
-    SECTION("SAFE: penalty() equals what step() returns, leaves the state alone; gate and threshold") {
+    SECTION(
+        "SAFE: penalty() equals what step() returns, leaves the state alone; gate and threshold") {
         rt::Generator gen(9);
         const Mat<double> lp = gen.logprobs(3, 5), m = Mat<double>::Ones(3, 5);
         const Mat<double> ref = lp.array() - 8.0;  // batch KL = 8
@@ -161,7 +168,8 @@ TEST_CASE("KL controllers: properties", "[penalties][controllers][properties]") 
         CHECK(p.value == Approx(st.penalty).epsilon(1e-13));
         CHECK(st.kl_short == Approx(0.9 * ks_before + 0.8).epsilon(1e-14));
         CHECK(st.entropy_factor == Approx(2.0 / 0.5));
-        CHECK(st.penalty == Approx(0.1 * (st.kl_short - st.threshold) * (st.kl_short - st.threshold) * 4.0));
+        CHECK(st.penalty ==
+              Approx(0.1 * (st.kl_short - st.threshold) * (st.kl_short - st.threshold) * 4.0));
         CHECK(st.threshold >= 0.1);
         CHECK(st.threshold <= 0.6);
         // high entropy: the gate floors at 0.5
@@ -184,24 +192,30 @@ TEST_CASE("KL controllers: properties", "[penalties][controllers][properties]") 
     }
 }
 
-TEST_CASE("KL controllers: bad input gives the documented error", "[penalties][controllers][bad-input]") {
+TEST_CASE("KL controllers: bad input gives the documented error",
+          "[penalties][controllers][bad-input]") {
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::FixedKLController(-1.0),
                                     "penalties::FixedKLController(): beta: must be >= 0");
     rlpo::penalties::AdaptiveKLOptions o;
     o.target = 0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::AdaptiveKLController{o}, "target: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::AdaptiveKLController{o},
+                                    "target: must be > 0");
     o = {};
     o.horizon = -5;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::AdaptiveKLController{o}, "horizon: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::AdaptiveKLController{o},
+                                    "horizon: must be > 0");
     rlpo::penalties::AdaptiveKLController a;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(a.update(std::numeric_limits<double>::quiet_NaN(), 1), "kl: must be finite");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(a.update(std::numeric_limits<double>::quiet_NaN(), 1),
+                                    "kl: must be finite");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(a.update(0.1, -1), "n_steps: must be >= 0");
     Vec<double> adv = Vec<double>::Ones(3), acc = Vec<double>::Constant(3, 0.5), bad_acc = acc;
     bad_acc(1) = 1.5;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::dads_weights(adv, bad_acc), "group_accuracy: must be in [0, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::dads_weights(adv, bad_acc),
+                                    "group_accuracy: must be in [0, 1]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::dads_weights(adv, Vec<double>::Ones(2)),
                                     "group_accuracy: expected 3 entries");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::dads_weights(adv, acc, 0.0), "kappa: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::dads_weights(adv, acc, 0.0),
+                                    "kappa: must be > 0");
     rlpo::penalties::SAFEOptions so;
     so.short_decay = 1.0;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(SAFEKLController{so}, "decay: must be in [0, 1)");
@@ -213,7 +227,8 @@ TEST_CASE("KL controllers: bad input gives the documented error", "[penalties][c
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(c.penalty(x, Mat<double>::Zero(2, 2), m, 1.0, 0.0),
                                     "SAFEKLController::penalty(): ref_logp: expected shape [2, 3]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(c.penalty(x, x, m, -1.0, 0.0), "entropy: must be >= 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(c.step(0.1, 1.0, std::numeric_limits<double>::infinity()), "reward: must be finite");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(c.step(0.1, 1.0, std::numeric_limits<double>::infinity()),
+                                    "reward: must be finite");
     Mat<double> bad = x;
     bad(1, 2) = std::numeric_limits<double>::quiet_NaN();
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(c.penalty(bad, x, m, 1.0, 0.0), "logp: NaN at [1, 2]");

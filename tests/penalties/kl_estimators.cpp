@@ -20,8 +20,8 @@ using rlpo::penalties::KLOptions;
 namespace rt = rlpo::testing;
 constexpr double inf = std::numeric_limits<double>::infinity();
 
-static const KLEstimator kAll[] = {KLEstimator::K1,     KLEstimator::Abs,     KLEstimator::K2,
-                                   KLEstimator::K3,     KLEstimator::K1Plus,  KLEstimator::AbsPlus,
+static const KLEstimator kAll[] = {KLEstimator::K1,    KLEstimator::Abs,    KLEstimator::K2,
+                                   KLEstimator::K3,    KLEstimator::K1Plus, KLEstimator::AbsPlus,
                                    KLEstimator::K3Plus};
 
 TEST_CASE("kl_penalty: gradient equals central finite differences", "[penalties][kl][fd]") {
@@ -44,39 +44,50 @@ TEST_CASE("kl_penalty: gradient equals central finite differences", "[penalties]
             const auto near_kink = [&](Index k) {
                 const double d = logp.data()[k] - ref.data()[k];
                 const double v = std::exp(-d) + d - 1;
-                return std::abs(d) < 1e-4 || std::abs(std::abs(d) - 20) < 1e-4 || std::abs(v - 10) < 1e-3;
+                return std::abs(d) < 1e-4 || std::abs(std::abs(d) - 20) < 1e-4 ||
+                       std::abs(v - 10) < 1e-3;
             };
             rlpo_test::require_fd_gradient(
                 [&](const Mat<double>& x) {
-                    return rlpo::penalties::kl_penalty(x, ref, m, o_grad, n, rlpo::no_grad<double>()).value;
+                    return rlpo::penalties::kl_penalty(x, ref, m, o_grad, n,
+                                                       rlpo::no_grad<double>())
+                        .value;
                 },
                 logp, r.grad, 1e-6, 1e-10, near_kink);
         }
 }
 
-TEST_CASE("kl_penalty_corrected: gradient equals central finite differences", "[penalties][kl][fd]") {
+TEST_CASE("kl_penalty_corrected: gradient equals central finite differences",
+          "[penalties][kl][fd]") {
     rt::Generator gen(32);
     const Mat<double> logp = gen.logprobs(5, 8);
     Mat<double> old = gen.perturbed(logp, 0.7), ref = gen.perturbed(logp, 1.0);
-    old(0, 0) = logp(0, 0) + 23.0;  // importance log-ratio beyond the ±20 clamp: w = e^-20, no gradient through w
-    ref(1, 1) = logp(1, 1) - 3.0;   // k3 value clamp
+    old(0, 0) =
+        logp(0, 0) +
+        23.0;  // importance log-ratio beyond the ±20 clamp: w = e^-20, no gradient through w
+    ref(1, 1) = logp(1, 1) - 3.0;  // k3 value clamp
     const Mat<double> m = gen.mask(5, 8, 1, true);
     for (KLEstimator e : {KLEstimator::K1, KLEstimator::Abs, KLEstimator::K2, KLEstimator::K3})
         for (bool trl : {false, true})
             for (Aggregation mode : rlpo_test::all_modes()) {
-                INFO(rlpo::penalties::to_string(e) << " trl " << trl << " " << rlpo::to_string(mode));
+                INFO(rlpo::penalties::to_string(e)
+                     << " trl " << trl << " " << rlpo::to_string(mode));
                 rlpo::Normalizer n;
                 n.mode = mode;
                 const KLOptions o = trl ? KLOptions::trl(e) : KLOptions::verl(e);
                 const auto r = rlpo::penalties::kl_penalty_corrected(logp, old, ref, m, o, n);
                 const auto near_kink = [&](Index k) {
-                    const double d = logp.data()[k] - ref.data()[k], lr = logp.data()[k] - old.data()[k];
+                    const double d = logp.data()[k] - ref.data()[k],
+                                 lr = logp.data()[k] - old.data()[k];
                     const double v = std::exp(-d) + d - 1;
-                    return std::abs(d) < 1e-4 || std::abs(std::abs(lr) - 20) < 1e-4 || std::abs(v - 10) < 1e-3;
+                    return std::abs(d) < 1e-4 || std::abs(std::abs(lr) - 20) < 1e-4 ||
+                           std::abs(v - 10) < 1e-3;
                 };
                 rlpo_test::require_fd_gradient(
                     [&](const Mat<double>& x) {
-                        return rlpo::penalties::kl_penalty_corrected(x, old, ref, m, o, n, rlpo::no_grad<double>()).value;
+                        return rlpo::penalties::kl_penalty_corrected(x, old, ref, m, o, n,
+                                                                     rlpo::no_grad<double>())
+                            .value;
                     },
                     // atol 1e-8: the clamped token's gradient is w = e^-20 ≈ 2e-9, below what a
                     // central difference of an O(1) value resolves
@@ -84,8 +95,8 @@ TEST_CASE("kl_penalty_corrected: gradient equals central finite differences", "[
             }
 }
 
-TEMPLATE_TEST_CASE("kl_penalty: agrees with the PyTorch autograd reference", "[penalties][kl][torch]",
-                   float, double) {
+TEMPLATE_TEST_CASE("kl_penalty: agrees with the PyTorch autograd reference",
+                   "[penalties][kl][torch]", float, double) {
     using S = TestType;
     rlpo_test::TorchReference tr("penalties", std::string("kl_") + (sizeof(S) == 4 ? "f" : "d"));
     struct Run {
@@ -104,7 +115,7 @@ TEMPLATE_TEST_CASE("kl_penalty: agrees with the PyTorch autograd reference", "[p
                 r.ref = gen.perturbed<S>(r.logp, 2.0);
                 r.ref(0, 0) = r.logp(0, 0) + S(22);  // beyond the clamp
                 r.ref(0, 2) = r.logp(0, 2) - S(21);
-                r.ref(1, 0) = r.logp(1, 0) - S(4);   // k3 value clamp
+                r.ref(1, 0) = r.logp(1, 0) - S(4);  // k3 value clamp
                 r.mask = gen.mask<S>(7, 11, 1, true);
                 r.mask.row(0).setOnes();
                 r.mask.row(1).setOnes();
@@ -144,7 +155,7 @@ TEMPLATE_TEST_CASE("kl_penalty: agrees with the PyTorch autograd reference", "[p
             x.scores = gen.normal<S>(6, 13);
             x.mask = gen.mask<S>(6, 13, 1, true);
             x.mask.row(0).setOnes();
-            x.ref(0, 1) = x.logp(0, 1) - S(4);  // k3 value clamp
+            x.ref(0, 1) = x.logp(0, 1) - S(4);             // k3 value clamp
             if (!trl) x.old(0, 2) = x.logp(0, 2) - S(21);  // importance ratio clamp
             x.mask(1, 0) = 0;
             x.logp(1, 0) = std::numeric_limits<S>::quiet_NaN();  // masked garbage
@@ -159,8 +170,13 @@ TEMPLATE_TEST_CASE("kl_penalty: agrees with the PyTorch autograd reference", "[p
             x.idx = tr.size() - 1;
             corrected.push_back(x);
             auto& cr = tr.add<S>("kl_in_reward");
-            cr.in("scores", x.scores).in("old_logp", x.old).in("ref_logp", x.ref).in("mask", x.mask);
-            cr.p("log_ratio_clamp", x.o.log_ratio_clamp).p("value_clamp", x.o.value_clamp).p("beta", x.beta);
+            cr.in("scores", x.scores)
+                .in("old_logp", x.old)
+                .in("ref_logp", x.ref)
+                .in("mask", x.mask);
+            cr.p("log_ratio_clamp", x.o.log_ratio_clamp)
+                .p("value_clamp", x.o.value_clamp)
+                .p("beta", x.beta);
             cr.s("estimator", rlpo::penalties::to_string(rlpo::penalties::base_estimator(e)));
             x.idx = tr.size() - 1;
             in_reward.push_back(x);
@@ -177,7 +193,8 @@ TEMPLATE_TEST_CASE("kl_penalty: agrees with the PyTorch autograd reference", "[p
     }
     for (const auto& x : corrected) {
         INFO("corrected case " << x.idx);
-        const auto res = rlpo::penalties::kl_penalty_corrected(x.logp, x.old, x.ref, x.mask, x.o, x.n);
+        const auto res =
+            rlpo::penalties::kl_penalty_corrected(x.logp, x.old, x.ref, x.mask, x.o, x.n);
         CHECK(rlpo_test::rel_err(res.value, tr.scalar(x.idx, "value")) < tol);
         CHECK(rlpo_test::max_rel_err(res.grad, tr.out(x.idx, "grad")) < tol);
         CHECK(rlpo_test::rel_err(res.metrics["kl"], tr.scalar(x.idx, "kl")) < tol);
@@ -188,12 +205,14 @@ TEMPLATE_TEST_CASE("kl_penalty: agrees with the PyTorch autograd reference", "[p
         CHECK(rlpo_test::max_rel_err(res.rewards, tr.out(x.idx, "rewards")) < tol);
         CHECK(rlpo_test::max_rel_err(res.kl, tr.out(x.idx, "kl")) < tol);
         CHECK(rlpo_test::max_rel_err(Mat<double>(res.seq_kl), tr.out(x.idx, "seq_kl")) < tol);
-        CHECK(rlpo_test::rel_err(res.metrics["reward_kl_penalty"], tr.scalar(x.idx, "reward_kl_penalty")) < tol);
+        CHECK(rlpo_test::rel_err(res.metrics["reward_kl_penalty"],
+                                 tr.scalar(x.idx, "reward_kl_penalty")) < tol);
         CHECK(res.metrics["reward_kl_penalty_coeff"] == x.beta);
     }
 }
 
-TEST_CASE("kl estimators: what each gradient follows, by exact enumeration", "[penalties][kl][properties]") {
+TEST_CASE("kl estimators: what each gradient follows, by exact enumeration",
+          "[penalties][kl][properties]") {
     // Small vocabulary; a "batch" of one row whose column x is the sample x, weighted by π(x)
     // through the mask, summed (token-sum): value = E_π[k(x)], grad_x = π(x)·∂k/∂logp(x).
     // The expected gradient w.r.t. the policy logits z is then J^T g of log-softmax.
@@ -255,7 +274,8 @@ TEST_CASE("kl estimators: what each gradient follows, by exact enumeration", "[p
     const Mat<double> lold = rlpo::log_softmax_rows(z_old);
     const auto corrected_grad = [&](KLEstimator e, const Mat<double>& lo) {
         const Mat<double> w_old = lo.array().exp();
-        const auto r = rlpo::penalties::kl_penalty_corrected(lp, lo, lref, w_old, KLOptions::trl(e), sum);
+        const auto r =
+            rlpo::penalties::kl_penalty_corrected(lp, lo, lref, w_old, KLOptions::trl(e), sum);
         return Mat<double>(rlpo::log_softmax_vjp(z, r.grad));
     };
     const auto e_half_d2 = [&](const Mat<double>& zz) {
@@ -275,13 +295,16 @@ TEST_CASE("kl estimators: what each gradient follows, by exact enumeration", "[p
     // without the correction, samples from π_old bias even k2: its expected gradient is not ∇KL
     {
         const Mat<double> w_old = lold.array().exp();
-        const auto r = rlpo::penalties::kl_penalty(lp, lref, w_old, KLOptions::trl(KLEstimator::K2), sum);
+        const auto r =
+            rlpo::penalties::kl_penalty(lp, lref, w_old, KLOptions::trl(KLEstimator::K2), sum);
         CHECK(rlpo_test::max_rel_err(Mat<double>(rlpo::log_softmax_vjp(z, r.grad)), g_rev) > 1e-2);
     }
     // and the values: E_π[k1] = E_π[k3] = KL(π‖π_ref) exactly
     const double kl = reverse_kl(z);
-    CHECK(rlpo::penalties::kl_penalty(lp, lref, pi, KLOptions::trl(KLEstimator::K1), sum).value == Approx(kl).epsilon(1e-12));
-    CHECK(rlpo::penalties::kl_penalty(lp, lref, pi, KLOptions::trl(KLEstimator::K3), sum).value == Approx(kl).epsilon(1e-12));
+    CHECK(rlpo::penalties::kl_penalty(lp, lref, pi, KLOptions::trl(KLEstimator::K1), sum).value ==
+          Approx(kl).epsilon(1e-12));
+    CHECK(rlpo::penalties::kl_penalty(lp, lref, pi, KLOptions::trl(KLEstimator::K3), sum).value ==
+          Approx(kl).epsilon(1e-12));
 }
 
 TEST_CASE("kl estimators: closed-form values and names", "[penalties][kl][properties]") {
@@ -291,7 +314,9 @@ TEST_CASE("kl estimators: closed-form values and names", "[penalties][kl][proper
     const Mat<double> m = Mat<double>::Ones(1, 3);
     rlpo::Normalizer sum;
     sum.mode = Aggregation::TokenSum;
-    auto v = [&](KLEstimator e) { return rlpo::penalties::kl_penalty(lp, ref, m, KLOptions::verl(e), sum).value; };
+    auto v = [&](KLEstimator e) {
+        return rlpo::penalties::kl_penalty(lp, ref, m, KLOptions::verl(e), sum).value;
+    };
     CHECK(v(KLEstimator::K1) == Approx(0.5 + 0.0 - 0.4));
     CHECK(v(KLEstimator::Abs) == Approx(0.5 + 0.0 + 0.4));
     CHECK(v(KLEstimator::K2) == Approx(0.5 * (0.25 + 0.16)));
@@ -310,13 +335,16 @@ TEST_CASE("kl estimators: closed-form values and names", "[penalties][kl][proper
     CHECK(rlpo::penalties::parse_kl_estimator("abs+") == KLEstimator::AbsPlus);
     CHECK(rlpo::penalties::parse_kl_estimator("mse+") == KLEstimator::K2);  // verl: k2+ is k2
     CHECK(rlpo::penalties::parse_kl_estimator("k2+") == KLEstimator::K2);
-    for (KLEstimator e : kAll) CHECK(rlpo::penalties::parse_kl_estimator(rlpo::penalties::to_string(e)) == e);
+    for (KLEstimator e : kAll)
+        CHECK(rlpo::penalties::parse_kl_estimator(rlpo::penalties::to_string(e)) == e);
     // X+: value of X, gradient d = logp − ref_logp (k2's), also where X's clamps stop its own
     {
         rlpo::Normalizer tsum;
         tsum.mode = Aggregation::TokenSum;
-        const auto p3 = rlpo::penalties::kl_penalty(lp, ref, m, KLOptions::verl(KLEstimator::K3Plus), tsum);
-        const auto k3 = rlpo::penalties::kl_penalty(lp, ref, m, KLOptions::verl(KLEstimator::K3), tsum);
+        const auto p3 =
+            rlpo::penalties::kl_penalty(lp, ref, m, KLOptions::verl(KLEstimator::K3Plus), tsum);
+        const auto k3 =
+            rlpo::penalties::kl_penalty(lp, ref, m, KLOptions::verl(KLEstimator::K3), tsum);
         CHECK(p3.value == k3.value);
         CHECK(p3.metrics["kl"] == k3.metrics["kl"]);
         CHECK(rlpo_test::max_rel_err(p3.grad, Mat<double>(lp - ref)) == 0.0);
@@ -324,7 +352,8 @@ TEST_CASE("kl estimators: closed-form values and names", "[penalties][kl][proper
     // KL in reward: closed form on this row (k1, β = 0.1), and the fold into a sequence score
     {
         const Mat<double> scores = Mat<double>::Constant(1, 3, 1.0);
-        const auto kr = rlpo::penalties::kl_in_reward(scores, lp, ref, m, 0.1, KLOptions::verl(KLEstimator::K1));
+        const auto kr = rlpo::penalties::kl_in_reward(scores, lp, ref, m, 0.1,
+                                                      KLOptions::verl(KLEstimator::K1));
         CHECK(kr.rewards(0, 0) == Approx(1.0 - 0.1 * 0.5));
         CHECK(kr.rewards(0, 1) == Approx(1.0));
         CHECK(kr.rewards(0, 2) == Approx(1.0 + 0.1 * 0.4));
@@ -339,10 +368,12 @@ TEST_CASE("kl estimators: closed-form values and names", "[penalties][kl][proper
     CHECK(r.grad(0, 0) == 0.0);
 }
 
-TEST_CASE("kl_penalty, kl_penalty_corrected: micro-batch invariance, long rows", "[penalties][kl][properties]") {
+TEST_CASE("kl_penalty, kl_penalty_corrected: micro-batch invariance, long rows",
+          "[penalties][kl][properties]") {
     rt::Generator gen(91);
     const Index B = 9, T = 1030;  // several packets per row and a ragged tail
-    const Mat<double> lp = gen.logprobs(B, T), old = gen.perturbed(lp, 0.5), ref = gen.perturbed(lp, 1.0);
+    const Mat<double> lp = gen.logprobs(B, T), old = gen.perturbed(lp, 0.5),
+                      ref = gen.perturbed(lp, 1.0);
     const Mat<double> m = gen.mask(B, T, 1, true);
     for (KLEstimator e : kAll)
         for (Aggregation mode : rlpo_test::all_modes()) {
@@ -358,15 +389,17 @@ TEST_CASE("kl_penalty, kl_penalty_corrected: micro-batch invariance, long rows",
                 const Index r0 = ch.first, nr = ch.second;
                 auto gb = g.middleRows(r0, nr);
                 auto gcb = gc.middleRows(r0, nr);
-                const auto part = rlpo::penalties::kl_penalty(Mat<double>(lp.middleRows(r0, nr)), Mat<double>(ref.middleRows(r0, nr)),
-                                                              Mat<double>(m.middleRows(r0, nr)), o, n, rlpo::write_to<double>(gb));
+                const auto part = rlpo::penalties::kl_penalty(
+                    Mat<double>(lp.middleRows(r0, nr)), Mat<double>(ref.middleRows(r0, nr)),
+                    Mat<double>(m.middleRows(r0, nr)), o, n, rlpo::write_to<double>(gb));
                 total += part.value;
                 merged.merge(part.metrics);
-                total_c += rlpo::penalties::kl_penalty_corrected(
-                               Mat<double>(lp.middleRows(r0, nr)), Mat<double>(old.middleRows(r0, nr)),
-                               Mat<double>(ref.middleRows(r0, nr)), Mat<double>(m.middleRows(r0, nr)), o, n,
-                               rlpo::write_to<double>(gcb))
-                               .value;
+                total_c +=
+                    rlpo::penalties::kl_penalty_corrected(
+                        Mat<double>(lp.middleRows(r0, nr)), Mat<double>(old.middleRows(r0, nr)),
+                        Mat<double>(ref.middleRows(r0, nr)), Mat<double>(m.middleRows(r0, nr)), o,
+                        n, rlpo::write_to<double>(gcb))
+                        .value;
             }
             CHECK(total == Approx(full.value).epsilon(1e-12));
             CHECK(total_c == Approx(full_c.value).epsilon(1e-12));
@@ -383,7 +416,8 @@ TEST_CASE("kl_penalty, kl_penalty_corrected: micro-batch invariance, long rows",
                     if (m(i, t) != 0) {
                         const auto lg = rlpo::penalties::kl_estimate(lp(i, t) - ref(i, t), o);
                         expect += lg.loss;
-                        worst = std::max(worst, std::abs(tok.grad(i, t) - lg.grad) / std::max(1.0, std::abs(lg.grad)));
+                        worst = std::max(worst, std::abs(tok.grad(i, t) - lg.grad) /
+                                                    std::max(1.0, std::abs(lg.grad)));
                     }
             CHECK(worst < 1e-13);
             CHECK(tok.value == Approx(expect).epsilon(1e-12));
@@ -397,13 +431,16 @@ TEST_CASE("kl_penalty: bad input gives the documented error", "[penalties][kl][b
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty(x, x, y), "mask: expected shape");
     KLOptions o;
     o.log_ratio_clamp = -1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty(x, x, m, o), "log_ratio_clamp: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty(x, x, m, o),
+                                    "log_ratio_clamp: must be > 0");
     o = {};
     o.value_clamp = 0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty(x, x, m, o), "value_clamp: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty(x, x, m, o),
+                                    "value_clamp: must be > 0");
     Mat<double> bad = x;
     bad(0, 1) = std::numeric_limits<double>::quiet_NaN();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty(x, bad, m), "ref_logp: NaN at [0, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty(x, bad, m),
+                                    "ref_logp: NaN at [0, 1]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::parse_kl_estimator("k4"),
                                     "valid names: kl, k1, abs, mse, k2, low_var_kl, k3");
     const auto empty = rlpo::penalties::kl_penalty(x, x, Mat<double>::Zero(2, 3));
@@ -411,21 +448,28 @@ TEST_CASE("kl_penalty: bad input gives the documented error", "[penalties][kl][b
     CHECK(empty.metrics["kl"] == 0.0);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::parse_kl_estimator("k4+"), "low_var_kl+, k3+");
     // importance-corrected
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty_corrected(x, y, x, m),
-                                    "penalties::kl_penalty_corrected(): old_logp: expected shape [2, 3]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty_corrected(x, x, y, m), "ref_logp: expected shape");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty_corrected(x, bad, x, m), "old_logp: NaN at [0, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::penalties::kl_penalty_corrected(x, y, x, m),
+        "penalties::kl_penalty_corrected(): old_logp: expected shape [2, 3]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty_corrected(x, x, y, m),
+                                    "ref_logp: expected shape");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty_corrected(x, bad, x, m),
+                                    "old_logp: NaN at [0, 1]");
     o = {};
     o.value_clamp = -1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty_corrected(x, x, x, m, o), "value_clamp: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty_corrected(x, x, x, m, o),
+                                    "value_clamp: must be > 0");
     // KL in reward
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_in_reward(x, x, x, m, -0.1),
                                     "penalties::kl_in_reward(): beta: must be >= 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_in_reward(x, y, x, m, 0.1), "old_logp: expected shape");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_in_reward(bad, x, x, m, 0.1), "scores: NaN at [0, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_in_reward(x, y, x, m, 0.1),
+                                    "old_logp: expected shape");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_in_reward(bad, x, x, m, 0.1),
+                                    "scores: NaN at [0, 1]");
     Mat<double> neg_mask = m;
     neg_mask(1, 1) = -1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_in_reward(x, x, x, neg_mask, 0.1), "mask: entries must be finite and >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_in_reward(x, x, x, neg_mask, 0.1),
+                                    "mask: entries must be finite and >= 0");
     const auto r0 = rlpo::penalties::kl_in_reward(x, x, x, Mat<double>::Zero(2, 3), 0.1);
     CHECK(r0.metrics["reward_kl_penalty"] == 0.0);
     CHECK(r0.rewards.isZero());

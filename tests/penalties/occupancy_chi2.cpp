@@ -18,8 +18,8 @@ using rlpo::penalties::OccupancyChi2Options;
 using rlpo::penalties::OccupancyDivergence;
 namespace rt = rlpo::testing;
 
-TEMPLATE_TEST_CASE("occupancy_chi2_penalty: agrees with the PyTorch reference", "[penalties][orpo][torch]", float,
-                   double) {
+TEMPLATE_TEST_CASE("occupancy_chi2_penalty: agrees with the PyTorch reference",
+                   "[penalties][orpo][torch]", float, double) {
     using S = TestType;
     rlpo_test::TorchReference tr("penalties", std::string("orpo_") + (sizeof(S) == 4 ? "f" : "d"));
     struct Run {
@@ -55,9 +55,11 @@ TEMPLATE_TEST_CASE("occupancy_chi2_penalty: agrees with the PyTorch reference", 
         const auto& r = runs[i];
         const auto res = rlpo::penalties::occupancy_chi2_penalty(r.d, r.mask, r.o);
         CHECK(rlpo_test::max_rel_err(res.rewards, tr.out(i, "rewards")) < tol);
-        CHECK(rlpo_test::rel_err(res.metrics["occupancy_measure_chi2"], tr.scalar(i, "occupancy_measure_chi2")) < tol);
+        CHECK(rlpo_test::rel_err(res.metrics["occupancy_measure_chi2"],
+                                 tr.scalar(i, "occupancy_measure_chi2")) < tol);
         if (r.o.divergence == OccupancyDivergence::SqrtChiSquared)
-            CHECK(rlpo_test::rel_err(res.chi2_trimmed, tr.scalar(i, "occupancy_measure_chi2_trimmed")) < tol);
+            CHECK(rlpo_test::rel_err(res.chi2_trimmed,
+                                     tr.scalar(i, "occupancy_measure_chi2_trimmed")) < tol);
     }
 }
 
@@ -85,7 +87,8 @@ TEST_CASE("occupancy_chi2_penalty: properties", "[penalties][orpo][properties]")
         d(0, 0) = 10.0;   // huge outlier
         d(0, 1) = -10.0;  // tiny outlier
         const auto r = rlpo::penalties::occupancy_chi2_penalty(d, m);
-        CHECK(r.chi2_trimmed == Approx(0.5).epsilon(1e-12));  // the two outliers trimmed (⌊2⌋ = 2 each end)
+        CHECK(r.chi2_trimmed ==
+              Approx(0.5).epsilon(1e-12));  // the two outliers trimmed (⌊2⌋ = 2 each end)
         Mat<double> neg = Mat<double>::Constant(1, 4, -1.0);
         const auto rn = rlpo::penalties::occupancy_chi2_penalty(neg, Mat<double>::Ones(1, 4));
         CHECK(rn.chi2_trimmed < 0);
@@ -103,20 +106,26 @@ TEST_CASE("occupancy_chi2_penalty: properties", "[penalties][orpo][properties]")
     }
 }
 
-TEST_CASE("occupancy_chi2_penalty: bad input gives the documented error", "[penalties][orpo][bad-input]") {
+TEST_CASE("occupancy_chi2_penalty: bad input gives the documented error",
+          "[penalties][orpo][bad-input]") {
     const Mat<double> d = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::occupancy_chi2_penalty(d, Mat<double>::Ones(2, 2)),
-                                    "penalties::occupancy_chi2_penalty(): mask: expected shape [2, 3]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::penalties::occupancy_chi2_penalty(d, Mat<double>::Ones(2, 2)),
+        "penalties::occupancy_chi2_penalty(): mask: expected shape [2, 3]");
     OccupancyChi2Options o;
     o.coef = -1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::occupancy_chi2_penalty(d, m, o), "coef: must be >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::occupancy_chi2_penalty(d, m, o),
+                                    "coef: must be >= 0");
     o = {};
     o.trim = 0.5;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::occupancy_chi2_penalty(d, m, o), "trim: must be in [0, 0.5)");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::occupancy_chi2_penalty(d, m, o),
+                                    "trim: must be in [0, 0.5)");
     o = {};
     o.reward_clip = 0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::occupancy_chi2_penalty(d, m, o), "reward_clip: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::occupancy_chi2_penalty(d, m, o),
+                                    "reward_clip: must be > 0");
     Mat<double> bad = d;
     bad(1, 2) = std::numeric_limits<double>::quiet_NaN();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::occupancy_chi2_penalty(bad, m), "log_ratio: NaN at [1, 2]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::occupancy_chi2_penalty(bad, m),
+                                    "log_ratio: NaN at [1, 2]");
 }

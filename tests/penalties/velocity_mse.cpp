@@ -28,7 +28,8 @@ VelocityMSEOptions make(double beta, VelocityMSEOptions::Reduction red) {
 TEST_CASE("velocity_mse: gradient equals central finite differences", "[penalties][velocity][fd]") {
     rt::Generator gen(81);
     const Index B = 3, T = 4, D = 6;
-    const Mat<double> v = gen.normal(B * T, D), vr = gen.normal(B * T, D), m = gen.mask(B, T, 1, true);
+    const Mat<double> v = gen.normal(B * T, D), vr = gen.normal(B * T, D),
+                      m = gen.mask(B, T, 1, true);
     for (auto red : {VelocityMSEOptions::Reduction::Mean, VelocityMSEOptions::Reduction::Sum})
         for (Aggregation mode : rlpo_test::all_modes()) {
             rlpo::Normalizer n;
@@ -36,16 +37,19 @@ TEST_CASE("velocity_mse: gradient equals central finite differences", "[penaltie
             const auto r = rlpo::penalties::velocity_mse(v, vr, m, make(0.7, red), n);
             rlpo_test::require_fd_gradient(
                 [&](const Mat<double>& x) {
-                    return rlpo::penalties::velocity_mse(x, vr, m, make(0.7, red), n, rlpo::no_grad<double>()).value;
+                    return rlpo::penalties::velocity_mse(x, vr, m, make(0.7, red), n,
+                                                         rlpo::no_grad<double>())
+                        .value;
                 },
                 v, r.grad, 1e-6, 1e-10);
         }
 }
 
-TEMPLATE_TEST_CASE("velocity_mse: agrees with the PyTorch autograd reference", "[penalties][velocity][torch]", float,
-                   double) {
+TEMPLATE_TEST_CASE("velocity_mse: agrees with the PyTorch autograd reference",
+                   "[penalties][velocity][torch]", float, double) {
     using S = TestType;
-    rlpo_test::TorchReference tr("penalties", std::string("velocity_") + (sizeof(S) == 4 ? "f" : "d"));
+    rlpo_test::TorchReference tr("penalties",
+                                 std::string("velocity_") + (sizeof(S) == 4 ? "f" : "d"));
     struct Run {
         Mat<S> v, vr, mask;
         VelocityMSEOptions o;
@@ -68,7 +72,8 @@ TEMPLATE_TEST_CASE("velocity_mse: agrees with the PyTorch autograd reference", "
             if (seed % 2) r.n.num_tokens = 30.0, r.n.num_seqs = 7.0;
             auto& c = tr.add<S>("velocity_mse");
             c.in("v", r.v).in("v_ref", r.vr).in("mask", r.mask);
-            c.p("beta", r.o.beta).s("reduction", red == VelocityMSEOptions::Reduction::Mean ? "mean" : "sum");
+            c.p("beta", r.o.beta)
+                .s("reduction", red == VelocityMSEOptions::Reduction::Mean ? "mean" : "sum");
             c.s("agg", rlpo::to_string(mode));
             if (r.n.num_tokens) c.p("num_tokens", *r.n.num_tokens);
             if (r.n.num_seqs) c.p("num_seqs", *r.n.num_seqs);
@@ -89,7 +94,8 @@ TEMPLATE_TEST_CASE("velocity_mse: agrees with the PyTorch autograd reference", "
 TEST_CASE("velocity_mse: properties", "[penalties][velocity][properties]") {
     rt::Generator gen(83);
     const Index B = 4, T = 2, D = 5;
-    const Mat<double> v = gen.normal(B * T, D), vr = gen.normal(B * T, D), m = Mat<double>::Ones(B, T);
+    const Mat<double> v = gen.normal(B * T, D), vr = gen.normal(B * T, D),
+                      m = Mat<double>::Ones(B, T);
     SECTION("v = v_ref: zero; closed form on one row; Sum = D × Mean") {
         const auto z = rlpo::penalties::velocity_mse(v, v, m);
         CHECK(z.value == 0.0);
@@ -97,12 +103,15 @@ TEST_CASE("velocity_mse: properties", "[penalties][velocity][properties]") {
         Mat<double> a(1, 2), b(1, 2);
         a << 1.0, 3.0;
         b << 0.0, 1.0;
-        const auto one = rlpo::penalties::velocity_mse(a, b, Mat<double>::Ones(1, 1), make(2.0, VelocityMSEOptions::Reduction::Mean));
+        const auto one = rlpo::penalties::velocity_mse(
+            a, b, Mat<double>::Ones(1, 1), make(2.0, VelocityMSEOptions::Reduction::Mean));
         CHECK(one.value == Approx(2.0 * (1.0 + 4.0) / 2));
         CHECK(one.grad(0, 0) == Approx(2.0 * 2 * 1.0 / 2));
         CHECK(one.grad(0, 1) == Approx(2.0 * 2 * 2.0 / 2));
-        const auto mean = rlpo::penalties::velocity_mse(v, vr, m, make(1.0, VelocityMSEOptions::Reduction::Mean));
-        const auto sum = rlpo::penalties::velocity_mse(v, vr, m, make(1.0, VelocityMSEOptions::Reduction::Sum));
+        const auto mean =
+            rlpo::penalties::velocity_mse(v, vr, m, make(1.0, VelocityMSEOptions::Reduction::Mean));
+        const auto sum =
+            rlpo::penalties::velocity_mse(v, vr, m, make(1.0, VelocityMSEOptions::Reduction::Sum));
         CHECK(sum.value == Approx(D * mean.value).epsilon(1e-14));
     }
     SECTION("micro-batches with global counts sum to the whole batch") {
@@ -114,10 +123,11 @@ TEST_CASE("velocity_mse: properties", "[penalties][velocity][properties]") {
             Mat<double> g = Mat<double>::Zero(B * T, D);
             for (const auto& ch : rlpo_test::uneven_chunks(B)) {
                 auto gb = g.middleRows(ch.first * T, ch.second * T);
-                total += rlpo::penalties::velocity_mse(Mat<double>(v.middleRows(ch.first * T, ch.second * T)),
-                                                       Mat<double>(vr.middleRows(ch.first * T, ch.second * T)),
-                                                       Mat<double>(mm.middleRows(ch.first, ch.second)), {}, n,
-                                                       rlpo::write_to<double>(gb))
+                total += rlpo::penalties::velocity_mse(
+                             Mat<double>(v.middleRows(ch.first * T, ch.second * T)),
+                             Mat<double>(vr.middleRows(ch.first * T, ch.second * T)),
+                             Mat<double>(mm.middleRows(ch.first, ch.second)), {}, n,
+                             rlpo::write_to<double>(gb))
                              .value;
             }
             CHECK(total == Approx(full.value).epsilon(1e-13));
@@ -126,17 +136,22 @@ TEST_CASE("velocity_mse: properties", "[penalties][velocity][properties]") {
     }
 }
 
-TEST_CASE("velocity_mse: bad input gives the documented error", "[penalties][velocity][bad-input]") {
+TEST_CASE("velocity_mse: bad input gives the documented error",
+          "[penalties][velocity][bad-input]") {
     const Mat<double> v = Mat<double>::Zero(4, 3), m = Mat<double>::Ones(2, 2);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::velocity_mse(v, Mat<double>::Zero(4, 2), m),
                                     "penalties::velocity_mse(): v_ref: expected shape [4, 3]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::velocity_mse(v, v, Mat<double>::Ones(1, 3)), "mask: expected 4 entries");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::velocity_mse(v, v, m, make(-1.0, VelocityMSEOptions::Reduction::Mean)),
-                                    "beta: must be >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::velocity_mse(v, v, Mat<double>::Ones(1, 3)),
+                                    "mask: expected 4 entries");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::penalties::velocity_mse(v, v, m, make(-1.0, VelocityMSEOptions::Reduction::Mean)),
+        "beta: must be >= 0");
     Mat<double> bad = v;
     bad(2, 1) = std::numeric_limits<double>::quiet_NaN();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::velocity_mse(bad, v, m), "v: non-finite value at [2, 1]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::velocity_mse(v, bad, m), "v_ref: non-finite value at [2, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::velocity_mse(bad, v, m),
+                                    "v: non-finite value at [2, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::velocity_mse(v, bad, m),
+                                    "v_ref: non-finite value at [2, 1]");
     const auto empty = rlpo::penalties::velocity_mse(v, v, Mat<double>::Zero(2, 2));
     CHECK(empty.value == 0.0);
     CHECK(empty.metrics["velocity_mse"] == 0.0);

@@ -20,9 +20,9 @@ using rlpo::penalties::VocabDivergenceOptions;
 namespace rt = rlpo::testing;
 constexpr double ninf = -std::numeric_limits<double>::infinity();
 
-static const VocabDivergence kDivs[] = {VocabDivergence::ReverseKL, VocabDivergence::ForwardKL,
-                                        VocabDivergence::ChiSquared, VocabDivergence::TotalVariation,
-                                        VocabDivergence::JensenShannon};
+static const VocabDivergence kDivs[] = {
+    VocabDivergence::ReverseKL, VocabDivergence::ForwardKL, VocabDivergence::ChiSquared,
+    VocabDivergence::TotalVariation, VocabDivergence::JensenShannon};
 
 namespace {
 VocabDivergenceOptions make(VocabDivergence d, double tau = 1.0) {
@@ -33,7 +33,8 @@ VocabDivergenceOptions make(VocabDivergence d, double tau = 1.0) {
 }
 }  // namespace
 
-TEST_CASE("vocab_divergence: gradient equals central finite differences", "[penalties][vocab][fd]") {
+TEST_CASE("vocab_divergence: gradient equals central finite differences",
+          "[penalties][vocab][fd]") {
     rt::Generator gen(41);
     const Index B = 3, T = 4, V = 7;
     Mat<double> z = gen.logits(B * T, V, 1.5), zr = gen.logits(B * T, V, 1.5);
@@ -44,9 +45,11 @@ TEST_CASE("vocab_divergence: gradient equals central finite differences", "[pena
     for (VocabDivergence d : kDivs)
         for (double tau : {1.0, 0.7})
             for (Aggregation mode : rlpo_test::all_modes()) {
-                INFO(rlpo::penalties::to_string(d) << " tau " << tau << " " << rlpo::to_string(mode));
+                INFO(rlpo::penalties::to_string(d)
+                     << " tau " << tau << " " << rlpo::to_string(mode));
                 Mat<double> ref = zr;
-                if (d == VocabDivergence::ReverseKL || d == VocabDivergence::ChiSquared) ref(1, 2) = 0.3;
+                if (d == VocabDivergence::ReverseKL || d == VocabDivergence::ChiSquared)
+                    ref(1, 2) = 0.3;
                 rlpo::Normalizer n;
                 n.mode = mode;
                 const auto r = rlpo::penalties::vocab_divergence(z, ref, m, make(d, tau), n);
@@ -60,15 +63,16 @@ TEST_CASE("vocab_divergence: gradient equals central finite differences", "[pena
                 };
                 rlpo_test::require_fd_gradient(
                     [&](const Mat<double>& x) {
-                        return rlpo::penalties::vocab_divergence(x, ref, m, make(d, tau), n, rlpo::no_grad<double>())
+                        return rlpo::penalties::vocab_divergence(x, ref, m, make(d, tau), n,
+                                                                 rlpo::no_grad<double>())
                             .value;
                     },
                     z, r.grad, 1e-6, 1e-9, near_kink);
             }
 }
 
-TEMPLATE_TEST_CASE("vocab_divergence: agrees with the PyTorch autograd reference", "[penalties][vocab][torch]",
-                   float, double) {
+TEMPLATE_TEST_CASE("vocab_divergence: agrees with the PyTorch autograd reference",
+                   "[penalties][vocab][torch]", float, double) {
     using S = TestType;
     rlpo_test::TorchReference tr("penalties", std::string("vocab_") + (sizeof(S) == 4 ? "f" : "d"));
     struct Run {
@@ -90,7 +94,7 @@ TEMPLATE_TEST_CASE("vocab_divergence: agrees with the PyTorch autograd reference
             if (d != VocabDivergence::ReverseKL && d != VocabDivergence::ChiSquared)
                 r.zr(2, 4) = -std::numeric_limits<S>::infinity();  // reference zero, policy not
             if (d == VocabDivergence::ReverseKL || d == VocabDivergence::TotalVariation)
-                r.z(3, 7) = -std::numeric_limits<S>::infinity();   // policy zero, reference not
+                r.z(3, 7) = -std::numeric_limits<S>::infinity();  // policy zero, reference not
             r.mask = gen.mask<S>(B, T, 1, true);
             r.mask(0, 0) = 1;
             r.mask(1, 1) = 0;
@@ -114,7 +118,8 @@ TEMPLATE_TEST_CASE("vocab_divergence: agrees with the PyTorch autograd reference
         const auto res = rlpo::penalties::vocab_divergence(r.z, r.zr, r.mask, r.o, r.n);
         CHECK(rlpo_test::rel_err(res.value, tr.scalar(i, "value")) < tol);
         CHECK(rlpo_test::max_rel_err(res.grad, tr.out(i, "grad")) < tol);
-        CHECK(rlpo_test::rel_err(res.metrics[rlpo::penalties::to_string(r.o.divergence)], tr.scalar(i, "metric")) < tol);
+        CHECK(rlpo_test::rel_err(res.metrics[rlpo::penalties::to_string(r.o.divergence)],
+                                 tr.scalar(i, "metric")) < tol);
     }
 }
 
@@ -145,7 +150,8 @@ TEST_CASE("vocab_divergence: properties", "[penalties][vocab][properties]") {
         CHECK(val(VocabDivergence::ReverseKL, a, b) == Approx(kl).epsilon(1e-14));
         CHECK(val(VocabDivergence::ForwardKL, a, b) == Approx(fkl).epsilon(1e-14));
         CHECK(val(VocabDivergence::ForwardKL, b, a) == Approx(kl).epsilon(1e-14));  // swap
-        CHECK(val(VocabDivergence::ChiSquared, a, b) == Approx(0.09 / 0.4 + 0.09 / 0.6).epsilon(1e-14));
+        CHECK(val(VocabDivergence::ChiSquared, a, b) ==
+              Approx(0.09 / 0.4 + 0.09 / 0.6).epsilon(1e-14));
         CHECK(val(VocabDivergence::TotalVariation, a, b) == Approx(0.3).epsilon(1e-14));
         const double m0 = 0.55, m1 = 0.45;
         const double js = 0.5 * (0.7 * std::log(0.7 / m0) + 0.3 * std::log(0.3 / m1)) +
@@ -155,14 +161,18 @@ TEST_CASE("vocab_divergence: properties", "[penalties][vocab][properties]") {
         const Mat<double> a_shift = a.array() + 5.0;
         CHECK(val(VocabDivergence::ReverseKL, a_shift, b) == Approx(kl).epsilon(1e-13));
         VocabDivergenceOptions hot = make(VocabDivergence::ReverseKL, 2.0);
-        CHECK(rlpo::penalties::vocab_divergence(Mat<double>(2.0 * a), Mat<double>(2.0 * b), one, hot, sum).value ==
-              Approx(kl).epsilon(1e-13));
+        CHECK(rlpo::penalties::vocab_divergence(Mat<double>(2.0 * a), Mat<double>(2.0 * b), one,
+                                                hot, sum)
+                  .value == Approx(kl).epsilon(1e-13));
     }
     SECTION("on random rows: Pinsker, KL ≤ log(1 + χ²), JS ≤ log 2, TV ≤ 1; disjoint supports") {
         for (Index n = 0; n < N; ++n) {
             const Mat<double> x = z.row(n), y = zr.row(n), one = Mat<double>::Ones(1, 1);
-            auto val = [&](VocabDivergence d) { return rlpo::penalties::vocab_divergence(x, y, one, make(d), sum).value; };
-            const double kl = val(VocabDivergence::ReverseKL), tv = val(VocabDivergence::TotalVariation);
+            auto val = [&](VocabDivergence d) {
+                return rlpo::penalties::vocab_divergence(x, y, one, make(d), sum).value;
+            };
+            const double kl = val(VocabDivergence::ReverseKL),
+                         tv = val(VocabDivergence::TotalVariation);
             CHECK(tv <= std::sqrt(kl / 2) + 1e-12);
             CHECK(kl <= std::log1p(val(VocabDivergence::ChiSquared)) + 1e-12);
             CHECK(val(VocabDivergence::JensenShannon) <= std::log(2.0) + 1e-12);
@@ -172,21 +182,25 @@ TEST_CASE("vocab_divergence: properties", "[penalties][vocab][properties]") {
         p << 0.0, ninf;
         q << ninf, 0.0;
         const Mat<double> one = Mat<double>::Ones(1, 1);
-        CHECK(rlpo::penalties::vocab_divergence(p, q, one, make(VocabDivergence::JensenShannon), sum).value ==
-              Approx(std::log(2.0)).epsilon(1e-14));
-        CHECK(rlpo::penalties::vocab_divergence(p, q, one, make(VocabDivergence::TotalVariation), sum).value ==
-              Approx(1.0).epsilon(1e-14));
+        CHECK(
+            rlpo::penalties::vocab_divergence(p, q, one, make(VocabDivergence::JensenShannon), sum)
+                .value == Approx(std::log(2.0)).epsilon(1e-14));
+        CHECK(
+            rlpo::penalties::vocab_divergence(p, q, one, make(VocabDivergence::TotalVariation), sum)
+                .value == Approx(1.0).epsilon(1e-14));
     }
     SECTION("the full-vocabulary KL is the exact expectation of the k1 and k3 token estimators") {
         const Mat<double> lp = rlpo::log_softmax_rows(z), lq = rlpo::log_softmax_rows(zr);
         for (Index n = 0; n < N; ++n) {
             const Mat<double> pi = lp.row(n).array().exp();
-            const double exact = rlpo::penalties::vocab_divergence(Mat<double>(z.row(n)), Mat<double>(zr.row(n)),
-                                                                   Mat<double>::Ones(1, 1), make(VocabDivergence::ReverseKL), sum)
+            const double exact = rlpo::penalties::vocab_divergence(
+                                     Mat<double>(z.row(n)), Mat<double>(zr.row(n)),
+                                     Mat<double>::Ones(1, 1), make(VocabDivergence::ReverseKL), sum)
                                      .value;
             for (auto e : {rlpo::penalties::KLEstimator::K1, rlpo::penalties::KLEstimator::K3}) {
-                const auto est = rlpo::penalties::kl_penalty(Mat<double>(lp.row(n)), Mat<double>(lq.row(n)), pi,
-                                                             rlpo::penalties::KLOptions::trl(e), sum);
+                const auto est =
+                    rlpo::penalties::kl_penalty(Mat<double>(lp.row(n)), Mat<double>(lq.row(n)), pi,
+                                                rlpo::penalties::KLOptions::trl(e), sum);
                 CHECK(est.value == Approx(exact).epsilon(1e-12));
             }
         }
@@ -208,11 +222,12 @@ TEST_CASE("vocab_divergence: properties", "[penalties][vocab][properties]") {
                 for (const auto& ch : rlpo_test::uneven_chunks(B)) {
                     const Index r0 = ch.first * T, nr = ch.second * T;
                     auto gblock = g.middleRows(r0, nr);
-                    total += rlpo::penalties::vocab_divergence(Mat<double>(zz.middleRows(r0, nr)),
-                                                               Mat<double>(zzr.middleRows(r0, nr)),
-                                                               Mat<double>(m.middleRows(ch.first, ch.second)),
-                                                               make(d), n, rlpo::write_to<double>(gblock))
-                                 .value;
+                    total +=
+                        rlpo::penalties::vocab_divergence(
+                            Mat<double>(zz.middleRows(r0, nr)), Mat<double>(zzr.middleRows(r0, nr)),
+                            Mat<double>(m.middleRows(ch.first, ch.second)), make(d), n,
+                            rlpo::write_to<double>(gblock))
+                            .value;
                 }
                 CHECK(total == Approx(full.value).epsilon(1e-12));
                 CHECK(rlpo_test::max_rel_err(g, full.grad) < 1e-12);
@@ -220,31 +235,42 @@ TEST_CASE("vocab_divergence: properties", "[penalties][vocab][properties]") {
     }
 }
 
-TEST_CASE("vocab_divergence: bad input gives the documented error", "[penalties][vocab][bad-input]") {
+TEST_CASE("vocab_divergence: bad input gives the documented error",
+          "[penalties][vocab][bad-input]") {
     const Mat<double> z = Mat<double>::Zero(4, 3), m = Mat<double>::Ones(2, 2);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(z, Mat<double>::Zero(4, 2), m),
-                                    "penalties::vocab_divergence(): ref_logits: expected shape [4, 3]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(z, z, Mat<double>::Ones(3, 1)),
-                                    "mask: expected 4 entries");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(z, z, m, make(VocabDivergence::ReverseKL, 0.0)),
-                                    "temperature: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::penalties::vocab_divergence(z, Mat<double>::Zero(4, 2), m),
+        "penalties::vocab_divergence(): ref_logits: expected shape [4, 3]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::penalties::vocab_divergence(z, z, Mat<double>::Ones(3, 1)),
+        "mask: expected 4 entries");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::penalties::vocab_divergence(z, z, m, make(VocabDivergence::ReverseKL, 0.0)),
+        "temperature: must be > 0");
     Mat<double> bad = z;
     bad(3, 1) = std::numeric_limits<double>::quiet_NaN();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(bad, z, m), "logits: NaN at [3, 1]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(z, bad, m), "ref_logits: NaN at [3, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(bad, z, m),
+                                    "logits: NaN at [3, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(z, bad, m),
+                                    "ref_logits: NaN at [3, 1]");
     Mat<double> mm = m;
     mm(1, 1) = 0;  // row 3 masked: its NaN is never read
     CHECK(std::isfinite(rlpo::penalties::vocab_divergence(bad, z, mm).value));
     Mat<double> dead = z;
     dead.row(2).setConstant(ninf);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(dead, z, m), "row 2 has no finite entry");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(dead, z, m),
+                                    "row 2 has no finite entry");
     Mat<double> hole = z;
     hole(0, 0) = ninf;  // reference has no mass at 0, policy has
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(z, hole, m), "kl: row 0 is infinite");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(hole, z, m, make(VocabDivergence::ForwardKL)),
-                                    "forward_kl: row 0 is infinite");
-    CHECK(std::isfinite(rlpo::penalties::vocab_divergence(z, hole, m, make(VocabDivergence::ForwardKL)).value));
-    const auto empty = rlpo::penalties::vocab_divergence(z, Mat<double>::Ones(4, 3), Mat<double>::Zero(2, 2));
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(z, hole, m),
+                                    "kl: row 0 is infinite");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::penalties::vocab_divergence(hole, z, m, make(VocabDivergence::ForwardKL)),
+        "forward_kl: row 0 is infinite");
+    CHECK(std::isfinite(
+        rlpo::penalties::vocab_divergence(z, hole, m, make(VocabDivergence::ForwardKL)).value));
+    const auto empty =
+        rlpo::penalties::vocab_divergence(z, Mat<double>::Ones(4, 3), Mat<double>::Zero(2, 2));
     CHECK(empty.value == 0.0);
     CHECK(empty.grad.isZero());
     CHECK(empty.metrics["kl"] == 0.0);

@@ -27,21 +27,25 @@ TEST_CASE("cispo: gradient equals central finite differences", "[policy][cispo][
             const auto r = rlpo::policy::cispo(b.logp, b.old, b.adv, b.mask, o, n, {}, w);
             const auto near_kink = [&](Index k) {  // the IS weight is piecewise in logp
                 const double lr = b.logp.data()[k] - b.old.data()[k], q = std::exp(lr);
-                return std::abs(q - (1 - o.clip_low)) < 1e-4 || std::abs(q - (1 + o.clip_high)) < 1e-4 ||
-                       std::abs(q - o.cap) < 1e-4 || std::abs(std::abs(lr) - o.log_ratio_clamp) < 1e-4;
+                return std::abs(q - (1 - o.clip_low)) < 1e-4 ||
+                       std::abs(q - (1 + o.clip_high)) < 1e-4 || std::abs(q - o.cap) < 1e-4 ||
+                       std::abs(std::abs(lr) - o.log_ratio_clamp) < 1e-4;
             };
             rlpo_test::require_fd_gradient(
                 [&](const Mat<double>& x) {
                     // the detached IS weight is held at its value at b.logp: differentiate l(x) with
                     // w_is frozen, i.e. evaluate with old_logp shifted along with x.
                     const Mat<double> old_shift = b.old + (x - b.logp);
-                    return rlpo::policy::cispo(x, old_shift, b.adv, b.mask, o, n, rlpo::no_grad<double>(), w).value;
+                    return rlpo::policy::cispo(x, old_shift, b.adv, b.mask, o, n,
+                                               rlpo::no_grad<double>(), w)
+                        .value;
                 },
                 b.logp, r.grad, 1e-6, 1e-8, near_kink);
         }
 }
 
-TEMPLATE_TEST_CASE("cispo: agrees with the PyTorch autograd reference", "[policy][cispo][torch]", float, double) {
+TEMPLATE_TEST_CASE("cispo: agrees with the PyTorch autograd reference", "[policy][cispo][torch]",
+                   float, double) {
     using S = TestType;
     rlpo_test::TorchReference ref("policy", std::string("cispo_") + (sizeof(S) == 4 ? "f" : "d"));
     struct Run {
@@ -55,7 +59,8 @@ TEMPLATE_TEST_CASE("cispo: agrees with the PyTorch autograd reference", "[policy
     for (const auto& o : option_sets())
         for (Aggregation mode : rlpo_test::all_modes()) {
             const Batch b = spread_batch(seed++);
-            Run r{b.logp.cast<S>(), b.old.cast<S>(), b.adv.cast<S>(), b.mask.cast<S>(), b.w.cast<S>(), o,
+            Run r{b.logp.cast<S>(),     b.old.cast<S>(), b.adv.cast<S>(),
+                  b.mask.cast<S>(),     b.w.cast<S>(),   o,
                   norm_for(mode, seed), seed % 2 == 0};
             r.mask(2, 3) = 0;
             r.old(2, 3) = std::numeric_limits<S>::quiet_NaN();
@@ -83,7 +88,8 @@ TEMPLATE_TEST_CASE("cispo: agrees with the PyTorch autograd reference", "[policy
             CHECK(rlpo_test::rel_err(res.metrics[name], ref.scalar(k, name), 1e-12) < tol);
         }
         if (r.o.bound == CISPOBound::Cap)
-            CHECK(rlpo_test::rel_err(res.metrics["cispo_clip_ratio"], ref.scalar(k, "cispo_clip_ratio"), 1e-12) < tol);
+            CHECK(rlpo_test::rel_err(res.metrics["cispo_clip_ratio"],
+                                     ref.scalar(k, "cispo_clip_ratio"), 1e-12) < tol);
     }
 }
 
@@ -92,12 +98,15 @@ TEST_CASE("cispo: properties", "[policy][cispo][properties]") {
         const Batch b = spread_batch(5);
         const auto r = rlpo::policy::cispo(b.logp, b.logp, b.adv, b.mask);
         const double N = b.mask.sum();
-        CHECK(rlpo_test::max_rel_err(r.grad, Mat<double>(-(b.adv.array() * b.mask.array()) / N)) < 1e-14);
-        CHECK(r.value == Approx(-(b.adv.array() * b.mask.array() * b.logp.array()).sum() / N).epsilon(1e-13));
+        CHECK(rlpo_test::max_rel_err(r.grad, Mat<double>(-(b.adv.array() * b.mask.array()) / N)) <
+              1e-14);
+        CHECK(r.value ==
+              Approx(-(b.adv.array() * b.mask.array() * b.logp.array()).sum() / N).epsilon(1e-13));
         CHECK(r.metrics["pg_clipfrac"] == 0.0);
     }
     SECTION("clip form: the IS weight is clip(r); capped tokens keep a gradient, unlike PPO") {
-        Mat<double> lp(1, 3), old = Mat<double>::Zero(1, 3), a = Mat<double>::Ones(1, 3), m = Mat<double>::Ones(1, 3);
+        Mat<double> lp(1, 3), old = Mat<double>::Zero(1, 3), a = Mat<double>::Ones(1, 3),
+                              m = Mat<double>::Ones(1, 3);
         lp << std::log(2.0), std::log(0.5), std::log(1.1);
         old = lp.array() - Eigen::Array<double, 1, 3>(std::log(2.0), std::log(0.5), std::log(1.1));
         old.setZero();
@@ -110,7 +119,8 @@ TEST_CASE("cispo: properties", "[policy][cispo][properties]") {
         CHECK(r.grad(0, 1) == Approx(-0.8));
         CHECK(r.grad(0, 2) == Approx(-1.1));
         CHECK(r.metrics["pg_clipfrac"] == Approx(2.0 / 3));
-        const auto t = rlpo::policy::cispo(lp, old, a, m, CISPOOptions::trl(1.5), n);  // min(r, 1.5)
+        const auto t =
+            rlpo::policy::cispo(lp, old, a, m, CISPOOptions::trl(1.5), n);  // min(r, 1.5)
         CHECK(t.grad(0, 0) == Approx(-1.5));
         CHECK(t.grad(0, 1) == Approx(-0.5));
         CHECK(t.grad(0, 2) == Approx(-1.1));
@@ -121,7 +131,7 @@ TEST_CASE("cispo: properties", "[policy][cispo][properties]") {
         lp << -1.0, -40.0;
         old << -30.0, -1.0;
         const auto r = rlpo::policy::cispo(lp, old, a, m, CISPOOptions::trl(1e15));  // cap far away
-        CHECK(r.grad(0, 0) == Approx(-std::exp(29.0) / 2).epsilon(1e-12));       // TRL: no clamp
+        CHECK(r.grad(0, 0) == Approx(-std::exp(29.0) / 2).epsilon(1e-12));  // TRL: no clamp
         CHECK(r.grad(0, 1) == Approx(-std::exp(-39.0) / 2).epsilon(1e-12));
         CISPOOptions o = CISPOOptions::trl(1e15);
         o.log_ratio_clamp = 20.0;
@@ -143,9 +153,11 @@ TEST_CASE("cispo: properties", "[policy][cispo][properties]") {
 }
 
 TEST_CASE("cispo: bad input gives the documented error", "[policy][cispo][bad-input]") {
-    const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3), y = Mat<double>::Zero(2, 4);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::cispo(x, y, x, m),
-                                    "policy::cispo(): old_logp: expected shape [2, 3] (same as logp), given [2, 4]");
+    const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3),
+                      y = Mat<double>::Zero(2, 4);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::policy::cispo(x, y, x, m),
+        "policy::cispo(): old_logp: expected shape [2, 3] (same as logp), given [2, 4]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::cispo(x, x, y, m), "advantages: expected shape");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::cispo(x, x, x, y), "mask: expected shape");
     CISPOOptions o;
@@ -158,7 +170,8 @@ TEST_CASE("cispo: bad input gives the documented error", "[policy][cispo][bad-in
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::cispo(x, x, x, m, o), "cap: must be > 0");
     o = {};
     o.log_ratio_clamp = 0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::cispo(x, x, x, m, o), "log_ratio_clamp: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::cispo(x, x, x, m, o),
+                                    "log_ratio_clamp: must be > 0");
     Mat<double> bad = x;
     bad(1, 2) = std::numeric_limits<double>::quiet_NaN();
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::cispo(x, bad, x, m), "old_logp: NaN at [1, 2]");

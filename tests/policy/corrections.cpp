@@ -34,9 +34,11 @@ const char* level_name(ISLevel l) {
 }
 }  // namespace
 
-TEMPLATE_TEST_CASE("corrections: agree with the PyTorch reference", "[policy][corrections][torch]", float, double) {
+TEMPLATE_TEST_CASE("corrections: agree with the PyTorch reference", "[policy][corrections][torch]",
+                   float, double) {
     using S = TestType;
-    rlpo_test::TorchReference ref("policy", std::string("corrections_") + (sizeof(S) == 4 ? "f" : "d"));
+    rlpo_test::TorchReference ref("policy",
+                                  std::string("corrections_") + (sizeof(S) == 4 ? "f" : "d"));
     struct Run {
         int kind;
         Mat<S> a, b, adv, mask;
@@ -50,7 +52,8 @@ TEMPLATE_TEST_CASE("corrections: agree with the PyTorch reference", "[policy][co
         // small per-token mismatches (sequence sums stay moderate), a few large ones
         Mat<double> roll = bt.logp;
         rt::Generator gen(seed);
-        for (Index k = 0; k < roll.size(); ++k) roll.data()[k] += gen.normal() * (gen.uniform() < 0.1 ? 1.0 : 0.05);
+        for (Index k = 0; k < roll.size(); ++k)
+            roll.data()[k] += gen.normal() * (gen.uniform() < 0.1 ? 1.0 : 0.05);
         Run r{0, bt.logp.cast<S>(), roll.cast<S>(), bt.adv.cast<S>(), bt.mask.cast<S>(), o, 0};
         r.mask(2, 3) = 0;
         r.b(2, 3) = std::numeric_limits<S>::quiet_NaN();
@@ -65,10 +68,15 @@ TEMPLATE_TEST_CASE("corrections: agree with the PyTorch reference", "[policy][co
         const Batch bt = spread_batch(seed++, 8, 16, 0.15, false, true);
         Mat<double> roll = bt.logp;
         rt::Generator gen(seed);
-        for (Index k = 0; k < roll.size(); ++k) roll.data()[k] += std::abs(gen.normal()) * 0.2 - 0.05;
+        for (Index k = 0; k < roll.size(); ++k)
+            roll.data()[k] += std::abs(gen.normal()) * 0.2 - 0.05;
         Run r{1, bt.logp.cast<S>(), roll.cast<S>(), bt.adv.cast<S>(), bt.mask.cast<S>(), {}, delta};
         auto& c = ref.add<S>("off_policy_sequence_mask");
-        c.in("logp", r.a).in("rollout_logp", r.b).in("advantages", r.adv).in("mask", r.mask).p("delta", delta);
+        c.in("logp", r.a)
+            .in("rollout_logp", r.b)
+            .in("advantages", r.adv)
+            .in("mask", r.mask)
+            .p("delta", delta);
         runs.push_back(std::move(r));
     }
     for (double rho : {0.2, 0.5, 1.0}) {
@@ -96,17 +104,21 @@ TEMPLATE_TEST_CASE("corrections: agree with the PyTorch reference", "[policy][co
         } else if (r.kind == 1) {
             const auto c = rp::off_policy_sequence_mask(r.a, r.b, r.adv, r.mask, r.param);
             CHECK(rlpo_test::max_rel_err(c.mask, ref.out(k, "mask")) == 0.0);
-            CHECK(rlpo_test::rel_err(c.metrics["off_policy_masked_fraction"], ref.scalar(k, "off_policy_masked_fraction"), 1e-12) < tol);
+            CHECK(rlpo_test::rel_err(c.metrics["off_policy_masked_fraction"],
+                                     ref.scalar(k, "off_policy_masked_fraction"), 1e-12) < tol);
         } else {
             const auto c = rp::top_entropy_mask(r.a, r.mask, r.param);
             CHECK(rlpo_test::max_rel_err(c.mask, ref.out(k, "mask")) == 0.0);
-            CHECK(rlpo_test::rel_err(c.metrics["entropy_mask_kept_fraction"], ref.scalar(k, "entropy_mask_kept_fraction"), 1e-12) < tol);
+            CHECK(rlpo_test::rel_err(c.metrics["entropy_mask_kept_fraction"],
+                                     ref.scalar(k, "entropy_mask_kept_fraction"), 1e-12) < tol);
         }
     }
 }
 
 TEST_CASE("corrections: closed forms and properties", "[policy][corrections][properties]") {
-    SECTION("token TIS: w = min(exp(old − rollout), C); sequence: product; geometric: mean in log space") {
+    SECTION(
+        "token TIS: w = min(exp(old − rollout), C); sequence: product; geometric: mean in log "
+        "space") {
         Mat<double> old(1, 3), roll = Mat<double>::Zero(1, 3), m = Mat<double>::Ones(1, 3);
         old << 0.1, 1.0, -0.4;
         RolloutCorrectionOptions o;
@@ -152,7 +164,8 @@ TEST_CASE("corrections: closed forms and properties", "[policy][corrections][pro
         const auto weighted = rp::reinforce(b.logp, b.adv, c.mask, {}, {}, w);
         const auto plain = rp::reinforce(b.logp, b.adv, b.mask);
         CHECK(weighted.value == Approx(std::exp(-0.3) * plain.value).epsilon(1e-13));
-        CHECK(rlpo_test::max_rel_err(weighted.grad, Mat<double>(std::exp(-0.3) * plain.grad)) < 1e-13);
+        CHECK(rlpo_test::max_rel_err(weighted.grad, Mat<double>(std::exp(-0.3) * plain.grad)) <
+              1e-13);
     }
     SECTION("off-policy mask: positive advantages are always kept; δ = +inf keeps everything") {
         const Batch b = spread_batch(32, 8, 16, 0.15, false, true);
@@ -160,7 +173,8 @@ TEST_CASE("corrections: closed forms and properties", "[policy][corrections][pro
         const auto drop = rp::off_policy_sequence_mask(b.logp, roll, b.adv, b.mask, 1.0);
         for (Index k = 0; k < b.mask.size(); ++k)
             CHECK(drop.mask.data()[k] == (b.adv.data()[k] >= 0 ? b.mask.data()[k] : 0.0));
-        const auto keep = rp::off_policy_sequence_mask(b.logp, roll, b.adv, b.mask, std::numeric_limits<double>::infinity());
+        const auto keep = rp::off_policy_sequence_mask(b.logp, roll, b.adv, b.mask,
+                                                       std::numeric_limits<double>::infinity());
         CHECK(keep.mask == b.mask);
         CHECK(keep.metrics["off_policy_masked_fraction"] == 0.0);
     }
@@ -171,37 +185,48 @@ TEST_CASE("corrections: closed forms and properties", "[policy][corrections][pro
         CHECK(k.mask.sum() == 2.0);
         CHECK(k.mask(0, 9) == 1.0);
         CHECK(k.mask(0, 8) == 1.0);
-        const auto all = rp::top_entropy_mask(Mat<double>::Constant(2, 3, 1.5), Mat<double>::Ones(2, 3), 0.2);
+        const auto all =
+            rp::top_entropy_mask(Mat<double>::Constant(2, 3, 1.5), Mat<double>::Ones(2, 3), 0.2);
         CHECK(all.mask.sum() == 6.0);  // all tied at the threshold
         CHECK(rp::top_entropy_mask(H, Mat<double>::Zero(1, 10)).mask.isZero());
     }
 }
 
 TEST_CASE("corrections: bad input gives the documented error", "[policy][corrections][bad-input]") {
-    const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3), y = Mat<double>::Zero(2, 4);
+    const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3),
+                      y = Mat<double>::Zero(2, 4);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::rollout_correction(x, y, m),
-                                    "policy::rollout_correction(): rollout_logp: expected shape [2, 3] (same as old_logp), given [2, 4]");
+                                    "policy::rollout_correction(): rollout_logp: expected shape "
+                                    "[2, 3] (same as old_logp), given [2, 4]");
     RolloutCorrectionOptions o;
     o.upper = 0;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::rollout_correction(x, x, m, o), "upper: must be > 0");
     o = {};
     o.lower = 3.0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::rollout_correction(x, x, m, o), "lower: must be in [0, upper]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::rollout_correction(x, x, m, o),
+                                    "lower: must be in [0, upper]");
     o = {};
     o.log_ratio_clamp = -1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::rollout_correction(x, x, m, o), "log_ratio_clamp: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::rollout_correction(x, x, m, o),
+                                    "log_ratio_clamp: must be > 0");
     Mat<double> bad = x;
     bad(1, 2) = std::numeric_limits<double>::quiet_NaN();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::rollout_correction(x, bad, m), "rollout_logp: NaN at [1, 2]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::rollout_correction(x, bad, m),
+                                    "rollout_logp: NaN at [1, 2]");
     const Mat<double> ninf = Mat<double>::Constant(2, 3, -std::numeric_limits<double>::infinity());
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::rollout_correction(ninf, ninf, m), "undefined log-ratio");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::off_policy_sequence_mask(x, x, y, m, 0.1), "advantages: expected shape");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::off_policy_sequence_mask(x, x, x, m, std::nan("")), "delta: must not be NaN");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::off_policy_sequence_mask(x, bad, x, m, 0.1), "rollout_logp: NaN at [1, 2]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::top_entropy_mask(x, m, 0.0), "keep_fraction: must be in (0, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::off_policy_sequence_mask(x, x, y, m, 0.1),
+                                    "advantages: expected shape");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::off_policy_sequence_mask(x, x, x, m, std::nan("")),
+                                    "delta: must not be NaN");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::off_policy_sequence_mask(x, bad, x, m, 0.1),
+                                    "rollout_logp: NaN at [1, 2]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::top_entropy_mask(x, m, 0.0),
+                                    "keep_fraction: must be in (0, 1]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::top_entropy_mask(bad, m), "entropy: NaN at [1, 2]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::top_entropy_mask(x, y), "mask: expected shape");
     Mat<double> negm = m;
     negm(0, 0) = -1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::rollout_correction(x, x, negm), "mask: entries must be finite and >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::rollout_correction(x, x, negm),
+                                    "mask: entries must be finite and >= 0");
 }

@@ -16,12 +16,15 @@ TEST_CASE("entropy_bonus: gradient equals central finite differences", "[policy]
         const rlpo::Normalizer n = norm_for(mode, 2);
         const auto r = rp::entropy_bonus(z, m, n);
         rlpo_test::require_fd_gradient(
-            [&](const Mat<double>& x) { return rp::entropy_bonus(x, m, n, rlpo::no_grad<double>()).value; }, z, r.grad,
-            1e-6, 1e-10);
+            [&](const Mat<double>& x) {
+                return rp::entropy_bonus(x, m, n, rlpo::no_grad<double>()).value;
+            },
+            z, r.grad, 1e-6, 1e-10);
     }
 }
 
-TEMPLATE_TEST_CASE("entropy_bonus: agrees with the PyTorch autograd reference", "[policy][entropy][torch]", float, double) {
+TEMPLATE_TEST_CASE("entropy_bonus: agrees with the PyTorch autograd reference",
+                   "[policy][entropy][torch]", float, double) {
     using S = TestType;
     rlpo_test::TorchReference ref("policy", std::string("entropy_") + (sizeof(S) == 4 ? "f" : "d"));
     struct Run {
@@ -34,7 +37,8 @@ TEMPLATE_TEST_CASE("entropy_bonus: agrees with the PyTorch autograd reference", 
         for (int adversarial = 0; adversarial < 2; ++adversarial) {
             rt::Generator gen(seed++);
             const Index B = 4, T = 6, V = 33;
-            Run r{adversarial ? gen.adversarial_logits<S>(B * T, V, 8.0, 0.2) : gen.logits<S>(B * T, V),
+            Run r{adversarial ? gen.adversarial_logits<S>(B * T, V, 8.0, 0.2)
+                              : gen.logits<S>(B * T, V),
                   gen.mask<S>(B, T, 1, true), norm_for(mode, seed)};
             r.m(0, 0) = 0;
             r.z(0, 1) = std::numeric_limits<S>::quiet_NaN();  // masked row: never read
@@ -72,7 +76,8 @@ TEST_CASE("entropy_bonus: properties", "[policy][entropy][properties]") {
         const auto plain = rp::entropy_bonus(z, m);
         const auto r = rp::entropy_bonus(z, m, {}, rlpo::add_to(g, -0.01));
         CHECK(r.value == Approx(-0.01 * plain.value));
-        CHECK(rlpo_test::max_rel_err(g, Mat<double>(Mat<double>::Ones(6, 9) - 0.01 * plain.grad)) < 1e-15);
+        CHECK(rlpo_test::max_rel_err(g, Mat<double>(Mat<double>::Ones(6, 9) - 0.01 * plain.grad)) <
+              1e-15);
     }
     SECTION("micro-batches with global counts add up to the whole batch") {
         rt::Generator gen(52);
@@ -84,7 +89,8 @@ TEST_CASE("entropy_bonus: properties", "[policy][entropy][properties]") {
             double sum = 0;
             Mat<double> g(B * T, V);
             for (const auto& ch : rlpo_test::uneven_chunks(B)) {
-                const auto part = rp::entropy_bonus(z.middleRows(ch.first * T, ch.second * T), m.middleRows(ch.first, ch.second), n);
+                const auto part = rp::entropy_bonus(z.middleRows(ch.first * T, ch.second * T),
+                                                    m.middleRows(ch.first, ch.second), n);
                 sum += part.value;
                 g.middleRows(ch.first * T, ch.second * T) = part.grad;
             }
@@ -120,11 +126,13 @@ TEST_CASE("entropy_bonus: the parallel loop gives the serial result and reports 
 
 TEST_CASE("entropy_bonus: bad input gives the documented error", "[policy][entropy][bad-input]") {
     const Mat<double> z = Mat<double>::Zero(6, 4), m = Mat<double>::Ones(2, 3);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::entropy_bonus(Mat<double>(Mat<double>::Zero(5, 4)), m),
-                                    "policy::entropy_bonus(): logits: expected 6 rows (B·T of mask [2, 3]), given 5");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rp::entropy_bonus(Mat<double>(Mat<double>::Zero(5, 4)), m),
+        "policy::entropy_bonus(): logits: expected 6 rows (B·T of mask [2, 3]), given 5");
     Mat<double> bad = z;
     bad(4, 1) = std::numeric_limits<double>::quiet_NaN();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::entropy_bonus(bad, m), "logits: nan at [4, 1] in an unmasked row");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::entropy_bonus(bad, m),
+                                    "logits: nan at [4, 1] in an unmasked row");
     bad(4, 1) = std::numeric_limits<double>::infinity();
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::entropy_bonus(bad, m), "logits: inf at [4, 1]");
     Mat<double> dead = z;
@@ -134,7 +142,8 @@ TEST_CASE("entropy_bonus: bad input gives the documented error", "[policy][entro
     CHECK(r.grad.row(2).isZero());
     Mat<double> negm = m;
     negm(1, 1) = -2;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::entropy_bonus(z, negm), "mask: entries must be finite and >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::entropy_bonus(z, negm),
+                                    "mask: entries must be finite and >= 0");
     const auto empty = rp::entropy_bonus(z, Mat<double>::Zero(2, 3));
     CHECK(empty.value == 0.0);
     CHECK(empty.grad.isZero());

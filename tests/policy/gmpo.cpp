@@ -12,10 +12,9 @@ std::vector<GMPOOptions> option_sets() {
     free_mode.aggregation = std::nullopt;
     return {GMPOOptions{}, GMPOOptions::verl(), free_mode};
 }
-const auto call = [](const auto& lp, const auto& old, const auto& a, const auto& m, const GMPOOptions& o,
-                     const rlpo::Normalizer& n, const auto& out, const auto& w) {
-    return rlpo::policy::gmpo(lp, old, a, m, o, n, out, w);
-};
+const auto call = [](const auto& lp, const auto& old, const auto& a, const auto& m,
+                     const GMPOOptions& o, const rlpo::Normalizer& n, const auto& out,
+                     const auto& w) { return rlpo::policy::gmpo(lp, old, a, m, o, n, out, w); };
 }  // namespace
 
 TEST_CASE("gmpo: gradient equals central finite differences", "[policy][gmpo][fd]") {
@@ -32,20 +31,24 @@ TEST_CASE("gmpo: gradient equals central finite differences", "[policy][gmpo][fd
             };
             rlpo_test::require_fd_gradient(
                 [&](const Mat<double>& x) {
-                    return rlpo::policy::gmpo(x, b.old, b.adv, b.mask, o, n, rlpo::no_grad<double>(), w).value;
+                    return rlpo::policy::gmpo(x, b.old, b.adv, b.mask, o, n,
+                                              rlpo::no_grad<double>(), w)
+                        .value;
                 },
                 b.logp, r.grad, 1e-6, 1e-9, near_kink);
         }
 }
 
-TEMPLATE_TEST_CASE("gmpo: agrees with the PyTorch autograd reference", "[policy][gmpo][torch]", float, double) {
+TEMPLATE_TEST_CASE("gmpo: agrees with the PyTorch autograd reference", "[policy][gmpo][torch]",
+                   float, double) {
     torch_suite<TestType>(
         "gmpo", "gmpo", 1300, option_sets(), call,
         [](rlpo_test::TorchReference::Case& c, const GMPOOptions& o) {
             c.p("clip_low", o.clip_low).p("clip_high", o.clip_high);
         },
         {"pg_clipfrac", "pg_clipfrac_lower", "ppo_kl"},
-        [](const GMPOOptions& o, Aggregation m) { return o.aggregation ? *o.aggregation : m; }, 0.15, false);
+        [](const GMPOOptions& o, Aggregation m) { return o.aggregation ? *o.aggregation : m; },
+        0.15, false);
 }
 
 TEST_CASE("gmpo: properties", "[policy][gmpo][properties]") {
@@ -83,14 +86,16 @@ TEST_CASE("gmpo: properties", "[policy][gmpo][properties]") {
         const auto nonempty = rlpo::policy::gmpo(b.logp, b.old, b.adv, b.mask, GMPOOptions::verl());
         double ne = 0;
         for (Index i = 0; i < b.mask.rows(); ++i) ne += b.mask.row(i).sum() > 0 ? 1 : 0;
-        CHECK(all.value == Approx(nonempty.value * ne / static_cast<double>(b.mask.rows())).epsilon(1e-13));
+        CHECK(all.value ==
+              Approx(nonempty.value * ne / static_cast<double>(b.mask.rows())).epsilon(1e-13));
     }
     SECTION("micro-batches with global counts add up to the whole batch") {
         const Batch b = spread_batch(24, 8, 12, 0.15, false);
         require_micro_batch_invariance(
             [&](Index r0, Index nr, const rlpo::Normalizer& n) {
                 return rlpo::policy::gmpo(b.logp.middleRows(r0, nr), b.old.middleRows(r0, nr),
-                                          b.adv.middleRows(r0, nr), b.mask.middleRows(r0, nr), GMPOOptions{}, n);
+                                          b.adv.middleRows(r0, nr), b.mask.middleRows(r0, nr),
+                                          GMPOOptions{}, n);
             },
             b.mask);
     }
@@ -101,8 +106,9 @@ TEST_CASE("gmpo: the parallel row loop gives the serial result and reports error
     const Batch b = spread_batch(25, 64, 1024, 0.15, false);
     require_micro_batch_invariance(
         [&](Index r0, Index nr, const rlpo::Normalizer& n) {
-            return rlpo::policy::gmpo(b.logp.middleRows(r0, nr), b.old.middleRows(r0, nr), b.adv.middleRows(r0, nr),
-                                      b.mask.middleRows(r0, nr), GMPOOptions{}, n);
+            return rlpo::policy::gmpo(b.logp.middleRows(r0, nr), b.old.middleRows(r0, nr),
+                                      b.adv.middleRows(r0, nr), b.mask.middleRows(r0, nr),
+                                      GMPOOptions{}, n);
         },
         b.mask);
     Mat<double> bad = b.adv, m = b.mask;
@@ -110,13 +116,16 @@ TEST_CASE("gmpo: the parallel row loop gives the serial result and reports error
     m.row(60).setOnes();
     bad(60, 1) = std::numeric_limits<double>::quiet_NaN();
     bad(33, 1000) = std::numeric_limits<double>::quiet_NaN();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gmpo(b.logp, b.old, bad, m), "advantages: NaN at [33, 1000]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gmpo(b.logp, b.old, bad, m),
+                                    "advantages: NaN at [33, 1000]");
 }
 
 TEST_CASE("gmpo: bad input gives the documented error", "[policy][gmpo][bad-input]") {
-    const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3), y = Mat<double>::Zero(2, 4);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gmpo(x, y, x, m),
-                                    "policy::gmpo(): old_logp: expected shape [2, 3] (same as logp), given [2, 4]");
+    const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3),
+                      y = Mat<double>::Zero(2, 4);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::policy::gmpo(x, y, x, m),
+        "policy::gmpo(): old_logp: expected shape [2, 3] (same as logp), given [2, 4]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gmpo(x, x, x, y), "mask: expected shape");
     GMPOOptions o;
     o.clip_low = 0;
@@ -133,7 +142,8 @@ TEST_CASE("gmpo: bad input gives the documented error", "[policy][gmpo][bad-inpu
     mixed(0, 0) = std::numeric_limits<double>::infinity();
     mixed(0, 1) = -std::numeric_limits<double>::infinity();
     a(0, 0) = -1;  // A<0 keeps +inf, A>0 keeps −inf: the row sum is undefined
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gmpo(mixed, x, a, m), "undefined (NaN) clipped log-ratio sum");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gmpo(mixed, x, a, m),
+                                    "undefined (NaN) clipped log-ratio sum");
     const auto empty = rlpo::policy::gmpo(x, x, x, Mat<double>::Zero(2, 3));
     CHECK(empty.value == 0.0);
 }

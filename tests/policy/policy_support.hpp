@@ -37,11 +37,16 @@ inline Batch spread_batch(std::uint64_t seed, Index B = 8, Index T = 16, double 
     for (Index k = 0; k < b.old.size(); ++k) {
         const double u = gen.uniform();
         double lr;
-        if (u < 0.4) lr = gen.uniform(-small, small);
-        else if (u < 0.6) lr = gen.uniform(-1.5, -0.3);
-        else if (u < 0.8) lr = gen.uniform(0.3, 1.6);
-        else if (u < 0.9 && huge) lr = gen.uniform(20.5, 25.0) * (gen.uniform() < 0.5 ? -1 : 1);
-        else lr = gen.uniform(-3.0, 3.0);
+        if (u < 0.4)
+            lr = gen.uniform(-small, small);
+        else if (u < 0.6)
+            lr = gen.uniform(-1.5, -0.3);
+        else if (u < 0.8)
+            lr = gen.uniform(0.3, 1.6);
+        else if (u < 0.9 && huge)
+            lr = gen.uniform(20.5, 25.0) * (gen.uniform() < 0.5 ? -1 : 1);
+        else
+            lr = gen.uniform(-3.0, 3.0);
         b.old.data()[k] = b.logp.data()[k] - lr;
     }
     b.adv = gen.normal(B, T);
@@ -115,7 +120,8 @@ void torch_suite(const std::string& tag, const std::string& fn, std::uint64_t se
     for (const auto& o : option_sets)
         for (Aggregation mode : rlpo_test::all_modes()) {
             const Batch b = spread_batch(seed++, 8, 16, small, huge);
-            Run r{b.logp.cast<S>(), b.old.cast<S>(), b.adv.cast<S>(), b.mask.cast<S>(), b.w.cast<S>(), o,
+            Run r{b.logp.cast<S>(),     b.old.cast<S>(), b.adv.cast<S>(),
+                  b.mask.cast<S>(),     b.w.cast<S>(),   o,
                   norm_for(mode, seed), seed % 2 == 0};
             r.mask(2, 3) = 0;
             r.logp(2, 3) = std::numeric_limits<S>::quiet_NaN();

@@ -34,11 +34,16 @@ Batch spread_batch(std::uint64_t seed, Index B = 8, Index T = 16) {
     for (Index k = 0; k < b.old.size(); ++k) {
         const double u = gen.uniform();
         double lr;
-        if (u < 0.4) lr = gen.uniform(-0.15, 0.15);
-        else if (u < 0.6) lr = gen.uniform(-1.5, -0.3);
-        else if (u < 0.8) lr = gen.uniform(0.3, 1.6);  // r up to ~5 > c = 3
-        else if (u < 0.9) lr = gen.uniform(20.5, 25.0) * (gen.uniform() < 0.5 ? -1 : 1);
-        else lr = gen.uniform(-3.0, 3.0);
+        if (u < 0.4)
+            lr = gen.uniform(-0.15, 0.15);
+        else if (u < 0.6)
+            lr = gen.uniform(-1.5, -0.3);
+        else if (u < 0.8)
+            lr = gen.uniform(0.3, 1.6);  // r up to ~5 > c = 3
+        else if (u < 0.9)
+            lr = gen.uniform(20.5, 25.0) * (gen.uniform() < 0.5 ? -1 : 1);
+        else
+            lr = gen.uniform(-3.0, 3.0);
         b.old.data()[k] = b.logp.data()[k] - lr;
     }
     b.adv = gen.normal(B, T);
@@ -79,10 +84,11 @@ TEST_CASE("ppo_clip: gradient equals central finite differences", "[policy][ppo_
     }
 }
 
-TEMPLATE_TEST_CASE("ppo_clip: agrees with the PyTorch autograd reference", "[policy][ppo_clip][torch]",
-                   float, double) {
+TEMPLATE_TEST_CASE("ppo_clip: agrees with the PyTorch autograd reference",
+                   "[policy][ppo_clip][torch]", float, double) {
     using S = TestType;
-    rlpo_test::TorchReference ref("policy", std::string("ppo_clip_") + (sizeof(S) == 4 ? "f" : "d"));
+    rlpo_test::TorchReference ref("policy",
+                                  std::string("ppo_clip_") + (sizeof(S) == 4 ? "f" : "d"));
     struct Run {
         Mat<S> logp, old, adv, mask;
         PPOClipOptions opts;
@@ -106,7 +112,8 @@ TEMPLATE_TEST_CASE("ppo_clip: agrees with the PyTorch autograd reference", "[pol
     for (const auto& opts : option_sets)
         for (Aggregation mode : rlpo_test::all_modes()) {
             const Batch b = spread_batch(seed++);
-            Run r{b.logp.cast<S>(), b.old.cast<S>(), b.adv.cast<S>(), b.mask.cast<S>(), opts, {}, 0};
+            Run r{
+                b.logp.cast<S>(), b.old.cast<S>(), b.adv.cast<S>(), b.mask.cast<S>(), opts, {}, 0};
             r.norm.mode = mode;
             if (mode == Aggregation::SeqMeanTokenSumNorm) r.norm.norm_constant = 40.0;
             if (seed % 3 == 0) r.norm.num_tokens = 1000.0, r.norm.num_seqs = 50.0;
@@ -187,16 +194,19 @@ TEST_CASE("ppo_clip: properties", "[policy][ppo_clip][properties]") {
         Mat<double> lp(1, 2), old = Mat<double>::Zero(1, 2), a = Mat<double>::Ones(1, 2);
         lp << 25.0, -30.0;
         a(0, 1) = -1.0;
-        const auto r = rlpo::policy::ppo_clip(lp, old, a, Mat<double>::Ones(1, 2), PPOClipOptions{}, {});
+        const auto r =
+            rlpo::policy::ppo_clip(lp, old, a, Mat<double>::Ones(1, 2), PPOClipOptions{}, {});
         CHECK(r.grad.isZero());
         CHECK(r.metrics["ppo_kl"] == Approx((-20.0 + 20.0) / 2));
         const auto neg = rlpo::policy::ppo_clip(
-            Mat<double>::Constant(1, 1, -inf), Mat<double>::Zero(1, 1), Mat<double>::Constant(1, 1, -1.0),
-            Mat<double>::Ones(1, 1), PPOClipOptions{}, {});
-        CHECK(neg.value == Approx(-(-1.0) * 0.8));  // r = e^-20 → clipped to 0.8 (A<0: max picks 0.8)
+            Mat<double>::Constant(1, 1, -inf), Mat<double>::Zero(1, 1),
+            Mat<double>::Constant(1, 1, -1.0), Mat<double>::Ones(1, 1), PPOClipOptions{}, {});
+        CHECK(neg.value ==
+              Approx(-(-1.0) * 0.8));  // r = e^-20 → clipped to 0.8 (A<0: max picks 0.8)
         CHECK(neg.grad(0, 0) == 0.0);
     }
-    SECTION("two-sided δ (INTELLECT-2): A<0 and r > δ gives −A·δ with zero gradient; A>0 unaffected") {
+    SECTION(
+        "two-sided δ (INTELLECT-2): A<0 and r > δ gives −A·δ with zero gradient; A>0 unaffected") {
         Mat<double> lp(1, 4), old = Mat<double>::Zero(1, 4), a(1, 4), mk = Mat<double>::Ones(1, 4);
         lp << std::log(6.0), std::log(6.0), std::log(3.0), std::log(0.5);
         a << -1.0, 1.0, -1.0, 1.0;
@@ -209,37 +219,42 @@ TEST_CASE("ppo_clip: properties", "[policy][ppo_clip][properties]") {
         CHECK(r.grad(0, 1) == 0.0);
         CHECK(r.grad(0, 2) == Approx(3.0 / 4));
         CHECK(r.grad(0, 3) == Approx(-0.5 / 4));
-        CHECK(r.metrics["pg_clipfrac"] == Approx(0.25));      // only token 1 (l2 > l1)
-        CHECK(r.metrics["pg_clipfrac_lower"] == 0.0);         // δ is not the dual-clip
+        CHECK(r.metrics["pg_clipfrac"] == Approx(0.25));  // only token 1 (l2 > l1)
+        CHECK(r.metrics["pg_clipfrac_lower"] == 0.0);     // δ is not the dual-clip
         const auto off = rlpo::policy::ppo_clip(lp, old, a, mk, PPOClipOptions::trl(), {});
-        CHECK(off.grad(0, 0) == Approx(6.0 / 4));              // unbounded without δ
+        CHECK(off.grad(0, 0) == Approx(6.0 / 4));  // unbounded without δ
         CHECK(off.grad(0, 1) == r.grad(0, 1));
         CHECK(off.grad(0, 3) == r.grad(0, 3));
         // at r = δ exactly (a tie inside torch.clamp's inclusive bound) the gradient passes
         Mat<double> at(1, 1), neg = Mat<double>::Constant(1, 1, -1.0);
         at << std::log(4.0);
-        const auto tie = rlpo::policy::ppo_clip(at, Mat<double>::Zero(1, 1), neg, Mat<double>::Ones(1, 1), o, {});
+        const auto tie = rlpo::policy::ppo_clip(at, Mat<double>::Zero(1, 1), neg,
+                                                Mat<double>::Ones(1, 1), o, {});
         CHECK(tie.value == Approx(4.0));
     }
-    SECTION("long rows (several vectorised chunks, ragged tail): float matches double, threads irrelevant") {
+    SECTION(
+        "long rows (several vectorised chunks, ragged tail): float matches double, threads "
+        "irrelevant") {
         rt::Generator g2(9);
         const Index B = 5, T = 1100;  // 1100 = 2·512 + 76: two full chunks and a tail
         Mat<double> lp2 = g2.logprobs(B, T), old2 = g2.perturbed(lp2, 0.5), a2 = g2.normal(B, T);
         Mat<double> m2 = g2.mask(B, T, 1, true);
         const auto rd = rlpo::policy::ppo_clip(lp2, old2, a2, m2, PPOClipOptions::verl());
-        const Mat<float> lpf = lp2.cast<float>(), oldf = old2.cast<float>(), af = a2.cast<float>(), mf = m2.cast<float>();
+        const Mat<float> lpf = lp2.cast<float>(), oldf = old2.cast<float>(), af = a2.cast<float>(),
+                         mf = m2.cast<float>();
         const auto rf = rlpo::policy::ppo_clip(lpf, oldf, af, mf, PPOClipOptions::verl());
         // the double run is the exact answer for the float-rounded inputs up to the rounding
         // of those inputs; compare with the double run on the same rounded inputs
-        const auto rd_same = rlpo::policy::ppo_clip(Mat<double>(lpf.cast<double>()), Mat<double>(oldf.cast<double>()),
-                                                    Mat<double>(af.cast<double>()), Mat<double>(mf.cast<double>()),
-                                                    PPOClipOptions::verl());
+        const auto rd_same = rlpo::policy::ppo_clip(
+            Mat<double>(lpf.cast<double>()), Mat<double>(oldf.cast<double>()),
+            Mat<double>(af.cast<double>()), Mat<double>(mf.cast<double>()), PPOClipOptions::verl());
         CHECK(rlpo_test::rel_err(rf.value, rd_same.value) < 1e-5);
         CHECK(rlpo_test::max_rel_err(rf.grad, rd_same.grad) < 1e-5);
         CHECK(std::isfinite(rd.value));
         // gradient destinations: write_to, add_to (twice = 2×), coefficient scales value and gradient
         Mat<double> buf = Mat<double>::Constant(B, T, 7.0);
-        const auto rw = rlpo::policy::ppo_clip(lp2, old2, a2, m2, PPOClipOptions::verl(), {}, rlpo::write_to(buf, 0.5));
+        const auto rw = rlpo::policy::ppo_clip(lp2, old2, a2, m2, PPOClipOptions::verl(), {},
+                                               rlpo::write_to(buf, 0.5));
         CHECK(rw.value == Approx(0.5 * rd.value).epsilon(1e-14));
         CHECK(rlpo_test::max_rel_err(buf, Mat<double>(0.5 * rd.grad)) < 1e-14);
         Mat<double> acc = Mat<double>::Zero(B, T);
@@ -250,9 +265,11 @@ TEST_CASE("ppo_clip: properties", "[policy][ppo_clip][properties]") {
         Mat<double> bad = lp2;
         m2(3, 700) = 1;
         bad(3, 700) = std::numeric_limits<double>::quiet_NaN();
-        RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(bad, old2, a2, m2), "logp: NaN at [3, 700]");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(bad, old2, a2, m2),
+                                        "logp: NaN at [3, 700]");
     }
-    SECTION("micro-batches with global counts sum to the whole batch; any thread count, same bits") {
+    SECTION(
+        "micro-batches with global counts sum to the whole batch; any thread count, same bits") {
         rt::Generator g3(12);
         const Index B = 40, T = 1100;  // B·T > the parallel threshold
         const Mat<float> lp3 = g3.logprobs<float>(B, T), old3 = g3.perturbed<float>(lp3, 0.6);
@@ -265,12 +282,13 @@ TEST_CASE("ppo_clip: properties", "[policy][ppo_clip][properties]") {
             Mat<float> g(B, T);
             for (const auto& ch : rlpo_test::uneven_chunks(B)) {
                 auto gb = g.middleRows(ch.first, ch.second);
-                total += rlpo::policy::ppo_clip(Mat<float>(lp3.middleRows(ch.first, ch.second)),
-                                                Mat<float>(old3.middleRows(ch.first, ch.second)),
-                                                Mat<float>(a3.middleRows(ch.first, ch.second)),
-                                                Mat<float>(m3.middleRows(ch.first, ch.second)), PPOClipOptions::verl(), n,
-                                                rlpo::write_to<float>(gb))
-                             .value;
+                total +=
+                    rlpo::policy::ppo_clip(Mat<float>(lp3.middleRows(ch.first, ch.second)),
+                                           Mat<float>(old3.middleRows(ch.first, ch.second)),
+                                           Mat<float>(a3.middleRows(ch.first, ch.second)),
+                                           Mat<float>(m3.middleRows(ch.first, ch.second)),
+                                           PPOClipOptions::verl(), n, rlpo::write_to<float>(gb))
+                        .value;
             }
             CHECK(total == Approx(full.value).epsilon(1e-12));
             CHECK(g == full.grad);  // rows never split: bitwise equal
@@ -300,31 +318,38 @@ TEST_CASE("ppo_clip: properties", "[policy][ppo_clip][properties]") {
 TEST_CASE("ppo_clip: bad input gives the documented error", "[policy][ppo_clip][bad-input]") {
     const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3);
     const Mat<double> y = Mat<double>::Zero(2, 4);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, y, x, m),
-                                    "policy::ppo_clip(): old_logp: expected shape [2, 3] (same as logp), given [2, 4]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, y, m), "advantages: expected shape");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::policy::ppo_clip(x, y, x, m),
+        "policy::ppo_clip(): old_logp: expected shape [2, 3] (same as logp), given [2, 4]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, y, m),
+                                    "advantages: expected shape");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, x, y), "mask: expected shape");
     PPOClipOptions o;
     o.clip_low = 0.0;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, x, m, o), "clip_low: must be > 0");
     o = {};
     o.clip_high = -0.1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, x, m, o), "clip_high: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, x, m, o),
+                                    "clip_high: must be > 0");
     o = {};
     o.dual_clip = 1.0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, x, m, o), "dual_clip: the constant c must be > 1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, x, m, o),
+                                    "dual_clip: the constant c must be > 1");
     o = {};
     o.two_sided_delta = 1.2;  // must exceed 1 + ε_h = 1.2
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, x, m, o), "two_sided_delta: δ must be > 1 + clip_high");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, x, m, o),
+                                    "two_sided_delta: δ must be > 1 + clip_high");
     o = {};
     o.log_ratio_clamp = 0.0;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, x, m, o), "log_ratio_clamp");
     Mat<double> bad = x;
     bad(1, 2) = std::numeric_limits<double>::quiet_NaN();
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(bad, x, x, m), "logp: NaN at [1, 2]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, bad, m), "advantages: NaN at [1, 2]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, bad, m),
+                                    "advantages: NaN at [1, 2]");
     Mat<double> ninf = Mat<double>::Constant(2, 3, -inf);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(ninf, ninf, x, m), "undefined (NaN) loss");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(ninf, ninf, x, m),
+                                    "undefined (NaN) loss");
     const auto empty = rlpo::policy::ppo_clip(x, x, x, Mat<double>::Zero(2, 3));
     CHECK(empty.value == 0.0);
     CHECK(empty.grad.isZero());

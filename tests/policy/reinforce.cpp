@@ -15,7 +15,8 @@ TEST_CASE("reinforce: gradient equals central finite differences", "[policy][rei
             const auto r = rlpo::policy::reinforce(b.logp, b.adv, b.mask, n, {}, w);
             rlpo_test::require_fd_gradient(
                 [&](const Mat<double>& x) {
-                    return rlpo::policy::reinforce(x, b.adv, b.mask, n, rlpo::no_grad<double>(), w).value;
+                    return rlpo::policy::reinforce(x, b.adv, b.mask, n, rlpo::no_grad<double>(), w)
+                        .value;
                 },
                 b.logp, r.grad, 1e-6, 1e-10);
         }
@@ -24,7 +25,8 @@ TEST_CASE("reinforce: gradient equals central finite differences", "[policy][rei
 TEMPLATE_TEST_CASE("reinforce: agrees with the PyTorch autograd reference",
                    "[policy][reinforce][torch]", float, double) {
     using S = TestType;
-    rlpo_test::TorchReference ref("policy", std::string("reinforce_") + (sizeof(S) == 4 ? "f" : "d"));
+    rlpo_test::TorchReference ref("policy",
+                                  std::string("reinforce_") + (sizeof(S) == 4 ? "f" : "d"));
     struct Run {
         Mat<S> logp, adv, mask, w;
         rlpo::Normalizer norm;
@@ -35,7 +37,8 @@ TEMPLATE_TEST_CASE("reinforce: agrees with the PyTorch autograd reference",
     for (Aggregation mode : rlpo_test::all_modes())
         for (bool weighted : {false, true}) {
             const Batch b = spread_batch(seed++);
-            Run r{b.logp.cast<S>(), b.adv.cast<S>(), b.mask.cast<S>(), b.w.cast<S>(), norm_for(mode, seed), weighted};
+            Run r{b.logp.cast<S>(), b.adv.cast<S>(),      b.mask.cast<S>(),
+                  b.w.cast<S>(),    norm_for(mode, seed), weighted};
             r.mask(2, 3) = 0;
             r.logp(2, 3) = std::numeric_limits<S>::quiet_NaN();  // masked garbage, never read
             auto& c = ref.add<S>("reinforce");
@@ -62,8 +65,10 @@ TEST_CASE("reinforce: properties", "[policy][reinforce][properties]") {
         rlpo::Normalizer n;
         n.mode = Aggregation::TokenSum;
         const auto r = rlpo::policy::reinforce(b.logp, b.adv, b.mask, n);
-        CHECK(r.value == Approx(-(b.mask.array() * b.adv.array() * b.logp.array()).sum()).epsilon(1e-13));
-        CHECK(rlpo_test::max_rel_err(r.grad, Mat<double>(-(b.mask.array() * b.adv.array()))) < 1e-15);
+        CHECK(r.value ==
+              Approx(-(b.mask.array() * b.adv.array() * b.logp.array()).sum()).epsilon(1e-13));
+        CHECK(rlpo_test::max_rel_err(r.grad, Mat<double>(-(b.mask.array() * b.adv.array()))) <
+              1e-15);
         CHECK(r.metrics.empty());
     }
     SECTION("score-function identity: the expected gradient over a categorical equals −∇E[A]") {
@@ -114,18 +119,24 @@ TEST_CASE("reinforce: properties", "[policy][reinforce][properties]") {
 }
 
 TEST_CASE("reinforce: bad input gives the documented error", "[policy][reinforce][bad-input]") {
-    const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3), y = Mat<double>::Zero(2, 4);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::reinforce(x, y, m),
-                                    "policy::reinforce(): advantages: expected shape [2, 3] (same as logp), given [2, 4]");
+    const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3),
+                      y = Mat<double>::Zero(2, 4);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::policy::reinforce(x, y, m),
+        "policy::reinforce(): advantages: expected shape [2, 3] (same as logp), given [2, 4]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::reinforce(x, x, y), "mask: expected shape");
     Mat<double> bad = x;
     bad(1, 2) = std::numeric_limits<double>::quiet_NaN();
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::reinforce(bad, x, m), "logp: NaN at [1, 2]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::reinforce(x, bad, m), "advantages: NaN at [1, 2]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::reinforce(x, bad, m),
+                                    "advantages: NaN at [1, 2]");
     Mat<double> w = m;
     w(0, 1) = -1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::reinforce(x, x, m, {}, {}, w), "is_weights: entries under a non-zero mask must be finite and >= 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::reinforce(x, x, m, {}, {}, y), "is_weights: expected shape");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::policy::reinforce(x, x, m, {}, {}, w),
+        "is_weights: entries under a non-zero mask must be finite and >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::reinforce(x, x, m, {}, {}, y),
+                                    "is_weights: expected shape");
     const Mat<double> ninf = Mat<double>::Constant(2, 3, -std::numeric_limits<double>::infinity());
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::reinforce(ninf, x, m), "undefined (NaN) loss");
     const auto inf_loss = rlpo::policy::reinforce(ninf, m, m);  // A = 1: l = +inf, gradient −1/N

@@ -17,10 +17,9 @@ std::vector<SAPOOptions> option_sets() {
     free_mode.aggregation = std::nullopt;
     return {SAPOOptions::verl(), SAPOOptions::trl(), steep, free_mode};
 }
-const auto call = [](const auto& lp, const auto& old, const auto& a, const auto& m, const SAPOOptions& o,
-                     const rlpo::Normalizer& n, const auto& out, const auto& w) {
-    return rlpo::policy::sapo(lp, old, a, m, o, n, out, w);
-};
+const auto call = [](const auto& lp, const auto& old, const auto& a, const auto& m,
+                     const SAPOOptions& o, const rlpo::Normalizer& n, const auto& out,
+                     const auto& w) { return rlpo::policy::sapo(lp, old, a, m, o, n, out, w); };
 }  // namespace
 
 TEST_CASE("sapo: gradient equals central finite differences", "[policy][sapo][fd]") {
@@ -32,21 +31,27 @@ TEST_CASE("sapo: gradient equals central finite differences", "[policy][sapo][fd
             if (mode == Aggregation::TokenSum) w.emplace(b.w);
             const auto r = rlpo::policy::sapo(b.logp, b.old, b.adv, b.mask, o, n, {}, w);
             const auto near_kink = [&](Index k) {
-                return std::abs(std::abs(b.logp.data()[k] - b.old.data()[k]) - o.log_ratio_clamp) < 1e-4;
+                return std::abs(std::abs(b.logp.data()[k] - b.old.data()[k]) - o.log_ratio_clamp) <
+                       1e-4;
             };
             rlpo_test::require_fd_gradient(
                 [&](const Mat<double>& x) {
-                    return rlpo::policy::sapo(x, b.old, b.adv, b.mask, o, n, rlpo::no_grad<double>(), w).value;
+                    return rlpo::policy::sapo(x, b.old, b.adv, b.mask, o, n,
+                                              rlpo::no_grad<double>(), w)
+                        .value;
                 },
                 b.logp, r.grad, 1e-6, 1e-8, near_kink);
         }
 }
 
-TEMPLATE_TEST_CASE("sapo: agrees with the PyTorch autograd reference", "[policy][sapo][torch]", float, double) {
+TEMPLATE_TEST_CASE("sapo: agrees with the PyTorch autograd reference", "[policy][sapo][torch]",
+                   float, double) {
     torch_suite<TestType>(
         "sapo", "sapo", 1000, option_sets(), call,
         [](rlpo_test::TorchReference::Case& c, const SAPOOptions& o) {
-            c.p("tau_pos", o.tau_pos).p("tau_neg", o.tau_neg).p("log_ratio_clamp", o.log_ratio_clamp);
+            c.p("tau_pos", o.tau_pos)
+                .p("tau_neg", o.tau_neg)
+                .p("log_ratio_clamp", o.log_ratio_clamp);
         },
         {"pg_clipfrac", "pg_clipfrac_lower", "ppo_kl"},
         [](const SAPOOptions& o, Aggregation m) { return o.aggregation ? *o.aggregation : m; });
@@ -58,7 +63,8 @@ TEST_CASE("sapo: properties", "[policy][sapo][properties]") {
         SAPOOptions o;
         o.aggregation = Aggregation::TokenSum;
         const auto r = rlpo::policy::sapo(b.logp, b.logp, b.adv, b.mask, o);
-        CHECK(rlpo_test::max_rel_err(r.grad, Mat<double>(-(b.adv.array() * b.mask.array()))) < 1e-14);
+        CHECK(rlpo_test::max_rel_err(r.grad, Mat<double>(-(b.adv.array() * b.mask.array()))) <
+              1e-14);
         double v = 0;
         for (Index k = 0; k < b.adv.size(); ++k)
             v -= b.mask.data()[k] * b.adv.data()[k] * 2.0 / (b.adv.data()[k] > 0 ? 1.0 : 1.05);
@@ -96,16 +102,19 @@ TEST_CASE("sapo: properties", "[policy][sapo][properties]") {
         require_micro_batch_invariance(
             [&](Index r0, Index nr, const rlpo::Normalizer& n) {
                 return rlpo::policy::sapo(b.logp.middleRows(r0, nr), b.old.middleRows(r0, nr),
-                                          b.adv.middleRows(r0, nr), b.mask.middleRows(r0, nr), SAPOOptions{}, n);
+                                          b.adv.middleRows(r0, nr), b.mask.middleRows(r0, nr),
+                                          SAPOOptions{}, n);
             },
             b.mask);
     }
 }
 
 TEST_CASE("sapo: bad input gives the documented error", "[policy][sapo][bad-input]") {
-    const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3), y = Mat<double>::Zero(2, 4);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::sapo(x, y, x, m),
-                                    "policy::sapo(): old_logp: expected shape [2, 3] (same as logp), given [2, 4]");
+    const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3),
+                      y = Mat<double>::Zero(2, 4);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::policy::sapo(x, y, x, m),
+        "policy::sapo(): old_logp: expected shape [2, 3] (same as logp), given [2, 4]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::sapo(x, x, y, m), "advantages: expected shape");
     SAPOOptions o;
     o.tau_pos = 0;
@@ -115,7 +124,8 @@ TEST_CASE("sapo: bad input gives the documented error", "[policy][sapo][bad-inpu
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::sapo(x, x, x, m, o), "tau_neg: must be > 0");
     o = {};
     o.log_ratio_clamp = 0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::sapo(x, x, x, m, o), "log_ratio_clamp: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::sapo(x, x, x, m, o),
+                                    "log_ratio_clamp: must be > 0");
     Mat<double> bad = x;
     bad(1, 2) = std::numeric_limits<double>::quiet_NaN();
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::sapo(bad, x, x, m), "logp: NaN at [1, 2]");

@@ -37,15 +37,20 @@ TEST_CASE("trrd: gradient equals central finite differences", "[policy][trrd][fd
             const Mat<double> mix = rp::trrd_anchor(b.old, te, b.mask, o);
             const auto near_kink = [&](Index k) {
                 const double q = std::exp(b.logp.data()[k] - mix.data()[k]);
-                return std::abs(q - 0.8) < 1e-4 || std::abs(q - 1.2) < 1e-4 || std::abs(q - 3.0) < 1e-4;
+                return std::abs(q - 0.8) < 1e-4 || std::abs(q - 1.2) < 1e-4 ||
+                       std::abs(q - 3.0) < 1e-4;
             };
             rlpo_test::require_fd_gradient(
-                [&](const Mat<double>& x) { return rp::trrd(x, b.old, te, b.adv, b.mask, o, n, rlpo::no_grad<double>()).value; },
+                [&](const Mat<double>& x) {
+                    return rp::trrd(x, b.old, te, b.adv, b.mask, o, n, rlpo::no_grad<double>())
+                        .value;
+                },
                 b.logp, r.grad, 1e-6, 1e-9, near_kink);
         }
 }
 
-TEMPLATE_TEST_CASE("trrd: agrees with the PyTorch autograd reference", "[policy][trrd][torch]", float, double) {
+TEMPLATE_TEST_CASE("trrd: agrees with the PyTorch autograd reference", "[policy][trrd][torch]",
+                   float, double) {
     using S = TestType;
     rlpo_test::TorchReference ref("policy", std::string("trrd_") + (sizeof(S) == 4 ? "f" : "d"));
     struct Run {
@@ -58,14 +63,22 @@ TEMPLATE_TEST_CASE("trrd: agrees with the PyTorch autograd reference", "[policy]
     for (const auto& o : option_sets())
         for (Aggregation mode : rlpo_test::all_modes()) {
             const Batch b = spread_batch(seed++, 8, 16, 0.15, false);
-            Run r{b.logp.cast<S>(), b.old.cast<S>(), teacher_for(b, seed).cast<S>(), b.adv.cast<S>(), b.mask.cast<S>(), o,
+            Run r{b.logp.cast<S>(),    b.old.cast<S>(),  teacher_for(b, seed).cast<S>(),
+                  b.adv.cast<S>(),     b.mask.cast<S>(), o,
                   norm_for(mode, seed)};
             r.mask(2, 3) = 0;
             r.te(2, 3) = std::numeric_limits<S>::quiet_NaN();
             auto& c = ref.add<S>("trrd");
-            c.in("logp", r.logp).in("old_logp", r.old).in("teacher_logp", r.te).in("advantages", r.adv).in("mask", r.mask);
-            c.s("mixture", o.mixture == TRRDMixture::Geometric ? "geometric" : "arithmetic").p("alpha", o.alpha);
-            c.p("clip_low", o.ppo.clip_low).p("clip_high", o.ppo.clip_high).p("log_ratio_clamp", o.ppo.log_ratio_clamp);
+            c.in("logp", r.logp)
+                .in("old_logp", r.old)
+                .in("teacher_logp", r.te)
+                .in("advantages", r.adv)
+                .in("mask", r.mask);
+            c.s("mixture", o.mixture == TRRDMixture::Geometric ? "geometric" : "arithmetic")
+                .p("alpha", o.alpha);
+            c.p("clip_low", o.ppo.clip_low)
+                .p("clip_high", o.ppo.clip_high)
+                .p("log_ratio_clamp", o.ppo.log_ratio_clamp);
             if (o.ppo.dual_clip) c.p("dual_clip", *o.ppo.dual_clip);
             put_norm(c, r.n);
             runs.push_back(std::move(r));
@@ -102,31 +115,38 @@ TEST_CASE("trrd: properties", "[policy][trrd][properties]") {
     SECTION("AM-GM: the arithmetic anchor is ≥ the geometric one, equal when teacher = old") {
         TRRDOptions a, g;
         g.mixture = TRRDMixture::Geometric;
-        const Mat<double> ma = rp::trrd_anchor(b.old, te, b.mask, a), mg = rp::trrd_anchor(b.old, te, b.mask, g);
+        const Mat<double> ma = rp::trrd_anchor(b.old, te, b.mask, a),
+                          mg = rp::trrd_anchor(b.old, te, b.mask, g);
         CHECK(((ma - mg).array() >= -1e-15).all());
         const Mat<double> same = rp::trrd_anchor(b.old, b.old, b.mask, a);
-        CHECK(rlpo_test::max_rel_err(same, Mat<double>(b.old.array() * (b.mask.array() != 0).cast<double>())) < 1e-15);
+        CHECK(rlpo_test::max_rel_err(
+                  same, Mat<double>(b.old.array() * (b.mask.array() != 0).cast<double>())) < 1e-15);
     }
     SECTION("a −inf teacher log-prob leaves log(1−α)+old_logp in the arithmetic anchor") {
-        Mat<double> old = Mat<double>::Constant(1, 1, -1.0), t = Mat<double>::Constant(1, 1, -std::numeric_limits<double>::infinity());
+        Mat<double> old = Mat<double>::Constant(1, 1, -1.0),
+                    t = Mat<double>::Constant(1, 1, -std::numeric_limits<double>::infinity());
         const Mat<double> mix = rp::trrd_anchor(old, t, Mat<double>::Ones(1, 1), TRRDOptions{});
         CHECK(mix(0, 0) == Approx(std::log(0.5) - 1.0));
     }
     SECTION("micro-batches with global counts add up to the whole batch") {
         require_micro_batch_invariance(
             [&](Index r0, Index nr, const rlpo::Normalizer& n) {
-                return rp::trrd(b.logp.middleRows(r0, nr), b.old.middleRows(r0, nr), te.middleRows(r0, nr),
-                                b.adv.middleRows(r0, nr), b.mask.middleRows(r0, nr), TRRDOptions{}, n);
+                return rp::trrd(b.logp.middleRows(r0, nr), b.old.middleRows(r0, nr),
+                                te.middleRows(r0, nr), b.adv.middleRows(r0, nr),
+                                b.mask.middleRows(r0, nr), TRRDOptions{}, n);
             },
             b.mask);
     }
 }
 
 TEST_CASE("trrd: bad input gives the documented error", "[policy][trrd][bad-input]") {
-    const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3), y = Mat<double>::Zero(2, 4);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::trrd(x, x, y, x, m),
-                                    "policy::trrd(): teacher_logp: expected shape [2, 3] (same as old_logp), given [2, 4]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::trrd(x, y, x, x, m), "policy::trrd(): old_logp: expected shape");
+    const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3),
+                      y = Mat<double>::Zero(2, 4);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rp::trrd(x, x, y, x, m),
+        "policy::trrd(): teacher_logp: expected shape [2, 3] (same as old_logp), given [2, 4]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::trrd(x, y, x, x, m),
+                                    "policy::trrd(): old_logp: expected shape");
     TRRDOptions o;
     o.alpha = 1.5;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::trrd(x, x, x, x, m, o), "alpha: must be in [0, 1]");

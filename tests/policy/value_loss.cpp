@@ -18,7 +18,7 @@ Critic critic_batch(std::uint64_t seed, Index B = 8, Index T = 12) {
     c.old = gen.normal(B, T);
     c.v = c.old + gen.normal(B, T, 0.6);  // inside and outside ±0.5 / ±0.2
     c.v2 = c.v + gen.normal(B, T, 0.5);
-    c.R = c.old + gen.normal(B, T, 1.0);   // Huber: both quadratic and linear regions
+    c.R = c.old + gen.normal(B, T, 1.0);  // Huber: both quadratic and linear regions
     c.mask = gen.mask(B, T, 1, true);
     return c;
 }
@@ -27,17 +27,23 @@ double safe_V(double a, double b, double alpha) {  // directly from the definiti
 }
 }  // namespace
 
-TEST_CASE("value_loss / safe_critic_loss: gradients equal central finite differences", "[policy][critic][fd]") {
+TEST_CASE("value_loss / safe_critic_loss: gradients equal central finite differences",
+          "[policy][critic][fd]") {
     const Critic c = critic_batch(40);
-    for (const auto& o : {ValueLossOptions::verl(), ValueLossOptions::trl(), ValueLossOptions::openrlhf()})
+    for (const auto& o :
+         {ValueLossOptions::verl(), ValueLossOptions::trl(), ValueLossOptions::openrlhf()})
         for (Aggregation mode : rlpo_test::all_modes()) {
             const rlpo::Normalizer n = norm_for(mode, 2);
             const auto r = rp::value_loss(c.v, c.old, c.R, c.mask, o, n);
             const auto near_kink = [&](Index k) {
-                return o.clip && std::abs(std::abs(c.v.data()[k] - c.old.data()[k]) - *o.clip) < 1e-4;
+                return o.clip &&
+                       std::abs(std::abs(c.v.data()[k] - c.old.data()[k]) - *o.clip) < 1e-4;
             };
             rlpo_test::require_fd_gradient(
-                [&](const Mat<double>& x) { return rp::value_loss(x, c.old, c.R, c.mask, o, n, rlpo::no_grad<double>()).value; },
+                [&](const Mat<double>& x) {
+                    return rp::value_loss(x, c.old, c.R, c.mask, o, n, rlpo::no_grad<double>())
+                        .value;
+                },
                 c.v, r.grad, 1e-6, 1e-8, near_kink);
         }
     for (Aggregation mode : rlpo_test::all_modes()) {
@@ -45,17 +51,23 @@ TEST_CASE("value_loss / safe_critic_loss: gradients equal central finite differe
         const SAFECriticOptions o;
         const auto r = rp::safe_critic_loss(c.v, c.v2, c.old, c.R, c.mask, o, n);
         const auto near_kink = [&](Index k) {
-            const double V = safe_V(c.v.data()[k], c.v2.data()[k], o.alpha), d = V - c.old.data()[k];
+            const double V = safe_V(c.v.data()[k], c.v2.data()[k], o.alpha),
+                         d = V - c.old.data()[k];
             const double Vc = c.old.data()[k] + std::clamp(d, -o.clip, o.clip);
-            return std::abs(std::abs(d) - o.clip) < 1e-4 || std::abs(std::abs(V - c.R.data()[k]) - o.huber_delta) < 1e-4 ||
+            return std::abs(std::abs(d) - o.clip) < 1e-4 ||
+                   std::abs(std::abs(V - c.R.data()[k]) - o.huber_delta) < 1e-4 ||
                    std::abs(std::abs(Vc - c.R.data()[k]) - o.huber_delta) < 1e-4;
         };
         rlpo_test::require_fd_gradient(
-            [&](const Mat<double>& x) { return rp::safe_critic_loss(x, c.v2, c.old, c.R, c.mask, o, n).value; }, c.v,
-            r.grad_v1, 1e-6, 1e-8, near_kink);
+            [&](const Mat<double>& x) {
+                return rp::safe_critic_loss(x, c.v2, c.old, c.R, c.mask, o, n).value;
+            },
+            c.v, r.grad_v1, 1e-6, 1e-8, near_kink);
         rlpo_test::require_fd_gradient(
-            [&](const Mat<double>& x) { return rp::safe_critic_loss(c.v, x, c.old, c.R, c.mask, o, n).value; }, c.v2,
-            r.grad_v2, 1e-6, 1e-8, near_kink);
+            [&](const Mat<double>& x) {
+                return rp::safe_critic_loss(c.v, x, c.old, c.R, c.mask, o, n).value;
+            },
+            c.v2, r.grad_v2, 1e-6, 1e-8, near_kink);
     }
 }
 
@@ -77,9 +89,18 @@ TEMPLATE_TEST_CASE("value_loss / safe_critic_loss: agree with the PyTorch autogr
     wide.huber_delta = 0.1;
     wide.clip = 0.5;
     for (Aggregation mode : rlpo_test::all_modes()) {
-        for (const auto& o : {ValueLossOptions::verl(), ValueLossOptions::trl(), ValueLossOptions::openrlhf()}) {
+        for (const auto& o :
+             {ValueLossOptions::verl(), ValueLossOptions::trl(), ValueLossOptions::openrlhf()}) {
             const Critic c = critic_batch(seed++);
-            Run r{false, c.v.cast<S>(), c.v2.cast<S>(), c.old.cast<S>(), c.R.cast<S>(), c.mask.cast<S>(), o, {}, norm_for(mode, seed)};
+            Run r{false,
+                  c.v.cast<S>(),
+                  c.v2.cast<S>(),
+                  c.old.cast<S>(),
+                  c.R.cast<S>(),
+                  c.mask.cast<S>(),
+                  o,
+                  {},
+                  norm_for(mode, seed)};
             r.mask(2, 3) = 0;
             r.v(2, 3) = std::numeric_limits<S>::quiet_NaN();
             auto& cs = ref.add<S>("value_loss");
@@ -90,11 +111,23 @@ TEMPLATE_TEST_CASE("value_loss / safe_critic_loss: agree with the PyTorch autogr
         }
         for (const auto& o : {SAFECriticOptions{}, wide}) {
             const Critic c = critic_batch(seed++);
-            Run r{true, c.v.cast<S>(), c.v2.cast<S>(), c.old.cast<S>(), c.R.cast<S>(), c.mask.cast<S>(), {}, o, norm_for(mode, seed)};
+            Run r{true,
+                  c.v.cast<S>(),
+                  c.v2.cast<S>(),
+                  c.old.cast<S>(),
+                  c.R.cast<S>(),
+                  c.mask.cast<S>(),
+                  {},
+                  o,
+                  norm_for(mode, seed)};
             r.mask(2, 3) = 0;
             r.v2(2, 3) = std::numeric_limits<S>::quiet_NaN();
             auto& cs = ref.add<S>("safe_critic_loss");
-            cs.in("v1", r.v).in("v2", r.v2).in("old_values", r.old).in("returns", r.R).in("mask", r.mask);
+            cs.in("v1", r.v)
+                .in("v2", r.v2)
+                .in("old_values", r.old)
+                .in("returns", r.R)
+                .in("mask", r.mask);
             cs.p("alpha", o.alpha).p("huber_delta", o.huber_delta).p("clip", o.clip);
             put_norm(cs, r.n);
             runs.push_back(std::move(r));
@@ -117,8 +150,9 @@ TEMPLATE_TEST_CASE("value_loss / safe_critic_loss: agree with the PyTorch autogr
         }
         for (const char* name : {"vf_clipfrac", "vpred_mean"}) {
             INFO(name);
-            const auto m = r.safe ? rp::safe_critic_loss(r.v, r.v2, r.old, r.R, r.mask, r.so, r.n).metrics
-                                  : rp::value_loss(r.v, r.old, r.R, r.mask, r.vo, r.n).metrics;
+            const auto m =
+                r.safe ? rp::safe_critic_loss(r.v, r.v2, r.old, r.R, r.mask, r.so, r.n).metrics
+                       : rp::value_loss(r.v, r.old, r.R, r.mask, r.vo, r.n).metrics;
             CHECK(rlpo_test::rel_err(m[name], ref.scalar(k, name), 1e-12) < tol);
         }
     }
@@ -132,12 +166,16 @@ TEST_CASE("value_loss / safe_critic_loss: properties", "[policy][critic][propert
         n.mode = Aggregation::TokenSum;
         const auto r = rp::value_loss(v, c.old, c.R, c.mask, ValueLossOptions::verl(), n);
         const auto plain = rp::value_loss(v, c.old, c.R, c.mask, ValueLossOptions::openrlhf(), n);
-        CHECK(r.value == Approx(0.5 * (c.mask.array() * (v - c.R).array().square()).sum()).epsilon(1e-13));
+        CHECK(r.value ==
+              Approx(0.5 * (c.mask.array() * (v - c.R).array().square()).sum()).epsilon(1e-13));
         CHECK(rlpo_test::max_rel_err(r.grad, plain.grad) < 1e-15);
         CHECK(r.metrics["vf_clipfrac"] == 0.0);
     }
-    SECTION("clipped branch: v moved away from R beyond c keeps its gradient, v moved towards R past c loses it") {
-        Mat<double> v(1, 2), old = Mat<double>::Zero(1, 2), R = Mat<double>::Constant(1, 2, 1.0), m = Mat<double>::Ones(1, 2);
+    SECTION(
+        "clipped branch: v moved away from R beyond c keeps its gradient, v moved towards R past c "
+        "loses it") {
+        Mat<double> v(1, 2), old = Mat<double>::Zero(1, 2), R = Mat<double>::Constant(1, 2, 1.0),
+                             m = Mat<double>::Ones(1, 2);
         v << 2.0, -2.0;  // both clipped to ±0.5
         rlpo::Normalizer n;
         n.mode = Aggregation::TokenSum;
@@ -152,7 +190,8 @@ TEST_CASE("value_loss / safe_critic_loss: properties", "[policy][critic][propert
         CHECK(q.metrics["vf_clipfrac"] == 1.0);
     }
     SECTION("soft-min: between min and mean, → min as α → 0, → mean as α → ∞; weights sum to 1") {
-        const Mat<double> a = Mat<double>::Constant(1, 1, 1.0), b = Mat<double>::Constant(1, 1, 3.0);
+        const Mat<double> a = Mat<double>::Constant(1, 1, 1.0),
+                          b = Mat<double>::Constant(1, 1, 3.0);
         const Mat<double> m = Mat<double>::Ones(1, 1);
         for (double alpha : {1e-3, 0.3, 1e3}) {
             SAFECriticOptions o;
@@ -169,7 +208,9 @@ TEST_CASE("value_loss / safe_critic_loss: properties", "[policy][critic][propert
         const auto r = rp::safe_critic_loss(c.v, c.v2, c.old, c.R, c.mask, o);
         // ∂/∂v1 + ∂/∂v2 is the gradient w.r.t. a common shift of both heads = ∂loss/∂V
         const auto shifted = [&](double h) {
-            return rp::safe_critic_loss(Mat<double>(c.v.array() + h), Mat<double>(c.v2.array() + h), c.old, c.R, c.mask, o).value;
+            return rp::safe_critic_loss(Mat<double>(c.v.array() + h), Mat<double>(c.v2.array() + h),
+                                        c.old, c.R, c.mask, o)
+                .value;
         };
         const double fd = (shifted(1e-6) - shifted(-1e-6)) / 2e-6;
         CHECK((r.grad_v1 + r.grad_v2).sum() == Approx(fd).epsilon(1e-6));
@@ -178,17 +219,21 @@ TEST_CASE("value_loss / safe_critic_loss: properties", "[policy][critic][propert
         const Critic c = critic_batch(43);
         require_micro_batch_invariance(
             [&](Index r0, Index nr, const rlpo::Normalizer& n) {
-                return rp::value_loss(c.v.middleRows(r0, nr), c.old.middleRows(r0, nr), c.R.middleRows(r0, nr),
-                                      c.mask.middleRows(r0, nr), ValueLossOptions::verl(), n);
+                return rp::value_loss(c.v.middleRows(r0, nr), c.old.middleRows(r0, nr),
+                                      c.R.middleRows(r0, nr), c.mask.middleRows(r0, nr),
+                                      ValueLossOptions::verl(), n);
             },
             c.mask);
     }
 }
 
-TEST_CASE("value_loss / safe_critic_loss: bad input gives the documented error", "[policy][critic][bad-input]") {
-    const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3), y = Mat<double>::Zero(2, 4);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::value_loss(x, y, x, m),
-                                    "policy::value_loss(): old_values: expected shape [2, 3] (same as values), given [2, 4]");
+TEST_CASE("value_loss / safe_critic_loss: bad input gives the documented error",
+          "[policy][critic][bad-input]") {
+    const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3),
+                      y = Mat<double>::Zero(2, 4);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rp::value_loss(x, y, x, m),
+        "policy::value_loss(): old_values: expected shape [2, 3] (same as values), given [2, 4]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::value_loss(x, x, y, m), "returns: expected shape");
     ValueLossOptions o;
     o.clip = 0.0;
@@ -197,13 +242,15 @@ TEST_CASE("value_loss / safe_critic_loss: bad input gives the documented error",
     bad(0, 0) = std::numeric_limits<double>::quiet_NaN();
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::value_loss(x, bad, x, m), "old_values: NaN at [0, 0]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::value_loss(x, x, bad, m), "returns: NaN at [0, 0]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::safe_critic_loss(x, y, x, x, m), "policy::safe_critic_loss(): v2: expected shape");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::safe_critic_loss(x, y, x, x, m),
+                                    "policy::safe_critic_loss(): v2: expected shape");
     SAFECriticOptions s;
     s.alpha = 0;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::safe_critic_loss(x, x, x, x, m, s), "alpha: must be > 0");
     s = {};
     s.huber_delta = -1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::safe_critic_loss(x, x, x, x, m, s), "huber_delta: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::safe_critic_loss(x, x, x, x, m, s),
+                                    "huber_delta: must be > 0");
     s = {};
     s.clip = 0;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::safe_critic_loss(x, x, x, x, m, s), "clip: must be > 0");

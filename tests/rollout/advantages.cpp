@@ -33,8 +33,8 @@ const char* scale_name(AdvantageScale s) {
 }
 }  // namespace
 
-TEMPLATE_TEST_CASE("grpo / rloo advantages agree with the PyTorch reference", "[rollout][advantages][torch]",
-                   float, double) {
+TEMPLATE_TEST_CASE("grpo / rloo advantages agree with the PyTorch reference",
+                   "[rollout][advantages][torch]", float, double) {
     using S = TestType;
     rlpo_test::TorchReference tr("rollout", std::string("adv_") + (sizeof(S) == 4 ? "f" : "d"));
     struct Run {
@@ -46,9 +46,13 @@ TEMPLATE_TEST_CASE("grpo / rloo advantages agree with the PyTorch reference", "[
     };
     std::vector<Run> runs;
     std::uint64_t seed = 500;
-    std::vector<GRPOOptions> presets{GRPOOptions{}, GRPOOptions::verl(), GRPOOptions::verl(false),
-                                     GRPOOptions::trl(), GRPOOptions::trl(AdvantageScale::Batch),
-                                     GRPOOptions::trl(AdvantageScale::None), GRPOOptions::openrlhf(),
+    std::vector<GRPOOptions> presets{GRPOOptions{},
+                                     GRPOOptions::verl(),
+                                     GRPOOptions::verl(false),
+                                     GRPOOptions::trl(),
+                                     GRPOOptions::trl(AdvantageScale::Batch),
+                                     GRPOOptions::trl(AdvantageScale::None),
+                                     GRPOOptions::openrlhf(),
                                      GRPOOptions::dr_grpo()};
     GRPOOptions pop;
     pop.std_kind = StdKind::Population;
@@ -61,11 +65,13 @@ TEMPLATE_TEST_CASE("grpo / rloo advantages agree with the PyTorch reference", "[
     for (const auto& o : presets) {
         const auto b = grouped_batch(seed++);
         Run run{b.scores.cast<S>(), b.groups, o, {}, true};
-        if (o.nan_scores == rr::NanScores::AsZero) run.scores(0) = std::numeric_limits<S>::quiet_NaN();
+        if (o.nan_scores == rr::NanScores::AsZero)
+            run.scores(0) = std::numeric_limits<S>::quiet_NaN();
         auto& c = tr.add<S>("grpo");
         c.in("scores", Mat<S>(run.scores)).in("group_ids", b.ids);
         c.p("epsilon", o.epsilon).p("std_floor", o.std_floor);
-        c.s("std", o.std_kind == StdKind::Sample ? "sample" : "population").s("scale", scale_name(o.scale));
+        c.s("std", o.std_kind == StdKind::Sample ? "sample" : "population")
+            .s("scale", scale_name(o.scale));
         c.s("singleton", o.singleton == rr::SingletonGroups::RawScore ? "raw" : "zero");
         c.s("nan", o.nan_scores == rr::NanScores::AsZero ? "zero" : "throw");
         runs.push_back(run);
@@ -89,13 +95,15 @@ TEMPLATE_TEST_CASE("grpo / rloo advantages agree with the PyTorch reference", "[
     }
 }
 
-TEMPLATE_TEST_CASE("grpo: degenerate groups give 0, never NaN or a blow-up", "[rollout][advantages][properties]",
-                   float, double) {
+TEMPLATE_TEST_CASE("grpo: degenerate groups give 0, never NaN or a blow-up",
+                   "[rollout][advantages][properties]", float, double) {
     using S = TestType;
     Vec<S> s(7);
     s << S(0.1), S(0.1), S(0.1), S(3.5), S(2), S(2), S(2);
-    const Groups g = Groups::from_offsets({0, 3, 4, 7});  // all-equal (0.1 is inexact), singleton, all-equal
-    for (const auto& o : {GRPOOptions{}, GRPOOptions::trl(), GRPOOptions::openrlhf(), GRPOOptions::dr_grpo()}) {
+    const Groups g =
+        Groups::from_offsets({0, 3, 4, 7});  // all-equal (0.1 is inexact), singleton, all-equal
+    for (const auto& o :
+         {GRPOOptions{}, GRPOOptions::trl(), GRPOOptions::openrlhf(), GRPOOptions::dr_grpo()}) {
         const Vec<S> a = rr::grpo_advantages(s, g, o);
         CHECK(a.isZero(0));
         CHECK(rr::rloo_advantages(s, g).isZero(0));
@@ -150,19 +158,24 @@ TEST_CASE("grpo: closed forms and invariances", "[rollout][advantages][propertie
         const Index n = b.groups.size(g);
         const Vec<double> ag = a.segment(b.groups.begin(g), n);
         CHECK(std::abs(ag.sum()) < 1e-12);
-        if (n > 1 && !ag.isZero(0)) CHECK(std::sqrt(ag.squaredNorm() / (n - 1)) == Approx(1.0).epsilon(1e-12));
+        if (n > 1 && !ag.isZero(0))
+            CHECK(std::sqrt(ag.squaredNorm() / (n - 1)) == Approx(1.0).epsilon(1e-12));
     }
     // shift invariance (all options) and positive-scale invariance (std-normalised, ε = 0)
     const Vec<double> shifted = (b.scores.array() + 5.0).matrix();
     CHECK((rr::grpo_advantages(shifted, b.groups, o) - a).cwiseAbs().maxCoeff() < 1e-12);
-    CHECK((rr::grpo_advantages(Vec<double>(3.0 * b.scores), b.groups, o) - a).cwiseAbs().maxCoeff() < 1e-12);
+    CHECK(
+        (rr::grpo_advantages(Vec<double>(3.0 * b.scores), b.groups, o) - a).cwiseAbs().maxCoeff() <
+        1e-12);
     // Dr.GRPO is linear in the scores and equals s − group mean
     const Vec<double> d = rr::grpo_advantages(b.scores, b.groups, GRPOOptions::dr_grpo());
     for (Index g = 0; g < b.groups.num_groups(); ++g) {
         const Index n = b.groups.size(g);
         if (n == 1) continue;
         const Vec<double> sg = b.scores.segment(b.groups.begin(g), n);
-        CHECK((d.segment(b.groups.begin(g), n) - (sg.array() - sg.mean()).matrix()).cwiseAbs().maxCoeff() < 1e-12);
+        CHECK((d.segment(b.groups.begin(g), n) - (sg.array() - sg.mean()).matrix())
+                  .cwiseAbs()
+                  .maxCoeff() < 1e-12);
     }
     // group-local: permuting whole groups permutes the advantages
     const Groups two = Groups::equal(6, 3);
@@ -185,7 +198,8 @@ TEST_CASE("rloo: leave-one-out identities", "[rollout][advantages][properties]")
         }
         CHECK(std::abs(a.segment(b0, n).sum()) < 1e-12);
         // n/(n−1)·(s − mean) = n/(n−1)·Dr.GRPO
-        CHECK((a.segment(b0, n) - d.segment(b0, n) * (double(n) / (n - 1))).cwiseAbs().maxCoeff() < 1e-12);
+        CHECK((a.segment(b0, n) - d.segment(b0, n) * (double(n) / (n - 1))).cwiseAbs().maxCoeff() <
+              1e-12);
         // by enumeration: baseline of i is the mean of the others
         for (Index i = 0; i < n; ++i) {
             double other = 0;
@@ -196,7 +210,8 @@ TEST_CASE("rloo: leave-one-out identities", "[rollout][advantages][properties]")
     }
 }
 
-TEST_CASE("broadcast_to_tokens / outcome_token_rewards / lengths_from_mask", "[rollout][advantages][properties]") {
+TEST_CASE("broadcast_to_tokens / outcome_token_rewards / lengths_from_mask",
+          "[rollout][advantages][properties]") {
     rt::Generator gen(5);
     Mat<float> m = gen.mask<float>(5, 7, 1, true);
     m(2, 3) = 0;  // a hole
@@ -217,13 +232,16 @@ TEST_CASE("broadcast_to_tokens / outcome_token_rewards / lengths_from_mask", "[r
     }
 }
 
-TEST_CASE("group advantages: bad input gives the documented error", "[rollout][advantages][bad-input]") {
+TEST_CASE("group advantages: bad input gives the documented error",
+          "[rollout][advantages][bad-input]") {
     Vec<double> s(4);
     s << 1, 2, 3, 4;
     const Groups g = Groups::equal(4, 2);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_advantages(s, Groups::equal(6, 2)),
-                                    "rollout::grpo_advantages(): scores: has 4 entries, but the groups cover 6");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::rloo_advantages(s, Groups::equal(2, 2)), "rollout::rloo_advantages(): scores: has 4 entries");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::grpo_advantages(s, Groups::equal(6, 2)),
+        "rollout::grpo_advantages(): scores: has 4 entries, but the groups cover 6");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::rloo_advantages(s, Groups::equal(2, 2)),
+                                    "rollout::rloo_advantages(): scores: has 4 entries");
     Vec<double> bad = s;
     bad(2) = nan_d;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_advantages(bad, g), "scores: NaN at response 2");
@@ -231,32 +249,39 @@ TEST_CASE("group advantages: bad input gives the documented error", "[rollout][a
     // TRL: a NaN reward counts as 0
     Vec<double> zero = s;
     zero(2) = 0;
-    CHECK(rr::grpo_advantages(bad, g, GRPOOptions::trl()) == rr::grpo_advantages(zero, g, GRPOOptions::trl()));
+    CHECK(rr::grpo_advantages(bad, g, GRPOOptions::trl()) ==
+          rr::grpo_advantages(zero, g, GRPOOptions::trl()));
     CHECK(rr::rloo_advantages(bad, g, RLOOOptions::trl()) == rr::rloo_advantages(zero, g));
     bad(2) = std::numeric_limits<double>::infinity();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_advantages(bad, g, GRPOOptions::trl()), "scores: non-finite value inf at response 2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_advantages(bad, g, GRPOOptions::trl()),
+                                    "scores: non-finite value inf at response 2");
     GRPOOptions o;
     o.epsilon = -1;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_advantages(s, g, o), "epsilon: must be >= 0");
     o = {};
     o.std_floor = nan_d;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_advantages(s, g, o), "std_floor: must be >= 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_advantages(Mat<double>::Ones(2, 2), g), "scores: expected a vector");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_advantages(Mat<double>::Ones(2, 2), g),
+                                    "scores: expected a vector");
     const Mat<double> m = Mat<double>::Ones(3, 4);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::broadcast_to_tokens(s, m), "seq_values: expected 3 entries (rows of mask), given 4");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::broadcast_to_tokens(s, m),
+                                    "seq_values: expected 3 entries (rows of mask), given 4");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::outcome_token_rewards(s, m), "scores: expected 3 entries");
     Mat<double> mneg = Mat<double>::Ones(4, 2);
     mneg(1, 1) = -1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::broadcast_to_tokens(s, mneg), "mask: entries must be finite and >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::broadcast_to_tokens(s, mneg),
+                                    "mask: entries must be finite and >= 0");
 }
 
-TEMPLATE_TEST_CASE("opo / pass@k / gdpo agree with the PyTorch reference", "[rollout][advantages][torch]", float, double) {
+TEMPLATE_TEST_CASE("opo / pass@k / gdpo agree with the PyTorch reference",
+                   "[rollout][advantages][torch]", float, double) {
     using S = TestType;
     rlpo_test::TorchReference tr("rollout", std::string("adv2_") + (sizeof(S) == 4 ? "f" : "d"));
     std::vector<std::function<void(std::size_t)>> checks;
     const double tol = rlpo_test::ref_tol<S>();
     auto compare = [&tr, tol](std::size_t i, const Vec<S>& a) {
-        CHECK(rlpo_test::max_rel_err(Mat<double>(a.template cast<double>()), tr.out(i, "adv")) < tol);
+        CHECK(rlpo_test::max_rel_err(Mat<double>(a.template cast<double>()), tr.out(i, "adv")) <
+              tol);
     };
     std::uint64_t seed = 1500;
     for (const auto& o : {rr::OPOOptions{}, rr::OPOOptions::verl()}) {
@@ -282,8 +307,12 @@ TEMPLATE_TEST_CASE("opo / pass@k / gdpo agree with the PyTorch reference", "[rol
         rr::GRPOPassKOptions o;
         o.norm_by_std = norm;
         auto& c = tr.add<S>("grpo_passk");
-        c.in("scores", Mat<S>(s)).in("group_ids", ids).p("epsilon", o.epsilon).s("norm", norm ? "yes" : "no");
-        checks.push_back([=](std::size_t i) { compare(i, rr::grpo_passk_advantages(s, b.groups, o)); });
+        c.in("scores", Mat<S>(s))
+            .in("group_ids", ids)
+            .p("epsilon", o.epsilon)
+            .s("norm", norm ? "yes" : "no");
+        checks.push_back(
+            [=](std::size_t i) { compare(i, rr::grpo_passk_advantages(s, b.groups, o)); });
     }
     for (Index k : {1, 2, 3, 5}) {
         rt::Generator gen(seed++);
@@ -311,8 +340,12 @@ TEMPLATE_TEST_CASE("opo / pass@k / gdpo agree with the PyTorch reference", "[rol
         rr::GDPOOptions o;
         if (variant == 1) o.weights = {1.0, 0.5, 2.0};
         auto& c = tr.add<S>("gdpo");
-        c.in("rewards", R).in("group_ids", b.ids).p("epsilon", o.component.epsilon).p("batch_epsilon", o.batch_epsilon);
-        if (!o.weights.empty()) c.p("weights", Mat<double>(Eigen::Map<const Mat<double>>(o.weights.data(), 3, 1)));
+        c.in("rewards", R)
+            .in("group_ids", b.ids)
+            .p("epsilon", o.component.epsilon)
+            .p("batch_epsilon", o.batch_epsilon);
+        if (!o.weights.empty())
+            c.p("weights", Mat<double>(Eigen::Map<const Mat<double>>(o.weights.data(), 3, 1)));
         checks.push_back([=](std::size_t i) { compare(i, rr::gdpo_advantages(R, b.groups, o)); });
     }
     {  // TRL normalize_then_sum with abstaining (NaN) reward functions
@@ -321,7 +354,8 @@ TEMPLATE_TEST_CASE("opo / pass@k / gdpo agree with the PyTorch reference", "[rol
         Mat<S> R(b.n(), 2);
         for (Index i = 0; i < b.n(); ++i) {
             R(i, 0) = static_cast<S>(b.scores(i));
-            R(i, 1) = gen.uniform() < 0.25 ? std::numeric_limits<S>::quiet_NaN() : static_cast<S>(gen.normal());
+            R(i, 1) = gen.uniform() < 0.25 ? std::numeric_limits<S>::quiet_NaN()
+                                           : static_cast<S>(gen.normal());
         }
         const rr::GDPOOptions o = rr::GDPOOptions::trl();
         auto& c = tr.add<S>("gdpo_trl");
@@ -345,7 +379,8 @@ TEST_CASE("pass@k / OPO / GDPO: closed forms and identities", "[rollout][advanta
     GRPOOptions pop;
     pop.std_kind = StdKind::Population;
     pop.epsilon = 0;
-    CHECK((rr::passk_advantages(s, g, 1) - rr::grpo_advantages(s, g, pop)).cwiseAbs().maxCoeff() < 1e-12);
+    CHECK((rr::passk_advantages(s, g, 1) - rr::grpo_advantages(s, g, pop)).cwiseAbs().maxCoeff() <
+          1e-12);
     for (Index k = 1; k <= 8; ++k) {
         const Vec<double> a = rr::passk_advantages(s, g, k);
         for (Index gi = 0; gi < 3; ++gi) CHECK(std::abs(a.segment(8 * gi, 8).sum()) < 1e-10);
@@ -362,7 +397,10 @@ TEST_CASE("pass@k / OPO / GDPO: closed forms and identities", "[rollout][advanta
     // OPO with equal lengths is Dr.GRPO; the length-weighted baseline of a group
     const auto b = grouped_batch(78);
     const Vec<double> ones = Vec<double>::Constant(b.n(), 7.0);
-    CHECK((rr::opo_advantages(b.scores, ones, b.groups) - rr::grpo_advantages(b.scores, b.groups, GRPOOptions::dr_grpo())).cwiseAbs().maxCoeff() < 1e-12);
+    CHECK((rr::opo_advantages(b.scores, ones, b.groups) -
+           rr::grpo_advantages(b.scores, b.groups, GRPOOptions::dr_grpo()))
+              .cwiseAbs()
+              .maxCoeff() < 1e-12);
     Vec<double> s3(3), l3(3);
     s3 << 1, 0, 0;
     l3 << 10, 20, 30;
@@ -373,7 +411,9 @@ TEST_CASE("pass@k / OPO / GDPO: closed forms and identities", "[rollout][advanta
     rr::GDPOOptions go;
     go.batch_normalize = false;
     const Mat<double> one = b.scores;
-    CHECK((rr::gdpo_advantages(one, b.groups, go) - rr::grpo_advantages(b.scores, b.groups)).cwiseAbs().maxCoeff() < 1e-12);
+    CHECK((rr::gdpo_advantages(one, b.groups, go) - rr::grpo_advantages(b.scores, b.groups))
+              .cwiseAbs()
+              .maxCoeff() < 1e-12);
     Mat<double> two_rewards(b.n(), 2);
     two_rewards.col(0) = b.scores;
     for (Index i = 0; i < b.n(); ++i) two_rewards(i, 1) = double(i % 3 == 0);
@@ -381,7 +421,8 @@ TEST_CASE("pass@k / OPO / GDPO: closed forms and identities", "[rollout][advanta
     gb.batch_epsilon = 0;
     const Vec<double> ag = rr::gdpo_advantages(two_rewards, b.groups, gb);
     CHECK(std::abs(ag.mean()) < 1e-12);
-    CHECK(std::sqrt((ag.array() - ag.mean()).square().sum() / (b.n() - 1)) == Approx(1.0).epsilon(1e-12));
+    CHECK(std::sqrt((ag.array() - ag.mean()).square().sum() / (b.n() - 1)) ==
+          Approx(1.0).epsilon(1e-12));
     // the paper's collapse: summed rewards {0, 1} and {0, 2} get the same GRPO advantages, GDPO
     // keeps (1, 1) above (0, 1)
     Mat<double> coll(4, 2);
@@ -405,39 +446,55 @@ TEST_CASE("pass@k / OPO / GDPO: closed forms and identities", "[rollout][advanta
     CHECK(ap(2) == 0);
 }
 
-TEST_CASE("pass@k / OPO / GDPO: bad input gives the documented error", "[rollout][advantages][bad-input]") {
+TEST_CASE("pass@k / OPO / GDPO: bad input gives the documented error",
+          "[rollout][advantages][bad-input]") {
     Vec<double> s(4);
     s << 1, 0, 0.5, 1;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::passk_advantages(s, Groups::equal(4, 2), 1),
-                                    "rollout::passk_advantages(): scores: must be 0 or 1 (binary rewards), given 0.5 at response 2");
+                                    "rollout::passk_advantages(): scores: must be 0 or 1 (binary "
+                                    "rewards), given 0.5 at response 2");
     s(2) = 0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::passk_advantages(s, Groups::equal(4, 2), 3), "k: 3 exceeds the size 2 of group 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::passk_advantages(s, Groups::equal(4, 2), 0), "k: must be >= 1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::passk_advantages(s, Groups::equal(4, 2), 3),
+                                    "k: 3 exceeds the size 2 of group 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::passk_advantages(s, Groups::equal(4, 2), 0),
+                                    "k: must be >= 1");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_passk_advantages(s, Groups::from_offsets({0, 1, 4})),
-                                    "rollout::grpo_passk_advantages(): groups: group 0 has 1 response(s); pass@k needs at least 2");
+                                    "rollout::grpo_passk_advantages(): groups: group 0 has 1 "
+                                    "response(s); pass@k needs at least 2");
     Vec<double> l(4);
     l << 1, 2, -3, 4;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::opo_advantages(s, l, Groups::equal(4, 2)),
-                                    "rollout::opo_advantages(): lengths: entries must be finite and >= 0, given -3 at response 2");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::opo_advantages(s, Vec<double>::Ones(3), Groups::equal(4, 2)), "lengths: has 3 entries");
+                                    "rollout::opo_advantages(): lengths: entries must be finite "
+                                    "and >= 0, given -3 at response 2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::opo_advantages(s, Vec<double>::Ones(3), Groups::equal(4, 2)), "lengths: has 3 entries");
     rr::GDPOOptions go;
     go.weights = {1.0};
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gdpo_advantages(Mat<double>::Ones(4, 2), Groups::equal(4, 2), go),
-                                    "rollout::gdpo_advantages(): weights: expected 2 entries (columns of rewards), given 1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::gdpo_advantages(Mat<double>::Ones(4, 2), Groups::equal(4, 2), go),
+        "rollout::gdpo_advantages(): weights: expected 2 entries (columns of rewards), given 1");
     go = {};
     go.component.scale = AdvantageScale::Batch;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gdpo_advantages(Mat<double>::Ones(4, 2), Groups::equal(4, 2), go), "component.scale: must be Group or None");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gdpo_advantages(Mat<double>::Ones(4, 0), Groups::equal(4, 2)), "expected at least one reward component");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gdpo_advantages(Mat<double>::Ones(3, 2), Groups::equal(4, 2)), "rewards: has 3 entries, but the groups cover 4");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::gdpo_advantages(Mat<double>::Ones(4, 2), Groups::equal(4, 2), go),
+        "component.scale: must be Group or None");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::gdpo_advantages(Mat<double>::Ones(4, 0), Groups::equal(4, 2)),
+        "expected at least one reward component");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::gdpo_advantages(Mat<double>::Ones(3, 2), Groups::equal(4, 2)),
+        "rewards: has 3 entries, but the groups cover 4");
 }
 
-TEST_CASE("advantage estimator names round-trip; unknown names list the valid ones", "[rollout][advantages][names]") {
+TEST_CASE("advantage estimator names round-trip; unknown names list the valid ones",
+          "[rollout][advantages][names]") {
     using E = rr::AdvantageEstimator;
-    for (E e : {E::GAE, E::GRPO, E::DrGRPO, E::RLOO, E::ReinforcePP, E::ReinforcePPBaseline, E::ReMax, E::OPO,
-                E::GRPOPassK, E::PassK, E::GDPO})
+    for (E e : {E::GAE, E::GRPO, E::DrGRPO, E::RLOO, E::ReinforcePP, E::ReinforcePPBaseline,
+                E::ReMax, E::OPO, E::GRPOPassK, E::PassK, E::GDPO})
         CHECK(rr::parse_advantage_estimator(rr::to_string(e)) == e);
     CHECK(rr::parse_advantage_estimator("reinforce_plus_plus") == E::ReinforcePP);
     CHECK(rr::parse_advantage_estimator("grpo_passk") == E::GRPOPassK);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::parse_advantage_estimator("ppo"),
-                                    "rollout::parse_advantage_estimator(): name: unknown advantage estimator 'ppo'; valid names: gae, grpo, dr_grpo, rloo");
+                                    "rollout::parse_advantage_estimator(): name: unknown advantage "
+                                    "estimator 'ppo'; valid names: gae, grpo, dr_grpo, rloo");
 }

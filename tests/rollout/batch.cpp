@@ -33,8 +33,9 @@ TEMPLATE_TEST_CASE("rollout batch: response_mask and lengths", "[rollout][batch]
     expect << 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1;
     CHECK(m == expect);
     CHECK(rlpo::rollout::response_lengths(m) == std::vector<double>{3, 0, 5});
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::rollout::response_mask<S>(std::vector<int>{2, 6}, 5),
-                                    "rollout::response_mask(): lengths: response 1 has length 6, beyond [0, T = 5]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::rollout::response_mask<S>(std::vector<int>{2, 6}, 5),
+        "rollout::response_mask(): lengths: response 1 has length 6, beyond [0, T = 5]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::rollout::response_mask<S>(std::vector<int>{-1}, 5),
                                     "lengths: response 0 has length -1");
 }
@@ -58,19 +59,21 @@ TEMPLATE_TEST_CASE("rollout batch: a good batch validates; masked garbage is nev
     CHECK(b.reward(1)(0) == S(0.5));
 }
 
-TEMPLATE_TEST_CASE("rollout batch: bad input gives the documented error", "[rollout][batch][bad-input]",
-                   float, double) {
+TEMPLATE_TEST_CASE("rollout batch: bad input gives the documented error",
+                   "[rollout][batch][bad-input]", float, double) {
     using S = TestType;
     const S nan = std::numeric_limits<S>::quiet_NaN();
     {  // groups out of order / of size 0 are rejected when built
-        RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::from_ids(std::vector<int>{0, 0, 1, 0}), "group ids out of order");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::from_ids(std::vector<int>{0, 0, 1, 0}),
+                                        "group ids out of order");
         RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::from_offsets({0, 2, 2, 4}), "groups of size 0");
         RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::equal(4, 0), "group_size: must be > 0");
     }
     {
         auto b = good_batch<S>();
         b.groups = Groups::equal(6, 2);
-        RLPO_REQUIRE_THROWS_WITH_SUBSTR(b.validate(), "rollout::validate(): groups: cover 6 responses, but the batch has 4");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            b.validate(), "rollout::validate(): groups: cover 6 responses, but the batch has 4");
     }
     {
         auto b = good_batch<S>();
@@ -95,14 +98,17 @@ TEMPLATE_TEST_CASE("rollout batch: bad input gives the documented error", "[roll
         INFO(field);
         auto b = good_batch<S>();
         Mat<S>& x = std::string(field) == "token_rewards" ? b.token_rewards
-                    : std::string(field) == "values"     ? b.values
-                    : std::string(field) == "old_logp"   ? b.old_logp
-                                                         : b.ref_logp;
+                    : std::string(field) == "values"      ? b.values
+                    : std::string(field) == "old_logp"    ? b.old_logp
+                                                          : b.ref_logp;
         x = Mat<S>::Zero(4, 3);
-        RLPO_REQUIRE_THROWS_WITH_SUBSTR(b.validate(), std::string(field) + ": expected shape [4, 4] (same as mask), given [4, 3]");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            b.validate(),
+            std::string(field) + ": expected shape [4, 4] (same as mask), given [4, 3]");
         x = Mat<S>::Zero(4, 4);
         x(3, 2) = nan;
-        RLPO_REQUIRE_THROWS_WITH_SUBSTR(b.validate(), std::string(field) + ": NaN at [3, 2] under a non-zero mask");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            b.validate(), std::string(field) + ": NaN at [3, 2] under a non-zero mask");
     }
     {
         auto b = good_batch<S>();

@@ -28,7 +28,8 @@ Vec<double> random_pmf(rt::Generator& gen, Index K, bool with_zero = false) {
 }
 }  // namespace
 
-TEMPLATE_TEST_CASE("best-of-N pmf and tilt agree with the PyTorch reference", "[rollout][best_of_n][torch]", float, double) {
+TEMPLATE_TEST_CASE("best-of-N pmf and tilt agree with the PyTorch reference",
+                   "[rollout][best_of_n][torch]", float, double) {
     using S = TestType;
     rlpo_test::TorchReference tr("rollout", std::string("bon_") + (sizeof(S) == 4 ? "f" : "d"));
     std::vector<std::function<void(std::size_t)>> checks;
@@ -45,7 +46,8 @@ TEMPLATE_TEST_CASE("best-of-N pmf and tilt agree with the PyTorch reference", "[
             c.in("p", Mat<S>(p)).in("rewards", Mat<S>(r)).p("n", double(n));
             checks.push_back([=, &tr](std::size_t i) {
                 const Vec<S> q = rr::bon_distribution(p, r, n);
-                CHECK(rlpo_test::max_rel_err(Mat<double>(q.template cast<double>()), tr.out(i, "q")) < tol);
+                CHECK(rlpo_test::max_rel_err(Mat<double>(q.template cast<double>()),
+                                             tr.out(i, "q")) < tol);
                 CHECK(rlpo_test::rel_err(rr::bon_kl(p, r, n), tr.scalar(i, "kl"), 1e-6) < tol);
             });
         }
@@ -59,7 +61,8 @@ TEMPLATE_TEST_CASE("best-of-N pmf and tilt agree with the PyTorch reference", "[
         checks.push_back([=, &tr](std::size_t i) {
             double logz = 0;
             const Vec<S> q = rr::tilted_distribution(p, r, beta, &logz);
-            CHECK(rlpo_test::max_rel_err(Mat<double>(q.template cast<double>()), tr.out(i, "q")) < tol);
+            CHECK(rlpo_test::max_rel_err(Mat<double>(q.template cast<double>()), tr.out(i, "q")) <
+                  tol);
             CHECK(rlpo_test::rel_err(logz, tr.scalar(i, "logz")) < tol);
         });
     }
@@ -70,13 +73,15 @@ TEMPLATE_TEST_CASE("best-of-N pmf and tilt agree with the PyTorch reference", "[
     }
 }
 
-TEST_CASE("tilted optimum: ∂ log Z / ∂r equals π*/β (finite differences)", "[rollout][best_of_n][fd]") {
+TEST_CASE("tilted optimum: ∂ log Z / ∂r equals π*/β (finite differences)",
+          "[rollout][best_of_n][fd]") {
     rt::Generator gen(7);
     const Vec<double> p = random_pmf(gen, 6, true);
     for (double beta : {0.1, 1.0, 4.0}) {
         const Mat<double> r = gen.normal(1, 6, 2.0);
         double logz = 0;
-        const Vec<double> q = rr::tilted_distribution(p, Vec<double>(r.row(0).transpose()), beta, &logz);
+        const Vec<double> q =
+            rr::tilted_distribution(p, Vec<double>(r.row(0).transpose()), beta, &logz);
         const Mat<double> grad = (q / beta).transpose();
         rlpo_test::require_fd_gradient(
             [&](const Mat<double>& x) {
@@ -93,7 +98,8 @@ TEST_CASE("tilted optimum: ∂ log Z / ∂r equals π*/β (finite differences)",
         const Vec<double> other = random_pmf(gen, 6, true);
         double kl2 = 0, er2 = 0;
         for (Index k = 0; k < 6; ++k)
-            if (other(k) > 0) kl2 += other(k) * std::log(other(k) / p(k)), er2 += other(k) * r(0, k);
+            if (other(k) > 0)
+                kl2 += other(k) * std::log(other(k) / p(k)), er2 += other(k) * r(0, k);
         CHECK(er - beta * kl >= er2 - beta * kl2);
     }
     // β → ∞ gives p back; huge r/β does not overflow
@@ -107,7 +113,8 @@ TEST_CASE("tilted optimum: ∂ log Z / ∂r equals π*/β (finite differences)",
     CHECK(hot(0) == 0.0);
 }
 
-TEST_CASE("best-of-N: KL bound, its tightness without ties, and N = 1", "[rollout][best_of_n][properties]") {
+TEST_CASE("best-of-N: KL bound, its tightness without ties, and N = 1",
+          "[rollout][best_of_n][properties]") {
     CHECK(rr::bon_kl_bound(1) == 0.0);
     CHECK(rr::bon_kl_bound(2) == Approx(std::log(2.0) - 0.5));
     CHECK(rr::bon_kl_bound(16) == Approx(std::log(16.0) - 15.0 / 16));
@@ -142,15 +149,22 @@ TEST_CASE("best-of-N: bad input gives the documented error", "[rollout][best_of_
     Vec<double> p(3), r(3);
     p << 0.2, 0.3, 0.5;
     r << 1, 2, 3;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::bon_kl_bound(0), "rollout::bon_kl_bound(): n: must be >= 1, given 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::bon_distribution(p, r, 0), "rollout::bon_distribution(): n: must be >= 1");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::bon_distribution(p, Vec<double>::Ones(2), 2), "rewards: expected 3 entries (one per outcome), given 2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::bon_kl_bound(0),
+                                    "rollout::bon_kl_bound(): n: must be >= 1, given 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::bon_distribution(p, r, 0),
+                                    "rollout::bon_distribution(): n: must be >= 1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::bon_distribution(p, Vec<double>::Ones(2), 2),
+                                    "rewards: expected 3 entries (one per outcome), given 2");
     Vec<double> bad = p;
     bad(0) = 0.3;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::bon_distribution(bad, r, 2), "p: must sum to 1, sums to 1.1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::bon_distribution(bad, r, 2),
+                                    "p: must sum to 1, sums to 1.1");
     bad(0) = -0.2, bad(2) = 0.9;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::tilted_distribution(bad, r, 1.0), "p: probabilities must be >= 0, given -0.2 at outcome 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::tilted_distribution(p, r, 0.0), "rollout::tilted_distribution(): beta: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::tilted_distribution(bad, r, 1.0),
+                                    "p: probabilities must be >= 0, given -0.2 at outcome 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::tilted_distribution(p, r, 0.0),
+                                    "rollout::tilted_distribution(): beta: must be > 0");
     r(1) = std::numeric_limits<double>::infinity();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::tilted_distribution(p, r, 1.0), "rewards: non-finite value inf at response 1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::tilted_distribution(p, r, 1.0),
+                                    "rewards: non-finite value inf at response 1");
 }

@@ -34,10 +34,14 @@ inline GroupedBatch grouped_batch(std::uint64_t seed, Index num_groups = 9, Inde
         const double common = gen.normal();
         for (Index k = 0; k < n; ++k) {
             double v;
-            if (g == 2) v = 0.7;                          // all equal (not exactly representable)
-            else if (g == 3) v = gen.uniform() < 0.5 ? 1.0 : 0.0;  // binary
-            else if (kind < 0.3) v = gen.uniform() < 0.5 ? 1.0 : 0.0;
-            else v = common + gen.normal() * 2.0;
+            if (g == 2)
+                v = 0.7;  // all equal (not exactly representable)
+            else if (g == 3)
+                v = gen.uniform() < 0.5 ? 1.0 : 0.0;  // binary
+            else if (kind < 0.3)
+                v = gen.uniform() < 0.5 ? 1.0 : 0.0;
+            else
+                v = common + gen.normal() * 2.0;
             s.push_back(v);
             id.push_back(100 + 7 * g);  // arbitrary, increasing ids
         }

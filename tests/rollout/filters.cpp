@@ -28,14 +28,16 @@ TEST_CASE("dynamic sampling keeps exactly the groups with reward variance", "[ro
             std::vector<Index> groups, responses;
             for (Index g = 0; g < b.groups.num_groups(); ++g) {
                 const Vec<double> sg = b.scores.segment(b.groups.begin(g), b.groups.size(g));
-                const bool keep = b.groups.size(g) == 1 ? o.keep_singletons : sg.maxCoeff() > sg.minCoeff();
+                const bool keep =
+                    b.groups.size(g) == 1 ? o.keep_singletons : sg.maxCoeff() > sg.minCoeff();
                 if (!keep) continue;
                 groups.push_back(g);
                 for (Index k = b.groups.begin(g); k < b.groups.end(g); ++k) responses.push_back(k);
             }
             CHECK(sel.kept_groups == groups);
             CHECK(sel.kept_responses == responses);
-            CHECK(sel.num_dropped_groups == b.groups.num_groups() - static_cast<Index>(groups.size()));
+            CHECK(sel.num_dropped_groups ==
+                  b.groups.num_groups() - static_cast<Index>(groups.size()));
             CHECK(sel.groups.num_groups() == static_cast<Index>(groups.size()));
             CHECK(sel.groups.num_responses() == static_cast<Index>(responses.size()));
             for (std::size_t k = 0; k < groups.size(); ++k)
@@ -45,7 +47,8 @@ TEST_CASE("dynamic sampling keeps exactly the groups with reward variance", "[ro
             const Vec<double> a = rr::grpo_advantages(Vec<double>(kept.col(0)), sel.groups);
             for (Index g = 0; g < sel.groups.num_groups(); ++g)
                 if (sel.groups.size(g) > 1)
-                    CHECK(a.segment(sel.groups.begin(g), sel.groups.size(g)).cwiseAbs().maxCoeff() > 0);
+                    CHECK(a.segment(sel.groups.begin(g), sel.groups.size(g)).cwiseAbs().maxCoeff() >
+                          0);
         }
     }
     // the fixed groups of the batch: singleton (g1) and all-equal (g2) are dropped by default
@@ -88,15 +91,21 @@ TEST_CASE("mask_truncated / truncated_by_length", "[rollout][filters]") {
 TEST_CASE("filters: bad input gives the documented error", "[rollout][filters][bad-input]") {
     Vec<double> s(4);
     s << 1, 0, 1, 1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::dynamic_sampling_filter(s, Groups::equal(6, 3)),
-                                    "rollout::dynamic_sampling_filter(): scores: has 4 entries, but the groups cover 6");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::dynamic_sampling_filter(s, Groups::equal(6, 3)),
+        "rollout::dynamic_sampling_filter(): scores: has 4 entries, but the groups cover 6");
     s(1) = std::numeric_limits<double>::quiet_NaN();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::dynamic_sampling_filter(s, Groups::equal(4, 2)), "scores: NaN at response 1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::dynamic_sampling_filter(s, Groups::equal(4, 2)),
+                                    "scores: NaN at response 1");
     const Mat<double> m = Mat<double>::Ones(3, 4);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::mask_truncated(m, Vec<double>::Zero(2)),
-                                    "rollout::mask_truncated(): truncated: expected 3 entries (rows of mask), given 2");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::truncated_by_length(Vec<double>::Constant(2, -1.0), 4.0),
-                                    "rollout::truncated_by_length(): lengths: entries must be finite and >= 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::truncated_by_length(Vec<double>::Ones(2), 0.0), "max_length: must be > 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::select_rows(m, {0, 3}), "rollout::select_rows(): rows: index 3 out of range [0, 3)");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::mask_truncated(m, Vec<double>::Zero(2)),
+        "rollout::mask_truncated(): truncated: expected 3 entries (rows of mask), given 2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::truncated_by_length(Vec<double>::Constant(2, -1.0), 4.0),
+        "rollout::truncated_by_length(): lengths: entries must be finite and >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::truncated_by_length(Vec<double>::Ones(2), 0.0),
+                                    "max_length: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::select_rows(m, {0, 3}),
+                                    "rollout::select_rows(): rows: index 3 out of range [0, 3)");
 }

@@ -37,11 +37,16 @@ TEST_CASE("Groups: equal sizes, ids and offsets describe the same partition", "[
 }
 
 TEST_CASE("Groups: bad input gives the documented error", "[rollout][groups][bad-input]") {
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::from_ids(std::vector<int>{0, 0, 1, 0}),
-                                    "rollout::Groups::from_ids(): ids: group ids out of order: id 0 at response 3");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::from_offsets({0, 2, 2, 4}), "group 1 has size 0 (groups of size 0 are not allowed)");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        Groups::from_ids(std::vector<int>{0, 0, 1, 0}),
+        "rollout::Groups::from_ids(): ids: group ids out of order: id 0 at response 3");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::from_offsets({0, 2, 2, 4}),
+                                    "group 1 has size 0 (groups of size 0 are not allowed)");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::from_offsets({1, 2}), "offsets: must start at 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::equal(4, 0), "rollout::Groups::equal(): group_size: must be > 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::equal(5, 2), "num_responses: 5 is not a multiple of group_size 2");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::equal(8, 4).check_covers("rollout::f", 6), "groups: cover 8 responses, but the batch has 6");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::equal(4, 0),
+                                    "rollout::Groups::equal(): group_size: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::equal(5, 2),
+                                    "num_responses: 5 is not a multiple of group_size 2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::equal(8, 4).check_covers("rollout::f", 6),
+                                    "groups: cover 8 responses, but the batch has 6");
 }

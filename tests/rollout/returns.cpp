@@ -54,8 +54,8 @@ void whiten_params(rlpo_test::TorchReference::Case& c, const WhitenOptions& w) {
 }
 }  // namespace
 
-TEMPLATE_TEST_CASE("reinforce++ / ++baseline / gae agree with the PyTorch reference", "[rollout][returns][torch]",
-                   float, double) {
+TEMPLATE_TEST_CASE("reinforce++ / ++baseline / gae agree with the PyTorch reference",
+                   "[rollout][returns][torch]", float, double) {
     using S = TestType;
     rlpo_test::TorchReference tr("rollout", std::string("ret_") + (sizeof(S) == 4 ? "f" : "d"));
     enum Kind { RPP, RPPB, GAE, REMAX };
@@ -80,14 +80,18 @@ TEMPLATE_TEST_CASE("reinforce++ / ++baseline / gae agree with the PyTorch refere
             run.rpp.whiten = whiten;
             if (gamma == 0.9) run.rpp.whitening = WhitenOptions::openrlhf();
             auto& c = tr.add<S>("reinforce_pp");
-            c.in("token_rewards", run.r).in("mask", run.m).p("gamma", gamma).s("whiten", whiten ? "yes" : "no");
+            c.in("token_rewards", run.r)
+                .in("mask", run.m)
+                .p("gamma", gamma)
+                .s("whiten", whiten ? "yes" : "no");
             whiten_params<S>(c, run.rpp.whitening);
             runs.push_back(run);
         }
     for (const auto& o : {ReinforcePPBaselineOptions{}, ReinforcePPBaselineOptions::verl()}) {
         const auto b = rollout_test::grouped_batch(seed++, 4, 4);
         rt::Generator gen(seed++);
-        Run run{RPPB, {}, {}, holey_mask<S>(gen, b.n(), T), b.scores.cast<S>(), b.groups, {}, o, {}};
+        Run run{RPPB, {}, {}, holey_mask<S>(gen, b.n(), T), b.scores.cast<S>(), b.groups,
+                {},   o,  {}};
         auto& c = tr.add<S>("reinforce_pp_baseline");
         c.in("scores", Mat<S>(run.scores)).in("group_ids", b.ids).in("mask", run.m);
         c.s("singleton", o.singleton == rr::SingletonGroups::RawScore ? "raw" : "zero");
@@ -140,7 +144,8 @@ TEMPLATE_TEST_CASE("reinforce++ / ++baseline / gae agree with the PyTorch refere
     }
 }
 
-TEST_CASE("gae: λ = 1 is discounted return minus value, λ = 0 the TD error", "[rollout][returns][properties]") {
+TEST_CASE("gae: λ = 1 is discounted return minus value, λ = 0 the TD error",
+          "[rollout][returns][properties]") {
     rt::Generator gen(11);
     const Index B = 6, T = 10;
     const Mat<double> m = gen.mask(B, T, 1, true), r = gen.normal(B, T), v = gen.normal(B, T);
@@ -166,7 +171,8 @@ TEST_CASE("gae: λ = 1 is discounted return minus value, λ = 0 the TD error", "
                 CHECK(one.advantages(i, t) == Approx(G(i, t) - v(i, t)).margin(1e-12));
                 CHECK(one.returns(i, t) == Approx(G(i, t)).margin(1e-12));  // λ = 1: returns = G
                 const double vnext = (t + 1 < T && m(i, t + 1) != 0) ? v(i, t + 1) : 0.0;
-                CHECK(zero.advantages(i, t) == Approx(r(i, t) + gamma * vnext - v(i, t)).margin(1e-12));
+                CHECK(zero.advantages(i, t) ==
+                      Approx(r(i, t) + gamma * vnext - v(i, t)).margin(1e-12));
             }
     }
     // closed form: one outcome reward at the end, γ = 1, zero values ⇒ every token's return is it
@@ -182,7 +188,8 @@ TEST_CASE("gae: λ = 1 is discounted return minus value, λ = 0 the TD error", "
     CHECK(g.advantages(0, 4) == 0.0);
 }
 
-TEST_CASE("whitening: moments, degenerate counts, masked entries never read", "[rollout][returns][properties]") {
+TEST_CASE("whitening: moments, degenerate counts, masked entries never read",
+          "[rollout][returns][properties]") {
     rt::Generator gen(12);
     const Mat<double> m = gen.mask(8, 6, 1, true);
     Mat<double> x = poison<double>(gen.normal(8, 6, 3.0, 1.0), m);
@@ -226,60 +233,77 @@ TEST_CASE("whitening: moments, degenerate counts, masked entries never read", "[
     CHECK(A(b.groups.begin(1), 0) == A(b.groups.begin(2), 0));  // singleton and all-equal group
 }
 
-TEST_CASE("remax: outcome reward minus the greedy baseline on every token", "[rollout][returns][properties]") {
+TEST_CASE("remax: outcome reward minus the greedy baseline on every token",
+          "[rollout][returns][properties]") {
     rt::Generator gen(21);
     const Mat<double> m = gen.mask(5, 7, 1, true);
     const Vec<double> s = gen.normal(5, 1).col(0), b = gen.normal(5, 1).col(0);
     const Mat<double> r = rr::outcome_token_rewards(s, m);
     const auto out = rr::remax_advantages(r, b, m);
     for (Index i = 0; i < 5; ++i)
-        for (Index t = 0; t < 7; ++t) CHECK(out.advantages(i, t) == (m(i, t) != 0 ? Approx(s(i) - b(i)) : Approx(0.0)));
+        for (Index t = 0; t < 7; ++t)
+            CHECK(out.advantages(i, t) == (m(i, t) != 0 ? Approx(s(i) - b(i)) : Approx(0.0)));
     // reward-to-go equals the undiscounted REINFORCE++ return on prefix masks
     ReinforcePPOptions o;
     o.whiten = false;
     const Mat<double> rn = gen.normal(5, 7);
-    CHECK((rr::remax_advantages(rn, b, m).returns - rr::reinforce_pp_advantages(rn, m, o).returns).cwiseAbs().maxCoeff() < 1e-12);
+    CHECK((rr::remax_advantages(rn, b, m).returns - rr::reinforce_pp_advantages(rn, m, o).returns)
+              .cwiseAbs()
+              .maxCoeff() < 1e-12);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::remax_advantages(rn, Vec<double>::Zero(4), m),
-                                    "rollout::remax_advantages(): greedy_baseline: expected 5 entries (rows of token_rewards), given 4");
+                                    "rollout::remax_advantages(): greedy_baseline: expected 5 "
+                                    "entries (rows of token_rewards), given 4");
 }
 
-TEST_CASE("token advantages: bad input gives the documented error", "[rollout][returns][bad-input]") {
+TEST_CASE("token advantages: bad input gives the documented error",
+          "[rollout][returns][bad-input]") {
     const Mat<double> r = Mat<double>::Ones(2, 3), m = Mat<double>::Ones(2, 3), small(2, 2);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::reinforce_pp_advantages(r, small),
-                                    "rollout::reinforce_pp_advantages(): mask: expected shape [2, 3]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(r, small, m), "rollout::gae_advantages(): values: expected shape [2, 3]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::reinforce_pp_advantages(r, small),
+        "rollout::reinforce_pp_advantages(): mask: expected shape [2, 3]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(r, small, m),
+                                    "rollout::gae_advantages(): values: expected shape [2, 3]");
     Mat<double> bad = r;
     bad(1, 2) = nan_d;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::reinforce_pp_advantages(bad, m), "token_rewards: non-finite value nan at [1, 2]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(r, bad, m), "values: non-finite value nan at [1, 2]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::reinforce_pp_advantages(bad, m),
+                                    "token_rewards: non-finite value nan at [1, 2]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(r, bad, m),
+                                    "values: non-finite value nan at [1, 2]");
     Mat<double> m2 = m;
     m2(1, 2) = 0;  // the NaN is masked: fine
     CHECK_NOTHROW(rr::gae_advantages(r, bad, m2));
     GAEOptions o;
     o.lambda = 1.5;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(r, r, m, o), "lambda: must be in [0, 1], given 1.5");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(r, r, m, o),
+                                    "lambda: must be in [0, 1], given 1.5");
     o = {};
     o.gamma = -0.1;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(r, r, m, o), "gamma: must be in [0, 1]");
     o = {};
     o.whitening.epsilon = -1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(r, r, m, o), "whitening.epsilon: must be >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(r, r, m, o),
+                                    "whitening.epsilon: must be >= 0");
     Vec<double> s(3);
     s << 1, 2, 3;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::reinforce_pp_baseline_advantages(s, rr::Groups::equal(3, 3), m),
-                                    "mask: expected 3 rows (one per score), given 2");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::reinforce_pp_baseline_advantages(s, rr::Groups::equal(2, 2), m),
-                                    "scores: has 3 entries, but the groups cover 2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::reinforce_pp_baseline_advantages(s, rr::Groups::equal(3, 3), m),
+        "mask: expected 3 rows (one per score), given 2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::reinforce_pp_baseline_advantages(s, rr::Groups::equal(2, 2), m),
+        "scores: has 3 entries, but the groups cover 2");
     Mat<double> mneg = m;
     mneg(0, 0) = -1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::whiten(r, mneg), "rollout::whiten(): mask: entries must be finite and >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::whiten(r, mneg),
+                                    "rollout::whiten(): mask: entries must be finite and >= 0");
 }
 
 #if defined(RLPO_USE_OPENMP)
-TEST_CASE("token advantages: bitwise identical with 1 and several threads", "[rollout][returns][threads]") {
+TEST_CASE("token advantages: bitwise identical with 1 and several threads",
+          "[rollout][returns][threads]") {
     rt::Generator gen(99);
     const Index B = 300, T = 40;  // above the parallel threshold
-    const Mat<float> m = gen.mask<float>(B, T, 1, true), r = gen.normal<float>(B, T), v = gen.normal<float>(B, T);
+    const Mat<float> m = gen.mask<float>(B, T, 1, true), r = gen.normal<float>(B, T),
+                     v = gen.normal<float>(B, T);
     const auto b = rollout_test::grouped_batch(5, 60, 5);
     const Mat<float> mb = gen.mask<float>(b.n(), T, 1, true);
     const auto run = [&] {

@@ -21,7 +21,8 @@ namespace rr = rlpo::rollout;
 namespace rt = rlpo::testing;
 constexpr double nan_d = std::numeric_limits<double>::quiet_NaN();
 
-TEMPLATE_TEST_CASE("shaping rules agree with the PyTorch reference", "[rollout][shaping][torch]", float, double) {
+TEMPLATE_TEST_CASE("shaping rules agree with the PyTorch reference", "[rollout][shaping][torch]",
+                   float, double) {
     using S = TestType;
     rlpo_test::TorchReference tr("rollout", std::string("shape_") + (sizeof(S) == 4 ? "f" : "d"));
     std::vector<std::function<void(std::size_t)>> checks;
@@ -31,7 +32,8 @@ TEMPLATE_TEST_CASE("shaping rules agree with the PyTorch reference", "[rollout][
     for (const auto& o : {OverlongOptions::dapo(100, 20), OverlongOptions::verl(100, 20, 0.5),
                           OverlongOptions::dapo(64, 64)}) {
         Vec<S> L(12);
-        for (Index k = 0; k < 10; ++k) L(k) = static_cast<S>(std::floor(gen.uniform(0, o.max_length * 1.2)));
+        for (Index k = 0; k < 10; ++k)
+            L(k) = static_cast<S>(std::floor(gen.uniform(0, o.max_length * 1.2)));
         L(10) = static_cast<S>(o.max_length - o.cache_length);
         L(11) = static_cast<S>(o.max_length);
         auto& c = tr.add<S>("overlong");
@@ -39,7 +41,8 @@ TEMPLATE_TEST_CASE("shaping rules agree with the PyTorch reference", "[rollout][
         c.p("penalty_factor", o.penalty_factor).s("clip", o.clip_beyond_max ? "yes" : "no");
         checks.push_back([&tr, L, o, tol](std::size_t i) {
             const Vec<S> p = rr::overlong_penalty(L, o);
-            CHECK(rlpo_test::max_rel_err(Mat<double>(p.template cast<double>()), tr.out(i, "penalty")) < tol);
+            CHECK(rlpo_test::max_rel_err(Mat<double>(p.template cast<double>()),
+                                         tr.out(i, "penalty")) < tol);
         });
     }
     auto cmp = [&tr, tol](std::size_t i, const char* name, const Mat<double>& x) {
@@ -75,20 +78,39 @@ TEMPLATE_TEST_CASE("shaping rules agree with the PyTorch reference", "[rollout][
         const double factor = rep * 0.1;
         auto& c1 = tr.add<S>("kimi");
         c1.in("lengths", Mat<S>(L)).in("correct", Mat<S>(c)).in("group_ids", b.ids);
-        checks.push_back([=](std::size_t i) { cmp(i, "reward", vm(rr::kimi_length_reward(L, c, b.groups))); });
+        checks.push_back(
+            [=](std::size_t i) { cmp(i, "reward", vm(rr::kimi_length_reward(L, c, b.groups))); });
         auto& c2 = tr.add<S>("grpo_lambda");
-        c2.in("correct", Mat<S>(c)).in("length_rewards", Mat<S>(lenr)).in("group_ids", b.ids).p("top_fraction", frac);
-        checks.push_back([=](std::size_t i) { cmp(i, "reward", vm(rr::grpo_lambda_rewards(c, lenr, b.groups, frac))); });
+        c2.in("correct", Mat<S>(c))
+            .in("length_rewards", Mat<S>(lenr))
+            .in("group_ids", b.ids)
+            .p("top_fraction", frac);
+        checks.push_back([=](std::size_t i) {
+            cmp(i, "reward", vm(rr::grpo_lambda_rewards(c, lenr, b.groups, frac)));
+        });
         auto& c3 = tr.add<S>("dot");
-        c3.in("scores", Mat<S>(sc)).in("lengths", Mat<S>(L)).in("correct", Mat<S>(c)).in("group_ids", b.ids);
+        c3.in("scores", Mat<S>(sc))
+            .in("lengths", Mat<S>(L))
+            .in("correct", Mat<S>(c))
+            .in("group_ids", b.ids);
         c3.p("k_sigma", dot.k_sigma).p("outlier_score", dot.outlier_score);
-        checks.push_back([=](std::size_t i) { cmp(i, "scores", vm(rr::dot_outlier_truncation(sc, L, c, b.groups, dot))); });
+        checks.push_back([=](std::size_t i) {
+            cmp(i, "scores", vm(rr::dot_outlier_truncation(sc, L, c, b.groups, dot)));
+        });
         auto& c4 = tr.add<S>("stcr");
-        c4.in("adv", Mat<S>(adv)).in("lengths", Mat<S>(L)).in("correct", Mat<S>(c)).in("group_ids", b.ids).p("base", base);
-        checks.push_back([=](std::size_t i) { cmp(i, "adv", vm(rr::stcr_scale_advantages(adv, L, c, b.groups, base))); });
+        c4.in("adv", Mat<S>(adv))
+            .in("lengths", Mat<S>(L))
+            .in("correct", Mat<S>(c))
+            .in("group_ids", b.ids)
+            .p("base", base);
+        checks.push_back([=](std::size_t i) {
+            cmp(i, "adv", vm(rr::stcr_scale_advantages(adv, L, c, b.groups, base)));
+        });
         auto& c5 = tr.add<S>("truncation");
         c5.in("rewards", Mat<S>(sc)).in("truncated", Mat<S>(trunc)).p("factor", factor);
-        checks.push_back([=](std::size_t i) { cmp(i, "rewards", vm(rr::truncation_penalty(sc, trunc, factor))); });
+        checks.push_back([=](std::size_t i) {
+            cmp(i, "rewards", vm(rr::truncation_penalty(sc, trunc, factor)));
+        });
     }
     // ARLCP and GRPO-CARE
     for (int rep = 0; rep < 3; ++rep) {
@@ -107,12 +129,18 @@ TEMPLATE_TEST_CASE("shaping rules agree with the PyTorch reference", "[rollout][
         rr::CAREOptions co;
         if (rep == 1) co.margin = 0.0, co.bonus_coef = 1.0;
         auto& c1 = tr.add<S>("arlcp");
-        c1.in("correct", Mat<S>(c)).in("reflections", Mat<S>(refl)).in("lengths", Mat<S>(L)).in("group_ids", b.ids);
-        checks.push_back([=](std::size_t i) { cmp(i, "reward", vm(rr::arlcp_rewards(c, refl, L, b.groups))); });
+        c1.in("correct", Mat<S>(c))
+            .in("reflections", Mat<S>(refl))
+            .in("lengths", Mat<S>(L))
+            .in("group_ids", b.ids);
+        checks.push_back(
+            [=](std::size_t i) { cmp(i, "reward", vm(rr::arlcp_rewards(c, refl, L, b.groups))); });
         auto& c2 = tr.add<S>("care");
         c2.in("accuracy", Mat<S>(acc)).in("consistency", Mat<S>(cons)).in("group_ids", b.ids);
         c2.p("bonus_coef", co.bonus_coef).p("margin", co.margin);
-        checks.push_back([=](std::size_t i) { cmp(i, "bonus", vm(rr::care_consistency_bonus(acc, cons, b.groups, co))); });
+        checks.push_back([=](std::size_t i) {
+            cmp(i, "bonus", vm(rr::care_consistency_bonus(acc, cons, b.groups, co)));
+        });
     }
     // reward components with TRL's nansum (NaN components skipped; an all-NaN row scores 0)
     for (int variant = 0; variant < 2; ++variant) {
@@ -120,19 +148,24 @@ TEMPLATE_TEST_CASE("shaping rules agree with the PyTorch reference", "[rollout][
         Mat<S> R = g2.normal<S>(7, 3);
         R(1, 2) = std::numeric_limits<S>::quiet_NaN();
         R.row(4).setConstant(std::numeric_limits<S>::quiet_NaN());
-        const std::vector<double> w = variant == 0 ? std::vector<double>{} : std::vector<double>{1.0, 0.25, -2.0};
+        const std::vector<double> w =
+            variant == 0 ? std::vector<double>{} : std::vector<double>{1.0, 0.25, -2.0};
         auto& c = tr.add<S>("combine");
         c.in("rewards", R);
         if (!w.empty()) c.p("weights", Mat<double>(Eigen::Map<const Mat<double>>(w.data(), 3, 1)));
-        checks.push_back([=](std::size_t i) { cmp(i, "reward", vm(rr::combine_rewards(R, w, rr::NanScores::AsZero))); });
+        checks.push_back([=](std::size_t i) {
+            cmp(i, "reward", vm(rr::combine_rewards(R, w, rr::NanScores::AsZero)));
+        });
     }
     // ensembles
     for (int mode = 0; mode < 4; ++mode) {
         rt::Generator g2(seed++);
         const Mat<S> R = g2.normal<S>(9, 5);
-        rr::EnsembleOptions o = mode == 0 ? rr::EnsembleOptions::mean()
-                                : mode == 1 ? rr::EnsembleOptions::worst_case()
-                                            : rr::EnsembleOptions::uncertainty_weighted(0.7, mode == 2 ? rr::StdKind::Population : rr::StdKind::Sample);
+        rr::EnsembleOptions o =
+            mode == 0   ? rr::EnsembleOptions::mean()
+            : mode == 1 ? rr::EnsembleOptions::worst_case()
+                        : rr::EnsembleOptions::uncertainty_weighted(
+                              0.7, mode == 2 ? rr::StdKind::Population : rr::StdKind::Sample);
         auto& c = tr.add<S>("ensemble");
         c.in("rewards", R).s("mode", mode == 0 ? "mean" : mode == 1 ? "wco" : "uwo");
         c.s("variance", mode == 3 ? "sample" : "population").p("lambda", o.uncertainty_coef);
@@ -149,7 +182,10 @@ TEMPLATE_TEST_CASE("shaping rules agree with the PyTorch reference", "[rollout][
         }
         const double t = 3.5;
         auto& c = tr.add<S>("ctrl");
-        c.in("rewards", Mat<S>(r)).in("base", base).p("t", t).s("ties", ties == rr::CalibrationTies::LessEqual ? "le" : "mid");
+        c.in("rewards", Mat<S>(r))
+            .in("base", base)
+            .p("t", t)
+            .s("ties", ties == rr::CalibrationTies::LessEqual ? "le" : "mid");
         checks.push_back([=](std::size_t i) {
             const Vec<S> u = rr::ctrl_calibrate(r, base, ties);
             cmp(i, "u", vm(u));
@@ -170,18 +206,23 @@ TEMPLATE_TEST_CASE("shaping rules agree with the PyTorch reference", "[rollout][
             ref(0, 0) = old(0, 0) - S(25);  // beyond the clamps
             Mat<S> sc = g2.normal<S>(B, T);
             for (Index k = 0; k < m.size(); ++k)
-                if (m.data()[k] == 0) sc.data()[k] = std::numeric_limits<S>::quiet_NaN();  // never read
-            const auto o = trl ? rlpo::penalties::KLOptions::trl(e) : rlpo::penalties::KLOptions::verl(e);
+                if (m.data()[k] == 0)
+                    sc.data()[k] = std::numeric_limits<S>::quiet_NaN();  // never read
+            const auto o =
+                trl ? rlpo::penalties::KLOptions::trl(e) : rlpo::penalties::KLOptions::verl(e);
             const double beta = 0.05;
             auto& c = tr.add<S>("kl_in_reward");
             c.in("token_scores", sc).in("old_logp", old).in("ref_logp", ref).in("mask", m);
-            c.p("beta", beta).p("log_ratio_clamp", o.log_ratio_clamp).p("value_clamp", o.value_clamp);
+            c.p("beta", beta)
+                .p("log_ratio_clamp", o.log_ratio_clamp)
+                .p("value_clamp", o.value_clamp);
             c.s("estimator", rlpo::penalties::to_string(e));
             checks.push_back([=, &tr](std::size_t i) {
                 const auto res = rr::kl_in_reward(sc, old, ref, m, beta, o);
                 cmp(i, "token_rewards", res.rewards.template cast<double>());
                 cmp(i, "seq_kl", vm(res.seq_kl));
-                CHECK(rlpo_test::rel_err(res.metrics["reward_kl_penalty"], tr.scalar(i, "reward_kl_penalty")) < tol);
+                CHECK(rlpo_test::rel_err(res.metrics["reward_kl_penalty"],
+                                         tr.scalar(i, "reward_kl_penalty")) < tol);
                 CHECK(res.metrics["reward_kl_penalty_coeff"] == beta);
             });
         }
@@ -220,7 +261,8 @@ TEST_CASE("shaping rules: closed forms and properties", "[rollout][shaping][prop
     CHECK(k(1) == 0.0);
     CHECK(k(2) == -0.5);
     CHECK(k(3) == 0.0);  // wrong and shortest: min(0, 0.5)
-    CHECK(rr::kimi_length_reward(Vec<double>::Constant(3, 7.0), c.head(3), Groups::equal(3, 3)).isZero(0));
+    CHECK(rr::kimi_length_reward(Vec<double>::Constant(3, 7.0), c.head(3), Groups::equal(3, 3))
+              .isZero(0));
     // GRPO-λ: fraction 0 ⇒ 0/1 correctness everywhere, 1 ⇒ the length rewards everywhere
     const auto b = rollout_test::grouped_batch(31);
     Vec<double> cc(b.n()), lr(b.n());
@@ -254,13 +296,24 @@ TEST_CASE("shaping rules: closed forms and properties", "[rollout][shaping][prop
     rt::Generator gen(5);
     const Mat<double> R = gen.normal(6, 4);
     const Vec<double> mean = rr::ensemble_reward(R, rr::EnsembleOptions::mean());
-    CHECK((rr::ensemble_reward(R, rr::EnsembleOptions::worst_case()).array() <= mean.array()).all());
-    CHECK((rr::ensemble_reward(R, rr::EnsembleOptions::uncertainty_weighted(0.0, rr::StdKind::Sample)) - mean).cwiseAbs().maxCoeff() < 1e-15);
+    CHECK(
+        (rr::ensemble_reward(R, rr::EnsembleOptions::worst_case()).array() <= mean.array()).all());
+    CHECK((rr::ensemble_reward(
+               R, rr::EnsembleOptions::uncertainty_weighted(0.0, rr::StdKind::Sample)) -
+           mean)
+              .cwiseAbs()
+              .maxCoeff() < 1e-15);
     const Mat<double> same = R.col(0).replicate(1, 4);
-    CHECK((rr::ensemble_reward(same, rr::EnsembleOptions::uncertainty_weighted(2.0, rr::StdKind::Population)) - R.col(0)).cwiseAbs().maxCoeff() < 1e-15);
+    CHECK((rr::ensemble_reward(
+               same, rr::EnsembleOptions::uncertainty_weighted(2.0, rr::StdKind::Population)) -
+           R.col(0))
+              .cwiseAbs()
+              .maxCoeff() < 1e-15);
     // sample variance = population · K/(K − 1)
-    const Vec<double> up = rr::ensemble_reward(R, rr::EnsembleOptions::uncertainty_weighted(1.0, rr::StdKind::Population));
-    const Vec<double> us = rr::ensemble_reward(R, rr::EnsembleOptions::uncertainty_weighted(1.0, rr::StdKind::Sample));
+    const Vec<double> up = rr::ensemble_reward(
+        R, rr::EnsembleOptions::uncertainty_weighted(1.0, rr::StdKind::Population));
+    const Vec<double> us =
+        rr::ensemble_reward(R, rr::EnsembleOptions::uncertainty_weighted(1.0, rr::StdKind::Sample));
     CHECK(((mean - us) - (mean - up) * (4.0 / 3.0)).cwiseAbs().maxCoeff() < 1e-12);
     // CTRL: calibration is invariant to a monotone transform of the reward model
     const Mat<double> base = gen.normal(5, 9);
@@ -278,7 +331,8 @@ TEST_CASE("shaping rules: closed forms and properties", "[rollout][shaping][prop
     CHECK(same_kl.seq_kl.isZero(0));
     // k1 summed over a row equals Σ(old − ref), and β scales linearly
     const Mat<double> ref = gen.perturbed(lp, 0.5);
-    const auto k1 = rr::kl_in_reward(sc, lp, ref, m, 0.2, rlpo::penalties::KLOptions::verl(rlpo::penalties::KLEstimator::K1));
+    const auto k1 = rr::kl_in_reward(
+        sc, lp, ref, m, 0.2, rlpo::penalties::KLOptions::verl(rlpo::penalties::KLEstimator::K1));
     CHECK(k1.seq_kl(0) == Approx((lp.row(0) - ref.row(0)).sum()).epsilon(1e-12));
     CHECK(k1.rewards(1, 2) == Approx(sc(1, 2) - 0.2 * (lp(1, 2) - ref(1, 2))).epsilon(1e-12));
 }
@@ -300,7 +354,8 @@ TEST_CASE("ARLCP / GRPO-CARE: closed forms", "[rollout][shaping][properties]") {
     r1 << 90, 0;
     l1 << 7, 3;
     const Vec<double> one = rr::arlcp_rewards(c1, r1, l1, Groups::equal(2, 2));
-    CHECK(one(0) == Approx(1 - 0.15 * 0.5 - 0.05 * 0.5).epsilon(1e-12));  // z = 0 with σ := 1; tier 3
+    CHECK(one(0) ==
+          Approx(1 - 0.15 * 0.5 - 0.05 * 0.5).epsilon(1e-12));  // z = 0 with σ := 1; tier 3
     // CARE: bonus only for accurate and consistent responses, λ_b·acc
     Vec<double> acc(4), p(4);
     acc << 1, 1, 0, 1;
@@ -322,67 +377,97 @@ TEST_CASE("ARLCP / GRPO-CARE: closed forms", "[rollout][shaping][properties]") {
 TEST_CASE("shaping: bad input gives the documented error", "[rollout][shaping][bad-input]") {
     Vec<double> L(2);
     L << 10, 20;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::overlong_penalty(L, OverlongOptions{}), "rollout::overlong_penalty(): max_length: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::overlong_penalty(L, OverlongOptions{}),
+                                    "rollout::overlong_penalty(): max_length: must be > 0");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::overlong_penalty(L, OverlongOptions::dapo(10, 20)),
                                     "cache_length: must be in (0, max_length = 10], given 20");
     auto o = OverlongOptions::dapo(100, 20);
     o.penalty_factor = -1;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::overlong_penalty(L, o), "penalty_factor: must be >= 0");
     L(1) = nan_d;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::overlong_penalty(L, OverlongOptions::dapo(100, 20)),
-                                    "lengths: entries must be finite and >= 0, given nan at response 1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::overlong_penalty(L, OverlongOptions::dapo(100, 20)),
+        "lengths: entries must be finite and >= 0, given nan at response 1");
     Vec<double> r(2), f(3);
     r << 1, 0;
     f << 0, 1, 0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::truncation_penalty(r, f), "rollout::truncation_penalty(): truncated: expected 2 entries");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::truncation_penalty(r, r, 1.5), "factor: must be in [0, 1], given 1.5");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::truncation_penalty(r, f),
+                                    "rollout::truncation_penalty(): truncated: expected 2 entries");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::truncation_penalty(r, r, 1.5),
+                                    "factor: must be in [0, 1], given 1.5");
     const Groups g2 = Groups::equal(2, 2);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kimi_length_reward(f, r, g2), "rollout::kimi_length_reward(): lengths: has 3 entries, but the groups cover 2");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_lambda_rewards(r, r, g2, 1.2), "top_fraction: must be in [0, 1], given 1.2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::kimi_length_reward(f, r, g2),
+        "rollout::kimi_length_reward(): lengths: has 3 entries, but the groups cover 2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_lambda_rewards(r, r, g2, 1.2),
+                                    "top_fraction: must be in [0, 1], given 1.2");
     rr::DOTOptions d;
     d.k_sigma = -1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::dot_outlier_truncation(r, r, r, g2, d), "k_sigma: must be >= 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::stcr_scale_advantages(r, r, r, g2, 1.0), "base: must be > 1, given 1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::dot_outlier_truncation(r, r, r, g2, d),
+                                    "k_sigma: must be >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::stcr_scale_advantages(r, r, r, g2, 1.0),
+                                    "base: must be > 1, given 1");
     Vec<double> lneg = r;
     lneg(0) = -2;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::stcr_scale_advantages(r, lneg, r, g2), "lengths: entries must be finite and >= 0, given -2");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ensemble_reward(Mat<double>::Ones(3, 1), rr::EnsembleOptions::uncertainty_weighted(1, rr::StdKind::Sample)),
-                                    "rollout::ensemble_reward(): rewards: the sample variance needs at least 2 reward models");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ensemble_reward(Mat<double>::Ones(3, 2), rr::EnsembleOptions::uncertainty_weighted(-1, rr::StdKind::Sample)),
-                                    "uncertainty_coef: must be >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::stcr_scale_advantages(r, lneg, r, g2),
+                                    "lengths: entries must be finite and >= 0, given -2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::ensemble_reward(Mat<double>::Ones(3, 1),
+                            rr::EnsembleOptions::uncertainty_weighted(1, rr::StdKind::Sample)),
+        "rollout::ensemble_reward(): rewards: the sample variance needs at least 2 reward models");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::ensemble_reward(Mat<double>::Ones(3, 2),
+                            rr::EnsembleOptions::uncertainty_weighted(-1, rr::StdKind::Sample)),
+        "uncertainty_coef: must be >= 0");
     Mat<double> Rn = Mat<double>::Ones(3, 2);
     Rn(2, 1) = nan_d;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ensemble_reward(Rn, rr::EnsembleOptions::mean()), "rewards: non-finite value nan at [2, 1]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ctrl_calibrate(r, Mat<double>::Ones(3, 4)), "rollout::ctrl_calibrate(): base_rewards: expected 2 rows");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ensemble_reward(Rn, rr::EnsembleOptions::mean()),
+                                    "rewards: non-finite value nan at [2, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ctrl_calibrate(r, Mat<double>::Ones(3, 4)),
+                                    "rollout::ctrl_calibrate(): base_rewards: expected 2 rows");
     Mat<double> Rc = Mat<double>::Ones(2, 2);
     Rc(1, 0) = nan_d;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::combine_rewards(Rc), "rollout::combine_rewards(): rewards: NaN at [1, 0]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::combine_rewards(Rc),
+                                    "rollout::combine_rewards(): rewards: NaN at [1, 0]");
     CHECK(rr::combine_rewards(Rc, {}, rr::NanScores::AsZero)(1) == 1.0);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::combine_rewards(Rc, {1.0}), "weights: expected 2 entries (columns of rewards), given 1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::combine_rewards(Rc, {1.0}),
+                                    "weights: expected 2 entries (columns of rewards), given 1");
     Rc(1, 0) = std::numeric_limits<double>::infinity();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::combine_rewards(Rc, {}, rr::NanScores::AsZero), "rewards: non-finite value inf at [1, 0]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::combine_rewards(Rc, {}, rr::NanScores::AsZero),
+                                    "rewards: non-finite value inf at [1, 0]");
     rr::ARLCPOptions ao;
     ao.weight_high = 0.3;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::arlcp_rewards(r, r, r, g2, ao), "rollout::arlcp_rewards(): weights: each reflection weight must be in [0, total_weight = 0.2], given 0.3");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::arlcp_rewards(r, r, r, g2, ao),
+                                    "rollout::arlcp_rewards(): weights: each reflection weight "
+                                    "must be in [0, total_weight = 0.2], given 0.3");
     ao = {};
     ao.tier_low = 100;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::arlcp_rewards(r, r, r, g2, ao), "tier_low: must be <= tier_high");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::arlcp_rewards(r, lneg, r, g2), "reflection_counts: entries must be finite and >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::arlcp_rewards(r, r, r, g2, ao),
+                                    "tier_low: must be <= tier_high");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::arlcp_rewards(r, lneg, r, g2),
+                                    "reflection_counts: entries must be finite and >= 0");
     rr::CAREOptions co;
     co.margin = -0.1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::care_consistency_bonus(r, r, g2, co), "rollout::care_consistency_bonus(): margin: must be >= 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::care_consistency_bonus(r, f, g2), "consistency: has 3 entries, but the groups cover 2");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ctrl_transform(r, 0.0), "rollout::ctrl_transform(): t: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::care_consistency_bonus(r, r, g2, co),
+                                    "rollout::care_consistency_bonus(): margin: must be >= 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::care_consistency_bonus(r, f, g2),
+                                    "consistency: has 3 entries, but the groups cover 2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ctrl_transform(r, 0.0),
+                                    "rollout::ctrl_transform(): t: must be > 0");
     Vec<double> u(2);
     u << 0.5, 1.5;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ctrl_transform(u, 1.0), "calibrated: must be in [0, 1], given 1.5 at response 1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::ctrl_transform(u, 1.0),
+                                    "calibrated: must be in [0, 1], given 1.5 at response 1");
     const Mat<double> m = Mat<double>::Ones(2, 3), x = Mat<double>::Zero(2, 3);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kl_in_reward(x, x, Mat<double>::Zero(2, 2), m, 0.1), "penalties::kl_in_reward(): ref_logp: expected shape [2, 3]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kl_in_reward(x, x, Mat<double>::Zero(2, 2), m, 0.1),
+                                    "penalties::kl_in_reward(): ref_logp: expected shape [2, 3]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kl_in_reward(x, x, x, m, -0.1), "beta: must be >= 0");
     Mat<double> xn = x;
     xn(1, 1) = nan_d;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kl_in_reward(x, xn, x, m, 0.1), "old_logp: NaN at [1, 1]");
     Mat<double> ninf = Mat<double>::Constant(2, 3, -std::numeric_limits<double>::infinity());
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::kl_in_reward(x, ninf, ninf, m, 0.1, rlpo::penalties::KLOptions::trl(rlpo::penalties::KLEstimator::K1)),
-                                    "give an undefined (NaN) loss");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::kl_in_reward(x, ninf, ninf, m, 0.1,
+                         rlpo::penalties::KLOptions::trl(rlpo::penalties::KLEstimator::K1)),
+        "give an undefined (NaN) loss");
 }

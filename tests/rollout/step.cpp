@@ -104,7 +104,9 @@ TEST_CASE("training step: gradients equal central finite differences", "[rollout
             target = x;
             StepInputs<double> in2;
             fill(in2, d, 0, d.logp.rows(), true, true);
-            const double v = step(in2, {rlpo::no_grad<double>(), rlpo::no_grad<double>(), rlpo::no_grad<double>()}).loss;
+            const double v = step(in2, {rlpo::no_grad<double>(), rlpo::no_grad<double>(),
+                                        rlpo::no_grad<double>()})
+                                 .loss;
             target = keep;
             return v;
         };
@@ -112,21 +114,22 @@ TEST_CASE("training step: gradients equal central finite differences", "[rollout
         const auto skip_lp = [&](Index k) {
             if (d.mask.data()[k] == 0) return true;
             const double lr = d.logp.data()[k] - d.old.data()[k], ratio = std::exp(lr);
-            return std::abs(ratio - 0.8) < 1e-4 || std::abs(ratio - 1.2) < 1e-4 || std::abs(ratio - 3.0) < 1e-4;
+            return std::abs(ratio - 0.8) < 1e-4 || std::abs(ratio - 1.2) < 1e-4 ||
+                   std::abs(ratio - 3.0) < 1e-4;
         };
-        rlpo_test::require_fd_gradient([&](const Mat<double>& x) { return loss_with(d.logp, x); }, d.logp,
-                                       r.grad_logp, 1e-6, 1e-9, skip_lp);
+        rlpo_test::require_fd_gradient([&](const Mat<double>& x) { return loss_with(d.logp, x); },
+                                       d.logp, r.grad_logp, 1e-6, 1e-9, skip_lp);
         const Index T = d.logp.cols();
-        rlpo_test::require_fd_gradient([&](const Mat<double>& x) { return loss_with(d.logits, x); }, d.logits,
-                                       r.grad_logits, 1e-6, 1e-9,
+        rlpo_test::require_fd_gradient([&](const Mat<double>& x) { return loss_with(d.logits, x); },
+                                       d.logits, r.grad_logits, 1e-6, 1e-9,
                                        [&](Index k) { return d.mask.data()[k / d.V] == 0; });
         const auto skip_v = [&](Index k) {
             if (d.mask.data()[k] == 0) return true;
             const double dv = d.values.data()[k] - d.old_values.data()[k];
             return std::abs(std::abs(dv) - 0.5) < 1e-4;
         };
-        rlpo_test::require_fd_gradient([&](const Mat<double>& x) { return loss_with(d.values, x); }, d.values,
-                                       r.grad_values, 1e-6, 1e-9, skip_v);
+        rlpo_test::require_fd_gradient([&](const Mat<double>& x) { return loss_with(d.values, x); },
+                                       d.values, r.grad_values, 1e-6, 1e-9, skip_v);
         for (Index i = 0; i < d.mask.rows(); ++i)
             for (Index t = 0; t < T; ++t)
                 if (d.mask(i, t) == 0) {
@@ -137,8 +140,8 @@ TEST_CASE("training step: gradients equal central finite differences", "[rollout
     }
 }
 
-TEMPLATE_TEST_CASE("training step: agrees with the PyTorch autograd reference", "[rollout][step][torch]",
-                   float, double) {
+TEMPLATE_TEST_CASE("training step: agrees with the PyTorch autograd reference",
+                   "[rollout][step][torch]", float, double) {
     using S = TestType;
     rlpo_test::TorchReference ref("step", std::string("step_") + (sizeof(S) == 4 ? "f" : "d"));
     struct Run {
@@ -151,7 +154,8 @@ TEMPLATE_TEST_CASE("training step: agrees with the PyTorch autograd reference", 
     for (Aggregation mode : rlpo_test::all_modes())
         for (int variant = 0; variant < 3; ++variant) {
             Run r{make_data<S>(seed++), full_options(mode), variant != 1, variant != 2};
-            if (variant == 1) r.o.entropy_coef = 0.0, r.o.policy.vanilla = rlpo::policy::PPOClipOptions::dapo();
+            if (variant == 1)
+                r.o.entropy_coef = 0.0, r.o.policy.vanilla = rlpo::policy::PPOClipOptions::dapo();
             if (variant == 2) r.o.value_coef = 0.0;
             if (mode == Aggregation::SeqMeanTokenSumNorm) r.o.norm.norm_constant = 30.0;
             if (seed % 2 == 0) r.o.norm.num_tokens = 90.0, r.o.norm.num_seqs = 11.0;
@@ -162,13 +166,22 @@ TEMPLATE_TEST_CASE("training step: agrees with the PyTorch autograd reference", 
                 if (r.d.mask.data()[k] == 0) lp.data()[k] = 0, v.data()[k] = 0;
             for (Index k = 0; k < z.size(); ++k)
                 if (std::isnan(static_cast<double>(z.data()[k]))) z.data()[k] = 0;
-            c.in("logp", lp).in("old_logp", r.d.old).in("ref_logp", r.d.ref).in("advantages", r.d.adv).in("mask", r.d.mask);
+            c.in("logp", lp)
+                .in("old_logp", r.d.old)
+                .in("ref_logp", r.d.ref)
+                .in("advantages", r.d.adv)
+                .in("mask", r.d.mask);
             if (r.logits) c.in("logits", z);
-            if (r.values) c.in("values", v).in("old_values", r.d.old_values).in("returns", r.d.returns);
+            if (r.values)
+                c.in("values", v).in("old_values", r.d.old_values).in("returns", r.d.returns);
             const auto& ppo = r.o.policy.vanilla;
-            c.p("clip_low", ppo.clip_low).p("clip_high", ppo.clip_high).p("log_ratio_clamp", ppo.log_ratio_clamp);
+            c.p("clip_low", ppo.clip_low)
+                .p("clip_high", ppo.clip_high)
+                .p("log_ratio_clamp", ppo.log_ratio_clamp);
             if (ppo.dual_clip) c.p("dual_clip", *ppo.dual_clip);
-            c.p("kl_coef", r.o.kl_coef).p("entropy_coef", r.o.entropy_coef).p("value_coef", r.o.value_coef);
+            c.p("kl_coef", r.o.kl_coef)
+                .p("entropy_coef", r.o.entropy_coef)
+                .p("value_coef", r.o.value_coef);
             c.p("value_clip", *r.o.value.clip);
             c.s("agg", rlpo::to_string(mode));
             if (r.o.norm.num_tokens) c.p("num_tokens", *r.o.norm.num_tokens);
@@ -187,14 +200,22 @@ TEMPLATE_TEST_CASE("training step: agrees with the PyTorch autograd reference", 
         const auto res = step(in);
         CHECK(rlpo_test::rel_err(res.loss, ref.scalar(k, "loss")) < tol);
         CHECK(rlpo_test::max_rel_err(res.grad_logp, ref.out(k, "grad_logp")) < tol);
-        if (r.logits) CHECK(rlpo_test::max_rel_err(res.grad_logits, ref.out(k, "grad_logits")) < tol);
-        if (r.values) CHECK(rlpo_test::max_rel_err(res.grad_values, ref.out(k, "grad_values")) < tol);
-        CHECK(rlpo_test::rel_err(res.metrics["actor/pg_clipfrac"], ref.scalar(k, "pg_clipfrac"), 1e-12) < tol);
-        CHECK(rlpo_test::rel_err(res.metrics["actor/ppo_kl"], ref.scalar(k, "ppo_kl"), 1e-12) < tol);
-        CHECK(rlpo_test::rel_err(res.metrics["actor/kl_loss"], ref.scalar(k, "kl_loss"), 1e-12) < tol);
-        if (r.logits) CHECK(rlpo_test::rel_err(res.metrics["actor/entropy"], ref.scalar(k, "entropy"), 1e-12) < tol);
+        if (r.logits)
+            CHECK(rlpo_test::max_rel_err(res.grad_logits, ref.out(k, "grad_logits")) < tol);
         if (r.values)
-            CHECK(rlpo_test::rel_err(res.metrics["critic/vf_clipfrac"], ref.scalar(k, "vf_clipfrac"), 1e-12) < tol);
+            CHECK(rlpo_test::max_rel_err(res.grad_values, ref.out(k, "grad_values")) < tol);
+        CHECK(rlpo_test::rel_err(res.metrics["actor/pg_clipfrac"], ref.scalar(k, "pg_clipfrac"),
+                                 1e-12) < tol);
+        CHECK(rlpo_test::rel_err(res.metrics["actor/ppo_kl"], ref.scalar(k, "ppo_kl"), 1e-12) <
+              tol);
+        CHECK(rlpo_test::rel_err(res.metrics["actor/kl_loss"], ref.scalar(k, "kl_loss"), 1e-12) <
+              tol);
+        if (r.logits)
+            CHECK(rlpo_test::rel_err(res.metrics["actor/entropy"], ref.scalar(k, "entropy"),
+                                     1e-12) < tol);
+        if (r.values)
+            CHECK(rlpo_test::rel_err(res.metrics["critic/vf_clipfrac"],
+                                     ref.scalar(k, "vf_clipfrac"), 1e-12) < tol);
     }
 }
 
@@ -211,21 +232,26 @@ TEMPLATE_TEST_CASE("training step: equals the sum of its parts, each called on i
         fill(in, d, 0, B, true, true);
         const auto r = step(in);
 
-        const auto pg = rlpo::policy::ppo_clip(d.logp, d.old, d.adv, d.mask, o.policy.vanilla, o.norm);
+        const auto pg =
+            rlpo::policy::ppo_clip(d.logp, d.old, d.adv, d.mask, o.policy.vanilla, o.norm);
         const auto kl = rlpo::penalties::kl_penalty(d.logp, d.ref, d.mask, *o.kl, o.norm);
         const auto ent = rlpo::policy::entropy_bonus(d.logits, d.mask, o.norm);
-        const auto vf = rlpo::policy::value_loss(d.values, d.old_values, d.returns, d.mask, o.value, o.norm);
+        const auto vf =
+            rlpo::policy::value_loss(d.values, d.old_values, d.returns, d.mask, o.value, o.norm);
         const double tol = sizeof(S) == 4 ? 1e-5 : 1e-12;
         CHECK(rlpo_test::rel_err(r.pg_loss, pg.value) < tol);
         CHECK(rlpo_test::rel_err(r.kl_loss, o.kl_coef * kl.value) < tol);
         CHECK(rlpo_test::rel_err(r.entropy_loss, -o.entropy_coef * ent.value) < tol);
         CHECK(rlpo_test::rel_err(r.vf_loss, o.value_coef * vf.value) < tol);
-        CHECK(rlpo_test::rel_err(r.loss, pg.value + o.kl_coef * kl.value - o.entropy_coef * ent.value +
-                                             o.value_coef * vf.value) < tol);
+        CHECK(rlpo_test::rel_err(r.loss, pg.value + o.kl_coef * kl.value -
+                                             o.entropy_coef * ent.value + o.value_coef * vf.value) <
+              tol);
         const Mat<S> g_lp = pg.grad + static_cast<S>(o.kl_coef) * kl.grad;
         CHECK(rlpo_test::max_rel_err(r.grad_logp, g_lp) < tol);
-        CHECK(rlpo_test::max_rel_err(r.grad_logits, Mat<S>(static_cast<S>(-o.entropy_coef) * ent.grad)) < tol);
-        CHECK(rlpo_test::max_rel_err(r.grad_values, Mat<S>(static_cast<S>(o.value_coef) * vf.grad)) < tol);
+        CHECK(rlpo_test::max_rel_err(r.grad_logits,
+                                     Mat<S>(static_cast<S>(-o.entropy_coef) * ent.grad)) < tol);
+        CHECK(rlpo_test::max_rel_err(r.grad_values,
+                                     Mat<S>(static_cast<S>(o.value_coef) * vf.grad)) < tol);
         // metrics: exactly the parts' metrics, under the step's names
         for (const char* name : {"pg_clipfrac", "pg_clipfrac_lower", "ppo_kl"})
             CHECK(r.metrics["actor/" + std::string(name)] == pg.metrics[name]);
@@ -233,7 +259,8 @@ TEMPLATE_TEST_CASE("training step: equals the sum of its parts, each called on i
         CHECK(r.metrics["actor/entropy"] == ent.metrics["entropy"]);
         CHECK(r.metrics["critic/vf_clipfrac"] == vf.metrics["vf_clipfrac"]);
         CHECK(r.metrics["critic/vpred_mean"] == vf.metrics["vpred_mean"]);
-        CHECK(r.metrics.size() == pg.metrics.size() + kl.metrics.size() + ent.metrics.size() + vf.metrics.size());
+        CHECK(r.metrics.size() ==
+              pg.metrics.size() + kl.metrics.size() + ent.metrics.size() + vf.metrics.size());
     }
 }
 
@@ -264,8 +291,10 @@ TEMPLATE_TEST_CASE("training step: micro-batches and data-parallel shards give t
                 rlpo::write_to<S>(rlpo::MatRef<S>(g_z.middleRows(ch.first * T, ch.second * T))),
                 rlpo::write_to<S>(rlpo::MatRef<S>(g_v.middleRows(ch.first, ch.second)))};
             const auto r = step(mb, out);
-            if (first[k]) rank[k] = r, first[k] = false;
-            else rank[k].merge(r);
+            if (first[k])
+                rank[k] = r, first[k] = false;
+            else
+                rank[k].merge(r);
         }
         rank[0].merge(rank[1]);  // the all-reduce
         const double tol = sizeof(S) == 4 ? 2e-5 : 1e-12;
@@ -294,7 +323,8 @@ TEST_CASE("training step: options and placements", "[rollout][step][properties]"
         const auto r = step(in);
         const auto pg = rlpo::policy::ppo_clip(d.logp, d.logp, d.adv, d.mask);
         CHECK(r.loss == pg.value);
-        CHECK(r.grad_logp.cwiseEqual(pg.grad).count() + (d.mask.array() == 0).count() >= d.mask.size());
+        CHECK(r.grad_logp.cwiseEqual(pg.grad).count() + (d.mask.array() == 0).count() >=
+              d.mask.size());
         CHECK(r.grad_logits.size() == 0);
         CHECK(r.grad_values.size() == 0);
         CHECK(r.metrics["actor/ppo_kl"] == 0.0);
@@ -320,9 +350,11 @@ TEST_CASE("training step: options and placements", "[rollout][step][properties]"
         const auto own = step(in);
         Mat<double> g = Mat<double>::Ones(B, d.logp.cols());
         step(in, {rlpo::add_to<double>(g, 2.0), rlpo::no_grad<double>(), rlpo::no_grad<double>()});
-        CHECK(rlpo_test::max_rel_err(g, Mat<double>((Mat<double>::Ones(B, d.logp.cols()) + 2.0 * own.grad_logp))) < 1e-14);
+        CHECK(rlpo_test::max_rel_err(g, Mat<double>((Mat<double>::Ones(B, d.logp.cols()) +
+                                                     2.0 * own.grad_logp))) < 1e-14);
         Mat<double> w = Mat<double>::Constant(B, d.logp.cols(), 7.0);
-        const auto r = step(in, {rlpo::write_to<double>(w), rlpo::no_grad<double>(), rlpo::no_grad<double>()});
+        const auto r =
+            step(in, {rlpo::write_to<double>(w), rlpo::no_grad<double>(), rlpo::no_grad<double>()});
         CHECK(w == own.grad_logp);
         CHECK(r.grad_logp.size() == 0);
         CHECK(r.grad_logits.size() == 0);
@@ -335,7 +367,8 @@ TEST_CASE("training step: options and placements", "[rollout][step][properties]"
             [](const rlpo::ConstMatRef<double>& z, const rlpo::ConstMatRef<double>&,
                const rlpo::GradientOut<double>& g, const rlpo::Normalizer&, rlpo::Metrics& m) {
                 // a toy term: Σ z over the first column, gradient 1 there
-                for (Index r = 0; r < z.rows(); ++r) g.data[r * g.stride] += static_cast<double>(g.coef);
+                for (Index r = 0; r < z.rows(); ++r)
+                    g.data[r * g.stride] += static_cast<double>(g.coef);
                 m.set("distill/toy", 1.0);
                 return g.coef * (z.col(0).array().isNaN().select(0.0, z.col(0).array())).sum();
             };
@@ -358,13 +391,17 @@ TEST_CASE("training step: bad input gives the documented error", "[rollout][step
     const auto full = full_options(Aggregation::TokenMean);
     {
         StepInputs<double> in;
-        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>()(in), "rollout::TrainingStep(): logp: required");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>()(in),
+                                        "rollout::TrainingStep(): logp: required");
         in.logp = d.logp;
         RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>()(in), "mask: required (every term)");
         in.mask = d.mask;
-        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>()(in), "advantages: required (the policy surrogate)");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>()(in),
+                                        "advantages: required (the policy surrogate)");
         in.advantages = d.adv.leftCols(3);
-        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>()(in), "advantages: expected shape [6, 7] (same as logp), given [6, 3]");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            TrainingStep<double>()(in),
+            "advantages: expected shape [6, 7] (same as logp), given [6, 3]");
         in.advantages = d.adv;
         in.old_logp = d.old.topRows(2);
         RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>()(in), "old_logp: expected shape");
@@ -372,11 +409,14 @@ TEST_CASE("training step: bad input gives the documented error", "[rollout][step
     {
         StepInputs<double> in;
         fill(in, d, 0, B, false, false);
-        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in), "logits: required (entropy or distillation term)");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in),
+                                        "logits: required (entropy or distillation term)");
         in.logits = d.logits.topRows(4);
-        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in), "logits: expected [B*T = 42, V > 0] rows");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in),
+                                        "logits: expected [B*T = 42, V > 0] rows");
         in.logits = d.logits;
-        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in), "values: required (the value loss)");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in),
+                                        "values: required (the value loss)");
         in.values = d.values;
         RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in), "old_values: required");
         in.old_values = d.old_values;
@@ -389,7 +429,8 @@ TEST_CASE("training step: bad input gives the documented error", "[rollout][step
         in.advantages = d.adv;
         StepOptions o;
         o.kl = rlpo::penalties::KLOptions{};
-        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(o)(in), "ref_logp: required (the KL loss)");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(o)(in),
+                                        "ref_logp: required (the KL loss)");
     }
     StepOptions o;
     o.value.clip = 0.0;
@@ -412,11 +453,13 @@ TEST_CASE("training step: bad input gives the documented error", "[rollout][step
         bad.adv(0, 1) = std::numeric_limits<double>::quiet_NaN();
         StepInputs<double> in;
         fill(in, bad, 0, B, true, true);
-        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in), "advantages: NaN at [0, 1]");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in),
+                                        "advantages: NaN at [0, 1]");
         bad = d;
         bad.logits(2, 0) = std::numeric_limits<double>::quiet_NaN();  // token [0, 2], unmasked
         fill(in, bad, 0, B, true, true);
-        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in), "policy::entropy_bonus(): logits: nan at [2, 0]");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in),
+                                        "policy::entropy_bonus(): logits: nan at [2, 0]");
         bad = d;
         bad.returns(0, 3) = std::numeric_limits<double>::quiet_NaN();
         fill(in, bad, 0, B, true, true);
@@ -452,6 +495,7 @@ TEMPLATE_TEST_CASE("training step: inputs bound from a RolloutBatch equal the ex
     CHECK(got.loss == want.loss);
     CHECK(got.grad_logp == want.grad_logp);
     CHECK(got.grad_values == want.grad_values);
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::rollout::bind_rollout(bound, batch, 4, 3),
-                                    "rollout::bind_rollout(): rows: [4, 7) is outside the batch's 6 responses");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::rollout::bind_rollout(bound, batch, 4, 3),
+        "rollout::bind_rollout(): rows: [4, 7) is outside the batch's 6 responses");
 }

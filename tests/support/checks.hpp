@@ -24,7 +24,8 @@ void require_fd_gradient(V&& value_of, const Mat<double>& x, const Mat<double>& 
                          const std::function<bool(Index)>& skip = {}) {
     const auto rep = rlpo::testing::check_gradient(value_of, x, grad, {}, skip);
     INFO(rep.str());
-    const Index bad = rlpo::testing::count_gradient_failures(value_of, x, grad, rtol, atol, {}, skip);
+    const Index bad =
+        rlpo::testing::count_gradient_failures(value_of, x, grad, rtol, atol, {}, skip);
     REQUIRE(rep.checked > 0);
     REQUIRE(bad == 0);
 }
@@ -70,15 +71,15 @@ inline const std::vector<rlpo::Aggregation>& all_modes() {
 }  // namespace rlpo_test
 
 /// REQUIRE that `expr` throws rlpo::invalid_argument whose message contains `needle`.
-#define RLPO_REQUIRE_THROWS_WITH_SUBSTR(expr, needle)                                          \
-    do {                                                                                        \
-        bool rlpo_thrown_ = false;                                                              \
-        try {                                                                                   \
-            (void)(expr);                                                                       \
-        } catch (const rlpo::invalid_argument& e_) {                                            \
-            rlpo_thrown_ = true;                                                                \
-            INFO("message: " << e_.what());                                                    \
-            CHECK(std::string(e_.what()).find(needle) != std::string::npos);                    \
-        }                                                                                       \
-        CHECK(rlpo_thrown_);                                                                    \
+#define RLPO_REQUIRE_THROWS_WITH_SUBSTR(expr, needle)                        \
+    do {                                                                     \
+        bool rlpo_thrown_ = false;                                           \
+        try {                                                                \
+            (void)(expr);                                                    \
+        } catch (const rlpo::invalid_argument& e_) {                         \
+            rlpo_thrown_ = true;                                             \
+            INFO("message: " << e_.what());                                  \
+            CHECK(std::string(e_.what()).find(needle) != std::string::npos); \
+        }                                                                    \
+        CHECK(rlpo_thrown_);                                                 \
     } while (false)

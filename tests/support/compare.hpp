@@ -16,7 +16,8 @@ template <class A, class B>
 double max_rel_err(const A& a_in, const B& ref_in) {
     const rlpo::Mat<double> a = a_in.template cast<double>();
     const rlpo::Mat<double> ref = ref_in.template cast<double>();
-    if (a.rows() != ref.rows() || a.cols() != ref.cols()) return std::numeric_limits<double>::infinity();
+    if (a.rows() != ref.rows() || a.cols() != ref.cols())
+        return std::numeric_limits<double>::infinity();
     double scale = 0.0;
     for (rlpo::Index k = 0; k < ref.size(); ++k)
         if (std::isfinite(ref.data()[k])) scale = std::max(scale, std::abs(ref.data()[k]));
@@ -25,7 +26,8 @@ double max_rel_err(const A& a_in, const B& ref_in) {
     for (rlpo::Index k = 0; k < ref.size(); ++k) {
         const double x = a.data()[k], y = ref.data()[k];
         if (!std::isfinite(y) || !std::isfinite(x)) {
-            if (!(x == y || (std::isnan(x) && std::isnan(y)))) return std::numeric_limits<double>::infinity();
+            if (!(x == y || (std::isnan(x) && std::isnan(y))))
+                return std::numeric_limits<double>::infinity();
             continue;
         }
         worst = std::max(worst, std::abs(x - y) / std::max(std::abs(y), scale));
@@ -35,7 +37,8 @@ double max_rel_err(const A& a_in, const B& ref_in) {
 
 /// Relative error of a scalar; `floor` bounds the denominator for references near 0.
 inline double rel_err(double a, double ref, double floor = 1e-12) {
-    if (!std::isfinite(ref) || !std::isfinite(a)) return a == ref ? 0.0 : std::numeric_limits<double>::infinity();
+    if (!std::isfinite(ref) || !std::isfinite(a))
+        return a == ref ? 0.0 : std::numeric_limits<double>::infinity();
     return std::abs(a - ref) / std::max(std::abs(ref), floor);
 }
 
@@ -43,6 +46,8 @@ inline double rel_err(double a, double ref, double floor = 1e-12) {
 /// results are compared with the reference evaluated in float64 on the same (float-rounded)
 /// inputs, i.e. with the exact answer for those inputs.
 template <class S>
-constexpr double ref_tol() { return sizeof(S) == 4 ? 1e-5 : 1e-10; }
+constexpr double ref_tol() {
+    return sizeof(S) == 4 ? 1e-5 : 1e-10;
+}
 
 }  // namespace rlpo_test

@@ -20,8 +20,7 @@ __attribute__((constructor(101))) static void rlpo_isa_gate() {
          __builtin_cpu_supports("avx512cd");
 #endif
     if (!ok) {
-        std::fputs("skipped: this CPU lacks the instruction set the test was built for\n",
-                   stderr);
+        std::fputs("skipped: this CPU lacks the instruction set the test was built for\n", stderr);
         std::_Exit(77);
     }
 }

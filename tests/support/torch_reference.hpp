@@ -110,8 +110,12 @@ public:
     double scalar(std::size_t c, const std::string& name) const { return out(c, name)(0, 0); }
 
 private:
-    static void put_u32(std::ofstream& f, std::uint32_t v) { f.write(reinterpret_cast<const char*>(&v), 4); }
-    static void put_u64(std::ofstream& f, std::uint64_t v) { f.write(reinterpret_cast<const char*>(&v), 8); }
+    static void put_u32(std::ofstream& f, std::uint32_t v) {
+        f.write(reinterpret_cast<const char*>(&v), 4);
+    }
+    static void put_u64(std::ofstream& f, std::uint64_t v) {
+        f.write(reinterpret_cast<const char*>(&v), 8);
+    }
     static void put_str(std::ofstream& f, const std::string& s) {
         put_u32(f, static_cast<std::uint32_t>(s.size()));
         f.write(s.data(), static_cast<std::streamsize>(s.size()));
@@ -136,7 +140,8 @@ private:
         f.write("RLPOX1\n", 7);
         std::uint32_t n = 0;
         for (const auto& c : cases_)
-            n += 2 + static_cast<std::uint32_t>(c.inputs.size() + c.params.size() + c.strings.size());
+            n += 2 +
+                 static_cast<std::uint32_t>(c.inputs.size() + c.params.size() + c.strings.size());
         put_u32(f, n);
         for (std::size_t i = 0; i < cases_.size(); ++i) {
             const auto& c = cases_[i];
@@ -154,7 +159,8 @@ private:
         if (!f) throw std::runtime_error("torch reference: no output file " + path);
         char magic[7];
         f.read(magic, 7);
-        if (std::string(magic, 7) != "RLPOX1\n") throw std::runtime_error("torch reference: bad magic");
+        if (std::string(magic, 7) != "RLPOX1\n")
+            throw std::runtime_error("torch reference: bad magic");
         std::uint32_t n = 0;
         f.read(reinterpret_cast<char*>(&n), 4);
         for (std::uint32_t e = 0; e < n; ++e) {

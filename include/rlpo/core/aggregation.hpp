@@ -36,7 +36,13 @@
 
 namespace rlpo {
 
-enum class Aggregation { TokenMean, TokenSum, SeqMeanTokenSum, SeqMeanTokenMean, SeqMeanTokenSumNorm };
+enum class Aggregation {
+    TokenMean,
+    TokenSum,
+    SeqMeanTokenSum,
+    SeqMeanTokenMean,
+    SeqMeanTokenSumNorm
+};
 
 /// The aggregation mode and its (optionally external) denominators.
 struct Normalizer {
@@ -87,8 +93,8 @@ inline Aggregation parse_aggregation(const std::string& name) {
         valid += valid.empty() ? "" : ", ";
         valid += e.name;
     }
-    detail::fail("parse_aggregation", "name: unknown aggregation '", name, "'; valid names: ",
-                 valid);
+    detail::fail("parse_aggregation", "name: unknown aggregation '", name,
+                 "'; valid names: ", valid);
 }
 
 /// Per-row aggregation factors and the local counts they were built from.
@@ -158,8 +164,7 @@ inline RowWeights row_weights(const char* function, const Eigen::MatrixBase<Deri
 /// never read (they may be NaN). Optionally writes ∂/∂L (= c_i m_it) to `grad_L`.
 template <class DL, class DM>
 inline double aggregate(const Eigen::MatrixBase<DL>& loss, const Eigen::MatrixBase<DM>& mask,
-                        const Normalizer& norm = {},
-                        Mat<detail::scalar_t<DL>>* grad_L = nullptr) {
+                        const Normalizer& norm = {}, Mat<detail::scalar_t<DL>>* grad_L = nullptr) {
     const char* fn = "aggregate";
     detail::check_same_shape(fn, "mask", mask.derived(), "loss", loss.derived());
     const RowWeights w = row_weights(fn, mask, norm);

@@ -37,9 +37,9 @@ template <class... Parts>
 
 /// `RLPO_CHECK(cond, "policy::ppo_clip", "clip_low: must be > 0, given ", x)` throws
 /// `rlpo::invalid_argument` with the message parts streamed after the function name.
-#define RLPO_CHECK(cond, function, ...)                                \
-    do {                                                               \
-        if (!(cond)) ::rlpo::detail::fail((function), __VA_ARGS__);    \
+#define RLPO_CHECK(cond, function, ...)                             \
+    do {                                                            \
+        if (!(cond)) ::rlpo::detail::fail((function), __VA_ARGS__); \
     } while (false)
 
 namespace rlpo::detail {
@@ -83,8 +83,7 @@ inline void check_positive(const char* function, const char* name, double value)
 
 /// A scalar hyperparameter must be ≥ 0 (and finite).
 inline void check_nonnegative(const char* function, const char* name, double value) {
-    RLPO_CHECK(std::isfinite(value) && value >= 0, function, name, ": must be >= 0, given ",
-               value);
+    RLPO_CHECK(std::isfinite(value) && value >= 0, function, name, ": must be >= 0, given ", value);
 }
 
 /// Report the first NaN of `x` at a position where `mask` is non-zero (called only after a
@@ -107,8 +106,8 @@ inline void check_mask(const char* function, const M& mask) {
         for (Index t = 0; t < mask.cols(); ++t) {
             const double m = static_cast<double>(mask(i, t));
             if (!(std::isfinite(m) && m >= 0))
-                fail(function, "mask: entries must be finite and >= 0, given ", m, " at [", i,
-                     ", ", t, "]");
+                fail(function, "mask: entries must be finite and >= 0, given ", m, " at [", i, ", ",
+                     t, "]");
         }
 }
 

@@ -187,7 +187,7 @@ inline Mat<detail::scalar_t<Derived>> softmax_rows(const Eigen::MatrixBase<Deriv
 /// VJP of log-softmax: for y = log_softmax(z), ∂⟨g, y⟩/∂z = g − softmax(z)·Σ_j g_j.
 template <class DZ, class DG>
 inline Mat<detail::scalar_t<DZ>> log_softmax_vjp(const Eigen::MatrixBase<DZ>& z,
-                                                  const Eigen::MatrixBase<DG>& g) {
+                                                 const Eigen::MatrixBase<DG>& g) {
     using S = detail::scalar_t<DZ>;
     Mat<S> p = softmax_rows(z);
     const ConstMatRef<S> gr(g.derived());
@@ -201,7 +201,7 @@ inline Mat<detail::scalar_t<DZ>> log_softmax_vjp(const Eigen::MatrixBase<DZ>& z,
 /// VJP of softmax: for p = softmax(z), ∂⟨g, p⟩/∂z = p ⊙ (g − ⟨g, p⟩).
 template <class DZ, class DG>
 inline Mat<detail::scalar_t<DZ>> softmax_vjp(const Eigen::MatrixBase<DZ>& z,
-                                              const Eigen::MatrixBase<DG>& g) {
+                                             const Eigen::MatrixBase<DG>& g) {
     using S = detail::scalar_t<DZ>;
     Mat<S> p = softmax_rows(z);
     const ConstMatRef<S> gr(g.derived());
@@ -258,7 +258,7 @@ inline Vec<detail::scalar_t<Derived>> entropy_rows(const Eigen::MatrixBase<Deriv
 /// VJP of the row-wise entropy: g_i · ∂H_i/∂z.
 template <class DZ, class DG>
 inline Mat<detail::scalar_t<DZ>> entropy_vjp(const Eigen::MatrixBase<DZ>& z,
-                                              const Eigen::MatrixBase<DG>& g) {
+                                             const Eigen::MatrixBase<DG>& g) {
     using S = detail::scalar_t<DZ>;
     const ConstMatRef<S> zr(z.derived());
     Mat<S> out(zr.rows(), zr.cols());

@@ -104,9 +104,7 @@ public:
                 data_ = out.data;
                 stride_ = out.stride;
                 break;
-            case GradMode::None:
-                data_ = nullptr;
-                break;
+            case GradMode::None: data_ = nullptr; break;
         }
     }
     bool active() const { return data_ != nullptr; }

@@ -80,9 +80,9 @@
 /// −inf and the teacher has mass). −inf logits elsewhere are zero probabilities (exact 0).
 
 #include <rlpo/core/aggregation.hpp>
+#include <rlpo/core/detail/fast_math.hpp>
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/result.hpp>
-#include <rlpo/core/detail/fast_math.hpp>
 #include <rlpo/core/types.hpp>
 #include <rlpo/distill/detail/rows.hpp>
 
@@ -120,13 +120,17 @@ inline Divergence parse_divergence(const std::string& name) {
         const char* name;
         Divergence d;
     };
-    static const Entry table[] = {
-        {"forward_kl", Divergence::ForwardKL}, {"fkl", Divergence::ForwardKL},
-        {"kl", Divergence::ForwardKL},         {"reverse_kl", Divergence::ReverseKL},
-        {"rkl", Divergence::ReverseKL},        {"jsd", Divergence::JSD},
-        {"skew_kl", Divergence::SkewKL},       {"skl", Divergence::SkewKL},
-        {"skew_reverse_kl", Divergence::SkewReverseKL}, {"srkl", Divergence::SkewReverseKL},
-        {"tvd", Divergence::TVD}};
+    static const Entry table[] = {{"forward_kl", Divergence::ForwardKL},
+                                  {"fkl", Divergence::ForwardKL},
+                                  {"kl", Divergence::ForwardKL},
+                                  {"reverse_kl", Divergence::ReverseKL},
+                                  {"rkl", Divergence::ReverseKL},
+                                  {"jsd", Divergence::JSD},
+                                  {"skew_kl", Divergence::SkewKL},
+                                  {"skl", Divergence::SkewKL},
+                                  {"skew_reverse_kl", Divergence::SkewReverseKL},
+                                  {"srkl", Divergence::SkewReverseKL},
+                                  {"tvd", Divergence::TVD}};
     std::string valid;
     for (const auto& e : table) {
         if (name == e.name) return e.d;
@@ -215,8 +219,8 @@ inline void log_mix(ArrMap<A> out, const E1& l1, const E2& l2, double w1, double
 /// One row of a dense divergence. z, y: the widened logit rows; returns L (without τ²).
 /// `Safe` handles −inf logits exactly (zero probabilities) at the price of scalar selects.
 template <bool Safe, class S, class A>
-inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A mz, A my,
-                             Index V, Scratch<A>& ws, const RowGrad<S>& rg) {
+inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A mz, A my, Index V,
+                             Scratch<A>& ws, const RowGrad<S>& rg) {
     const A invT = static_cast<A>(1.0 / o.temperature);
     const CArrMap<A> za(z, V), ya(y, V);
     ArrMap<A> eq(ws.a.data(), V), ep(ws.b.data(), V);
@@ -236,16 +240,14 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
     switch (d) {
         case Divergence::ForwardKL: {
             // L = Σ p ((y − my) − (z − mz))/τ + (cp − cq)
-            const double a =
-                keep_if<Safe>(ep > zero, ep * (ys - zs)).template cast<double>().sum();
+            const double a = keep_if<Safe>(ep > zero, ep * (ys - zs)).template cast<double>().sum();
             const double L = a * ip * invT + static_cast<double>(cp) - static_cast<double>(cq);
             if (!std::isfinite(L)) return L;
             rg.set((eq * iq - ep * ip) * invT);
             return L;
         }
         case Divergence::ReverseKL: {
-            const double b =
-                keep_if<Safe>(eq > zero, eq * (zs - ys)).template cast<double>().sum();
+            const double b = keep_if<Safe>(eq > zero, eq * (zs - ys)).template cast<double>().sum();
             const double L = b * iq * invT + static_cast<double>(cq) - static_cast<double>(cp);
             if (!std::isfinite(L)) return L;
             const A k = static_cast<A>(static_cast<double>(cq) - static_cast<double>(cp) - L);
@@ -380,8 +382,7 @@ inline T sign_of(const T& t) {
         if constexpr (std::is_same<typename Tr::type, float>::value && Tr::size == 16) {
             // 4-bit responses per class, class 7 first: positive → +1 (A), negative → −1 (9),
             // +inf → +1, −inf → −1, +1 → +1, zero → +0 (8), SNaN and QNaN → 0 (8)
-            return _mm512_fixupimm_ps(t, t, _mm512_set1_epi32(static_cast<int>(0xA9A9A888u)),
-                                      0);
+            return _mm512_fixupimm_ps(t, t, _mm512_set1_epi32(static_cast<int>(0xA9A9A888u)), 0);
         }
 #endif
         using A = typename ei::unpacket_traits<T>::type;
@@ -482,8 +483,8 @@ struct ShiftedExp {
 /// One row in flight through the pipelined fast path (`dense_rows_fast`).
 template <class S, class A>
 struct Slot {
-    Index n = -1;                    ///< the row; −1: empty
-    const A* z = nullptr;            ///< its logits in the arithmetic type
+    Index n = -1;          ///< the row; −1: empty
+    const A* z = nullptr;  ///< its logits in the arithmetic type
     const A* y = nullptr;
     const A* nz = nullptr;           ///< the next row's logits, prefetched (from the
     const A* ny = nullptr;           ///< thread's first chunk) during the last chunk of stage 1
@@ -498,11 +499,11 @@ struct Slot {
     /// Aligned, so that the vectorised exp in `finish_stage1` treats every entry the same
     /// way whatever the allocation (a packet versus an unaligned head entry would differ)
     std::vector<double, Eigen::aligned_allocator<double>> m0, m1;
-    std::vector<A> tmin;             ///< JSD lean: the chunk's least student exponent argument
-    std::vector<A> ck;               ///< JSD lean: β f_p/f_q of the chunk; −1: log form
-    A c0 = 0, c1 = 0;                ///< row constants of the row's next stage
-    double cq = 0, cp = 0;           ///< log q = z/τ + cq, log p = y/τ + cp (row constants)
-    double kpq = 0;                  ///< JSD: KL(p‖q), from stage 1
+    std::vector<A> tmin;    ///< JSD lean: the chunk's least student exponent argument
+    std::vector<A> ck;      ///< JSD lean: β f_p/f_q of the chunk; −1: log form
+    A c0 = 0, c1 = 0;       ///< row constants of the row's next stage
+    double cq = 0, cp = 0;  ///< log q = z/τ + cq, log p = y/τ + cp (row constants)
+    double kpq = 0;         ///< JSD: KL(p‖q), from stage 1
     double L = 0.0;
     RowGrad<S> rg;
     void size(Index nc) {
@@ -610,7 +611,7 @@ constexpr bool three_stage(Divergence d) {
 template <Divergence D, class A>
 inline constexpr bool kFusedArg =
 #if defined(__FMA__) || defined(EIGEN_VECTORIZE_FMA)
-    std::is_same<A, float>::value && three_stage(D);
+    std::is_same<A, float>::value&& three_stage(D);
 #else
     false;
 #endif
@@ -628,7 +629,7 @@ inline constexpr bool kFusedArg =
 /// fl(log f_q) comes back in `finish_stage2`). Which form a chunk takes depends on the row's
 /// data only, never on the threads.
 template <Divergence D, class A>
-inline constexpr bool kLeanCapable = D == Divergence::JSD && kFusedArg<D, A>;
+inline constexpr bool kLeanCapable = D == Divergence::JSD&& kFusedArg<D, A>;
 
 /// log f of a chunk factor of the lean sweep's log form, rounded to float, and its rounding
 /// e = log f − fl(log f) (a factor 0 — the chunk's probabilities all underflow — takes the
@@ -708,8 +709,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
     if constexpr (St3) {
         sink.dst = g->rg.dst + off;
         sink.add = g->rg.add;
-        sink.stream = !sink.add &&
-                      reinterpret_cast<std::uintptr_t>(sink.dst) % sizeof(P) == 0;
+        sink.stream = !sink.add && reinterpret_cast<std::uintptr_t>(sink.dst) % sizeof(P) == 0;
     }
     const A invT = c.invT;
     // software prefetch distance (entries) ahead of the next-chunk reads
@@ -724,24 +724,49 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
         using T = std::decay_t<decltype(eq)>;
         constexpr bool pk = !std::is_same<T, A>::value;
         auto set1 = [](A x) {
-            if constexpr (pk) return ei::pset1<T>(x); else return x;
+            if constexpr (pk)
+                return ei::pset1<T>(x);
+            else
+                return x;
         };
         auto mul = [](T x, T y) {
-            if constexpr (pk) return rounded(ei::pmul(x, y)); else return rounded(x * y);
+            if constexpr (pk)
+                return rounded(ei::pmul(x, y));
+            else
+                return rounded(x * y);
         };
-        auto add = [](T x, T y) { if constexpr (pk) return ei::padd(x, y); else return x + y; };
-        auto sub = [](T x, T y) { if constexpr (pk) return ei::psub(x, y); else return x - y; };
+        auto add = [](T x, T y) {
+            if constexpr (pk)
+                return ei::padd(x, y);
+            else
+                return x + y;
+        };
+        auto sub = [](T x, T y) {
+            if constexpr (pk)
+                return ei::psub(x, y);
+            else
+                return x - y;
+        };
         auto madd = [](T x, T y, T z) {
-            if constexpr (pk) return ei::pmadd(x, y, z); else return madd_as_packet(x, y, z);
+            if constexpr (pk)
+                return ei::pmadd(x, y, z);
+            else
+                return madd_as_packet(x, y, z);
         };
         auto lg = [](T x) {
-            if constexpr (pk) return ::rlpo::detail::plog(x); else return std::log(x);
+            if constexpr (pk)
+                return ::rlpo::detail::plog(x);
+            else
+                return std::log(x);
         };
         // v/τ + k: log q, log p from the (shifted or raw) logits; fused for raw logits
         auto lin = [&](T v, A k) {
-            if constexpr (pk) return ei::pmadd(v, ei::pset1<T>(invT), ei::pset1<T>(k));
-            else if constexpr (kRawLog) return std::fma(v, invT, k);
-            else return madd_as_packet(v, invT, k);
+            if constexpr (pk)
+                return ei::pmadd(v, ei::pset1<T>(invT), ei::pset1<T>(k));
+            else if constexpr (kRawLog)
+                return std::fma(v, invT, k);
+            else
+                return madd_as_packet(v, invT, k);
         };
         if constexpr (D == Divergence::JSD) {
             // M = βp + (1−β)q = eq·(1−β)fq + ep·βfp; r = log q − log M; v1 = Σ ep r (× fp),
@@ -771,8 +796,10 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             const T lp = lin(yv, cp);
             v1 = madd(p, sub(lp, lg(m)), v1);
             T h;
-            if constexpr (pk) h = ei::pdiv(ei::pmul(ei::pset1<T>(-c.oma), p), m);
-            else h = -c.oma * p / m;
+            if constexpr (pk)
+                h = ei::pdiv(ei::pmul(ei::pset1<T>(-c.oma), p), m);
+            else
+                h = -c.oma * p / m;
             v2 = madd(q, h, v2);
             o2 = h;
         } else {  // SkewReverseKL: m = (1−α)p + αq; r = log(q/m); factor r − α q/m
@@ -781,8 +808,10 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             const T r = sub(lin(zv, cq), lg(m));
             v1 = madd(q, r, v1);
             T h;
-            if constexpr (pk) h = ei::psub(r, ei::pdiv(ei::pmul(ei::pset1<T>(c.al), q), m));
-            else h = r - c.al * q / m;
+            if constexpr (pk)
+                h = ei::psub(r, ei::pdiv(ei::pmul(ei::pset1<T>(c.al), q), m));
+            else
+                h = r - c.al * q / m;
             v2 = madd(q, h, v2);
             o2 = h;
         }
@@ -804,8 +833,8 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
                     const A lq = madd_as_packet(eb.scalar_arg(z), kLn2f, lqk);
                     return static_cast<A>(std::log(madd_as_packet(eq, mq, rounded(ep * mp))) - lq);
                 } else {
-                    const T lq = ei::pmadd(eb.packet_arg(z), ei::pset1<T>(kLn2f),
-                                           ei::pset1<T>(lqk));
+                    const T lq =
+                        ei::pmadd(eb.packet_arg(z), ei::pset1<T>(kLn2f), ei::pset1<T>(lqk));
                     const T m =
                         ei::pmadd(eq, ei::pset1<T>(mq), rounded(ei::pmul(ep, ei::pset1<T>(mp))));
                     return ei::psub(::rlpo::detail::plog(m), lq);
@@ -990,15 +1019,15 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
 /// thread's share of the rows in the row-split mode). Stage 1 expects the maxima of chunk k0
 /// to be set (`chunk_max`); it finds those of the following chunks itself.
 template <Divergence D, bool St1, bool St2, bool St3, bool Lean, class S, class A>
-inline void fused_row_step(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a,
-                           Slot<S, A>* b, Slot<S, A>* g) {
+inline void fused_row_step(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a, Slot<S, A>* b,
+                           Slot<S, A>* g) {
     for (Index k = k0; k < k1; ++k)
         fused_chunk<D, St1, St2, St3, Lean, S, A>(c, k, k0, k1, a, b, g);
 }
 
 template <Divergence D, bool Lean, class S, class A>
-inline void fused_step_as(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a,
-                          Slot<S, A>* b, Slot<S, A>* g) {
+inline void fused_step_as(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a, Slot<S, A>* b,
+                          Slot<S, A>* g) {
     const int m = (a ? 4 : 0) | (b ? 2 : 0) | (g ? 1 : 0);
     if constexpr (!three_stage(D)) {
         switch (m & 5) {
@@ -1106,8 +1135,7 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
         else if (D == Divergence::JSD && kFusedArg<D, A>)
             // Σ p log(p/q) in nats: the chunk's sum of ep (log2 ep − log2 eq), whose
             // exponents carry δy_k − δz_k, plus the shift of the chunk maxima
-            x = fma(ey,
-                    fma(kLn2, a.s2[kk], a.s1[kk] * fma(dyk - dzk, invT, -((dly - dlz) * kLn2))),
+            x = fma(ey, fma(kLn2, a.s2[kk], a.s1[kk] * fma(dyk - dzk, invT, -((dly - dlz) * kLn2))),
                     x);
         else if (D == Divergence::JSD)  // as forward KL
             x = fma(ey * invT, fma(a.s1[kk], dyk - dzk, a.s2[kk]), x);
@@ -1295,21 +1323,21 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
     // its own right after stage 1 (`inline2`) with one pair. The log-heavy sweeps (JSD, skew)
     // gain more from overlapping memory than they lose to the larger footprint: always fused.
     constexpr std::size_t kWorkBudget = std::size_t(1) << 20;  // bytes of work rows at depth 3
-    const bool inline2 = D == Divergence::TVD &&
-                         4 * static_cast<std::size_t>(V) * sizeof(A) > kWorkBudget;
+    const bool inline2 =
+        D == Divergence::TVD && 4 * static_cast<std::size_t>(V) * sizeof(A) > kWorkBudget;
     const int depth = three_stage(D) && !inline2 ? 3 : 2;
     const int npairs = depth == 3 ? 2 : 1;
     // the rows in flight in one thread: the logit rows of stage 1 (2), the work rows (2 per
     // pair) and the logit row that stage 2 reads (JSD and skew reverse KL: the student's,
     // skew KL: the teacher's, TVD: none)
     const std::size_t arrays = depth == 3 ? (D == Divergence::TVD ? 6 : 7) : 4;
-    const bool split_ok = std::is_same<S, A>::value &&
-                          arrays * static_cast<std::size_t>(V) * sizeof(A) >
-                              fast_path_tuning().split_bytes;
+    const bool split_ok =
+        std::is_same<S, A>::value &&
+        arrays * static_cast<std::size_t>(V) * sizeof(A) > fast_path_tuning().split_bytes;
     // JSD's lean value sweep for long rows (4 rows in flight instead of 7); by the row length
     // only, so that the results do not depend on the mode or the number of threads
-    c.lean = kLeanCapable<D, A> && arrays * static_cast<std::size_t>(V) * sizeof(A) >
-                                       fast_path_tuning().lean_bytes;
+    c.lean = kLeanCapable<D, A> &&
+             arrays * static_cast<std::size_t>(V) * sizeof(A) > fast_path_tuning().lean_bytes;
     // the row split's shared state: slots, work buffers, and the rows of the current step
     Slot<S, A> shared_slots[3];
     Arr<A> shared_pool[2][2];
@@ -1395,8 +1423,7 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
         };
         // the rows of step `it`: row `it` enters stage 1 (a), the two before it are in
         // stage 2 (b, depth 3) and stage 3 (gs)
-        auto plan_step = [&](Index it, Slot<S, A>*& a, Slot<S, A>*& b, Slot<S, A>*& gs,
-                             S*& zero) {
+        auto plan_step = [&](Index it, Slot<S, A>*& a, Slot<S, A>*& b, Slot<S, A>*& gs, S*& zero) {
             zero = nullptr;
             a = it < r1 ? enter(it, slots[it % depth], zero) : nullptr;
             b = nullptr;
@@ -1415,12 +1442,10 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
         auto sweep = [&](Index k0, Index k1, Slot<S, A>* a, Slot<S, A>* b, Slot<S, A>* gs,
                          S* zero) {
             const Index e0 = std::min(V, k0 * kRowChunk), e1 = std::min(V, k1 * kRowChunk);
-            if (zero)
-                Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(zero + e0, e1 - e0).setZero();
+            if (zero) Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(zero + e0, e1 - e0).setZero();
             if (a && k0 < k1) {
                 const auto kk = static_cast<std::size_t>(k0);
-                chunk_max(a->z + e0, a->y + e0, std::min(kRowChunk, V - e0), a->mz[kk],
-                          a->my[kk]);
+                chunk_max(a->z + e0, a->y + e0, std::min(kRowChunk, V - e0), a->mz[kk], a->my[kk]);
             }
             fused_step<D, S, A>(c, k0, k1, a, b, gs);
         };
@@ -1467,8 +1492,7 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
             sweep(k0, k1, a, st[1], st[2], zero);
             if (split)
                 sweep_time[t] =
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-                        .count();
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
             sync();  // every chunk swept
             if (lead) inl = finish_step(a, st[1], st[2]);
             if (inline2) {
@@ -1499,8 +1523,8 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
 template <class DS, class DT, class DM>
 Result<::rlpo::detail::scalar_t<DS>> divergence(
     const Eigen::MatrixBase<DS>& student_logits, const Eigen::MatrixBase<DT>& teacher_logits,
-    const Eigen::MatrixBase<DM>& mask, const DistillOptions& opts = {},
-    const Normalizer& norm = {}, const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
+    const Eigen::MatrixBase<DM>& mask, const DistillOptions& opts = {}, const Normalizer& norm = {},
+    const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<DS>;
     static_assert(detail::is_logit_scalar_v<S>,
                   "rlpo::distill: logits must be float, double or Eigen::bfloat16");
@@ -1521,7 +1545,7 @@ Result<::rlpo::detail::scalar_t<DS>> divergence(
     if (d == Divergence::JSD && opts.beta == 1.0) d = Divergence::ReverseKL;
     detail::PassResult pass;
     switch (d) {
-#define RLPO_DISTILL_CASE(K)                                                                   \
+#define RLPO_DISTILL_CASE(K) \
     case K: pass = detail::dense_rows_fast<K, S, A>(fn, opts, plan, z, y, g, t2); break;
         RLPO_DISTILL_CASE(Divergence::ForwardKL)
         RLPO_DISTILL_CASE(Divergence::ReverseKL)
@@ -1540,21 +1564,19 @@ Result<::rlpo::detail::scalar_t<DS>> divergence(
 template <class DS, class DT>
 Result<::rlpo::detail::scalar_t<DS>> divergence(
     const Eigen::MatrixBase<DS>& student_logits, const Eigen::MatrixBase<DT>& teacher_logits,
-    const DistillOptions& opts = {},
-    const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
+    const DistillOptions& opts = {}, const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
     const Mat<float> ones = Mat<float>::Ones(student_logits.rows(), 1);
     return divergence(student_logits, teacher_logits, ones, opts, Normalizer{}, out);
 }
 
-#define RLPO_DISTILL_NAMED(NAME, KIND)                                                         \
-    template <class DS, class DT, class DM>                                                    \
-    Result<::rlpo::detail::scalar_t<DS>> NAME(                                                 \
-        const Eigen::MatrixBase<DS>& student_logits,                                           \
-        const Eigen::MatrixBase<DT>& teacher_logits, const Eigen::MatrixBase<DM>& mask,        \
-        DistillOptions opts = {}, const Normalizer& norm = {},                                 \
-        const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {                           \
-        opts.divergence = KIND;                                                                \
-        return divergence(student_logits, teacher_logits, mask, opts, norm, out);              \
+#define RLPO_DISTILL_NAMED(NAME, KIND)                                                            \
+    template <class DS, class DT, class DM>                                                       \
+    Result<::rlpo::detail::scalar_t<DS>> NAME(                                                    \
+        const Eigen::MatrixBase<DS>& student_logits, const Eigen::MatrixBase<DT>& teacher_logits, \
+        const Eigen::MatrixBase<DM>& mask, DistillOptions opts = {}, const Normalizer& norm = {}, \
+        const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {                              \
+        opts.divergence = KIND;                                                                   \
+        return divergence(student_logits, teacher_logits, mask, opts, norm, out);                 \
     }
 
 /// Named shorthands: `forward_kl(z, y, mask, opts, norm, out)` = divergence with that kind.

@@ -98,12 +98,11 @@ inline double nkd_row(const NKDOptions& o, Index yt, const A* z, const A* v, Ind
 /// NKD loss; `targets` (N entries, any numeric type holding integer indices) or, when empty,
 /// the teacher's argmax per row. Gradient w.r.t. `student_logits`.
 template <class DS, class DT, class DM>
-Result<::rlpo::detail::scalar_t<DS>> nkd(const Eigen::MatrixBase<DS>& student_logits,
-                                         const Eigen::MatrixBase<DT>& teacher_logits,
-                                         const Eigen::MatrixBase<DM>& mask,
-                                         const std::vector<Index>& targets = {},
-                                         const NKDOptions& opts = {}, const Normalizer& norm = {},
-                                         const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
+Result<::rlpo::detail::scalar_t<DS>> nkd(
+    const Eigen::MatrixBase<DS>& student_logits, const Eigen::MatrixBase<DT>& teacher_logits,
+    const Eigen::MatrixBase<DM>& mask, const std::vector<Index>& targets = {},
+    const NKDOptions& opts = {}, const Normalizer& norm = {},
+    const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<DS>;
     static_assert(detail::is_logit_scalar_v<S>,
                   "rlpo::distill: logits must be float, double or Eigen::bfloat16");
@@ -132,8 +131,8 @@ Result<::rlpo::detail::scalar_t<DS>> nkd(const Eigen::MatrixBase<DS>& student_lo
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
     const auto pass = detail::drive_rows<S, A>(
         fn, plan, N, V, g, 1.0,
-        [&](Index n, detail::Scratch<A>& ws, const detail::RowGrad<S>& rg,
-            detail::RowError& err, double& aux) -> double {
+        [&](Index n, detail::Scratch<A>& ws, const detail::RowGrad<S>& rg, detail::RowError& err,
+            double& aux) -> double {
             const A* zr = detail::widen<A, S>(z, n, ws.z);
             const A* vr = detail::widen<A, S>(v, n, ws.y);
             Index yt = 0;

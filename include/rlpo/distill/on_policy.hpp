@@ -80,12 +80,14 @@ OPDReward<::rlpo::detail::scalar_t<DL>> opd_reward(const Eigen::MatrixBase<DL>& 
             const double a = static_cast<double>(lp(i, t)), b = static_cast<double>(lt(i, t)),
                          c = static_cast<double>(lr(i, t));
             if (std::isnan(a) || std::isnan(b) || std::isnan(c))
-                ::rlpo::detail::fail(fn, std::isnan(a) ? "logp" : (std::isnan(b) ? "teacher_logp" : "ref_logp"),
-                                     ": NaN at [", i, ", ", t, "] under a non-zero mask");
+                ::rlpo::detail::fail(
+                    fn, std::isnan(a) ? "logp" : (std::isnan(b) ? "teacher_logp" : "ref_logp"),
+                    ": NaN at [", i, ", ", t, "] under a non-zero mask");
             // λ = 1: the reference cancels exactly (log π_T − log π_θ)
             const double r = lambda == 1.0 ? b - a : lambda * (b - c) - (a - c);
             if (std::isnan(r))
-                ::rlpo::detail::fail(fn, "inputs at [", i, ", ", t, "] give an undefined (NaN) reward: logp=", a,
+                ::rlpo::detail::fail(fn, "inputs at [", i, ", ", t,
+                                     "] give an undefined (NaN) reward: logp=", a,
                                      " teacher_logp=", b, " ref_logp=", c);
             out.reward(i, t) = static_cast<S>(r);
             sr += mk * r;
@@ -116,20 +118,18 @@ struct KDRLOptions {
 /// KDRL loss: GRPO clipped surrogate + β · reverse-KL-to-teacher estimator. `correct` (B
 /// entries) is read only when `opts.mask_correct`. Gradient w.r.t. `logp`.
 template <class DL, class DO, class DT, class DA, class DM>
-Result<::rlpo::detail::scalar_t<DL>> kdrl(const Eigen::MatrixBase<DL>& logp,
-                                          const Eigen::MatrixBase<DO>& old_logp,
-                                          const Eigen::MatrixBase<DT>& teacher_logp,
-                                          const Eigen::MatrixBase<DA>& advantages,
-                                          const Eigen::MatrixBase<DM>& mask,
-                                          const KDRLOptions& opts = {},
-                                          const std::vector<double>& correct = {},
-                                          const Normalizer& norm = {},
-                                          const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {}) {
+Result<::rlpo::detail::scalar_t<DL>> kdrl(
+    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
+    const Eigen::MatrixBase<DT>& teacher_logp, const Eigen::MatrixBase<DA>& advantages,
+    const Eigen::MatrixBase<DM>& mask, const KDRLOptions& opts = {},
+    const std::vector<double>& correct = {}, const Normalizer& norm = {},
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<DL>;
     constexpr const char* fn = "distill::kdrl";
     ::rlpo::detail::check_nonnegative(fn, "beta", opts.beta);
     const Index B = logp.rows();
-    ::rlpo::detail::check_same_shape(fn, "teacher_logp", teacher_logp.derived(), "logp", logp.derived());
+    ::rlpo::detail::check_same_shape(fn, "teacher_logp", teacher_logp.derived(), "logp",
+                                     logp.derived());
     ::rlpo::detail::check_same_shape(fn, "mask", mask.derived(), "logp", logp.derived());
     Mat<S> kd_mask = mask.derived().template cast<S>();
     if (opts.mask_correct) {

@@ -48,11 +48,10 @@ struct SinkhornOptions {
 /// SinKD loss over the rows selected by `mask` (`[B, T]`, B·T = N). Gradient w.r.t.
 /// `student_logits`.
 template <class DS, class DT, class DM>
-Result<::rlpo::detail::scalar_t<DS>> sinkhorn(const Eigen::MatrixBase<DS>& student_logits,
-                                              const Eigen::MatrixBase<DT>& teacher_logits,
-                                              const Eigen::MatrixBase<DM>& mask,
-                                              const SinkhornOptions& opts = {},
-                                              const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
+Result<::rlpo::detail::scalar_t<DS>> sinkhorn(
+    const Eigen::MatrixBase<DS>& student_logits, const Eigen::MatrixBase<DT>& teacher_logits,
+    const Eigen::MatrixBase<DM>& mask, const SinkhornOptions& opts = {},
+    const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<DS>;
     static_assert(detail::is_logit_scalar_v<S>,
                   "rlpo::distill: logits must be float, double or Eigen::bfloat16");
@@ -90,14 +89,19 @@ Result<::rlpo::detail::scalar_t<DS>> sinkhorn(const Eigen::MatrixBase<DS>& stude
             const ConstMatRef<S>& x = which == 0 ? z : y;
             Vec<double> xr = x.row(r).transpose().template cast<double>();
             detail::RowError err;
-            const double mx = detail::check_row(xr.data(), V, which == 0 ? "student_logits" : "teacher_logits", err);
+            const double mx = detail::check_row(
+                xr.data(), V, which == 0 ? "student_logits" : "teacher_logits", err);
             if (err.set()) {
-                if (err.col >= 0) ::rlpo::detail::fail(fn, err.input, ": ", err.what, " at [", r, ", ", err.col, "]");
+                if (err.col >= 0)
+                    ::rlpo::detail::fail(fn, err.input, ": ", err.what, " at [", r, ", ", err.col,
+                                         "]");
                 ::rlpo::detail::fail(fn, err.input, ": ", err.what, " in row ", r);
             }
             auto dst = which == 0 ? P.row(a) : Q.row(a);
             for (Index j = 0; j < V; ++j)
-                dst(j) = xr(j) == -std::numeric_limits<double>::infinity() ? 0.0 : std::exp((xr(j) - mx) * invT);
+                dst(j) = xr(j) == -std::numeric_limits<double>::infinity()
+                             ? 0.0
+                             : std::exp((xr(j) - mx) * invT);
             dst /= dst.sum();
         }
     }
@@ -126,8 +130,9 @@ Result<::rlpo::detail::scalar_t<DS>> sinkhorn(const Eigen::MatrixBase<DS>& stude
     for (int l = L - 1; l >= 0; --l) {
         const auto k = static_cast<std::size_t>(l);
         const Vec<double> colterm = (G.array() * Ks[k].array()).colwise().sum().transpose();
-        const MatD GR = ((G.rowwise() - colterm.transpose()).array().rowwise() /
-                         cs[k].transpose().array()).matrix();
+        const MatD GR =
+            ((G.rowwise() - colterm.transpose()).array().rowwise() / cs[k].transpose().array())
+                .matrix();
         const Vec<double> rowterm = (GR.array() * Rs[k].array()).rowwise().sum();
         G = ((GR.colwise() - rowterm).array().colwise() / rs[k].array()).matrix();
     }

@@ -71,13 +71,12 @@ inline double taid_row(double t, double invT, const A* z, const A* y, Index V, S
     const double su = safe ? exp_row<true>(r.data(), V, mu, ai, r.data())
                            : exp_row<false>(r.data(), V, mu, ai, r.data());
     r *= static_cast<A>(1.0 / su);
-    const double sq = safe ? exp_row<true>(z, V, mz, ai, q.data())
-                           : exp_row<false>(z, V, mz, ai, q.data());
+    const double sq =
+        safe ? exp_row<true>(z, V, mz, ai, q.data()) : exp_row<false>(z, V, mz, ai, q.data());
     q *= static_cast<A>(1.0 / sq);
     const double lse = static_cast<double>(mz) * invT + std::log(sq);
     // L = −Σ r (z/τ − lse) = lse − Σ r z /τ  (0·(−inf) terms skipped)
-    const double rz = safe ? sum_chunks((r > A(0)).select(r * za, A(0)))
-                           : sum_chunks(r * za);
+    const double rz = safe ? sum_chunks((r > A(0)).select(r * za, A(0))) : sum_chunks(r * za);
     const double L = lse - rz * invT;
     if (!std::isfinite(L)) return L;
     rg.set((q - r) * ai);
@@ -88,11 +87,10 @@ inline double taid_row(double t, double invT, const A* z, const A* y, Index V, S
 
 /// TAID loss at interpolation time `opts.t`; gradient w.r.t. `student_logits`.
 template <class DS, class DT, class DM>
-Result<::rlpo::detail::scalar_t<DS>> taid(const Eigen::MatrixBase<DS>& student_logits,
-                                          const Eigen::MatrixBase<DT>& teacher_logits,
-                                          const Eigen::MatrixBase<DM>& mask,
-                                          const TAIDOptions& opts = {}, const Normalizer& norm = {},
-                                          const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
+Result<::rlpo::detail::scalar_t<DS>> taid(
+    const Eigen::MatrixBase<DS>& student_logits, const Eigen::MatrixBase<DT>& teacher_logits,
+    const Eigen::MatrixBase<DM>& mask, const TAIDOptions& opts = {}, const Normalizer& norm = {},
+    const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<DS>;
     static_assert(detail::is_logit_scalar_v<S>,
                   "rlpo::distill: logits must be float, double or Eigen::bfloat16");
@@ -111,8 +109,8 @@ Result<::rlpo::detail::scalar_t<DS>> taid(const Eigen::MatrixBase<DS>& student_l
     const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
     const auto pass = detail::drive_rows<S, A>(
         fn, plan, N, V, g, t2,
-        [&](Index n, detail::Scratch<A>& ws, const detail::RowGrad<S>& rg,
-            detail::RowError& err, double&) -> double {
+        [&](Index n, detail::Scratch<A>& ws, const detail::RowGrad<S>& rg, detail::RowError& err,
+            double&) -> double {
             const A* zr = detail::widen<A, S>(z, n, ws.z);
             const A* yr = detail::widen<A, S>(y, n, ws.y);
             return detail::taid_row<S, A>(opts.t, 1.0 / opts.temperature, zr, yr, V, ws, rg, err);
@@ -129,17 +127,19 @@ public:
     struct Options {
         double t_start = 0.4;
         double t_end = 1.0;
-        double alpha = 5e-4;    ///< step size of the adaptive increment
-        double beta = 0.99;     ///< momentum of the relative loss change
-        double eps = 1e-8;      ///< ε of the relative change
+        double alpha = 5e-4;  ///< step size of the adaptive increment
+        double beta = 0.99;   ///< momentum of the relative loss change
+        double eps = 1e-8;    ///< ε of the relative change
         long long total_steps = 1;
     };
 
     explicit TAIDSchedule(const Options& o) : o_(o), t_(o.t_start) {
         constexpr const char* fn = "distill::TAIDSchedule";
-        RLPO_CHECK(o.t_start >= 0 && o.t_start < 1, fn, "t_start: must be in [0, 1), given ", o.t_start);
+        RLPO_CHECK(o.t_start >= 0 && o.t_start < 1, fn, "t_start: must be in [0, 1), given ",
+                   o.t_start);
         RLPO_CHECK(o.t_end > 0 && o.t_end <= 1, fn, "t_end: must be in (0, 1], given ", o.t_end);
-        RLPO_CHECK(o.t_start <= o.t_end, fn, "t_start: must be <= t_end, given ", o.t_start, " > ", o.t_end);
+        RLPO_CHECK(o.t_start <= o.t_end, fn, "t_start: must be <= t_end, given ", o.t_start, " > ",
+                   o.t_end);
         RLPO_CHECK(o.alpha >= 0 && o.alpha <= 1, fn, "alpha: must be in [0, 1], given ", o.alpha);
         RLPO_CHECK(o.beta >= 0 && o.beta < 1, fn, "beta: must be in [0, 1), given ", o.beta);
         RLPO_CHECK(o.total_steps > 0, fn, "total_steps: must be > 0, given ", o.total_steps);
@@ -153,11 +153,12 @@ public:
 
     /// Record the loss of the step just taken and advance t. Returns the new t.
     double update(double loss) {
-        RLPO_CHECK(std::isfinite(loss), "distill::TAIDSchedule::update", "loss: must be finite, given ", loss);
+        RLPO_CHECK(std::isfinite(loss), "distill::TAIDSchedule::update",
+                   "loss: must be finite, given ", loss);
         ++step_;
-        const double lin = std::min(
-            o_.t_end, o_.t_start + (o_.t_end - o_.t_start) * static_cast<double>(step_) /
-                                       static_cast<double>(o_.total_steps));
+        const double lin =
+            std::min(o_.t_end, o_.t_start + (o_.t_end - o_.t_start) * static_cast<double>(step_) /
+                                                static_cast<double>(o_.total_steps));
         if (has_prev_) {
             const double delta = (prev_ - loss) / (prev_ + o_.eps);
             m_ = o_.beta * m_ + (1 - o_.beta) * delta;

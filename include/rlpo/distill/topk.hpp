@@ -196,8 +196,8 @@ Result<::rlpo::detail::scalar_t<DS>> forward_kl_topk(
         std::vector<Index> sorted(idx_all.begin() + n * K, idx_all.begin() + (n + 1) * K);
         std::sort(sorted.begin(), sorted.end());
         const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
-        RLPO_CHECK(dup == sorted.end(), fn, "teacher_indices: index ", dup == sorted.end() ? 0 : *dup,
-                   " repeated in row ", n);
+        RLPO_CHECK(dup == sorted.end(), fn, "teacher_indices: index ",
+                   dup == sorted.end() ? 0 : *dup, " repeated in row ", n);
     }
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
@@ -205,8 +205,8 @@ Result<::rlpo::detail::scalar_t<DS>> forward_kl_topk(
     const double invT = 1.0 / opts.temperature;
     const auto pass = detail::drive_rows<S, A>(
         fn, plan, N, V, g, t2,
-        [&](Index n, detail::Scratch<A>& ws, const detail::RowGrad<S>& rg,
-            detail::RowError& err, double& aux) -> double {
+        [&](Index n, detail::Scratch<A>& ws, const detail::RowGrad<S>& rg, detail::RowError& err,
+            double& aux) -> double {
             const A* zr = detail::widen<A, S>(z, n, ws.z);
             std::vector<Index> idx(idx_all.begin() + n * K, idx_all.begin() + (n + 1) * K);
             std::vector<double> lp(lp_all.begin() + n * K, lp_all.begin() + (n + 1) * K);
@@ -223,8 +223,8 @@ Result<::rlpo::detail::scalar_t<DS>> forward_kl_topk(
 template <class DS, class DT, class DM>
 Result<::rlpo::detail::scalar_t<DS>> dac_kl(
     const Eigen::MatrixBase<DS>& student_logits, const Eigen::MatrixBase<DT>& teacher_logits,
-    const Eigen::MatrixBase<DM>& mask, const DacKLOptions& opts = {},
-    const Normalizer& norm = {}, const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
+    const Eigen::MatrixBase<DM>& mask, const DacKLOptions& opts = {}, const Normalizer& norm = {},
+    const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<DS>;
     static_assert(detail::is_logit_scalar_v<S>,
                   "rlpo::distill: logits must be float, double or Eigen::bfloat16");
@@ -244,8 +244,8 @@ Result<::rlpo::detail::scalar_t<DS>> dac_kl(
     std::vector<double> region(static_cast<std::size_t>(N), 0.0);
     const auto pass = detail::drive_rows<S, A>(
         fn, plan, N, V, g, t2,
-        [&](Index n, detail::Scratch<A>& ws, const detail::RowGrad<S>& rg,
-            detail::RowError& err, double& aux) -> double {
+        [&](Index n, detail::Scratch<A>& ws, const detail::RowGrad<S>& rg, detail::RowError& err,
+            double& aux) -> double {
             const A* zr = detail::widen<A, S>(z, n, ws.z);
             const A* yr = detail::widen<A, S>(y, n, ws.y);
             // teacher log-probs at τ, then its top-p region (sorted by probability)
@@ -258,9 +258,8 @@ Result<::rlpo::detail::scalar_t<DS>> dac_kl(
             const double lse = static_cast<double>(my) * invT + std::log(s);
             std::vector<Index> order(static_cast<std::size_t>(V));
             std::iota(order.begin(), order.end(), Index(0));
-            std::sort(order.begin(), order.end(), [&](Index a, Index b) {
-                return yr[a] > yr[b] || (yr[a] == yr[b] && a < b);
-            });
+            std::sort(order.begin(), order.end(),
+                      [&](Index a, Index b) { return yr[a] > yr[b] || (yr[a] == yr[b] && a < b); });
             std::vector<Index> idx;
             std::vector<double> lp;
             double cum = 0.0;
@@ -273,8 +272,8 @@ Result<::rlpo::detail::scalar_t<DS>> dac_kl(
                 cum += std::exp(l);
             }
             region[static_cast<std::size_t>(n)] = static_cast<double>(idx.size());
-            return detail::topk_row<S, A>(TopKTail::Renormalize, zr, V, idx, lp, invT, ws, rg,
-                                          err, aux);
+            return detail::topk_row<S, A>(TopKTail::Renormalize, zr, V, idx, lp, invT, ws, rg, err,
+                                          aux);
         });
     double reg = 0.0;
     for (Index n = 0; n < N; ++n)

@@ -110,8 +110,8 @@ inline Vec<double> dads_weights(const Eigen::MatrixBase<DA>& advantages,
                                 double kappa = 2.718281828459045) {
     constexpr const char* fn = "penalties::dads_weights";
     RLPO_CHECK(advantages.cols() == 1 || advantages.rows() == 1, fn,
-               "advantages: expected a vector (one entry per sequence), given [",
-               advantages.rows(), ", ", advantages.cols(), "]");
+               "advantages: expected a vector (one entry per sequence), given [", advantages.rows(),
+               ", ", advantages.cols(), "]");
     ::rlpo::detail::check_length(fn, "group_accuracy", group_accuracy.derived(), advantages.size(),
                                  "advantages");
     ::rlpo::detail::check_positive(fn, "kappa", kappa);
@@ -130,18 +130,18 @@ inline Vec<double> dads_weights(const Eigen::MatrixBase<DA>& advantages,
 }
 
 struct SAFEOptions {
-    double base_threshold = 0.3;   ///< τ_0
-    double threshold_min = 0.1;    ///< τ is clipped to [min, max]
+    double base_threshold = 0.3;  ///< τ_0
+    double threshold_min = 0.1;   ///< τ is clipped to [min, max]
     double threshold_max = 0.6;
-    double entropy_floor = 2.0;    ///< H_0 of the gate max(0.5, H_0/(H + 0.1))
-    double coef = 0.1;             ///< c
-    double short_decay = 0.9;      ///< k_s EMA decay
-    double long_decay = 0.99;      ///< k_l EMA decay
+    double entropy_floor = 2.0;  ///< H_0 of the gate max(0.5, H_0/(H + 0.1))
+    double coef = 0.1;           ///< c
+    double short_decay = 0.9;    ///< k_s EMA decay
+    double long_decay = 0.99;    ///< k_l EMA decay
     double kp = 0.3, ki = 0.01, kd = 0.05;
     double integral_clip = 1.0;
-    double reward_decay = 0.95;    ///< reward EMA of the PID
+    double reward_decay = 0.95;  ///< reward EMA of the PID
     double target_velocity = 0.001;
-    bool phase_aware = true;       ///< phase multiplier φ from the reward history
+    bool phase_aware = true;  ///< phase multiplier φ from the reward history
 };
 
 /// What one SAFE step computed.
@@ -208,9 +208,11 @@ public:
                 const double d = static_cast<double>(lp(i, t)) - static_cast<double>(rlp(i, t));
                 if (std::isnan(d)) {
                     if (std::isnan(static_cast<double>(lp(i, t))))
-                        ::rlpo::detail::fail(fn, "logp: NaN at [", i, ", ", t, "] under a non-zero mask");
+                        ::rlpo::detail::fail(fn, "logp: NaN at [", i, ", ", t,
+                                             "] under a non-zero mask");
                     if (std::isnan(static_cast<double>(rlp(i, t))))
-                        ::rlpo::detail::fail(fn, "ref_logp: NaN at [", i, ", ", t, "] under a non-zero mask");
+                        ::rlpo::detail::fail(fn, "ref_logp: NaN at [", i, ", ", t,
+                                             "] under a non-zero mask");
                     ::rlpo::detail::fail(fn, "inputs at [", i, ", ", t, "] give an undefined KL");
                 }
                 sum += mk * d;
@@ -223,9 +225,9 @@ public:
         const double tau = next.advance_threshold(reward);
         const SAFEStep st = make_step(ks, tau, entropy);
         // ∂penalty/∂k = c·2(k_s − τ)·gate·(1 − decay); ∂k/∂logp_it = m_it / N
-        const double dk = st.active ? o_.coef * 2.0 * (ks - tau) * st.entropy_factor *
-                                          (1.0 - o_.short_decay)
-                                    : 0.0;
+        const double dk =
+            st.active ? o_.coef * 2.0 * (ks - tau) * st.entropy_factor * (1.0 - o_.short_decay)
+                      : 0.0;
         Result<S> res;
         const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
         for (Index i = 0; i < lp.rows(); ++i)
@@ -280,14 +282,18 @@ private:
             } else {
                 const auto recent_begin = history_.end() - 50;
                 const double recent = std::accumulate(recent_begin, history_.end(), 0.0) / 50.0;
-                const double old = n >= 100 ? std::accumulate(history_.begin(), recent_begin, 0.0) / 50.0
-                                            : recent;
+                const double old =
+                    n >= 100 ? std::accumulate(history_.begin(), recent_begin, 0.0) / 50.0 : recent;
                 double var = 0.0;
-                for (auto it = recent_begin; it != history_.end(); ++it) var += (*it - recent) * (*it - recent);
+                for (auto it = recent_begin; it != history_.end(); ++it)
+                    var += (*it - recent) * (*it - recent);
                 const double sd = std::sqrt(var / 50.0);  // population std, as numpy's default
-                if (recent > old + 0.01) phase_mult_ = 1.2;
-                else if (sd < 0.02 && recent > 0.7) phase_mult_ = 1.0;
-                else phase_mult_ = 0.8;
+                if (recent > old + 0.01)
+                    phase_mult_ = 1.2;
+                else if (sd < 0.02 && recent > 0.7)
+                    phase_mult_ = 1.0;
+                else
+                    phase_mult_ = 0.8;
             }
         }
         // PID on the reward velocity
@@ -303,7 +309,8 @@ private:
             u = o_.kp * err + o_.ki * integral_ + o_.kd * (err - prev_error_);
             prev_error_ = err;
         }
-        return std::clamp((o_.base_threshold + u) * phase_mult_, o_.threshold_min, o_.threshold_max);
+        return std::clamp((o_.base_threshold + u) * phase_mult_, o_.threshold_min,
+                          o_.threshold_max);
     }
 
     SAFEOptions o_;

@@ -156,7 +156,8 @@ inline void kl_packet(const ::rlpo::detail::simd::Packet<S>& d, const KLPacketCo
     switch (c.base) {
         case KLEstimator::Abs:
             v = pmax(d, pnegate(d));
-            g = pselect(pcmp_lt(c.zero, d), c.one, pselect(pcmp_lt(d, c.zero), pnegate(c.one), c.zero));
+            g = pselect(pcmp_lt(c.zero, d), c.one,
+                        pselect(pcmp_lt(d, c.zero), pnegate(c.one), c.zero));
             break;
         case KLEstimator::K2:
             v = pmul(c.half, pmul(d, d));
@@ -168,7 +169,8 @@ inline void kl_packet(const ::rlpo::detail::simd::Packet<S>& d, const KLPacketCo
             const P e = pexp(dc);
             const P raw = psub(psub(e, dc), c.one);
             v = pmin(raw, c.vmax);
-            const P live = pand(pand(pcmp_le(c.vnL, delta), pcmp_le(delta, c.vL)), pcmp_le(raw, c.vmax));
+            const P live =
+                pand(pand(pcmp_le(c.vnL, delta), pcmp_le(delta, c.vL)), pcmp_le(raw, c.vmax));
             g = pselect(live, psub(c.one, e), c.zero);
             break;
         }
@@ -204,12 +206,18 @@ inline KLEstimator parse_kl_estimator(const std::string& name) {
         const char* name;
         KLEstimator e;
     };
-    static const Entry table[] = {{"kl", KLEstimator::K1},  {"k1", KLEstimator::K1},
-                                  {"abs", KLEstimator::Abs}, {"mse", KLEstimator::K2},
-                                  {"k2", KLEstimator::K2},  {"low_var_kl", KLEstimator::K3},
-                                  {"k3", KLEstimator::K3},  {"kl+", KLEstimator::K1Plus},
-                                  {"k1+", KLEstimator::K1Plus}, {"abs+", KLEstimator::AbsPlus},
-                                  {"mse+", KLEstimator::K2},   {"k2+", KLEstimator::K2},
+    static const Entry table[] = {{"kl", KLEstimator::K1},
+                                  {"k1", KLEstimator::K1},
+                                  {"abs", KLEstimator::Abs},
+                                  {"mse", KLEstimator::K2},
+                                  {"k2", KLEstimator::K2},
+                                  {"low_var_kl", KLEstimator::K3},
+                                  {"k3", KLEstimator::K3},
+                                  {"kl+", KLEstimator::K1Plus},
+                                  {"k1+", KLEstimator::K1Plus},
+                                  {"abs+", KLEstimator::AbsPlus},
+                                  {"mse+", KLEstimator::K2},
+                                  {"k2+", KLEstimator::K2},
                                   {"low_var_kl+", KLEstimator::K3Plus},
                                   {"k3+", KLEstimator::K3Plus}};
     std::string valid;
@@ -289,8 +297,8 @@ Result<::rlpo::detail::scalar_t<DL>> kl_penalty_corrected(
             using namespace ::rlpo::detail::simd;
             const P x = load_kept(lp.data() + i * lp.outerStride(), k, T, keep);
             P v, gv;
-            detail::kl_packet<S>(psub(x, load_kept(rlp.data() + i * rlp.outerStride(), k, T, keep)), kc,
-                                 v, gv);
+            detail::kl_packet<S>(psub(x, load_kept(rlp.data() + i * rlp.outerStride(), k, T, keep)),
+                                 kc, v, gv);
             const P raw = psub(x, load_kept(olp.data() + i * olp.outerStride(), k, T, keep));
             const P wt = pexp(pmin(pmax(raw, kc.vnL), kc.vL));
             const P dw = pselect(pand(pcmp_le(kc.vnL, raw), pcmp_le(raw, kc.vL)), wt, kc.zero);
@@ -306,8 +314,8 @@ Result<::rlpo::detail::scalar_t<DL>> kl_penalty_corrected(
 /// Result of `kl_in_reward`.
 template <class S>
 struct KLReward {
-    Mat<S> rewards;     ///< scores − β·k at unmasked tokens, 0 at masked ones  `[B, T]`
-    Mat<S> kl;          ///< the per-token estimate k (0 at masked tokens)       `[B, T]`
+    Mat<S> rewards;      ///< scores − β·k at unmasked tokens, 0 at masked ones  `[B, T]`
+    Mat<S> kl;           ///< the per-token estimate k (0 at masked tokens)       `[B, T]`
     Vec<double> seq_kl;  ///< Σ_t m·k per sequence (fold β·seq_kl into a sequence score)
     Metrics metrics;     ///< `reward_kl_penalty`, `reward_kl_penalty_coeff`
 };
@@ -317,10 +325,10 @@ struct KLReward {
 /// β·k from the per-token `scores`. All inputs `[B, T]`; β ≥ 0.
 template <class DS, class DO, class DR, class DM>
 KLReward<::rlpo::detail::scalar_t<DS>> kl_in_reward(const Eigen::MatrixBase<DS>& scores,
-                                                   const Eigen::MatrixBase<DO>& old_logp,
-                                                   const Eigen::MatrixBase<DR>& ref_logp,
-                                                   const Eigen::MatrixBase<DM>& mask, double beta,
-                                                   const KLOptions& opts = {}) {
+                                                    const Eigen::MatrixBase<DO>& old_logp,
+                                                    const Eigen::MatrixBase<DR>& ref_logp,
+                                                    const Eigen::MatrixBase<DM>& mask, double beta,
+                                                    const KLOptions& opts = {}) {
     using S = ::rlpo::detail::scalar_t<DS>;
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
     constexpr const char* fn = "penalties::kl_in_reward";

@@ -53,7 +53,7 @@ struct OccupancyChi2Options {
 
 template <class S>
 struct OccupancyPenalty {
-    Mat<S> rewards;   ///< −λ·D per unmasked token (clipped), 0 at masked tokens  `[B, T]`
+    Mat<S> rewards;  ///< −λ·D per unmasked token (clipped), 0 at masked tokens  `[B, T]`
     double chi2_trimmed = 0.0;  ///< χ̂² (√χ² variant), else 0
     Metrics metrics;
 };
@@ -69,7 +69,8 @@ OccupancyPenalty<::rlpo::detail::scalar_t<DD>> occupancy_chi2_penalty(
     const ConstMatRef<S> d(log_ratio.derived()), m(mask.derived());
     ::rlpo::detail::check_same_shape(fn, "mask", m, "log_ratio", d);
     ::rlpo::detail::check_nonnegative(fn, "coef", opts.coef);
-    RLPO_CHECK(opts.trim >= 0 && opts.trim < 0.5, fn, "trim: must be in [0, 0.5), given ", opts.trim);
+    RLPO_CHECK(opts.trim >= 0 && opts.trim < 0.5, fn, "trim: must be in [0, 0.5), given ",
+               opts.trim);
     RLPO_CHECK(opts.reward_clip > 0 && !std::isnan(opts.reward_clip), fn,
                "reward_clip: must be > 0, given ", opts.reward_clip);
     ::rlpo::detail::check_mask(fn, m);
@@ -99,7 +100,8 @@ OccupancyPenalty<::rlpo::detail::scalar_t<DD>> occupancy_chi2_penalty(
         double s = 0.0;
         for (std::size_t j = k; j < n - k; ++j) s += sorted[j];
         res.chi2_trimmed = s / static_cast<double>(n - 2 * k);
-        if (res.chi2_trimmed > 0 && std::isfinite(res.chi2_trimmed)) scale = 1.0 / std::sqrt(res.chi2_trimmed);
+        if (res.chi2_trimmed > 0 && std::isfinite(res.chi2_trimmed))
+            scale = 1.0 / std::sqrt(res.chi2_trimmed);
     }
     std::size_t j = 0;
     for (Index i = 0; i < B; ++i)

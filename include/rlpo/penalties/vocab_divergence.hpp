@@ -76,8 +76,8 @@ namespace detail {
 
 /// D and ∂D/∂(z/τ) for one row; `g` receives the gradient (length V). Returns D; sets `err`
 /// to 1 for an infinite divergence, 2 for a row without a distribution.
-inline double vocab_row(VocabDivergence kind, const double* a, const double* b, Index V,
-                        double* lp, double* lq, double* g, int& err) {
+inline double vocab_row(VocabDivergence kind, const double* a, const double* b, Index V, double* lp,
+                        double* lq, double* g, int& err) {
     const double ninf = -std::numeric_limits<double>::infinity();
     double ma = ninf, mb = ninf;
     for (Index j = 0; j < V; ++j) ma = std::max(ma, a[j]), mb = std::max(mb, b[j]);

@@ -52,11 +52,13 @@ struct ModifiedAdvantages {
 template <class DA, class DL, class DR, class DM>
 ModifiedAdvantages<::rlpo::detail::scalar_t<DA>> ace_advantages(
     const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DL>& logp,
-    const Eigen::MatrixBase<DR>& ref_logp, const Eigen::MatrixBase<DM>& mask, const ACEOptions& opts = {}) {
+    const Eigen::MatrixBase<DR>& ref_logp, const Eigen::MatrixBase<DM>& mask,
+    const ACEOptions& opts = {}) {
     using S = ::rlpo::detail::scalar_t<DA>;
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
     constexpr const char* fn = "policy::ace_advantages";
-    const ConstMatRef<S> A(advantages.derived()), lp(logp.derived()), rl(ref_logp.derived()), m(mask.derived());
+    const ConstMatRef<S> A(advantages.derived()), lp(logp.derived()), rl(ref_logp.derived()),
+        m(mask.derived());
     ::rlpo::detail::check_same_shape(fn, "logp", lp, "advantages", A);
     ::rlpo::detail::check_same_shape(fn, "ref_logp", rl, "advantages", A);
     ::rlpo::detail::check_same_shape(fn, "mask", m, "advantages", A);
@@ -75,7 +77,9 @@ ModifiedAdvantages<::rlpo::detail::scalar_t<DA>> ace_advantages(
             c += mk * (static_cast<double>(lp(i, t)) - static_cast<double>(rl(i, t)));
         }
         if (len == 0) continue;
-        if (std::isnan(c)) ::rlpo::detail::fail(fn, "inputs of row ", i, " give an undefined (NaN) sequence log-ratio");
+        if (std::isnan(c))
+            ::rlpo::detail::fail(fn, "inputs of row ", i,
+                                 " give an undefined (NaN) sequence log-ratio");
         const double scale = 1.0 + opts.alpha * ::rlpo::softplus(c);
         for (Index t = 0; t < A.cols(); ++t) {
             const double mk = static_cast<double>(m(i, t));

@@ -57,9 +57,9 @@ enum class ISMode { Truncate, Mask };
 struct RolloutCorrectionOptions {
     ISLevel level = ISLevel::Token;
     ISMode mode = ISMode::Truncate;
-    double upper = 2.0;            ///< C_max
-    std::optional<double> lower{}; ///< C_min (Truncate: none; Mask: 1/C_max when unset)
-    double log_ratio_clamp = 20.0; ///< L
+    double upper = 2.0;             ///< C_max
+    std::optional<double> lower{};  ///< C_min (Truncate: none; Mask: 1/C_max when unset)
+    double log_ratio_clamp = 20.0;  ///< L
 };
 
 /// Weights and mask to hand to a surrogate, and the metrics of the correction.
@@ -103,18 +103,24 @@ RolloutCorrection<::rlpo::detail::scalar_t<DO>> rollout_correction(
             const double mk = static_cast<double>(m(i, t));
             if (mk == 0) continue;
             const double a = static_cast<double>(olp(i, t)), b = static_cast<double>(rlp(i, t));
-            if (std::isnan(a)) ::rlpo::detail::fail(fn, "old_logp: NaN at [", i, ", ", t, "] under a non-zero mask (NaN inputs are rejected)");
-            if (std::isnan(b)) ::rlpo::detail::fail(fn, "rollout_logp: NaN at [", i, ", ", t, "] under a non-zero mask (NaN inputs are rejected)");
+            if (std::isnan(a))
+                ::rlpo::detail::fail(fn, "old_logp: NaN at [", i, ", ", t,
+                                     "] under a non-zero mask (NaN inputs are rejected)");
+            if (std::isnan(b))
+                ::rlpo::detail::fail(fn, "rollout_logp: NaN at [", i, ", ", t,
+                                     "] under a non-zero mask (NaN inputs are rejected)");
             const double lr = a - b;
             if (std::isnan(lr))
-                ::rlpo::detail::fail(fn, "inputs at [", i, ", ", t, "] give an undefined log-ratio: old_logp=", a,
+                ::rlpo::detail::fail(fn, "inputs at [", i, ", ", t,
+                                     "] give an undefined log-ratio: old_logp=", a,
                                      " rollout_logp=", b);
             len += mk;
             sum += mk * lr;
         }
         if (len == 0) continue;
         if (std::isnan(sum))
-            ::rlpo::detail::fail(fn, "inputs of row ", i, " give an undefined (NaN) sequence log-ratio");
+            ::rlpo::detail::fail(fn, "inputs of row ", i,
+                                 " give an undefined (NaN) sequence log-ratio");
         double row_logw = 0;
         if (opts.level == ISLevel::Sequence) row_logw = std::clamp(sum, -L, L);
         if (opts.level == ISLevel::GeometricMean) row_logw = std::clamp(sum / len, -L, L);
@@ -127,7 +133,8 @@ RolloutCorrection<::rlpo::detail::scalar_t<DO>> rollout_correction(
             const double mk = static_cast<double>(m(i, t));
             if (mk == 0) continue;
             const double lr = static_cast<double>(olp(i, t)) - static_cast<double>(rlp(i, t));
-            const double w = opts.level == ISLevel::Token ? std::exp(std::clamp(lr, -L, L)) : std::exp(row_logw);
+            const double w =
+                opts.level == ISLevel::Token ? std::exp(std::clamp(lr, -L, L)) : std::exp(row_logw);
             count += mk;
             wsum += mk * w;
             n_hi += w > hi ? mk : 0.0;
@@ -175,19 +182,23 @@ TokenMask<::rlpo::detail::scalar_t<DL>> off_policy_sequence_mask(
     out.mask = Mat<S>::Zero(lp.rows(), lp.cols());
     double count = 0, dropped = 0;
     for (Index i = 0; i < lp.rows(); ++i) {
-        detail::check_row_nan<S>(fn, m, i, {{"logp", &lp}, {"rollout_logp", &rlp}, {"advantages", &A}});
+        detail::check_row_nan<S>(fn, m, i,
+                                 {{"logp", &lp}, {"rollout_logp", &rlp}, {"advantages", &A}});
         double len = 0, sum = 0;
         for (Index t = 0; t < lp.cols(); ++t) {
             const double mk = static_cast<double>(m(i, t));
             if (mk == 0) continue;
             const double d = static_cast<double>(rlp(i, t)) - static_cast<double>(lp(i, t));
             if (std::isnan(d))
-                ::rlpo::detail::fail(fn, "inputs at [", i, ", ", t, "] give an undefined log-ratio");
+                ::rlpo::detail::fail(fn, "inputs at [", i, ", ", t,
+                                     "] give an undefined log-ratio");
             len += mk;
             sum += mk * d;
         }
         if (len == 0) continue;
-        if (std::isnan(sum)) ::rlpo::detail::fail(fn, "inputs of row ", i, " give an undefined (NaN) mean log-ratio");
+        if (std::isnan(sum))
+            ::rlpo::detail::fail(fn, "inputs of row ", i,
+                                 " give an undefined (NaN) mean log-ratio");
         const bool low_kl = sum / len <= delta;
         for (Index t = 0; t < lp.cols(); ++t) {
             const double mk = static_cast<double>(m(i, t));
@@ -207,21 +218,23 @@ TokenMask<::rlpo::detail::scalar_t<DL>> off_policy_sequence_mask(
 /// `entropy` is `[B, T]` (per-token entropies, e.g. from `entropy_bonus` or `entropy_rows`).
 template <class DE, class DM>
 TokenMask<::rlpo::detail::scalar_t<DE>> top_entropy_mask(const Eigen::MatrixBase<DE>& entropy,
-                                                          const Eigen::MatrixBase<DM>& mask,
-                                                          double keep_fraction = 0.2) {
+                                                         const Eigen::MatrixBase<DM>& mask,
+                                                         double keep_fraction = 0.2) {
     using S = ::rlpo::detail::scalar_t<DE>;
     constexpr const char* fn = "policy::top_entropy_mask";
     const ConstMatRef<S> H(entropy.derived()), m(mask.derived());
     ::rlpo::detail::check_same_shape(fn, "mask", m, "entropy", H);
-    RLPO_CHECK(keep_fraction > 0 && keep_fraction <= 1, fn, "keep_fraction: must be in (0, 1], given ",
-               keep_fraction);
+    RLPO_CHECK(keep_fraction > 0 && keep_fraction <= 1, fn,
+               "keep_fraction: must be in (0, 1], given ", keep_fraction);
     ::rlpo::detail::check_mask(fn, m);
     std::vector<double> vals;
     for (Index i = 0; i < H.rows(); ++i)
         for (Index t = 0; t < H.cols(); ++t) {
             if (m(i, t) == 0) continue;
             const double h = static_cast<double>(H(i, t));
-            if (std::isnan(h)) ::rlpo::detail::fail(fn, "entropy: NaN at [", i, ", ", t, "] under a non-zero mask (NaN inputs are rejected)");
+            if (std::isnan(h))
+                ::rlpo::detail::fail(fn, "entropy: NaN at [", i, ", ", t,
+                                     "] under a non-zero mask (NaN inputs are rejected)");
             vals.push_back(h);
         }
     TokenMask<S> out;

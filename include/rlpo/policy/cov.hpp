@@ -58,8 +58,8 @@ struct ClipCovOptions {
 };
 
 struct KLCovOptions {
-    double ratio = 2e-4;  ///< ρ: fraction of tokens that get the KL term (at least one)
-    double kl_coef = 1.0; ///< β (verl `ppo_kl_coef`)
+    double ratio = 2e-4;   ///< ρ: fraction of tokens that get the KL term (at least one)
+    double kl_coef = 1.0;  ///< β (verl `ppo_kl_coef`)
 };
 
 namespace detail {
@@ -77,16 +77,21 @@ inline void validate(const char* fn, const KLCovOptions& o) {
 
 /// cov_t over the unmasked tokens (NaN where masked). Checks NaN / non-finite inputs.
 template <class S>
-inline Mat<double> token_covariance(const char* fn, const ConstMatRef<S>& lp, const ConstMatRef<S>& A,
-                                    const ConstMatRef<S>& m, bool weighted_means) {
+inline Mat<double> token_covariance(const char* fn, const ConstMatRef<S>& lp,
+                                    const ConstMatRef<S>& A, const ConstMatRef<S>& m,
+                                    bool weighted_means) {
     double sm = 0, sa = 0, sl = 0;
     for (Index i = 0; i < m.rows(); ++i)
         for (Index t = 0; t < m.cols(); ++t) {
             const double mk = static_cast<double>(m(i, t));
             if (mk == 0) continue;
             const double a = static_cast<double>(A(i, t)), x = static_cast<double>(lp(i, t));
-            if (std::isnan(x)) ::rlpo::detail::fail(fn, "logp: NaN at [", i, ", ", t, "] under a non-zero mask (NaN inputs are rejected)");
-            if (std::isnan(a)) ::rlpo::detail::fail(fn, "advantages: NaN at [", i, ", ", t, "] under a non-zero mask (NaN inputs are rejected)");
+            if (std::isnan(x))
+                ::rlpo::detail::fail(fn, "logp: NaN at [", i, ", ", t,
+                                     "] under a non-zero mask (NaN inputs are rejected)");
+            if (std::isnan(a))
+                ::rlpo::detail::fail(fn, "advantages: NaN at [", i, ", ", t,
+                                     "] under a non-zero mask (NaN inputs are rejected)");
             RLPO_CHECK(std::isfinite(x), fn, "logp: non-finite value ", x, " at [", i, ", ", t,
                        "]: the covariance selection needs finite log-probs");
             const double wgt = weighted_means ? mk : 1.0;
@@ -94,23 +99,26 @@ inline Mat<double> token_covariance(const char* fn, const ConstMatRef<S>& lp, co
             sa += wgt * a;
             sl += wgt * x;
         }
-    Mat<double> cov = Mat<double>::Constant(m.rows(), m.cols(), std::numeric_limits<double>::quiet_NaN());
+    Mat<double> cov =
+        Mat<double>::Constant(m.rows(), m.cols(), std::numeric_limits<double>::quiet_NaN());
     if (sm == 0) return cov;
     const double ma = sa / sm, ml = sl / sm;
     for (Index i = 0; i < m.rows(); ++i)
         for (Index t = 0; t < m.cols(); ++t)
             if (m(i, t) != 0)
-                cov(i, t) = (static_cast<double>(A(i, t)) - ma) * (static_cast<double>(lp(i, t)) - ml);
+                cov(i, t) =
+                    (static_cast<double>(A(i, t)) - ma) * (static_cast<double>(lp(i, t)) - ml);
     return cov;
 }
 }  // namespace detail
 
 /// The tokens Clip-Cov zeroes (1 = selected), `[B, T]`.
 template <class DL, class DO, class DA, class DM>
-Mat<::rlpo::detail::scalar_t<DL>> clip_cov_selection(
-    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
-    const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
-    const ClipCovOptions& opts = {}) {
+Mat<::rlpo::detail::scalar_t<DL>> clip_cov_selection(const Eigen::MatrixBase<DL>& logp,
+                                                     const Eigen::MatrixBase<DO>& old_logp,
+                                                     const Eigen::MatrixBase<DA>& advantages,
+                                                     const Eigen::MatrixBase<DM>& mask,
+                                                     const ClipCovOptions& opts = {}) {
     using S = ::rlpo::detail::scalar_t<DL>;
     constexpr const char* fn = "policy::clip_cov";
     const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
@@ -128,15 +136,19 @@ Mat<::rlpo::detail::scalar_t<DL>> clip_cov_selection(
             if (mk == 0) continue;
             N += mk;
             const double a = static_cast<double>(A(i, t));
-            const double r = std::exp(static_cast<double>(lp(i, t)) - static_cast<double>(olp(i, t)));
-            if (std::isnan(r)) ::rlpo::detail::fail_nan_at<S>(fn, i, t, {{"logp", &lp}, {"old_logp", &olp}});
+            const double r =
+                std::exp(static_cast<double>(lp(i, t)) - static_cast<double>(olp(i, t)));
+            if (std::isnan(r))
+                ::rlpo::detail::fail_nan_at<S>(fn, i, t, {{"logp", &lp}, {"old_logp", &olp}});
             const bool ppo_clipped = -a * std::clamp(r, lo, hi) > -a * r;
             const double cv = cov(i, t);
-            if (!ppo_clipped && cv > opts.cov_lb && cv < opts.cov_ub) cand.push_back(i * lp.cols() + t);
+            if (!ppo_clipped && cv > opts.cov_lb && cv < opts.cov_ub)
+                cand.push_back(i * lp.cols() + t);
         }
     Mat<S> sel = Mat<S>::Zero(lp.rows(), lp.cols());
     if (N == 0 || cand.empty()) return sel;
-    const auto k = std::min<std::size_t>(cand.size(), static_cast<std::size_t>(std::max(1.0, std::floor(opts.ratio * N))));
+    const auto k = std::min<std::size_t>(
+        cand.size(), static_cast<std::size_t>(std::max(1.0, std::floor(opts.ratio * N))));
     std::mt19937_64 eng(opts.seed);
     for (std::size_t j = 0; j < k; ++j) {
         const std::size_t pick = j + static_cast<std::size_t>(eng() % (cand.size() - j));
@@ -214,10 +226,12 @@ Result<::rlpo::detail::scalar_t<DL>> kl_cov(
     Mat<S> sel = Mat<S>::Zero(lp.rows(), lp.cols());
     if (!valid.empty()) {
         const auto k = std::min<std::size_t>(
-            valid.size(), static_cast<std::size_t>(std::max(1.0, std::floor(static_cast<double>(valid.size()) * opts.ratio))));
+            valid.size(), static_cast<std::size_t>(std::max(
+                              1.0, std::floor(static_cast<double>(valid.size()) * opts.ratio))));
         const auto at = [&](Index q) { return cov(q / lp.cols(), q % lp.cols()); };
-        std::partial_sort(valid.begin(), valid.begin() + static_cast<std::ptrdiff_t>(k), valid.end(),
-                          [&](Index a, Index b) { return at(a) > at(b) || (at(a) == at(b) && a < b); });
+        std::partial_sort(
+            valid.begin(), valid.begin() + static_cast<std::ptrdiff_t>(k), valid.end(),
+            [&](Index a, Index b) { return at(a) > at(b) || (at(a) == at(b) && a < b); });
         for (std::size_t j = 0; j < k; ++j) sel(valid[j] / lp.cols(), valid[j] % lp.cols()) = S(1);
     }
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());

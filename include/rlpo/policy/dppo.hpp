@@ -108,7 +108,8 @@ Result<::rlpo::detail::scalar_t<DL>> dppo(
             const double p = std::exp(x), q = std::exp(xo);
             bool valid;
             if (kl) {
-                const double d = q * (xo - x) + (1.0 - q) * std::log((1.0 - q + 1e-8) / (1.0 - p + 1e-8));
+                const double d =
+                    q * (xo - x) + (1.0 - q) * std::log((1.0 - q + 1e-8) / (1.0 - p + 1e-8));
                 valid = a > 0 ? (d <= opts.delta_high || p <= q) : (d <= opts.delta_low || p >= q);
             } else {
                 const double d = p - q;

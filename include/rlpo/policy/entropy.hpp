@@ -36,15 +36,15 @@ namespace rlpo::policy {
 /// Aggregated entropy of the softmax of each unmasked row and its gradient w.r.t. `logits`.
 template <class DZ, class DM>
 Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
-    const Eigen::MatrixBase<DZ>& logits, const Eigen::MatrixBase<DM>& mask, const Normalizer& norm = {},
-    const GradientOut<::rlpo::detail::scalar_t<DZ>>& out = {}) {
+    const Eigen::MatrixBase<DZ>& logits, const Eigen::MatrixBase<DM>& mask,
+    const Normalizer& norm = {}, const GradientOut<::rlpo::detail::scalar_t<DZ>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<DZ>;
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
     constexpr const char* fn = "policy::entropy_bonus";
     const ConstMatRef<S> z(logits.derived()), m(mask.derived());
     const Index B = m.rows(), T = m.cols(), V = z.cols();
-    RLPO_CHECK(z.rows() == B * T, fn, "logits: expected ", B * T, " rows (B·T of mask [", B, ", ", T,
-               "]), given ", z.rows());
+    RLPO_CHECK(z.rows() == B * T, fn, "logits: expected ", B * T, " rows (B·T of mask [", B, ", ",
+               T, "]), given ", z.rows());
     Result<S> res;
     const RowWeights w = row_weights(fn, m, norm);
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, z.rows(), V);
@@ -76,7 +76,8 @@ Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
                                              "] in an unmasked row (NaN and +inf are rejected)");
                     zd[static_cast<std::size_t>(j)] = x;
                 }
-                const double h = ::rlpo::entropy_row(zd.data(), V, g.active() ? tmp.data() : nullptr, ci * mk);
+                const double h =
+                    ::rlpo::entropy_row(zd.data(), V, g.active() ? tmp.data() : nullptr, ci * mk);
                 value += ci * mk * h;
                 hsum += mk * h;
                 if (g.active())
@@ -89,7 +90,8 @@ Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
     }
     double value = 0, hsum = 0;
     for (Index i = 0; i < B; ++i) {
-        if (err[static_cast<std::size_t>(i)]) std::rethrow_exception(err[static_cast<std::size_t>(i)]);
+        if (err[static_cast<std::size_t>(i)])
+            std::rethrow_exception(err[static_cast<std::size_t>(i)]);
         value += part[static_cast<std::size_t>(i)][0];
         hsum += part[static_cast<std::size_t>(i)][1];
     }

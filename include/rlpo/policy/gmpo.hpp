@@ -108,9 +108,11 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
                 for (Index t = 0; t < T; ++t) g.zero(i, t);
                 continue;
             }
-            detail::check_row_nan<S>(fn, m, i, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
+            detail::check_row_nan<S>(fn, m, i,
+                                     {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
             std::vector<double> dlr(static_cast<std::size_t>(T), 0.0);  // ∂lr̃/∂lr per token
-            double sum_lr = 0.0, sum_a = 0.0, sum_logw = 0.0, clip_hi = 0.0, clip_lo = 0.0, neg_kl = 0.0;
+            double sum_lr = 0.0, sum_a = 0.0, sum_logw = 0.0, clip_hi = 0.0, clip_lo = 0.0,
+                   neg_kl = 0.0;
             for (Index t = 0; t < T; ++t) {
                 const double mk = static_cast<double>(m(i, t));
                 if (mk == 0) continue;
@@ -123,7 +125,8 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
                 const double sg = a > 0 ? 1.0 : (a < 0 ? -1.0 : 0.0);
                 double v = 0.0, gv = 0.0;
                 if (sg != 0) {
-                    const ::rlpo::detail::LossGrad mn = detail::tie_min(sg * lr, sg, sg * lrc, sg * gc);
+                    const ::rlpo::detail::LossGrad mn =
+                        detail::tie_min(sg * lr, sg, sg * lrc, sg * gc);
                     v = sg * mn.loss;
                     gv = sg * mn.grad;
                 }
@@ -137,8 +140,9 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
                 neg_kl -= mk * lr;
             }
             if (std::isnan(sum_lr))
-                ::rlpo::detail::fail(fn, "inputs of row ", i,
-                                     " give an undefined (NaN) clipped log-ratio sum (+inf and -inf log-ratios)");
+                ::rlpo::detail::fail(
+                    fn, "inputs of row ", i,
+                    " give an undefined (NaN) clipped log-ratio sum (+inf and -inf log-ratios)");
             const double rho = std::exp(sum_lr / len);
             const double abar = sum_a / len;
             const double wrow = is_weights ? std::exp(sum_logw / len) : 1.0;

@@ -130,7 +130,8 @@ Result<::rlpo::detail::scalar_t<DL>> gspo(
                 for (Index t = 0; t < T; ++t) g.zero(i, t);
                 continue;
             }
-            detail::check_row_nan<S>(fn, m, i, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
+            detail::check_row_nan<S>(fn, m, i,
+                                     {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
             double sum_lr = 0.0, neg_kl = 0.0, clipped = 0.0;
             for (Index t = 0; t < T; ++t) {
                 const double mk = static_cast<double>(m(i, t));
@@ -142,8 +143,9 @@ Result<::rlpo::detail::scalar_t<DL>> gspo(
                 neg_kl -= mk * lr;
             }
             if (std::isnan(sum_lr))
-                ::rlpo::detail::fail(fn, "inputs of row ", i,
-                                     " give an undefined (NaN) sequence log-ratio (+inf and -inf log-ratios)");
+                ::rlpo::detail::fail(
+                    fn, "inputs of row ", i,
+                    " give an undefined (NaN) sequence log-ratio (+inf and -inf log-ratios)");
             const double log_s_raw = sum_lr / len;
             const double log_s = std::min(log_s_raw, K);
             const double s = std::exp(log_s);
@@ -161,7 +163,8 @@ Result<::rlpo::detail::scalar_t<DL>> gspo(
                 const double l2 = -a * sc, g2 = in_range ? g1 : 0.0;
                 const ::rlpo::detail::LossGrad lg = detail::tie_max(l1, g1, l2, g2);
                 if (std::isnan(lg.loss) || std::isnan(lg.grad))
-                    ::rlpo::detail::fail_nan_at<S>(fn, i, t, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
+                    ::rlpo::detail::fail_nan_at<S>(
+                        fn, i, t, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
                 const double wt = detail::weight_at(is_weights, i, t);
                 clipped += l2 > l1 ? mk : 0.0;
                 row += mk * wt * lg.loss;

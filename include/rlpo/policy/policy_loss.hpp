@@ -54,7 +54,19 @@
 
 namespace rlpo::policy {
 
-enum class PolicyLoss { Vanilla, GPG, GSPO, CISPO, SAPO, GeoMean, ClipCov, KLCov, DPPOTV, DPPOKL, DRO };
+enum class PolicyLoss {
+    Vanilla,
+    GPG,
+    GSPO,
+    CISPO,
+    SAPO,
+    GeoMean,
+    ClipCov,
+    KLCov,
+    DPPOTV,
+    DPPOKL,
+    DRO
+};
 
 /// Whose defaults `make_policy_loss` applies to the chosen variant.
 enum class Anchor { Paper, Verl, TRL };
@@ -99,13 +111,13 @@ struct PolicyLossName {
 };
 inline const PolicyLossName* policy_loss_names(std::size_t& n) {
     static const PolicyLossName table[] = {
-        {"vanilla", PolicyLoss::Vanilla}, {"grpo", PolicyLoss::Vanilla},
-        {"bnpo", PolicyLoss::Vanilla},    {"dr_grpo", PolicyLoss::Vanilla},
-        {"dapo", PolicyLoss::Vanilla},    {"gpg", PolicyLoss::GPG},
-        {"reinforce", PolicyLoss::GPG},   {"gspo", PolicyLoss::GSPO},
-        {"gspo_token", PolicyLoss::GSPO}, {"cispo", PolicyLoss::CISPO},
-        {"sapo", PolicyLoss::SAPO},       {"dppo_tv", PolicyLoss::DPPOTV},
-        {"dppo_kl", PolicyLoss::DPPOKL},  {"dro", PolicyLoss::DRO},
+        {"vanilla", PolicyLoss::Vanilla},  {"grpo", PolicyLoss::Vanilla},
+        {"bnpo", PolicyLoss::Vanilla},     {"dr_grpo", PolicyLoss::Vanilla},
+        {"dapo", PolicyLoss::Vanilla},     {"gpg", PolicyLoss::GPG},
+        {"reinforce", PolicyLoss::GPG},    {"gspo", PolicyLoss::GSPO},
+        {"gspo_token", PolicyLoss::GSPO},  {"cispo", PolicyLoss::CISPO},
+        {"sapo", PolicyLoss::SAPO},        {"dppo_tv", PolicyLoss::DPPOTV},
+        {"dppo_kl", PolicyLoss::DPPOKL},   {"dro", PolicyLoss::DRO},
         {"geo_mean", PolicyLoss::GeoMean}, {"gmpo", PolicyLoss::GeoMean},
         {"clip_cov", PolicyLoss::ClipCov}, {"kl_cov", PolicyLoss::KLCov},
     };
@@ -165,10 +177,13 @@ Result<::rlpo::detail::scalar_t<DL>> policy_loss(
     using S = ::rlpo::detail::scalar_t<DL>;
     switch (opts.loss) {
         case PolicyLoss::Vanilla: {
-            if (!is_weights) return ppo_clip(logp, old_logp, advantages, mask, opts.vanilla, norm, out);
+            if (!is_weights)
+                return ppo_clip(logp, old_logp, advantages, mask, opts.vanilla, norm, out);
             const ConstMatRef<S> m(mask.derived()), A(advantages.derived());
-            ::rlpo::detail::check_same_shape("policy::policy_loss", "advantages", A, "logp", logp.derived());
-            ::rlpo::detail::check_same_shape("policy::policy_loss", "mask", m, "logp", logp.derived());
+            ::rlpo::detail::check_same_shape("policy::policy_loss", "advantages", A, "logp",
+                                             logp.derived());
+            ::rlpo::detail::check_same_shape("policy::policy_loss", "mask", m, "logp",
+                                             logp.derived());
             detail::check_weights("policy::policy_loss", is_weights, m);
             const Mat<S> wa = (m.array() != S(0)).select(A.array() * is_weights->array(), S(0));
             return ppo_clip(logp, old_logp, wa, mask, opts.vanilla, norm, out);

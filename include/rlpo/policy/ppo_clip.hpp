@@ -109,9 +109,9 @@ inline void validate(const char* fn, const PPOClipOptions& o) {
     RLPO_CHECK(o.log_ratio_clamp > 0 && !std::isnan(o.log_ratio_clamp), fn,
                "log_ratio_clamp: must be > 0, given ", o.log_ratio_clamp);
     if (o.two_sided_delta)
-        RLPO_CHECK(std::isfinite(*o.two_sided_delta) && *o.two_sided_delta > 1.0 + o.clip_high,
-                   fn, "two_sided_delta: δ must be > 1 + clip_high = ", 1.0 + o.clip_high,
-                   ", given ", *o.two_sided_delta);
+        RLPO_CHECK(std::isfinite(*o.two_sided_delta) && *o.two_sided_delta > 1.0 + o.clip_high, fn,
+                   "two_sided_delta: δ must be > 1 + clip_high = ", 1.0 + o.clip_high, ", given ",
+                   *o.two_sided_delta);
 }
 
 /// Torch-style max/min of two branches with gradients: returns (value, gradient), ties split.

@@ -50,22 +50,28 @@ struct TRRDOptions {
 /// log π_mix per token (`[B, T]`, 0 where masked).
 template <class DO, class DT, class DM>
 Mat<::rlpo::detail::scalar_t<DO>> trrd_anchor(const Eigen::MatrixBase<DO>& old_logp,
-                                               const Eigen::MatrixBase<DT>& teacher_logp,
-                                               const Eigen::MatrixBase<DM>& mask, const TRRDOptions& opts = {}) {
+                                              const Eigen::MatrixBase<DT>& teacher_logp,
+                                              const Eigen::MatrixBase<DM>& mask,
+                                              const TRRDOptions& opts = {}) {
     using S = ::rlpo::detail::scalar_t<DO>;
     constexpr const char* fn = "policy::trrd";
     const ConstMatRef<S> olp(old_logp.derived()), tlp(teacher_logp.derived()), m(mask.derived());
     ::rlpo::detail::check_same_shape(fn, "teacher_logp", tlp, "old_logp", olp);
     ::rlpo::detail::check_same_shape(fn, "mask", m, "old_logp", olp);
-    RLPO_CHECK(opts.alpha >= 0 && opts.alpha <= 1, fn, "alpha: must be in [0, 1], given ", opts.alpha);
+    RLPO_CHECK(opts.alpha >= 0 && opts.alpha <= 1, fn, "alpha: must be in [0, 1], given ",
+               opts.alpha);
     Mat<S> mix = Mat<S>::Zero(olp.rows(), olp.cols());
     const double a = opts.alpha;
     for (Index i = 0; i < olp.rows(); ++i)
         for (Index t = 0; t < olp.cols(); ++t) {
             if (m(i, t) == 0) continue;
             const double o = static_cast<double>(olp(i, t)), te = static_cast<double>(tlp(i, t));
-            if (std::isnan(o)) ::rlpo::detail::fail(fn, "old_logp: NaN at [", i, ", ", t, "] under a non-zero mask (NaN inputs are rejected)");
-            if (std::isnan(te)) ::rlpo::detail::fail(fn, "teacher_logp: NaN at [", i, ", ", t, "] under a non-zero mask (NaN inputs are rejected)");
+            if (std::isnan(o))
+                ::rlpo::detail::fail(fn, "old_logp: NaN at [", i, ", ", t,
+                                     "] under a non-zero mask (NaN inputs are rejected)");
+            if (std::isnan(te))
+                ::rlpo::detail::fail(fn, "teacher_logp: NaN at [", i, ", ", t,
+                                     "] under a non-zero mask (NaN inputs are rejected)");
             double v;
             if (opts.mixture == TRRDMixture::Geometric) {
                 v = (a == 0 ? 0.0 : a * te) + (a == 1 ? 0.0 : (1 - a) * o);
@@ -75,7 +81,9 @@ Mat<::rlpo::detail::scalar_t<DO>> trrd_anchor(const Eigen::MatrixBase<DO>& old_l
                 v = te;
             } else {  // log(α e^te + (1−α) e^o), stable for −inf entries
                 const double x = std::log(a) + te, y = std::log1p(-a) + o, hi = std::max(x, y);
-                v = hi == -std::numeric_limits<double>::infinity() ? hi : hi + std::log1p(std::exp(std::min(x, y) - hi));
+                v = hi == -std::numeric_limits<double>::infinity()
+                        ? hi
+                        : hi + std::log1p(std::exp(std::min(x, y) - hi));
             }
             mix(i, t) = static_cast<S>(v);
         }

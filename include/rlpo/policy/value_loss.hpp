@@ -122,7 +122,9 @@ namespace detail {
 inline std::pair<double, double> soft_min2(double a, double b, double alpha) {
     const double lo = std::min(a, b);
     // −α·(log(e^{−a/α} + e^{−b/α}) − log 2), shifted by the min for stability
-    const double v = lo - alpha * (std::log(std::exp(-(a - lo) / alpha) + std::exp(-(b - lo) / alpha)) - std::log(2.0));
+    const double v =
+        lo - alpha * (std::log(std::exp(-(a - lo) / alpha) + std::exp(-(b - lo) / alpha)) -
+                      std::log(2.0));
     return {v, ::rlpo::sigmoid((b - a) / alpha)};
 }
 inline std::pair<double, double> huber(double x, double d) {
@@ -138,12 +140,13 @@ template <class D1, class D2, class DO, class DR, class DM>
 SAFECriticResult<::rlpo::detail::scalar_t<D1>> safe_critic_loss(
     const Eigen::MatrixBase<D1>& v1, const Eigen::MatrixBase<D2>& v2,
     const Eigen::MatrixBase<DO>& old_values, const Eigen::MatrixBase<DR>& returns,
-    const Eigen::MatrixBase<DM>& mask, const SAFECriticOptions& opts = {}, const Normalizer& norm = {}) {
+    const Eigen::MatrixBase<DM>& mask, const SAFECriticOptions& opts = {},
+    const Normalizer& norm = {}) {
     using S = ::rlpo::detail::scalar_t<D1>;
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
     constexpr const char* fn = "policy::safe_critic_loss";
-    const ConstMatRef<S> a(v1.derived()), b(v2.derived()), vo(old_values.derived()), R(returns.derived()),
-        m(mask.derived());
+    const ConstMatRef<S> a(v1.derived()), b(v2.derived()), vo(old_values.derived()),
+        R(returns.derived()), m(mask.derived());
     ::rlpo::detail::check_same_shape(fn, "v2", b, "v1", a);
     ::rlpo::detail::check_same_shape(fn, "old_values", vo, "v1", a);
     ::rlpo::detail::check_same_shape(fn, "returns", R, "v1", a);
@@ -159,12 +162,15 @@ SAFECriticResult<::rlpo::detail::scalar_t<D1>> safe_critic_loss(
     const double c = opts.clip, d = opts.huber_delta;
     for (Index i = 0; i < a.rows(); ++i) {
         const double ci = w.c[static_cast<std::size_t>(i)];
-        detail::check_row_nan<S>(fn, m, i, {{"v1", &a}, {"v2", &b}, {"old_values", &vo}, {"returns", &R}});
+        detail::check_row_nan<S>(fn, m, i,
+                                 {{"v1", &a}, {"v2", &b}, {"old_values", &vo}, {"returns", &R}});
         for (Index t = 0; t < a.cols(); ++t) {
             const double mk = static_cast<double>(m(i, t));
             if (mk == 0) continue;
-            const auto sm = detail::soft_min2(static_cast<double>(a(i, t)), static_cast<double>(b(i, t)), opts.alpha);
-            const double V = sm.first, xo = static_cast<double>(vo(i, t)), r = static_cast<double>(R(i, t));
+            const auto sm = detail::soft_min2(static_cast<double>(a(i, t)),
+                                              static_cast<double>(b(i, t)), opts.alpha);
+            const double V = sm.first, xo = static_cast<double>(vo(i, t)),
+                         r = static_cast<double>(R(i, t));
             const double diff = V - xo;
             const double Vc = xo + std::clamp(diff, -c, c);
             const bool inside = diff >= -c && diff <= c;
@@ -172,7 +178,8 @@ SAFECriticResult<::rlpo::detail::scalar_t<D1>> safe_critic_loss(
             const double l = 0.5 * (h1.first + h2.first);
             const double dV = 0.5 * (h1.second + (inside ? h2.second : 0.0));
             if (std::isnan(l) || std::isnan(dV))
-                ::rlpo::detail::fail_nan_at<S>(fn, i, t, {{"v1", &a}, {"v2", &b}, {"old_values", &vo}, {"returns", &R}});
+                ::rlpo::detail::fail_nan_at<S>(
+                    fn, i, t, {{"v1", &a}, {"v2", &b}, {"old_values", &vo}, {"returns", &R}});
             value += ci * mk * l;
             res.grad_v1(i, t) = static_cast<S>(ci * mk * dV * sm.second);
             res.grad_v2(i, t) = static_cast<S>(ci * mk * dV * (1.0 - sm.second));

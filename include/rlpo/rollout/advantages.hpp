@@ -50,7 +50,7 @@ enum class StdKind { Sample, Population };
 enum class AdvantageScale {
     Group,  ///< σ_g, the std of the response's group (GRPO)
     Batch,  ///< σ_B, the std of all scores of the batch (TRL `scale_rewards="batch"`)
-    None    ///< no division (Dr.GRPO; TRL `scale_rewards="none"`, verl `norm_adv_by_std_in_grpo=False`)
+    None  ///< no division (Dr.GRPO; TRL `scale_rewards="none"`, verl `norm_adv_by_std_in_grpo=False`)
 };
 
 /// Advantage of a group with one response.
@@ -120,8 +120,8 @@ struct GRPOOptions {
 /// per group. When the denominator is 0 (ε = 0 and σ = 0), the advantage is 0.
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> grpo_advantages(const Eigen::MatrixBase<D>& scores,
-                                                  const Groups& groups,
-                                                  const GRPOOptions& opts = {}) {
+                                                 const Groups& groups,
+                                                 const GRPOOptions& opts = {}) {
     using S = ::rlpo::detail::scalar_t<D>;
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: scores must be float or double");
     constexpr const char* fn = "rollout::grpo_advantages";
@@ -184,8 +184,8 @@ struct RLOOOptions {
 /// Singleton groups: 0 (default) or the raw score (`RLOOOptions::verl()`).
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> rloo_advantages(const Eigen::MatrixBase<D>& scores,
-                                                  const Groups& groups,
-                                                  const RLOOOptions& opts = {}) {
+                                                 const Groups& groups,
+                                                 const RLOOOptions& opts = {}) {
     using S = ::rlpo::detail::scalar_t<D>;
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: scores must be float or double");
     constexpr const char* fn = "rollout::rloo_advantages";
@@ -195,7 +195,8 @@ Vec<::rlpo::detail::scalar_t<D>> rloo_advantages(const Eigen::MatrixBase<D>& sco
     for (Index g = 0; g < groups.num_groups(); ++g) {
         const Index b = groups.begin(g), e = groups.end(g), n = e - b;
         if (n == 1) {
-            if (opts.singleton == SingletonGroups::RawScore) a[static_cast<std::size_t>(b)] = s[static_cast<std::size_t>(b)];
+            if (opts.singleton == SingletonGroups::RawScore)
+                a[static_cast<std::size_t>(b)] = s[static_cast<std::size_t>(b)];
             continue;
         }
         if (detail::all_equal(s, b, e)) continue;
@@ -217,7 +218,8 @@ Vec<::rlpo::detail::scalar_t<D>> lengths_from_mask(const Eigen::MatrixBase<D>& m
     Vec<S> len(m.rows());
     const Index T = m.cols();
     detail::for_mask_rows<S>("rollout::lengths_from_mask", m, [&](Index i, const S* row) {
-        len(i) = static_cast<S>((Eigen::Map<const Eigen::Array<S, 1, Eigen::Dynamic>>(row, T) != S(0)).count());
+        len(i) = static_cast<S>(
+            (Eigen::Map<const Eigen::Array<S, 1, Eigen::Dynamic>>(row, T) != S(0)).count());
     });
     return len;
 }
@@ -227,7 +229,7 @@ Vec<::rlpo::detail::scalar_t<D>> lengths_from_mask(const Eigen::MatrixBase<D>& m
 /// fractional mask weight is the loss's business and is not folded in here).
 template <class DA, class DM>
 Mat<::rlpo::detail::scalar_t<DM>> broadcast_to_tokens(const Eigen::MatrixBase<DA>& seq_values,
-                                                       const Eigen::MatrixBase<DM>& mask) {
+                                                      const Eigen::MatrixBase<DM>& mask) {
     using S = ::rlpo::detail::scalar_t<DM>;
     constexpr const char* fn = "rollout::broadcast_to_tokens";
     const std::vector<double> a = detail::read_scores(fn, "seq_values", seq_values);
@@ -248,7 +250,7 @@ Mat<::rlpo::detail::scalar_t<DM>> broadcast_to_tokens(const Eigen::MatrixBase<DA
 /// (where verl's reward manager puts it), 0 elsewhere; an empty row gets no reward.
 template <class DA, class DM>
 Mat<::rlpo::detail::scalar_t<DM>> outcome_token_rewards(const Eigen::MatrixBase<DA>& scores,
-                                                         const Eigen::MatrixBase<DM>& mask) {
+                                                        const Eigen::MatrixBase<DM>& mask) {
     using S = ::rlpo::detail::scalar_t<DM>;
     constexpr const char* fn = "rollout::outcome_token_rewards";
     const std::vector<double> s = detail::read_scores(fn, "scores", scores);
@@ -287,9 +289,9 @@ struct OPOOptions {
 /// lengths are all 0 uses the plain mean. Singleton groups: 0, or the raw score under `verl()`.
 template <class DS, class DL>
 Vec<::rlpo::detail::scalar_t<DS>> opo_advantages(const Eigen::MatrixBase<DS>& scores,
-                                                  const Eigen::MatrixBase<DL>& lengths,
-                                                  const Groups& groups,
-                                                  const OPOOptions& opts = {}) {
+                                                 const Eigen::MatrixBase<DL>& lengths,
+                                                 const Groups& groups,
+                                                 const OPOOptions& opts = {}) {
     using S = ::rlpo::detail::scalar_t<DS>;
     constexpr const char* fn = "rollout::opo_advantages";
     const std::vector<double> s = detail::read_scores(fn, "scores", scores, opts.nan_scores);
@@ -300,7 +302,8 @@ Vec<::rlpo::detail::scalar_t<DS>> opo_advantages(const Eigen::MatrixBase<DS>& sc
     for (Index g = 0; g < groups.num_groups(); ++g) {
         const Index b = groups.begin(g), e = groups.end(g);
         if (e - b == 1) {
-            if (opts.singleton == SingletonGroups::RawScore) a[static_cast<std::size_t>(b)] = s[static_cast<std::size_t>(b)];
+            if (opts.singleton == SingletonGroups::RawScore)
+                a[static_cast<std::size_t>(b)] = s[static_cast<std::size_t>(b)];
             continue;
         }
         if (detail::all_equal(s, b, e)) continue;
@@ -310,7 +313,8 @@ Vec<::rlpo::detail::scalar_t<DS>> opo_advantages(const Eigen::MatrixBase<DS>& sc
             den += l[static_cast<std::size_t>(k)];
         }
         const double base = den > 0 ? num / den : detail::mean(s, b, e);
-        for (Index k = b; k < e; ++k) a[static_cast<std::size_t>(k)] = s[static_cast<std::size_t>(k)] - base;
+        for (Index k = b; k < e; ++k)
+            a[static_cast<std::size_t>(k)] = s[static_cast<std::size_t>(k)] - base;
     }
     return detail::to_vec<S>(a);
 }
@@ -329,8 +333,8 @@ struct GRPOPassKOptions {
 /// all-equal groups give 0.
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> grpo_passk_advantages(const Eigen::MatrixBase<D>& scores,
-                                                        const Groups& groups,
-                                                        const GRPOPassKOptions& opts = {}) {
+                                                       const Groups& groups,
+                                                       const GRPOPassKOptions& opts = {}) {
     using S = ::rlpo::detail::scalar_t<D>;
     constexpr const char* fn = "rollout::grpo_passk_advantages";
     ::rlpo::detail::check_nonnegative(fn, "epsilon", opts.epsilon);
@@ -384,15 +388,15 @@ inline double avoid_prob(Index n, Index a, Index k) {
 /// k = 1 reduces to GRPO with population std and ε = 0 (tested).
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> passk_advantages(const Eigen::MatrixBase<D>& scores,
-                                                   const Groups& groups, Index k) {
+                                                  const Groups& groups, Index k) {
     using S = ::rlpo::detail::scalar_t<D>;
     constexpr const char* fn = "rollout::passk_advantages";
     const std::vector<double> s = detail::read_scores(fn, "scores", scores);
     detail::check_groups(fn, "scores", groups, s.size());
     RLPO_CHECK(k >= 1, fn, "k: must be >= 1, given ", k);
     for (std::size_t i = 0; i < s.size(); ++i)
-        RLPO_CHECK(s[i] == 0.0 || s[i] == 1.0, fn, "scores: must be 0 or 1 (binary rewards), given ",
-                   s[i], " at response ", i);
+        RLPO_CHECK(s[i] == 0.0 || s[i] == 1.0, fn,
+                   "scores: must be 0 or 1 (binary rewards), given ", s[i], " at response ", i);
     std::vector<double> a(s.size(), 0.0);
     for (Index g = 0; g < groups.num_groups(); ++g) {
         const Index b = groups.begin(g), e = groups.end(g), n = e - b;
@@ -452,15 +456,16 @@ struct GDPOOptions {
 /// GRPO ε 1e-6 and reject NaN.
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rewards,
-                                                  const Groups& groups,
-                                                  const GDPOOptions& opts = {}) {
+                                                 const Groups& groups,
+                                                 const GDPOOptions& opts = {}) {
     using S = ::rlpo::detail::scalar_t<D>;
     constexpr const char* fn = "rollout::gdpo_advantages";
     const auto& R = rewards.derived();
     const Index N = R.rows(), K = R.cols();
     RLPO_CHECK(K >= 1, fn, "rewards: expected at least one reward component (column), given 0");
     RLPO_CHECK(opts.weights.empty() || static_cast<Index>(opts.weights.size()) == K, fn,
-               "weights: expected ", K, " entries (columns of rewards), given ", opts.weights.size());
+               "weights: expected ", K, " entries (columns of rewards), given ",
+               opts.weights.size());
     for (std::size_t k = 0; k < opts.weights.size(); ++k)
         ::rlpo::detail::check_finite_param(fn, "weights", opts.weights[k]);
     RLPO_CHECK(opts.component.scale != AdvantageScale::Batch, fn,
@@ -484,7 +489,8 @@ Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rew
             for (Index i = groups.begin(g); i < groups.end(g); ++i) {
                 const double r = static_cast<double>(R(i, k));
                 if (std::isnan(r)) continue;
-                RLPO_CHECK(std::isfinite(r), fn, "rewards: non-finite value ", r, " at [", i, ", ", k, "]");
+                RLPO_CHECK(std::isfinite(r), fn, "rewards: non-finite value ", r, " at [", i, ", ",
+                           k, "]");
                 v.push_back(r);
                 at.push_back(i);
             }
@@ -493,11 +499,14 @@ Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rew
             const double mu = detail::mean(v, 0, n);
             double den = 1.0;
             if (opts.component.scale == AdvantageScale::Group)
-                den = std::max(detail::stddev(v, 0, n, mu, opts.component.std_kind == StdKind::Sample),
-                               opts.component.std_floor) + opts.component.epsilon;
+                den = std::max(
+                          detail::stddev(v, 0, n, mu, opts.component.std_kind == StdKind::Sample),
+                          opts.component.std_floor) +
+                      opts.component.epsilon;
             if (!(den > 0)) continue;
             for (Index j = 0; j < n; ++j)
-                sum[static_cast<std::size_t>(at[static_cast<std::size_t>(j)])] += w * (v[static_cast<std::size_t>(j)] - mu) / den;
+                sum[static_cast<std::size_t>(at[static_cast<std::size_t>(j)])] +=
+                    w * (v[static_cast<std::size_t>(j)] - mu) / den;
         }
     }
     if (opts.batch_normalize && N > 0) {
@@ -510,10 +519,19 @@ Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rew
     return detail::to_vec<S>(sum);
 }
 
-
 /// The advantage estimators, for config-driven trainers.
 enum class AdvantageEstimator {
-    GAE, GRPO, DrGRPO, RLOO, ReinforcePP, ReinforcePPBaseline, ReMax, OPO, GRPOPassK, PassK, GDPO
+    GAE,
+    GRPO,
+    DrGRPO,
+    RLOO,
+    ReinforcePP,
+    ReinforcePPBaseline,
+    ReMax,
+    OPO,
+    GRPOPassK,
+    PassK,
+    GDPO
 };
 
 /// Name of an estimator as verl's `algorithm.adv_estimator` spells it (rlpo's own spelling for
@@ -552,8 +570,8 @@ inline AdvantageEstimator parse_advantage_estimator(const std::string& name) {
         valid += valid.empty() ? "" : ", ";
         valid += to_string(e);
     }
-    ::rlpo::detail::fail("rollout::parse_advantage_estimator", "name: unknown advantage estimator '",
-                         name, "'; valid names: ", valid);
+    ::rlpo::detail::fail("rollout::parse_advantage_estimator",
+                         "name: unknown advantage estimator '", name, "'; valid names: ", valid);
 }
 
 }  // namespace rlpo::rollout

@@ -55,19 +55,20 @@ template <class D>
 inline std::vector<double> response_lengths(const Eigen::MatrixBase<D>& mask) {
     std::vector<double> out(static_cast<std::size_t>(mask.rows()), 0.0);
     for (Index i = 0; i < mask.rows(); ++i)
-        out[static_cast<std::size_t>(i)] = static_cast<double>(mask.row(i).template cast<double>().sum());
+        out[static_cast<std::size_t>(i)] =
+            static_cast<double>(mask.row(i).template cast<double>().sum());
     return out;
 }
 
 template <class S>
 struct RolloutBatch {
     Groups groups;
-    Mat<S> mask;           ///< [N, T]
-    Mat<S> rewards;        ///< [N, K], K ≥ 1
-    Mat<S> token_rewards;  ///< [N, T] or empty
-    Mat<S> values;         ///< [N, T] or empty
-    Mat<S> old_logp;       ///< [N, T] or empty
-    Mat<S> ref_logp;       ///< [N, T] or empty
+    Mat<S> mask;                  ///< [N, T]
+    Mat<S> rewards;               ///< [N, K], K ≥ 1
+    Mat<S> token_rewards;         ///< [N, T] or empty
+    Mat<S> values;                ///< [N, T] or empty
+    Mat<S> old_logp;              ///< [N, T] or empty
+    Mat<S> ref_logp;              ///< [N, T] or empty
     std::vector<bool> truncated;  ///< N entries or empty
 
     Index num_responses() const { return mask.rows(); }
@@ -100,14 +101,14 @@ inline void validate(const RolloutBatch<S>& b) {
     const Index N = b.mask.rows();
     b.groups.check_covers(fn, N);
     ::rlpo::detail::check_mask(fn, b.mask);
-    RLPO_CHECK(b.rewards.rows() == N && b.rewards.cols() >= 1, fn,
-               "rewards: expected shape [", N, ", K >= 1] (one row per response), given [",
-               b.rewards.rows(), ", ", b.rewards.cols(), "]");
+    RLPO_CHECK(b.rewards.rows() == N && b.rewards.cols() >= 1, fn, "rewards: expected shape [", N,
+               ", K >= 1] (one row per response), given [", b.rewards.rows(), ", ",
+               b.rewards.cols(), "]");
     for (Index i = 0; i < N; ++i)
         for (Index k = 0; k < b.rewards.cols(); ++k) {
             const double r = static_cast<double>(b.rewards(i, k));
-            RLPO_CHECK(std::isfinite(r), fn, "rewards: ", r, " at response ", i,
-                       ", component ", k, " (rewards must be finite)");
+            RLPO_CHECK(std::isfinite(r), fn, "rewards: ", r, " at response ", i, ", component ", k,
+                       " (rewards must be finite)");
         }
     detail::check_token_field(fn, "token_rewards", b.token_rewards, b.mask);
     detail::check_token_field(fn, "values", b.values, b.mask);

@@ -58,8 +58,7 @@ inline std::vector<double> read_pmf(const char* fn, const std::vector<double>& p
 /// proportion to p (ties are broken uniformly at random among equal rewards). N = 1 returns p.
 template <class DP, class DR>
 Vec<::rlpo::detail::scalar_t<DP>> bon_distribution(const Eigen::MatrixBase<DP>& p,
-                                                    const Eigen::MatrixBase<DR>& rewards,
-                                                    Index n) {
+                                                   const Eigen::MatrixBase<DR>& rewards, Index n) {
     using S = ::rlpo::detail::scalar_t<DP>;
     constexpr const char* fn = "rollout::bon_distribution";
     RLPO_CHECK(n >= 1, fn, "n: must be >= 1, given ", n);
@@ -69,7 +68,8 @@ Vec<::rlpo::detail::scalar_t<DP>> bon_distribution(const Eigen::MatrixBase<DP>& 
                " entries (one per outcome), given ", r.size());
     std::vector<std::size_t> order(pm.size());
     std::iota(order.begin(), order.end(), std::size_t{0});
-    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return r[a] < r[b]; });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t a, std::size_t b) { return r[a] < r[b]; });
     std::vector<double> out(pm.size(), 0.0);
     double below = 0.0;
     const double N = static_cast<double>(n);
@@ -77,7 +77,8 @@ Vec<::rlpo::detail::scalar_t<DP>> bon_distribution(const Eigen::MatrixBase<DP>& 
         std::size_t e = k;
         double q = 0.0;
         while (e < order.size() && r[order[e]] == r[order[k]]) q += pm[order[e++]];
-        const double mass = std::pow(std::min(below + q, 1.0), N) - std::pow(std::min(below, 1.0), N);
+        const double mass =
+            std::pow(std::min(below + q, 1.0), N) - std::pow(std::min(below, 1.0), N);
         for (std::size_t j = k; j < e; ++j) out[order[j]] = q > 0 ? mass * pm[order[j]] / q : 0.0;
         below += q;
         k = e;
@@ -104,8 +105,9 @@ double bon_kl(const Eigen::MatrixBase<DP>& p, const Eigen::MatrixBase<DR>& rewar
 /// through `log_partition` when given.
 template <class DP, class DR>
 Vec<::rlpo::detail::scalar_t<DP>> tilted_distribution(const Eigen::MatrixBase<DP>& p,
-                                                       const Eigen::MatrixBase<DR>& rewards,
-                                                       double beta, double* log_partition = nullptr) {
+                                                      const Eigen::MatrixBase<DR>& rewards,
+                                                      double beta,
+                                                      double* log_partition = nullptr) {
     using S = ::rlpo::detail::scalar_t<DP>;
     constexpr const char* fn = "rollout::tilted_distribution";
     ::rlpo::detail::check_positive(fn, "beta", beta);
@@ -121,7 +123,8 @@ Vec<::rlpo::detail::scalar_t<DP>> tilted_distribution(const Eigen::MatrixBase<DP
     for (std::size_t k = 0; k < pm.size(); ++k)
         if (pm[k] > 0) z += (w[k] = pm[k] * std::exp(r[k] / beta - mx));
     for (auto& x : w) x = z > 0 ? x / z : 0.0;
-    if (log_partition) *log_partition = z > 0 ? mx + std::log(z) : -std::numeric_limits<double>::infinity();
+    if (log_partition)
+        *log_partition = z > 0 ? mx + std::log(z) : -std::numeric_limits<double>::infinity();
     return detail::to_vec<S>(w);
 }
 

@@ -74,7 +74,7 @@ GroupSelection dynamic_sampling_filter(const Eigen::MatrixBase<D>& scores, const
 /// `GroupSelection::kept_responses` to any per-response array.
 template <class D>
 Mat<::rlpo::detail::scalar_t<D>> select_rows(const Eigen::MatrixBase<D>& x,
-                                              const std::vector<Index>& rows) {
+                                             const std::vector<Index>& rows) {
     using S = ::rlpo::detail::scalar_t<D>;
     Mat<S> out(static_cast<Index>(rows.size()), x.cols());
     for (std::size_t k = 0; k < rows.size(); ++k) {
@@ -89,13 +89,13 @@ Mat<::rlpo::detail::scalar_t<D>> select_rows(const Eigen::MatrixBase<D>& x,
 /// per row (non-zero = the response was cut at the length cap, i.e. has no EOS).
 template <class DM, class DF>
 Mat<::rlpo::detail::scalar_t<DM>> mask_truncated(const Eigen::MatrixBase<DM>& mask,
-                                                  const Eigen::MatrixBase<DF>& truncated) {
+                                                 const Eigen::MatrixBase<DF>& truncated) {
     using S = ::rlpo::detail::scalar_t<DM>;
     constexpr const char* fn = "rollout::mask_truncated";
     ::rlpo::detail::check_mask(fn, mask.derived());
     const std::vector<double> f = detail::read_scores(fn, "truncated", truncated);
-    RLPO_CHECK(static_cast<Index>(f.size()) == mask.rows(), fn, "truncated: expected ",
-               mask.rows(), " entries (rows of mask), given ", f.size());
+    RLPO_CHECK(static_cast<Index>(f.size()) == mask.rows(), fn, "truncated: expected ", mask.rows(),
+               " entries (rows of mask), given ", f.size());
     Mat<S> out = mask.derived();
     for (Index i = 0; i < mask.rows(); ++i)
         if (f[static_cast<std::size_t>(i)] != 0) out.row(i).setZero();
@@ -106,13 +106,14 @@ Mat<::rlpo::detail::scalar_t<DM>> mask_truncated(const Eigen::MatrixBase<DM>& ma
 /// the rule when the EOS flag is not at hand (a response of exactly the cap is taken as cut).
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> truncated_by_length(const Eigen::MatrixBase<D>& lengths,
-                                                      double max_length) {
+                                                     double max_length) {
     using S = ::rlpo::detail::scalar_t<D>;
     constexpr const char* fn = "rollout::truncated_by_length";
     ::rlpo::detail::check_positive(fn, "max_length", max_length);
     const std::vector<double> l = detail::read_nonnegative(fn, "lengths", lengths);
     Vec<S> out(static_cast<Index>(l.size()));
-    for (std::size_t k = 0; k < l.size(); ++k) out(static_cast<Index>(k)) = l[k] >= max_length ? S(1) : S(0);
+    for (std::size_t k = 0; k < l.size(); ++k)
+        out(static_cast<Index>(k)) = l[k] >= max_length ? S(1) : S(0);
     return out;
 }
 

@@ -51,8 +51,8 @@ namespace rlpo::rollout {
 
 /// How `whiten` normalises.
 struct WhitenOptions {
-    bool unbiased = true;    ///< variance × N/(N−1) (verl) or population (OpenRLHF)
-    double epsilon = 1e-8;   ///< ε of sqrt(v + ε) (or of sqrt(max(v, ε)) with eps_as_floor)
+    bool unbiased = true;   ///< variance × N/(N−1) (verl) or population (OpenRLHF)
+    double epsilon = 1e-8;  ///< ε of sqrt(v + ε) (or of sqrt(max(v, ε)) with eps_as_floor)
     bool eps_as_floor = false;
     bool shift_mean = true;  ///< false: add the mean back (verl's shift_mean=False)
     static WhitenOptions verl() { return {}; }
@@ -101,8 +101,8 @@ inline std::vector<RowScan> scan_rows(const char* fn, Index B,
     for (Index i = 0; i < B; ++i) {
         const RowScan& r = rows[static_cast<std::size_t>(i)];
         if (r.bad_input >= 0)
-            ::rlpo::detail::fail(fn, *(names.begin() + r.bad_input), ": non-finite value ", r.bad_value,
-                                 " at [", i, ", ", r.bad_t, "] under a non-zero mask");
+            ::rlpo::detail::fail(fn, *(names.begin() + r.bad_input), ": non-finite value ",
+                                 r.bad_value, " at [", i, ", ", r.bad_t, "] under a non-zero mask");
     }
     return rows;
 }
@@ -136,7 +136,8 @@ inline void whiten_in_place(X& x, const ConstMatRef<S>& mask, const std::vector<
     double var = n > 0 ? ss / n : 0.0;
     const bool degenerate = !(n > 1);
     if (o.unbiased && !degenerate) var *= n / (n - 1);
-    const double denom = o.eps_as_floor ? std::sqrt(std::max(var, o.epsilon)) : std::sqrt(var + o.epsilon);
+    const double denom =
+        o.eps_as_floor ? std::sqrt(std::max(var, o.epsilon)) : std::sqrt(var + o.epsilon);
     const bool zero = degenerate || !(denom > 0);
 #if defined(RLPO_USE_OPENMP)
 #pragma omp parallel for schedule(static) if (B > 64)
@@ -159,8 +160,8 @@ inline void whiten_in_place(X& x, const ConstMatRef<S>& mask, const std::vector<
 /// Masked whitening of a `[B, T]` array (see the file comment); 0 where the mask is 0.
 template <class DX, class DM>
 Mat<::rlpo::detail::scalar_t<DX>> whiten(const Eigen::MatrixBase<DX>& x,
-                                          const Eigen::MatrixBase<DM>& mask,
-                                          const WhitenOptions& opts = {}) {
+                                         const Eigen::MatrixBase<DM>& mask,
+                                         const WhitenOptions& opts = {}) {
     using S = ::rlpo::detail::scalar_t<DX>;
     constexpr const char* fn = "rollout::whiten";
     const ConstMatRef<S> xv(x.derived()), m(mask.derived());
@@ -173,7 +174,8 @@ Mat<::rlpo::detail::scalar_t<DX>> whiten(const Eigen::MatrixBase<DX>& x,
             const double mk = static_cast<double>(m(i, t));
             if (mk == 0) continue;
             const double v = static_cast<double>(xv(i, t));
-            if (!std::isfinite(v) && sc.bad_input < 0) sc.bad_input = 0, sc.bad_t = t, sc.bad_value = v;
+            if (!std::isfinite(v) && sc.bad_input < 0)
+                sc.bad_input = 0, sc.bad_t = t, sc.bad_value = v;
             w(i, t) = xv(i, t);
             sc.weight += mk;
             sc.sum += mk * v;
@@ -205,24 +207,26 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> reinforce_pp_advantages(
     ::rlpo::detail::check_nonnegative(fn, "whitening.epsilon", opts.whitening.epsilon);
     TokenAdvantages<S> out;
     out.returns.resize(r.rows(), r.cols());
-    const auto rows = detail::scan_rows(fn, r.rows(), {"token_rewards"}, [&](Index i, detail::RowScan& sc) {
-        double next = 0.0;  // G_{t+1}·m_{t+1}
-        for (Index t = r.cols() - 1; t >= 0; --t) {
-            const double mk = static_cast<double>(m(i, t));
-            if (mk == 0) {
-                out.returns(i, t) = S(0);
-                next = 0.0;
-                continue;
+    const auto rows =
+        detail::scan_rows(fn, r.rows(), {"token_rewards"}, [&](Index i, detail::RowScan& sc) {
+            double next = 0.0;  // G_{t+1}·m_{t+1}
+            for (Index t = r.cols() - 1; t >= 0; --t) {
+                const double mk = static_cast<double>(m(i, t));
+                if (mk == 0) {
+                    out.returns(i, t) = S(0);
+                    next = 0.0;
+                    continue;
+                }
+                const double rt = static_cast<double>(r(i, t));
+                if (!std::isfinite(rt) && sc.bad_input < 0)
+                    sc.bad_input = 0, sc.bad_t = t, sc.bad_value = rt;
+                const double G = rt + opts.gamma * next;
+                out.returns(i, t) = static_cast<S>(G);
+                next = G;
+                sc.weight += mk;
+                sc.sum += mk * G;
             }
-            const double rt = static_cast<double>(r(i, t));
-            if (!std::isfinite(rt) && sc.bad_input < 0) sc.bad_input = 0, sc.bad_t = t, sc.bad_value = rt;
-            const double G = rt + opts.gamma * next;
-            out.returns(i, t) = static_cast<S>(G);
-            next = G;
-            sc.weight += mk;
-            sc.sum += mk * G;
-        }
-    });
+        });
     out.advantages = out.returns;
     if (opts.whiten) detail::whiten_in_place<S>(out.advantages, m, rows, opts.whitening);
     return out;
@@ -260,24 +264,27 @@ Mat<::rlpo::detail::scalar_t<DM>> reinforce_pp_baseline_advantages(
     for (Index g = 0; g < groups.num_groups(); ++g) {
         const Index b = groups.begin(g), e = groups.end(g);
         if (e - b == 1) {
-            if (opts.singleton == SingletonGroups::RawScore) a[static_cast<std::size_t>(b)] = s[static_cast<std::size_t>(b)];
+            if (opts.singleton == SingletonGroups::RawScore)
+                a[static_cast<std::size_t>(b)] = s[static_cast<std::size_t>(b)];
             continue;
         }
         if (detail::all_equal(s, b, e)) continue;
         const double mu = detail::mean(s, b, e);
-        for (Index k = b; k < e; ++k) a[static_cast<std::size_t>(k)] = s[static_cast<std::size_t>(k)] - mu;
+        for (Index k = b; k < e; ++k)
+            a[static_cast<std::size_t>(k)] = s[static_cast<std::size_t>(k)] - mu;
     }
     // The mean comes from a in double (no rounding to S before it).
     Mat<S> A(m.rows(), m.cols());
-    const auto rows = detail::scan_rows(fn, m.rows(), {"scores"}, [&](Index i, detail::RowScan& sc) {
-        const double ai = a[static_cast<std::size_t>(i)];
-        for (Index t = 0; t < m.cols(); ++t) {
-            const double mk = static_cast<double>(m(i, t));
-            A(i, t) = mk != 0 ? static_cast<S>(ai) : S(0);
-            sc.weight += mk;
-            sc.sum += mk * ai;
-        }
-    });
+    const auto rows =
+        detail::scan_rows(fn, m.rows(), {"scores"}, [&](Index i, detail::RowScan& sc) {
+            const double ai = a[static_cast<std::size_t>(i)];
+            for (Index t = 0; t < m.cols(); ++t) {
+                const double mk = static_cast<double>(m(i, t));
+                A(i, t) = mk != 0 ? static_cast<S>(ai) : S(0);
+                sc.weight += mk;
+                sc.sum += mk * ai;
+            }
+        });
     detail::whiten_in_place<S>(A, m, rows, opts.whitening);
     return A;
 }
@@ -326,31 +333,33 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> gae_advantages(
     TokenAdvantages<S> out;
     out.advantages.resize(r.rows(), r.cols());
     out.returns.resize(r.rows(), r.cols());
-    const auto rows = detail::scan_rows(fn, r.rows(), {"token_rewards", "values"}, [&](Index i, detail::RowScan& sc) {
-        double next_value = 0.0, next_adv = 0.0;
-        for (Index t = r.cols() - 1; t >= 0; --t) {
-            const double mk = static_cast<double>(m(i, t));
-            if (mk == 0) {
-                out.advantages(i, t) = S(0);
-                out.returns(i, t) = S(0);
-                continue;
+    const auto rows = detail::scan_rows(
+        fn, r.rows(), {"token_rewards", "values"}, [&](Index i, detail::RowScan& sc) {
+            double next_value = 0.0, next_adv = 0.0;
+            for (Index t = r.cols() - 1; t >= 0; --t) {
+                const double mk = static_cast<double>(m(i, t));
+                if (mk == 0) {
+                    out.advantages(i, t) = S(0);
+                    out.returns(i, t) = S(0);
+                    continue;
+                }
+                const double rt = static_cast<double>(r(i, t)), vt = static_cast<double>(v(i, t));
+                if (sc.bad_input < 0 && !std::isfinite(rt))
+                    sc.bad_input = 0, sc.bad_t = t, sc.bad_value = rt;
+                if (sc.bad_input < 0 && !std::isfinite(vt))
+                    sc.bad_input = 1, sc.bad_t = t, sc.bad_value = vt;
+                const double delta = rt + opts.gamma * next_value - vt;
+                next_adv = delta + opts.gamma * opts.lambda * next_adv;
+                next_value = vt;
+                out.advantages(i, t) = static_cast<S>(next_adv);
+                out.returns(i, t) = static_cast<S>(next_adv + vt);
+                sc.weight += mk;
+                sc.sum += mk * next_adv;
             }
-            const double rt = static_cast<double>(r(i, t)), vt = static_cast<double>(v(i, t));
-            if (sc.bad_input < 0 && !std::isfinite(rt)) sc.bad_input = 0, sc.bad_t = t, sc.bad_value = rt;
-            if (sc.bad_input < 0 && !std::isfinite(vt)) sc.bad_input = 1, sc.bad_t = t, sc.bad_value = vt;
-            const double delta = rt + opts.gamma * next_value - vt;
-            next_adv = delta + opts.gamma * opts.lambda * next_adv;
-            next_value = vt;
-            out.advantages(i, t) = static_cast<S>(next_adv);
-            out.returns(i, t) = static_cast<S>(next_adv + vt);
-            sc.weight += mk;
-            sc.sum += mk * next_adv;
-        }
-    });
+        });
     if (opts.whiten) detail::whiten_in_place<S>(out.advantages, m, rows, opts.whitening);
     return out;
 }
-
 
 /// ReMax (Li et al. 2023, arXiv:2310.10505), as verl's `compute_remax_outcome_advantage`: the
 /// reward-to-go of each token minus the reward b_i of the greedy (argmax-decoded) response to the
@@ -383,7 +392,8 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> remax_advantages(
                 continue;
             }
             const double rt = static_cast<double>(r(i, t));
-            if (!std::isfinite(rt) && sc.bad_input < 0) sc.bad_input = 0, sc.bad_t = t, sc.bad_value = rt;
+            if (!std::isfinite(rt) && sc.bad_input < 0)
+                sc.bad_input = 0, sc.bad_t = t, sc.bad_value = rt;
             togo += mk * rt;
             out.returns(i, t) = static_cast<S>(togo);
             out.advantages(i, t) = static_cast<S>(togo - b[static_cast<std::size_t>(i)]);

@@ -53,15 +53,15 @@ namespace rlpo::rollout {
 /// error. Bad input: K = 0, weights of the wrong length or non-finite.
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> combine_rewards(const Eigen::MatrixBase<D>& rewards,
-                                                  const std::vector<double>& weights = {},
-                                                  NanScores nan = NanScores::Throw) {
+                                                 const std::vector<double>& weights = {},
+                                                 NanScores nan = NanScores::Throw) {
     using S = ::rlpo::detail::scalar_t<D>;
     constexpr const char* fn = "rollout::combine_rewards";
     const auto& R = rewards.derived();
     const Index N = R.rows(), K = R.cols();
     RLPO_CHECK(K >= 1, fn, "rewards: expected at least one reward component (column), given 0");
-    RLPO_CHECK(weights.empty() || static_cast<Index>(weights.size()) == K, fn, "weights: expected ", K,
-               " entries (columns of rewards), given ", weights.size());
+    RLPO_CHECK(weights.empty() || static_cast<Index>(weights.size()) == K, fn, "weights: expected ",
+               K, " entries (columns of rewards), given ", weights.size());
     for (double w : weights) ::rlpo::detail::check_finite_param(fn, "weights", w);
     Vec<S> out(N);
     for (Index i = 0; i < N; ++i) {
@@ -69,11 +69,13 @@ Vec<::rlpo::detail::scalar_t<D>> combine_rewards(const Eigen::MatrixBase<D>& rew
         for (Index k = 0; k < K; ++k) {
             const double r = static_cast<double>(R(i, k));
             if (std::isnan(r)) {
-                RLPO_CHECK(nan == NanScores::AsZero, fn, "rewards: NaN at [", i, ", ", k,
-                           "] (NaN rewards are rejected; NanScores::AsZero skips them, as TRL does)");
+                RLPO_CHECK(
+                    nan == NanScores::AsZero, fn, "rewards: NaN at [", i, ", ", k,
+                    "] (NaN rewards are rejected; NanScores::AsZero skips them, as TRL does)");
                 continue;
             }
-            RLPO_CHECK(std::isfinite(r), fn, "rewards: non-finite value ", r, " at [", i, ", ", k, "]");
+            RLPO_CHECK(std::isfinite(r), fn, "rewards: non-finite value ", r, " at [", i, ", ", k,
+                       "]");
             sum += (weights.empty() ? 1.0 : weights[static_cast<std::size_t>(k)]) * r;
         }
         out(i) = static_cast<S>(sum);
@@ -89,9 +91,9 @@ Vec<::rlpo::detail::scalar_t<D>> combine_rewards(const Eigen::MatrixBase<D>& rew
 /// and the penalty factor. DAPO's paper uses L_max = 20480, L_cache = 4096; these must be set
 /// by the caller (no default fits every cap).
 struct OverlongOptions {
-    double max_length = 0.0;     ///< L_max > 0
-    double cache_length = 0.0;   ///< L_cache in (0, L_max]
-    double penalty_factor = 1.0; ///< verl `overlong_buffer.penalty_factor` (≥ 0)
+    double max_length = 0.0;      ///< L_max > 0
+    double cache_length = 0.0;    ///< L_cache in (0, L_max]
+    double penalty_factor = 1.0;  ///< verl `overlong_buffer.penalty_factor` (≥ 0)
     /// Beyond L_max: −factor (paper, TRL) or the linear ramp continued (verl, whose lengths
     /// never exceed L_max, so it never clips).
     bool clip_beyond_max = true;
@@ -104,7 +106,8 @@ struct OverlongOptions {
         return o;
     }
     /// verl DAPO reward manager: `max_resp_len`, `overlong_buffer.len`, `penalty_factor`.
-    static OverlongOptions verl(double max_resp_len, double buffer_len, double penalty_factor = 1.0) {
+    static OverlongOptions verl(double max_resp_len, double buffer_len,
+                                double penalty_factor = 1.0) {
         OverlongOptions o = dapo(max_resp_len, buffer_len);
         o.penalty_factor = penalty_factor;
         o.clip_beyond_max = false;
@@ -123,7 +126,7 @@ struct OverlongOptions {
 /// lengths negative or non-finite.
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> overlong_penalty(const Eigen::MatrixBase<D>& lengths,
-                                                   const OverlongOptions& opts) {
+                                                  const OverlongOptions& opts) {
     using S = ::rlpo::detail::scalar_t<D>;
     constexpr const char* fn = "rollout::overlong_penalty";
     ::rlpo::detail::check_positive(fn, "max_length", opts.max_length);
@@ -144,7 +147,6 @@ Vec<::rlpo::detail::scalar_t<D>> overlong_penalty(const Eigen::MatrixBase<D>& le
     return detail::to_vec<S>(out);
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // DLER truncation penalty
 // ---------------------------------------------------------------------------------------------
@@ -156,8 +158,8 @@ Vec<::rlpo::detail::scalar_t<D>> overlong_penalty(const Eigen::MatrixBase<D>& le
 /// Bad input: size mismatch, NaN / ±inf rewards, factor outside [0, 1].
 template <class DR, class DF>
 Vec<::rlpo::detail::scalar_t<DR>> truncation_penalty(const Eigen::MatrixBase<DR>& rewards,
-                                                      const Eigen::MatrixBase<DF>& truncated,
-                                                      double factor = 0.0) {
+                                                     const Eigen::MatrixBase<DF>& truncated,
+                                                     double factor = 0.0) {
     using S = ::rlpo::detail::scalar_t<DR>;
     constexpr const char* fn = "rollout::truncation_penalty";
     RLPO_CHECK(factor >= 0 && factor <= 1, fn, "factor: must be in [0, 1], given ", factor);
@@ -185,8 +187,8 @@ Vec<::rlpo::detail::scalar_t<DR>> truncation_penalty(const Eigen::MatrixBase<DR>
 /// equal (L_max = L_min, including singletons) gets 0.
 template <class DL, class DC>
 Vec<::rlpo::detail::scalar_t<DL>> kimi_length_reward(const Eigen::MatrixBase<DL>& lengths,
-                                                      const Eigen::MatrixBase<DC>& correct,
-                                                      const Groups& groups) {
+                                                     const Eigen::MatrixBase<DC>& correct,
+                                                     const Groups& groups) {
     using S = ::rlpo::detail::scalar_t<DL>;
     constexpr const char* fn = "rollout::kimi_length_reward";
     const std::vector<double> L = detail::read_nonnegative(fn, "lengths", lengths);
@@ -224,8 +226,8 @@ Vec<::rlpo::detail::scalar_t<DL>> kimi_length_reward(const Eigen::MatrixBase<DL>
 /// its tie rule) could not be read here, so λ has no default. λ must be in [0, 1].
 template <class DC, class DR>
 Vec<::rlpo::detail::scalar_t<DR>> grpo_lambda_rewards(const Eigen::MatrixBase<DC>& correct,
-                                                       const Eigen::MatrixBase<DR>& length_rewards,
-                                                       const Groups& groups, double top_fraction) {
+                                                      const Eigen::MatrixBase<DR>& length_rewards,
+                                                      const Groups& groups, double top_fraction) {
     using S = ::rlpo::detail::scalar_t<DR>;
     constexpr const char* fn = "rollout::grpo_lambda_rewards";
     RLPO_CHECK(top_fraction >= 0 && top_fraction <= 1, fn,
@@ -238,7 +240,8 @@ Vec<::rlpo::detail::scalar_t<DR>> grpo_lambda_rewards(const Eigen::MatrixBase<DC
     std::vector<double> acc(static_cast<std::size_t>(G), 0.0);
     for (Index g = 0; g < G; ++g) {
         double n = 0;
-        for (Index k = groups.begin(g); k < groups.end(g); ++k) n += c[static_cast<std::size_t>(k)] != 0 ? 1 : 0;
+        for (Index k = groups.begin(g); k < groups.end(g); ++k)
+            n += c[static_cast<std::size_t>(k)] != 0 ? 1 : 0;
         acc[static_cast<std::size_t>(g)] = n / static_cast<double>(groups.size(g));
     }
     std::vector<Index> order(static_cast<std::size_t>(G));
@@ -248,7 +251,8 @@ Vec<::rlpo::detail::scalar_t<DR>> grpo_lambda_rewards(const Eigen::MatrixBase<DC
     });
     const auto top = static_cast<Index>(std::ceil(top_fraction * static_cast<double>(G) - 1e-9));
     std::vector<char> shaped(static_cast<std::size_t>(G), 0);
-    for (Index k = 0; k < std::min(top, G); ++k) shaped[static_cast<std::size_t>(order[static_cast<std::size_t>(k)])] = 1;
+    for (Index k = 0; k < std::min(top, G); ++k)
+        shaped[static_cast<std::size_t>(order[static_cast<std::size_t>(k)])] = 1;
     std::vector<double> out(c.size());
     for (Index g = 0; g < G; ++g)
         for (Index k = groups.begin(g); k < groups.end(g); ++k) {
@@ -263,9 +267,9 @@ Vec<::rlpo::detail::scalar_t<DR>> grpo_lambda_rewards(const Eigen::MatrixBase<DC
 // ---------------------------------------------------------------------------------------------
 
 struct DOTOptions {
-    double k_sigma = 3.0;           ///< outlier if L > μ_L + k·σ_L (three-sigma rule)
+    double k_sigma = 3.0;  ///< outlier if L > μ_L + k·σ_L (three-sigma rule)
     StdKind std_kind = StdKind::Population;
-    double outlier_score = 0.0;     ///< the score an outlier gets (the wrong-answer reward)
+    double outlier_score = 0.0;  ///< the score an outlier gets (the wrong-answer reward)
 };
 
 /// DOT, dynamic outlier truncation (Wu et al. 2026, "Anti-Length Shift", arXiv:2601.03969):
@@ -279,10 +283,10 @@ struct DOTOptions {
 /// not part of this rule. Bad input: k_sigma < 0, size mismatch, non-finite values.
 template <class DS, class DL, class DC>
 Vec<::rlpo::detail::scalar_t<DS>> dot_outlier_truncation(const Eigen::MatrixBase<DS>& scores,
-                                                          const Eigen::MatrixBase<DL>& lengths,
-                                                          const Eigen::MatrixBase<DC>& correct,
-                                                          const Groups& groups,
-                                                          const DOTOptions& opts = {}) {
+                                                         const Eigen::MatrixBase<DL>& lengths,
+                                                         const Eigen::MatrixBase<DC>& correct,
+                                                         const Groups& groups,
+                                                         const DOTOptions& opts = {}) {
     using S = ::rlpo::detail::scalar_t<DS>;
     constexpr const char* fn = "rollout::dot_outlier_truncation";
     ::rlpo::detail::check_nonnegative(fn, "k_sigma", opts.k_sigma);
@@ -302,7 +306,8 @@ Vec<::rlpo::detail::scalar_t<DS>> dot_outlier_truncation(const Eigen::MatrixBase
         const double mu = detail::mean(L, b, e);
         const double sd = detail::stddev(L, b, e, mu, opts.std_kind == StdKind::Sample);
         for (Index k = b; k < e; ++k)
-            if (L[static_cast<std::size_t>(k)] > mu + opts.k_sigma * sd) s[static_cast<std::size_t>(k)] = opts.outlier_score;
+            if (L[static_cast<std::size_t>(k)] > mu + opts.k_sigma * sd)
+                s[static_cast<std::size_t>(k)] = opts.outlier_score;
     }
     return detail::to_vec<S>(s);
 }
@@ -320,10 +325,10 @@ Vec<::rlpo::detail::scalar_t<DS>> dot_outlier_truncation(const Eigen::MatrixBase
 /// Bad input: base ≤ 1, size mismatch, non-finite values.
 template <class DA, class DL, class DC>
 Vec<::rlpo::detail::scalar_t<DA>> stcr_scale_advantages(const Eigen::MatrixBase<DA>& advantages,
-                                                         const Eigen::MatrixBase<DL>& lengths,
-                                                         const Eigen::MatrixBase<DC>& correct,
-                                                         const Groups& groups,
-                                                         double base = 1.00001) {
+                                                        const Eigen::MatrixBase<DL>& lengths,
+                                                        const Eigen::MatrixBase<DC>& correct,
+                                                        const Groups& groups,
+                                                        double base = 1.00001) {
     using S = ::rlpo::detail::scalar_t<DA>;
     constexpr const char* fn = "rollout::stcr_scale_advantages";
     RLPO_CHECK(std::isfinite(base) && base > 1, fn, "base: must be > 1, given ", base);
@@ -377,7 +382,7 @@ struct EnsembleOptions {
 /// K = 1.
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> ensemble_reward(const Eigen::MatrixBase<D>& rewards,
-                                                  const EnsembleOptions& opts) {
+                                                 const EnsembleOptions& opts) {
     using S = ::rlpo::detail::scalar_t<D>;
     constexpr const char* fn = "rollout::ensemble_reward";
     const auto& R = rewards.derived();
@@ -385,26 +390,31 @@ Vec<::rlpo::detail::scalar_t<D>> ensemble_reward(const Eigen::MatrixBase<D>& rew
     RLPO_CHECK(K >= 1, fn, "rewards: expected at least one reward model (column), given 0");
     ::rlpo::detail::check_nonnegative(fn, "uncertainty_coef", opts.uncertainty_coef);
     if (opts.mode == EnsembleOptions::Mode::UncertaintyWeighted && opts.variance == StdKind::Sample)
-        RLPO_CHECK(K >= 2, fn, "rewards: the sample variance needs at least 2 reward models, given 1");
+        RLPO_CHECK(K >= 2, fn,
+                   "rewards: the sample variance needs at least 2 reward models, given 1");
     Vec<S> out(N);
     for (Index i = 0; i < N; ++i) {
         double sum = 0, lo = std::numeric_limits<double>::infinity();
         for (Index k = 0; k < K; ++k) {
             const double r = static_cast<double>(R(i, k));
-            RLPO_CHECK(std::isfinite(r), fn, "rewards: non-finite value ", r, " at [", i, ", ", k, "]");
+            RLPO_CHECK(std::isfinite(r), fn, "rewards: non-finite value ", r, " at [", i, ", ", k,
+                       "]");
             sum += r;
             lo = std::min(lo, r);
         }
         const double mu = sum / static_cast<double>(K);
         double v = 0.0;
         if (opts.mode == EnsembleOptions::Mode::UncertaintyWeighted) {
-            for (Index k = 0; k < K; ++k) v += (static_cast<double>(R(i, k)) - mu) * (static_cast<double>(R(i, k)) - mu);
+            for (Index k = 0; k < K; ++k)
+                v += (static_cast<double>(R(i, k)) - mu) * (static_cast<double>(R(i, k)) - mu);
             v /= static_cast<double>(opts.variance == StdKind::Sample ? K - 1 : K);
         }
         switch (opts.mode) {
             case EnsembleOptions::Mode::Mean: out(i) = static_cast<S>(mu); break;
             case EnsembleOptions::Mode::WorstCase: out(i) = static_cast<S>(lo); break;
-            case EnsembleOptions::Mode::UncertaintyWeighted: out(i) = static_cast<S>(mu - opts.uncertainty_coef * v); break;
+            case EnsembleOptions::Mode::UncertaintyWeighted:
+                out(i) = static_cast<S>(mu - opts.uncertainty_coef * v);
+                break;
         }
     }
     return out;
@@ -427,22 +437,24 @@ enum class CalibrationTies {
 /// reward invariant to monotone transformations of the reward model. Bad input: row mismatch,
 /// M = 0, non-finite values.
 template <class DR, class DB>
-Vec<::rlpo::detail::scalar_t<DR>> ctrl_calibrate(const Eigen::MatrixBase<DR>& rewards,
-                                                  const Eigen::MatrixBase<DB>& base_rewards,
-                                                  CalibrationTies ties = CalibrationTies::LessEqual) {
+Vec<::rlpo::detail::scalar_t<DR>> ctrl_calibrate(
+    const Eigen::MatrixBase<DR>& rewards, const Eigen::MatrixBase<DB>& base_rewards,
+    CalibrationTies ties = CalibrationTies::LessEqual) {
     using S = ::rlpo::detail::scalar_t<DR>;
     constexpr const char* fn = "rollout::ctrl_calibrate";
     const std::vector<double> r = detail::read_scores(fn, "rewards", rewards);
     const auto& B = base_rewards.derived();
     RLPO_CHECK(B.rows() == static_cast<Index>(r.size()), fn, "base_rewards: expected ", r.size(),
                " rows (one per reward), given ", B.rows());
-    RLPO_CHECK(B.cols() >= 1 || r.empty(), fn, "base_rewards: need at least one base sample per row");
+    RLPO_CHECK(B.cols() >= 1 || r.empty(), fn,
+               "base_rewards: need at least one base sample per row");
     Vec<S> out(static_cast<Index>(r.size()));
     for (Index i = 0; i < B.rows(); ++i) {
         double below = 0, equal = 0;
         for (Index j = 0; j < B.cols(); ++j) {
             const double b = static_cast<double>(B(i, j));
-            RLPO_CHECK(std::isfinite(b), fn, "base_rewards: non-finite value ", b, " at [", i, ", ", j, "]");
+            RLPO_CHECK(std::isfinite(b), fn, "base_rewards: non-finite value ", b, " at [", i, ", ",
+                       j, "]");
             below += b < r[static_cast<std::size_t>(i)] ? 1 : 0;
             equal += b == r[static_cast<std::size_t>(i)] ? 1 : 0;
         }
@@ -459,7 +471,7 @@ enum class CTRLTransform { BestOfN, WorstOfN };
 
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> ctrl_transform(const Eigen::MatrixBase<D>& calibrated, double t,
-                                                 CTRLTransform kind = CTRLTransform::BestOfN) {
+                                                CTRLTransform kind = CTRLTransform::BestOfN) {
     using S = ::rlpo::detail::scalar_t<D>;
     constexpr const char* fn = "rollout::ctrl_transform";
     ::rlpo::detail::check_positive(fn, "t", t);
@@ -468,7 +480,8 @@ Vec<::rlpo::detail::scalar_t<D>> ctrl_transform(const Eigen::MatrixBase<D>& cali
     for (std::size_t k = 0; k < u.size(); ++k) {
         RLPO_CHECK(u[k] >= 0 && u[k] <= 1, fn, "calibrated: must be in [0, 1], given ", u[k],
                    " at response ", k);
-        out(static_cast<Index>(k)) = static_cast<S>(kind == CTRLTransform::BestOfN ? std::exp(t * u[k]) : -std::exp(-t * u[k]));
+        out(static_cast<Index>(k)) = static_cast<S>(
+            kind == CTRLTransform::BestOfN ? std::exp(t * u[k]) : -std::exp(-t * u[k]));
     }
     return out;
 }
@@ -482,9 +495,8 @@ Vec<::rlpo::detail::scalar_t<D>> ctrl_transform(const Eigen::MatrixBase<D>& cali
 /// shaping rules live: token rewards r_it − β·k(old_logp − ref_logp) on unmasked tokens, the
 /// per-sequence Σ_t m·k (`seq_kl`: fold β·seq_kl into the score for outcome-reward estimators
 /// such as GRPO / RLOO) and verl's metrics `reward_kl_penalty`, `reward_kl_penalty_coeff`.
-using ::rlpo::penalties::KLReward;
 using ::rlpo::penalties::kl_in_reward;
-
+using ::rlpo::penalties::KLReward;
 
 // ---------------------------------------------------------------------------------------------
 // ARLCP: adaptive reflection and length coordinated penalty
@@ -515,20 +527,23 @@ struct ARLCPOptions {
 /// [0, total_weight], tier_low > tier_high, ε < 0.
 template <class DC, class DR, class DL>
 Vec<::rlpo::detail::scalar_t<DL>> arlcp_rewards(const Eigen::MatrixBase<DC>& correct,
-                                                 const Eigen::MatrixBase<DR>& reflection_counts,
-                                                 const Eigen::MatrixBase<DL>& lengths,
-                                                 const Groups& groups, const ARLCPOptions& opts = {}) {
+                                                const Eigen::MatrixBase<DR>& reflection_counts,
+                                                const Eigen::MatrixBase<DL>& lengths,
+                                                const Groups& groups,
+                                                const ARLCPOptions& opts = {}) {
     using S = ::rlpo::detail::scalar_t<DL>;
     constexpr const char* fn = "rollout::arlcp_rewards";
     ::rlpo::detail::check_nonnegative(fn, "total_weight", opts.total_weight);
     for (double w : {opts.weight_low, opts.weight_mid, opts.weight_high})
-        RLPO_CHECK(w >= 0 && w <= opts.total_weight, fn, "weights: each reflection weight must be in [0, total_weight = ",
+        RLPO_CHECK(w >= 0 && w <= opts.total_weight, fn,
+                   "weights: each reflection weight must be in [0, total_weight = ",
                    opts.total_weight, "], given ", w);
     RLPO_CHECK(opts.tier_low <= opts.tier_high, fn, "tier_low: must be <= tier_high, given ",
                opts.tier_low, " > ", opts.tier_high);
     ::rlpo::detail::check_nonnegative(fn, "epsilon", opts.epsilon);
     const std::vector<double> c = detail::read_scores(fn, "correct", correct);
-    const std::vector<double> rc = detail::read_nonnegative(fn, "reflection_counts", reflection_counts);
+    const std::vector<double> rc =
+        detail::read_nonnegative(fn, "reflection_counts", reflection_counts);
     const std::vector<double> L = detail::read_nonnegative(fn, "lengths", lengths);
     detail::check_groups(fn, "correct", groups, c.size());
     detail::check_groups(fn, "reflection_counts", groups, rc.size());
@@ -538,7 +553,9 @@ Vec<::rlpo::detail::scalar_t<DL>> arlcp_rewards(const Eigen::MatrixBase<DC>& cor
     for (Index g = 0; g < groups.num_groups(); ++g) {
         std::vector<double> cc, cl;
         for (Index k = groups.begin(g); k < groups.end(g); ++k)
-            if (c[static_cast<std::size_t>(k)] != 0) cc.push_back(rc[static_cast<std::size_t>(k)]), cl.push_back(L[static_cast<std::size_t>(k)]);
+            if (c[static_cast<std::size_t>(k)] != 0)
+                cc.push_back(rc[static_cast<std::size_t>(k)]),
+                    cl.push_back(L[static_cast<std::size_t>(k)]);
         const Index n = static_cast<Index>(cc.size());
         if (n == 0) continue;
         const double mc = detail::mean(cc, 0, n), ml = detail::mean(cl, 0, n);
@@ -547,8 +564,9 @@ Vec<::rlpo::detail::scalar_t<DL>> arlcp_rewards(const Eigen::MatrixBase<DC>& cor
         for (Index k = groups.begin(g); k < groups.end(g); ++k) {
             const auto i = static_cast<std::size_t>(k);
             if (c[i] == 0) continue;
-            const double wr = rc[i] <= opts.tier_low ? opts.weight_low
-                              : rc[i] <= opts.tier_high ? opts.weight_mid : opts.weight_high;
+            const double wr = rc[i] <= opts.tier_low    ? opts.weight_low
+                              : rc[i] <= opts.tier_high ? opts.weight_mid
+                                                        : opts.weight_high;
             out[i] = 1.0 - wr * sigmoid((rc[i] - mc) / (sc + opts.epsilon)) -
                      (opts.total_weight - wr) * sigmoid((L[i] - ml) / (sl + opts.epsilon));
         }
@@ -580,15 +598,16 @@ struct CAREOptions {
 /// non-finite values, λ_b < 0, m < 0, consistency_cap ≤ 0.
 template <class DA, class DP>
 Vec<::rlpo::detail::scalar_t<DA>> care_consistency_bonus(const Eigen::MatrixBase<DA>& accuracy,
-                                                          const Eigen::MatrixBase<DP>& consistency,
-                                                          const Groups& groups,
-                                                          const CAREOptions& opts = {}) {
+                                                         const Eigen::MatrixBase<DP>& consistency,
+                                                         const Groups& groups,
+                                                         const CAREOptions& opts = {}) {
     using S = ::rlpo::detail::scalar_t<DA>;
     constexpr const char* fn = "rollout::care_consistency_bonus";
     ::rlpo::detail::check_nonnegative(fn, "bonus_coef", opts.bonus_coef);
     ::rlpo::detail::check_nonnegative(fn, "margin", opts.margin);
     ::rlpo::detail::check_finite_param(fn, "accuracy_threshold", opts.accuracy_threshold);
-    RLPO_CHECK(opts.consistency_cap > 0, fn, "consistency_cap: must be > 0, given ", opts.consistency_cap);
+    RLPO_CHECK(opts.consistency_cap > 0, fn, "consistency_cap: must be > 0, given ",
+               opts.consistency_cap);
     const std::vector<double> acc = detail::read_scores(fn, "accuracy", accuracy);
     std::vector<double> p = detail::read_scores(fn, "consistency", consistency);
     detail::check_groups(fn, "accuracy", groups, acc.size());
@@ -612,7 +631,8 @@ Vec<::rlpo::detail::scalar_t<DA>> care_consistency_bonus(const Eigen::MatrixBase
         const double mu = psum / n;
         for (Index k = b; k < e; ++k) {
             const auto i = static_cast<std::size_t>(k);
-            if (accurate[static_cast<std::size_t>(k - b)] && p[i] >= mu - opts.margin) out[i] = opts.bonus_coef * acc[i];
+            if (accurate[static_cast<std::size_t>(k - b)] && p[i] >= mu - opts.margin)
+                out[i] = opts.bonus_coef * acc[i];
         }
     }
     return detail::to_vec<S>(out);

@@ -154,8 +154,8 @@ struct StepOptions {
 
     double entropy_coef = 0.0;  ///< c_H (verl entropy_coeff; 0 = off)
 
-    double value_coef = 0.0;            ///< c_V (0 = no value loss)
-    policy::ValueLossOptions value{};   ///< value clip ε_v (verl critic.cliprange_value 0.5)
+    double value_coef = 0.0;           ///< c_V (0 = no value loss)
+    policy::ValueLossOptions value{};  ///< value clip ε_v (verl critic.cliprange_value 0.5)
 
     double distill_coef = 1.0;  ///< coefficient handed to the distillation hook
 
@@ -236,14 +236,16 @@ struct StepGradients {
 template <class S>
 class TrainingStep {
 public:
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: the step runs in float or double");
+    static_assert(::rlpo::detail::is_supported_scalar_v<S>,
+                  "rlpo: the step runs in float or double");
 
     TrainingStep() = default;
     explicit TrainingStep(StepOptions opts, DistillHook<S> distill = {})
         : opts_(std::move(opts)), distill_(std::move(distill)) {
         detail::validate(kFn, opts_);
         if (opts_.kl) penalties::detail::validate(kFn, *opts_.kl);
-        if (opts_.policy.loss == policy::PolicyLoss::Vanilla) policy::detail::validate(kFn, opts_.policy.vanilla);
+        if (opts_.policy.loss == policy::PolicyLoss::Vanilla)
+            policy::detail::validate(kFn, opts_.policy.vanilla);
     }
 
     const StepOptions& options() const { return opts_; }
@@ -266,8 +268,9 @@ public:
         if (uses_logits()) {
             RLPO_CHECK(in.logits.present(), fn, "logits: required (entropy or distillation term)");
             RLPO_CHECK(in.logits.rows() == B * T && in.logits.cols() > 0, fn,
-                       "logits: expected [B*T = ", B * T, ", V > 0] rows (one per token of logp), given [",
-                       in.logits.rows(), ", ", in.logits.cols(), "]");
+                       "logits: expected [B*T = ", B * T,
+                       ", V > 0] rows (one per token of logp), given [", in.logits.rows(), ", ",
+                       in.logits.cols(), "]");
         }
         if (uses_values()) {
             detail::require(fn, in.values, "values", "the value loss", lp);
@@ -342,8 +345,8 @@ private:
             case GradMode::Write: {
                 RLPO_CHECK(out.data != nullptr && out.rows == rows && out.cols == cols &&
                                out.stride >= cols,
-                           kFn, "StepGradients: expected a [", rows, ", ", cols, "] buffer, given [",
-                           out.rows, ", ", out.cols, "]");
+                           kFn, "StepGradients: expected a [", rows, ", ", cols,
+                           "] buffer, given [", out.rows, ", ", out.cols, "]");
                 for (Index i = 0; i < rows; ++i)
                     std::fill(out.data + i * out.stride, out.data + i * out.stride + cols, S(0));
                 GradientOut<S> a = out;

@@ -23,14 +23,14 @@
 namespace rlpo::testing {
 
 struct GradCheckOptions {
-    double step = 1e-6;          ///< relative step h
-    double floor = 1e-8;         ///< denominator floor of the relative error
+    double step = 1e-6;   ///< relative step h
+    double floor = 1e-8;  ///< denominator floor of the relative error
 };
 
 struct GradCheckReport {
     double max_abs_err = 0.0;
     double max_rel_err = 0.0;
-    Index worst = -1;        ///< row-major index of the worst relative error
+    Index worst = -1;  ///< row-major index of the worst relative error
     double worst_fd = 0.0;
     double worst_analytic = 0.0;
     Index checked = 0;
@@ -84,8 +84,8 @@ GradCheckReport check_gradient(F&& f, const Mat<double>& x, const Mat<double>& a
 /// The error measure above, applied to a gradient whose scale is known: an entry passes when
 /// |fd − analytic| ≤ atol + rtol·|fd|. Returns the number of failing entries.
 template <class F>
-Index count_gradient_failures(F&& f, const Mat<double>& x, const Mat<double>& analytic,
-                              double rtol, double atol, const GradCheckOptions& opt = {},
+Index count_gradient_failures(F&& f, const Mat<double>& x, const Mat<double>& analytic, double rtol,
+                              double atol, const GradCheckOptions& opt = {},
                               const std::function<bool(Index)>& skip = {}) {
     Mat<double> xp = x;
     Index bad = 0;

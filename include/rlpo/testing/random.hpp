@@ -86,14 +86,18 @@ public:
         Mat<S> m = normal<S>(rows, cols, 3.0);
         for (Index i = 0; i < rows; ++i) {
             const double kind = uniform();
-            if (kind < 0.3) m.row(i) *= static_cast<S>(big / 3.0);  // huge spread
-            else if (kind < 0.5) m.row(i).array() += static_cast<S>(big);  // huge offset
-            else if (kind < 0.6) m(i, integer(0, cols - 1)) += static_cast<S>(big / 10);  // one-hot
+            if (kind < 0.3)
+                m.row(i) *= static_cast<S>(big / 3.0);  // huge spread
+            else if (kind < 0.5)
+                m.row(i).array() += static_cast<S>(big);  // huge offset
+            else if (kind < 0.6)
+                m(i, integer(0, cols - 1)) += static_cast<S>(big / 10);  // one-hot
             for (Index j = 0; j < cols; ++j)
                 if (uniform() < neg_inf_fraction) m(i, j) = -std::numeric_limits<S>::infinity();
             if (!allow_dead_rows) {
                 bool alive = false;
-                for (Index j = 0; j < cols; ++j) alive |= std::isfinite(static_cast<double>(m(i, j)));
+                for (Index j = 0; j < cols; ++j)
+                    alive |= std::isfinite(static_cast<double>(m(i, j)));
                 if (!alive) m(i, integer(0, cols - 1)) = S(0);
             }
         }

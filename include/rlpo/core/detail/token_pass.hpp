@@ -41,9 +41,9 @@ struct NamedInput {
 
 template <std::size_t K>
 struct TokenPassResult {
-    double value = 0.0;           ///< Σ_i c_i Σ_t m L (before the GradientOut coefficient)
+    double value = 0.0;             ///< Σ_i c_i Σ_t m L (before the GradientOut coefficient)
     std::array<double, K> stats{};  ///< Σ over unmasked tokens of m · (per-token stats)
-    double count = 0.0;           ///< Σ m (local)
+    double count = 0.0;             ///< Σ m (local)
 };
 
 /// Diagnose a NaN produced at row-major index k: name a NaN input, else list the inputs'

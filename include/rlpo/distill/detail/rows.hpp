@@ -45,9 +45,9 @@ namespace rlpo::distill::detail {
 
 /// Storage types accepted for logits: float, double and Eigen::bfloat16.
 template <class S>
-inline constexpr bool is_logit_scalar_v = std::is_same<S, float>::value ||
-                                          std::is_same<S, double>::value ||
-                                          std::is_same<S, Eigen::bfloat16>::value;
+inline constexpr bool is_logit_scalar_v =
+    std::is_same<S, float>::value || std::is_same<S, double>::value ||
+    std::is_same<S, Eigen::bfloat16>::value;
 
 /// Arithmetic type: double for double logits, float otherwise (bfloat16 is widened to float).
 template <class S>
@@ -72,9 +72,9 @@ struct RowError {
 /// Per-thread scratch: two work rows and two widened copies (bf16 input).
 template <class A>
 struct Scratch {
-    Arr<A> a, b, z, y, s;    ///< work rows a, b; widened logits z, y; streaming chunk s
-    Arr<A> m;                ///< a mixture's log (the exact dense path)
-    std::vector<A> saved;    ///< a few saved entries (top-k rows)
+    Arr<A> a, b, z, y, s;  ///< work rows a, b; widened logits z, y; streaming chunk s
+    Arr<A> m;              ///< a mixture's log (the exact dense path)
+    std::vector<A> saved;  ///< a few saved entries (top-k rows)
     void ensure(Index V) {
         if (a.size() != V) {
             a.resize(V);
@@ -144,7 +144,8 @@ struct RowGrad {
                 ArrMap<A> t(stream_buf, len);
                 t = static_cast<A>(scale) * expr;
                 Index j = 0;
-                for (; j + 4 <= len; j += 4) _mm_stream_ps(dst + off + j, _mm_load_ps(stream_buf + j));
+                for (; j + 4 <= len; j += 4)
+                    _mm_stream_ps(dst + off + j, _mm_load_ps(stream_buf + j));
                 for (; j < len; ++j) dst[off + j] = stream_buf[j];
                 return;
             }
@@ -212,8 +213,7 @@ inline A exp_row(const A* x, Index V, A mx, A invT, A* e) {
     const CArrMap<A> xa(x, V);
     ArrMap<A> ea(e, V);
     if constexpr (Safe)
-        ea = (xa == -std::numeric_limits<A>::infinity())
-                 .select(A(0), ((xa - mx) * invT).exp());
+        ea = (xa == -std::numeric_limits<A>::infinity()).select(A(0), ((xa - mx) * invT).exp());
     else
         ea = ((xa - mx) * invT).exp();
     return ea.sum();
@@ -267,16 +267,17 @@ inline RowPlan plan_rows(const char* fn, Index N, const Eigen::MatrixBase<DM>& m
 
 /// Result of a driven pass.
 struct PassResult {
-    double value = 0.0;     ///< Σ_n c m L_n (before the GradientOut coefficient)
-    double metric = 0.0;    ///< Σ_n m L_n
-    double aux = 0.0;       ///< Σ_n m aux_n (an objective's second statistic)
-    double count = 0.0;     ///< Σ_n m
+    double value = 0.0;   ///< Σ_n c m L_n (before the GradientOut coefficient)
+    double metric = 0.0;  ///< Σ_n m L_n
+    double aux = 0.0;     ///< Σ_n m aux_n (an objective's second statistic)
+    double count = 0.0;   ///< Σ_n m
 };
 
 /// The infinite-divergence error of a row whose value is not finite.
 inline RowError infinite_divergence_error() {
-    return {"inputs", "the divergence is infinite or undefined (the student or teacher puts "
-                      "zero probability where the other has mass)",
+    return {"inputs",
+            "the divergence is infinite or undefined (the student or teacher puts "
+            "zero probability where the other has mass)",
             -1};
 }
 
@@ -323,8 +324,7 @@ inline RowGrad<S> make_row_grad(const ::rlpo::detail::GradWriter<S>& g, const Ro
 /// coef · c · m · `row_scale`. A non-finite L_n is an error ("infinite divergence").
 template <class S, class A, class K>
 inline PassResult drive_rows(const char* fn, const RowPlan& plan, Index N, Index V,
-                             const ::rlpo::detail::GradWriter<S>& g, double row_scale,
-                             K&& kernel) {
+                             const ::rlpo::detail::GradWriter<S>& g, double row_scale, K&& kernel) {
     std::vector<double> loss(static_cast<std::size_t>(N), 0.0),
         aux(static_cast<std::size_t>(N), 0.0);
     std::vector<RowError> errs(static_cast<std::size_t>(N));

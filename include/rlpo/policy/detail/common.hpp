@@ -33,8 +33,9 @@ inline void check_weights(const char* fn, const TokenWeights<S>& w, const ConstM
             if (mask(i, t) == 0) continue;
             const double v = static_cast<double>((*w)(i, t));
             if (!(std::isfinite(v) && v >= 0))
-                ::rlpo::detail::fail(fn, "is_weights: entries under a non-zero mask must be finite and >= 0, given ",
-                                     v, " at [", i, ", ", t, "]");
+                ::rlpo::detail::fail(
+                    fn, "is_weights: entries under a non-zero mask must be finite and >= 0, given ",
+                    v, " at [", i, ", ", t, "]");
         }
 }
 

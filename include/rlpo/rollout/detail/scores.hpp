@@ -62,8 +62,8 @@ inline std::vector<double> read_nonnegative(const char* fn, const char* name,
     const bool col = v.cols() == 1;
     for (Index k = 0; k < v.size(); ++k) {
         const double s = static_cast<double>(col ? v(k, 0) : v(0, k));
-        RLPO_CHECK(std::isfinite(s) && s >= 0, fn, name, ": entries must be finite and >= 0, given ",
-                   s, " at response ", k);
+        RLPO_CHECK(std::isfinite(s) && s >= 0, fn, name,
+                   ": entries must be finite and >= 0, given ", s, " at response ", k);
         out[static_cast<std::size_t>(k)] = s;
     }
     return out;
