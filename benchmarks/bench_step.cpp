@@ -10,7 +10,7 @@
 // RLPO_BENCH_STEP_PROMPTS (default 4096) to fit smaller machines.
 #include <rlpo/rollout/advantages.hpp>
 #include <rlpo/rollout/returns.hpp>
-#include <rlpo/rollout/step.hpp>
+#include <rlpo/train/step.hpp>
 
 #include <benchmark/benchmark.h>
 
@@ -75,15 +75,15 @@ Rollout& shared(bool critic) {
 
 void BM_grpo_advantage_and_step(benchmark::State& state) {
     Rollout& r = shared(false);
-    rlpo::rollout::StepOptions o;
+    rlpo::train::StepOptions o;
     o.policy.vanilla = rlpo::policy::PPOClipOptions::verl();
     o.kl = rlpo::penalties::KLOptions::verl();
-    const rlpo::rollout::TrainingStep<float> step(o);
+    const rlpo::train::TrainingStep<float> step(o);
     const auto groups = rlpo::rollout::Groups::equal(r.N, kGroup);
     for (auto _ : state) {
         const rlpo::Vec<float> a = rlpo::rollout::grpo_advantages(r.scores, groups);
         const Mat<float> adv = rlpo::rollout::broadcast_to_tokens(a, r.mask);
-        rlpo::rollout::StepInputs<float> in;
+        rlpo::train::StepInputs<float> in;
         in.logp = r.logp;
         in.mask = r.mask;
         in.advantages = adv;
@@ -100,16 +100,16 @@ void BM_grpo_advantage_and_step(benchmark::State& state) {
 
 void BM_ppo_gae_and_step(benchmark::State& state) {
     Rollout& r = shared(true);
-    rlpo::rollout::StepOptions o;
+    rlpo::train::StepOptions o;
     o.policy.vanilla = rlpo::policy::PPOClipOptions::verl();
     o.value_coef = 1.0;
-    const rlpo::rollout::TrainingStep<float> step(o);
+    const rlpo::train::TrainingStep<float> step(o);
     rlpo::rollout::GAEOptions g;
     g.lambda = 0.95;
     for (auto _ : state) {
         const Mat<float> rewards = rlpo::rollout::outcome_token_rewards(r.scores, r.mask);
         const auto ta = rlpo::rollout::gae_advantages(rewards, r.old_values, r.mask, g);
-        rlpo::rollout::StepInputs<float> in;
+        rlpo::train::StepInputs<float> in;
         in.logp = r.logp;
         in.mask = r.mask;
         in.advantages = ta.advantages;

@@ -5,7 +5,7 @@
 //
 // Per step: sample G responses for each of P prompts from the policy, score them, compute
 // advantages (GRPO / RLOO / Dr.GRPO / GAE with a critic ...), then for each mini-batch run the
-// model forward, call rlpo::rollout::TrainingStep once (surrogate + KL + entropy + value loss →
+// model forward, call rlpo::train::TrainingStep once (surrogate + KL + entropy + value loss →
 // loss, d/dlogp, d/dlogits, d/dvalues, metrics), back-propagate through the softmax by hand and
 // take an Adam step. Writes DIR/metrics.csv and DIR/demo.png (gnuplot). The last line reads
 // "final accuracy <end> (start <start>)" (greedy decoding, exact match, all 100 prompts).
@@ -15,7 +15,7 @@
 #include "task.hpp"
 
 #include <rlpo/rollout/groups.hpp>
-#include <rlpo/rollout/step.hpp>
+#include <rlpo/train/step.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -198,7 +198,7 @@ inline std::vector<Row> train(const Config& cfg, const Objective& obj, double& a
     Net ref = policy;  // frozen reference copy
     Net critic(kDigits, kVocab + 1, cfg.max_len, dim, hidden, 1, rng);
     Adam opt(policy, cfg.lr), copt(critic, cfg.lr);
-    const rlpo::rollout::TrainingStep<float> step(obj.step);
+    const rlpo::train::TrainingStep<float> step(obj.step);
 
     std::vector<Row> rows;
     acc_start = greedy_accuracy(policy, cfg.max_len);
@@ -225,7 +225,7 @@ inline std::vector<Row> train(const Config& cfg, const Objective& obj, double& a
         row.reward = static_cast<double>(r.score.mean());
         row.sample_acc = r.correct;
         row.length = static_cast<double>(r.mask.sum()) / static_cast<double>(r.N);
-        rlpo::rollout::StepResult<float> agg;
+        rlpo::train::StepResult<float> agg;
         const Index mb = r.N / cfg.minibatches;
         for (int m = 0; m < cfg.minibatches; ++m) {
             const Index i0 = m * mb;
@@ -233,7 +233,7 @@ inline std::vector<Row> train(const Config& cfg, const Objective& obj, double& a
             RM probs;
             const RM z = policy.forward(ctx);
             const RM logp = gather_logp(z, r, i0, mb, probs);
-            rlpo::rollout::StepInputs<float> in;
+            rlpo::train::StepInputs<float> in;
             in.logp = logp;
             in.mask = prep.mask.middleRows(i0, mb);
             in.advantages = prep.advantages.middleRows(i0, mb);

@@ -10,7 +10,7 @@
 #include <rlpo/rollout/groups.hpp>
 #include <rlpo/rollout/returns.hpp>
 #include <rlpo/rollout/shaping.hpp>
-#include <rlpo/rollout/step.hpp>
+#include <rlpo/train/step.hpp>
 
 #include <stdexcept>
 #include <string>
@@ -23,7 +23,7 @@ enum class Advantage { GRPO, DrGRPO, RLOO, GAE };
 struct Objective {
     std::string name;
     Advantage advantage = Advantage::GRPO;
-    rlpo::rollout::StepOptions step;
+    rlpo::train::StepOptions step;
     bool critic = false;            // PPO: learn a value function, GAE advantages
     bool dynamic_sampling = false;  // DAPO: drop groups whose rewards are all equal
     bool overlong = false;          // DAPO / --length-shaping: soft overlong penalty on the score
@@ -48,7 +48,7 @@ inline Objective make_objective(const std::string& name, bool kl, double kl_coef
     Objective o;
     o.name = name;
     o.overlong = length_shaping;
-    rlpo::rollout::StepOptions& s = o.step;
+    rlpo::train::StepOptions& s = o.step;
     s.entropy_coef = entropy_coef;
     s.kl_coef = kl_coef;
     if (kl) s.kl = pen::KLOptions::verl(pen::KLEstimator::K3);
@@ -89,7 +89,7 @@ inline Objective make_objective(const std::string& name, bool kl, double kl_coef
         s.value_coef = 1.0;
         if (kl) {
             s.kl = pen::KLOptions::verl(pen::KLEstimator::K1);
-            s.kl_placement = rlpo::rollout::KLPlacement::Reward;
+            s.kl_placement = rlpo::train::KLPlacement::Reward;
         }
     } else {
         throw std::invalid_argument("unknown objective '" + name +
@@ -138,7 +138,7 @@ Prepared prepare(const Objective& obj, const R& r, const rlpo::rollout::Groups& 
         case Advantage::RLOO: adv = ro::rloo_advantages(score, groups); break;
         case Advantage::GAE: {
             RM token_rewards = ro::outcome_token_rewards(score, p.mask);
-            if (obj.step.kl && obj.step.kl_placement == ro::KLPlacement::Reward) {
+            if (obj.step.kl && obj.step.kl_placement == rlpo::train::KLPlacement::Reward) {
                 const auto kr = ro::kl_in_reward(token_rewards, r.old_logp, ref_logp, p.mask,
                                                  obj.step.kl_coef, *obj.step.kl);
                 token_rewards = kr.rewards;

@@ -1,4 +1,4 @@
-"""PyTorch reference for include/rlpo/rollout/step.hpp: the whole training-step loss written as one
+"""PyTorch reference for include/rlpo/train/step.hpp: the whole training-step loss written as one
 torch expression (PPO clip + β·k3 + entropy bonus + clipped value loss), differentiated by
 autograd with respect to logp, logits and values at once."""
 import math

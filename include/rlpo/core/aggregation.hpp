@@ -162,6 +162,20 @@ inline RowWeights row_weights(const char* function, const Eigen::MatrixBase<Deri
 
 /// Aggregate a precomputed per-token loss matrix: Σ_it c_i m_it L_it. Masked entries of L are
 /// never read (they may be NaN). Optionally writes ∂/∂L (= c_i m_it) to `grad_L`.
+/// The global counts of a mini-batch mask (what each micro-batch / rank must be given). An
+/// empty mask gives counts of 1 (every term is 0 then), so the normalizer stays valid.
+template <class D>
+inline Normalizer global_normalizer(const Eigen::MatrixBase<D>& mask, Aggregation mode,
+                                    std::optional<double> norm_constant = {}) {
+    const RowWeights w = row_weights("global_normalizer", mask, Normalizer{mode});
+    Normalizer n;
+    n.mode = mode;
+    n.num_tokens = w.local_tokens > 0 ? w.local_tokens : 1.0;
+    n.num_seqs = w.local_seqs > 0 ? w.local_seqs : 1.0;
+    n.norm_constant = norm_constant;
+    return n;
+}
+
 template <class DL, class DM>
 inline double aggregate(const Eigen::MatrixBase<DL>& loss, const Eigen::MatrixBase<DM>& mask,
                         const Normalizer& norm = {}, Mat<detail::scalar_t<DL>>* grad_L = nullptr) {

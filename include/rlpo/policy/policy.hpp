@@ -6,7 +6,6 @@
 #include <rlpo/policy/cov.hpp>
 #include <rlpo/policy/dppo.hpp>
 #include <rlpo/policy/dro.hpp>
-#include <rlpo/policy/entropy.hpp>
 #include <rlpo/policy/gmpo.hpp>
 #include <rlpo/policy/gspo.hpp>
 #include <rlpo/policy/policy_loss.hpp>
@@ -14,4 +13,3 @@
 #include <rlpo/policy/reinforce.hpp>
 #include <rlpo/policy/sapo.hpp>
 #include <rlpo/policy/trrd.hpp>
-#include <rlpo/policy/value_loss.hpp>

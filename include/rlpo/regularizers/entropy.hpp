@@ -31,7 +31,7 @@
 #include <limits>
 #include <vector>
 
-namespace rlpo::policy {
+namespace rlpo::regularizers {
 
 /// Aggregated entropy of the softmax of each unmasked row and its gradient w.r.t. `logits`.
 template <class DZ, class DM>
@@ -40,7 +40,7 @@ Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
     const Normalizer& norm = {}, const GradientOut<::rlpo::detail::scalar_t<DZ>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<DZ>;
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
-    constexpr const char* fn = "policy::entropy_bonus";
+    constexpr const char* fn = "regularizers::entropy_bonus";
     const ConstMatRef<S> z(logits.derived()), m(mask.derived());
     const Index B = m.rows(), T = m.cols(), V = z.cols();
     RLPO_CHECK(z.rows() == B * T, fn, "logits: expected ", B * T, " rows (B·T of mask [", B, ", ",
@@ -100,4 +100,4 @@ Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
     return res;
 }
 
-}  // namespace rlpo::policy
+}  // namespace rlpo::regularizers

@@ -41,7 +41,7 @@
 #include <algorithm>
 #include <cmath>
 
-namespace rlpo::policy {
+namespace rlpo::critic {
 
 struct ValueLossOptions {
     /// c: value clip range around the rollout-time value; unset = no clipping.
@@ -69,7 +69,7 @@ Result<::rlpo::detail::scalar_t<DV>> value_loss(
     const GradientOut<::rlpo::detail::scalar_t<DV>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<DV>;
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
-    constexpr const char* fn = "policy::value_loss";
+    constexpr const char* fn = "critic::value_loss";
     const ConstMatRef<S> v(values.derived()), vo(old_values.derived()), R(returns.derived()),
         m(mask.derived());
     ::rlpo::detail::check_same_shape(fn, "old_values", vo, "values", v);
@@ -95,7 +95,7 @@ Result<::rlpo::detail::scalar_t<DV>> value_loss(
             const double l2 = 0.5 * (xc - r) * (xc - r);
             const double g2 = (x >= xo - c && x <= xo + c) ? (xc - r) : 0.0;
             st[0] = l2 > l1 ? 1.0 : 0.0;
-            return detail::tie_max(l1, g1, l2, g2);
+            return ::rlpo::policy::detail::tie_max(l1, g1, l2, g2);
         });
     res.value = g.coef() * pass.value;
     res.metrics.add("vf_clipfrac", pass.stats[0], pass.count);
@@ -144,7 +144,7 @@ SAFECriticResult<::rlpo::detail::scalar_t<D1>> safe_critic_loss(
     const Normalizer& norm = {}) {
     using S = ::rlpo::detail::scalar_t<D1>;
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
-    constexpr const char* fn = "policy::safe_critic_loss";
+    constexpr const char* fn = "critic::safe_critic_loss";
     const ConstMatRef<S> a(v1.derived()), b(v2.derived()), vo(old_values.derived()),
         R(returns.derived()), m(mask.derived());
     ::rlpo::detail::check_same_shape(fn, "v2", b, "v1", a);
@@ -162,8 +162,8 @@ SAFECriticResult<::rlpo::detail::scalar_t<D1>> safe_critic_loss(
     const double c = opts.clip, d = opts.huber_delta;
     for (Index i = 0; i < a.rows(); ++i) {
         const double ci = w.c[static_cast<std::size_t>(i)];
-        detail::check_row_nan<S>(fn, m, i,
-                                 {{"v1", &a}, {"v2", &b}, {"old_values", &vo}, {"returns", &R}});
+        ::rlpo::policy::detail::check_row_nan<S>(
+            fn, m, i, {{"v1", &a}, {"v2", &b}, {"old_values", &vo}, {"returns", &R}});
         for (Index t = 0; t < a.cols(); ++t) {
             const double mk = static_cast<double>(m(i, t));
             if (mk == 0) continue;
@@ -193,4 +193,4 @@ SAFECriticResult<::rlpo::detail::scalar_t<D1>> safe_critic_loss(
     return res;
 }
 
-}  // namespace rlpo::policy
+}  // namespace rlpo::critic

@@ -8,8 +8,8 @@
 
 #include <rlpo/penalties/kl_estimators.hpp>
 #include <rlpo/policy/ppo_clip.hpp>
-#include <rlpo/rollout/step.hpp>
 #include <rlpo/testing/random.hpp>
+#include <rlpo/train/step.hpp>
 
 #include <cmath>
 #include <limits>
@@ -17,10 +17,10 @@
 using rlpo::Aggregation;
 using rlpo::Index;
 using rlpo::Mat;
-using rlpo::rollout::KLPlacement;
-using rlpo::rollout::StepInputs;
-using rlpo::rollout::StepOptions;
-using rlpo::rollout::TrainingStep;
+using rlpo::train::KLPlacement;
+using rlpo::train::StepInputs;
+using rlpo::train::StepOptions;
+using rlpo::train::TrainingStep;
 namespace rt = rlpo::testing;
 
 namespace {
@@ -235,9 +235,9 @@ TEMPLATE_TEST_CASE("training step: equals the sum of its parts, each called on i
         const auto pg =
             rlpo::policy::ppo_clip(d.logp, d.old, d.adv, d.mask, o.policy.vanilla, o.norm);
         const auto kl = rlpo::penalties::kl_penalty(d.logp, d.ref, d.mask, *o.kl, o.norm);
-        const auto ent = rlpo::policy::entropy_bonus(d.logits, d.mask, o.norm);
+        const auto ent = rlpo::regularizers::entropy_bonus(d.logits, d.mask, o.norm);
         const auto vf =
-            rlpo::policy::value_loss(d.values, d.old_values, d.returns, d.mask, o.value, o.norm);
+            rlpo::critic::value_loss(d.values, d.old_values, d.returns, d.mask, o.value, o.norm);
         const double tol = sizeof(S) == 4 ? 1e-5 : 1e-12;
         CHECK(rlpo_test::rel_err(r.pg_loss, pg.value) < tol);
         CHECK(rlpo_test::rel_err(r.kl_loss, o.kl_coef * kl.value) < tol);
@@ -272,13 +272,13 @@ TEMPLATE_TEST_CASE("training step: micro-batches and data-parallel shards give t
     for (Aggregation mode : rlpo_test::all_modes()) {
         INFO(rlpo::to_string(mode));
         StepOptions o = full_options(mode);
-        o.norm = rlpo::rollout::global_normalizer(d.mask, mode);
+        o.norm = rlpo::global_normalizer(d.mask, mode);
         const TrainingStep<S> step(o);
         StepInputs<S> in;
         fill(in, d, 0, B, true, true);
         const auto whole = step(in);
         // uneven micro-batches (1, 2, 3, 4 rows) split over two "ranks" (rows 0–2 and 3–9)
-        rlpo::rollout::StepResult<S> rank[2];
+        rlpo::train::StepResult<S> rank[2];
         Mat<S> g_lp(B, T), g_z(B * T, d.V), g_v(B, T);
         bool first[2] = {true, true};
         for (const auto& ch : rlpo_test::uneven_chunks(B)) {
@@ -286,7 +286,7 @@ TEMPLATE_TEST_CASE("training step: micro-batches and data-parallel shards give t
             StepInputs<S> mb;
             fill(mb, d, ch.first, ch.second, true, true);
             // gradients written straight into the rows of the caller's full buffers
-            rlpo::rollout::StepGradients<S> out{
+            rlpo::train::StepGradients<S> out{
                 rlpo::write_to<S>(rlpo::MatRef<S>(g_lp.middleRows(ch.first, ch.second))),
                 rlpo::write_to<S>(rlpo::MatRef<S>(g_z.middleRows(ch.first * T, ch.second * T))),
                 rlpo::write_to<S>(rlpo::MatRef<S>(g_v.middleRows(ch.first, ch.second)))};
@@ -363,7 +363,7 @@ TEST_CASE("training step: options and placements", "[rollout][step][properties]"
     SECTION("a distillation hook adds its value and its logits gradient with its coefficient") {
         StepOptions o;
         o.distill_coef = 0.5;
-        const rlpo::rollout::DistillHook<double> hook =
+        const rlpo::train::DistillHook<double> hook =
             [](const rlpo::ConstMatRef<double>& z, const rlpo::ConstMatRef<double>&,
                const rlpo::GradientOut<double>& g, const rlpo::Normalizer&, rlpo::Metrics& m) {
                 // a toy term: Σ z over the first column, gradient 1 there
@@ -392,7 +392,7 @@ TEST_CASE("training step: bad input gives the documented error", "[rollout][step
     {
         StepInputs<double> in;
         RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>()(in),
-                                        "rollout::TrainingStep(): logp: required");
+                                        "train::TrainingStep(): logp: required");
         in.logp = d.logp;
         RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>()(in), "mask: required (every term)");
         in.mask = d.mask;
@@ -459,7 +459,7 @@ TEST_CASE("training step: bad input gives the documented error", "[rollout][step
         bad.logits(2, 0) = std::numeric_limits<double>::quiet_NaN();  // token [0, 2], unmasked
         fill(in, bad, 0, B, true, true);
         RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>(full)(in),
-                                        "policy::entropy_bonus(): logits: nan at [2, 0]");
+                                        "regularizers::entropy_bonus(): logits: nan at [2, 0]");
         bad = d;
         bad.returns(0, 3) = std::numeric_limits<double>::quiet_NaN();
         fill(in, bad, 0, B, true, true);
@@ -485,7 +485,7 @@ TEMPLATE_TEST_CASE("training step: inputs bound from a RolloutBatch equal the ex
     fill(direct, d, 2, 3, true, true);
     const auto want = step(direct);
     StepInputs<S> bound;
-    rlpo::rollout::bind_rollout(bound, batch, 2, 3);
+    rlpo::train::bind_rollout(bound, batch, 2, 3);
     bound.logp = d.logp.middleRows(2, 3);
     bound.advantages = d.adv.middleRows(2, 3);
     bound.logits = d.logits.middleRows(2 * d.logp.cols(), 3 * d.logp.cols());
@@ -496,6 +496,6 @@ TEMPLATE_TEST_CASE("training step: inputs bound from a RolloutBatch equal the ex
     CHECK(got.grad_logp == want.grad_logp);
     CHECK(got.grad_values == want.grad_values);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(
-        rlpo::rollout::bind_rollout(bound, batch, 4, 3),
-        "rollout::bind_rollout(): rows: [4, 7) is outside the batch's 6 responses");
+        rlpo::train::bind_rollout(bound, batch, 4, 3),
+        "train::bind_rollout(): rows: [4, 7) is outside the batch's 6 responses");
 }

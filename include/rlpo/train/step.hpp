@@ -18,8 +18,8 @@
 ///     *reward* instead (`KLPlacement::Reward`, classic PPO / verl `use_kl_in_reward`), it is not
 ///     part of the loss: the rollout side subtracts β·kl(old_logp, ref_logp) from the token
 ///     rewards before the advantages (rollout/shaping.hpp), and the step only reports it;
-///   * entropy — `policy::entropy_bonus` over the logits rows, with coefficient −c_H;
-///   * vf_loss — `policy::value_loss` (verl's clipped ½·max((v−R)², (clip(v, v_old±ε_v)−R)²)),
+///   * entropy — `regularizers::entropy_bonus` over the logits rows, with coefficient −c_H;
+///   * vf_loss — `critic::value_loss` (verl's clipped ½·max((v−R)², (clip(v, v_old±ε_v)−R)²)),
 ///     gradient w.r.t. the values, coefficient c_V;
 ///   * the distillation hook — a callable given the logits, the mask, a `GradientOut` adding
 ///     into the step's logits gradient (coefficient `distill_coef`), the normalizer and the
@@ -48,7 +48,7 @@
 /// `kl_loss_coef`), no entropy, no value loss, token-mean — verl's actor defaults with
 /// `use_kl_loss=False`, `entropy_coeff=0`; value clip ε_v = 0.5 (verl `critic.cliprange_value`).
 ///
-/// **Bad input** (rlpo::invalid_argument, "rlpo::rollout::TrainingStep(): …"): a missing input
+/// **Bad input** (rlpo::invalid_argument, "rlpo::train::TrainingStep(): …"): a missing input
 /// a term needs (`ref_logp` for the KL loss, `logits` for entropy / distillation, `values`,
 /// `old_values`, `returns` for the value loss), shapes differing from `logp` (logits: B·T rows),
 /// a non-finite coefficient, ε_v ≤ 0, invalid PPO / KL options (checked when the step is
@@ -60,10 +60,10 @@
 #include <rlpo/core/metrics.hpp>
 #include <rlpo/core/result.hpp>
 #include <rlpo/core/types.hpp>
+#include <rlpo/critic/value_loss.hpp>
 #include <rlpo/penalties/kl_estimators.hpp>
-#include <rlpo/policy/entropy.hpp>
 #include <rlpo/policy/policy_loss.hpp>
-#include <rlpo/policy/value_loss.hpp>
+#include <rlpo/regularizers/entropy.hpp>
 #include <rlpo/rollout/batch.hpp>
 
 #include <algorithm>
@@ -74,7 +74,7 @@
 #include <string>
 #include <vector>
 
-namespace rlpo::rollout {
+namespace rlpo::train {
 
 /// An optional read-only `[rows, cols]` input of the step. Assign any Eigen matrix expression;
 /// a row-major matrix, `Map` or row block (a micro-batch) is read in place.
@@ -118,8 +118,9 @@ struct StepInputs {
 /// `values`). The trainer still sets `logp` (and `logits` / `values` / `returns`) from its
 /// forward pass and `advantages` from an estimator run over the whole batch.
 template <class S>
-inline void bind_rollout(StepInputs<S>& in, const RolloutBatch<S>& b, Index row0, Index rows) {
-    constexpr const char* fn = "rollout::bind_rollout";
+inline void bind_rollout(StepInputs<S>& in, const rollout::RolloutBatch<S>& b, Index row0,
+                         Index rows) {
+    constexpr const char* fn = "train::bind_rollout";
     RLPO_CHECK(row0 >= 0 && rows >= 0 && row0 + rows <= b.mask.rows(), fn, "rows: [", row0, ", ",
                row0 + rows, ") is outside the batch's ", b.mask.rows(), " responses");
     in.mask = b.mask.middleRows(row0, rows);
@@ -155,7 +156,7 @@ struct StepOptions {
     double entropy_coef = 0.0;  ///< c_H (verl entropy_coeff; 0 = off)
 
     double value_coef = 0.0;           ///< c_V (0 = no value loss)
-    policy::ValueLossOptions value{};  ///< value clip ε_v (verl critic.cliprange_value 0.5)
+    critic::ValueLossOptions value{};  ///< value clip ε_v (verl critic.cliprange_value 0.5)
 
     double distill_coef = 1.0;  ///< coefficient handed to the distillation hook
 
@@ -189,20 +190,6 @@ struct StepResult {
         return *this;
     }
 };
-
-/// The global counts of a mini-batch mask (what each micro-batch / rank must be given). An
-/// empty mask gives counts of 1 (every term is 0 then), so the normalizer stays valid.
-template <class D>
-inline Normalizer global_normalizer(const Eigen::MatrixBase<D>& mask, Aggregation mode,
-                                    std::optional<double> norm_constant = {}) {
-    const RowWeights w = row_weights("rollout::global_normalizer", mask, Normalizer{mode});
-    Normalizer n;
-    n.mode = mode;
-    n.num_tokens = w.local_tokens > 0 ? w.local_tokens : 1.0;
-    n.num_seqs = w.local_seqs > 0 ? w.local_seqs : 1.0;
-    n.norm_constant = norm_constant;
-    return n;
-}
 
 namespace detail {
 
@@ -309,7 +296,7 @@ public:
             if (opts_.entropy_coef != 0.0) {
                 GradientOut<S> g = g_z;
                 g.coef *= -opts_.entropy_coef;  // loss −c_H·H
-                const auto h = policy::entropy_bonus(z, m, norm, g);
+                const auto h = regularizers::entropy_bonus(z, m, norm, g);
                 res.entropy_loss = h.value;
                 res.metrics.merge(h.metrics.prefixed("actor/"));
             }
@@ -324,7 +311,7 @@ public:
         if (uses_values()) {
             GradientOut<S> g = resolve(out.values, res.grad_values, B, T);
             g.coef *= opts_.value_coef;
-            const auto vf = policy::value_loss(*in.values, *in.old_values, *in.returns, m,
+            const auto vf = critic::value_loss(*in.values, *in.old_values, *in.returns, m,
                                                opts_.value, norm, g);
             res.vf_loss = vf.value;
             res.metrics.merge(vf.metrics.prefixed("critic/"));
@@ -335,7 +322,7 @@ public:
     }
 
 private:
-    static constexpr const char* kFn = "rollout::TrainingStep";
+    static constexpr const char* kFn = "train::TrainingStep";
 
     /// Turn a caller's destination into an accumulating one: Own → zeroed matrix in `own`;
     /// Write → the caller's buffer, zeroed; Add → as given; None → none.
@@ -363,4 +350,4 @@ private:
     DistillHook<S> distill_{};
 };
 
-}  // namespace rlpo::rollout
+}  // namespace rlpo::train

@@ -1,12 +1,12 @@
 // Clipped value loss and the SAFE double soft-min critic, four ways.
 #include "policy/policy_support.hpp"
 
-#include <rlpo/policy/value_loss.hpp>
+#include <rlpo/critic/value_loss.hpp>
 
 using namespace policy_test;
-using rlpo::policy::SAFECriticOptions;
-using rlpo::policy::ValueLossOptions;
-namespace rp = rlpo::policy;
+using rlpo::critic::SAFECriticOptions;
+using rlpo::critic::ValueLossOptions;
+namespace rc = rlpo::critic;
 
 namespace {
 struct Critic {
@@ -34,14 +34,14 @@ TEST_CASE("value_loss / safe_critic_loss: gradients equal central finite differe
          {ValueLossOptions::verl(), ValueLossOptions::trl(), ValueLossOptions::openrlhf()})
         for (Aggregation mode : rlpo_test::all_modes()) {
             const rlpo::Normalizer n = norm_for(mode, 2);
-            const auto r = rp::value_loss(c.v, c.old, c.R, c.mask, o, n);
+            const auto r = rc::value_loss(c.v, c.old, c.R, c.mask, o, n);
             const auto near_kink = [&](Index k) {
                 return o.clip &&
                        std::abs(std::abs(c.v.data()[k] - c.old.data()[k]) - *o.clip) < 1e-4;
             };
             rlpo_test::require_fd_gradient(
                 [&](const Mat<double>& x) {
-                    return rp::value_loss(x, c.old, c.R, c.mask, o, n, rlpo::no_grad<double>())
+                    return rc::value_loss(x, c.old, c.R, c.mask, o, n, rlpo::no_grad<double>())
                         .value;
                 },
                 c.v, r.grad, 1e-6, 1e-8, near_kink);
@@ -49,7 +49,7 @@ TEST_CASE("value_loss / safe_critic_loss: gradients equal central finite differe
     for (Aggregation mode : rlpo_test::all_modes()) {
         const rlpo::Normalizer n = norm_for(mode, 2);
         const SAFECriticOptions o;
-        const auto r = rp::safe_critic_loss(c.v, c.v2, c.old, c.R, c.mask, o, n);
+        const auto r = rc::safe_critic_loss(c.v, c.v2, c.old, c.R, c.mask, o, n);
         const auto near_kink = [&](Index k) {
             const double V = safe_V(c.v.data()[k], c.v2.data()[k], o.alpha),
                          d = V - c.old.data()[k];
@@ -60,12 +60,12 @@ TEST_CASE("value_loss / safe_critic_loss: gradients equal central finite differe
         };
         rlpo_test::require_fd_gradient(
             [&](const Mat<double>& x) {
-                return rp::safe_critic_loss(x, c.v2, c.old, c.R, c.mask, o, n).value;
+                return rc::safe_critic_loss(x, c.v2, c.old, c.R, c.mask, o, n).value;
             },
             c.v, r.grad_v1, 1e-6, 1e-8, near_kink);
         rlpo_test::require_fd_gradient(
             [&](const Mat<double>& x) {
-                return rp::safe_critic_loss(c.v, x, c.old, c.R, c.mask, o, n).value;
+                return rc::safe_critic_loss(c.v, x, c.old, c.R, c.mask, o, n).value;
             },
             c.v2, r.grad_v2, 1e-6, 1e-8, near_kink);
     }
@@ -139,11 +139,11 @@ TEMPLATE_TEST_CASE("value_loss / safe_critic_loss: agree with the PyTorch autogr
         const auto& r = runs[k];
         INFO("case " << k);
         if (!r.safe) {
-            const auto res = rp::value_loss(r.v, r.old, r.R, r.mask, r.vo, r.n);
+            const auto res = rc::value_loss(r.v, r.old, r.R, r.mask, r.vo, r.n);
             CHECK(rlpo_test::rel_err(res.value, ref.scalar(k, "value")) < tol);
             CHECK(rlpo_test::max_rel_err(res.grad, ref.out(k, "grad")) < tol);
         } else {
-            const auto res = rp::safe_critic_loss(r.v, r.v2, r.old, r.R, r.mask, r.so, r.n);
+            const auto res = rc::safe_critic_loss(r.v, r.v2, r.old, r.R, r.mask, r.so, r.n);
             CHECK(rlpo_test::rel_err(res.value, ref.scalar(k, "value")) < tol);
             CHECK(rlpo_test::max_rel_err(res.grad_v1, ref.out(k, "grad_v1")) < tol);
             CHECK(rlpo_test::max_rel_err(res.grad_v2, ref.out(k, "grad_v2")) < tol);
@@ -151,8 +151,8 @@ TEMPLATE_TEST_CASE("value_loss / safe_critic_loss: agree with the PyTorch autogr
         for (const char* name : {"vf_clipfrac", "vpred_mean"}) {
             INFO(name);
             const auto m =
-                r.safe ? rp::safe_critic_loss(r.v, r.v2, r.old, r.R, r.mask, r.so, r.n).metrics
-                       : rp::value_loss(r.v, r.old, r.R, r.mask, r.vo, r.n).metrics;
+                r.safe ? rc::safe_critic_loss(r.v, r.v2, r.old, r.R, r.mask, r.so, r.n).metrics
+                       : rc::value_loss(r.v, r.old, r.R, r.mask, r.vo, r.n).metrics;
             CHECK(rlpo_test::rel_err(m[name], ref.scalar(k, name), 1e-12) < tol);
         }
     }
@@ -164,8 +164,8 @@ TEST_CASE("value_loss / safe_critic_loss: properties", "[policy][critic][propert
         const Mat<double> v = c.old.array() + 0.1;  // |v − v_old| = 0.1 < 0.5
         rlpo::Normalizer n;
         n.mode = Aggregation::TokenSum;
-        const auto r = rp::value_loss(v, c.old, c.R, c.mask, ValueLossOptions::verl(), n);
-        const auto plain = rp::value_loss(v, c.old, c.R, c.mask, ValueLossOptions::openrlhf(), n);
+        const auto r = rc::value_loss(v, c.old, c.R, c.mask, ValueLossOptions::verl(), n);
+        const auto plain = rc::value_loss(v, c.old, c.R, c.mask, ValueLossOptions::openrlhf(), n);
         CHECK(r.value ==
               Approx(0.5 * (c.mask.array() * (v - c.R).array().square()).sum()).epsilon(1e-13));
         CHECK(rlpo_test::max_rel_err(r.grad, plain.grad) < 1e-15);
@@ -179,13 +179,13 @@ TEST_CASE("value_loss / safe_critic_loss: properties", "[policy][critic][propert
         v << 2.0, -2.0;  // both clipped to ±0.5
         rlpo::Normalizer n;
         n.mode = Aggregation::TokenSum;
-        const auto r = rp::value_loss(v, old, R, m, ValueLossOptions::verl(), n);
+        const auto r = rc::value_loss(v, old, R, m, ValueLossOptions::verl(), n);
         // v = 2: (2−1)² = 1 vs (0.5−1)² = 0.25 → unclipped, gradient 1. v = −2: 9 vs 0.25 → unclipped, −3.
         CHECK(r.grad(0, 0) == Approx(1.0));
         CHECK(r.grad(0, 1) == Approx(-3.0));
         Mat<double> far_R = Mat<double>::Constant(1, 2, 5.0);
         v << 3.0, 3.0;  // towards R = 5 past c: (3−5)² = 4 < (0.5−5)² = 20.25 → clipped, gradient 0
-        const auto q = rp::value_loss(v, old, far_R, m, ValueLossOptions::verl(), n);
+        const auto q = rc::value_loss(v, old, far_R, m, ValueLossOptions::verl(), n);
         CHECK(q.grad.isZero());
         CHECK(q.metrics["vf_clipfrac"] == 1.0);
     }
@@ -196,7 +196,7 @@ TEST_CASE("value_loss / safe_critic_loss: properties", "[policy][critic][propert
         for (double alpha : {1e-3, 0.3, 1e3}) {
             SAFECriticOptions o;
             o.alpha = alpha;
-            const auto r = rp::safe_critic_loss(a, b, a, a, m, o);
+            const auto r = rc::safe_critic_loss(a, b, a, a, m, o);
             const double V = r.metrics["vpred_mean"];
             CHECK(V >= 1.0 - 1e-12);
             CHECK(V <= 2.0 + 1e-12);
@@ -205,10 +205,10 @@ TEST_CASE("value_loss / safe_critic_loss: properties", "[policy][critic][propert
         }
         SAFECriticOptions o;
         const Critic c = critic_batch(42);
-        const auto r = rp::safe_critic_loss(c.v, c.v2, c.old, c.R, c.mask, o);
+        const auto r = rc::safe_critic_loss(c.v, c.v2, c.old, c.R, c.mask, o);
         // ∂/∂v1 + ∂/∂v2 is the gradient w.r.t. a common shift of both heads = ∂loss/∂V
         const auto shifted = [&](double h) {
-            return rp::safe_critic_loss(Mat<double>(c.v.array() + h), Mat<double>(c.v2.array() + h),
+            return rc::safe_critic_loss(Mat<double>(c.v.array() + h), Mat<double>(c.v2.array() + h),
                                         c.old, c.R, c.mask, o)
                 .value;
         };
@@ -219,7 +219,7 @@ TEST_CASE("value_loss / safe_critic_loss: properties", "[policy][critic][propert
         const Critic c = critic_batch(43);
         require_micro_batch_invariance(
             [&](Index r0, Index nr, const rlpo::Normalizer& n) {
-                return rp::value_loss(c.v.middleRows(r0, nr), c.old.middleRows(r0, nr),
+                return rc::value_loss(c.v.middleRows(r0, nr), c.old.middleRows(r0, nr),
                                       c.R.middleRows(r0, nr), c.mask.middleRows(r0, nr),
                                       ValueLossOptions::verl(), n);
             },
@@ -232,30 +232,30 @@ TEST_CASE("value_loss / safe_critic_loss: bad input gives the documented error",
     const Mat<double> x = Mat<double>::Zero(2, 3), m = Mat<double>::Ones(2, 3),
                       y = Mat<double>::Zero(2, 4);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(
-        rp::value_loss(x, y, x, m),
-        "policy::value_loss(): old_values: expected shape [2, 3] (same as values), given [2, 4]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::value_loss(x, x, y, m), "returns: expected shape");
+        rc::value_loss(x, y, x, m),
+        "critic::value_loss(): old_values: expected shape [2, 3] (same as values), given [2, 4]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rc::value_loss(x, x, y, m), "returns: expected shape");
     ValueLossOptions o;
     o.clip = 0.0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::value_loss(x, x, x, m, o), "clip: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rc::value_loss(x, x, x, m, o), "clip: must be > 0");
     Mat<double> bad = x;
     bad(0, 0) = std::numeric_limits<double>::quiet_NaN();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::value_loss(x, bad, x, m), "old_values: NaN at [0, 0]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::value_loss(x, x, bad, m), "returns: NaN at [0, 0]");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::safe_critic_loss(x, y, x, x, m),
-                                    "policy::safe_critic_loss(): v2: expected shape");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rc::value_loss(x, bad, x, m), "old_values: NaN at [0, 0]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rc::value_loss(x, x, bad, m), "returns: NaN at [0, 0]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rc::safe_critic_loss(x, y, x, x, m),
+                                    "critic::safe_critic_loss(): v2: expected shape");
     SAFECriticOptions s;
     s.alpha = 0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::safe_critic_loss(x, x, x, x, m, s), "alpha: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rc::safe_critic_loss(x, x, x, x, m, s), "alpha: must be > 0");
     s = {};
     s.huber_delta = -1;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::safe_critic_loss(x, x, x, x, m, s),
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rc::safe_critic_loss(x, x, x, x, m, s),
                                     "huber_delta: must be > 0");
     s = {};
     s.clip = 0;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::safe_critic_loss(x, x, x, x, m, s), "clip: must be > 0");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::safe_critic_loss(x, bad, x, x, m), "v2: NaN at [0, 0]");
-    const auto empty = rp::value_loss(x, x, x, Mat<double>::Zero(2, 3));
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rc::safe_critic_loss(x, x, x, x, m, s), "clip: must be > 0");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rc::safe_critic_loss(x, bad, x, x, m), "v2: NaN at [0, 0]");
+    const auto empty = rc::value_loss(x, x, x, Mat<double>::Zero(2, 3));
     CHECK(empty.value == 0.0);
     CHECK(empty.grad.isZero());
 }

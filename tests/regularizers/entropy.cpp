@@ -1,10 +1,10 @@
 // Entropy bonus over logits, four ways.
 #include "policy/policy_support.hpp"
 
-#include <rlpo/policy/entropy.hpp>
+#include <rlpo/regularizers/entropy.hpp>
 
 using namespace policy_test;
-namespace rp = rlpo::policy;
+namespace rr = rlpo::regularizers;
 
 TEST_CASE("entropy_bonus: gradient equals central finite differences", "[policy][entropy][fd]") {
     rt::Generator gen(50);
@@ -14,10 +14,10 @@ TEST_CASE("entropy_bonus: gradient equals central finite differences", "[policy]
     const Mat<double> m = gen.mask(B, T, 1, true);
     for (Aggregation mode : rlpo_test::all_modes()) {
         const rlpo::Normalizer n = norm_for(mode, 2);
-        const auto r = rp::entropy_bonus(z, m, n);
+        const auto r = rr::entropy_bonus(z, m, n);
         rlpo_test::require_fd_gradient(
             [&](const Mat<double>& x) {
-                return rp::entropy_bonus(x, m, n, rlpo::no_grad<double>()).value;
+                return rr::entropy_bonus(x, m, n, rlpo::no_grad<double>()).value;
             },
             z, r.grad, 1e-6, 1e-10);
     }
@@ -52,7 +52,7 @@ TEMPLATE_TEST_CASE("entropy_bonus: agrees with the PyTorch autograd reference",
     for (std::size_t k = 0; k < runs.size(); ++k) {
         const auto& r = runs[k];
         INFO("case " << k);
-        const auto res = rp::entropy_bonus(r.z, r.m, r.n);
+        const auto res = rr::entropy_bonus(r.z, r.m, r.n);
         CHECK(rlpo_test::rel_err(res.value, ref.scalar(k, "value")) < tol);
         CHECK(rlpo_test::max_rel_err(res.grad, ref.out(k, "grad")) < tol);
         CHECK(rlpo_test::rel_err(res.metrics["entropy"], ref.scalar(k, "entropy"), 1e-12) < tol);
@@ -62,19 +62,19 @@ TEMPLATE_TEST_CASE("entropy_bonus: agrees with the PyTorch autograd reference",
 TEST_CASE("entropy_bonus: properties", "[policy][entropy][properties]") {
     SECTION("uniform logits: H = log V, gradient 0 (the maximum); one-hot: H → 0") {
         const Mat<double> z = Mat<double>::Constant(6, 10, 0.7), m = Mat<double>::Ones(2, 3);
-        const auto r = rp::entropy_bonus(z, m);
+        const auto r = rr::entropy_bonus(z, m);
         CHECK(r.value == Approx(std::log(10.0)).epsilon(1e-14));
         CHECK(r.grad.cwiseAbs().maxCoeff() < 1e-15);
         Mat<double> oh = Mat<double>::Zero(6, 10);
         oh.col(3).setConstant(200.0);
-        CHECK(rp::entropy_bonus(oh, m).value < 1e-80);
+        CHECK(rr::entropy_bonus(oh, m).value < 1e-80);
     }
     SECTION("a GradientOut coefficient −β turns the bonus into the loss term −β·H") {
         rt::Generator gen(51);
         const Mat<double> z = gen.logits(6, 9), m = Mat<double>::Ones(2, 3);
         Mat<double> g = Mat<double>::Ones(6, 9);
-        const auto plain = rp::entropy_bonus(z, m);
-        const auto r = rp::entropy_bonus(z, m, {}, rlpo::add_to(g, -0.01));
+        const auto plain = rr::entropy_bonus(z, m);
+        const auto r = rr::entropy_bonus(z, m, {}, rlpo::add_to(g, -0.01));
         CHECK(r.value == Approx(-0.01 * plain.value));
         CHECK(rlpo_test::max_rel_err(g, Mat<double>(Mat<double>::Ones(6, 9) - 0.01 * plain.grad)) <
               1e-15);
@@ -85,11 +85,11 @@ TEST_CASE("entropy_bonus: properties", "[policy][entropy][properties]") {
         const Mat<double> z = gen.logits(B * T, V), m = gen.mask(B, T, 1, true);
         for (Aggregation mode : rlpo_test::all_modes()) {
             const rlpo::Normalizer n = rlpo_test::global_normalizer(mode, m);
-            const auto full = rp::entropy_bonus(z, m, n);
+            const auto full = rr::entropy_bonus(z, m, n);
             double sum = 0;
             Mat<double> g(B * T, V);
             for (const auto& ch : rlpo_test::uneven_chunks(B)) {
-                const auto part = rp::entropy_bonus(z.middleRows(ch.first * T, ch.second * T),
+                const auto part = rr::entropy_bonus(z.middleRows(ch.first * T, ch.second * T),
                                                     m.middleRows(ch.first, ch.second), n);
                 sum += part.value;
                 g.middleRows(ch.first * T, ch.second * T) = part.grad;
@@ -106,11 +106,11 @@ TEST_CASE("entropy_bonus: the parallel loop gives the serial result and reports 
     const Index B = 32, T = 16, V = 1024;  // 2^19 logits: the OpenMP path when enabled
     const Mat<double> z = gen.logits(B * T, V), m = gen.mask(B, T, 1, true);
     const rlpo::Normalizer n = rlpo_test::global_normalizer(Aggregation::SeqMeanTokenMean, m);
-    const auto full = rp::entropy_bonus(z, m, n);
+    const auto full = rr::entropy_bonus(z, m, n);
     double sum = 0;
     Mat<double> g(B * T, V);
     for (Index i = 0; i < B; ++i) {  // one sequence at a time: the serial path
-        const auto part = rp::entropy_bonus(z.middleRows(i * T, T), m.middleRows(i, 1), n);
+        const auto part = rr::entropy_bonus(z.middleRows(i * T, T), m.middleRows(i, 1), n);
         sum += part.value;
         g.middleRows(i * T, T) = part.grad;
     }
@@ -121,30 +121,30 @@ TEST_CASE("entropy_bonus: the parallel loop gives the serial result and reports 
     mm.row(9).setOnes();
     bad(30 * T, 0) = std::numeric_limits<double>::quiet_NaN();
     bad(9 * T + 3, 5) = std::numeric_limits<double>::quiet_NaN();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::entropy_bonus(bad, mm), "logits: nan at [147, 5]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::entropy_bonus(bad, mm), "logits: nan at [147, 5]");
 }
 
 TEST_CASE("entropy_bonus: bad input gives the documented error", "[policy][entropy][bad-input]") {
     const Mat<double> z = Mat<double>::Zero(6, 4), m = Mat<double>::Ones(2, 3);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(
-        rp::entropy_bonus(Mat<double>(Mat<double>::Zero(5, 4)), m),
-        "policy::entropy_bonus(): logits: expected 6 rows (B·T of mask [2, 3]), given 5");
+        rr::entropy_bonus(Mat<double>(Mat<double>::Zero(5, 4)), m),
+        "regularizers::entropy_bonus(): logits: expected 6 rows (B·T of mask [2, 3]), given 5");
     Mat<double> bad = z;
     bad(4, 1) = std::numeric_limits<double>::quiet_NaN();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::entropy_bonus(bad, m),
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::entropy_bonus(bad, m),
                                     "logits: nan at [4, 1] in an unmasked row");
     bad(4, 1) = std::numeric_limits<double>::infinity();
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::entropy_bonus(bad, m), "logits: inf at [4, 1]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::entropy_bonus(bad, m), "logits: inf at [4, 1]");
     Mat<double> dead = z;
     dead.row(2).setConstant(-std::numeric_limits<double>::infinity());
-    const auto r = rp::entropy_bonus(dead, m);  // a row of only −inf: entropy 0, gradient 0
+    const auto r = rr::entropy_bonus(dead, m);  // a row of only −inf: entropy 0, gradient 0
     CHECK(std::isfinite(r.value));
     CHECK(r.grad.row(2).isZero());
     Mat<double> negm = m;
     negm(1, 1) = -2;
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::entropy_bonus(z, negm),
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::entropy_bonus(z, negm),
                                     "mask: entries must be finite and >= 0");
-    const auto empty = rp::entropy_bonus(z, Mat<double>::Zero(2, 3));
+    const auto empty = rr::entropy_bonus(z, Mat<double>::Zero(2, 3));
     CHECK(empty.value == 0.0);
     CHECK(empty.grad.isZero());
 }
