@@ -39,6 +39,7 @@
 /// is positively homogeneous in A; tokens with weight 0 then count as unclipped in
 /// `pg_clipfrac`).
 
+#include <rlpo/core/names.hpp>
 #include <rlpo/policy/cispo.hpp>
 #include <rlpo/policy/cov.hpp>
 #include <rlpo/policy/detail/common.hpp>
@@ -86,58 +87,28 @@ struct PolicyLossOptions {
     DROOptions dro{};
 };
 
-/// verl's registry name of a variant.
-inline const char* to_string(PolicyLoss l) {
-    switch (l) {
-        case PolicyLoss::Vanilla: return "vanilla";
-        case PolicyLoss::GPG: return "gpg";
-        case PolicyLoss::GSPO: return "gspo";
-        case PolicyLoss::CISPO: return "cispo";
-        case PolicyLoss::SAPO: return "sapo";
-        case PolicyLoss::GeoMean: return "geo_mean";
-        case PolicyLoss::ClipCov: return "clip_cov";
-        case PolicyLoss::KLCov: return "kl_cov";
-        case PolicyLoss::DPPOTV: return "dppo_tv";
-        case PolicyLoss::DPPOKL: return "dppo_kl";
-        case PolicyLoss::DRO: return "dro";
-    }
-    return "?";
-}
-
 namespace detail {
-struct PolicyLossName {
-    const char* name;
-    PolicyLoss loss;
+/// Every accepted spelling; the first row of a variant is its verl registry name.
+inline constexpr NameRow<PolicyLoss> policy_loss_names[] = {
+    {"vanilla", PolicyLoss::Vanilla},  {"grpo", PolicyLoss::Vanilla},
+    {"bnpo", PolicyLoss::Vanilla},     {"dr_grpo", PolicyLoss::Vanilla},
+    {"dapo", PolicyLoss::Vanilla},     {"gpg", PolicyLoss::GPG},
+    {"reinforce", PolicyLoss::GPG},    {"gspo", PolicyLoss::GSPO},
+    {"gspo_token", PolicyLoss::GSPO},  {"cispo", PolicyLoss::CISPO},
+    {"sapo", PolicyLoss::SAPO},        {"dppo_tv", PolicyLoss::DPPOTV},
+    {"dppo_kl", PolicyLoss::DPPOKL},   {"dro", PolicyLoss::DRO},
+    {"geo_mean", PolicyLoss::GeoMean}, {"gmpo", PolicyLoss::GeoMean},
+    {"clip_cov", PolicyLoss::ClipCov}, {"kl_cov", PolicyLoss::KLCov},
 };
-inline const PolicyLossName* policy_loss_names(std::size_t& n) {
-    static const PolicyLossName table[] = {
-        {"vanilla", PolicyLoss::Vanilla},  {"grpo", PolicyLoss::Vanilla},
-        {"bnpo", PolicyLoss::Vanilla},     {"dr_grpo", PolicyLoss::Vanilla},
-        {"dapo", PolicyLoss::Vanilla},     {"gpg", PolicyLoss::GPG},
-        {"reinforce", PolicyLoss::GPG},    {"gspo", PolicyLoss::GSPO},
-        {"gspo_token", PolicyLoss::GSPO},  {"cispo", PolicyLoss::CISPO},
-        {"sapo", PolicyLoss::SAPO},        {"dppo_tv", PolicyLoss::DPPOTV},
-        {"dppo_kl", PolicyLoss::DPPOKL},   {"dro", PolicyLoss::DRO},
-        {"geo_mean", PolicyLoss::GeoMean}, {"gmpo", PolicyLoss::GeoMean},
-        {"clip_cov", PolicyLoss::ClipCov}, {"kl_cov", PolicyLoss::KLCov},
-    };
-    n = sizeof(table) / sizeof(table[0]);
-    return table;
-}
+inline constexpr NameTable policy_loss_table{policy_loss_names};
 }  // namespace detail
+
+/// verl's registry name of a variant.
+inline const char* to_string(PolicyLoss l) { return detail::policy_loss_table.name_of(l); }
 
 /// Parse a verl `loss_mode` / TRL `loss_type` name; unknown names throw with the valid list.
 inline PolicyLoss parse_policy_loss(const std::string& name) {
-    std::size_t n = 0;
-    const detail::PolicyLossName* table = detail::policy_loss_names(n);
-    std::string valid;
-    for (std::size_t k = 0; k < n; ++k) {
-        if (name == table[k].name) return table[k].loss;
-        valid += valid.empty() ? "" : ", ";
-        valid += table[k].name;
-    }
-    ::rlpo::detail::fail("policy::parse_policy_loss", "name: unknown policy loss '", name,
-                         "'; valid names: ", valid);
+    return detail::policy_loss_table.parse("policy::parse_policy_loss", "policy loss", name);
 }
 
 /// Options for the named variant with the anchor's preset applied to it.
