@@ -27,7 +27,7 @@ TEST_CASE("names: parse finds every spelling, name_of the first row of a value")
     CHECK(std::string(color_table.name_of(Color::Blue)) == "?");  // no row
     CHECK(color_table.contains("crimson"));
     CHECK_FALSE(color_table.contains("Red"));  // case-sensitive, as the anchors' configs
-    STATIC_REQUIRE(rlpo::NameTable<Color, 4>::size() == 4);
+    STATIC_REQUIRE(color_table.size() == 4);
 }
 
 TEST_CASE("names: an unknown name throws the full message listing every name in order") {

@@ -33,16 +33,19 @@ struct NameRow {
     E value;
 };
 
-/// A view over a static array of NameRow (see the file comment).
-template <class E, std::size_t N>
+/// A view over an array of NameRow with static storage (see the file comment).
+template <class E>
 class NameTable {
 public:
-    constexpr explicit NameTable(const NameRow<E> (&rows)[N]) : rows_(rows) {}
+    template <std::size_t N>
+    constexpr explicit NameTable(const NameRow<E> (&rows)[N]) : rows_(rows), size_(N) {}
+    /// Over `size` rows at `rows` (a table built once at run time, e.g. from a registry).
+    constexpr NameTable(const NameRow<E>* rows, std::size_t size) : rows_(rows), size_(size) {}
 
     /// The value spelled `name`; unknown names throw listing every valid name.
     E parse(const char* function, const char* what, const std::string& name) const {
         std::string valid;
-        for (std::size_t k = 0; k < N; ++k) {
+        for (std::size_t k = 0; k < size_; ++k) {
             if (name == rows_[k].name) return rows_[k].value;
             valid += valid.empty() ? "" : ", ";
             valid += rows_[k].name;
@@ -51,21 +54,22 @@ public:
     }
     /// The canonical (first listed) name of `value`, "?" for a value without a row.
     const char* name_of(E value) const {
-        for (std::size_t k = 0; k < N; ++k)
+        for (std::size_t k = 0; k < size_; ++k)
             if (rows_[k].value == value) return rows_[k].name;
         return "?";
     }
     /// Whether `name` is one of the table's spellings.
     bool contains(const std::string& name) const {
-        for (std::size_t k = 0; k < N; ++k)
+        for (std::size_t k = 0; k < size_; ++k)
             if (name == rows_[k].name) return true;
         return false;
     }
-    static constexpr std::size_t size() { return N; }
+    constexpr std::size_t size() const { return size_; }
     const NameRow<E>& operator[](std::size_t k) const { return rows_[k]; }
 
 private:
-    const NameRow<E> (&rows_)[N];
+    const NameRow<E>* rows_;
+    std::size_t size_;
 };
 
 }  // namespace rlpo
