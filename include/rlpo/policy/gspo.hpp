@@ -42,7 +42,7 @@
 /// undefined (both log-probs −inf at one token, or +inf and −inf log-ratios in one row) is
 /// reported. Empty rows contribute 0; an empty mask gives value 0, gradient 0, metrics 0.
 
-#include <rlpo/policy/detail/common.hpp>
+#include <rlpo/policy/detail/driver.hpp>
 
 #include <algorithm>
 #include <array>
@@ -89,6 +89,14 @@ inline void validate(const char* fn, const GSPOOptions& o) {
     ::rlpo::detail::check_positive(fn, "clip_high", o.clip_high);
     check_clamp(fn, "log_ratio_cap", o.log_ratio_cap);
 }
+
+/// GSPO's entry in the shared preamble (policy/detail/driver.hpp): its name and its validation.
+struct GSPORows {
+    using Options = GSPOOptions;
+    static constexpr const char* name = "policy::gspo";
+    static constexpr bool reads_old_logp = true;
+    explicit GSPORows(const GSPOOptions& o) { validate(name, o); }
+};
 }  // namespace detail
 
 /// GSPO loss and its gradient w.r.t. `logp`. All inputs `[B, T]`.
@@ -100,17 +108,16 @@ Result<::rlpo::detail::scalar_t<DL>> gspo(
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
     const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
     using S = ::rlpo::detail::scalar_t<DL>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
-    constexpr const char* fn = "policy::gspo";
-    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
-        m(mask.derived());
-    ::rlpo::detail::check_surrogate_shapes(fn, lp, olp, A, m);
-    detail::validate(fn, opts);
-    detail::check_weights(fn, is_weights, m);
-
-    Result<S> res;
-    const RowWeights w = row_weights(fn, m, detail::with_mode(norm, opts.aggregation));
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
+    // the shared preamble (policy/detail/driver.hpp); the row pass below is GSPO's own
+    detail::SurrogateCall<S, detail::GSPORows> call(logp, old_logp, advantages, mask, opts, norm,
+                                                    out, is_weights, false);
+    constexpr const char* fn = detail::GSPORows::name;
+    const ConstMatRef<S>& lp = call.lp;
+    const ConstMatRef<S>& olp = call.olp;
+    const ConstMatRef<S>& A = call.A;
+    const ConstMatRef<S>& m = call.m;
+    const RowWeights& w = call.w;
+    const ::rlpo::detail::GradWriter<S>& g = call.g;
     const double lo = 1.0 - opts.clip_low, hi = 1.0 + opts.clip_high, K = opts.log_ratio_cap;
     const bool token_level = opts.level == GSPOLevel::Token;
     const Index B = lp.rows(), T = lp.cols();
@@ -193,11 +200,10 @@ Result<::rlpo::detail::scalar_t<DL>> gspo(
         clipped += part[r][1];
         neg_kl += part[r][2];
     }
-    res.value = g.coef() * value;
-    res.metrics.add("pg_clipfrac", clipped, w.local_tokens);
-    res.metrics.add("pg_clipfrac_lower", 0.0, w.local_tokens);
-    res.metrics.add("ppo_kl", neg_kl, w.local_tokens);
-    return res;
+    call.res.metrics.add("pg_clipfrac", clipped, w.local_tokens);
+    call.res.metrics.add("pg_clipfrac_lower", 0.0, w.local_tokens);
+    call.res.metrics.add("ppo_kl", neg_kl, w.local_tokens);
+    return call.finish(value);
 }
 
 }  // namespace rlpo::policy

@@ -25,8 +25,9 @@
 /// (`token_pass`: masked tokens never read, NaN diagnosis naming the input, rows in parallel
 /// and combined in row order) and the metrics (`report`). Vectorised kernels (PPO clip) use
 /// `run_tokens_simd`, the same driver over `token_pass_simd` with the fast row factors.
-/// Sequence-level surrogates (GSPO, GMPO, Clip-/KL-Cov) keep their own row pass and share the
-/// preamble through `SurrogateCall`.
+/// Sequence-level surrogates (GSPO, GMPO) and KL-Cov keep their own pass and share the preamble
+/// through `SurrogateCall`. Clip-Cov keeps its own preamble: its public `clip_cov_selection`
+/// checks the inputs (shapes, NaN) before `is_weights`, and that order is its documented one.
 
 #include <rlpo/policy/detail/common.hpp>
 
