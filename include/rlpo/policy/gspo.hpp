@@ -97,29 +97,30 @@ struct GSPORows {
     static constexpr bool reads_old_logp = true;
     explicit GSPORows(const GSPOOptions& o) { validate(name, o); }
 };
-}  // namespace detail
 
-/// GSPO loss and its gradient w.r.t. `logp`. All inputs `[B, T]`.
-template <class DL, class DO, class DA, class DM>
-Result<::rlpo::detail::scalar_t<DL>> gspo(
+/// GSPO's row pass after the shared preamble (policy/detail/driver.hpp). `Entry` names the
+/// caller and validates its options `opts` (whose `aggregation`, if any, is forced); `math`
+/// holds the clip range, cap and level the pass computes with. Shared by GSPO variants that
+/// differ only in their options and aggregation (LUSPO).
+template <class Entry, class DL, class DO, class DA, class DM>
+Result<::rlpo::detail::scalar_t<DL>> gspo_rows(
     const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
     const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
-    const GSPOOptions& opts = {}, const Normalizer& norm = {},
-    const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
-    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
+    const typename Entry::Options& opts, const GSPOOptions& math, const Normalizer& norm,
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out,
+    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights) {
     using S = ::rlpo::detail::scalar_t<DL>;
-    // the shared preamble (policy/detail/driver.hpp); the row pass below is GSPO's own
-    detail::SurrogateCall<S, detail::GSPORows> call(logp, old_logp, advantages, mask, opts, norm,
-                                                    out, is_weights, false);
-    constexpr const char* fn = detail::GSPORows::name;
+    SurrogateCall<S, Entry> call(logp, old_logp, advantages, mask, opts, norm, out, is_weights,
+                                 false);
+    constexpr const char* fn = Entry::name;
     const ConstMatRef<S>& lp = call.lp;
     const ConstMatRef<S>& olp = call.olp;
     const ConstMatRef<S>& A = call.A;
     const ConstMatRef<S>& m = call.m;
     const RowWeights& w = call.w;
     const ::rlpo::detail::GradWriter<S>& g = call.g;
-    const double lo = 1.0 - opts.clip_low, hi = 1.0 + opts.clip_high, K = opts.log_ratio_cap;
-    const bool token_level = opts.level == GSPOLevel::Token;
+    const double lo = 1.0 - math.clip_low, hi = 1.0 + math.clip_high, K = math.log_ratio_cap;
+    const bool token_level = math.level == GSPOLevel::Token;
     const Index B = lp.rows(), T = lp.cols();
     // Per-row partial sums, combined in row order after the (optionally parallel) row loop, so
     // the result is bitwise identical for any number of threads. An error in a row is captured
@@ -137,8 +138,7 @@ Result<::rlpo::detail::scalar_t<DL>> gspo(
                 for (Index t = 0; t < T; ++t) g.zero(i, t);
                 continue;
             }
-            detail::check_row_nan<S>(fn, m, i,
-                                     {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
+            check_row_nan<S>(fn, m, i, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
             double sum_lr = 0.0, neg_kl = 0.0, clipped = 0.0;
             for (Index t = 0; t < T; ++t) {
                 const double mk = static_cast<double>(m(i, t));
@@ -168,11 +168,11 @@ Result<::rlpo::detail::scalar_t<DL>> gspo(
                 const double a = static_cast<double>(A(i, t));
                 const double l1 = -a * s, g1 = -a * ds;
                 const double l2 = -a * sc, g2 = in_range ? g1 : 0.0;
-                const ::rlpo::detail::LossGrad lg = detail::tie_max(l1, g1, l2, g2);
+                const ::rlpo::detail::LossGrad lg = tie_max(l1, g1, l2, g2);
                 if (std::isnan(lg.loss) || std::isnan(lg.grad))
                     ::rlpo::detail::fail_nan_at<S>(
                         fn, i, t, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
-                const double wt = detail::weight_at(is_weights, i, t);
+                const double wt = weight_at(is_weights, i, t);
                 clipped += l2 > l1 ? mk : 0.0;
                 row += mk * wt * lg.loss;
                 dl[static_cast<std::size_t>(t)] = c * mk * wt * lg.grad;
@@ -204,6 +204,19 @@ Result<::rlpo::detail::scalar_t<DL>> gspo(
     call.res.metrics.add("pg_clipfrac_lower", 0.0, w.local_tokens);
     call.res.metrics.add("ppo_kl", neg_kl, w.local_tokens);
     return call.finish(value);
+}
+}  // namespace detail
+
+/// GSPO loss and its gradient w.r.t. `logp`. All inputs `[B, T]`.
+template <class DL, class DO, class DA, class DM>
+Result<::rlpo::detail::scalar_t<DL>> gspo(
+    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
+    const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
+    const GSPOOptions& opts = {}, const Normalizer& norm = {},
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
+    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
+    return detail::gspo_rows<detail::GSPORows>(logp, old_logp, advantages, mask, opts, opts, norm,
+                                               out, is_weights);
 }
 
 }  // namespace rlpo::policy
