@@ -30,6 +30,7 @@
 /// | `DPPOTV`   | `dppo_tv`        | —                             | DPPO binary-TV (dppo.hpp)       |
 /// | `DPPOKL`   | `dppo_kl`        | —                             | DPPO binary-KL (dppo.hpp)       |
 /// | `DRO`      | `dro`            | —                             | DRO (dro.hpp)                   |
+/// | `LUSPO`    | —                | `luspo`                       | LUSPO (luspo.hpp)               |
 ///
 /// Also accepted: `reinforce` (= `gpg`), `gmpo` (= `geo_mean`), `gspo_token` (GSPO, token level).
 /// Clip-Cov's random selection is seeded by `clip_cov.seed`: a trainer that wants a fresh draw
@@ -54,6 +55,7 @@
 #include <rlpo/policy/dro.hpp>
 #include <rlpo/policy/gmpo.hpp>
 #include <rlpo/policy/gspo.hpp>
+#include <rlpo/policy/luspo.hpp>
 #include <rlpo/policy/ppo_clip.hpp>
 #include <rlpo/policy/reinforce.hpp>
 #include <rlpo/policy/sapo.hpp>
@@ -131,7 +133,9 @@ Result<::rlpo::detail::scalar_t<DL>> reinforce_uniform(
       dppo, "dppo_tv")                                                                          \
     X(DPPOKL, dppo_kl, DPPOOptions, DPPOOptions::kl(), DPPOOptions::kl(), DPPOOptions::kl(),    \
       dppo, "dppo_kl")                                                                          \
-    X(DRO, dro, DROOptions, DROOptions{}, DROOptions{}, DROOptions{}, dro, "dro")
+    X(DRO, dro, DROOptions, DROOptions{}, DROOptions{}, DROOptions{}, dro, "dro")              \
+    X(LUSPO, luspo, LUSPOOptions, LUSPOOptions{}, LUSPOOptions{}, LUSPOOptions::trl(), luspo,   \
+      "luspo")
 // clang-format on
 
 #define RLPO_POLICY_LOSS_ENUM(E, member, O, paper, verl, trl, run, ...) E,
