@@ -132,6 +132,38 @@ def gspo(x, p, s):
     return _finish(per_token, leaf, mask, p, s, metrics)
 
 
+
+def luspo(x, p, s):
+    """LUSPO as TRL's GRPOTrainer writes loss_type="luspo" with importance_sampling_level=
+    "sequence": per row the ratio exp(masked mean log-ratio), the sequence loss
+    −min(ratio·A, clip(ratio)·A) with the row's advantage (the advantages are row-constant here),
+    times the row length mask.sum(1), averaged over the rows: all rows when "num_seqs" gives
+    their count (TRL's .mean() over B), else the non-empty ones. is_weights scale each token's
+    share of its row's loss (the length becomes Σ_t m·w)."""
+    mask = x["mask"]
+    leaf, logp = leaf_under_mask(x["logp"], mask)
+    old, adv = clean(x["old_logp"], mask), clean(x["advantages"], mask)
+    lens = mask.sum(1, keepdim=True)
+    log_ratio = logp - old
+    seq_log_ratio = (log_ratio * mask).sum(1, keepdim=True) / lens.clamp(min=1.0)
+    coef_1 = torch.exp(seq_log_ratio)
+    coef_2 = torch.clamp(coef_1, 1.0 - float(p["clip_low"]), 1.0 + float(p["clip_high"]))
+    row_adv = (adv * mask).sum(1, keepdim=True) / lens.clamp(min=1.0)
+    seq_loss = -torch.minimum(coef_1 * row_adv, coef_2 * row_adv)
+    length = (mask * _weights(x, mask)).sum(1, keepdim=True)
+    rows = float(p["num_seqs"]) if "num_seqs" in p else float((lens > 0).sum())
+    value = (seq_loss * length).sum() / rows if rows > 0 else (seq_loss * 0.0).sum()
+    clipped = (-coef_2 * row_adv > -coef_1 * row_adv).double().expand_as(mask)
+    out = {"value": value.detach(), "grad": grad_of(value, leaf)}
+    out.update(
+        {
+            "pg_clipfrac": masked_mean(clipped, mask),
+            "pg_clipfrac_lower": torch.zeros(()),
+            "ppo_kl": masked_mean(-log_ratio.detach(), mask),
+        }
+    )
+    return out
+
 def weighted_ppo_clip(x, p, s):
     """PPO clip (verl's vanilla, dual-clip optional) with the per-token loss multiplied by the
     rollout IS weights afterwards, as verl applies rollout_is_weights."""

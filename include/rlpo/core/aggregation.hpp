@@ -26,6 +26,7 @@
 /// degenerate case, never a NaN).
 
 #include <rlpo/core/error.hpp>
+#include <rlpo/core/names.hpp>
 #include <rlpo/core/types.hpp>
 
 #include <cmath>
@@ -55,46 +56,31 @@ struct Normalizer {
     std::optional<double> norm_constant{};
 };
 
+namespace detail {
+/// Every accepted spelling; the first row of a mode is its canonical (verl) name.
+inline constexpr NameRow<Aggregation> aggregation_names[] = {
+    {"token-mean", Aggregation::TokenMean},
+    {"token-sum", Aggregation::TokenSum},
+    {"seq-mean-token-sum", Aggregation::SeqMeanTokenSum},
+    {"seq-mean-token-mean", Aggregation::SeqMeanTokenMean},
+    {"seq-mean-token-sum-norm", Aggregation::SeqMeanTokenSumNorm},
+    {"grpo", Aggregation::SeqMeanTokenMean},
+    {"bnpo", Aggregation::TokenMean},
+    {"dapo", Aggregation::TokenMean},
+    {"dr_grpo", Aggregation::SeqMeanTokenSumNorm},
+};
+inline constexpr NameTable aggregation_table{aggregation_names};
+}  // namespace detail
+
 /// Canonical name of a mode, as verl spells it.
-inline const char* to_string(Aggregation a) {
-    switch (a) {
-        case Aggregation::TokenMean: return "token-mean";
-        case Aggregation::TokenSum: return "token-sum";
-        case Aggregation::SeqMeanTokenSum: return "seq-mean-token-sum";
-        case Aggregation::SeqMeanTokenMean: return "seq-mean-token-mean";
-        case Aggregation::SeqMeanTokenSumNorm: return "seq-mean-token-sum-norm";
-    }
-    return "?";
-}
+inline const char* to_string(Aggregation a) { return detail::aggregation_table.name_of(a); }
 
 /// Parse verl names (`token-mean`, …) and TRL loss types (`grpo` → seq-mean-token-mean,
 /// `bnpo` / `dapo` → token-mean, `dr_grpo` → seq-mean-token-sum-norm). Unknown names throw
 /// with the list of valid names. (`bnpo` and `dapo` differ only in whether N_tok is local or
 /// global, which is the Normalizer's `num_tokens`, not the mode.)
 inline Aggregation parse_aggregation(const std::string& name) {
-    struct Entry {
-        const char* name;
-        Aggregation mode;
-    };
-    static const Entry table[] = {
-        {"token-mean", Aggregation::TokenMean},
-        {"token-sum", Aggregation::TokenSum},
-        {"seq-mean-token-sum", Aggregation::SeqMeanTokenSum},
-        {"seq-mean-token-mean", Aggregation::SeqMeanTokenMean},
-        {"seq-mean-token-sum-norm", Aggregation::SeqMeanTokenSumNorm},
-        {"grpo", Aggregation::SeqMeanTokenMean},
-        {"bnpo", Aggregation::TokenMean},
-        {"dapo", Aggregation::TokenMean},
-        {"dr_grpo", Aggregation::SeqMeanTokenSumNorm},
-    };
-    std::string valid;
-    for (const auto& e : table) {
-        if (name == e.name) return e.mode;
-        valid += valid.empty() ? "" : ", ";
-        valid += e.name;
-    }
-    detail::fail("parse_aggregation", "name: unknown aggregation '", name,
-                 "'; valid names: ", valid);
+    return detail::aggregation_table.parse("parse_aggregation", "aggregation", name);
 }
 
 /// Per-row aggregation factors and the local counts they were built from.

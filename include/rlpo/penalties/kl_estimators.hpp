@@ -46,6 +46,7 @@
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/detail/token_pass.hpp>
 #include <rlpo/core/error.hpp>
+#include <rlpo/core/names.hpp>
 #include <rlpo/core/result.hpp>
 #include <rlpo/core/types.hpp>
 
@@ -198,36 +199,32 @@ inline const char* to_string(KLEstimator e) {
     return "?";
 }
 
+namespace detail {
+/// Every accepted spelling, verl's first (the list an unknown name's error shows). The rlpo
+/// names `to_string` returns (`k1`, `k2`, `k3`, `k1+`, …) are not the first rows of their values,
+/// so `to_string` keeps its own switch.
+inline constexpr NameRow<KLEstimator> kl_estimator_names[] = {{"kl", KLEstimator::K1},
+                                                              {"k1", KLEstimator::K1},
+                                                              {"abs", KLEstimator::Abs},
+                                                              {"mse", KLEstimator::K2},
+                                                              {"k2", KLEstimator::K2},
+                                                              {"low_var_kl", KLEstimator::K3},
+                                                              {"k3", KLEstimator::K3},
+                                                              {"kl+", KLEstimator::K1Plus},
+                                                              {"k1+", KLEstimator::K1Plus},
+                                                              {"abs+", KLEstimator::AbsPlus},
+                                                              {"mse+", KLEstimator::K2},
+                                                              {"k2+", KLEstimator::K2},
+                                                              {"low_var_kl+", KLEstimator::K3Plus},
+                                                              {"k3+", KLEstimator::K3Plus}};
+inline constexpr NameTable kl_estimator_table{kl_estimator_names};
+}  // namespace detail
+
 /// Parse verl/TRL spellings: `kl`, `k1`, `abs`, `mse`, `k2`, `low_var_kl`, `k3`, and each with a
 /// `+` suffix (straight-through; `mse+` / `k2+` are k2, as in verl). Unknown names throw with
 /// the list of valid names.
 inline KLEstimator parse_kl_estimator(const std::string& name) {
-    struct Entry {
-        const char* name;
-        KLEstimator e;
-    };
-    static const Entry table[] = {{"kl", KLEstimator::K1},
-                                  {"k1", KLEstimator::K1},
-                                  {"abs", KLEstimator::Abs},
-                                  {"mse", KLEstimator::K2},
-                                  {"k2", KLEstimator::K2},
-                                  {"low_var_kl", KLEstimator::K3},
-                                  {"k3", KLEstimator::K3},
-                                  {"kl+", KLEstimator::K1Plus},
-                                  {"k1+", KLEstimator::K1Plus},
-                                  {"abs+", KLEstimator::AbsPlus},
-                                  {"mse+", KLEstimator::K2},
-                                  {"k2+", KLEstimator::K2},
-                                  {"low_var_kl+", KLEstimator::K3Plus},
-                                  {"k3+", KLEstimator::K3Plus}};
-    std::string valid;
-    for (const auto& e : table) {
-        if (name == e.name) return e.e;
-        valid += valid.empty() ? "" : ", ";
-        valid += e.name;
-    }
-    ::rlpo::detail::fail("penalties::parse_kl_estimator", "name: unknown KL estimator '", name,
-                         "'; valid names: ", valid);
+    return detail::kl_estimator_table.parse("penalties::parse_kl_estimator", "KL estimator", name);
 }
 
 /// Token-level KL penalty (KL in the loss): aggregation of the estimator over the mask, with its

@@ -30,7 +30,7 @@
 /// the input. logp = −inf gives l = ±inf for A ≠ 0 and is reported as undefined for A = 0
 /// (also both log-probs −inf). An empty mask gives value 0, gradient 0 and metrics 0.
 
-#include <rlpo/policy/detail/common.hpp>
+#include <rlpo/policy/detail/driver.hpp>
 
 #include <algorithm>
 #include <limits>
@@ -68,6 +68,47 @@ inline void validate(const char* fn, const CISPOOptions& o) {
 }
 }  // namespace detail
 
+namespace detail {
+/// The CISPO token kernel (run by `run_tokens`, policy/detail/driver.hpp).
+/// Stats: 0 bounded (r ≠ w_is), 1 −lr, 2 TRL cispo_clip_ratio.
+struct CISPOKernel {
+    using Options = CISPOOptions;
+    static constexpr const char* name = "policy::cispo";
+    static constexpr std::size_t stats = 3;
+    static constexpr bool reads_old_logp = true;
+
+    explicit CISPOKernel(const CISPOOptions& o)
+        : lo((validate(name, o), 1.0 - o.clip_low)),
+          hi(1.0 + o.clip_high),
+          L(o.log_ratio_clamp),
+          eps_max(o.cap),
+          cap(o.bound == CISPOBound::Cap) {}
+
+    ::rlpo::detail::LossGrad operator()(const Token& tok, std::array<double, 3>& st) const {
+        const double a = tok.adv, x = tok.logp;
+        const double raw = x - tok.old_logp;
+        if (std::isnan(raw) || std::isnan(a)) return {raw + a, 0.0};
+        const double lr = std::clamp(raw, -L, L);
+        const double r = std::exp(lr);
+        const double wis = cap ? std::min(r, eps_max) : std::clamp(r, lo, hi);
+        const double wt = tok.weight;
+        st[0] = r != wis ? 1.0 : 0.0;
+        st[1] = -lr;
+        st[2] = (cap && r > eps_max && a > 0) ? 1.0 : 0.0;
+        return {-wt * wis * a * x, -wt * wis * a};
+    }
+    void report(Metrics& m, const std::array<double, 3>& st, double n) const {
+        m.add("pg_clipfrac", st[0], n);
+        m.add("pg_clipfrac_lower", 0.0, n);
+        m.add("ppo_kl", st[1], n);
+        if (cap) m.add("cispo_clip_ratio", st[2], n);
+    }
+
+    double lo, hi, L, eps_max;
+    bool cap;
+};
+}  // namespace detail
+
 /// CISPO loss and its gradient w.r.t. `logp`. All inputs `[B, T]`.
 template <class DL, class DO, class DA, class DM>
 Result<::rlpo::detail::scalar_t<DL>> cispo(
@@ -76,42 +117,8 @@ Result<::rlpo::detail::scalar_t<DL>> cispo(
     const CISPOOptions& opts = {}, const Normalizer& norm = {},
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
     const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
-    using S = ::rlpo::detail::scalar_t<DL>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
-    constexpr const char* fn = "policy::cispo";
-    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
-        m(mask.derived());
-    ::rlpo::detail::check_surrogate_shapes(fn, lp, olp, A, m);
-    detail::validate(fn, opts);
-    detail::check_weights(fn, is_weights, m);
-
-    Result<S> res;
-    const RowWeights w = row_weights(fn, m, norm);
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
-    const double lo = 1.0 - opts.clip_low, hi = 1.0 + opts.clip_high, L = opts.log_ratio_clamp;
-    const bool cap = opts.bound == CISPOBound::Cap;
-    // stats: 0 bounded (r ≠ w_is), 1 −lr, 2 TRL cispo_clip_ratio
-    const auto pass = ::rlpo::detail::token_pass<3, S>(
-        fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}},
-        [&](Index i, Index t, std::array<double, 3>& st) -> ::rlpo::detail::LossGrad {
-            const double a = static_cast<double>(A(i, t)), x = static_cast<double>(lp(i, t));
-            const double raw = x - static_cast<double>(olp(i, t));
-            if (std::isnan(raw) || std::isnan(a)) return {raw + a, 0.0};
-            const double lr = std::clamp(raw, -L, L);
-            const double r = std::exp(lr);
-            const double wis = cap ? std::min(r, opts.cap) : std::clamp(r, lo, hi);
-            const double wt = detail::weight_at(is_weights, i, t);
-            st[0] = r != wis ? 1.0 : 0.0;
-            st[1] = -lr;
-            st[2] = (cap && r > opts.cap && a > 0) ? 1.0 : 0.0;
-            return {-wt * wis * a * x, -wt * wis * a};
-        });
-    res.value = g.coef() * pass.value;
-    res.metrics.add("pg_clipfrac", pass.stats[0], pass.count);
-    res.metrics.add("pg_clipfrac_lower", 0.0, pass.count);
-    res.metrics.add("ppo_kl", pass.stats[1], pass.count);
-    if (cap) res.metrics.add("cispo_clip_ratio", pass.stats[2], pass.count);
-    return res;
+    return detail::run_tokens<detail::CISPOKernel>(logp, old_logp, advantages, mask, opts, norm,
+                                                   out, is_weights);
 }
 
 }  // namespace rlpo::policy

@@ -39,7 +39,7 @@
 /// non-finite log-probs (the covariance would be undefined) → rlpo::invalid_argument. An empty
 /// mask gives value 0, gradient 0 and metrics 0.
 
-#include <rlpo/policy/detail/common.hpp>
+#include <rlpo/policy/detail/driver.hpp>
 
 #include <algorithm>
 #include <cstdint>
@@ -74,6 +74,14 @@ inline void validate(const char* fn, const KLCovOptions& o) {
     RLPO_CHECK(o.ratio > 0 && o.ratio <= 1, fn, "ratio: must be in (0, 1], given ", o.ratio);
     ::rlpo::detail::check_nonnegative(fn, "kl_coef", o.kl_coef);
 }
+
+/// KL-Cov's entry in the shared preamble (policy/detail/driver.hpp).
+struct KLCovRows {
+    using Options = KLCovOptions;
+    static constexpr const char* name = "policy::kl_cov";
+    static constexpr bool reads_old_logp = true;
+    explicit KLCovRows(const KLCovOptions& o) { validate(name, o); }
+};
 
 /// cov_t over the unmasked tokens (NaN where masked). Checks NaN / non-finite inputs.
 template <class S>
@@ -209,15 +217,16 @@ Result<::rlpo::detail::scalar_t<DL>> kl_cov(
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
     const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
     using S = ::rlpo::detail::scalar_t<DL>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
-    constexpr const char* fn = "policy::kl_cov";
-    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
-        m(mask.derived());
-    ::rlpo::detail::check_surrogate_shapes(fn, lp, olp, A, m);
-    detail::validate(fn, opts);
-    detail::check_weights(fn, is_weights, m);
-    Result<S> res;
-    const RowWeights w = row_weights(fn, m, norm);
+    // the shared preamble (policy/detail/driver.hpp), then the selection and a token pass
+    detail::SurrogateCall<S, detail::KLCovRows> call(logp, old_logp, advantages, mask, opts, norm,
+                                                     out, is_weights, false);
+    constexpr const char* fn = detail::KLCovRows::name;
+    const ConstMatRef<S>& lp = call.lp;
+    const ConstMatRef<S>& olp = call.olp;
+    const ConstMatRef<S>& A = call.A;
+    const ConstMatRef<S>& m = call.m;
+    const RowWeights& w = call.w;
+    const ::rlpo::detail::GradWriter<S>& g = call.g;
     // Top-k by covariance over the valid tokens (plain means, as verl), ties by position.
     const Mat<double> cov = detail::token_covariance<S>(fn, lp, A, m, false);
     std::vector<Index> valid;
@@ -234,7 +243,6 @@ Result<::rlpo::detail::scalar_t<DL>> kl_cov(
             [&](Index a, Index b) { return at(a) > at(b) || (at(a) == at(b) && a < b); });
         for (std::size_t j = 0; j < k; ++j) sel(valid[j] / lp.cols(), valid[j] % lp.cols()) = S(1);
     }
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
     const double beta = opts.kl_coef;
     const auto pass = ::rlpo::detail::token_pass<1, S>(
         fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}},
@@ -251,9 +259,8 @@ Result<::rlpo::detail::scalar_t<DL>> kl_cov(
             const double wt = detail::weight_at(is_weights, i, t);
             return {wt * l, wt * dl};
         });
-    res.value = g.coef() * pass.value;
-    res.metrics.add("ppo_kl", pass.stats[0], pass.count);
-    return res;
+    call.res.metrics.add("ppo_kl", pass.stats[0], pass.count);
+    return call.finish(pass.value);
 }
 
 }  // namespace rlpo::policy

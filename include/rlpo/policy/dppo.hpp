@@ -34,7 +34,7 @@
 /// infinite loss for valid tokens with A ≠ 0 and is reported as undefined otherwise. An empty
 /// mask gives value 0, gradient 0 and metrics 0.
 
-#include <rlpo/policy/detail/common.hpp>
+#include <rlpo/policy/detail/driver.hpp>
 
 #include <algorithm>
 
@@ -73,6 +73,58 @@ inline void validate(const char* fn, const DPPOOptions& o) {
 }
 }  // namespace detail
 
+namespace detail {
+/// The DPPO token kernel (run by `run_tokens`, policy/detail/driver.hpp).
+/// Stats: 0 outside the trust region, 1 truncated inside it, 2 −lr.
+struct DPPOKernel {
+    using Options = DPPOOptions;
+    static constexpr const char* name = "policy::dppo";
+    static constexpr std::size_t stats = 3;
+    static constexpr bool reads_old_logp = true;
+
+    explicit DPPOKernel(const DPPOOptions& o)
+        : L((validate(name, o), o.log_ratio_clamp)),
+          c(o.ratio_cap),
+          delta_low(o.delta_low),
+          delta_high(o.delta_high),
+          kl(o.divergence == DPPODivergence::BinaryKL) {}
+
+    ::rlpo::detail::LossGrad operator()(const Token& tok, std::array<double, 3>& st) const {
+        const double a = tok.adv, x = tok.logp;
+        const double xo = tok.old_logp;
+        const double raw = x - xo;
+        if (std::isnan(raw) || std::isnan(a)) return {raw + a, 0.0};
+        const double lr = std::clamp(raw, -L, L);
+        const double r = std::exp(lr);
+        const double p = std::exp(x), q = std::exp(xo);
+        bool valid;
+        if (kl) {
+            const double d =
+                q * (xo - x) + (1.0 - q) * std::log((1.0 - q + 1e-8) / (1.0 - p + 1e-8));
+            valid = a > 0 ? (d <= delta_high || p <= q) : (d <= delta_low || p >= q);
+        } else {
+            const double d = p - q;
+            valid = a > 0 ? d <= delta_high : d >= -delta_low;
+        }
+        const double wis = std::min(r, c);
+        const double wt = tok.weight;
+        st[0] = valid ? 0.0 : 1.0;
+        st[1] = (valid && r > c) ? 1.0 : 0.0;
+        st[2] = -lr;
+        if (!valid) return {0.0, 0.0};
+        return {-wt * a * wis * x, -wt * a * wis};
+    }
+    void report(Metrics& m, const std::array<double, 3>& st, double n) const {
+        m.add("pg_clipfrac", st[0], n);
+        m.add("pg_clipfrac_lower", st[1], n);
+        m.add("ppo_kl", st[2], n);
+    }
+
+    double L, c, delta_low, delta_high;
+    bool kl;
+};
+}  // namespace detail
+
 /// DPPO loss and its gradient w.r.t. `logp`. All inputs `[B, T]`.
 template <class DL, class DO, class DA, class DM>
 Result<::rlpo::detail::scalar_t<DL>> dppo(
@@ -81,53 +133,8 @@ Result<::rlpo::detail::scalar_t<DL>> dppo(
     const DPPOOptions& opts = {}, const Normalizer& norm = {},
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
     const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
-    using S = ::rlpo::detail::scalar_t<DL>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
-    constexpr const char* fn = "policy::dppo";
-    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
-        m(mask.derived());
-    ::rlpo::detail::check_surrogate_shapes(fn, lp, olp, A, m);
-    detail::validate(fn, opts);
-    detail::check_weights(fn, is_weights, m);
-
-    Result<S> res;
-    const RowWeights w = row_weights(fn, m, norm);
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
-    const double L = opts.log_ratio_clamp, c = opts.ratio_cap;
-    const bool kl = opts.divergence == DPPODivergence::BinaryKL;
-    // stats: 0 outside the trust region, 1 truncated inside it, 2 −lr
-    const auto pass = ::rlpo::detail::token_pass<3, S>(
-        fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}},
-        [&](Index i, Index t, std::array<double, 3>& st) -> ::rlpo::detail::LossGrad {
-            const double a = static_cast<double>(A(i, t)), x = static_cast<double>(lp(i, t));
-            const double xo = static_cast<double>(olp(i, t));
-            const double raw = x - xo;
-            if (std::isnan(raw) || std::isnan(a)) return {raw + a, 0.0};
-            const double lr = std::clamp(raw, -L, L);
-            const double r = std::exp(lr);
-            const double p = std::exp(x), q = std::exp(xo);
-            bool valid;
-            if (kl) {
-                const double d =
-                    q * (xo - x) + (1.0 - q) * std::log((1.0 - q + 1e-8) / (1.0 - p + 1e-8));
-                valid = a > 0 ? (d <= opts.delta_high || p <= q) : (d <= opts.delta_low || p >= q);
-            } else {
-                const double d = p - q;
-                valid = a > 0 ? d <= opts.delta_high : d >= -opts.delta_low;
-            }
-            const double wis = std::min(r, c);
-            const double wt = detail::weight_at(is_weights, i, t);
-            st[0] = valid ? 0.0 : 1.0;
-            st[1] = (valid && r > c) ? 1.0 : 0.0;
-            st[2] = -lr;
-            if (!valid) return {0.0, 0.0};
-            return {-wt * a * wis * x, -wt * a * wis};
-        });
-    res.value = g.coef() * pass.value;
-    res.metrics.add("pg_clipfrac", pass.stats[0], pass.count);
-    res.metrics.add("pg_clipfrac_lower", pass.stats[1], pass.count);
-    res.metrics.add("ppo_kl", pass.stats[2], pass.count);
-    return res;
+    return detail::run_tokens<detail::DPPOKernel>(logp, old_logp, advantages, mask, opts, norm, out,
+                                                  is_weights);
 }
 
 }  // namespace rlpo::policy

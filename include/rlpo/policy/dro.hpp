@@ -24,7 +24,7 @@
 /// non-zero mask → rlpo::invalid_argument naming the input; ±inf log-probs give ±inf losses or,
 /// when undefined (both −inf), an error. An empty mask gives value 0 and gradient 0.
 
-#include <rlpo/policy/detail/common.hpp>
+#include <rlpo/policy/detail/driver.hpp>
 
 namespace rlpo::policy {
 
@@ -38,6 +38,31 @@ inline void validate(const char* fn, const DROOptions& o) {
 }
 }  // namespace detail
 
+namespace detail {
+/// The DRO token kernel (run by `run_tokens`, policy/detail/driver.hpp). Stats: 0 −lr.
+struct DROKernel {
+    using Options = DROOptions;
+    static constexpr const char* name = "policy::dro";
+    static constexpr std::size_t stats = 1;
+    static constexpr bool reads_old_logp = true;
+
+    explicit DROKernel(const DROOptions& o) : beta((validate(name, o), o.beta)) {}
+
+    ::rlpo::detail::LossGrad operator()(const Token& tok, std::array<double, 1>& st) const {
+        const double a = tok.adv, x = tok.logp;
+        const double lr = x - tok.old_logp;
+        const double wt = tok.weight;
+        st[0] = -lr;
+        return {-wt * (a * x - 0.5 * beta * lr * lr), wt * (-a + beta * lr)};
+    }
+    void report(Metrics& m, const std::array<double, 1>& st, double n) const {
+        m.add("ppo_kl", st[0], n);
+    }
+
+    double beta;
+};
+}  // namespace detail
+
 /// DRO loss and its gradient w.r.t. `logp`. All inputs `[B, T]`.
 template <class DL, class DO, class DA, class DM>
 Result<::rlpo::detail::scalar_t<DL>> dro(
@@ -46,31 +71,8 @@ Result<::rlpo::detail::scalar_t<DL>> dro(
     const DROOptions& opts = {}, const Normalizer& norm = {},
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
     const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
-    using S = ::rlpo::detail::scalar_t<DL>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
-    constexpr const char* fn = "policy::dro";
-    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
-        m(mask.derived());
-    ::rlpo::detail::check_surrogate_shapes(fn, lp, olp, A, m);
-    detail::validate(fn, opts);
-    detail::check_weights(fn, is_weights, m);
-
-    Result<S> res;
-    const RowWeights w = row_weights(fn, m, norm);
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
-    const double beta = opts.beta;
-    const auto pass = ::rlpo::detail::token_pass<1, S>(
-        fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}},
-        [&](Index i, Index t, std::array<double, 1>& st) -> ::rlpo::detail::LossGrad {
-            const double a = static_cast<double>(A(i, t)), x = static_cast<double>(lp(i, t));
-            const double lr = x - static_cast<double>(olp(i, t));
-            const double wt = detail::weight_at(is_weights, i, t);
-            st[0] = -lr;
-            return {-wt * (a * x - 0.5 * beta * lr * lr), wt * (-a + beta * lr)};
-        });
-    res.value = g.coef() * pass.value;
-    res.metrics.add("ppo_kl", pass.stats[0], pass.count);
-    return res;
+    return detail::run_tokens<detail::DROKernel>(logp, old_logp, advantages, mask, opts, norm, out,
+                                                 is_weights);
 }
 
 }  // namespace rlpo::policy

@@ -39,7 +39,7 @@
 /// under a non-zero mask → rlpo::invalid_argument naming the input; a row whose clipped
 /// log-ratios sum to NaN (+inf and −inf) is reported. Empty rows contribute 0.
 
-#include <rlpo/policy/detail/common.hpp>
+#include <rlpo/policy/detail/driver.hpp>
 
 #include <algorithm>
 #include <array>
@@ -69,6 +69,14 @@ inline void validate(const char* fn, const GMPOOptions& o) {
     ::rlpo::detail::check_positive(fn, "clip_low", o.clip_low);
     ::rlpo::detail::check_positive(fn, "clip_high", o.clip_high);
 }
+
+/// GMPO's entry in the shared preamble (policy/detail/driver.hpp): its name and its validation.
+struct GMPORows {
+    using Options = GMPOOptions;
+    static constexpr const char* name = "policy::gmpo";
+    static constexpr bool reads_old_logp = true;
+    explicit GMPORows(const GMPOOptions& o) { validate(name, o); }
+};
 }  // namespace detail
 
 /// GMPO loss and its gradient w.r.t. `logp`. All inputs `[B, T]`.
@@ -80,17 +88,16 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
     const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
     using S = ::rlpo::detail::scalar_t<DL>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
-    constexpr const char* fn = "policy::gmpo";
-    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
-        m(mask.derived());
-    ::rlpo::detail::check_surrogate_shapes(fn, lp, olp, A, m);
-    detail::validate(fn, opts);
-    detail::check_weights(fn, is_weights, m);
-
-    Result<S> res;
-    const RowWeights w = row_weights(fn, m, detail::with_mode(norm, opts.aggregation));
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
+    // the shared preamble (policy/detail/driver.hpp); the row pass below is GMPO's own
+    detail::SurrogateCall<S, detail::GMPORows> call(logp, old_logp, advantages, mask, opts, norm,
+                                                    out, is_weights, false);
+    constexpr const char* fn = detail::GMPORows::name;
+    const ConstMatRef<S>& lp = call.lp;
+    const ConstMatRef<S>& olp = call.olp;
+    const ConstMatRef<S>& A = call.A;
+    const ConstMatRef<S>& m = call.m;
+    const RowWeights& w = call.w;
+    const ::rlpo::detail::GradWriter<S>& g = call.g;
     const double lo = -opts.clip_low, hi = opts.clip_high;
     const Index B = lp.rows(), T = lp.cols();
     // Per-row partial sums combined in row order (bitwise identical for any thread count); a
@@ -171,11 +178,10 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
         clip_lo += part[r][2];
         neg_kl += part[r][3];
     }
-    res.value = g.coef() * value;
-    res.metrics.add("pg_clipfrac", clip_hi, w.local_tokens);
-    res.metrics.add("pg_clipfrac_lower", clip_lo, w.local_tokens);
-    res.metrics.add("ppo_kl", neg_kl, w.local_tokens);
-    return res;
+    call.res.metrics.add("pg_clipfrac", clip_hi, w.local_tokens);
+    call.res.metrics.add("pg_clipfrac_lower", clip_lo, w.local_tokens);
+    call.res.metrics.add("ppo_kl", neg_kl, w.local_tokens);
+    return call.finish(value);
 }
 
 }  // namespace rlpo::policy

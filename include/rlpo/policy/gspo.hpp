@@ -42,7 +42,7 @@
 /// undefined (both log-probs −inf at one token, or +inf and −inf log-ratios in one row) is
 /// reported. Empty rows contribute 0; an empty mask gives value 0, gradient 0, metrics 0.
 
-#include <rlpo/policy/detail/common.hpp>
+#include <rlpo/policy/detail/driver.hpp>
 
 #include <algorithm>
 #include <array>
@@ -89,30 +89,38 @@ inline void validate(const char* fn, const GSPOOptions& o) {
     ::rlpo::detail::check_positive(fn, "clip_high", o.clip_high);
     check_clamp(fn, "log_ratio_cap", o.log_ratio_cap);
 }
-}  // namespace detail
 
-/// GSPO loss and its gradient w.r.t. `logp`. All inputs `[B, T]`.
-template <class DL, class DO, class DA, class DM>
-Result<::rlpo::detail::scalar_t<DL>> gspo(
+/// GSPO's entry in the shared preamble (policy/detail/driver.hpp): its name and its validation.
+struct GSPORows {
+    using Options = GSPOOptions;
+    static constexpr const char* name = "policy::gspo";
+    static constexpr bool reads_old_logp = true;
+    explicit GSPORows(const GSPOOptions& o) { validate(name, o); }
+};
+
+/// GSPO's row pass after the shared preamble (policy/detail/driver.hpp). `Entry` names the
+/// caller and validates its options `opts` (whose `aggregation`, if any, is forced); `math`
+/// holds the clip range, cap and level the pass computes with. Shared by GSPO variants that
+/// differ only in their options and aggregation (LUSPO).
+template <class Entry, class DL, class DO, class DA, class DM>
+Result<::rlpo::detail::scalar_t<DL>> gspo_rows(
     const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
     const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
-    const GSPOOptions& opts = {}, const Normalizer& norm = {},
-    const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
-    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
+    const typename Entry::Options& opts, const GSPOOptions& math, const Normalizer& norm,
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out,
+    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights) {
     using S = ::rlpo::detail::scalar_t<DL>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
-    constexpr const char* fn = "policy::gspo";
-    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
-        m(mask.derived());
-    ::rlpo::detail::check_surrogate_shapes(fn, lp, olp, A, m);
-    detail::validate(fn, opts);
-    detail::check_weights(fn, is_weights, m);
-
-    Result<S> res;
-    const RowWeights w = row_weights(fn, m, detail::with_mode(norm, opts.aggregation));
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
-    const double lo = 1.0 - opts.clip_low, hi = 1.0 + opts.clip_high, K = opts.log_ratio_cap;
-    const bool token_level = opts.level == GSPOLevel::Token;
+    SurrogateCall<S, Entry> call(logp, old_logp, advantages, mask, opts, norm, out, is_weights,
+                                 false);
+    constexpr const char* fn = Entry::name;
+    const ConstMatRef<S>& lp = call.lp;
+    const ConstMatRef<S>& olp = call.olp;
+    const ConstMatRef<S>& A = call.A;
+    const ConstMatRef<S>& m = call.m;
+    const RowWeights& w = call.w;
+    const ::rlpo::detail::GradWriter<S>& g = call.g;
+    const double lo = 1.0 - math.clip_low, hi = 1.0 + math.clip_high, K = math.log_ratio_cap;
+    const bool token_level = math.level == GSPOLevel::Token;
     const Index B = lp.rows(), T = lp.cols();
     // Per-row partial sums, combined in row order after the (optionally parallel) row loop, so
     // the result is bitwise identical for any number of threads. An error in a row is captured
@@ -130,8 +138,7 @@ Result<::rlpo::detail::scalar_t<DL>> gspo(
                 for (Index t = 0; t < T; ++t) g.zero(i, t);
                 continue;
             }
-            detail::check_row_nan<S>(fn, m, i,
-                                     {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
+            check_row_nan<S>(fn, m, i, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
             double sum_lr = 0.0, neg_kl = 0.0, clipped = 0.0;
             for (Index t = 0; t < T; ++t) {
                 const double mk = static_cast<double>(m(i, t));
@@ -161,11 +168,11 @@ Result<::rlpo::detail::scalar_t<DL>> gspo(
                 const double a = static_cast<double>(A(i, t));
                 const double l1 = -a * s, g1 = -a * ds;
                 const double l2 = -a * sc, g2 = in_range ? g1 : 0.0;
-                const ::rlpo::detail::LossGrad lg = detail::tie_max(l1, g1, l2, g2);
+                const ::rlpo::detail::LossGrad lg = tie_max(l1, g1, l2, g2);
                 if (std::isnan(lg.loss) || std::isnan(lg.grad))
                     ::rlpo::detail::fail_nan_at<S>(
                         fn, i, t, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
-                const double wt = detail::weight_at(is_weights, i, t);
+                const double wt = weight_at(is_weights, i, t);
                 clipped += l2 > l1 ? mk : 0.0;
                 row += mk * wt * lg.loss;
                 dl[static_cast<std::size_t>(t)] = c * mk * wt * lg.grad;
@@ -193,11 +200,23 @@ Result<::rlpo::detail::scalar_t<DL>> gspo(
         clipped += part[r][1];
         neg_kl += part[r][2];
     }
-    res.value = g.coef() * value;
-    res.metrics.add("pg_clipfrac", clipped, w.local_tokens);
-    res.metrics.add("pg_clipfrac_lower", 0.0, w.local_tokens);
-    res.metrics.add("ppo_kl", neg_kl, w.local_tokens);
-    return res;
+    call.res.metrics.add("pg_clipfrac", clipped, w.local_tokens);
+    call.res.metrics.add("pg_clipfrac_lower", 0.0, w.local_tokens);
+    call.res.metrics.add("ppo_kl", neg_kl, w.local_tokens);
+    return call.finish(value);
+}
+}  // namespace detail
+
+/// GSPO loss and its gradient w.r.t. `logp`. All inputs `[B, T]`.
+template <class DL, class DO, class DA, class DM>
+Result<::rlpo::detail::scalar_t<DL>> gspo(
+    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
+    const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
+    const GSPOOptions& opts = {}, const Normalizer& norm = {},
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
+    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
+    return detail::gspo_rows<detail::GSPORows>(logp, old_logp, advantages, mask, opts, opts, norm,
+                                               out, is_weights);
 }
 
 }  // namespace rlpo::policy

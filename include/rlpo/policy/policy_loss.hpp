@@ -2,7 +2,14 @@
 /// \file
 /// One entry point for every policy-gradient surrogate: a variant enum, an options struct that
 /// holds each variant's options, a parser for the names verl and TRL configs use, and
-/// `policy_loss(...)`, which dispatches to the surrogate with one uniform signature.
+/// `policy_loss(...)`, which dispatches to the surrogate with one uniform signature. All four
+/// are generated from one registry, `RLPO_POLICY_LOSSES` below: one row per surrogate.
+///
+/// **Adding a surrogate** (docs/policy.md has the full checklist): its header (options with
+/// presets, a kernel run by policy/detail/driver.hpp, a one-line public function with the
+/// uniform signature `f(logp, old_logp, advantages, mask, opts, norm, out, is_weights)`), its
+/// test, its reference formula in tests/reference/policy.py, its include here and ONE registry
+/// row.
 ///
 /// ```cpp
 /// auto opts = rlpo::policy::make_policy_loss(cfg.loss_mode);          // "vanilla", "gspo", …
@@ -23,6 +30,7 @@
 /// | `DPPOTV`   | `dppo_tv`        | —                             | DPPO binary-TV (dppo.hpp)       |
 /// | `DPPOKL`   | `dppo_kl`        | —                             | DPPO binary-KL (dppo.hpp)       |
 /// | `DRO`      | `dro`            | —                             | DRO (dro.hpp)                   |
+/// | `LUSPO`    | —                | `luspo`                       | LUSPO (luspo.hpp)               |
 ///
 /// Also accepted: `reinforce` (= `gpg`), `gmpo` (= `geo_mean`), `gspo_token` (GSPO, token level).
 /// Clip-Cov's random selection is seeded by `clip_cov.seed`: a trainer that wants a fresh draw
@@ -39,6 +47,7 @@
 /// is positively homogeneous in A; tokens with weight 0 then count as unclipped in
 /// `pg_clipfrac`).
 
+#include <rlpo/core/names.hpp>
 #include <rlpo/policy/cispo.hpp>
 #include <rlpo/policy/cov.hpp>
 #include <rlpo/policy/detail/common.hpp>
@@ -46,27 +55,92 @@
 #include <rlpo/policy/dro.hpp>
 #include <rlpo/policy/gmpo.hpp>
 #include <rlpo/policy/gspo.hpp>
+#include <rlpo/policy/luspo.hpp>
 #include <rlpo/policy/ppo_clip.hpp>
 #include <rlpo/policy/reinforce.hpp>
 #include <rlpo/policy/sapo.hpp>
 
 #include <string>
+#include <vector>
 
 namespace rlpo::policy {
 
-enum class PolicyLoss {
-    Vanilla,
-    GPG,
-    GSPO,
-    CISPO,
-    SAPO,
-    GeoMean,
-    ClipCov,
-    KLCov,
-    DPPOTV,
-    DPPOKL,
-    DRO
-};
+namespace detail {
+/// `Vanilla` through the uniform signature: is_weights scale the advantages (exact: the weights
+/// are ≥ 0 and PPO's per-token loss is positively homogeneous in A).
+template <class DL, class DO, class DA, class DM>
+Result<::rlpo::detail::scalar_t<DL>> ppo_clip_weighted(
+    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
+    const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
+    const PPOClipOptions& opts, const Normalizer& norm,
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out,
+    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights) {
+    using S = ::rlpo::detail::scalar_t<DL>;
+    if (!is_weights) return ppo_clip(logp, old_logp, advantages, mask, opts, norm, out);
+    const ConstMatRef<S> m(mask.derived()), A(advantages.derived());
+    ::rlpo::detail::check_same_shape("policy::policy_loss", "advantages", A, "logp",
+                                     logp.derived());
+    ::rlpo::detail::check_same_shape("policy::policy_loss", "mask", m, "logp", logp.derived());
+    check_weights("policy::policy_loss", is_weights, m);
+    const Mat<S> wa = (m.array() != S(0)).select(A.array() * is_weights->array(), S(0));
+    return ppo_clip(logp, old_logp, wa, mask, opts, norm, out);
+}
+/// `GPG` through the uniform signature (old_logp is not read).
+template <class DL, class DO, class DA, class DM>
+Result<::rlpo::detail::scalar_t<DL>> reinforce_uniform(
+    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>&,
+    const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
+    const ReinforceOptions&, const Normalizer& norm,
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out,
+    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights) {
+    return reinforce(logp, advantages, mask, norm, out, is_weights);
+}
+}  // namespace detail
+
+/// The registry. One row per surrogate, in `PolicyLoss` order:
+///
+///     X(Enum, member, Options, paper, verl, trl, run, names...)
+///
+/// * `Enum`: its `PolicyLoss` value; `member`: its `PolicyLossOptions` member, of type `Options`;
+/// * `paper`, `verl`, `trl`: the options `make_policy_loss` gives it for `Anchor::Paper` (also
+///   the member's default), `Anchor::Verl` and `Anchor::TRL` — the defaults where an anchor has
+///   no preset of its own;
+/// * `run`: the function called with `(logp, old_logp, advantages, mask, opts.member, norm, out,
+///   is_weights)`;
+/// * `names`: its spellings for `parse_policy_loss`, the canonical (verl registry) name first.
+///
+/// Metric names are each kernel's (`report`, documented in each surrogate's header).
+// clang-format off
+#define RLPO_POLICY_LOSSES(X)                                                                   \
+    X(Vanilla, vanilla, PPOClipOptions, PPOClipOptions{}, PPOClipOptions::verl(),               \
+      PPOClipOptions::trl(), detail::ppo_clip_weighted, "vanilla", "grpo", "bnpo", "dr_grpo",   \
+      "dapo")                                                                                   \
+    X(GPG, gpg, ReinforceOptions, ReinforceOptions{}, ReinforceOptions{}, ReinforceOptions{},   \
+      detail::reinforce_uniform, "gpg", "reinforce")                                            \
+    X(GSPO, gspo, GSPOOptions, GSPOOptions{}, GSPOOptions::verl(), GSPOOptions::trl(), gspo,    \
+      "gspo", "gspo_token")                                                                     \
+    X(CISPO, cispo, CISPOOptions, CISPOOptions{}, CISPOOptions::verl(), CISPOOptions::trl(),    \
+      cispo, "cispo")                                                                           \
+    X(SAPO, sapo, SAPOOptions, SAPOOptions{}, SAPOOptions::verl(), SAPOOptions::trl(), sapo,    \
+      "sapo")                                                                                   \
+    X(GeoMean, geo_mean, GMPOOptions, GMPOOptions{}, GMPOOptions::verl(), GMPOOptions{}, gmpo,  \
+      "geo_mean", "gmpo")                                                                       \
+    X(ClipCov, clip_cov, ClipCovOptions, ClipCovOptions{}, ClipCovOptions{}, ClipCovOptions{},  \
+      clip_cov, "clip_cov")                                                                     \
+    X(KLCov, kl_cov, KLCovOptions, KLCovOptions{}, KLCovOptions{}, KLCovOptions{}, kl_cov,      \
+      "kl_cov")                                                                                 \
+    X(DPPOTV, dppo_tv, DPPOOptions, DPPOOptions::tv(), DPPOOptions::tv(), DPPOOptions::tv(),    \
+      dppo, "dppo_tv")                                                                          \
+    X(DPPOKL, dppo_kl, DPPOOptions, DPPOOptions::kl(), DPPOOptions::kl(), DPPOOptions::kl(),    \
+      dppo, "dppo_kl")                                                                          \
+    X(DRO, dro, DROOptions, DROOptions{}, DROOptions{}, DROOptions{}, dro, "dro")              \
+    X(LUSPO, luspo, LUSPOOptions, LUSPOOptions{}, LUSPOOptions{}, LUSPOOptions::trl(), luspo,   \
+      "luspo")
+// clang-format on
+
+#define RLPO_POLICY_LOSS_ENUM(E, member, O, paper, verl, trl, run, ...) E,
+enum class PolicyLoss { RLPO_POLICY_LOSSES(RLPO_POLICY_LOSS_ENUM) };
+#undef RLPO_POLICY_LOSS_ENUM
 
 /// Whose defaults `make_policy_loss` applies to the chosen variant.
 enum class Anchor { Paper, Verl, TRL };
@@ -74,91 +148,55 @@ enum class Anchor { Paper, Verl, TRL };
 /// The variant and the options of every variant (only the chosen one is read).
 struct PolicyLossOptions {
     PolicyLoss loss = PolicyLoss::Vanilla;
-    PPOClipOptions vanilla{};
-    GSPOOptions gspo{};
-    CISPOOptions cispo{};
-    SAPOOptions sapo{};
-    GMPOOptions geo_mean{};
-    ClipCovOptions clip_cov{};
-    KLCovOptions kl_cov{};
-    DPPOOptions dppo_tv = DPPOOptions::tv();
-    DPPOOptions dppo_kl = DPPOOptions::kl();
-    DROOptions dro{};
+#define RLPO_POLICY_LOSS_MEMBER(E, member, O, paper, verl, trl, run, ...) O member = paper;
+    RLPO_POLICY_LOSSES(RLPO_POLICY_LOSS_MEMBER)
+#undef RLPO_POLICY_LOSS_MEMBER
 };
-
-/// verl's registry name of a variant.
-inline const char* to_string(PolicyLoss l) {
-    switch (l) {
-        case PolicyLoss::Vanilla: return "vanilla";
-        case PolicyLoss::GPG: return "gpg";
-        case PolicyLoss::GSPO: return "gspo";
-        case PolicyLoss::CISPO: return "cispo";
-        case PolicyLoss::SAPO: return "sapo";
-        case PolicyLoss::GeoMean: return "geo_mean";
-        case PolicyLoss::ClipCov: return "clip_cov";
-        case PolicyLoss::KLCov: return "kl_cov";
-        case PolicyLoss::DPPOTV: return "dppo_tv";
-        case PolicyLoss::DPPOKL: return "dppo_kl";
-        case PolicyLoss::DRO: return "dro";
-    }
-    return "?";
-}
 
 namespace detail {
-struct PolicyLossName {
-    const char* name;
-    PolicyLoss loss;
-};
-inline const PolicyLossName* policy_loss_names(std::size_t& n) {
-    static const PolicyLossName table[] = {
-        {"vanilla", PolicyLoss::Vanilla},  {"grpo", PolicyLoss::Vanilla},
-        {"bnpo", PolicyLoss::Vanilla},     {"dr_grpo", PolicyLoss::Vanilla},
-        {"dapo", PolicyLoss::Vanilla},     {"gpg", PolicyLoss::GPG},
-        {"reinforce", PolicyLoss::GPG},    {"gspo", PolicyLoss::GSPO},
-        {"gspo_token", PolicyLoss::GSPO},  {"cispo", PolicyLoss::CISPO},
-        {"sapo", PolicyLoss::SAPO},        {"dppo_tv", PolicyLoss::DPPOTV},
-        {"dppo_kl", PolicyLoss::DPPOKL},   {"dro", PolicyLoss::DRO},
-        {"geo_mean", PolicyLoss::GeoMean}, {"gmpo", PolicyLoss::GeoMean},
-        {"clip_cov", PolicyLoss::ClipCov}, {"kl_cov", PolicyLoss::KLCov},
-    };
-    n = sizeof(table) / sizeof(table[0]);
+/// Every accepted spelling, built once from the registry rows (in row order, each row's
+/// canonical name first).
+inline const NameTable<PolicyLoss>& policy_loss_table() {
+    static const std::vector<NameRow<PolicyLoss>> rows = [] {
+        std::vector<NameRow<PolicyLoss>> v;
+#define RLPO_POLICY_LOSS_NAMES(E, member, O, paper, verl, trl, run, ...) \
+    for (const char* n : {__VA_ARGS__}) v.push_back({n, PolicyLoss::E});
+        RLPO_POLICY_LOSSES(RLPO_POLICY_LOSS_NAMES)
+#undef RLPO_POLICY_LOSS_NAMES
+        return v;
+    }();
+    static const NameTable<PolicyLoss> table(rows.data(), rows.size());
     return table;
 }
 }  // namespace detail
 
+/// verl's registry name of a variant.
+inline const char* to_string(PolicyLoss l) { return detail::policy_loss_table().name_of(l); }
+
 /// Parse a verl `loss_mode` / TRL `loss_type` name; unknown names throw with the valid list.
 inline PolicyLoss parse_policy_loss(const std::string& name) {
-    std::size_t n = 0;
-    const detail::PolicyLossName* table = detail::policy_loss_names(n);
-    std::string valid;
-    for (std::size_t k = 0; k < n; ++k) {
-        if (name == table[k].name) return table[k].loss;
-        valid += valid.empty() ? "" : ", ";
-        valid += table[k].name;
-    }
-    ::rlpo::detail::fail("policy::parse_policy_loss", "name: unknown policy loss '", name,
-                         "'; valid names: ", valid);
+    return detail::policy_loss_table().parse("policy::parse_policy_loss", "policy loss", name);
 }
 
-/// Options for the named variant with the anchor's preset applied to it.
+/// Options for the named variant with the anchor's preset applied to it (and to every other
+/// variant's options). TRL's `grpo`/`bnpo`/`dr_grpo`/`dapo` always take TRL's preset;
+/// `gspo_token` selects GSPO's token level.
 inline PolicyLossOptions make_policy_loss(const std::string& name, Anchor anchor = Anchor::Verl) {
     PolicyLossOptions o;
     o.loss = parse_policy_loss(name);
     const bool trl_name = name == "grpo" || name == "bnpo" || name == "dr_grpo" || name == "dapo";
     if (trl_name) anchor = Anchor::TRL;
     switch (anchor) {
-        case Anchor::Paper: break;
+        case Anchor::Paper: break;  // the members' defaults are the paper presets
         case Anchor::Verl:
-            o.vanilla = PPOClipOptions::verl();
-            o.gspo = GSPOOptions::verl();
-            o.cispo = CISPOOptions::verl();
-            o.geo_mean = GMPOOptions::verl();
+#define RLPO_POLICY_LOSS_VERL(E, member, O, paper, verl, trl, run, ...) o.member = verl;
+            RLPO_POLICY_LOSSES(RLPO_POLICY_LOSS_VERL)
+#undef RLPO_POLICY_LOSS_VERL
             break;
         case Anchor::TRL:
-            o.vanilla = PPOClipOptions::trl();
-            o.gspo = GSPOOptions::trl();
-            o.cispo = CISPOOptions::trl();
-            o.sapo = SAPOOptions::trl();
+#define RLPO_POLICY_LOSS_TRL(E, member, O, paper, verl, trl, run, ...) o.member = trl;
+            RLPO_POLICY_LOSSES(RLPO_POLICY_LOSS_TRL)
+#undef RLPO_POLICY_LOSS_TRL
             break;
     }
     if (name == "gspo_token") o.gspo.level = GSPOLevel::Token;
@@ -174,39 +212,12 @@ Result<::rlpo::detail::scalar_t<DL>> policy_loss(
     const Eigen::MatrixBase<DM>& mask, const Normalizer& norm = {},
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
     const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
-    using S = ::rlpo::detail::scalar_t<DL>;
     switch (opts.loss) {
-        case PolicyLoss::Vanilla: {
-            if (!is_weights)
-                return ppo_clip(logp, old_logp, advantages, mask, opts.vanilla, norm, out);
-            const ConstMatRef<S> m(mask.derived()), A(advantages.derived());
-            ::rlpo::detail::check_same_shape("policy::policy_loss", "advantages", A, "logp",
-                                             logp.derived());
-            ::rlpo::detail::check_same_shape("policy::policy_loss", "mask", m, "logp",
-                                             logp.derived());
-            detail::check_weights("policy::policy_loss", is_weights, m);
-            const Mat<S> wa = (m.array() != S(0)).select(A.array() * is_weights->array(), S(0));
-            return ppo_clip(logp, old_logp, wa, mask, opts.vanilla, norm, out);
-        }
-        case PolicyLoss::GPG: return reinforce(logp, advantages, mask, norm, out, is_weights);
-        case PolicyLoss::GSPO:
-            return gspo(logp, old_logp, advantages, mask, opts.gspo, norm, out, is_weights);
-        case PolicyLoss::CISPO:
-            return cispo(logp, old_logp, advantages, mask, opts.cispo, norm, out, is_weights);
-        case PolicyLoss::SAPO:
-            return sapo(logp, old_logp, advantages, mask, opts.sapo, norm, out, is_weights);
-        case PolicyLoss::GeoMean:
-            return gmpo(logp, old_logp, advantages, mask, opts.geo_mean, norm, out, is_weights);
-        case PolicyLoss::ClipCov:
-            return clip_cov(logp, old_logp, advantages, mask, opts.clip_cov, norm, out, is_weights);
-        case PolicyLoss::KLCov:
-            return kl_cov(logp, old_logp, advantages, mask, opts.kl_cov, norm, out, is_weights);
-        case PolicyLoss::DPPOTV:
-            return dppo(logp, old_logp, advantages, mask, opts.dppo_tv, norm, out, is_weights);
-        case PolicyLoss::DPPOKL:
-            return dppo(logp, old_logp, advantages, mask, opts.dppo_kl, norm, out, is_weights);
-        case PolicyLoss::DRO:
-            return dro(logp, old_logp, advantages, mask, opts.dro, norm, out, is_weights);
+#define RLPO_POLICY_LOSS_CASE(E, member, O, paper, verl, trl, run, ...) \
+    case PolicyLoss::E:                                                 \
+        return run(logp, old_logp, advantages, mask, opts.member, norm, out, is_weights);
+        RLPO_POLICY_LOSSES(RLPO_POLICY_LOSS_CASE)
+#undef RLPO_POLICY_LOSS_CASE
     }
     ::rlpo::detail::fail("policy::policy_loss", "loss: invalid PolicyLoss value ",
                          static_cast<int>(opts.loss));

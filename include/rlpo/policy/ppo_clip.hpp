@@ -47,11 +47,7 @@
 /// clamp makes them finite) unless both are −inf at the same token (ratio undefined), which is
 /// reported. An empty mask gives value 0, gradient 0 and metrics 0.
 
-#include <rlpo/core/aggregation.hpp>
-#include <rlpo/core/detail/token_pass.hpp>
-#include <rlpo/core/error.hpp>
-#include <rlpo/core/result.hpp>
-#include <rlpo/core/types.hpp>
+#include <rlpo/policy/detail/driver.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -114,17 +110,82 @@ inline void validate(const char* fn, const PPOClipOptions& o) {
                    *o.two_sided_delta);
 }
 
-/// Torch-style max/min of two branches with gradients: returns (value, gradient), ties split.
-inline ::rlpo::detail::LossGrad branch_max(double a, double ga, double b, double gb) {
-    if (a > b) return {a, ga};
-    if (b > a) return {b, gb};
-    return {a, 0.5 * (ga + gb)};
-}
-inline ::rlpo::detail::LossGrad branch_min(double a, double ga, double b, double gb) {
-    if (a < b) return {a, ga};
-    if (b < a) return {b, gb};
-    return {a, 0.5 * (ga + gb)};
-}
+/// The PPO clip token kernel (vectorised; run by `run_tokens_simd`, policy/detail/driver.hpp).
+/// Computed in the storage precision S. Stats: 0 clipped (l2 > l1), 1 dual-clip hit, 2 −lr.
+template <class S>
+struct PPOClipKernel {
+    using Options = PPOClipOptions;
+    using P = ::rlpo::detail::simd::Packet<S>;
+    static constexpr const char* name = "policy::ppo_clip";
+    static constexpr std::size_t stats = 3;
+    static constexpr bool reads_old_logp = true;
+
+    explicit PPOClipKernel(const PPOClipOptions& opts)
+        : dual((validate(name, opts), opts.dual_clip.has_value())),
+          two_sided(opts.two_sided_delta.has_value()) {
+        namespace simd = ::rlpo::detail::simd;
+        const S lo = static_cast<S>(1.0 - opts.clip_low), hi = static_cast<S>(1.0 + opts.clip_high);
+        const S L = static_cast<S>(opts.log_ratio_clamp);
+        const S c = static_cast<S>(dual ? *opts.dual_clip : 0.0);
+        const S delta = static_cast<S>(two_sided ? *opts.two_sided_delta : 0.0);
+        vL = simd::set1<S>(L);
+        vnL = simd::set1<S>(-L);
+        vlo = simd::set1<S>(lo);
+        vhi = simd::set1<S>(hi);
+        vdelta = simd::set1<S>(delta);
+        vc = simd::set1<S>(c);
+        zero = simd::set1<S>(S(0));
+        half = simd::set1<S>(S(0.5));
+    }
+
+    void operator()(const ConstMatRef<S>& lp, const ConstMatRef<S>& olp, const ConstMatRef<S>& A,
+                    Index i, Index k, Index T, const P& keep, P& loss, P& grad,
+                    ::rlpo::detail::simd::Packets<S, 3>& st) const {
+        using namespace ::rlpo::detail::simd;
+        const P a = load_kept(A.data() + i * A.outerStride(), k, T, keep), na = pnegate(a);
+        const P raw = psub(load_kept(lp.data() + i * lp.outerStride(), k, T, keep),
+                           load_kept(olp.data() + i * olp.outerStride(), k, T, keep));
+        const P lr = pmin(pmax(raw, vnL), vL);
+        const P r = pexp(lr);
+        // −A·∂r/∂logp: the clamp stops the gradient outside [−L, L] (inclusive bounds)
+        const P g0 = pselect(pand(pcmp_le(vnL, raw), pcmp_le(raw, vL)), pmul(na, r), zero);
+        P l1 = pmul(na, r), g1 = g0;
+        if (two_sided) {  // unclipped branch uses min(r, δ)
+            const P capped = pcmp_lt(vdelta, r);
+            l1 = pmul(na, pselect(capped, vdelta, r));
+            g1 = pselect(capped, zero, g0);
+        }
+        const P l2 = pmul(na, pmin(pmax(r, vlo), vhi));
+        const P g2 = pselect(pand(pcmp_le(vlo, r), pcmp_le(r, vhi)), g0, zero);
+        const P gt = pcmp_lt(l1, l2), lt = pcmp_lt(l2, l1);
+        P l = pselect(gt, l2, l1);
+        P gr = pselect(gt, g2, pselect(lt, g1, pmul(half, padd(g1, g2))));
+        st[0] = indicator<S>(gt);
+        st[2] = pnegate(lr);
+        if (dual) {  // for A < 0: min(l, −A·c), ties split as torch.minimum
+            const P neg = pcmp_lt(a, zero), l3 = pmul(na, vc);
+            const P above = pcmp_lt(l3, l), below = pcmp_lt(l, l3);
+            st[1] = indicator<S>(pand(neg, above));
+            const P gd = pselect(above, zero, pselect(below, gr, pmul(half, gr)));
+            gr = pselect(neg, gd, gr);
+            l = pselect(neg, pselect(above, l3, l), l);
+        } else {
+            st[1] = zero;
+        }
+        // NaN inputs must surface as a NaN loss (min/max/compares drop them)
+        loss = pselect(pand(not_nan<S>(raw), not_nan<S>(a)), l, padd(raw, a));
+        grad = gr;
+    }
+
+    void report(Metrics& m, const std::array<double, 3>& st, double n) const {
+        m.add("pg_clipfrac", st[0], n);
+        m.add("pg_clipfrac_lower", st[1], n);
+        m.add("ppo_kl", st[2], n);
+    }
+
+    bool dual, two_sided;
+    P vL, vnL, vlo, vhi, vdelta, vc, zero, half;
+};
 }  // namespace detail
 
 /// PPO clip loss and its gradient w.r.t. `logp`. All inputs `[B, T]`; `advantages` per token
@@ -135,74 +196,8 @@ Result<::rlpo::detail::scalar_t<DL>> ppo_clip(
     const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
     const PPOClipOptions& opts = {}, const Normalizer& norm = {},
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {}) {
-    using S = ::rlpo::detail::scalar_t<DL>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
-    constexpr const char* fn = "policy::ppo_clip";
-    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
-        m(mask.derived());
-    ::rlpo::detail::check_surrogate_shapes(fn, lp, olp, A, m);
-    detail::validate(fn, opts);
-
-    Result<S> res;
-    const RowWeights w = ::rlpo::detail::row_weights_fast(fn, m, norm);
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
-    const S lo = static_cast<S>(1.0 - opts.clip_low), hi = static_cast<S>(1.0 + opts.clip_high);
-    const S L = static_cast<S>(opts.log_ratio_clamp);
-    const bool dual = opts.dual_clip.has_value();
-    const S c = static_cast<S>(dual ? *opts.dual_clip : 0.0);
-    const bool two_sided = opts.two_sided_delta.has_value();
-    const S delta = static_cast<S>(two_sided ? *opts.two_sided_delta : 0.0);
-
-    // stats: 0 clipped (l2 > l1), 1 dual-clip hit, 2 −lr
-    using P = ::rlpo::detail::simd::Packet<S>;
-    namespace simd = ::rlpo::detail::simd;
-    const P vL = simd::set1<S>(L), vnL = simd::set1<S>(-L), vlo = simd::set1<S>(lo);
-    const P vhi = simd::set1<S>(hi), vdelta = simd::set1<S>(delta), vc = simd::set1<S>(c);
-    const P zero = simd::set1<S>(S(0)), half = simd::set1<S>(S(0.5));
-    const auto pass = ::rlpo::detail::token_pass_simd<3, S>(
-        fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}},
-        [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
-            ::rlpo::detail::simd::Packets<S, 3>& st) {
-            using namespace ::rlpo::detail::simd;
-            const P a = load_kept(A.data() + i * A.outerStride(), k, T, keep), na = pnegate(a);
-            const P raw = psub(load_kept(lp.data() + i * lp.outerStride(), k, T, keep),
-                               load_kept(olp.data() + i * olp.outerStride(), k, T, keep));
-            const P lr = pmin(pmax(raw, vnL), vL);
-            const P r = pexp(lr);
-            // −A·∂r/∂logp: the clamp stops the gradient outside [−L, L] (inclusive bounds)
-            const P g0 = pselect(pand(pcmp_le(vnL, raw), pcmp_le(raw, vL)), pmul(na, r), zero);
-            P l1 = pmul(na, r), g1 = g0;
-            if (two_sided) {  // unclipped branch uses min(r, δ)
-                const P capped = pcmp_lt(vdelta, r);
-                l1 = pmul(na, pselect(capped, vdelta, r));
-                g1 = pselect(capped, zero, g0);
-            }
-            const P l2 = pmul(na, pmin(pmax(r, vlo), vhi));
-            const P g2 = pselect(pand(pcmp_le(vlo, r), pcmp_le(r, vhi)), g0, zero);
-            const P gt = pcmp_lt(l1, l2), lt = pcmp_lt(l2, l1);
-            P l = pselect(gt, l2, l1);
-            P gr = pselect(gt, g2, pselect(lt, g1, pmul(half, padd(g1, g2))));
-            st[0] = indicator<S>(gt);
-            st[2] = pnegate(lr);
-            if (dual) {  // for A < 0: min(l, −A·c), ties split as torch.minimum
-                const P neg = pcmp_lt(a, zero), l3 = pmul(na, vc);
-                const P above = pcmp_lt(l3, l), below = pcmp_lt(l, l3);
-                st[1] = indicator<S>(pand(neg, above));
-                const P gd = pselect(above, zero, pselect(below, gr, pmul(half, gr)));
-                gr = pselect(neg, gd, gr);
-                l = pselect(neg, pselect(above, l3, l), l);
-            } else {
-                st[1] = zero;
-            }
-            // NaN inputs must surface as a NaN loss (min/max/compares drop them)
-            loss = pselect(pand(not_nan<S>(raw), not_nan<S>(a)), l, padd(raw, a));
-            grad = gr;
-        });
-    res.value = g.coef() * pass.value;
-    res.metrics.add("pg_clipfrac", pass.stats[0], pass.count);
-    res.metrics.add("pg_clipfrac_lower", pass.stats[1], pass.count);
-    res.metrics.add("ppo_kl", pass.stats[2], pass.count);
-    return res;
+    return detail::run_tokens_simd<detail::PPOClipKernel>(logp, old_logp, advantages, mask, opts,
+                                                          norm, out);
 }
 
 }  // namespace rlpo::policy

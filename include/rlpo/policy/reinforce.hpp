@@ -24,9 +24,29 @@
 /// token cannot have been sampled) and is reported as undefined when A = 0. An empty mask
 /// gives value 0 and gradient 0.
 
-#include <rlpo/policy/detail/common.hpp>
+#include <rlpo/policy/detail/driver.hpp>
 
 namespace rlpo::policy {
+
+/// No hyperparameters: the (empty) options of the `policy_loss` registry row.
+struct ReinforceOptions {};
+
+namespace detail {
+/// −w·A·logp per token (run by `run_tokens`, policy/detail/driver.hpp); no metrics.
+struct ReinforceKernel {
+    using Options = ReinforceOptions;
+    static constexpr const char* name = "policy::reinforce";
+    static constexpr std::size_t stats = 1;
+    static constexpr bool reads_old_logp = false;
+
+    explicit ReinforceKernel(const ReinforceOptions&) {}
+    ::rlpo::detail::LossGrad operator()(const Token& tok, std::array<double, 1>&) const {
+        const double a = tok.adv, x = tok.logp, wt = tok.weight;
+        return {-wt * a * x, -wt * a};
+    }
+    void report(Metrics&, const std::array<double, 1>&, double) const {}
+};
+}  // namespace detail
 
 /// REINFORCE / GPG loss and its gradient w.r.t. `logp`. All inputs `[B, T]`.
 template <class DL, class DA, class DM>
@@ -35,26 +55,9 @@ Result<::rlpo::detail::scalar_t<DL>> reinforce(
     const Eigen::MatrixBase<DM>& mask, const Normalizer& norm = {},
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
     const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
-    using S = ::rlpo::detail::scalar_t<DL>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
-    constexpr const char* fn = "policy::reinforce";
-    const ConstMatRef<S> lp(logp.derived()), A(advantages.derived()), m(mask.derived());
-    ::rlpo::detail::check_same_shape(fn, "advantages", A, "logp", lp);
-    ::rlpo::detail::check_same_shape(fn, "mask", m, "logp", lp);
-    detail::check_weights(fn, is_weights, m);
-
-    Result<S> res;
-    const RowWeights w = row_weights(fn, m, norm);
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
-    const auto pass = ::rlpo::detail::token_pass<1, S>(
-        fn, m, w, g, {{"logp", &lp}, {"advantages", &A}},
-        [&](Index i, Index t, std::array<double, 1>&) -> ::rlpo::detail::LossGrad {
-            const double a = static_cast<double>(A(i, t)), x = static_cast<double>(lp(i, t));
-            const double wt = detail::weight_at(is_weights, i, t);
-            return {-wt * a * x, -wt * a};
-        });
-    res.value = g.coef() * pass.value;
-    return res;
+    // old_logp is not read: logp stands in for it
+    return detail::run_tokens<detail::ReinforceKernel>(logp, logp, advantages, mask, {}, norm, out,
+                                                       is_weights);
 }
 
 }  // namespace rlpo::policy

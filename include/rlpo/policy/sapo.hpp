@@ -31,7 +31,7 @@
 /// An empty mask gives value 0, gradient 0 and metrics 0.
 
 #include <rlpo/core/math.hpp>
-#include <rlpo/policy/detail/common.hpp>
+#include <rlpo/policy/detail/driver.hpp>
 
 #include <algorithm>
 #include <limits>
@@ -64,6 +64,40 @@ inline void validate(const char* fn, const SAPOOptions& o) {
 }
 }  // namespace detail
 
+namespace detail {
+/// The SAPO token kernel (run by `run_tokens`, policy/detail/driver.hpp). Stats: 0 −lr.
+struct SAPOKernel {
+    using Options = SAPOOptions;
+    static constexpr const char* name = "policy::sapo";
+    static constexpr std::size_t stats = 1;
+    static constexpr bool reads_old_logp = true;
+
+    explicit SAPOKernel(const SAPOOptions& o)
+        : L((validate(name, o), o.log_ratio_clamp)), tau_pos(o.tau_pos), tau_neg(o.tau_neg) {}
+
+    ::rlpo::detail::LossGrad operator()(const Token& tok, std::array<double, 1>& st) const {
+        const double a = tok.adv;
+        const double raw = tok.logp - tok.old_logp;
+        if (std::isnan(raw) || std::isnan(a)) return {raw + a, 0.0};
+        const double lr = std::clamp(raw, -L, L);
+        const double r = std::exp(lr);
+        const double tau = a > 0 ? tau_pos : tau_neg;
+        const double sg = ::rlpo::sigmoid(tau * (r - 1.0));
+        const double dr = (raw >= -L && raw <= L) ? r : 0.0;
+        const double wt = tok.weight;
+        st[0] = -lr;
+        return {-wt * a * (4.0 / tau) * sg, -wt * a * 4.0 * sg * (1.0 - sg) * dr};
+    }
+    void report(Metrics& m, const std::array<double, 1>& st, double n) const {
+        m.add("pg_clipfrac", 0.0, n);
+        m.add("pg_clipfrac_lower", 0.0, n);
+        m.add("ppo_kl", st[0], n);
+    }
+
+    double L, tau_pos, tau_neg;
+};
+}  // namespace detail
+
 /// SAPO loss and its gradient w.r.t. `logp`. All inputs `[B, T]`.
 template <class DL, class DO, class DA, class DM>
 Result<::rlpo::detail::scalar_t<DL>> sapo(
@@ -72,39 +106,8 @@ Result<::rlpo::detail::scalar_t<DL>> sapo(
     const SAPOOptions& opts = {}, const Normalizer& norm = {},
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
     const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
-    using S = ::rlpo::detail::scalar_t<DL>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
-    constexpr const char* fn = "policy::sapo";
-    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
-        m(mask.derived());
-    ::rlpo::detail::check_surrogate_shapes(fn, lp, olp, A, m);
-    detail::validate(fn, opts);
-    detail::check_weights(fn, is_weights, m);
-
-    Result<S> res;
-    const RowWeights w = row_weights(fn, m, detail::with_mode(norm, opts.aggregation));
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
-    const double L = opts.log_ratio_clamp;
-    const auto pass = ::rlpo::detail::token_pass<1, S>(
-        fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}},
-        [&](Index i, Index t, std::array<double, 1>& st) -> ::rlpo::detail::LossGrad {
-            const double a = static_cast<double>(A(i, t));
-            const double raw = static_cast<double>(lp(i, t)) - static_cast<double>(olp(i, t));
-            if (std::isnan(raw) || std::isnan(a)) return {raw + a, 0.0};
-            const double lr = std::clamp(raw, -L, L);
-            const double r = std::exp(lr);
-            const double tau = a > 0 ? opts.tau_pos : opts.tau_neg;
-            const double sg = ::rlpo::sigmoid(tau * (r - 1.0));
-            const double dr = (raw >= -L && raw <= L) ? r : 0.0;
-            const double wt = detail::weight_at(is_weights, i, t);
-            st[0] = -lr;
-            return {-wt * a * (4.0 / tau) * sg, -wt * a * 4.0 * sg * (1.0 - sg) * dr};
-        });
-    res.value = g.coef() * pass.value;
-    res.metrics.add("pg_clipfrac", 0.0, pass.count);
-    res.metrics.add("pg_clipfrac_lower", 0.0, pass.count);
-    res.metrics.add("ppo_kl", pass.stats[0], pass.count);
-    return res;
+    return detail::run_tokens<detail::SAPOKernel>(logp, old_logp, advantages, mask, opts, norm, out,
+                                                  is_weights);
 }
 
 }  // namespace rlpo::policy

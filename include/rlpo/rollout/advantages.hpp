@@ -30,6 +30,7 @@
 /// NaN score (unless `NanScores::AsZero`), ±inf score, ε < 0, σ_floor < 0, lengths < 0.
 
 #include <rlpo/core/error.hpp>
+#include <rlpo/core/names.hpp>
 #include <rlpo/core/types.hpp>
 #include <rlpo/rollout/detail/scores.hpp>
 #include <rlpo/rollout/groups.hpp>
@@ -534,44 +535,37 @@ enum class AdvantageEstimator {
     GDPO
 };
 
+namespace detail {
+/// One row per estimator: verl's `algorithm.adv_estimator` spelling (rlpo's own for those verl
+/// lacks: `dr_grpo`, `passk`, `gdpo`).
+inline constexpr NameRow<AdvantageEstimator> advantage_estimator_names[] = {
+    {"gae", AdvantageEstimator::GAE},
+    {"grpo", AdvantageEstimator::GRPO},
+    {"dr_grpo", AdvantageEstimator::DrGRPO},
+    {"rloo", AdvantageEstimator::RLOO},
+    {"reinforce_plus_plus", AdvantageEstimator::ReinforcePP},
+    {"reinforce_plus_plus_baseline", AdvantageEstimator::ReinforcePPBaseline},
+    {"remax", AdvantageEstimator::ReMax},
+    {"opo", AdvantageEstimator::OPO},
+    {"grpo_passk", AdvantageEstimator::GRPOPassK},
+    {"passk", AdvantageEstimator::PassK},
+    {"gdpo", AdvantageEstimator::GDPO},
+};
+inline constexpr NameTable advantage_estimator_table{advantage_estimator_names};
+}  // namespace detail
+
 /// Name of an estimator as verl's `algorithm.adv_estimator` spells it (rlpo's own spelling for
 /// those verl lacks: `dr_grpo`, `passk`, `gdpo`).
 inline const char* to_string(AdvantageEstimator e) {
-    switch (e) {
-        case AdvantageEstimator::GAE: return "gae";
-        case AdvantageEstimator::GRPO: return "grpo";
-        case AdvantageEstimator::DrGRPO: return "dr_grpo";
-        case AdvantageEstimator::RLOO: return "rloo";
-        case AdvantageEstimator::ReinforcePP: return "reinforce_plus_plus";
-        case AdvantageEstimator::ReinforcePPBaseline: return "reinforce_plus_plus_baseline";
-        case AdvantageEstimator::ReMax: return "remax";
-        case AdvantageEstimator::OPO: return "opo";
-        case AdvantageEstimator::GRPOPassK: return "grpo_passk";
-        case AdvantageEstimator::PassK: return "passk";
-        case AdvantageEstimator::GDPO: return "gdpo";
-    }
-    return "?";
+    return detail::advantage_estimator_table.name_of(e);
 }
 
 /// Parse verl's `adv_estimator` names (`gae`, `grpo`, `rloo`, `reinforce_plus_plus`,
 /// `reinforce_plus_plus_baseline`, `remax`, `opo`, `grpo_passk`) and rlpo's (`dr_grpo`,
 /// `passk`, `gdpo`). Unknown names throw with the list of valid names.
 inline AdvantageEstimator parse_advantage_estimator(const std::string& name) {
-    static const AdvantageEstimator all[] = {
-        AdvantageEstimator::GAE,         AdvantageEstimator::GRPO,
-        AdvantageEstimator::DrGRPO,      AdvantageEstimator::RLOO,
-        AdvantageEstimator::ReinforcePP, AdvantageEstimator::ReinforcePPBaseline,
-        AdvantageEstimator::ReMax,       AdvantageEstimator::OPO,
-        AdvantageEstimator::GRPOPassK,   AdvantageEstimator::PassK,
-        AdvantageEstimator::GDPO};
-    std::string valid;
-    for (AdvantageEstimator e : all) {
-        if (name == to_string(e)) return e;
-        valid += valid.empty() ? "" : ", ";
-        valid += to_string(e);
-    }
-    ::rlpo::detail::fail("rollout::parse_advantage_estimator",
-                         "name: unknown advantage estimator '", name, "'; valid names: ", valid);
+    return detail::advantage_estimator_table.parse("rollout::parse_advantage_estimator",
+                                                   "advantage estimator", name);
 }
 
 }  // namespace rlpo::rollout

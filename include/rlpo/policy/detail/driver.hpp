@@ -1,0 +1,181 @@
+#pragma once
+/// \file
+/// The shared driver of the policy surrogates (internal): everything a surrogate does besides
+/// its per-token math.
+///
+/// A token-level surrogate is an options struct plus a *kernel*:
+///
+/// ```cpp
+/// struct CISPOKernel {
+///     using Options = CISPOOptions;
+///     static constexpr const char* name = "policy::cispo";  // prefix of its error messages
+///     static constexpr std::size_t stats = 3;                // K metric accumulators
+///     static constexpr bool reads_old_logp = true;           // false: no old_logp input (GPG)
+///     explicit CISPOKernel(const CISPOOptions& o);           // validates o (throws)
+///     LossGrad operator()(const Token& tok, std::array<double, 3>& st) const;  // l, ∂l/∂logp
+///     void report(Metrics& m, const std::array<double, 3>& st, double n) const;
+/// };
+/// ```
+///
+/// and its public function is one line, `return detail::run_tokens<CISPOKernel>(…)`. The
+/// driver owns the rest, in this order: the float/double static_assert, the `[B, T]` views, the
+/// shape checks against `logp`, the kernel's option validation, the optional `is_weights`
+/// (checked; read per token into `Token::weight`), the aggregation factors (with a forced mode
+/// when the options carry `aggregation`), the gradient sink (`GradWriter`), the token pass
+/// (`token_pass`: masked tokens never read, NaN diagnosis naming the input, rows in parallel
+/// and combined in row order) and the metrics (`report`). Vectorised kernels (PPO clip) use
+/// `run_tokens_simd`, the same driver over `token_pass_simd` with the fast row factors.
+/// Sequence-level surrogates (GSPO, GMPO) and KL-Cov keep their own pass and share the preamble
+/// through `SurrogateCall`. Clip-Cov keeps its own preamble: its public `clip_cov_selection`
+/// checks the inputs (shapes, NaN) before `is_weights`, and that order is its documented one.
+
+#include <rlpo/policy/detail/common.hpp>
+
+#include <array>
+#include <cstddef>
+#include <optional>
+#include <type_traits>
+
+namespace rlpo::policy::detail {
+
+/// One unmasked token's inputs, read as double by the driver.
+struct Token {
+    double logp;      ///< x = log π(y_t)
+    double old_logp;  ///< log π_old(y_t) (0 when the kernel does not read it)
+    double adv;       ///< A
+    double weight;    ///< the `is_weights` entry, 1 without weights
+};
+
+template <class O, class = void>
+struct has_forced_aggregation : std::false_type {};
+template <class O>
+struct has_forced_aggregation<O, std::void_t<decltype(std::declval<const O&>().aggregation)>>
+    : std::true_type {};
+
+/// The aggregation mode an options struct forces (its `aggregation` member), if any.
+template <class O>
+inline std::optional<Aggregation> forced_aggregation(const O& o) {
+    if constexpr (has_forced_aggregation<O>::value)
+        return o.aggregation;
+    else
+        return std::nullopt;
+}
+
+/// The preamble every surrogate shares: views, shape checks, option validation (constructing
+/// the kernel), weights check, row factors and gradient sink. `res` is returned by `finish`.
+template <class S, class Kernel>
+struct SurrogateCall {
+    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
+    static constexpr const char* fn = Kernel::name;
+
+    template <class DL, class DO, class DA, class DM>
+    SurrogateCall(const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
+                  const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
+                  const typename Kernel::Options& opts, const Normalizer& norm,
+                  const GradientOut<S>& out, const TokenWeights<S>& weights, bool fast_weights)
+        : lp(logp.derived()),
+          olp(old_logp.derived()),
+          A(advantages.derived()),
+          m(mask.derived()),
+          kernel(checked(opts)),
+          is_weights(weights),
+          w(row_factors(norm, forced_aggregation(opts), fast_weights)),
+          g(fn, res, out, lp.rows(), lp.cols()) {}
+
+    /// Sets the value from the pass sum (times the GradientOut coefficient) and hands back res.
+    Result<S> finish(double pass_value) {
+        res.value = g.coef() * pass_value;
+        return std::move(res);
+    }
+    double weight_at(Index i, Index t) const { return detail::weight_at(is_weights, i, t); }
+
+    const ConstMatRef<S> lp, olp, A, m;
+    const Kernel kernel;
+    const TokenWeights<S>& is_weights;
+    Result<S> res;
+    const RowWeights w;
+    const ::rlpo::detail::GradWriter<S> g;
+
+private:
+    // Runs before the kernel is built: the shape checks come first, then the kernel validates
+    // its options (its constructor), then is_weights is checked (in row_factors).
+    const typename Kernel::Options& checked(const typename Kernel::Options& opts) const {
+        if constexpr (Kernel::reads_old_logp) {
+            ::rlpo::detail::check_surrogate_shapes(fn, lp, olp, A, m);
+        } else {
+            ::rlpo::detail::check_same_shape(fn, "advantages", A, "logp", lp);
+            ::rlpo::detail::check_same_shape(fn, "mask", m, "logp", lp);
+        }
+        return opts;
+    }
+    RowWeights row_factors(const Normalizer& norm, const std::optional<Aggregation>& forced,
+                           bool fast) const {
+        check_weights(fn, is_weights, m);
+        if (fast) return ::rlpo::detail::row_weights_fast(fn, m, with_mode(norm, forced));
+        return row_weights(fn, m, with_mode(norm, forced));
+    }
+};
+
+/// Token-level surrogate over `token_pass` (see the file comment). All inputs `[B, T]`;
+/// `old_logp` is not read (not even its shape) when `Kernel::reads_old_logp` is false.
+template <class Kernel, class DL, class DO, class DA, class DM>
+Result<::rlpo::detail::scalar_t<DL>> run_tokens(
+    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
+    const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
+    const typename Kernel::Options& opts, const Normalizer& norm,
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out,
+    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights) {
+    using S = ::rlpo::detail::scalar_t<DL>;
+    constexpr std::size_t K = Kernel::stats;
+    SurrogateCall<S, Kernel> c(logp, old_logp, advantages, mask, opts, norm, out, is_weights,
+                               false);
+    const auto& lp = c.lp;
+    const auto& olp = c.olp;
+    const auto& A = c.A;
+    const auto body = [&](Index i, Index t, std::array<double, K>& st) -> ::rlpo::detail::LossGrad {
+        Token tok{static_cast<double>(lp(i, t)), 0.0, static_cast<double>(A(i, t)),
+                  c.weight_at(i, t)};
+        if constexpr (Kernel::reads_old_logp) tok.old_logp = static_cast<double>(olp(i, t));
+        return c.kernel(tok, st);
+    };
+    ::rlpo::detail::TokenPassResult<K> pass;
+    if constexpr (Kernel::reads_old_logp)
+        pass = ::rlpo::detail::token_pass<K, S>(
+            c.fn, c.m, c.w, c.g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}}, body);
+    else
+        pass = ::rlpo::detail::token_pass<K, S>(c.fn, c.m, c.w, c.g,
+                                                {{"logp", &lp}, {"advantages", &A}}, body);
+    c.kernel.report(c.res.metrics, pass.stats, pass.count);
+    return c.finish(pass.value);
+}
+
+/// Token-level surrogate over `token_pass_simd` with the fast row factors. The kernel is a
+/// template over S (`Kernel<S>`) whose call operator takes the views and the packet arguments:
+/// `k(lp, olp, A, i, k, T, keep, loss, grad, stats)`. No `is_weights` (callers fold them into
+/// the inputs, as `policy_loss` does for PPO clip).
+template <template <class> class Kernel, class DL, class DO, class DA, class DM>
+Result<::rlpo::detail::scalar_t<DL>> run_tokens_simd(
+    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
+    const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
+    const typename Kernel<::rlpo::detail::scalar_t<DL>>::Options& opts, const Normalizer& norm,
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out) {
+    using S = ::rlpo::detail::scalar_t<DL>;
+    using Kern = Kernel<S>;
+    using P = ::rlpo::detail::simd::Packet<S>;
+    constexpr std::size_t K = Kern::stats;
+    const TokenWeights<S> none = std::nullopt;
+    SurrogateCall<S, Kern> c(logp, old_logp, advantages, mask, opts, norm, out, none, true);
+    const auto& lp = c.lp;
+    const auto& olp = c.olp;
+    const auto& A = c.A;
+    const auto pass = ::rlpo::detail::token_pass_simd<K, S>(
+        c.fn, c.m, c.w, c.g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}},
+        [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
+            ::rlpo::detail::simd::Packets<S, K>& st) {
+            c.kernel(lp, olp, A, i, k, T, keep, loss, grad, st);
+        });
+    c.kernel.report(c.res.metrics, pass.stats, pass.count);
+    return c.finish(pass.value);
+}
+
+}  // namespace rlpo::policy::detail
