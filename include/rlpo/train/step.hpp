@@ -228,7 +228,7 @@ public:
 
     TrainingStep() = default;
     explicit TrainingStep(StepOptions opts, DistillHook<S> distill = {})
-        : opts_(std::move(opts)), distill_(std::move(distill)) {
+        : opts_(opts), distill_(std::move(distill)) {
         detail::validate(kFn, opts_);
         if (opts_.kl) penalties::detail::validate(kFn, *opts_.kl);
         if (opts_.policy.loss == policy::PolicyLoss::Vanilla)
