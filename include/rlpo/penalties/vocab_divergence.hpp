@@ -40,6 +40,7 @@
 /// An empty mask gives 0, gradient 0, metric 0.
 
 #include <rlpo/core/aggregation.hpp>
+#include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/result.hpp>
 #include <rlpo/core/types.hpp>
@@ -185,21 +186,15 @@ Result<::rlpo::detail::scalar_t<DZ>> vocab_divergence(
     const double inv_tau = 1.0 / opts.temperature;
     std::vector<double> row_value(static_cast<std::size_t>(N), 0.0), row_metric(row_value);
     std::vector<int> row_err(static_cast<std::size_t>(N), 0);
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel if (N * V > 65536)
-#endif
-    {
+    ::rlpo::detail::parallel_region(N * V > 65536, [&](const ::rlpo::detail::Team& team) {
         std::vector<double> a(static_cast<std::size_t>(V)), b(a), lp(a), lq(a), gr(a);
-#if defined(RLPO_USE_OPENMP)
-#pragma omp for schedule(dynamic, 4)
-#endif
-        for (Index n = 0; n < N; ++n) {
+        team.for_dynamic(N, 4, [&](Index n) {
             const Index i = n / T, t = n % T;
             const double mk = static_cast<double>(m(i, t));
             S* grow = g.row(n);
             if (mk == 0) {
                 if (grow && g.mode() == GradMode::Write) std::fill(grow, grow + V, S(0));
-                continue;
+                return;
             }
             bool nan = false;
             for (Index j = 0; j < V; ++j) {
@@ -211,14 +206,14 @@ Result<::rlpo::detail::scalar_t<DZ>> vocab_divergence(
             const auto r = static_cast<std::size_t>(n);
             if (nan) {
                 row_err[r] = 3;
-                continue;
+                return;
             }
             int err = 0;
             const double D = detail::vocab_row(opts.divergence, a.data(), b.data(), V, lp.data(),
                                                lq.data(), gr.data(), err);
             if (err) {
                 row_err[r] = err;
-                continue;
+                return;
             }
             const double c = w.c[static_cast<std::size_t>(i)];
             row_value[r] = c * mk * D;
@@ -233,8 +228,8 @@ Result<::rlpo::detail::scalar_t<DZ>> vocab_divergence(
                         grow[j] = static_cast<S>(v);
                 }
             }
-        }
-    }
+        });
+    });
     double value = 0.0, metric = 0.0;
     for (Index n = 0; n < N; ++n) {
         const auto r = static_cast<std::size_t>(n);

@@ -39,6 +39,7 @@
 /// under a non-zero mask → rlpo::invalid_argument naming the input; a row whose clipped
 /// log-ratios sum to NaN (+inf and −inf) is reported. Empty rows contribute 0.
 
+#include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/policy/detail/driver.hpp>
 
 #include <algorithm>
@@ -104,16 +105,13 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
     // row's error is captured and the first one in row order rethrown after the loop.
     std::vector<std::array<double, 4>> part(static_cast<std::size_t>(B), std::array<double, 4>{});
     std::vector<std::exception_ptr> err(static_cast<std::size_t>(B));
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel for schedule(static) if (B * T > 32768)
-#endif
-    for (Index i = 0; i < B; ++i) {
+    ::rlpo::detail::parallel_for(B, B * T > 32768, [&](Index i) {
         const auto r = static_cast<std::size_t>(i);
         try {
             const double len = w.len[r];
             if (len <= 0) {
                 for (Index t = 0; t < T; ++t) g.zero(i, t);
-                continue;
+                return;
             }
             detail::check_row_nan<S>(fn, m, i,
                                      {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
@@ -155,7 +153,7 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
             const double wrow = is_weights ? std::exp(sum_logw / len) : 1.0;
             const double c = w.c[r];
             part[r] = {c * len * wrow * (-abar * rho), clip_hi, clip_lo, neg_kl};
-            if (!g.active()) continue;
+            if (!g.active()) return;
             const double coef = -c * wrow * abar * rho;
             for (Index t = 0; t < T; ++t) {
                 const double mk = static_cast<double>(m(i, t));
@@ -168,7 +166,7 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
         } catch (...) {
             err[r] = std::current_exception();
         }
-    }
+    });
     double value = 0.0, clip_hi = 0.0, clip_lo = 0.0, neg_kl = 0.0;
     for (Index i = 0; i < B; ++i) {
         const auto r = static_cast<std::size_t>(i);

@@ -42,6 +42,7 @@
 /// undefined (both log-probs −inf at one token, or +inf and −inf log-ratios in one row) is
 /// reported. Empty rows contribute 0; an empty mask gives value 0, gradient 0, metrics 0.
 
+#include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/policy/detail/driver.hpp>
 
 #include <algorithm>
@@ -127,16 +128,13 @@ Result<::rlpo::detail::scalar_t<DL>> gspo_rows(
     // and the first one in row order is rethrown after the loop (never across threads).
     std::vector<std::array<double, 3>> part(static_cast<std::size_t>(B), std::array<double, 3>{});
     std::vector<std::exception_ptr> err(static_cast<std::size_t>(B));
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel for schedule(static) if (B * T > 32768)
-#endif
-    for (Index i = 0; i < B; ++i) {
+    ::rlpo::detail::parallel_for(B, B * T > 32768, [&](Index i) {
         const auto r = static_cast<std::size_t>(i);
         try {
             const double len = w.len[r];
             if (len <= 0) {
                 for (Index t = 0; t < T; ++t) g.zero(i, t);
-                continue;
+                return;
             }
             check_row_nan<S>(fn, m, i, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
             double sum_lr = 0.0, neg_kl = 0.0, clipped = 0.0;
@@ -179,7 +177,7 @@ Result<::rlpo::detail::scalar_t<DL>> gspo_rows(
                 G += dl[static_cast<std::size_t>(t)];
             }
             part[r] = {c * row, clipped, neg_kl};
-            if (!g.active()) continue;
+            if (!g.active()) return;
             for (Index t = 0; t < T; ++t) {
                 const double mk = static_cast<double>(m(i, t));
                 if (mk == 0) {
@@ -191,7 +189,7 @@ Result<::rlpo::detail::scalar_t<DL>> gspo_rows(
         } catch (...) {
             err[r] = std::current_exception();
         }
-    }
+    });
     double value = 0.0, clipped = 0.0, neg_kl = 0.0;
     for (Index i = 0; i < B; ++i) {
         const auto r = static_cast<std::size_t>(i);

@@ -23,6 +23,7 @@
 /// unmasked row → rlpo::invalid_argument naming the row (−inf logits are zero-probability
 /// entries and accepted; a row of only −inf has entropy 0). An empty mask gives value 0.
 
+#include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/core/math.hpp>
 #include <rlpo/policy/detail/common.hpp>
 
@@ -54,10 +55,7 @@ Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
     // captured and the first one in order rethrown after the loop.
     std::vector<std::array<double, 2>> part(static_cast<std::size_t>(B), std::array<double, 2>{});
     std::vector<std::exception_ptr> err(static_cast<std::size_t>(B));
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel for schedule(static) if (B * T * V > 262144)
-#endif
-    for (Index i = 0; i < B; ++i) {
+    ::rlpo::detail::parallel_for(B, B * T * V > 262144, [&](Index i) {
         try {
             std::vector<double> zd(static_cast<std::size_t>(V)), tmp(static_cast<std::size_t>(V));
             const double ci = w.c[static_cast<std::size_t>(i)];
@@ -87,7 +85,7 @@ Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
         } catch (...) {
             err[static_cast<std::size_t>(i)] = std::current_exception();
         }
-    }
+    });
     double value = 0, hsum = 0;
     for (Index i = 0; i < B; ++i) {
         if (err[static_cast<std::size_t>(i)])

@@ -36,6 +36,7 @@
 /// **Bad input** (rlpo::invalid_argument): shape mismatch, NaN / ±inf reward or value under a
 /// non-zero mask, bad mask, γ or λ outside [0, 1], ε < 0.
 
+#include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/types.hpp>
 #include <rlpo/rollout/advantages.hpp>
@@ -94,10 +95,8 @@ template <class F>
 inline std::vector<RowScan> scan_rows(const char* fn, Index B,
                                       std::initializer_list<const char*> names, F&& f) {
     std::vector<RowScan> rows(static_cast<std::size_t>(B));
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel for schedule(static) if (B > 64)
-#endif
-    for (Index i = 0; i < B; ++i) f(i, rows[static_cast<std::size_t>(i)]);
+    ::rlpo::detail::parallel_for(B, B > 64,
+                                 [&](Index i) { f(i, rows[static_cast<std::size_t>(i)]); });
     for (Index i = 0; i < B; ++i) {
         const RowScan& r = rows[static_cast<std::size_t>(i)];
         if (r.bad_input >= 0)
@@ -118,10 +117,7 @@ inline void whiten_in_place(X& x, const ConstMatRef<S>& mask, const std::vector<
     for (const auto& r : rows) n += r.weight, sum += r.sum;
     const double mu = n > 0 ? sum / n : 0.0;
     std::vector<double> row_ss(static_cast<std::size_t>(B), 0.0);
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel for schedule(static) if (B > 64)
-#endif
-    for (Index i = 0; i < B; ++i) {
+    ::rlpo::detail::parallel_for(B, B > 64, [&](Index i) {
         double ss = 0.0;
         for (Index t = 0; t < T; ++t) {
             const double m = static_cast<double>(mask(i, t));
@@ -130,7 +126,7 @@ inline void whiten_in_place(X& x, const ConstMatRef<S>& mask, const std::vector<
             ss += m * d * d;
         }
         row_ss[static_cast<std::size_t>(i)] = ss;
-    }
+    });
     double ss = 0.0;
     for (double v : row_ss) ss += v;
     double var = n > 0 ? ss / n : 0.0;
@@ -139,10 +135,7 @@ inline void whiten_in_place(X& x, const ConstMatRef<S>& mask, const std::vector<
     const double denom =
         o.eps_as_floor ? std::sqrt(std::max(var, o.epsilon)) : std::sqrt(var + o.epsilon);
     const bool zero = degenerate || !(denom > 0);
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel for schedule(static) if (B > 64)
-#endif
-    for (Index i = 0; i < B; ++i)
+    ::rlpo::detail::parallel_for(B, B > 64, [&](Index i) {
         for (Index t = 0; t < T; ++t) {
             using X_t = typename X::Scalar;
             if (mask(i, t) == 0) {
@@ -153,6 +146,7 @@ inline void whiten_in_place(X& x, const ConstMatRef<S>& mask, const std::vector<
             if (!o.shift_mean) w += mu;
             x(i, t) = static_cast<X_t>(w);
         }
+    });
 }
 
 }  // namespace detail

@@ -13,6 +13,7 @@
 ///   * flags a NaN loss or gradient and then names the offending input and position.
 
 #include <rlpo/core/aggregation.hpp>
+#include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/result.hpp>
 #include <rlpo/core/types.hpp>
@@ -68,10 +69,7 @@ inline TokenPassResult<K> token_pass(const char* function, const ConstMatRef<S>&
     std::vector<double> row_value(static_cast<std::size_t>(B), 0.0);
     std::vector<std::array<double, K>> row_stats(static_cast<std::size_t>(B));
     std::vector<Index> row_nan(static_cast<std::size_t>(B), -1);
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel for schedule(static) if (B * T > 32768)
-#endif
-    for (Index i = 0; i < B; ++i) {
+    ::rlpo::detail::parallel_for(B, B * T > 32768, [&](Index i) {
         const auto r = static_cast<std::size_t>(i);
         const double c = w.c[r];
         double acc = 0.0;
@@ -94,7 +92,7 @@ inline TokenPassResult<K> token_pass(const char* function, const ConstMatRef<S>&
         }
         row_value[r] = c * acc;
         row_stats[r] = st;
-    }
+    });
     TokenPassResult<K> out;
     for (Index i = 0; i < B; ++i) {
         const auto r = static_cast<std::size_t>(i);
@@ -216,17 +214,14 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
     std::vector<std::array<double, K>> row_stats(static_cast<std::size_t>(B));
     std::vector<Index> row_nan(static_cast<std::size_t>(B), -1);
     const GradMode gmode = g.mode();
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel for schedule(dynamic, 4) if (B * T > 32768)
-#endif
-    for (Index i = 0; i < B; ++i) {
+    ::rlpo::detail::parallel_for_dynamic(B, 4, B * T > 32768, [&](Index i) {
         const auto r = static_cast<std::size_t>(i);
         const double c = w.c[r];
         S* gw = g.row(i);
         const S* mk = mask.data() + i * mask.outerStride();
         if (w.len[r] <= 0) {
             if (gw && gmode == GradMode::Write) std::fill(gw, gw + T, S(0));
-            continue;
+            return;
         }
         const P zero = set1<S>(S(0)), gs = set1<S>(static_cast<S>(c * g.coef()));
         const P all = pcmp_eq(zero, zero);
@@ -287,7 +282,7 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
         }
         row_value[r] = c * total;
         row_stats[r] = st;
-    }
+    });
     TokenPassResult<K> out;
     for (Index i = 0; i < B; ++i) {
         const auto r = static_cast<std::size_t>(i);

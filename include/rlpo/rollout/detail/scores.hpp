@@ -3,10 +3,12 @@
 /// Internal helpers of the rollout module: reading per-response score vectors, their
 /// non-finite policy, and group statistics accumulated in double.
 
+#include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/types.hpp>
 #include <rlpo/rollout/groups.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -107,19 +109,15 @@ inline bool all_equal(const std::vector<double>& x, Index b, Index e) {
 template <class S, class F>
 inline void for_mask_rows(const char* fn, const ConstMatRef<S>& m, F&& f) {
     const Index B = m.rows(), T = m.cols();
-    bool bad = false;
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel for schedule(static) reduction(|| : bad) if (B * T > 32768)
-#endif
-    for (Index i = 0; i < B; ++i) {
+    std::vector<char> bad(static_cast<std::size_t>(B), 0);
+    ::rlpo::detail::parallel_for(B, B * T > 32768, [&](Index i) {
         const S* row = m.data() + i * m.outerStride();
         const Eigen::Map<const Eigen::Array<S, 1, Eigen::Dynamic>> r(row, T);
         // vectorised: every entry ≥ 0 (false for NaN) and finite
-        const bool rb = T > 0 && !((r >= S(0)).all() && r.allFinite());
+        bad[static_cast<std::size_t>(i)] = T > 0 && !((r >= S(0)).all() && r.allFinite());
         f(i, row);
-        bad = bad || rb;
-    }
-    if (bad) ::rlpo::detail::check_mask(fn, m);
+    });
+    if (std::find(bad.begin(), bad.end(), char(1)) != bad.end()) ::rlpo::detail::check_mask(fn, m);
 }
 
 template <class S>

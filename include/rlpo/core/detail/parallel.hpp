@@ -1,0 +1,119 @@
+#pragma once
+/// \file
+/// The one threading layer (internal): every parallel loop of the library goes through these
+/// functions, so OpenMP pragmas live in this header only, and another backend (TBB, a
+/// trainer's own pool) would replace this file alone.
+///
+/// The contract every caller keeps: a loop body writes per-row (per-index) results only, and the
+/// caller combines them in index order afterwards, so results are bitwise identical for any
+/// number of threads. Without OpenMP (`RLPO_USE_OPENMP` undefined) every function runs its
+/// loop serially, in index order.
+///
+///   * `parallel_for(n, parallel, f)`: f(i) for i in [0, n), static schedule (contiguous
+///     blocks of indices per thread);
+///   * `parallel_for_dynamic(n, chunk, parallel, f)`: the same with a dynamic schedule of
+///     `chunk` indices (rows of uneven cost);
+///   * `parallel_region(parallel, body)`: body(team) on every thread of one team, where
+///     `team.id()`, `team.size()`, `team.barrier()`, `team.for_static(n, f)` and
+///     `team.for_dynamic(n, chunk, f)` (work sharing inside the region: per-thread scratch is
+///     a local of `body`).
+/// `parallel` false runs on the calling thread (small inputs: a team costs more than it saves).
+
+#include <rlpo/core/types.hpp>
+
+#if defined(RLPO_USE_OPENMP)
+#include <omp.h>
+#endif
+
+namespace rlpo::detail {
+
+/// f(i) for i in [0, n), static schedule.
+template <class F>
+inline void parallel_for(Index n, bool parallel, F&& f) {
+#if defined(RLPO_USE_OPENMP)
+#pragma omp parallel for schedule(static) if (parallel)
+    for (Index i = 0; i < n; ++i) f(i);
+#else
+    static_cast<void>(parallel);
+    for (Index i = 0; i < n; ++i) f(i);
+#endif
+}
+
+/// f(i) for i in [0, n), dynamic schedule of `chunk` indices.
+template <class F>
+inline void parallel_for_dynamic(Index n, int chunk, bool parallel, F&& f) {
+#if defined(RLPO_USE_OPENMP)
+#pragma omp parallel for schedule(dynamic, chunk) if (parallel)
+    for (Index i = 0; i < n; ++i) f(i);
+#else
+    static_cast<void>(chunk);
+    static_cast<void>(parallel);
+    for (Index i = 0; i < n; ++i) f(i);
+#endif
+}
+
+/// The threads of one `parallel_region`.
+class Team {
+public:
+    Team(Index id, Index size) : id_(id), size_(size) {}
+    Index id() const { return id_; }
+    Index size() const { return size_; }
+    /// Every thread of the team waits here for the others.
+    void barrier() const {
+#if defined(RLPO_USE_OPENMP)
+        if (size_ > 1) {
+#pragma omp barrier
+        }
+#endif
+    }
+    /// f(i) for i in [0, n) shared by the team, static schedule (ends with a barrier).
+    template <class F>
+    void for_static(Index n, F&& f) const {
+#if defined(RLPO_USE_OPENMP)
+#pragma omp for schedule(static)
+        for (Index i = 0; i < n; ++i) f(i);
+#else
+        for (Index i = 0; i < n; ++i) f(i);
+#endif
+    }
+    /// f(i) for i in [0, n) shared by the team, dynamic schedule (ends with a barrier).
+    template <class F>
+    void for_dynamic(Index n, int chunk, F&& f) const {
+#if defined(RLPO_USE_OPENMP)
+#pragma omp for schedule(dynamic, chunk)
+        for (Index i = 0; i < n; ++i) f(i);
+#else
+        static_cast<void>(chunk);
+        for (Index i = 0; i < n; ++i) f(i);
+#endif
+    }
+
+private:
+    Index id_, size_;
+};
+
+/// body(team) on every thread of one team (one thread when `parallel` is false).
+template <class F>
+inline void parallel_region(bool parallel, F&& body) {
+#if defined(RLPO_USE_OPENMP)
+#pragma omp parallel if (parallel)
+    {
+        const Team team(omp_get_thread_num(), omp_get_num_threads());
+        body(team);
+    }
+#else
+    static_cast<void>(parallel);
+    body(Team(0, 1));
+#endif
+}
+
+/// The number of threads a region would get (1 without OpenMP).
+inline Index max_threads() {
+#if defined(RLPO_USE_OPENMP)
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+}  // namespace rlpo::detail
