@@ -20,32 +20,51 @@ def _loss_terms(pc, pr, rc, rr, p, s, names, lens):
     sig_eps = eps if float(p.get("sigmoid_smoothing", torch.ones(1, 1)).reshape(-1)[0]) != 0 else 0.0
     chosen_logratios = pc - rc
     rejected_logratios = pr - rr
-    logits = (pc - pr) - (rc - rr)
+    # f-DPO scores (TRL f_divergence_type); the loss types that read scores use these
+    fdiv = s.get("f_divergence", "reverse_kl")
+    if fdiv == "reverse_kl":
+        chosen_scores, rejected_scores = chosen_logratios, rejected_logratios
+    elif fdiv == "forward_kl":
+        chosen_scores, rejected_scores = -torch.exp(-chosen_logratios), -torch.exp(-rejected_logratios)
+    elif fdiv == "js_divergence":
+        chosen_scores, rejected_scores = F.logsigmoid(chosen_logratios), F.logsigmoid(rejected_logratios)
+    elif fdiv == "alpha_divergence":
+        alpha = float(p["f_alpha"])
+        if abs(alpha - 1.0) < 1e-6:
+            chosen_scores, rejected_scores = chosen_logratios, rejected_logratios
+        else:
+            coef = 1.0 / (alpha - 1.0)
+            chosen_scores = torch.exp(torch.clamp((alpha - 1.0) * chosen_logratios, max=80.0)) * coef
+            rejected_scores = torch.exp(torch.clamp((alpha - 1.0) * rejected_logratios, max=80.0)) * coef
+    else:
+        raise ValueError("unknown f-divergence " + fdiv)
+    delta_score = chosen_scores - rejected_scores
     out = []
     for name in names:
         if name == "sigmoid":
-            losses = -F.logsigmoid(beta * logits) * (1 - sig_eps) - F.logsigmoid(-beta * logits) * sig_eps
+            losses = -F.logsigmoid(beta * delta_score) * (1 - sig_eps) - F.logsigmoid(-beta * delta_score) * sig_eps
         elif name == "hinge":
-            losses = torch.relu(1 - beta * logits)
+            losses = torch.relu(1 - beta * delta_score)
         elif name == "ipo":
             lc, lr = lens
-            d = chosen_logratios / lc.clamp(min=1.0) - rejected_logratios / lr.clamp(min=1.0)
+            d = chosen_scores / lc.clamp(min=1.0) - rejected_scores / lr.clamp(min=1.0)
             losses = (d - 1 / (2 * beta)) ** 2
         elif name == "robust":
             losses = (
-                -F.logsigmoid(beta * logits) * (1 - eps) + F.logsigmoid(-beta * logits) * eps
+                -F.logsigmoid(beta * delta_score) * (1 - eps) + F.logsigmoid(-beta * delta_score) * eps
             ) / (1 - 2 * eps)
         elif name == "exo_pair":
             e = torch.tensor(eps, dtype=torch.float64)
-            losses = torch.sigmoid(beta * logits) * (F.logsigmoid(beta * logits) - torch.log1p(-e)) + torch.sigmoid(
-                -beta * logits
-            ) * (F.logsigmoid(-beta * logits) - torch.log(e))
+            z = beta * delta_score
+            losses = torch.sigmoid(z) * (F.logsigmoid(z) - torch.log1p(-e)) + torch.sigmoid(-z) * (
+                F.logsigmoid(-z) - torch.log(e)
+            )
         elif name == "nca_pair":
-            cr = beta * chosen_logratios
-            rj = beta * rejected_logratios
+            cr = beta * chosen_scores
+            rj = beta * rejected_scores
             losses = -F.logsigmoid(cr) - 0.5 * F.logsigmoid(-cr) - 0.5 * F.logsigmoid(-rj)
         elif name == "sppo_hard":
-            losses = (chosen_logratios - 0.5 / beta) ** 2 + (rejected_logratios + 0.5 / beta) ** 2
+            losses = (chosen_scores - 0.5 / beta) ** 2 + (rejected_scores + 0.5 / beta) ** 2
         elif name == "aot":
             lr_sorted, _ = torch.sort(pc - pr, dim=0)
             ref_sorted, _ = torch.sort(rc - rr, dim=0)
@@ -59,16 +78,16 @@ def _loss_terms(pc, pr, rc, rr, p, s, names, lens):
         elif name == "apo_zero":
             losses = (1 - torch.sigmoid(beta * chosen_logratios)) + torch.sigmoid(beta * rejected_logratios)
         elif name == "apo_down":
-            losses = torch.sigmoid(beta * chosen_logratios) + (1 - torch.sigmoid(beta * logits))
+            losses = torch.sigmoid(beta * chosen_logratios) + (1 - torch.sigmoid(beta * delta_score))
         elif name == "discopop":
-            z = beta * logits
+            z = beta * delta_score
             mod = torch.sigmoid(z / tau)
             losses = -F.logsigmoid(z) * (1 - mod) + torch.exp(-z) * mod
         elif name == "bco_pair":
-            losses = -F.logsigmoid(beta * chosen_logratios - delta) - F.logsigmoid(-(beta * rejected_logratios - delta))
+            losses = -F.logsigmoid(beta * chosen_scores - delta) - F.logsigmoid(-(beta * rejected_scores - delta))
         elif name == "sigmoid_norm":
             lc, lr = lens
-            d = chosen_logratios / lc.clamp(min=1.0) - rejected_logratios / lr.clamp(min=1.0)
+            d = chosen_scores / lc.clamp(min=1.0) - rejected_scores / lr.clamp(min=1.0)
             losses = -F.logsigmoid(beta * d)
         else:
             raise ValueError("unknown DPO loss type " + name)

@@ -25,7 +25,10 @@
 /// | `bco_pair`       | −logσ(βu_c − δ) − logσ(−(βu_r − δ))                        | BCO 2404.04656 |
 /// | `sigmoid_norm`   | −logσ(β·(u_c/|y_c| − u_r/|y_r|))   (needs lengths)        | TRL |
 ///
-/// ("sigmoid form" = the `sigmoid` row with β·δ_k in place of h.) The loss is the mean over
+/// ("sigmoid form" = the `sigmoid` row with β·δ_k in place of h.) **f-DPO** (TRL
+/// `f_divergence_type`, `FDivergence` in preference/f_divergence.hpp): every loss type reads the
+/// log-ratios through the score s(u) (u itself for reverse KL, the default), except where TRL
+/// uses the raw log-ratios: `aot`, `aot_unpaired`, `apo_zero` and `apo_down`'s σ(βu_c) term. The loss is the mean over
 /// the B pairs (TRL's `losses.mean()`), or the sum divided by `num_pairs` when the caller gives
 /// the global pair count of a batch split into micro-batches. Several loss types combine as
 /// Σ_j w_j·mean(ℓ_j) (TRL `loss_type` list + `loss_weights`, default weights 1).
@@ -57,7 +60,7 @@
 /// **Bad input** (rlpo::invalid_argument, reported as `preference::dpo_loss`): an input not a
 /// vector or of a size other than `policy_chosen_logps`'s, NaN or ±inf entries (naming the input
 /// and the pair), β ≤ 0, ε outside [0, 0.5] (and ε = 0.5 for `robust`, ε = 0 for `exo_pair`),
-/// τ ≤ 0, δ non-finite, `num_pairs` ≤ 0, an empty loss list, weights not matching the loss list
+/// τ ≤ 0, δ or `f_alpha` non-finite, `num_pairs` ≤ 0, an empty loss list, weights not matching the loss list
 /// or non-finite, lengths missing for `ipo` / `sigmoid_norm` or of the wrong size or negative,
 /// and unknown loss type names (listing the valid ones). B = 0 gives value 0, gradient 0,
 /// metrics 0.
@@ -68,10 +71,12 @@
 #include <rlpo/core/result.hpp>
 #include <rlpo/core/types.hpp>
 #include <rlpo/preference/detail/pairs.hpp>
+#include <rlpo/preference/f_divergence.hpp>
 
 #include <cmath>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace rlpo::preference {
@@ -116,6 +121,8 @@ struct DPOOptions {
     bool sigmoid_label_smoothing = true;
     double discopop_tau = 0.05;  ///< τ of `discopop` (TRL `discopop_tau`)
     double bco_delta = 0.0;      ///< δ of `bco_pair`: TRL ≤ 0.24's running mean of the rewards
+    FDivergence f_divergence = FDivergence::ReverseKL;  ///< TRL `f_divergence_type`
+    double f_alpha = 0.5;  ///< α of `FDivergence::Alpha` (TRL `f_alpha_divergence_coef`)
     /// Denominator of the mean: the global pair count of a batch split into micro-batches
     /// (unset: the local B). `aot*` sort within the call and are not micro-batch invariant.
     std::optional<double> num_pairs{};
@@ -166,8 +173,8 @@ struct SigmoidKernel {
     static void validate(const char*, const DPOOptions&) {}
     static PairLossGrad eval(const PairInput& p, const DPOOptions& o) {
         const double eps = o.sigmoid_label_smoothing ? o.label_smoothing : 0.0;
-        const auto [l, d] = smoothed_sigmoid(o.beta * (p.uc - p.ur), eps);
-        return {l, o.beta * d, -o.beta * d};
+        const auto [l, d] = smoothed_sigmoid(o.beta * (p.sc - p.sr), eps);
+        return {l, 0.0, 0.0, o.beta * d, -o.beta * d};
     }
 };
 
@@ -176,9 +183,9 @@ struct HingeKernel {
     static constexpr bool needs_lengths = false;
     static void validate(const char*, const DPOOptions&) {}
     static PairLossGrad eval(const PairInput& p, const DPOOptions& o) {
-        const double m = 1 - o.beta * (p.uc - p.ur);
+        const double m = 1 - o.beta * (p.sc - p.sr);
         // relu'(0) = 0, as torch
-        return m > 0 ? PairLossGrad{m, -o.beta, o.beta} : PairLossGrad{0.0, 0.0, 0.0};
+        return m > 0 ? PairLossGrad{m, 0.0, 0.0, -o.beta, o.beta} : PairLossGrad{0.0, 0.0, 0.0};
     }
 };
 
@@ -187,8 +194,8 @@ struct IPOKernel {
     static constexpr bool needs_lengths = true;
     static void validate(const char*, const DPOOptions&) {}
     static PairLossGrad eval(const PairInput& p, const DPOOptions& o) {
-        const double e = p.uc / p.len_c - p.ur / p.len_r - 1 / (2 * o.beta);
-        return {e * e, 2 * e / p.len_c, -2 * e / p.len_r};
+        const double e = p.sc / p.len_c - p.sr / p.len_r - 1 / (2 * o.beta);
+        return {e * e, 0.0, 0.0, 2 * e / p.len_c, -2 * e / p.len_r};
     }
 };
 
@@ -201,10 +208,10 @@ struct RobustKernel {
                    o.label_smoothing);
     }
     static PairLossGrad eval(const PairInput& p, const DPOOptions& o) {
-        const double h = o.beta * (p.uc - p.ur), e = o.label_smoothing, z = 1 - 2 * e;
+        const double h = o.beta * (p.sc - p.sr), e = o.label_smoothing, z = 1 - 2 * e;
         const double l = (-(1 - e) * log_sigmoid(h) + e * log_sigmoid(-h)) / z;
         const double d = (-(1 - e) * sigmoid(-h) - e * sigmoid(h)) / z;
-        return {l, o.beta * d, -o.beta * d};
+        return {l, 0.0, 0.0, o.beta * d, -o.beta * d};
     }
 };
 
@@ -218,13 +225,13 @@ struct EXOPairKernel {
                    o.label_smoothing);
     }
     static PairLossGrad eval(const PairInput& p, const DPOOptions& o) {
-        const double h = o.beta * (p.uc - p.ur), e = o.label_smoothing;
+        const double h = o.beta * (p.sc - p.sr), e = o.label_smoothing;
         const double a = std::log1p(-e), b = std::log(e);
         const double lp = log_sigmoid(h), lq = log_sigmoid(-h), P = sigmoid(h), Q = sigmoid(-h);
         const double l = P * (lp - a) + Q * (lq - b);
         // d/dh = σ(h)σ(−h)·(h − log(1−ε) + log ε)
         const double d = P * Q * (h - a + b);
-        return {l, o.beta * d, -o.beta * d};
+        return {l, 0.0, 0.0, o.beta * d, -o.beta * d};
     }
 };
 
@@ -233,9 +240,10 @@ struct NCAPairKernel {
     static constexpr bool needs_lengths = false;
     static void validate(const char*, const DPOOptions&) {}
     static PairLossGrad eval(const PairInput& p, const DPOOptions& o) {
-        const double rc = o.beta * p.uc, rr = o.beta * p.ur;
+        const double rc = o.beta * p.sc, rr = o.beta * p.sr;
         const double l = -log_sigmoid(rc) - 0.5 * log_sigmoid(-rc) - 0.5 * log_sigmoid(-rr);
-        return {l, o.beta * (-sigmoid(-rc) + 0.5 * sigmoid(rc)), o.beta * 0.5 * sigmoid(rr)};
+        return {l, 0.0, 0.0, o.beta * (-sigmoid(-rc) + 0.5 * sigmoid(rc)),
+                o.beta * 0.5 * sigmoid(rr)};
     }
 };
 
@@ -244,8 +252,8 @@ struct SPPOHardKernel {
     static constexpr bool needs_lengths = false;
     static void validate(const char*, const DPOOptions&) {}
     static PairLossGrad eval(const PairInput& p, const DPOOptions& o) {
-        const double a = p.uc - 0.5 / o.beta, b = p.ur + 0.5 / o.beta;
-        return {a * a + b * b, 2 * a, 2 * b};
+        const double a = p.sc - 0.5 / o.beta, b = p.sr + 0.5 / o.beta;
+        return {a * a + b * b, 0.0, 0.0, 2 * a, 2 * b};
     }
 };
 
@@ -281,9 +289,10 @@ struct APODownKernel {
     static constexpr bool needs_lengths = false;
     static void validate(const char*, const DPOOptions&) {}
     static PairLossGrad eval(const PairInput& p, const DPOOptions& o) {
-        const double c = o.beta * p.uc, h = o.beta * (p.uc - p.ur);
+        // TRL: the chosen term on the raw log-ratio, the margin term on the scores
+        const double c = o.beta * p.uc, h = o.beta * (p.sc - p.sr);
         const double dc = sigmoid(c) * sigmoid(-c), dh = sigmoid(h) * sigmoid(-h);
-        return {sigmoid(c) + sigmoid(-h), o.beta * (dc - dh), o.beta * dh};
+        return {sigmoid(c) + sigmoid(-h), o.beta * dc, 0.0, -o.beta * dh, o.beta * dh};
     }
 };
 
@@ -294,14 +303,14 @@ struct DiscoPOPKernel {
         ::rlpo::detail::check_positive(fn, "discopop_tau", o.discopop_tau);
     }
     static PairLossGrad eval(const PairInput& p, const DPOOptions& o) {
-        const double h = o.beta * (p.uc - p.ur), tau = o.discopop_tau;
+        const double h = o.beta * (p.sc - p.sr), tau = o.discopop_tau;
         const double m = sigmoid(h / tau), lsm = log_sigmoid(h / tau), lsn = log_sigmoid(-h / tau);
         const double em = std::exp(-h + lsm);                     // e^{−h}·σ(h/τ)
         const double emm = std::exp(-h + lsm + lsn) / tau;        // e^{−h}·σ'(h/τ)/τ
         const double dm_ls = m * (1 - m) / tau * log_sigmoid(h);  // σ'·logσ(h)/τ
         const double l = -log_sigmoid(h) * (1 - m) + em;
         const double d = -sigmoid(-h) * (1 - m) + dm_ls + emm - em;
-        return {l, o.beta * d, -o.beta * d};
+        return {l, 0.0, 0.0, o.beta * d, -o.beta * d};
     }
 };
 
@@ -312,8 +321,9 @@ struct BCOPairKernel {
         ::rlpo::detail::check_finite_param(fn, "bco_delta", o.bco_delta);
     }
     static PairLossGrad eval(const PairInput& p, const DPOOptions& o) {
-        const double c = o.beta * p.uc - o.bco_delta, r = o.beta * p.ur - o.bco_delta;
-        return {-log_sigmoid(c) - log_sigmoid(-r), -o.beta * sigmoid(-c), o.beta * sigmoid(r)};
+        const double c = o.beta * p.sc - o.bco_delta, r = o.beta * p.sr - o.bco_delta;
+        return {-log_sigmoid(c) - log_sigmoid(-r), 0.0, 0.0, -o.beta * sigmoid(-c),
+                o.beta * sigmoid(r)};
     }
 };
 
@@ -322,9 +332,9 @@ struct SigmoidNormKernel {
     static constexpr bool needs_lengths = true;
     static void validate(const char*, const DPOOptions&) {}
     static PairLossGrad eval(const PairInput& p, const DPOOptions& o) {
-        const double h = o.beta * (p.uc / p.len_c - p.ur / p.len_r);
+        const double h = o.beta * (p.sc / p.len_c - p.sr / p.len_r);
         const double d = -sigmoid(-h);
-        return {-log_sigmoid(h), o.beta * d / p.len_c, -o.beta * d / p.len_r};
+        return {-log_sigmoid(h), 0.0, 0.0, o.beta * d / p.len_c, -o.beta * d / p.len_r};
     }
 };
 
@@ -359,12 +369,14 @@ double run_kernel(const PairData& d, const DPOOptions& o, double weight, std::ve
     };
     if constexpr (K::pairing == Pairing::Pair) {
         for (std::size_t i = 0; i < B; ++i) {
-            const PairInput p{d.pc[i] - d.rc[i], d.pr[i] - d.rr[i], len(d.len_c, i),
-                              len(d.len_r, i)};
+            const double uc = d.pc[i] - d.rc[i], ur = d.pr[i] - d.rr[i];
+            const auto [sc, dsc] = f_score(uc, o.f_divergence, o.f_alpha);
+            const auto [sr, dsr] = f_score(ur, o.f_divergence, o.f_alpha);
+            const PairInput p{uc, ur, sc, sr, len(d.len_c, i), len(d.len_r, i)};
             const PairLossGrad r = K::eval(p, o);
             sum += r.loss;
-            gc[i] += weight * r.d_uc;
-            gr[i] += weight * r.d_ur;
+            gc[i] += weight * (r.d_uc + r.d_sc * dsc);
+            gr[i] += weight * (r.d_ur + r.d_sr * dsr);
         }
     } else {
         std::vector<double> a(B), b(B);
@@ -379,7 +391,8 @@ double run_kernel(const PairData& d, const DPOOptions& o, double weight, std::ve
         }
         const auto ia = argsort(a), ib = argsort(b);
         for (std::size_t k = 0; k < B; ++k) {
-            const PairLossGrad r = K::eval(PairInput{a[ia[k]], b[ib[k]], 1.0, 1.0}, o);
+            const PairLossGrad r =
+                K::eval(PairInput{a[ia[k]], b[ib[k]], a[ia[k]], b[ib[k]], 1.0, 1.0}, o);
             sum += r.loss;
             gc[ia[k]] += weight * r.d_uc;
             if (K::pairing == Pairing::SortedPaired)
@@ -397,6 +410,8 @@ inline void validate(const char* fn, const DPOOptions& o, bool have_lengths) {
     check_smoothing_range(fn, o);
     if (o.num_pairs) ::rlpo::detail::check_positive(fn, "num_pairs", *o.num_pairs);
     RLPO_CHECK(!o.terms.empty(), fn, "terms: at least one loss type is needed");
+    if (o.f_divergence == FDivergence::Alpha)
+        ::rlpo::detail::check_finite_param(fn, "f_alpha", o.f_alpha);
     for (const DPOTerm& t : o.terms) {
         ::rlpo::detail::check_finite_param(fn, "terms: weight", t.weight);
         switch (t.loss) {

@@ -10,7 +10,7 @@
 ///     static constexpr Pairing pairing = Pairing::Pair;  // or SortedPaired / SortedUnpaired (AOT)
 ///     static constexpr bool needs_lengths = false;       // true: reads the completion lengths
 ///     static void validate(const char* fn, const DPOOptions& o);  // throws on bad options
-///     static PairLossGrad eval(const PairInput& p, const DPOOptions& o);  // ℓ, ∂ℓ/∂u_c, ∂ℓ/∂u_r
+///     static PairLossGrad eval(const PairInput& p, const DPOOptions& o);  // ℓ, ∂ℓ/∂u, ∂ℓ/∂s
 /// };
 /// ```
 ///
@@ -42,16 +42,18 @@ enum class Pairing {
 };
 
 /// One pair's inputs, in double. For `Pair` kernels `uc`, `ur` are the log-ratios
-/// u = logp − ref_logp; for the sorted kernels `uc` is the differentiable sorted quantity and `ur`
-/// its sorted opponent (see `Pairing`). `len_c`, `len_r` are the completion lengths clamped to
+/// u = logp − ref_logp and `sc`, `sr` their f-divergence scores (= u for reverse KL, DPO); for
+/// the sorted kernels `uc` is the differentiable sorted quantity and `ur` its sorted opponent
+/// (see `Pairing`; `sc`, `sr` unused). `len_c`, `len_r` are the completion lengths clamped to
 /// ≥ 1 (1 when no lengths were given).
 struct PairInput {
-    double uc, ur, len_c, len_r;
+    double uc, ur, sc, sr, len_c, len_r;
 };
 
-/// A pair's loss and its derivatives w.r.t. `uc` and `ur`.
+/// A pair's loss and its derivatives w.r.t. `uc`, `ur` (where the kernel reads the raw
+/// log-ratios) and `sc`, `sr` (where it reads the scores); the driver applies the chain rule.
 struct PairLossGrad {
-    double loss, d_uc, d_ur;
+    double loss = 0.0, d_uc = 0.0, d_ur = 0.0, d_sc = 0.0, d_sr = 0.0;
 };
 
 /// A `[B]` vector (N×1 or 1×N) copied to doubles; NaN and ±inf are errors naming the entry.
