@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -125,6 +126,29 @@ TEST_CASE("dpo: gradient equals central finite differences", "[preference][dpo][
                     1e-6, 1e-9, skip);
             }
     }
+    SECTION("WPO pair weights on every non-sorting loss type") {
+        rlpo::testing::Generator gen(5);
+        for (DPOLoss l : all_losses()) {
+            if (l == DPOLoss::AOT || l == DPOLoss::AOTUnpaired) continue;
+            INFO(rlpo::preference::to_string(l));
+            const Pairs p = random_pairs(seed++, 7, 3.0);
+            Vec w(7);
+            for (Index i = 0; i < 7; ++i) w(i) = gen.uniform(0.0, 2.0);
+            const DPOOptions o = options_for(l, 0.5);
+            const auto r = dpo_loss(p.pc, p.pr, p.rc, p.rr, o, {}, p.len, w);
+            rlpo_test::require_fd_gradient(
+                [&](const Mat<double>& x) {
+                    const Vec c = x.row(0).transpose(), q = x.row(1).transpose();
+                    return dpo_loss(c, q, p.rc, p.rr, o, rlpo::no_grad<double>(), p.len, w).value;
+                },
+                stacked(p), r.grad, 1e-6, 1e-9,
+                [&](Index k) {
+                    if (l != DPOLoss::Hinge) return false;
+                    const Index i = k % 7;
+                    return std::abs(0.5 * ((p.pc(i) - p.rc(i)) - (p.pr(i) - p.rr(i))) - 1) < 1e-3;
+                });
+        }
+    }
     SECTION("several loss types with weights, and a global pair count") {
         const Pairs p = random_pairs(99, 8, 10.0);
         DPOOptions o = rlpo::preference::make_dpo_options({"sigmoid", "ipo", "aot", "bco_pair"},
@@ -146,11 +170,14 @@ TEMPLATE_TEST_CASE("dpo: agrees with the PyTorch autograd reference (TRL's formu
         CompletionLengths len;
         DPOOptions o;
         std::string names;
+        std::optional<Vec> w;
     };
     std::vector<Run> runs;
     const auto add = [&](const Pairs& p, const DPOOptions& o, const std::string& names,
-                         const std::vector<double>& weights) {
-        Run r{p.pc.cast<S>(), p.pr.cast<S>(), p.rc.cast<S>(), p.rr.cast<S>(), p.len, o, names};
+                         const std::vector<double>& weights,
+                         const std::optional<Vec>& pair_weights = std::nullopt) {
+        Run r{p.pc.cast<S>(), p.pr.cast<S>(), p.rc.cast<S>(), p.rr.cast<S>(), p.len, o,
+              names,          pair_weights};
         auto& c = ref.add<S>("dpo");
         c.in("policy_chosen_logps", Mat<double>(r.pc.template cast<double>()))
             .in("policy_rejected_logps", Mat<double>(r.pr.template cast<double>()))
@@ -171,6 +198,7 @@ TEMPLATE_TEST_CASE("dpo: agrees with the PyTorch autograd reference (TRL's formu
             c.p("weights", w);
         }
         c.s("losses", names);
+        if (pair_weights) c.in("pair_weights", Mat<double>(*pair_weights));
         c.s("f_divergence", rlpo::preference::to_string(o.f_divergence)).p("f_alpha", o.f_alpha);
         runs.push_back(std::move(r));
     };
@@ -210,6 +238,17 @@ TEMPLATE_TEST_CASE("dpo: agrees with the PyTorch autograd reference (TRL's formu
         if (sizeof(S) == 4) o.terms.pop_back();
         add(random_pairs(seed++, 8, 90.0), o, sizeof(S) == 4 ? "sigmoid" : "sigmoid,sppo_hard", {});
     }
+    {  // WPO pair weights (TRL use_weighting) on every non-sorting loss type, with zeros
+        rlpo::testing::Generator gen(77);
+        for (DPOLoss l : all_losses()) {
+            if (l == DPOLoss::AOT || l == DPOLoss::AOTUnpaired) continue;
+            Vec w(9);
+            for (Index i = 0; i < 9; ++i) w(i) = gen.uniform(0.0, 1.0);
+            w(3) = 0.0;
+            add(random_pairs(seed++, 9, 4.0), options_for(l, 0.2), rlpo::preference::to_string(l),
+                {}, w);
+        }
+    }
     {  // current TRL's sigmoid ignores label_smoothing
         DPOOptions o = DPOOptions::trl();
         o.label_smoothing = 0.3;
@@ -228,7 +267,7 @@ TEMPLATE_TEST_CASE("dpo: agrees with the PyTorch autograd reference (TRL's formu
     for (std::size_t k = 0; k < runs.size(); ++k) {
         const auto& r = runs[k];
         INFO("case " << k << " (" << r.names << ", beta " << r.o.beta << ")");
-        const auto res = dpo_loss(r.pc, r.pr, r.rc, r.rr, r.o, {}, r.len);
+        const auto res = dpo_loss(r.pc, r.pr, r.rc, r.rr, r.o, {}, r.len, r.w);
         CHECK(rlpo_test::rel_err(res.value, ref.scalar(k, "value")) < tol);
         const double grad_err = rlpo_test::max_rel_err(res.grad, ref.out(k, "grad"));
         INFO("gradient: max relative error " << grad_err << "\nrlpo\n"
@@ -403,6 +442,17 @@ TEST_CASE("dpo: properties", "[preference][dpo][properties]") {
         CHECK(r.value == Approx(500.0).epsilon(1e-12));  // → −logσ(h) ≈ −h
         CHECK(std::isfinite(r.grad(0, 0)));
     }
+    SECTION("pair weights: all 1 is unweighted, all 2 doubles value and gradient") {
+        const auto u = dpo_loss(p.pc, p.pr, p.rc, p.rr);
+        const auto one = dpo_loss(p.pc, p.pr, p.rc, p.rr, {}, {}, std::nullopt, Vec(Vec::Ones(10)));
+        CHECK(one.value == u.value);
+        CHECK(one.grad == u.grad);
+        const auto two =
+            dpo_loss(p.pc, p.pr, p.rc, p.rr, {}, {}, std::nullopt, Vec(Vec::Constant(10, 2.0)));
+        CHECK(two.value == 2 * u.value);
+        CHECK(two.grad == 2 * u.grad);
+        CHECK(two.metrics["rewards/margins"] == u.metrics["rewards/margins"]);  // unweighted
+    }
     SECTION("B = 0: value 0, empty gradient, metrics 0") {
         const Vec e(0);
         const auto r = dpo_loss(e, e, e, e);
@@ -480,6 +530,20 @@ TEST_CASE("dpo: bad input gives the documented error", "[preference][dpo][bad-in
                                     "lengths.rejected: expected 3 entries");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(dpo_loss(x, x, x, x, o, {}, negative_len),
                                     "lengths: must be >= 0");
+    const Vec w3 = Vec::Ones(3), w2 = Vec::Ones(2);
+    Vec wneg = w3, wnan = w3;
+    wneg(1) = -0.5;
+    wnan(1) = std::numeric_limits<double>::quiet_NaN();
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(dpo_loss(x, x, x, x, {}, {}, std::nullopt, w2),
+                                    "pair_weights: expected 3 entries");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(dpo_loss(x, x, x, x, {}, {}, std::nullopt, wneg),
+                                    "pair_weights: must be >= 0, given -0.5 at pair 1");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(dpo_loss(x, x, x, x, {}, {}, std::nullopt, wnan),
+                                    "pair_weights: NaN at pair 1");
+    for (DPOLoss l : {DPOLoss::AOT, DPOLoss::AOTUnpaired})
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            dpo_loss(x, x, x, x, DPOOptions::of(l), {}, std::nullopt, w3),
+            "sorts the pairs, which would misalign per-pair weights");
     o = {};
     o.num_pairs = 0.0;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(dpo_loss(x, x, x, x, o), "num_pairs: must be > 0");

@@ -107,9 +107,11 @@ def dpo(x, p, s):
     weights = _col(p["weights"]).tolist() if "weights" in p else [1.0] * len(names)
     n = float(p["num_pairs"]) if "num_pairs" in p else float(pc.shape[0])
     terms = _loss_terms(pc, pr, rc, rr, p, s, names, lens)
+    # WPO (TRL use_weighting): per_sequence_loss *= chosen_weights * rejected_weights, constants
+    omega = _col(x["pair_weights"]) if "pair_weights" in x else torch.ones_like(pc.detach())
     value = torch.zeros((), dtype=torch.float64)
     for w, losses in zip(weights, terms):
-        value = value + w * losses.sum() / n
+        value = value + w * (losses * omega).sum() / n
     gc, gr = torch.autograd.grad(value, (pc, pr), allow_unused=True)
     gc = torch.zeros_like(pc) if gc is None else gc
     gr = torch.zeros_like(pr) if gr is None else gr

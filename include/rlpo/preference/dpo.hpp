@@ -31,7 +31,10 @@
 /// uses the raw log-ratios: `aot`, `aot_unpaired`, `apo_zero` and `apo_down`'s σ(βu_c) term. The loss is the mean over
 /// the B pairs (TRL's `losses.mean()`), or the sum divided by `num_pairs` when the caller gives
 /// the global pair count of a batch split into micro-batches. Several loss types combine as
-/// Σ_j w_j·mean(ℓ_j) (TRL `loss_type` list + `loss_weights`, default weights 1).
+/// Σ_j w_j·mean(ℓ_j) (TRL `loss_type` list + `loss_weights`, default weights 1). Optional
+/// `pair_weights` ω_i ≥ 0 (constants, no gradient) multiply each pair's loss in every term: WPO
+/// (arXiv 2406.11827, TRL `use_weighting`: ω = w_c·w_r, each w = exp(mean per-token aligned
+/// log-prob), computed by the caller from its logits); not with the sorting `aot*` (TRL raises).
 ///
 /// **Gradient**: w.r.t. the two *policy* inputs only (the reference is a constant), returned as
 /// one `[2, B]` row-major matrix: row 0 = ∂L/∂π_c, row 1 = ∂L/∂π_r. That is the layout of TRL's
@@ -62,6 +65,7 @@
 /// and the pair), β ≤ 0, ε outside [0, 0.5] (and ε = 0.5 for `robust`, ε = 0 for `exo_pair`),
 /// τ ≤ 0, δ or `f_alpha` non-finite, `num_pairs` ≤ 0, an empty loss list, weights not matching the loss list
 /// or non-finite, lengths missing for `ipo` / `sigmoid_norm` or of the wrong size or negative,
+/// pair weights of the wrong size, negative or non-finite, or given with `aot*`,
 /// and unknown loss type names (listing the valid ones). B = 0 gives value 0, gradient 0,
 /// metrics 0.
 
@@ -355,6 +359,7 @@ inline const NameTable<DPOLoss>& dpo_loss_table() {
 /// The data of one call, in double.
 struct PairData {
     std::vector<double> pc, pr, rc, rr, len_c, len_r;  ///< lengths empty when not given
+    std::vector<double> w;                             ///< pair weights, empty when not given
     double beta;
 };
 
@@ -374,9 +379,10 @@ double run_kernel(const PairData& d, const DPOOptions& o, double weight, std::ve
             const auto [sr, dsr] = f_score(ur, o.f_divergence, o.f_alpha);
             const PairInput p{uc, ur, sc, sr, len(d.len_c, i), len(d.len_r, i)};
             const PairLossGrad r = K::eval(p, o);
-            sum += r.loss;
-            gc[i] += weight * (r.d_uc + r.d_sc * dsc);
-            gr[i] += weight * (r.d_ur + r.d_sr * dsr);
+            const double wi = d.w.empty() ? 1.0 : d.w[i];
+            sum += wi * r.loss;
+            gc[i] += weight * wi * (r.d_uc + r.d_sc * dsc);
+            gr[i] += weight * wi * (r.d_ur + r.d_sr * dsr);
         }
     } else {
         std::vector<double> a(B), b(B);
@@ -405,7 +411,7 @@ double run_kernel(const PairData& d, const DPOOptions& o, double weight, std::ve
 }
 
 /// Validation of every term's kernel (the shared checks come first).
-inline void validate(const char* fn, const DPOOptions& o, bool have_lengths) {
+inline void validate(const char* fn, const DPOOptions& o, bool have_lengths, bool have_weights) {
     ::rlpo::detail::check_positive(fn, "beta", o.beta);
     check_smoothing_range(fn, o);
     if (o.num_pairs) ::rlpo::detail::check_positive(fn, "num_pairs", *o.num_pairs);
@@ -415,13 +421,16 @@ inline void validate(const char* fn, const DPOOptions& o, bool have_lengths) {
     for (const DPOTerm& t : o.terms) {
         ::rlpo::detail::check_finite_param(fn, "terms: weight", t.weight);
         switch (t.loss) {
-#define RLPO_DPO_LOSS_VALIDATE(E, K, ...)                                                  \
-    case DPOLoss::E:                                                                       \
-        K::validate(fn, o);                                                                \
-        RLPO_CHECK(!K::needs_lengths || have_lengths, fn, "lengths: loss type '",          \
-                   dpo_loss_table().name_of(DPOLoss::E),                                   \
-                   "' averages the log-ratios over the completion lengths (as TRL): pass " \
-                   "CompletionLengths (all 1 for the unnormalised form)");                 \
+#define RLPO_DPO_LOSS_VALIDATE(E, K, ...)                                                         \
+    case DPOLoss::E:                                                                              \
+        K::validate(fn, o);                                                                       \
+        RLPO_CHECK(!K::needs_lengths || have_lengths, fn, "lengths: loss type '",                 \
+                   dpo_loss_table().name_of(DPOLoss::E),                                          \
+                   "' averages the log-ratios over the completion lengths (as TRL): pass "        \
+                   "CompletionLengths (all 1 for the unnormalised form)");                        \
+        RLPO_CHECK(K::pairing == Pairing::Pair || !have_weights, fn, "pair_weights: loss type '", \
+                   dpo_loss_table().name_of(DPOLoss::E),                                          \
+                   "' sorts the pairs, which would misalign per-pair weights (TRL raises)");      \
         break;
             RLPO_DPO_LOSSES(RLPO_DPO_LOSS_VALIDATE)
 #undef RLPO_DPO_LOSS_VALIDATE
@@ -460,14 +469,16 @@ inline DPOOptions make_dpo_options(const std::vector<std::string>& loss_types,
 }
 
 /// The DPO-family loss (see the file comment), its gradient w.r.t. the policy log-probs as a
-/// `[2, B]` matrix (row 0 chosen, row 1 rejected) and TRL's metrics.
+/// `[2, B]` matrix (row 0 chosen, row 1 rejected) and TRL's metrics. `lengths`: for `ipo` and
+/// `sigmoid_norm`; `pair_weights`: WPO weights (the metrics are unweighted, as TRL's).
 template <class D1, class D2, class D3, class D4>
 Result<::rlpo::detail::scalar_t<D1>> dpo_loss(
     const Eigen::MatrixBase<D1>& policy_chosen_logps,
     const Eigen::MatrixBase<D2>& policy_rejected_logps,
     const Eigen::MatrixBase<D3>& ref_chosen_logps, const Eigen::MatrixBase<D4>& ref_rejected_logps,
     const DPOOptions& opts = {}, const GradientOut<::rlpo::detail::scalar_t<D1>>& out = {},
-    const std::optional<CompletionLengths>& lengths = std::nullopt) {
+    const std::optional<CompletionLengths>& lengths = std::nullopt,
+    const std::optional<Eigen::VectorXd>& pair_weights = std::nullopt) {
     using S = ::rlpo::detail::scalar_t<D1>;
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
     constexpr const char* fn = "preference::dpo_loss";
@@ -486,8 +497,15 @@ Result<::rlpo::detail::scalar_t<D1>> dpo_loss(
                            d.len_r[static_cast<std::size_t>(k)] >= 0,
                        fn, "lengths: must be >= 0, given a negative length at pair ", k);
     }
+    if (pair_weights) {
+        d.w = read_pairs(fn, "pair_weights", *pair_weights, B, "policy_chosen_logps");
+        for (Index k = 0; k < B; ++k)
+            RLPO_CHECK(d.w[static_cast<std::size_t>(k)] >= 0, fn,
+                       "pair_weights: must be >= 0, given ", d.w[static_cast<std::size_t>(k)],
+                       " at pair ", k);
+    }
     d.beta = opts.beta;
-    detail::validate(fn, opts, lengths.has_value());
+    detail::validate(fn, opts, lengths.has_value(), pair_weights.has_value());
 
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, 2, B);

@@ -72,10 +72,10 @@ inline std::vector<double> read_pairs(const char* fn, const char* name,
     for (Index k = 0; k < v.size(); ++k) {
         const double s = static_cast<double>(col ? v(k, 0) : v(0, k));
         if (std::isnan(s))
-            ::rlpo::detail::fail(fn, name, ": NaN at pair ", k,
-                                 " (sequence log-probs must be finite)");
-        RLPO_CHECK(std::isfinite(s), fn, name, ": non-finite value ", s, " at pair ", k,
-                   " (sequence log-probs must be finite: the loss is undefined or infinite)");
+            ::rlpo::detail::fail(fn, name, ": NaN at pair ", k, " (entries must be finite)");
+        RLPO_CHECK(
+            std::isfinite(s), fn, name, ": non-finite value ", s, " at pair ", k,
+            " (entries must be finite: a log-prob of ±inf makes the loss undefined or infinite)");
         out[static_cast<std::size_t>(k)] = s;
     }
     return out;
