@@ -27,19 +27,20 @@
 ///
 /// ("sigmoid form" = the `sigmoid` row with β·δ_k in place of h.) **f-DPO** (TRL
 /// `f_divergence_type`, `FDivergence` in preference/f_divergence.hpp): every loss type reads the
-/// log-ratios through the score s(u) (u itself for reverse KL, the default), except where TRL
-/// uses the raw log-ratios: `aot`, `aot_unpaired`, `apo_zero` and `apo_down`'s σ(βu_c) term. The loss is the mean over
-/// the B pairs (TRL's `losses.mean()`), or the sum divided by `num_pairs` when the caller gives
-/// the global pair count of a batch split into micro-batches. Several loss types combine as
-/// Σ_j w_j·mean(ℓ_j) (TRL `loss_type` list + `loss_weights`, default weights 1). Optional
-/// `pair_weights` ω_i ≥ 0 (constants, no gradient) multiply each pair's loss in every term: WPO
-/// (arXiv 2406.11827, TRL `use_weighting`: ω = w_c·w_r, each w = exp(mean per-token aligned
-/// log-prob), computed by the caller from its logits); not with the sorting `aot*` (TRL raises).
+/// log-ratios through the score s(u) (u itself for reverse KL, the default), except where TRL uses
+/// the raw log-ratios: `aot`, `aot_unpaired`, `apo_zero` and `apo_down`'s σ(βu_c) term. The loss is
+/// the mean over the B pairs (TRL's `losses.mean()`), or the sum divided by `num_pairs` when the
+/// caller gives the global pair count of a batch split into micro-batches. Several loss types
+/// combine as Σ_j w_j·mean(ℓ_j) (TRL `loss_type` list + `loss_weights`, default weights 1).
+/// Optional `pair_weights` ω_i ≥ 0 (constants, no gradient) multiply each pair's loss in every
+/// term: WPO (arXiv 2406.11827, TRL `use_weighting`: ω = w_c·w_r, each w = exp(mean per-token
+/// aligned log-prob), computed by the caller from its logits); not with the sorting `aot*` (TRL
+/// raises).
 ///
 /// **Gradient**: w.r.t. the two *policy* inputs only (the reference is a constant), returned as
 /// one `[2, B]` row-major matrix: row 0 = ∂L/∂π_c, row 1 = ∂L/∂π_r. That is the layout of TRL's
 /// concatenated `[chosen; rejected]` log-probs (`logps.chunk(2)`), so a trainer holding that
-/// `[2B]` buffer passes `rlpo::write_to(rlpo::view(grad_ptr, 2, B))` (or `add_to`, `no_grad`).
+/// `[2B]` buffer passes `rlpo::write_to<S>(rlpo::view(grad_ptr, 2, B))` (or `add_to`, `no_grad`).
 /// ∂ℓ/∂π = ∂ℓ/∂u. Per kernel: the closed forms are in `detail::*Kernel` below. AOT sorts: the
 /// gradient of sorted position k goes to the pair that occupies it (ties: stable order).
 ///
@@ -63,11 +64,10 @@
 /// **Bad input** (rlpo::invalid_argument, reported as `preference::dpo_loss`): an input not a
 /// vector or of a size other than `policy_chosen_logps`'s, NaN or ±inf entries (naming the input
 /// and the pair), β ≤ 0, ε outside [0, 0.5] (and ε = 0.5 for `robust`, ε = 0 for `exo_pair`),
-/// τ ≤ 0, δ or `f_alpha` non-finite, `num_pairs` ≤ 0, an empty loss list, weights not matching the loss list
-/// or non-finite, lengths missing for `ipo` / `sigmoid_norm` or of the wrong size or negative,
-/// pair weights of the wrong size, negative or non-finite, or given with `aot*`,
-/// and unknown loss type names (listing the valid ones). B = 0 gives value 0, gradient 0,
-/// metrics 0.
+/// τ ≤ 0, δ or `f_alpha` non-finite, `num_pairs` ≤ 0, an empty loss list, weights not matching the loss
+/// list or non-finite, lengths missing for `ipo` / `sigmoid_norm` or of the wrong size or negative,
+/// pair weights of the wrong size, negative or non-finite, or given with `aot*`, and unknown loss
+/// type names (listing the valid ones). B = 0 gives value 0, gradient 0, metrics 0.
 
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/math.hpp>
@@ -162,7 +162,6 @@ inline void check_smoothing_range(const char* fn, const DPOOptions& o) {
         std::isfinite(o.label_smoothing) && o.label_smoothing >= 0 && o.label_smoothing <= 0.5, fn,
         "label_smoothing: must be in [0, 0.5], given ", o.label_smoothing);
 }
-inline void no_check(const char*, const DPOOptions&) {}
 
 /// −(1−ε)·logσ(h) − ε·logσ(−h) and its derivative in h.
 inline std::pair<double, double> smoothed_sigmoid(double h, double eps) {
