@@ -5,6 +5,7 @@
 #include <rlpo/distill/distill.hpp>
 #include <rlpo/penalties/penalties.hpp>
 #include <rlpo/policy/policy.hpp>
+#include <rlpo/preference/preference.hpp>
 #include <rlpo/regularizers/regularizers.hpp>
 #include <rlpo/rollout/rollout.hpp>
 #include <rlpo/train/train.hpp>

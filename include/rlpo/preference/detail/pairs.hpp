@@ -1,0 +1,93 @@
+#pragma once
+/// \file
+/// The shared driver of the pairwise preference losses (internal): everything a DPO-family loss
+/// does besides its per-pair math.
+///
+/// A loss type is a *kernel*, a struct with
+///
+/// ```cpp
+/// struct HingeKernel {
+///     static constexpr Pairing pairing = Pairing::Pair;  // or SortedPaired / SortedUnpaired (AOT)
+///     static constexpr bool needs_lengths = false;       // true: reads the completion lengths
+///     static void validate(const char* fn, const DPOOptions& o);  // throws on bad options
+///     static PairLossGrad eval(const PairInput& p, const DPOOptions& o);  // ℓ, ∂ℓ/∂u, ∂ℓ/∂s
+/// };
+/// ```
+///
+/// and one row of `RLPO_DPO_LOSSES` (preference/dpo.hpp). The driver (`dpo_loss` + `run_kernel`) owns the
+/// rest: the float/double static_assert, reading the four `[B]` vectors (shape, size and
+/// non-finite checks naming the input and the pair), the completion lengths, the mean over the
+/// pairs (or over a global `num_pairs`), the weighted sum of several loss types, the gradient
+/// sink (one `[2, B]` gradient: row 0 chosen, row 1 rejected) and TRL's metrics. This file
+/// holds the pieces the driver needs besides the options (inputs, pairing, sorting); the
+/// driver itself is `dpo_loss` in preference/dpo.hpp (its options are the family's).
+
+#include <rlpo/core/error.hpp>
+#include <rlpo/core/math.hpp>
+#include <rlpo/core/result.hpp>
+#include <rlpo/core/types.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+namespace rlpo::preference::detail {
+
+/// How a kernel's pairs are formed.
+enum class Pairing {
+    Pair,          ///< pair i: (u_c[i], u_r[i]) with u = logp − ref_logp
+    SortedPaired,  ///< AOT: k-th smallest (π_c − π_r) against the k-th smallest (ref_c − ref_r)
+    SortedUnpaired  ///< AOT unpaired: k-th smallest u_c against the k-th smallest u_r
+};
+
+/// One pair's inputs, in double. For `Pair` kernels `uc`, `ur` are the log-ratios
+/// u = logp − ref_logp and `sc`, `sr` their f-divergence scores (= u for reverse KL, DPO); for
+/// the sorted kernels `uc` is the differentiable sorted quantity and `ur` its sorted opponent
+/// (see `Pairing`; `sc`, `sr` unused). `len_c`, `len_r` are the completion lengths clamped to
+/// ≥ 1 (1 when no lengths were given).
+struct PairInput {
+    double uc, ur, sc, sr, len_c, len_r;
+};
+
+/// A pair's loss and its derivatives w.r.t. `uc`, `ur` (where the kernel reads the raw
+/// log-ratios) and `sc`, `sr` (where it reads the scores); the driver applies the chain rule.
+struct PairLossGrad {
+    double loss = 0.0, d_uc = 0.0, d_ur = 0.0, d_sc = 0.0, d_sr = 0.0;
+};
+
+/// A `[B]` vector (N×1 or 1×N) copied to doubles; NaN and ±inf are errors naming the entry.
+template <class D>
+inline std::vector<double> read_pairs(const char* fn, const char* name,
+                                      const Eigen::MatrixBase<D>& x, Index B, const char* like) {
+    const auto& v = x.derived();
+    RLPO_CHECK(v.rows() == 1 || v.cols() == 1 || v.size() == 0, fn, name,
+               ": expected a vector (one entry per pair), given shape [", v.rows(), ", ", v.cols(),
+               "]");
+    if (B >= 0)
+        RLPO_CHECK(v.size() == B, fn, name, ": expected ", B, " entries (same as ", like,
+                   "), given ", v.size());
+    std::vector<double> out(static_cast<std::size_t>(v.size()));
+    const bool col = v.cols() == 1;
+    for (Index k = 0; k < v.size(); ++k) {
+        const double s = static_cast<double>(col ? v(k, 0) : v(0, k));
+        if (std::isnan(s))
+            ::rlpo::detail::fail(fn, name, ": NaN at pair ", k, " (entries must be finite)");
+        RLPO_CHECK(
+            std::isfinite(s), fn, name, ": non-finite value ", s, " at pair ", k,
+            " (entries must be finite: a log-prob of ±inf makes the loss undefined or infinite)");
+        out[static_cast<std::size_t>(k)] = s;
+    }
+    return out;
+}
+
+/// Indices 0..n−1 ordered by `x` (ascending; ties keep their index order).
+inline std::vector<std::size_t> argsort(const std::vector<double>& x) {
+    std::vector<std::size_t> idx(x.size());
+    std::iota(idx.begin(), idx.end(), std::size_t{0});
+    std::stable_sort(idx.begin(), idx.end(),
+                     [&](std::size_t a, std::size_t b) { return x[a] < x[b]; });
+    return idx;
+}
+
+}  // namespace rlpo::preference::detail

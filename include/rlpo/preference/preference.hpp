@@ -1,0 +1,4 @@
+#pragma once
+/// \file Umbrella of the preference losses (the DPO family and its f-DPO scores).
+#include <rlpo/preference/dpo.hpp>
+#include <rlpo/preference/f_divergence.hpp>
