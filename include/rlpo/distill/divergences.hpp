@@ -38,7 +38,7 @@
 /// each thread runs its contiguous block of rows through a software pipeline and every sweep
 /// serves several rows at once, in L1-sized chunks of 2048 entries:
 ///   * stage 1 of row n: both exponentials per entry (a short base-2 exponential on AVX-512,
-///     see core/detail/fast_math.hpp), stored to a pair of per-thread work rows, with their
+///     see core/simd/fast_math.hpp), stored to a pair of per-thread work rows, with their
 ///     sums and the KL value terms, and the maxima of the next chunk read one chunk ahead
 ///     (chunk maxima merged as in an online softmax);
 ///   * stage 2 of row n − 1 (JSD, skew KL, skew reverse KL, TVD): the value terms (one
@@ -80,9 +80,9 @@
 /// −inf and the teacher has mass). −inf logits elsewhere are zero probabilities (exact 0).
 
 #include <rlpo/core/aggregation.hpp>
-#include <rlpo/core/detail/fast_math.hpp>
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/result.hpp>
+#include <rlpo/core/simd/fast_math.hpp>
 #include <rlpo/core/types.hpp>
 #include <rlpo/distill/detail/rows.hpp>
 
@@ -379,11 +379,8 @@ inline T sign_of(const T& t) {
     } else {
 #if defined(__AVX512F__)
         using Tr = ei::unpacket_traits<T>;
-        if constexpr (std::is_same<typename Tr::type, float>::value && Tr::size == 16) {
-            // 4-bit responses per class, class 7 first: positive → +1 (A), negative → −1 (9),
-            // +inf → +1, −inf → −1, +1 → +1, zero → +0 (8), SNaN and QNaN → 0 (8)
-            return _mm512_fixupimm_ps(t, t, _mm512_set1_epi32(static_cast<int>(0xA9A9A888u)), 0);
-        }
+        if constexpr (std::is_same<typename Tr::type, float>::value && Tr::size == 16)
+            return ::rlpo::detail::simd::avx512::sign_by_class(t);
 #endif
         using A = typename ei::unpacket_traits<T>::type;
         const T zero = ei::pzero(t), one = ei::pset1<T>(A(1));
@@ -428,7 +425,7 @@ inline void chunk_max(const A* z, const A* y, Index len, A& zmax, A& ymax) {
 }
 
 /// exp((x − max)/τ) of the softmax sweeps: for float the short base-2 exponential of
-/// core/detail/fast_math.hpp of (x − max)·a with a = log2(e)/τ, for double Eigen's `pexp` of
+/// core/simd/fast_math.hpp of (x − max)·a with a = log2(e)/τ, for double Eigen's `pexp` of
 /// (x − max)/τ. The subtraction comes first (`packet_shifted`), or, with a hardware
 /// multiply-add, the argument is one instruction (`packet_fused`): t = fma(x, a, −fl(max·a)).
 /// There x·a is exact inside the multiply-add; the constant's rounding δ = max·a − fl(max·a)
@@ -539,14 +536,13 @@ struct GradSink {
     template <class P>
     EIGEN_ALWAYS_INLINE void packet(Index j, const P& v) const {
         namespace ei = Eigen::internal;
-#if defined(__SSE2__)
-        if constexpr (std::is_same<S, float>::value && std::is_same<A, float>::value) {
+        if constexpr (simd::kStreamingStores && std::is_same<S, float>::value &&
+                      std::is_same<A, float>::value) {
             if (stream) {
-                stream_packet(dst + j, v);
+                simd::stream_packet(dst + j, v);
                 return;
             }
         }
-#endif
         if constexpr (std::is_same<S, A>::value) {
             if (add)
                 ei::pstoreu(dst + j, ei::padd(ei::ploadu<P>(dst + j), rounded(v)));
@@ -897,19 +893,15 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
         }
         if constexpr (St1) {
             if (la && j < nlv) {
-#if defined(__SSE2__)
-                _mm_prefetch(reinterpret_cast<const char*>(za + C + kPf + j), _MM_HINT_T0);
-                _mm_prefetch(reinterpret_cast<const char*>(ya + C + kPf + j), _MM_HINT_T0);
-#endif
+                simd::prefetch_l1(za + C + kPf + j);
+                simd::prefetch_l1(ya + C + kPf + j);
                 nz = ei::pmax(nz, ei::ploadu<P>(za + C + j));
                 ny = ei::pmax(ny, ei::ploadu<P>(ya + C + j));
             }
-#if defined(__SSE2__)
             if (j < plv) {
-                _mm_prefetch(reinterpret_cast<const char*>(pz + j), _MM_HINT_T0);
-                _mm_prefetch(reinterpret_cast<const char*>(py + j), _MM_HINT_T0);
+                simd::prefetch_l1(pz + j);
+                simd::prefetch_l1(py + j);
             }
-#endif
             if constexpr (kFusedArg<D, A>) {
                 const P tz = ez.packet_arg(ei::ploadu<P>(za + j));
                 const P ty = ey.packet_arg(ei::ploadu<P>(ya + j));
@@ -1508,9 +1500,7 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
                 if (it + 1 < end) plan_step(it + 1, st[0], st[1], st[2], zero);
             }
         }
-#if defined(__SSE2__)
-        _mm_sfence();  // order the streaming stores before the results are used
-#endif
+        simd::store_fence();  // order the streaming stores before the results are used
     }
     return combine_rows(fn, plan, N, loss, aux, errs, row_scale);
 }
