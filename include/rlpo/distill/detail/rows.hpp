@@ -25,6 +25,7 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -216,6 +217,16 @@ inline auto keep_if(const C& cond, const E& e) {
 template <class A>
 inline bool has_neg_inf(const A* x, Index V) {
     return CArrMap<A>(x, V).minCoeff() == -std::numeric_limits<A>::infinity();
+}
+
+/// Σ of a vector expression: float (vectorised) within chunks, double across chunks.
+template <class E>
+inline double sum_chunks(const E& e) {
+    double s = 0.0;
+    const Index V = e.size();
+    for (Index off = 0; off < V; off += kRowChunk)
+        s += static_cast<double>(e.segment(off, std::min(kRowChunk, V - off)).sum());
+    return s;
 }
 
 /// The flattened row mask, the row factors and the counts.
