@@ -38,33 +38,27 @@ auto with_threads(int k, F&& f) {
     return r;
 }
 
-// Forces the row split (the threads share each row) while in scope; `shuffle`: its chunk
-// ranges move every step by a fixed pattern (instead of after the sweep times).
-struct ForceRowSplit {
-    rlpo::distill::detail::FastPathTuning saved = rlpo::distill::detail::fast_path_tuning();
-    explicit ForceRowSplit(bool shuffle) {
-        rlpo::distill::detail::fast_path_tuning().split_bytes = 0;
-        rlpo::distill::detail::fast_path_tuning().shuffle_ranges = shuffle;
-    }
-    ~ForceRowSplit() { rlpo::distill::detail::fast_path_tuning() = saved; }
-};
+// The row split (the threads share each row) forced in `o`; `shuffle`: its chunk ranges move
+// every step by a fixed pattern (instead of after the sweep times).
+DistillOptions force_row_split(DistillOptions o, bool shuffle) {
+    o.tuning.split_bytes = 0;
+    o.tuning.shuffle_ranges = shuffle;
+    return o;
+}
 #endif
 
-// Sets JSD's lean value sweep (`lean_bytes`: 0 always, SIZE_MAX never) while in scope;
-// `log_form`: every chunk of it takes the log form instead of the ratio form.
-struct ScopedLean {
-    rlpo::distill::detail::FastPathTuning saved = rlpo::distill::detail::fast_path_tuning();
-    explicit ScopedLean(std::size_t bytes, bool log_form = false) {
-        rlpo::distill::detail::fast_path_tuning().lean_bytes = bytes;
-        rlpo::distill::detail::fast_path_tuning().lean_log_form = log_form;
-    }
-    ~ScopedLean() { rlpo::distill::detail::fast_path_tuning() = saved; }
-};
+// JSD's lean value sweep set in `o` (`lean_bytes`: 0 always, SIZE_MAX never); `log_form`:
+// every chunk of it takes the log form instead of the ratio form.
+DistillOptions with_lean(DistillOptions o, std::size_t bytes, bool log_form = false) {
+    o.tuning.lean_bytes = bytes;
+    o.tuning.lean_log_form = log_form;
+    return o;
+}
 // JSD's value sweeps in the tests: 0 the ordinary one, 1 the lean one (ratio form where
 // safe), 2 the lean one in log form everywhere
 const int kLeanModes[] = {0, 1, 2};
-ScopedLean lean_mode(int mode) {
-    return ScopedLean(mode > 0 ? 0 : std::numeric_limits<std::size_t>::max(), mode == 2);
+DistillOptions lean_mode(DistillOptions o, int mode) {
+    return with_lean(o, mode > 0 ? 0 : std::numeric_limits<std::size_t>::max(), mode == 2);
 }
 
 const Divergence kAll[] = {Divergence::ForwardKL, Divergence::ReverseKL,     Divergence::JSD,
@@ -463,10 +457,9 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
     for (const int lean : kLeanModes) {
         for (Index V : {Index(3 * 2048 + 37), Index(2048), Index(29), Index(65573)}) {
             if (lean == 1 && V > 60000) continue;
-            const ScopedLean scoped(lean > 0    ? 0
-                                    : V > 60000 ? rlpo::distill::detail::FastPathTuning{}.lean_bytes
-                                                : std::numeric_limits<std::size_t>::max(),
-                                    lean == 2);
+            const std::size_t lean_bytes = lean > 0    ? 0
+                                           : V > 60000 ? rlpo::distill::FastPathTuning{}.lean_bytes
+                                                       : std::numeric_limits<std::size_t>::max();
             rt::Generator gen(static_cast<std::uint64_t>(V));
             const Index N = 13;
             Mat<double> z = gen.logits(N, V, 3.0), y = gen.perturbed(z, 2.0);
@@ -482,7 +475,7 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
                 if (V > 60000 && d != Divergence::TVD && d != Divergence::JSD) continue;
                 if (lean && d != Divergence::JSD) continue;
                 INFO(rlpo::distill::to_string(d) << " V=" << V << " lean " << lean);
-                const DistillOptions o = opts_for(d, 0.7, false);
+                const DistillOptions o = with_lean(opts_for(d, 0.7, false), lean_bytes, lean == 2);
                 double expect = 0, count = 0;
                 Mat<double> gexp = Mat<double>::Zero(N, V);
                 for (Index n = 0; n < N; ++n) {
@@ -529,18 +522,17 @@ TEMPLATE_TEST_CASE("distill divergences: row pipeline matches a naive reference 
                 // chunk ranges, and with 2 threads on ranges that move every step. (Without
                 // forcing, V = 65573 splits JSD.)
                 Mat<S> acc2 = Mat<S>::Constant(N, V, static_cast<S>(base));
+                const DistillOptions os = force_row_split(o, true), of = force_row_split(o, false);
                 const auto s2 = [&] {
-                    const ForceRowSplit force(true);
                     with_threads(2, [&] {
-                        return rlpo::distill::divergence(zs, ys, mask, o, rlpo::Normalizer{},
+                        return rlpo::distill::divergence(zs, ys, mask, os, rlpo::Normalizer{},
                                                          rlpo::add_to<S>(acc2));
                     });
-                    return with_threads(2, run);
+                    return with_threads(
+                        2, [&] { return rlpo::distill::divergence(zs, ys, mask, os); });
                 }();
-                const auto s3 = [&] {
-                    const ForceRowSplit force(false);
-                    return with_threads(3, run);
-                }();
+                const auto s3 =
+                    with_threads(3, [&] { return rlpo::distill::divergence(zs, ys, mask, of); });
                 CHECK(s2.value == r1.value);
                 CHECK(s3.value == r1.value);
                 CHECK(s2.grad == r1.grad);
@@ -590,10 +582,10 @@ TEMPLATE_TEST_CASE("distill divergences: row split with fewer chunks than thread
         const DistillOptions o = opts_for(d, 0.7, false);
         const auto run = [&] { return rlpo::distill::divergence(zs, ys, mask, o); };
         const auto r1 = with_threads(1, run);
-        const auto [s3, s2] = [&] {
-            const ForceRowSplit force(true);  // 0 to 2 chunks a thread, changing every step
-            return std::make_pair(with_threads(3, run), with_threads(2, run));
-        }();
+        // the row split forced: 0 to 2 chunks a thread, changing every step
+        const DistillOptions os = force_row_split(o, true);
+        const auto runs = [&] { return rlpo::distill::divergence(zs, ys, mask, os); };
+        const auto s3 = with_threads(3, runs), s2 = with_threads(2, runs);
         const Mat<double> zr = zs.template cast<double>(), yr = ys.template cast<double>();
         double expect = 0, count = 0;
         Mat<double> gexp = Mat<double>::Zero(N, V);
@@ -658,8 +650,7 @@ TEMPLATE_TEST_CASE("distill divergences: mixtures stay finite where a probabilit
         for (Divergence d : {Divergence::JSD, Divergence::SkewKL, Divergence::SkewReverseKL}) {
             if (lean && d != Divergence::JSD) continue;
             INFO(rlpo::distill::to_string(d) << " lean " << lean);
-            const ScopedLean scoped = lean_mode(lean);
-            const DistillOptions o = opts_for(d, tau, false);
+            const DistillOptions o = lean_mode(opts_for(d, tau, false), lean);
             const auto r = rlpo::distill::divergence(zs, ys, o);
             double expect = 0;
             Mat<double> gexp(N, V);
@@ -674,11 +665,12 @@ TEMPLATE_TEST_CASE("distill divergences: mixtures stay finite where a probabilit
             CHECK(grad_err<S>(r.grad.template cast<double>(), gexp) < grad_tol<S>());
             if (d == Divergence::JSD) {
                 // rows 2 to 4 stay on the fast path, whichever form their chunks take
-                auto& exact_rows = rlpo::distill::detail::fast_path_stats().exact_rows;
-                const std::size_t before = exact_rows.load();
+                rlpo::distill::FastPathStats stats;
+                DistillOptions os = o;
+                os.stats = &stats;
                 const Mat<S> z23 = zs.bottomRows(3), y23 = ys.bottomRows(3);
-                const auto r23 = rlpo::distill::divergence(z23, y23, o);
-                CHECK(exact_rows.load() == before);
+                const auto r23 = rlpo::distill::divergence(z23, y23, os);
+                CHECK(stats.exact_rows.load() == 0);
                 double e23 = 0;
                 for (Index n = 2; n < N; ++n) {
                     Eigen::RowVectorXd gr;
@@ -706,8 +698,7 @@ TEST_CASE("distill divergences: float kernels keep their accuracy under large lo
         for (Divergence d : kAll) {
             if (lean && d != Divergence::JSD) continue;
             INFO(rlpo::distill::to_string(d) << " lean " << lean);
-            const ScopedLean scoped = lean_mode(lean);
-            const DistillOptions o = opts_for(d, 0.7, false);
+            const DistillOptions o = lean_mode(opts_for(d, 0.7, false), lean);
             const auto rf = rlpo::distill::divergence(z, y, m, o);
             const Mat<double> zd = z.cast<double>(), yd = y.cast<double>();
             double expect = 0;
@@ -738,8 +729,7 @@ TEST_CASE("distill divergences: float JSD keeps its accuracy for close distribut
         const Mat<double> zd = z.cast<double>(), yd = y.cast<double>();
         for (const int lean : kLeanModes) {
             INFO("spread " << spread << " lean " << lean);
-            const ScopedLean scoped = lean_mode(lean);
-            const DistillOptions o = opts_for(Divergence::JSD, 0.7, false);
+            const DistillOptions o = lean_mode(opts_for(Divergence::JSD, 0.7, false), lean);
             const auto r = rlpo::distill::divergence(z, y, o);
             double expect = 0;
             Mat<double> gexp(N, V);

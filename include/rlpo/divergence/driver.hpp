@@ -63,10 +63,11 @@ namespace rlpo::distill::detail {
 /// one chunk toward the faster of the two when their last sweep times differ by more than
 /// one chunk of the slower one (a thread keeps at least one chunk). The host may slow one
 /// core for a while; which thread sweeps a chunk never changes its arithmetic, so results
-/// stay the same bit for bit. (`FastPathTuning::shuffle_ranges`, for tests: the boundaries
-/// move by a fixed pattern of the step instead.)
-inline void balance_ranges(Index* kb, const double* time, Index nt, Index nc, Index step) {
-    if (fast_path_tuning().shuffle_ranges) {
+/// stay the same bit for bit. (`shuffle`, `FastPathTuning::shuffle_ranges`, for tests: the
+/// boundaries move by a fixed pattern of the step instead.)
+inline void balance_ranges(Index* kb, const double* time, Index nt, Index nc, Index step,
+                           bool shuffle = false) {
+    if (shuffle) {
         for (Index t = 1; t < nt; ++t)
             kb[t] = std::min(std::max(nc * t / nt + (step + t) % 3 - 1, kb[t - 1]), nc);
         return;
@@ -131,13 +132,13 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
     // pair) and the logit row that stage 2 reads (JSD and skew reverse KL: the student's,
     // skew KL: the teacher's, TVD: none)
     const std::size_t arrays = depth == 3 ? (D == Divergence::TVD ? 6 : 7) : 4;
-    const bool split_ok =
-        std::is_same<S, A>::value &&
-        arrays * static_cast<std::size_t>(V) * sizeof(A) > fast_path_tuning().split_bytes;
+    const bool split_ok = std::is_same<S, A>::value &&
+                          arrays * static_cast<std::size_t>(V) * sizeof(A) > o.tuning.split_bytes;
     // JSD's lean value sweep for long rows (4 rows in flight instead of 7); by the row length
     // only, so that the results do not depend on the mode or the number of threads
     c.lean = kLeanCapable<D, A> &&
-             arrays * static_cast<std::size_t>(V) * sizeof(A) > fast_path_tuning().lean_bytes;
+             arrays * static_cast<std::size_t>(V) * sizeof(A) > o.tuning.lean_bytes;
+    c.lean_log_form = o.tuning.lean_log_form;
     // the row split's shared state: slots, work buffers, and the rows of the current step
     Slot<S, A> shared_slots[3];
     Arr<A> shared_pool[2][2];
@@ -190,7 +191,7 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
             }
         }
         auto exact = [&](Slot<S, A>& s) {
-            fast_path_stats().exact_rows.fetch_add(1, std::memory_order_relaxed);
+            if (o.stats) o.stats->exact_rows.fetch_add(1, std::memory_order_relaxed);
             const auto k = static_cast<std::size_t>(s.n);
             RowError err;
             const double L = dense_row_exact<S, A>(o, s.z, s.y, V, ws, s.rg, err);
@@ -304,7 +305,9 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
                 }
             }
             if (lead) {
-                if (split) balance_ranges(kb.data(), sweep_time.data(), nt, c.nc, it);
+                if (split)
+                    balance_ranges(kb.data(), sweep_time.data(), nt, c.nc, it,
+                                   o.tuning.shuffle_ranges);
                 if (it + 1 < end) plan_step(it + 1, st[0], st[1], st[2], zero);
             }
         }

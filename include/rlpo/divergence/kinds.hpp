@@ -56,12 +56,41 @@ inline Divergence parse_divergence(const std::string& name) {
                          "'; valid names: ", valid);
 }
 
+/// Advanced tuning of the fast path of the dense divergences (`DistillOptions::tuning`), for
+/// tests and benchmarks; the defaults are the tuned values. The row split never changes a
+/// result (bit for bit); the lean settings choose JSD's value sweep, whose forms agree to
+/// float accuracy.
+struct FastPathTuning {
+    /// Row split when the per-thread working set of the row-block mode exceeds this many
+    /// bytes (see `dense_rows_fast`): 0 splits every multi-threaded pass, SIZE_MAX never.
+    std::size_t split_bytes = std::size_t(3) << 19;  // 1.5 MiB of a core's 2 MiB L2
+    /// Move the row split's chunk ranges by a fixed pattern every step instead of after the
+    /// sweep times (`balance_ranges`), so that tests see rows swept under changing ranges.
+    bool shuffle_ranges = false;
+    /// JSD takes the lean value sweep (`kLeanCapable`) when its row-block working set (7·V
+    /// floats) exceeds this many bytes: 0 always, SIZE_MAX never.
+    std::size_t lean_bytes = std::size_t(3) << 19;
+    /// Every chunk of JSD's lean sweep takes the log form (`kLeanCapable`), so that tests see
+    /// it on ordinary rows.
+    bool lean_log_form = false;
+};
+
+/// What the fast path did (`DistillOptions::stats`, optional): the rows it sent to the exact
+/// path (non-finite logits, sums or values), added to by every call that points here.
+struct FastPathStats {
+    std::atomic<std::size_t> exact_rows{0};
+};
+
 struct DistillOptions {
     Divergence divergence = Divergence::ForwardKL;
     double temperature = 1.0;          ///< τ > 0, divides both logit rows
     bool temperature_squared = false;  ///< multiply value and gradient by τ² (Hinton)
     double beta = 0.5;                 ///< JSD β ∈ [0, 1] (TRL/Liger convention)
     double alpha = 0.1;                ///< skew α ∈ [0, 1] (DistiLLM)
+    /// Advanced: the fast path's tuning (tests, benchmarks); the defaults are the tuned ones.
+    FastPathTuning tuning{};
+    /// Advanced, optional: where the fast path counts what it did (null: nowhere).
+    FastPathStats* stats = nullptr;
 
     static DistillOptions make(Divergence d) {
         DistillOptions o;
@@ -111,37 +140,6 @@ inline Mat<float> mask_from_labels(const Eigen::MatrixBase<DL>& labels,
 }
 
 namespace detail {
-
-/// Tuning of the fast path, for tests and benchmarks (not thread-safe to change during a
-/// call).
-struct FastPathTuning {
-    /// Row split when the per-thread working set of the row-block mode exceeds this many
-    /// bytes (see `dense_rows_fast`): 0 splits every multi-threaded pass, SIZE_MAX never.
-    std::size_t split_bytes = std::size_t(3) << 19;  // 1.5 MiB of a core's 2 MiB L2
-    /// Move the row split's chunk ranges by a fixed pattern every step instead of after the
-    /// sweep times (`balance_ranges`), so that tests see rows swept under changing ranges.
-    bool shuffle_ranges = false;
-    /// JSD takes the lean value sweep (`kLeanCapable`) when its row-block working set (7·V
-    /// floats) exceeds this many bytes: 0 always, SIZE_MAX never.
-    std::size_t lean_bytes = std::size_t(3) << 19;
-    /// Every chunk of JSD's lean sweep takes the log form (`kLeanCapable`), so that tests see
-    /// it on ordinary rows.
-    bool lean_log_form = false;
-};
-inline FastPathTuning& fast_path_tuning() {
-    static FastPathTuning t;
-    return t;
-}
-
-/// What the fast path did, for tests: the rows it sent to the exact path (non-finite logits,
-/// sums or values), counted over all calls.
-struct FastPathStats {
-    std::atomic<std::size_t> exact_rows{0};
-};
-inline FastPathStats& fast_path_stats() {
-    static FastPathStats s;
-    return s;
-}
 
 inline void validate(const char* fn, const DistillOptions& o) {
     ::rlpo::detail::check_positive(fn, "temperature", o.temperature);

@@ -20,7 +20,7 @@ namespace rlpo::distill::detail {
 /// subnormal (t_min < −125), f_q is 0, or c_k ρ may overflow (log2 c_k − t_min ≥ 120).
 template <class S, class A>
 inline void lean_chunk_forms(const DenseCtx<A>& c, Slot<S, A>& a) {
-    const bool all_log = fast_path_tuning().lean_log_form;
+    const bool all_log = c.lean_log_form;
     for (Index k = 0; k < c.nc; ++k) {
         const auto kk = static_cast<std::size_t>(k);
         const double fq = static_cast<double>(a.f0[kk]), fp = static_cast<double>(a.f1[kk]);

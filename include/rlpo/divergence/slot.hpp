@@ -65,7 +65,8 @@ template <class A>
 struct DenseCtx {
     A invT, beta, omb, al, oma;
     Index V, nc;
-    bool lean = false;  ///< JSD's lean value sweep (`kLeanCapable`)
+    bool lean = false;           ///< JSD's lean value sweep (`kLeanCapable`)
+    bool lean_log_form = false;  ///< every lean chunk in log form (`FastPathTuning`)
 };
 
 /// Where a stage-3 packet goes: streamed (overwritten float rows, aligned), stored, or added;
