@@ -1,12 +1,12 @@
 // The short float exponential and logarithm of the vocabulary sweeps
-// (core/detail/fast_math.hpp), against double precision: exp2 over the whole range a softmax
+// (core/simd/fast_math.hpp), against double precision: exp2 over the whole range a softmax
 // uses, with the edge cases the distillation kernels rely on (−inf → exact 0, NaN kept,
 // underflow to 0, subnormals); log over the float range, near 1, and at 0, inf, NaN.
 // Built for the baseline ISA (the generic Eigen packet path) and again for fixed x86-64
 // instruction sets (tests/CMakeLists.txt: the AVX2 and AVX-512 paths, where the CPU has them).
 #include "support/catch.hpp"
 
-#include <rlpo/core/detail/fast_math.hpp>
+#include <rlpo/core/simd/fast_math.hpp>
 
 #include <Eigen/Core>
 

@@ -6,6 +6,7 @@
 #include "support/torch_reference.hpp"
 
 #include <rlpo/core/math.hpp>
+#include <rlpo/distill/divergences.hpp>
 #include <rlpo/distill/topk.hpp>
 #include <rlpo/testing/random.hpp>
 

@@ -26,7 +26,11 @@
 /// the per-row logit errors of divergences.hpp; an infinite loss (q_y = 0 with p_y > 0, or a
 /// non-target entry the student excludes and the teacher does not).
 
-#include <rlpo/distill/divergences.hpp>
+#include <rlpo/core/aggregation.hpp>
+#include <rlpo/core/error.hpp>
+#include <rlpo/core/result.hpp>
+#include <rlpo/core/types.hpp>
+#include <rlpo/distill/detail/rows.hpp>
 
 #include <cmath>
 #include <optional>

@@ -31,7 +31,11 @@
 /// **Bad input**: shapes; τ ≤ 0, ε ≤ 0, iterations < 1, s not finite; NaN / +inf / all −inf
 /// logit rows (selected rows).
 
-#include <rlpo/distill/divergences.hpp>
+#include <rlpo/core/aggregation.hpp>
+#include <rlpo/core/error.hpp>
+#include <rlpo/core/result.hpp>
+#include <rlpo/core/types.hpp>
+#include <rlpo/distill/detail/rows.hpp>
 
 #include <cmath>
 #include <vector>

@@ -27,7 +27,11 @@
 /// divergences.hpp; schedule options outside their domain (t_start ∉ [0, 1), t_end ∉ (0, 1],
 /// α ∉ [0, 1], β ∉ [0, 1), total_steps ≤ 0).
 
-#include <rlpo/distill/divergences.hpp>
+#include <rlpo/core/aggregation.hpp>
+#include <rlpo/core/error.hpp>
+#include <rlpo/core/result.hpp>
+#include <rlpo/core/types.hpp>
+#include <rlpo/distill/detail/rows.hpp>
 
 #include <cmath>
 

@@ -38,7 +38,11 @@
 /// student errors of divergences.hpp (NaN, +inf, all −inf, infinite divergence: the student
 /// puts zero probability where the teacher has mass).
 
-#include <rlpo/distill/divergences.hpp>
+#include <rlpo/core/aggregation.hpp>
+#include <rlpo/core/error.hpp>
+#include <rlpo/core/result.hpp>
+#include <rlpo/core/types.hpp>
+#include <rlpo/distill/detail/rows.hpp>
 
 #include <algorithm>
 #include <cmath>

@@ -20,10 +20,12 @@
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/result.hpp>
+#include <rlpo/core/simd/packet.hpp>
 #include <rlpo/core/types.hpp>
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -33,12 +35,6 @@
 
 #if defined(RLPO_USE_OPENMP)
 #include <omp.h>
-#endif
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-#if defined(__AVX__)
-#include <immintrin.h>
 #endif
 
 namespace rlpo::distill::detail {
@@ -90,22 +86,12 @@ inline ArrMap<A> mix_row(Scratch<A>& ws, Index V) {
     return ArrMap<A>(ws.m.data(), V);
 }
 
-/// SIMD packet of the arithmetic type (Eigen's widest for the build) and its width.
-template <class A>
-using Packet = typename Eigen::internal::packet_traits<A>::type;
-template <class A>
-inline constexpr Index kPacket = Eigen::internal::unpacket_traits<Packet<A>>::size;
+namespace simd = ::rlpo::detail::simd;
 
-#if defined(__SSE2__)
-/// Non-temporal store of one packet (dst aligned to the packet size).
-inline void stream_packet(float* dst, const __m128& v) { _mm_stream_ps(dst, v); }
-#if defined(__AVX__)
-inline void stream_packet(float* dst, const __m256& v) { _mm256_stream_ps(dst, v); }
-#endif
-#if defined(__AVX512F__)
-inline void stream_packet(float* dst, const __m512& v) { _mm512_stream_ps(dst, v); }
-#endif
-#endif
+/// SIMD packet of the arithmetic type (core/simd/packet.hpp) and its width.
+using simd::Packet;
+template <class A>
+inline constexpr Index kPacket = simd::width<A>;
 
 /// Chunk length of the online pass: 2 logit chunks + 2 work chunks of floats stay in L1.
 inline constexpr Index kRowChunk = 2048;
@@ -135,22 +121,18 @@ struct RowGrad {
     void set(Index off, Index len, const E& expr) const {
         using A = typename E::Scalar;
         if (!dst) return;
-#if defined(__SSE2__)
         // Overwriting float rows: evaluate the chunk in L1, then stream it to memory with
         // non-temporal stores (no read-for-ownership of the gradient lines).
-        if constexpr (std::is_same<S, float>::value && std::is_same<A, float>::value) {
+        if constexpr (simd::kStreamingStores && std::is_same<S, float>::value &&
+                      std::is_same<A, float>::value) {
             if (!add && stream_buf && len <= stream_len &&
                 (reinterpret_cast<std::uintptr_t>(dst + off) % 16) == 0) {
                 ArrMap<A> t(stream_buf, len);
                 t = static_cast<A>(scale) * expr;
-                Index j = 0;
-                for (; j + 4 <= len; j += 4)
-                    _mm_stream_ps(dst + off + j, _mm_load_ps(stream_buf + j));
-                for (; j < len; ++j) dst[off + j] = stream_buf[j];
+                simd::stream_floats(dst + off, stream_buf, len);
                 return;
             }
         }
-#endif
         Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> d(dst + off, len);
         const A s = static_cast<A>(scale);
         if constexpr (std::is_same<S, A>::value) {
@@ -235,6 +217,16 @@ inline auto keep_if(const C& cond, const E& e) {
 template <class A>
 inline bool has_neg_inf(const A* x, Index V) {
     return CArrMap<A>(x, V).minCoeff() == -std::numeric_limits<A>::infinity();
+}
+
+/// Σ of a vector expression: float (vectorised) within chunks, double across chunks.
+template <class E>
+inline double sum_chunks(const E& e) {
+    double s = 0.0;
+    const Index V = e.size();
+    for (Index off = 0; off < V; off += kRowChunk)
+        s += static_cast<double>(e.segment(off, std::min(kRowChunk, V - off)).sum());
+    return s;
 }
 
 /// The flattened row mask, the row factors and the counts.
@@ -354,9 +346,7 @@ inline PassResult drive_rows(const char* fn, const RowPlan& plan, Index N, Index
             loss[k] = L;
             aux[k] = ax;
         }
-#if defined(__SSE2__)
-        _mm_sfence();  // order the streaming stores before the results are used
-#endif
+        simd::store_fence();  // order the streaming stores before the results are used
     }
     return combine_rows(fn, plan, N, loss, aux, errs, row_scale);
 }

@@ -9,7 +9,7 @@
 /// iteratively reweighted least squares in double precision, rounded to float): 2.0e−9 in exact
 /// arithmetic, ≤ 8.5e−8 (≈ 1.4 ulp) evaluated in float. On AVX-512 the whole exponential is
 /// eight instructions (`vreduceps`, six multiply-adds, `vscalefps`), about 2× faster than Eigen
-/// 3.4's `pexp`; the caller forms t = (x − max)·log2(e)/τ (subtraction first, see divergences.hpp).
+/// 3.4's `pexp`; the caller forms t = (x − max)·log2(e)/τ (subtraction first, see divergence/).
 ///
 /// Edge cases, which the distillation kernels rely on: t = −inf (a −inf logit) and t < −150
 /// give exactly 0 (not Eigen's clamped ~1e−38); t = NaN gives NaN (the clamp keeps NaN, so a NaN
@@ -36,9 +36,7 @@
 
 #include <cmath>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include <rlpo/core/simd/arch/avx512.hpp>
 
 namespace rlpo::detail {
 
@@ -101,13 +99,7 @@ inline P pexp2(const P& t_in) {
 template <>
 inline Eigen::internal::Packet16f pexp2<Eigen::internal::Packet16f>(
     const Eigen::internal::Packet16f& t) {
-#if defined(__AVX512DQ__)
-    const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-#else
-    const __m512 f =
-        _mm512_sub_ps(t, _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
-#endif
-    return _mm512_scalef_ps(pexp2_poly(f), t);
+    return simd::avx512::scalef(pexp2_poly(simd::avx512::floor_fraction(t)), t);
 }
 #endif
 
@@ -149,18 +141,7 @@ template <>
 inline Eigen::internal::Packet16f plog<Eigen::internal::Packet16f>(
     const Eigen::internal::Packet16f& x) {
     using T = LogTable;
-    const __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);  // [1, 2)
-    const __m512 e = _mm512_getexp_ps(x);                                         // floor(log2 x)
-    const __m512i i = _mm512_srli_epi32(_mm512_castps_si512(m), 18);  // low 5 bits: the cell
-    const __m512 rc =
-        _mm512_permutex2var_ps(_mm512_load_ps(T::rcp), i, _mm512_load_ps(T::rcp + 16));
-    const __m512 lc =
-        _mm512_permutex2var_ps(_mm512_load_ps(T::lnc), i, _mm512_load_ps(T::lnc + 16));
-    const __m512 r = _mm512_fmsub_ps(m, rc, _mm512_set1_ps(1.0f));
-    const __m512 r2 = _mm512_mul_ps(r, r);
-    const __m512 t = _mm512_fmadd_ps(r, _mm512_set1_ps(T::b), _mm512_set1_ps(T::a));
-    const __m512 l = _mm512_fmadd_ps(r2, t, r);
-    return _mm512_fmadd_ps(e, _mm512_set1_ps(T::ln2), _mm512_add_ps(lc, l));
+    return simd::avx512::log_cells(x, T::rcp, T::lnc, T::a, T::b, T::ln2);
 }
 #endif
 

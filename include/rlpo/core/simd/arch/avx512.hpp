@@ -1,0 +1,132 @@
+#pragma once
+/// \file
+/// Every x86 intrinsic of rlpo, behind small inline functions (internal), as Eigen keeps its
+/// own in Core/arch/: the rest of the library spells no `_mm*` and no `__m512`.
+///
+/// What is here, and the portable fallback where the instruction set lacks it:
+///   * streaming (non-temporal) stores of float packets and of a float chunk, and the store
+///     fence that orders them (`kStreamingStores`: SSE2; elsewhere `store_fence` does nothing
+///     and the callers take their ordinary stores);
+///   * a software prefetch into L1 (`prefetch_l1`: SSE2; elsewhere nothing);
+///   * the AVX-512 pieces of the fast math and of the divergence kernels on `Packet16f`:
+///     `vreduceps` / `vrndscaleps` (the fraction t − floor(t)), `vscalefps` (2^n scaling),
+///     the 32-cell table logarithm (`vgetmantps`, `vgetexpps`, `vpermt2ps`) and the sign by
+///     class (`vfixupimmps`). Their callers (core/simd/fast_math.hpp, divergence/) select them
+///     with `kAvx512` and use Eigen's generic packet math otherwise.
+/// Each function issues exactly the instructions its call site used to spell out, on the same
+/// data, so moving them here changed no result.
+
+#include <Eigen/Core>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#include <xmmintrin.h>
+#endif
+#if defined(__AVX__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace rlpo::detail::simd {
+
+/// Whether float rows can be written with non-temporal stores (SSE2).
+inline constexpr bool kStreamingStores =
+#if defined(__SSE2__)
+    true;
+#else
+    false;
+#endif
+
+/// Whether the AVX-512 float kernels of this file are available.
+inline constexpr bool kAvx512 =
+#if defined(__AVX512F__)
+    true;
+#else
+    false;
+#endif
+
+#if defined(__SSE2__)
+/// Non-temporal store of one packet (dst aligned to the packet size).
+EIGEN_ALWAYS_INLINE void stream_packet(float* dst, const __m128& v) { _mm_stream_ps(dst, v); }
+#if defined(__AVX__)
+EIGEN_ALWAYS_INLINE void stream_packet(float* dst, const __m256& v) { _mm256_stream_ps(dst, v); }
+#endif
+#if defined(__AVX512F__)
+EIGEN_ALWAYS_INLINE void stream_packet(float* dst, const __m512& v) { _mm512_stream_ps(dst, v); }
+#endif
+#endif
+
+/// Stream entries [0, len) of `src` (16-byte aligned) to `dst` (16-byte aligned): four floats
+/// at a time with non-temporal stores, the tail with plain ones. Without SSE2: plain copies.
+EIGEN_ALWAYS_INLINE void stream_floats(float* dst, const float* src, Eigen::Index len) {
+    Eigen::Index j = 0;
+#if defined(__SSE2__)
+    for (; j + 4 <= len; j += 4) _mm_stream_ps(dst + j, _mm_load_ps(src + j));
+#endif
+    for (; j < len; ++j) dst[j] = src[j];
+}
+
+/// Order the streaming stores before what follows (a no-op without SSE2).
+EIGEN_ALWAYS_INLINE void store_fence() {
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
+
+/// Prefetch the cache line of `p` into L1 (a no-op without SSE2).
+EIGEN_ALWAYS_INLINE void prefetch_l1(const void* p) {
+#if defined(__SSE2__)
+    _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0);
+#else
+    static_cast<void>(p);
+#endif
+}
+
+#if defined(__AVX512F__)
+namespace avx512 {
+
+using Packet16f = Eigen::internal::Packet16f;
+
+/// f = t − floor(t) ∈ [0, 1): `vreduceps` (AVX512DQ), else `vrndscaleps` and a subtraction.
+/// t = −inf gives 0 (`vreduceps`) or NaN (`vrndscaleps`).
+EIGEN_ALWAYS_INLINE Packet16f floor_fraction(const Packet16f& t) {
+#if defined(__AVX512DQ__)
+    return _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+#else
+    return _mm512_sub_ps(t, _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+#endif
+}
+
+/// p · 2^floor(t) (`vscalefps`): underflows to 0 below 2^−149, 0 at t = −inf, NaN propagates.
+EIGEN_ALWAYS_INLINE Packet16f scalef(const Packet16f& p, const Packet16f& t) {
+    return _mm512_scalef_ps(p, t);
+}
+
+/// ln x by 32 cells of [1, 2) (core/simd/fast_math.hpp has the method and the accuracy):
+/// x = m·2^e, rcp_i and lnc_i picked by the top five mantissa bits of m from the 32-entry
+/// tables `rcp` and `lnc` (64-byte aligned), r = m·rcp_i − 1, ln(1 + r) ≈ r + r²(a + b r),
+/// ln x = e·ln2 + lnc_i + ln(1 + r).
+EIGEN_ALWAYS_INLINE Packet16f log_cells(const Packet16f& x, const float* rcp, const float* lnc,
+                                        float a, float b, float ln2) {
+    const __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);  // [1, 2)
+    const __m512 e = _mm512_getexp_ps(x);                                         // floor(log2 x)
+    const __m512i i = _mm512_srli_epi32(_mm512_castps_si512(m), 18);  // low 5 bits: the cell
+    const __m512 rc = _mm512_permutex2var_ps(_mm512_load_ps(rcp), i, _mm512_load_ps(rcp + 16));
+    const __m512 lc = _mm512_permutex2var_ps(_mm512_load_ps(lnc), i, _mm512_load_ps(lnc + 16));
+    const __m512 r = _mm512_fmsub_ps(m, rc, _mm512_set1_ps(1.0f));
+    const __m512 r2 = _mm512_mul_ps(r, r);
+    const __m512 t = _mm512_fmadd_ps(r, _mm512_set1_ps(b), _mm512_set1_ps(a));
+    const __m512 l = _mm512_fmadd_ps(r2, t, r);
+    return _mm512_fmadd_ps(e, _mm512_set1_ps(ln2), _mm512_add_ps(lc, l));
+}
+
+/// sign(t) ∈ {−1, 0, +1} by class in one `vfixupimmps`: 4-bit responses per class, class 7
+/// first: positive → +1 (A), negative → −1 (9), +inf → +1, −inf → −1, +1 → +1, zero → +0 (8),
+/// SNaN and QNaN → 0 (8). Exact for subnormal t.
+EIGEN_ALWAYS_INLINE Packet16f sign_by_class(const Packet16f& t) {
+    return _mm512_fixupimm_ps(t, t, _mm512_set1_epi32(static_cast<int>(0xA9A9A888u)), 0);
+}
+
+}  // namespace avx512
+#endif
+
+}  // namespace rlpo::detail::simd

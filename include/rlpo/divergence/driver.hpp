@@ -1,0 +1,319 @@
+#pragma once
+/// \file
+/// The driver of the dense divergences (internal): `dense_rows_fast` over all rows, in row
+/// blocks or with long rows split between the threads (`balance_ranges`).
+///
+/// **Speed.** A softmax gradient needs two sweeps over a row (the normaliser comes last), so
+/// each thread runs its contiguous block of rows through a software pipeline and every sweep
+/// serves several rows at once, in L1-sized chunks of 2048 entries:
+///   * stage 1 of row n: both exponentials per entry (a short base-2 exponential on AVX-512,
+///     see core/simd/fast_math.hpp), stored to a pair of per-thread work rows, with their
+///     sums and the KL value terms, and the maxima of the next chunk read one chunk ahead
+///     (chunk maxima merged as in an online softmax);
+///   * stage 2 of row n − 1 (JSD, skew KL, skew reverse KL, TVD): the value terms (one
+///     table-driven log per entry for JSD and skew KL) and the per-entry gradient factor
+///     (JSD: r = log q − log M; TVD: sign(q − p)), stored over the teacher exponentials; JSD
+///     and TVD sum the unnormalised exponentials times their terms and scale by the chunk's
+///     normalising factor once per chunk. JSD reads no teacher logits here: KL(p‖M) =
+///     KL(p‖q) + Σ p r, with KL(p‖q) summed in stage 1. For long rows its lean variant reads
+///     no logits at all (`kLeanCapable`): r = −log((1−β) + c_k e_p/e_q) from the two
+///     exponentials alone (c_k the chunk's ratio of normalising factors), one log and a
+///     division per entry; chunks where e_q may be subnormal or the ratio overflow take the
+///     log-difference form instead;
+///   * stage 3 of the oldest row: the gradient, written once (streaming stores for overwritten
+///     float gradients), from the work rows, which stage 1 then refills in place.
+/// The three stages run in one fused sweep per chunk, so that the reads of one row, the
+/// arithmetic of the next and the gradient writes of a third overlap (docs/distill.md has the
+/// measurements behind this design). Rows holding a non-finite logit, or whose sums or value
+/// come out non-finite, leave the pipeline for an exact slower path. Long rows (V = 151936)
+/// are shared by the threads instead: each sweeps its own range of chunks of every row (the
+/// ranges follow the threads' sweep times), and thread 0 merges the per-chunk sums between
+/// barriers (`dense_rows_fast`), so that a thread's share stays in its L2 and a single row
+/// uses every thread. Per-thread (or, for shared rows,
+/// per-call) scratch of at most two pairs of V-rows; no `[N, V]` temporary beyond the gradient
+/// the caller asked for (pass a `GradientOut` over a row block to stream rows in chunks: rows
+/// are independent).
+/// Arithmetic in float (double for double logits), float sums within chunks and double
+/// across chunks; bfloat16 logits are widened to float row by row and the gradient is rounded
+/// back to bfloat16. Per-row values are combined in row order and every chunk's arithmetic is
+/// the same whoever computes it, so results are identical for any thread count.
+
+#include <rlpo/core/result.hpp>
+#include <rlpo/core/simd/packet.hpp>
+#include <rlpo/distill/detail/rows.hpp>
+#include <rlpo/divergence/exact_row.hpp>
+#include <rlpo/divergence/fused_chunk.hpp>
+#include <rlpo/divergence/merge.hpp>
+#include <rlpo/divergence/slot.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <vector>
+
+#if defined(RLPO_USE_OPENMP)
+#include <omp.h>
+#endif
+
+namespace rlpo::distill::detail {
+
+/// The row split's load balance: moves the boundary kb[t + 1] between threads t and t + 1
+/// one chunk toward the faster of the two when their last sweep times differ by more than
+/// one chunk of the slower one (a thread keeps at least one chunk). The host may slow one
+/// core for a while; which thread sweeps a chunk never changes its arithmetic, so results
+/// stay the same bit for bit. (`shuffle`, `FastPathTuning::shuffle_ranges`, for tests: the
+/// boundaries move by a fixed pattern of the step instead.)
+inline void balance_ranges(Index* kb, const double* time, Index nt, Index nc, Index step,
+                           bool shuffle = false) {
+    if (shuffle) {
+        for (Index t = 1; t < nt; ++t)
+            kb[t] = std::min(std::max(nc * t / nt + (step + t) % 3 - 1, kb[t - 1]), nc);
+        return;
+    }
+    for (Index t = 0; t + 1 < nt; ++t) {
+        const double ta = time[t], tb = time[t + 1];
+        const Index na = kb[t + 1] - kb[t], nb = kb[t + 2] - kb[t + 1];
+        if (ta > tb && na > 1 && (ta - tb) * static_cast<double>(na) > ta)
+            --kb[t + 1];
+        else if (tb > ta && nb > 1 && (tb - ta) * static_cast<double>(nb) > tb)
+            ++kb[t + 1];
+    }
+}
+
+/// The fast path over all rows, in one of two ways of sharing them between threads:
+///  * row blocks: each thread takes a contiguous block of rows and runs them through a
+///    software pipeline of two (forward / reverse KL) or three stages, one fused sweep per
+///    chunk over all rows in flight (see `fused_chunk`), so that the reads of one row, the
+///    compute of the next and the gradient writes of the previous overlap;
+///  * row split (long rows): every thread runs the same pipeline over all rows but sweeps
+///    only its own contiguous range of chunks [K_t, K_t+1) of each; after each step thread 0
+///    merges the per-chunk maxima and sums (`finish_stage1/2`), moves the ranges toward equal
+///    sweep times (`balance_ranges`) and plans the next step, between two barriers. A
+///    thread's share of the logit and work rows in flight then fits in its core's L2 (at
+///    V = 151936 a whole row's do not: about 2.4 MB at depth 2, 3.6–4.3 MB at depth 3), and
+///    a single long row uses every thread.
+/// The split is taken when the row-block working set (the logit rows and work rows in flight,
+/// `arrays`·V floats) exceeds `FastPathTuning::split_bytes`, for float and double logits
+/// (bfloat16 rows are widened whole into per-row copies). Every chunk's arithmetic is the
+/// same in both modes — maxima, sums and gradient entries are per chunk, merged in chunk
+/// order in double — so the results do not depend on the mode or the number of threads, bit
+/// for bit. Rows that need the exact path leave the pipeline and are done at once (by thread
+/// 0 in the row split); masked rows never enter it.
+template <Divergence D, class S, class A>
+inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const RowPlan& plan,
+                                  const ConstMatRef<S>& zm, const ConstMatRef<S>& ym,
+                                  const ::rlpo::detail::GradWriter<S>& g, double row_scale) {
+    const Index N = zm.rows(), V = zm.cols();
+    std::vector<double> loss(static_cast<std::size_t>(N), 0.0),
+        aux(static_cast<std::size_t>(N), 0.0);
+    std::vector<RowError> errs(static_cast<std::size_t>(N));
+    const bool add = g.mode() == GradMode::Add;
+    DenseCtx<A> c;
+    c.invT = static_cast<A>(1.0 / o.temperature);
+    c.beta = static_cast<A>(o.beta);
+    c.omb = static_cast<A>(1.0 - o.beta);
+    c.al = static_cast<A>(o.alpha);
+    c.oma = static_cast<A>(1.0 - o.alpha);
+    c.V = V;
+    c.nc = (V + kRowChunk - 1) / kRowChunk;
+    // Pipeline depth: 2 (stage 1 of row n with stage 3 of row n − 1) or 3 (the value sweep of
+    // row n − 1 fused in as well, two pairs of work buffers). TVD's value sweep is cheap: when
+    // two pairs would not fit in a core's L2 (measured: V = 151936 floats, 2.4 MB) it runs on
+    // its own right after stage 1 (`inline2`) with one pair. The log-heavy sweeps (JSD, skew)
+    // gain more from overlapping memory than they lose to the larger footprint: always fused.
+    constexpr std::size_t kWorkBudget = std::size_t(1) << 20;  // bytes of work rows at depth 3
+    const bool inline2 =
+        D == Divergence::TVD && 4 * static_cast<std::size_t>(V) * sizeof(A) > kWorkBudget;
+    const int depth = three_stage(D) && !inline2 ? 3 : 2;
+    const int npairs = depth == 3 ? 2 : 1;
+    // the rows in flight in one thread: the logit rows of stage 1 (2), the work rows (2 per
+    // pair) and the logit row that stage 2 reads (JSD and skew reverse KL: the student's,
+    // skew KL: the teacher's, TVD: none)
+    const std::size_t arrays = depth == 3 ? (D == Divergence::TVD ? 6 : 7) : 4;
+    const bool split_ok = std::is_same<S, A>::value &&
+                          arrays * static_cast<std::size_t>(V) * sizeof(A) > o.tuning.split_bytes;
+    // JSD's lean value sweep for long rows (4 rows in flight instead of 7); by the row length
+    // only, so that the results do not depend on the mode or the number of threads
+    c.lean = kLeanCapable<D, A> &&
+             arrays * static_cast<std::size_t>(V) * sizeof(A) > o.tuning.lean_bytes;
+    c.lean_log_form = o.tuning.lean_log_form;
+    // the row split's shared state: slots, work buffers, and the rows of the current step
+    Slot<S, A> shared_slots[3];
+    Arr<A> shared_pool[2][2];
+    Slot<S, A>* step[3] = {nullptr, nullptr, nullptr};  // rows in stages 1, 2, 3
+    S* step_zero = nullptr;                             // a masked row's gradient to zero
+    bool step_inline = false;
+    // and its chunk ranges: thread t sweeps chunks [kb[t], kb[t + 1]) of every row, and
+    // thread 0 moves the boundaries between steps after the threads' sweep times
+    // (`balance_ranges`)
+    std::vector<Index> kb;
+    std::vector<double> sweep_time;
+#if defined(RLPO_USE_OPENMP)
+    if (split_ok) {
+        kb.resize(static_cast<std::size_t>(omp_get_max_threads()) + 1);
+        sweep_time.resize(kb.size());
+    }
+#endif
+#if defined(RLPO_USE_OPENMP)
+#pragma omp parallel if (N * V > 32768 && (N > 1 || split_ok))
+#endif
+    {
+        Index nt = 1, id = 0;
+#if defined(RLPO_USE_OPENMP)
+        nt = omp_get_num_threads();
+        id = omp_get_thread_num();
+#endif
+        const bool split = split_ok && nt > 1;
+        const Index r0 = split ? 0 : N * id / nt, r1 = split ? N : N * (id + 1) / nt;
+        if (split && id == 0)
+            for (Index t = 0; t <= nt; ++t) kb[static_cast<std::size_t>(t)] = c.nc * t / nt;
+        // (the barriers of the row split; nothing in the row-block mode)
+        const auto sync = [&] {
+            if (split) {
+#if defined(RLPO_USE_OPENMP)
+#pragma omp barrier
+#endif
+            }
+        };
+        Scratch<A> ws;
+        Slot<S, A> own_slots[3];
+        Arr<A> own_pool[2][2];
+        Slot<S, A>* const slots = split ? shared_slots : own_slots;
+        Arr<A>(&pool)[2][2] = split ? shared_pool : own_pool;
+        // work buffers: one pair at depth 2, two at depth 3 (row n uses pair n mod 2, which
+        // stage 3 of row n − 2 frees chunk by chunk in the same sweep)
+        if (!split || id == 0) {
+            for (int i = 0; i < npairs; ++i) {
+                pool[i][0].resize(V);
+                pool[i][1].resize(V);
+            }
+        }
+        auto exact = [&](Slot<S, A>& s) {
+            if (o.stats) o.stats->exact_rows.fetch_add(1, std::memory_order_relaxed);
+            const auto k = static_cast<std::size_t>(s.n);
+            RowError err;
+            const double L = dense_row_exact<S, A>(o, s.z, s.y, V, ws, s.rg, err);
+            if (!err.set() && !std::isfinite(L)) err = infinite_divergence_error();
+            errs[k] = err;
+            loss[k] = L;
+            s.n = -1;
+        };
+        // row `it` into a free slot (null for a masked row, whose gradient row is returned in
+        // `zero` to be zeroed)
+        auto enter = [&](Index it, Slot<S, A>& a, S*& zero) -> Slot<S, A>* {
+            const auto k = static_cast<std::size_t>(it);
+            S* dst = g.row(it);
+            if (plan.m[k] == 0) {
+                if (dst && !add) zero = dst;
+                return nullptr;
+            }
+            a.size(c.nc);
+            a.n = it;
+            a.w0 = pool[it % npairs][0].data();
+            a.w1 = pool[it % npairs][1].data();
+            a.z = widen<A, S>(zm, it, a.zb);
+            a.y = widen<A, S>(ym, it, a.yb);
+            const bool next = std::is_same<S, A>::value && it + 1 < r1 &&
+                              plan.m[static_cast<std::size_t>(it + 1)] != 0;
+            a.nz = next ? reinterpret_cast<const A*>(zm.row(it + 1).data()) : nullptr;
+            a.ny = next ? reinterpret_cast<const A*>(ym.row(it + 1).data()) : nullptr;
+            a.rg = make_row_grad<S, A>(g, plan, it, V, row_scale, ws);
+            return &a;
+        };
+        // the rows of step `it`: row `it` enters stage 1 (a), the two before it are in
+        // stage 2 (b, depth 3) and stage 3 (gs)
+        auto plan_step = [&](Index it, Slot<S, A>*& a, Slot<S, A>*& b, Slot<S, A>*& gs, S*& zero) {
+            zero = nullptr;
+            a = it < r1 ? enter(it, slots[it % depth], zero) : nullptr;
+            b = nullptr;
+            if (depth == 3 && it - 1 >= r0) {
+                Slot<S, A>& s = slots[(it - 1) % depth];
+                if (s.n == it - 1) b = &s;
+            }
+            gs = nullptr;
+            if (it - (depth - 1) >= r0) {
+                Slot<S, A>& s = slots[(it - (depth - 1)) % depth];
+                if (s.n == it - (depth - 1) && s.rg.active()) gs = &s;
+            }
+        };
+        // chunks [k0, k1) of the step, entries [e0, e1): a masked row's zeroed gradient, the
+        // maxima of the first chunk of row a, and the fused sweep
+        auto sweep = [&](Index k0, Index k1, Slot<S, A>* a, Slot<S, A>* b, Slot<S, A>* gs,
+                         S* zero) {
+            const Index e0 = std::min(V, k0 * kRowChunk), e1 = std::min(V, k1 * kRowChunk);
+            if (zero) Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(zero + e0, e1 - e0).setZero();
+            if (a && k0 < k1) {
+                const auto kk = static_cast<std::size_t>(k0);
+                chunk_max(a->z + e0, a->y + e0, std::min(kRowChunk, V - e0), a->mz[kk], a->my[kk]);
+            }
+            fused_step<D, S, A>(c, k0, k1, a, b, gs);
+        };
+        auto finish2 = [&](Slot<S, A>& s) {
+            if (finish_stage2<D, S, A>(c, s))
+                loss[static_cast<std::size_t>(s.n)] = s.L;
+            else
+                exact(s);
+        };
+        // after the step's sweep: the results of the rows that leave; true when the value
+        // sweep of row a is due on its own (`inline2`)
+        auto finish_step = [&](Slot<S, A>* a, Slot<S, A>* b, Slot<S, A>* gs) -> bool {
+            if (gs) gs->n = -1;
+            if (b) finish2(*b);
+            if (a) {
+                if (!finish_stage1<D, S, A>(c, *a))
+                    exact(*a);
+                else if (!three_stage(D))
+                    loss[static_cast<std::size_t>(a->n)] = a->L;
+                else if (inline2)
+                    return true;
+            }
+            return false;
+        };
+        // One loop for both modes (one copy of the arithmetic: the results must not depend on
+        // how a compiler contracts multiply-adds in two copies). In the row split thread 0
+        // merges each step's results, moves the chunk ranges and plans the next step while
+        // the others wait at the barrier: two barriers a step (four with `inline2`).
+        Slot<S, A>* own_step[3] = {nullptr, nullptr, nullptr};
+        S* own_zero = nullptr;
+        bool own_inline = false;
+        Slot<S, A>** const st = split ? step : own_step;
+        S*& zero = split ? step_zero : own_zero;
+        bool& inl = split ? step_inline : own_inline;
+        const bool lead = !split || id == 0;
+        const Index end = r1 + depth - 1;
+        if (lead && r0 < end) plan_step(r0, st[0], st[1], st[2], zero);
+        for (Index it = r0; it < end; ++it) {
+            sync();  // the step's rows and chunk ranges are set
+            const auto t = static_cast<std::size_t>(id);
+            const Index k0 = split ? kb[t] : 0, k1 = split ? kb[t + 1] : c.nc;
+            Slot<S, A>* const a = st[0];
+            const auto start = std::chrono::steady_clock::now();
+            sweep(k0, k1, a, st[1], st[2], zero);
+            if (split)
+                sweep_time[t] =
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            sync();  // every chunk swept
+            if (lead) inl = finish_step(a, st[1], st[2]);
+            if (inline2) {
+                sync();  // `inl` is set
+                if (inl) {
+                    fused_step<D, S, A>(c, k0, k1, nullptr, a, nullptr);
+                    sync();
+                    if (lead) finish2(*a);
+                }
+            }
+            if (lead) {
+                if (split)
+                    balance_ranges(kb.data(), sweep_time.data(), nt, c.nc, it,
+                                   o.tuning.shuffle_ranges);
+                if (it + 1 < end) plan_step(it + 1, st[0], st[1], st[2], zero);
+            }
+        }
+        simd::store_fence();  // order the streaming stores before the results are used
+    }
+    return combine_rows(fn, plan, N, loss, aux, errs, row_scale);
+}
+
+}  // namespace rlpo::distill::detail

@@ -1,0 +1,433 @@
+#pragma once
+/// \file
+/// One chunk of the pipelined fast path (internal): stage 1 (exponentials, sums, KL value
+/// terms), stage 2 (the value sweep of the three-stage divergences) and stage 3 (the gradient
+/// write) of up to three rows in one fused sweep, and the dispatch over the stages present.
+
+#include <rlpo/core/simd/fast_math.hpp>
+#include <rlpo/core/simd/packet.hpp>
+#include <rlpo/divergence/arith.hpp>
+#include <rlpo/divergence/slot.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+namespace rlpo::distill::detail {
+
+/// One chunk of up to three rows in one fused sweep (the pipelined fast path):
+///   * stage 1 on row `a`: exponentials of both rows (stored to the work rows), their sums
+///     and the KL value terms, and the maxima of the next chunk (read one chunk ahead);
+///   * stage 2 on row `b` (three-stage divergences): q and p normalised, the value terms, and
+///     the per-entry factor of the gradient (work rows, in cache);
+///   * stage 3 on row `g`: the gradient, written once.
+/// Entries [lv, len) — at most one packet, in the last chunk — are done entry by entry.
+template <Divergence D, bool St1, bool St2, bool St3, bool Lean, class S, class A>
+inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, Slot<S, A>* a,
+                        Slot<S, A>* b, Slot<S, A>* g) {
+    namespace ei = Eigen::internal;
+    using P = Packet<A>;
+    constexpr Index W = kPacket<A>;
+    constexpr Index C = kRowChunk;
+    constexpr A inf = std::numeric_limits<A>::infinity();
+    const Index off = k * C, len = std::min(C, c.V - off), lv = len - len % W;
+    const auto kk = static_cast<std::size_t>(k);
+    const P zero = ei::pset1<P>(A(0));
+    // stage 1
+    const bool la = St1 && k + 1 < kend;  // the next chunk's maxima (same thread's range)
+    const Index nlen = la ? std::min(C, c.V - off - C) : 0, nlv = nlen - nlen % W;
+    const ShiftedExp<A> ez(St1 ? a->mz[kk] : A(0), c.invT), ey(St1 ? a->my[kk] : A(0), c.invT);
+    const P pmz = ei::pset1<P>(ez.m), pmy = ei::pset1<P>(ey.m);
+    const A* za = St1 ? a->z + off : nullptr;
+    // the last chunk of the thread's range prefetches the first of the next row
+    const A* pz = St1 && !la && a->nz ? a->nz + kbeg * C : nullptr;
+    const A* py = St1 && !la && a->ny ? a->ny + kbeg * C : nullptr;
+    const Index plv = pz ? std::min(C, c.V - kbeg * C) : 0;
+    const A* ya = St1 ? a->y + off : nullptr;
+    A* wa0 = St1 ? a->w0 + off : nullptr;
+    A* wa1 = St1 ? a->w1 + off : nullptr;
+    P s1 = zero, s2 = zero, s3 = zero, nz = ei::pset1<P>(-inf), ny = nz;
+    P tmn = ei::pset1<P>(inf);  // lean: the least exponent argument of the student
+    // stage 2
+    A* wb0 = St2 ? b->w0 + off : nullptr;
+    A* wb1 = St2 ? b->w1 + off : nullptr;
+    const A* zb = St2 ? b->z + off : nullptr;
+    const A* yb = St2 ? b->y + off : nullptr;
+    const A fq = St2 ? b->f0[kk] : A(0), fp = St2 ? b->f1[kk] : A(0);
+    const A mq = c.omb * fq, mp = c.beta * fp;  // JSD's mixture weights of eq, ep
+    // log q = (z − mz_k)/τ + cq_k: small terms only, no cancellation of large logits. With a
+    // hardware multiply-add (kFusedArg) log q = fma(z, 1/τ, fl(cq)) on the raw logit instead:
+    // z/τ is exact inside it, and fl(cq)'s rounding, the same for the whole row, comes back
+    // in `finish_stage2`.
+    constexpr bool kRawLog = kFusedArg<D, A>;
+    const A mzb = St2 && !kRawLog ? b->mz[kk] : A(0), myb = St2 && !kRawLog ? b->my[kk] : A(0);
+    const double it = static_cast<double>(c.invT);
+    const A cq = St2 ? static_cast<A>(b->cq + static_cast<double>(mzb) * it) : A(0);
+    const A cp = St2 ? static_cast<A>(b->cp + static_cast<double>(myb) * it) : A(0);
+    P u1 = zero, u2 = zero;
+    A v1 = 0, v2 = 0;  // (entry-by-entry tail)
+    constexpr A kLn2f = A(0.6931471805599453);
+    // lean: l = log((1−β) + c_k e_p/e_q), or the log form for a chunk marked by c_k < 0
+    const A ckk = St2 && Lean ? b->ck[kk] : A(0);
+    const bool logform = St2 && Lean && ckk < A(0);
+    const A omb = c.omb;  // (a local: the stores below could alias c)
+    const P pck = ei::pset1<P>(ckk), pomb = ei::pset1<P>(omb);
+    // stage 3
+    const A* wg0 = St3 ? g->w0 + off : nullptr;
+    const A* wg1 = St3 ? g->w1 + off : nullptr;
+    const A h0 = St3 ? g->f0[kk] : A(0), h1 = St3 ? g->f1[kk] : A(0);
+    const A k0 = St3 ? g->c0 : A(0), k1 = St3 ? g->c1 : A(0), hk = h0 * k1, nk = -(k0 * hk);
+    GradSink<S, A> sink;
+    if constexpr (St3) {
+        sink.dst = g->rg.dst + off;
+        sink.add = g->rg.add;
+        sink.stream = !sink.add && reinterpret_cast<std::uintptr_t>(sink.dst) % sizeof(P) == 0;
+    }
+    const A invT = c.invT;
+    // software prefetch distance (entries) ahead of the next-chunk reads
+    constexpr Index kPf = 512;
+
+    // Stage 2 takes the unnormalised exponentials eq, ep of the chunk (q = eq·fq, p = ep·fp)
+    // and the shifted logits zv, yv; it gives the per-entry gradient factor `o2` (stored to
+    // w1) and two value sums v1, v2 that `finish_stage2` scales by the chunk factors where
+    // they are sums of eq·(…) or ep·(…) (JSD, TVD: two multiplies fewer per entry).
+    // Works for packets and scalars alike.
+    auto stage2 = [&](auto eq, auto ep, auto zv, auto yv, auto& o2, auto& v1, auto& v2) {
+        using T = std::decay_t<decltype(eq)>;
+        constexpr bool pk = !std::is_same<T, A>::value;
+        auto set1 = [](A x) {
+            if constexpr (pk)
+                return ei::pset1<T>(x);
+            else
+                return x;
+        };
+        auto mul = [](T x, T y) {
+            if constexpr (pk)
+                return rounded(ei::pmul(x, y));
+            else
+                return rounded(x * y);
+        };
+        auto add = [](T x, T y) {
+            if constexpr (pk)
+                return ei::padd(x, y);
+            else
+                return x + y;
+        };
+        auto sub = [](T x, T y) {
+            if constexpr (pk)
+                return ei::psub(x, y);
+            else
+                return x - y;
+        };
+        auto madd = [](T x, T y, T z) {
+            if constexpr (pk)
+                return ei::pmadd(x, y, z);
+            else
+                return madd_as_packet(x, y, z);
+        };
+        auto lg = [](T x) {
+            if constexpr (pk)
+                return ::rlpo::detail::plog(x);
+            else
+                return std::log(x);
+        };
+        // v/τ + k: log q, log p from the (shifted or raw) logits; fused for raw logits
+        auto lin = [&](T v, A k) {
+            if constexpr (pk)
+                return ei::pmadd(v, ei::pset1<T>(invT), ei::pset1<T>(k));
+            else if constexpr (kRawLog)
+                return std::fma(v, invT, k);
+            else
+                return madd_as_packet(v, invT, k);
+        };
+        if constexpr (D == Divergence::JSD) {
+            // M = βp + (1−β)q = eq·(1−β)fq + ep·βfp; r = log q − log M; v1 = Σ ep r (× fp),
+            // v2 = Σ eq r (× fq). KL(p‖M) = KL(p‖q) + Σ p r, KL(p‖q) from stage 1: the
+            // teacher's logits are not read again.
+            static_cast<void>(yv);
+            const T lm = lg(madd(eq, set1(mq), mul(ep, set1(mp))));
+            const T r = sub(lin(zv, cq), lm);
+            v1 = madd(ep, r, v1);
+            v2 = madd(eq, r, v2);
+            o2 = r;
+        } else if constexpr (D == Divergence::TVD) {
+            // s = sign(q − p) (h = s/2); v1 = Σ |q − p| = Σ (q − p) s, v2 = Σ eq s (× fq/2).
+            // q and p are rounded before the subtraction, so that equal rows give s = 0.
+            T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));
+            RLPO_DISTILL_ROUNDED(q);
+            RLPO_DISTILL_ROUNDED(p);
+            const T t = sub(q, p);
+            const T h = sign_of(t);
+            v1 = madd(t, h, v1);
+            v2 = madd(eq, h, v2);
+            o2 = h;
+        } else if constexpr (D == Divergence::SkewKL) {
+            // m = αp + (1−α)q; value p (log p − log m); factor −(1−α) p/m
+            const T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));
+            const T m = add(mul(set1(c.al), p), mul(set1(c.oma), q));
+            const T lp = lin(yv, cp);
+            v1 = madd(p, sub(lp, lg(m)), v1);
+            T h;
+            if constexpr (pk)
+                h = ei::pdiv(ei::pmul(ei::pset1<T>(-c.oma), p), m);
+            else
+                h = -c.oma * p / m;
+            v2 = madd(q, h, v2);
+            o2 = h;
+        } else {  // SkewReverseKL: m = (1−α)p + αq; r = log(q/m); factor r − α q/m
+            const T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));
+            const T m = add(mul(set1(c.oma), p), mul(set1(c.al), q));
+            const T r = sub(lin(zv, cq), lg(m));
+            v1 = madd(q, r, v1);
+            T h;
+            if constexpr (pk)
+                h = ei::psub(r, ei::pdiv(ei::pmul(ei::pset1<T>(c.al), q), m));
+            else
+                h = r - c.al * q / m;
+            v2 = madd(q, h, v2);
+            o2 = h;
+        }
+    };
+
+    // Lean, log form (rare: see `kLeanCapable`): l = log M − log q, log q = t·ln 2 + fl(log
+    // f_q) with t recomputed from the student's logits exactly as stage 1 formed it; the
+    // rounding of fl(log f_q) goes to s2 for `finish_stage2` (0 for the other chunks). The
+    // chunk's stage 2 is done here and skipped in the fused loop below (its rows are not
+    // touched by the other two stages).
+    if constexpr (St2 && Lean) {
+        double lqe = 0;
+        if (logform) {
+            const A lqk = lean_log_factor(fq, lqe);
+            const ShiftedExp<A> eb(b->mz[kk], c.invT);
+            auto logform_l = [&](auto eq, auto ep, auto z) {
+                using T = std::decay_t<decltype(eq)>;
+                if constexpr (std::is_same<T, A>::value) {
+                    const A lq = madd_as_packet(eb.scalar_arg(z), kLn2f, lqk);
+                    return static_cast<A>(std::log(madd_as_packet(eq, mq, rounded(ep * mp))) - lq);
+                } else {
+                    const T lq =
+                        ei::pmadd(eb.packet_arg(z), ei::pset1<T>(kLn2f), ei::pset1<T>(lqk));
+                    const T m =
+                        ei::pmadd(eq, ei::pset1<T>(mq), rounded(ei::pmul(ep, ei::pset1<T>(mp))));
+                    return ei::psub(::rlpo::detail::plog(m), lq);
+                }
+            };
+            for (Index j = 0; j < lv; j += W) {
+                const P eq = ei::ploadu<P>(wb0 + j), ep = ei::ploadu<P>(wb1 + j);
+                const P l = logform_l(eq, ep, ei::ploadu<P>(zb + j));
+                u1 = ei::pmadd(ep, l, u1);
+                u2 = ei::pmadd(eq, l, u2);
+                ei::pstoreu(wb1 + j, l);
+            }
+            for (Index j = lv; j < len; ++j) {
+                const A l = logform_l(wb0[j], wb1[j], zb[j]);
+                v1 = madd_as_packet(wb1[j], l, v1);
+                v2 = madd_as_packet(wb0[j], l, v2);
+                wb1[j] = l;
+            }
+        }
+        b->s2[kk] = lqe;
+    }
+
+    // Stage 3 reads its entries before stage 1 overwrites them: rows two stages apart share
+    // one pair of work buffers. (Unrolled by two: 2–3 % faster in paired runs at
+    // 2048 × 32768, all four benchmarked divergences; the same arithmetic in the same order.)
+    RLPO_DISTILL_UNROLL2
+    for (Index j = 0; j < lv; j += W) {
+        if constexpr (St3) {
+            const P x0 = ei::ploadu<P>(wg0 + j), x1 = ei::ploadu<P>(wg1 + j);
+            P v;
+            if constexpr (D == Divergence::ForwardKL)  // q/τ − p/τ
+                v = ei::psub(rounded(ei::pmul(x0, ei::pset1<P>(h0))),
+                             rounded(ei::pmul(x1, ei::pset1<P>(h1))));
+            else if constexpr (D == Divergence::ReverseKL)  // q ((z − y)/τ + k)/τ
+                v = ei::pmul(ei::pmul(x0, ei::pset1<P>(h0)),
+                             ei::pmadd(x1, ei::pset1<P>(invT), ei::pset1<P>(h1)));
+            else  // q (factor − shift) · c1 = e_q · (factor · hk − shift · hk), hk = f · c1
+                v = ei::pmul(x0, ei::pmadd(x1, ei::pset1<P>(hk), ei::pset1<P>(nk)));
+            sink.packet(j, v);
+        }
+        if constexpr (St2 && Lean) {
+            // l = log((1−β) + c_k e_p/e_q) = −r over e_p; e_q stays for stage 3
+            if (!logform) {
+                const P eq = ei::ploadu<P>(wb0 + j), ep = ei::ploadu<P>(wb1 + j);
+                const P l = ::rlpo::detail::plog(ei::pmadd(ei::pdiv(ep, eq), pck, pomb));
+                u1 = ei::pmadd(ep, l, u1);
+                u2 = ei::pmadd(eq, l, u2);
+                ei::pstoreu(wb1 + j, l);
+            }
+        } else if constexpr (St2) {
+            P o2;
+            P zv = ei::ploadu<P>(zb + j), yv = ei::ploadu<P>(yb + j);
+            if constexpr (!kRawLog) {
+                zv = ei::psub(zv, ei::pset1<P>(mzb));
+                yv = ei::psub(yv, ei::pset1<P>(myb));
+            }
+            stage2(ei::ploadu<P>(wb0 + j), ei::ploadu<P>(wb1 + j), zv, yv, o2, u1, u2);
+            // e_q stays (stage 3 multiplies by the chunk factor again)
+            ei::pstoreu(wb1 + j, o2);
+        }
+        if constexpr (St1) {
+            if (la && j < nlv) {
+                simd::prefetch_l1(za + C + kPf + j);
+                simd::prefetch_l1(ya + C + kPf + j);
+                nz = ei::pmax(nz, ei::ploadu<P>(za + C + j));
+                ny = ei::pmax(ny, ei::ploadu<P>(ya + C + j));
+            }
+            if (j < plv) {
+                simd::prefetch_l1(pz + j);
+                simd::prefetch_l1(py + j);
+            }
+            if constexpr (kFusedArg<D, A>) {
+                const P tz = ez.packet_arg(ei::ploadu<P>(za + j));
+                const P ty = ey.packet_arg(ei::ploadu<P>(ya + j));
+                const P eq = ::rlpo::detail::pexp2(tz), ep = ::rlpo::detail::pexp2(ty);
+                s1 = ei::padd(s1, eq);
+                s2 = ei::padd(s2, ep);
+                // JSD: Σ ep (log2 ep − log2 eq), for KL(p‖q)
+                if constexpr (D == Divergence::JSD) s3 = ei::pmadd(ep, ei::psub(ty, tz), s3);
+                if constexpr (Lean) tmn = ei::pmin(tmn, tz);
+                ei::pstoreu(wa0 + j, eq);
+                ei::pstoreu(wa1 + j, ep);
+                continue;
+            }
+            // logits shifted by their chunk maxima: the value terms below use these small
+            // differences, never the raw (possibly large) logits
+            const P dz = ei::psub(ei::ploadu<P>(za + j), pmz);
+            const P dy = ei::psub(ei::ploadu<P>(ya + j), pmy);
+            const P eq = ez.packet_shifted(dz), ep = ey.packet_shifted(dy);
+            s1 = ei::padd(s1, eq);
+            s2 = ei::padd(s2, ep);
+            ei::pstoreu(wa0 + j, eq);
+            if constexpr (D == Divergence::ForwardKL || D == Divergence::JSD) {
+                s3 = ei::pmadd(ep, ei::psub(dy, dz), s3);
+                ei::pstoreu(wa1 + j, ep);
+            } else if constexpr (D == Divergence::ReverseKL) {
+                const P d = ei::psub(dz, dy);
+                s3 = ei::pmadd(eq, d, s3);
+                ei::pstoreu(wa1 + j, d);
+            } else {
+                ei::pstoreu(wa1 + j, ep);
+            }
+        }
+    }
+    A t1 = 0, t2 = 0, t3 = 0, tm = inf;
+    for (Index j = lv; j < len; ++j) {
+        if constexpr (St3) {
+            A v;
+            if constexpr (D == Divergence::ForwardKL)
+                v = rounded(wg0[j] * h0) - rounded(wg1[j] * h1);
+            else if constexpr (D == Divergence::ReverseKL)
+                v = wg0[j] * h0 * madd_as_packet(wg1[j], invT, h1);
+            else
+                v = wg0[j] * madd_as_packet(wg1[j], hk, nk);
+            sink.scalar(j, v);
+        }
+        if constexpr (St2 && Lean) {
+            if (!logform) {
+                const A eq = wb0[j], ep = wb1[j];
+                const A l = std::log(madd_as_packet(ep / eq, ckk, omb));
+                v1 = madd_as_packet(ep, l, v1);
+                v2 = madd_as_packet(eq, l, v2);
+                wb1[j] = l;
+            }
+        } else if constexpr (St2) {
+            A o2;
+            stage2(wb0[j], wb1[j], zb[j] - mzb, yb[j] - myb, o2, v1, v2);
+            wb1[j] = o2;
+        }
+        if constexpr (St1 && kFusedArg<D, A>) {
+            const A tz = ez.scalar_arg(za[j]), ty = ey.scalar_arg(ya[j]);
+            const A eq = ::rlpo::detail::exp2_scalar(tz), ep = ::rlpo::detail::exp2_scalar(ty);
+            t1 += eq;
+            t2 += ep;
+            if constexpr (D == Divergence::JSD) t3 = madd_as_packet(ep, ty - tz, t3);
+            if constexpr (Lean) tm = std::min(tm, tz);
+            wa0[j] = eq;
+            wa1[j] = ep;
+        } else if constexpr (St1) {
+            const A dz = za[j] - ez.m, dy = ya[j] - ey.m;
+            const A eq = ez.scalar_shifted(dz), ep = ey.scalar_shifted(dy);
+            t1 += eq;
+            t2 += ep;
+            wa0[j] = eq;
+            if constexpr (D == Divergence::ForwardKL || D == Divergence::JSD) {
+                t3 = madd_as_packet(ep, dy - dz, t3);
+                wa1[j] = ep;
+            } else if constexpr (D == Divergence::ReverseKL) {
+                t3 = madd_as_packet(eq, dz - dy, t3);
+                wa1[j] = dz - dy;
+            } else {
+                wa1[j] = ep;
+            }
+        }
+    }
+    if constexpr (St1) {
+        a->s0[kk] = static_cast<double>(ei::predux(s1) + t1);
+        a->s1[kk] = static_cast<double>(ei::predux(s2) + t2);
+        a->s2[kk] = static_cast<double>(ei::predux(s3) + t3);
+        if constexpr (Lean) a->tmin[kk] = std::min(lv > 0 ? ei::predux_min(tmn) : inf, tm);
+        if (la) {
+            A mzn = nlv > 0 ? ei::predux_max(nz) : -inf, myn = nlv > 0 ? ei::predux_max(ny) : -inf;
+            for (Index j = nlv; j < nlen; ++j) {
+                mzn = std::max(mzn, za[C + j]);
+                myn = std::max(myn, ya[C + j]);
+            }
+            a->mz[kk + 1] = mzn;
+            a->my[kk + 1] = myn;
+        }
+    }
+    if constexpr (St2) {
+        b->s0[kk] = static_cast<double>(ei::predux(u1) + v1);
+        b->s1[kk] = static_cast<double>(ei::predux(u2) + v2);
+    }
+}
+
+/// Chunks [k0, k1) of one pipeline step with the given stages present (all chunks, or one
+/// thread's share of the rows in the row-split mode). Stage 1 expects the maxima of chunk k0
+/// to be set (`chunk_max`); it finds those of the following chunks itself.
+template <Divergence D, bool St1, bool St2, bool St3, bool Lean, class S, class A>
+inline void fused_row_step(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a, Slot<S, A>* b,
+                           Slot<S, A>* g) {
+    for (Index k = k0; k < k1; ++k)
+        fused_chunk<D, St1, St2, St3, Lean, S, A>(c, k, k0, k1, a, b, g);
+}
+
+template <Divergence D, bool Lean, class S, class A>
+inline void fused_step_as(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a, Slot<S, A>* b,
+                          Slot<S, A>* g) {
+    const int m = (a ? 4 : 0) | (b ? 2 : 0) | (g ? 1 : 0);
+    if constexpr (!three_stage(D)) {
+        switch (m & 5) {
+            case 5: return fused_row_step<D, true, false, true, Lean>(c, k0, k1, a, b, g);
+            case 4: return fused_row_step<D, true, false, false, Lean>(c, k0, k1, a, b, g);
+            case 1: return fused_row_step<D, false, false, true, Lean>(c, k0, k1, a, b, g);
+            default: return;
+        }
+    }
+    switch (m) {
+        case 7: return fused_row_step<D, true, true, true, Lean>(c, k0, k1, a, b, g);
+        case 6: return fused_row_step<D, true, true, false, Lean>(c, k0, k1, a, b, g);
+        case 5: return fused_row_step<D, true, false, true, Lean>(c, k0, k1, a, b, g);
+        case 4: return fused_row_step<D, true, false, false, Lean>(c, k0, k1, a, b, g);
+        case 3: return fused_row_step<D, false, true, true, Lean>(c, k0, k1, a, b, g);
+        case 2: return fused_row_step<D, false, true, false, Lean>(c, k0, k1, a, b, g);
+        case 1: return fused_row_step<D, false, false, true, Lean>(c, k0, k1, a, b, g);
+        default: return;
+    }
+}
+
+/// Chunks [k0, k1) of the rows in stages 1, 2, 3 (a, b, g; null where none).
+template <Divergence D, class S, class A>
+inline void fused_step(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a, Slot<S, A>* b,
+                       Slot<S, A>* g) {
+    if constexpr (kLeanCapable<D, A>)
+        if (c.lean) return fused_step_as<D, true, S, A>(c, k0, k1, a, b, g);
+    fused_step_as<D, false, S, A>(c, k0, k1, a, b, g);
+}
+
+}  // namespace rlpo::distill::detail

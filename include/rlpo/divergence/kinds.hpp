@@ -1,0 +1,152 @@
+#pragma once
+/// \file
+/// The divergence kinds of the vocabulary pipeline: `Divergence` (enum, display names and the
+/// name parser), `DistillOptions` (hyper-parameters, presets and the fast path's advanced
+/// tuning) and their validation. The formulas are in distill/divergences.hpp.
+
+#include <rlpo/core/error.hpp>
+#include <rlpo/core/types.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <string>
+
+namespace rlpo::distill {
+
+enum class Divergence { ForwardKL, ReverseKL, JSD, SkewKL, SkewReverseKL, TVD };
+
+/// Metric / display name.
+inline const char* to_string(Divergence d) {
+    switch (d) {
+        case Divergence::ForwardKL: return "forward_kl";
+        case Divergence::ReverseKL: return "reverse_kl";
+        case Divergence::JSD: return "jsd";
+        case Divergence::SkewKL: return "skew_kl";
+        case Divergence::SkewReverseKL: return "skew_reverse_kl";
+        case Divergence::TVD: return "tvd";
+    }
+    return "?";
+}
+
+/// Parse `forward_kl`/`fkl`/`kl`, `reverse_kl`/`rkl`, `jsd`, `skew_kl`/`skl`,
+/// `skew_reverse_kl`/`srkl`, `tvd`; unknown names throw with the valid list.
+inline Divergence parse_divergence(const std::string& name) {
+    struct Entry {
+        const char* name;
+        Divergence d;
+    };
+    static const Entry table[] = {{"forward_kl", Divergence::ForwardKL},
+                                  {"fkl", Divergence::ForwardKL},
+                                  {"kl", Divergence::ForwardKL},
+                                  {"reverse_kl", Divergence::ReverseKL},
+                                  {"rkl", Divergence::ReverseKL},
+                                  {"jsd", Divergence::JSD},
+                                  {"skew_kl", Divergence::SkewKL},
+                                  {"skl", Divergence::SkewKL},
+                                  {"skew_reverse_kl", Divergence::SkewReverseKL},
+                                  {"srkl", Divergence::SkewReverseKL},
+                                  {"tvd", Divergence::TVD}};
+    std::string valid;
+    for (const auto& e : table) {
+        if (name == e.name) return e.d;
+        valid += valid.empty() ? "" : ", ";
+        valid += e.name;
+    }
+    ::rlpo::detail::fail("distill::parse_divergence", "name: unknown divergence '", name,
+                         "'; valid names: ", valid);
+}
+
+/// Advanced tuning of the fast path of the dense divergences (`DistillOptions::tuning`), for
+/// tests and benchmarks; the defaults are the tuned values. The row split never changes a
+/// result (bit for bit); the lean settings choose JSD's value sweep, whose forms agree to
+/// float accuracy.
+struct FastPathTuning {
+    /// Row split when the per-thread working set of the row-block mode exceeds this many
+    /// bytes (see `dense_rows_fast`): 0 splits every multi-threaded pass, SIZE_MAX never.
+    std::size_t split_bytes = std::size_t(3) << 19;  // 1.5 MiB of a core's 2 MiB L2
+    /// Move the row split's chunk ranges by a fixed pattern every step instead of after the
+    /// sweep times (`balance_ranges`), so that tests see rows swept under changing ranges.
+    bool shuffle_ranges = false;
+    /// JSD takes the lean value sweep (`kLeanCapable`) when its row-block working set (7·V
+    /// floats) exceeds this many bytes: 0 always, SIZE_MAX never.
+    std::size_t lean_bytes = std::size_t(3) << 19;
+    /// Every chunk of JSD's lean sweep takes the log form (`kLeanCapable`), so that tests see
+    /// it on ordinary rows.
+    bool lean_log_form = false;
+};
+
+/// What the fast path did (`DistillOptions::stats`, optional): the rows it sent to the exact
+/// path (non-finite logits, sums or values), added to by every call that points here.
+struct FastPathStats {
+    std::atomic<std::size_t> exact_rows{0};
+};
+
+struct DistillOptions {
+    Divergence divergence = Divergence::ForwardKL;
+    double temperature = 1.0;          ///< τ > 0, divides both logit rows
+    bool temperature_squared = false;  ///< multiply value and gradient by τ² (Hinton)
+    double beta = 0.5;                 ///< JSD β ∈ [0, 1] (TRL/Liger convention)
+    double alpha = 0.1;                ///< skew α ∈ [0, 1] (DistiLLM)
+    /// Advanced: the fast path's tuning (tests, benchmarks); the defaults are the tuned ones.
+    FastPathTuning tuning{};
+    /// Advanced, optional: where the fast path counts what it did (null: nowhere).
+    FastPathStats* stats = nullptr;
+
+    static DistillOptions make(Divergence d) {
+        DistillOptions o;
+        o.divergence = d;
+        return o;
+    }
+    /// Hinton et al. 2015: forward KL at temperature τ, scaled by τ².
+    static DistillOptions hinton(double tau) {
+        DistillOptions o;
+        o.temperature = tau;
+        o.temperature_squared = true;
+        return o;
+    }
+    /// TRL GKDTrainer: generalized JSD with β = 0.5 and temperature 0.9, no τ² scaling.
+    static DistillOptions trl_gkd(double beta = 0.5, double tau = 0.9) {
+        DistillOptions o;
+        o.divergence = Divergence::JSD;
+        o.beta = beta;
+        o.temperature = tau;
+        return o;
+    }
+    /// Liger LigerFusedLinearJSD / LigerJSD: β = 0.5, τ = 1.
+    static DistillOptions liger_jsd(double beta = 0.5) {
+        DistillOptions o;
+        o.divergence = Divergence::JSD;
+        o.beta = beta;
+        return o;
+    }
+    /// DistiLLM: skew KL (or skew reverse KL) with α = 0.1.
+    static DistillOptions distillm(bool reverse = false, double alpha = 0.1) {
+        DistillOptions o;
+        o.divergence = reverse ? Divergence::SkewReverseKL : Divergence::SkewKL;
+        o.alpha = alpha;
+        return o;
+    }
+};
+
+/// `[B, T]` row mask from `[B, T]` integer labels: 1 where label ≠ ignore_index, else 0.
+template <class DL>
+inline Mat<float> mask_from_labels(const Eigen::MatrixBase<DL>& labels,
+                                   long long ignore_index = -100) {
+    Mat<float> m(labels.rows(), labels.cols());
+    for (Index i = 0; i < labels.rows(); ++i)
+        for (Index t = 0; t < labels.cols(); ++t)
+            m(i, t) = static_cast<long long>(labels.derived()(i, t)) == ignore_index ? 0.f : 1.f;
+    return m;
+}
+
+namespace detail {
+
+inline void validate(const char* fn, const DistillOptions& o) {
+    ::rlpo::detail::check_positive(fn, "temperature", o.temperature);
+    RLPO_CHECK(o.beta >= 0 && o.beta <= 1, fn, "beta: must be in [0, 1], given ", o.beta);
+    RLPO_CHECK(o.alpha >= 0 && o.alpha <= 1, fn, "alpha: must be in [0, 1], given ", o.alpha);
+}
+
+}  // namespace detail
+
+}  // namespace rlpo::distill

@@ -1,0 +1,207 @@
+#pragma once
+/// \file
+/// The merge stages of the pipelined fast path (internal): after stage 1 a row's chunk maxima
+/// and sums are merged as in an online softmax (`finish_stage1`), after stage 2 the value and
+/// the gradient constants are formed (`finish_stage2`), and JSD's lean sweep picks the form
+/// of each chunk (`lean_chunk_forms`).
+
+#include <rlpo/divergence/arith.hpp>
+#include <rlpo/divergence/slot.hpp>
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <limits>
+
+namespace rlpo::distill::detail {
+
+/// JSD's lean sweep: c_k = β f_p/f_q per chunk for l = log((1−β) + c_k e_p/e_q), or −1 where
+/// that form is not safe and the chunk takes the log form (see `kLeanCapable`): e_q may be
+/// subnormal (t_min < −125), f_q is 0, or c_k ρ may overflow (log2 c_k − t_min ≥ 120).
+template <class S, class A>
+inline void lean_chunk_forms(const DenseCtx<A>& c, Slot<S, A>& a) {
+    const bool all_log = c.lean_log_form;
+    for (Index k = 0; k < c.nc; ++k) {
+        const auto kk = static_cast<std::size_t>(k);
+        const double fq = static_cast<double>(a.f0[kk]), fp = static_cast<double>(a.f1[kk]);
+        const double ck = static_cast<double>(c.beta) * fp / fq,
+                     tm = static_cast<double>(a.tmin[kk]);
+        // (ilogb(c_k) ≤ log2 c_k < ilogb(c_k) + 1; ilogb(0) is FP_ILOGB0, negative)
+        const bool ok = !all_log && fq > 0 && tm >= -125.0 && std::isfinite(ck) &&
+                        (ck == 0 || std::ilogb(ck) + 1 - tm < 120.0);
+        a.ck[kk] = ok ? static_cast<A>(ck) : A(-1);
+    }
+}
+
+/// After stage 1 of row `a`: merge the chunk maxima and sums (as an online softmax), and set
+/// up the next stage (for forward / reverse KL the value and the gradient factors, with the
+/// row's gradient scale folded in). False when the row needs the exact path (a non-finite
+/// maximum, sum or value: NaN, ±inf or a −inf logit somewhere).
+template <Divergence D, class S, class A>
+inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
+    constexpr double kLn2 = 0.6931471805599453;
+    const double invT = static_cast<double>(c.invT);
+    double mz = -std::numeric_limits<double>::infinity(), my = mz;
+    for (Index k = 0; k < c.nc; ++k) {
+        const auto kk = static_cast<std::size_t>(k);
+        const double zk = static_cast<double>(a.mz[kk]), yk = static_cast<double>(a.my[kk]);
+        if (!(std::abs(zk) < std::numeric_limits<double>::infinity()) ||
+            !(std::abs(yk) < std::numeric_limits<double>::infinity()))
+            return false;
+        mz = std::max(mz, zk);
+        my = std::max(my, yk);
+    }
+    // Stage 1 summed the KL terms over logits shifted by their chunk maxima (dz = z − mz_k,
+    // dy = y − my_k); the shifts come back here in double, as differences of maxima only, so
+    // that large logits (rows offset by hundreds) cost no float digits. The chunk factors
+    // e^(dz_k/τ) (with kFusedArg over 2^δ, `ShiftedExp::delta`) in one vectorised pass first,
+    // m0 and m1 holding their exponents: the merge is serial in the row split.
+    const auto nck = static_cast<std::size_t>(c.nc);
+    auto delta = [&](A m) {
+        if constexpr (kFusedArg<D, A>) {
+            return ShiftedExp<A>::delta(m, c.invT);
+        } else {
+            static_cast<void>(m);
+            return 0.0;
+        }
+    };
+    // (explicit multiply-adds: this loop may be vectorised, and a compiler must not contract
+    // its head, body and tail differently — which entries fall where depends on allocation)
+    for (std::size_t kk = 0; kk < nck; ++kk) {
+        a.m0[kk] = std::fma(static_cast<double>(a.mz[kk]) - mz, invT, -(delta(a.mz[kk]) * kLn2));
+        a.m1[kk] = std::fma(static_cast<double>(a.my[kk]) - my, invT, -(delta(a.my[kk]) * kLn2));
+    }
+    Eigen::Map<Eigen::ArrayXd, Eigen::AlignedMax> e0(a.m0.data(), c.nc), e1(a.m1.data(), c.nc);
+    e0 = e0.exp();
+    e1 = e1.exp();
+    double sq = 0, sp = 0, x = 0;
+    for (Index k = 0; k < c.nc; ++k) {
+        const auto kk = static_cast<std::size_t>(k);
+        const double dzk = static_cast<double>(a.mz[kk]) - mz,
+                     dyk = static_cast<double>(a.my[kk]) - my;
+        const double ez = a.m0[kk], ey = a.m1[kk];
+        const double dlz = delta(a.mz[kk]), dly = delta(a.my[kk]);
+        // (explicit multiply-adds throughout: a compiler free to contract would not have to
+        // do it the same way in every copy of this code, and results must not depend on the
+        // copy that runs)
+        using std::fma;
+        if (D == Divergence::ForwardKL)  // Σ p (y − z) = Σ ep (dy − dz) + (my_k − mz_k) Σ ep
+            x = fma(ey, fma(a.s1[kk], dyk - dzk, a.s2[kk]), x);
+        else if (D == Divergence::ReverseKL)
+            x = fma(ez, fma(a.s0[kk], dzk - dyk, a.s2[kk]), x);
+        else if (D == Divergence::JSD && kFusedArg<D, A>)
+            // Σ p log(p/q) in nats: the chunk's sum of ep (log2 ep − log2 eq), whose
+            // exponents carry δy_k − δz_k, plus the shift of the chunk maxima
+            x = fma(ey, fma(kLn2, a.s2[kk], a.s1[kk] * fma(dyk - dzk, invT, -((dly - dlz) * kLn2))),
+                    x);
+        else if (D == Divergence::JSD)  // as forward KL
+            x = fma(ey * invT, fma(a.s1[kk], dyk - dzk, a.s2[kk]), x);
+        sq = fma(a.s0[kk], ez, sq);
+        sp = fma(a.s1[kk], ey, sp);
+        a.m0[kk] = a.s0[kk] * ez;  // the chunk's masses, normalised below
+        a.m1[kk] = a.s1[kk] * ey;
+        a.s0[kk] = ez;  // keep the chunk factors
+        a.s1[kk] = ey;
+    }
+    if (!std::isfinite(sq + sp + x)) return false;
+    const double lsq = std::log(sq), lsp = std::log(sp);
+    const double scale = a.rg.scale;
+    if constexpr (D == Divergence::ForwardKL || D == Divergence::ReverseKL) {
+        // forward: Σ p (log p − log q) = Σ p (y − z)/τ + (mz − my)/τ + log sq − log sp
+        const double L = D == Divergence::ForwardKL ? std::fma(x / sp, invT, lsq) - lsp
+                                                    : std::fma(x / sq, invT, lsp) - lsq;
+        if (!std::isfinite(L)) return false;
+        a.L = L;
+        const double iq = scale * invT / sq, ip = scale * invT / sp;
+        for (Index k = 0; k < c.nc; ++k) {
+            const auto kk = static_cast<std::size_t>(k);
+            a.f0[kk] = static_cast<A>(a.s0[kk] * iq);
+            if (D == Divergence::ForwardKL) {
+                a.f1[kk] = static_cast<A>(a.s1[kk] * ip);
+            } else {  // log q − log p − L = (dz − dy)/τ + f1_k
+                const double dzk = static_cast<double>(a.mz[kk]) - mz,
+                             dyk = static_cast<double>(a.my[kk]) - my;
+                a.f1[kk] = static_cast<A>(std::fma(dzk - dyk, invT, lsp) - lsq - L);
+            }
+        }
+    } else {
+        a.cq = std::fma(-mz, invT, -lsq);
+        a.cp = std::fma(-my, invT, -lsp);
+        if (D == Divergence::JSD) a.kpq = x / sp + lsq - lsp;
+        const double iq = 1 / sq, ip = 1 / sp;
+        for (Index k = 0; k < c.nc; ++k) {
+            const auto kk = static_cast<std::size_t>(k);
+            a.f0[kk] = static_cast<A>(a.s0[kk] * iq);
+            a.f1[kk] = static_cast<A>(a.s1[kk] * ip);
+            a.m0[kk] *= iq;
+            a.m1[kk] *= ip;
+        }
+        if constexpr (kLeanCapable<D, A>)
+            if (c.lean) lean_chunk_forms(c, a);
+    }
+    return true;
+}
+
+/// After stage 2 of row `b` (three-stage divergences): the value, and the gradient constants
+/// q_j (h_j − c0) · c1. False when the value is not finite (the exact path decides).
+template <Divergence D, class S, class A>
+inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
+    // JSD: v1 and v2 are sums of ep·(…) and eq·(…); TVD: v2 is a sum of eq·sign (explicit
+    // multiply-adds, as in `finish_stage1`)
+    double u1 = 0, u2 = 0;
+    for (Index k = 0; k < c.nc; ++k) {
+        const auto kk = static_cast<std::size_t>(k);
+        const double f0 = static_cast<double>(b.f0[kk]), f1 = static_cast<double>(b.f1[kk]);
+        u1 = std::fma(D == Divergence::JSD ? f1 : 1.0, b.s0[kk], u1);
+        u2 = std::fma(D == Divergence::JSD || D == Divergence::TVD ? f0 : 1.0, b.s1[kk], u2);
+    }
+    // With kFusedArg, stage 2 formed log q and log p with the row constants rounded to float,
+    // off by e = c − fl(c) at every entry: the value sums lack e·Σq = e (log q) or e·Σp = e
+    // (log p). The gradient needs no correction: it uses h − Σ q h, in which e cancels.
+    double eq = 0, ep = 0;
+    if constexpr (kFusedArg<D, A>) {
+        eq = b.cq - static_cast<double>(static_cast<A>(b.cq));
+        ep = b.cp - static_cast<double>(static_cast<A>(b.cp));
+    }
+    // JSD: r = log q − log M lacks eq at every entry, so Σ q r lacks eq·Σq = eq and Σ p r
+    // lacks eq·Σp = eq. The lean sweep sums l = −r instead (negated below); in its log-form
+    // chunks r = −l lacks e_k = log f_k − fl(log f_k): Σ_k e_k × the chunk's mass of q (of p).
+    double rq = eq, rp = eq;
+    bool lean = false;
+    if constexpr (kLeanCapable<D, A>) {
+        lean = c.lean;
+        if (lean) {
+            rq = rp = 0;
+            for (Index k = 0; k < c.nc; ++k) {  // s2: e_k, left by stage 2 (0: ratio form)
+                const auto kk = static_cast<std::size_t>(k);
+                rq = std::fma(b.s2[kk], b.m0[kk], rq);
+                rp = std::fma(b.s2[kk], b.m1[kk], rp);
+            }
+            u1 = -u1;  // Σ p r, Σ q r
+            u2 = -u2;
+        }
+    }
+    double L = u1, factor = static_cast<double>(c.invT);
+    if constexpr (D == Divergence::JSD) {
+        // KL(p‖M) = KL(p‖q) + Σ p r, KL(q‖M) = Σ q r, r = log q − log M
+        L = std::fma(static_cast<double>(c.beta), b.kpq + u1 + rp,
+                     static_cast<double>(c.omb) * (u2 + rq));
+        // the lean sweep's gradient factor is l = −r: q (r − Σ q r) = −q (l − Σ q l)
+        factor *= lean ? -static_cast<double>(c.omb) : static_cast<double>(c.omb);
+    } else if constexpr (D == Divergence::TVD) {
+        // L = ½ Σ |q − p|; ∂L/∂z = q (h − Σ q h)/τ with h = s/2 = ½ q (s − Σ q s)/τ
+        L = 0.5 * u1;
+        factor *= 0.5;
+    } else if constexpr (D == Divergence::SkewKL) {
+        L = u1 + ep;
+    } else {  // SkewReverseKL
+        L = u1 + eq;
+    }
+    if (!std::isfinite(L) || !std::isfinite(u2)) return false;
+    b.L = L;
+    b.c0 = static_cast<A>(lean ? -u2 : u2);  // Σ q × the stored factor (r, or l = −r)
+    b.c1 = static_cast<A>(factor * b.rg.scale);
+    return true;
+}
+
+}  // namespace rlpo::distill::detail
