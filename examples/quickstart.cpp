@@ -2,9 +2,10 @@
 #include <rlpo/rlpo.hpp>
 
 #include <cstdio>
+#include <exception>
 #include <vector>
 
-int main() {
+int main() try {
     const rlpo::Index B = 2, T = 4;
     // The trainer's buffers (row-major [B, T]); rlpo reads them in place.
     std::vector<float> logp{-1.0f, -0.8f, -2.1f, -0.3f, -0.5f, -1.2f, -0.9f, -4.0f};
@@ -33,4 +34,7 @@ int main() {
     for (float x : grad) std::printf(" %.4f", static_cast<double>(x));
     std::printf("\n");
     return 0;
+} catch (const std::exception& e) {  // rlpo::invalid_argument on bad input
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
 }

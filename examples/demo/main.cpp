@@ -79,7 +79,7 @@ inline int sample_from(const float* z, int V, std::mt19937_64& rng, float& logp)
 
 inline Rollout sample(Net& policy, const Config& cfg, std::mt19937_64& rng) {
     Rollout r;
-    r.N = cfg.prompts * cfg.group;
+    r.N = static_cast<rlpo::Index>(cfg.prompts) * cfg.group;
     r.T = cfg.max_len;
     std::uniform_int_distribution<int> digit(0, 9);
     for (int p = 0; p < cfg.prompts; ++p) {
@@ -164,6 +164,7 @@ inline double greedy_accuracy(Net& policy, int T) {
     std::vector<Context> ctx;
     std::vector<std::vector<int>> resp(100);
     std::vector<int> alive;
+    alive.reserve(100);
     for (int q = 0; q < 100; ++q) alive.push_back(q);
     for (int t = 0; t < T && !alive.empty(); ++t) {
         ctx.clear();

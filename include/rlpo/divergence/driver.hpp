@@ -38,6 +38,7 @@
 /// back to bfloat16. Per-row values are combined in row order and every chunk's arithmetic is
 /// the same whoever computes it, so results are identical for any thread count.
 
+#include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/core/result.hpp>
 #include <rlpo/core/simd/packet.hpp>
 #include <rlpo/distill/detail/rows.hpp>
@@ -52,10 +53,6 @@
 #include <chrono>
 #include <cmath>
 #include <vector>
-
-#if defined(RLPO_USE_OPENMP)
-#include <omp.h>
-#endif
 
 namespace rlpo::distill::detail {
 
@@ -150,32 +147,20 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
     // (`balance_ranges`)
     std::vector<Index> kb;
     std::vector<double> sweep_time;
-#if defined(RLPO_USE_OPENMP)
     if (split_ok) {
-        kb.resize(static_cast<std::size_t>(omp_get_max_threads()) + 1);
+        kb.resize(static_cast<std::size_t>(::rlpo::detail::max_threads()) + 1);
         sweep_time.resize(kb.size());
     }
-#endif
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel if (N * V > 32768 && (N > 1 || split_ok))
-#endif
-    {
-        Index nt = 1, id = 0;
-#if defined(RLPO_USE_OPENMP)
-        nt = omp_get_num_threads();
-        id = omp_get_thread_num();
-#endif
+    const bool parallel = N * V > 32768 && (N > 1 || split_ok);
+    ::rlpo::detail::parallel_region(parallel, [&](const ::rlpo::detail::Team& team) {
+        const Index nt = team.size(), id = team.id();
         const bool split = split_ok && nt > 1;
         const Index r0 = split ? 0 : N * id / nt, r1 = split ? N : N * (id + 1) / nt;
         if (split && id == 0)
             for (Index t = 0; t <= nt; ++t) kb[static_cast<std::size_t>(t)] = c.nc * t / nt;
         // (the barriers of the row split; nothing in the row-block mode)
         const auto sync = [&] {
-            if (split) {
-#if defined(RLPO_USE_OPENMP)
-#pragma omp barrier
-#endif
-            }
+            if (split) team.barrier();
         };
         Scratch<A> ws;
         Slot<S, A> own_slots[3];
@@ -312,7 +297,7 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
             }
         }
         simd::store_fence();  // order the streaming stores before the results are used
-    }
+    });
     return combine_rows(fn, plan, N, loss, aux, errs, row_scale);
 }
 

@@ -18,6 +18,7 @@
 /// row gradients and combine step.
 
 #include <rlpo/core/aggregation.hpp>
+#include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/result.hpp>
 #include <rlpo/core/simd/packet.hpp>
@@ -32,10 +33,6 @@
 #include <string>
 #include <type_traits>
 #include <vector>
-
-#if defined(RLPO_USE_OPENMP)
-#include <omp.h>
-#endif
 
 namespace rlpo::distill::detail {
 
@@ -321,20 +318,14 @@ inline PassResult drive_rows(const char* fn, const RowPlan& plan, Index N, Index
         aux(static_cast<std::size_t>(N), 0.0);
     std::vector<RowError> errs(static_cast<std::size_t>(N));
     const bool add = g.mode() == GradMode::Add;
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel if (N * V > 32768 && N > 1)
-#endif
-    {
+    ::rlpo::detail::parallel_region(N * V > 32768 && N > 1, [&](const ::rlpo::detail::Team& team) {
         Scratch<A> ws;
-#if defined(RLPO_USE_OPENMP)
-#pragma omp for schedule(static)
-#endif
-        for (Index n = 0; n < N; ++n) {
+        team.for_static(N, [&](Index n) {
             const auto k = static_cast<std::size_t>(n);
             S* dst = g.row(n);
             if (plan.m[k] == 0) {
                 if (dst && !add) Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(dst, V).setZero();
-                continue;
+                return;
             }
             ws.ensure(V);
             const RowGrad<S> rg = make_row_grad<S, A>(g, plan, n, V, row_scale, ws);
@@ -345,9 +336,9 @@ inline PassResult drive_rows(const char* fn, const RowPlan& plan, Index N, Index
             errs[k] = err;
             loss[k] = L;
             aux[k] = ax;
-        }
+        });
         simd::store_fence();  // order the streaming stores before the results are used
-    }
+    });
     return combine_rows(fn, plan, N, loss, aux, errs, row_scale);
 }
 
