@@ -57,14 +57,10 @@ Result<::rlpo::detail::scalar_t<DS>> sinkhorn(
     const Eigen::MatrixBase<DM>& mask, const SinkhornOptions& opts = {},
     const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<DS>;
-    static_assert(detail::is_logit_scalar_v<S>,
-                  "rlpo::distill: logits must be float, double or Eigen::bfloat16");
-    static_assert(std::is_same<S, ::rlpo::detail::scalar_t<DT>>::value,
-                  "rlpo::distill: student and teacher logits must have the same scalar type");
     using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     constexpr const char* fn = "distill::sinkhorn";
-    const ConstMatRef<S> z(student_logits.derived()), y(teacher_logits.derived());
-    ::rlpo::detail::check_same_shape(fn, "teacher_logits", y, "student_logits", z);
+    const detail::LogitPair<DS, DT> in(fn, student_logits, teacher_logits);
+    const ConstMatRef<S>&z = in.z, &y = in.y;
     ::rlpo::detail::check_positive(fn, "temperature", opts.temperature);
     ::rlpo::detail::check_positive(fn, "epsilon", opts.epsilon);
     RLPO_CHECK(opts.iterations >= 1, fn, "iterations: must be >= 1, given ", opts.iterations);

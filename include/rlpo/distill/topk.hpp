@@ -230,14 +230,10 @@ Result<::rlpo::detail::scalar_t<DS>> dac_kl(
     const Eigen::MatrixBase<DM>& mask, const DacKLOptions& opts = {}, const Normalizer& norm = {},
     const GradientOut<::rlpo::detail::scalar_t<DS>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<DS>;
-    static_assert(detail::is_logit_scalar_v<S>,
-                  "rlpo::distill: logits must be float, double or Eigen::bfloat16");
-    static_assert(std::is_same<S, ::rlpo::detail::scalar_t<DT>>::value,
-                  "rlpo::distill: student and teacher logits must have the same scalar type");
     using A = detail::acc_t<S>;
     constexpr const char* fn = "distill::dac_kl";
-    const ConstMatRef<S> z(student_logits.derived()), y(teacher_logits.derived());
-    ::rlpo::detail::check_same_shape(fn, "teacher_logits", y, "student_logits", z);
+    const detail::LogitPair<DS, DT> in(fn, student_logits, teacher_logits);
+    const ConstMatRef<S>&z = in.z, &y = in.y;
     detail::validate(fn, opts);
     const Index N = z.rows(), V = z.cols();
     const detail::RowPlan plan = detail::plan_rows(fn, N, mask, norm);

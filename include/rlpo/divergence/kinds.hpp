@@ -5,6 +5,7 @@
 /// tuning) and their validation. The formulas are in distill/divergences.hpp.
 
 #include <rlpo/core/error.hpp>
+#include <rlpo/core/names.hpp>
 #include <rlpo/core/types.hpp>
 
 #include <atomic>
@@ -15,45 +16,31 @@ namespace rlpo::distill {
 
 enum class Divergence { ForwardKL, ReverseKL, JSD, SkewKL, SkewReverseKL, TVD };
 
+namespace detail {
+/// Every accepted spelling; the first row of a kind is its canonical (metric) name.
+inline constexpr NameRow<Divergence> divergence_names[] = {
+    {"forward_kl", Divergence::ForwardKL},
+    {"fkl", Divergence::ForwardKL},
+    {"kl", Divergence::ForwardKL},
+    {"reverse_kl", Divergence::ReverseKL},
+    {"rkl", Divergence::ReverseKL},
+    {"jsd", Divergence::JSD},
+    {"skew_kl", Divergence::SkewKL},
+    {"skl", Divergence::SkewKL},
+    {"skew_reverse_kl", Divergence::SkewReverseKL},
+    {"srkl", Divergence::SkewReverseKL},
+    {"tvd", Divergence::TVD},
+};
+inline constexpr NameTable divergence_table{divergence_names};
+}  // namespace detail
+
 /// Metric / display name.
-inline const char* to_string(Divergence d) {
-    switch (d) {
-        case Divergence::ForwardKL: return "forward_kl";
-        case Divergence::ReverseKL: return "reverse_kl";
-        case Divergence::JSD: return "jsd";
-        case Divergence::SkewKL: return "skew_kl";
-        case Divergence::SkewReverseKL: return "skew_reverse_kl";
-        case Divergence::TVD: return "tvd";
-    }
-    return "?";
-}
+inline const char* to_string(Divergence d) { return detail::divergence_table.name_of(d); }
 
 /// Parse `forward_kl`/`fkl`/`kl`, `reverse_kl`/`rkl`, `jsd`, `skew_kl`/`skl`,
 /// `skew_reverse_kl`/`srkl`, `tvd`; unknown names throw with the valid list.
 inline Divergence parse_divergence(const std::string& name) {
-    struct Entry {
-        const char* name;
-        Divergence d;
-    };
-    static const Entry table[] = {{"forward_kl", Divergence::ForwardKL},
-                                  {"fkl", Divergence::ForwardKL},
-                                  {"kl", Divergence::ForwardKL},
-                                  {"reverse_kl", Divergence::ReverseKL},
-                                  {"rkl", Divergence::ReverseKL},
-                                  {"jsd", Divergence::JSD},
-                                  {"skew_kl", Divergence::SkewKL},
-                                  {"skl", Divergence::SkewKL},
-                                  {"skew_reverse_kl", Divergence::SkewReverseKL},
-                                  {"srkl", Divergence::SkewReverseKL},
-                                  {"tvd", Divergence::TVD}};
-    std::string valid;
-    for (const auto& e : table) {
-        if (name == e.name) return e.d;
-        valid += valid.empty() ? "" : ", ";
-        valid += e.name;
-    }
-    ::rlpo::detail::fail("distill::parse_divergence", "name: unknown divergence '", name,
-                         "'; valid names: ", valid);
+    return detail::divergence_table.parse("distill::parse_divergence", "divergence", name);
 }
 
 /// Advanced tuning of the fast path of the dense divergences (`DistillOptions::tuning`), for

@@ -46,6 +46,26 @@ inline constexpr bool is_logit_scalar_v =
 template <class S>
 using acc_t = std::conditional_t<std::is_same<S, double>::value, double, float>;
 
+/// The student and teacher logits of a distillation objective, `[N, V]` each, viewed in place:
+/// the same scalar type (float, double or Eigen::bfloat16, checked at compile time) and the
+/// same shape (`rlpo::invalid_argument` otherwise). The entry of every objective that compares
+/// two full logit rows (`divergence`, `dac_kl`, `taid`, `nkd`, `sinkhorn`).
+template <class DS, class DT>
+struct LogitPair {
+    using S = ::rlpo::detail::scalar_t<DS>;
+    static_assert(is_logit_scalar_v<S>,
+                  "rlpo::distill: logits must be float, double or Eigen::bfloat16");
+    static_assert(std::is_same<S, ::rlpo::detail::scalar_t<DT>>::value,
+                  "rlpo::distill: student and teacher logits must have the same scalar type");
+    const ConstMatRef<S> z, y;  ///< student, teacher
+    const Index N, V;
+    LogitPair(const char* fn, const Eigen::MatrixBase<DS>& student,
+              const Eigen::MatrixBase<DT>& teacher)
+        : z(student.derived()), y(teacher.derived()), N(z.rows()), V(z.cols()) {
+        ::rlpo::detail::check_same_shape(fn, "teacher_logits", y, "student_logits", z);
+    }
+};
+
 template <class A>
 using Arr = Eigen::Array<A, Eigen::Dynamic, 1>;
 template <class A>
