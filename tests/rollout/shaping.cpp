@@ -6,6 +6,7 @@
 
 #include "rollout/common.hpp"
 
+#include <rlpo/rollout/length_shaping.hpp>
 #include <rlpo/rollout/shaping.hpp>
 
 #include <cmath>

@@ -35,7 +35,7 @@
 /// The gradient is w.r.t. the raw student logits z (the 1/τ is included).
 ///
 /// **Speed.** One fused, pipelined sweep per L1-sized chunk over several rows at once
-/// (divergence/driver.hpp describes the pipeline, divergence/fused_chunk.hpp its stages);
+/// (divergence/detail/driver.hpp describes the pipeline, divergence/detail/fused_chunk.hpp its stages);
 /// arithmetic in float (double for double logits), results identical for any thread count.
 ///
 /// **Metrics**: the divergence's name (`forward_kl`, `reverse_kl`, `jsd`, `skew_kl`,
@@ -53,7 +53,7 @@
 #include <rlpo/core/result.hpp>
 #include <rlpo/core/types.hpp>
 #include <rlpo/distill/detail/rows.hpp>
-#include <rlpo/divergence/driver.hpp>
+#include <rlpo/divergence/detail/driver.hpp>
 #include <rlpo/divergence/kinds.hpp>
 
 #include <type_traits>

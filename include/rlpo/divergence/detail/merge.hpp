@@ -5,8 +5,8 @@
 /// the gradient constants are formed (`finish_stage2`), and JSD's lean sweep picks the form
 /// of each chunk (`lean_chunk_forms`).
 
-#include <rlpo/divergence/arith.hpp>
-#include <rlpo/divergence/slot.hpp>
+#include <rlpo/divergence/detail/arith.hpp>
+#include <rlpo/divergence/detail/slot.hpp>
 
 #include <Eigen/Core>
 

@@ -6,8 +6,8 @@
 
 #include <rlpo/core/simd/fast_math.hpp>
 #include <rlpo/core/simd/packet.hpp>
-#include <rlpo/divergence/arith.hpp>
-#include <rlpo/divergence/slot.hpp>
+#include <rlpo/divergence/detail/arith.hpp>
+#include <rlpo/divergence/detail/slot.hpp>
 
 #include <Eigen/Core>
 

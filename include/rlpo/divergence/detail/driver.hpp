@@ -42,10 +42,10 @@
 #include <rlpo/core/result.hpp>
 #include <rlpo/core/simd/packet.hpp>
 #include <rlpo/distill/detail/rows.hpp>
-#include <rlpo/divergence/exact_row.hpp>
-#include <rlpo/divergence/fused_chunk.hpp>
-#include <rlpo/divergence/merge.hpp>
-#include <rlpo/divergence/slot.hpp>
+#include <rlpo/divergence/detail/exact_row.hpp>
+#include <rlpo/divergence/detail/fused_chunk.hpp>
+#include <rlpo/divergence/detail/merge.hpp>
+#include <rlpo/divergence/detail/slot.hpp>
 
 #include <Eigen/Core>
 

@@ -6,7 +6,7 @@
 
 #include <rlpo/core/simd/packet.hpp>
 #include <rlpo/distill/detail/rows.hpp>
-#include <rlpo/divergence/arith.hpp>
+#include <rlpo/divergence/detail/arith.hpp>
 #include <rlpo/divergence/kinds.hpp>
 
 #include <Eigen/Core>

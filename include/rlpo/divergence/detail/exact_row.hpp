@@ -2,7 +2,7 @@
 /// \file
 /// The exact row path of the dense divergences (internal): one row at a time with Eigen
 /// array expressions, zero probabilities (−inf logits) handled exactly. The pipelined fast
-/// path (divergence/driver.hpp) sends here the rows it cannot take (non-finite logits, sums or
+/// path (divergence/detail/driver.hpp) sends here the rows it cannot take (non-finite logits, sums or
 /// values), and its errors (NaN, +inf, all −inf) are found here.
 
 #include <rlpo/distill/detail/rows.hpp>
