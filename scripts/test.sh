@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build and run the whole rlpo test suite (unit, differential vs PyTorch, consumer routes).
 #   scripts/test.sh              Release build in build/, all tests
-#   scripts/test.sh --sanitize   ASan + UBSan build in build-asan/ (consumer routes skipped)
+#   scripts/test.sh --sanitize   ASan + UBSan build in build-asan/ (consumer routes and the
+#                                fixed-ISA kernel variants skipped)
 # Extra environment: CXX (compiler), RLPO_CXX_STANDARD (17 or 20), RLPO_BUILD_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ if [ "${1:-}" = "--sanitize" ]; then
   dir=${RLPO_BUILD_DIR:-build-asan}
   cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_STANDARD="$std" \
     -DRLPO_BUILD_BENCHMARKS=OFF -DRLPO_BUILD_EXAMPLES=ON -DRLPO_TEST_CONSUMERS=OFF \
+    -DRLPO_TEST_ISA_VARIANTS=OFF \
     -DCMAKE_CXX_FLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
     -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >/dev/null
   label="-LE slow"
