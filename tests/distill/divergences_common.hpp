@@ -5,6 +5,7 @@
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
+#include "support/invariance.hpp"
 
 #include <rlpo/distill/divergences.hpp>
 #include <rlpo/testing/random.hpp>
@@ -13,10 +14,6 @@
 #include <limits>
 #include <utility>
 #include <vector>
-
-#if defined(RLPO_USE_OPENMP)
-#include <omp.h>
-#endif
 
 using rlpo::Aggregation;
 using rlpo::Index;
@@ -27,17 +24,9 @@ namespace rt = rlpo::testing;
 using bf16 = Eigen::bfloat16;
 constexpr double inf = std::numeric_limits<double>::infinity();
 
-#if defined(RLPO_USE_OPENMP)
-// f() evaluated with k OpenMP threads (the previous setting restored).
-template <class F>
-auto with_threads(int k, F&& f) {
-    const int before = omp_get_max_threads();
-    omp_set_num_threads(k);
-    auto r = f();
-    omp_set_num_threads(before);
-    return r;
-}
+using rlpo_test::with_threads;
 
+#if defined(RLPO_USE_OPENMP)
 // The row split (the threads share each row) forced in `o`; `shuffle`: its chunk ranges move
 // every step by a fixed pattern (instead of after the sweep times).
 inline DistillOptions force_row_split(DistillOptions o, bool shuffle) {

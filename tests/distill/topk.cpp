@@ -3,6 +3,7 @@
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
+#include "support/invariance.hpp"
 #include "support/torch_reference.hpp"
 
 #include <rlpo/core/math.hpp>
@@ -221,24 +222,16 @@ TEST_CASE("top-k forward KL: limits and bounds", "[distill][topk][properties]") 
     }
     SECTION("micro-batches sum to the whole batch") {
         const Mat<double> mask = gen.mask(3, 2, 1, true);
-        for (Aggregation mode : rlpo_test::all_modes()) {
-            const rlpo::Normalizer n = rlpo_test::global_normalizer(mode, mask);
-            const auto whole =
-                rlpo::distill::forward_kl_topk(z, all.leftCols(5), lp_all.leftCols(5), mask, {}, n);
-            Mat<double> g = Mat<double>::Zero(N, V);
-            double total = 0;
-            for (const auto& ch : rlpo_test::uneven_chunks(3)) {
-                Eigen::Ref<Mat<double>> gb = g.middleRows(ch.first * 2, ch.second * 2);
-                total += rlpo::distill::forward_kl_topk(
-                             z.middleRows(ch.first * 2, ch.second * 2),
-                             all.leftCols(5).middleRows(ch.first * 2, ch.second * 2),
-                             lp_all.leftCols(5).middleRows(ch.first * 2, ch.second * 2),
-                             mask.middleRows(ch.first, ch.second), {}, n, rlpo::add_to<double>(gb))
-                             .value;
-            }
-            CHECK(total == Approx(whole.value).epsilon(1e-12).margin(1e-15));
-            CHECK(rlpo_test::max_rel_err(g, whole.grad) < 1e-12);
-        }
+        rlpo_test::Invariance inv;
+        inv.grad_rows_per_seq = 2;
+        inv.margin = 1e-15;
+        rlpo_test::require_micro_batch_invariance(
+            [&](Index r0, Index nr, const rlpo::Normalizer& n) {
+                return rlpo::distill::forward_kl_topk(
+                    z.middleRows(r0 * 2, nr * 2), all.leftCols(5).middleRows(r0 * 2, nr * 2),
+                    lp_all.leftCols(5).middleRows(r0 * 2, nr * 2), mask.middleRows(r0, nr), {}, n);
+            },
+            mask, inv);
     }
 }
 

@@ -2,6 +2,7 @@
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
+#include "support/invariance.hpp"
 #include "support/torch_reference.hpp"
 
 #include <rlpo/core/math.hpp>
@@ -375,53 +376,43 @@ TEST_CASE("kl_penalty, kl_penalty_corrected: micro-batch invariance, long rows",
     const Mat<double> lp = gen.logprobs(B, T), old = gen.perturbed(lp, 0.5),
                       ref = gen.perturbed(lp, 1.0);
     const Mat<double> m = gen.mask(B, T, 1, true);
-    for (KLEstimator e : kAll)
-        for (Aggregation mode : rlpo_test::all_modes()) {
-            INFO(rlpo::penalties::to_string(e) << " " << rlpo::to_string(mode));
-            const rlpo::Normalizer n = rlpo_test::global_normalizer(mode, m);
-            const KLOptions o = KLOptions::verl(e);
-            const auto full = rlpo::penalties::kl_penalty(lp, ref, m, o, n);
-            const auto full_c = rlpo::penalties::kl_penalty_corrected(lp, old, ref, m, o, n);
-            double total = 0, total_c = 0;
-            Mat<double> g(B, T), gc(B, T);
-            rlpo::Metrics merged;
-            for (const auto& ch : rlpo_test::uneven_chunks(B)) {
-                const Index r0 = ch.first, nr = ch.second;
-                auto gb = g.middleRows(r0, nr);
-                auto gcb = gc.middleRows(r0, nr);
-                const auto part = rlpo::penalties::kl_penalty(
-                    Mat<double>(lp.middleRows(r0, nr)), Mat<double>(ref.middleRows(r0, nr)),
-                    Mat<double>(m.middleRows(r0, nr)), o, n, rlpo::write_to<double>(gb));
-                total += part.value;
-                merged.merge(part.metrics);
-                total_c +=
-                    rlpo::penalties::kl_penalty_corrected(
-                        Mat<double>(lp.middleRows(r0, nr)), Mat<double>(old.middleRows(r0, nr)),
-                        Mat<double>(ref.middleRows(r0, nr)), Mat<double>(m.middleRows(r0, nr)), o,
-                        n, rlpo::write_to<double>(gcb))
-                        .value;
-            }
-            CHECK(total == Approx(full.value).epsilon(1e-12));
-            CHECK(total_c == Approx(full_c.value).epsilon(1e-12));
-            CHECK(g == full.grad);
-            CHECK(gc == full_c.grad);
-            CHECK(merged["kl"] == Approx(full.metrics["kl"]).epsilon(1e-12));
-            // the vectorised pass agrees with the scalar estimator, token by token
-            rlpo::Normalizer sum;
-            sum.mode = Aggregation::TokenSum;
-            const auto tok = rlpo::penalties::kl_penalty(lp, ref, m, o, sum);
-            double expect = 0, worst = 0;
-            for (Index i = 0; i < B; ++i)
-                for (Index t = 0; t < T; ++t)
-                    if (m(i, t) != 0) {
-                        const auto lg = rlpo::penalties::kl_estimate(lp(i, t) - ref(i, t), o);
-                        expect += lg.loss;
-                        worst = std::max(worst, std::abs(tok.grad(i, t) - lg.grad) /
-                                                    std::max(1.0, std::abs(lg.grad)));
-                    }
-            CHECK(worst < 1e-13);
-            CHECK(tok.value == Approx(expect).epsilon(1e-12));
-        }
+    for (KLEstimator e : kAll) {
+        INFO(rlpo::penalties::to_string(e));
+        const KLOptions o = KLOptions::verl(e);
+        rlpo_test::Invariance inv;
+        inv.bitwise_grad = true;
+        inv.metrics = {"kl"};
+        rlpo_test::require_micro_batch_invariance(
+            [&](Index r0, Index nr, const rlpo::Normalizer& n) {
+                return rlpo::penalties::kl_penalty(Mat<double>(lp.middleRows(r0, nr)),
+                                                   Mat<double>(ref.middleRows(r0, nr)),
+                                                   Mat<double>(m.middleRows(r0, nr)), o, n);
+            },
+            m, inv);
+        inv.metrics.clear();
+        rlpo_test::require_micro_batch_invariance(
+            [&](Index r0, Index nr, const rlpo::Normalizer& n) {
+                return rlpo::penalties::kl_penalty_corrected(
+                    Mat<double>(lp.middleRows(r0, nr)), Mat<double>(old.middleRows(r0, nr)),
+                    Mat<double>(ref.middleRows(r0, nr)), Mat<double>(m.middleRows(r0, nr)), o, n);
+            },
+            m, inv);
+        // the vectorised pass agrees with the scalar estimator, token by token
+        rlpo::Normalizer sum;
+        sum.mode = Aggregation::TokenSum;
+        const auto tok = rlpo::penalties::kl_penalty(lp, ref, m, o, sum);
+        double expect = 0, worst = 0;
+        for (Index i = 0; i < B; ++i)
+            for (Index t = 0; t < T; ++t)
+                if (m(i, t) != 0) {
+                    const auto lg = rlpo::penalties::kl_estimate(lp(i, t) - ref(i, t), o);
+                    expect += lg.loss;
+                    worst = std::max(worst, std::abs(tok.grad(i, t) - lg.grad) /
+                                                std::max(1.0, std::abs(lg.grad)));
+                }
+        CHECK(worst < 1e-13);
+        CHECK(tok.value == Approx(expect).epsilon(1e-12));
+    }
 }
 
 TEST_CASE("kl_penalty: bad input gives the documented error", "[penalties][kl][bad-input]") {

@@ -2,6 +2,7 @@
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
+#include "support/invariance.hpp"
 #include "support/torch_reference.hpp"
 
 #include <rlpo/penalties/velocity_mse.hpp>
@@ -116,23 +117,16 @@ TEST_CASE("velocity_mse: properties", "[penalties][velocity][properties]") {
     }
     SECTION("micro-batches with global counts sum to the whole batch") {
         Mat<double> mm = gen.mask(B, T, 1, true);
-        for (Aggregation mode : rlpo_test::all_modes()) {
-            const rlpo::Normalizer n = rlpo_test::global_normalizer(mode, mm);
-            const auto full = rlpo::penalties::velocity_mse(v, vr, mm, {}, n);
-            double total = 0;
-            Mat<double> g = Mat<double>::Zero(B * T, D);
-            for (const auto& ch : rlpo_test::uneven_chunks(B)) {
-                auto gb = g.middleRows(ch.first * T, ch.second * T);
-                total += rlpo::penalties::velocity_mse(
-                             Mat<double>(v.middleRows(ch.first * T, ch.second * T)),
-                             Mat<double>(vr.middleRows(ch.first * T, ch.second * T)),
-                             Mat<double>(mm.middleRows(ch.first, ch.second)), {}, n,
-                             rlpo::write_to<double>(gb))
-                             .value;
-            }
-            CHECK(total == Approx(full.value).epsilon(1e-13));
-            CHECK(rlpo_test::max_rel_err(g, full.grad) < 1e-13);
-        }
+        rlpo_test::Invariance inv;
+        inv.grad_rows_per_seq = T;
+        inv.tol = 1e-13;
+        rlpo_test::require_micro_batch_invariance(
+            [&](Index r0, Index nr, const rlpo::Normalizer& n) {
+                return rlpo::penalties::velocity_mse(Mat<double>(v.middleRows(r0 * T, nr * T)),
+                                                     Mat<double>(vr.middleRows(r0 * T, nr * T)),
+                                                     Mat<double>(mm.middleRows(r0, nr)), {}, n);
+            },
+            mm, inv);
     }
 }
 

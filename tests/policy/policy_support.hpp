@@ -3,6 +3,7 @@
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
+#include "support/invariance.hpp"
 #include "support/torch_reference.hpp"
 
 #include <rlpo/core/aggregation.hpp>
@@ -79,25 +80,9 @@ inline rlpo::Normalizer norm_for(Aggregation mode, std::uint64_t k) {
     return n;
 }
 
-/// Micro-batch invariance: with global counts, the values and gradients of uneven row chunks
-/// add up to one call on the whole batch. `f(rows_begin, rows_count, norm)` returns a Result.
-template <class F>
-void require_micro_batch_invariance(F&& f, const Mat<double>& mask, double tol = 1e-12) {
-    for (Aggregation mode : rlpo_test::all_modes()) {
-        INFO(rlpo::to_string(mode));
-        const rlpo::Normalizer n = rlpo_test::global_normalizer(mode, mask);
-        const auto full = f(Index(0), mask.rows(), n);
-        double sum = 0.0;
-        Mat<double> g = Mat<double>::Zero(mask.rows(), mask.cols());
-        for (const auto& ch : rlpo_test::uneven_chunks(mask.rows())) {
-            const auto part = f(ch.first, ch.second, n);
-            sum += part.value;
-            g.middleRows(ch.first, ch.second) = part.grad;
-        }
-        CHECK(rlpo_test::rel_err(sum, full.value, 1e-12) < tol);
-        CHECK(rlpo_test::max_rel_err(g, full.grad) < tol);
-    }
-}
+/// Micro-batch invariance (tests/support/invariance.hpp): `f(rows_begin, rows_count, norm)`
+/// returns a Result.
+using rlpo_test::require_micro_batch_invariance;
 
 /// The differential test of a token surrogate `f(logp, old, adv, mask, opts, norm, out, w)`:
 /// every option set × aggregation mode on `spread_batch` data (half the cases weighted, masked

@@ -2,6 +2,7 @@
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
+#include "support/invariance.hpp"
 #include "support/torch_reference.hpp"
 
 #include <rlpo/policy/ppo_clip.hpp>
@@ -10,7 +11,6 @@
 #include <cmath>
 #include <limits>
 #if defined(RLPO_USE_OPENMP)
-#include <omp.h>
 #endif
 
 using rlpo::Aggregation;
@@ -274,36 +274,24 @@ TEST_CASE("ppo_clip: properties", "[policy][ppo_clip][properties]") {
         const Index B = 40, T = 1100;  // B·T > the parallel threshold
         const Mat<float> lp3 = g3.logprobs<float>(B, T), old3 = g3.perturbed<float>(lp3, 0.6);
         const Mat<float> a3 = g3.normal<float>(B, T), m3 = g3.mask<float>(B, T, 1, true);
-        for (Aggregation mode : rlpo_test::all_modes()) {
-            INFO(rlpo::to_string(mode));
-            const rlpo::Normalizer n = rlpo_test::global_normalizer(mode, m3);
-            const auto full = rlpo::policy::ppo_clip(lp3, old3, a3, m3, PPOClipOptions::verl(), n);
-            double total = 0;
-            Mat<float> g(B, T);
-            for (const auto& ch : rlpo_test::uneven_chunks(B)) {
-                auto gb = g.middleRows(ch.first, ch.second);
-                total +=
-                    rlpo::policy::ppo_clip(Mat<float>(lp3.middleRows(ch.first, ch.second)),
-                                           Mat<float>(old3.middleRows(ch.first, ch.second)),
-                                           Mat<float>(a3.middleRows(ch.first, ch.second)),
-                                           Mat<float>(m3.middleRows(ch.first, ch.second)),
-                                           PPOClipOptions::verl(), n, rlpo::write_to<float>(gb))
-                        .value;
-            }
-            CHECK(total == Approx(full.value).epsilon(1e-12));
-            CHECK(g == full.grad);  // rows never split: bitwise equal
-        }
-#if defined(RLPO_USE_OPENMP)
-        const int before = omp_get_max_threads();
-        omp_set_num_threads(1);
-        const auto one = rlpo::policy::ppo_clip(lp3, old3, a3, m3, PPOClipOptions::verl());
-        omp_set_num_threads(3);
-        const auto three = rlpo::policy::ppo_clip(lp3, old3, a3, m3, PPOClipOptions::verl());
-        omp_set_num_threads(before);
+        rlpo_test::Invariance inv;
+        inv.bitwise_grad = true;  // rows never split: bitwise equal
+        inv.metrics = {"pg_clipfrac"};
+        rlpo_test::require_micro_batch_invariance(
+            [&](Index r0, Index nr, const rlpo::Normalizer& n) {
+                return rlpo::policy::ppo_clip(
+                    Mat<float>(lp3.middleRows(r0, nr)), Mat<float>(old3.middleRows(r0, nr)),
+                    Mat<float>(a3.middleRows(r0, nr)), Mat<float>(m3.middleRows(r0, nr)),
+                    PPOClipOptions::verl(), n);
+            },
+            m3, inv);
+        const auto run = [&] {
+            return rlpo::policy::ppo_clip(lp3, old3, a3, m3, PPOClipOptions::verl());
+        };
+        const auto one = rlpo_test::with_threads(1, run), three = rlpo_test::with_threads(3, run);
         CHECK(one.value == three.value);
         CHECK(one.grad == three.grad);
         CHECK(one.metrics["pg_clipfrac"] == three.metrics["pg_clipfrac"]);
-#endif
     }
     SECTION("masked positions: gradient exactly 0 and their inputs never read") {
         Mat<double> lp = logp, mk = m;

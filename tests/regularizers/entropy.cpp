@@ -83,20 +83,13 @@ TEST_CASE("entropy_bonus: properties", "[policy][entropy][properties]") {
         rt::Generator gen(52);
         const Index B = 6, T = 4, V = 5;
         const Mat<double> z = gen.logits(B * T, V), m = gen.mask(B, T, 1, true);
-        for (Aggregation mode : rlpo_test::all_modes()) {
-            const rlpo::Normalizer n = rlpo_test::global_normalizer(mode, m);
-            const auto full = rr::entropy_bonus(z, m, n);
-            double sum = 0;
-            Mat<double> g(B * T, V);
-            for (const auto& ch : rlpo_test::uneven_chunks(B)) {
-                const auto part = rr::entropy_bonus(z.middleRows(ch.first * T, ch.second * T),
-                                                    m.middleRows(ch.first, ch.second), n);
-                sum += part.value;
-                g.middleRows(ch.first * T, ch.second * T) = part.grad;
-            }
-            CHECK(rlpo_test::rel_err(sum, full.value) < 1e-12);
-            CHECK(rlpo_test::max_rel_err(g, full.grad) < 1e-12);
-        }
+        rlpo_test::Invariance inv;
+        inv.grad_rows_per_seq = T;
+        rlpo_test::require_micro_batch_invariance(
+            [&](Index r0, Index nr, const rlpo::Normalizer& n) {
+                return rr::entropy_bonus(z.middleRows(r0 * T, nr * T), m.middleRows(r0, nr), n);
+            },
+            m, inv);
     }
 }
 

@@ -4,6 +4,7 @@
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
+#include "support/invariance.hpp"
 #include "support/torch_reference.hpp"
 
 #include "rollout/common.hpp"
@@ -13,10 +14,6 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
-
-#if defined(RLPO_USE_OPENMP)
-#include <omp.h>
-#endif
 
 using rlpo::Index;
 using rlpo::Mat;
@@ -312,12 +309,7 @@ TEST_CASE("token advantages: bitwise identical with 1 and several threads",
                                rr::reinforce_pp_baseline_advantages(b.scores, b.groups, mb),
                                rr::broadcast_to_tokens(b.scores, mb));
     };
-    const int saved = omp_get_max_threads();
-    omp_set_num_threads(1);
-    const auto one = run();
-    omp_set_num_threads(4);
-    const auto many = run();
-    omp_set_num_threads(saved);
+    const auto one = rlpo_test::with_threads(1, run), many = rlpo_test::with_threads(4, run);
     CHECK(std::get<0>(one) == std::get<0>(many));
     CHECK(std::get<1>(one) == std::get<1>(many));
     CHECK(std::get<2>(one) == std::get<2>(many));
