@@ -220,18 +220,12 @@ Result<::rlpo::detail::scalar_t<DL>> kl_cov(
     // the shared preamble (policy/detail/driver.hpp), then the selection and a token pass
     detail::SurrogateCall<S, detail::KLCovRows> call(logp, old_logp, advantages, mask, opts, norm,
                                                      out, is_weights, false);
-    constexpr const char* fn = detail::KLCovRows::name;
     const ConstMatRef<S>& lp = call.lp;
-    const ConstMatRef<S>& olp = call.olp;
-    const ConstMatRef<S>& A = call.A;
-    const ConstMatRef<S>& m = call.m;
-    const RowWeights& w = call.w;
-    const ::rlpo::detail::GradWriter<S>& g = call.g;
     // Top-k by covariance over the valid tokens (plain means, as verl), ties by position.
-    const Mat<double> cov = detail::token_covariance<S>(fn, lp, A, m, false);
+    const Mat<double> cov = detail::token_covariance<S>(call.fn, lp, call.A, call.m, false);
     std::vector<Index> valid;
     for (Index k = 0; k < lp.size(); ++k)
-        if (m(k / lp.cols(), k % lp.cols()) != 0) valid.push_back(k);
+        if (call.m(k / lp.cols(), k % lp.cols()) != 0) valid.push_back(k);
     Mat<S> sel = Mat<S>::Zero(lp.rows(), lp.cols());
     if (!valid.empty()) {
         const auto k = std::min<std::size_t>(
@@ -244,11 +238,10 @@ Result<::rlpo::detail::scalar_t<DL>> kl_cov(
         for (std::size_t j = 0; j < k; ++j) sel(valid[j] / lp.cols(), valid[j] % lp.cols()) = S(1);
     }
     const double beta = opts.kl_coef;
-    const auto pass = ::rlpo::detail::token_pass<1, S>(
-        fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}},
+    const auto pass = call.template tokens<1>(
         [&](Index i, Index t, std::array<double, 1>& st) -> ::rlpo::detail::LossGrad {
-            const double a = static_cast<double>(A(i, t));
-            const double lr = static_cast<double>(lp(i, t)) - static_cast<double>(olp(i, t));
+            const double a = static_cast<double>(call.A(i, t));
+            const double lr = static_cast<double>(lp(i, t)) - static_cast<double>(call.olp(i, t));
             const double r = std::exp(lr);
             st[0] = std::abs(lr);
             double l = -a * r, dl = -a * r;
@@ -256,7 +249,7 @@ Result<::rlpo::detail::scalar_t<DL>> kl_cov(
                 l += beta * std::abs(lr);
                 dl += beta * (lr > 0 ? 1.0 : (lr < 0 ? -1.0 : 0.0));
             }
-            const double wt = detail::weight_at(is_weights, i, t);
+            const double wt = call.weight_at(i, t);
             return {wt * l, wt * dl};
         });
     call.res.metrics.add("ppo_kl", pass.stats[0], pass.count);

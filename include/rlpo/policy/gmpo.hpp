@@ -39,12 +39,10 @@
 /// under a non-zero mask → rlpo::invalid_argument naming the input; a row whose clipped
 /// log-ratios sum to NaN (+inf and −inf) is reported. Empty rows contribute 0.
 
-#include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/policy/detail/driver.hpp>
 
 #include <algorithm>
 #include <array>
-#include <exception>
 #include <limits>
 #include <vector>
 
@@ -89,97 +87,66 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
     const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
     using S = ::rlpo::detail::scalar_t<DL>;
-    // the shared preamble (policy/detail/driver.hpp); the row pass below is GMPO's own
-    detail::SurrogateCall<S, detail::GMPORows> call(logp, old_logp, advantages, mask, opts, norm,
-                                                    out, is_weights, false);
-    constexpr const char* fn = detail::GMPORows::name;
-    const ConstMatRef<S>& lp = call.lp;
-    const ConstMatRef<S>& olp = call.olp;
-    const ConstMatRef<S>& A = call.A;
-    const ConstMatRef<S>& m = call.m;
-    const RowWeights& w = call.w;
-    const ::rlpo::detail::GradWriter<S>& g = call.g;
+    // the shared preamble and row pass (policy/detail/driver.hpp); the row math is GMPO's own
+    detail::SurrogateCall<S, detail::GMPORows> c(logp, old_logp, advantages, mask, opts, norm, out,
+                                                 is_weights, false);
     const double lo = -opts.clip_low, hi = opts.clip_high;
-    const Index B = lp.rows(), T = lp.cols();
-    // Per-row partial sums combined in row order (bitwise identical for any thread count); a
-    // row's error is captured and the first one in row order rethrown after the loop.
-    std::vector<std::array<double, 4>> part(static_cast<std::size_t>(B), std::array<double, 4>{});
-    std::vector<std::exception_ptr> err(static_cast<std::size_t>(B));
-    ::rlpo::detail::parallel_for(B, B * T > 32768, [&](Index i) {
-        const auto r = static_cast<std::size_t>(i);
-        try {
-            const double len = w.len[r];
-            if (len <= 0) {
-                for (Index t = 0; t < T; ++t) g.zero(i, t);
-                return;
+    const Index T = c.lp.cols();
+    // part: value term, clipped (A > 0), clipped (A < 0), −log-ratio sums
+    const auto sum = c.template rows<4>([&](Index i, std::array<double, 4>& part) {
+        const double len = c.w.len[static_cast<std::size_t>(i)];
+        std::vector<double> dlr(static_cast<std::size_t>(T), 0.0);  // ∂lr̃/∂lr per token
+        double sum_lr = 0.0, sum_a = 0.0, sum_logw = 0.0, clip_hi = 0.0, clip_lo = 0.0,
+               neg_kl = 0.0;
+        for (Index t = 0; t < T; ++t) {
+            const double mk = static_cast<double>(c.m(i, t));
+            if (mk == 0) continue;
+            const double a = static_cast<double>(c.A(i, t));
+            const double lr = static_cast<double>(c.lp(i, t)) - static_cast<double>(c.olp(i, t));
+            if (std::isnan(lr))
+                ::rlpo::detail::fail_nan_at<S>(c.fn, i, t, {{"logp", &c.lp}, {"old_logp", &c.olp}});
+            const double lrc = std::clamp(lr, lo, hi);
+            const double gc = (lr >= lo && lr <= hi) ? 1.0 : 0.0;
+            const double sg = a > 0 ? 1.0 : (a < 0 ? -1.0 : 0.0);
+            double v = 0.0, gv = 0.0;
+            if (sg != 0) {
+                const ::rlpo::detail::LossGrad mn = detail::tie_min(sg * lr, sg, sg * lrc, sg * gc);
+                v = sg * mn.loss;
+                gv = sg * mn.grad;
             }
-            detail::check_row_nan<S>(fn, m, i,
-                                     {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
-            std::vector<double> dlr(static_cast<std::size_t>(T), 0.0);  // ∂lr̃/∂lr per token
-            double sum_lr = 0.0, sum_a = 0.0, sum_logw = 0.0, clip_hi = 0.0, clip_lo = 0.0,
-                   neg_kl = 0.0;
-            for (Index t = 0; t < T; ++t) {
-                const double mk = static_cast<double>(m(i, t));
-                if (mk == 0) continue;
-                const double a = static_cast<double>(A(i, t));
-                const double lr = static_cast<double>(lp(i, t)) - static_cast<double>(olp(i, t));
-                if (std::isnan(lr))
-                    ::rlpo::detail::fail_nan_at<S>(fn, i, t, {{"logp", &lp}, {"old_logp", &olp}});
-                const double lrc = std::clamp(lr, lo, hi);
-                const double gc = (lr >= lo && lr <= hi) ? 1.0 : 0.0;
-                const double sg = a > 0 ? 1.0 : (a < 0 ? -1.0 : 0.0);
-                double v = 0.0, gv = 0.0;
-                if (sg != 0) {
-                    const ::rlpo::detail::LossGrad mn =
-                        detail::tie_min(sg * lr, sg, sg * lrc, sg * gc);
-                    v = sg * mn.loss;
-                    gv = sg * mn.grad;
-                }
-                dlr[static_cast<std::size_t>(t)] = gv;
-                sum_lr += mk * v;
-                sum_a += mk * a;
-                if (is_weights) sum_logw += mk * std::log(static_cast<double>((*is_weights)(i, t)));
-                const bool clipped = lr != lrc;
-                clip_hi += (clipped && a > 0) ? mk : 0.0;
-                clip_lo += (clipped && a < 0) ? mk : 0.0;
-                neg_kl -= mk * lr;
+            dlr[static_cast<std::size_t>(t)] = gv;
+            sum_lr += mk * v;
+            sum_a += mk * a;
+            if (is_weights) sum_logw += mk * std::log(static_cast<double>((*is_weights)(i, t)));
+            const bool clipped = lr != lrc;
+            clip_hi += (clipped && a > 0) ? mk : 0.0;
+            clip_lo += (clipped && a < 0) ? mk : 0.0;
+            neg_kl -= mk * lr;
+        }
+        if (std::isnan(sum_lr))
+            ::rlpo::detail::fail(
+                c.fn, "inputs of row ", i,
+                " give an undefined (NaN) clipped log-ratio sum (+inf and -inf log-ratios)");
+        const double rho = std::exp(sum_lr / len);
+        const double abar = sum_a / len;
+        const double wrow = is_weights ? std::exp(sum_logw / len) : 1.0;
+        const double ci = c.w.c[static_cast<std::size_t>(i)];
+        part = {ci * len * wrow * (-abar * rho), clip_hi, clip_lo, neg_kl};
+        if (!c.g.active()) return;
+        const double coef = -ci * wrow * abar * rho;
+        for (Index t = 0; t < T; ++t) {
+            const double mk = static_cast<double>(c.m(i, t));
+            if (mk == 0) {
+                c.g.zero(i, t);
+                continue;
             }
-            if (std::isnan(sum_lr))
-                ::rlpo::detail::fail(
-                    fn, "inputs of row ", i,
-                    " give an undefined (NaN) clipped log-ratio sum (+inf and -inf log-ratios)");
-            const double rho = std::exp(sum_lr / len);
-            const double abar = sum_a / len;
-            const double wrow = is_weights ? std::exp(sum_logw / len) : 1.0;
-            const double c = w.c[r];
-            part[r] = {c * len * wrow * (-abar * rho), clip_hi, clip_lo, neg_kl};
-            if (!g.active()) return;
-            const double coef = -c * wrow * abar * rho;
-            for (Index t = 0; t < T; ++t) {
-                const double mk = static_cast<double>(m(i, t));
-                if (mk == 0) {
-                    g.zero(i, t);
-                    continue;
-                }
-                g.put(i, t, coef * mk * dlr[static_cast<std::size_t>(t)]);
-            }
-        } catch (...) {
-            err[r] = std::current_exception();
+            c.g.put(i, t, coef * mk * dlr[static_cast<std::size_t>(t)]);
         }
     });
-    double value = 0.0, clip_hi = 0.0, clip_lo = 0.0, neg_kl = 0.0;
-    for (Index i = 0; i < B; ++i) {
-        const auto r = static_cast<std::size_t>(i);
-        if (err[r]) std::rethrow_exception(err[r]);
-        value += part[r][0];
-        clip_hi += part[r][1];
-        clip_lo += part[r][2];
-        neg_kl += part[r][3];
-    }
-    call.res.metrics.add("pg_clipfrac", clip_hi, w.local_tokens);
-    call.res.metrics.add("pg_clipfrac_lower", clip_lo, w.local_tokens);
-    call.res.metrics.add("ppo_kl", neg_kl, w.local_tokens);
-    return call.finish(value);
+    c.res.metrics.add("pg_clipfrac", sum[1], c.w.local_tokens);
+    c.res.metrics.add("pg_clipfrac_lower", sum[2], c.w.local_tokens);
+    c.res.metrics.add("ppo_kl", sum[3], c.w.local_tokens);
+    return c.finish(sum[0]);
 }
 
 }  // namespace rlpo::policy

@@ -42,12 +42,10 @@
 /// undefined (both log-probs −inf at one token, or +inf and −inf log-ratios in one row) is
 /// reported. Empty rows contribute 0; an empty mask gives value 0, gradient 0, metrics 0.
 
-#include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/policy/detail/driver.hpp>
 
 #include <algorithm>
 #include <array>
-#include <exception>
 #include <limits>
 #include <vector>
 
@@ -111,97 +109,67 @@ Result<::rlpo::detail::scalar_t<DL>> gspo_rows(
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out,
     const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights) {
     using S = ::rlpo::detail::scalar_t<DL>;
-    SurrogateCall<S, Entry> call(logp, old_logp, advantages, mask, opts, norm, out, is_weights,
-                                 false);
-    constexpr const char* fn = Entry::name;
-    const ConstMatRef<S>& lp = call.lp;
-    const ConstMatRef<S>& olp = call.olp;
-    const ConstMatRef<S>& A = call.A;
-    const ConstMatRef<S>& m = call.m;
-    const RowWeights& w = call.w;
-    const ::rlpo::detail::GradWriter<S>& g = call.g;
+    SurrogateCall<S, Entry> c(logp, old_logp, advantages, mask, opts, norm, out, is_weights, false);
     const double lo = 1.0 - math.clip_low, hi = 1.0 + math.clip_high, K = math.log_ratio_cap;
     const bool token_level = math.level == GSPOLevel::Token;
-    const Index B = lp.rows(), T = lp.cols();
-    // Per-row partial sums, combined in row order after the (optionally parallel) row loop, so
-    // the result is bitwise identical for any number of threads. An error in a row is captured
-    // and the first one in row order is rethrown after the loop (never across threads).
-    std::vector<std::array<double, 3>> part(static_cast<std::size_t>(B), std::array<double, 3>{});
-    std::vector<std::exception_ptr> err(static_cast<std::size_t>(B));
-    ::rlpo::detail::parallel_for(B, B * T > 32768, [&](Index i) {
-        const auto r = static_cast<std::size_t>(i);
-        try {
-            const double len = w.len[r];
-            if (len <= 0) {
-                for (Index t = 0; t < T; ++t) g.zero(i, t);
-                return;
+    const Index T = c.lp.cols();
+    // part: value term, clipped tokens, −log-ratio sums
+    const auto sum = c.template rows<3>([&](Index i, std::array<double, 3>& part) {
+        const double len = c.w.len[static_cast<std::size_t>(i)];
+        double sum_lr = 0.0, neg_kl = 0.0, clipped = 0.0;
+        for (Index t = 0; t < T; ++t) {
+            const double mk = static_cast<double>(c.m(i, t));
+            if (mk == 0) continue;
+            const double lr = static_cast<double>(c.lp(i, t)) - static_cast<double>(c.olp(i, t));
+            if (std::isnan(lr))
+                ::rlpo::detail::fail_nan_at<S>(c.fn, i, t, {{"logp", &c.lp}, {"old_logp", &c.olp}});
+            sum_lr += mk * lr;
+            neg_kl -= mk * lr;
+        }
+        if (std::isnan(sum_lr))
+            ::rlpo::detail::fail(
+                c.fn, "inputs of row ", i,
+                " give an undefined (NaN) sequence log-ratio (+inf and -inf log-ratios)");
+        const double log_s_raw = sum_lr / len;
+        const double log_s = std::min(log_s_raw, K);
+        const double s = std::exp(log_s);
+        const double ds = log_s_raw > K ? 0.0 : s;  // ∂s/∂(log s), 0 beyond the cap
+        const double sc = std::clamp(s, lo, hi);
+        const bool in_range = s >= lo && s <= hi;
+        const double ci = c.w.c[static_cast<std::size_t>(i)];
+        std::vector<double> dl(static_cast<std::size_t>(T), 0.0);  // c·m·w·∂l_it/∂(log ŝ)
+        double row = 0.0, G = 0.0;
+        for (Index t = 0; t < T; ++t) {
+            const double mk = static_cast<double>(c.m(i, t));
+            if (mk == 0) continue;
+            const double a = static_cast<double>(c.A(i, t));
+            const double l1 = -a * s, g1 = -a * ds;
+            const double l2 = -a * sc, g2 = in_range ? g1 : 0.0;
+            const ::rlpo::detail::LossGrad lg = tie_max(l1, g1, l2, g2);
+            if (std::isnan(lg.loss) || std::isnan(lg.grad))
+                ::rlpo::detail::fail_nan_at<S>(
+                    c.fn, i, t, {{"logp", &c.lp}, {"old_logp", &c.olp}, {"advantages", &c.A}});
+            const double wt = c.weight_at(i, t);
+            clipped += l2 > l1 ? mk : 0.0;
+            row += mk * wt * lg.loss;
+            dl[static_cast<std::size_t>(t)] = ci * mk * wt * lg.grad;
+            G += dl[static_cast<std::size_t>(t)];
+        }
+        part = {ci * row, clipped, neg_kl};
+        if (!c.g.active()) return;
+        for (Index t = 0; t < T; ++t) {
+            const double mk = static_cast<double>(c.m(i, t));
+            if (mk == 0) {
+                c.g.zero(i, t);
+                continue;
             }
-            check_row_nan<S>(fn, m, i, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
-            double sum_lr = 0.0, neg_kl = 0.0, clipped = 0.0;
-            for (Index t = 0; t < T; ++t) {
-                const double mk = static_cast<double>(m(i, t));
-                if (mk == 0) continue;
-                const double lr = static_cast<double>(lp(i, t)) - static_cast<double>(olp(i, t));
-                if (std::isnan(lr))
-                    ::rlpo::detail::fail_nan_at<S>(fn, i, t, {{"logp", &lp}, {"old_logp", &olp}});
-                sum_lr += mk * lr;
-                neg_kl -= mk * lr;
-            }
-            if (std::isnan(sum_lr))
-                ::rlpo::detail::fail(
-                    fn, "inputs of row ", i,
-                    " give an undefined (NaN) sequence log-ratio (+inf and -inf log-ratios)");
-            const double log_s_raw = sum_lr / len;
-            const double log_s = std::min(log_s_raw, K);
-            const double s = std::exp(log_s);
-            const double ds = log_s_raw > K ? 0.0 : s;  // ∂s/∂(log s), 0 beyond the cap
-            const double sc = std::clamp(s, lo, hi);
-            const bool in_range = s >= lo && s <= hi;
-            const double c = w.c[r];
-            std::vector<double> dl(static_cast<std::size_t>(T), 0.0);  // c·m·w·∂l_it/∂(log ŝ)
-            double row = 0.0, G = 0.0;
-            for (Index t = 0; t < T; ++t) {
-                const double mk = static_cast<double>(m(i, t));
-                if (mk == 0) continue;
-                const double a = static_cast<double>(A(i, t));
-                const double l1 = -a * s, g1 = -a * ds;
-                const double l2 = -a * sc, g2 = in_range ? g1 : 0.0;
-                const ::rlpo::detail::LossGrad lg = tie_max(l1, g1, l2, g2);
-                if (std::isnan(lg.loss) || std::isnan(lg.grad))
-                    ::rlpo::detail::fail_nan_at<S>(
-                        fn, i, t, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
-                const double wt = weight_at(is_weights, i, t);
-                clipped += l2 > l1 ? mk : 0.0;
-                row += mk * wt * lg.loss;
-                dl[static_cast<std::size_t>(t)] = c * mk * wt * lg.grad;
-                G += dl[static_cast<std::size_t>(t)];
-            }
-            part[r] = {c * row, clipped, neg_kl};
-            if (!g.active()) return;
-            for (Index t = 0; t < T; ++t) {
-                const double mk = static_cast<double>(m(i, t));
-                if (mk == 0) {
-                    g.zero(i, t);
-                    continue;
-                }
-                g.put(i, t, token_level ? dl[static_cast<std::size_t>(t)] : G * mk / len);
-            }
-        } catch (...) {
-            err[r] = std::current_exception();
+            c.g.put(i, t, token_level ? dl[static_cast<std::size_t>(t)] : G * mk / len);
         }
     });
-    double value = 0.0, clipped = 0.0, neg_kl = 0.0;
-    for (Index i = 0; i < B; ++i) {
-        const auto r = static_cast<std::size_t>(i);
-        if (err[r]) std::rethrow_exception(err[r]);
-        value += part[r][0];
-        clipped += part[r][1];
-        neg_kl += part[r][2];
-    }
-    call.res.metrics.add("pg_clipfrac", clipped, w.local_tokens);
-    call.res.metrics.add("pg_clipfrac_lower", 0.0, w.local_tokens);
-    call.res.metrics.add("ppo_kl", neg_kl, w.local_tokens);
-    return call.finish(value);
+    c.res.metrics.add("pg_clipfrac", sum[1], c.w.local_tokens);
+    c.res.metrics.add("pg_clipfrac_lower", 0.0, c.w.local_tokens);
+    c.res.metrics.add("ppo_kl", sum[2], c.w.local_tokens);
+    return c.finish(sum[0]);
 }
 }  // namespace detail
 

@@ -28,7 +28,6 @@
 #include <rlpo/policy/detail/common.hpp>
 
 #include <array>
-#include <exception>
 #include <limits>
 #include <vector>
 
@@ -53,10 +52,8 @@ Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
     // the entropy and gradient of the exact softmax of the given values. Sequences run in
     // parallel (OpenMP) with per-sequence partial sums combined in order; a sequence's error is
     // captured and the first one in order rethrown after the loop.
-    std::vector<std::array<double, 2>> part(static_cast<std::size_t>(B), std::array<double, 2>{});
-    std::vector<std::exception_ptr> err(static_cast<std::size_t>(B));
-    ::rlpo::detail::parallel_for(B, B * T * V > 262144, [&](Index i) {
-        try {
+    const auto sum = ::rlpo::detail::ordered_row_sums<2>(
+        B, B * T * V > 262144, [&](Index i, std::array<double, 2>& part) {
             std::vector<double> zd(static_cast<std::size_t>(V)), tmp(static_cast<std::size_t>(V));
             const double ci = w.c[static_cast<std::size_t>(i)];
             double value = 0, hsum = 0;
@@ -81,20 +78,10 @@ Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
                 if (g.active())
                     for (Index j = 0; j < V; ++j) g.put(row, j, tmp[static_cast<std::size_t>(j)]);
             }
-            part[static_cast<std::size_t>(i)] = {value, hsum};
-        } catch (...) {
-            err[static_cast<std::size_t>(i)] = std::current_exception();
-        }
-    });
-    double value = 0, hsum = 0;
-    for (Index i = 0; i < B; ++i) {
-        if (err[static_cast<std::size_t>(i)])
-            std::rethrow_exception(err[static_cast<std::size_t>(i)]);
-        value += part[static_cast<std::size_t>(i)][0];
-        hsum += part[static_cast<std::size_t>(i)][1];
-    }
-    res.value = g.coef() * value;
-    res.metrics.add("entropy", hsum, w.local_tokens);
+            part = {value, hsum};
+        });
+    res.value = g.coef() * sum[0];
+    res.metrics.add("entropy", sum[1], w.local_tokens);
     return res;
 }
 

@@ -13,6 +13,9 @@
 ///     blocks of indices per thread);
 ///   * `parallel_for_dynamic(n, chunk, parallel, f)`: the same with a dynamic schedule of
 ///     `chunk` indices (rows of uneven cost);
+///   * `ordered_row_sums<K>(n, parallel, row)`: the contract packaged: `row(i, part)` fills
+///     row i's K partial sums, the rows' sums are added in row order, and an exception thrown
+///     by a row is captured and the first one in row order rethrown after the loop;
 ///   * `parallel_region(parallel, body)`: body(team) on every thread of one team, where
 ///     `team.id()`, `team.size()`, `team.barrier()`, `team.for_static(n, f)` and
 ///     `team.for_dynamic(n, chunk, f)` (work sharing inside the region: per-thread scratch is
@@ -20,6 +23,11 @@
 /// `parallel` false runs on the calling thread (small inputs: a team costs more than it saves).
 
 #include <rlpo/core/types.hpp>
+
+#include <array>
+#include <cstddef>
+#include <exception>
+#include <vector>
 
 #if defined(RLPO_USE_OPENMP)
 #include <omp.h>
@@ -50,6 +58,30 @@ inline void parallel_for_dynamic(Index n, int chunk, bool parallel, F&& f) {
     static_cast<void>(parallel);
     for (Index i = 0; i < n; ++i) f(i);
 #endif
+}
+
+/// Σ over rows of K partial sums: `row(i, part)` fills `part` (std::array<double, K>, zeroed)
+/// for row i ∈ [0, n), rows in parallel when `parallel`; the partials are added in row order,
+/// so the sums are bitwise identical for any number of threads. An exception thrown by a row
+/// is captured (never crosses threads) and the first one in row order is rethrown.
+template <std::size_t K, class F>
+inline std::array<double, K> ordered_row_sums(Index n, bool parallel, F&& row) {
+    std::vector<std::array<double, K>> part(static_cast<std::size_t>(n), std::array<double, K>{});
+    std::vector<std::exception_ptr> err(static_cast<std::size_t>(n));
+    parallel_for(n, parallel, [&](Index i) {
+        const auto r = static_cast<std::size_t>(i);
+        try {
+            row(i, part[r]);
+        } catch (...) {
+            err[r] = std::current_exception();
+        }
+    });
+    std::array<double, K> sum{};
+    for (std::size_t r = 0; r < part.size(); ++r) {
+        if (err[r]) std::rethrow_exception(err[r]);
+        for (std::size_t j = 0; j < K; ++j) sum[j] += part[r][j];
+    }
+    return sum;
 }
 
 /// The threads of one `parallel_region`.

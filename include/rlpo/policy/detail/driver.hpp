@@ -25,10 +25,11 @@
 /// (`token_pass`: masked tokens never read, NaN diagnosis naming the input, rows in parallel
 /// and combined in row order) and the metrics (`report`). Vectorised kernels (PPO clip) use
 /// `run_tokens_simd`, the same driver over `token_pass_simd` with the fast row factors.
-/// Sequence-level surrogates (GSPO, GMPO) and KL-Cov keep their own pass and share the preamble
-/// through `SurrogateCall`. Clip-Cov keeps its own preamble: its public `clip_cov_selection`
+/// Sequence-level surrogates (GSPO, GMPO, LUSPO) share the preamble and the row pass through
+/// `SurrogateCall::rows`; KL-Cov selects its tokens, then runs `SurrogateCall::tokens`. Clip-Cov keeps its own preamble: its public `clip_cov_selection`
 /// checks the inputs (shapes, NaN) before `is_weights`, and that order is its documented one.
 
+#include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/policy/detail/common.hpp>
 
 #include <array>
@@ -89,6 +90,37 @@ struct SurrogateCall {
     }
     double weight_at(Index i, Index t) const { return detail::weight_at(is_weights, i, t); }
 
+    /// The token pass over this call's inputs (`token_pass`): `body(i, t, stats) -> LossGrad`
+    /// for each unmasked token.
+    template <std::size_t K, class F>
+    ::rlpo::detail::TokenPassResult<K> tokens(F&& body) const {
+        if constexpr (Kernel::reads_old_logp)
+            return ::rlpo::detail::token_pass<K, S>(
+                fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}}, body);
+        else
+            return ::rlpo::detail::token_pass<K, S>(fn, m, w, g,
+                                                    {{"logp", &lp}, {"advantages", &A}}, body);
+    }
+
+    /// The row pass of the sequence-level surrogates: `row(i, part)` for each row with at least
+    /// one token, after the row's NaN check; it fills the row's K partial sums (its value term,
+    /// before the GradientOut coefficient, first) and writes its gradient through `g`. A row
+    /// without tokens gets gradient 0 and contributes 0. Rows run in parallel, their sums are
+    /// added in row order and the first error in row order is rethrown (`ordered_row_sums`).
+    template <std::size_t K, class F>
+    std::array<double, K> rows(F&& row) const {
+        const Index B = lp.rows(), T = lp.cols();
+        return ::rlpo::detail::ordered_row_sums<K>(
+            B, B * T > 32768, [&](Index i, std::array<double, K>& part) {
+                if (w.len[static_cast<std::size_t>(i)] <= 0) {
+                    for (Index t = 0; t < T; ++t) g.zero(i, t);
+                    return;
+                }
+                check_row_nan<S>(fn, m, i, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}});
+                row(i, part);
+            });
+    }
+
     const ConstMatRef<S> lp, olp, A, m;
     const Kernel kernel;
     const TokenWeights<S>& is_weights;
@@ -129,22 +161,13 @@ Result<::rlpo::detail::scalar_t<DL>> run_tokens(
     constexpr std::size_t K = Kernel::stats;
     SurrogateCall<S, Kernel> c(logp, old_logp, advantages, mask, opts, norm, out, is_weights,
                                false);
-    const auto& lp = c.lp;
-    const auto& olp = c.olp;
-    const auto& A = c.A;
-    const auto body = [&](Index i, Index t, std::array<double, K>& st) -> ::rlpo::detail::LossGrad {
-        Token tok{static_cast<double>(lp(i, t)), 0.0, static_cast<double>(A(i, t)),
-                  c.weight_at(i, t)};
-        if constexpr (Kernel::reads_old_logp) tok.old_logp = static_cast<double>(olp(i, t));
-        return c.kernel(tok, st);
-    };
-    ::rlpo::detail::TokenPassResult<K> pass;
-    if constexpr (Kernel::reads_old_logp)
-        pass = ::rlpo::detail::token_pass<K, S>(
-            c.fn, c.m, c.w, c.g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}}, body);
-    else
-        pass = ::rlpo::detail::token_pass<K, S>(c.fn, c.m, c.w, c.g,
-                                                {{"logp", &lp}, {"advantages", &A}}, body);
+    const auto pass = c.template tokens<K>(
+        [&](Index i, Index t, std::array<double, K>& st) -> ::rlpo::detail::LossGrad {
+            Token tok{static_cast<double>(c.lp(i, t)), 0.0, static_cast<double>(c.A(i, t)),
+                      c.weight_at(i, t)};
+            if constexpr (Kernel::reads_old_logp) tok.old_logp = static_cast<double>(c.olp(i, t));
+            return c.kernel(tok, st);
+        });
     c.kernel.report(c.res.metrics, pass.stats, pass.count);
     return c.finish(pass.value);
 }
