@@ -227,6 +227,54 @@ inline KLEstimator parse_kl_estimator(const std::string& name) {
     return detail::kl_estimator_table.parse("penalties::parse_kl_estimator", "KL estimator", name);
 }
 
+namespace detail {
+/// The token pass of `kl_penalty` (`Corrected` false: `olp` is not read) and of
+/// `kl_penalty_corrected`: shape checks against `logp`, option check, the vectorised pass.
+template <class S, bool Corrected>
+Result<S> kl_pass(const char* fn, const ConstMatRef<S>& lp, const ConstMatRef<S>& olp,
+                  const ConstMatRef<S>& rlp, const ConstMatRef<S>& m, const KLOptions& opts,
+                  const Normalizer& norm, const GradientOut<S>& out) {
+    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
+    if constexpr (Corrected) ::rlpo::detail::check_same_shape(fn, "old_logp", olp, "logp", lp);
+    ::rlpo::detail::check_same_shape(fn, "ref_logp", rlp, "logp", lp);
+    ::rlpo::detail::check_same_shape(fn, "mask", m, "logp", lp);
+    validate(fn, opts);
+    Result<S> res;
+    const RowWeights w = ::rlpo::detail::row_weights_fast(fn, m, norm);
+    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
+    using P = ::rlpo::detail::simd::Packet<S>;
+    const KLPacketConsts<S> kc(opts);
+    const auto body = [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
+                          ::rlpo::detail::simd::Packets<S, 1>& st) {
+        using namespace ::rlpo::detail::simd;
+        const P x = load_kept(lp.data() + i * lp.outerStride(), k, T, keep);
+        const P d = psub(x, load_kept(rlp.data() + i * rlp.outerStride(), k, T, keep));
+        if constexpr (Corrected) {
+            P v, gv;
+            kl_packet<S>(d, kc, v, gv);
+            const P raw = psub(x, load_kept(olp.data() + i * olp.outerStride(), k, T, keep));
+            const P wt = pexp(pmin(pmax(raw, kc.vnL), kc.vL));
+            const P dw = pselect(pand(pcmp_le(kc.vnL, raw), pcmp_le(raw, kc.vL)), wt, kc.zero);
+            loss = pselect(not_nan<S>(raw), pmul(wt, v), raw);
+            grad = padd(pmul(wt, gv), pmul(v, dw));
+        } else {
+            kl_packet<S>(d, kc, loss, grad);
+        }
+        st[0] = loss;
+    };
+    ::rlpo::detail::TokenPassResult<1> pass;
+    if constexpr (Corrected)
+        pass = ::rlpo::detail::token_pass_simd<1, S>(
+            fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"ref_logp", &rlp}}, body);
+    else
+        pass = ::rlpo::detail::token_pass_simd<1, S>(fn, m, w, g,
+                                                     {{"logp", &lp}, {"ref_logp", &rlp}}, body);
+    res.value = g.coef() * pass.value;
+    res.metrics.add("kl", pass.stats[0], pass.count);
+    return res;
+}
+}  // namespace detail
+
 /// Token-level KL penalty (KL in the loss): aggregation of the estimator over the mask, with its
 /// gradient w.r.t. `logp`. All inputs `[B, T]`.
 template <class DL, class DR, class DM>
@@ -235,31 +283,9 @@ Result<::rlpo::detail::scalar_t<DL>> kl_penalty(
     const Eigen::MatrixBase<DM>& mask, const KLOptions& opts = {}, const Normalizer& norm = {},
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<DL>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
-    constexpr const char* fn = "penalties::kl_penalty";
-    const ConstMatRef<S> lp(logp.derived()), rlp(ref_logp.derived()), m(mask.derived());
-    ::rlpo::detail::check_same_shape(fn, "ref_logp", rlp, "logp", lp);
-    ::rlpo::detail::check_same_shape(fn, "mask", m, "logp", lp);
-    detail::validate(fn, opts);
-
-    Result<S> res;
-    const RowWeights w = ::rlpo::detail::row_weights_fast(fn, m, norm);
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
-    using P = ::rlpo::detail::simd::Packet<S>;
-    const detail::KLPacketConsts<S> kc(opts);
-    const auto pass = ::rlpo::detail::token_pass_simd<1, S>(
-        fn, m, w, g, {{"logp", &lp}, {"ref_logp", &rlp}},
-        [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
-            ::rlpo::detail::simd::Packets<S, 1>& st) {
-            using namespace ::rlpo::detail::simd;
-            const P d = psub(load_kept(lp.data() + i * lp.outerStride(), k, T, keep),
-                             load_kept(rlp.data() + i * rlp.outerStride(), k, T, keep));
-            detail::kl_packet<S>(d, kc, loss, grad);
-            st[0] = loss;
-        });
-    res.value = g.coef() * pass.value;
-    res.metrics.add("kl", pass.stats[0], pass.count);
-    return res;
+    const ConstMatRef<S> lp(logp.derived());
+    return detail::kl_pass<S, false>("penalties::kl_penalty", lp, lp, ref_logp.derived(),
+                                     mask.derived(), opts, norm, out);
 }
 
 /// Importance-corrected token KL penalty (TRL `use_bias_correction_kl`): per token
@@ -273,39 +299,9 @@ Result<::rlpo::detail::scalar_t<DL>> kl_penalty_corrected(
     const KLOptions& opts = {}, const Normalizer& norm = {},
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<DL>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
-    constexpr const char* fn = "penalties::kl_penalty_corrected";
-    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), rlp(ref_logp.derived()),
-        m(mask.derived());
-    ::rlpo::detail::check_same_shape(fn, "old_logp", olp, "logp", lp);
-    ::rlpo::detail::check_same_shape(fn, "ref_logp", rlp, "logp", lp);
-    ::rlpo::detail::check_same_shape(fn, "mask", m, "logp", lp);
-    detail::validate(fn, opts);
-
-    Result<S> res;
-    const RowWeights w = ::rlpo::detail::row_weights_fast(fn, m, norm);
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
-    using P = ::rlpo::detail::simd::Packet<S>;
-    const detail::KLPacketConsts<S> kc(opts);
-    const auto pass = ::rlpo::detail::token_pass_simd<1, S>(
-        fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"ref_logp", &rlp}},
-        [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
-            ::rlpo::detail::simd::Packets<S, 1>& st) {
-            using namespace ::rlpo::detail::simd;
-            const P x = load_kept(lp.data() + i * lp.outerStride(), k, T, keep);
-            P v, gv;
-            detail::kl_packet<S>(psub(x, load_kept(rlp.data() + i * rlp.outerStride(), k, T, keep)),
-                                 kc, v, gv);
-            const P raw = psub(x, load_kept(olp.data() + i * olp.outerStride(), k, T, keep));
-            const P wt = pexp(pmin(pmax(raw, kc.vnL), kc.vL));
-            const P dw = pselect(pand(pcmp_le(kc.vnL, raw), pcmp_le(raw, kc.vL)), wt, kc.zero);
-            loss = pselect(not_nan<S>(raw), pmul(wt, v), raw);
-            grad = padd(pmul(wt, gv), pmul(v, dw));
-            st[0] = loss;
-        });
-    res.value = g.coef() * pass.value;
-    res.metrics.add("kl", pass.stats[0], pass.count);
-    return res;
+    return detail::kl_pass<S, true>("penalties::kl_penalty_corrected", logp.derived(),
+                                    old_logp.derived(), ref_logp.derived(), mask.derived(), opts,
+                                    norm, out);
 }
 
 /// Result of `kl_in_reward`.

@@ -60,6 +60,28 @@ enum class SingletonGroups {
     RawScore  ///< verl: mean taken as 0 and std as 1, so the score itself (÷(1 + ε) under Group)
 };
 
+namespace detail {
+/// The group loop of the baseline estimators: a singleton group gets its raw score
+/// (`SingletonGroups::RawScore`) or 0, a group whose scores are bitwise equal gets exactly 0,
+/// and `body(b, e)` fills a[b, e) for every other group. Returns a, zero-initialised.
+template <class F>
+std::vector<double> per_varied_group(const Groups& groups, const std::vector<double>& s,
+                                     SingletonGroups singleton, F&& body) {
+    std::vector<double> a(s.size(), 0.0);
+    for (Index g = 0; g < groups.num_groups(); ++g) {
+        const Index b = groups.begin(g), e = groups.end(g);
+        if (e - b == 1) {
+            if (singleton == SingletonGroups::RawScore)
+                a[static_cast<std::size_t>(b)] = s[static_cast<std::size_t>(b)];
+            continue;
+        }
+        if (all_equal(s, b, e)) continue;
+        body(b, e, a);
+    }
+    return a;
+}
+}  // namespace detail
+
 /// Options of `grpo_advantages`.
 ///
 /// Defaults are verl's (the GRPO paper, Shao et al. 2024, arXiv:2402.03300 §4.1.2, gives
@@ -192,22 +214,15 @@ Vec<::rlpo::detail::scalar_t<D>> rloo_advantages(const Eigen::MatrixBase<D>& sco
     constexpr const char* fn = "rollout::rloo_advantages";
     const std::vector<double> s = detail::read_scores(fn, "scores", scores, opts.nan_scores);
     detail::check_groups(fn, "scores", groups, s.size());
-    std::vector<double> a(s.size(), 0.0);
-    for (Index g = 0; g < groups.num_groups(); ++g) {
-        const Index b = groups.begin(g), e = groups.end(g), n = e - b;
-        if (n == 1) {
-            if (opts.singleton == SingletonGroups::RawScore)
-                a[static_cast<std::size_t>(b)] = s[static_cast<std::size_t>(b)];
-            continue;
-        }
-        if (detail::all_equal(s, b, e)) continue;
-        double sum = 0.0;
-        for (Index k = b; k < e; ++k) sum += s[static_cast<std::size_t>(k)];
-        for (Index k = b; k < e; ++k) {
-            const auto i = static_cast<std::size_t>(k);
-            a[i] = s[i] - (sum - s[i]) / static_cast<double>(n - 1);
-        }
-    }
+    const auto a = detail::per_varied_group(
+        groups, s, opts.singleton, [&](Index b, Index e, std::vector<double>& a) {
+            double sum = 0.0;
+            for (Index k = b; k < e; ++k) sum += s[static_cast<std::size_t>(k)];
+            for (Index k = b; k < e; ++k) {
+                const auto i = static_cast<std::size_t>(k);
+                a[i] = s[i] - (sum - s[i]) / static_cast<double>(e - b - 1);
+            }
+        });
     return detail::to_vec<S>(a);
 }
 
@@ -299,24 +314,17 @@ Vec<::rlpo::detail::scalar_t<DS>> opo_advantages(const Eigen::MatrixBase<DS>& sc
     const std::vector<double> l = detail::read_nonnegative(fn, "lengths", lengths);
     detail::check_groups(fn, "scores", groups, s.size());
     detail::check_groups(fn, "lengths", groups, l.size());
-    std::vector<double> a(s.size(), 0.0);
-    for (Index g = 0; g < groups.num_groups(); ++g) {
-        const Index b = groups.begin(g), e = groups.end(g);
-        if (e - b == 1) {
-            if (opts.singleton == SingletonGroups::RawScore)
-                a[static_cast<std::size_t>(b)] = s[static_cast<std::size_t>(b)];
-            continue;
-        }
-        if (detail::all_equal(s, b, e)) continue;
-        double num = 0.0, den = 0.0;
-        for (Index k = b; k < e; ++k) {
-            num += l[static_cast<std::size_t>(k)] * s[static_cast<std::size_t>(k)];
-            den += l[static_cast<std::size_t>(k)];
-        }
-        const double base = den > 0 ? num / den : detail::mean(s, b, e);
-        for (Index k = b; k < e; ++k)
-            a[static_cast<std::size_t>(k)] = s[static_cast<std::size_t>(k)] - base;
-    }
+    const auto a = detail::per_varied_group(
+        groups, s, opts.singleton, [&](Index b, Index e, std::vector<double>& a) {
+            double num = 0.0, den = 0.0;
+            for (Index k = b; k < e; ++k) {
+                num += l[static_cast<std::size_t>(k)] * s[static_cast<std::size_t>(k)];
+                den += l[static_cast<std::size_t>(k)];
+            }
+            const double base = den > 0 ? num / den : detail::mean(s, b, e);
+            for (Index k = b; k < e; ++k)
+                a[static_cast<std::size_t>(k)] = s[static_cast<std::size_t>(k)] - base;
+        });
     return detail::to_vec<S>(a);
 }
 

@@ -62,6 +62,24 @@ template <class S>
     fail(function, "inputs at [", i, ", ", t, "] give an undefined (NaN) loss:", os.str());
 }
 
+/// The end of a token pass: the rows' sums added in row order; the first row (in row order)
+/// with a NaN at token `row_nan[r]` ≥ 0 is diagnosed instead.
+template <std::size_t K, class S>
+inline TokenPassResult<K> combine_rows(const char* function, const RowWeights& w,
+                                       std::initializer_list<NamedInput<S>> inputs,
+                                       const std::vector<double>& row_value,
+                                       const std::vector<std::array<double, K>>& row_stats,
+                                       const std::vector<Index>& row_nan) {
+    TokenPassResult<K> out;
+    for (std::size_t r = 0; r < row_value.size(); ++r) {
+        if (row_nan[r] >= 0) fail_nan_at<S>(function, static_cast<Index>(r), row_nan[r], inputs);
+        out.value += row_value[r];
+        for (std::size_t j = 0; j < K; ++j) out.stats[j] += row_stats[r][j];
+    }
+    out.count = w.local_tokens;
+    return out;
+}
+
 template <std::size_t K, class S, class F>
 inline TokenPassResult<K> token_pass(const char* function, const ConstMatRef<S>& mask,
                                      const RowWeights& w, const GradWriter<S>& g,
@@ -94,15 +112,7 @@ inline TokenPassResult<K> token_pass(const char* function, const ConstMatRef<S>&
         row_value[r] = c * acc;
         row_stats[r] = st;
     });
-    TokenPassResult<K> out;
-    for (Index i = 0; i < B; ++i) {
-        const auto r = static_cast<std::size_t>(i);
-        if (row_nan[r] >= 0) fail_nan_at<S>(function, i, row_nan[r], inputs);
-        out.value += row_value[r];
-        for (std::size_t j = 0; j < K; ++j) out.stats[j] += row_stats[r][j];
-    }
-    out.count = w.local_tokens;
-    return out;
+    return combine_rows<K, S>(function, w, inputs, row_value, row_stats, row_nan);
 }
 
 }  // namespace rlpo::detail
@@ -213,15 +223,7 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
         row_value[r] = c * total;
         row_stats[r] = st;
     });
-    TokenPassResult<K> out;
-    for (Index i = 0; i < B; ++i) {
-        const auto r = static_cast<std::size_t>(i);
-        if (row_nan[r] >= 0) fail_nan_at<S>(function, i, row_nan[r], inputs);
-        out.value += row_value[r];
-        for (std::size_t j = 0; j < K; ++j) out.stats[j] += row_stats[r][j];
-    }
-    out.count = w.local_tokens;
-    return out;
+    return combine_rows<K, S>(function, w, inputs, row_value, row_stats, row_nan);
 }
 
 /// Fast row factors: the same result as `row_weights` (core/aggregation.hpp) for any mask

@@ -26,19 +26,28 @@ enum class NanScores { Throw, AsZero };
 
 namespace detail {
 
-/// Copy a vector-shaped Eigen expression (N×1 or 1×N) into doubles, applying the NaN policy.
-template <class D>
-inline std::vector<double> read_scores(const char* fn, const char* name,
-                                       const Eigen::MatrixBase<D>& x,
-                                       NanScores nan = NanScores::Throw) {
+/// The entries of a vector input (N×1, 1×N or empty; one entry per response) as doubles, each
+/// passed through `check(k, value)`, which returns the value to keep (or throws).
+template <class D, class F>
+inline std::vector<double> read_vector(const char* fn, const char* name,
+                                       const Eigen::MatrixBase<D>& x, F&& check) {
     const auto& v = x.derived();
     RLPO_CHECK(v.rows() == 1 || v.cols() == 1 || v.size() == 0, fn, name,
                ": expected a vector (one entry per response), given shape [", v.rows(), ", ",
                v.cols(), "]");
     std::vector<double> out(static_cast<std::size_t>(v.size()));
     const bool col = v.cols() == 1;
-    for (Index k = 0; k < v.size(); ++k) {
-        double s = static_cast<double>(col ? v(k, 0) : v(0, k));
+    for (Index k = 0; k < v.size(); ++k)
+        out[static_cast<std::size_t>(k)] = check(k, static_cast<double>(col ? v(k, 0) : v(0, k)));
+    return out;
+}
+
+/// Scores: finite; NaN rejected or, with `NanScores::AsZero`, counted as 0 (TRL).
+template <class D>
+inline std::vector<double> read_scores(const char* fn, const char* name,
+                                       const Eigen::MatrixBase<D>& x,
+                                       NanScores nan = NanScores::Throw) {
+    return read_vector(fn, name, x, [&](Index k, double s) {
         if (std::isnan(s)) {
             RLPO_CHECK(nan == NanScores::AsZero, fn, name, ": NaN at response ", k,
                        " (NaN scores are rejected; NanScores::AsZero counts them as 0, as TRL "
@@ -47,28 +56,19 @@ inline std::vector<double> read_scores(const char* fn, const char* name,
         }
         RLPO_CHECK(std::isfinite(s), fn, name, ": non-finite value ", s, " at response ", k,
                    " (group statistics are undefined)");
-        out[static_cast<std::size_t>(k)] = s;
-    }
-    return out;
+        return s;
+    });
 }
 
 /// Lengths (or any non-negative per-response quantity): finite and ≥ 0.
 template <class D>
 inline std::vector<double> read_nonnegative(const char* fn, const char* name,
                                             const Eigen::MatrixBase<D>& x) {
-    const auto& v = x.derived();
-    RLPO_CHECK(v.rows() == 1 || v.cols() == 1 || v.size() == 0, fn, name,
-               ": expected a vector (one entry per response), given shape [", v.rows(), ", ",
-               v.cols(), "]");
-    std::vector<double> out(static_cast<std::size_t>(v.size()));
-    const bool col = v.cols() == 1;
-    for (Index k = 0; k < v.size(); ++k) {
-        const double s = static_cast<double>(col ? v(k, 0) : v(0, k));
+    return read_vector(fn, name, x, [&](Index k, double s) {
         RLPO_CHECK(std::isfinite(s) && s >= 0, fn, name,
                    ": entries must be finite and >= 0, given ", s, " at response ", k);
-        out[static_cast<std::size_t>(k)] = s;
-    }
-    return out;
+        return s;
+    });
 }
 
 /// Throws unless `n` entries match the groups.
