@@ -14,7 +14,8 @@ std::vector<DPPOOptions> option_sets() {
     DPPOOptions kl_tight = DPPOOptions::kl(0.005);
     kl_tight.delta_high = 0.02;
     kl_tight.ratio_cap = 2.0;
-    return {DPPOOptions::tv(), DPPOOptions::kl(), tight, kl_tight};
+    return {DPPOOptions::tv(), DPPOOptions::kl(),      tight,
+            kl_tight,          DPPOOptions::verl_tv(), DPPOOptions::verl_kl()};
 }
 const auto call = [](const auto& lp, const auto& old, const auto& a, const auto& m,
                      const DPPOOptions& o, const rlpo::Normalizer& n, const auto& out,

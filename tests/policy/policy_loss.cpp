@@ -55,6 +55,19 @@ TEST_CASE("policy_loss: presets follow the anchor", "[policy][policy_loss]") {
     CHECK(p.gspo.level == rp::GSPOLevel::Sequence);
     CHECK(p.gspo.clip_low == 3e-4);
     CHECK(rp::make_policy_loss("gspo_token", Anchor::Paper).gspo.level == rp::GSPOLevel::Token);
+    // DPPO: verl reads δ from the actor's clip_ratio_low/high (0.2) and the truncation from
+    // clip_ratio_c (3.0) in verl/trainer/config/actor/actor.yaml; the paper runs 0.15 / 0.05, 20.
+    for (const char* name : {"dppo_tv", "dppo_kl"}) {
+        const auto d = rp::make_policy_loss(name);
+        const rp::DPPOOptions& o = d.loss == PolicyLoss::DPPOTV ? d.dppo_tv : d.dppo_kl;
+        CHECK(o.delta_low == 0.2);
+        CHECK(o.delta_high == 0.2);
+        CHECK(o.ratio_cap == 3.0);
+        const auto q = rp::make_policy_loss(name, Anchor::Paper);
+        const rp::DPPOOptions& op = q.loss == PolicyLoss::DPPOTV ? q.dppo_tv : q.dppo_kl;
+        CHECK(op.delta_high == (q.loss == PolicyLoss::DPPOTV ? 0.15 : 0.05));
+        CHECK(op.ratio_cap == 20.0);
+    }
 }
 
 TEST_CASE("policy_loss: dispatch equals the direct call of each surrogate",
@@ -87,10 +100,10 @@ TEST_CASE("policy_loss: dispatch equals the direct call of each surrogate",
          rp::sapo(b.logp, b.old, b.adv, b.mask, o.sapo, n, {}, w));
     o = rp::make_policy_loss("dppo_tv");
     same(rp::policy_loss(o, b.logp, b.old, b.adv, b.mask, n, {}, w),
-         rp::dppo(b.logp, b.old, b.adv, b.mask, rp::DPPOOptions::tv(), n, {}, w));
+         rp::dppo(b.logp, b.old, b.adv, b.mask, rp::DPPOOptions::verl_tv(), n, {}, w));
     o = rp::make_policy_loss("dppo_kl");
     same(rp::policy_loss(o, b.logp, b.old, b.adv, b.mask, n, {}, w),
-         rp::dppo(b.logp, b.old, b.adv, b.mask, rp::DPPOOptions::kl(), n, {}, w));
+         rp::dppo(b.logp, b.old, b.adv, b.mask, rp::DPPOOptions::verl_kl(), n, {}, w));
     o = rp::make_policy_loss("dro");
     same(rp::policy_loss(o, b.logp, b.old, b.adv, b.mask, n, {}, w),
          rp::dro(b.logp, b.old, b.adv, b.mask, {}, n, {}, w));

@@ -24,9 +24,14 @@
 ///
 /// **Sources and defaults**: Qi et al. 2026, "Rethinking the Trust Region in LLM Reinforcement
 /// Learning" (arXiv 2602.04879) and its verl-based reference code (policy losses "dppo_tv" /
-/// "dppo_kl"), whose example runs use δ = 0.15 (TV) and δ = 0.05 (KL) on both sides; the ratio
-/// truncation c falls back to 20 there when no `clip_ratio_c` is configured. The 1e-8 terms of
-/// the binary KL are the reference code's and kept so that the trust-region decisions match.
+/// "dppo_kl", `compute_policy_loss_dppo_tv` / `_kl` in `verl/trainer/ppo/core_algos.py`). The
+/// paper's example runs use δ = 0.15 (TV) and δ = 0.05 (KL) on both sides and the code's
+/// fallback truncation c = 20 (`tv()`, `kl()`, the rlpo defaults). verl reads δ_l, δ_h from the
+/// actor's `clip_ratio_low/high` and c from `clip_ratio_c`, whose defaults in verl's actor config
+/// (`verl/trainer/config/actor/actor.yaml`) are 0.2, 0.2 and 3.0: what a verl run executes
+/// unless the script overrides them (`verl_tv()`, `verl_kl()`, the verl presets of the
+/// registry). The 1e-8 terms of the binary KL are the reference code's and kept so that the
+/// trust-region decisions match.
 /// The paper's Top-K divergence approximation needs the vocabulary and is not provided here.
 ///
 /// **Bad input**: shapes differing from `logp`, δ_l, δ_h ≤ 0, c ≤ 0 → rlpo::invalid_argument;
@@ -60,6 +65,20 @@ struct DPPOOptions {
         DPPOOptions o;
         o.divergence = DPPODivergence::BinaryKL;
         o.delta_low = o.delta_high = delta;
+        return o;
+    }
+    /// DPPO-Binary-TV as verl's default actor config runs it: δ = clip_ratio = 0.2 on both
+    /// sides, truncation c = clip_ratio_c = 3.
+    static DPPOOptions verl_tv() {
+        DPPOOptions o = tv(0.2);
+        o.ratio_cap = 3.0;
+        return o;
+    }
+    /// DPPO-Binary-KL as verl's default actor config runs it (δ 0.2, c 3; the paper's 0.05 must
+    /// be set in the run script).
+    static DPPOOptions verl_kl() {
+        DPPOOptions o = kl(0.2);
+        o.ratio_cap = 3.0;
         return o;
     }
 };

@@ -129,10 +129,10 @@ Result<::rlpo::detail::scalar_t<DL>> reinforce_uniform(
       clip_cov, "clip_cov")                                                                     \
     X(KLCov, kl_cov, KLCovOptions, KLCovOptions{}, KLCovOptions{}, KLCovOptions{}, kl_cov,      \
       "kl_cov")                                                                                 \
-    X(DPPOTV, dppo_tv, DPPOOptions, DPPOOptions::tv(), DPPOOptions::tv(), DPPOOptions::tv(),    \
-      dppo, "dppo_tv")                                                                          \
-    X(DPPOKL, dppo_kl, DPPOOptions, DPPOOptions::kl(), DPPOOptions::kl(), DPPOOptions::kl(),    \
-      dppo, "dppo_kl")                                                                          \
+    X(DPPOTV, dppo_tv, DPPOOptions, DPPOOptions::tv(), DPPOOptions::verl_tv(),                  \
+      DPPOOptions::tv(), dppo, "dppo_tv")                                                       \
+    X(DPPOKL, dppo_kl, DPPOOptions, DPPOOptions::kl(), DPPOOptions::verl_kl(),                  \
+      DPPOOptions::kl(), dppo, "dppo_kl")                                                       \
     X(DRO, dro, DROOptions, DROOptions{}, DROOptions{}, DROOptions{}, dro, "dro")              \
     X(LUSPO, luspo, LUSPOOptions, LUSPOOptions{}, LUSPOOptions{}, LUSPOOptions::trl(), luspo,   \
       "luspo")
