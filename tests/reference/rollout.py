@@ -276,6 +276,24 @@ def grpo_lambda(x, p, s):
     return {"reward": out}
 
 
+def grpo_lambda_length(x, p, s):
+    """GRPO-λ's length reward: correct responses get 1 − α·sigmoid of their length's z-score
+    among the group's correct responses (population std, 1e-4 when it is 0); wrong ones 0."""
+    c, L = _col(x["correct"]), _col(x["lengths"])
+    alpha = float(p["alpha"])
+    out = torch.zeros_like(L)
+    for idx in _groups(x["group_ids"]):
+        ok = idx[c[idx] != 0]
+        if ok.numel() == 0:
+            continue
+        mu = L[ok].mean()
+        sd = torch.std(L[ok], unbiased=False) if ok.numel() > 1 else torch.tensor(0.0, dtype=L.dtype)
+        if float(sd) == 0.0:
+            sd = torch.tensor(1e-4, dtype=L.dtype)
+        out[ok] = 1.0 - alpha * torch.sigmoid((L[ok] - mu) / sd)
+    return {"reward": out}
+
+
 def dot(x, p, s):
     sc, L, c = _col(x["scores"]).clone(), _col(x["lengths"]), _col(x["correct"])
     k, outlier = float(p["k_sigma"]), float(p["outlier_score"])

@@ -89,6 +89,15 @@ TEMPLATE_TEST_CASE("shaping rules agree with the PyTorch reference", "[rollout][
         checks.push_back([=](std::size_t i) {
             cmp(i, "reward", vm(rr::grpo_lambda_rewards(c, lenr, b.groups, frac)));
         });
+        const double alpha = rep == 1 ? 0.6 : 0.25 * rep;
+        auto& c2b = tr.add<S>("grpo_lambda_length");
+        c2b.in("correct", Mat<S>(c))
+            .in("lengths", Mat<S>(L))
+            .in("group_ids", b.ids)
+            .p("alpha", alpha);
+        checks.push_back([=](std::size_t i) {
+            cmp(i, "reward", vm(rr::grpo_lambda_length_rewards(c, L, b.groups, alpha)));
+        });
         auto& c3 = tr.add<S>("dot");
         c3.in("scores", Mat<S>(sc))
             .in("lengths", Mat<S>(L))
@@ -270,6 +279,37 @@ TEST_CASE("shaping rules: closed forms and properties", "[rollout][shaping][prop
     for (Index i = 0; i < b.n(); ++i) cc(i) = double(i % 3 != 0), lr(i) = 0.1 * i;
     CHECK(rr::grpo_lambda_rewards(cc, lr, b.groups, 0.0) == cc);
     CHECK(rr::grpo_lambda_rewards(cc, lr, b.groups, 1.0) == lr);
+    {
+        // GRPO-λ's length reward in closed form: two correct responses of lengths 10 and 30
+        // (μ = 20, σ = 10) get 1 − α·σ(∓1); the wrong one 0; a lone correct response, or equal
+        // lengths, z = 0 ⇒ 1 − α/2; α = 0 ⇒ 1 for every correct response.
+        Vec<double> c7(7), L7(7);
+        c7 << 1, 0, 1, /**/ 1, 0, /**/ 1, 1;
+        L7 << 10, 99, 30, /**/ 55, 3, /**/ 8, 8;
+        const Groups g7 = Groups::from_offsets({0, 3, 5, 7});
+        const double a = 0.6, s1 = 1.0 / (1.0 + std::exp(-1.0));
+        const Vec<double> r7 = rr::grpo_lambda_length_rewards(c7, L7, g7, a);
+        CHECK(r7(0) == Approx(1 - a * (1 - s1)).epsilon(1e-14));
+        CHECK(r7(1) == 0.0);
+        CHECK(r7(2) == Approx(1 - a * s1).epsilon(1e-14));
+        CHECK(r7(3) == Approx(1 - a / 2).epsilon(1e-14));
+        CHECK(r7(4) == 0.0);
+        CHECK(r7(5) == Approx(1 - a / 2).epsilon(1e-14));
+        CHECK(r7(6) == Approx(1 - a / 2).epsilon(1e-14));
+        CHECK(rr::grpo_lambda_length_rewards(c7, L7, g7, 0.0) == c7);
+        // the default α is 0.6 and the default λ 0.2: of 3 groups, ⌈0.6⌉ = 1 (the most accurate,
+        // the last group, accuracy 1) is shaped, the others get their 0/1 correctness
+        CHECK(rr::grpo_lambda_length_rewards(c7, L7, g7) == r7);
+        const Vec<double> e2e = rr::grpo_lambda(c7, L7, g7);
+        Vec<double> want = c7;
+        want.tail(2) = r7.tail(2);
+        CHECK(e2e == want);
+        CHECK(rr::grpo_lambda_rewards(c7, r7, g7) == want);
+        rr::GRPOLambdaOptions all;
+        all.top_fraction = 1.0;
+        all.alpha = 0.3;
+        CHECK(rr::grpo_lambda(c7, L7, g7, all) == rr::grpo_lambda_length_rewards(c7, L7, g7, 0.3));
+    }
     // DOT: nothing changes outside all-correct groups, and k = ∞-like thresholds change nothing
     Vec<double> s(6), LL(6), c6(6);
     s << 1, 1, 1, 1, 1, 0;
@@ -402,6 +442,11 @@ TEST_CASE("shaping: bad input gives the documented error", "[rollout][shaping][b
         "rollout::kimi_length_reward(): lengths: has 3 entries, but the groups cover 2");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_lambda_rewards(r, r, g2, 1.2),
                                     "top_fraction: must be in [0, 1], given 1.2");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_lambda_length_rewards(r, r, g2, 1.5),
+                                    "alpha: must be in [0, 1], given 1.5");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::grpo_lambda_length_rewards(r, f, g2),
+        "rollout::grpo_lambda_length_rewards(): lengths: has 3 entries, but the groups cover 2");
     rr::DOTOptions d;
     d.k_sigma = -1;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::dot_outlier_truncation(r, r, r, g2, d),

@@ -9,6 +9,7 @@
 /// |---|---|---|
 /// | Kimi length reward | λ = ½ − (L − L_min,g)/(L_max,g − L_min,g); correct: λ, wrong: min(0, λ) | `kimi_length_reward` |
 /// | GRPO-λ | top-λ fraction of groups by accuracy: length-shaped reward, others 0/1 | `grpo_lambda_rewards` |
+/// | GRPO-λ length reward | correct: 1 − α·σ((L − μ_correct,g)/σ_correct,g), wrong: 0 | `grpo_lambda_length_rewards`, `grpo_lambda` |
 /// | DOT | in all-correct groups, L > μ_L + k·σ_L ⇒ score := outlier score | `dot_outlier_truncation` |
 /// | STCR | wrong and longer than the correct mean: A·(1 + (1 − b^(−Δ))) | `stcr_scale_advantages` |
 /// | ARLCP | correct: 1 − w_r·σ(z_refl) − (w − w_r)·σ(z_len) over the group's correct responses | `arlcp_rewards` |
@@ -73,16 +74,17 @@ Vec<::rlpo::detail::scalar_t<DL>> kimi_length_reward(const Eigen::MatrixBase<DL>
 /// arXiv:2505.18086): length penalties destabilise training on prompts the policy still gets
 /// wrong, so the reward switches per group on the group's correctness ratio. The groups are
 /// ranked by accuracy (fraction of `correct` responses; ties keep batch order) and the top
-/// ⌈λ·G⌉ groups take the length-shaped reward `length_rewards` (e.g. correctness +
-/// `kimi_length_reward`), all other groups the plain 0/1 correctness reward.
-/// [verify] The abstract states the switch (high correctness ratio ⇒ length penalty, low ⇒
-/// 0/1 reward) and summaries of the method state the batch-wise ranking of groups by
-/// correctness with a top-λ selection; the paper's own method section (e.g. its value of λ and
-/// its tie rule) could not be read here, so λ has no default. λ must be in [0, 1].
+/// ⌈λ·G⌉ groups take the length-shaped reward `length_rewards` (GRPO-λ's own is
+/// `grpo_lambda_length_rewards` below; `grpo_lambda(correct, lengths, groups, options)` composes
+/// the two), all other groups the plain 0/1 correctness reward. λ = 0.2 by default (the
+/// paper's setting as its public reimplementation carries it, `acc_top_lambda = 0.2`); λ must be
+/// in [0, 1]. For λ > 0 and G ≥ 1, ⌈λ·G⌉ ≥ 1, so the reimplementation's "at least one group"
+/// only differs at λ = 0, where rlpo shapes no group.
 template <class DC, class DR>
 Vec<::rlpo::detail::scalar_t<DR>> grpo_lambda_rewards(const Eigen::MatrixBase<DC>& correct,
                                                       const Eigen::MatrixBase<DR>& length_rewards,
-                                                      const Groups& groups, double top_fraction) {
+                                                      const Groups& groups,
+                                                      double top_fraction = 0.2) {
     using S = ::rlpo::detail::scalar_t<DR>;
     constexpr const char* fn = "rollout::grpo_lambda_rewards";
     RLPO_CHECK(top_fraction >= 0 && top_fraction <= 1, fn,
@@ -115,6 +117,70 @@ Vec<::rlpo::detail::scalar_t<DR>> grpo_lambda_rewards(const Eigen::MatrixBase<DC
             out[i] = shaped[static_cast<std::size_t>(g)] ? r[i] : (c[i] != 0 ? 1.0 : 0.0);
         }
     return detail::to_vec<S>(out);
+}
+
+/// GRPO-λ's length reward (arXiv:2505.18086; formula and constants as its public
+/// reimplementation writes them): in each group, with μ_g and σ_g the mean and population
+/// standard deviation of the lengths of the group's *correct* responses,
+///
+///     r_i = 1 − α·σ((L_i − μ_g) / σ_g)   if response i is correct,   0 otherwise,
+///
+/// σ the logistic function, so a correct response of the group's mean correct length gets
+/// 1 − α/2, shorter ones more, longer ones less (never below 1 − α). σ_g = 1e-4 when it is 0
+/// (one correct response, or all of equal length: z = 0), the reimplementation's guard for a
+/// single correct response. α = 0.6 by default: the reimplementation's `length_penalty_alpha`;
+/// the paper's own value could not be confirmed. Deliberate difference: the reimplementation
+/// also gives wrong responses of a shaped group 1 − α·σ(z) (and fails on a shaped group with no
+/// correct response); rlpo gives them 0, the wrong-answer reward of the 0/1 scheme it replaces.
+/// Bad input: α outside [0, 1], size mismatch, negative or non-finite lengths, non-finite
+/// `correct`.
+template <class DC, class DL>
+Vec<::rlpo::detail::scalar_t<DL>> grpo_lambda_length_rewards(const Eigen::MatrixBase<DC>& correct,
+                                                             const Eigen::MatrixBase<DL>& lengths,
+                                                             const Groups& groups,
+                                                             double alpha = 0.6) {
+    using S = ::rlpo::detail::scalar_t<DL>;
+    constexpr const char* fn = "rollout::grpo_lambda_length_rewards";
+    RLPO_CHECK(alpha >= 0 && alpha <= 1, fn, "alpha: must be in [0, 1], given ", alpha);
+    const std::vector<double> c = detail::read_scores(fn, "correct", correct);
+    const std::vector<double> L = detail::read_nonnegative(fn, "lengths", lengths);
+    detail::check_groups(fn, "correct", groups, c.size());
+    detail::check_groups(fn, "lengths", groups, L.size());
+    std::vector<double> out(c.size(), 0.0);
+    for (Index g = 0; g < groups.num_groups(); ++g) {
+        std::vector<double> cl;
+        for (Index k = groups.begin(g); k < groups.end(g); ++k)
+            if (c[static_cast<std::size_t>(k)] != 0) cl.push_back(L[static_cast<std::size_t>(k)]);
+        const auto n = static_cast<Index>(cl.size());
+        if (n == 0) continue;
+        const double mean = detail::mean(cl, 0, n);
+        double sd = detail::stddev(cl, 0, n, mean, false);
+        if (sd == 0) sd = 1e-4;
+        for (Index k = groups.begin(g); k < groups.end(g); ++k) {
+            const auto i = static_cast<std::size_t>(k);
+            if (c[i] != 0) out[i] = 1.0 - alpha / (1.0 + std::exp(-(L[i] - mean) / sd));
+        }
+    }
+    return detail::to_vec<S>(out);
+}
+
+/// GRPO-λ's options: λ (`top_fraction`) and α (`alpha`), defaults as documented above.
+struct GRPOLambdaOptions {
+    double top_fraction = 0.2;  ///< λ: fraction of groups (by accuracy) that get the length reward
+    double alpha = 0.6;         ///< α: strength of the length reward
+};
+
+/// GRPO-λ end to end: `grpo_lambda_rewards(correct, grpo_lambda_length_rewards(correct,
+/// lengths, groups, α), groups, λ)`. Returns one reward per response, before the GRPO
+/// normalisation (`grpo_advantages`).
+template <class DC, class DL>
+Vec<::rlpo::detail::scalar_t<DL>> grpo_lambda(const Eigen::MatrixBase<DC>& correct,
+                                              const Eigen::MatrixBase<DL>& lengths,
+                                              const Groups& groups,
+                                              const GRPOLambdaOptions& options = {}) {
+    const Vec<::rlpo::detail::scalar_t<DL>> shaped =
+        grpo_lambda_length_rewards(correct, lengths, groups, options.alpha);
+    return grpo_lambda_rewards(correct, shaped, groups, options.top_fraction);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -171,12 +237,13 @@ Vec<::rlpo::detail::scalar_t<DS>> dot_outlier_truncation(const Eigen::MatrixBase
 // STCR advantage scaling
 // ---------------------------------------------------------------------------------------------
 
-/// STCR length-aware scaling of wrong answers' advantages (formula as the project catalogue
-/// gives it): in a group with at least one correct response, a wrong response longer than the
-/// mean correct length by Δ = L_i − mean_{j correct} L_j > 0 gets A_i·(1 + (1 − b^(−Δ))),
-/// b = 1.00001 — its (negative) advantage grows towards 2× with the excess length. Other
-/// responses keep A_i. [verify] The source paper of this rule could not be identified from
-/// the catalogue's reference; the formula is implemented exactly as catalogued.
+/// STCR length-aware scaling of wrong answers' advantages, from APO (arXiv 2506.21655; the
+/// same paper as `dads_weights`), authors' code Indolent-Kawhi/View-R1,
+/// `openrlhf/trainer/ppo_utils/experience_maker.py` (the `group_norm` advantage branch): in a
+/// group with at least one correct response, a wrong response longer than the mean correct
+/// length by Δ = L_i − mean_{j correct} L_j > 0 gets A_i·(1 + w),
+/// w = 1 − b^(−Δ), b = 1.00001 — its (negative) advantage grows towards 2× with the excess
+/// length. Other responses, and every response of a group with no correct one, keep A_i.
 /// Bad input: base ≤ 1, size mismatch, non-finite values.
 template <class DA, class DL, class DC>
 Vec<::rlpo::detail::scalar_t<DA>> stcr_scale_advantages(const Eigen::MatrixBase<DA>& advantages,
