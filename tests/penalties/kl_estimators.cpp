@@ -184,21 +184,40 @@ TEMPLATE_TEST_CASE("kl_penalty: agrees with the PyTorch autograd reference",
         }
     tr.run();
     const double tol = rlpo_test::ref_tol<S>();
+    // single tokens: k3's e^δ − δ − 1 cancels for small δ (absolute error ~ ε of 1, values ~ δ²/2),
+    // so a per-token comparison in float needs a few times the tolerance of the sums
+    const double tok_tol = sizeof(S) == 4 ? 8 * tol : tol;
     for (std::size_t i = 0; i < runs.size(); ++i) {
         INFO("case " << i);
         const auto& r = runs[i];
-        const auto res = rlpo::penalties::kl_penalty(r.logp, r.ref, r.mask, r.o, r.n);
+        // per-token values into a buffer holding garbage: overwritten, 0 at masked tokens
+        Mat<S> values = Mat<S>::Constant(r.logp.rows(), r.logp.cols(), S(7));
+        const auto res = rlpo::penalties::kl_penalty(r.logp, r.ref, r.mask, r.o, r.n, {},
+                                                     rlpo::write_to(values));
         CHECK(rlpo_test::rel_err(res.value, tr.scalar(i, "value")) < tol);
         CHECK(rlpo_test::max_rel_err(res.grad, tr.out(i, "grad")) < tol);
         CHECK(rlpo_test::rel_err(res.metrics["kl"], tr.scalar(i, "kl")) < tol);
+        CHECK(rlpo_test::max_rel_err(values, tr.out(i, "token_values")) < tok_tol);
+        // add_to(buf, c): buf + c·values at unmasked tokens, untouched at masked ones
+        Mat<S> acc = Mat<S>::Constant(r.logp.rows(), r.logp.cols(), S(1));
+        const auto again = rlpo::penalties::kl_penalty(r.logp, r.ref, r.mask, r.o, r.n,
+                                                       rlpo::no_grad<S>(), rlpo::add_to(acc, 0.5));
+        CHECK(again.value == res.value);
+        const Mat<double> want = (Mat<double>::Ones(acc.rows(), acc.cols()).array() +
+                                  0.5 * tr.out(i, "token_values").array() *
+                                      (r.mask.array() != 0).template cast<double>())
+                                     .matrix();
+        CHECK(rlpo_test::max_rel_err(acc, want) < tok_tol);
     }
     for (const auto& x : corrected) {
         INFO("corrected case " << x.idx);
-        const auto res =
-            rlpo::penalties::kl_penalty_corrected(x.logp, x.old, x.ref, x.mask, x.o, x.n);
+        Mat<S> values = Mat<S>::Constant(x.logp.rows(), x.logp.cols(), S(-3));
+        const auto res = rlpo::penalties::kl_penalty_corrected(x.logp, x.old, x.ref, x.mask, x.o,
+                                                               x.n, {}, rlpo::write_to(values));
         CHECK(rlpo_test::rel_err(res.value, tr.scalar(x.idx, "value")) < tol);
         CHECK(rlpo_test::max_rel_err(res.grad, tr.out(x.idx, "grad")) < tol);
         CHECK(rlpo_test::rel_err(res.metrics["kl"], tr.scalar(x.idx, "kl")) < tol);
+        CHECK(rlpo_test::max_rel_err(values, tr.out(x.idx, "token_values")) < tok_tol);
     }
     for (const auto& x : in_reward) {
         INFO("in-reward case " << x.idx);
@@ -438,6 +457,14 @@ TEST_CASE("kl_penalty: bad input gives the documented error", "[penalties][kl][b
     CHECK(empty.value == 0.0);
     CHECK(empty.metrics["kl"] == 0.0);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::parse_kl_estimator("k4+"), "low_var_kl+, k3+");
+    // per-token values: wrong shape, or the default (allocating) mode
+    Mat<double> small(2, 2);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::penalties::kl_penalty(x, x, m, {}, {}, {}, rlpo::write_to(small)),
+        "GradientOut: expected shape [2, 3], given [2, 2]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::penalties::kl_penalty(x, x, m, {}, {}, {}, rlpo::GradientOut<double>{}),
+        "token_values: pass rlpo::write_to(buffer), rlpo::add_to(buffer) or nothing");
     // importance-corrected
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(
         rlpo::penalties::kl_penalty_corrected(x, y, x, m),

@@ -37,7 +37,8 @@ def kl_penalty(x, p, s):
     v = kl_estimator_value(logp, ref, s["estimator"], float(p["log_ratio_clamp"]), float(p["value_clamp"]))
     v = torch.where(mask != 0, v, torch.zeros_like(v))
     value = aggregate(v, mask, p, s)
-    return {"value": value.detach(), "grad": grad_of(value, leaf), "kl": masked_mean(v.detach(), mask)}
+    return {"value": value.detach(), "grad": grad_of(value, leaf), "kl": masked_mean(v.detach(), mask),
+            "token_values": v.detach()}
 
 
 def kl_penalty_corrected(x, p, s):
@@ -53,7 +54,8 @@ def kl_penalty_corrected(x, p, s):
         lr = torch.clamp(lr, min=-L, max=L)
     v = torch.where(mask != 0, torch.exp(lr) * k, torch.zeros_like(k))
     value = aggregate(v, mask, p, s)
-    return {"value": value.detach(), "grad": grad_of(value, leaf), "kl": masked_mean(v.detach(), mask)}
+    return {"value": value.detach(), "grad": grad_of(value, leaf), "kl": masked_mean(v.detach(), mask),
+            "token_values": v.detach()}
 
 
 def kl_in_reward(x, p, s):

@@ -39,7 +39,15 @@
 /// The loss is the aggregation (core/aggregation.hpp) of the per-token value; the gradient is
 /// w.r.t. `logp`. Metric: `kl` = mean per-token estimate over unmasked tokens.
 ///
-/// **Bad input**: shape mismatch, L ≤ 0, v_max ≤ 0, β < 0 → rlpo::invalid_argument; NaN under a non-zero
+/// **Per-token values** (what trainers log, e.g. verl's per-token `kld` before `agg_loss`):
+/// `kl_penalty` and `kl_penalty_corrected` take an optional last argument `token_values`, a
+/// caller-owned `[B, T]` destination of the same type as the gradient's: `rlpo::write_to(buf)`
+/// overwrites it with the per-token estimate (w·X for the corrected form; 0 at masked tokens),
+/// `rlpo::add_to(buf, c)` adds c × the estimate at unmasked tokens; the default writes nothing.
+/// The values come from the same pass as the loss (no second read of the inputs).
+///
+/// **Bad input**: shape mismatch (`token_values` included, or a `token_values` that is neither
+/// `write_to`, `add_to` nor none), L ≤ 0, v_max ≤ 0, β < 0 → rlpo::invalid_argument; NaN under a non-zero
 /// mask → rlpo::invalid_argument naming the input; −inf log-probs: k3 is clamped and finite, the
 /// others give ±inf values (never NaN), except both −inf at one token (d undefined), reported.
 
@@ -233,17 +241,33 @@ namespace detail {
 template <class S, bool Corrected>
 Result<S> kl_pass(const char* fn, const ConstMatRef<S>& lp, const ConstMatRef<S>& olp,
                   const ConstMatRef<S>& rlp, const ConstMatRef<S>& m, const KLOptions& opts,
-                  const Normalizer& norm, const GradientOut<S>& out) {
+                  const Normalizer& norm, const GradientOut<S>& out,
+                  const GradientOut<S>& token_values) {
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
     if constexpr (Corrected) ::rlpo::detail::check_same_shape(fn, "old_logp", olp, "logp", lp);
     ::rlpo::detail::check_same_shape(fn, "ref_logp", rlp, "logp", lp);
     ::rlpo::detail::check_same_shape(fn, "mask", m, "logp", lp);
     validate(fn, opts);
+    RLPO_CHECK(token_values.mode != GradMode::Own, fn,
+               "token_values: pass rlpo::write_to(buffer), rlpo::add_to(buffer) or nothing");
     Result<S> res;
     const RowWeights w = ::rlpo::detail::row_weights_fast(fn, m, norm);
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
+    Result<S> unused;
+    const ::rlpo::detail::GradWriter<S> tv(fn, unused, token_values, lp.rows(), lp.cols());
+    const bool add_values = tv.mode() == GradMode::Add;
+    if (tv.active() && !add_values)  // masked packets are skipped by the pass: 0 there first
+        for (Index i = 0; i < lp.rows(); ++i) std::fill(tv.row(i), tv.row(i) + lp.cols(), S(0));
     using P = ::rlpo::detail::simd::Packet<S>;
     const KLPacketConsts<S> kc(opts);
+    const P vcoef = ::rlpo::detail::simd::set1<S>(static_cast<S>(tv.coef()));
+    const auto store_values = [&](Index i, Index k, Index T, const P& keep, const P& loss) {
+        using namespace ::rlpo::detail::simd;
+        S* row = tv.row(i);
+        P v = pand(pmul(loss, vcoef), keep);
+        if (add_values) v = padd(load(static_cast<const S*>(row), k, T), v);
+        store_n(row, k, T, v);
+    };
     const auto body = [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
                           ::rlpo::detail::simd::Packets<S, 1>& st) {
         using namespace ::rlpo::detail::simd;
@@ -261,6 +285,7 @@ Result<S> kl_pass(const char* fn, const ConstMatRef<S>& lp, const ConstMatRef<S>
             kl_packet<S>(d, kc, loss, grad);
         }
         st[0] = loss;
+        if (tv.active()) store_values(i, k, T, keep, loss);
     };
     ::rlpo::detail::TokenPassResult<1> pass;
     if constexpr (Corrected)
@@ -276,16 +301,19 @@ Result<S> kl_pass(const char* fn, const ConstMatRef<S>& lp, const ConstMatRef<S>
 }  // namespace detail
 
 /// Token-level KL penalty (KL in the loss): aggregation of the estimator over the mask, with its
-/// gradient w.r.t. `logp`. All inputs `[B, T]`.
+/// gradient w.r.t. `logp`. All inputs `[B, T]`; `token_values` optionally receives the per-token
+/// estimates (see the file comment).
 template <class DL, class DR, class DM>
 Result<::rlpo::detail::scalar_t<DL>> kl_penalty(
     const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DR>& ref_logp,
     const Eigen::MatrixBase<DM>& mask, const KLOptions& opts = {}, const Normalizer& norm = {},
-    const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {}) {
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& token_values =
+        no_grad<::rlpo::detail::scalar_t<DL>>()) {
     using S = ::rlpo::detail::scalar_t<DL>;
     const ConstMatRef<S> lp(logp.derived());
     return detail::kl_pass<S, false>("penalties::kl_penalty", lp, lp, ref_logp.derived(),
-                                     mask.derived(), opts, norm, out);
+                                     mask.derived(), opts, norm, out, token_values);
 }
 
 /// Importance-corrected token KL penalty (TRL `use_bias_correction_kl`): per token
@@ -297,11 +325,13 @@ Result<::rlpo::detail::scalar_t<DL>> kl_penalty_corrected(
     const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
     const Eigen::MatrixBase<DR>& ref_logp, const Eigen::MatrixBase<DM>& mask,
     const KLOptions& opts = {}, const Normalizer& norm = {},
-    const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {}) {
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& token_values =
+        no_grad<::rlpo::detail::scalar_t<DL>>()) {
     using S = ::rlpo::detail::scalar_t<DL>;
     return detail::kl_pass<S, true>("penalties::kl_penalty_corrected", logp.derived(),
                                     old_logp.derived(), ref_logp.derived(), mask.derived(), opts,
-                                    norm, out);
+                                    norm, out, token_values);
 }
 
 /// Result of `kl_in_reward`.
