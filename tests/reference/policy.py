@@ -443,21 +443,31 @@ def ace_advantages(x, p, s):
 
 
 def trrd(x, p, s):
-    """TRRD: PPO clip of π_θ against π_mix = α·π_T + (1−α)·π_old (or the geometric mixture)."""
+    """TRRD (RLAD, arXiv 2602.22495 Eq. 3-5): PPO clip of r = (π/π_old)^α·(π/π_T)^(1−α), α the
+    weight of the old student, with log(π/π_T) clamped to [−c, c] (Appendix B); or, as an
+    option, of π/π_mix with π_mix = α·π_old + (1−α)·π_T."""
     mask = x["mask"]
     leaf, logp = leaf_under_mask(x["logp"], mask)
     old, teacher, adv = clean(x["old_logp"], mask), clean(x["teacher_logp"], mask), clean(x["advantages"], mask)
-    alpha = float(p["alpha"])
+    alpha = float(p["old_weight"])
+    c = float(p["teacher_log_ratio_clamp"])
     if s["mixture"] == "geometric":
-        anchor = alpha * teacher + (1 - alpha) * old
-    elif alpha == 0:
-        anchor = old
-    elif alpha == 1:
-        anchor = teacher
+        anchor = alpha * old + (1 - alpha) * teacher
+        to_teacher = logp - teacher
+        if math.isfinite(c):
+            to_teacher = to_teacher.clamp(-c, c)
+        log_ratio = alpha * (logp - old) + (1 - alpha) * to_teacher
+        clamped = ((logp.detach() - teacher).abs() > c).double()
     else:
-        anchor = torch.logaddexp(math.log(alpha) + teacher, math.log(1 - alpha) + old)
+        if alpha == 1:
+            anchor = old
+        elif alpha == 0:
+            anchor = teacher
+        else:
+            anchor = torch.logaddexp(math.log(alpha) + old, math.log(1 - alpha) + teacher)
+        log_ratio = logp - anchor
+        clamped = torch.zeros_like(logp)
     L = float(p["log_ratio_clamp"])
-    log_ratio = logp - anchor
     if math.isfinite(L):
         log_ratio = log_ratio.clamp(-L, L)
     ratio = log_ratio.exp()
@@ -468,4 +478,5 @@ def trrd(x, p, s):
         per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * float(p["dual_clip"])), per_token)
     return _finish(per_token, leaf, mask, p, s,
                    {"ppo_kl": masked_mean(-log_ratio.detach(), mask),
-                    "trrd_anchor_shift": masked_mean(anchor - old, mask)})
+                    "trrd_anchor_shift": masked_mean(anchor - old, mask),
+                    "trrd_teacher_clipfrac": masked_mean(clamped, mask)})
