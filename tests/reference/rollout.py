@@ -294,6 +294,34 @@ def grpo_lambda_length(x, p, s):
     return {"reward": out}
 
 
+def dot_truncation(x, p, s):
+    """The DOT authors' cut: groups with success rate >= threshold (and a correct response);
+    T = int(mean + a*stdev) over all the group's lengths (sample stdev, 0 for one response);
+    a response longer than T by at least the effective margin is cut to T."""
+    L, c = _col(x["lengths"]), _col(x["correct"])
+    thr, a, m = float(p["success_threshold"]), float(p["std_multiplier"]), float(p["min_truncation_margin"])
+    kept, cut = L.clone(), torch.zeros_like(L)
+    num, tokens = 0.0, 0.0
+    for idx in _groups(x["group_ids"]):
+        lens = [float(v) for v in L[idx]]
+        ok = [float(v) != 0 for v in c[idx]]
+        if sum(ok) == 0 or sum(ok) / len(ok) < thr:
+            continue
+        mu = sum(lens) / len(lens)
+        sd = math.sqrt(sum((v - mu) ** 2 for v in lens) / (len(lens) - 1)) if len(lens) > 1 else 0.0
+        T = int(mu + a * sd)
+        for j, i in enumerate(idx.tolist()):
+            n = lens[j]
+            if not T < n:
+                continue
+            eff = max(int(n * m), 16) if 0 < m < 1 else int(m)
+            if n - T >= eff:
+                kept[i], cut[i] = T, 1.0
+                num, tokens = num + 1, tokens + (n - T)
+    return {"lengths": kept, "truncated": cut, "num_truncated": torch.tensor(num, dtype=torch.float64),
+            "total_tokens_truncated": torch.tensor(tokens, dtype=torch.float64)}
+
+
 def dot(x, p, s):
     sc, L, c = _col(x["scores"]).clone(), _col(x["lengths"]), _col(x["correct"])
     k, outlier = float(p["k_sigma"]), float(p["outlier_score"])

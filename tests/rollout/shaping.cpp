@@ -98,6 +98,23 @@ TEMPLATE_TEST_CASE("shaping rules agree with the PyTorch reference", "[rollout][
         checks.push_back([=](std::size_t i) {
             cmp(i, "reward", vm(rr::grpo_lambda_length_rewards(c, L, b.groups, alpha)));
         });
+        rr::DOTTruncationOptions dt;
+        if (rep == 1) dt.std_multiplier = 0.5, dt.min_truncation_margin = 0.1;
+        if (rep == 2)
+            dt.success_threshold = 0.5, dt.std_multiplier = 1.0, dt.min_truncation_margin = 3;
+        auto& c2c = tr.add<S>("dot_truncation");
+        c2c.in("lengths", Mat<S>(L)).in("correct", Mat<S>(c)).in("group_ids", b.ids);
+        c2c.p("success_threshold", dt.success_threshold)
+            .p("std_multiplier", dt.std_multiplier)
+            .p("min_truncation_margin", dt.min_truncation_margin);
+        checks.push_back([=, &tr](std::size_t i) {
+            const auto r = rr::dot_truncation(L, c, b.groups, dt);
+            cmp(i, "lengths", vm(r.lengths));
+            cmp(i, "truncated", vm(r.truncated));
+            CHECK(r.metrics["truncation/num_truncated"] == tr.scalar(i, "num_truncated"));
+            CHECK(r.metrics["truncation/total_tokens_truncated"] ==
+                  tr.scalar(i, "total_tokens_truncated"));
+        });
         auto& c3 = tr.add<S>("dot");
         c3.in("scores", Mat<S>(sc))
             .in("lengths", Mat<S>(L))
@@ -310,6 +327,42 @@ TEST_CASE("shaping rules: closed forms and properties", "[rollout][shaping][prop
         all.alpha = 0.3;
         CHECK(rr::grpo_lambda(c7, L7, g7, all) == rr::grpo_lambda_length_rewards(c7, L7, g7, 0.3));
     }
+    {
+        // DOT, the authors' cut, in closed form: lengths {100, 100, 100, 400}, all correct:
+        // μ = 175, sample σ = 150. α = 3: T = 625 ≥ 400, nothing is cut; α = 1: T = 325, 400
+        // overshoots by 75 ≥ 32 and is cut to 325; a margin of 100 keeps it; one wrong answer
+        // keeps the whole group (threshold 1); the mask loses columns ≥ 325 of that row only.
+        Vec<double> L4(4), c4 = Vec<double>::Ones(4);
+        L4 << 100, 100, 100, 400;
+        const Groups g4 = Groups::equal(4, 4);
+        const auto none = rr::dot_truncation(L4, c4, g4);
+        CHECK(none.lengths == L4);
+        CHECK(none.truncated.isZero(0));
+        rr::DOTTruncationOptions o;
+        o.std_multiplier = 1.0;
+        const auto cut = rr::dot_truncation(L4, c4, g4, o);
+        CHECK(cut.lengths(3) == 325.0);
+        CHECK(cut.lengths.head(3) == L4.head(3));
+        CHECK(cut.truncated(3) == 1.0);
+        CHECK(cut.metrics["truncation/total_tokens_truncated"] == 75.0);
+        o.min_truncation_margin = 100;
+        CHECK(rr::dot_truncation(L4, c4, g4, o).truncated.isZero(0));
+        o.min_truncation_margin = 0.1;  // fraction: max(⌊400·0.1⌋, 16) = 40 ≤ 75
+        CHECK(rr::dot_truncation(L4, c4, g4, o).truncated(3) == 1.0);
+        o.min_truncation_margin = 0.2;  // max(80, 16) = 80 > 75
+        CHECK(rr::dot_truncation(L4, c4, g4, o).truncated(3) == 0.0);
+        Vec<double> c3 = c4;
+        c3(0) = 0;
+        o.min_truncation_margin = 32;
+        CHECK(rr::dot_truncation(L4, c3, g4, o).truncated.isZero(0));
+        o.success_threshold = 0.75;
+        CHECK(rr::dot_truncation(L4, c3, g4, o).truncated(3) == 1.0);
+        Mat<double> mask = Mat<double>::Ones(4, 410);
+        rr::dot_truncate_mask(mask, cut.lengths);
+        CHECK(mask.row(3).head(325).sum() == 325.0);
+        CHECK(mask.row(3).tail(85).sum() == 0.0);
+        CHECK(mask.row(0).sum() == 100.0);  // uncut rows keep their own length
+    }
     // DOT: nothing changes outside all-correct groups, and k = ∞-like thresholds change nothing
     Vec<double> s(6), LL(6), c6(6);
     s << 1, 1, 1, 1, 1, 0;
@@ -442,6 +495,26 @@ TEST_CASE("shaping: bad input gives the documented error", "[rollout][shaping][b
         "rollout::kimi_length_reward(): lengths: has 3 entries, but the groups cover 2");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_lambda_rewards(r, r, g2, 1.2),
                                     "top_fraction: must be in [0, 1], given 1.2");
+    {
+        rr::DOTTruncationOptions o;
+        o.success_threshold = 1.5;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::dot_truncation(r, r, g2, o),
+                                        "success_threshold: must be in [0, 1], given 1.5");
+        o = {};
+        o.std_multiplier = -1;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::dot_truncation(r, r, g2, o),
+                                        "std_multiplier: must be >= 0");
+        o = {};
+        o.min_truncation_margin = -2;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::dot_truncation(r, r, g2, o),
+                                        "min_truncation_margin: must be >= 0");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            rr::dot_truncation(f, r, g2),
+            "rollout::dot_truncation(): lengths: has 3 entries, but the groups cover 2");
+        Mat<double> mk = Mat<double>::Ones(3, 4);
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::dot_truncate_mask(mk, r),
+                                        "lengths: expected 3 entries (one per mask row), given 2");
+    }
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::grpo_lambda_length_rewards(r, r, g2, 1.5),
                                     "alpha: must be in [0, 1], given 1.5");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(

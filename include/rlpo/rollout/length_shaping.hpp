@@ -10,12 +10,14 @@
 /// | Kimi length reward | λ = ½ − (L − L_min,g)/(L_max,g − L_min,g); correct: λ, wrong: min(0, λ) | `kimi_length_reward` |
 /// | GRPO-λ | top-λ fraction of groups by accuracy: length-shaped reward, others 0/1 | `grpo_lambda_rewards` |
 /// | GRPO-λ length reward | correct: 1 − α·σ((L − μ_correct,g)/σ_correct,g), wrong: 0 | `grpo_lambda_length_rewards`, `grpo_lambda` |
-/// | DOT | in all-correct groups, L > μ_L + k·σ_L ⇒ score := outlier score | `dot_outlier_truncation` |
+/// | DOT (authors' rule) | groups with success ≥ 1: cut L_i to ⌊μ + 3σ⌋ if it overshoots by ≥ 32; re-score | `dot_truncation`, `dot_truncate_mask` |
+/// | DOT (simple) | in all-correct groups, L > μ_L + k·σ_L ⇒ score := outlier score | `dot_outlier_truncation` |
 /// | STCR | wrong and longer than the correct mean: A·(1 + (1 − b^(−Δ))) | `stcr_scale_advantages` |
 /// | ARLCP | correct: 1 − w_r·σ(z_refl) − (w − w_r)·σ(z_len) over the group's correct responses | `arlcp_rewards` |
 /// | GRPO-CARE | + λ_b·acc for accurate responses with consistency ≥ mean_accurate − m | `care_consistency_bonus` |
 
 #include <rlpo/core/error.hpp>
+#include <rlpo/core/metrics.hpp>
 #include <rlpo/core/types.hpp>
 #include <rlpo/rollout/advantages.hpp>
 #include <rlpo/rollout/detail/scores.hpp>
@@ -231,6 +233,94 @@ Vec<::rlpo::detail::scalar_t<DS>> dot_outlier_truncation(const Eigen::MatrixBase
                 s[static_cast<std::size_t>(k)] = opts.outlier_score;
     }
     return detail::to_vec<S>(s);
+}
+
+/// Options of `dot_truncation` (defaults: the DOT authors' `apply_length_truncation`).
+struct DOTTruncationOptions {
+    double success_threshold = 1.0;  ///< apply to groups whose fraction correct is ≥ this
+    double std_multiplier = 3.0;     ///< α in T(q) = ⌊mean(L) + α·std(L)⌋ (sample std)
+    /// m: cut only when L_i − T(q) ≥ m; m ≥ 1 is a token count (truncated to an integer), 0 < m
+    /// < 1 a fraction of the response: m_eff = max(⌊L_i·m⌋, 16).
+    double min_truncation_margin = 32.0;
+};
+
+/// Result of `dot_truncation`.
+template <class S>
+struct DOTTruncation {
+    Vec<S> lengths;    ///< the kept length of each response (its own length when not cut)
+    Vec<S> truncated;  ///< 1 where the response was cut, else 0
+    Metrics metrics;   ///< `truncation/num_truncated`, `truncation/total_tokens_truncated`
+};
+
+/// DOT, the authors' rule (U-rara/DOT, `projects/dot/length_truncation.py`,
+/// `apply_length_truncation`): in each group whose fraction of correct responses is at least
+/// `success_threshold` (1: all correct) and that has a correct response, with μ and σ the mean
+/// and *sample* standard deviation of all the group's lengths (σ = 0 for a single response),
+/// T(q) = ⌊μ + α·σ⌋; a response with L_i > T(q) and L_i − T(q) ≥ m_eff is cut to T(q) tokens.
+/// The caller then drops the tail from the loss (`dot_truncate_mask`) and re-scores the cut
+/// responses with its own reward function (the authors recompute the task reward; a cut answer
+/// usually scores 0, but it is re-evaluated, not set). The simpler rule that only zeroes the
+/// score of L > μ + 3σ (population σ, no margin, no cut) is `dot_outlier_truncation` above.
+/// Bad input: success_threshold outside [0, 1], α < 0, m < 0, size mismatch, negative or
+/// non-finite lengths, non-finite `correct`.
+template <class DL, class DC>
+DOTTruncation<::rlpo::detail::scalar_t<DL>> dot_truncation(const Eigen::MatrixBase<DL>& lengths,
+                                                           const Eigen::MatrixBase<DC>& correct,
+                                                           const Groups& groups,
+                                                           const DOTTruncationOptions& opts = {}) {
+    using S = ::rlpo::detail::scalar_t<DL>;
+    constexpr const char* fn = "rollout::dot_truncation";
+    RLPO_CHECK(opts.success_threshold >= 0 && opts.success_threshold <= 1, fn,
+               "success_threshold: must be in [0, 1], given ", opts.success_threshold);
+    ::rlpo::detail::check_nonnegative(fn, "std_multiplier", opts.std_multiplier);
+    ::rlpo::detail::check_nonnegative(fn, "min_truncation_margin", opts.min_truncation_margin);
+    const std::vector<double> L = detail::read_nonnegative(fn, "lengths", lengths);
+    const std::vector<double> c = detail::read_scores(fn, "correct", correct);
+    detail::check_groups(fn, "lengths", groups, L.size());
+    detail::check_groups(fn, "correct", groups, c.size());
+    std::vector<double> kept = L, cut(L.size(), 0.0);
+    double num = 0, tokens = 0;
+    const double m = opts.min_truncation_margin;
+    for (Index g = 0; g < groups.num_groups(); ++g) {
+        const Index b = groups.begin(g), e = groups.end(g);
+        double n_ok = 0;
+        for (Index k = b; k < e; ++k) n_ok += c[static_cast<std::size_t>(k)] != 0 ? 1 : 0;
+        if (n_ok == 0 || n_ok / static_cast<double>(e - b) < opts.success_threshold) continue;
+        const double mu = detail::mean(L, b, e);
+        const double sd = e - b > 1 ? detail::stddev(L, b, e, mu, true) : 0.0;
+        const double T = std::trunc(mu + opts.std_multiplier * sd);
+        for (Index k = b; k < e; ++k) {
+            const auto i = static_cast<std::size_t>(k);
+            if (!(T < L[i])) continue;
+            const double eff =
+                m > 0 && m < 1 ? std::max(std::trunc(L[i] * m), 16.0) : std::trunc(m);
+            if (L[i] - T < eff) continue;
+            tokens += L[i] - T;
+            num += 1;
+            kept[i] = T;
+            cut[i] = 1;
+        }
+    }
+    DOTTruncation<S> res{detail::to_vec<S>(kept), detail::to_vec<S>(cut), {}};
+    res.metrics.set("truncation/num_truncated", num);
+    res.metrics.set("truncation/total_tokens_truncated", tokens);
+    return res;
+}
+
+/// Drops the cut tails from a `[B, T]` response mask: entries of row i at columns ≥ lengths(i)
+/// become 0 (as the DOT authors cut `response_mask[i, T(q):]`, responses left-aligned). Bad
+/// input: lengths not one per row, negative or non-finite.
+template <class DM, class DL>
+void dot_truncate_mask(Eigen::MatrixBase<DM>& mask, const Eigen::MatrixBase<DL>& lengths) {
+    constexpr const char* fn = "rollout::dot_truncate_mask";
+    const std::vector<double> L = detail::read_nonnegative(fn, "lengths", lengths);
+    RLPO_CHECK(static_cast<Index>(L.size()) == mask.rows(), fn, "lengths: expected ", mask.rows(),
+               " entries (one per mask row), given ", L.size());
+    for (Index i = 0; i < mask.rows(); ++i) {
+        const double keep = std::ceil(L[static_cast<std::size_t>(i)]);
+        for (Index t = 0; t < mask.cols(); ++t)
+            if (static_cast<double>(t) >= keep) mask(i, t) = 0;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
