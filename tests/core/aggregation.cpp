@@ -150,6 +150,60 @@ TEST_CASE("without global counts, micro-batches normalise locally (the bug being
     CHECK(std::abs(parts - whole) > 1e-3);
 }
 
+TEST_CASE("Normalizer::verl reproduces verl's agg_loss and masked_mean", "[core][aggregation]") {
+    // verl/trainer/ppo/core_algos.py agg_loss, written from its code: token-mean Σ mL / Σ m;
+    // seq-mean-token-sum Σ_i row_i / N_seq; seq-mean-token-mean Σ_i row_i / (|y_i| + 1e-8) /
+    // N_seq; seq-mean-token-sum-norm Σ_i row_i / C (no mean over rows). Short rows make the
+    // 1e-8 visible far above rounding (≈ 1e-9 relative).
+    rt::Generator gen(41);
+    const Mat<double> L = (gen.normal(7, 5).array().abs() + 0.5).matrix();  // no cancellation
+    const Mat<double> m = gen.mask(7, 5, 1, /*empty_rows=*/true);
+    const double C = 9.0;
+    double tok = 0, seqs = 0, sum_all = 0, mean_rows = 0, sum_rows = 0;
+    for (Index i = 0; i < m.rows(); ++i) {
+        const double len = m.row(i).sum();
+        double row = 0;
+        for (Index t = 0; t < m.cols(); ++t) row += m(i, t) * L(i, t);
+        tok += len;
+        seqs += len > 0 ? 1 : 0;
+        sum_all += row;
+        sum_rows += len > 0 ? row : 0.0;
+        mean_rows += len > 0 ? row / (len + 1e-8) : 0.0;
+    }
+    REQUIRE(seqs >= 2);
+    const auto verl = [&](Aggregation mode) {
+        rlpo::Normalizer n = rlpo::Normalizer::verl(mode);
+        n.norm_constant = C;
+        return rlpo::aggregate(L, m, n);
+    };
+    CHECK(verl(Aggregation::TokenMean) == Approx(sum_all / tok).epsilon(1e-14));
+    CHECK(verl(Aggregation::SeqMeanTokenSum) == Approx(sum_rows / seqs).epsilon(1e-14));
+    CHECK(verl(Aggregation::SeqMeanTokenMean) == Approx(mean_rows / seqs).epsilon(1e-14));
+    CHECK(verl(Aggregation::SeqMeanTokenSumNorm) == Approx(sum_all / C).epsilon(1e-14));
+    // the exact division differs from verl's by far more than rounding
+    rlpo::Normalizer exact{Aggregation::SeqMeanTokenMean};
+    CHECK(std::abs(rlpo::aggregate(L, m, exact) / (mean_rows / seqs) - 1) > 1e-11);
+    // masked_mean: a policy metric is Σ m·x / (Σ m + 1e-8); ppo_kl = mean of old − logp
+    const Mat<double> lp = gen.logprobs(7, 5), adv = gen.normal(7, 5);  // old > lp: no cancellation
+    const Mat<double> old = (lp.array() + 0.1 * gen.normal(7, 5).array().abs() + 0.01).matrix();
+    double kl = 0;
+    for (Index k = 0; k < m.size(); ++k) kl += m.data()[k] * (old.data()[k] - lp.data()[k]);
+    const auto r = rlpo::policy::ppo_clip(lp, old, adv, m, rlpo::policy::PPOClipOptions::verl(),
+                                          rlpo::Normalizer::verl());
+    CHECK(r.metrics["ppo_kl"] == Approx(kl / (tok + 1e-8)).epsilon(1e-14));
+    CHECK(std::abs(r.metrics["ppo_kl"] / (kl / tok) - 1) > 1e-11);
+    // plain metrics never get the ε; merged parts keep it
+    rlpo::Metrics a;
+    a.add("x", 3.0, 4.0);
+    a.set("coef", 0.5);
+    a.with_count_epsilon(1e-8);
+    CHECK(a["x"] == 3.0 / (4.0 + 1e-8));
+    CHECK(a["coef"] == 0.5);
+    rlpo::Metrics merged;
+    merged.merge(a);
+    CHECK(merged["x"] == 3.0 / (4.0 + 1e-8));
+}
+
 TEST_CASE("aggregation names and bad normalizers", "[core][aggregation][bad-input]") {
     CHECK(rlpo::parse_aggregation("token-mean") == Aggregation::TokenMean);
     CHECK(rlpo::parse_aggregation("grpo") == Aggregation::SeqMeanTokenMean);
@@ -167,6 +221,13 @@ TEST_CASE("aggregation names and bad normalizers", "[core][aggregation][bad-inpu
     n = {};
     n.norm_constant = std::numeric_limits<double>::infinity();
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::aggregate(L, m, n), "norm_constant");
+    n = {};
+    n.length_epsilon = -1e-8;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::aggregate(L, m, n),
+                                    "Normalizer::length_epsilon: must be >= 0");
+    n = {};
+    n.count_epsilon = std::numeric_limits<double>::quiet_NaN();
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::aggregate(L, m, n), "Normalizer::count_epsilon");
     m(1, 2) = -1;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::aggregate(L, m), "mask: entries must be finite and >= 0");
     m(1, 2) = std::numeric_limits<double>::quiet_NaN();

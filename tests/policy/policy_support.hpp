@@ -66,11 +66,15 @@ inline void put_norm(rlpo_test::TorchReference::Case& c, const rlpo::Normalizer&
     if (n.num_tokens) c.p("num_tokens", *n.num_tokens);
     if (n.num_seqs) c.p("num_seqs", *n.num_seqs);
     if (n.norm_constant) c.p("norm_constant", *n.norm_constant);
+    if (n.length_epsilon != 0) c.p("length_epsilon", n.length_epsilon);
+    if (n.count_epsilon != 0) c.p("count_epsilon", n.count_epsilon);
+    if (!n.sum_norm_seq_mean) c.s("sum_norm", "c_only");
 }
 
-/// A normalizer of `mode`, sometimes with external counts.
+/// A normalizer of `mode`, sometimes with external counts, sometimes with verl's arithmetic
+/// (`Normalizer::verl`: the 1e-8 epsilons, seq-mean-token-sum-norm divided by C only).
 inline rlpo::Normalizer norm_for(Aggregation mode, std::uint64_t k) {
-    rlpo::Normalizer n;
+    rlpo::Normalizer n = k % 3 == 1 ? rlpo::Normalizer::verl(mode) : rlpo::Normalizer{};
     n.mode = mode;
     if (mode == Aggregation::SeqMeanTokenSumNorm) n.norm_constant = 40.0;
     if (k % 3 == 0) {

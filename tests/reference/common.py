@@ -14,6 +14,9 @@ def aggregate(loss, mask, p, s):
     n_tok = float(p["num_tokens"]) if "num_tokens" in p else float(mask.sum())
     n_seq = float(p["num_seqs"]) if "num_seqs" in p else float((lens > 0).sum())
     C = float(p["norm_constant"]) if "norm_constant" in p else float(mask.shape[1])
+    # verl's agg_loss: |y_i| + 1e-8 in seq-mean-token-mean; seq-mean-token-sum-norm is Σ mL / C
+    eps = float(p.get("length_epsilon", 0.0))
+    sum_norm_mean = s.get("sum_norm", "seq_mean") == "seq_mean"
     masked = torch.where(mask != 0, loss, torch.zeros_like(loss)) * mask
     total = torch.zeros((), dtype=torch.float64)
     for i in range(loss.shape[0]):
@@ -27,9 +30,9 @@ def aggregate(loss, mask, p, s):
         elif mode == "seq-mean-token-sum":
             total = total + row / n_seq
         elif mode == "seq-mean-token-mean":
-            total = total + row / lens[i] / n_seq
+            total = total + row / (lens[i] + eps) / n_seq
         elif mode == "seq-mean-token-sum-norm":
-            total = total + row / (n_seq * C)
+            total = total + (row / (n_seq * C) if sum_norm_mean else row / C)
         else:
             raise ValueError("unknown aggregation " + mode)
     return total

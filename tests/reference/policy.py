@@ -65,8 +65,16 @@ def _finish(per_token, leaf, mask, p, s, metrics):
     per_token = torch.where(mask != 0, per_token, torch.zeros_like(per_token))
     value = aggregate(per_token, mask, p, s)
     out = {"value": value.detach(), "grad": grad_of(value, leaf)}
-    out.update(metrics)
+    out.update(_verl_means(metrics, mask, p))
     return out
+
+
+def _verl_means(metrics, mask, p):
+    """verl's masked_mean divides by the mask sum + ε: the token means given as masked_mean
+    become sum / (n + ε) when the case carries a count_epsilon."""
+    eps = float(p.get("count_epsilon", 0.0))
+    n = float(mask.sum())
+    return {k: (v * n / (n + eps) if n > 0 else v) for k, v in metrics.items()}
 
 
 def reinforce(x, p, s):
@@ -250,21 +258,27 @@ def gmpo(x, p, s):
     clamped = log_ratio.clamp(-float(p["clip_low"]), float(p["clip_high"]))
     clipped_lr = sgn * torch.min(sgn * log_ratio, sgn * clamped)
     lens = mask.sum(dim=1, keepdim=True)
-    safe = lens.clamp(min=1e-300)
+    eps = float(p.get("length_epsilon", 0.0))  # verl: the row means divide by |y_i| + 1e-8
+    safe = lens.clamp(min=1e-300) + eps
     rho = torch.exp((clipped_lr * mask).sum(dim=1, keepdim=True) / safe)
     abar = (adv * mask).sum(dim=1, keepdim=True) / safe
     seq_loss = -abar * rho
     if "is_weights" in x:
         w = torch.where(mask != 0, clean(x["is_weights"], mask), torch.ones_like(mask))
         seq_loss = seq_loss * torch.exp((torch.log(w) * mask).sum(dim=1, keepdim=True) / safe)
-    per_token = seq_loss.expand_as(logp)
     is_clipped = (log_ratio != clamped).detach()
     metrics = {"pg_clipfrac": masked_mean((is_clipped & (adv > 0)).double(), mask),
                "pg_clipfrac_lower": masked_mean((is_clipped & (adv < 0)).double(), mask),
                "ppo_kl": masked_mean(-log_ratio.detach(), mask)}
-    value = aggregate(torch.where(mask != 0, per_token, torch.zeros_like(per_token)), mask, p, s)
+    if eps > 0 and s.get("agg") == "seq-mean-token-mean":
+        # verl: pg_loss = torch.mean over the rows of the row losses (not agg_loss)
+        n_seq = float(p["num_seqs"]) if "num_seqs" in p else float((lens > 0).sum())
+        value = torch.where(lens > 0, seq_loss, torch.zeros_like(seq_loss)).sum() / n_seq
+    else:
+        per_token = seq_loss.expand_as(logp)
+        value = aggregate(torch.where(mask != 0, per_token, torch.zeros_like(per_token)), mask, p, s)
     out = {"value": value.detach(), "grad": grad_of(value, leaf)}
-    out.update(metrics)
+    out.update(_verl_means(metrics, mask, p))
     return out
 
 
@@ -291,10 +305,11 @@ def clip_cov(x, p, s):
     candidates = (mask != 0) & ~(loss2 > loss1) & (cov > float(p["cov_lb"])) & (cov < float(p["cov_ub"]))
     keep = 1.0 - clean(x["selected"], mask)
     per_token = torch.maximum(loss1, loss2) * keep * _weights(x, mask)
-    metrics = {"pg_clipfrac": masked_mean(1.0 - keep, mask), "ppo_kl": masked_mean(-(logp - old).detach(), mask),
-               "candidates": candidates.double(),
-               "k": torch.tensor(float(max(1, int(math.floor(float(p["ratio"]) * float(mask.sum()))))))}
-    return _finish(per_token, leaf, mask, p, s, metrics)
+    metrics = {"pg_clipfrac": masked_mean(1.0 - keep, mask), "ppo_kl": masked_mean(-(logp - old).detach(), mask)}
+    out = _finish(per_token, leaf, mask, p, s, metrics)
+    out["candidates"] = candidates.double()
+    out["k"] = torch.tensor(float(max(1, int(math.floor(float(p["ratio"]) * float(mask.sum()))))))
+    return out
 
 
 def kl_cov(x, p, s):
@@ -388,8 +403,9 @@ def value_loss(x, p, s):
         clipfrac = torch.zeros(())
     per_token = torch.where(mask != 0, per_token, torch.zeros_like(per_token))
     value = 0.5 * aggregate(per_token, mask, p, s)
-    return {"value": value.detach(), "grad": grad_of(value, leaf), "vf_clipfrac": clipfrac,
-            "vpred_mean": masked_mean(v.detach(), mask)}
+    out = {"value": value.detach(), "grad": grad_of(value, leaf)}
+    out.update(_verl_means({"vf_clipfrac": clipfrac, "vpred_mean": masked_mean(v.detach(), mask)}, mask, p))
+    return out
 
 
 def safe_critic_loss(x, p, s):

@@ -24,6 +24,15 @@
 ///
 /// An empty mask (N_tok = 0) gives value 0 and gradient 0 in every mode (documented
 /// degenerate case, never a NaN).
+///
+/// **verl's own arithmetic** (`Normalizer::verl(mode)`): verl's `agg_loss` divides each row by
+/// |y_i| + 1e-8 in seq-mean-token-mean (`length_epsilon`), divides seq-mean-token-sum-norm by C
+/// only, without the mean over sequences (`sum_norm_seq_mean = false`), and its `masked_mean`
+/// adds 1e-8 to the token count of every logged mean (`count_epsilon`, applied by the
+/// objectives to their mean metrics: value = sum / (count + ε)). rlpo's defaults are the exact
+/// divisions and Dr. GRPO's / TRL's dr_grpo mean over sequences; the verl preset reproduces
+/// verl's numbers to rounding (`verl/trainer/ppo/core_algos.py` `agg_loss`,
+/// `verl/utils/torch_functional.py` `masked_mean`).
 
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/names.hpp>
@@ -54,6 +63,22 @@ struct Normalizer {
     std::optional<double> num_seqs{};
     /// C of SeqMeanTokenSumNorm. Unset ⇒ T (the number of columns).
     std::optional<double> norm_constant{};
+    /// ε added to |y_i| in SeqMeanTokenMean's factor 1 / ((|y_i| + ε)·N_seq) (verl: 1e-8).
+    double length_epsilon = 0.0;
+    /// ε added to the count of every mean metric: value = sum / (count + ε) (verl: 1e-8).
+    double count_epsilon = 0.0;
+    /// SeqMeanTokenSumNorm divides by N_seq·C (true: Dr. GRPO, TRL dr_grpo) or by C (verl).
+    bool sum_norm_seq_mean = true;
+
+    /// verl's arithmetic for `mode` (see the file comment).
+    static Normalizer verl(Aggregation mode = Aggregation::TokenMean) {
+        Normalizer n;
+        n.mode = mode;
+        n.length_epsilon = 1e-8;
+        n.count_epsilon = 1e-8;
+        n.sum_norm_seq_mean = false;
+        return n;
+    }
 };
 
 namespace detail {
@@ -125,6 +150,10 @@ inline RowWeights row_weights(const char* function, const Eigen::MatrixBase<Deri
     if (norm.norm_constant)
         RLPO_CHECK(*norm.norm_constant > 0 && std::isfinite(*norm.norm_constant), function,
                    "Normalizer::norm_constant: must be > 0, given ", *norm.norm_constant);
+    RLPO_CHECK(norm.length_epsilon >= 0 && std::isfinite(norm.length_epsilon), function,
+               "Normalizer::length_epsilon: must be >= 0, given ", norm.length_epsilon);
+    RLPO_CHECK(norm.count_epsilon >= 0 && std::isfinite(norm.count_epsilon), function,
+               "Normalizer::count_epsilon: must be >= 0, given ", norm.count_epsilon);
     w.tokens = norm.num_tokens.value_or(w.local_tokens);
     w.seqs = norm.num_seqs.value_or(w.local_seqs);
     const double C = norm.norm_constant.value_or(static_cast<double>(m.cols()));
@@ -136,10 +165,11 @@ inline RowWeights row_weights(const char* function, const Eigen::MatrixBase<Deri
             case Aggregation::TokenSum: w.c[k] = 1.0; break;
             case Aggregation::SeqMeanTokenSum: w.c[k] = w.seqs > 0 ? 1.0 / w.seqs : 0.0; break;
             case Aggregation::SeqMeanTokenMean:
-                w.c[k] = w.seqs > 0 ? 1.0 / (w.len[k] * w.seqs) : 0.0;
+                w.c[k] = w.seqs > 0 ? 1.0 / ((w.len[k] + norm.length_epsilon) * w.seqs) : 0.0;
                 break;
             case Aggregation::SeqMeanTokenSumNorm:
-                w.c[k] = w.seqs > 0 ? 1.0 / (w.seqs * C) : 0.0;
+                w.c[k] =
+                    !norm.sum_norm_seq_mean ? 1.0 / C : (w.seqs > 0 ? 1.0 / (w.seqs * C) : 0.0);
                 break;
         }
     }

@@ -16,11 +16,15 @@
 
 namespace rlpo {
 
-/// One metric: value = sum / count (count 0 ⇒ value 0, the documented empty-mask result).
+/// One metric: value = sum / (count + ε) (count 0 ⇒ value 0, the documented empty-mask
+/// result). ε is 0 unless the objective was given a Normalizer with a `count_epsilon` (verl's
+/// `masked_mean` adds 1e-8); metrics set as plain values never get one.
 struct Metric {
     double sum = 0.0;
     double count = 0.0;
-    double value() const { return count > 0 ? sum / count : 0.0; }
+    double count_epsilon = 0.0;
+    bool plain = false;  ///< set as a value (`Metrics::set`), not a mean
+    double value() const { return count > 0 ? sum / (count + count_epsilon) : 0.0; }
 };
 
 /// An ordered list of named metrics (insertion order is report order).
@@ -35,7 +39,13 @@ public:
         m.count += count;
     }
     /// Set `name` to a plain value (sum = value, count = 1), replacing any earlier entry.
-    void set(const std::string& name, double value) { slot(name) = Metric{value, 1.0}; }
+    void set(const std::string& name, double value) { slot(name) = Metric{value, 1.0, 0.0, true}; }
+    /// Give every mean metric the count ε (what `Normalizer::count_epsilon` asks for).
+    Metrics& with_count_epsilon(double eps) {
+        for (auto& e : entries_)
+            if (!e.second.plain) e.second.count_epsilon = eps;
+        return *this;
+    }
 
     bool contains(const std::string& name) const { return find(name) != nullptr; }
     /// The value of `name`; throws std::out_of_range if it is not reported.
@@ -47,7 +57,15 @@ public:
     }
     /// Merge another set (micro-batch or shard of the same mini-batch): sums and counts add.
     Metrics& merge(const Metrics& other) {
-        for (const auto& e : other.entries_) add(e.first, e.second.sum, e.second.count);
+        for (const auto& e : other.entries_) {
+            const bool fresh = !contains(e.first);
+            add(e.first, e.second.sum, e.second.count);
+            if (fresh) {  // keep the part's ε and kind
+                Metric& m = slot(e.first);
+                m.count_epsilon = e.second.count_epsilon;
+                m.plain = e.second.plain;
+            }
+        }
         return *this;
     }
     /// Prefix every name (e.g. "actor/") — verl logs under such prefixes.

@@ -100,6 +100,7 @@ Result<::rlpo::detail::scalar_t<DV>> value_loss(
     res.value = g.coef() * pass.value;
     res.metrics.add("vf_clipfrac", pass.stats[0], pass.count);
     res.metrics.add("vpred_mean", pass.stats[1], pass.count);
+    res.metrics.with_count_epsilon(norm.count_epsilon);
     return res;
 }
 

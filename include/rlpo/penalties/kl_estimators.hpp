@@ -296,6 +296,7 @@ Result<S> kl_pass(const char* fn, const ConstMatRef<S>& lp, const ConstMatRef<S>
                                                      {{"logp", &lp}, {"ref_logp", &rlp}}, body);
     res.value = g.coef() * pass.value;
     res.metrics.add("kl", pass.stats[0], pass.count);
+    res.metrics.with_count_epsilon(norm.count_epsilon);
     return res;
 }
 }  // namespace detail

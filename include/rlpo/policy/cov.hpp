@@ -205,6 +205,7 @@ Result<::rlpo::detail::scalar_t<DL>> clip_cov(
     res.value = g.coef() * pass.value;
     res.metrics.add("pg_clipfrac", pass.stats[0], pass.count);
     res.metrics.add("ppo_kl", pass.stats[1], pass.count);
+    res.metrics.with_count_epsilon(norm.count_epsilon);
     return res;
 }
 

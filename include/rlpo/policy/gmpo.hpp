@@ -31,9 +31,11 @@
 ///
 /// **Defaults**: Zhao et al. 2025, "Geometric-Mean Policy Optimization" (arXiv 2507.20673): clip
 /// range (e^−0.4, e^0.4), i.e. ε_l = ε_h = 0.4 in log space; verl's `geo_mean` reads ε from the
-/// actor's clip_ratio (`GMPOOptions::verl(ε)`). Deliberate difference: verl divides by
-/// |y_i| + 1e-8 (and adds 1e-10 inside the weights' log); rlpo uses the exact |y_i| (relative
-/// difference ≤ 1e-8) and exact log w.
+/// actor's clip_ratio (`GMPOOptions::verl(ε)`). verl divides the row means by |y_i| + 1e-8:
+/// with `Normalizer::verl()` (its `length_epsilon`) rlpo does too, and the row factor of
+/// seq-mean-token-mean stays exactly 1 / N_seq, as verl's `torch.mean` over rows; by default the
+/// division is exact. Deliberate difference: verl adds 1e-10 inside the IS weights' log; rlpo
+/// takes the exact log w (relative difference ≤ 1e-10 / w).
 ///
 /// **Bad input**: shapes differing from `logp`, ε_l or ε_h ≤ 0 → rlpo::invalid_argument; NaN
 /// under a non-zero mask → rlpo::invalid_argument naming the input; a row whose clipped
@@ -92,6 +94,12 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
                                                  is_weights, false);
     const double lo = -opts.clip_low, hi = opts.clip_high;
     const Index T = c.lp.cols();
+    // verl's arithmetic (Normalizer::length_epsilon): the row means divide by |y_i| + ε, and
+    // under seq-mean-token-mean the row factor c_i·(|y_i| + ε) is then exactly 1 / N_seq
+    const double eps = norm.length_epsilon;
+    const double eps_agg =
+        detail::forced_aggregation(opts).value_or(norm.mode) == Aggregation::SeqMeanTokenMean ? eps
+                                                                                              : 0.0;
     // part: value term, clipped (A > 0), clipped (A < 0), −log-ratio sums
     const auto sum = c.template rows<4>([&](Index i, std::array<double, 4>& part) {
         const double len = c.w.len[static_cast<std::size_t>(i)];
@@ -127,13 +135,14 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
             ::rlpo::detail::fail(
                 c.fn, "inputs of row ", i,
                 " give an undefined (NaN) clipped log-ratio sum (+inf and -inf log-ratios)");
-        const double rho = std::exp(sum_lr / len);
-        const double abar = sum_a / len;
-        const double wrow = is_weights ? std::exp(sum_logw / len) : 1.0;
-        const double ci = c.w.c[static_cast<std::size_t>(i)];
-        part = {ci * len * wrow * (-abar * rho), clip_hi, clip_lo, neg_kl};
+        const double len_e = len + eps;
+        const double rho = std::exp(sum_lr / len_e);
+        const double abar = sum_a / len_e;
+        const double wrow = is_weights ? std::exp(sum_logw / len_e) : 1.0;
+        const double ri = c.w.c[static_cast<std::size_t>(i)] * (len + eps_agg);
+        part = {ri * wrow * (-abar * rho), clip_hi, clip_lo, neg_kl};
         if (!c.g.active()) return;
-        const double coef = -ci * wrow * abar * rho;
+        const double coef = -ri * wrow * abar * rho / len_e;
         for (Index t = 0; t < T; ++t) {
             const double mk = static_cast<double>(c.m(i, t));
             if (mk == 0) {

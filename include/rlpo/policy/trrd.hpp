@@ -169,6 +169,7 @@ Result<::rlpo::detail::scalar_t<DL>> trrd(
             }
     res.metrics.add("trrd_anchor_shift", shift, count);
     res.metrics.add("trrd_teacher_clipfrac", clamped, count);
+    res.metrics.with_count_epsilon(norm.count_epsilon);
     return res;
 }
 

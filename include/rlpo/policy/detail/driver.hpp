@@ -81,11 +81,14 @@ struct SurrogateCall {
           kernel(checked(opts)),
           is_weights(weights),
           w(row_factors(norm, forced_aggregation(opts), fast_weights)),
-          g(fn, res, out, lp.rows(), lp.cols()) {}
+          g(fn, res, out, lp.rows(), lp.cols()),
+          count_epsilon(norm.count_epsilon) {}
 
-    /// Sets the value from the pass sum (times the GradientOut coefficient) and hands back res.
+    /// Sets the value from the pass sum (times the GradientOut coefficient), gives the mean
+    /// metrics the normalizer's count ε and hands back res.
     Result<S> finish(double pass_value) {
         res.value = g.coef() * pass_value;
+        res.metrics.with_count_epsilon(count_epsilon);
         return std::move(res);
     }
     double weight_at(Index i, Index t) const { return detail::weight_at(is_weights, i, t); }
@@ -127,6 +130,7 @@ struct SurrogateCall {
     Result<S> res;
     const RowWeights w;
     const ::rlpo::detail::GradWriter<S> g;
+    const double count_epsilon;
 
 private:
     // Runs before the kernel is built: the shape checks come first, then the kernel validates
