@@ -50,7 +50,8 @@
 /// **Bad input** (rlpo::invalid_argument, reported as `preference::bco_loss`): an input not a
 /// vector, a reference vector of a size other than its side's policy vector, NaN or ±inf entries
 /// (naming the input and the entry), β ≤ 0, δ non-finite, `num_examples` ≤ 0, weights of the
-/// wrong size, negative, NaN or ±inf. n_c = n_r = 0 gives value 0 and an empty gradient.
+/// wrong size, negative, NaN or ±inf. n_c = n_r = 0 gives value 0 and an empty gradient (TRL:
+/// the `nanmean` of nothing, NaN).
 
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/math.hpp>

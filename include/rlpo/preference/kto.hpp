@@ -59,7 +59,7 @@
 /// ≤ 0, `kto` without a KL baseline or with both a value and log-probs, a KL value that is not
 /// finite, KL log-probs empty, of different sizes or non-finite, a baseline given to
 /// `apo_zero_unpaired`, and unknown loss type names (listing the valid ones). n_c = n_r = 0
-/// gives value 0 and an empty gradient.
+/// gives value 0 and an empty gradient (TRL: the `nanmean` of nothing, NaN).
 
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/math.hpp>
