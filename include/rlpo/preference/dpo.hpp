@@ -76,6 +76,7 @@
 #include <rlpo/core/types.hpp>
 #include <rlpo/preference/detail/pairs.hpp>
 #include <rlpo/preference/f_divergence.hpp>
+#include <rlpo/preference/lengths.hpp>
 
 #include <cmath>
 #include <optional>
@@ -144,12 +145,6 @@ struct DPOOptions {
         o.sigmoid_label_smoothing = false;
         return o;
     }
-};
-
-/// Completion lengths |y_c|, |y_r| (tokens), needed by `ipo` and `sigmoid_norm`; clamped ≥ 1 as
-/// TRL's `completion_mask.sum(1).clamp(min=1)`.
-struct CompletionLengths {
-    Eigen::VectorXd chosen, rejected;
 };
 
 namespace detail {

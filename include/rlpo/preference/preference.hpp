@@ -1,4 +1,6 @@
 #pragma once
 /// \file Umbrella of the preference losses (the DPO family and its f-DPO scores).
+#include <rlpo/preference/cpo.hpp>
 #include <rlpo/preference/dpo.hpp>
 #include <rlpo/preference/f_divergence.hpp>
+#include <rlpo/preference/orpo.hpp>
