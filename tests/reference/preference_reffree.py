@@ -120,3 +120,27 @@ def orpo(x, p, s):
         "log_odds_ratio": ratio.detach().mean(),
         "log_odds_chosen": log_odds.detach().mean(),
     }
+
+
+def dpo_sft(x, p, s):
+    """TRL DPOTrainer with loss_type = [sigmoid, sft] (loss_weights w_sig, w_sft), written as TRL
+    writes it: the sigmoid term on u = pi - ref, the sft term one cross-entropy over the chosen
+    completion tokens (here -sum(pc) / N) expanded to every pair; optional WPO pair weights
+    multiply both per-sequence losses before the mean."""
+    pc, pr, lc, lr = _inputs(x)
+    rc = _col(x["ref_chosen_logps"])
+    rr = _col(x["ref_rejected_logps"])
+    beta = _scalar(p, "beta", 0.1)
+    w_sig = _scalar(p, "w_sigmoid", 1.0)
+    w_sft = _scalar(p, "w_sft", 1.0)
+    n = _scalar(p, "num_pairs", float(pc.shape[0]))
+    ntok = _scalar(p, "num_sft_tokens", float(lc.sum()) if lc is not None else 0.0)
+    omega = _col(x["pair_weights"]) if "pair_weights" in x else torch.ones_like(pc.detach())
+    logits = (pc - rc) - (pr - rr)
+    sig = -F.logsigmoid(beta * logits)
+    # TRL: the scalar NLL expanded to every pair, times omega, averaged over the pairs. With a
+    # global token count the NLL is this call's share -sum(pc)/N of the batch's token mean, and it
+    # is not divided by the global pair count again.
+    sft = (-pc.sum() / ntok).expand(pc.shape[0])
+    value = w_sig * (sig * omega).sum() / n + w_sft * (sft * omega).mean()
+    return {"value": value.detach(), "grad": _grads(value, pc, pr)}
