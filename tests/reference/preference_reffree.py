@@ -144,3 +144,27 @@ def dpo_sft(x, p, s):
     sft = (-pc.sum() / ntok).expand(pc.shape[0])
     value = w_sig * (sig * omega).sum() / n + w_sft * (sft * omega).mean()
     return {"value": value.detach(), "grad": _grads(value, pc, pr)}
+
+
+def ld_logps(x, p, s):
+    """TRL's LD-DPO sequence log-probs (`ld_alpha`), written as TRL writes them (cumsum positions,
+    shared / tail masks on log-probs zeroed outside the completion mask), and the token gradient
+    of <g, logps> by autograd (the VJP with the given [2, B] g)."""
+    logp = x["token_logps"].clone()
+    mask = x["mask"]
+    g = x["g"]
+    alpha = _scalar(p, "ld_alpha", 1.0)
+    logp = torch.where(mask == 0, torch.zeros_like(logp), logp).requires_grad_(True)
+    per_token = logp * (mask != 0)
+    comp_pos = mask.cumsum(dim=1)
+    comp_lens = mask.sum(dim=1)
+    chosen_lens, rejected_lens = comp_lens.chunk(2, dim=0)
+    shared = torch.minimum(chosen_lens, rejected_lens)
+    shared = torch.cat([shared, shared], dim=0)
+    shared_mask = (comp_pos > 0) & (comp_pos <= shared.unsqueeze(1))
+    tail_mask = comp_pos > shared.unsqueeze(1)
+    logps = (per_token * shared_mask).sum(dim=1) + alpha * (per_token * tail_mask).sum(dim=1)
+    c, r = logps.chunk(2, dim=0)
+    out = torch.stack([c, r], dim=0)
+    (grad,) = torch.autograd.grad((out * g).sum(), (logp,))
+    return {"logps": out.detach(), "token_grad": grad}

@@ -65,8 +65,8 @@
 /// micro-batches add up). Its gradient is −w/N on every
 /// chosen entry; with pair weights it is TRL's mean(ω)·NLL (not micro-batch invariant, as TRL).
 /// N = 0 gives 0 (TRL: NaN). (TRL's `ld_alpha` mixes the summed log-probs upstream of this
-/// call, while its `sft` reads the raw token log-probs: with `ld_alpha`, pass the raw sums' NLL
-/// separately.)
+/// call, `preference::ld_logps` in preference/ld_dpo.hpp, while its `sft` reads the raw token
+/// log-probs: with `ld_alpha`, pass the raw sums' NLL separately.)
 /// `discopop`'s e^{−h}·σ(h/τ) is evaluated as exp(−h + logσ(h/τ)), finite where TRL's product
 /// gives inf·0 = NaN.
 ///

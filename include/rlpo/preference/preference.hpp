@@ -3,4 +3,5 @@
 #include <rlpo/preference/cpo.hpp>
 #include <rlpo/preference/dpo.hpp>
 #include <rlpo/preference/f_divergence.hpp>
+#include <rlpo/preference/ld_dpo.hpp>
 #include <rlpo/preference/orpo.hpp>
