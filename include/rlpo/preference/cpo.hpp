@@ -16,7 +16,7 @@
 /// | `sigmoid`       | −(1−ε)·logσ(βm) − ε·logσ(−βm)                  | CPO 2401.08417 eq. 3 |
 /// | `hinge`         | relu(1 − βm)                                   | SLiC 2305.10425 |
 /// | `ipo`           | (m − 1/(2β))²   (averaged x)                   | IPO 2310.12036 eq. 17 |
-/// | `simpo`         | −(1−ε)·logσ(βm − γ) − ε·logσ(−(βm − γ))   (averaged x) | SimPO 2405.14734 eq. 6 |
+/// | `simpo`         | −(1−ε)·logσ(βm − γ) − ε·logσ(−(βm − γ))   (averaged x) | SimPO 2405.14734 |
 ///
 /// AlphaPO (arXiv 2501.03884) is `simpo` with α ≠ 0 and no NLL term (TRL's `loss_type="alphapo"`
 /// sets exactly that; `CPOOptions::alphapo`). α applies to every loss type, as in TRL.
@@ -37,8 +37,9 @@
 /// **Metrics** (TRL's names; means over the pairs): `rewards/chosen`, `rewards/rejected` (β·r),
 /// `rewards/accuracies` (β·r_c > β·r_r, strictly), `rewards/margins`, `logps/chosen`,
 /// `logps/rejected` (mean x: averaged for `ipo`/`simpo`, as TRL logs them), `nll_loss` (the
-/// NLL, kept as (−Σπ_c, Σ|y_c|) so that micro-batches merge to the batch's token mean; 0 when
-/// λ = 0, as TRL). TRL's `logits/chosen` and `logits/rejected` need the logits and are not here.
+/// NLL, kept as (−Σπ_c, Σ|y_c|) so that micro-batches merge to the batch's token mean; without
+/// lengths the NLL with count 1; 0 when λ = 0, as TRL). TRL's `logits/chosen` and
+/// `logits/rejected` need the logits and are not here.
 ///
 /// **Defaults** (TRL CPOConfig): β 0.1, ε 0, loss type `sigmoid`, λ = `cpo_alpha` 1.0, γ 0.5,
 /// α 0.

@@ -142,7 +142,7 @@ struct DPOOptions {
     /// Denominator of the mean: the global pair count of a batch split into micro-batches
     /// (unset: the local B). `aot*` sort within the call and are not micro-batch invariant.
     std::optional<double> num_pairs{};
-    /// Denominator of `sft`'s token mean: the global chosen-token count (unset: Σ|y_c| of the call).
+    /// Denominator of `sft`'s token mean: the global chosen-token count (unset: the call's Σ|y_c|).
     std::optional<double> num_sft_tokens{};
 
     /// One loss type with weight 1.

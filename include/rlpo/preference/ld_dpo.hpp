@@ -11,7 +11,7 @@
 /// the position of token t in its completion:
 ///
 ///     w[i,t]  = mask[i,t] · (1 if p_{i,t} ≤ s_i else α)
-///     logps_i = Σ_t w[i,t] · logp[i,t]            (returned as [2, B]: row 0 chosen, row 1 rejected)
+///     logps_i = Σ_t w[i,t] · logp[i,t]      (returned as [2, B]: row 0 chosen, row 1 rejected)
 ///
 /// α = 1 gives the plain sums; α = 0 keeps only the shared prefix. TRL applies the same weights
 /// to the reference model's log-probs: call `ld_logps` on both.

@@ -8,8 +8,8 @@
 /// (`CompletionLengths`, required). No reference model. With the length-averaged log-probs
 /// ā = π/|y| (TRL's `average_log_prob=True`; |y| clamped ≥ 1), λ = β:
 ///
-///     z_i   = (ā_c − ā_r) − (log(1 − e^{ā_c}) − log(1 − e^{ā_r}))      (log odds ratio, eq. 4/7)
-///     L     = NLL − λ·Σ_i logσ(z_i) / n                                (eq. 6)
+///     z_i   = (ā_c − ā_r) − (log(1 − e^{ā_c}) − log(1 − e^{ā_r}))      (log odds ratio)
+///     L     = NLL − λ·Σ_i logσ(z_i) / n                                (L_SFT + λ·L_OR)
 ///     NLL   = −Σ_i π_c,i / N                                           (token-mean NLL of chosen)
 ///
 /// n = B (TRL's `losses.mean()`) or `num_pairs`; N = Σ_i |y_c,i| or `num_nll_tokens`. log(1 − e^a)
@@ -26,7 +26,8 @@
 /// **Gradient**: w.r.t. the summed policy log-probs, one `[2, B]` matrix (row 0 ∂L/∂π_c, row 1
 /// ∂L/∂π_r; TRL's `[chosen; rejected]` layout). With ∂z/∂ā_c = 1/(1 − e^{ā_c}) = −1/expm1(ā_c),
 /// ∂z/∂ā_r = 1/expm1(ā_r):
-/// ∂L/∂π_c,i = −λ·σ(−z_i)·∂z/∂ā_c / (n·|y_c,i|) − 1/N, ∂L/∂π_r,i = −λ·σ(−z_i)·∂z/∂ā_r / (n·|y_r,i|).
+/// ∂L/∂π_c,i = −λ·σ(−z_i)·∂z/∂ā_c / (n·|y_c,i|) − 1/N,
+/// ∂L/∂π_r,i = −λ·σ(−z_i)·∂z/∂ā_r / (n·|y_r,i|).
 ///
 /// **Metrics** (TRL's names; means over the pairs): `rewards/chosen`, `rewards/rejected` (λ·ā),
 /// `rewards/accuracies` (strictly), `rewards/margins`, `logps/chosen`, `logps/rejected` (mean
