@@ -554,7 +554,7 @@ TEST_CASE("dpo: bad input gives the documented error", "[preference][dpo][bad-in
         rlpo::preference::parse_dpo_loss("dpo"),
         "preference::parse_dpo_loss(): name: unknown DPO loss type 'dpo'; valid names: sigmoid, "
         "hinge, ipo, robust, exo_pair, nca_pair, sppo_hard, aot, aot_unpaired, aot_pair, apo_zero, "
-        "apo_down, discopop, bco_pair, sigmoid_norm");
+        "apo_down, discopop, bco_pair, sigmoid_norm, sft");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::preference::parse_f_divergence("kl"),
                                     "preference::parse_f_divergence(): name: unknown f-divergence "
                                     "'kl'; valid names: reverse_kl, forward_kl, js_divergence, "
@@ -563,8 +563,8 @@ TEST_CASE("dpo: bad input gives the documented error", "[preference][dpo][bad-in
     o.f_divergence = rlpo::preference::FDivergence::Alpha;
     o.f_alpha = std::numeric_limits<double>::quiet_NaN();
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(dpo_loss(x, x, x, x, o), "f_alpha: must be finite");
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::preference::make_dpo_options({"sigmoid", "sft"}),
-                                    "unknown DPO loss type 'sft'");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::preference::make_dpo_options({"sigmoid", "kto_pair"}),
+                                    "unknown DPO loss type 'kto_pair'");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(
         rlpo::preference::make_dpo_options({"sigmoid", "ipo"}, {1.0}),
         "preference::make_dpo_options(): loss_weights: expected 2 weights");

@@ -24,6 +24,7 @@
 /// | `discopop`       | −logσ(h)·(1 − σ(h/τ)) + e^{−h}·σ(h/τ)                      | DiscoPOP 2406.08414 eq. 5 |
 /// | `bco_pair`       | −logσ(βu_c − δ) − logσ(−(βu_r − δ))                        | BCO 2404.04656 |
 /// | `sigmoid_norm`   | −logσ(β·(u_c/|y_c| − u_r/|y_r|))   (needs lengths)        | TRL |
+/// | `sft`            | NLL = −Σ_i π_c,i / Σ_i |y_c,i|   (batch term; see below)  | TRL |
 ///
 /// ("sigmoid form" = the `sigmoid` row with β·δ_k in place of h.) **f-DPO** (TRL
 /// `f_divergence_type`, `FDivergence` in preference/f_divergence.hpp): every loss type reads the
@@ -57,7 +58,15 @@
 /// subtracts its running mean of the rewards, current TRL does not: δ = 0); `ipo` and
 /// `sigmoid_norm` average the log-ratios over the completion lengths |y| (clamped ≥ 1), which
 /// the caller passes (`CompletionLengths`); TRL's `aot_pair` (≤ 0.24) is accepted for
-/// `aot_unpaired`. TRL's `sft` term needs logits and is not here (add the NLL separately).
+/// `aot_unpaired`. `sft` is TRL's cross-entropy over the chosen completion tokens, a token mean
+/// over the batch, which over the same tokens equals −Σ_i π_c,i / N with the raw summed policy
+/// log-probs π_c and N = Σ_i |y_c,i| (unclamped; needs `CompletionLengths`) or `num_sft_tokens`
+/// (a global count; a token mean, not divided by `num_pairs`; with both global counts the
+/// micro-batches add up). Its gradient is −w/N on every
+/// chosen entry; with pair weights it is TRL's mean(ω)·NLL (not micro-batch invariant, as TRL).
+/// N = 0 gives 0 (TRL: NaN). (TRL's `ld_alpha` mixes the summed log-probs upstream of this
+/// call, `preference::ld_logps` in preference/ld_dpo.hpp, while its `sft` reads the raw token
+/// log-probs: with `ld_alpha`, pass the raw sums' NLL separately.)
 /// `discopop`'s e^{−h}·σ(h/τ) is evaluated as exp(−h + logσ(h/τ)), finite where TRL's product
 /// gives inf·0 = NaN.
 ///
@@ -65,7 +74,8 @@
 /// vector or of a size other than `policy_chosen_logps`'s, NaN or ±inf entries (naming the input
 /// and the pair), β ≤ 0, ε outside [0, 0.5] (and ε = 0.5 for `robust`, ε = 0 for `exo_pair`),
 /// τ ≤ 0, δ or `f_alpha` non-finite, `num_pairs` ≤ 0, an empty loss list, weights not matching the loss
-/// list or non-finite, lengths missing for `ipo` / `sigmoid_norm` or of the wrong size or negative,
+/// list or non-finite, lengths missing for `ipo` / `sigmoid_norm` (for `sft`: unless
+/// `num_sft_tokens` is given) or of the wrong size or negative, `num_sft_tokens` < 0 or non-finite,
 /// pair weights of the wrong size, negative or non-finite, or given with `aot*`, and unknown loss
 /// type names (listing the valid ones). B = 0 gives value 0, gradient 0, metrics 0.
 
@@ -76,6 +86,7 @@
 #include <rlpo/core/types.hpp>
 #include <rlpo/preference/detail/pairs.hpp>
 #include <rlpo/preference/f_divergence.hpp>
+#include <rlpo/preference/lengths.hpp>
 
 #include <cmath>
 #include <optional>
@@ -103,7 +114,8 @@ namespace rlpo::preference {
     X(APODown, APODownKernel, "apo_down")                         \
     X(DiscoPOP, DiscoPOPKernel, "discopop")                       \
     X(BCOPair, BCOPairKernel, "bco_pair")                         \
-    X(SigmoidNorm, SigmoidNormKernel, "sigmoid_norm")
+    X(SigmoidNorm, SigmoidNormKernel, "sigmoid_norm")             \
+    X(SFT, SFTKernel, "sft")
 // clang-format on
 
 #define RLPO_DPO_LOSS_ENUM(E, K, ...) E,
@@ -130,6 +142,8 @@ struct DPOOptions {
     /// Denominator of the mean: the global pair count of a batch split into micro-batches
     /// (unset: the local B). `aot*` sort within the call and are not micro-batch invariant.
     std::optional<double> num_pairs{};
+    /// Denominator of `sft`'s token mean: the global chosen-token count (unset: the call's Σ|y_c|).
+    std::optional<double> num_sft_tokens{};
 
     /// One loss type with weight 1.
     static DPOOptions of(DPOLoss loss, double beta = 0.1) {
@@ -144,12 +158,6 @@ struct DPOOptions {
         o.sigmoid_label_smoothing = false;
         return o;
     }
-};
-
-/// Completion lengths |y_c|, |y_r| (tokens), needed by `ipo` and `sigmoid_norm`; clamped ≥ 1 as
-/// TRL's `completion_mask.sum(1).clamp(min=1)`.
-struct CompletionLengths {
-    Eigen::VectorXd chosen, rejected;
 };
 
 namespace detail {
@@ -341,6 +349,17 @@ struct SigmoidNormKernel {
     }
 };
 
+/// `sft`: a batch term (TRL's cross-entropy over the chosen completion tokens), evaluated by
+/// the `ChosenNLL` branch of `run_kernel`; there is no per-pair math.
+struct SFTKernel {
+    static constexpr Pairing pairing = Pairing::ChosenNLL;
+    static constexpr bool needs_lengths = false;  // lengths or num_sft_tokens: dpo_loss checks
+    static void validate(const char* fn, const DPOOptions& o) {
+        if (o.num_sft_tokens)
+            ::rlpo::detail::check_nonnegative(fn, "num_sft_tokens", *o.num_sft_tokens);
+    }
+};
+
 /// Every accepted spelling, from the registry rows (each row's canonical name first).
 inline const NameTable<DPOLoss>& dpo_loss_table() {
     static const std::vector<NameRow<DPOLoss>> rows = [] {
@@ -383,6 +402,21 @@ double run_kernel(const PairData& d, const DPOOptions& o, double weight, std::ve
             gc[i] += weight * wi * (r.d_uc + r.d_sc * dsc);
             gr[i] += weight * wi * (r.d_ur + r.d_sr * dsr);
         }
+    } else if constexpr (K::pairing == Pairing::ChosenNLL) {
+        // TRL: one NLL for the batch, expanded to every pair and weighted by ω, then averaged:
+        // mean(ω)·NLL. Σ_i ℓ_i = n·mean(ω)·NLL, so that the driver's division by n leaves it.
+        double tokens = 0.0, sum_c = 0.0, sum_w = 0.0;
+        for (std::size_t i = 0; i < B; ++i) {
+            tokens += d.len_c.empty() ? 0.0 : d.len_c[i];
+            sum_c += d.pc[i];
+            sum_w += d.w.empty() ? 1.0 : d.w[i];
+        }
+        const double N = o.num_sft_tokens ? *o.num_sft_tokens : tokens;
+        if (B == 0 || N <= 0) return 0.0;  // no chosen tokens: 0 (TRL: NaN)
+        const double n = o.num_pairs ? *o.num_pairs : static_cast<double>(B);
+        const double scale = n * sum_w / static_cast<double>(B);
+        sum = -scale * sum_c / N;
+        for (std::size_t i = 0; i < B; ++i) gc[i] -= weight * scale / N;
     } else {
         std::vector<double> a(B), b(B);
         for (std::size_t i = 0; i < B; ++i) {
@@ -427,9 +461,10 @@ inline void validate(const char* fn, const DPOOptions& o, bool have_lengths, boo
                    dpo_loss_table().name_of(DPOLoss::E),                                          \
                    "' averages the log-ratios over the completion lengths (as TRL): pass "        \
                    "CompletionLengths (all 1 for the unnormalised form)");                        \
-        RLPO_CHECK(K::pairing == Pairing::Pair || !have_weights, fn, "pair_weights: loss type '", \
-                   dpo_loss_table().name_of(DPOLoss::E),                                          \
-                   "' sorts the pairs, which would misalign per-pair weights (TRL raises)");      \
+        RLPO_CHECK(                                                                               \
+            K::pairing == Pairing::Pair || K::pairing == Pairing::ChosenNLL || !have_weights, fn, \
+            "pair_weights: loss type '", dpo_loss_table().name_of(DPOLoss::E),                    \
+            "' sorts the pairs, which would misalign per-pair weights (TRL raises)");             \
         break;
             RLPO_DPO_LOSSES(RLPO_DPO_LOSS_VALIDATE)
 #undef RLPO_DPO_LOSS_VALIDATE
@@ -505,6 +540,10 @@ Result<::rlpo::detail::scalar_t<D1>> dpo_loss(
     }
     d.beta = opts.beta;
     detail::validate(fn, opts, lengths.has_value(), pair_weights.has_value());
+    for (const DPOTerm& t : opts.terms)
+        RLPO_CHECK(t.loss != DPOLoss::SFT || lengths || opts.num_sft_tokens, fn,
+                   "lengths: loss type 'sft' is a mean over the chosen completion tokens (as TRL): "
+                   "pass CompletionLengths or num_sft_tokens");
 
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, 2, B);

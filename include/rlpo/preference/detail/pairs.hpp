@@ -38,7 +38,8 @@ namespace rlpo::preference::detail {
 enum class Pairing {
     Pair,          ///< pair i: (u_c[i], u_r[i]) with u = logp − ref_logp
     SortedPaired,  ///< AOT: k-th smallest (π_c − π_r) against the k-th smallest (ref_c − ref_r)
-    SortedUnpaired  ///< AOT unpaired: k-th smallest u_c against the k-th smallest u_r
+    SortedUnpaired,  ///< AOT unpaired: k-th smallest u_c against the k-th smallest u_r
+    ChosenNLL        ///< `sft`: the batch's token-mean NLL of the chosen completions (raw π_c)
 };
 
 /// One pair's inputs, in double. For `Pair` kernels `uc`, `ur` are the log-ratios
