@@ -2,3 +2,5 @@
 /// \file Umbrella of the preference losses (the DPO family and its f-DPO scores).
 #include <rlpo/preference/dpo.hpp>
 #include <rlpo/preference/f_divergence.hpp>
+#include <rlpo/preference/inpo.hpp>
+#include <rlpo/preference/rpo.hpp>
