@@ -80,3 +80,66 @@ def inpo(x, p, s):
         "logps/chosen": pc.detach().mean(),
         "logps/rejected": pr.detach().mean(),
     }
+
+
+def reward_aware(x, p, s):
+    """NeMo-Aligner MegatronGPTDPOModel: loss_func (preference_loss) + sft_loss_func, weighted."""
+    pc = _v(x["policy_chosen_logps"]).clone().requires_grad_(True)
+    pr = _v(x["policy_rejected_logps"]).clone().requires_grad_(True)
+    rc = _v(x["ref_chosen_logps"])
+    rr = _v(x["ref_rejected_logps"])
+    kl_penalty = _scalar(p, "beta")
+    scale = _scalar(p, "gt_reward_scale", 1.0)
+    w_pref = _scalar(p, "preference_loss_weight", 1.0)
+    w_sft = _scalar(p, "sft_loss_weight", 0.0)
+    n = _scalar(p, "num_pairs", float(pc.shape[0]))
+    chosen_rewards = pc - rc
+    reject_rewards = pr - rr
+    rewards_delta = chosen_rewards - reject_rewards
+    kind = s["loss"]
+
+    def gt_delta():
+        return scale * (_v(x["rewards_chosen"]) - _v(x["rewards_rejected"]))
+
+    if kind == "dpo":
+        per_pair = -F.logsigmoid(kl_penalty * rewards_delta)
+    elif kind == "ipo":
+        per_pair = (chosen_rewards - reject_rewards - 1.0 / (2.0 * kl_penalty)) ** 2
+    elif kind == "rpo_sq":
+        per_pair = (kl_penalty * rewards_delta - gt_delta()) ** 2
+    elif kind in ("rpo_bwd_kl", "rpo_fwd_kl"):
+        logbeta_c = F.logsigmoid(kl_penalty * rewards_delta)
+        logbeta_r = F.logsigmoid(-kl_penalty * rewards_delta)
+        logalpha_c = F.logsigmoid(gt_delta())
+        logalpha_r = F.logsigmoid(-gt_delta())
+        if kind == "rpo_bwd_kl":
+            per_pair = torch.exp(logalpha_c) * (logalpha_c - logbeta_c) + torch.exp(logalpha_r) * (
+                logalpha_r - logbeta_r
+            )
+        else:
+            per_pair = torch.exp(logbeta_c) * (logbeta_c - logalpha_c) + torch.exp(logbeta_r) * (
+                logbeta_r - logalpha_r
+            )
+    else:
+        raise ValueError("unknown preference_loss " + kind)
+    preference_loss = per_pair.sum() / n
+    sft_loss = -pc.sum() / n
+    loss = w_pref * preference_loss + w_sft * sft_loss
+    gc, gr = torch.autograd.grad(loss, (pc, pr), allow_unused=True)
+    gc = torch.zeros_like(pc) if gc is None else gc
+    gr = torch.zeros_like(pr) if gr is None else gr
+    out_c = chosen_rewards.detach()
+    out_r = reject_rewards.detach()
+    rewards_all = torch.cat((out_c, out_r))
+    return {
+        "value": loss.detach(),
+        "grad": torch.stack([gc, gr], dim=0),
+        "loss": loss.detach(),
+        "preference_loss": preference_loss.detach(),
+        "sft_loss": sft_loss.detach(),
+        "acc": (out_c > out_r).double().mean(),
+        "rewards_chosen_mean": out_c.mean(),
+        "rewards_rejected_mean": out_r.mean(),
+        "rewards_all_mean": rewards_all.mean(),
+        "rewards_all_std": rewards_all.std(),
+    }

@@ -4,3 +4,4 @@
 #include <rlpo/preference/f_divergence.hpp>
 #include <rlpo/preference/inpo.hpp>
 #include <rlpo/preference/rpo.hpp>
+#include <rlpo/preference/reward_aware.hpp>
