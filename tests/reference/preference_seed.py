@@ -143,3 +143,45 @@ def reward_aware(x, p, s):
         "rewards_all_mean": rewards_all.mean(),
         "rewards_all_std": rewards_all.std(),
     }
+
+
+def hypo(x, p, s):
+    """HyPO: the DPO loss type on the offline pairs + lam * KL estimate on the online samples,
+    whose gradient is the RLOO estimator: surrogate mean_j (r_j - leave-one-out mean) * logp_j
+    with r = logp - ref_logp detached."""
+    pc = _v(x["policy_chosen_logps"]).clone().requires_grad_(True)
+    pr = _v(x["policy_rejected_logps"]).clone().requires_grad_(True)
+    rc = _v(x["ref_chosen_logps"])
+    rr = _v(x["ref_rejected_logps"])
+    n = _scalar(p, "num_pairs", float(pc.shape[0]))
+    lam = _scalar(p, "lambda")
+    (losses,) = preference._loss_terms(pc, pr, rc, rr, p, s, [s["loss"]], None)
+    dpo_value = losses.sum() / n
+    logp = x["online_logps"].clone().requires_grad_(True)  # [P, k]
+    ref_logp = x["online_ref_logps"]
+    num_prompts, k = logp.shape
+    m = _scalar(p, "num_prompts", float(num_prompts))
+    r = (logp - ref_logp).detach()
+    loo_baseline = (r.sum(dim=1, keepdim=True) - r) / (k - 1)
+    advantage = r - loo_baseline
+    surrogate = lam * (advantage * logp).sum() / (m * k)
+    kl_estimate = r.sum() / (m * k)
+    gc, gr = torch.autograd.grad(dpo_value, (pc, pr), allow_unused=True)
+    gc = torch.zeros_like(pc) if gc is None else gc
+    gr = torch.zeros_like(pr) if gr is None else gr
+    (g_online,) = torch.autograd.grad(surrogate, (logp,))
+    beta = _scalar(p, "beta")
+    cr = beta * (pc - rc).detach()
+    rj = beta * (pr - rr).detach()
+    return {
+        "value": dpo_value.detach() + lam * kl_estimate,
+        "grad_pairs": torch.stack([gc, gr], dim=0),
+        "grad_online": g_online,
+        "objective/kl": r.mean(),
+        "rewards/chosen": cr.mean(),
+        "rewards/rejected": rj.mean(),
+        "rewards/accuracies": (cr > rj).double().mean(),
+        "rewards/margins": (cr - rj).mean(),
+        "logps/chosen": pc.detach().mean(),
+        "logps/rejected": pr.detach().mean(),
+    }

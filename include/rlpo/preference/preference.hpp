@@ -5,3 +5,4 @@
 #include <rlpo/preference/inpo.hpp>
 #include <rlpo/preference/rpo.hpp>
 #include <rlpo/preference/reward_aware.hpp>
+#include <rlpo/preference/hypo.hpp>
