@@ -175,86 +175,156 @@ struct Inputs {
 
 enum class Pass { Forward, Backward, Vjp };
 
-/// The per-row sweeps of one call, rows in parallel; results combined in row order.
+/// Per-row results of the sweeps (filled in parallel, one entry per row).
+struct RowResults {
+    struct Err {
+        const char* what = nullptr;
+        Index col = -1;
+    };
+    std::vector<RowStats> st;
+    std::vector<double> lp, ent;
+    std::vector<Err> err;
+    explicit RowResults(Index N)
+        : st(static_cast<std::size_t>(N)),
+          lp(static_cast<std::size_t>(N), 0.0),
+          ent(static_cast<std::size_t>(N), 0.0),
+          err(static_cast<std::size_t>(N)) {}
+};
+
+/// The sweeps of every row, rows in parallel (each thread a contiguous block of rows).
+/// `FEnt`: the forward sums the entropy's terms; `BEnt`: the backward has an entropy upstream.
+/// In the fused pass each thread runs its rows through a two-row pipeline: every chunk step
+/// sweeps chunk k of row n forward (from memory) and chunk k of row n − 1 backward (from L2,
+/// gradient out), so the reads and the writes overlap; a row's arithmetic is the same chunk
+/// steps in the same order in every pass, so results do not depend on the pass or the thread.
+template <class S, bool FEnt, bool BEnt>
+void sweep_rows(const Inputs<S>& in, double tau, Pass pass, const TokenLogps<S>* saved,
+                const ::rlpo::detail::GradWriter<S>& gw, RowResults& r) {
+    using A = arith_t<S>;
+    using Back = BackwardSweep<A, BEnt, S>;
+    const Index N = in.N, V = in.V;
+    const bool grad = gw.active() && pass != Pass::Forward;
+    const bool add = gw.mode() == GradMode::Add;
+    const double inv_t = 1.0 / tau;
+    const auto zero_row = [&](Index n) {
+        if (grad && !add) std::fill(gw.row(n), gw.row(n) + V, S(0));
+    };
+    // after a row's forward statistics: its outputs, errors, and its backward sweep
+    const auto prepare = [&](Index n, const A* x, const RowStats& s, Back& b) {
+        const auto k = static_cast<std::size_t>(n);
+        if (!s.ok) {
+            r.err[k].what = classify_row<A>(x, V, r.err[k].col);
+            return false;
+        }
+        r.st[k] = s;
+        const Index y = static_cast<Index>(in.label[k]);
+        const double zy = static_cast<double>(x[y]);
+        if (zy == -std::numeric_limits<double>::infinity()) {
+            r.err[k] = {"the label's logit is -inf (its log-prob is -inf)", y};
+            return false;
+        }
+        const double lp = (zy - s.max) * inv_t - s.log_sum;
+        r.lp[k] = lp;
+        r.ent[k] = s.log_sum - s.mean_shift;
+        if (!grad) return false;
+        // ∂/∂z_j = −(c/τ) p_j (g − h·ms + h (z_j − M)/τ) off the label, p_j = e_j / S
+        const double c = gw.coef(), g = in.g[k], h = BEnt ? in.h[k] : 0.0;
+        const double inv_s = std::exp(-s.log_sum);
+        const double py = std::exp(lp);
+        b.x = x;
+        b.temperature = tau;
+        b.M = static_cast<A>(s.max);
+        b.alpha = static_cast<A>(-c * (g - h * s.mean_shift) * inv_t * inv_s);
+        b.beta = static_cast<A>(-c * h * inv_t * inv_t * inv_s);
+        b.label = y;
+        b.grad_label = static_cast<A>(
+            c * inv_t * (-g * std::expm1(lp) - h * py * ((zy - s.max) * inv_t - s.mean_shift)));
+        b.dst = gw.row(n);
+        b.add = add;
+        return true;
+    };
+    ::rlpo::detail::parallel_region(N * V > 32768 && N > 1, [&](const ::rlpo::detail::Team& team) {
+        Eigen::Array<A, Eigen::Dynamic, 1> wide[2], buf;
+        if (grad) buf.resize(kChunk);
+        const auto row_ptr = [&](Index n, int slot) -> const A* {
+            const S* src = in.z.data() + n * in.z.outerStride();
+            if constexpr (std::is_same<S, A>::value) {
+                static_cast<void>(slot);
+                return src;
+            } else {
+                wide[slot] =
+                    Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>(src, V).template cast<A>();
+                return wide[slot].data();
+            }
+        };
+        const Index lo = N * team.id() / team.size(), hi = N * (team.id() + 1) / team.size();
+        if (pass != Pass::Vjp) {
+            for (Index n = lo; n < hi; ++n) {
+                if (!in.active[static_cast<std::size_t>(n)]) {
+                    zero_row(n);
+                    continue;
+                }
+                const A* x = row_ptr(n, 0);
+                RowStats s;
+                if (pass == Pass::Backward) {
+                    const Index b = n / in.T, t = n % in.T;
+                    s.max = saved->row_max(b, t);
+                    s.log_sum = saved->log_sum(b, t);
+                    s.mean_shift = BEnt ? saved->mean_shift(b, t) : 0.0;
+                } else {
+                    s = forward_row<A, FEnt>(x, V, tau);
+                }
+                Back back;
+                if (prepare(n, x, s, back)) back.row(V, buf.data());
+            }
+        } else {
+            Back prev;
+            bool have_prev = false;
+            int slot = 0;
+            for (Index n = lo; n <= hi; ++n) {
+                const bool cur = n < hi && in.active[static_cast<std::size_t>(n)];
+                if (n < hi && !cur) zero_row(n);
+                const A* x = cur ? row_ptr(n, slot) : nullptr;
+                ForwardSweep<A, FEnt> f(tau);
+                if (cur || have_prev)
+                    for (Index off = 0; off < V; off += kChunk) {
+                        const Index len = V - off < kChunk ? V - off : kChunk;
+                        if (cur) f.step(x + off, len);
+                        if (have_prev) prev.chunk(off, len, buf.data());
+                    }
+                have_prev = false;
+                if (cur) {
+                    have_prev = prepare(n, x, f.finish(), prev);
+                    slot ^= 1;
+                }
+            }
+        }
+        ::rlpo::detail::simd::store_fence();  // order the streaming stores before returning
+    });
+}
+
+/// The sweeps of one call, then the per-row results combined in row order.
 template <class S>
 void run_rows(const char* fn, const Inputs<S>& in, double tau, bool entropy, Pass pass,
               const TokenLogps<S>* saved, const ::rlpo::detail::GradWriter<S>& gw,
               TokenLogps<S>& out) {
     using A = arith_t<S>;
-    const Index N = in.N, V = in.V;
+    const Index N = in.N;
     const auto n_rows = static_cast<std::size_t>(N);
-    std::vector<RowStats> st(n_rows);
-    std::vector<double> lp(n_rows, 0.0), ent(n_rows, 0.0);
-    struct Err {
-        const char* what = nullptr;
-        Index col = -1;
-    };
-    std::vector<Err> err(n_rows);
-    const bool grad = gw.active() && pass != Pass::Forward;
-    const bool add = gw.mode() == GradMode::Add;
     const bool has_h = !in.h.empty();
-    const double inv_t = 1.0 / tau;
-    ::rlpo::detail::parallel_region(N * V > 32768 && N > 1, [&](const ::rlpo::detail::Team& team) {
-        Eigen::Array<A, Eigen::Dynamic, 1> wide, buf;
-        if (grad) buf.resize(kChunk);
-        team.for_static(N, [&](Index n) {
-            const auto k = static_cast<std::size_t>(n);
-            S* dst = grad ? gw.row(n) : nullptr;
-            if (!in.active[k]) {
-                if (dst && !add) std::fill(dst, dst + V, S(0));
-                return;
-            }
-            const A* x = nullptr;
-            if constexpr (std::is_same<S, A>::value) {
-                x = in.z.data() + n * in.z.outerStride();
-            } else {
-                wide = Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>(
-                           in.z.data() + n * in.z.outerStride(), V)
-                           .template cast<A>();
-                x = wide.data();
-            }
-            RowStats s;
-            if (pass == Pass::Backward) {
-                const Index b = n / in.T, t = n % in.T;
-                s.max = saved->row_max(b, t);
-                s.log_sum = saved->log_sum(b, t);
-                s.mean_shift = has_h ? saved->mean_shift(b, t) : 0.0;
-            } else {
-                s = entropy ? forward_row<A, true>(x, V, tau) : forward_row<A, false>(x, V, tau);
-                if (!s.ok) {
-                    err[k].what = classify_row<A>(x, V, err[k].col);
-                    return;
-                }
-            }
-            st[k] = s;
-            const Index y = static_cast<Index>(in.label[k]);
-            const double zy = static_cast<double>(x[y]);
-            if (zy == -std::numeric_limits<double>::infinity()) {
-                err[k] = {"the label's logit is -inf (its log-prob is -inf)", y};
-                return;
-            }
-            lp[k] = (zy - s.max) * inv_t - s.log_sum;
-            ent[k] = s.log_sum - s.mean_shift;
-            if (!grad) return;
-            // ∂/∂z_j = −(c/τ) p_j (g − h·ms + h (z_j − M)/τ) off the label, p_j = e_j / S
-            const double c = gw.coef(), g = in.g[k], h = has_h ? in.h[k] : 0.0;
-            const double inv_s = std::exp(-s.log_sum);
-            const double alpha = -c * (g - h * s.mean_shift) * inv_t * inv_s;
-            const double beta = -c * h * inv_t * inv_t * inv_s;
-            const double py = std::exp(lp[k]);
-            const double gy =
-                c * inv_t *
-                (-g * std::expm1(lp[k]) - h * py * ((zy - s.max) * inv_t - s.mean_shift));
-            const A M = static_cast<A>(s.max);
-            if (has_h)
-                backward_row<A, true, S>(x, V, tau, M, static_cast<A>(alpha), static_cast<A>(beta),
-                                         y, static_cast<A>(gy), dst, add, buf.data());
-            else
-                backward_row<A, false, S>(x, V, tau, M, static_cast<A>(alpha), A(0), y,
-                                          static_cast<A>(gy), dst, add, buf.data());
-        });
-        ::rlpo::detail::simd::store_fence();  // order the streaming stores before returning
-    });
+    RowResults r(N);
+    if (entropy && has_h)
+        sweep_rows<S, true, true>(in, tau, pass, saved, gw, r);
+    else if (entropy)
+        sweep_rows<S, true, false>(in, tau, pass, saved, gw, r);
+    else if (has_h)
+        sweep_rows<S, false, true>(in, tau, pass, saved, gw, r);
+    else
+        sweep_rows<S, false, false>(in, tau, pass, saved, gw, r);
+    const auto& err = r.err;
+    const auto& lp = r.lp;
+    const auto& ent = r.ent;
+    const auto& st = r.st;
     for (Index n = 0; n < N; ++n) {
         const auto k = static_cast<std::size_t>(n);
         if (!err[k].what) continue;

@@ -2,14 +2,14 @@
 /// \file
 /// The two sweeps of one logit row of `token_logps` (internal).
 ///
-/// Forward (`forward_row`): one read of the row in chunks of `kChunk` entries. Per chunk: its
+/// Forward (`ForwardSweep`, `forward_row`): one read of the row in chunks of `kChunk` entries. Per chunk: its
 /// maximum m_k (a packet sweep over the chunk, which then sits in L1), then s_k = Σ e^{(x−m_k)/T}
 /// and, for the entropy, t_k = Σ e^{(x−m_k)/T}·(x − m_k), summed in the arithmetic type A
 /// (float, or double for double logits). Chunks are merged online in double: with M the running
 /// maximum, S = Σ_k e^{(m_k−M)/T} s_k and Q = Σ_k e^{(m_k−M)/T} (t_k + s_k (m_k − M)), rescaled
 /// when M grows. The row's results are M, ln S and Q/(S·T) = Σ_j p_j (x_j − M)/T.
 ///
-/// Backward (`backward_row`): one read of the row and one write of its gradient. The gradient
+/// Backward (`BackwardSweep`): one read of the row and one write of its gradient. The gradient
 /// of ⟨g, log p_y⟩ + ⟨h, H⟩ w.r.t. the row is e_j·(α + β·(x_j − M)) with e_j = e^{(x_j−M)/T}
 /// (α, β fold g, h, 1/T, 1/S and the sink's coefficient, see token_logps.hpp); the caller
 /// overwrites the label's entry with its value computed in double. Each chunk is formed in an
@@ -102,30 +102,31 @@ struct RowStats {
     bool ok = true;           ///< false: a NaN, a +inf, or every entry −inf (see classify_row)
 };
 
-/// The forward sweep of one row (file comment). `Ent`: also the entropy's sum.
+/// The forward sweep of one row in flight: the running M, S, Q (file comment) and the
+/// constants of the temperature. `step` takes the row's chunks in order; `finish` gives the
+/// row's statistics. The same steps serve one row at a time and the pipeline of the fused call.
 template <class A, bool Ent>
-inline RowStats forward_row(const A* x, Index V, double temperature) {
-    namespace ei = Eigen::internal;
-    using P = simd::Packet<A>;
-    constexpr Index W = simd::width<A>;
-    constexpr A ninf = -std::numeric_limits<A>::infinity();
-    const A a = static_cast<A>(Exp<A>::factor(temperature));
-    const P va = simd::set1<A>(a), vlo = simd::set1<A>(Exp<A>::lo / a);
-    const double inv_t = 1.0 / temperature;
-    RowStats st;
-    double M = -std::numeric_limits<double>::infinity(), S = 0.0, Q = 0.0;
-    for (Index off = 0; off < V; off += kChunk) {
-        const Index len = V - off < kChunk ? V - off : kChunk;
-        const A* c = x + off;
+class ForwardSweep {
+public:
+    explicit ForwardSweep(double temperature)
+        : a_(static_cast<A>(Exp<A>::factor(temperature))), inv_t_(1.0 / temperature) {}
+
+    /// Chunk c[0, len) of the row (after the chunks before it). False once the row is bad.
+    bool step(const A* c, Index len) {
+        namespace ei = Eigen::internal;
+        using P = simd::Packet<A>;
+        constexpr Index W = simd::width<A>;
+        constexpr A ninf = -std::numeric_limits<A>::infinity();
+        if (!ok_) return false;
         const A cm = chunk_max<A>(c, len);
         if (!(cm > ninf) || !(cm < -ninf)) {
             // −inf, +inf or NaN: a chunk of only −inf adds nothing; anything else is bad
             const bool all_ninf =
                 Eigen::Map<const Eigen::Array<A, Eigen::Dynamic, 1>>(c, len).cwiseEqual(ninf).all();
-            if (cm == ninf && all_ninf) continue;
-            st.ok = false;
-            return st;
+            ok_ = cm == ninf && all_ninf;
+            return ok_;
         }
+        const P va = simd::set1<A>(a_), vlo = simd::set1<A>(Exp<A>::lo / a_);
         const P vm = simd::set1<A>(cm);
         P s0 = simd::set1<A>(A(0)), s1 = s0, t0 = s0, t1 = s0;
         Index j = 0;
@@ -150,30 +151,51 @@ inline RowStats forward_row(const A* x, Index V, double temperature) {
         const double sk = static_cast<double>(ei::predux(simd::padd(s0, s1)));
         const double tk = Ent ? static_cast<double>(ei::predux(simd::padd(t0, t1))) : 0.0;
         const double mk = static_cast<double>(cm);
-        if (mk > M) {
+        if (mk > M_) {
             // rescale what was summed relative to the old maximum (nothing at the first chunk)
-            if (S > 0.0) {
-                const double r = std::exp((M - mk) * inv_t);
-                if constexpr (Ent) Q = r * std::fma(S, M - mk, Q);
-                S *= r;
+            if (S_ > 0.0) {
+                const double r = std::exp((M_ - mk) * inv_t_);
+                if constexpr (Ent) Q_ = r * std::fma(S_, M_ - mk, Q_);
+                S_ *= r;
             }
-            M = mk;
-            S += sk;
-            if constexpr (Ent) Q += tk;
+            M_ = mk;
+            S_ += sk;
+            if constexpr (Ent) Q_ += tk;
         } else {
-            const double f = std::exp((mk - M) * inv_t);
-            if constexpr (Ent) Q = std::fma(f, std::fma(sk, mk - M, tk), Q);
-            S = std::fma(f, sk, S);
+            const double f = std::exp((mk - M_) * inv_t_);
+            if constexpr (Ent) Q_ = std::fma(f, std::fma(sk, mk - M_, tk), Q_);
+            S_ = std::fma(f, sk, S_);
         }
+        return true;
     }
-    if (!(M > -std::numeric_limits<double>::infinity()) || !std::isfinite(S) || !std::isfinite(Q)) {
-        st.ok = false;
+
+    RowStats finish() const {
+        RowStats st;
+        if (!ok_ || !(M_ > -std::numeric_limits<double>::infinity()) || !std::isfinite(S_) ||
+            !std::isfinite(Q_)) {
+            st.ok = false;
+            return st;
+        }
+        st.max = M_;
+        st.log_sum = std::log(S_);
+        st.mean_shift = Ent ? Q_ / S_ * inv_t_ : 0.0;
         return st;
     }
-    st.max = M;
-    st.log_sum = std::log(S);
-    st.mean_shift = Ent ? Q / S * inv_t : 0.0;
-    return st;
+
+private:
+    A a_;
+    double inv_t_;
+    double M_ = -std::numeric_limits<double>::infinity(), S_ = 0.0, Q_ = 0.0;
+    bool ok_ = true;
+};
+
+/// The forward sweep of one whole row (file comment). `Ent`: also the entropy's sum.
+template <class A, bool Ent>
+inline RowStats forward_row(const A* x, Index V, double temperature) {
+    ForwardSweep<A, Ent> f(temperature);
+    for (Index off = 0; off < V; off += kChunk)
+        if (!f.step(x + off, V - off < kChunk ? V - off : kChunk)) break;
+    return f.finish();
 }
 
 /// Why a row failed its forward sweep: the first NaN or +inf column, or every entry −inf
@@ -212,20 +234,27 @@ inline void emit_chunk(S* dst, const A* buf, Index len, bool add) {
     for (Index j = 0; j < len; ++j) dst[j] = static_cast<S>(buf[j]);
 }
 
-/// The backward sweep of one row (file comment): dst_j (=, or +=) e_j·(α + β (x_j − M)), the
-/// label's entry `label` replaced by `grad_label`. `buf`: kChunk entries, 64-byte aligned.
+/// The backward sweep of one row: what it needs (file comment). `chunk(off, len)` writes
+/// entries [off, off + len) of dst (=, or +=) e_j·(α + β (x_j − M)), the label's entry replaced
+/// by `grad_label`; `buf` holds kChunk entries, 64-byte aligned.
 template <class A, bool Ent, class S>
-inline void backward_row(const A* x, Index V, double temperature, A M, A alpha, A beta, Index label,
-                         A grad_label, S* dst, bool add, A* buf) {
-    namespace ei = Eigen::internal;
-    using P = simd::Packet<A>;
-    constexpr Index W = simd::width<A>;
-    constexpr A ninf = -std::numeric_limits<A>::infinity();
-    const A a = static_cast<A>(Exp<A>::factor(temperature));
-    const P va = simd::set1<A>(a), vlo = simd::set1<A>(Exp<A>::lo / a);
-    const P vm = simd::set1<A>(M), val = simd::set1<A>(alpha), vbe = simd::set1<A>(beta);
-    for (Index off = 0; off < V; off += kChunk) {
-        const Index len = V - off < kChunk ? V - off : kChunk;
+struct BackwardSweep {
+    const A* x = nullptr;
+    double temperature = 1.0;
+    A M = 0, alpha = 0, beta = 0;
+    Index label = 0;
+    A grad_label = 0;
+    S* dst = nullptr;
+    bool add = false;
+
+    void chunk(Index off, Index len, A* buf) const {
+        namespace ei = Eigen::internal;
+        using P = simd::Packet<A>;
+        constexpr Index W = simd::width<A>;
+        constexpr A ninf = -std::numeric_limits<A>::infinity();
+        const A a = static_cast<A>(Exp<A>::factor(temperature));
+        const P va = simd::set1<A>(a), vlo = simd::set1<A>(Exp<A>::lo / a);
+        const P vm = simd::set1<A>(M), val = simd::set1<A>(alpha), vbe = simd::set1<A>(beta);
         const A* c = x + off;
         const auto term = [&](const P& xv) {
             const P d = simd::psub(xv, vm);
@@ -242,6 +271,11 @@ inline void backward_row(const A* x, Index V, double temperature, A M, A alpha, 
         if (label >= off && label < off + len) buf[label - off] = grad_label;
         emit_chunk<S, A>(dst + off, buf, len, add);
     }
-}
+
+    void row(Index V, A* buf) const {
+        for (Index off = 0; off < V; off += kChunk)
+            chunk(off, V - off < kChunk ? V - off : kChunk, buf);
+    }
+};
 
 }  // namespace rlpo::logits::detail
