@@ -193,10 +193,11 @@ struct RowResults {
 
 /// The sweeps of every row, rows in parallel (each thread a contiguous block of rows).
 /// `FEnt`: the forward sums the entropy's terms; `BEnt`: the backward has an entropy upstream.
-/// In the fused pass each thread runs its rows through a two-row pipeline: every chunk step
-/// sweeps chunk k of row n forward (from memory) and chunk k of row n − 1 backward (from L2,
-/// gradient out), so the reads and the writes overlap; a row's arithmetic is the same chunk
-/// steps in the same order in every pass, so results do not depend on the pass or the thread.
+/// In the fused pass a row's backward sweep follows its forward sweep at once, while the row
+/// is still in the core's L2 (a two-row pipeline that overlapped the forward of row n with the
+/// backward of row n − 1 chunk by chunk was measured slower, see docs/logits.md). A row's
+/// arithmetic is the same chunk steps in the same order in every pass, so results do not
+/// depend on the pass or the thread.
 template <class S, bool FEnt, bool BEnt>
 void sweep_rows(const Inputs<S>& in, double tau, Pass pass, const TokenLogps<S>* saved,
                 const ::rlpo::detail::GradWriter<S>& gw, RowResults& r) {
@@ -244,60 +245,36 @@ void sweep_rows(const Inputs<S>& in, double tau, Pass pass, const TokenLogps<S>*
         return true;
     };
     ::rlpo::detail::parallel_region(N * V > 32768 && N > 1, [&](const ::rlpo::detail::Team& team) {
-        Eigen::Array<A, Eigen::Dynamic, 1> wide[2], buf;
+        Eigen::Array<A, Eigen::Dynamic, 1> wide, buf;
         if (grad) buf.resize(kChunk);
-        const auto row_ptr = [&](Index n, int slot) -> const A* {
+        const auto row_ptr = [&](Index n) -> const A* {
             const S* src = in.z.data() + n * in.z.outerStride();
             if constexpr (std::is_same<S, A>::value) {
-                static_cast<void>(slot);
                 return src;
             } else {
-                wide[slot] =
+                wide =
                     Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>>(src, V).template cast<A>();
-                return wide[slot].data();
+                return wide.data();
             }
         };
         const Index lo = N * team.id() / team.size(), hi = N * (team.id() + 1) / team.size();
-        if (pass != Pass::Vjp) {
-            for (Index n = lo; n < hi; ++n) {
-                if (!in.active[static_cast<std::size_t>(n)]) {
-                    zero_row(n);
-                    continue;
-                }
-                const A* x = row_ptr(n, 0);
-                RowStats s;
-                if (pass == Pass::Backward) {
-                    const Index b = n / in.T, t = n % in.T;
-                    s.max = saved->row_max(b, t);
-                    s.log_sum = saved->log_sum(b, t);
-                    s.mean_shift = BEnt ? saved->mean_shift(b, t) : 0.0;
-                } else {
-                    s = forward_row<A, FEnt>(x, V, tau);
-                }
-                Back back;
-                if (prepare(n, x, s, back)) back.row(V, buf.data());
+        for (Index n = lo; n < hi; ++n) {
+            if (!in.active[static_cast<std::size_t>(n)]) {
+                zero_row(n);
+                continue;
             }
-        } else {
-            Back prev;
-            bool have_prev = false;
-            int slot = 0;
-            for (Index n = lo; n <= hi; ++n) {
-                const bool cur = n < hi && in.active[static_cast<std::size_t>(n)];
-                if (n < hi && !cur) zero_row(n);
-                const A* x = cur ? row_ptr(n, slot) : nullptr;
-                ForwardSweep<A, FEnt> f(tau);
-                if (cur || have_prev)
-                    for (Index off = 0; off < V; off += kChunk) {
-                        const Index len = V - off < kChunk ? V - off : kChunk;
-                        if (cur) f.step(x + off, len);
-                        if (have_prev) prev.chunk(off, len, buf.data());
-                    }
-                have_prev = false;
-                if (cur) {
-                    have_prev = prepare(n, x, f.finish(), prev);
-                    slot ^= 1;
-                }
+            const A* x = row_ptr(n);
+            RowStats s;
+            if (pass == Pass::Backward) {
+                const Index b = n / in.T, t = n % in.T;
+                s.max = saved->row_max(b, t);
+                s.log_sum = saved->log_sum(b, t);
+                s.mean_shift = BEnt ? saved->mean_shift(b, t) : 0.0;
+            } else {
+                s = forward_row<A, FEnt>(x, V, tau);
             }
+            Back back;
+            if (prepare(n, x, s, back)) back.row(V, buf.data());
         }
         ::rlpo::detail::simd::store_fence();  // order the streaming stores before returning
     });

@@ -104,7 +104,7 @@ struct RowStats {
 
 /// The forward sweep of one row in flight: the running M, S, Q (file comment) and the
 /// constants of the temperature. `step` takes the row's chunks in order; `finish` gives the
-/// row's statistics. The same steps serve one row at a time and the pipeline of the fused call.
+/// row's statistics; `forward_row` runs them over a whole row.
 template <class A, bool Ent>
 class ForwardSweep {
 public:
