@@ -3,6 +3,7 @@
 #include <rlpo/core/core.hpp>
 #include <rlpo/critic/critic.hpp>
 #include <rlpo/distill/distill.hpp>
+#include <rlpo/logits/logits.hpp>
 #include <rlpo/penalties/penalties.hpp>
 #include <rlpo/policy/policy.hpp>
 #include <rlpo/preference/preference.hpp>

@@ -1,0 +1,3 @@
+#pragma once
+/// \file The logits module: per-token log-probabilities (and entropies) from `[N, V]` logits.
+#include <rlpo/logits/token_logps.hpp>
