@@ -21,7 +21,7 @@ while IFS= read -r h; do
   printf '#include <%s>\n' "$rel" > "$unit"
   units+=("$unit")
 done < <(git ls-files 'include/rlpo/*.hpp')
-units+=(examples/quickstart.cpp examples/demo/main.cpp)
+units+=(examples/quickstart.cpp examples/dpo.cpp examples/demo/main.cpp)
 printf '%s\n' "${units[@]}" |
   xargs -P "$(nproc 2>/dev/null || echo 2)" -I{} sh -c \
     '"$0" --quiet --config-file=.clang-tidy --warnings-as-errors="*" "$1" -- "$@" 2>&1 |

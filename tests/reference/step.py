@@ -73,3 +73,30 @@ def training_step(x, p, s):
     out["entropy"] = ent_mean
     out["vf_clipfrac"] = vf_clipfrac
     return out
+
+
+def dpo_from_logits(x, p, s):
+    """DPO (+ SFT) from logits, as TRL's DPOTrainer computes it on the concatenated batch: the
+    token log-probs log_softmax(z/τ) gathered at the labels, summed per completion (rows 0..B−1
+    chosen, B..2B−1 rejected), the sigmoid loss with label smoothing ε (cDPO) averaged over the
+    pairs, plus w_sft times the chosen tokens' mean NLL; autograd w.r.t. the logits."""
+    mask = x["mask"]
+    R, T = mask.shape
+    B = R // 2
+    z = x["logits"].clone().requires_grad_(True)
+    tau, beta, eps, w_sft = float(p["temperature"]), float(p["beta"]), float(p["label_smoothing"]), float(p["sft_weight"])
+    labels = x["labels"].reshape(-1).to(torch.int64).clamp(min=0, max=z.shape[1] - 1)
+    logp_all = torch.log_softmax(z / tau, dim=-1).gather(1, labels.unsqueeze(1)).squeeze(1).reshape(R, T)
+    logp = torch.where(mask != 0, logp_all, torch.zeros_like(logp_all)) * mask
+    seq = logp.sum(dim=1)
+    pc, pr = seq[:B], seq[B:]
+    rc, rr = x["ref_chosen"].reshape(-1), x["ref_rejected"].reshape(-1)
+    h = beta * ((pc - rc) - (pr - rr))
+    dpo = (-(1 - eps) * torch.nn.functional.logsigmoid(h) - eps * torch.nn.functional.logsigmoid(-h)).mean()
+    nll = -pc.sum() / mask[:B].sum()
+    loss = dpo + w_sft * nll
+    (g,) = torch.autograd.grad(loss, z)
+    rew_c, rew_r = beta * (pc - rc), beta * (pr - rr)
+    return {"value": loss.detach(), "grad_logits": g,
+            "rewards/chosen": rew_c.mean().detach(), "rewards/margins": (rew_c - rew_r).mean().detach(),
+            "logps/rejected": pr.mean().detach()}
