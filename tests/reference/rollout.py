@@ -484,3 +484,39 @@ def gdpo_trl(x, p, s):
     if bool((total == total[0]).all()):
         return {"adv": torch.zeros_like(total)}
     return {"adv": (total - total.mean()) / (torch.std(total, unbiased=True) + 1e-4)}
+
+
+def spae(x, p, s):
+    """SPAE (arXiv 2601.03823): Â_ij = (R_i − group mean)·f + ξ·(exp(min-max ΔΦ) − its token mean),
+    f = 1 − α(1 − exp(−#earlier steps with Φ > ε_sat)), ΔΦ of the first step 0; tokens outside
+    every step keep R_i − group mean; then verl's masked whitening over the batch's tokens."""
+    R, mask = _col(x["scores"]), x["mask"]
+    phi, smask, tstep = x["potentials"], x["step_mask"], x["token_step"]
+    alpha, xi, sat = float(p["alpha"]), float(p["xi"]), float(p["saturation"])
+    B, T = mask.shape
+    adv = torch.zeros(B, dtype=torch.float64)
+    for idx in _groups(x["group_ids"]):
+        adv[idx] = R[idx] - R[idx].mean()
+    f = {}
+    d = {}
+    for i in range(B):
+        steps = [k for k in range(phi.shape[1]) if float(smask[i, k]) != 0]
+        count = 0
+        for n, k in enumerate(steps):
+            f[(i, k)] = 1 - alpha * (1 - math.exp(-count))
+            d[(i, k)] = 0.0 if n == 0 else float(phi[i, k] - phi[i, steps[n - 1]])
+            if float(phi[i, k]) > sat:
+                count += 1
+    lo, hi = min(d.values()), max(d.values())
+    g = {key: math.exp((v - lo) / (hi - lo) if hi > lo else 0.0) for key, v in d.items()}
+    toks = [(i, t) for i in range(B) for t in range(T) if float(mask[i, t]) != 0 and int(tstep[i, t]) >= 0]
+    wsum = sum(float(mask[i, t]) for i, t in toks)
+    E = sum(float(mask[i, t]) * g[(i, int(tstep[i, t]))] for i, t in toks) / wsum if wsum > 0 else 0.0
+    a = torch.zeros(B, T, dtype=torch.float64)
+    for i in range(B):
+        for t in range(T):
+            if float(mask[i, t]) == 0:
+                continue
+            k = int(tstep[i, t])
+            a[i, t] = adv[i] if k < 0 else adv[i] * f[(i, k)] + xi * (g[(i, k)] - E)
+    return {"advantages": _whiten(a, mask)}
