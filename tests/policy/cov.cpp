@@ -144,6 +144,18 @@ TEMPLATE_TEST_CASE("kl_cov: agrees with the PyTorch autograd reference", "[polic
 
 TEST_CASE("clip_cov / kl_cov: properties", "[policy][cov][properties]") {
     const Batch b = spread_batch(26, 8, 16, 0.15, false);
+    SECTION("huge mask weights: k = ρ·N beyond any integer selects every candidate") {
+        // uniform weights 1e30 give the same covariances as weights 1; ρ·N ≈ 1e30 must not be
+        // converted to an integer (undefined; it used to become 0: nothing selected)
+        ClipCovOptions all = many(0.01, 10.0, 5);
+        all.ratio = 1.0;  // k = N ≥ the candidates: all of them
+        const auto want = rlpo::policy::clip_cov_selection(b.logp, b.old, b.adv, b.mask, all);
+        REQUIRE(want.sum() > 0);
+        const Mat<double> huge = b.mask * 1e30;
+        const auto got =
+            rlpo::policy::clip_cov_selection(b.logp, b.old, b.adv, huge, many(0.01, 10.0, 5));
+        CHECK(got == want);
+    }
     SECTION("the selection is reproducible from the seed, and zeroes exactly the selected tokens") {
         const auto s1 =
             rlpo::policy::clip_cov_selection(b.logp, b.old, b.adv, b.mask, many(0.01, 10.0, 5));

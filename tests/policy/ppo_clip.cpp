@@ -315,6 +315,10 @@ TEST_CASE("ppo_clip: bad input gives the documented error", "[policy][ppo_clip][
     PPOClipOptions o;
     o.clip_low = 0.0;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, x, m, o), "clip_low: must be > 0");
+    o.clip_low = 1.5;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, x, m, o),
+                                    "clip_low: must be < 1 (the lower clip 1 − clip_low must be a "
+                                    "positive ratio), given 1.5");
     o = {};
     o.clip_high = -0.1;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(x, x, x, m, o),

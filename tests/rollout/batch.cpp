@@ -38,6 +38,13 @@ TEMPLATE_TEST_CASE("rollout batch: response_mask and lengths", "[rollout][batch]
         "rollout::response_mask(): lengths: response 1 has length 6, beyond [0, T = 5]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::rollout::response_mask<S>(std::vector<int>{-1}, 5),
                                     "lengths: response 0 has length -1");
+    // floating lengths: whole numbers work; NaN or 1e30 are errors, not a cast to an integer
+    CHECK(rlpo::rollout::response_mask<S>(std::vector<double>{3, 0, 5}, 5) == expect);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::rollout::response_mask<S>(std::vector<double>{2, std::nan("")}, 5),
+        "rollout::response_mask(): lengths: entry 1 is not a whole number in range, given nan");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::rollout::response_mask<S>(std::vector<double>{1e30}, 5),
+                                    "lengths: entry 0 is not a whole number in range");
 }
 
 TEMPLATE_TEST_CASE("rollout batch: a good batch validates; masked garbage is never read",

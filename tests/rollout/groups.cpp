@@ -32,6 +32,15 @@ TEST_CASE("Groups: equal sizes, ids and offsets describe the same partition", "[
     CHECK(Groups::equal(0, 4).num_groups() == 0);
     CHECK(Groups::equal(0, 4).num_responses() == 0);
     CHECK(Groups::from_ids(std::vector<int>{}).num_groups() == 0);
+    // floating ids: whole numbers are ids; NaN, fractions and values beyond int64 are errors
+    CHECK(Groups::from_ids(std::vector<double>{3, 3, 8}).num_groups() == 2);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        Groups::from_ids(std::vector<double>{0, std::nan("")}),
+        "rollout::Groups::from_ids(): ids: entry 1 is not a whole number in range, given nan");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::from_ids(std::vector<double>{1e30}),
+                                    "ids: entry 0 is not a whole number in range");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(Groups::from_ids(std::vector<float>{0.5f}),
+                                    "ids: entry 0 is not a whole number in range, given 0.5");
     CHECK(Groups{}.num_groups() == 0);
     CHECK_NOTHROW(Groups::equal(8, 8).check_covers("f", 8));
 }

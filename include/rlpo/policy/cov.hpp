@@ -155,8 +155,11 @@ Mat<::rlpo::detail::scalar_t<DL>> clip_cov_selection(const Eigen::MatrixBase<DL>
         }
     Mat<S> sel = Mat<S>::Zero(lp.rows(), lp.cols());
     if (N == 0 || cand.empty()) return sel;
-    const auto k = std::min<std::size_t>(
-        cand.size(), static_cast<std::size_t>(std::max(1.0, std::floor(opts.ratio * N))));
+    // k = ⌊ρ·N⌋ (at least 1), compared in double before the conversion: with mask weights ~1e30
+    // ρ·N exceeds any size_t (converting it would be undefined), and k is the candidates' count
+    const double want = std::max(1.0, std::floor(opts.ratio * N));
+    const std::size_t k =
+        want >= static_cast<double>(cand.size()) ? cand.size() : static_cast<std::size_t>(want);
     std::mt19937_64 eng(opts.seed);
     for (std::size_t j = 0; j < k; ++j) {
         const std::size_t pick = j + static_cast<std::size_t>(eng() % (cand.size() - j));

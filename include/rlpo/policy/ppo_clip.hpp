@@ -41,7 +41,7 @@
 /// L = 20: verl's `compute_policy_loss_vanilla`), `::openrlhf()` (no dual-clip, no clamp),
 /// `::trl()` (no dual-clip, no clamp), `::dapo()` (ε_h = 0.28), `::intellect2()` (δ = 4).
 ///
-/// **Bad input**: shapes differing from `logp` → rlpo::invalid_argument; ε_l ≤ 0 or ε_h ≤ 0,
+/// **Bad input**: shapes differing from `logp` → rlpo::invalid_argument; ε_l ∉ (0, 1) or ε_h ≤ 0,
 /// dual-clip c ≤ 1, δ ≤ 1 + ε_h, L ≤ 0 → rlpo::invalid_argument; a NaN in any input under a non-zero mask →
 /// rlpo::invalid_argument naming the input and position. ±inf log-probs are accepted (the
 /// clamp makes them finite) unless both are −inf at the same token (ratio undefined), which is
@@ -98,6 +98,10 @@ struct PPOClipOptions {
 namespace detail {
 inline void validate(const char* fn, const PPOClipOptions& o) {
     ::rlpo::detail::check_positive(fn, "clip_low", o.clip_low);
+    RLPO_CHECK(
+        o.clip_low < 1, fn,
+        "clip_low: must be < 1 (the lower clip 1 − clip_low must be a positive ratio), given ",
+        o.clip_low);
     ::rlpo::detail::check_positive(fn, "clip_high", o.clip_high);
     if (o.dual_clip)
         RLPO_CHECK(std::isfinite(*o.dual_clip) && *o.dual_clip > 1.0, fn,

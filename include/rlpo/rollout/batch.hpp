@@ -24,7 +24,7 @@
 /// is not [N, K ≥ 1], a NaN or ±inf reward (named with its response and component), optional
 /// fields of the wrong shape, NaN in `token_rewards` / `values` / `old_logp` / `ref_logp` under
 /// a non-zero mask (masked entries are never read). `response_mask` rejects a length < 0 or
-/// beyond T ("lengths beyond T").
+/// beyond T ("lengths beyond T"), and floating lengths that are not whole numbers (NaN, 1e30).
 
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/types.hpp>
@@ -42,7 +42,7 @@ inline Mat<S> response_mask(const std::vector<Int>& lengths, Index T) {
     RLPO_CHECK(T >= 0, fn, "T: must be >= 0, given ", T);
     Mat<S> m = Mat<S>::Zero(static_cast<Index>(lengths.size()), T);
     for (std::size_t i = 0; i < lengths.size(); ++i) {
-        const auto len = static_cast<Index>(lengths[i]);
+        const auto len = static_cast<Index>(detail::integer_entry(fn, "lengths", i, lengths[i]));
         RLPO_CHECK(len >= 0 && len <= T, fn, "lengths: response ", i, " has length ", len,
                    ", beyond [0, T = ", T, "]");
         m.row(static_cast<Index>(i)).head(len).setOnes();

@@ -6,16 +6,37 @@
 /// Build them from equal sizes (`Groups::equal(N, G)`) or from per-response group ids
 /// (`Groups::from_ids(ids)`): ids may be any integers, but each group's responses must be
 /// contiguous — an id that reappears after another group started is an error ("group ids out
-/// of order"), as is a group size of 0 or N not divisible by G.
+/// of order"), as is a group size of 0 or N not divisible by G. Floating ids must be whole
+/// numbers (NaN, fractions and values beyond ±2^62 are errors).
 
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/types.hpp>
 
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <unordered_set>
 #include <vector>
 
 namespace rlpo::rollout {
+
+namespace detail {
+/// Entry i of an "integer" input (group ids, lengths) as an int64: integral types as they are;
+/// a floating entry must be finite, a whole number and within ±2^62, or the call throws naming
+/// the input and the entry (a NaN or 1e30 converted to an integer would be undefined).
+template <class Int>
+inline std::int64_t integer_entry(const char* fn, const char* name, std::size_t i, Int x) {
+    if constexpr (std::is_floating_point_v<Int>) {
+        const auto v = static_cast<double>(x);
+        RLPO_CHECK(std::isfinite(v) && v == std::floor(v) && std::abs(v) <= 4.611686018427388e18,
+                   fn, name, ": entry ", i, " is not a whole number in range, given ", v);
+        return static_cast<std::int64_t>(v);
+    } else {
+        static_assert(std::is_integral_v<Int>, "rlpo: expected integer (or floating) entries");
+        return static_cast<std::int64_t>(x);
+    }
+}
+}  // namespace detail
 
 class Groups {
 public:
@@ -39,9 +60,13 @@ public:
     static Groups from_ids(const std::vector<Int>& ids) {
         Groups g;  // offsets_ starts as {0}
         std::unordered_set<std::int64_t> seen;
+        std::int64_t prev = 0;
         for (std::size_t i = 0; i < ids.size(); ++i) {
-            const auto id = static_cast<std::int64_t>(ids[i]);
-            if (i == 0 || id != static_cast<std::int64_t>(ids[i - 1])) {
+            const std::int64_t id =
+                detail::integer_entry("rollout::Groups::from_ids", "ids", i, ids[i]);
+            const bool starts = i == 0 || id != prev;
+            prev = id;
+            if (starts) {
                 RLPO_CHECK(seen.insert(id).second, "rollout::Groups::from_ids",
                            "ids: group ids out of order: id ", id, " at response ", i,
                            " reappears after another group (each group must be contiguous)");

@@ -16,7 +16,8 @@
 /// logit shows up in the row sums); t = +inf is not used (a +inf logit is rejected before).
 ///
 /// On AVX-512 the reduction and the scaling are `vreduceps` / `vscalefps`; elsewhere Eigen's
-/// `pfloor` / `pldexp` after a NaN-keeping clamp at −160. `exp2_scalar` is the same computation on one float (row tails), so a
+/// `pfloor` / `pldexp` after a NaN-keeping clamp to [−160, 160] (beyond, 2^t is 0 or +inf in
+/// float). `exp2_scalar` is the same computation on one float (row tails), so a
 /// row gives the same result whatever its alignment.
 ///
 /// `plog<P>(x)` = ln x on a float packet, for the strictly positive arguments of the mixture
@@ -50,6 +51,9 @@ struct Exp2Poly {
     static constexpr float c6 = 0.00021612914861179888f;
     /// Below this 2^t is 0 in float (the smallest subnormal is 2^−149).
     static constexpr float lo = -160.0f;
+    /// Above this 2^t is +inf in float (the largest finite is just below 2^128); the clamp keeps
+    /// floor(t) in `int` range for `exp2_scalar`'s ldexp (a larger t would be undefined behaviour).
+    static constexpr float hi = 160.0f;
 };
 
 /// p(f) ≈ 2^f on [0, 1), Horner's scheme (the packet type's multiply-add).
@@ -69,7 +73,7 @@ inline P pexp2_poly(const P& f) {
 /// 2^t for one float (same steps as the generic packet version).
 inline float exp2_scalar(float t) {
     using C = Exp2Poly;
-    t = (t < C::lo) ? C::lo : t;  // NaN compares false and is kept
+    t = (t < C::lo) ? C::lo : (t > C::hi ? C::hi : t);  // NaN compares false and is kept
     const float n = std::floor(t);
     const float f = t - n;
     float p = C::c6;
@@ -86,7 +90,9 @@ inline float exp2_scalar(float t) {
 template <class P>
 inline P pexp2(const P& t_in) {
     namespace ei = Eigen::internal;
-    const P t = ei::pmax<Eigen::PropagateNaN>(t_in, ei::pset1<P>(Exp2Poly::lo));
+    const P t = ei::pmin<Eigen::PropagateNaN>(
+        ei::pmax<Eigen::PropagateNaN>(t_in, ei::pset1<P>(Exp2Poly::lo)),
+        ei::pset1<P>(Exp2Poly::hi));
     const P n = ei::pfloor(t);
     return ei::pldexp(pexp2_poly(ei::psub(t, n)), n);
 }
