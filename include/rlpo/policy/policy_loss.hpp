@@ -31,6 +31,7 @@
 /// | `DPPOKL`   | `dppo_kl`        | —                             | DPPO binary-KL (dppo.hpp)       |
 /// | `DRO`      | `dro`            | —                             | DRO (dro.hpp)                   |
 /// | `LUSPO`    | —                | `luspo`                       | LUSPO (luspo.hpp)               |
+/// | `VESPO`    | —                | `vespo`                       | VESPO (vespo.hpp)               |
 ///
 /// Also accepted: `reinforce` (= `gpg`), `gmpo` (= `geo_mean`), `gspo_token` (GSPO, token level).
 /// Clip-Cov's random selection is seeded by `clip_cov.seed`: a trainer that wants a fresh draw
@@ -59,6 +60,7 @@
 #include <rlpo/policy/ppo_clip.hpp>
 #include <rlpo/policy/reinforce.hpp>
 #include <rlpo/policy/sapo.hpp>
+#include <rlpo/policy/vespo.hpp>
 
 #include <string>
 #include <vector>
@@ -135,7 +137,9 @@ Result<::rlpo::detail::scalar_t<DL>> reinforce_uniform(
       DPPOOptions::kl(), dppo, "dppo_kl")                                                       \
     X(DRO, dro, DROOptions, DROOptions{}, DROOptions{}, DROOptions{}, dro, "dro")              \
     X(LUSPO, luspo, LUSPOOptions, LUSPOOptions{}, LUSPOOptions{}, LUSPOOptions::trl(), luspo,   \
-      "luspo")
+      "luspo")                                                                                    \
+    X(VESPO, vespo, VESPOOptions, VESPOOptions{}, VESPOOptions{}, VESPOOptions::trl(), vespo,   \
+      "vespo")
 // clang-format on
 
 #define RLPO_POLICY_LOSS_ENUM(E, member, O, paper, verl, trl, run, ...) E,
