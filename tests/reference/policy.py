@@ -496,3 +496,39 @@ def trrd(x, p, s):
                    {"ppo_kl": masked_mean(-log_ratio.detach(), mask),
                     "trrd_anchor_shift": masked_mean(anchor - old, mask),
                     "trrd_teacher_clipfrac": masked_mean(clamped, mask)})
+
+
+def vespo(x, p, s):
+    """VESPO as TRL's GRPOTrainer writes loss_type="vespo" (get_gamma_weights): the sequence
+    log-weight is the masked SUM of the per-token log-ratios clamped to [-20, 20], plus the sum
+    of the clamped log IS weights (here over the unmasked tokens: padding would hold ratio 1),
+    clamped to [log 1e-8, 20]; phi = exp(lambda + k log w - lambda w) with (k, lambda) chosen by
+    the sign of the advantage, lambda floored at 1e-4, non-finite phi set to 0, detached;
+    per-token loss -phi * A * logp, aggregated by the case's normaliser."""
+    mask = x["mask"]
+    leaf, logp = leaf_under_mask(x["logp"], mask)
+    old, adv = clean(x["old_logp"], mask), clean(x["advantages"], mask)
+    floor = math.log(1e-8)
+    with torch.no_grad():
+        log_ratio = torch.clamp(logp.detach() - old, -20.0, 20.0)
+        seq = (log_ratio * mask).sum(-1, keepdim=True)
+        if "is_weights" in x:
+            w_tok = torch.where(mask != 0, x["is_weights"], torch.ones_like(mask))
+            seq = seq + torch.clamp(torch.log(w_tok), floor, 20.0).sum(-1, keepdim=True)
+        log_w = torch.clamp(seq, floor, 20.0)
+        w_seq = torch.exp(log_w)
+        nonneg = adv >= 0
+        k = torch.where(nonneg, torch.full_like(adv, float(p["k_pos"])), torch.full_like(adv, float(p["k_neg"])))
+        lam = torch.where(
+            nonneg, torch.full_like(adv, float(p["lambda_pos"])), torch.full_like(adv, float(p["lambda_neg"]))
+        ).clamp(min=1e-4)
+        phi = torch.exp(lam + k * log_w - lam * w_seq).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+    per_token = -phi * adv * logp
+    lens = mask.sum(-1, keepdim=True)
+    rows = lens > 0
+    row_phi = (phi * mask).sum(-1, keepdim=True) / lens.clamp(min=1e-300)
+    n_rows = float(rows.sum())
+    eps = float(p.get("count_epsilon", 0.0))
+    out = _finish(per_token, leaf, mask, p, s, {"ppo_kl": masked_mean(-log_ratio, mask)})
+    out["vespo/phi_seq_mean"] = row_phi[rows].sum() / (n_rows + eps) if n_rows > 0 else torch.zeros(())
+    return out

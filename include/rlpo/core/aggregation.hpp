@@ -20,7 +20,8 @@
 /// |y_i| is always local. A row with |y_i| = 0 contributes 0 in every mode. C defaults to T, the
 /// number of columns (verl's default loss_scale_factor); Dr.GRPO / TRL use the maximum
 /// completion length, which callers pass as `norm_constant`. TRL's dr_grpo divides by the
-/// number of rows B including empty ones: pass `num_seqs = B` to reproduce it.
+/// number of rows B including empty ones: pass `num_seqs = B` to reproduce it, or let
+/// `trl_normalizer(loss_type, mask, …)` set every count of a TRL loss type.
 ///
 /// An empty mask (N_tok = 0) gives value 0 and gradient 0 in every mode (documented
 /// degenerate case, never a NaN).
@@ -38,10 +39,12 @@
 #include <rlpo/core/names.hpp>
 #include <rlpo/core/types.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace rlpo {
@@ -93,17 +96,36 @@ inline constexpr NameRow<Aggregation> aggregation_names[] = {
     {"bnpo", Aggregation::TokenMean},
     {"dapo", Aggregation::TokenMean},
     {"dr_grpo", Aggregation::SeqMeanTokenSumNorm},
+    {"sapo", Aggregation::SeqMeanTokenMean},
+    {"cispo", Aggregation::TokenMean},
+    {"vespo", Aggregation::TokenMean},
+    {"luspo", Aggregation::SeqMeanTokenSum},
 };
 inline constexpr NameTable aggregation_table{aggregation_names};
+
+/// TRL's GRPOTrainer loss types (GRPOConfig `loss_type`), as `trl_normalizer` accepts them.
+inline constexpr NameRow<Aggregation> trl_loss_type_names[] = {
+    {"grpo", Aggregation::SeqMeanTokenMean},
+    {"bnpo", Aggregation::TokenMean},
+    {"dr_grpo", Aggregation::SeqMeanTokenSumNorm},
+    {"dapo", Aggregation::TokenMean},
+    {"cispo", Aggregation::TokenMean},
+    {"sapo", Aggregation::SeqMeanTokenMean},
+    {"luspo", Aggregation::SeqMeanTokenSum},
+    {"vespo", Aggregation::TokenMean},
+};
+inline constexpr NameTable trl_loss_type_table{trl_loss_type_names};
 }  // namespace detail
 
 /// Canonical name of a mode, as verl spells it.
 inline const char* to_string(Aggregation a) { return detail::aggregation_table.name_of(a); }
 
-/// Parse verl names (`token-mean`, …) and TRL loss types (`grpo` → seq-mean-token-mean,
-/// `bnpo` / `dapo` → token-mean, `dr_grpo` → seq-mean-token-sum-norm). Unknown names throw
-/// with the list of valid names. (`bnpo` and `dapo` differ only in whether N_tok is local or
-/// global, which is the Normalizer's `num_tokens`, not the mode.)
+/// Parse verl names (`token-mean`, …) and TRL's eight loss types to the *mode* of their
+/// normaliser: `grpo`, `sapo` → seq-mean-token-mean; `bnpo`, `dapo`, `cispo`, `vespo` →
+/// token-mean; `dr_grpo` → seq-mean-token-sum-norm; `luspo` → seq-mean-token-sum. Unknown names
+/// throw with the list of valid names. The mode alone does not reproduce TRL's numbers: its
+/// counts do (B rows including empty ones, B·max_completion_length, the global token count);
+/// `trl_normalizer` below builds the whole Normalizer from a TRL loss type.
 inline Aggregation parse_aggregation(const std::string& name) {
     return detail::aggregation_table.parse("parse_aggregation", "aggregation", name);
 }
@@ -189,6 +211,74 @@ inline Normalizer global_normalizer(const Eigen::MatrixBase<D>& mask, Aggregatio
     n.num_tokens = w.local_tokens > 0 ? w.local_tokens : 1.0;
     n.num_seqs = w.local_seqs > 0 ? w.local_seqs : 1.0;
     n.norm_constant = norm_constant;
+    return n;
+}
+
+/// What `trl_normalizer` needs besides the mask: the GRPOConfig / trainer values that enter
+/// TRL's divisors.
+struct TRLNormalizerOptions {
+    /// GRPOConfig `max_completion_length` (default 512): dr_grpo's constant.
+    double max_completion_length = 512.0;
+    /// The trainer's `num_items_in_batch`: Σ mask over the whole optimizer step, all micro-batches
+    /// and all processes (cispo / dapo / vespo). Unset ⇒ the local Σ mask × accumulation steps ×
+    /// processes (right when every micro-batch holds as many tokens as this one).
+    std::optional<double> num_items_in_batch{};
+    /// `accelerator.num_processes`: cispo / dapo / vespo divide num_items_in_batch by it.
+    double num_processes = 1.0;
+    /// `current_gradient_accumulation_steps`: every other loss type divides by it.
+    double gradient_accumulation_steps = 1.0;
+};
+
+/// The Normalizer that reproduces TRL's GRPOTrainer (`_compute_loss`, trl/trainer/grpo_trainer.py)
+/// for `loss_type` on a micro-batch with this `mask` (B = mask.rows() rows): rlpo's value equals
+/// the `loss` TRL returns for the micro-batch, so the gradients add up as TRL's do.
+///
+/// | loss_type              | TRL's loss                                     | Normalizer                        |
+/// |------------------------|------------------------------------------------|-----------------------------------|
+/// | grpo, sapo             | mean over all B rows of Σ_t mL / max(|y_i|, 1), / GA | SeqMeanTokenMean, N_seq = B·GA |
+/// | bnpo                   | Σ mL / max(Σ m, 1), / GA                        | TokenMean, N_tok = max(Σ m, 1)·GA |
+/// | dr_grpo                | Σ mL / (B · max_completion_length), / GA        | SeqMeanTokenSumNorm, N_seq = B·GA, C = max_completion_length |
+/// | cispo, dapo, vespo     | Σ mL / (max(num_items_in_batch, 1) / P)         | TokenMean, N_tok = max(num_items, 1) / P |
+/// | luspo                  | mean over all B rows of ℓ_i·|y_i|, / GA          | SeqMeanTokenSum, N_seq = B·GA     |
+///
+/// (GA = gradient_accumulation_steps, P = num_processes.) Empty rows count in B, as in TRL; a
+/// row contributes 0 either way. The surrogates that force a mode (LUSPO: seq-mean-token-sum)
+/// keep these counts. An empty mask (B = 0 or Σ m = 0) gives value 0.
+///
+/// **Bad input**: an unknown loss_type → rlpo::invalid_argument listing TRL's eight names;
+/// max_completion_length, num_processes or gradient_accumulation_steps ≤ 0 or non-finite,
+/// num_items_in_batch < 0 or non-finite, or an invalid mask → rlpo::invalid_argument.
+template <class D>
+inline Normalizer trl_normalizer(const std::string& loss_type, const Eigen::MatrixBase<D>& mask,
+                                 const TRLNormalizerOptions& o = {}) {
+    const char* fn = "trl_normalizer";
+    const Aggregation mode = detail::trl_loss_type_table.parse(fn, "TRL loss_type", loss_type);
+    const std::pair<const char*, double> positive[] = {
+        {"max_completion_length", o.max_completion_length},
+        {"num_processes", o.num_processes},
+        {"gradient_accumulation_steps", o.gradient_accumulation_steps}};
+    for (const auto& p : positive)
+        RLPO_CHECK(p.second > 0 && std::isfinite(p.second), fn, "TRLNormalizerOptions::", p.first,
+                   ": must be > 0, given ", p.second);
+    if (o.num_items_in_batch)
+        RLPO_CHECK(*o.num_items_in_batch >= 0 && std::isfinite(*o.num_items_in_batch), fn,
+                   "TRLNormalizerOptions::num_items_in_batch: must be >= 0, given ",
+                   *o.num_items_in_batch);
+    const RowWeights w = row_weights(fn, mask, Normalizer{});
+    const double B = static_cast<double>(mask.rows()), GA = o.gradient_accumulation_steps;
+    const double rows = std::max(B, 1.0) * GA;  // B = 0: any positive count (nothing to divide)
+    Normalizer n;
+    n.mode = mode;
+    const bool global_tokens = loss_type == "cispo" || loss_type == "dapo" || loss_type == "vespo";
+    if (global_tokens) {
+        const double items = o.num_items_in_batch.value_or(w.local_tokens * GA * o.num_processes);
+        n.num_tokens = std::max(items, 1.0) / o.num_processes;
+    } else if (mode == Aggregation::TokenMean) {  // bnpo: the local count
+        n.num_tokens = std::max(w.local_tokens, 1.0) * GA;
+    } else {
+        n.num_seqs = rows;
+    }
+    if (mode == Aggregation::SeqMeanTokenSumNorm) n.norm_constant = o.max_completion_length;
     return n;
 }
 

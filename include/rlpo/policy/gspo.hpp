@@ -33,7 +33,12 @@
 /// **Defaults**: Zheng et al. 2025, "Group Sequence Policy Optimization" (arXiv 2507.18071):
 /// ε_l = 3e-4, ε_h = 4e-4, sequence-level ratio; `GSPOOptions::verl()` is the token form with the
 /// cap K = 10 and seq-mean-token-mean (ε comes from the actor's clip_ratio_low/high: set them);
-/// `GSPOOptions::trl()` is the sequence level, no cap, caller's aggregation. Deliberate
+/// `GSPOOptions::trl()` is the sequence level, no cap, caller's aggregation, with ε 3e-4/4e-4:
+/// the values TRL's docs give for GSPO (docs/source/paper_index.md, GSPO section); a TRL config
+/// that leaves GRPOConfig's `epsilon` (0.2) and `epsilon_high` (= epsilon) unset is
+/// `GSPOOptions::trl(0.2, 0.2)`. TRL reaches it from its PPO-clip loss types with
+/// `importance_sampling_level="sequence"` (`make_policy_loss(name, Anchor::TRL,
+/// ImportanceSampling::Sequence)`). Deliberate
 /// difference: where a log-prob is −inf, verl's token form computes −inf − (−inf) = NaN; rlpo
 /// uses the value s_i = 0 and a zero gradient for that row.
 ///

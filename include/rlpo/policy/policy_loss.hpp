@@ -31,12 +31,16 @@
 /// | `DPPOKL`   | `dppo_kl`        | —                             | DPPO binary-KL (dppo.hpp)       |
 /// | `DRO`      | `dro`            | —                             | DRO (dro.hpp)                   |
 /// | `LUSPO`    | —                | `luspo`                       | LUSPO (luspo.hpp)               |
+/// | `VESPO`    | —                | `vespo`                       | VESPO (vespo.hpp)               |
 ///
 /// Also accepted: `reinforce` (= `gpg`), `gmpo` (= `geo_mean`), `gspo_token` (GSPO, token level).
 /// Clip-Cov's random selection is seeded by `clip_cov.seed`: a trainer that wants a fresh draw
 /// per step sets it (e.g. from the step number) before the call.
-/// TRL's `grpo` / `bnpo` / `dr_grpo` / `dapo` select the PPO clip surrogate; the aggregation
-/// they also imply is parsed separately by `rlpo::parse_aggregation`. An unknown name throws
+/// TRL's `grpo` / `bnpo` / `dr_grpo` / `dapo` select the PPO clip surrogate (GSPO with
+/// `ImportanceSampling::Sequence`); every TRL loss type's aggregation, with TRL's counts, comes
+/// from `rlpo::trl_normalizer(loss_type, mask, …)` (its mode alone: `rlpo::parse_aggregation`).
+/// With `Anchor::TRL` each TRL name takes TRL's surrogate: `cispo` the cap form, `sapo`, `luspo`,
+/// `vespo` their TRL presets. An unknown name throws
 /// `rlpo::invalid_argument` listing every valid name.
 ///
 /// `make_policy_loss(name, anchor)` fills the chosen variant's options with the anchor's preset
@@ -59,6 +63,7 @@
 #include <rlpo/policy/ppo_clip.hpp>
 #include <rlpo/policy/reinforce.hpp>
 #include <rlpo/policy/sapo.hpp>
+#include <rlpo/policy/vespo.hpp>
 
 #include <string>
 #include <vector>
@@ -135,7 +140,9 @@ Result<::rlpo::detail::scalar_t<DL>> reinforce_uniform(
       DPPOOptions::kl(), dppo, "dppo_kl")                                                       \
     X(DRO, dro, DROOptions, DROOptions{}, DROOptions{}, DROOptions{}, dro, "dro")              \
     X(LUSPO, luspo, LUSPOOptions, LUSPOOptions{}, LUSPOOptions{}, LUSPOOptions::trl(), luspo,   \
-      "luspo")
+      "luspo")                                                                                    \
+    X(VESPO, vespo, VESPOOptions, VESPOOptions{}, VESPOOptions{}, VESPOOptions::trl(), vespo,   \
+      "vespo")
 // clang-format on
 
 #define RLPO_POLICY_LOSS_ENUM(E, member, O, paper, verl, trl, run, ...) E,
@@ -178,10 +185,27 @@ inline PolicyLoss parse_policy_loss(const std::string& name) {
     return detail::policy_loss_table().parse("policy::parse_policy_loss", "policy loss", name);
 }
 
+/// TRL's GRPOConfig `importance_sampling_level`: one ratio per token (the default) or one per
+/// sequence, exp(masked mean of the row's log-ratios), as GSPO.
+enum class ImportanceSampling { Token, Sequence };
+
 /// Options for the named variant with the anchor's preset applied to it (and to every other
 /// variant's options). TRL's `grpo`/`bnpo`/`dr_grpo`/`dapo` always take TRL's preset;
 /// `gspo_token` selects GSPO's token level.
-inline PolicyLossOptions make_policy_loss(const std::string& name, Anchor anchor = Anchor::Verl) {
+///
+/// `level = ImportanceSampling::Sequence` is TRL's `importance_sampling_level="sequence"`:
+/// * `grpo`, `bnpo`, `dr_grpo`, `dapo` select GSPO with `GSPOOptions::trl()` — the sequence ratio
+///   with TRL's clipping (PPO's min of the clipped and unclipped terms, no cap) under the
+///   caller's Normalizer (`rlpo::trl_normalizer(name, mask, …)` gives TRL's), and ε_l = 3e-4,
+///   ε_h = 4e-4, the values TRL's docs recommend for GSPO (GRPOConfig's bare default ε = 0.2
+///   for both is `GSPOOptions::trl(0.2, 0.2)`: set `opts.gspo.clip_low/high`);
+/// * `gspo` selects GSPO's sequence level (whatever the anchor), `luspo` is sequence level
+///   already;
+/// * any other name throws `rlpo::invalid_argument` (TRL's cispo, sapo and vespo with sequence
+///   ratios, which TRL warns against or rejects, and TRL's `delta` two-sided clip on sequence
+///   ratios are not reproduced).
+inline PolicyLossOptions make_policy_loss(const std::string& name, Anchor anchor = Anchor::Verl,
+                                          ImportanceSampling level = ImportanceSampling::Token) {
     PolicyLossOptions o;
     o.loss = parse_policy_loss(name);
     const bool trl_name = name == "grpo" || name == "bnpo" || name == "dr_grpo" || name == "dapo";
@@ -200,6 +224,19 @@ inline PolicyLossOptions make_policy_loss(const std::string& name, Anchor anchor
             break;
     }
     if (name == "gspo_token") o.gspo.level = GSPOLevel::Token;
+    if (level == ImportanceSampling::Sequence) {
+        if (trl_name) {
+            o.loss = PolicyLoss::GSPO;
+            o.gspo = GSPOOptions::trl();
+        } else if (name == "gspo") {
+            o.gspo.level = GSPOLevel::Sequence;
+        } else if (name != "luspo") {
+            ::rlpo::detail::fail("policy::make_policy_loss",
+                                 "level: sequence-level importance sampling is reproduced for "
+                                 "grpo, bnpo, dr_grpo, dapo, gspo, luspo; given '",
+                                 name, "'");
+        }
+    }
     return o;
 }
 
