@@ -73,12 +73,22 @@ using ArrMap = Eigen::Map<Arr<A>>;
 template <class A>
 using CArrMap = Eigen::Map<const Arr<A>>;
 
+/// What went wrong in a row (`RowError::fault`), for front ends that word their own messages
+/// (penalties/vocab_divergence.hpp).
+enum class RowFault { Other, NaN, PosInf, NoDistribution, Infinite };
+
 /// An error found inside the parallel loop, reported after it (exceptions cannot leave an
-/// OpenMP region). `what` is a static string; `col` the column or −1.
+/// OpenMP region). `what` is a static string; `col` the column or −1; `arg` which logits of a
+/// dense divergence (0 the student's, 1 the teacher's; −1 both or none).
 struct RowError {
     const char* input = nullptr;
     const char* what = nullptr;
     Index col = -1;
+    RowFault fault = RowFault::Other;
+    int arg = -1;
+    RowError() = default;
+    RowError(const char* in, const char* w, Index c, RowFault f = RowFault::Other)
+        : input(in), what(w), col(c), fault(f) {}
     bool set() const { return what != nullptr; }
 };
 
@@ -193,13 +203,13 @@ template <class A>
 inline A check_row(const A* x, Index V, const char* name, RowError& err) {
     const A mx = CArrMap<A>(x, V).template maxCoeff<Eigen::PropagateNaN>();
     if (std::isnan(mx)) {
-        err = {name, "NaN (NaN logits are rejected)", first_nan(x, V)};
+        err = {name, "NaN (NaN logits are rejected)", first_nan(x, V), RowFault::NaN};
     } else if (mx == std::numeric_limits<A>::infinity()) {
         Index c = 0;
         while (c < V && !(x[c] == std::numeric_limits<A>::infinity())) ++c;
-        err = {name, "+inf logit (the softmax is undefined)", c};
+        err = {name, "+inf logit (the softmax is undefined)", c, RowFault::PosInf};
     } else if (mx == -std::numeric_limits<A>::infinity()) {
-        err = {name, "every logit is -inf (no distribution)", -1};
+        err = {name, "every logit is -inf (no distribution)", -1, RowFault::NoDistribution};
     }
     return mx;
 }
@@ -287,7 +297,7 @@ inline RowError infinite_divergence_error() {
     return {"inputs",
             "the divergence is infinite or undefined (the student or teacher puts "
             "zero probability where the other has mass)",
-            -1};
+            -1, RowFault::Infinite};
 }
 
 /// Combine per-row results in row order (identical for any thread count); report the first

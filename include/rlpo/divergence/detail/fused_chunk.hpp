@@ -178,6 +178,20 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
                 h = -c.oma * p / m;
             v2 = madd(q, h, v2);
             o2 = h;
+        } else if constexpr (D == Divergence::ChiSquared) {
+            // r = q/p, h = r − 1; v1 = Σ q h, the value and the gradient's shift Σ q h. A −inf
+            // logit need not give an exponential of exactly 0 (Eigen's exp clamps): h + 0·(z +
+            // y), NaN there, sends such rows to the exact path (h itself is unchanged).
+            static_cast<void>(v2);
+            const T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));
+            T h;
+            if constexpr (pk)
+                h = ei::padd(ei::psub(ei::pdiv(q, p), ei::pset1<T>(A(1))),
+                             ei::pmul(ei::padd(zv, yv), ei::pset1<T>(A(0))));
+            else
+                h = (q / p - A(1)) + (zv + yv) * A(0);
+            v1 = madd(q, h, v1);
+            o2 = h;
         } else {  // SkewReverseKL: m = (1−α)p + αq; r = log(q/m); factor r − α q/m
             const T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));
             const T m = add(mul(set1(c.oma), p), mul(set1(c.al), q));

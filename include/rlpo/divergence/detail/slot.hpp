@@ -109,7 +109,7 @@ struct GradSink {
 /// exponentials and the gradient).
 constexpr bool three_stage(Divergence d) {
     return d == Divergence::JSD || d == Divergence::SkewKL || d == Divergence::SkewReverseKL ||
-           d == Divergence::TVD;
+           d == Divergence::TVD || d == Divergence::ChiSquared;
 }
 
 /// Whether stage 1 forms the exponent in one multiply-add (`ShiftedExp::packet_fused`):
