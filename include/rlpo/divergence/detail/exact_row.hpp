@@ -29,7 +29,7 @@ inline void log_mix(ArrMap<A> out, const E1& l1, const E2& l2, double w1, double
 /// `Safe` handles −inf logits exactly (zero probabilities) at the price of scalar selects.
 template <bool Safe, class S, class A>
 inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A mz, A my, Index V,
-                             Scratch<A>& ws, const RowGrad<S>& rg) {
+                             Scratch<A>& ws, const GradRow<S>& rg) {
     const A invT = static_cast<A>(1.0 / o.temperature);
     const CArrMap<A> za(z, V), ya(y, V);
     ArrMap<A> eq(ws.a.data(), V), ep(ws.b.data(), V);
@@ -143,7 +143,7 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
 /// The exact path for one row (non-finite logits, zero probabilities, errors).
 template <class S, class A>
 inline double dense_row_exact(const DistillOptions& o, const A* z, const A* y, Index V,
-                              Scratch<A>& ws, const RowGrad<S>& rg, RowError& err) {
+                              Scratch<A>& ws, const GradRow<S>& rg, RowError& err) {
     ws.ensure(V);
     const A mz = check_row(z, V, "student_logits", err);
     if (err.set()) {

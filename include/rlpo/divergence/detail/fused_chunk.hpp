@@ -81,12 +81,9 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
     const A* wg1 = St3 ? g->w1 + off : nullptr;
     const A h0 = St3 ? g->f0[kk] : A(0), h1 = St3 ? g->f1[kk] : A(0);
     const A k0 = St3 ? g->c0 : A(0), k1 = St3 ? g->c1 : A(0), hk = h0 * k1, nk = -(k0 * hk);
-    GradSink<S, A> sink;
-    if constexpr (St3) {
-        sink.dst = g->rg.dst + off;
-        sink.add = g->rg.add;
-        sink.stream = !sink.add && reinterpret_cast<std::uintptr_t>(sink.dst) % sizeof(P) == 0;
-    }
+    // the gradient row's packet view from this chunk on (streamed when overwritten and aligned)
+    GradRow<S> sink;
+    if constexpr (St3) sink = g->rg.template from<P>(off);
     const A invT = c.invT;
     // software prefetch distance (entries) ahead of the next-chunk reads
     constexpr Index kPf = 512;
