@@ -15,6 +15,7 @@
 #include "bench_bandwidth.cpp"
 
 #include <rlpo/distill/divergences.hpp>
+#include <rlpo/penalties/vocab_divergence.hpp>
 #include <rlpo/testing/random.hpp>
 
 #include <algorithm>
@@ -83,3 +84,42 @@ RLPO_BENCH_DIV(BM_distill_forward_kl, Divergence::ForwardKL);
 RLPO_BENCH_DIV(BM_distill_reverse_kl, Divergence::ReverseKL);
 RLPO_BENCH_DIV(BM_distill_jsd_0_5, Divergence::JSD);
 RLPO_BENCH_DIV(BM_distill_tvd, Divergence::TVD);
+
+// The full-vocabulary penalties of rlpo/penalties (policy vs reference, value + gradient w.r.t.
+// the policy logits, float storage, double arithmetic as documented there), at 512 × 32768.
+namespace {
+
+void bench_vocab_penalty(benchmark::State& state, rlpo::penalties::VocabDivergence d) {
+    const Index N = state.range(0), V = state.range(1);
+    rlpo::testing::Generator gen(2);
+    Mat<float> z(N, V), zr(N, V), g(N, V);
+    for (Index k = 0; k < z.size(); ++k) {
+        z.data()[k] = static_cast<float>(2.0 * gen.uniform(-1.7, 1.7));
+        zr.data()[k] = static_cast<float>(2.0 * gen.uniform(-1.7, 1.7));
+    }
+    g.setZero();
+    const Mat<float> mask = Mat<float>::Ones(N, 1);
+    rlpo::penalties::VocabDivergenceOptions o;
+    o.divergence = d;
+    for (auto _ : state) {
+        const auto r = rlpo::penalties::vocab_divergence(z, zr, mask, o, rlpo::Normalizer{},
+                                                         rlpo::write_to<float>(g));
+        benchmark::DoNotOptimize(r.value);
+        benchmark::ClobberMemory();
+    }
+    state.SetBytesProcessed(
+        static_cast<int64_t>(12.0 * static_cast<double>(N) * static_cast<double>(V)) *
+        state.iterations());
+}
+
+}  // namespace
+
+#define RLPO_BENCH_VOCAB(NAME, KIND)                                        \
+    static void NAME(benchmark::State& s) { bench_vocab_penalty(s, KIND); } \
+    BENCHMARK(NAME)->Args({512, 32768})->UseRealTime()->Unit(benchmark::kMillisecond)
+
+RLPO_BENCH_VOCAB(BM_penalty_vocab_kl, rlpo::penalties::VocabDivergence::ReverseKL);
+RLPO_BENCH_VOCAB(BM_penalty_vocab_forward_kl, rlpo::penalties::VocabDivergence::ForwardKL);
+RLPO_BENCH_VOCAB(BM_penalty_vocab_chi2, rlpo::penalties::VocabDivergence::ChiSquared);
+RLPO_BENCH_VOCAB(BM_penalty_vocab_tv, rlpo::penalties::VocabDivergence::TotalVariation);
+RLPO_BENCH_VOCAB(BM_penalty_vocab_js, rlpo::penalties::VocabDivergence::JensenShannon);

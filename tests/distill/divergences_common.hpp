@@ -160,8 +160,13 @@ inline double naive_row(Divergence d, const Eigen::RowVectorXd& z, const Eigen::
                 L += 0.5 * std::abs(pj - qj);
                 g(j) = 0.5 * (qj > pj ? 1.0 : (qj < pj ? -1.0 : 0.0));
                 break;
+            case Divergence::ChiSquared:  // Σ q²/p − 1 (+inf where p = 0 < q)
+                L += qj > 0 ? qj * qj / pj : 0.0;
+                g(j) = qj > 0 ? 2 * qj / pj : 0;
+                break;
         }
     }
+    if (d == Divergence::ChiSquared) L -= 1;
     const double sg = (q.array() * g.array()).sum();
     grad = (q.array() * (g.array() - sg) / tau).matrix();
     return L;

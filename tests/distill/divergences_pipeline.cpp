@@ -213,3 +213,57 @@ TEMPLATE_TEST_CASE("distill divergences: row split with fewer chunks than thread
     }
 }
 #endif
+
+TEMPLATE_TEST_CASE("distill divergences: chi2 (the penalties' chi-squared) through the pipeline",
+                   "[distill][chi2]", float, double) {
+    // The kind penalties::vocab_divergence runs in double; here float too (its fused exponent
+    // argument), against the naive reference, with zero columns (both −inf; student-only
+    // −inf), a masked NaN row, rows long enough for the row split, and thread counts.
+    using S = TestType;
+    rt::Generator gen(77);
+    for (const Index V : {Index(300), Index(20000)}) {
+        const Index N = 6;
+        Mat<double> z = gen.logits(N, V, 2.0), y = gen.perturbed(z, 0.8);
+        Mat<double> mask = Mat<double>::Ones(N, 1);
+        mask(3, 0) = 0;
+        z(3, 1) = std::numeric_limits<double>::quiet_NaN();
+        z(1, 4) = y(1, 4) = -inf;
+        z(2, V - 1) = -inf;  // student zero where the teacher has mass: finite
+        const Mat<S> zs = cast<S>(z), ys = cast<S>(y);
+        const Mat<double> zr = zs.template cast<double>(), yr = ys.template cast<double>();
+        const DistillOptions o = opts_for(Divergence::ChiSquared, 0.8, false);
+        double expect = 0;
+        Mat<double> gexp = Mat<double>::Zero(N, V);
+        for (Index n = 0; n < N; ++n) {
+            if (mask(n, 0) == 0) continue;
+            Eigen::RowVectorXd gr;
+            expect += naive_row(Divergence::ChiSquared, zr.row(n), yr.row(n), o.temperature, o.beta,
+                                o.alpha, gr) /
+                      5;
+            gexp.row(n) = gr / 5;
+        }
+        INFO("V " << V);
+        const auto r = rlpo::distill::chi2(zs, ys, mask, o);
+        CHECK(rlpo_test::rel_err(r.value, expect) <
+              (std::is_same<S, double>::value ? 1e-12 : 2e-5));
+        CHECK(grad_err<S>(r.grad.template cast<double>(), gexp) <
+              (std::is_same<S, double>::value ? 1e-12 : grad_tol<S>()));
+        CHECK(r.grad.row(3).isZero());
+        CHECK(r.metrics["chi2"] == Approx(r.value).epsilon(1e-12));
+#if defined(RLPO_USE_OPENMP)
+        const auto run = [&] { return rlpo::distill::chi2(zs, ys, mask, o); };
+        const auto r1 = with_threads(1, run);
+        CHECK(r1.value == r.value);
+        CHECK(r1.grad == r.grad);
+        const auto rs = with_threads(
+            2, [&] { return rlpo::distill::chi2(zs, ys, mask, force_row_split(o, true)); });
+        CHECK(rs.value == r1.value);
+        CHECK(rs.grad == r1.grad);
+#endif
+        // the teacher has no mass where the student has: infinite, an error naming the row
+        Mat<S> hole = ys;
+        hole(4, 7) = -std::numeric_limits<S>::infinity();
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::chi2(zs, hole, mask, o),
+                                        "in row 4 (row under a non-zero mask)");
+    }
+}

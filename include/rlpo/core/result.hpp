@@ -17,7 +17,13 @@
 
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/metrics.hpp>
+#include <rlpo/core/simd/packet.hpp>
 #include <rlpo/core/types.hpp>
+
+#include <Eigen/Core>
+
+#include <cstdint>
+#include <type_traits>
 
 namespace rlpo {
 
@@ -75,6 +81,112 @@ inline GradientOut<S> no_grad() {
 
 namespace detail {
 
+/// One row of a gradient, as a `GradWriter` hands it to a row kernel (`GradWriter::row_view`;
+/// the vocabulary divergences, top-k, TAID, NKD): where the row's entries go (overwritten or
+/// added) and the row's factor `scale` (the GradientOut coefficient times the row's
+/// aggregation weight). Inactive (null) when no gradient was asked for.
+///   * `set(expr)` / `set(off, len, expr)` write scale · expr over Eigen array expressions;
+///     overwritten float rows go through a 16-byte aligned chunk buffer and streaming stores
+///     (no read-for-ownership of the gradient lines);
+///   * `add_at(j, v)` adds scale · v to one entry (corrections after `set`);
+///   * `from<P>(off)` is the packet view of the entries from `off` on: `packet(j, v)` and
+///     `scalar(j, v)` store values the kernel has already scaled, streamed when the row is
+///     overwritten, float and aligned for P, else stored or added (the addend rounded first:
+///     core/simd/packet.hpp, `rounded`); other storage types are rounded entry by entry.
+template <class S>
+struct GradRow {
+    S* dst = nullptr;
+    Index V = 0;
+    double scale = 0.0;
+    bool add = false;
+    bool stream = false;          ///< packet view: stream the packets (`from`)
+    float* stream_buf = nullptr;  ///< 16-byte aligned chunk buffer for `set`'s streaming stores
+    Index stream_len = 0;
+
+    bool active() const { return dst != nullptr; }
+    template <class E>
+    void set(const E& expr) const {
+        set(0, V, expr);
+    }
+    /// Add scale · v to entry j (after `set`: corrections at a few positions).
+    void add_at(Index j, double v) const {
+        if (!dst) return;
+        dst[j] = static_cast<S>(static_cast<double>(dst[j]) + scale * v);
+    }
+    /// Entries [off, off + len) of the row: scale · expr.
+    template <class E>
+    void set(Index off, Index len, const E& expr) const {
+        using A = typename E::Scalar;
+        if (!dst) return;
+        // Overwriting float rows: evaluate the chunk in L1, then stream it to memory with
+        // non-temporal stores (no read-for-ownership of the gradient lines).
+        if constexpr (simd::kStreamingStores && std::is_same<S, float>::value &&
+                      std::is_same<A, float>::value) {
+            if (!add && stream_buf && len <= stream_len &&
+                (reinterpret_cast<std::uintptr_t>(dst + off) % 16) == 0) {
+                Eigen::Map<Eigen::Array<A, Eigen::Dynamic, 1>> t(stream_buf, len);
+                t = static_cast<A>(scale) * expr;
+                simd::stream_floats(dst + off, stream_buf, len);
+                return;
+            }
+        }
+        Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> d(dst + off, len);
+        const A s = static_cast<A>(scale);
+        if constexpr (std::is_same<S, A>::value) {
+            if (add)
+                d += s * expr;
+            else
+                d = s * expr;
+        } else {
+            if (add)
+                d = (d.template cast<A>() + s * expr).template cast<S>();
+            else
+                d = (s * expr).template cast<S>();
+        }
+    }
+    /// The packet view of the entries from `off` on (streamed when overwritten and aligned for
+    /// packets P).
+    template <class P>
+    GradRow from(Index off) const {
+        GradRow r = *this;
+        r.dst = dst + off;
+        r.stream = !add && reinterpret_cast<std::uintptr_t>(r.dst) % sizeof(P) == 0;
+        return r;
+    }
+    /// Entries [j, j + width of P) get the (already scaled) packet v.
+    template <class P>
+    EIGEN_ALWAYS_INLINE void packet(Index j, const P& v) const {
+        namespace ei = Eigen::internal;
+        using A = typename ei::unpacket_traits<P>::type;
+        if constexpr (simd::kStreamingStores && std::is_same<S, float>::value &&
+                      std::is_same<A, float>::value) {
+            if (stream) {
+                simd::stream_packet(dst + j, v);
+                return;
+            }
+        }
+        if constexpr (std::is_same<S, A>::value) {
+            if (add)
+                ei::pstoreu(dst + j, ei::padd(ei::ploadu<P>(dst + j), simd::rounded(v)));
+            else
+                ei::pstoreu(dst + j, v);
+        } else {
+            constexpr Index W = ei::unpacket_traits<P>::size;
+            alignas(64) A t[W];
+            ei::pstore(t, v);
+            for (Index i = 0; i < W; ++i) scalar(j + i, t[i]);
+        }
+    }
+    /// Entry j gets the (already scaled) value v.
+    template <class A>
+    void scalar(Index j, A v) const {
+        if (add)
+            dst[j] = static_cast<S>(static_cast<A>(dst[j]) + simd::rounded(v));
+        else
+            dst[j] = static_cast<S>(v);
+    }
+};
+
 /// Resolves a GradientOut against a Result: gives the buffer to write (or none) and applies
 /// the coefficient. Objectives write through `put(i, j, g)` / `zero(i, j)`; `put` is given the
 /// already aggregation-weighted gradient.
@@ -122,6 +234,17 @@ public:
     }
     /// Pointer to row i (null when no gradient is wanted).
     S* row(Index i) const { return data_ ? data_ + i * stride_ : nullptr; }
+    /// Row i (`cols` entries) as a row kernel writes it, with the row's factor coef · w ·
+    /// `row_scale` (w: the row's aggregation weight); a kernel may attach a chunk buffer for
+    /// streaming stores (`GradRow::stream_buf`).
+    GradRow<S> row_view(Index i, Index cols, double w, double row_scale = 1.0) const {
+        GradRow<S> r;
+        r.dst = row(i);
+        r.V = cols;
+        r.scale = coef_ * w * row_scale;
+        r.add = mode_ == GradMode::Add;
+        return r;
+    }
     S* data() const { return data_; }
     GradMode mode() const { return mode_; }
 

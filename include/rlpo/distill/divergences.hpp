@@ -14,6 +14,7 @@
 /// | `SkewKL` (α)      | KL(p‖αp + (1−α)q)                                | q_j (g_j − Σ q g)/τ, g = −(1−α)p/m |
 /// | `SkewReverseKL`(α)| KL(q‖(1−α)p + αq)                                | q_j (g_j − Σ q g)/τ, g = log(q/m) + 1 − αq/m |
 /// | `TVD`             | ½ Σ |p − q|                                      | q_j (g_j − Σ q g)/τ, g = ½ sign(q − p) |
+/// | `ChiSquared`      | χ²(q‖p) = Σ q²/p − 1 = Σ q (q/p − 1)             | q_j (g_j − Σ q g)/τ, g = 2 (q/p − 1) |
 ///
 /// (The JSD gradient uses ∂JSD/∂q_j = (1−β) log(q_j/M_j): the β-terms cancel.) The loss is
 /// Σ_n c m_n L_n: rows are token rows of sequences given by a `[B, T]` row mask with B·T = N
@@ -39,14 +40,14 @@
 /// arithmetic in float (double for double logits), results identical for any thread count.
 ///
 /// **Metrics**: the divergence's name (`forward_kl`, `reverse_kl`, `jsd`, `skew_kl`,
-/// `skew_reverse_kl`, `tvd`) = mean of L_n (τ²-scaled when on) over unmasked rows,
+/// `skew_reverse_kl`, `tvd`, `chi2`) = mean of L_n (τ²-scaled when on) over unmasked rows,
 /// mask-weighted.
 ///
 /// **Bad input** (rlpo::invalid_argument): teacher shape ≠ student shape; mask not `[B, T]`
 /// with B·T = N, or with negative / non-finite entries; τ ≤ 0; β or α outside [0, 1]; in a row
 /// under a non-zero mask: a NaN or +inf logit (named with its position), a row of only −inf
 /// (no distribution), or an infinite divergence (e.g. forward KL where the student logit is
-/// −inf and the teacher has mass). −inf logits elsewhere are zero probabilities (exact 0).
+/// −inf and the teacher has mass; χ² where the teacher has none and the student has). −inf logits elsewhere are zero probabilities (exact 0).
 
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/error.hpp>
@@ -79,21 +80,9 @@ Result<::rlpo::detail::scalar_t<DS>> divergence(
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
     const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
-    Divergence d = opts.divergence;
-    if (d == Divergence::JSD && opts.beta == 0.0) d = Divergence::ForwardKL;
-    if (d == Divergence::JSD && opts.beta == 1.0) d = Divergence::ReverseKL;
-    detail::PassResult pass;
-    switch (d) {
-#define RLPO_DISTILL_CASE(K) \
-    case K: pass = detail::dense_rows_fast<K, S, A>(fn, opts, plan, z, y, g, t2); break;
-        RLPO_DISTILL_CASE(Divergence::ForwardKL)
-        RLPO_DISTILL_CASE(Divergence::ReverseKL)
-        RLPO_DISTILL_CASE(Divergence::JSD)
-        RLPO_DISTILL_CASE(Divergence::SkewKL)
-        RLPO_DISTILL_CASE(Divergence::SkewReverseKL)
-        RLPO_DISTILL_CASE(Divergence::TVD)
-#undef RLPO_DISTILL_CASE
-    }
+    const detail::DenseRows rows = detail::dense_rows<S, A>(opts, plan, z, y, g, t2);
+    const detail::PassResult pass =
+        detail::combine_rows(fn, plan, N, rows.loss, rows.aux, rows.errs, t2);
     res.value = g.coef() * pass.value;
     res.metrics.add(to_string(opts.divergence), pass.metric, pass.count);
     return res;
@@ -125,6 +114,7 @@ RLPO_DISTILL_NAMED(jsd, Divergence::JSD)
 RLPO_DISTILL_NAMED(skew_kl, Divergence::SkewKL)
 RLPO_DISTILL_NAMED(skew_reverse_kl, Divergence::SkewReverseKL)
 RLPO_DISTILL_NAMED(tvd, Divergence::TVD)
+RLPO_DISTILL_NAMED(chi2, Divergence::ChiSquared)
 #undef RLPO_DISTILL_NAMED
 
 }  // namespace rlpo::distill

@@ -61,7 +61,7 @@ inline double lse_except(const A* x, Index V, Index skip, double invT) {
 
 template <class S, class A>
 inline double nkd_row(const NKDOptions& o, Index yt, const A* z, const A* v, Index V,
-                      Scratch<A>& ws, const RowGrad<S>& rg, RowError& err, double& target_loss) {
+                      Scratch<A>& ws, const GradRow<S>& rg, RowError& err, double& target_loss) {
     check_row(z, V, "student_logits", err);
     if (err.set()) return 0.0;
     check_row(v, V, "teacher_logits", err);
@@ -131,7 +131,7 @@ Result<::rlpo::detail::scalar_t<DS>> nkd(
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
     const auto pass = detail::drive_rows<S, A>(
         fn, plan, N, V, g, 1.0,
-        [&](Index n, detail::Scratch<A>& ws, const detail::RowGrad<S>& rg, detail::RowError& err,
+        [&](Index n, detail::Scratch<A>& ws, const detail::GradRow<S>& rg, detail::RowError& err,
             double& aux) -> double {
             const A* zr = detail::widen<A, S>(z, n, ws.z);
             const A* vr = detail::widen<A, S>(v, n, ws.y);

@@ -47,7 +47,7 @@ namespace detail {
 
 template <class S, class A>
 inline double taid_row(double t, double invT, const A* z, const A* y, Index V, Scratch<A>& ws,
-                       const RowGrad<S>& rg, RowError& err) {
+                       const GradRow<S>& rg, RowError& err) {
     check_row(z, V, "student_logits", err);
     if (err.set()) return 0.0;
     check_row(y, V, "teacher_logits", err);
@@ -109,7 +109,7 @@ Result<::rlpo::detail::scalar_t<DS>> taid(
     const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
     const auto pass = detail::drive_rows<S, A>(
         fn, plan, N, V, g, t2,
-        [&](Index n, detail::Scratch<A>& ws, const detail::RowGrad<S>& rg, detail::RowError& err,
+        [&](Index n, detail::Scratch<A>& ws, const detail::GradRow<S>& rg, detail::RowError& err,
             double&) -> double {
             const A* zr = detail::widen<A, S>(z, n, ws.z);
             const A* yr = detail::widen<A, S>(y, n, ws.y);

@@ -87,7 +87,7 @@ inline double student_softmax(const A* z, Index V, A invT, Scratch<A>& ws, RowEr
 template <class S, class A>
 inline double topk_row(TopKTail tail, const A* z, Index V, const std::vector<Index>& idx,
                        const std::vector<double>& lp, double invT, Scratch<A>& ws,
-                       const RowGrad<S>& rg, RowError& err, double& mass) {
+                       const GradRow<S>& rg, RowError& err, double& mass) {
     const double lse = student_softmax(z, V, static_cast<A>(invT), ws, err);
     if (err.set()) return 0.0;
     const std::size_t k = idx.size();
@@ -209,7 +209,7 @@ Result<::rlpo::detail::scalar_t<DS>> forward_kl_topk(
     const double invT = 1.0 / opts.temperature;
     const auto pass = detail::drive_rows<S, A>(
         fn, plan, N, V, g, t2,
-        [&](Index n, detail::Scratch<A>& ws, const detail::RowGrad<S>& rg, detail::RowError& err,
+        [&](Index n, detail::Scratch<A>& ws, const detail::GradRow<S>& rg, detail::RowError& err,
             double& aux) -> double {
             const A* zr = detail::widen<A, S>(z, n, ws.z);
             std::vector<Index> idx(idx_all.begin() + n * K, idx_all.begin() + (n + 1) * K);
@@ -244,7 +244,7 @@ Result<::rlpo::detail::scalar_t<DS>> dac_kl(
     std::vector<double> region(static_cast<std::size_t>(N), 0.0);
     const auto pass = detail::drive_rows<S, A>(
         fn, plan, N, V, g, t2,
-        [&](Index n, detail::Scratch<A>& ws, const detail::RowGrad<S>& rg, detail::RowError& err,
+        [&](Index n, detail::Scratch<A>& ws, const detail::GradRow<S>& rg, detail::RowError& err,
             double& aux) -> double {
             const A* zr = detail::widen<A, S>(z, n, ws.z);
             const A* yr = detail::widen<A, S>(y, n, ws.y);

@@ -14,7 +14,7 @@
 
 namespace rlpo::distill {
 
-enum class Divergence { ForwardKL, ReverseKL, JSD, SkewKL, SkewReverseKL, TVD };
+enum class Divergence { ForwardKL, ReverseKL, JSD, SkewKL, SkewReverseKL, TVD, ChiSquared };
 
 namespace detail {
 /// Every accepted spelling; the first row of a kind is its canonical (metric) name.
@@ -30,6 +30,7 @@ inline constexpr NameRow<Divergence> divergence_names[] = {
     {"skew_reverse_kl", Divergence::SkewReverseKL},
     {"srkl", Divergence::SkewReverseKL},
     {"tvd", Divergence::TVD},
+    {"chi2", Divergence::ChiSquared},
 };
 inline constexpr NameTable divergence_table{divergence_names};
 }  // namespace detail
@@ -38,7 +39,7 @@ inline constexpr NameTable divergence_table{divergence_names};
 inline const char* to_string(Divergence d) { return detail::divergence_table.name_of(d); }
 
 /// Parse `forward_kl`/`fkl`/`kl`, `reverse_kl`/`rkl`, `jsd`, `skew_kl`/`skl`,
-/// `skew_reverse_kl`/`srkl`, `tvd`; unknown names throw with the valid list.
+/// `skew_reverse_kl`/`srkl`, `tvd`, `chi2`; unknown names throw with the valid list.
 inline Divergence parse_divergence(const std::string& name) {
     return detail::divergence_table.parse("distill::parse_divergence", "divergence", name);
 }

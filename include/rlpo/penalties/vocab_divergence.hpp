@@ -31,24 +31,39 @@
 /// **Conventions.** Entries of −inf logits are zero probabilities and contribute 0 (0·log 0 = 0).
 /// Where the divergence is infinite (KL(π‖π_ref) or χ² with p > 0 = q; forward KL with
 /// q > 0 = p) the value is +inf and the gradient undefined: the call throws, naming the row.
-/// Total variation at p_j = q_j uses sign(0) = 0 (as `torch.abs`' gradient). Sums per row are
-/// in double whatever the storage type; rows run in parallel (OpenMP), combined in row order.
+/// Total variation at p_j = q_j uses sign(0) = 0 (as `torch.abs`' gradient).
+///
+/// **One implementation.** These are the dense divergences of rlpo/divergence/ (the pipeline
+/// behind distill::divergence), run with the policy as the *student* (the input the gradient is
+/// for) and the reference as the *teacher*. Note the swapped letters: here p is the policy and
+/// q the reference; in distill/ q is the student (policy) and p the teacher (reference). So
+///
+/// | `VocabDivergence` | pipeline kind (distill::Divergence)         | same quantity            |
+/// |-------------------|---------------------------------------------|--------------------------|
+/// | `ReverseKL`       | `ReverseKL`: KL(q‖p) = KL(student‖teacher)  | KL(π‖π_ref)              |
+/// | `ForwardKL`       | `ForwardKL`: KL(p‖q) = KL(teacher‖student)  | KL(π_ref‖π)              |
+/// | `ChiSquared`      | `ChiSquared`: Σ q²/p − 1                    | Σ π²/π_ref − 1           |
+/// | `TotalVariation`  | `TVD`                                       | ½ Σ abs(π − π_ref)       |
+/// | `JensenShannon`   | `JSD` with β = 0.5                          | ½ KL(π‖m) + ½ KL(π_ref‖m)|
+///
+/// The metric names stay the penalty's (`kl`, `forward_kl`, `chi2`, `tv`, `js`). Arithmetic
+/// is in double for float and double logits alike (as before the move: the pipeline widens
+/// float rows), with double sums across chunks and rows; rows run in parallel, combined in row
+/// order (identical for any thread count).
 ///
 /// **Bad input**: shapes (ref_logits ≠ logits, mask entries ≠ N) → rlpo::invalid_argument;
-/// τ ≤ 0 → invalid_argument; NaN logits in an unmasked row → invalid_argument naming the input
-/// and [row, column]; an unmasked row with no finite logit (no distribution) → invalid_argument.
-/// An empty mask gives 0, gradient 0, metric 0.
+/// τ ≤ 0 → invalid_argument; NaN or +inf logits in an unmasked row → invalid_argument naming
+/// the input and [row, column]; an unmasked row with no finite logit (no distribution) →
+/// invalid_argument. An empty mask gives 0, gradient 0, metric 0.
 
 #include <rlpo/core/aggregation.hpp>
-#include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/result.hpp>
 #include <rlpo/core/types.hpp>
+#include <rlpo/distill/detail/rows.hpp>
+#include <rlpo/divergence/detail/driver.hpp>
+#include <rlpo/divergence/kinds.hpp>
 
-#include <algorithm>
-#include <cmath>
-#include <limits>
-#include <string>
 #include <vector>
 
 namespace rlpo::penalties {
@@ -75,87 +90,44 @@ struct VocabDivergenceOptions {
 
 namespace detail {
 
-/// D and ∂D/∂(z/τ) for one row; `g` receives the gradient (length V). Returns D; sets `err`
-/// to 1 for an infinite divergence, 2 for a row without a distribution.
-inline double vocab_row(VocabDivergence kind, const double* a, const double* b, Index V, double* lp,
-                        double* lq, double* g, int& err) {
-    const double ninf = -std::numeric_limits<double>::infinity();
-    double ma = ninf, mb = ninf;
-    for (Index j = 0; j < V; ++j) ma = std::max(ma, a[j]), mb = std::max(mb, b[j]);
-    if (!(ma > ninf) || !(mb > ninf)) {
-        err = 2;
-        return 0.0;
+/// The pipeline's options for a penalty: the policy is the student, the reference the teacher
+/// (see the table above; p and q swap their names between the two modules).
+inline distill::DistillOptions pipeline_options(const VocabDivergenceOptions& o) {
+    distill::DistillOptions d;
+    switch (o.divergence) {
+        case VocabDivergence::ReverseKL: d.divergence = distill::Divergence::ReverseKL; break;
+        case VocabDivergence::ForwardKL: d.divergence = distill::Divergence::ForwardKL; break;
+        case VocabDivergence::ChiSquared: d.divergence = distill::Divergence::ChiSquared; break;
+        case VocabDivergence::TotalVariation: d.divergence = distill::Divergence::TVD; break;
+        case VocabDivergence::JensenShannon: d.divergence = distill::Divergence::JSD; break;
     }
-    double sa = 0.0, sb = 0.0;
-    for (Index j = 0; j < V; ++j) sa += std::exp(a[j] - ma), sb += std::exp(b[j] - mb);
-    const double la = ma + std::log(sa), lb = mb + std::log(sb);
-    for (Index j = 0; j < V; ++j) lp[j] = a[j] - la, lq[j] = b[j] - lb;
-    double D = 0.0, s = 0.0;
-    switch (kind) {
-        case VocabDivergence::ReverseKL:
-            for (Index j = 0; j < V; ++j) {
-                if (lp[j] == ninf) continue;
-                if (lq[j] == ninf) {
-                    err = 1;
-                    return std::numeric_limits<double>::infinity();
-                }
-                D += std::exp(lp[j]) * (lp[j] - lq[j]);
-            }
-            for (Index j = 0; j < V; ++j)
-                g[j] = lp[j] == ninf ? 0.0 : std::exp(lp[j]) * (lp[j] - lq[j] - D);
-            break;
-        case VocabDivergence::ForwardKL:
-            for (Index j = 0; j < V; ++j) {
-                if (lq[j] == ninf) continue;
-                if (lp[j] == ninf) {
-                    err = 1;
-                    return std::numeric_limits<double>::infinity();
-                }
-                D += std::exp(lq[j]) * (lq[j] - lp[j]);
-            }
-            for (Index j = 0; j < V; ++j) g[j] = std::exp(lp[j]) - std::exp(lq[j]);
-            break;
-        case VocabDivergence::ChiSquared:
-            for (Index j = 0; j < V; ++j) {
-                if (lp[j] == ninf) continue;
-                if (lq[j] == ninf) {
-                    err = 1;
-                    return std::numeric_limits<double>::infinity();
-                }
-                s += std::exp(lp[j]) * std::exp(lp[j] - lq[j]);  // Σ p·(p/q)
-            }
-            D = s - 1.0;
-            for (Index j = 0; j < V; ++j)
-                g[j] = lp[j] == ninf ? 0.0 : 2.0 * std::exp(lp[j]) * (std::exp(lp[j] - lq[j]) - s);
-            break;
-        case VocabDivergence::TotalVariation:
-            for (Index j = 0; j < V; ++j) {
-                const double d = std::exp(lp[j]) - std::exp(lq[j]);
-                D += 0.5 * std::abs(d);
-                const double sg = d > 0 ? 1.0 : (d < 0 ? -1.0 : 0.0);
-                g[j] = sg;
-                s += std::exp(lp[j]) * sg;
-            }
-            for (Index j = 0; j < V; ++j) g[j] = 0.5 * std::exp(lp[j]) * (g[j] - s);
-            break;
-        case VocabDivergence::JensenShannon:
-            for (Index j = 0; j < V; ++j) {
-                if (lp[j] == ninf && lq[j] == ninf) {
-                    g[j] = 0.0;
-                    continue;
-                }
-                const double hi = std::max(lp[j], lq[j]), lo = std::min(lp[j], lq[j]);
-                const double lm = hi + std::log1p(std::exp(lo - hi)) - std::log(2.0);  // log m
-                const double p = std::exp(lp[j]), q = std::exp(lq[j]);
-                if (p > 0) D += 0.5 * p * (lp[j] - lm);
-                if (q > 0) D += 0.5 * q * (lq[j] - lm);
-                g[j] = p > 0 ? 0.5 * (lp[j] - lm) : 0.0;  // h_j
-                s += p * g[j];
-            }
-            for (Index j = 0; j < V; ++j) g[j] = std::exp(lp[j]) * (g[j] - s);
-            break;
+    d.temperature = o.temperature;
+    d.beta = 0.5;
+    return d;
+}
+
+/// The penalty's wording of a row error of the pipeline (arg 0: the policy `logits`, 1: the
+/// reference `ref_logits`).
+[[noreturn]] inline void fail_row(const char* fn, VocabDivergence d, Index n,
+                                  const distill::detail::RowError& e) {
+    using distill::detail::RowFault;
+    const char* input = e.arg == 1 ? "ref_logits" : "logits";
+    switch (e.fault) {
+        case RowFault::NaN:
+            ::rlpo::detail::fail(fn, input, ": NaN at [", n, ", ", e.col,
+                                 "] in an unmasked row (NaN is rejected)");
+        case RowFault::PosInf:
+            ::rlpo::detail::fail(fn, input, ": +inf at [", n, ", ", e.col,
+                                 "] in an unmasked row (the softmax is undefined)");
+        case RowFault::NoDistribution:
+            ::rlpo::detail::fail(fn, "logits: row ", n,
+                                 " has no finite entry in logits or ref_logits (no distribution)");
+        case RowFault::Infinite:
+        case RowFault::Other: break;
     }
-    return D;
+    ::rlpo::detail::fail(fn, to_string(d), ": row ", n,
+                         " is infinite (one distribution has mass where the other has none); "
+                         "its gradient is undefined");
 }
 
 }  // namespace detail
@@ -172,89 +144,29 @@ Result<::rlpo::detail::scalar_t<DZ>> vocab_divergence(
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
     constexpr const char* fn = "penalties::vocab_divergence";
     const ConstMatRef<S> z(logits.derived()), zr(ref_logits.derived());
-    const ConstMatRef<::rlpo::detail::scalar_t<DM>> m(mask.derived());
     ::rlpo::detail::check_same_shape(fn, "ref_logits", zr, "logits", z);
-    RLPO_CHECK(m.size() == z.rows(), fn, "mask: expected ", z.rows(),
+    RLPO_CHECK(mask.size() == z.rows(), fn, "mask: expected ", z.rows(),
                " entries (one per row of logits, token layout [B, T] with B·T = N), given [",
-               m.rows(), ", ", m.cols(), "]");
+               mask.rows(), ", ", mask.cols(), "]");
     ::rlpo::detail::check_positive(fn, "temperature", opts.temperature);
 
     Result<S> res;
-    const RowWeights w = row_weights(fn, m, norm);
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, z.rows(), z.cols());
-    const Index N = z.rows(), V = z.cols(), T = m.cols();
-    const double inv_tau = 1.0 / opts.temperature;
-    std::vector<double> row_value(static_cast<std::size_t>(N), 0.0), row_metric(row_value);
-    std::vector<int> row_err(static_cast<std::size_t>(N), 0);
-    ::rlpo::detail::parallel_region(N * V > 65536, [&](const ::rlpo::detail::Team& team) {
-        std::vector<double> a(static_cast<std::size_t>(V)), b(a), lp(a), lq(a), gr(a);
-        team.for_dynamic(N, 4, [&](Index n) {
-            const Index i = n / T, t = n % T;
-            const double mk = static_cast<double>(m(i, t));
-            S* grow = g.row(n);
-            if (mk == 0) {
-                if (grow && g.mode() == GradMode::Write) std::fill(grow, grow + V, S(0));
-                return;
-            }
-            bool nan = false;
-            for (Index j = 0; j < V; ++j) {
-                a[static_cast<std::size_t>(j)] = static_cast<double>(z(n, j)) * inv_tau;
-                b[static_cast<std::size_t>(j)] = static_cast<double>(zr(n, j)) * inv_tau;
-                nan = nan || std::isnan(a[static_cast<std::size_t>(j)]) ||
-                      std::isnan(b[static_cast<std::size_t>(j)]);
-            }
-            const auto r = static_cast<std::size_t>(n);
-            if (nan) {
-                row_err[r] = 3;
-                return;
-            }
-            int err = 0;
-            const double D = detail::vocab_row(opts.divergence, a.data(), b.data(), V, lp.data(),
-                                               lq.data(), gr.data(), err);
-            if (err) {
-                row_err[r] = err;
-                return;
-            }
-            const double c = w.c[static_cast<std::size_t>(i)];
-            row_value[r] = c * mk * D;
-            row_metric[r] = mk * D;
-            if (grow) {
-                const double scale = g.coef() * c * mk * inv_tau;
-                for (Index j = 0; j < V; ++j) {
-                    const double v = scale * gr[static_cast<std::size_t>(j)];
-                    if (g.mode() == GradMode::Add)
-                        grow[j] += static_cast<S>(v);
-                    else
-                        grow[j] = static_cast<S>(v);
-                }
-            }
-        });
-    });
+    const Index N = z.rows(), V = z.cols();
+    const distill::detail::RowPlan plan = distill::detail::plan_rows(fn, N, mask, norm);
+    const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
+    // policy = student, reference = teacher; double arithmetic for float logits too
+    const distill::detail::DenseRows rows =
+        distill::detail::dense_rows<S, double>(detail::pipeline_options(opts), plan, z, zr, g, 1.0);
     double value = 0.0, metric = 0.0;
     for (Index n = 0; n < N; ++n) {
         const auto r = static_cast<std::size_t>(n);
-        if (row_err[r] == 3) {
-            for (Index j = 0; j < V; ++j) {
-                if (std::isnan(static_cast<double>(z(n, j))))
-                    ::rlpo::detail::fail(fn, "logits: NaN at [", n, ", ", j,
-                                         "] in an unmasked row (NaN is rejected)");
-                if (std::isnan(static_cast<double>(zr(n, j))))
-                    ::rlpo::detail::fail(fn, "ref_logits: NaN at [", n, ", ", j,
-                                         "] in an unmasked row (NaN is rejected)");
-            }
-        }
-        if (row_err[r] == 2)
-            ::rlpo::detail::fail(fn, "logits: row ", n,
-                                 " has no finite entry in logits or ref_logits (no distribution)");
-        if (row_err[r] == 1)
-            ::rlpo::detail::fail(fn, to_string(opts.divergence), ": row ", n,
-                                 " is infinite (one distribution has mass where the other has "
-                                 "none); its gradient is undefined");
-        value += row_value[r];
-        metric += row_metric[r];
+        if (rows.errs[r].set()) detail::fail_row(fn, opts.divergence, n, rows.errs[r]);
+        if (plan.m[r] == 0) continue;
+        value += plan.w[r] * rows.loss[r];
+        metric += plan.m[r] * rows.loss[r];
     }
     res.value = g.coef() * value;
-    res.metrics.add(to_string(opts.divergence), metric, w.local_tokens);
+    res.metrics.add(to_string(opts.divergence), metric, plan.local_rows);
     return res;
 }
 

@@ -15,6 +15,16 @@
 
 #include <cstddef>
 
+/// Forces `x` to be rounded to its type here (keeps the compiler from fusing the product
+/// that made it into a later sum; see docs/architecture.md, Contraction).
+#if defined(__GNUC__) && defined(__SSE2__)
+#define RLPO_SIMD_ROUNDED(x) __asm__ volatile("" : "+v"(x))
+#elif defined(EIGEN_OPTIMIZATION_BARRIER)
+#define RLPO_SIMD_ROUNDED(x) EIGEN_OPTIMIZATION_BARRIER(x)
+#else
+#define RLPO_SIMD_ROUNDED(x) (void)0
+#endif
+
 namespace rlpo::detail {
 
 /// SIMD helpers over Eigen's packet primitives (the same ones Eigen's own array code uses):
@@ -38,6 +48,12 @@ using Eigen::internal::pnegate;
 using Eigen::internal::por;
 using Eigen::internal::pselect;
 using Eigen::internal::psub;
+/// `x`, rounded to its type at this point (a product so marked is never fused into a sum).
+template <class T>
+EIGEN_ALWAYS_INLINE T rounded(T x) {
+    RLPO_SIMD_ROUNDED(x);
+    return x;
+}
 template <class S>
 inline Packet<S> set1(S v) {
     return Eigen::internal::pset1<Packet<S>>(v);

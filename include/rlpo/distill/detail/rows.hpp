@@ -9,7 +9,7 @@
 ///   * builds the row factors from the mask and the Normalizer (global counts supported);
 ///   * runs the objective's row kernel on every row with m_n ≠ 0, in parallel with OpenMP
 ///     (static schedule, per-thread scratch rows of V entries: no `[N, V]` temporaries);
-///   * hands the kernel a `RowGrad` that writes scale · (gradient expression) straight into the
+///   * hands the kernel a `GradRow` (the GradWriter's row view) that writes scale · (gradient expression) straight into the
 ///     caller's buffer (overwrite or add), fused with the kernel's last pass over the row;
 ///   * zeroes (Write) or leaves untouched (Add) the gradient of masked rows, never reading them;
 ///   * stores per-row values and combines them in row order (bitwise identical results for any
@@ -73,12 +73,22 @@ using ArrMap = Eigen::Map<Arr<A>>;
 template <class A>
 using CArrMap = Eigen::Map<const Arr<A>>;
 
+/// What went wrong in a row (`RowError::fault`), for front ends that word their own messages
+/// (penalties/vocab_divergence.hpp).
+enum class RowFault { Other, NaN, PosInf, NoDistribution, Infinite };
+
 /// An error found inside the parallel loop, reported after it (exceptions cannot leave an
-/// OpenMP region). `what` is a static string; `col` the column or −1.
+/// OpenMP region). `what` is a static string; `col` the column or −1; `arg` which logits of a
+/// dense divergence (0 the student's, 1 the teacher's; −1 both or none).
 struct RowError {
     const char* input = nullptr;
     const char* what = nullptr;
     Index col = -1;
+    RowFault fault = RowFault::Other;
+    int arg = -1;
+    RowError() = default;
+    RowError(const char* in, const char* w, Index c, RowFault f = RowFault::Other)
+        : input(in), what(w), col(c), fault(f) {}
     bool set() const { return what != nullptr; }
 };
 
@@ -113,58 +123,8 @@ inline constexpr Index kPacket = simd::width<A>;
 /// Chunk length of the online pass: 2 logit chunks + 2 work chunks of floats stay in L1.
 inline constexpr Index kRowChunk = 2048;
 
-/// Where a row's gradient goes: `set(expr)` writes scale · expr (overwrite or add). Inactive
-/// when no gradient was requested.
-template <class S>
-struct RowGrad {
-    S* dst = nullptr;
-    Index V = 0;
-    double scale = 0.0;
-    bool add = false;
-    float* stream_buf = nullptr;  ///< 16-byte aligned chunk buffer for streaming stores
-    Index stream_len = 0;
-    bool active() const { return dst != nullptr; }
-    template <class E>
-    void set(const E& expr) const {
-        set(0, V, expr);
-    }
-    /// Add scale · v to entry j (after `set`: corrections at a few positions).
-    void add_at(Index j, double v) const {
-        if (!dst) return;
-        dst[j] = static_cast<S>(static_cast<double>(dst[j]) + scale * v);
-    }
-    /// Entries [off, off + len) of the row.
-    template <class E>
-    void set(Index off, Index len, const E& expr) const {
-        using A = typename E::Scalar;
-        if (!dst) return;
-        // Overwriting float rows: evaluate the chunk in L1, then stream it to memory with
-        // non-temporal stores (no read-for-ownership of the gradient lines).
-        if constexpr (simd::kStreamingStores && std::is_same<S, float>::value &&
-                      std::is_same<A, float>::value) {
-            if (!add && stream_buf && len <= stream_len &&
-                (reinterpret_cast<std::uintptr_t>(dst + off) % 16) == 0) {
-                ArrMap<A> t(stream_buf, len);
-                t = static_cast<A>(scale) * expr;
-                simd::stream_floats(dst + off, stream_buf, len);
-                return;
-            }
-        }
-        Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> d(dst + off, len);
-        const A s = static_cast<A>(scale);
-        if constexpr (std::is_same<S, A>::value) {
-            if (add)
-                d += s * expr;
-            else
-                d = s * expr;
-        } else {
-            if (add)
-                d = (d.template cast<A>() + s * expr).template cast<S>();
-            else
-                d = (s * expr).template cast<S>();
-        }
-    }
-};
+/// A row of the gradient (core/result.hpp: `GradWriter::row_view`).
+using ::rlpo::detail::GradRow;
 
 /// Widen row `r` of `x` into `buf` if S is not the arithmetic type; return a pointer to A data.
 template <class A, class S>
@@ -193,13 +153,13 @@ template <class A>
 inline A check_row(const A* x, Index V, const char* name, RowError& err) {
     const A mx = CArrMap<A>(x, V).template maxCoeff<Eigen::PropagateNaN>();
     if (std::isnan(mx)) {
-        err = {name, "NaN (NaN logits are rejected)", first_nan(x, V)};
+        err = {name, "NaN (NaN logits are rejected)", first_nan(x, V), RowFault::NaN};
     } else if (mx == std::numeric_limits<A>::infinity()) {
         Index c = 0;
         while (c < V && !(x[c] == std::numeric_limits<A>::infinity())) ++c;
-        err = {name, "+inf logit (the softmax is undefined)", c};
+        err = {name, "+inf logit (the softmax is undefined)", c, RowFault::PosInf};
     } else if (mx == -std::numeric_limits<A>::infinity()) {
-        err = {name, "every logit is -inf (no distribution)", -1};
+        err = {name, "every logit is -inf (no distribution)", -1, RowFault::NoDistribution};
     }
     return mx;
 }
@@ -287,7 +247,7 @@ inline RowError infinite_divergence_error() {
     return {"inputs",
             "the divergence is infinite or undefined (the student or teacher puts "
             "zero probability where the other has mass)",
-            -1};
+            -1, RowFault::Infinite};
 }
 
 /// Combine per-row results in row order (identical for any thread count); report the first
@@ -314,12 +274,12 @@ inline PassResult combine_rows(const char* fn, const RowPlan& plan, Index N,
     return out;
 }
 
-/// The row gradient of row n: scale = coef · c · m · `row_scale`, streaming buffer attached.
+/// The gradient row n as the kernels write it (`GradWriter::row_view`): scale = coef · c · m ·
+/// `row_scale`, with the scratch's chunk buffer for streaming stores.
 template <class S, class A>
-inline RowGrad<S> make_row_grad(const ::rlpo::detail::GradWriter<S>& g, const RowPlan& plan,
+inline GradRow<S> make_row_grad(const ::rlpo::detail::GradWriter<S>& g, const RowPlan& plan,
                                 Index n, Index V, double row_scale, Scratch<A>& ws) {
-    RowGrad<S> rg{g.row(n), V, g.coef() * plan.w[static_cast<std::size_t>(n)] * row_scale,
-                  g.mode() == GradMode::Add};
+    GradRow<S> rg = g.row_view(n, V, plan.w[static_cast<std::size_t>(n)], row_scale);
     if constexpr (std::is_same<S, float>::value && std::is_same<A, float>::value) {
         if (ws.s.size() < kRowChunk) ws.s.resize(kRowChunk);
         rg.stream_buf = ws.s.data();
@@ -348,7 +308,7 @@ inline PassResult drive_rows(const char* fn, const RowPlan& plan, Index N, Index
                 return;
             }
             ws.ensure(V);
-            const RowGrad<S> rg = make_row_grad<S, A>(g, plan, n, V, row_scale, ws);
+            const GradRow<S> rg = make_row_grad<S, A>(g, plan, n, V, row_scale, ws);
             RowError err;
             double ax = 0.0;
             const double L = kernel(n, ws, rg, err, ax);

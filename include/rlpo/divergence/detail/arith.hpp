@@ -15,15 +15,8 @@
 #include <limits>
 #include <type_traits>
 
-/// Forces `x` to be rounded to its type here (keeps the compiler from fusing the product
-/// that made it into a later subtraction).
-#if defined(__GNUC__) && defined(__SSE2__)
-#define RLPO_DISTILL_ROUNDED(x) __asm__ volatile("" : "+v"(x))
-#elif defined(EIGEN_OPTIMIZATION_BARRIER)
-#define RLPO_DISTILL_ROUNDED(x) EIGEN_OPTIMIZATION_BARRIER(x)
-#else
-#define RLPO_DISTILL_ROUNDED(x) (void)0
-#endif
+/// Forces `x` to be rounded to its type here (core/simd/packet.hpp).
+#define RLPO_DISTILL_ROUNDED(x) RLPO_SIMD_ROUNDED(x)
 
 /// Unroll the next loop by two where the compiler has a pragma for it.
 #if defined(__clang__)
@@ -46,11 +39,7 @@ namespace rlpo::distill::detail {
 /// `std::fma`, `madd_as_packet`) or rounded first (`rounded`); none is left to the compiler.
 
 /// `x`, rounded to its type at this point (a product so marked is never fused into a sum).
-template <class T>
-EIGEN_ALWAYS_INLINE T rounded(T x) {
-    RLPO_DISTILL_ROUNDED(x);
-    return x;
-}
+using ::rlpo::detail::simd::rounded;
 
 /// a·b + c rounded as the build's `pmadd` on packets rounds it (fused with a hardware
 /// multiply-add, else a product and a sum), so that a row's tail entries match its packets.

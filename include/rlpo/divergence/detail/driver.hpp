@@ -56,6 +56,13 @@
 
 namespace rlpo::distill::detail {
 
+/// The per-row results of the dense pipeline (`dense_rows`), combined by the caller.
+struct DenseRows {
+    std::vector<double> loss;  ///< L_n (0 for masked rows)
+    std::vector<double> aux;   ///< zeros (the `combine_rows` interface)
+    std::vector<RowError> errs;
+};
+
 /// The row split's load balance: moves the boundary kb[t + 1] between threads t and t + 1
 /// one chunk toward the faster of the two when their last sweep times differ by more than
 /// one chunk of the slower one (a thread keeps at least one chunk). The host may slow one
@@ -99,13 +106,15 @@ inline void balance_ranges(Index* kb, const double* time, Index nt, Index nc, In
 /// for bit. Rows that need the exact path leave the pipeline and are done at once (by thread
 /// 0 in the row split); masked rows never enter it.
 template <Divergence D, class S, class A>
-inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const RowPlan& plan,
-                                  const ConstMatRef<S>& zm, const ConstMatRef<S>& ym,
-                                  const ::rlpo::detail::GradWriter<S>& g, double row_scale) {
+inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const ConstMatRef<S>& zm,
+                            const ConstMatRef<S>& ym, const ::rlpo::detail::GradWriter<S>& g,
+                            double row_scale, DenseRows& out) {
     const Index N = zm.rows(), V = zm.cols();
-    std::vector<double> loss(static_cast<std::size_t>(N), 0.0),
-        aux(static_cast<std::size_t>(N), 0.0);
-    std::vector<RowError> errs(static_cast<std::size_t>(N));
+    out.loss.assign(static_cast<std::size_t>(N), 0.0);
+    out.aux.assign(static_cast<std::size_t>(N), 0.0);
+    out.errs.assign(static_cast<std::size_t>(N), RowError{});
+    std::vector<double>& loss = out.loss;
+    std::vector<RowError>& errs = out.errs;
     const bool add = g.mode() == GradMode::Add;
     DenseCtx<A> c;
     c.invT = static_cast<A>(1.0 / o.temperature);
@@ -127,7 +136,7 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
     const int npairs = depth == 3 ? 2 : 1;
     // the rows in flight in one thread: the logit rows of stage 1 (2), the work rows (2 per
     // pair) and the logit row that stage 2 reads (JSD and skew reverse KL: the student's,
-    // skew KL: the teacher's, TVD: none)
+    // skew KL: the teacher's, TVD: none; χ² reads both, but only for their −inf)
     const std::size_t arrays = depth == 3 ? (D == Divergence::TVD ? 6 : 7) : 4;
     const bool split_ok = std::is_same<S, A>::value &&
                           arrays * static_cast<std::size_t>(V) * sizeof(A) > o.tuning.split_bytes;
@@ -298,7 +307,35 @@ inline PassResult dense_rows_fast(const char* fn, const DistillOptions& o, const
         }
         simd::store_fence();  // order the streaming stores before the results are used
     });
-    return combine_rows(fn, plan, N, loss, aux, errs, row_scale);
+}
+
+/// Every row of a dense divergence (`o.divergence`; JSD at β = 0 / 1 runs as forward / reverse
+/// KL) through `dense_rows_fast`: the per-row values L_n (without `row_scale`) and errors, for
+/// the caller to combine (`combine_rows`, or a front end's own error messages). The gradient
+/// of row n is written through `g`, scaled by coef · c · m_n · `row_scale`; the logits are the
+/// student's `z` (the gradient's input) and the teacher's `y`. Arithmetic in A (float or
+/// double; bfloat16 and float logits may be widened to a wider A).
+template <class S, class A>
+inline DenseRows dense_rows(const DistillOptions& o, const RowPlan& plan, const ConstMatRef<S>& z,
+                            const ConstMatRef<S>& y, const ::rlpo::detail::GradWriter<S>& g,
+                            double row_scale) {
+    Divergence d = o.divergence;
+    if (d == Divergence::JSD && o.beta == 0.0) d = Divergence::ForwardKL;
+    if (d == Divergence::JSD && o.beta == 1.0) d = Divergence::ReverseKL;
+    DenseRows out;
+    switch (d) {
+#define RLPO_DIVERGENCE_CASE(K) \
+    case K: dense_rows_fast<K, S, A>(o, plan, z, y, g, row_scale, out); break;
+        RLPO_DIVERGENCE_CASE(Divergence::ForwardKL)
+        RLPO_DIVERGENCE_CASE(Divergence::ReverseKL)
+        RLPO_DIVERGENCE_CASE(Divergence::JSD)
+        RLPO_DIVERGENCE_CASE(Divergence::SkewKL)
+        RLPO_DIVERGENCE_CASE(Divergence::SkewReverseKL)
+        RLPO_DIVERGENCE_CASE(Divergence::TVD)
+        RLPO_DIVERGENCE_CASE(Divergence::ChiSquared)
+#undef RLPO_DIVERGENCE_CASE
+    }
+    return out;
 }
 
 }  // namespace rlpo::distill::detail

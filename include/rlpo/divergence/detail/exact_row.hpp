@@ -29,7 +29,7 @@ inline void log_mix(ArrMap<A> out, const E1& l1, const E2& l2, double w1, double
 /// `Safe` handles −inf logits exactly (zero probabilities) at the price of scalar selects.
 template <bool Safe, class S, class A>
 inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A mz, A my, Index V,
-                             Scratch<A>& ws, const RowGrad<S>& rg) {
+                             Scratch<A>& ws, const GradRow<S>& rg) {
     const A invT = static_cast<A>(1.0 / o.temperature);
     const CArrMap<A> za(z, V), ya(y, V);
     ArrMap<A> eq(ws.a.data(), V), ep(ws.b.data(), V);
@@ -125,6 +125,17 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
             rg.set(eq * (ep - sg) * invT);
             return L;
         }
+        case Divergence::ChiSquared: {
+            // L = Σ q²/p − 1 = Σ q (r − 1), r = q/p = exp(log q − log p) (+inf where p = 0 < q:
+            // an infinite divergence); ∂L/∂z = 2 q (h − Σ q h)/τ with h = r − 1
+            eq *= iq;
+            ep = keep_if<Safe>(eq > zero, ((zs - ys) * invT + (cq - cp)).exp() - A(1));
+            const double L = (eq * ep).template cast<double>().sum();
+            if (!std::isfinite(L)) return L;
+            const A sg = (eq * ep).sum();
+            rg.set(A(2) * eq * (ep - sg) * invT);
+            return L;
+        }
     }
     return 0.0;
 }
@@ -132,12 +143,18 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
 /// The exact path for one row (non-finite logits, zero probabilities, errors).
 template <class S, class A>
 inline double dense_row_exact(const DistillOptions& o, const A* z, const A* y, Index V,
-                              Scratch<A>& ws, const RowGrad<S>& rg, RowError& err) {
+                              Scratch<A>& ws, const GradRow<S>& rg, RowError& err) {
     ws.ensure(V);
     const A mz = check_row(z, V, "student_logits", err);
-    if (err.set()) return 0.0;
+    if (err.set()) {
+        err.arg = 0;
+        return 0.0;
+    }
     const A my = check_row(y, V, "teacher_logits", err);
-    if (err.set()) return 0.0;
+    if (err.set()) {
+        err.arg = 1;
+        return 0.0;
+    }
     return dense_row_impl<true, S, A>(o, z, y, mz, my, V, ws, rg);
 }
 

@@ -81,12 +81,9 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
     const A* wg1 = St3 ? g->w1 + off : nullptr;
     const A h0 = St3 ? g->f0[kk] : A(0), h1 = St3 ? g->f1[kk] : A(0);
     const A k0 = St3 ? g->c0 : A(0), k1 = St3 ? g->c1 : A(0), hk = h0 * k1, nk = -(k0 * hk);
-    GradSink<S, A> sink;
-    if constexpr (St3) {
-        sink.dst = g->rg.dst + off;
-        sink.add = g->rg.add;
-        sink.stream = !sink.add && reinterpret_cast<std::uintptr_t>(sink.dst) % sizeof(P) == 0;
-    }
+    // the gradient row's packet view from this chunk on (streamed when overwritten and aligned)
+    GradRow<S> sink;
+    if constexpr (St3) sink = g->rg.template from<P>(off);
     const A invT = c.invT;
     // software prefetch distance (entries) ahead of the next-chunk reads
     constexpr Index kPf = 512;
@@ -177,6 +174,20 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             else
                 h = -c.oma * p / m;
             v2 = madd(q, h, v2);
+            o2 = h;
+        } else if constexpr (D == Divergence::ChiSquared) {
+            // r = q/p, h = r − 1; v1 = Σ q h, the value and the gradient's shift Σ q h. A −inf
+            // logit need not give an exponential of exactly 0 (Eigen's exp clamps): h + 0·(z +
+            // y), NaN there, sends such rows to the exact path (h itself is unchanged).
+            static_cast<void>(v2);
+            const T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));
+            T h;
+            if constexpr (pk)
+                h = ei::padd(ei::psub(ei::pdiv(q, p), ei::pset1<T>(A(1))),
+                             ei::pmul(ei::padd(zv, yv), ei::pset1<T>(A(0))));
+            else
+                h = (q / p - A(1)) + (zv + yv) * A(0);
+            v1 = madd(q, h, v1);
             o2 = h;
         } else {  // SkewReverseKL: m = (1−α)p + αq; r = log(q/m); factor r − α q/m
             const T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));

@@ -192,6 +192,11 @@ inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
         // L = ½ Σ |q − p|; ∂L/∂z = q (h − Σ q h)/τ with h = s/2 = ½ q (s − Σ q s)/τ
         L = 0.5 * u1;
         factor *= 0.5;
+    } else if constexpr (D == Divergence::ChiSquared) {
+        // L = Σ q (r − 1); ∂L/∂z = 2 q (h − Σ q h)/τ, h = r − 1: the shift is the value sum
+        L = u1;
+        u2 = u1;
+        factor *= 2.0;
     } else if constexpr (D == Divergence::SkewKL) {
         L = u1 + ep;
     } else {  // SkewReverseKL

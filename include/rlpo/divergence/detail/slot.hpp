@@ -1,7 +1,7 @@
 #pragma once
 /// \file
-/// The state of the pipelined fast path (internal): a row in flight (`Slot`), the constants of
-/// a pass (`DenseCtx`), where a gradient packet goes (`GradSink`), and which form of the
+/// The state of the pipelined fast path (internal): a row in flight (`Slot`, its gradient a
+/// `GradRow` of core/result.hpp), the constants of a pass (`DenseCtx`), and which form of the
 /// pipeline a divergence takes (`three_stage`, `kFusedArg`, JSD's lean sweep `kLeanCapable`).
 
 #include <rlpo/core/simd/packet.hpp>
@@ -43,7 +43,7 @@ struct Slot {
     double cq = 0, cp = 0;  ///< log q = z/τ + cq, log p = y/τ + cp (row constants)
     double kpq = 0;         ///< JSD: KL(p‖q), from stage 1
     double L = 0.0;
-    RowGrad<S> rg;
+    GradRow<S> rg;  ///< its gradient row (GradWriter::row_view)
     void size(Index nc) {
         const auto k = static_cast<std::size_t>(nc);
         mz.resize(k);
@@ -69,47 +69,11 @@ struct DenseCtx {
     bool lean_log_form = false;  ///< every lean chunk in log form (`FastPathTuning`)
 };
 
-/// Where a stage-3 packet goes: streamed (overwritten float rows, aligned), stored, or added;
-/// bfloat16 rows are rounded entry by entry.
-template <class S, class A>
-struct GradSink {
-    S* dst = nullptr;
-    bool add = false, stream = false;
-    template <class P>
-    EIGEN_ALWAYS_INLINE void packet(Index j, const P& v) const {
-        namespace ei = Eigen::internal;
-        if constexpr (simd::kStreamingStores && std::is_same<S, float>::value &&
-                      std::is_same<A, float>::value) {
-            if (stream) {
-                simd::stream_packet(dst + j, v);
-                return;
-            }
-        }
-        if constexpr (std::is_same<S, A>::value) {
-            if (add)
-                ei::pstoreu(dst + j, ei::padd(ei::ploadu<P>(dst + j), rounded(v)));
-            else
-                ei::pstoreu(dst + j, v);
-        } else {
-            constexpr Index W = kPacket<A>;
-            alignas(64) A t[W];
-            ei::pstore(t, v);
-            for (Index i = 0; i < W; ++i) scalar(j + i, t[i]);
-        }
-    }
-    void scalar(Index j, A v) const {
-        if (add)
-            dst[j] = static_cast<S>(static_cast<A>(dst[j]) + rounded(v));
-        else
-            dst[j] = static_cast<S>(v);
-    }
-};
-
 /// Whether a divergence takes the three-stage pipeline (a value sweep between the
 /// exponentials and the gradient).
 constexpr bool three_stage(Divergence d) {
     return d == Divergence::JSD || d == Divergence::SkewKL || d == Divergence::SkewReverseKL ||
-           d == Divergence::TVD;
+           d == Divergence::TVD || d == Divergence::ChiSquared;
 }
 
 /// Whether stage 1 forms the exponent in one multiply-add (`ShiftedExp::packet_fused`):
