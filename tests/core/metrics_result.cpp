@@ -7,6 +7,9 @@
 #include <rlpo/policy/ppo_clip.hpp>
 #include <rlpo/testing/random.hpp>
 
+#include <limits>
+#include <stdexcept>
+
 using rlpo::Mat;
 namespace rt = rlpo::testing;
 
@@ -57,6 +60,27 @@ TEST_CASE("GradientOut: own, write, add with coefficient, none", "[core][result]
         rlpo::policy::ppo_clip(lp, old, A, m, {}, {},
                                rlpo::write_to(buf, std::numeric_limits<double>::quiet_NaN())),
         "GradientOut::coef");
+}
+
+TEST_CASE("check_finite_result names a non-finite value or metric", "[core][result]") {
+    rlpo::Metrics ok;
+    ok.add("kl", 3.0, 2.0);
+    rlpo::detail::check_finite_result("core::test", 1.5, ok);  // finite: no throw
+    RLPO_REQUIRE_NUMERICAL_ERROR(
+        rlpo::detail::check_finite_result("core::test", std::numeric_limits<double>::infinity(), ok),
+        "rlpo::core::test(): value: the loss is not finite");
+    rlpo::Metrics bad = ok;
+    bad.add("pg_clipfrac", std::numeric_limits<double>::quiet_NaN(), 1.0);
+    RLPO_REQUIRE_NUMERICAL_ERROR(rlpo::detail::check_finite_result("core::test", 0.0, bad),
+                                 "metric 'pg_clipfrac' is not finite");
+    // numerical_error is a std::runtime_error, not an invalid_argument.
+    bool runtime = false;
+    try {
+        rlpo::detail::check_finite_result("core::test", 0.0, bad);
+    } catch (const std::runtime_error&) {
+        runtime = true;
+    }
+    CHECK(runtime);
 }
 
 TEST_CASE("fmt formatters print metrics, results and modes", "[core][format]") {

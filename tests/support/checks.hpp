@@ -83,3 +83,17 @@ inline const std::vector<rlpo::Aggregation>& all_modes() {
         }                                                                    \
         CHECK(rlpo_thrown_);                                                 \
     } while (false)
+
+/// REQUIRE that `expr` throws rlpo::numerical_error whose message contains `needle`.
+#define RLPO_REQUIRE_NUMERICAL_ERROR(expr, needle)                           \
+    do {                                                                     \
+        bool rlpo_thrown_ = false;                                           \
+        try {                                                                \
+            (void)(expr);                                                    \
+        } catch (const rlpo::numerical_error& e_) {                          \
+            rlpo_thrown_ = true;                                             \
+            INFO("message: " << e_.what());                                  \
+            CHECK(std::string(e_.what()).find(needle) != std::string::npos); \
+        }                                                                    \
+        CHECK(rlpo_thrown_);                                                 \
+    } while (false)

@@ -8,6 +8,7 @@
 #include <rlpo/core/types.hpp>
 
 #include <cmath>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -22,7 +23,27 @@ public:
     using std::invalid_argument::invalid_argument;
 };
 
+/// Thrown when inputs inside a function's documented range would give a non-finite value,
+/// gradient or metric (an overflow the function cannot avoid: e.g. per-token losses of 1e308
+/// summed over a batch). Derives from `std::runtime_error`; the message has the same form as
+/// `invalid_argument`'s and names the quantity (and, where one is to blame, the position).
+/// rlpo never returns a non-finite value, gradient or metric from finite inputs: it returns a
+/// finite result or throws one of these two exceptions (docs/contract.md, section 5).
+class numerical_error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
 namespace detail {
+
+template <class... Parts>
+[[noreturn]] inline void fail_numerical(const char* function, const Parts&... parts) {
+    std::ostringstream os;
+    os.precision(std::numeric_limits<double>::max_digits10);
+    os << "rlpo::" << function << "(): ";
+    (os << ... << parts);
+    throw ::rlpo::numerical_error(os.str());
+}
 
 template <class... Parts>
 [[noreturn]] inline void fail(const char* function, const Parts&... parts) {

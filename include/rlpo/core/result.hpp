@@ -22,6 +22,7 @@
 
 #include <Eigen/Core>
 
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -34,6 +35,24 @@ struct Result {
     Mat<S> grad;         ///< ∂value/∂input; empty when the gradient went to a GradientOut
     Metrics metrics;     ///< named scalars (see each objective's doc comment)
 };
+
+namespace detail {
+
+/// The last check of every objective: its value and each metric must be finite, else
+/// `rlpo::numerical_error` naming the quantity (docs/contract.md, section 5). Costs one pass
+/// over a handful of scalars; the per-position checks of the gradient live in the passes that
+/// write it.
+inline void check_finite_result(const char* function, double value, const Metrics& metrics) {
+    if (!std::isfinite(value))
+        fail_numerical(function, "value: the loss is not finite (", value,
+                       "); the inputs overflow the accumulation");
+    for (const auto& e : metrics)
+        if (!std::isfinite(e.second.value()))
+            fail_numerical(function, "metric '", e.first, "' is not finite (", e.second.value(),
+                           ")");
+}
+
+}  // namespace detail
 
 /// Where the gradient goes.
 enum class GradMode {
