@@ -66,9 +66,9 @@ TEST_CASE("check_finite_result names a non-finite value or metric", "[core][resu
     rlpo::Metrics ok;
     ok.add("kl", 3.0, 2.0);
     rlpo::detail::check_finite_result("core::test", 1.5, ok);  // finite: no throw
-    RLPO_REQUIRE_NUMERICAL_ERROR(
-        rlpo::detail::check_finite_result("core::test", std::numeric_limits<double>::infinity(), ok),
-        "rlpo::core::test(): value: the loss is not finite");
+    RLPO_REQUIRE_NUMERICAL_ERROR(rlpo::detail::check_finite_result(
+                                     "core::test", std::numeric_limits<double>::infinity(), ok),
+                                 "rlpo::core::test(): value: the loss is not finite");
     rlpo::Metrics bad = ok;
     bad.add("pg_clipfrac", std::numeric_limits<double>::quiet_NaN(), 1.0);
     RLPO_REQUIRE_NUMERICAL_ERROR(rlpo::detail::check_finite_result("core::test", 0.0, bad),
