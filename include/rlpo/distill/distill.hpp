@@ -6,3 +6,4 @@
 #include <rlpo/distill/sinkhorn.hpp>
 #include <rlpo/distill/taid.hpp>
 #include <rlpo/distill/topk.hpp>
+#include <rlpo/distill/uskd.hpp>
