@@ -124,6 +124,7 @@ Result<::rlpo::detail::scalar_t<D1>> bco_loss(
         });
     detail::unpaired_metrics(res.metrics, d, opts.beta);
     res.metrics.set("delta", opts.delta);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

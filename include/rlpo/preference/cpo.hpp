@@ -252,8 +252,8 @@ Result<::rlpo::detail::scalar_t<D1>> cpo_loss(
     if (g.active())
         for (std::size_t i = 0; i < B; ++i) {
             const Index k = static_cast<Index>(i);
-            g.put(0, k, gc[i] / n - (nll ? opts.cpo_alpha / N : 0.0));
-            g.put(1, k, gr[i] / n);
+            detail::put_finite(fn, g, 0, k, gc[i] / n - (nll ? opts.cpo_alpha / N : 0.0));
+            detail::put_finite(fn, g, 1, k, gr[i] / n);
         }
     res.value = g.coef() * ((B > 0 ? sum / n : 0.0) + opts.cpo_alpha * nll_value);
     detail::add_pair_metrics(res.metrics, rc, rr, xc, xr);
@@ -261,6 +261,7 @@ Result<::rlpo::detail::scalar_t<D1>> cpo_loss(
         res.metrics.add("nll_loss", -sum_c, d.chosen_tokens);
     else
         res.metrics.add("nll_loss", opts.cpo_alpha != 0 ? nll_value : 0.0, 1.0);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

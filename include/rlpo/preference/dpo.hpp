@@ -77,7 +77,10 @@
 /// list or non-finite, lengths missing for `ipo` / `sigmoid_norm` (for `sft`: unless
 /// `num_sft_tokens` is given) or of the wrong size or negative, `num_sft_tokens` < 0 or non-finite,
 /// pair weights of the wrong size, negative or non-finite, or given with `aot*`, and unknown loss
-/// type names (listing the valid ones). B = 0 gives value 0, gradient 0, metrics 0.
+/// type names (listing the valid ones). B = 0 gives value 0, gradient 0, metrics 0. Finite
+/// inputs whose loss, derivative (in the storage type) or metrics overflow throw
+/// `rlpo::numerical_error` naming the entry (the rule of docs/contract.md; every preference
+/// loss keeps it).
 
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/math.hpp>
@@ -564,8 +567,8 @@ Result<::rlpo::detail::scalar_t<D1>> dpo_loss(
     if (g.active())
         for (Index i = 0; i < B; ++i) {
             const std::size_t k = static_cast<std::size_t>(i);
-            g.put(0, i, gc[k] / n);
-            g.put(1, i, gr[k] / n);
+            detail::put_finite(fn, g, 0, i, gc[k] / n);
+            detail::put_finite(fn, g, 1, i, gr[k] / n);
         }
     res.value = g.coef() * value;
 
@@ -585,6 +588,7 @@ Result<::rlpo::detail::scalar_t<D1>> dpo_loss(
     res.metrics.add("rewards/margins", rc - rr, nb);
     res.metrics.add("logps/chosen", lc, nb);
     res.metrics.add("logps/rejected", lr, nb);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

@@ -158,12 +158,13 @@ Result<::rlpo::detail::scalar_t<D1>> hypo_kl_loss(
         for (Index j = 0; j < k; ++j) {
             const std::size_t e = static_cast<std::size_t>(p * k + j);
             const double adv = kd / (kd - 1.0) * (lp[e] - lr[e] - mean);
-            g.put(p, j, lambda * adv / (m * kd));
+            detail::put_finite(fn, g, p, j, lambda * adv / (m * kd));
         }
     }
     const double kl = P > 0 ? total / (m * kd) : 0.0;
     res.value = g.coef() * lambda * kl;
     res.metrics.add("objective/kl", total, static_cast<double>(P) * kd);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 
@@ -218,8 +219,8 @@ HyPOResult<::rlpo::detail::scalar_t<D1>> hypo_loss(
         const ::rlpo::detail::GradWriter<S> g(fn, tmp, out_pairs, 2, B);
         if (g.active())
             for (Index i = 0; i < B; ++i) {
-                g.put(0, i, dpo.grad(0, i));
-                g.put(1, i, dpo.grad(1, i));
+                detail::put_finite(fn, g, 0, i, dpo.grad(0, i));
+                detail::put_finite(fn, g, 1, i, dpo.grad(1, i));
             }
         res.grad_pairs = std::move(tmp.grad);
         res.value = g.coef() * dpo.value;
@@ -229,6 +230,7 @@ HyPOResult<::rlpo::detail::scalar_t<D1>> hypo_loss(
     res.grad_online = std::move(kl.grad);
     res.metrics = dpo.metrics;
     res.metrics.merge(kl.metrics);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

@@ -115,8 +115,8 @@ Result<::rlpo::detail::scalar_t<D1>> inpo_loss(
         const double h = d_pi - w_ref * d_ref - w_prev * d_prev;
         const double e = h - target;
         sum += e * e;
-        g.put(0, i, 2 * e / n);
-        g.put(1, i, -2 * e / n);
+        detail::put_finite(fn, g, 0, i, 2 * e / n);
+        detail::put_finite(fn, g, 1, i, -2 * e / n);
         s_pi += d_pi;
         s_ref += d_ref;
         s_prev += d_prev;
@@ -133,6 +133,7 @@ Result<::rlpo::detail::scalar_t<D1>> inpo_loss(
     res.metrics.add("h_minus_target", s_h - nb * target, nb);
     res.metrics.add("logps/chosen", s_lc, nb);
     res.metrics.add("logps/rejected", s_lr, nb);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

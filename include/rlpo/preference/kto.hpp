@@ -225,6 +225,7 @@ Result<::rlpo::detail::scalar_t<D1>> kto_loss(
             });
     res.metrics.set("kl", z0);
     detail::unpaired_metrics(res.metrics, d, opts.beta);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

@@ -128,8 +128,8 @@ Result<::rlpo::detail::scalar_t<D1>> orpo_loss(
     if (g.active())
         for (std::size_t i = 0; i < B; ++i) {
             const Index k = static_cast<Index>(i);
-            g.put(0, k, gc[i] / n - (nll ? 1.0 / N : 0.0));
-            g.put(1, k, gr[i] / n);
+            detail::put_finite(fn, g, 0, k, gc[i] / n - (nll ? 1.0 / N : 0.0));
+            detail::put_finite(fn, g, 1, k, gr[i] / n);
         }
     res.value = g.coef() * (nll_value - (B > 0 ? opts.beta * sum / n : 0.0));
     detail::add_pair_metrics(res.metrics, rc, rr, ac, ar);
@@ -137,6 +137,7 @@ Result<::rlpo::detail::scalar_t<D1>> orpo_loss(
     const double nb = static_cast<double>(B);
     res.metrics.add("log_odds_ratio", sum, nb);
     res.metrics.add("log_odds_chosen", sum_z, nb);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

@@ -230,8 +230,8 @@ Result<::rlpo::detail::scalar_t<D1>> reward_aware_po_loss(
         const auto [l, d] = detail::reward_aware_pair(opts.loss, uc - ur, gd, opts.beta);
         pref += l;
         sft -= pc[k];
-        g.put(0, i, (wp * d - ws) / n);
-        g.put(1, i, -wp * d / n);
+        detail::put_finite(fn, g, 0, i, (wp * d - ws) / n);
+        detail::put_finite(fn, g, 1, i, -wp * d / n);
         acc += uc > ur ? 1.0 : 0.0;
         s_c += uc;
         s_r += ur;
@@ -255,6 +255,7 @@ Result<::rlpo::detail::scalar_t<D1>> reward_aware_po_loss(
         ss += a * a + b * b;
     }
     res.metrics.set("rewards_all_std", B > 0 ? std::sqrt(ss / (2 * nb - 1)) : 0.0);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

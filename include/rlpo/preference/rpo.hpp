@@ -128,11 +128,12 @@ Result<::rlpo::detail::scalar_t<D1>> rpo_loss(
     const double value = dpo.value - (B > 0 ? w * sum_pc / n : 0.0);
     if (g.active())
         for (Index i = 0; i < B; ++i) {
-            g.put(0, i, dpo.grad(0, i) - w / n);
-            g.put(1, i, dpo.grad(1, i));
+            detail::put_finite(fn, g, 0, i, dpo.grad(0, i) - w / n);
+            detail::put_finite(fn, g, 1, i, dpo.grad(1, i));
         }
     res.value = g.coef() * value;
     res.metrics = dpo.metrics;
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

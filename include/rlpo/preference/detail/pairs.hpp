@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -80,6 +81,22 @@ inline std::vector<double> read_pairs(const char* fn, const char* name,
         out[static_cast<std::size_t>(k)] = s;
     }
     return out;
+}
+
+/// Write one gradient entry (`GradWriter::put`) after checking that it is finite in the
+/// storage type S: a finite input whose derivative overflows (log-probs of ±1e300, or of ±3e38
+/// in float) is an rlpo::numerical_error naming the entry, never a silent inf (docs/contract.md,
+/// section 5). Nothing is checked when no gradient is wanted.
+template <class S>
+inline void put_finite(const char* fn, const ::rlpo::detail::GradWriter<S>& g, Index row, Index col,
+                       double v) {
+    if (!g.active()) return;
+    const double w = g.coef() * v;
+    if (!(std::isfinite(w) && std::abs(w) <= static_cast<double>(std::numeric_limits<S>::max())))
+        ::rlpo::detail::fail_numerical(fn, "gradient: entry [", row, ", ", col,
+                                       "] is not finite in the storage type (", w,
+                                       "): the inputs of that pair overflow the derivative");
+    g.put(row, col, v);
 }
 
 /// Indices 0..n−1 ordered by `x` (ascending; ties keep their index order).

@@ -70,13 +70,13 @@ Result<S> run_unpaired(const char* fn, const UnpairedData& d, const std::vector<
         const std::size_t k = static_cast<std::size_t>(i);
         const std::pair<double, double> l = loss_c(d.pc[k] - d.rc[k]);
         sum += wc[k] * l.first;
-        g.put(0, i, wc[k] * l.second / n);
+        put_finite(fn, g, 0, i, wc[k] * l.second / n);
     }
     for (Index i = 0; i < nr; ++i) {
         const std::size_t k = static_cast<std::size_t>(i);
         const std::pair<double, double> l = loss_r(d.pr[k] - d.rr[k]);
         sum += wr[k] * l.first;
-        g.put(0, nc + i, wr[k] * l.second / n);
+        put_finite(fn, g, 0, nc + i, wr[k] * l.second / n);
     }
     res.value = nc + nr > 0 ? g.coef() * sum / n : 0.0;
     return res;
