@@ -87,13 +87,13 @@ void run_family(Rule& rule) {
             len.chosen = Eigen::VectorXd::Constant(2, std::abs(g[(a + 4) % n]));
             len.rejected = Eigen::VectorXd::Constant(2, std::abs(g[(b + 6) % n]));
             const Eigen::VectorXd w = Eigen::VectorXd::Constant(2, std::abs(g[(a + b + 1) % n]));
-            const std::string at = " at grid (" + std::to_string(a) + ", " + std::to_string(b) + ")";
-            for (pf::DPOLoss l :
-                 {pf::DPOLoss::Sigmoid, pf::DPOLoss::Hinge, pf::DPOLoss::IPO, pf::DPOLoss::Robust,
-                  pf::DPOLoss::EXOPair, pf::DPOLoss::NCAPair, pf::DPOLoss::SPPOHard,
-                  pf::DPOLoss::AOT, pf::DPOLoss::AOTUnpaired, pf::DPOLoss::APOZero,
-                  pf::DPOLoss::APODown, pf::DPOLoss::DiscoPOP, pf::DPOLoss::BCOPair,
-                  pf::DPOLoss::SigmoidNorm, pf::DPOLoss::SFT})
+            const std::string at =
+                " at grid (" + std::to_string(a) + ", " + std::to_string(b) + ")";
+            for (pf::DPOLoss l : {pf::DPOLoss::Sigmoid, pf::DPOLoss::Hinge, pf::DPOLoss::IPO,
+                                  pf::DPOLoss::Robust, pf::DPOLoss::EXOPair, pf::DPOLoss::NCAPair,
+                                  pf::DPOLoss::SPPOHard, pf::DPOLoss::AOT, pf::DPOLoss::AOTUnpaired,
+                                  pf::DPOLoss::APOZero, pf::DPOLoss::APODown, pf::DPOLoss::DiscoPOP,
+                                  pf::DPOLoss::BCOPair, pf::DPOLoss::SigmoidNorm, pf::DPOLoss::SFT})
                 for (pf::FDivergence f : {pf::FDivergence::ReverseKL, pf::FDivergence::ForwardKL,
                                           pf::FDivergence::JS, pf::FDivergence::Alpha}) {
                     pf::DPOOptions o = pf::DPOOptions::of(l, 0.1);
@@ -101,27 +101,27 @@ void run_family(Rule& rule) {
                     if (l == pf::DPOLoss::EXOPair || l == pf::DPOLoss::Robust)
                         o.label_smoothing = 1e-3;
                     const bool weighted = l != pf::DPOLoss::AOT && l != pf::DPOLoss::AOTUnpaired;
-                    rule.check(std::string("dpo_loss ") + pf::to_string(l) + " " +
-                                   pf::to_string(f) + at,
-                               [&](std::string& why) {
-                                   const auto r = pf::dpo_loss(
-                                       pc, pr, rc, rr, o, {}, len,
-                                       weighted ? std::optional<Eigen::VectorXd>(w) : std::nullopt);
-                                   if (!finite_mat(r.grad)) why += "gradient; ";
-                                   std::string m;
-                                   if (!finite_result(r, m)) why += m;
-                                   return why.empty();
-                               });
+                    rule.check(
+                        std::string("dpo_loss ") + pf::to_string(l) + " " + pf::to_string(f) + at,
+                        [&](std::string& why) {
+                            const auto r = pf::dpo_loss(
+                                pc, pr, rc, rr, o, {}, len,
+                                weighted ? std::optional<Eigen::VectorXd>(w) : std::nullopt);
+                            if (!finite_mat(r.grad)) why += "gradient; ";
+                            std::string m;
+                            if (!finite_result(r, m)) why += m;
+                            return why.empty();
+                        });
                 }
             for (pf::KTOLoss l : {pf::KTOLoss::KTO, pf::KTOLoss::APOZeroUnpaired}) {
                 pf::KTOOptions o;
                 o.loss = l;
                 rule.check(std::string("kto_loss ") + pf::to_string(l) + at, [&](std::string& why) {
-                    const auto r = pf::kto_loss(
-                        pc, pr, rc, rr,
-                        pf::KLBaseline::from_logps(pv.template cast<double>(),
-                                                   prv.template cast<double>()),
-                        o);
+                    const auto r =
+                        pf::kto_loss(pc, pr, rc, rr,
+                                     pf::KLBaseline::from_logps(pv.template cast<double>(),
+                                                                prv.template cast<double>()),
+                                     o);
                     if (!finite_mat(r.grad)) why += "gradient; ";
                     std::string m;
                     if (!finite_result(r, m)) why += m;
@@ -240,8 +240,7 @@ TEST_CASE("preference losses: an overflowing derivative is a numerical_error nam
     pf::CompletionLengths len;
     len.chosen = len.rejected = Eigen::VectorXd::Ones(1);
     RLPO_REQUIRE_NUMERICAL_ERROR(
-        pf::dpo_loss(fc, fr, gc, gr, pf::DPOOptions::of(pf::DPOLoss::IPO), {}, len),
-        "not finite");
+        pf::dpo_loss(fc, fr, gc, gr, pf::DPOOptions::of(pf::DPOLoss::IPO), {}, len), "not finite");
     // ordinary inputs are untouched by the checks
     pc(1) = -5.0;
     const auto ok = pf::dpo_loss(pc, pr, rc, rr, o);
