@@ -142,11 +142,16 @@ struct PPOClipKernel {
         half = simd::set1<S>(S(0.5));
     }
 
+    /// Weighted: the advantages are scaled by the `is_weights` row `wrow` as they are loaded
+    /// (exact: PPO's per-token loss is positively homogeneous in A and the weights are ≥ 0).
+    template <bool Weighted>
     void operator()(const ConstMatRef<S>& lp, const ConstMatRef<S>& olp, const ConstMatRef<S>& A,
-                    Index i, Index k, Index T, const P& keep, P& loss, P& grad,
+                    const S* wrow, Index i, Index k, Index T, const P& keep, P& loss, P& grad,
                     ::rlpo::detail::simd::Packets<S, 3>& st) const {
         using namespace ::rlpo::detail::simd;
-        const P a = load_kept(A.data() + i * A.outerStride(), k, T, keep), na = pnegate(a);
+        P a = load_kept(A.data() + i * A.outerStride(), k, T, keep);
+        if constexpr (Weighted) a = pmul(a, load_kept(wrow, k, T, keep));
+        const P na = pnegate(a);
         const P raw = psub(load_kept(lp.data() + i * lp.outerStride(), k, T, keep),
                            load_kept(olp.data() + i * olp.outerStride(), k, T, keep));
         const P lr = pmin(pmax(raw, vnL), vL);
