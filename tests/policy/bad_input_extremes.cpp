@@ -15,10 +15,10 @@ namespace rp = rlpo::policy;
 namespace {
 
 const std::vector<std::string>& all_names() {
-    static const std::vector<std::string> n{
-        "vanilla", "grpo",    "bnpo",   "dr_grpo", "dapo",    "gpg",     "reinforce",
-        "gspo",    "gspo_token", "cispo", "sapo",  "geo_mean", "gmpo",   "clip_cov",
-        "kl_cov",  "dppo_tv", "dppo_kl", "dro",    "luspo",   "vespo"};
+    static const std::vector<std::string> n{"vanilla", "grpo",      "bnpo", "dr_grpo",    "dapo",
+                                            "gpg",     "reinforce", "gspo", "gspo_token", "cispo",
+                                            "sapo",    "geo_mean",  "gmpo", "clip_cov",   "kl_cov",
+                                            "dppo_tv", "dppo_kl",   "dro",  "luspo",      "vespo"};
     return n;
 }
 
@@ -104,8 +104,8 @@ void walk(double big_lp, double big_a, double big_m) {
                 for (rlpo::Aggregation mode : rlpo_test::all_modes())
                     for (bool weighted : {false, true}) {
                         INFO(c.what << " | " << name << " anchor " << static_cast<int>(anchor)
-                                    << " mode " << rlpo::to_string(mode) << " weighted "
-                                    << weighted << " | " << (sizeof(S) == 4 ? "float" : "double"));
+                                    << " mode " << rlpo::to_string(mode) << " weighted " << weighted
+                                    << " | " << (sizeof(S) == 4 ? "float" : "double"));
                         const auto o = rp::make_policy_loss(name, anchor);
                         rlpo::Normalizer n;
                         n.mode = mode;
@@ -140,9 +140,8 @@ TEST_CASE("policy_loss: the issue's cases", "[policy][policy_loss][bad_input]") 
     lp << -std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity();
     a << 1, -1;
     for (const char* name : {"gpg", "cispo"})
-        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
-            rp::policy_loss(rp::make_policy_loss(name), lp, old, a, m),
-            "give a non-finite loss or gradient");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::policy_loss(rp::make_policy_loss(name), lp, old, a, m),
+                                        "give a non-finite loss or gradient");
     // KL-Cov with finite ±1e30 log-ratios: r = e^{1e30} overflows per token → named
     lp << 1e30, -1e30;
     CHECK(classify<double>([&] {

@@ -45,7 +45,14 @@
 /// dual-clip c ≤ 1, δ ≤ 1 + ε_h, L ≤ 0 → rlpo::invalid_argument; a NaN in any input under a non-zero mask →
 /// rlpo::invalid_argument naming the input and position. ±inf log-probs are accepted (the
 /// clamp makes them finite) unless both are −inf at the same token (ratio undefined), which is
-/// reported. An empty mask gives value 0, gradient 0 and metrics 0.
+/// reported. Any other non-finite per-token loss or gradient (e.g. finite ±1e300 advantages
+/// whose −A·r overflows) → rlpo::invalid_argument listing the inputs at that position; the
+/// value and metrics are checked finite (a sum that overflows, or ppo_kl = +inf from a −inf
+/// log-prob without a clamp → rlpo::numerical_error). An empty mask gives value 0, gradient 0
+/// and metrics 0.
+///
+/// **Allocates**: nothing besides the result and per-row partial sums; through `policy_loss`
+/// the optional `is_weights` are read per packet by the kernel (no weighted copy).
 
 #include <rlpo/policy/detail/driver.hpp>
 

@@ -149,8 +149,8 @@ inline TokenPassResult<K> token_pass(const char* function, const ConstMatRef<S>&
 //
 // `token_pass_simd` keeps the contract of `token_pass` (masked tokens never influence anything,
 // gradient exactly 0 there, aggregation weights c_i·m_it, per-row partial sums combined in row
-// order, non-finite diagnosis) but calls the objective once per SIMD *packet* of a row, computed in
-// the storage precision S with Eigen's packet primitives (exp, min, max, compares; masks are
+// order, non-finite diagnosis) but calls the objective once per SIMD *packet* of a row, computed
+// in the storage precision S with Eigen's packet primitives (exp, min, max, compares; masks are
 // blends, never branches). The driver blends masked lanes away (so garbage at masked positions
 // never propagates), sums in registers and writes the gradient. `row_weights_fast` computes
 // the aggregation factors of core/aggregation.hpp with vectorised row sums.
@@ -166,8 +166,9 @@ namespace rlpo::detail {
 /// masked lanes, so that whatever a masked position holds (NaN included) never reaches the
 /// arithmetic; on zero inputs a kernel must produce finite values. It returns loss, ∂loss/∂x
 /// and the K statistics in registers. The driver loads the mask once per packet, skips packets
-/// whose lanes are all masked, checks that loss and (weighted) gradient are finite, writes the gradient and accumulates the sums (in
-/// S over 8 packets, then in double, in a fixed order). Same contract as token_pass.
+/// whose lanes are all masked, checks that loss and (weighted) gradient are finite (one compare
+/// |x| < inf each), writes the gradient and accumulates the sums (in S over 8 packets, then in
+/// double, in a fixed order). Same contract as token_pass.
 template <std::size_t K, class S, class F>
 inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRef<S>& mask,
                                           const RowWeights& w, const GradWriter<S>& g,
