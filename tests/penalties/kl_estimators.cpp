@@ -386,6 +386,41 @@ TEST_CASE("kl estimators: closed-form values and names", "[penalties][kl][proper
     const auto r = rlpo::penalties::kl_penalty(ninf, ref, m, KLOptions::verl(), sum);
     CHECK(std::isfinite(r.value));
     CHECK(r.grad(0, 0) == 0.0);
+    // k3+: the value of clamped k3 (finite) but the gradient of k2, d = −inf: no finite limit,
+    // rejected naming the inputs (it used to give value 10 with gradient −inf); the same for
+    // every estimator whose value or gradient is ±inf there, and for unclamped k3
+    for (KLEstimator e : {KLEstimator::K3Plus, KLEstimator::K1Plus, KLEstimator::AbsPlus,
+                          KLEstimator::K1, KLEstimator::Abs, KLEstimator::K2}) {
+        INFO(rlpo::penalties::to_string(e));
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            rlpo::penalties::kl_penalty(ninf, ref, m, KLOptions::verl(e), sum),
+            "inputs at [0, 0] give a non-finite loss or gradient");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            rlpo::penalties::kl_penalty(ninf, ref, m, KLOptions::verl(e), sum,
+                                        rlpo::no_grad<double>()),
+            "inputs at [0, 0] give a non-finite loss or gradient");
+    }
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::kl_penalty(ninf, ref, m, KLOptions::trl()),
+                                    "inputs at [0, 0] give a non-finite loss or gradient");
+    // finite extremes: k2 of d = 1e200 overflows per token (named); each k1 = 1e308 is finite
+    // but their token sum overflows (numerical_error)
+    Mat<double> big = lp;
+    big(0, 0) = 1e200;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::penalties::kl_penalty(big, ref, m, KLOptions::verl(KLEstimator::K2)),
+        "inputs at [0, 0] give a non-finite loss or gradient");
+    const Mat<double> huge = Mat<double>::Constant(1, 3, 1e308), zero = Mat<double>::Zero(1, 3);
+    RLPO_REQUIRE_NUMERICAL_ERROR(
+        rlpo::penalties::kl_penalty(huge, zero, m, KLOptions::verl(KLEstimator::K1), sum),
+        "value: the loss is not finite");
+    // kl_in_reward: an infinite estimate is named, not stored
+    const Mat<double> scores = Mat<double>::Ones(1, 3);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::penalties::kl_in_reward(scores, ninf, ref, m, 0.1, KLOptions::verl(KLEstimator::K1)),
+        "inputs at [0, 0] give a non-finite loss or gradient");
+    RLPO_REQUIRE_NUMERICAL_ERROR(
+        rlpo::penalties::kl_in_reward(scores, huge, zero, m, 0.0, KLOptions::verl(KLEstimator::K1)),
+        "seq_kl");
 }
 
 TEST_CASE("kl_penalty, kl_penalty_corrected: micro-batch invariance, long rows",

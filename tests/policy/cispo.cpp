@@ -176,7 +176,18 @@ TEST_CASE("cispo: bad input gives the documented error", "[policy][cispo][bad-in
     bad(1, 2) = std::numeric_limits<double>::quiet_NaN();
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::cispo(x, bad, x, m), "old_logp: NaN at [1, 2]");
     const Mat<double> ninf = Mat<double>::Constant(2, 3, -std::numeric_limits<double>::infinity());
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::cispo(ninf, ninf, m, m), "undefined (NaN) loss");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::cispo(ninf, ninf, m, m),
+                                    "non-finite loss or gradient");
+    {  // logp = {−inf, −inf}, A = {1, −1}: l = ±inf per token (the sum used to be NaN)
+        Mat<double> lp(1, 2), old = Mat<double>::Zero(1, 2), a(1, 2), m2 = Mat<double>::Ones(1, 2);
+        lp << -std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity();
+        a << 1, -1;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::cispo(lp, old, a, m2),
+                                        "inputs at [0, 0] give a non-finite loss or gradient");
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            rlpo::policy::cispo(lp, old, a, m2, {}, {}, rlpo::no_grad<double>()),
+            "inputs at [0, 0] give a non-finite loss or gradient");
+    }
     const auto empty = rlpo::policy::cispo(x, x, x, Mat<double>::Zero(2, 3));
     CHECK(empty.value == 0.0);
     CHECK(empty.metrics["pg_clipfrac"] == 0.0);

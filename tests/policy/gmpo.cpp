@@ -137,7 +137,8 @@ TEST_CASE("gmpo: bad input gives the documented error", "[policy][gmpo][bad-inpu
     bad(1, 1) = std::numeric_limits<double>::quiet_NaN();
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gmpo(x, x, bad, m), "advantages: NaN at [1, 1]");
     const Mat<double> ninf = Mat<double>::Constant(2, 3, -std::numeric_limits<double>::infinity());
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gmpo(ninf, ninf, m, m), "undefined (NaN) loss");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gmpo(ninf, ninf, m, m),
+                                    "non-finite loss or gradient");
     Mat<double> mixed = x, a = m;
     mixed(0, 0) = std::numeric_limits<double>::infinity();
     mixed(0, 1) = -std::numeric_limits<double>::infinity();
@@ -146,4 +147,43 @@ TEST_CASE("gmpo: bad input gives the documented error", "[policy][gmpo][bad-inpu
                                     "undefined (NaN) clipped log-ratio sum");
     const auto empty = rlpo::policy::gmpo(x, x, x, Mat<double>::Zero(2, 3));
     CHECK(empty.value == 0.0);
+}
+
+TEST_CASE("gmpo: a huge log-ratio is taken in log space", "[policy][gmpo][bad_input]") {
+    // lr = [1600.8, −1] with A = −1e−300 < 0: lr̃ = [1600.8, −0.4] (the second token clipped),
+    // ρ = exp(800.2) overflows a double, but −Ā·ρ = 1e−300·e^800.2 ≈ 3e47 does not. Reference in
+    // long double (range 1e±4932).
+    Mat<double> lp(1, 2), old(1, 2), a(1, 2), m = Mat<double>::Ones(1, 2);
+    lp << 0.0, -1.0;
+    old << -1600.8, 0.0;
+    a << -1e-300, -1e-300;
+    const long double want = std::exp(static_cast<long double>(1600.8 - 0.4) / 2) * 1e-300L;
+    const auto r = rlpo::policy::gmpo(lp, old, a, m);
+    CHECK(std::isfinite(r.value));
+    CHECK(std::abs(r.value / static_cast<double>(want) - 1) < 1e-12);
+    REQUIRE(r.grad.allFinite());
+    // ∂/∂logp_0 = term / |y|, the clipped token exactly 0
+    CHECK(std::abs(r.grad(0, 0) / static_cast<double>(want / 2) - 1) < 1e-12);
+    CHECK(r.grad(0, 1) == 0.0);
+    // the issue's case: lr = 5001 with A = −1: the true term e^2500 overflows → numerical_error
+    old(0, 0) = -5001;
+    a << -1, -1;
+    RLPO_REQUIRE_NUMERICAL_ERROR(rlpo::policy::gmpo(lp, old, a, m), "overflows");
+    // …but over a long row its geometric mean is finite: clipped tokens exactly 0, rest finite
+    Mat<double> lp8 = Mat<double>::Zero(1, 8), old8 = Mat<double>::Zero(1, 8),
+                a8 = Mat<double>::Constant(1, 8, -1.0), m8 = Mat<double>::Ones(1, 8);
+    old8(0, 0) = -5001;
+    lp8(0, 1) = -1;  // clipped (A < 0, lr < −ε_l)
+    const auto r8 = rlpo::policy::gmpo(lp8, old8, a8, m8);
+    const long double want8 = std::exp((5001.0L - 0.4L) / 8);
+    CHECK(std::abs(r8.value / static_cast<double>(want8) - 1) < 1e-12);
+    REQUIRE(r8.grad.allFinite());
+    CHECK(r8.grad(0, 1) == 0.0);
+    // huge mask weights: Σ m·lr overflows, the weighted mean does not
+    Mat<double> mh = Mat<double>::Constant(1, 2, 1e300);
+    Mat<double> lph(1, 2), oldh = Mat<double>::Zero(1, 2), ah = Mat<double>::Constant(1, 2, 1e300);
+    lph << 100.0, 100.0;  // A > 0: clipped at ε_h = 0.4 → ρ = e^0.4
+    const auto rh = rlpo::policy::gmpo(lph, oldh, ah, mh);
+    CHECK(std::abs(rh.value / (-1e300 * std::exp(0.4)) - 1) < 1e-12);
+    CHECK(rh.grad.isZero());
 }

@@ -148,16 +148,21 @@ TEST_CASE("gspo: properties", "[policy][gspo][properties]") {
         CHECK(a.value == c.value);
         CHECK(a.grad == c.grad);
     }
-    SECTION("cap: a row with log s > K has ratio e^K and no gradient; −inf log-prob gives s = 0") {
+    SECTION("cap: a row with log s > K has ratio e^K and no gradient; s → 0 is clipped") {
         Mat<double> lp(2, 2), old = Mat<double>::Zero(2, 2), a = Mat<double>::Constant(2, 2, -1.0);
-        lp << 30.0, 30.0, -std::numeric_limits<double>::infinity(), 0.0;
+        lp << 30.0, 30.0, -1000.0, 0.0;
         GSPOOptions o = GSPOOptions::verl(0.2, 0.2);
         o.aggregation = Aggregation::TokenSum;
         const auto r = rlpo::policy::gspo(lp, old, a, Mat<double>::Ones(2, 2), o);
         CHECK(
             r.grad
-                .isZero());  // row 0 capped (e^10 > 1.2, A<0: unclipped, but capped); row 1 s = 0 clipped
+                .isZero());  // row 0 capped (e^10 > 1.2, A<0: unclipped, but capped); row 1 s ≈ 0 clipped
         CHECK(r.value == Approx(2 * std::exp(10.0) + 2 * 0.8));
+        // a −inf log-prob gives s = 0 and the same loss, but ppo_kl (the mean of −lr) is +inf:
+        // the finite-result check reports it
+        lp(1, 0) = -std::numeric_limits<double>::infinity();
+        RLPO_REQUIRE_NUMERICAL_ERROR(rlpo::policy::gspo(lp, old, a, Mat<double>::Ones(2, 2), o),
+                                     "metric 'ppo_kl' is not finite");
     }
     SECTION("micro-batches with global counts add up to the whole batch") {
         const Batch b = spread_batch(10, 8, 12, 0.15, false);
@@ -221,7 +226,8 @@ TEST_CASE("gspo: bad input gives the documented error", "[policy][gspo][bad-inpu
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gspo(bad, x, x, m), "logp: NaN at [1, 2]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gspo(x, x, bad, m), "advantages: NaN at [1, 2]");
     const Mat<double> ninf = Mat<double>::Constant(2, 3, -std::numeric_limits<double>::infinity());
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gspo(ninf, ninf, x, m), "undefined (NaN) loss");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::gspo(ninf, ninf, x, m),
+                                    "non-finite loss or gradient");
     Mat<double> mixed = x;
     mixed(0, 0) = std::numeric_limits<double>::infinity();
     mixed(0, 1) = -std::numeric_limits<double>::infinity();

@@ -213,3 +213,17 @@ TEST_CASE("policy_loss: bad input gives the documented error", "[policy][policy_
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::policy_loss(o, x, x, x, m),
                                     "policy::gspo(): clip_low: must be > 0");
 }
+
+TEST_CASE("policy_loss: GPG checks old_logp's shape", "[policy][policy_loss][bad_input]") {
+    // GPG does not read old_logp's values, but the uniform signature checks its shape: a
+    // wrong-shaped buffer is a caller's bug
+    const Mat<double> x = Mat<double>::Constant(2, 3, -1.0), m = Mat<double>::Ones(2, 3),
+                      y = Mat<double>::Zero(2, 4);
+    const auto o = rlpo::policy::make_policy_loss("gpg");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::policy::policy_loss(o, x, y, x, m),
+        "policy::policy_loss(): old_logp: expected shape [2, 3] (same as logp), given [2, 4]");
+    // its values are not read (NaN allowed)
+    const Mat<double> nan = Mat<double>::Constant(2, 3, std::numeric_limits<double>::quiet_NaN());
+    CHECK(std::isfinite(rlpo::policy::policy_loss(o, x, nan, x, m).value));
+}

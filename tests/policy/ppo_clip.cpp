@@ -117,8 +117,10 @@ TEMPLATE_TEST_CASE("ppo_clip: agrees with the PyTorch autograd reference",
             r.norm.mode = mode;
             if (mode == Aggregation::SeqMeanTokenSumNorm) r.norm.norm_constant = 40.0;
             if (seed % 3 == 0) r.norm.num_tokens = 1000.0, r.norm.num_seqs = 50.0;
-            // Adversarial: −inf current log-prob (ratio → 0, clamped), masked garbage.
-            r.logp(1, 1) = -std::numeric_limits<S>::infinity();
+            // Adversarial: −inf current log-prob (ratio → 0, clamped), masked garbage. Without a
+            // clamp ppo_kl (the mean of −lr) is +inf: rejected (see the bad-input test)
+            if (std::isfinite(opts.log_ratio_clamp))
+                r.logp(1, 1) = -std::numeric_limits<S>::infinity();
             r.mask(1, 1) = 1;
             r.mask(2, 3) = 0;
             r.logp(2, 3) = std::numeric_limits<S>::quiet_NaN();
@@ -341,7 +343,15 @@ TEST_CASE("ppo_clip: bad input gives the documented error", "[policy][ppo_clip][
                                     "advantages: NaN at [1, 2]");
     Mat<double> ninf = Mat<double>::Constant(2, 3, -inf);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::ppo_clip(ninf, ninf, x, m),
-                                    "undefined (NaN) loss");
+                                    "non-finite loss or gradient");
+    // logp = −inf without a clamp: loss and gradient have their limits, but ppo_kl = +inf
+    RLPO_REQUIRE_NUMERICAL_ERROR(rlpo::policy::ppo_clip(ninf, x, x, m, PPOClipOptions::trl()),
+                                 "metric 'ppo_kl' is not finite");
+    // with the clamp the same input is accepted: finite value, gradient and metrics
+    const auto clamped = rlpo::policy::ppo_clip(ninf, x, x, m);
+    CHECK(std::isfinite(clamped.value));
+    CHECK(clamped.grad.allFinite());
+    CHECK(std::isfinite(clamped.metrics["ppo_kl"]));
     const auto empty = rlpo::policy::ppo_clip(x, x, x, Mat<double>::Zero(2, 3));
     CHECK(empty.value == 0.0);
     CHECK(empty.grad.isZero());

@@ -138,9 +138,40 @@ TEST_CASE("reinforce: bad input gives the documented error", "[policy][reinforce
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::reinforce(x, x, m, {}, {}, y),
                                     "is_weights: expected shape");
     const Mat<double> ninf = Mat<double>::Constant(2, 3, -std::numeric_limits<double>::infinity());
-    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::reinforce(ninf, x, m), "undefined (NaN) loss");
-    const auto inf_loss = rlpo::policy::reinforce(ninf, m, m);  // A = 1: l = +inf, gradient −1/N
-    CHECK(inf_loss.value == std::numeric_limits<double>::infinity());
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::reinforce(ninf, x, m),
+                                    "non-finite loss or gradient");
+    // A = 1: l = +inf (a zero-probability token cannot have been sampled): rejected, naming the
+    // inputs, as every non-finite per-token loss
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::reinforce(ninf, m, m),
+                                    "inputs at [0, 0] give a non-finite loss or gradient");
+    {  // logp = {−inf, −inf}, A = {1, −1}: l = ±inf per token (the sum used to be NaN)
+        Mat<double> lp(1, 2), a(1, 2), m2 = Mat<double>::Ones(1, 2);
+        lp << -std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity();
+        a << 1, -1;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::reinforce(lp, a, m2),
+                                        "inputs at [0, 0] give a non-finite loss or gradient");
+        // finite but huge: −A·logp = 1e300·1e30 overflows per token → named as well
+        lp << -1e30, -1e30;
+        a << 1e300, 1e300;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::policy::reinforce(lp, a, m2),
+                                        "give a non-finite loss or gradient");
+        // each per-token loss finite (1e308), their sum overflows → numerical_error
+        lp << -1, -1;
+        a << 1e308, 1e308;
+        rlpo::Normalizer sum;
+        sum.mode = rlpo::Aggregation::TokenSum;
+        RLPO_REQUIRE_NUMERICAL_ERROR(rlpo::policy::reinforce(lp, a, m2, sum), "value");
+        // a finite gradient −A = 1e300 times a mask weight 1e30 under token-sum overflows
+        Mat<double> mw = Mat<double>::Constant(1, 2, 1e30);
+        lp << -1e-300, -1e-300;
+        a << 1e300, 1e300;
+        RLPO_REQUIRE_NUMERICAL_ERROR(rlpo::policy::reinforce(lp, a, mw, sum), "gradient at [0, 0]");
+        // in float the weighted gradient 1e30·1e30 overflows the storage type
+        Mat<float> lpf = Mat<float>::Constant(1, 2, -1e-30f),
+                   af = Mat<float>::Constant(1, 2, 1e30f), mf = Mat<float>::Constant(1, 2, 1e30f);
+        RLPO_REQUIRE_NUMERICAL_ERROR(rlpo::policy::reinforce(lpf, af, mf, sum),
+                                     "gradient at [0, 0]");
+    }
     const auto empty = rlpo::policy::reinforce(x, x, Mat<double>::Zero(2, 3));
     CHECK(empty.value == 0.0);
     CHECK(empty.grad.isZero());

@@ -48,7 +48,8 @@ def grpo(x, p, s):
             mean, std = g.mean(), torch.std(g, unbiased=unbiased)
             if bool((g == g[0]).all()):
                 continue
-        if scale == "group":
+        # verl's singleton rule (mean 0, std 1) keeps the singleton's std 1 under batch scaling
+        if scale == "group" or (scale == "batch" and g.numel() == 1):
             a = (g - mean) / (torch.clamp(std, min=floor) + eps)
         elif scale == "batch":
             a = (g - mean) / (torch.clamp(batch_std, min=floor) + eps)

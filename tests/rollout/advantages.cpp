@@ -498,3 +498,70 @@ TEST_CASE("advantage estimator names round-trip; unknown names list the valid on
                                     "rollout::parse_advantage_estimator(): name: unknown advantage "
                                     "estimator 'ppo'; valid names: gae, grpo, dr_grpo, rloo");
 }
+
+TEST_CASE("group advantages: huge and tiny scores stay finite and scale invariant",
+          "[rollout][advantages][bad_input]") {
+    // (s − μ)/σ is invariant under s → c·s (ε = 0): the ×1e200 and ×1e-200 scores must give
+    // the advantages of the unscaled ones (their squares over- / underflow a double)
+    const Vec<double> s = (Vec<double>(7) << 0.3, -1.2, 2.5, 0.0, 1.0, 0.7, -0.4).finished();
+    const Groups g = Groups::from_offsets({0, 4, 7});
+    for (AdvantageScale scale : {AdvantageScale::Group, AdvantageScale::Batch})
+        for (StdKind kind : {StdKind::Sample, StdKind::Population}) {
+            GRPOOptions o;
+            o.epsilon = 0;
+            o.scale = scale;
+            o.std_kind = kind;
+            const Vec<double> a = rr::grpo_advantages(s, g, o);
+            for (double c : {1e200, 1e-200, 1e307}) {
+                INFO("scale " << c);
+                const Vec<double> ac = rr::grpo_advantages(Vec<double>(s * c), g, o);
+                REQUIRE(ac.allFinite());
+                CHECK(rlpo_test::max_rel_err(ac, a) < 1e-13);
+            }
+            // opposite extremes: s − μ itself overflows, the quotient does not
+            const Vec<double> ext = (Vec<double>(2) << -1.5e308, 1.5e308).finished();
+            const Vec<double> ae = rr::grpo_advantages(ext, Groups::equal(2, 2), o);
+            REQUIRE(ae.allFinite());
+            const double want = kind == StdKind::Sample ? std::sqrt(0.5) : 1.0;
+            CHECK(ae(1) == Approx(want).epsilon(1e-14));
+            CHECK(ae(0) == Approx(-want).epsilon(1e-14));
+        }
+    // RLOO = n/(n−1)·(s − μ) scales with the scores: finite up to the double range
+    const Vec<double> r = rr::rloo_advantages(s, g);
+    const Vec<double> rc = rr::rloo_advantages(Vec<double>(s * 1e306), g);
+    REQUIRE(rc.allFinite());
+    CHECK(rlpo_test::max_rel_err(Vec<double>(rc / 1e306), r) < 1e-13);
+    // …and beyond it the true advantage overflows → numerical_error, never inf
+    const Vec<double> ext = (Vec<double>(2) << -1.5e308, 1.5e308).finished();
+    RLPO_REQUIRE_NUMERICAL_ERROR(rr::rloo_advantages(ext, Groups::equal(2, 2)), "overflows");
+    // Dr.GRPO's s − μ: ±1.5e308 is representable, −1.7e308 − 0.57e308 is not
+    const Vec<double> dr = rr::grpo_advantages(ext, Groups::equal(2, 2), GRPOOptions::dr_grpo());
+    CHECK(dr(1) == 1.5e308);
+    const Vec<double> ext3 = (Vec<double>(3) << -1.7e308, 1.7e308, 1.7e308).finished();
+    RLPO_REQUIRE_NUMERICAL_ERROR(
+        rr::grpo_advantages(ext3, Groups::equal(3, 3), GRPOOptions::dr_grpo()), "overflows");
+    // …while its normalised advantage is fine (the std is taken scaled)
+    CHECK(rr::grpo_advantages(ext3, Groups::equal(3, 3)).allFinite());
+    // OPO: Σ l·s overflows at 1e306 scores with lengths 1e3; the baseline does not
+    const Vec<double> len = (Vec<double>(7) << 100, 200, 300, 400, 500, 600, 700).finished();
+    const Vec<double> op = rr::opo_advantages(s, len, g);
+    const Vec<double> opc = rr::opo_advantages(Vec<double>(s * 1e306), len, g);
+    REQUIRE(opc.allFinite());
+    CHECK(rlpo_test::max_rel_err(Vec<double>(opc / 1e306), op) < 1e-13);
+}
+
+TEST_CASE("grpo: verl's singleton rule under the batch std", "[rollout][advantages][bad_input]") {
+    // all-equal singleton groups: the batch std is 0; verl takes a singleton's std as 1, so the
+    // advantage is s/(1 + ε) (it used to be s/ε = 1e6·s)
+    const Vec<double> s = Vec<double>::Constant(4, 0.5);
+    GRPOOptions o = GRPOOptions::verl();
+    o.scale = AdvantageScale::Batch;
+    const Vec<double> a = rr::grpo_advantages(s, Groups::equal(4, 1), o);
+    for (Index k = 0; k < 4; ++k) CHECK(a(k) == 0.5 / (1 + 1e-6));
+    // the same as the group scale (verl's own arithmetic)
+    const Vec<double> ag = rr::grpo_advantages(s, Groups::equal(4, 1), GRPOOptions::verl());
+    CHECK(rlpo_test::max_rel_err(a, ag) == 0.0);
+    // groups of several all-equal scores: exactly 0 under every scale
+    const Vec<double> z = rr::grpo_advantages(s, Groups::equal(4, 2), o);
+    CHECK(z.isZero(0.0));
+}

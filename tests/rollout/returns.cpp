@@ -317,3 +317,38 @@ TEST_CASE("token advantages: bitwise identical with 1 and several threads",
     CHECK(std::get<4>(one) == std::get<4>(many));
 }
 #endif
+
+TEST_CASE("whitening and GAE: huge values stay finite or overflow loudly",
+          "[rollout][returns][bad_input]") {
+    // whitening is scale invariant (ε negligible at these scales): x·1e200 (whose squares
+    // overflow) and huge mask weights give the whitened x
+    rt::Generator gen(77);
+    const Mat<double> m = gen.mask(5, 6, 1, true);
+    const Mat<double> x = gen.normal(5, 6, 1.0, 2.0);
+    const WhitenOptions o{true, 0.0, false, true};
+    const Mat<double> w = rr::whiten(x, m, o);
+    const Mat<double> wc = rr::whiten(Mat<double>(x * 1e200), m, o);
+    REQUIRE(wc.allFinite());
+    CHECK(rlpo_test::max_rel_err(wc, w) < 1e-12);
+    // mask weights ×1e300 with values ×1e10 (Σ m·x overflows): with the population variance
+    // (N = Σ m enters the unbiased correction, so only the population form is weight-scale
+    // invariant) the whitened values are those of the unit mask
+    const WhitenOptions pop{false, 0.0, false, true};
+    const Mat<double> wp = rr::whiten(x, m, pop);
+    const Mat<double> wm = rr::whiten(Mat<double>(x * 1e10), Mat<double>(m * 1e300), pop);
+    REQUIRE(wm.allFinite());
+    CHECK(rlpo_test::max_rel_err(wm, wp) < 1e-12);
+    // GAE whose return 1e308 + 1e308 overflows: numerical_error naming the position
+    Mat<double> r = Mat<double>::Zero(1, 2), v = Mat<double>::Zero(1, 2),
+                mm = Mat<double>::Ones(1, 2);
+    r << 1e308, 1e308;
+    GAEOptions g;
+    g.whiten = false;
+    RLPO_REQUIRE_NUMERICAL_ERROR(rr::gae_advantages(r, v, mm, g), "overflows at [0, 0]");
+    RLPO_REQUIRE_NUMERICAL_ERROR(rr::reinforce_pp_advantages(r, mm), "overflows at [0, 0]");
+    // one 1e308 reward is fine, and whitened ×1e300-scale advantages stay finite
+    r << 0.0, 1e308;
+    const auto ok = rr::gae_advantages(r, v, mm);
+    CHECK(ok.advantages.allFinite());
+    CHECK(ok.returns.allFinite());
+}

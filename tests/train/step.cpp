@@ -405,6 +405,20 @@ TEST_CASE("training step: bad input gives the documented error", "[rollout][step
         in.advantages = d.adv;
         in.old_logp = d.old.topRows(2);
         RLPO_REQUIRE_THROWS_WITH_SUBSTR(TrainingStep<double>()(in), "old_logp: expected shape");
+        in.old_logp = d.old;
+        // a null write_to buffer of the right shape: its own message (it used to read
+        // "expected a [6, 7] buffer, given [6, 7]")
+        rlpo::GradientOut<double> null_out{rlpo::GradMode::Write, nullptr,       B,
+                                           d.logp.cols(),         d.logp.cols(), 1.0};
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            TrainingStep<double>()(in,
+                                   {null_out, rlpo::no_grad<double>(), rlpo::no_grad<double>()}),
+            "StepGradients: null buffer for a [6, 7] gradient");
+        null_out.rows = 5;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            TrainingStep<double>()(in,
+                                   {null_out, rlpo::no_grad<double>(), rlpo::no_grad<double>()}),
+            "StepGradients: expected a [6, 7] buffer, given [5, 7]");
     }
     {
         StepInputs<double> in;

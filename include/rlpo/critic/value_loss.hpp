@@ -32,8 +32,11 @@
 /// (pass `[B, 1]` inputs and a mask of ones; token-mean then is its batch mean).
 ///
 /// **Bad input**: shape mismatches, c ≤ 0, α ≤ 0, δ ≤ 0 → rlpo::invalid_argument; NaN under a
-/// non-zero mask → rlpo::invalid_argument naming the input; infinite values or returns give
-/// infinite losses (or are reported when undefined). An empty mask gives value 0, gradient 0.
+/// non-zero mask → rlpo::invalid_argument naming the input; a per-token loss or gradient that is
+/// not finite (infinite values or returns, or finite ones whose (V − R)² overflows) →
+/// rlpo::invalid_argument listing the inputs at that position; a value or metric whose sum
+/// overflows, or a weighted gradient entry beyond the storage type → rlpo::numerical_error.
+/// An empty mask gives value 0, gradient 0. Allocates: nothing besides the result.
 
 #include <rlpo/core/math.hpp>
 #include <rlpo/policy/detail/common.hpp>
@@ -101,6 +104,7 @@ Result<::rlpo::detail::scalar_t<DV>> value_loss(
     res.metrics.add("vf_clipfrac", pass.stats[0], pass.count);
     res.metrics.add("vpred_mean", pass.stats[1], pass.count);
     res.metrics.with_count_epsilon(norm.count_epsilon);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 
@@ -178,12 +182,17 @@ SAFECriticResult<::rlpo::detail::scalar_t<D1>> safe_critic_loss(
             const auto h1 = detail::huber(V - r, d), h2 = detail::huber(Vc - r, d);
             const double l = 0.5 * (h1.first + h2.first);
             const double dV = 0.5 * (h1.second + (inside ? h2.second : 0.0));
-            if (std::isnan(l) || std::isnan(dV))
+            if (!(std::isfinite(l) && std::isfinite(dV) && std::isfinite(sm.second)))
                 ::rlpo::detail::fail_nan_at<S>(
                     fn, i, t, {{"v1", &a}, {"v2", &b}, {"old_values", &vo}, {"returns", &R}});
             value += ci * mk * l;
-            res.grad_v1(i, t) = static_cast<S>(ci * mk * dV * sm.second);
-            res.grad_v2(i, t) = static_cast<S>(ci * mk * dV * (1.0 - sm.second));
+            const S g1 = static_cast<S>(ci * mk * dV * sm.second),
+                    g2 = static_cast<S>(ci * mk * dV * (1.0 - sm.second));
+            if (!(std::abs(g1) < std::numeric_limits<S>::infinity() &&
+                  std::abs(g2) < std::numeric_limits<S>::infinity()))
+                ::rlpo::detail::fail_grad_overflow(fn, i, t);
+            res.grad_v1(i, t) = g1;
+            res.grad_v2(i, t) = g2;
             clipped += inside ? 0.0 : mk;
             vsum += mk * V;
         }
@@ -191,6 +200,7 @@ SAFECriticResult<::rlpo::detail::scalar_t<D1>> safe_critic_loss(
     res.value = value;
     res.metrics.add("vf_clipfrac", clipped, w.local_tokens);
     res.metrics.add("vpred_mean", vsum, w.local_tokens);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

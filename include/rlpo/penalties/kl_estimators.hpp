@@ -48,8 +48,16 @@
 ///
 /// **Bad input**: shape mismatch (`token_values` included, or a `token_values` that is neither
 /// `write_to`, `add_to` nor none), L ≤ 0, v_max ≤ 0, β < 0 → rlpo::invalid_argument; NaN under a non-zero
-/// mask → rlpo::invalid_argument naming the input; −inf log-probs: k3 is clamped and finite, the
-/// others give ±inf values (never NaN), except both −inf at one token (d undefined), reported.
+/// mask → rlpo::invalid_argument naming the input. −inf log-probs: k3 with its clamps is finite
+/// (value v_max, gradient 0) and accepted; wherever a per-token value or gradient is not finite
+/// — k1, abs, k2 (value ±inf), every X+ (the k2 gradient d = −inf has no finite limit: k3+ gives
+/// value v_max but gradient −inf, so it is rejected rather than reported inconsistently),
+/// unclamped k3 (e^∞ − ∞), both log-probs −inf (d undefined), or finite inputs whose d, ½d² or
+/// e^δ overflow — the call throws rlpo::invalid_argument listing the inputs at that position.
+/// The value and the `kl` metric are checked finite (a sum of finite estimates can overflow:
+/// rlpo::numerical_error). `kl_in_reward` applies the same rule to k and to the reward
+/// score − β·k (an overflowing sequence sum or metric → rlpo::numerical_error).
+/// Allocates: nothing besides the result (`kl_in_reward`: its three outputs).
 
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/detail/token_pass.hpp>
@@ -297,6 +305,7 @@ Result<S> kl_pass(const char* fn, const ConstMatRef<S>& lp, const ConstMatRef<S>
     res.value = g.coef() * pass.value;
     res.metrics.add("kl", pass.stats[0], pass.count);
     res.metrics.with_count_epsilon(norm.count_epsilon);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 }  // namespace detail
@@ -377,15 +386,21 @@ KLReward<::rlpo::detail::scalar_t<DS>> kl_in_reward(const Eigen::MatrixBase<DS>&
             if (mk == 0) continue;
             const double d = static_cast<double>(olp(i, t)) - static_cast<double>(rlp(i, t));
             const double score = static_cast<double>(sc(i, t));
-            if (std::isnan(d) || std::isnan(score))
+            const double k = kl_estimate(d, opts).loss;
+            const S rw = static_cast<S>(score - beta * k), ks = static_cast<S>(k);
+            // NaN or ±inf (k from −inf log-probs, or an overflow in S): named, never stored
+            if (!(std::abs(rw) < std::numeric_limits<S>::infinity() &&
+                  std::abs(ks) < std::numeric_limits<S>::infinity()))
                 ::rlpo::detail::fail_nan_at<S>(
                     fn, i, t, {{"scores", &sc}, {"old_logp", &olp}, {"ref_logp", &rlp}});
-            const double k = kl_estimate(d, opts).loss;
-            res.kl(i, t) = static_cast<S>(k);
-            res.rewards(i, t) = static_cast<S>(score - beta * k);
+            res.kl(i, t) = ks;
+            res.rewards(i, t) = rw;
             s += mk * k;
             len += mk;
         }
+        if (!std::isfinite(s))
+            ::rlpo::detail::fail_numerical(fn, "seq_kl: the sum of row ", i,
+                                           " overflows (mask weights x estimates)");
         res.seq_kl(i) = s;
         if (len > 0) {
             mean_sum += s / len;
@@ -394,6 +409,7 @@ KLReward<::rlpo::detail::scalar_t<DS>> kl_in_reward(const Eigen::MatrixBase<DS>&
     }
     res.metrics.add("reward_kl_penalty", mean_sum, rows);
     res.metrics.set("reward_kl_penalty_coeff", beta);
+    ::rlpo::detail::check_finite_result(fn, 0.0, res.metrics);
     return res;
 }
 

@@ -30,6 +30,9 @@
 ///
 /// **Bad input**: shape mismatch, λ < 0, trim outside [0, 0.5), reward_clip ≤ 0 →
 /// rlpo::invalid_argument; NaN scores under a non-zero mask → invalid_argument naming [i, t].
+/// With `reward_clip = +inf` a reward −λ·distance that overflows → rlpo::numerical_error naming
+/// [i, t] (never stored as −inf). Allocates: one double per unmasked token (the χ terms; a
+/// sorted copy for the trimmed mean).
 
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/metrics.hpp>
@@ -109,8 +112,14 @@ OccupancyPenalty<::rlpo::detail::scalar_t<DD>> occupancy_chi2_penalty(
             if (static_cast<double>(m(i, t)) == 0) continue;
             double dist = chi[j++] * scale;
             if (!std::isfinite(dist)) dist = 0.0;
-            res.rewards(i, t) =
+            const S r =
                 static_cast<S>(std::clamp(-opts.coef * dist, -opts.reward_clip, opts.reward_clip));
+            // reward_clip = +inf leaves −coef·dist unbounded: an overflow is reported, not stored
+            if (!(std::abs(r) < std::numeric_limits<S>::infinity()))
+                ::rlpo::detail::fail_numerical(
+                    fn, "the reward at [", i, ", ", t,
+                    "] overflows (coef x distance, reward_clip = ", opts.reward_clip, ")");
+            res.rewards(i, t) = r;
         }
     res.metrics.add("occupancy_measure_chi2", sum, count);
     if (opts.divergence == OccupancyDivergence::SqrtChiSquared)

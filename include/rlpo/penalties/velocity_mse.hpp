@@ -19,7 +19,10 @@
 ///
 /// **Bad input**: shapes (v_ref ≠ v, mask entries ≠ N) → rlpo::invalid_argument; β_v < 0 →
 /// invalid_argument; NaN under a non-zero mask → invalid_argument naming the input and [n, j];
-/// ±inf gives an infinite value (the gradient would be ±inf or NaN: rejected like NaN).
+/// ±inf under a non-zero mask → invalid_argument naming the input (the gradient would be ±inf
+/// or NaN). Finite inputs whose difference, square sum, value or metric overflows, or whose
+/// gradient entry exceeds the storage type → rlpo::numerical_error naming [n, j] or the quantity.
+/// Allocates: nothing besides the result.
 
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/error.hpp>
@@ -27,6 +30,7 @@
 #include <rlpo/core/types.hpp>
 
 #include <cmath>
+#include <limits>
 
 namespace rlpo::penalties {
 
@@ -72,18 +76,28 @@ Result<::rlpo::detail::scalar_t<DV>> velocity_mse(
         for (Index j = 0; j < D; ++j) {
             const double diff = static_cast<double>(x(n, j)) - static_cast<double>(y(n, j));
             if (!std::isfinite(diff)) {
-                const char* name = std::isfinite(static_cast<double>(x(n, j))) ? "v_ref" : "v";
-                ::rlpo::detail::fail(fn, name, ": non-finite value at [", n, ", ", j,
+                const bool fx = std::isfinite(static_cast<double>(x(n, j))),
+                           fy = std::isfinite(static_cast<double>(y(n, j)));
+                if (fx && fy)
+                    ::rlpo::detail::fail_numerical(fn, "v - v_ref overflows at [", n, ", ", j,
+                                                   "] (finite entries of opposite sign)");
+                ::rlpo::detail::fail(fn, fx ? "v_ref" : "v", ": non-finite value at [", n, ", ", j,
                                      "] under a non-zero mask (NaN and ±inf are rejected)");
             }
             s += diff * diff;
-            g.put(n, j, opts.beta * c * mk * 2.0 * diff * per);
+            const double gv = opts.beta * c * mk * 2.0 * diff * per;
+            if (g.active() &&
+                !(std::abs(static_cast<S>(g.coef() * gv)) < std::numeric_limits<S>::infinity()))
+                ::rlpo::detail::fail_numerical(fn, "gradient at [", n, ", ", j,
+                                               "] overflows the storage type");
+            g.put(n, j, gv);
         }
         value += c * mk * s * per;
         metric += mk * s * per;
     }
     res.value = g.coef() * opts.beta * value;
     res.metrics.add("velocity_mse", metric, w.local_tokens);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

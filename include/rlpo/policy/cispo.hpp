@@ -27,8 +27,11 @@
 ///
 /// **Bad input**: shapes differing from `logp` → rlpo::invalid_argument; ε_l, ε_h, ε_max or
 /// L ≤ 0 → rlpo::invalid_argument; NaN under a non-zero mask → rlpo::invalid_argument naming
-/// the input. logp = −inf gives l = ±inf for A ≠ 0 and is reported as undefined for A = 0
-/// (also both log-probs −inf). An empty mask gives value 0, gradient 0 and metrics 0.
+/// the input. A per-token loss or gradient that is not finite → rlpo::invalid_argument listing
+/// the inputs at that position: logp = −inf (l = ±inf for A ≠ 0, undefined for A = 0, also both
+/// log-probs −inf) and finite extremes whose −w_is·A·logp overflows. The value and metrics are
+/// checked finite (rlpo::numerical_error; see the non-finite policy in docs/policy.md). An
+/// empty mask gives value 0, gradient 0 and metrics 0.
 
 #include <rlpo/policy/detail/driver.hpp>
 

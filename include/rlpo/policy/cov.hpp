@@ -36,8 +36,18 @@
 ///
 /// **Bad input**: shapes differing from `logp`, ε ≤ 0, ρ ∉ (0, 1], cov_lb ≥ cov_ub, β < 0 →
 /// rlpo::invalid_argument; NaN under a non-zero mask → rlpo::invalid_argument naming the input;
-/// non-finite log-probs (the covariance would be undefined) → rlpo::invalid_argument. An empty
-/// mask gives value 0, gradient 0 and metrics 0.
+/// non-finite log-probs or advantages (the covariance would be undefined) →
+/// rlpo::invalid_argument. Any finite inputs give finite covariance means (overflowing sums are
+/// redone as weighted means) and a well-defined ranking (a covariance that overflows is ±inf,
+/// a zero factor gives 0, never NaN). Neither surrogate clamps the log-ratio: where r = e^lr
+/// overflows (e.g. finite log-ratios of ±1e30) the per-token loss is not finite and the call
+/// throws rlpo::invalid_argument listing the inputs at that position. The value and metrics are
+/// checked finite (rlpo::numerical_error). An empty mask gives value 0, gradient 0 and metrics 0.
+///
+/// **Allocates**: Clip-Cov: the candidate tokens' indices (one per candidate) for the random
+/// draw, kept for the k selected (looked up by binary search in the pass); KL-Cov: one index per
+/// unmasked token for the top-k selection (nth_element; the selection is then a threshold on
+/// (cov, position)). No `[B, T]` temporaries; `clip_cov_selection` returns its `[B, T]` mask.
 
 #include <rlpo/policy/detail/driver.hpp>
 
@@ -83,12 +93,22 @@ struct KLCovRows {
     explicit KLCovRows(const KLCovOptions& o) { validate(name, o); }
 };
 
-/// cov_t over the unmasked tokens (NaN where masked). Checks NaN / non-finite inputs.
+/// The detached means of the covariance, cov_t = (A_t − mean A)·(logp_t − mean logp), over the
+/// unmasked tokens (weighted by the mask or plain). Checks NaN / non-finite inputs. Any finite
+/// inputs and weights give finite means (sums that overflow are redone as Σ (w/Σw)·x with the
+/// weights divided by their maximum). `at` evaluates cov_t on demand (no `[B, T]` matrix); a
+/// factor that is exactly 0 gives 0 (never ∞·0), an overflowing product ±inf (ordered).
+struct CovMeans {
+    double ma = 0.0, ml = 0.0;
+    double at(double a, double x) const {
+        const double da = a - ma, dl = x - ml;
+        return (da == 0 || dl == 0) ? 0.0 : da * dl;
+    }
+};
 template <class S>
-inline Mat<double> token_covariance(const char* fn, const ConstMatRef<S>& lp,
-                                    const ConstMatRef<S>& A, const ConstMatRef<S>& m,
-                                    bool weighted_means) {
-    double sm = 0, sa = 0, sl = 0;
+inline CovMeans token_covariance(const char* fn, const ConstMatRef<S>& lp, const ConstMatRef<S>& A,
+                                 const ConstMatRef<S>& m, bool weighted_means) {
+    double sm = 0, sa = 0, sl = 0, wmax = 0;
     for (Index i = 0; i < m.rows(); ++i)
         for (Index t = 0; t < m.cols(); ++t) {
             const double mk = static_cast<double>(m(i, t));
@@ -102,39 +122,44 @@ inline Mat<double> token_covariance(const char* fn, const ConstMatRef<S>& lp,
                                      "] under a non-zero mask (NaN inputs are rejected)");
             RLPO_CHECK(std::isfinite(x), fn, "logp: non-finite value ", x, " at [", i, ", ", t,
                        "]: the covariance selection needs finite log-probs");
+            RLPO_CHECK(std::isfinite(a), fn, "advantages: non-finite value ", a, " at [", i, ", ",
+                       t, "]: the covariance selection needs finite advantages");
             const double wgt = weighted_means ? mk : 1.0;
+            wmax = std::max(wmax, wgt);
             sm += wgt;
             sa += wgt * a;
             sl += wgt * x;
         }
-    Mat<double> cov =
-        Mat<double>::Constant(m.rows(), m.cols(), std::numeric_limits<double>::quiet_NaN());
-    if (sm == 0) return cov;
-    const double ma = sa / sm, ml = sl / sm;
+    CovMeans c;
+    if (sm == 0) return c;
+    c.ma = sa / sm;
+    c.ml = sl / sm;
+    if (std::isfinite(c.ma) && std::isfinite(c.ml)) return c;
+    // rare path: a sum overflowed; weights w/wmax ≤ 1, then each term (w/Σw)·x ≤ |x|
+    double sw = 0;
     for (Index i = 0; i < m.rows(); ++i)
         for (Index t = 0; t < m.cols(); ++t)
-            if (m(i, t) != 0)
-                cov(i, t) =
-                    (static_cast<double>(A(i, t)) - ma) * (static_cast<double>(lp(i, t)) - ml);
-    return cov;
+            if (m(i, t) != 0) sw += (weighted_means ? static_cast<double>(m(i, t)) : 1.0) / wmax;
+    c.ma = c.ml = 0;
+    for (Index i = 0; i < m.rows(); ++i)
+        for (Index t = 0; t < m.cols(); ++t)
+            if (m(i, t) != 0) {
+                const double q = (weighted_means ? static_cast<double>(m(i, t)) : 1.0) / wmax / sw;
+                c.ma += q * static_cast<double>(A(i, t));
+                c.ml += q * static_cast<double>(lp(i, t));
+            }
+    return c;
 }
-}  // namespace detail
 
-/// The tokens Clip-Cov zeroes (1 = selected), `[B, T]`.
-template <class DL, class DO, class DA, class DM>
-Mat<::rlpo::detail::scalar_t<DL>> clip_cov_selection(const Eigen::MatrixBase<DL>& logp,
-                                                     const Eigen::MatrixBase<DO>& old_logp,
-                                                     const Eigen::MatrixBase<DA>& advantages,
-                                                     const Eigen::MatrixBase<DM>& mask,
-                                                     const ClipCovOptions& opts = {}) {
-    using S = ::rlpo::detail::scalar_t<DL>;
-    constexpr const char* fn = "policy::clip_cov";
-    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
-        m(mask.derived());
+/// Clip-Cov's selected tokens as sorted row-major indices (see `clip_cov_selection`).
+template <class S>
+inline std::vector<Index> clip_cov_selected(const char* fn, const ConstMatRef<S>& lp,
+                                            const ConstMatRef<S>& olp, const ConstMatRef<S>& A,
+                                            const ConstMatRef<S>& m, const ClipCovOptions& opts) {
     ::rlpo::detail::check_surrogate_shapes(fn, lp, olp, A, m);
-    detail::validate(fn, opts);
+    validate(fn, opts);
     ::rlpo::detail::check_mask(fn, m);
-    const Mat<double> cov = detail::token_covariance<S>(fn, lp, A, m, true);
+    const CovMeans cov = token_covariance<S>(fn, lp, A, m, true);
     const double lo = 1.0 - opts.clip_low, hi = 1.0 + opts.clip_high;
     std::vector<Index> cand;
     double N = 0;
@@ -149,12 +174,11 @@ Mat<::rlpo::detail::scalar_t<DL>> clip_cov_selection(const Eigen::MatrixBase<DL>
             if (std::isnan(r))
                 ::rlpo::detail::fail_nan_at<S>(fn, i, t, {{"logp", &lp}, {"old_logp", &olp}});
             const bool ppo_clipped = -a * std::clamp(r, lo, hi) > -a * r;
-            const double cv = cov(i, t);
+            const double cv = cov.at(a, static_cast<double>(lp(i, t)));
             if (!ppo_clipped && cv > opts.cov_lb && cv < opts.cov_ub)
                 cand.push_back(i * lp.cols() + t);
         }
-    Mat<S> sel = Mat<S>::Zero(lp.rows(), lp.cols());
-    if (N == 0 || cand.empty()) return sel;
+    if (N == 0 || cand.empty()) return {};
     // k = ⌊ρ·N⌋ (at least 1), compared in double before the conversion: with mask weights ~1e30
     // ρ·N exceeds any size_t (converting it would be undefined), and k is the candidates' count
     const double want = std::max(1.0, std::floor(opts.ratio * N));
@@ -164,8 +188,27 @@ Mat<::rlpo::detail::scalar_t<DL>> clip_cov_selection(const Eigen::MatrixBase<DL>
     for (std::size_t j = 0; j < k; ++j) {
         const std::size_t pick = j + static_cast<std::size_t>(eng() % (cand.size() - j));
         std::swap(cand[j], cand[pick]);
-        sel(cand[j] / lp.cols(), cand[j] % lp.cols()) = S(1);
     }
+    cand.resize(k);
+    std::sort(cand.begin(), cand.end());
+    return cand;
+}
+}  // namespace detail
+
+/// The tokens Clip-Cov zeroes (1 = selected), `[B, T]`.
+template <class DL, class DO, class DA, class DM>
+Mat<::rlpo::detail::scalar_t<DL>> clip_cov_selection(const Eigen::MatrixBase<DL>& logp,
+                                                     const Eigen::MatrixBase<DO>& old_logp,
+                                                     const Eigen::MatrixBase<DA>& advantages,
+                                                     const Eigen::MatrixBase<DM>& mask,
+                                                     const ClipCovOptions& opts = {}) {
+    using S = ::rlpo::detail::scalar_t<DL>;
+    const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
+        m(mask.derived());
+    const std::vector<Index> picked =
+        detail::clip_cov_selected<S>("policy::clip_cov", lp, olp, A, m, opts);
+    Mat<S> sel = Mat<S>::Zero(lp.rows(), lp.cols());
+    for (Index q : picked) sel(q / lp.cols(), q % lp.cols()) = S(1);
     return sel;
 }
 
@@ -182,8 +225,13 @@ Result<::rlpo::detail::scalar_t<DL>> clip_cov(
     constexpr const char* fn = "policy::clip_cov";
     const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
         m(mask.derived());
-    const Mat<S> sel = clip_cov_selection(lp, olp, A, m, opts);  // checks shapes, options, NaN
+    // checks shapes, options, NaN; the selected tokens as sorted row-major indices
+    const std::vector<Index> picked = detail::clip_cov_selected<S>(fn, lp, olp, A, m, opts);
     detail::check_weights(fn, is_weights, m);
+    const Index T = lp.cols();
+    const auto selected = [&](Index i, Index t) {
+        return std::binary_search(picked.begin(), picked.end(), i * T + t);
+    };
     Result<S> res;
     const RowWeights w = row_weights(fn, m, norm);
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, lp.rows(), lp.cols());
@@ -195,7 +243,7 @@ Result<::rlpo::detail::scalar_t<DL>> clip_cov(
             const double lr = static_cast<double>(lp(i, t)) - static_cast<double>(olp(i, t));
             const double r = std::exp(lr);
             st[1] = -lr;
-            if (sel(i, t) != 0) {
+            if (selected(i, t)) {
                 st[0] = 1.0;
                 return {0.0, 0.0};
             }
@@ -209,6 +257,7 @@ Result<::rlpo::detail::scalar_t<DL>> clip_cov(
     res.metrics.add("pg_clipfrac", pass.stats[0], pass.count);
     res.metrics.add("ppo_kl", pass.stats[1], pass.count);
     res.metrics.with_count_epsilon(norm.count_epsilon);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 
@@ -225,22 +274,40 @@ Result<::rlpo::detail::scalar_t<DL>> kl_cov(
     detail::SurrogateCall<S, detail::KLCovRows> call(logp, old_logp, advantages, mask, opts, norm,
                                                      out, is_weights, false);
     const ConstMatRef<S>& lp = call.lp;
-    // Top-k by covariance over the valid tokens (plain means, as verl), ties by position.
-    const Mat<double> cov = detail::token_covariance<S>(call.fn, lp, call.A, call.m, false);
+    // Top-k by covariance over the valid tokens (plain means, as verl), ties by position: the
+    // order "cov descending, then row-major position" is strict and total, so the k-th token
+    // q_k of it (nth_element) decides the selection: a token is selected iff it is q_k or
+    // precedes it. cov is evaluated on demand (no [B, T] matrix).
+    const Index T = lp.cols();
+    const detail::CovMeans cov = detail::token_covariance<S>(call.fn, lp, call.A, call.m, false);
+    const auto at = [&](Index q) {
+        return cov.at(static_cast<double>(call.A(q / T, q % T)),
+                      static_cast<double>(lp(q / T, q % T)));
+    };
+    const auto before = [&](Index a, Index b) {
+        const double ca = at(a), cb = at(b);
+        return ca > cb || (ca == cb && a < b);
+    };
     std::vector<Index> valid;
     for (Index k = 0; k < lp.size(); ++k)
-        if (call.m(k / lp.cols(), k % lp.cols()) != 0) valid.push_back(k);
-    Mat<S> sel = Mat<S>::Zero(lp.rows(), lp.cols());
+        if (call.m(k / T, k % T) != 0) valid.push_back(k);
+    Index boundary = -1;
+    double boundary_cov = 0.0;
     if (!valid.empty()) {
         const auto k = std::min<std::size_t>(
             valid.size(), static_cast<std::size_t>(std::max(
                               1.0, std::floor(static_cast<double>(valid.size()) * opts.ratio))));
-        const auto at = [&](Index q) { return cov(q / lp.cols(), q % lp.cols()); };
-        std::partial_sort(
-            valid.begin(), valid.begin() + static_cast<std::ptrdiff_t>(k), valid.end(),
-            [&](Index a, Index b) { return at(a) > at(b) || (at(a) == at(b) && a < b); });
-        for (std::size_t j = 0; j < k; ++j) sel(valid[j] / lp.cols(), valid[j] % lp.cols()) = S(1);
+        std::nth_element(valid.begin(), valid.begin() + static_cast<std::ptrdiff_t>(k - 1),
+                         valid.end(), before);
+        boundary = valid[k - 1];
+        boundary_cov = at(boundary);
     }
+    const auto selected = [&](Index i, Index t) {
+        if (boundary < 0) return false;
+        const Index q = i * T + t;
+        const double c = cov.at(static_cast<double>(call.A(i, t)), static_cast<double>(lp(i, t)));
+        return c > boundary_cov || (c == boundary_cov && q <= boundary);
+    };
     const double beta = opts.kl_coef;
     const auto pass = call.template tokens<1>(
         [&](Index i, Index t, std::array<double, 1>& st) -> ::rlpo::detail::LossGrad {
@@ -249,7 +316,7 @@ Result<::rlpo::detail::scalar_t<DL>> kl_cov(
             const double r = std::exp(lr);
             st[0] = std::abs(lr);
             double l = -a * r, dl = -a * r;
-            if (sel(i, t) != 0) {
+            if (selected(i, t)) {
                 l += beta * std::abs(lr);
                 dl += beta * (lr > 0 ? 1.0 : (lr < 0 ? -1.0 : 0.0));
             }

@@ -35,9 +35,10 @@
 /// The paper's Top-K divergence approximation needs the vocabulary and is not provided here.
 ///
 /// **Bad input**: shapes differing from `logp`, δ_l, δ_h ≤ 0, c ≤ 0 → rlpo::invalid_argument;
-/// NaN under a non-zero mask → rlpo::invalid_argument naming the input; logp = −inf gives an
-/// infinite loss for valid tokens with A ≠ 0 and is reported as undefined otherwise. An empty
-/// mask gives value 0, gradient 0 and metrics 0.
+/// NaN under a non-zero mask → rlpo::invalid_argument naming the input; a per-token loss or
+/// gradient that is not finite (logp = −inf at a valid token, finite extremes that overflow) →
+/// rlpo::invalid_argument listing the inputs at that position; value and metrics checked finite
+/// (rlpo::numerical_error). An empty mask gives value 0, gradient 0 and metrics 0.
 
 #include <rlpo/policy/detail/driver.hpp>
 

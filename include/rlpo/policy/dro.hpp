@@ -21,8 +21,10 @@
 /// (verl-style registries), β = 0.1 (`dro_beta`).
 ///
 /// **Bad input**: shapes differing from `logp`, β < 0 → rlpo::invalid_argument; NaN under a
-/// non-zero mask → rlpo::invalid_argument naming the input; ±inf log-probs give ±inf losses or,
-/// when undefined (both −inf), an error. An empty mask gives value 0 and gradient 0.
+/// non-zero mask → rlpo::invalid_argument naming the input; a per-token loss or gradient that
+/// is not finite (±inf log-probs, finite extremes that overflow) → rlpo::invalid_argument listing
+/// the inputs at that position; value and metrics checked finite (rlpo::numerical_error). An
+/// empty mask gives value 0 and gradient 0.
 
 #include <rlpo/policy/detail/driver.hpp>
 

@@ -37,9 +37,19 @@
 /// division is exact. Deliberate difference: verl adds 1e-10 inside the IS weights' log; rlpo
 /// takes the exact log w (relative difference ≤ 1e-10 / w).
 ///
-/// **Bad input**: shapes differing from `logp`, ε_l or ε_h ≤ 0 → rlpo::invalid_argument; NaN
-/// under a non-zero mask → rlpo::invalid_argument naming the input; a row whose clipped
-/// log-ratios sum to NaN (+inf and −inf) is reported. Empty rows contribute 0.
+/// **Range and bad input**: any finite log-probs, advantages and mask weights. ρ_i is never
+/// formed where it would overflow: when −Ā_i·ρ_i (or its product with the row factor) is not
+/// finite, the row's term is taken in log space, log|c_i·w_i·Ā_i·ρ_i| = mean lr̃ + log|Ā_i| +
+/// log c_i|y_i| + log w_i, so a huge log-ratio with a small row factor stays exact, and a
+/// clipped token's gradient is exactly 0 (a log-ratio of 5001 with A < 0 no longer gives
+/// ∞·0 = NaN). Row sums Σ m·x that overflow are recomputed as weighted means term by term.
+/// A row term or gradient entry that truly exceeds the double (or the storage type) range →
+/// rlpo::numerical_error naming the row / position. Shapes differing from `logp`, ε_l or
+/// ε_h ≤ 0 → rlpo::invalid_argument; NaN under a non-zero mask → rlpo::invalid_argument naming
+/// the input; a row whose clipped log-ratios sum to NaN (+inf and −inf), or to +inf with
+/// Ā_i ≠ 0 (an infinite ratio), → rlpo::invalid_argument. A −inf clipped log-ratio gives ρ_i = 0
+/// (the row contributes 0). Empty rows contribute 0. The value and metrics are checked finite
+/// (rlpo::numerical_error). Allocates: one row of T doubles per row (∂lr̃/∂lr).
 
 #include <rlpo/policy/detail/driver.hpp>
 
@@ -100,6 +110,13 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
     const double eps_agg =
         detail::forced_aggregation(opts).value_or(norm.mode) == Aggregation::SeqMeanTokenMean ? eps
                                                                                               : 0.0;
+    // lr̃ of one unmasked token (the rare overflow path recomputes it)
+    const auto clipped_lr = [&](Index i, Index t) {
+        const double a = static_cast<double>(c.A(i, t));
+        const double lr = static_cast<double>(c.lp(i, t)) - static_cast<double>(c.olp(i, t));
+        const double sg = a > 0 ? 1.0 : (a < 0 ? -1.0 : 0.0);
+        return sg == 0 ? 0.0 : sg * std::min(sg * lr, sg * std::clamp(lr, lo, hi));
+    };
     // part: value term, clipped (A > 0), clipped (A < 0), −log-ratio sums
     const auto sum = c.template rows<4>([&](Index i, std::array<double, 4>& part) {
         const double len = c.w.len[static_cast<std::size_t>(i)];
@@ -136,20 +153,60 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
                 c.fn, "inputs of row ", i,
                 " give an undefined (NaN) clipped log-ratio sum (+inf and -inf log-ratios)");
         const double len_e = len + eps;
-        const double rho = std::exp(sum_lr / len_e);
-        const double abar = sum_a / len_e;
-        const double wrow = is_weights ? std::exp(sum_logw / len_e) : 1.0;
+        double mean_lr = sum_lr / len_e, abar = sum_a / len_e;
+        if (!std::isfinite(sum_lr) || !std::isfinite(sum_a)) {
+            // Σ m·x overflowed (huge mask weights or inputs): the weighted means term by term
+            // (rare path; an infinite clipped log-ratio keeps its infinite mean)
+            mean_lr = 0.0;
+            abar = 0.0;
+            for (Index t = 0; t < T; ++t) {
+                const double mk = static_cast<double>(c.m(i, t));
+                if (mk == 0) continue;
+                const double q = mk / len_e;
+                mean_lr += q * clipped_lr(i, t);
+                abar += q * static_cast<double>(c.A(i, t));
+            }
+            if (std::isnan(mean_lr) || std::isnan(abar))
+                ::rlpo::detail::fail_numerical(c.fn, "row ", i,
+                                               ": the mean advantage or log-ratio overflows");
+        }
+        if (mean_lr == std::numeric_limits<double>::infinity() && abar != 0)
+            ::rlpo::detail::fail(c.fn, "inputs of row ", i,
+                                 " give an infinite geometric-mean ratio (a +inf clipped "
+                                 "log-ratio on the unclipped side; see the non-finite policy)");
         const double ri = c.w.c[static_cast<std::size_t>(i)] * (len + eps_agg);
-        part = {ri * wrow * (-abar * rho), clip_hi, clip_lo, neg_kl};
+        const double rho = std::exp(mean_lr);
+        const double wrow = is_weights ? std::exp(sum_logw / len_e) : 1.0;
+        double term = ri * wrow * (-abar * rho);
+        double coef = -ri * wrow * abar * rho / len_e;  // ∂term/∂lr̃_it per unit m_it
+        if (!std::isfinite(term) || !std::isfinite(coef)) {
+            // ρ_i (or Ā_i·ρ_i) overflows where the row's term need not (c_i·w_i small): the
+            // magnitude in log space; a clipped token's gradient stays exactly 0 (never ∞·0)
+            const double sgn = abar > 0 ? -1.0 : 1.0;  // sign of −Ā_i
+            const double log_mag = ri == 0 || wrow == 0 || abar == 0
+                                       ? -std::numeric_limits<double>::infinity()
+                                       : mean_lr + std::log(std::abs(abar)) + std::log(ri) +
+                                             (is_weights ? sum_logw / len_e : 0.0);
+            term = sgn * std::exp(log_mag);
+            coef = sgn * std::exp(log_mag - std::log(len_e));
+            if (!std::isfinite(term))
+                ::rlpo::detail::fail_numerical(
+                    c.fn, "row ", i, ": the loss term -A_bar*rho overflows (log-magnitude ",
+                    log_mag, "; geometric-mean log-ratio ", mean_lr, ")");
+        }
+        part = {term, clip_hi, clip_lo, neg_kl};
         if (!c.g.active()) return;
-        const double coef = -ri * wrow * abar * rho / len_e;
         for (Index t = 0; t < T; ++t) {
             const double mk = static_cast<double>(c.m(i, t));
             if (mk == 0) {
                 c.g.zero(i, t);
                 continue;
             }
-            c.g.put(i, t, coef * mk * dlr[static_cast<std::size_t>(t)]);
+            const double d = dlr[static_cast<std::size_t>(t)];
+            const double gv = d == 0 ? 0.0 : coef * mk * d;
+            if (!(std::abs(static_cast<S>(c.g.coef() * gv)) < std::numeric_limits<S>::infinity()))
+                ::rlpo::detail::fail_grad_overflow(c.fn, i, t);
+            c.g.put(i, t, gv);
         }
     });
     c.res.metrics.add("pg_clipfrac", sum[1], c.w.local_tokens);

@@ -45,7 +45,12 @@
 /// **Bad input**: shapes differing from `logp`, ε_l, ε_h ≤ 0, K ≤ 0 → rlpo::invalid_argument;
 /// NaN under a non-zero mask → rlpo::invalid_argument naming the input; a row whose log-ratio is
 /// undefined (both log-probs −inf at one token, or +inf and −inf log-ratios in one row) is
-/// reported. Empty rows contribute 0; an empty mask gives value 0, gradient 0, metrics 0.
+/// reported. A row sum Σ m·lr that overflows is redone as a weighted mean; a per-token loss or
+/// gradient that is not finite (s_i = e^{log s_i} overflowing without a cap K, huge advantages)
+/// → rlpo::invalid_argument listing the inputs at that position; a gradient entry beyond the
+/// storage type, or a value / metric sum that overflows → rlpo::numerical_error. Empty rows
+/// contribute 0; an empty mask gives value 0, gradient 0, metrics 0. Allocates: one row of T
+/// doubles per row.
 
 #include <rlpo/policy/detail/driver.hpp>
 
@@ -135,7 +140,18 @@ Result<::rlpo::detail::scalar_t<DL>> gspo_rows(
             ::rlpo::detail::fail(
                 c.fn, "inputs of row ", i,
                 " give an undefined (NaN) sequence log-ratio (+inf and -inf log-ratios)");
-        const double log_s_raw = sum_lr / len;
+        double log_s_raw = sum_lr / len;
+        if (!std::isfinite(sum_lr)) {
+            // Σ m·lr overflowed (huge weights or log-ratios): the weighted mean term by term (a
+            // rare path; an infinite log-ratio keeps its infinite mean)
+            log_s_raw = 0.0;
+            for (Index t = 0; t < T; ++t) {
+                const double mk = static_cast<double>(c.m(i, t));
+                if (mk == 0) continue;
+                log_s_raw +=
+                    mk / len * (static_cast<double>(c.lp(i, t)) - static_cast<double>(c.olp(i, t)));
+            }
+        }
         const double log_s = std::min(log_s_raw, K);
         const double s = std::exp(log_s);
         const double ds = log_s_raw > K ? 0.0 : s;  // ∂s/∂(log s), 0 beyond the cap
@@ -151,7 +167,7 @@ Result<::rlpo::detail::scalar_t<DL>> gspo_rows(
             const double l1 = -a * s, g1 = -a * ds;
             const double l2 = -a * sc, g2 = in_range ? g1 : 0.0;
             const ::rlpo::detail::LossGrad lg = tie_max(l1, g1, l2, g2);
-            if (std::isnan(lg.loss) || std::isnan(lg.grad))
+            if (!(std::isfinite(lg.loss) && std::isfinite(lg.grad)))
                 ::rlpo::detail::fail_nan_at<S>(
                     c.fn, i, t, {{"logp", &c.lp}, {"old_logp", &c.olp}, {"advantages", &c.A}});
             const double wt = c.weight_at(i, t);
@@ -168,7 +184,10 @@ Result<::rlpo::detail::scalar_t<DL>> gspo_rows(
                 c.g.zero(i, t);
                 continue;
             }
-            c.g.put(i, t, token_level ? dl[static_cast<std::size_t>(t)] : G * mk / len);
+            const double gv = token_level ? dl[static_cast<std::size_t>(t)] : G * mk / len;
+            if (!(std::abs(static_cast<S>(c.g.coef() * gv)) < std::numeric_limits<S>::infinity()))
+                ::rlpo::detail::fail_grad_overflow(c.fn, i, t);
+            c.g.put(i, t, gv);
         }
     });
     c.res.metrics.add("pg_clipfrac", sum[1], c.w.local_tokens);

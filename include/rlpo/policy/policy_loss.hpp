@@ -47,7 +47,7 @@
 /// (`Anchor::Verl`, the default because the names are verl's registry names; `Anchor::TRL`;
 /// `Anchor::Paper` for the papers' defaults). The optional `is_weights` (truncated IS weights,
 /// policy/corrections.hpp) multiply every variant's per-token loss; for `Vanilla` they are
-/// applied by scaling the advantages (exact because the weights are ≥ 0 and PPO's per-token loss
+/// applied by scaling the advantages as the kernel loads them (exact because the weights are ≥ 0 and PPO's per-token loss
 /// is positively homogeneous in A; tokens with weight 0 then count as unclipped in
 /// `pg_clipfrac`).
 
@@ -71,8 +71,9 @@
 namespace rlpo::policy {
 
 namespace detail {
-/// `Vanilla` through the uniform signature: is_weights scale the advantages (exact: the weights
-/// are ≥ 0 and PPO's per-token loss is positively homogeneous in A).
+/// `Vanilla` through the uniform signature: is_weights scale the advantages per packet inside
+/// the PPO clip kernel (exact: the weights are ≥ 0 and PPO's per-token loss is positively
+/// homogeneous in A). No weighted copy of the advantages is made.
 template <class DL, class DO, class DA, class DM>
 Result<::rlpo::detail::scalar_t<DL>> ppo_clip_weighted(
     const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
@@ -80,24 +81,21 @@ Result<::rlpo::detail::scalar_t<DL>> ppo_clip_weighted(
     const PPOClipOptions& opts, const Normalizer& norm,
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out,
     const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights) {
-    using S = ::rlpo::detail::scalar_t<DL>;
-    if (!is_weights) return ppo_clip(logp, old_logp, advantages, mask, opts, norm, out);
-    const ConstMatRef<S> m(mask.derived()), A(advantages.derived());
-    ::rlpo::detail::check_same_shape("policy::policy_loss", "advantages", A, "logp",
-                                     logp.derived());
-    ::rlpo::detail::check_same_shape("policy::policy_loss", "mask", m, "logp", logp.derived());
-    check_weights("policy::policy_loss", is_weights, m);
-    const Mat<S> wa = (m.array() != S(0)).select(A.array() * is_weights->array(), S(0));
-    return ppo_clip(logp, old_logp, wa, mask, opts, norm, out);
+    return run_tokens_simd<PPOClipKernel>(logp, old_logp, advantages, mask, opts, norm, out,
+                                          is_weights);
 }
-/// `GPG` through the uniform signature (old_logp is not read).
+/// `GPG` through the uniform signature. old_logp's values are not read, but its shape is
+/// checked like every variant's: a wrong-shaped buffer is a caller's bug, and the registry's
+/// uniform signature promises the same shape rules for every variant.
 template <class DL, class DO, class DA, class DM>
 Result<::rlpo::detail::scalar_t<DL>> reinforce_uniform(
-    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>&,
+    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
     const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
     const ReinforceOptions&, const Normalizer& norm,
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out,
     const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights) {
+    ::rlpo::detail::check_same_shape("policy::policy_loss", "old_logp", old_logp.derived(), "logp",
+                                     logp.derived());
     return reinforce(logp, advantages, mask, norm, out, is_weights);
 }
 }  // namespace detail
@@ -241,7 +239,9 @@ inline PolicyLossOptions make_policy_loss(const std::string& name, Anchor anchor
 }
 
 /// The chosen surrogate's loss, gradient w.r.t. `logp` and metrics. All inputs `[B, T]`;
-/// `old_logp` is not read by `GPG`.
+/// `old_logp`'s values are not read by `GPG`, but its shape is checked for every variant.
+/// Allocates: what the chosen surrogate allocates (its header's doc comment); `is_weights`
+/// are read in place by every variant.
 template <class DL, class DO, class DA, class DM>
 Result<::rlpo::detail::scalar_t<DL>> policy_loss(
     const PolicyLossOptions& opts, const Eigen::MatrixBase<DL>& logp,

@@ -45,7 +45,14 @@
 /// dual-clip c ≤ 1, δ ≤ 1 + ε_h, L ≤ 0 → rlpo::invalid_argument; a NaN in any input under a non-zero mask →
 /// rlpo::invalid_argument naming the input and position. ±inf log-probs are accepted (the
 /// clamp makes them finite) unless both are −inf at the same token (ratio undefined), which is
-/// reported. An empty mask gives value 0, gradient 0 and metrics 0.
+/// reported. Any other non-finite per-token loss or gradient (e.g. finite ±1e300 advantages
+/// whose −A·r overflows) → rlpo::invalid_argument listing the inputs at that position; the
+/// value and metrics are checked finite (a sum that overflows, or ppo_kl = +inf from a −inf
+/// log-prob without a clamp → rlpo::numerical_error). An empty mask gives value 0, gradient 0
+/// and metrics 0.
+///
+/// **Allocates**: nothing besides the result and per-row partial sums; through `policy_loss`
+/// the optional `is_weights` are read per packet by the kernel (no weighted copy).
 
 #include <rlpo/policy/detail/driver.hpp>
 
@@ -142,11 +149,16 @@ struct PPOClipKernel {
         half = simd::set1<S>(S(0.5));
     }
 
+    /// Weighted: the advantages are scaled by the `is_weights` row `wrow` as they are loaded
+    /// (exact: PPO's per-token loss is positively homogeneous in A and the weights are ≥ 0).
+    template <bool Weighted>
     void operator()(const ConstMatRef<S>& lp, const ConstMatRef<S>& olp, const ConstMatRef<S>& A,
-                    Index i, Index k, Index T, const P& keep, P& loss, P& grad,
+                    const S* wrow, Index i, Index k, Index T, const P& keep, P& loss, P& grad,
                     ::rlpo::detail::simd::Packets<S, 3>& st) const {
         using namespace ::rlpo::detail::simd;
-        const P a = load_kept(A.data() + i * A.outerStride(), k, T, keep), na = pnegate(a);
+        P a = load_kept(A.data() + i * A.outerStride(), k, T, keep);
+        if constexpr (Weighted) a = pmul(a, load_kept(wrow, k, T, keep));
+        const P na = pnegate(a);
         const P raw = psub(load_kept(lp.data() + i * lp.outerStride(), k, T, keep),
                            load_kept(olp.data() + i * olp.outerStride(), k, T, keep));
         const P lr = pmin(pmax(raw, vnL), vL);

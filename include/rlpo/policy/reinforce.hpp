@@ -20,9 +20,12 @@
 ///
 /// **Bad input**: shapes differing from `logp`, negative/non-finite mask or weights →
 /// rlpo::invalid_argument; a NaN in any input under a non-zero mask → rlpo::invalid_argument
-/// naming the input and position. logp = −inf gives l = ±inf when A ≠ 0 (a zero-probability
-/// token cannot have been sampled) and is reported as undefined when A = 0. An empty mask
-/// gives value 0 and gradient 0.
+/// naming the input and position. A per-token loss that is not finite → rlpo::invalid_argument
+/// listing the inputs at that position: logp = −inf (l = ±inf when A ≠ 0 — a zero-probability
+/// token cannot have been sampled — undefined when A = 0) and finite extremes whose −A·logp
+/// overflows. A value sum or a weighted gradient entry that overflows → rlpo::numerical_error.
+/// An empty mask gives value 0 and gradient 0. Through `policy_loss` (GPG) `old_logp` must have
+/// the shape of `logp` although its values are not read.
 
 #include <rlpo/policy/detail/driver.hpp>
 

@@ -27,7 +27,9 @@
 ///
 /// **Bad input**: shapes differing from `logp`, τ_pos or τ_neg ≤ 0, L ≤ 0 →
 /// rlpo::invalid_argument; NaN under a non-zero mask → rlpo::invalid_argument naming the input.
-/// ±inf log-probs are accepted (the gate is bounded), except both −inf at one token (reported).
+/// ±inf log-probs are accepted (the gate is bounded), except both −inf at one token (reported);
+/// a per-token result that is not finite (huge advantages) → rlpo::invalid_argument listing the
+/// inputs, value and metrics checked finite (rlpo::numerical_error).
 /// An empty mask gives value 0, gradient 0 and metrics 0.
 
 #include <rlpo/core/math.hpp>

@@ -41,7 +41,12 @@
 ///
 /// **Bad input**: shapes differing from `logp`, α ∉ [0, 1], c ≤ 0 or NaN →
 /// rlpo::invalid_argument, plus every PPO-clip error (reported under `policy::ppo_clip`); NaN
-/// under a non-zero mask → rlpo::invalid_argument naming the input.
+/// under a non-zero mask → rlpo::invalid_argument naming the input. The value and metrics
+/// (the anchor shift included) are checked finite (rlpo::numerical_error).
+///
+/// **Allocates**: the surrogate's inputs z and ∂z/∂logp and a zero old_logp (three `[B, T]`
+/// matrices, since the PPO-clip pass runs on z), and the inner PPO gradient when a gradient is
+/// asked for.
 
 #include <rlpo/policy/detail/common.hpp>
 #include <rlpo/policy/ppo_clip.hpp>
@@ -170,6 +175,7 @@ Result<::rlpo::detail::scalar_t<DL>> trrd(
     res.metrics.add("trrd_anchor_shift", shift, count);
     res.metrics.add("trrd_teacher_clipfrac", clamped, count);
     res.metrics.with_count_epsilon(norm.count_epsilon);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

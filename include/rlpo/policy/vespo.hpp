@@ -52,8 +52,9 @@
 /// `policy::vespo`); k₊ or k₋ negative or non-finite, λ₊ or λ₋ negative or non-finite →
 /// rlpo::invalid_argument (TRL silently floors a negative λ at 1e-4); NaN under a non-zero mask
 /// → rlpo::invalid_argument naming the input and position; both log-probs −inf at one token
-/// (log-ratio undefined) is reported; logp = −inf gives ℓ = ±inf where φ·A ≠ 0 and is reported
-/// as undefined where φ·A = 0; is_weights of another shape or negative / non-finite under the
+/// (log-ratio undefined) is reported; logp = −inf (ℓ = ±inf where φ·A ≠ 0, undefined where
+/// φ·A = 0) and any other non-finite per-token loss or gradient → rlpo::invalid_argument listing
+/// the inputs; value and metrics checked finite (rlpo::numerical_error); is_weights of another shape or negative / non-finite under the
 /// mask → rlpo::invalid_argument. An empty mask gives value 0, gradient 0 and metrics 0.
 
 #include <rlpo/policy/detail/driver.hpp>

@@ -24,7 +24,16 @@
 /// Degenerate groups (documented, never NaN or a blow-up): a group whose scores are all
 /// bitwise equal gets advantage exactly 0 in every estimator; a singleton group gets 0 by
 /// default (no baseline can be formed from one sample), or its raw score under the verl presets
-/// (`SingletonGroups::RawScore`: verl takes mean 0 and std 1 for a group of one).
+/// (`SingletonGroups::RawScore`: verl takes mean 0 and std 1 for a group of one; the std 1
+/// stays the singleton's under `AdvantageScale::Batch` too, so all-equal singletons give
+/// s/(1 + ε), never s/ε).
+///
+/// **Range**: any finite scores (and lengths). Means fall back to Σ x/n and stds to a scaled
+/// sum of squares (divided by the largest deviation) when the plain sums overflow or underflow,
+/// and s − μ is formed at half scale when it would overflow, so GRPO's (s − μ)/σ is scale
+/// invariant up to rounding (scores × 1e200 give the advantages of the unscaled scores). Where
+/// the true result exceeds the double (or the storage) range — RLOO's n/(n−1)·(s − μ) or OPO's
+/// s − b beyond ~1.8e308, a std beyond it — → rlpo::numerical_error.
 ///
 /// **Bad input** (rlpo::invalid_argument): scores not a vector, scores/groups size mismatch,
 /// NaN score (unless `NanScores::AsZero`), ±inf score, ε < 0, σ_floor < 0, lengths < 0.
@@ -153,34 +162,48 @@ Vec<::rlpo::detail::scalar_t<D>> grpo_advantages(const Eigen::MatrixBase<D>& sco
     const std::vector<double> s = detail::read_scores(fn, "scores", scores, opts.nan_scores);
     detail::check_groups(fn, "scores", groups, s.size());
     const bool sample = opts.std_kind == StdKind::Sample;
-    double batch_std = 0.0;
+    detail::ScaledStd batch_std;
     if (opts.scale == AdvantageScale::Batch) {
         const Index N = static_cast<Index>(s.size());
-        batch_std = detail::stddev(s, 0, N, detail::mean(s, 0, N), sample);
+        batch_std = detail::stddev_scaled(s, 0, N, detail::mean(s, 0, N), sample);
     }
     std::vector<double> a(s.size(), 0.0);
     for (Index g = 0; g < groups.num_groups(); ++g) {
         const Index b = groups.begin(g), e = groups.end(g), n = e - b;
-        double mu = 0.0, sigma = 1.0;  // singleton RawScore: verl's mean 0, std 1
+        double mu = 0.0;
+        detail::ScaledStd sigma{1.0, 1.0};  // singleton RawScore: verl's mean 0, std 1
         if (n == 1) {
             if (opts.singleton == SingletonGroups::Zero) continue;
         } else {
             if (detail::all_equal(s, b, e)) continue;  // exactly 0, never noise / ε
             mu = detail::mean(s, b, e);
-            sigma = detail::stddev(s, b, e, mu, sample);
+            sigma = detail::stddev_scaled(s, b, e, mu, sample);
         }
-        double denom = 1.0;
-        if (opts.scale == AdvantageScale::Group)
-            denom = std::max(sigma, opts.std_floor) + opts.epsilon;
-        else if (opts.scale == AdvantageScale::Batch)
-            denom = std::max(batch_std, opts.std_floor) + opts.epsilon;
+        // verl's singleton rule takes the group's std as 1 whatever the scale: under Batch the
+        // batch std is not the singleton's (all-equal singletons would give s/ε otherwise)
+        if (opts.scale == AdvantageScale::Batch && n > 1) sigma = batch_std;
+        if (opts.scale == AdvantageScale::None) {
+            for (Index k = b; k < e; ++k) {
+                const auto i = static_cast<std::size_t>(k);
+                const detail::Centred c = detail::centred(s[i], mu);
+                a[i] = c.d * c.scale;  // overflows only where s − μ does (reported below)
+            }
+            continue;
+        }
+        const double sd = sigma.value();
+        const double denom = std::max(sd, opts.std_floor) + opts.epsilon;
         if (!(denom > 0)) continue;
         for (Index k = b; k < e; ++k) {
             const auto i = static_cast<std::size_t>(k);
-            a[i] = (s[i] - mu) / denom;
+            if (std::isfinite(denom)) {
+                a[i] = detail::centred_ratio(s[i], mu, denom);
+            } else {  // σ beyond the double range (ε, σ_floor negligible): (s − μ)/D / r
+                const detail::Centred c = detail::centred(s[i], mu);
+                a[i] = c.d / (sigma.D / c.scale) / sigma.r;
+            }
         }
     }
-    return detail::to_vec<S>(a);
+    return detail::to_vec_checked<S>(fn, a);
 }
 
 /// Options of `rloo_advantages`.
@@ -218,12 +241,21 @@ Vec<::rlpo::detail::scalar_t<D>> rloo_advantages(const Eigen::MatrixBase<D>& sco
         groups, s, opts.singleton, [&](Index b, Index e, std::vector<double>& a) {
             double sum = 0.0;
             for (Index k = b; k < e; ++k) sum += s[static_cast<std::size_t>(k)];
+            if (!std::isfinite(sum)) {  // rare path: n/(n − 1)·(s_i − μ_g) with a finite mean
+                const double mu = detail::mean(s, b, e), n = static_cast<double>(e - b);
+                for (Index k = b; k < e; ++k) {
+                    const auto i = static_cast<std::size_t>(k);
+                    const detail::Centred c = detail::centred(s[i], mu);
+                    a[i] = n / (n - 1) * c.d * c.scale;
+                }
+                return;
+            }
             for (Index k = b; k < e; ++k) {
                 const auto i = static_cast<std::size_t>(k);
                 a[i] = s[i] - (sum - s[i]) / static_cast<double>(e - b - 1);
             }
         });
-    return detail::to_vec<S>(a);
+    return detail::to_vec_checked<S>(fn, a);
 }
 
 /// Number of unmasked tokens (m ≠ 0) of each row of a `[B, T]` mask: the response lengths.
@@ -321,11 +353,25 @@ Vec<::rlpo::detail::scalar_t<DS>> opo_advantages(const Eigen::MatrixBase<DS>& sc
                 num += l[static_cast<std::size_t>(k)] * s[static_cast<std::size_t>(k)];
                 den += l[static_cast<std::size_t>(k)];
             }
-            const double base = den > 0 ? num / den : detail::mean(s, b, e);
-            for (Index k = b; k < e; ++k)
-                a[static_cast<std::size_t>(k)] = s[static_cast<std::size_t>(k)] - base;
+            double base = den > 0 ? num / den : detail::mean(s, b, e);
+            if (!std::isfinite(num) || !std::isfinite(den)) {
+                // rare path: Σ l·s or Σ l overflowed; weights l/Σl ≤ 1 from l / max l
+                double L = 0.0;
+                for (Index k = b; k < e; ++k) L = std::max(L, l[static_cast<std::size_t>(k)]);
+                double d2 = 0.0;
+                for (Index k = b; k < e; ++k) d2 += l[static_cast<std::size_t>(k)] / L;
+                base = 0.0;
+                for (Index k = b; k < e; ++k)
+                    base +=
+                        l[static_cast<std::size_t>(k)] / L / d2 * s[static_cast<std::size_t>(k)];
+            }
+            for (Index k = b; k < e; ++k) {
+                const auto i = static_cast<std::size_t>(k);
+                const detail::Centred c = detail::centred(s[i], base);
+                a[i] = c.d * c.scale;
+            }
         });
-    return detail::to_vec<S>(a);
+    return detail::to_vec_checked<S>(fn, a);
 }
 
 /// Options of `grpo_passk_advantages`.

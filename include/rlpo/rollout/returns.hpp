@@ -27,6 +27,10 @@
 /// variance over all unmasked tokens of the batch; v is unbiased (× N/(N−1), N = Σ m) in verl,
 /// population in OpenRLHF, which also takes sqrt(max(v, ε)) instead of sqrt(v + ε)
 /// (`WhitenOptions::openrlhf()`). With N ≤ 1 (where verl raises) the whitened values are 0.
+/// Any finite values and mask weights are accepted: when Σ m·x or Σ m·(x − μ)² would overflow,
+/// the statistics are taken on x / max|x| with weights m / max m (exact up to rounding); a
+/// whitened value beyond the storage type, or a recursion (returns, GAE) that overflows, →
+/// rlpo::numerical_error.
 ///
 /// Precision and threads: recursions and whitening statistics run in double; outputs are stored
 /// in the caller's scalar type (the variance pass reads those stored values). Rows run in
@@ -46,6 +50,7 @@
 #include <algorithm>
 #include <cmath>
 #include <initializer_list>
+#include <limits>
 #include <vector>
 
 namespace rlpo::rollout {
@@ -84,9 +89,18 @@ struct RowScan {
     int bad_input = -1;  ///< index into the caller's input list, −1 when clean
     Index bad_t = -1;
     double bad_value = 0.0;
-    double weight = 0.0;  ///< Σ_t m
-    double sum = 0.0;     ///< Σ_t m·x
+    double weight = 0.0;    ///< Σ_t m
+    double sum = 0.0;       ///< Σ_t m·x
+    Index overflow_t = -1;  ///< first position whose recursion overflowed (finite inputs)
 };
+
+/// Flag a recursion value that is not finite in double or in the storage type S (its inputs
+/// are finite: the input check comes first).
+template <class S>
+inline void flag_overflow(RowScan& sc, Index t, double v) {
+    if (sc.overflow_t < 0 && !(std::abs(static_cast<S>(v)) < std::numeric_limits<S>::infinity()))
+        sc.overflow_t = t;
+}
 
 /// Run `f(i, scan)` for every row (in parallel with OpenMP; rows are independent and the
 /// partial sums are combined in row order afterwards, so results do not depend on the thread
@@ -103,7 +117,69 @@ inline std::vector<RowScan> scan_rows(const char* fn, Index B,
             ::rlpo::detail::fail(fn, *(names.begin() + r.bad_input), ": non-finite value ",
                                  r.bad_value, " at [", i, ", ", r.bad_t, "] under a non-zero mask");
     }
+    for (Index i = 0; i < B; ++i)
+        if (rows[static_cast<std::size_t>(i)].overflow_t >= 0)
+            ::rlpo::detail::fail_numerical(fn, "the return / advantage recursion overflows at [", i,
+                                           ", ", rows[static_cast<std::size_t>(i)].overflow_t,
+                                           "] (finite inputs whose discounted sum exceeds the "
+                                           "storage type)");
     return rows;
+}
+
+/// Whitening whose sums overflow (values or mask weights near the double range): the same
+/// statistics with the values divided by M = max |x| and the weights by W = max m over the
+/// unmasked entries, so every sum stays finite; (x − μ)/sqrt(v + ε) = (x/M − μ/M) /
+/// sqrt(v/M² + ε/M²) is then exact up to rounding. Serial (a rare path).
+template <class S, class X>
+inline void whiten_scaled(X& x, const ConstMatRef<S>& mask, const WhitenOptions& o) {
+    using X_t = typename X::Scalar;
+    const Index B = x.rows(), T = x.cols();
+    double M = 0.0, W = 0.0;
+    for (Index i = 0; i < B; ++i)
+        for (Index t = 0; t < T; ++t)
+            if (mask(i, t) != 0) {
+                M = std::max(M, std::abs(static_cast<double>(x(i, t))));
+                W = std::max(W, static_cast<double>(mask(i, t)));
+            }
+    double n = 0.0, sum = 0.0, cnt = 0.0;
+    for (Index i = 0; i < B; ++i)
+        for (Index t = 0; t < T; ++t)
+            if (mask(i, t) != 0) {
+                const double m = static_cast<double>(mask(i, t)) / W;
+                n += m;
+                sum += m * (static_cast<double>(x(i, t)) / M);
+                cnt += static_cast<double>(mask(i, t));  // the unscaled Σ m (may be +inf)
+            }
+    const double mu_s = n > 0 ? sum / n : 0.0;
+    double ss = 0.0;
+    for (Index i = 0; i < B; ++i)
+        for (Index t = 0; t < T; ++t)
+            if (mask(i, t) != 0) {
+                const double d = static_cast<double>(x(i, t)) / M - mu_s;
+                ss += static_cast<double>(mask(i, t)) / W * d * d;
+            }
+    double var_s = n > 0 ? ss / n : 0.0;
+    const bool degenerate = !(cnt > 1);
+    // n/(n − 1) in unscaled counts (→ 1 where Σ m itself overflows)
+    if (o.unbiased && !degenerate && std::isfinite(cnt)) var_s *= cnt / (cnt - 1);
+    const double eps_s = o.epsilon / M / M;
+    const double denom_s =
+        o.eps_as_floor ? std::sqrt(std::max(var_s, eps_s)) : std::sqrt(var_s + eps_s);
+    const bool zero = degenerate || !(denom_s > 0);
+    for (Index i = 0; i < B; ++i)
+        for (Index t = 0; t < T; ++t) {
+            if (mask(i, t) == 0) {
+                x(i, t) = X_t(0);
+                continue;
+            }
+            double w = zero ? 0.0 : (static_cast<double>(x(i, t)) / M - mu_s) / denom_s;
+            if (!o.shift_mean) w += M * mu_s;
+            const X_t out = static_cast<X_t>(w);
+            if (!(std::abs(out) < std::numeric_limits<X_t>::infinity()))
+                ::rlpo::detail::fail_numerical("rollout::whiten", "the whitened value at [", i,
+                                               ", ", t, "] overflows the storage type");
+            x(i, t) = out;
+        }
 }
 
 /// Whitening in place over the mask (weights m), given the per-row Σm and Σm·x of pass one:
@@ -129,6 +205,8 @@ inline void whiten_in_place(X& x, const ConstMatRef<S>& mask, const std::vector<
     });
     double ss = 0.0;
     for (double v : row_ss) ss += v;
+    if (!(std::isfinite(n) && std::isfinite(mu) && std::isfinite(ss)))
+        return whiten_scaled<S>(x, mask, o);  // Σ m·x or Σ m·d² overflowed: rare path
     double var = n > 0 ? ss / n : 0.0;
     const bool degenerate = !(n > 1);
     if (o.unbiased && !degenerate) var *= n / (n - 1);
@@ -215,6 +293,7 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> reinforce_pp_advantages(
                 if (!std::isfinite(rt) && sc.bad_input < 0)
                     sc.bad_input = 0, sc.bad_t = t, sc.bad_value = rt;
                 const double G = rt + opts.gamma * next;
+                detail::flag_overflow<S>(sc, t, G);
                 out.returns(i, t) = static_cast<S>(G);
                 next = G;
                 sc.weight += mk;
@@ -345,6 +424,8 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> gae_advantages(
                 const double delta = rt + opts.gamma * next_value - vt;
                 next_adv = delta + opts.gamma * opts.lambda * next_adv;
                 next_value = vt;
+                detail::flag_overflow<S>(sc, t, next_adv);
+                detail::flag_overflow<S>(sc, t, next_adv + vt);
                 out.advantages(i, t) = static_cast<S>(next_adv);
                 out.returns(i, t) = static_cast<S>(next_adv + vt);
                 sc.weight += mk;

@@ -325,16 +325,20 @@ private:
     static constexpr const char* kFn = "train::TrainingStep";
 
     /// Turn a caller's destination into an accumulating one: Own → zeroed matrix in `own`;
-    /// Write → the caller's buffer, zeroed; Add → as given; None → none.
+    /// Write → the caller's buffer, zeroed; Add → as given; None → none. As `GradWriter`, a
+    /// null buffer is accepted only for an empty shape (rows·cols = 0); otherwise a null
+    /// buffer, a wrong shape and a short stride each get their own message.
     static GradientOut<S> resolve(const GradientOut<S>& out, Mat<S>& own, Index rows, Index cols) {
         switch (out.mode) {
             case GradMode::Own: own.setZero(rows, cols); return add_to<S>(own, out.coef);
             case GradMode::Write: {
-                RLPO_CHECK(out.data != nullptr && out.rows == rows && out.cols == cols &&
-                               out.stride >= cols,
-                           kFn, "StepGradients: expected a [", rows, ", ", cols,
-                           "] buffer, given [", out.rows, ", ", out.cols, "]");
-                for (Index i = 0; i < rows; ++i)
+                RLPO_CHECK(out.rows == rows && out.cols == cols, kFn, "StepGradients: expected a [",
+                           rows, ", ", cols, "] buffer, given [", out.rows, ", ", out.cols, "]");
+                RLPO_CHECK(out.data != nullptr || rows * cols == 0, kFn,
+                           "StepGradients: null buffer for a [", rows, ", ", cols, "] gradient");
+                RLPO_CHECK(out.stride >= cols, kFn, "StepGradients: stride ", out.stride,
+                           " < cols ", cols);
+                for (Index i = 0; i < rows && out.data; ++i)
                     std::fill(out.data + i * out.stride, out.data + i * out.stride + cols, S(0));
                 GradientOut<S> a = out;
                 a.mode = GradMode::Add;

@@ -10,7 +10,14 @@
 ///     GradientOut coefficient, accumulates the value in double;
 ///   * processes rows in parallel when OpenMP is enabled, with per-row partial sums combined in
 ///     row order, so the result is bitwise identical for any number of threads;
-///   * flags a NaN loss or gradient and then names the offending input and position.
+///   * flags a non-finite (NaN or ±inf) per-token loss or gradient at an unmasked token and
+///     then names the offending input and position (`rlpo::invalid_argument`): a NaN input by
+///     name, else the inputs at that position, which give a loss the formula cannot take;
+///   * flags a weighted gradient entry c_i·m_it·∂L (times the GradientOut coefficient) that
+///     overflows the storage type although ∂L is finite (`rlpo::numerical_error`).
+/// Both flags are fused into the pass (a compare per token, diagnosed after the loop). The
+/// value and the metrics the objective builds from the sums are checked by its caller
+/// (`check_finite_result`: a sum of finite losses can still overflow).
 
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/detail/parallel.hpp>
@@ -48,8 +55,9 @@ struct TokenPassResult {
     double count = 0.0;             ///< Σ m (local)
 };
 
-/// Diagnose a NaN produced at row-major index k: name a NaN input, else list the inputs'
-/// values (a NaN that arose from ±inf inputs the formula cannot take).
+/// Diagnose a non-finite (NaN or ±inf) per-token result at [i, t]: name a NaN input, else list
+/// the inputs' values (a loss or gradient the formula cannot give a finite value for, e.g.
+/// −inf log-probs where no clamp bounds the result).
 template <class S>
 [[noreturn]] inline void fail_nan_at(const char* function, Index i, Index t,
                                      std::initializer_list<NamedInput<S>> inputs) {
@@ -58,12 +66,22 @@ template <class S>
             fail(function, in.name, ": NaN at [", i, ", ", t,
                  "] under a non-zero mask (NaN inputs are rejected)");
     std::ostringstream os;
+    os.precision(std::numeric_limits<double>::max_digits10);
     for (const auto& in : inputs) os << ' ' << in.name << '=' << (*in.x)(i, t);
-    fail(function, "inputs at [", i, ", ", t, "] give an undefined (NaN) loss:", os.str());
+    fail(function, "inputs at [", i, ", ", t,
+         "] give a non-finite loss or gradient (see the non-finite policy):", os.str());
+}
+
+/// A weighted gradient entry that overflows although the per-token gradient is finite.
+[[noreturn]] inline void fail_grad_overflow(const char* function, Index i, Index t) {
+    fail_numerical(function, "gradient at [", i, ", ", t,
+                   "]: the weighted per-token gradient (aggregation factor x mask weight x "
+                   "coefficient) overflows the storage type");
 }
 
 /// The end of a token pass: the rows' sums added in row order; the first row (in row order)
-/// with a NaN at token `row_nan[r]` ≥ 0 is diagnosed instead.
+/// with a non-finite per-token result at token `row_nan[r]` ≥ 0 is diagnosed instead (an
+/// overflowing weighted gradient is encoded as −2 − t).
 template <std::size_t K, class S>
 inline TokenPassResult<K> combine_rows(const char* function, const RowWeights& w,
                                        std::initializer_list<NamedInput<S>> inputs,
@@ -73,12 +91,15 @@ inline TokenPassResult<K> combine_rows(const char* function, const RowWeights& w
     TokenPassResult<K> out;
     for (std::size_t r = 0; r < row_value.size(); ++r) {
         if (row_nan[r] >= 0) fail_nan_at<S>(function, static_cast<Index>(r), row_nan[r], inputs);
+        if (row_nan[r] < -1) fail_grad_overflow(function, static_cast<Index>(r), -2 - row_nan[r]);
         out.value += row_value[r];
         for (std::size_t j = 0; j < K; ++j) out.stats[j] += row_stats[r][j];
     }
     out.count = w.local_tokens;
     return out;
 }
+
+inline constexpr double kInf = std::numeric_limits<double>::infinity();
 
 template <std::size_t K, class S, class F>
 inline TokenPassResult<K> token_pass(const char* function, const ConstMatRef<S>& mask,
@@ -101,13 +122,18 @@ inline TokenPassResult<K> token_pass(const char* function, const ConstMatRef<S>&
             }
             std::array<double, K> local{};
             const LossGrad lg = f(i, t, local);
-            if (std::isnan(lg.loss) || std::isnan(lg.grad)) {
-                if (row_nan[r] < 0) row_nan[r] = t;
+            if (!(std::abs(lg.loss) < kInf && std::abs(lg.grad) < kInf)) {
+                if (row_nan[r] == -1) row_nan[r] = t;
+                g.zero(i, t);
                 continue;
             }
             acc += mk * lg.loss;
             for (std::size_t j = 0; j < K; ++j) st[j] += mk * local[j];
-            g.put(i, t, c * mk * lg.grad);
+            const double gv = c * mk * lg.grad;
+            if (g.active() && row_nan[r] == -1 &&
+                !(std::abs(static_cast<S>(g.coef() * gv)) < std::numeric_limits<S>::infinity()))
+                row_nan[r] = -2 - t;
+            g.put(i, t, gv);
         }
         row_value[r] = c * acc;
         row_stats[r] = st;
@@ -123,8 +149,8 @@ inline TokenPassResult<K> token_pass(const char* function, const ConstMatRef<S>&
 //
 // `token_pass_simd` keeps the contract of `token_pass` (masked tokens never influence anything,
 // gradient exactly 0 there, aggregation weights c_i·m_it, per-row partial sums combined in row
-// order, NaN diagnosis) but calls the objective once per SIMD *packet* of a row, computed in
-// the storage precision S with Eigen's packet primitives (exp, min, max, compares; masks are
+// order, non-finite diagnosis) but calls the objective once per SIMD *packet* of a row, computed
+// in the storage precision S with Eigen's packet primitives (exp, min, max, compares; masks are
 // blends, never branches). The driver blends masked lanes away (so garbage at masked positions
 // never propagates), sums in registers and writes the gradient. `row_weights_fast` computes
 // the aggregation factors of core/aggregation.hpp with vectorised row sums.
@@ -140,8 +166,9 @@ namespace rlpo::detail {
 /// masked lanes, so that whatever a masked position holds (NaN included) never reaches the
 /// arithmetic; on zero inputs a kernel must produce finite values. It returns loss, ∂loss/∂x
 /// and the K statistics in registers. The driver loads the mask once per packet, skips packets
-/// whose lanes are all masked, checks for NaN, writes the gradient and accumulates the sums (in
-/// S over 8 packets, then in double, in a fixed order). Same contract as token_pass.
+/// whose lanes are all masked, checks that loss and (weighted) gradient are finite (one compare
+/// |x| < inf each), writes the gradient and accumulates the sums (in S over 8 packets, then in
+/// double, in a fixed order). Same contract as token_pass.
 template <std::size_t K, class S, class F>
 inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRef<S>& mask,
                                           const RowWeights& w, const GradWriter<S>& g,
@@ -182,6 +209,8 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
         };
         P loss, grad;
         Packets<S, K> stats;
+        // |x| < inf is false for NaN and ±inf: one compare per output flags both
+        const P inf = set1<S>(std::numeric_limits<S>::infinity());
         for (Index k = 0; k < T; k += W) {
             const P m = load(mk, k, T);
             const P keep = pandnot(all, pcmp_eq(m, zero));
@@ -191,13 +220,17 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
             }
             f(i, k, T, keep, loss, grad, stats);
             // masked lanes saw zero inputs: their outputs are finite, and m = 0 zeroes them
-            bad = por(bad, pandnot(all, pand(not_nan<S>(loss), not_nan<S>(grad))));
             if (gw) {
                 const P gk = pmul(pmul(grad, m), gs);
+                bad = por(bad, pandnot(all, pand(pcmp_lt(Eigen::internal::pabs(loss), inf),
+                                                 pcmp_lt(Eigen::internal::pabs(gk), inf))));
                 if (gmode == GradMode::Add)
                     store_n(gw, k, T, padd(load(static_cast<const S*>(gw), k, T), gk));
                 else
                     store_n(gw, k, T, gk);
+            } else {
+                bad = por(bad, pandnot(all, pand(pcmp_lt(Eigen::internal::pabs(loss), inf),
+                                                 pcmp_lt(Eigen::internal::pabs(grad), inf))));
             }
             acc = padd(acc, pmul(loss, m));
             for (std::size_t j = 0; j < K; ++j) acc_st[j] = padd(acc_st[j], pmul(stats[j], m));
@@ -205,19 +238,27 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
         }
         flush();
         if (Eigen::internal::predux_any(bad)) {
-            // find the first NaN again, in scalar code (rare path: the call throws)
-            for (Index k = 0; k < T && row_nan[r] < 0; k += W) {
+            // find the first non-finite entry again, in scalar code (rare path: the call throws)
+            const S sinf = std::numeric_limits<S>::infinity();
+            for (Index k = 0; k < T && row_nan[r] == -1; k += W) {
                 const P m = load(mk, k, T);
                 f(i, k, T, pandnot(all, pcmp_eq(m, zero)), loss, grad, stats);
-                S lb[W], gb[W], mb[W];
+                S lb[W], gb[W], mb[W], wb[W];
                 Eigen::internal::pstoreu(lb, loss);
                 Eigen::internal::pstoreu(gb, grad);
                 Eigen::internal::pstoreu(mb, m);
-                for (Index j = 0; j < W && k + j < T; ++j)
-                    if (mb[j] != S(0) && (std::isnan(lb[j]) || std::isnan(gb[j]))) {
+                Eigen::internal::pstoreu(wb, pmul(pmul(grad, m), gs));
+                for (Index j = 0; j < W && k + j < T; ++j) {
+                    if (mb[j] == S(0)) continue;
+                    if (!(std::abs(lb[j]) < sinf && std::abs(gb[j]) < sinf)) {
                         row_nan[r] = k + j;
                         break;
                     }
+                    if (gw && !(std::abs(wb[j]) < sinf)) {
+                        row_nan[r] = -2 - (k + j);
+                        break;
+                    }
+                }
             }
         }
         row_value[r] = c * total;

@@ -85,10 +85,12 @@ struct SurrogateCall {
           count_epsilon(norm.count_epsilon) {}
 
     /// Sets the value from the pass sum (times the GradientOut coefficient), gives the mean
-    /// metrics the normalizer's count ε and hands back res.
+    /// metrics the normalizer's count ε, checks that value and metrics are finite (a sum of
+    /// finite per-token losses can still overflow: `rlpo::numerical_error`) and hands back res.
     Result<S> finish(double pass_value) {
         res.value = g.coef() * pass_value;
         res.metrics.with_count_epsilon(count_epsilon);
+        ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
         return std::move(res);
     }
     double weight_at(Index i, Index t) const { return detail::weight_at(is_weights, i, t); }
@@ -97,12 +99,25 @@ struct SurrogateCall {
     /// for each unmasked token.
     template <std::size_t K, class F>
     ::rlpo::detail::TokenPassResult<K> tokens(F&& body) const {
-        if constexpr (Kernel::reads_old_logp)
+        using NI = ::rlpo::detail::NamedInput<S>;
+        const ConstMatRef<S>* wts = is_weights ? &*is_weights : nullptr;
+        if constexpr (Kernel::reads_old_logp) {
+            if (wts)
+                return ::rlpo::detail::token_pass<K, S>(
+                    fn, m, w, g,
+                    {NI{"logp", &lp}, NI{"old_logp", &olp}, NI{"advantages", &A},
+                     NI{"is_weights", wts}},
+                    body);
             return ::rlpo::detail::token_pass<K, S>(
-                fn, m, w, g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}}, body);
-        else
+                fn, m, w, g, {NI{"logp", &lp}, NI{"old_logp", &olp}, NI{"advantages", &A}}, body);
+        } else {
+            if (wts)
+                return ::rlpo::detail::token_pass<K, S>(
+                    fn, m, w, g, {NI{"logp", &lp}, NI{"advantages", &A}, NI{"is_weights", wts}},
+                    body);
             return ::rlpo::detail::token_pass<K, S>(fn, m, w, g,
-                                                    {{"logp", &lp}, {"advantages", &A}}, body);
+                                                    {NI{"logp", &lp}, NI{"advantages", &A}}, body);
+        }
     }
 
     /// The row pass of the sequence-level surrogates: `row(i, part)` for each row with at least
@@ -177,30 +192,47 @@ Result<::rlpo::detail::scalar_t<DL>> run_tokens(
 }
 
 /// Token-level surrogate over `token_pass_simd` with the fast row factors. The kernel is a
-/// template over S (`Kernel<S>`) whose call operator takes the views and the packet arguments:
-/// `k(lp, olp, A, i, k, T, keep, loss, grad, stats)`. No `is_weights` (callers fold them into
-/// the inputs, as `policy_loss` does for PPO clip).
+/// template over S (`Kernel<S>`) whose call operator, a template over `bool Weighted`, takes
+/// the views, the row of `is_weights` (null when unweighted) and the packet arguments:
+/// `k.template operator()<Weighted>(lp, olp, A, wrow, i, k, T, keep, loss, grad, stats)`. The
+/// weights are read per packet (no weighted copy of an input); the unweighted instantiation is
+/// the kernel without them.
 template <template <class> class Kernel, class DL, class DO, class DA, class DM>
 Result<::rlpo::detail::scalar_t<DL>> run_tokens_simd(
     const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
     const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
     const typename Kernel<::rlpo::detail::scalar_t<DL>>::Options& opts, const Normalizer& norm,
-    const GradientOut<::rlpo::detail::scalar_t<DL>>& out) {
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out,
+    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
     using S = ::rlpo::detail::scalar_t<DL>;
     using Kern = Kernel<S>;
     using P = ::rlpo::detail::simd::Packet<S>;
+    using NI = ::rlpo::detail::NamedInput<S>;
     constexpr std::size_t K = Kern::stats;
-    const TokenWeights<S> none = std::nullopt;
-    SurrogateCall<S, Kern> c(logp, old_logp, advantages, mask, opts, norm, out, none, true);
+    SurrogateCall<S, Kern> c(logp, old_logp, advantages, mask, opts, norm, out, is_weights, true);
     const auto& lp = c.lp;
     const auto& olp = c.olp;
     const auto& A = c.A;
-    const auto pass = ::rlpo::detail::token_pass_simd<K, S>(
-        c.fn, c.m, c.w, c.g, {{"logp", &lp}, {"old_logp", &olp}, {"advantages", &A}},
-        [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
-            ::rlpo::detail::simd::Packets<S, K>& st) {
-            c.kernel(lp, olp, A, i, k, T, keep, loss, grad, st);
-        });
+    ::rlpo::detail::TokenPassResult<K> pass;
+    if (is_weights) {
+        const ConstMatRef<S>& wm = *is_weights;
+        pass = ::rlpo::detail::token_pass_simd<K, S>(
+            c.fn, c.m, c.w, c.g,
+            {NI{"logp", &lp}, NI{"old_logp", &olp}, NI{"advantages", &A}, NI{"is_weights", &wm}},
+            [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
+                ::rlpo::detail::simd::Packets<S, K>& st) {
+                c.kernel.template operator()<true>(lp, olp, A, wm.data() + i * wm.outerStride(), i,
+                                                   k, T, keep, loss, grad, st);
+            });
+    } else {
+        pass = ::rlpo::detail::token_pass_simd<K, S>(
+            c.fn, c.m, c.w, c.g, {NI{"logp", &lp}, NI{"old_logp", &olp}, NI{"advantages", &A}},
+            [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
+                ::rlpo::detail::simd::Packets<S, K>& st) {
+                c.kernel.template operator()<false>(lp, olp, A, nullptr, i, k, T, keep, loss, grad,
+                                                    st);
+            });
+    }
     c.kernel.report(c.res.metrics, pass.stats, pass.count);
     return c.finish(pass.value);
 }

@@ -77,23 +77,84 @@ inline void check_groups(const char* fn, const char* name, const Groups& g, std:
                " entries, but the groups cover ", g.num_responses(), " responses");
 }
 
-/// Mean of x[b, e).
+/// Mean of x[b, e). Any finite entries give a finite mean: when the plain sum overflows, the
+/// mean is taken as Σ x/n (each term at most max |x|).
 inline double mean(const std::vector<double>& x, Index b, Index e) {
+    if (e <= b) return 0.0;
     double s = 0.0;
     for (Index k = b; k < e; ++k) s += x[static_cast<std::size_t>(k)];
-    return e > b ? s / static_cast<double>(e - b) : 0.0;
+    const double n = static_cast<double>(e - b);
+    if (std::isfinite(s)) return s / n;
+    s = 0.0;  // rare path: the sum overflowed
+    for (Index k = b; k < e; ++k) s += x[static_cast<std::size_t>(k)] / n;
+    return s;
 }
 
-/// Standard deviation of x[b, e) around `mu`: sample (n − 1) or population (n) flavour; 0 when
-/// the flavour's denominator is ≤ 0.
-inline double stddev(const std::vector<double>& x, Index b, Index e, double mu, bool sample) {
+/// x − μ for finite x and μ, without overflow where the difference itself is representable
+/// at half scale: the caller divides the result by `scale` (1, or 2 when x − μ overflowed).
+struct Centred {
+    double d;
+    double scale;
+};
+inline Centred centred(double x, double mu) {
+    const double d = x - mu;
+    if (std::isfinite(d)) return {d, 1.0};
+    return {x / 2 - mu / 2, 2.0};
+}
+
+/// (x − μ)/den for finite x, μ and den > 0, exact where the quotient is representable even
+/// when x − μ overflows a double.
+inline double centred_ratio(double x, double mu, double den) {
+    const Centred c = centred(x, mu);
+    return c.scale == 1.0 ? c.d / den : c.d / (den / c.scale);
+}
+
+/// A standard deviation as D·r (D = 1 on the plain path, the largest |x − μ| on the scaled
+/// one), so that a std beyond the double range still divides exactly.
+struct ScaledStd {
+    double D = 1.0;
+    double r = 0.0;
+    double value() const { return D * r; }
+};
+
+/// Standard deviation of x[b, e) around `mu` as D·r: sample (n − 1) or population (n) flavour;
+/// 0 when the flavour's denominator is ≤ 0. Any finite entries give the correct std: when
+/// Σ (x − μ)² overflows or underflows, the sum of squares is taken on (x − μ)/D with
+/// D = max |x − μ| (a scaled sum of squares; x − μ formed at half scale where it overflows).
+inline ScaledStd stddev_scaled(const std::vector<double>& x, Index b, Index e, double mu,
+                               bool sample) {
     double ss = 0.0;
+    bool any = false;
     for (Index k = b; k < e; ++k) {
         const double d = x[static_cast<std::size_t>(k)] - mu;
         ss += d * d;
+        any = any || d != 0;
     }
     const double n = static_cast<double>(e - b) - (sample ? 1.0 : 0.0);
-    return n > 0 ? std::sqrt(ss / n) : 0.0;
+    if (!(n > 0) || !any) return {};
+    if (std::isfinite(ss) && ss >= 1e-280) return {1.0, std::sqrt(ss / n)};
+    // rare path: scaled sum of squares (huge or tiny deviations)
+    bool half = false;
+    for (Index k = b; k < e; ++k)
+        half = half || centred(x[static_cast<std::size_t>(k)], mu).scale != 1.0;
+    const auto dev = [&](Index k) {
+        const double xk = x[static_cast<std::size_t>(k)];
+        return half ? xk / 2 - mu / 2 : xk - mu;
+    };
+    double D = 0.0;
+    for (Index k = b; k < e; ++k) D = std::max(D, std::abs(dev(k)));
+    double q = 0.0;
+    for (Index k = b; k < e; ++k) {
+        const double d = dev(k) / D;
+        q += d * d;
+    }
+    // half scale: the deviations were halved, D is half the largest |x − μ|
+    return {half ? 2.0 * D : D, std::sqrt(q / n)};
+}
+
+/// The standard deviation as one double (+inf only where the true std exceeds the range).
+inline double stddev(const std::vector<double>& x, Index b, Index e, double mu, bool sample) {
+    return stddev_scaled(x, b, e, mu, sample).value();
 }
 
 /// True when every entry of x[b, e) is bitwise the same value.
@@ -118,6 +179,19 @@ inline void for_mask_rows(const char* fn, const ConstMatRef<S>& m, F&& f) {
         f(i, row);
     });
     if (std::find(bad.begin(), bad.end(), char(1)) != bad.end()) ::rlpo::detail::check_mask(fn, m);
+}
+
+/// `to_vec` for computed advantages: an entry that is not finite in S (a true overflow of
+/// finite scores, e.g. s − μ beyond the double range) → rlpo::numerical_error.
+template <class S>
+inline Vec<S> to_vec_checked(const char* fn, const std::vector<double>& x) {
+    for (std::size_t k = 0; k < x.size(); ++k)
+        if (!(std::abs(static_cast<S>(x[k])) < std::numeric_limits<S>::infinity()))
+            ::rlpo::detail::fail_numerical(fn, "the advantage of response ", k,
+                                           " overflows the storage type (", x[k], ")");
+    Vec<S> v(static_cast<Index>(x.size()));
+    for (std::size_t k = 0; k < x.size(); ++k) v(static_cast<Index>(k)) = static_cast<S>(x[k]);
+    return v;
 }
 
 template <class S>
