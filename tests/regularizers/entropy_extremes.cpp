@@ -64,7 +64,8 @@ TEMPLATE_TEST_CASE("entropy_bonus: shift invariant at large offsets", "[regulari
     for (double offset : {1e6, 1e17, -1e17, 1e30}) {
         const S off = static_cast<S>(offset);
         // the logits' unit: one ulp of the offset, so that base + offset is exact
-        const S u = std::nextafter(std::abs(off), std::numeric_limits<S>::infinity()) - std::abs(off);
+        const S u =
+            std::nextafter(std::abs(off), std::numeric_limits<S>::infinity()) - std::abs(off);
         rt::Generator gen(21);
         Mat<S> base = (gen.logits(B * T, V) * 3.0).array().round().template cast<S>() * u;
         base(0, 0) = base(0, 1) = base.row(0).maxCoeff() + u;  // a tie at the maximum
@@ -73,8 +74,8 @@ TEMPLATE_TEST_CASE("entropy_bonus: shift invariant at large offsets", "[regulari
         const auto r0 = rr::entropy_bonus(base, mask);
         const auto r1 = rr::entropy_bonus(z, mask);
         const double ref = static_cast<double>(ref_entropy_mean(base));
-        INFO("offset " << offset << " H(base) " << r0.value << " H(shifted) " << r1.value
-                       << " ref " << ref);
+        INFO("offset " << offset << " H(base) " << r0.value << " H(shifted) " << r1.value << " ref "
+                       << ref);
         const double tol = std::is_same<S, double>::value ? 1e-12 : 1e-6;
         CHECK(std::abs(r1.value - ref) <= tol * std::max(1.0, std::abs(ref)));
         CHECK(std::abs(r0.value - ref) <= tol * std::max(1.0, std::abs(ref)));
@@ -90,8 +91,7 @@ TEMPLATE_TEST_CASE("entropy_bonus: shift invariant at large offsets", "[regulari
     CHECK(std::abs(r.value - std::log(2.0)) <= 1e-6);
 }
 
-TEST_CASE("entropy_bonus: no heap traffic proportional to the input",
-          "[regularizers][entropy]") {
+TEST_CASE("entropy_bonus: no heap traffic proportional to the input", "[regularizers][entropy]") {
     rt::Generator gen(4);
     const Index B = 16, T = 32, V = 4096;
     const Mat<float> z = gen.logits(B * T, V).cast<float>();

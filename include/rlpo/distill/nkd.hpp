@@ -22,9 +22,11 @@
 ///
 /// Metrics: `nkd_loss` (mean L), `nkd_target_loss` (mean −p_y log q_y).
 ///
-/// **Bad input**: targets not N entries or outside [0, V) (unmasked rows); γ < 0; τ ≤ 0; V < 2;
+/// **Bad input**: targets not N entries or outside [0, V) (unmasked rows); γ < 0; τ < 1e−4 or not finite;
+/// V = 0 ("logits: V = 0") or V = 1 with rows (`[0, V]` is an empty batch);
 /// the per-row logit errors of divergences.hpp; an infinite loss (q_y = 0 with p_y > 0, or a
-/// non-target entry the student excludes and the teacher does not).
+/// non-target entry the student excludes and the teacher does not). The value and metrics
+/// are checked finite at the end (rlpo::numerical_error otherwise).
 
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/error.hpp>
@@ -113,9 +115,10 @@ Result<::rlpo::detail::scalar_t<DS>> nkd(
     const detail::LogitPair<DS, DT> in(fn, student_logits, teacher_logits);
     const ConstMatRef<S>&z = in.z, &v = in.y;
     ::rlpo::detail::check_nonnegative(fn, "gamma", opts.gamma);
-    ::rlpo::detail::check_positive(fn, "temperature", opts.temperature);
+    detail::check_temperature(fn, opts.temperature);
     const Index N = z.rows(), V = z.cols();
-    RLPO_CHECK(V >= 2, fn, "student_logits: need at least 2 vocabulary entries, given ", V);
+    RLPO_CHECK(V >= 2 || N == 0, fn, "student_logits: need at least 2 vocabulary entries, given ",
+               V);
     const detail::RowPlan plan = detail::plan_rows(fn, N, mask, norm);
     if (!targets.empty()) {
         RLPO_CHECK(static_cast<Index>(targets.size()) == N, fn, "targets: expected ", N,
@@ -148,6 +151,7 @@ Result<::rlpo::detail::scalar_t<DS>> nkd(
     res.value = g.coef() * pass.value;
     res.metrics.add("nkd_loss", pass.metric, pass.count);
     res.metrics.add("nkd_target_loss", pass.aux, pass.count);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

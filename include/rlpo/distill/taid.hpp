@@ -23,9 +23,11 @@
 /// Rows, mask, aggregation, τ² option, GradientOut, OpenMP and bfloat16 as in
 /// divergences.hpp. Metric: `taid_loss` (mean L over unmasked rows), `taid_t`.
 ///
-/// **Bad input**: t outside [0, 1], τ ≤ 0, shapes, mask, and the per-row logit errors of
+/// **Bad input**: t outside [0, 1], τ < 1e−4 or not finite (`kMinTemperature`), V = 0 with
+/// rows ("logits: V = 0"; `[0, V]` is an empty batch), shapes, mask, and the per-row logit errors of
 /// divergences.hpp; schedule options outside their domain (t_start ∉ [0, 1), t_end ∉ (0, 1],
-/// α ∉ [0, 1], β ∉ [0, 1), total_steps ≤ 0).
+/// α ∉ [0, 1], β ∉ [0, 1), total_steps ≤ 0). The value and metrics are checked finite at the
+/// end (rlpo::numerical_error otherwise).
 
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/error.hpp>
@@ -101,7 +103,7 @@ Result<::rlpo::detail::scalar_t<DS>> taid(
     const detail::LogitPair<DS, DT> in(fn, student_logits, teacher_logits);
     const ConstMatRef<S>&z = in.z, &y = in.y;
     RLPO_CHECK(opts.t >= 0 && opts.t <= 1, fn, "t: must be in [0, 1], given ", opts.t);
-    ::rlpo::detail::check_positive(fn, "temperature", opts.temperature);
+    detail::check_temperature(fn, opts.temperature);
     const Index N = z.rows(), V = z.cols();
     const detail::RowPlan plan = detail::plan_rows(fn, N, mask, norm);
     Result<S> res;
@@ -118,6 +120,7 @@ Result<::rlpo::detail::scalar_t<DS>> taid(
     res.value = g.coef() * pass.value;
     res.metrics.add("taid_loss", pass.metric, pass.count);
     res.metrics.set("taid_t", opts.t);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 
