@@ -93,6 +93,7 @@ Result<::rlpo::detail::scalar_t<DS>> divergence(
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
     const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
+    detail::check_scale(fn, "temperature", t2);
     const detail::DenseRows rows = detail::dense_rows<S, A>(opts, plan, z, y, g, t2);
     const detail::PassResult pass =
         detail::combine_rows(fn, plan, N, rows.loss, rows.aux, rows.errs, t2);

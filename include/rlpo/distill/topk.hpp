@@ -86,19 +86,22 @@ inline constexpr double kTopKLogprobSlack = 1e-4;
 
 namespace detail {
 
-/// q = softmax(z/τ) into ws.a (exact zeros at −inf); returns log Σ exp(z/τ) or NaN/+inf/−inf
-/// flags through `err`.
+/// q = softmax(z/τ) into ws.a (exact zeros at −inf); returns log Σ exp((z − mz)/τ) and the
+/// row maximum in `mz` (log q_j = (z_j − mz)/τ − the returned value: no rounding relative to
+/// large logits), or NaN/+inf/−inf flags through `err`.
 template <class A>
-inline double student_softmax(const A* z, Index V, A invT, Scratch<A>& ws, RowError& err) {
+inline double student_softmax(const A* z, Index V, A invT, Scratch<A>& ws, RowError& err,
+                              double& mzo) {
     const A mz = check_row(z, V, "student_logits", err);
     if (err.set()) return 0.0;
+    mzo = static_cast<double>(mz);
     double s = 0.0;
     if (has_neg_inf(z, V))
         s = static_cast<double>(exp_row<true>(z, V, mz, invT, ws.a.data()));
     else
         s = static_cast<double>(exp_row<false>(z, V, mz, invT, ws.a.data()));
     ArrMap<A>(ws.a.data(), V) *= static_cast<A>(1.0 / s);
-    return static_cast<double>(mz) * static_cast<double>(invT) + std::log(s);
+    return std::log(s);
 }
 
 /// One row of top-k forward KL. idx/lp: the k (index, teacher log-prob) pairs (validated).
@@ -106,14 +109,15 @@ template <class S, class A>
 inline double topk_row(TopKTail tail, const A* z, Index V, const Index* idx, const double* lp,
                        std::size_t k, double invT, Scratch<A>& ws, const GradRow<S>& rg,
                        RowError& err, double& mass) {
-    const double lse = student_softmax(z, V, static_cast<A>(invT), ws, err);
+    double mz = 0.0;
+    const double ls = student_softmax(z, V, static_cast<A>(invT), ws, err, mz);
     if (err.set()) return 0.0;
     double PK = 0.0, lmax = -std::numeric_limits<double>::infinity();
     for (std::size_t t = 0; t < k; ++t) lmax = std::max(lmax, lp[t]);
     for (std::size_t t = 0; t < k; ++t) PK += std::exp(lp[t]);
     mass = PK;
     A* q = ws.a.data();
-    const auto logq = [&](Index j) { return static_cast<double>(z[j]) * invT - lse; };
+    const auto logq = [&](Index j) { return (static_cast<double>(z[j]) - mz) * invT - ls; };
     if (tail == TopKTail::Renormalize) {
         if (lmax == -std::numeric_limits<double>::infinity()) {
             err = {"teacher_logprobs", "every log-prob is -inf (no distribution)", -1};
@@ -228,6 +232,7 @@ Result<::rlpo::detail::scalar_t<DS>> forward_kl_topk(
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
     const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
+    detail::check_scale(fn, "temperature", t2);
     const double invT = 1.0 / opts.temperature;
     const auto pass = detail::drive_rows<S, A>(
         fn, plan, N, V, g, t2,
@@ -263,6 +268,7 @@ Result<::rlpo::detail::scalar_t<DS>> dac_kl(
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
     const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
+    detail::check_scale(fn, "temperature", t2);
     const double invT = 1.0 / opts.temperature;
     std::vector<double> region(static_cast<std::size_t>(N), 0.0);
     const auto pass = detail::drive_rows<S, A>(
@@ -278,7 +284,7 @@ Result<::rlpo::detail::scalar_t<DS>> dac_kl(
             for (Index j = 0; j < V; ++j)
                 if (yr[j] > -std::numeric_limits<A>::infinity())
                     s += std::exp((static_cast<double>(yr[j]) - my) * invT);
-            const double lse = static_cast<double>(my) * invT + std::log(s);
+            const double ls = std::log(s);  // log-probs (y − my)/τ − ls
             // The region in the order of a full sort by decreasing teacher logit (ties by
             // index), taken by selection: the best m entries are moved to the front
             // (nth_element), sorted, and walked; m grows ×8 until the mass reaches top_p. The
@@ -306,7 +312,7 @@ Result<::rlpo::detail::scalar_t<DS>> dac_kl(
                         break;
                     }
                     const Index j = order[static_cast<std::size_t>(r)];
-                    const double l = static_cast<double>(yr[j]) * invT - lse;
+                    const double l = (static_cast<double>(yr[j]) - my) * invT - ls;
                     if (l == -std::numeric_limits<double>::infinity()) {
                         done = true;
                         break;

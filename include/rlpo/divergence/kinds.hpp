@@ -145,6 +145,14 @@ inline void check_temperature(const char* fn, double tau) {
                " (below it the softmax gradients lose every digit), given ", tau);
 }
 
+/// A loss scale formed from the options (τ² of `temperature_squared`, NKD's γτ²) must be
+/// finite: τ = 1e200 is inside τ's range, but τ² overflows (rlpo::numerical_error).
+inline void check_scale(const char* fn, const char* name, double scale) {
+    if (!std::isfinite(scale))
+        ::rlpo::detail::fail_numerical(fn, name, ": the loss scale it gives (", scale,
+                                       ", e.g. temperature^2) overflows");
+}
+
 inline void validate(const char* fn, const DistillOptions& o) {
     check_temperature(fn, o.temperature);
     RLPO_CHECK(o.beta >= 0 && o.beta <= 1, fn, "beta: must be in [0, 1], given ", o.beta);
