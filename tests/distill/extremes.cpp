@@ -50,9 +50,8 @@ std::vector<std::pair<std::string, Loss<S>>> entry_points(Index N) {
         o.temperature = 2.0;
         return rd::nkd(z, y, mask, {}, o);
     });
-    out.emplace_back("dac_kl", [mask](const Mat<S>& z, const Mat<S>& y) {
-        return rd::dac_kl(z, y, mask);
-    });
+    out.emplace_back("dac_kl",
+                     [mask](const Mat<S>& z, const Mat<S>& y) { return rd::dac_kl(z, y, mask); });
     out.emplace_back("topk", [mask](const Mat<S>& z, const Mat<S>&) {
         // fixed teacher pairs: the student alone moves
         Mat<double> idx(z.rows(), 3), lp(z.rows(), 3);
@@ -72,9 +71,8 @@ std::vector<std::pair<std::string, Loss<S>>> entry_points(Index N) {
         }
         return rd::forward_kl_topk(z, idx, lp, mask);
     });
-    out.emplace_back("sinkhorn", [mask](const Mat<S>& z, const Mat<S>& y) {
-        return rd::sinkhorn(z, y, mask);
-    });
+    out.emplace_back("sinkhorn",
+                     [mask](const Mat<S>& z, const Mat<S>& y) { return rd::sinkhorn(z, y, mask); });
     return out;
 }
 
@@ -93,7 +91,8 @@ TEMPLATE_TEST_CASE("distillation entry points: shift invariant at large offsets"
     const Index N = 4, V = 37;
     for (double offset : {1e6, 1e15, -1e15, 1e30, -1e30}) {
         const S off = static_cast<S>(offset);
-        const S u = std::nextafter(std::abs(off), std::numeric_limits<S>::infinity()) - std::abs(off);
+        const S u =
+            std::nextafter(std::abs(off), std::numeric_limits<S>::infinity()) - std::abs(off);
         rt::Generator gen(41);
         const Mat<S> zb = (gen.logits(N, V) * 2.0).array().round().template cast<S>() * u;
         const Mat<S> yb = (gen.logits(N, V) * 2.0).array().round().template cast<S>() * u;
@@ -122,8 +121,8 @@ TEMPLATE_TEST_CASE("distillation entry points: degenerate rows give finite resul
     rt::Generator gen(43);
     std::vector<std::pair<std::string, std::pair<Mat<S>, Mat<S>>>> cases;
     cases.push_back({"all equal", {Mat<S>::Constant(N, V, S(3)), Mat<S>::Constant(N, V, S(-7))}});
-    cases.push_back({"all equal huge",
-                     {Mat<S>::Constant(N, V, S(1e30)), Mat<S>::Constant(N, V, S(-1e30))}});
+    cases.push_back(
+        {"all equal huge", {Mat<S>::Constant(N, V, S(1e30)), Mat<S>::Constant(N, V, S(-1e30))}});
     Mat<S> z = gen.logits(N, V).template cast<S>(), y = gen.logits(N, V).template cast<S>();
     z(0, 7) = y(0, 7) = ninf;  // a shared zero-probability entry
     z(1, 8) = y(1, 8) = ninf;
