@@ -43,8 +43,21 @@
 /// `skew_reverse_kl`, `tvd`, `chi2`) = mean of L_n (τ²-scaled when on) over unmasked rows,
 /// mask-weighted.
 ///
-/// **Bad input** (rlpo::invalid_argument): teacher shape ≠ student shape; mask not `[B, T]`
-/// with B·T = N, or with negative / non-finite entries; τ ≤ 0; β or α outside [0, 1]; in a row
+/// **Range.** Every finite logit is accepted, float or double, and τ from 1e−4
+/// (`kMinTemperature`; smaller τ is rejected: the softmax is one-hot for ordinary logit gaps
+/// and the gradients' rounding, about ε·(Δz/τ)/τ, exceeds them) to any finite value (rows
+/// tend to uniform). Rows with |logit/τ| ≤ 2^20 run the fast path, whose values stay within
+/// about 1e−5 relative (float) / 1e−10 (double) of the exact ones; rows beyond (offsets up to
+/// the float / double maximum, tested from 1e0 to 1e30) and JSD rows where the student lies
+/// far below the teacher (KL(p‖q) ≫ the JSD, where the fast path's KL(p‖q) + Σ p r would
+/// cancel) take the exact path, which works on logits shifted by their row maxima. Values are
+/// ≥ 0 up to rounding. `[N, 0]` logits (N > 0) are rejected ("logits: V = 0"); `[0, V]` is an
+/// empty batch (value 0, metrics 0). The value and metrics are checked finite at the end
+/// (rlpo::numerical_error otherwise).
+///
+/// **Bad input** (rlpo::invalid_argument): teacher shape ≠ student shape; V = 0 with rows;
+/// mask not `[B, T]` with B·T = N, or with negative / non-finite entries; τ < 1e−4 or not
+/// finite; β or α outside [0, 1]; in a row
 /// under a non-zero mask: a NaN or +inf logit (named with its position), a row of only −inf
 /// (no distribution), or an infinite divergence (e.g. forward KL where the student logit is
 /// −inf and the teacher has mass; χ² where the teacher has none and the student has). −inf logits elsewhere are zero probabilities (exact 0).
@@ -80,11 +93,13 @@ Result<::rlpo::detail::scalar_t<DS>> divergence(
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
     const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
+    detail::check_scale(fn, "temperature", t2);
     const detail::DenseRows rows = detail::dense_rows<S, A>(opts, plan, z, y, g, t2);
     const detail::PassResult pass =
         detail::combine_rows(fn, plan, N, rows.loss, rows.aux, rows.errs, t2);
     res.value = g.coef() * pass.value;
     res.metrics.add(to_string(opts.divergence), pass.metric, pass.count);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

@@ -22,9 +22,11 @@
 ///
 /// Metrics: `nkd_loss` (mean L), `nkd_target_loss` (mean −p_y log q_y).
 ///
-/// **Bad input**: targets not N entries or outside [0, V) (unmasked rows); γ < 0; τ ≤ 0; V < 2;
+/// **Bad input**: targets not N entries or outside [0, V) (unmasked rows); γ < 0; τ < 1e−4 or not finite;
+/// V = 0 ("logits: V = 0") or V = 1 with rows (`[0, V]` is an empty batch);
 /// the per-row logit errors of divergences.hpp; an infinite loss (q_y = 0 with p_y > 0, or a
-/// non-target entry the student excludes and the teacher does not).
+/// non-target entry the student excludes and the teacher does not). The value and metrics
+/// are checked finite at the end (rlpo::numerical_error otherwise).
 
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/error.hpp>
@@ -46,17 +48,28 @@ struct NKDOptions {
 namespace detail {
 
 /// Numerically stable log-softmax statistics over the entries j ≠ skip of x/τ (double).
+/// A log-sum-exp of x/τ kept as its parts, the raw maximum m and log Σ e^((x − m)/τ), so that
+/// a log-probability is (x − m)/τ − log Σ: no rounding relative to large logits (x/τ − lse
+/// would cancel two numbers of the logits' size).
+struct Lse {
+    double m, ls, invT;
+    template <class A>
+    double logp(A x) const {
+        return (static_cast<double>(x) - m) * invT - ls;
+    }
+};
+
 template <class A>
-inline double lse_except(const A* x, Index V, Index skip, double invT) {
+inline Lse lse_except(const A* x, Index V, Index skip, double invT) {
     double m = -std::numeric_limits<double>::infinity();
     for (Index j = 0; j < V; ++j)
-        if (j != skip) m = std::max(m, static_cast<double>(x[j]) * invT);
-    if (m == -std::numeric_limits<double>::infinity()) return m;
+        if (j != skip) m = std::max(m, static_cast<double>(x[j]));
+    if (m == -std::numeric_limits<double>::infinity()) return {m, 0.0, invT};
     double s = 0.0;
     for (Index j = 0; j < V; ++j)
         if (j != skip && x[j] > -std::numeric_limits<A>::infinity())
-            s += std::exp(static_cast<double>(x[j]) * invT - m);
-    return m + std::log(s);
+            s += std::exp((static_cast<double>(x[j]) - m) * invT);
+    return {m, std::log(s), invT};
 }
 
 template <class S, class A>
@@ -68,11 +81,11 @@ inline double nkd_row(const NKDOptions& o, Index yt, const A* z, const A* v, Ind
     if (err.set()) return 0.0;
     const double invT = 1.0 / o.temperature;
     const double ninf = -std::numeric_limits<double>::infinity();
-    const double lz = lse_except(z, V, -1, 1.0), lv = lse_except(v, V, -1, 1.0);
-    const double py = std::exp(static_cast<double>(v[yt]) - lv);
-    const double lqy = static_cast<double>(z[yt]) - lz;
-    const double lzn = lse_except(z, V, yt, invT), lvn = lse_except(v, V, yt, invT);
-    if (lvn == ninf || lzn == ninf) {
+    const Lse lz = lse_except(z, V, -1, 1.0), lv = lse_except(v, V, -1, 1.0);
+    const double py = std::exp(lv.logp(v[yt]));
+    const double lqy = lz.logp(z[yt]);
+    const Lse lzn = lse_except(z, V, yt, invT), lvn = lse_except(v, V, yt, invT);
+    if (lvn.m == ninf || lzn.m == ninf) {
         err = {"inputs", "every non-target logit is -inf (no non-target distribution)", -1};
         return 0.0;
     }
@@ -81,12 +94,12 @@ inline double nkd_row(const NKDOptions& o, Index yt, const A* z, const A* v, Ind
     A* gr = ws.a.data();
     for (Index j = 0; j < V; ++j) {
         const double zj = static_cast<double>(z[j]), vj = static_cast<double>(v[j]);
-        const double q = zj == ninf ? 0.0 : std::exp(zj - lz);
+        const double q = zj == ninf ? 0.0 : std::exp(lz.logp(zj));
         double gj = py * (q - (j == yt ? 1.0 : 0.0));
         if (j != yt) {
-            const double pt = vj == ninf ? 0.0 : std::exp(vj * invT - lvn);
-            const double qt = zj == ninf ? 0.0 : std::exp(zj * invT - lzn);
-            if (pt > 0) ce -= pt * (zj * invT - lzn);
+            const double pt = vj == ninf ? 0.0 : std::exp(lvn.logp(vj));
+            const double qt = zj == ninf ? 0.0 : std::exp(lzn.logp(zj));
+            if (pt > 0) ce -= pt * lzn.logp(zj);
             gj += o.gamma * o.temperature * (qt - pt);
         }
         gr[j] = static_cast<A>(gj);
@@ -113,9 +126,11 @@ Result<::rlpo::detail::scalar_t<DS>> nkd(
     const detail::LogitPair<DS, DT> in(fn, student_logits, teacher_logits);
     const ConstMatRef<S>&z = in.z, &v = in.y;
     ::rlpo::detail::check_nonnegative(fn, "gamma", opts.gamma);
-    ::rlpo::detail::check_positive(fn, "temperature", opts.temperature);
+    detail::check_temperature(fn, opts.temperature);
+    detail::check_scale(fn, "temperature", opts.gamma * opts.temperature * opts.temperature);
     const Index N = z.rows(), V = z.cols();
-    RLPO_CHECK(V >= 2, fn, "student_logits: need at least 2 vocabulary entries, given ", V);
+    RLPO_CHECK(V >= 2 || N == 0, fn, "student_logits: need at least 2 vocabulary entries, given ",
+               V);
     const detail::RowPlan plan = detail::plan_rows(fn, N, mask, norm);
     if (!targets.empty()) {
         RLPO_CHECK(static_cast<Index>(targets.size()) == N, fn, "targets: expected ", N,
@@ -148,6 +163,7 @@ Result<::rlpo::detail::scalar_t<DS>> nkd(
     res.value = g.coef() * pass.value;
     res.metrics.add("nkd_loss", pass.metric, pass.count);
     res.metrics.add("nkd_target_loss", pass.aux, pass.count);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

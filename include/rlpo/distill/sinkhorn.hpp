@@ -28,8 +28,12 @@
 /// Normalizer does not apply: the loss is one batch value). GradientOut coefficient applies.
 /// Metric: `sinkhorn` (Σ K^L ⊙ W, unscaled).
 ///
-/// **Bad input**: shapes; τ ≤ 0, ε ≤ 0, iterations < 1, s not finite; NaN / +inf / all −inf
-/// logit rows (selected rows).
+/// **Bad input**: shapes; V = 0 with rows ("logits: V = 0"; `[0, V]` is an empty batch);
+/// τ < 1e−4 or not finite, ε ≤ 0, iterations < 1, s not finite; NaN / +inf / all −inf logit
+/// rows (selected rows). K = exp(−W/ε) is formed with each row's least cost subtracted (the
+/// loss is invariant to a row scale), so a small ε cannot underflow a row to 0/0; a column
+/// that underflows everywhere still would, and the value is checked finite at the end
+/// (rlpo::numerical_error).
 
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/error.hpp>
@@ -61,7 +65,7 @@ Result<::rlpo::detail::scalar_t<DS>> sinkhorn(
     constexpr const char* fn = "distill::sinkhorn";
     const detail::LogitPair<DS, DT> in(fn, student_logits, teacher_logits);
     const ConstMatRef<S>&z = in.z, &y = in.y;
-    ::rlpo::detail::check_positive(fn, "temperature", opts.temperature);
+    detail::check_temperature(fn, opts.temperature);
     ::rlpo::detail::check_positive(fn, "epsilon", opts.epsilon);
     RLPO_CHECK(opts.iterations >= 1, fn, "iterations: must be >= 1, given ", opts.iterations);
     ::rlpo::detail::check_finite_param(fn, "scale", opts.scale);
@@ -108,7 +112,11 @@ Result<::rlpo::detail::scalar_t<DS>> sinkhorn(
     MatD W(n, n);
     for (Index i = 0; i < n; ++i)
         for (Index j = 0; j < n; ++j) W(i, j) = (P.row(i) - Q.row(j)).cwiseAbs().sum();
-    const MatD K0 = (-W / opts.epsilon).array().exp().matrix();
+    // K0 = exp(−(W − min_j W_ij)/ε): each row scaled by a constant, to which the loss is
+    // invariant (the first step normalises the rows; the gradient through the scale is
+    // Σ_j G_ij K0_ij = 0), so small ε cannot underflow a whole row to 0 (0/0).
+    const Vec<double> wmin = W.rowwise().minCoeff();
+    const MatD K0 = (-(W.colwise() - wmin) / opts.epsilon).array().exp().matrix();
     const int L = opts.iterations;
     std::vector<MatD> Rs(static_cast<std::size_t>(L)), Ks(static_cast<std::size_t>(L));
     std::vector<Vec<double>> rs(static_cast<std::size_t>(L)), cs(static_cast<std::size_t>(L));
@@ -124,6 +132,7 @@ Result<::rlpo::detail::scalar_t<DS>> sinkhorn(
     const double dist = (K.array() * W.array()).sum();
     res.value = g.coef() * opts.scale * dist;
     res.metrics.set("sinkhorn", dist);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     if (!g.active()) return res;
     // Backward through the unrolled normalisations.
     MatD G = opts.scale * W;

@@ -23,9 +23,11 @@
 /// Rows, mask, aggregation, τ² option, GradientOut, OpenMP and bfloat16 as in
 /// divergences.hpp. Metric: `taid_loss` (mean L over unmasked rows), `taid_t`.
 ///
-/// **Bad input**: t outside [0, 1], τ ≤ 0, shapes, mask, and the per-row logit errors of
+/// **Bad input**: t outside [0, 1], τ < 1e−4 or not finite (`kMinTemperature`), V = 0 with
+/// rows ("logits: V = 0"; `[0, V]` is an empty batch), shapes, mask, and the per-row logit errors of
 /// divergences.hpp; schedule options outside their domain (t_start ∉ [0, 1), t_end ∉ (0, 1],
-/// α ∉ [0, 1], β ∉ [0, 1), total_steps ≤ 0).
+/// α ∉ [0, 1], β ∉ [0, 1), total_steps ≤ 0). The value and metrics are checked finite at the
+/// end (rlpo::numerical_error otherwise).
 
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/error.hpp>
@@ -57,31 +59,34 @@ inline double taid_row(double t, double invT, const A* z, const A* y, Index V, S
     ArrMap<A> q(ws.a.data(), V), r(ws.b.data(), V);
     const bool safe = has_neg_inf(z, V) || has_neg_inf(y, V);
     // interpolated logits u = (1 − t) z + t y  (−inf where either is −inf and its weight > 0)
+    // the logits enter shifted by their row maxima (the softmax of r is invariant to the
+    // constant (1−t)·mz + t·my): no rounding relative to large offsets, and no inf − inf
+    const A mz = za.maxCoeff(), my = ya.maxCoeff();
     if (safe) {
         const A inf = std::numeric_limits<A>::infinity();
         r = (za == -inf || ya == -inf)
-                .select(-inf, static_cast<A>(1.0 - t) * za + static_cast<A>(t) * ya);
-        if (t == 0.0) r = za;
-        if (t == 1.0) r = ya;
+                .select(-inf, static_cast<A>(1.0 - t) * (za - mz) + static_cast<A>(t) * (ya - my));
+        if (t == 0.0) r = za - mz;
+        if (t == 1.0) r = ya - my;
     } else {
-        r = static_cast<A>(1.0 - t) * za + static_cast<A>(t) * ya;
+        r = static_cast<A>(1.0 - t) * (za - mz) + static_cast<A>(t) * (ya - my);
     }
     const A mu = r.maxCoeff();
     if (!(mu > -std::numeric_limits<A>::infinity())) {
         err = {"inputs", "the interpolated target has no finite logit", -1};
         return 0.0;
     }
-    const A mz = za.maxCoeff();
     const double su = safe ? exp_row<true>(r.data(), V, mu, ai, r.data())
                            : exp_row<false>(r.data(), V, mu, ai, r.data());
     r *= static_cast<A>(1.0 / su);
     const double sq =
         safe ? exp_row<true>(z, V, mz, ai, q.data()) : exp_row<false>(z, V, mz, ai, q.data());
     q *= static_cast<A>(1.0 / sq);
-    const double lse = static_cast<double>(mz) * invT + std::log(sq);
-    // L = −Σ r (z/τ − lse) = lse − Σ r z /τ  (0·(−inf) terms skipped)
-    const double rz = safe ? sum_chunks((r > A(0)).select(r * za, A(0))) : sum_chunks(r * za);
-    const double L = lse - rz * invT;
+    // L = −Σ r log q = log sq − Σ r (z − mz)/τ: each term of the sum ≤ 0, no cancellation of
+    // lse against Σ r z at large logits (0·(−inf) terms skipped)
+    const double rz =
+        safe ? sum_chunks((r > A(0)).select(r * (za - mz), A(0))) : sum_chunks(r * (za - mz));
+    const double L = std::log(sq) - rz * invT;
     if (!std::isfinite(L)) return L;
     rg.set((q - r) * ai);
     return L;
@@ -101,12 +106,13 @@ Result<::rlpo::detail::scalar_t<DS>> taid(
     const detail::LogitPair<DS, DT> in(fn, student_logits, teacher_logits);
     const ConstMatRef<S>&z = in.z, &y = in.y;
     RLPO_CHECK(opts.t >= 0 && opts.t <= 1, fn, "t: must be in [0, 1], given ", opts.t);
-    ::rlpo::detail::check_positive(fn, "temperature", opts.temperature);
+    detail::check_temperature(fn, opts.temperature);
     const Index N = z.rows(), V = z.cols();
     const detail::RowPlan plan = detail::plan_rows(fn, N, mask, norm);
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
     const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
+    detail::check_scale(fn, "temperature", t2);
     const auto pass = detail::drive_rows<S, A>(
         fn, plan, N, V, g, t2,
         [&](Index n, detail::Scratch<A>& ws, const detail::GradRow<S>& rg, detail::RowError& err,
@@ -118,6 +124,7 @@ Result<::rlpo::detail::scalar_t<DS>> taid(
     res.value = g.coef() * pass.value;
     res.metrics.add("taid_loss", pass.metric, pass.count);
     res.metrics.set("taid_t", opts.t);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

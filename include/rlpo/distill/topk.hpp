@@ -32,11 +32,25 @@
 /// `dac_kl` also `dac_region_size` (mean |K|).
 ///
 /// **Bad input** (rlpo::invalid_argument): indices / log-probs not `[N, k]`; an index outside
-/// [0, V) or repeated in a row; a NaN or +inf teacher log-prob; P_K > 1 (beyond 1e-4, Bucket;
+/// [0, V) or repeated in a row; a NaN or +inf teacher log-prob, or one above
+/// `kTopKLogprobSlack` = 1e−4 (log-probs are ≤ 0; values in (0, 1e−4] are taken as rounding
+/// and used as given); P_K > 1 (beyond 1e-4, Bucket;
 /// a tail mass ≤ 1e-4 is taken as rounding, i.e. 0, when K covers the student's support);
-/// every ℓ_k −inf (Renormalize: no distribution); top_p outside (0, 1]; τ ≤ 0; and per row the
+/// every ℓ_k −inf (Renormalize: no distribution); top_p outside (0, 1]; τ < 1e−4 or not
+/// finite (`kMinTemperature`); student logits `[N, 0]` with N > 0 ("logits: V = 0"; `[0, V]`
+/// is an empty batch); and per row the
 /// student errors of divergences.hpp (NaN, +inf, all −inf, infinite divergence: the student
-/// puts zero probability where the teacher has mass).
+/// puts zero probability where the teacher has mass). The value and metrics are checked
+/// finite at the end (rlpo::numerical_error otherwise).
+///
+/// **Allocates** (per call): `forward_kl_topk` the validated (index, log-prob) pairs of all
+/// rows (2·N·k entries) and one k-vector for the duplicate check; both: per thread, the
+/// scratch rows of rows.hpp (two V-rows of the arithmetic type, plus V-row copies for
+/// bfloat16 logits); `dac_kl` per thread also the teacher's order (V indices) and its top-p
+/// region (indices and log-probs, grown to the largest region of the thread's rows), and
+/// N doubles of region sizes; the per-row results (N values, N errors); the gradient when
+/// owned. No allocation per row: the region is found by selection (`std::nth_element` on the
+/// thread's buffer over a growing prefix, then a sort of that prefix only), not a full sort.
 
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/error.hpp>
@@ -66,44 +80,51 @@ struct DacKLOptions {
     bool temperature_squared = false;  ///< multiply value and gradient by τ²
 };
 
+/// How far above 0 a stored teacher log-prob may lie (rounding of log 1): larger values are
+/// rejected, since e^ℓ > 1 is no probability (at ℓ = 800 the top-k mass would be inf).
+inline constexpr double kTopKLogprobSlack = 1e-4;
+
 namespace detail {
 
-/// q = softmax(z/τ) into ws.a (exact zeros at −inf); returns log Σ exp(z/τ) or NaN/+inf/−inf
-/// flags through `err`.
+/// q = softmax(z/τ) into ws.a (exact zeros at −inf); returns log Σ exp((z − mz)/τ) and the
+/// row maximum in `mz` (log q_j = (z_j − mz)/τ − the returned value: no rounding relative to
+/// large logits), or NaN/+inf/−inf flags through `err`.
 template <class A>
-inline double student_softmax(const A* z, Index V, A invT, Scratch<A>& ws, RowError& err) {
+inline double student_softmax(const A* z, Index V, A invT, Scratch<A>& ws, RowError& err,
+                              double& mzo) {
     const A mz = check_row(z, V, "student_logits", err);
     if (err.set()) return 0.0;
+    mzo = static_cast<double>(mz);
     double s = 0.0;
     if (has_neg_inf(z, V))
         s = static_cast<double>(exp_row<true>(z, V, mz, invT, ws.a.data()));
     else
         s = static_cast<double>(exp_row<false>(z, V, mz, invT, ws.a.data()));
     ArrMap<A>(ws.a.data(), V) *= static_cast<A>(1.0 / s);
-    return static_cast<double>(mz) * static_cast<double>(invT) + std::log(s);
+    return std::log(s);
 }
 
 /// One row of top-k forward KL. idx/lp: the k (index, teacher log-prob) pairs (validated).
 template <class S, class A>
-inline double topk_row(TopKTail tail, const A* z, Index V, const std::vector<Index>& idx,
-                       const std::vector<double>& lp, double invT, Scratch<A>& ws,
-                       const GradRow<S>& rg, RowError& err, double& mass) {
-    const double lse = student_softmax(z, V, static_cast<A>(invT), ws, err);
+inline double topk_row(TopKTail tail, const A* z, Index V, const Index* idx, const double* lp,
+                       std::size_t k, double invT, Scratch<A>& ws, const GradRow<S>& rg,
+                       RowError& err, double& mass) {
+    double mz = 0.0;
+    const double ls = student_softmax(z, V, static_cast<A>(invT), ws, err, mz);
     if (err.set()) return 0.0;
-    const std::size_t k = idx.size();
     double PK = 0.0, lmax = -std::numeric_limits<double>::infinity();
-    for (double l : lp) lmax = std::max(lmax, l);
-    for (double l : lp) PK += std::exp(l);
+    for (std::size_t t = 0; t < k; ++t) lmax = std::max(lmax, lp[t]);
+    for (std::size_t t = 0; t < k; ++t) PK += std::exp(lp[t]);
     mass = PK;
     A* q = ws.a.data();
-    const auto logq = [&](Index j) { return static_cast<double>(z[j]) * invT - lse; };
+    const auto logq = [&](Index j) { return (static_cast<double>(z[j]) - mz) * invT - ls; };
     if (tail == TopKTail::Renormalize) {
         if (lmax == -std::numeric_limits<double>::infinity()) {
             err = {"teacher_logprobs", "every log-prob is -inf (no distribution)", -1};
             return 0.0;
         }
         double s = 0.0;
-        for (double l : lp) s += std::exp(l - lmax);
+        for (std::size_t t = 0; t < k; ++t) s += std::exp(lp[t] - lmax);
         const double lnorm = lmax + std::log(s);
         double L = 0.0;
         for (std::size_t t = 0; t < k; ++t) {
@@ -147,10 +168,10 @@ inline double topk_row(TopKTail tail, const A* z, Index V, const std::vector<Ind
 }
 
 inline void validate(const char* fn, const TopKOptions& o) {
-    ::rlpo::detail::check_positive(fn, "temperature", o.temperature);
+    detail::check_temperature(fn, o.temperature);
 }
 inline void validate(const char* fn, const DacKLOptions& o) {
-    ::rlpo::detail::check_positive(fn, "temperature", o.temperature);
+    detail::check_temperature(fn, o.temperature);
     RLPO_CHECK(o.top_p > 0 && o.top_p <= 1, fn, "top_p: must be in (0, 1], given ", o.top_p);
 }
 
@@ -175,6 +196,7 @@ Result<::rlpo::detail::scalar_t<DS>> forward_kl_topk(
     const auto& ti = teacher_indices.derived();
     const auto& tl = teacher_logprobs.derived();
     const Index N = z.rows(), V = z.cols(), K = ti.cols();
+    detail::check_vocabulary(fn, "student_logits", N, V);
     RLPO_CHECK(ti.rows() == N, fn, "teacher_indices: expected ", N,
                " rows (rows of student_logits), given ", ti.rows());
     ::rlpo::detail::check_same_shape(fn, "teacher_logprobs", tl, "teacher_indices", ti);
@@ -183,6 +205,7 @@ Result<::rlpo::detail::scalar_t<DS>> forward_kl_topk(
     // Validate the teacher's pairs of unmasked rows up front (serial, O(N k log k)).
     std::vector<Index> idx_all(static_cast<std::size_t>(N * K));
     std::vector<double> lp_all(static_cast<std::size_t>(N * K));
+    std::vector<Index> sorted(static_cast<std::size_t>(K));
     for (Index n = 0; n < N; ++n) {
         if (plan.m[static_cast<std::size_t>(n)] == 0) continue;
         for (Index t = 0; t < K; ++t) {
@@ -194,10 +217,13 @@ Result<::rlpo::detail::scalar_t<DS>> forward_kl_topk(
             RLPO_CHECK(!std::isnan(lv) && lv < std::numeric_limits<double>::infinity(), fn,
                        "teacher_logprobs: ", lv, " at [", n, ", ", t,
                        "] (NaN and +inf are rejected)");
+            RLPO_CHECK(lv <= kTopKLogprobSlack, fn, "teacher_logprobs: ", lv, " at [", n, ", ", t,
+                       "] is > 0: a log-probability is <= 0 (", kTopKLogprobSlack,
+                       " of rounding is accepted)");
             idx_all[static_cast<std::size_t>(n * K + t)] = static_cast<Index>(iv);
             lp_all[static_cast<std::size_t>(n * K + t)] = lv;
         }
-        std::vector<Index> sorted(idx_all.begin() + n * K, idx_all.begin() + (n + 1) * K);
+        std::copy(idx_all.begin() + n * K, idx_all.begin() + (n + 1) * K, sorted.begin());
         std::sort(sorted.begin(), sorted.end());
         const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
         RLPO_CHECK(dup == sorted.end(), fn, "teacher_indices: index ",
@@ -206,19 +232,21 @@ Result<::rlpo::detail::scalar_t<DS>> forward_kl_topk(
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
     const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
+    detail::check_scale(fn, "temperature", t2);
     const double invT = 1.0 / opts.temperature;
     const auto pass = detail::drive_rows<S, A>(
         fn, plan, N, V, g, t2,
         [&](Index n, detail::Scratch<A>& ws, const detail::GradRow<S>& rg, detail::RowError& err,
             double& aux) -> double {
             const A* zr = detail::widen<A, S>(z, n, ws.z);
-            std::vector<Index> idx(idx_all.begin() + n * K, idx_all.begin() + (n + 1) * K);
-            std::vector<double> lp(lp_all.begin() + n * K, lp_all.begin() + (n + 1) * K);
-            return detail::topk_row<S, A>(opts.tail, zr, V, idx, lp, invT, ws, rg, err, aux);
+            const auto o = static_cast<std::size_t>(n * K);
+            return detail::topk_row<S, A>(opts.tail, zr, V, idx_all.data() + o, lp_all.data() + o,
+                                          static_cast<std::size_t>(K), invT, ws, rg, err, aux);
         });
     res.value = g.coef() * pass.value;
     res.metrics.add("forward_kl", pass.metric, pass.count);
     res.metrics.add("teacher_topk_mass", pass.aux, pass.count);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 
@@ -240,6 +268,7 @@ Result<::rlpo::detail::scalar_t<DS>> dac_kl(
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
     const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
+    detail::check_scale(fn, "temperature", t2);
     const double invT = 1.0 / opts.temperature;
     std::vector<double> region(static_cast<std::size_t>(N), 0.0);
     const auto pass = detail::drive_rows<S, A>(
@@ -255,25 +284,47 @@ Result<::rlpo::detail::scalar_t<DS>> dac_kl(
             for (Index j = 0; j < V; ++j)
                 if (yr[j] > -std::numeric_limits<A>::infinity())
                     s += std::exp((static_cast<double>(yr[j]) - my) * invT);
-            const double lse = static_cast<double>(my) * invT + std::log(s);
-            std::vector<Index> order(static_cast<std::size_t>(V));
+            const double ls = std::log(s);  // log-probs (y − my)/τ − ls
+            // The region in the order of a full sort by decreasing teacher logit (ties by
+            // index), taken by selection: the best m entries are moved to the front
+            // (nth_element), sorted, and walked; m grows ×8 until the mass reaches top_p. The
+            // order is a strict total order, so the walk sees exactly the full sort's prefix.
+            std::vector<Index>& order = ws.order;
+            std::vector<Index>& idx = ws.idx;
+            std::vector<double>& lp = ws.lp;
+            order.resize(static_cast<std::size_t>(V));
             std::iota(order.begin(), order.end(), Index(0));
-            std::sort(order.begin(), order.end(),
-                      [&](Index a, Index b) { return yr[a] > yr[b] || (yr[a] == yr[b] && a < b); });
-            std::vector<Index> idx;
-            std::vector<double> lp;
+            idx.clear();
+            lp.clear();
+            const auto before = [&](Index a, Index b) {
+                return yr[a] > yr[b] || (yr[a] == yr[b] && a < b);
+            };
             double cum = 0.0;
-            for (Index r = 0; r < V && cum < opts.top_p; ++r) {
-                const Index j = order[static_cast<std::size_t>(r)];
-                const double l = static_cast<double>(yr[j]) * invT - lse;
-                if (l == -std::numeric_limits<double>::infinity()) break;
-                idx.push_back(j);
-                lp.push_back(l);
-                cum += std::exp(l);
+            bool done = false;
+            for (Index lo = 0, m = std::min<Index>(V, 256); lo < V && !done;
+                 lo = m, m = std::min(V, 8 * m)) {
+                if (m < V)
+                    std::nth_element(order.begin() + lo, order.begin() + m, order.end(), before);
+                std::sort(order.begin() + lo, order.begin() + m, before);
+                for (Index r = lo; r < m; ++r) {
+                    if (!(cum < opts.top_p)) {
+                        done = true;
+                        break;
+                    }
+                    const Index j = order[static_cast<std::size_t>(r)];
+                    const double l = (static_cast<double>(yr[j]) - my) * invT - ls;
+                    if (l == -std::numeric_limits<double>::infinity()) {
+                        done = true;
+                        break;
+                    }
+                    idx.push_back(j);
+                    lp.push_back(l);
+                    cum += std::exp(l);
+                }
             }
             region[static_cast<std::size_t>(n)] = static_cast<double>(idx.size());
-            return detail::topk_row<S, A>(TopKTail::Renormalize, zr, V, idx, lp, invT, ws, rg, err,
-                                          aux);
+            return detail::topk_row<S, A>(TopKTail::Renormalize, zr, V, idx.data(), lp.data(),
+                                          idx.size(), invT, ws, rg, err, aux);
         });
     double reg = 0.0;
     for (Index n = 0; n < N; ++n)
@@ -282,6 +333,7 @@ Result<::rlpo::detail::scalar_t<DS>> dac_kl(
     res.metrics.add("forward_kl", pass.metric, pass.count);
     res.metrics.add("teacher_topk_mass", pass.aux, pass.count);
     res.metrics.add("dac_region_size", reg, pass.count);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

@@ -9,6 +9,7 @@
 #include <rlpo/core/types.hpp>
 
 #include <atomic>
+#include <cmath>
 #include <cstddef>
 #include <string>
 
@@ -129,8 +130,31 @@ inline Mat<float> mask_from_labels(const Eigen::MatrixBase<DL>& labels,
 
 namespace detail {
 
+/// The least temperature the vocabulary losses accept. Below it the softmax of z/τ is one-hot
+/// for any logit gaps of ordinary size, and gradients formed as q_j (h_j − Σ q h)/τ with
+/// h ~ Δz/τ carry an absolute error of about ε·(Δz/τ)/τ that no longer resolves them (float
+/// reverse KL at τ = 1e−6: entries of 1e4 where the exact gradient is 0; inf at 1e−30, NaN
+/// once 1/τ overflows). τ is a softening knob (0.5–10 in practice); 1e−4 leaves four orders
+/// of magnitude of margin. Huge temperatures are accepted (every row tends to uniform).
+inline constexpr double kMinTemperature = 1e-4;
+
+/// τ must be finite and ≥ `kMinTemperature` (rlpo::invalid_argument otherwise).
+inline void check_temperature(const char* fn, double tau) {
+    RLPO_CHECK(std::isfinite(tau) && tau >= kMinTemperature, fn,
+               "temperature: must be > 0, finite and >= ", kMinTemperature,
+               " (below it the softmax gradients lose every digit), given ", tau);
+}
+
+/// A loss scale formed from the options (τ² of `temperature_squared`, NKD's γτ²) must be
+/// finite: τ = 1e200 is inside τ's range, but τ² overflows (rlpo::numerical_error).
+inline void check_scale(const char* fn, const char* name, double scale) {
+    if (!std::isfinite(scale))
+        ::rlpo::detail::fail_numerical(fn, name, ": the loss scale it gives (", scale,
+                                       ", e.g. temperature^2) overflows");
+}
+
 inline void validate(const char* fn, const DistillOptions& o) {
-    ::rlpo::detail::check_positive(fn, "temperature", o.temperature);
+    check_temperature(fn, o.temperature);
     RLPO_CHECK(o.beta >= 0 && o.beta <= 1, fn, "beta: must be in [0, 1], given ", o.beta);
     RLPO_CHECK(o.alpha >= 0 && o.alpha <= 1, fn, "alpha: must be in [0, 1], given ", o.alpha);
 }

@@ -51,10 +51,16 @@
 /// float rows), with double sums across chunks and rows; rows run in parallel, combined in row
 /// order (identical for any thread count).
 ///
+/// **Range**: every finite logit (−inf: a zero probability); τ ≥ 1e−4 and finite; rows
+/// beyond |logit/τ| = 2^20 and JS rows that would cancel take the pipeline's exact path (see
+/// distill/divergences.hpp, "Range"). The value and metric are checked finite at the end
+/// (rlpo::numerical_error otherwise).
+///
 /// **Bad input**: shapes (ref_logits ≠ logits, mask entries ≠ N) → rlpo::invalid_argument;
-/// τ ≤ 0 → invalid_argument; NaN or +inf logits in an unmasked row → invalid_argument naming
-/// the input and [row, column]; an unmasked row with no finite logit (no distribution) →
-/// invalid_argument. An empty mask gives 0, gradient 0, metric 0.
+/// V = 0 with rows ("logits: V = 0"; `[0, V]` is an empty batch) → invalid_argument;
+/// τ < 1e−4 or not finite → invalid_argument; NaN or +inf logits in an unmasked row →
+/// invalid_argument naming the input and [row, column]; an unmasked row with no finite logit
+/// (no distribution) → invalid_argument. An empty mask gives 0, gradient 0, metric 0.
 
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/error.hpp>
@@ -148,10 +154,11 @@ Result<::rlpo::detail::scalar_t<DZ>> vocab_divergence(
     RLPO_CHECK(mask.size() == z.rows(), fn, "mask: expected ", z.rows(),
                " entries (one per row of logits, token layout [B, T] with B·T = N), given [",
                mask.rows(), ", ", mask.cols(), "]");
-    ::rlpo::detail::check_positive(fn, "temperature", opts.temperature);
+    distill::detail::check_temperature(fn, opts.temperature);
 
     Result<S> res;
     const Index N = z.rows(), V = z.cols();
+    distill::detail::check_vocabulary(fn, "logits", N, V);
     const distill::detail::RowPlan plan = distill::detail::plan_rows(fn, N, mask, norm);
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
     // policy = student, reference = teacher; double arithmetic for float logits too
@@ -167,6 +174,7 @@ Result<::rlpo::detail::scalar_t<DZ>> vocab_divergence(
     }
     res.value = g.coef() * value;
     res.metrics.add(to_string(opts.divergence), metric, plan.local_rows);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

@@ -21,7 +21,18 @@
 ///
 /// **Bad input**: logits rows ≠ B·T → rlpo::invalid_argument; a NaN or +inf logit in an
 /// unmasked row → rlpo::invalid_argument naming the row (−inf logits are zero-probability
-/// entries and accepted; a row of only −inf has entropy 0). An empty mask gives value 0.
+/// entries and accepted; a row of only −inf has entropy 0); V = 0 with rows → invalid_argument
+/// ("logits: V = 0"). An empty mask gives value 0.
+///
+/// **Range.** Every finite logit is accepted (float or double, up to ±max): the entropy is
+/// computed from the logits shifted by their row maximum, H = log Σ e^(z−m) − Σ p (z − m), so
+/// it depends on the logits' differences only (shift invariant: two tied logits at 1e17 give
+/// log 2, not −1e17). Differences beyond the double range (a row holding both −1e308 and
+/// 1e308) make those entries zero probabilities, as their true weight e^(−2e308) is.
+///
+/// **Allocates**: the per-sequence partial sums and row weights (B entries each) and the
+/// gradient when owned (`Result::grad`); nothing proportional to V. Float logits are widened
+/// to double entry by entry.
 
 #include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/core/math.hpp>
@@ -45,17 +56,23 @@ Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
     const Index B = m.rows(), T = m.cols(), V = z.cols();
     RLPO_CHECK(z.rows() == B * T, fn, "logits: expected ", B * T, " rows (B·T of mask [", B, ", ",
                T, "]), given ", z.rows());
+    RLPO_CHECK(V > 0 || z.rows() == 0, fn, "logits: V = 0 (no vocabulary entries) in [", z.rows(),
+               ", ", V, "]: a distribution needs at least one entry");
     Result<S> res;
     const RowWeights w = row_weights(fn, m, norm);
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, z.rows(), V);
-    // Rows are evaluated in double (float logits are widened first), so that float inputs get
-    // the entropy and gradient of the exact softmax of the given values. Sequences run in
-    // parallel (OpenMP) with per-sequence partial sums combined in order; a sequence's error is
-    // captured and the first one in order rethrown after the loop.
+    // Rows are evaluated in double (float logits are widened entry by entry), so that float
+    // inputs get the entropy and gradient of the exact softmax of the given values. Every
+    // logit enters shifted by its row maximum m (H = log Σ e^(z−m) − Σ p (z − m)), so the
+    // entropy depends on the differences of the logits only: no cancellation of lse(z)
+    // against Σ p z at large offsets. Three streaming passes per row (the maximum and the
+    // checks; the sums; the gradient), no scratch. Sequences run in parallel (OpenMP) with
+    // per-sequence partial sums combined in order; a sequence's error is captured and the
+    // first one in order rethrown after the loop.
     const auto sum = ::rlpo::detail::ordered_row_sums<2>(
         B, B * T * V > 262144, [&](Index i, std::array<double, 2>& part) {
-            std::vector<double> zd(static_cast<std::size_t>(V)), tmp(static_cast<std::size_t>(V));
             const double ci = w.c[static_cast<std::size_t>(i)];
+            constexpr double ninf = -std::numeric_limits<double>::infinity();
             double value = 0, hsum = 0;
             for (Index t = 0; t < T; ++t) {
                 const Index row = i * T + t;
@@ -64,24 +81,54 @@ Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
                     for (Index j = 0; j < V; ++j) g.zero(row, j);
                     continue;
                 }
+                const S* zr = z.row(row).data();
+                double mx = ninf;
+                bool bad = false;
                 for (Index j = 0; j < V; ++j) {
-                    const double x = static_cast<double>(z(row, j));
-                    if (std::isnan(x) || x == std::numeric_limits<double>::infinity())
-                        ::rlpo::detail::fail(fn, "logits: ", x, " at [", row, ", ", j,
-                                             "] in an unmasked row (NaN and +inf are rejected)");
-                    zd[static_cast<std::size_t>(j)] = x;
+                    const double x = static_cast<double>(zr[j]);
+                    bad |= !(x < std::numeric_limits<double>::infinity());  // NaN or +inf
+                    mx = x > mx ? x : mx;
                 }
-                const double h =
-                    ::rlpo::entropy_row(zd.data(), V, g.active() ? tmp.data() : nullptr, ci * mk);
+                if (bad)
+                    for (Index j = 0; j < V; ++j) {
+                        const double x = static_cast<double>(zr[j]);
+                        if (!(x < std::numeric_limits<double>::infinity()))
+                            ::rlpo::detail::fail(fn, "logits: ", x, " at [", row, ", ", j,
+                                                 "] in an unmasked row (NaN and +inf are "
+                                                 "rejected)");
+                    }
+                double h = 0;
+                if (mx == ninf) {  // a row of only −inf: entropy 0, gradient 0
+                    for (Index j = 0; j < V; ++j) g.zero(row, j);
+                } else {
+                    // s = Σ e^d, sd = Σ e^d d with d = z − m ≤ 0 (e^d = 0 at −inf)
+                    double se = 0, sd = 0;
+                    for (Index j = 0; j < V; ++j) {
+                        const double d = static_cast<double>(zr[j]) - mx;
+                        if (d == ninf) continue;
+                        const double e = std::exp(d);
+                        se += e;
+                        sd += e * d;
+                    }
+                    const double pd = sd / se;  // Σ p (z − m) ≤ 0
+                    h = std::log(se) - pd;
+                    if (g.active()) {
+                        // ∂H/∂z_j = −p_j ((z_j − m) − Σ p (z − m)), times c·m
+                        const double k = -ci * mk / se;
+                        for (Index j = 0; j < V; ++j) {
+                            const double d = static_cast<double>(zr[j]) - mx;
+                            g.put(row, j, d == ninf ? 0.0 : k * std::exp(d) * (d - pd));
+                        }
+                    }
+                }
                 value += ci * mk * h;
                 hsum += mk * h;
-                if (g.active())
-                    for (Index j = 0; j < V; ++j) g.put(row, j, tmp[static_cast<std::size_t>(j)]);
             }
             part = {value, hsum};
         });
     res.value = g.coef() * sum[0];
     res.metrics.add("entropy", sum[1], w.local_tokens);
+    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }
 

@@ -23,6 +23,7 @@
 #include <rlpo/core/result.hpp>
 #include <rlpo/core/simd/packet.hpp>
 #include <rlpo/core/types.hpp>
+#include <rlpo/divergence/kinds.hpp>
 
 #include <Eigen/Core>
 
@@ -46,6 +47,14 @@ inline constexpr bool is_logit_scalar_v =
 template <class S>
 using acc_t = std::conditional_t<std::is_same<S, double>::value, double, float>;
 
+/// Logit rows need at least one vocabulary entry: `[N, 0]` with N > 0 is rejected
+/// (`rlpo::invalid_argument`, "logits: V = 0"), whatever the mask. `[0, V]` (no rows, any V)
+/// is a legal empty batch: value 0, empty gradient, metrics 0.
+inline void check_vocabulary(const char* fn, const char* name, Index N, Index V) {
+    RLPO_CHECK(V > 0 || N == 0, fn, name, ": V = 0 (no vocabulary entries) in [", N, ", ", V,
+               "]: a distribution needs at least one entry");
+}
+
 /// The student and teacher logits of a distillation objective, `[N, V]` each, viewed in place:
 /// the same scalar type (float, double or Eigen::bfloat16, checked at compile time) and the
 /// same shape (`rlpo::invalid_argument` otherwise). The entry of every objective that compares
@@ -63,6 +72,7 @@ struct LogitPair {
               const Eigen::MatrixBase<DT>& teacher)
         : z(student.derived()), y(teacher.derived()), N(z.rows()), V(z.cols()) {
         ::rlpo::detail::check_same_shape(fn, "teacher_logits", y, "student_logits", z);
+        check_vocabulary(fn, "student_logits", N, V);
     }
 };
 
@@ -95,9 +105,11 @@ struct RowError {
 /// Per-thread scratch: two work rows and two widened copies (bf16 input).
 template <class A>
 struct Scratch {
-    Arr<A> a, b, z, y, s;  ///< work rows a, b; widened logits z, y; streaming chunk s
-    Arr<A> m;              ///< a mixture's log (the exact dense path)
-    std::vector<A> saved;  ///< a few saved entries (top-k rows)
+    Arr<A> a, b, z, y, s;           ///< work rows a, b; widened logits z, y; streaming chunk s
+    Arr<A> m;                       ///< a mixture's log (the exact dense path)
+    std::vector<A> saved;           ///< a few saved entries (top-k rows)
+    std::vector<Index> order, idx;  ///< DAC-KL: the teacher's order, its top-p region
+    std::vector<double> lp;         ///< DAC-KL: the region's log-probs
     void ensure(Index V) {
         if (a.size() != V) {
             a.resize(V);

@@ -99,7 +99,6 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
             return L;
         }
         case Divergence::SkewReverseKL: {
-            const A al = static_cast<A>(o.alpha);
             // m = (1−α)p + αq (log m: `log_mix`);  L = Σ q log(q/m);  ∂L/∂q = log(q/m) + 1 −
             // αq/m
             const ArrMap<A> lm = mix_row(ws, V);
@@ -109,8 +108,12 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
             ep = keep_if<Safe>(eq > zero, (zs * invT + cq) - lm);
             const double L = (eq * ep).template cast<double>().sum();
             if (!std::isfinite(L)) return L;
-            // g − 1 = log(q/m) − α q/m, with q/m = exp(log(q/m))
-            ep = keep_if<Safe>(eq > zero, ep - al * ep.exp());
+            // g − 1 = log(q/m) − α q/m, with α q/m = exp(log α + log(q/m)) ≤ 1 (m ≥ αq): no
+            // 0·inf at α = 0, where q/m overflows when p underflows (small τ)
+            if (o.alpha > 0) {
+                const A lal = static_cast<A>(std::log(o.alpha));
+                ep = keep_if<Safe>(eq > zero, ep - (ep + lal).exp());
+            }
             const A sg = (eq * ep).sum();
             rg.set(eq * (ep - sg) * invT);
             return L;

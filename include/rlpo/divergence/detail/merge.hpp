@@ -12,8 +12,13 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 namespace rlpo::distill::detail {
+
+/// The largest |logit/τ| of a row that the three-stage divergences take on the fast path
+/// (`finish_stage1`); rows beyond take the exact path.
+inline constexpr double kFastLogitRange = 1048576.0;  // 2^20
 
 /// JSD's lean sweep: c_k = β f_p/f_q per chunk for l = log((1−β) + c_k e_p/e_q), or −1 where
 /// that form is not safe and the chunk takes the log form (see `kLeanCapable`): e_q may be
@@ -51,6 +56,15 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
         mz = std::max(mz, zk);
         my = std::max(my, yk);
     }
+    // The value sweep of the three-stage divergences forms log q = z/τ + c_q from the raw
+    // logit (and their exponent arguments z·a − fl(max·a)): the rounding is relative to
+    // |z/τ|, not to the logits' differences. Beyond |logit/τ| = 2^20 (about 1e6) that costs
+    // more than the float / double tolerance of the value (identical rows at 1e14 gave
+    // log V, a JSD at 1e17 came out negative), so such rows take the exact path, which
+    // subtracts the row maximum first. Forward and reverse KL subtract the chunk maxima
+    // (x − max) and need no bound.
+    if constexpr (three_stage(D))
+        if (std::max(std::abs(mz), std::abs(my)) * invT > kFastLogitRange) return false;
     // Stage 1 summed the KL terms over logits shifted by their chunk maxima (dz = z − mz_k,
     // dy = y − my_k); the shifts come back here in double, as differences of maxima only, so
     // that large logits (rows offset by hundreds) cost no float digits. The chunk factors
@@ -186,6 +200,15 @@ inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
         // KL(p‖M) = KL(p‖q) + Σ p r, KL(q‖M) = Σ q r, r = log q − log M
         L = std::fma(static_cast<double>(c.beta), b.kpq + u1 + rp,
                      static_cast<double>(c.omb) * (u2 + rq));
+        // The two sums cancel where the student lies far below the teacher (KL(p‖q) ≫ the
+        // JSD, which is at most log 2 / h(β)): the result would carry the rounding of
+        // KL(p‖q), about ε·KL(p‖q) (student logits 1e6 below gave 1e−2 relative in float,
+        // 1e9 below a wrong sign). Such rows take the exact path, which sums
+        // Σ p (log p − log M) term by term. The bound keeps the relative error of the fast
+        // value under about 2^8 ε (float) / 2^24 ε (double); ordinary rows (KL(p‖q) ≲
+        // 1/(β(1−β)) times the JSD) never reach it.
+        constexpr double kCancel = std::is_same<A, float>::value ? 256.0 : 16777216.0;
+        if (b.kpq > 1.0 / 1024 && b.kpq > kCancel * L) return false;
         // the lean sweep's gradient factor is l = −r: q (r − Σ q r) = −q (l − Σ q l)
         factor *= lean ? -static_cast<double>(c.omb) : static_cast<double>(c.omb);
     } else if constexpr (D == Divergence::TVD) {

@@ -1,0 +1,71 @@
+// Full-vocabulary divergences at bad and extreme input: +inf logits, an empty vocabulary,
+// and JS values at wide logit ranges against a long double reference.
+#include "support/catch.hpp"
+#include "support/checks.hpp"
+
+#include <rlpo/penalties/vocab_divergence.hpp>
+#include <rlpo/testing/random.hpp>
+
+#include <cmath>
+#include <limits>
+
+using rlpo::Index;
+using rlpo::Mat;
+using rlpo::penalties::VocabDivergence;
+using rlpo::penalties::VocabDivergenceOptions;
+namespace rt = rlpo::testing;
+
+static const VocabDivergence kDivs[] = {
+    VocabDivergence::ReverseKL, VocabDivergence::ForwardKL, VocabDivergence::ChiSquared,
+    VocabDivergence::TotalVariation, VocabDivergence::JensenShannon};
+
+static VocabDivergenceOptions make(VocabDivergence d) {
+    VocabDivergenceOptions o;
+    o.divergence = d;
+    return o;
+}
+
+TEMPLATE_TEST_CASE("vocab_divergence: a +inf logit is rejected with its position",
+                   "[penalties][vocab_divergence][bad_input]", float, double) {
+    using S = TestType;
+    rt::Generator gen(31);
+    // (151936: rows long enough for the row split and JSD's lean sweep)
+    for (Index V : {Index(7), Index(300), Index(5000), Index(151936)}) {
+        const Mat<S> z = gen.logits(4, V).template cast<S>(),
+                     zr = gen.logits(4, V).template cast<S>();
+        const Mat<S> mask = Mat<S>::Ones(2, 2);
+        const S pinf = std::numeric_limits<S>::infinity();
+        for (VocabDivergence d : kDivs) {
+            INFO("V " << V << " divergence " << rlpo::penalties::to_string(d));
+            Mat<S> a = z, b = zr;
+            a(2, 3) = pinf;
+            RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(a, zr, mask, make(d)),
+                                            "logits: +inf at [2, 3]");
+            b(1, 5) = pinf;
+            RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(z, b, mask, make(d)),
+                                            "ref_logits: +inf at [1, 5]");
+            // +inf in both at one entry, and next to a −inf
+            a(2, 3) = pinf;
+            b = zr;
+            b(2, 3) = pinf;
+            b(2, V - 1) = -pinf;
+            RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(a, b, mask, make(d)),
+                                            "+inf at [2, 3]");
+            // at a large temperature (1/τ · inf is still inf)
+            VocabDivergenceOptions o = make(d);
+            o.temperature = 1e30;
+            a = z;
+            a(3, V - 1) = pinf;
+            RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(a, zr, mask, o),
+                                            "logits: +inf at [3, ");
+        }
+    }
+}
+
+TEST_CASE("vocab_divergence: an empty vocabulary is rejected",
+          "[penalties][vocab_divergence][bad_input]") {
+    const Mat<double> z(4, 0), mask = Mat<double>::Ones(2, 2);
+    for (VocabDivergence d : kDivs)
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(z, z, mask, make(d)),
+                                        "logits: V = 0");
+}
