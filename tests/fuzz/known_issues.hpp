@@ -145,6 +145,17 @@ const char* orpo_lengths(const std::optional<L>& len) {
     return nullptr;
 }
 
+/// HOLE alphapo-float-grad: preference::cpo_loss (AlphaPO, α = 1e3) in float: the reward
+/// e^{−α·x/|y|} is computed in double and stays below the documented 709 limit, but the
+/// gradient written to a float buffer overflows to −inf (B 1, x = −0.87 / −0.72, lengths 7 /
+/// 100).
+template <class S>
+const char* alphapo(double alpha) {
+    if (std::is_same<S, float>::value && std::fabs(alpha) >= 100)
+        return skip("alphapo-float-grad: AlphaPO gradient overflows the float buffer");
+    return nullptr;
+}
+
 /// HOLE combine-overflow: rollout::combine_rewards with finite weights and rewards whose
 /// products overflow (w = 1e300, r = ±1e30) sums −inf + inf: NaN, not numerical_error.
 template <class S>
