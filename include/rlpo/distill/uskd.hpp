@@ -223,14 +223,15 @@ Result<::rlpo::detail::scalar_t<DS>> uskd(
             detail::RankBuffers& rb = detail::rank_buffers();
             rb.ensure(V);
             const double ds = 1.0 - lsy + 1e-6;
-            double lu = 0.0, dw = 1.0;
+            detail::Lse lu{0.0, 0.0, 1.0};
+            double dw = 1.0;
             if (ur) {
                 lu = detail::lse_except(ur, V, -1, 1.0);
-                dw = 1.0 - std::exp(static_cast<double>(ur[y]) - lu) + 1e-6;
+                dw = 1.0 - std::exp(lu.logp(ur[y])) + 1e-6;
             }
             for (Index j = 0; j < V; ++j) {
                 double r = (static_cast<double>(zr[j]) - lz) / ds;
-                if (ur) r += std::exp(static_cast<double>(ur[j]) - lu) / dw;
+                if (ur) r += std::exp(lu.logp(ur[j])) / dw;
                 rb.score[static_cast<std::size_t>(j)] = r;
             }
             std::iota(rb.order.begin(), rb.order.end(), Index(0));
@@ -245,7 +246,7 @@ Result<::rlpo::detail::scalar_t<DS>> uskd(
                 rb.zipf[static_cast<std::size_t>(j)] = zw;
                 if (j != y) zsum += zw;
             }
-            const double lzn = detail::lse_except(zr, V, y, 1.0);
+            const detail::Lse lzn = detail::lse_except(zr, V, y, 1.0);
             double non = 0.0;
             A* gr = ws.a.data();
             for (Index j = 0; j < V; ++j) {
@@ -253,8 +254,8 @@ Result<::rlpo::detail::scalar_t<DS>> uskd(
                 double gj = opts.alpha * py * (std::exp(zj - lz) - (j == y ? 1.0 : 0.0));
                 if (j != y) {
                     const double zh = rb.zipf[static_cast<std::size_t>(j)] / zsum;
-                    non += zh * (lzn - zj);
-                    gj += opts.beta * (std::exp(zj - lzn) - zh);
+                    non -= zh * lzn.logp(zj);
+                    gj += opts.beta * (std::exp(lzn.logp(zj)) - zh);
                 }
                 gr[j] = static_cast<A>(gj);
             }
@@ -325,7 +326,7 @@ Result<::rlpo::detail::scalar_t<DW>> uskd_weak(
                 err = {"weak_logits", "-inf logit at the target (the loss is infinite)", y};
                 return 0.0;
             }
-            const double lu = detail::lse_except(ur, V, -1, 1.0);
+            const detail::Lse lu = detail::lse_except(ur, V, -1, 1.0);
             const double tu = ls / static_cast<double>(V);
             double ce = 0.0;
             A* gr = ws.a.data();
@@ -333,8 +334,8 @@ Result<::rlpo::detail::scalar_t<DW>> uskd_weak(
                 const double uj = static_cast<double>(ur[j]);
                 const double t = tu + (j == y ? 1.0 - ls : 0.0);
                 const double w =
-                    uj == -std::numeric_limits<double>::infinity() ? 0.0 : std::exp(uj - lu);
-                if (t > 0) ce -= t * (uj - lu);
+                    uj == -std::numeric_limits<double>::infinity() ? 0.0 : std::exp(lu.logp(uj));
+                if (t > 0) ce -= t * lu.logp(uj);
                 gr[j] = static_cast<A>(opts.mu * (w - t));
             }
             const double L = opts.mu * ce;
