@@ -2,6 +2,7 @@
 // docs/contract.md, section 5): an empty vocabulary, +inf logits, cancellation at large logit
 // ranges, extreme temperatures and top-k log-probs above 0. Values are compared with a long
 // double reference written here.
+#include "support/alloc_counter.hpp"
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 
@@ -21,26 +22,7 @@
 #include <new>
 #include <vector>
 
-// Count the bytes and calls of operator new (the whole executable) while `g_count` is on.
-namespace {
-std::atomic<bool> g_count{false};
-std::atomic<long long> g_bytes{0}, g_allocs{0};
-}  // namespace
-// (GCC pairs the malloc inside this operator new with the free of the operator delete below
-// when both are inlined into a caller, and reports a false mismatch)
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-void* operator new(std::size_t n) {
-    if (g_count.load(std::memory_order_relaxed)) {
-        g_bytes += static_cast<long long>(n);
-        ++g_allocs;
-    }
-    if (void* p = std::malloc(n ? n : 1)) return p;
-    throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+namespace alloc = rlpo_test::alloc;
 
 using rlpo::Index;
 using rlpo::Mat;
@@ -353,15 +335,15 @@ TEST_CASE("DAC-KL: no per-row allocations (the region by selection)", "[distill]
     Mat<float> grad(N, V);
     rd::DacKLOptions o;
     (void)rd::dac_kl(z, y, mask, o, rlpo::Normalizer{}, rlpo::write_to<float>(grad));
-    g_bytes = 0;
-    g_allocs = 0;
-    g_count = true;
+    alloc::bytes = 0;
+    alloc::calls = 0;
+    alloc::counting = true;
     const auto r = rd::dac_kl(z, y, mask, o, rlpo::Normalizer{}, rlpo::write_to<float>(grad));
-    g_count = false;
-    INFO("bytes " << g_bytes.load() << " allocations " << g_allocs.load());
+    alloc::counting = false;
+    INFO("bytes " << alloc::bytes.load() << " allocations " << alloc::calls.load());
     // per thread: two scratch rows, the order and the region buffers (a few V-rows)
-    CHECK(g_bytes.load() < 16LL * V * 8 * 2);
-    CHECK(g_allocs.load() < 200);
+    CHECK(alloc::bytes.load() < 16LL * V * 8 * 2);
+    CHECK(alloc::calls.load() < 200);
     // the region walk is the full sort's: compare with a sort-based region in double
     double total = 0;
     for (Index n = 0; n < N; ++n) {

@@ -1,6 +1,7 @@
 // Entropy bonus at extreme logits: shift invariance at large offsets (the entropy is a
 // function of the differences of the logits), ties at 1e17, and no per-call heap traffic
 // proportional to the input. Expected values come from a long double reference.
+#include "support/alloc_counter.hpp"
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 
@@ -14,26 +15,7 @@
 #include <new>
 #include <vector>
 
-// Count the bytes allocated through operator new (the whole executable) while `g_count` is on.
-namespace {
-std::atomic<bool> g_count{false};
-std::atomic<long long> g_bytes{0}, g_allocs{0};
-}  // namespace
-// (GCC pairs the malloc inside this operator new with the free of the operator delete below
-// when both are inlined into a caller, and reports a false mismatch)
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-void* operator new(std::size_t n) {
-    if (g_count.load(std::memory_order_relaxed)) {
-        g_bytes += static_cast<long long>(n);
-        ++g_allocs;
-    }
-    if (void* p = std::malloc(n ? n : 1)) return p;
-    throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+namespace alloc = rlpo_test::alloc;
 
 using rlpo::Index;
 using rlpo::Mat;
@@ -103,14 +85,14 @@ TEST_CASE("entropy_bonus: no heap traffic proportional to the input", "[regulari
     const Mat<float> mask = Mat<float>::Ones(B, T);
     Mat<float> grad(B * T, V);
     (void)rr::entropy_bonus(z, mask, rlpo::Normalizer{}, rlpo::write_to<float>(grad));  // warm up
-    g_bytes = 0;
-    g_allocs = 0;
-    g_count = true;
+    alloc::bytes = 0;
+    alloc::calls = 0;
+    alloc::counting = true;
     (void)rr::entropy_bonus(z, mask, rlpo::Normalizer{}, rlpo::write_to<float>(grad));
-    g_count = false;
-    INFO("bytes " << g_bytes.load() << " allocations " << g_allocs.load());
+    alloc::counting = false;
+    INFO("bytes " << alloc::bytes.load() << " allocations " << alloc::calls.load());
     // the per-sequence partial sums and the row weights only (B entries each), nothing of V
-    CHECK(g_bytes.load() < 64 * 1024);
+    CHECK(alloc::bytes.load() < 64 * 1024);
 }
 
 TEST_CASE("entropy_bonus: an empty vocabulary is rejected", "[regularizers][entropy]") {
