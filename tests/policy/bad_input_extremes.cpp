@@ -148,3 +148,21 @@ TEST_CASE("policy_loss: the issue's cases", "[policy][policy_loss][bad_input]") 
               return rp::policy_loss(rp::make_policy_loss("kl_cov"), lp, old, a, m);
           }) != Outcome::Finite);
 }
+
+TEST_CASE("policy_loss: a NaN input outranks an overflow in an earlier row",
+          "[policy][policy_loss][bad_input]") {
+    // Row 0: finite inputs whose weighted gradient (mask weight 1e30 × advantage 1e30)
+    // overflows a float; row 1: NaN under a non-zero mask. The caller's bad input is reported,
+    // as rlpo::invalid_argument naming the NaN, whatever the row order or the threads.
+    Mat<float> lp(2, 3), old = Mat<float>::Constant(2, 3, -1.0F), a(2, 3), m(2, 3);
+    lp << -1.0F, -1.2F, -0.8F, -1.0F, std::numeric_limits<float>::quiet_NaN(), -1.0F;
+    a << 1e30F, -1e30F, 1e30F, 1.0F, 1.0F, 1.0F;
+    m << 1e30F, 1e30F, 1e30F, 1.0F, 1.0F, 1.0F;
+    rlpo::Normalizer n;
+    n.mode = rlpo::Aggregation::TokenSum;
+    for (const auto& name : all_names()) {
+        INFO(name);
+        const auto o = rp::make_policy_loss(name);
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(rp::policy_loss(o, lp, old, a, m, n), "NaN");
+    }
+}

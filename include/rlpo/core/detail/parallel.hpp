@@ -22,6 +22,7 @@
 ///     a local of `body`).
 /// `parallel` false runs on the calling thread (small inputs: a team costs more than it saves).
 
+#include <rlpo/core/error.hpp>
 #include <rlpo/core/types.hpp>
 
 #include <array>
@@ -63,7 +64,9 @@ inline void parallel_for_dynamic(Index n, int chunk, bool parallel, F&& f) {
 /// Σ over rows of K partial sums: `row(i, part)` fills `part` (std::array<double, K>, zeroed)
 /// for row i ∈ [0, n), rows in parallel when `parallel`; the partials are added in row order,
 /// so the sums are bitwise identical for any number of threads. An exception thrown by a row
-/// is captured (never crosses threads) and the first one in row order is rethrown.
+/// is captured (never crosses threads) and the first one in row order is rethrown, except that
+/// an `rlpo::invalid_argument` of any row outranks other errors of earlier rows (a bad input
+/// is reported before an overflow it may have caused elsewhere).
 template <std::size_t K, class F>
 inline std::array<double, K> ordered_row_sums(Index n, bool parallel, F&& row) {
     std::vector<std::array<double, K>> part(static_cast<std::size_t>(n), std::array<double, K>{});
@@ -76,9 +79,21 @@ inline std::array<double, K> ordered_row_sums(Index n, bool parallel, F&& row) {
             err[r] = std::current_exception();
         }
     });
+    std::exception_ptr first;
+    for (const auto& e : err) {
+        if (!e) continue;
+        if (!first) first = e;
+        try {
+            std::rethrow_exception(e);
+        } catch (const ::rlpo::invalid_argument&) {
+            first = e;
+            break;
+        } catch (...) {
+        }
+    }
+    if (first) std::rethrow_exception(first);
     std::array<double, K> sum{};
     for (std::size_t r = 0; r < part.size(); ++r) {
-        if (err[r]) std::rethrow_exception(err[r]);
         for (std::size_t j = 0; j < K; ++j) sum[j] += part[r][j];
     }
     return sum;

@@ -81,7 +81,8 @@ template <class S>
 
 /// The end of a token pass: the rows' sums added in row order; the first row (in row order)
 /// with a non-finite per-token result at token `row_nan[r]` ≥ 0 is diagnosed instead (an
-/// overflowing weighted gradient is encoded as −2 − t).
+/// overflowing weighted gradient is encoded as −2 − t and reported only when no row has a
+/// non-finite per-token result: a bad input is the caller's error to fix first).
 template <std::size_t K, class S>
 inline TokenPassResult<K> combine_rows(const char* function, const RowWeights& w,
                                        std::initializer_list<NamedInput<S>> inputs,
@@ -89,8 +90,10 @@ inline TokenPassResult<K> combine_rows(const char* function, const RowWeights& w
                                        const std::vector<std::array<double, K>>& row_stats,
                                        const std::vector<Index>& row_nan) {
     TokenPassResult<K> out;
-    for (std::size_t r = 0; r < row_value.size(); ++r) {
+    // input errors (invalid_argument) of any row first, then overflows (numerical_error)
+    for (std::size_t r = 0; r < row_value.size(); ++r)
         if (row_nan[r] >= 0) fail_nan_at<S>(function, static_cast<Index>(r), row_nan[r], inputs);
+    for (std::size_t r = 0; r < row_value.size(); ++r) {
         if (row_nan[r] < -1) fail_grad_overflow(function, static_cast<Index>(r), -2 - row_nan[r]);
         out.value += row_value[r];
         for (std::size_t j = 0; j < K; ++j) out.stats[j] += row_stats[r][j];
@@ -123,7 +126,7 @@ inline TokenPassResult<K> token_pass(const char* function, const ConstMatRef<S>&
             std::array<double, K> local{};
             const LossGrad lg = f(i, t, local);
             if (!(std::abs(lg.loss) < kInf && std::abs(lg.grad) < kInf)) {
-                if (row_nan[r] == -1) row_nan[r] = t;
+                if (row_nan[r] < 0) row_nan[r] = t;  // an input error outranks an overflow
                 g.zero(i, t);
                 continue;
             }
@@ -240,7 +243,9 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
         if (Eigen::internal::predux_any(bad)) {
             // find the first non-finite entry again, in scalar code (rare path: the call throws)
             const S sinf = std::numeric_limits<S>::infinity();
-            for (Index k = 0; k < T && row_nan[r] == -1; k += W) {
+            // a non-finite per-token result (an input error) outranks an overflowing weighted
+            // gradient found earlier in the row
+            for (Index k = 0; k < T && row_nan[r] < 0; k += W) {
                 const P m = load(mk, k, T);
                 f(i, k, T, pandnot(all, pcmp_eq(m, zero)), loss, grad, stats);
                 S lb[W], gb[W], mb[W], wb[W];
@@ -254,10 +259,8 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
                         row_nan[r] = k + j;
                         break;
                     }
-                    if (gw && !(std::abs(wb[j]) < sinf)) {
+                    if (gw && row_nan[r] == -1 && !(std::abs(wb[j]) < sinf))
                         row_nan[r] = -2 - (k + j);
-                        break;
-                    }
                 }
             }
         }
