@@ -263,6 +263,33 @@ TEST_CASE("orpo: properties", "[preference][orpo][properties]") {
     }
 }
 
+TEST_CASE("orpo: an averaged log-prob just below 0 gives the finite limit of the gradient",
+          "[preference][orpo][properties]") {
+    // ā_c = −1e-310: 1/(1 − e^ā_c) ≈ 1e310 overflows a double while σ(−z) ≈ e^{−z} underflows;
+    // their product is finite. With z ≈ (ā_c − ā_r) − log(−ā_c) + log(1 − e^ā_r) large,
+    // ∂L/∂π_c = −β·σ(−z)/(1 − e^ā_c) → −β·e^{ā_r − ā_c}/(1 − e^ā_r) (closed form, |y| = 1, n = 1).
+    const double ac = -1e-310, ar = -5.0, beta = 0.1;
+    Vec c(1), rj(1);
+    c << ac;
+    rj << ar;
+    ORPOOptions o;
+    o.beta = beta;
+    o.compute_nll = false;
+    const auto r = orpo_loss(c, rj, CompletionLengths{Vec::Ones(1), Vec::Ones(1)}, o);
+    const double expect = -beta * std::exp(ar - ac) / -std::expm1(ar);
+    CHECK(r.grad(0, 0) == Approx(expect).epsilon(1e-12));
+    CHECK(std::isfinite(r.grad(1, 0)));
+    CHECK(r.grad(1, 0) >= 0.0);
+    CHECK(r.grad(1, 0) < 1e-300);
+    CHECK(std::isfinite(r.value));
+    // β large enough that the true gradient overflows: a numerical_error, never inf
+    o.beta = 1e300;
+    c << -1e-300;
+    rj << -1e-300;
+    RLPO_REQUIRE_NUMERICAL_ERROR(orpo_loss(c, rj, CompletionLengths{Vec::Ones(1), Vec::Ones(1)}, o),
+                                 "");
+}
+
 TEST_CASE("orpo: bad input gives the documented error", "[preference][orpo][bad-input]") {
     const Vec x = Vec::Constant(3, -5.0), y = Vec::Constant(4, -5.0);
     const CompletionLengths len{Vec::Ones(3), Vec::Ones(3)};

@@ -554,6 +554,15 @@ TEST_CASE("shaping: bad input gives the documented error", "[rollout][shaping][b
     Rc(1, 0) = std::numeric_limits<double>::infinity();
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::combine_rewards(Rc, {}, rr::NanScores::AsZero),
                                     "rewards: non-finite value inf at [1, 0]");
+    // Finite rewards and weights whose weighted sum overflows: numerical_error, not ±inf or NaN
+    Mat<double> Ro(2, 2);
+    Ro << 1.0, 2.0, 1e30, -1e30;
+    RLPO_REQUIRE_NUMERICAL_ERROR(rr::combine_rewards(Ro, {1e300, 1e300}),
+                                 "the weighted sum of row 1 overflows");
+    Mat<float> Rf(1, 2);
+    Rf << 3e38F, 3e38F;
+    RLPO_REQUIRE_NUMERICAL_ERROR(rr::combine_rewards(Rf), "the weighted sum of row 0 overflows");
+    CHECK(rr::combine_rewards(Rf, {1.0, -1.0})(0) == 0.0F);
     rr::ARLCPOptions ao;
     ao.weight_high = 0.3;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::arlcp_rewards(r, r, r, g2, ao),

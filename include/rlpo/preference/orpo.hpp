@@ -94,6 +94,7 @@ Result<::rlpo::detail::scalar_t<D1>> orpo_loss(
         ::rlpo::detail::check_nonnegative(fn, "num_nll_tokens", *opts.num_nll_tokens);
     const std::size_t B = d.size();
 
+    const double n = opts.num_pairs ? *opts.num_pairs : static_cast<double>(B);
     std::vector<double> ac(B), ar(B), rc(B), rr(B), gc(B), gr(B);
     double sum = 0.0, sum_z = 0.0;
     for (std::size_t i = 0; i < B; ++i) {
@@ -108,15 +109,17 @@ Result<::rlpo::detail::scalar_t<D1>> orpo_loss(
                    "probability < 1), given ",
                    ar[i], " at pair ", i);
         const double z = (ac[i] - ar[i]) - (log1mexp(ac[i]) - log1mexp(ar[i]));
-        const double ls = log_sigmoid(z), dl = -opts.beta * sigmoid(-z);  // d(−λ·logσ(z))/dz
+        const double ls = log_sigmoid(z);
         sum += ls;
         sum_z += z;
-        gc[i] = dl * (-1.0 / std::expm1(ac[i])) / d.clen(i);
-        gr[i] = dl * (1.0 / std::expm1(ar[i])) / d.rlen(i);
+        // λ·σ(−z)/(n·(1 − e^ā)·|y|) in log space: as ā → 0⁻, 1/(1 − e^ā) overflows while σ(−z)
+        // underflows (their product is finite; formed directly it is inf·0 = NaN).
+        const double lw = std::log(opts.beta) + log_sigmoid(-z) - std::log(n);
+        gc[i] = -std::exp(lw - log1mexp(ac[i]) - std::log(d.clen(i)));
+        gr[i] = std::exp(lw - log1mexp(ar[i]) - std::log(d.rlen(i)));
         rc[i] = opts.beta * ac[i];
         rr[i] = opts.beta * ar[i];
     }
-    const double n = opts.num_pairs ? *opts.num_pairs : static_cast<double>(B);
     const double N = opts.num_nll_tokens ? *opts.num_nll_tokens : d.chosen_tokens;
     double sum_c = 0.0;
     for (double v : d.pc) sum_c += v;
@@ -128,8 +131,8 @@ Result<::rlpo::detail::scalar_t<D1>> orpo_loss(
     if (g.active())
         for (std::size_t i = 0; i < B; ++i) {
             const Index k = static_cast<Index>(i);
-            detail::put_finite(fn, g, 0, k, gc[i] / n - (nll ? 1.0 / N : 0.0));
-            detail::put_finite(fn, g, 1, k, gr[i] / n);
+            detail::put_finite(fn, g, 0, k, gc[i] - (nll ? 1.0 / N : 0.0));
+            detail::put_finite(fn, g, 1, k, gr[i]);
         }
     res.value = g.coef() * (nll_value - (B > 0 ? opts.beta * sum / n : 0.0));
     detail::add_pair_metrics(res.metrics, rc, rr, ac, ar);

@@ -54,7 +54,9 @@ namespace rlpo::rollout {
 /// rejects a NaN component naming it; `NanScores::AsZero` skips it, as TRL's GRPO/RLOO trainers
 /// do (`nansum` over the weighted reward functions, so a function that returned None for a
 /// sample contributes nothing, and a sample with no reward at all scores 0). ±inf is always an
-/// error. Bad input: K = 0, weights of the wrong length or non-finite.
+/// error. Bad input: K = 0, weights of the wrong length or non-finite. Finite rewards and
+/// weights whose weighted sum overflows the output type (w = 1e300, r = 1e30) are
+/// rlpo::numerical_error naming the row (never ±inf, or inf − inf = NaN).
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> combine_rewards(const Eigen::MatrixBase<D>& rewards,
                                                  const std::vector<double>& weights = {},
@@ -83,6 +85,9 @@ Vec<::rlpo::detail::scalar_t<D>> combine_rewards(const Eigen::MatrixBase<D>& rew
             sum += (weights.empty() ? 1.0 : weights[static_cast<std::size_t>(k)]) * r;
         }
         out(i) = static_cast<S>(sum);
+        if (!std::isfinite(static_cast<double>(out(i))))
+            ::rlpo::detail::fail_numerical(fn, "rewards: the weighted sum of row ", i,
+                                           " overflows (", sum, ")");
     }
     return out;
 }
