@@ -413,6 +413,27 @@ TEST_CASE("kl estimators: closed-form values and names", "[penalties][kl][proper
     RLPO_REQUIRE_NUMERICAL_ERROR(
         rlpo::penalties::kl_penalty(huge, zero, m, KLOptions::verl(KLEstimator::K1), sum),
         "value: the loss is not finite");
+    // per-token values: coefficient × a finite estimate beyond the float range is named,
+    // not stored as inf (written or added; a finite product passes)
+    {
+        Mat<float> lpf(1, 3), reff = Mat<float>::Zero(1, 3), mf = Mat<float>::Ones(1, 3);
+        lpf << -1e10F, -1.0F, -2.0F;
+        Mat<float> vals = Mat<float>::Zero(1, 3);
+        const auto abs_est = KLOptions::verl(KLEstimator::Abs);
+        RLPO_REQUIRE_NUMERICAL_ERROR(
+            rlpo::penalties::kl_penalty(lpf, reff, mf, abs_est, {}, rlpo::no_grad<float>(),
+                                        rlpo::add_to(vals, 1e30)),
+            "token_values: row 0");
+        vals.setConstant(3e38F);
+        RLPO_REQUIRE_NUMERICAL_ERROR(
+            rlpo::penalties::kl_penalty(lpf, reff, mf, abs_est, {}, rlpo::no_grad<float>(),
+                                        rlpo::add_to(vals, 1e28)),
+            "token_values: row 0");
+        vals.setZero();
+        (void)rlpo::penalties::kl_penalty(lpf, reff, mf, abs_est, {}, rlpo::no_grad<float>(),
+                                          rlpo::add_to(vals, 1e20));
+        CHECK(vals(0, 0) == Approx(1e30));
+    }
     // kl_in_reward: an infinite estimate is named, not stored
     const Mat<double> scores = Mat<double>::Ones(1, 3);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(

@@ -554,6 +554,18 @@ TEST_CASE("shaping: bad input gives the documented error", "[rollout][shaping][b
     Rc(1, 0) = std::numeric_limits<double>::infinity();
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::combine_rewards(Rc, {}, rr::NanScores::AsZero),
                                     "rewards: non-finite value inf at [1, 0]");
+    // An overlong penalty beyond the output type: numerical_error, not -inf
+    rr::OverlongOptions big = rr::OverlongOptions::dapo(4096.0, 512.0);
+    big.penalty_factor = 1e300;
+    Eigen::VectorXf lf(2);
+    lf << 100.0F, 4000.0F;
+    RLPO_REQUIRE_NUMERICAL_ERROR(rr::overlong_penalty(lf, big), "penalty of response 1");
+    big.clip_beyond_max = false;
+    Eigen::VectorXd ld(1);
+    ld << 1e300;
+    RLPO_REQUIRE_NUMERICAL_ERROR(rr::overlong_penalty(ld, big), "penalty of response 0");
+    CHECK(rr::overlong_penalty(Eigen::VectorXd::Constant(1, 4000.0), big)(0) ==
+          Approx(-1e300 * (4000.0 - 3584.0) / 512.0));
     // Finite rewards and weights whose weighted sum overflows: numerical_error, not ±inf or NaN
     Mat<double> Ro(2, 2);
     Ro << 1.0, 2.0, 1e30, -1e30;

@@ -70,6 +70,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <vector>
 
 namespace rlpo::penalties {
 
@@ -269,11 +270,18 @@ Result<S> kl_pass(const char* fn, const ConstMatRef<S>& lp, const ConstMatRef<S>
     using P = ::rlpo::detail::simd::Packet<S>;
     const KLPacketConsts<S> kc(opts);
     const P vcoef = ::rlpo::detail::simd::set1<S>(static_cast<S>(tv.coef()));
+    const P vinf = ::rlpo::detail::simd::set1<S>(std::numeric_limits<S>::infinity());
+    // rows whose stored values overflow (coefficient × estimate, or the sum with the buffer);
+    // each row is one thread's, so the flags need no synchronisation
+    std::vector<char> values_bad(tv.active() ? static_cast<std::size_t>(lp.rows()) : 0, 0);
     const auto store_values = [&](Index i, Index k, Index T, const P& keep, const P& loss) {
         using namespace ::rlpo::detail::simd;
         S* row = tv.row(i);
         P v = pand(pmul(loss, vcoef), keep);
         if (add_values) v = padd(load(static_cast<const S*>(row), k, T), v);
+        // |v| < inf is false for ±inf and NaN; only the unmasked lanes count
+        if (Eigen::internal::predux_any(pandnot(keep, pcmp_lt(Eigen::internal::pabs(v), vinf))))
+            values_bad[static_cast<std::size_t>(i)] = 1;
         store_n(row, k, T, v);
     };
     const auto body = [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
@@ -302,6 +310,11 @@ Result<S> kl_pass(const char* fn, const ConstMatRef<S>& lp, const ConstMatRef<S>
     else
         pass = ::rlpo::detail::token_pass_simd<1, S>(fn, m, w, g,
                                                      {{"logp", &lp}, {"ref_logp", &rlp}}, body);
+    for (std::size_t i = 0; i < values_bad.size(); ++i)
+        if (values_bad[i])
+            ::rlpo::detail::fail_numerical(fn, "token_values: row ", i,
+                                           ": coefficient x per-token estimate (added to the "
+                                           "buffer) overflows the storage type");
     res.value = g.coef() * pass.value;
     res.metrics.add("kl", pass.stats[0], pass.count);
     res.metrics.with_count_epsilon(norm.count_epsilon);

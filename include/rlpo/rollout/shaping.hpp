@@ -132,7 +132,8 @@ struct OverlongOptions {
 ///            = −f                                  if L > L_max (clip_beyond_max)
 ///
 /// f = penalty_factor (1 in the paper). Bad input: L_max ≤ 0, L_cache ∉ (0, L_max], f < 0,
-/// lengths negative or non-finite.
+/// lengths negative or non-finite. A penalty that overflows the output type (f = 1e300 in
+/// float, or beyond L_max without the clip) is rlpo::numerical_error.
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> overlong_penalty(const Eigen::MatrixBase<D>& lengths,
                                                   const OverlongOptions& opts) {
@@ -151,7 +152,11 @@ Vec<::rlpo::detail::scalar_t<D>> overlong_penalty(const Eigen::MatrixBase<D>& le
         if (L[k] > opts.max_length && opts.clip_beyond_max)
             out[k] = -opts.penalty_factor;
         else
-            out[k] = -opts.penalty_factor * (L[k] - expected) / opts.cache_length;
+            out[k] = -opts.penalty_factor * ((L[k] - expected) / opts.cache_length);
+        if (!std::isfinite(static_cast<double>(static_cast<S>(out[k]))))
+            ::rlpo::detail::fail_numerical(fn, "the penalty of response ", k, " (length ", L[k],
+                                           ", penalty_factor ", opts.penalty_factor,
+                                           ") overflows the output type");
     }
     return detail::to_vec<S>(out);
 }
