@@ -1,6 +1,7 @@
 #pragma once
 /// \file
-/// The one exception rlpo throws for bad input, and the checks that build its messages.
+/// The two exceptions rlpo throws (bad input; a result that would not be finite) and the checks
+/// that build their messages.
 ///
 /// Every message has the form `rlpo::<function>(): <argument>: <what was wrong>`, e.g.
 /// `rlpo::policy::ppo_clip(): old_logp: expected shape [4, 8] (same as logp), given [4, 7]`.
