@@ -448,6 +448,21 @@ TEST_CASE("pass@k / OPO / GDPO: closed forms and identities", "[rollout][advanta
 
 TEST_CASE("pass@k / OPO / GDPO: bad input gives the documented error",
           "[rollout][advantages][bad-input]") {
+    {
+        // GDPO: finite weights whose weighted sum of component advantages overflows
+        // three identical components: each |advantage| ≥ 0.7, so 3 × 0.7 × 1e308 overflows
+        Mat<double> R(4, 3);
+        R << 1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 0, 0;
+        rr::GDPOOptions go;
+        go.weights = {1e308, 1e308, 1e308};
+        RLPO_REQUIRE_NUMERICAL_ERROR(rr::gdpo_advantages(R, Groups::equal(4, 2), go),
+                                     "the weighted sum of the component advantages");
+        go.weights = {1e300, 1.0, 1.0};
+        go.batch_normalize = false;
+        Mat<float> Rf = R.cast<float>();
+        RLPO_REQUIRE_NUMERICAL_ERROR(rr::gdpo_advantages(Rf, Groups::equal(4, 2), go),
+                                     "overflows the storage type");
+    }
     Vec<double> s(4);
     s << 1, 0, 0.5, 1;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::passk_advantages(s, Groups::equal(4, 2), 1),

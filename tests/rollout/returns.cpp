@@ -250,6 +250,18 @@ TEST_CASE("remax: outcome reward minus the greedy baseline on every token",
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::remax_advantages(rn, Vec<double>::Zero(4), m),
                                     "rollout::remax_advantages(): greedy_baseline: expected 5 "
                                     "entries (rows of token_rewards), given 4");
+    // finite rewards whose reward-to-go (or minus the baseline) overflows: numerical_error
+    Mat<double> huge = Mat<double>::Zero(5, 7);
+    huge(2, 0) = 1e308;
+    huge(2, 1) = 1e308;
+    RLPO_REQUIRE_NUMERICAL_ERROR(rr::remax_advantages(huge, b, Mat<double>::Ones(5, 7)),
+                                 "overflows at [2, 0]");
+    Mat<float> hf = Mat<float>::Zero(1, 2);
+    hf << 3e38F, 0.0F;
+    Vec<float> bf(1);
+    bf << -3e38F;
+    RLPO_REQUIRE_NUMERICAL_ERROR(rr::remax_advantages(hf, bf, Mat<float>::Ones(1, 2)),
+                                 "overflows at [0, 0]");
 }
 
 TEST_CASE("token advantages: bad input gives the documented error",

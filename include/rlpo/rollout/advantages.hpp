@@ -508,7 +508,8 @@ struct GDPOOptions {
 /// batch whose summed advantages are all equal gives 0. Anchor: TRL's GRPOTrainer
 /// `multi_objective_aggregation="normalize_then_sum"` (`GDPOOptions::trl()`: ε 1e-4 in both
 /// steps, sample stds, abstaining (NaN) reward functions skipped); the defaults keep rlpo's
-/// GRPO ε 1e-6 and reject NaN.
+/// GRPO ε 1e-6 and reject NaN. Finite weights whose weighted sum of component advantages
+/// overflows (w = 1e308), or a result beyond the storage type, is rlpo::numerical_error.
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rewards,
                                                  const Groups& groups,
@@ -564,6 +565,13 @@ Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rew
                     w * (v[static_cast<std::size_t>(j)] - mu) / den;
         }
     }
+    for (Index i = 0; i < N; ++i)
+        if (!std::isfinite(sum[static_cast<std::size_t>(i)]))
+            ::rlpo::detail::fail_numerical(fn,
+                                           "the weighted sum of the component advantages of "
+                                           "response ",
+                                           i, " overflows (", sum[static_cast<std::size_t>(i)],
+                                           ")");
     if (opts.batch_normalize && N > 0) {
         if (detail::all_equal(sum, 0, N)) return Vec<S>::Zero(N);
         const double mu = detail::mean(sum, 0, N);
@@ -571,7 +579,7 @@ Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rew
         const double den = sd + opts.batch_epsilon;
         for (auto& x : sum) x = den > 0 ? (x - mu) / den : 0.0;
     }
-    return detail::to_vec<S>(sum);
+    return detail::to_vec_checked<S>(fn, sum);
 }
 
 /// The advantage estimators, for config-driven trainers.

@@ -441,7 +441,8 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> gae_advantages(
 /// same prompt, A_it = Σ_{t' ≥ t} m_it'·r_it' − b_i on unmasked tokens (0 elsewhere);
 /// `returns` holds the reward-to-go. `greedy_baseline` has one entry per row (repeat the
 /// prompt's greedy reward for each of its responses). With an outcome reward at the last token
-/// every token of row i carries s_i − b_i.
+/// every token of row i carries s_i − b_i. A reward-to-go or advantage beyond the storage type
+/// (finite rewards and baselines, e.g. 1e300 + 1e300) is rlpo::numerical_error.
 template <class DR, class DB, class DM>
 TokenAdvantages<::rlpo::detail::scalar_t<DR>> remax_advantages(
     const Eigen::MatrixBase<DR>& token_rewards, const Eigen::MatrixBase<DB>& greedy_baseline,
@@ -470,8 +471,11 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> remax_advantages(
             if (!std::isfinite(rt) && sc.bad_input < 0)
                 sc.bad_input = 0, sc.bad_t = t, sc.bad_value = rt;
             togo += mk * rt;
+            const double adv = togo - b[static_cast<std::size_t>(i)];
+            detail::flag_overflow<S>(sc, t, togo);
+            detail::flag_overflow<S>(sc, t, adv);
             out.returns(i, t) = static_cast<S>(togo);
-            out.advantages(i, t) = static_cast<S>(togo - b[static_cast<std::size_t>(i)]);
+            out.advantages(i, t) = static_cast<S>(adv);
         }
     });
     return out;
