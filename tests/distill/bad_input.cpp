@@ -5,6 +5,8 @@
 #include "support/alloc_counter.hpp"
 #include "support/catch.hpp"
 #include "support/checks.hpp"
+#include "support/compare.hpp"
+#include "support/reference_ld.hpp"
 
 #include <rlpo/distill/divergences.hpp>
 #include <rlpo/distill/nkd.hpp>
@@ -37,18 +39,8 @@ constexpr Divergence kKinds[] = {Divergence::ForwardKL, Divergence::ReverseKL,  
                                  Divergence::SkewKL,    Divergence::SkewReverseKL, Divergence::TVD,
                                  Divergence::ChiSquared};
 
-using LD = long double;
-
-// log-softmax of x/τ in long double (−inf entries stay −inf)
-std::vector<LD> log_softmax_ld(const std::vector<LD>& x, LD tau) {
-    LD m = -std::numeric_limits<LD>::infinity();
-    for (LD v : x) m = std::max(m, v / tau);
-    LD s = 0;
-    for (LD v : x) s += std::exp(v / tau - m);
-    std::vector<LD> out(x.size());
-    for (std::size_t j = 0; j < x.size(); ++j) out[j] = x[j] / tau - m - std::log(s);
-    return out;
-}
+using rlpo_test::LD;
+using rlpo_test::log_softmax_ld;
 
 // log(w1 e^a + w2 e^b), both may be −inf
 LD log_mix_ld(LD a, LD b, LD w1, LD w2) {
@@ -374,4 +366,57 @@ TEST_CASE("DAC-KL: no per-row allocations (the region by selection)", "[distill]
         total += static_cast<double>(L);
     }
     CHECK(std::abs(r.value - total / N) <= 1e-5 * std::abs(total / N));
+}
+
+// A Normalizer count near 0 (num_tokens = 1e-300: valid, > 0 and finite) makes the row factor
+// c·m = 1e300, beyond float's range: the float gradient would be inf (or inf·0 = NaN where an
+// entry's derivative is 0). It is rlpo::numerical_error naming the row factor. A factor inside
+// the range — also one large enough to be checked (double, 1e302) — is exact: the gradient
+// scales with 1/num_tokens (expected: the gradient at num_tokens = 4, the local count, times
+// 4/num_tokens).
+TEST_CASE("distillation: a row factor beyond the type's range is numerical_error",
+          "[distill][bad_input]") {
+    rt::Generator gen(31);
+    const Mat<double> zd = gen.logits(4, 40), yd = gen.logits(4, 40);
+    const Mat<float> z = zd.cast<float>(), y = yd.cast<float>();
+    const Mat<float> mask = Mat<float>::Ones(2, 2);
+    rlpo::Normalizer tiny;
+    tiny.num_tokens = 1e-300;
+    const char* needle = "row factor";
+    for (Divergence d : kKinds) {
+        INFO(rd::to_string(d));
+        RLPO_REQUIRE_NUMERICAL_ERROR(rd::divergence(z, y, mask, opts(d), tiny), needle);
+    }
+    Mat<float> idx(4, 3), lp(4, 3);
+    idx << 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11;
+    lp.setConstant(std::log(0.2f));
+    RLPO_REQUIRE_NUMERICAL_ERROR(rd::forward_kl_topk(z, idx, lp, mask, {}, tiny), needle);
+    RLPO_REQUIRE_NUMERICAL_ERROR(rd::dac_kl(z, y, mask, {}, tiny), needle);
+    RLPO_REQUIRE_NUMERICAL_ERROR(rd::taid(z, y, mask, {}, tiny), needle);
+    RLPO_REQUIRE_NUMERICAL_ERROR(rd::nkd(z, y, mask, {}, {}, tiny), needle);
+    // Sinkhorn takes no Normalizer; its scale is the row factor
+    rd::SinkhornOptions so;
+    so.scale = 1e300;
+    RLPO_REQUIRE_NUMERICAL_ERROR(rd::sinkhorn(z, y, mask, so), needle);
+    // no gradient asked for: nothing overflows (the value is a double)
+    CHECK(std::isfinite(
+        rd::divergence(z, y, mask, opts(Divergence::JSD), tiny, rlpo::no_grad<float>()).value));
+
+    // inside the range: exact scaling, with and without the at-risk scan
+    for (Divergence d : kKinds) {
+        INFO(rd::to_string(d));
+        rlpo::Normalizer four, big;
+        four.num_tokens = 4.0;
+        big.num_tokens = 1e-302;  // factor 1e302 > 2^-24·max(double): the row is scanned
+        const Mat<double> md = Mat<double>::Ones(2, 2);
+        const auto r4 = rd::divergence(zd, yd, md, opts(d), four);
+        const auto rb = rd::divergence(zd, yd, md, opts(d), big);
+        CHECK(rlpo_test::max_rel_err(rb.grad, r4.grad * (4.0 / 1e-302)) < 1e-12);
+        big.num_tokens = 1e-20;  // float factor 1e20: not at risk
+        const auto f4 = rd::divergence(z, y, mask, opts(d), four);
+        const auto fb = rd::divergence(z, y, mask, opts(d), big);
+        // float: normwise (entries that cancel carry the float rounding of the row's scale)
+        CHECK(rlpo_test::grad_err<float>(fb.grad.cast<double>(), f4.grad.cast<double>() * 4e20) <
+              1e-6);
+    }
 }

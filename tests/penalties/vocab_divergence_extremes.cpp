@@ -2,6 +2,7 @@
 // and JS values at wide logit ranges against a long double reference.
 #include "support/catch.hpp"
 #include "support/checks.hpp"
+#include "support/compare.hpp"
 
 #include <rlpo/penalties/vocab_divergence.hpp>
 #include <rlpo/testing/random.hpp>
@@ -68,4 +69,27 @@ TEST_CASE("vocab_divergence: an empty vocabulary is rejected",
     for (VocabDivergence d : kDivs)
         RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::penalties::vocab_divergence(z, z, mask, make(d)),
                                         "logits: V = 0");
+}
+
+// A Normalizer count near 0 makes the row factor 1e300, beyond float's range: the float
+// gradient would be inf or NaN. It is rlpo::numerical_error naming the row factor; inside the
+// range (double, 1e302: a checked factor) the gradient scales exactly with 1/num_tokens.
+TEST_CASE("vocab_divergence: a row factor beyond the type's range is numerical_error",
+          "[penalties][vocab_divergence][bad_input]") {
+    rt::Generator gen(8);
+    const Mat<double> zd = gen.logits(4, 50), rd = gen.logits(4, 50);
+    const Mat<double> md = Mat<double>::Ones(2, 2);
+    const Mat<float> z = zd.cast<float>(), r = rd.cast<float>(), m = md.cast<float>();
+    rlpo::Normalizer tiny, four, big;
+    tiny.num_tokens = 1e-300;
+    four.num_tokens = 4.0;
+    big.num_tokens = 1e-302;
+    for (VocabDivergence d : kDivs) {
+        INFO(rlpo::penalties::to_string(d));
+        RLPO_REQUIRE_NUMERICAL_ERROR(rlpo::penalties::vocab_divergence(z, r, m, make(d), tiny),
+                                     "row factor");
+        const auto r4 = rlpo::penalties::vocab_divergence(zd, rd, md, make(d), four);
+        const auto rb = rlpo::penalties::vocab_divergence(zd, rd, md, make(d), big);
+        CHECK(rlpo_test::max_rel_err(rb.grad, r4.grad * (4.0 / 1e-302)) < 1e-12);
+    }
 }

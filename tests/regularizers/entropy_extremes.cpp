@@ -4,6 +4,8 @@
 #include "support/alloc_counter.hpp"
 #include "support/catch.hpp"
 #include "support/checks.hpp"
+#include "support/compare.hpp"
+#include "support/reference_ld.hpp"
 
 #include <rlpo/regularizers/entropy.hpp>
 #include <rlpo/testing/random.hpp>
@@ -23,22 +25,11 @@ namespace rr = rlpo::regularizers;
 namespace rt = rlpo::testing;
 
 namespace {
-// H of each row in long double: log Σ e^(z − m) − Σ p (z − m)
+// mean H of the rows in long double (support/reference_ld.hpp)
 template <class S>
 long double ref_entropy_mean(const Mat<S>& z) {
     long double total = 0;
-    for (Index n = 0; n < z.rows(); ++n) {
-        long double m = -std::numeric_limits<long double>::infinity();
-        for (Index j = 0; j < z.cols(); ++j) m = std::max(m, static_cast<long double>(z(n, j)));
-        long double s = 0, ps = 0;
-        for (Index j = 0; j < z.cols(); ++j) {
-            const long double d = static_cast<long double>(z(n, j)) - m;
-            if (std::isinf(d)) continue;
-            s += std::exp(d);
-            ps += std::exp(d) * d;
-        }
-        total += std::log(s) - ps / s;
-    }
+    for (Index n = 0; n < z.rows(); ++n) total += rlpo_test::entropy_ld(rlpo_test::row_ld(z, n));
     return total / static_cast<long double>(z.rows());
 }
 }  // namespace
@@ -98,4 +89,29 @@ TEST_CASE("entropy_bonus: no heap traffic proportional to the input", "[regulari
 TEST_CASE("entropy_bonus: an empty vocabulary is rejected", "[regularizers][entropy]") {
     const Mat<double> z(6, 0), mask = Mat<double>::Ones(2, 3);
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::entropy_bonus(z, mask), "logits: V = 0");
+}
+
+// A Normalizer count near 0 makes the row factor c·m = 1e300, beyond float's range: the float
+// gradient would be inf or NaN (inf·0). It is rlpo::numerical_error naming the row factor. A
+// factor large enough to be checked but inside the range (double, 1e302) is exact: the
+// gradient scales with 1/num_tokens.
+TEST_CASE("entropy bonus: a row factor beyond the type's range is numerical_error",
+          "[regularizers][entropy][bad_input]") {
+    rt::Generator gen(5);
+    const Mat<double> zd = gen.logits(6, 30);
+    const Mat<double> md = Mat<double>::Ones(2, 3);
+    rlpo::Normalizer tiny, six;
+    tiny.num_tokens = 1e-300;
+    six.num_tokens = 6.0;
+    RLPO_REQUIRE_NUMERICAL_ERROR(
+        rr::entropy_bonus(Mat<float>(zd.cast<float>()), Mat<float>(md.cast<float>()), tiny),
+        "row factor");
+    CHECK(
+        std::isfinite(rr::entropy_bonus(Mat<float>(zd.cast<float>()), Mat<float>(md.cast<float>()),
+                                        tiny, rlpo::no_grad<float>())
+                          .value));
+    rlpo::Normalizer big;
+    big.num_tokens = 1e-302;
+    const auto r6 = rr::entropy_bonus(zd, md, six), rb = rr::entropy_bonus(zd, md, big);
+    CHECK(rlpo_test::max_rel_err(rb.grad, r6.grad * (6.0 / 1e-302)) < 1e-12);
 }

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 namespace rlpo_test {
 
@@ -48,6 +49,27 @@ inline double rel_err(double a, double ref, double floor = 1e-12) {
 template <class S>
 constexpr double ref_tol() {
     return sizeof(S) == 4 ? 1e-5 : 1e-10;
+}
+
+/// Error of a type-S gradient against a float64 reference on the same inputs: entry-wise
+/// (`max_rel_err`) for double; normwise for float and bfloat16 (max |g − ref| / max |ref|),
+/// because entries such as q_j − p_j cancel and no float evaluation resolves them below float
+/// precision of the row's scale.
+template <class S>
+double grad_err(const rlpo::Mat<double>& g, const rlpo::Mat<double>& ref) {
+    if (std::is_same<S, double>::value) return max_rel_err(g, ref);
+    return (g - ref).cwiseAbs().maxCoeff() / std::max(ref.cwiseAbs().maxCoeff(), 1e-300);
+}
+/// Tolerance of `grad_err<S>`: 1e-10 (double), 1e-5 (float), 1e-2 (bfloat16).
+template <class S>
+constexpr double grad_tol() {
+    return std::is_same<S, double>::value ? 1e-10 : (std::is_same<S, float>::value ? 1e-5 : 1e-2);
+}
+/// Relative tolerance of a type-S loss value against the float64 reference: 1e-10 (double),
+/// 2e-5 (float and bfloat16 inputs, accumulated in float or double).
+template <class S>
+constexpr double value_tol() {
+    return std::is_same<S, double>::value ? 1e-10 : 2e-5;
 }
 
 }  // namespace rlpo_test

@@ -92,11 +92,11 @@ Result<::rlpo::detail::scalar_t<DS>> divergence(
     const detail::RowPlan plan = detail::plan_rows(fn, N, mask, norm);
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
-    const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
-    detail::check_scale(fn, "temperature", t2);
+    const double t2 = detail::temperature_scale(fn, opts.temperature, opts.temperature_squared);
     const detail::DenseRows rows = detail::dense_rows<S, A>(opts, plan, z, y, g, t2);
     const detail::PassResult pass =
         detail::combine_rows(fn, plan, N, rows.loss, rows.aux, rows.errs, t2);
+    detail::check_risky_rows(fn, plan, N, V, g, t2);
     res.value = g.coef() * pass.value;
     res.metrics.add(to_string(opts.divergence), pass.metric, pass.count);
     ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);

@@ -160,6 +160,8 @@ Result<::rlpo::detail::scalar_t<DS>> sinkhorn(
         const double dot = P.row(i).dot(gp.transpose());
         const Index r = rows[static_cast<std::size_t>(i)];
         for (Index v = 0; v < V; ++v) g.put(r, v, invT * P(i, v) * (gp(v) - dot));
+        // a huge scale or a tiny epsilon can overflow the backward pass (G·K0/ε) or S
+        g.check_row_finite(fn, r, V, g.coef() * opts.scale);
     }
     return res;
 }

@@ -111,8 +111,7 @@ Result<::rlpo::detail::scalar_t<DS>> taid(
     const detail::RowPlan plan = detail::plan_rows(fn, N, mask, norm);
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
-    const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
-    detail::check_scale(fn, "temperature", t2);
+    const double t2 = detail::temperature_scale(fn, opts.temperature, opts.temperature_squared);
     const auto pass = detail::drive_rows<S, A>(
         fn, plan, N, V, g, t2,
         [&](Index n, detail::Scratch<A>& ws, const detail::GradRow<S>& rg, detail::RowError& err,

@@ -231,8 +231,7 @@ Result<::rlpo::detail::scalar_t<DS>> forward_kl_topk(
     }
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
-    const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
-    detail::check_scale(fn, "temperature", t2);
+    const double t2 = detail::temperature_scale(fn, opts.temperature, opts.temperature_squared);
     const double invT = 1.0 / opts.temperature;
     const auto pass = detail::drive_rows<S, A>(
         fn, plan, N, V, g, t2,
@@ -267,8 +266,7 @@ Result<::rlpo::detail::scalar_t<DS>> dac_kl(
     const detail::RowPlan plan = detail::plan_rows(fn, N, mask, norm);
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
-    const double t2 = opts.temperature_squared ? opts.temperature * opts.temperature : 1.0;
-    detail::check_scale(fn, "temperature", t2);
+    const double t2 = detail::temperature_scale(fn, opts.temperature, opts.temperature_squared);
     const double invT = 1.0 / opts.temperature;
     std::vector<double> region(static_cast<std::size_t>(N), 0.0);
     const auto pass = detail::drive_rows<S, A>(

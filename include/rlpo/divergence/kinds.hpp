@@ -153,6 +153,13 @@ inline void check_scale(const char* fn, const char* name, double scale) {
                                        ", e.g. temperature^2) overflows");
 }
 
+/// The loss scale of the `temperature_squared` switch: τ² when set, else 1 (checked finite).
+inline double temperature_scale(const char* fn, double tau, bool squared) {
+    const double t2 = squared ? tau * tau : 1.0;
+    check_scale(fn, "temperature", t2);
+    return t2;
+}
+
 inline void validate(const char* fn, const DistillOptions& o) {
     check_temperature(fn, o.temperature);
     RLPO_CHECK(o.beta >= 0 && o.beta <= 1, fn, "beta: must be in [0, 1], given ", o.beta);

@@ -172,6 +172,7 @@ Result<::rlpo::detail::scalar_t<DZ>> vocab_divergence(
         value += plan.w[r] * rows.loss[r];
         metric += plan.m[r] * rows.loss[r];
     }
+    distill::detail::check_risky_rows(fn, plan, N, V, g, 1.0);
     res.value = g.coef() * value;
     res.metrics.add(to_string(opts.divergence), metric, plan.local_rows);
     ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);

@@ -119,6 +119,8 @@ Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
                             const double d = static_cast<double>(zr[j]) - mx;
                             g.put(row, j, d == ninf ? 0.0 : k * std::exp(d) * (d - pd));
                         }
+                        const double f = g.coef() * ci * mk;
+                        if (g.factor_at_risk(f)) g.check_row_finite(fn, row, V, f);
                     }
                 }
                 value += ci * mk * h;

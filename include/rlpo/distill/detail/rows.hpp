@@ -286,6 +286,21 @@ inline PassResult combine_rows(const char* fn, const RowPlan& plan, Index N,
     return out;
 }
 
+/// After a pass: the gradient rows written under an at-risk row factor (`GradWriter::
+/// factor_at_risk`: a Normalizer count near 0, an extreme mask weight) must be finite, else
+/// rlpo::numerical_error. Serial, O(N) when no row is at risk. Called after the rows' input
+/// errors were reported (an invalid_argument outranks an overflow).
+template <class S>
+inline void check_risky_rows(const char* fn, const RowPlan& plan, Index N, Index V,
+                             const ::rlpo::detail::GradWriter<S>& g, double row_scale) {
+    if (!g.active()) return;
+    for (Index n = 0; n < N; ++n) {
+        const auto k = static_cast<std::size_t>(n);
+        const double f = g.coef() * plan.w[k] * row_scale;
+        if (plan.m[k] != 0 && g.factor_at_risk(f)) g.check_row_finite(fn, n, V, f);
+    }
+}
+
 /// The gradient row n as the kernels write it (`GradWriter::row_view`): scale = coef · c · m ·
 /// `row_scale`, with the scratch's chunk buffer for streaming stores.
 template <class S, class A>
@@ -331,7 +346,9 @@ inline PassResult drive_rows(const char* fn, const RowPlan& plan, Index N, Index
         });
         simd::store_fence();  // order the streaming stores before the results are used
     });
-    return combine_rows(fn, plan, N, loss, aux, errs, row_scale);
+    const PassResult out = combine_rows(fn, plan, N, loss, aux, errs, row_scale);
+    check_risky_rows(fn, plan, N, V, g, row_scale);
+    return out;
 }
 
 }  // namespace rlpo::distill::detail
