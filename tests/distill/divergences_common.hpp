@@ -1,7 +1,7 @@
 #pragma once
 // Shared helpers of the tests of the dense distillation divergences (divergences_*.cpp):
-// test cases with zero-probability columns, options, tolerances, thread and fast-path
-// settings, and a naive double reference row.
+// test cases with zero-probability columns, options, thread and fast-path settings, and a
+// naive double reference row (the tolerances are support/compare.hpp's).
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
@@ -24,6 +24,9 @@ namespace rt = rlpo::testing;
 using bf16 = Eigen::bfloat16;
 constexpr double inf = std::numeric_limits<double>::infinity();
 
+using rlpo_test::grad_err;
+using rlpo_test::grad_tol;
+using rlpo_test::value_tol;
 using rlpo_test::with_threads;
 
 #if defined(RLPO_USE_OPENMP)
@@ -93,22 +96,6 @@ inline DistillOptions opts_for(Divergence d, double tau, bool tsq) {
 template <class S>
 Mat<S> cast(const Mat<double>& x) {
     return x.template cast<S>();
-}
-template <class S>
-double value_tol() {
-    return std::is_same<S, double>::value ? 1e-10 : 2e-5;
-}
-template <class S>
-double grad_tol() {
-    return std::is_same<S, double>::value ? 1e-10 : (std::is_same<S, float>::value ? 1e-5 : 1e-2);
-}
-// Float gradients are compared normwise (max |g − ref| / max |ref|): entries such as q_j − p_j
-// cancel, and no float evaluation resolves them below float precision of the row's scale.
-template <class S>
-double grad_err(const Mat<double>& g, const Mat<double>& ref) {
-    if (std::is_same<S, double>::value) return rlpo_test::max_rel_err(g, ref);
-    const double scale = ref.cwiseAbs().maxCoeff();
-    return (g - ref).cwiseAbs().maxCoeff() / std::max(scale, 1e-300);
 }
 
 // Naive double reference of one row (independent of the library's kernels): q, p by direct

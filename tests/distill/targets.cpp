@@ -44,19 +44,6 @@ Case make_case(std::uint64_t seed, Index B, Index T, Index V) {
         }
     return c;
 }
-template <class S>
-double grad_err(const Mat<double>& g, const Mat<double>& ref) {
-    if (std::is_same<S, double>::value) return rlpo_test::max_rel_err(g, ref);
-    return (g - ref).cwiseAbs().maxCoeff() / std::max(ref.cwiseAbs().maxCoeff(), 1e-300);
-}
-template <class S>
-double gtol() {
-    return std::is_same<S, double>::value ? 1e-10 : (std::is_same<S, float>::value ? 1e-5 : 1e-2);
-}
-template <class S>
-double vtol() {
-    return std::is_same<S, double>::value ? 1e-10 : 2e-5;
-}
 }  // namespace
 
 TEST_CASE("TAID and NKD: gradients equal central finite differences", "[distill][taid][nkd][fd]") {
@@ -169,13 +156,16 @@ TEMPLATE_TEST_CASE("TAID and NKD: agree with the PyTorch autograd reference",
         INFO("case " << i << (r.is_taid ? " taid" : " nkd"));
         const auto res = r.is_taid ? rlpo::distill::taid(r.z, r.y, r.mask, r.o, r.n)
                                    : rlpo::distill::nkd(r.z, r.y, r.mask, r.targets, r.no, r.n);
-        CHECK(rlpo_test::rel_err(res.value, tr.scalar(i, "value"), 1e-6) < vtol<S>());
-        CHECK(grad_err<S>(res.grad.template cast<double>(), tr.out(i, "grad")) < gtol<S>());
+        CHECK(rlpo_test::rel_err(res.value, tr.scalar(i, "value"), 1e-6) <
+              rlpo_test::value_tol<S>());
+        CHECK(rlpo_test::grad_err<S>(res.grad.template cast<double>(), tr.out(i, "grad")) <
+              rlpo_test::grad_tol<S>());
         const char* metric = r.is_taid ? "taid_loss" : "nkd_loss";
-        CHECK(rlpo_test::rel_err(res.metrics[metric], tr.scalar(i, "metric"), 1e-6) < vtol<S>());
+        CHECK(rlpo_test::rel_err(res.metrics[metric], tr.scalar(i, "metric"), 1e-6) <
+              rlpo_test::value_tol<S>());
         if (!r.is_taid)
             CHECK(rlpo_test::rel_err(res.metrics["nkd_target_loss"], tr.scalar(i, "target"), 1e-6) <
-                  vtol<S>());
+                  rlpo_test::value_tol<S>());
     }
 }
 

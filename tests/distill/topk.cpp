@@ -65,15 +65,6 @@ TopK make_topk(std::uint64_t seed, Index B, Index T, Index V, Index k) {
     return c;
 }
 
-template <class S>
-double grad_err(const Mat<double>& g, const Mat<double>& ref) {
-    if (std::is_same<S, double>::value) return rlpo_test::max_rel_err(g, ref);
-    return (g - ref).cwiseAbs().maxCoeff() / std::max(ref.cwiseAbs().maxCoeff(), 1e-300);
-}
-template <class S>
-double tol() {
-    return std::is_same<S, double>::value ? 1e-10 : (std::is_same<S, float>::value ? 1e-5 : 1e-2);
-}
 }  // namespace
 
 // The central difference's own rounding: the values are O(τ²) = O(4), so one ulp of the value
@@ -175,7 +166,8 @@ TEMPLATE_TEST_CASE("top-k forward KL and DAC-KL: agree with the PyTorch autograd
                              : rlpo::distill::forward_kl_topk(r.z, r.idx, r.lp, r.mask, r.o, r.n);
         CHECK(rlpo_test::rel_err(res.value, tr.scalar(i, "value"), 1e-6) <
               (sizeof(S) == 8 ? 1e-10 : 2e-5));
-        CHECK(grad_err<S>(res.grad.template cast<double>(), tr.out(i, "grad")) < tol<S>());
+        CHECK(rlpo_test::grad_err<S>(res.grad.template cast<double>(), tr.out(i, "grad")) <
+              rlpo_test::grad_tol<S>());
         CHECK(rlpo_test::rel_err(res.metrics["forward_kl"], tr.scalar(i, "metric"), 1e-6) <
               (sizeof(S) == 8 ? 1e-10 : 2e-5));
         if (r.kind == 2) {

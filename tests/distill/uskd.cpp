@@ -127,15 +127,6 @@ double frozen_loss(const Mat<double>& x, const Case& c, const Labels& l, const U
     return total;
 }
 
-template <class S>
-double grad_err(const Mat<double>& g, const Mat<double>& ref) {
-    if (std::is_same<S, double>::value) return rlpo_test::max_rel_err(g, ref);
-    return (g - ref).cwiseAbs().maxCoeff() / std::max(ref.cwiseAbs().maxCoeff(), 1e-300);
-}
-template <class S>
-double tol() {
-    return std::is_same<S, double>::value ? 1e-10 : (std::is_same<S, float>::value ? 1e-5 : 1e-2);
-}
 }  // namespace
 
 TEST_CASE("USKD: gradients equal central finite differences (labels held constant)",
@@ -222,15 +213,18 @@ TEMPLATE_TEST_CASE("USKD: agrees with the PyTorch autograd reference", "[distill
             r.weak_term ? rlpo::distill::uskd_weak(r.u, r.mask, r.targets, r.o, r.n)
                         : (r.weak_input ? rlpo::distill::uskd(r.z, r.u, r.mask, r.targets, r.o, r.n)
                                         : rlpo::distill::uskd(r.z, r.mask, r.targets, r.o, r.n));
-        CHECK(rlpo_test::rel_err(res.value, tr.scalar(i, "value"), 1e-6) < tol<S>());
-        CHECK(grad_err<S>(res.grad.template cast<double>(), tr.out(i, "grad")) < tol<S>());
+        CHECK(rlpo_test::rel_err(res.value, tr.scalar(i, "value"), 1e-6) <
+              rlpo_test::grad_tol<S>());
+        CHECK(rlpo_test::grad_err<S>(res.grad.template cast<double>(), tr.out(i, "grad")) <
+              rlpo_test::grad_tol<S>());
         const char* metric = r.weak_term ? "uskd_weak_loss" : "uskd_loss";
-        CHECK(rlpo_test::rel_err(res.metrics[metric], tr.scalar(i, "metric"), 1e-6) < tol<S>());
+        CHECK(rlpo_test::rel_err(res.metrics[metric], tr.scalar(i, "metric"), 1e-6) <
+              rlpo_test::grad_tol<S>());
         if (!r.weak_term) {
             CHECK(rlpo_test::rel_err(res.metrics["uskd_target_loss"], tr.scalar(i, "target"),
-                                     1e-6) < tol<S>());
+                                     1e-6) < rlpo_test::grad_tol<S>());
             CHECK(rlpo_test::rel_err(res.metrics["uskd_target_sq"], tr.scalar(i, "sq"), 1e-6) <
-                  tol<S>());
+                  rlpo_test::grad_tol<S>());
         }
     }
 }

@@ -2,6 +2,7 @@
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
+#include "support/invariance.hpp"
 #include "support/torch_reference.hpp"
 
 #include <rlpo/preference/cpo.hpp>
@@ -330,21 +331,14 @@ TEST_CASE("cpo: properties", "[preference][cpo][properties]") {
             const auto whole = cpo_loss(p.pc, p.pr, o, {}, p.len);
             o.num_pairs = 10.0;
             o.num_nll_tokens = tokens;
-            double v = 0;
-            Mat<double> g(2, 10);
-            rlpo::Metrics m;
-            for (const auto& [r0, n] : rlpo_test::uneven_chunks(10)) {
-                const CompletionLengths len{p.len.chosen.segment(r0, n),
-                                            p.len.rejected.segment(r0, n)};
-                const auto part = cpo_loss(p.pc.segment(r0, n), p.pr.segment(r0, n), o, {}, len);
-                v += part.value;
-                g.middleCols(r0, n) = part.grad;
-                m.merge(part.metrics);
-            }
-            CHECK(v == Approx(whole.value).epsilon(1e-13));
-            CHECK(rlpo_test::max_rel_err(g, whole.grad) < 1e-13);
-            CHECK(m["nll_loss"] == Approx(whole.metrics["nll_loss"]).epsilon(1e-13));
-            CHECK(m["rewards/margins"] == Approx(whole.metrics["rewards/margins"]).epsilon(1e-13));
+            rlpo_test::require_example_invariance(
+                whole, 10,
+                [&](Index r0, Index n) {
+                    const CompletionLengths len{p.len.chosen.segment(r0, n),
+                                                p.len.rejected.segment(r0, n)};
+                    return cpo_loss(p.pc.segment(r0, n), p.pr.segment(r0, n), o, {}, len);
+                },
+                {1e-13, {"nll_loss", "rewards/margins"}});
         }
     }
     SECTION("GradientOut: add_to TRL's concatenated [2B] buffer; no_grad") {

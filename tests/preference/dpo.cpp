@@ -2,6 +2,7 @@
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
+#include "support/invariance.hpp"
 #include "support/torch_reference.hpp"
 
 #include <rlpo/preference/dpo.hpp>
@@ -391,18 +392,12 @@ TEST_CASE("dpo: properties", "[preference][dpo][properties]") {
             DPOOptions o = options_for(l, 0.3);
             const auto whole = dpo_loss(p.pc, p.pr, p.rc, p.rr, o, {}, p.len);
             o.num_pairs = 10.0;
-            double v = 0;
-            Mat<double> g(2, 10);
-            for (const auto& [r0, n] : rlpo_test::uneven_chunks(10)) {
+            rlpo_test::require_example_invariance(whole, 10, [&](Index r0, Index n) {
                 const CompletionLengths len{p.len.chosen.segment(r0, n),
                                             p.len.rejected.segment(r0, n)};
-                const auto part = dpo_loss(p.pc.segment(r0, n), p.pr.segment(r0, n),
-                                           p.rc.segment(r0, n), p.rr.segment(r0, n), o, {}, len);
-                v += part.value;
-                g.middleCols(r0, n) = part.grad;
-            }
-            CHECK(v == Approx(whole.value).epsilon(1e-13));
-            CHECK(rlpo_test::max_rel_err(g, whole.grad) < 1e-13);
+                return dpo_loss(p.pc.segment(r0, n), p.pr.segment(r0, n), p.rc.segment(r0, n),
+                                p.rr.segment(r0, n), o, {}, len);
+            });
         }
     }
     SECTION("GradientOut: write_to a [2, B] view of TRL's concatenated buffer, add_to, no_grad") {

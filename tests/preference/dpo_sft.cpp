@@ -2,6 +2,7 @@
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
+#include "support/invariance.hpp"
 #include "support/torch_reference.hpp"
 
 #include <rlpo/preference/dpo.hpp>
@@ -154,17 +155,11 @@ TEST_CASE("dpo sft: properties", "[preference][dpo][sft][properties]") {
         const auto whole = dpo_loss(p.pc, p.pr, p.rc, p.rr, m, {}, p.len);
         m.num_pairs = 10.0;
         m.num_sft_tokens = tokens;
-        double v = 0;
-        Mat<double> g(2, 10);
-        for (const auto& [r0, n] : rlpo_test::uneven_chunks(10)) {
+        rlpo_test::require_example_invariance(whole, 10, [&](Index r0, Index n) {
             const CompletionLengths len{p.len.chosen.segment(r0, n), p.len.rejected.segment(r0, n)};
-            const auto part = dpo_loss(p.pc.segment(r0, n), p.pr.segment(r0, n),
-                                       p.rc.segment(r0, n), p.rr.segment(r0, n), m, {}, len);
-            v += part.value;
-            g.middleCols(r0, n) = part.grad;
-        }
-        CHECK(v == Approx(whole.value).epsilon(1e-13));
-        CHECK(rlpo_test::max_rel_err(g, whole.grad) < 1e-13);
+            return dpo_loss(p.pc.segment(r0, n), p.pr.segment(r0, n), p.rc.segment(r0, n),
+                            p.rr.segment(r0, n), m, {}, len);
+        });
     }
     SECTION("pair weights: TRL's mean(ω)·NLL; no chosen tokens gives 0") {
         const Vec w = Vec::LinSpaced(10, 0.0, 2.0);

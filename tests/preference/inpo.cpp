@@ -2,6 +2,7 @@
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
+#include "support/invariance.hpp"
 #include "support/torch_reference.hpp"
 
 #include <rlpo/preference/inpo.hpp>
@@ -201,17 +202,10 @@ TEST_CASE("inpo: properties", "[preference][inpo][properties]") {
         INPOOptions o;
         const auto whole = inpo_loss(s.pc, s.pr, s.rc, s.rr, s.tc, s.tr, o);
         o.num_pairs = 10.0;
-        double v = 0;
-        Mat<double> g(2, 10);
-        for (const auto& [r0, n] : rlpo_test::uneven_chunks(10)) {
-            const auto part =
-                inpo_loss(s.pc.segment(r0, n), s.pr.segment(r0, n), s.rc.segment(r0, n),
-                          s.rr.segment(r0, n), s.tc.segment(r0, n), s.tr.segment(r0, n), o);
-            v += part.value;
-            g.middleCols(r0, n) = part.grad;
-        }
-        CHECK(v == Approx(whole.value).epsilon(1e-13));
-        CHECK(rlpo_test::max_rel_err(g, whole.grad) < 1e-13);
+        rlpo_test::require_example_invariance(whole, 10, [&](Index r0, Index n) {
+            return inpo_loss(s.pc.segment(r0, n), s.pr.segment(r0, n), s.rc.segment(r0, n),
+                             s.rr.segment(r0, n), s.tc.segment(r0, n), s.tr.segment(r0, n), o);
+        });
     }
     SECTION("GradientOut: write_to, add_to, no_grad; float and row-vector inputs") {
         const auto own = inpo_loss(s.pc, s.pr, s.rc, s.rr, s.tc, s.tr);

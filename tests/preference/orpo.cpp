@@ -2,6 +2,7 @@
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
+#include "support/invariance.hpp"
 #include "support/torch_reference.hpp"
 
 #include <rlpo/preference/orpo.hpp>
@@ -216,20 +217,14 @@ TEST_CASE("orpo: properties", "[preference][orpo][properties]") {
         const auto whole = orpo_loss(p.pc, p.pr, p.len, o);
         o.num_pairs = 10.0;
         o.num_nll_tokens = tokens;
-        double v = 0;
-        Mat<double> g(2, 10);
-        rlpo::Metrics m;
-        for (const auto& [r0, n] : rlpo_test::uneven_chunks(10)) {
-            const CompletionLengths len{p.len.chosen.segment(r0, n), p.len.rejected.segment(r0, n)};
-            const auto part = orpo_loss(p.pc.segment(r0, n), p.pr.segment(r0, n), len, o);
-            v += part.value;
-            g.middleCols(r0, n) = part.grad;
-            m.merge(part.metrics);
-        }
-        CHECK(v == Approx(whole.value).epsilon(1e-13));
-        CHECK(rlpo_test::max_rel_err(g, whole.grad) < 1e-13);
-        for (const char* k : {"nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards/margins"})
-            CHECK(m[k] == Approx(whole.metrics[k]).epsilon(1e-13));
+        rlpo_test::require_example_invariance(
+            whole, 10,
+            [&](Index r0, Index n) {
+                const CompletionLengths len{p.len.chosen.segment(r0, n),
+                                            p.len.rejected.segment(r0, n)};
+                return orpo_loss(p.pc.segment(r0, n), p.pr.segment(r0, n), len, o);
+            },
+            {1e-13, {"nll_loss", "log_odds_ratio", "log_odds_chosen", "rewards/margins"}});
     }
     SECTION("TRL decoder-only NLL over prompt + completion: caller adds the prompt part") {
         // prompt tokens: 5 per pair with summed log-prob −4 each

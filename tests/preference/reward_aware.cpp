@@ -3,6 +3,7 @@
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
+#include "support/invariance.hpp"
 #include "support/torch_reference.hpp"
 
 #include <rlpo/preference/dpo.hpp>
@@ -241,18 +242,12 @@ TEST_CASE("reward_aware_po: properties", "[preference][reward_aware][properties]
             const auto whole =
                 reward_aware_po_loss(d.pc, d.pr, d.rc, d.rr, d.gt.chosen, d.gt.rejected, o);
             o.num_pairs = 10.0;
-            double v = 0;
-            Mat<double> g(2, 10);
-            for (const auto& [r0, n] : rlpo_test::uneven_chunks(10)) {
+            rlpo_test::require_example_invariance(whole, 10, [&](Index r0, Index n) {
                 const Rewards gt{d.gt.chosen.segment(r0, n), d.gt.rejected.segment(r0, n)};
-                const auto part = reward_aware_po_loss(d.pc.segment(r0, n), d.pr.segment(r0, n),
-                                                       d.rc.segment(r0, n), d.rr.segment(r0, n),
-                                                       gt.chosen, gt.rejected, o);
-                v += part.value;
-                g.middleCols(r0, n) = part.grad;
-            }
-            CHECK(v == Approx(whole.value).epsilon(1e-13));
-            CHECK(rlpo_test::max_rel_err(g, whole.grad) < 1e-13);
+                return reward_aware_po_loss(d.pc.segment(r0, n), d.pr.segment(r0, n),
+                                            d.rc.segment(r0, n), d.rr.segment(r0, n), gt.chosen,
+                                            gt.rejected, o);
+            });
         }
     }
     SECTION("GradientOut: write_to, add_to, no_grad; float inputs") {

@@ -2,6 +2,7 @@
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
+#include "support/invariance.hpp"
 #include "support/torch_reference.hpp"
 
 #include <rlpo/preference/rpo.hpp>
@@ -183,16 +184,10 @@ TEST_CASE("rpo: properties", "[preference][rpo][properties]") {
         RPOOptions o = options(DPOLoss::Sigmoid, 0.1, 0.5);
         const auto whole = rpo_loss(p.pc, p.pr, p.rc, p.rr, o);
         o.dpo.num_pairs = 10.0;
-        double v = 0;
-        Mat<double> g(2, 10);
-        for (const auto& [r0, n] : rlpo_test::uneven_chunks(10)) {
-            const auto part = rpo_loss(p.pc.segment(r0, n), p.pr.segment(r0, n),
-                                       p.rc.segment(r0, n), p.rr.segment(r0, n), o);
-            v += part.value;
-            g.middleCols(r0, n) = part.grad;
-        }
-        CHECK(v == Approx(whole.value).epsilon(1e-13));
-        CHECK(rlpo_test::max_rel_err(g, whole.grad) < 1e-13);
+        rlpo_test::require_example_invariance(whole, 10, [&](Index r0, Index n) {
+            return rpo_loss(p.pc.segment(r0, n), p.pr.segment(r0, n), p.rc.segment(r0, n),
+                            p.rr.segment(r0, n), o);
+        });
     }
     SECTION("GradientOut: write_to, add_to, no_grad; float inputs") {
         const auto own = rpo_loss(p.pc, p.pr, p.rc, p.rr);

@@ -8,6 +8,10 @@
 //                                       counts, uneven chunks of sequences (1, 2, 3, … rows)
 //                                       add up to one call on the whole batch: values, gradient
 //                                       rows and the named metrics (merged with Metrics::merge).
+//   require_example_invariance(whole, B, part, {...})
+//                                       the same for per-example objectives (preference
+//                                       pairs, prompts): the parts' gradient columns ([2, B])
+//                                       or rows ([B, ·]) fill the whole call's.
 #include "catch.hpp"
 #include "checks.hpp"
 #include "compare.hpp"
@@ -93,6 +97,48 @@ void require_micro_batch_invariance(F&& f, const M& mask, const Invariance& opt 
             const double want = full.metrics[name], got = merged[name];
             CHECK(std::abs(got - want) <= opt.margin + opt.tol * std::abs(want));
         }
+    }
+}
+
+/// What `require_example_invariance` compares.
+struct ExampleInvariance {
+    /// relative tolerance of the value, gradient and metrics
+    double tol = 1e-13;
+    /// metrics (additive under Metrics::merge) that must agree too
+    std::vector<std::string> metrics;
+    /// the gradient holds one column per example ([2, B]: chosen, rejected); false: one row
+    bool by_cols = true;
+};
+
+/// Micro-batch invariance of a per-example objective (one example = a preference pair or a
+/// prompt): `part(first, n)` returns the Result on examples [first, first + n) with the
+/// global counts set; over uneven chunks of the B examples the values add up to
+/// `whole.value`, the gradient columns (or rows) fill `whole.grad`, and the named metrics
+/// merge (Metrics::merge) to `whole`'s.
+template <class R, class F>
+void require_example_invariance(const R& whole, Index B, F&& part,
+                                const ExampleInvariance& opt = {}) {
+    using G = std::decay_t<decltype(whole.grad)>;
+    G g = G::Zero(whole.grad.rows(), whole.grad.cols());
+    double total = 0.0;
+    rlpo::Metrics merged;
+    for (const auto& ch : uneven_chunks(B)) {
+        INFO("examples " << ch.first << " + " << ch.second);
+        const auto p = part(ch.first, ch.second);
+        total += static_cast<double>(p.value);
+        if (opt.by_cols)
+            g.middleCols(ch.first, ch.second) = p.grad;
+        else
+            g.middleRows(ch.first, ch.second) = p.grad;
+        merged.merge(p.metrics);
+    }
+    const double value = static_cast<double>(whole.value);
+    CHECK(std::abs(total - value) <= opt.tol * std::abs(value));
+    CHECK(max_rel_err(g, whole.grad) < opt.tol);
+    for (const auto& name : opt.metrics) {
+        INFO("metric " << name);
+        const double want = whole.metrics[name], got = merged[name];
+        CHECK(std::abs(got - want) <= opt.tol * std::abs(want));
     }
 }
 
