@@ -517,15 +517,16 @@ Result<::rlpo::detail::scalar_t<D1>> dpo_loss(
     const std::optional<CompletionLengths>& lengths = std::nullopt,
     const std::optional<Eigen::VectorXd>& pair_weights = std::nullopt) {
     using S = ::rlpo::detail::scalar_t<D1>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
     constexpr const char* fn = "preference::dpo_loss";
-    using detail::read_pairs;
     detail::PairData d;
-    d.pc = read_pairs(fn, "policy_chosen_logps", policy_chosen_logps, -1, "");
-    const Index B = static_cast<Index>(d.pc.size());
-    d.pr = read_pairs(fn, "policy_rejected_logps", policy_rejected_logps, B, "policy_chosen_logps");
-    d.rc = read_pairs(fn, "ref_chosen_logps", ref_chosen_logps, B, "policy_chosen_logps");
-    d.rr = read_pairs(fn, "ref_rejected_logps", ref_rejected_logps, B, "policy_chosen_logps");
+    detail::FourLogps four = detail::read_four(fn, policy_chosen_logps, policy_rejected_logps,
+                                               ref_chosen_logps, ref_rejected_logps);
+    const Index B = four.B;
+    using detail::read_pairs;
+    d.pc = std::move(four.pc);
+    d.pr = std::move(four.pr);
+    d.rc = std::move(four.rc);
+    d.rr = std::move(four.rr);
     if (lengths) {
         d.len_c = read_pairs(fn, "lengths.chosen", lengths->chosen, B, "policy_chosen_logps");
         d.len_r = read_pairs(fn, "lengths.rejected", lengths->rejected, B, "policy_chosen_logps");

@@ -180,20 +180,16 @@ HyPOResult<::rlpo::detail::scalar_t<D1>> hypo_loss(
     const GradientOut<::rlpo::detail::scalar_t<D1>>& out_online = {},
     const std::optional<CompletionLengths>& lengths = std::nullopt) {
     using S = ::rlpo::detail::scalar_t<D1>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
     static_assert(std::is_same_v<S, ::rlpo::detail::scalar_t<D5>>,
                   "rlpo: the online log-probs must have the pairs' scalar type");
     constexpr const char* fn = "preference::hypo_loss";
-    using detail::read_pairs;
     // the checks of both parts under this function's name before anything runs
+    const detail::FourLogps four = detail::read_four(fn, policy_chosen_logps, policy_rejected_logps,
+                                                     ref_chosen_logps, ref_rejected_logps);
+    const Index B = four.B;
+    const std::vector<double>&pc = four.pc, &pr = four.pr, &rc = four.rc, &rr = four.rr;
+    using detail::read_pairs;
     const char* like = "policy_chosen_logps";
-    const std::vector<double> pc = read_pairs(fn, like, policy_chosen_logps, -1, "");
-    const Index B = static_cast<Index>(pc.size());
-    const std::vector<double> pr =
-        read_pairs(fn, "policy_rejected_logps", policy_rejected_logps, B, like);
-    const std::vector<double> rc = read_pairs(fn, "ref_chosen_logps", ref_chosen_logps, B, like);
-    const std::vector<double> rr =
-        read_pairs(fn, "ref_rejected_logps", ref_rejected_logps, B, like);
     if (lengths) {
         const std::vector<double> lc = read_pairs(fn, "lengths.chosen", lengths->chosen, B, like);
         const std::vector<double> lj =

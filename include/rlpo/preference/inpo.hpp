@@ -84,17 +84,13 @@ Result<::rlpo::detail::scalar_t<D1>> inpo_loss(
     const Eigen::MatrixBase<D6>& prev_rejected_logps, const INPOOptions& opts = {},
     const GradientOut<::rlpo::detail::scalar_t<D1>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<D1>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
     constexpr const char* fn = "preference::inpo_loss";
+    const detail::FourLogps four = detail::read_four(fn, policy_chosen_logps, policy_rejected_logps,
+                                                     ref_chosen_logps, ref_rejected_logps);
+    const Index B = four.B;
+    const std::vector<double>&pc = four.pc, &pr = four.pr, &rc = four.rc, &rr = four.rr;
     using detail::read_pairs;
     const char* like = "policy_chosen_logps";
-    const std::vector<double> pc = read_pairs(fn, like, policy_chosen_logps, -1, "");
-    const Index B = static_cast<Index>(pc.size());
-    const std::vector<double> pr =
-        read_pairs(fn, "policy_rejected_logps", policy_rejected_logps, B, like);
-    const std::vector<double> rc = read_pairs(fn, "ref_chosen_logps", ref_chosen_logps, B, like);
-    const std::vector<double> rr =
-        read_pairs(fn, "ref_rejected_logps", ref_rejected_logps, B, like);
     const std::vector<double> tc = read_pairs(fn, "prev_chosen_logps", prev_chosen_logps, B, like);
     const std::vector<double> tr =
         read_pairs(fn, "prev_rejected_logps", prev_rejected_logps, B, like);

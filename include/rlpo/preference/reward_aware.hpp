@@ -178,17 +178,13 @@ Result<::rlpo::detail::scalar_t<D1>> reward_aware_po_loss(
     const RewardAwareOptions& opts = {},
     const GradientOut<::rlpo::detail::scalar_t<D1>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<D1>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
     constexpr const char* fn = "preference::reward_aware_po_loss";
+    const detail::FourLogps four = detail::read_four(fn, policy_chosen_logps, policy_rejected_logps,
+                                                     ref_chosen_logps, ref_rejected_logps);
+    const Index B = four.B;
+    const std::vector<double>&pc = four.pc, &pr = four.pr, &rc = four.rc, &rr = four.rr;
     using detail::read_pairs;
     const char* like = "policy_chosen_logps";
-    const std::vector<double> pc = read_pairs(fn, like, policy_chosen_logps, -1, "");
-    const Index B = static_cast<Index>(pc.size());
-    const std::vector<double> pr =
-        read_pairs(fn, "policy_rejected_logps", policy_rejected_logps, B, like);
-    const std::vector<double> rc = read_pairs(fn, "ref_chosen_logps", ref_chosen_logps, B, like);
-    const std::vector<double> rr =
-        read_pairs(fn, "ref_rejected_logps", ref_rejected_logps, B, like);
     const bool use_rewards = detail::needs_rewards(opts.loss);
     std::vector<double> gc, gr;
     // dpo / ipo: the rewards may be empty (not read); otherwise B entries each

@@ -87,19 +87,13 @@ Result<::rlpo::detail::scalar_t<D1>> rpo_loss(
     const RPOOptions& opts = {}, const GradientOut<::rlpo::detail::scalar_t<D1>>& out = {},
     const std::optional<CompletionLengths>& lengths = std::nullopt) {
     using S = ::rlpo::detail::scalar_t<D1>;
-    static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
     constexpr const char* fn = "preference::rpo_loss";
-    using detail::read_pairs;
     // every check under this function's name first; then the DPO part runs on doubles
-    const std::vector<double> pc =
-        read_pairs(fn, "policy_chosen_logps", policy_chosen_logps, -1, "");
-    const Index B = static_cast<Index>(pc.size());
-    const std::vector<double> pr =
-        read_pairs(fn, "policy_rejected_logps", policy_rejected_logps, B, "policy_chosen_logps");
-    const std::vector<double> rc =
-        read_pairs(fn, "ref_chosen_logps", ref_chosen_logps, B, "policy_chosen_logps");
-    const std::vector<double> rr =
-        read_pairs(fn, "ref_rejected_logps", ref_rejected_logps, B, "policy_chosen_logps");
+    const detail::FourLogps four = detail::read_four(fn, policy_chosen_logps, policy_rejected_logps,
+                                                     ref_chosen_logps, ref_rejected_logps);
+    const Index B = four.B;
+    const std::vector<double>&pc = four.pc, &pr = four.pr, &rc = four.rc, &rr = four.rr;
+    using detail::read_pairs;
     if (lengths) {
         const std::vector<double> lc =
             read_pairs(fn, "lengths.chosen", lengths->chosen, B, "policy_chosen_logps");

@@ -9,3 +9,4 @@
 #include <rlpo/rollout/returns.hpp>
 #include <rlpo/rollout/shaping.hpp>
 #include <rlpo/rollout/spae.hpp>
+#include <rlpo/rollout/tokens.hpp>

@@ -83,6 +83,30 @@ inline std::vector<double> read_pairs(const char* fn, const char* name,
     return out;
 }
 
+/// The four `[B]` log-prob vectors of a paired loss, read and checked (`read_pairs`) in the
+/// anchors' order: policy chosen (which fixes B), policy rejected, reference chosen,
+/// reference rejected.
+struct FourLogps {
+    std::vector<double> pc, pr, rc, rr;
+    Index B = 0;
+};
+template <class D1, class D2, class D3, class D4>
+inline FourLogps read_four(const char* fn, const Eigen::MatrixBase<D1>& policy_chosen,
+                           const Eigen::MatrixBase<D2>& policy_rejected,
+                           const Eigen::MatrixBase<D3>& ref_chosen,
+                           const Eigen::MatrixBase<D4>& ref_rejected) {
+    static_assert(::rlpo::detail::is_supported_scalar_v<::rlpo::detail::scalar_t<D1>>,
+                  "rlpo: inputs must be float or double");
+    const char* like = "policy_chosen_logps";
+    FourLogps f;
+    f.pc = read_pairs(fn, like, policy_chosen, -1, "");
+    f.B = static_cast<Index>(f.pc.size());
+    f.pr = read_pairs(fn, "policy_rejected_logps", policy_rejected, f.B, like);
+    f.rc = read_pairs(fn, "ref_chosen_logps", ref_chosen, f.B, like);
+    f.rr = read_pairs(fn, "ref_rejected_logps", ref_rejected, f.B, like);
+    return f;
+}
+
 /// Write one gradient entry (`GradWriter::put`) after checking that it is finite in the
 /// storage type S: a finite input whose derivative overflows (log-probs of ±1e300, or of ±3e38
 /// in float) is an rlpo::numerical_error naming the entry, never a silent inf (docs/contract.md,
