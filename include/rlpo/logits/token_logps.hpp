@@ -274,7 +274,11 @@ void sweep_rows(const Inputs<S>& in, double tau, Pass pass, const TokenLogps<S>*
                 s = forward_row<A, FEnt>(x, V, tau);
             }
             Back back;
-            if (prepare(n, x, s, back)) back.row(V, buf.data());
+            if (prepare(n, x, s, back)) {
+                if constexpr (std::is_same<S, A>::value)
+                    if (n + 1 < hi) back.next = in.z.data() + (n + 1) * in.z.outerStride();
+                back.row(V, buf.data());
+            }
         }
         ::rlpo::detail::simd::store_fence();  // order the streaming stores before returning
     });

@@ -2,18 +2,24 @@
 /// \file
 /// The two sweeps of one logit row of `token_logps` (internal).
 ///
-/// Forward (`ForwardSweep`, `forward_row`): one read of the row in chunks of `kChunk` entries. Per chunk: its
-/// maximum m_k (a packet sweep over the chunk, which then sits in L1), then s_k = Σ e^{(x−m_k)/T}
+/// Forward (`ForwardSweep`, `forward_row`): one read of the row in chunks of `kChunk` entries.
+/// Per chunk: its maximum m_k, then s_k = Σ e^{(x−m_k)/T}
 /// and, for the entropy, t_k = Σ e^{(x−m_k)/T}·(x − m_k), summed in the arithmetic type A
 /// (float, or double for double logits). Chunks are merged online in double: with M the running
 /// maximum, S = Σ_k e^{(m_k−M)/T} s_k and Q = Σ_k e^{(m_k−M)/T} (t_k + s_k (m_k − M)), rescaled
-/// when M grows. The row's results are M, ln S and Q/(S·T) = Σ_j p_j (x_j − M)/T.
+/// when M grows. The row's results are M, ln S and Q/(S·T) = Σ_j p_j (x_j − M)/T. The sweep is
+/// software-pipelined: the loop that sums chunk k (from L1) also takes the maximum of chunk
+/// k + 1 (its first read from memory) and prefetches chunk k + 2, so the reads overlap the
+/// exponentials instead of alternating with them.
 ///
 /// Backward (`BackwardSweep`): one read of the row and one write of its gradient. The gradient
 /// of ⟨g, log p_y⟩ + ⟨h, H⟩ w.r.t. the row is e_j·(α + β·(x_j − M)) with e_j = e^{(x_j−M)/T}
 /// (α, β fold g, h, 1/T, 1/S and the sink's coefficient, see token_logps.hpp); the caller
-/// overwrites the label's entry with its value computed in double. Each chunk is formed in an
-/// L1 buffer and then written: float rows that are overwritten go out with streaming stores.
+/// overwrites the label's entry with its value computed in double. Overwritten float rows
+/// (aligned) stream each packet out as it is formed, so the writes overlap the exponentials;
+/// the chunk holding the label, and rows that are added to or of other types, are formed in an
+/// L1 buffer and then written. Meanwhile the thread's next row is prefetched into L2, so its
+/// forward sweep (in the fused call) or backward sweep reads it from the cache.
 ///
 /// The exponential is `pexp2` of core/simd/fast_math.hpp for float (argument (x − m)·log2(e)/T)
 /// and Eigen's `pexp` for double (argument (x − m)/T, set to exactly 0 below −745). Both give
@@ -29,6 +35,7 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -111,26 +118,40 @@ public:
     explicit ForwardSweep(double temperature)
         : a_(static_cast<A>(Exp<A>::factor(temperature))), inv_t_(1.0 / temperature) {}
 
-    /// Chunk c[0, len) of the row (after the chunks before it). False once the row is bad.
-    bool step(const A* c, Index len) {
+    /// Chunk c[0, len) of the row (after the chunks before it), whose maximum `cm` is known
+    /// (`chunk_max`). The next chunk nx[0, nlen) (nlen may be 0) has its maximum taken in the
+    /// same loop, into `next_max`: its reads from memory overlap this chunk's exponentials
+    /// (from L1), so a row is swept at the memory's pace rather than at the sum of the two.
+    /// False once the row is bad.
+    bool step(const A* c, Index len, A cm, const A* nx, Index nlen, A& next_max) {
         namespace ei = Eigen::internal;
         using P = simd::Packet<A>;
         constexpr Index W = simd::width<A>;
         constexpr A ninf = -std::numeric_limits<A>::infinity();
         if (!ok_) return false;
-        const A cm = chunk_max<A>(c, len);
         if (!(cm > ninf) || !(cm < -ninf)) {
             // −inf, +inf or NaN: a chunk of only −inf adds nothing; anything else is bad
             const bool all_ninf =
                 Eigen::Map<const Eigen::Array<A, Eigen::Dynamic, 1>>(c, len).cwiseEqual(ninf).all();
             ok_ = cm == ninf && all_ninf;
+            if (ok_ && nlen > 0) next_max = chunk_max<A>(nx, nlen);
             return ok_;
         }
         const P va = simd::set1<A>(a_), vlo = simd::set1<A>(Exp<A>::lo / a_);
         const P vm = simd::set1<A>(cm);
         P s0 = simd::set1<A>(A(0)), s1 = s0, t0 = s0, t1 = s0;
+        P n0 = simd::set1<A>(ninf), n1 = n0;  // the next chunk's running maximum
+        // the next chunk's packet pairs read in this loop (it is never longer than this one)
+        const Index nfull = nlen - nlen % (2 * W);
         Index j = 0;
         for (; j + 2 * W <= len; j += 2 * W) {
+            if (j < nfull) {
+                // and the chunk after the next one into L1 (a whole chunk ahead of the reads)
+                simd::prefetch_l1(nx + j + kChunk);
+                simd::prefetch_l1(nx + j + kChunk + 64 / sizeof(A));
+                n0 = simd::pmax(n0, ei::ploadu<P>(nx + j));
+                n1 = simd::pmax(n1, ei::ploadu<P>(nx + j + W));
+            }
             const P d0 = simd::psub(ei::ploadu<P>(c + j), vm);
             const P d1 = simd::psub(ei::ploadu<P>(c + j + W), vm);
             const P e0 = Exp<A>::packet(simd::pmul(d0, va));
@@ -147,6 +168,12 @@ public:
             const P e = Exp<A>::packet(simd::pmul(d, va));
             s0 = simd::padd(s0, e);
             if constexpr (Ent) t0 = ei::pmadd(e, simd::pmax(d, vlo), t0);
+        }
+        if (nlen > 0) {
+            // the pairs the loop did not reach (a short row tail) and the last partial packets
+            for (Index k = std::min(nfull, j); k < nlen; k += W)
+                n0 = simd::pmax(n0, load_pad<A>(nx, k, nlen, ninf));
+            next_max = ei::predux_max(simd::pmax(n0, n1));
         }
         const double sk = static_cast<double>(ei::predux(simd::padd(s0, s1)));
         const double tk = Ent ? static_cast<double>(ei::predux(simd::padd(t0, t1))) : 0.0;
@@ -193,8 +220,14 @@ private:
 template <class A, bool Ent>
 inline RowStats forward_row(const A* x, Index V, double temperature) {
     ForwardSweep<A, Ent> f(temperature);
-    for (Index off = 0; off < V; off += kChunk)
-        if (!f.step(x + off, V - off < kChunk ? V - off : kChunk)) break;
+    const auto len_at = [&](Index off) { return V - off < kChunk ? V - off : kChunk; };
+    A cm = chunk_max<A>(x, len_at(0));
+    for (Index off = 0; off < V; off += kChunk) {
+        const Index len = len_at(off), next = off + len;
+        A next_max = A(0);
+        if (!f.step(x + off, len, cm, x + next, next < V ? len_at(next) : 0, next_max)) break;
+        cm = next_max;
+    }
     return f.finish();
 }
 
@@ -246,6 +279,8 @@ struct BackwardSweep {
     A grad_label = 0;
     S* dst = nullptr;
     bool add = false;
+    /// the thread's next row (null: none): prefetched into L2 as this row's chunks are written
+    const A* next = nullptr;
 
     void chunk(Index off, Index len, A* buf) const {
         namespace ei = Eigen::internal;
@@ -263,6 +298,28 @@ struct BackwardSweep {
             return simd::pmul(e, val);
         };
         Index j = 0;
+        if constexpr (simd::kStreamingStores && std::is_same<S, float>::value &&
+                      std::is_same<A, float>::value) {
+            // overwritten float rows, packet-aligned, chunk without the label: each packet
+            // is streamed out as it is formed, so the writes overlap the exponentials
+            const bool label_here = label >= off && label < off + len;
+            S* d = dst + off;
+            if (!add && !label_here && reinterpret_cast<std::uintptr_t>(d) % sizeof(P) == 0) {
+                for (; j + 2 * W <= len; j += 2 * W) {
+                    if (next) {
+                        simd::prefetch_l2(next + off + j);
+                        simd::prefetch_l2(next + off + j + W);
+                    }
+                    simd::stream_packet(d + j, term(ei::ploadu<P>(c + j)));
+                    simd::stream_packet(d + j + W, term(ei::ploadu<P>(c + j + W)));
+                }
+                if (j == len) return;
+                for (Index k = j; k < len; k += W)
+                    simd::store_n<A>(buf, k, len, term(load_pad<A>(c, k, len, ninf)));
+                for (Index k = j; k < len; ++k) d[k] = buf[k];
+                return;
+            }
+        }
         for (; j + 2 * W <= len; j += 2 * W) {
             ei::pstore(buf + j, term(ei::ploadu<P>(c + j)));
             ei::pstore(buf + j + W, term(ei::ploadu<P>(c + j + W)));

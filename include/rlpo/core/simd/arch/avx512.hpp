@@ -7,7 +7,8 @@
 ///   * streaming (non-temporal) stores of float packets and of a float chunk, and the store
 ///     fence that orders them (`kStreamingStores`: SSE2; elsewhere `store_fence` does nothing
 ///     and the callers take their ordinary stores);
-///   * a software prefetch into L1 (`prefetch_l1`: SSE2; elsewhere nothing);
+///   * software prefetches into L1 and L2 (`prefetch_l1`, `prefetch_l2`: SSE2; elsewhere
+///     nothing);
 ///   * the AVX-512 pieces of the fast math and of the divergence kernels on `Packet16f`:
 ///     `vreduceps` / `vrndscaleps` (the fraction t − floor(t)), `vscalefps` (2^n scaling),
 ///     the 32-cell table logarithm (`vgetmantps`, `vgetexpps`, `vpermt2ps`) and the sign by
@@ -76,6 +77,15 @@ EIGEN_ALWAYS_INLINE void store_fence() {
 EIGEN_ALWAYS_INLINE void prefetch_l1(const void* p) {
 #if defined(__SSE2__)
     _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0);
+#else
+    static_cast<void>(p);
+#endif
+}
+
+/// Prefetch the cache line of `p` into L2 (a no-op without SSE2).
+EIGEN_ALWAYS_INLINE void prefetch_l2(const void* p) {
+#if defined(__SSE2__)
+    _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
 #else
     static_cast<void>(p);
 #endif
