@@ -2,6 +2,7 @@
 """Side-by-side timing of rlpo and PyTorch eager (forward + backward) on the same work.
 
 Usage: /usr/bin/python3 benchmarks/compare_pytorch.py [--filter SUBSTR] [--rounds N] [--threads K]
+                                                   [--baseline BUILD_DIR] [--no-torch]
 
 Workloads are declared in benchmarks/compare/*.py (one module per area: token/, vocab/, ...);
 each module exposes WORKLOADS, a list of `Workload` objects (see benchmarks/compare/common.py).
@@ -14,6 +15,13 @@ missing, then prints one line per workload
     NAME rlpo_ms=X torch_ms=Y speedup=Z
 
 (medians over all repetitions) and a last line `min_speedup=Z`.
+
+`--baseline BUILD_DIR` adds a third side: the same binaries built from another commit (e.g. a
+worktree of the commit before a refactor, built with `cmake --build BUILD_DIR --target
+compare_distill compare_token`), run in the same rounds, interleaved with the two others; each
+line then also carries `base_ms=B after_over_base=R` (R > 1: the current build is slower), and
+the last line `max_after_over_base=R`. `--no-torch` leaves the PyTorch side out (a paired
+before/after run of rlpo alone). Workloads the baseline's binary does not know are skipped.
 """
 import argparse
 import glob
@@ -54,9 +62,9 @@ def ensure_built(binaries):
     subprocess.check_call(["cmake", "--build", BUILD, "-j2", "--target"] + missing)
 
 
-def run_rlpo(w, reps, threads):
+def run_rlpo(w, reps, threads, build=BUILD):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    cmd = [os.path.join(BUILD, "benchmarks", w.binary), "--workload", w.name, "--reps", str(reps)]
+    cmd = [os.path.join(build, "benchmarks", w.binary), "--workload", w.name, "--reps", str(reps)]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return [float(line.split()[1]) for line in out.splitlines() if line.startswith("ms ")]
 
@@ -79,23 +87,48 @@ def main():
     ap.add_argument("--filter", default="")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--baseline", default="", help="build dir of another commit, run alongside")
+    ap.add_argument("--no-torch", action="store_true", help="leave the PyTorch side out")
     args = ap.parse_args()
-    import torch
-    torch.set_num_threads(args.threads)
+    if not args.no_torch:
+        import torch
+        torch.set_num_threads(args.threads)
     workloads = [w for w in load_workloads() if args.filter in w.name]
     if not workloads:
         sys.exit("no workloads match")
     ensure_built(sorted({w.binary for w in workloads}))
-    speedups = []
+    speedups, ratios = [], []
     for w in workloads:
-        r_all, t_all = [], []
-        for _ in range(args.rounds):
-            r_all += run_rlpo(w, w.reps, args.threads)
-            t_all += run_torch(w, w.reps)
-        r, t = statistics.median(r_all), statistics.median(t_all)
-        speedups.append(t / r)
-        print("%s rlpo_ms=%.3f torch_ms=%.3f speedup=%.1f" % (w.name, r, t, t / r), flush=True)
-    print("min_speedup=%.1f" % min(speedups))
+        base = args.baseline and os.path.join(args.baseline, "benchmarks", w.binary)
+        if base and not os.path.exists(base):
+            print("%s skipped: %s missing" % (w.name, base), flush=True)
+            continue
+        r_all, t_all, b_all = [], [], []
+        try:
+            for _ in range(args.rounds):
+                r_all += run_rlpo(w, w.reps, args.threads)
+                if base:
+                    b_all += run_rlpo(w, w.reps, args.threads, args.baseline)
+                if not args.no_torch:
+                    t_all += run_torch(w, w.reps)
+        except subprocess.CalledProcessError:
+            print("%s skipped: the baseline does not run it" % w.name, flush=True)
+            continue
+        r = statistics.median(r_all)
+        line = "%s rlpo_ms=%.3f" % (w.name, r)
+        if not args.no_torch:
+            t = statistics.median(t_all)
+            speedups.append(t / r)
+            line += " torch_ms=%.3f speedup=%.1f" % (t, t / r)
+        if base:
+            b = statistics.median(b_all)
+            ratios.append(r / b)
+            line += " base_ms=%.3f after_over_base=%.3f" % (b, r / b)
+        print(line, flush=True)
+    if speedups:
+        print("min_speedup=%.1f" % min(speedups))
+    if ratios:
+        print("max_after_over_base=%.3f" % max(ratios))
 
 
 if __name__ == "__main__":
