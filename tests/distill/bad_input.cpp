@@ -407,7 +407,7 @@ TEST_CASE("distillation: a row factor beyond the type's range is numerical_error
         INFO(rd::to_string(d));
         rlpo::Normalizer four, big;
         four.num_tokens = 4.0;
-        big.num_tokens = 1e-302;  // factor 1e302 > 2^-24·max(double): the row is scanned
+        big.num_tokens = 1e-302;  // factor 1e302 > 2^-40·max(double): the row is scanned
         const Mat<double> md = Mat<double>::Ones(2, 2);
         const auto r4 = rd::divergence(zd, yd, md, opts(d), four);
         const auto rb = rd::divergence(zd, yd, md, opts(d), big);
@@ -419,4 +419,29 @@ TEST_CASE("distillation: a row factor beyond the type's range is numerical_error
         CHECK(rlpo_test::grad_err<float>(fb.grad.cast<double>(), f4.grad.cast<double>() * 4e20) <
               1e-6);
     }
+}
+
+// A teacher logit near float's maximum at a small τ sends the row to the exact path (the fast
+// path gave a NaN gradient here), where the reverse KL's gradient q_j (h_j − E_q h)/τ at the
+// teacher's mode (h ≈ −3e41) is beyond float: the value (in double) is finite, the gradient is
+// numerical_error naming the entry. A NaN in a later row outranks it (invalid_argument).
+// Forward KL, whose gradient (q − p)/τ stays bounded, gives finite results on the same rows.
+TEST_CASE("dense divergences: a gradient beyond float on the exact path is numerical_error",
+          "[distill][bad_input]") {
+    rt::Generator gen(17);
+    Mat<float> z = gen.logits(3, 7).cast<float>(), y = gen.logits(3, 7).cast<float>();
+    y(0, 2) = 3e38f;
+    const Mat<float> mask = Mat<float>::Ones(3, 1);
+    DistillOptions o = opts(Divergence::ReverseKL, 1e-3);
+    RLPO_REQUIRE_NUMERICAL_ERROR(rd::divergence(z, y, mask, o), "overflows the storage type");
+    Mat<float> zn = z;
+    zn(2, 4) = std::numeric_limits<float>::quiet_NaN();
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rd::divergence(zn, y, mask, o), "[2, 4]");
+    // without a gradient the value alone is finite
+    CHECK(std::isfinite(rd::divergence(z, y, mask, o, {}, rlpo::no_grad<float>()).value));
+    // forward KL on the same rows: finite, and the row's gradient is (q − p)/τ with p one-hot
+    const auto f = rd::divergence(z, y, mask, opts(Divergence::ForwardKL, 1e-3));
+    CHECK(std::isfinite(f.value));
+    REQUIRE(f.grad.array().isFinite().all());
+    CHECK(f.grad(0, 2) < -300.0);  // −(1 − q_2)/(3τ) with q_2 < 0.1: the teacher's mode
 }

@@ -67,13 +67,13 @@ const char* kl(int, const O&, const rlpo::Mat<S>&, const rlpo::Mat<S>&, const rl
     return row_factor_overflow<S>(norm, &m);
 }
 template <class S>
-const char* entropy(const rlpo::Mat<S>&, const rlpo::Mat<S>& m, const rlpo::Normalizer& norm) {
-    return row_factor_overflow<S>(norm, &m);
+const char* entropy(const rlpo::Mat<S>&, const rlpo::Mat<S>&, const rlpo::Normalizer&) {
+    return nullptr;
 }
 template <class O, class S>
-const char* divergence(const O&, const rlpo::Mat<S>&, const rlpo::Mat<S>&, const rlpo::Mat<S>& m,
-                       const rlpo::Normalizer& norm) {
-    return row_factor_overflow<S>(norm, &m);
+const char* divergence(const O&, const rlpo::Mat<S>&, const rlpo::Mat<S>&, const rlpo::Mat<S>&,
+                       const rlpo::Normalizer&) {
+    return nullptr;
 }
 template <class O, class... A>
 const char* topk(const O&, const A&...) {

@@ -430,3 +430,28 @@ TEST_CASE("token_logps: bad input", "[logits][errors]") {
         CHECK(r.grad.block(0, 2048, 2, 2048).isZero(0.0));
     }
 }
+
+// A finite upstream gradient whose product with 1/τ overflows the storage type (float, g = 3e37,
+// τ = 1e-3: entries ≈ 3e40): numerical_error naming the entry, never an inf gradient. An input
+// error in a later row outranks it (invalid_argument). The same gradient in double is finite
+// and equals g/τ·(δ − p) (checked against the float64 call on the same inputs).
+TEST_CASE("token_logps: a gradient beyond the storage type is numerical_error",
+          "[logits][errors]") {
+    using rlpo::logits::token_logps_vjp;
+    Case c = make_case(43, 2, 2, 6, 2.0, 0.0, /*masked=*/false);
+    TokenLogpsOptions o;
+    o.temperature = 1e-3;
+    c.g.setConstant(3e37);
+    const Mat<float> z = c.z.cast<float>(), m = c.mask.cast<float>(), g = c.g.cast<float>();
+    RLPO_REQUIRE_NUMERICAL_ERROR(token_logps_vjp(z, c.y, m, g, o), "gradient overflows");
+    Mat<float> zn = z;
+    zn(3, 1) = std::numeric_limits<float>::quiet_NaN();
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(token_logps_vjp(zn, c.y, m, g, o), "NaN");
+    const auto rd = token_logps_vjp(c.z, c.y, c.mask, c.g, o);
+    CHECK(rd.grad.array().isFinite().all());
+    CHECK(rd.grad.cwiseAbs().maxCoeff() > 1e39);
+    // an ordinary upstream gradient at the same temperature is not affected
+    c.g.setConstant(1.0);
+    CHECK(
+        token_logps_vjp(z, c.y, m, Mat<float>(c.g.cast<float>()), o).grad.array().isFinite().all());
+}

@@ -442,6 +442,17 @@ TEST_CASE("kl estimators: closed-form values and names", "[penalties][kl][proper
     RLPO_REQUIRE_NUMERICAL_ERROR(
         rlpo::penalties::kl_in_reward(scores, huge, zero, m, 0.0, KLOptions::verl(KLEstimator::K1)),
         "seq_kl");
+    // an overflowing row 0 and a NaN in row 1: the input error outranks the overflow
+    {
+        Mat<double> old2(2, 3), ref2 = Mat<double>::Zero(2, 3);
+        old2.row(0).setConstant(1e308);
+        old2.row(1) << -1.0, std::numeric_limits<double>::quiet_NaN(), -2.0;
+        const Mat<double> s2 = Mat<double>::Ones(2, 3), m2 = Mat<double>::Ones(2, 3);
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            rlpo::penalties::kl_in_reward(s2, old2, ref2, m2, 0.0,
+                                          KLOptions::verl(KLEstimator::K1)),
+            "[1, 1]");
+    }
 }
 
 TEST_CASE("kl_penalty, kl_penalty_corrected: micro-batch invariance, long rows",

@@ -110,6 +110,11 @@ TEST_CASE("entropy bonus: a row factor beyond the type's range is numerical_erro
         std::isfinite(rr::entropy_bonus(Mat<float>(zd.cast<float>()), Mat<float>(md.cast<float>()),
                                         tiny, rlpo::no_grad<float>())
                           .value));
+    // a +inf logit later in the same sequence outranks the overflow (invalid_argument)
+    Mat<float> zi = zd.cast<float>();
+    zi(2, 4) = std::numeric_limits<float>::infinity();
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::entropy_bonus(zi, Mat<float>(md.cast<float>()), tiny),
+                                    "[2, 4]");
     rlpo::Normalizer big;
     big.num_tokens = 1e-302;
     const auto r6 = rr::entropy_bonus(zd, md, six), rb = rr::entropy_bonus(zd, md, big);

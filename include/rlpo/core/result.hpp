@@ -269,25 +269,33 @@ public:
     GradMode mode() const { return mode_; }
 
     /// Whether a row factor f (coef · the row's aggregation weight · an objective's scale) is
-    /// large enough that the row's gradient may overflow S: |f| > max(S)·2⁻²⁴ (float 2.0e31,
-    /// double 1.1e301), or f not finite. Ordinary factors are ≤ 1 in magnitude; such a factor
-    /// comes from a Normalizer count near 0 (num_tokens = 1e-300) or extreme mask weights.
+    /// large enough that the row's gradient may overflow S: |f| > max(S)·2⁻⁴⁰ (float 3.1e26,
+    /// double 1.6e296), or f not finite. The margin 2⁴⁰ covers the per-entry terms of the
+    /// vocabulary losses on their fast paths (≤ ~2²¹/τ with τ ≥ 1e−4; rows beyond go to an
+    /// exact path that checks its own output). Ordinary factors are ≤ 1 in magnitude; such a
+    /// factor comes from a Normalizer count near 0 (num_tokens = 1e-300) or extreme mask weights.
     static bool factor_at_risk(double f) {
-        return !(std::abs(f) <= static_cast<double>(std::numeric_limits<S>::max()) * 0x1p-24);
+        return !(std::abs(f) <= static_cast<double>(std::numeric_limits<S>::max()) * 0x1p-40);
     }
     /// After row i (`cols` entries) was written under an at-risk factor f: a non-finite entry
     /// is rlpo::numerical_error naming the row, the column and the factor (the gradient's
     /// per-entry terms were finite; their product with f overflowed S). Called only for the
     /// rare at-risk rows, so ordinary calls never pay for the scan.
     void check_row_finite(const char* function, Index i, Index cols, double f) const {
+        const Index j = first_nonfinite(i, cols);
+        if (j >= 0)
+            fail_numerical(function, "gradient: entry [", i, ", ", j, "] is not finite (",
+                           static_cast<double>(row(i)[j]), ") under the row factor ", f,
+                           " (GradientOut coefficient times the row's aggregation weight: "
+                           "a Normalizer count near 0 or an extreme mask weight)");
+    }
+    /// The first column of row i holding a non-finite entry, or −1 (also without a gradient).
+    Index first_nonfinite(Index i, Index cols) const {
         const S* r = row(i);
-        if (!r) return;
-        for (Index j = 0; j < cols; ++j)
-            if (!std::isfinite(static_cast<double>(r[j])))
-                fail_numerical(function, "gradient: entry [", i, ", ", j, "] is not finite (",
-                               static_cast<double>(r[j]), ") under the row factor ", f,
-                               " (GradientOut coefficient times the row's aggregation weight: "
-                               "a Normalizer count near 0 or an extreme mask weight)");
+        if (r)
+            for (Index j = 0; j < cols; ++j)
+                if (!std::isfinite(static_cast<double>(r[j]))) return j;
+        return -1;
     }
 
 private:

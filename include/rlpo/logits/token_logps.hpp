@@ -180,6 +180,7 @@ struct RowResults {
     struct Err {
         const char* what = nullptr;
         Index col = -1;
+        bool overflow = false;  ///< a gradient overflow (numerical_error), not an input error
     };
     std::vector<RowStats> st;
     std::vector<double> lp, ent;
@@ -244,6 +245,20 @@ void sweep_rows(const Inputs<S>& in, double tau, Pass pass, const TokenLogps<S>*
         b.add = add;
         return true;
     };
+    // A row whose gradient bound (c/τ)(|g| + |h|(1 + ln V + |ms|)) — |δ − p| ≤ 1 and
+    // p_j |u_j − ms| ≤ 1/e + |ms|, u = (z − M)/τ — nears S's range is scanned after its
+    // backward sweep; a non-finite entry is a gradient overflow (numerical_error), reported
+    // after every row's input errors. Ordinary rows pay one compare.
+    const double log_v = std::log(static_cast<double>(V > 0 ? V : 1));
+    const auto check_overflow = [&](Index n, const RowStats& s) {
+        const auto k = static_cast<std::size_t>(n);
+        const double g = in.g[k], h = BEnt ? in.h[k] : 0.0;
+        const double bound = std::abs(gw.coef()) * inv_t *
+                             (std::abs(g) + std::abs(h) * (1.0 + log_v + std::abs(s.mean_shift)));
+        if (!gw.factor_at_risk(bound)) return;
+        const Index j = gw.first_nonfinite(n, V);
+        if (j >= 0) r.err[k] = {"gradient overflows the storage type at", j, true};
+    };
     ::rlpo::detail::parallel_region(N * V > 32768 && N > 1, [&](const ::rlpo::detail::Team& team) {
         Eigen::Array<A, Eigen::Dynamic, 1> wide, buf;
         if (grad) buf.resize(kChunk);
@@ -278,6 +293,7 @@ void sweep_rows(const Inputs<S>& in, double tau, Pass pass, const TokenLogps<S>*
                 if constexpr (std::is_same<S, A>::value)
                     if (n + 1 < hi) back.next = in.z.data() + (n + 1) * in.z.outerStride();
                 back.row(V, buf.data());
+                check_overflow(n, s);
             }
         }
         ::rlpo::detail::simd::store_fence();  // order the streaming stores before returning
@@ -308,13 +324,20 @@ void run_rows(const char* fn, const Inputs<S>& in, double tau, bool entropy, Pas
     const auto& st = r.st;
     for (Index n = 0; n < N; ++n) {
         const auto k = static_cast<std::size_t>(n);
-        if (!err[k].what) continue;
+        if (!err[k].what || err[k].overflow) continue;  // input errors first
         const Index b = n / in.T, t = n % in.T;
         if (err[k].col >= 0)
             fail(fn, "logits: ", err[k].what, " at [", n, ", ", err[k].col, "] (row of [", b, ", ",
                  t, "], under a non-zero mask)");
         fail(fn, "logits: ", err[k].what, " in row ", n, " (row of [", b, ", ", t,
              "], under a non-zero mask)");
+    }
+    for (Index n = 0; n < N; ++n) {
+        const auto k = static_cast<std::size_t>(n);
+        if (err[k].overflow)
+            ::rlpo::detail::fail_numerical(
+                fn, "logits: the ", err[k].what, " [", n, ", ", err[k].col,
+                "] (upstream gradient, coefficient or 1/temperature too large)");
     }
     double value = 0.0, hsum = 0.0;
     for (std::size_t k = 0; k < n_rows; ++k) {

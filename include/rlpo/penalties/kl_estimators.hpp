@@ -392,6 +392,7 @@ KLReward<::rlpo::detail::scalar_t<DS>> kl_in_reward(const Eigen::MatrixBase<DS>&
     res.kl.setZero(B, T);
     res.seq_kl.setZero(B);
     double mean_sum = 0.0, rows = 0.0;
+    Index overflow_row = -1;  // reported after every row's input errors (they outrank it)
     for (Index i = 0; i < B; ++i) {
         double s = 0.0, len = 0.0;
         for (Index t = 0; t < T; ++t) {
@@ -411,15 +412,16 @@ KLReward<::rlpo::detail::scalar_t<DS>> kl_in_reward(const Eigen::MatrixBase<DS>&
             s += mk * k;
             len += mk;
         }
-        if (!std::isfinite(s))
-            ::rlpo::detail::fail_numerical(fn, "seq_kl: the sum of row ", i,
-                                           " overflows (mask weights x estimates)");
+        if (!std::isfinite(s) && overflow_row < 0) overflow_row = i;
         res.seq_kl(i) = s;
         if (len > 0) {
             mean_sum += s / len;
             rows += 1.0;
         }
     }
+    if (overflow_row >= 0)
+        ::rlpo::detail::fail_numerical(fn, "seq_kl: the sum of row ", overflow_row,
+                                       " overflows (mask weights x estimates)");
     res.metrics.add("reward_kl_penalty", mean_sum, rows);
     res.metrics.set("reward_kl_penalty_coeff", beta);
     ::rlpo::detail::check_finite_result(fn, 0.0, res.metrics);

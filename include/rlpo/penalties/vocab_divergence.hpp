@@ -129,6 +129,7 @@ inline distill::DistillOptions pipeline_options(const VocabDivergenceOptions& o)
             ::rlpo::detail::fail(fn, "logits: row ", n,
                                  " has no finite entry in logits or ref_logits (no distribution)");
         case RowFault::Infinite:
+        case RowFault::Overflow:  // reported after the loop (distill::detail::report_overflows)
         case RowFault::Other: break;
     }
     ::rlpo::detail::fail(fn, to_string(d), ": row ", n,
@@ -167,11 +168,13 @@ Result<::rlpo::detail::scalar_t<DZ>> vocab_divergence(
     double value = 0.0, metric = 0.0;
     for (Index n = 0; n < N; ++n) {
         const auto r = static_cast<std::size_t>(n);
-        if (rows.errs[r].set()) detail::fail_row(fn, opts.divergence, n, rows.errs[r]);
+        if (rows.errs[r].set() && rows.errs[r].fault != distill::detail::RowFault::Overflow)
+            detail::fail_row(fn, opts.divergence, n, rows.errs[r]);
         if (plan.m[r] == 0) continue;
         value += plan.w[r] * rows.loss[r];
         metric += plan.m[r] * rows.loss[r];
     }
+    distill::detail::report_overflows(fn, rows.errs, N);
     distill::detail::check_risky_rows(fn, plan, N, V, g, 1.0);
     res.value = g.coef() * value;
     res.metrics.add(to_string(opts.divergence), metric, plan.local_rows);

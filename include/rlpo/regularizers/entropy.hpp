@@ -74,6 +74,8 @@ Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
             const double ci = w.c[static_cast<std::size_t>(i)];
             constexpr double ninf = -std::numeric_limits<double>::infinity();
             double value = 0, hsum = 0;
+            Index risky_row = -1;  // an overflowing row, reported after the sequence's input
+            double risky_f = 0;    // errors (an invalid_argument outranks a numerical_error)
             for (Index t = 0; t < T; ++t) {
                 const Index row = i * T + t;
                 const double mk = static_cast<double>(m(i, t));
@@ -120,12 +122,17 @@ Result<::rlpo::detail::scalar_t<DZ>> entropy_bonus(
                             g.put(row, j, d == ninf ? 0.0 : k * std::exp(d) * (d - pd));
                         }
                         const double f = g.coef() * ci * mk;
-                        if (g.factor_at_risk(f)) g.check_row_finite(fn, row, V, f);
+                        if (risky_row < 0 && g.factor_at_risk(f) &&
+                            g.first_nonfinite(row, V) >= 0) {
+                            risky_row = row;
+                            risky_f = f;
+                        }
                     }
                 }
                 value += ci * mk * h;
                 hsum += mk * h;
             }
+            if (risky_row >= 0) g.check_row_finite(fn, risky_row, V, risky_f);
             part = {value, hsum};
         });
     res.value = g.coef() * sum[0];

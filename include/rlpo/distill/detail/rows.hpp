@@ -85,7 +85,9 @@ using CArrMap = Eigen::Map<const Arr<A>>;
 
 /// What went wrong in a row (`RowError::fault`), for front ends that word their own messages
 /// (penalties/vocab_divergence.hpp).
-enum class RowFault { Other, NaN, PosInf, NoDistribution, Infinite };
+/// `Overflow`: the row's value is finite but its gradient overflows the storage type (reported
+/// as rlpo::numerical_error, after every row's input errors).
+enum class RowFault { Other, NaN, PosInf, NoDistribution, Infinite, Overflow };
 
 /// An error found inside the parallel loop, reported after it (exceptions cannot leave an
 /// OpenMP region). `what` is a static string; `col` the column or −1; `arg` which logits of a
@@ -101,6 +103,21 @@ struct RowError {
         : input(in), what(w), col(c), fault(f) {}
     bool set() const { return what != nullptr; }
 };
+
+/// After a row's gradient was written by a slow path (the exact dense path): an entry that is
+/// not finite means the gradient overflows the storage type (its terms are finite in the
+/// arithmetic; e.g. float logits near 3e38 at a small τ) — a `RowFault::Overflow` error naming
+/// the column. Nothing is checked without a gradient.
+template <class S>
+inline void check_written_row(const ::rlpo::detail::GradRow<S>& rg, RowError& err) {
+    if (!rg.active() || err.set()) return;
+    for (Index j = 0; j < rg.V; ++j)
+        if (!std::isfinite(static_cast<double>(rg.dst[j]))) {
+            err = {"gradient", "is not finite: the row's gradient overflows the storage type", j,
+                   RowFault::Overflow};
+            return;
+        }
+}
 
 /// Per-thread scratch: two work rows and two widened copies (bf16 input).
 template <class A>
@@ -262,6 +279,16 @@ inline RowError infinite_divergence_error() {
             -1, RowFault::Infinite};
 }
 
+/// The first row overflow (`RowFault::Overflow`) as rlpo::numerical_error. Called after every
+/// row's input errors were reported: an invalid_argument of any row outranks an overflow.
+inline void report_overflows(const char* fn, const std::vector<RowError>& errs, Index N) {
+    for (Index n = 0; n < N; ++n) {
+        const RowError& e = errs[static_cast<std::size_t>(n)];
+        if (e.set() && e.fault == RowFault::Overflow)
+            ::rlpo::detail::fail_numerical(fn, e.input, ": entry [", n, ", ", e.col, "] ", e.what);
+    }
+}
+
 /// Combine per-row results in row order (identical for any thread count); report the first
 /// bad row under a non-zero mask.
 inline PassResult combine_rows(const char* fn, const RowPlan& plan, Index N,
@@ -271,6 +298,7 @@ inline PassResult combine_rows(const char* fn, const RowPlan& plan, Index N,
     for (Index n = 0; n < N; ++n) {
         const auto k = static_cast<std::size_t>(n);
         if (errs[k].set()) {
+            if (errs[k].fault == RowFault::Overflow) continue;  // reported below
             if (errs[k].col >= 0)
                 ::rlpo::detail::fail(fn, errs[k].input, ": ", errs[k].what, " at [", n, ", ",
                                      errs[k].col, "] (row under a non-zero mask)");
@@ -283,6 +311,7 @@ inline PassResult combine_rows(const char* fn, const RowPlan& plan, Index N,
         out.aux += plan.m[k] * aux[k];
     }
     out.count = plan.local_rows;
+    report_overflows(fn, errs, N);
     return out;
 }
 

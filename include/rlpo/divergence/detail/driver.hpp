@@ -190,6 +190,7 @@ inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const 
             RowError err;
             const double L = dense_row_exact<S, A>(o, s.z, s.y, V, ws, s.rg, err);
             if (!err.set() && !std::isfinite(L)) err = infinite_divergence_error();
+            check_written_row(s.rg, err);
             errs[k] = err;
             loss[k] = L;
             s.n = -1;

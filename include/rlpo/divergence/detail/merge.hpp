@@ -62,9 +62,12 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
     // more than the float / double tolerance of the value (identical rows at 1e14 gave
     // log V, a JSD at 1e17 came out negative), so such rows take the exact path, which
     // subtracts the row maximum first. Forward and reverse KL subtract the chunk maxima
-    // (x − max) and need no bound.
-    if constexpr (three_stage(D))
-        if (std::max(std::abs(mz), std::abs(my)) * invT > kFastLogitRange) return false;
+    // (x − max), so their rounding needs no bound, but their per-entry terms do: with logits
+    // near float's maximum and a small τ, (x − max)/τ overflows (a NaN value or gradient), and
+    // reverse KL's q (h − E_q h)/τ grows with |logit/τ|. The same bound for every kind keeps
+    // the fast path's per-entry gradient terms below ~2^21/τ (`GradWriter::factor_at_risk`);
+    // rows beyond take the exact path, which checks its written gradient.
+    if (std::max(std::abs(mz), std::abs(my)) * invT > kFastLogitRange) return false;
     // Stage 1 summed the KL terms over logits shifted by their chunk maxima (dz = z − mz_k,
     // dy = y − my_k); the shifts come back here in double, as differences of maxima only, so
     // that large logits (rows offset by hundreds) cost no float digits. The chunk factors
