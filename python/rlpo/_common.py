@@ -58,6 +58,11 @@ def _TORCH_FLOATS():
     return (torch.float32, torch.float64)
 
 
+# keyword arguments that may be tensors (read as NumPy views)
+_ARRAY_KEYWORDS = ("out", "is_weights", "old_logp", "chosen_lengths", "rejected_lengths",
+                   "pair_weights", "group_ids")
+
+
 def wrap(core, fn, arrays, result=True):
     """A Python function over `core` that turns the named array arguments (and ``out``) from
     torch tensors into NumPy views and wraps the (value, grad, metrics) tuple as a Result."""
@@ -68,7 +73,7 @@ def wrap(core, fn, arrays, result=True):
                 for i, a in enumerate(args)]
         out = kwargs.get("out")
         for k, v in kwargs.items():
-            if k in arrays or k in ("out", "is_weights", "old_logp"):
+            if k in arrays or k in _ARRAY_KEYWORDS:
                 kwargs[k] = as_array(v, k, fn)
         r = core(*args, **kwargs)
         if not result:

@@ -141,3 +141,23 @@ def test_result_and_package():
     assert grad.flags["C_CONTIGUOUS"] and grad.flags["OWNDATA"] is False
     assert rlpo.__version__.count(".") == 2
     assert rlpo.policy.ppo_clip.__module__ == "rlpo.policy"
+
+
+def test_readme_example():
+    """The README's "Use from Python" example, with data."""
+    import rlpo.torch
+    logp, old_logp, ref_logp, adv, mask = tokens(B=32, T=6, dtype=np.float32)
+    scores = np.random.default_rng(0).random(32).astype(np.float32)
+    r = rlpo.policy.ppo_clip(logp, old_logp, adv, mask, preset="verl", clip_high=0.28,
+                             aggregation="seq-mean-token-mean", num_seqs=40.0)
+    pg = r.grad.copy()
+    rlpo.penalties.kl_penalty(logp, ref_logp, mask, estimator="low_var_kl",
+                              out=r.grad, accumulate=True, coef=0.001)
+    kl = rlpo.penalties.kl_penalty(logp, ref_logp, mask, estimator="low_var_kl").grad
+    np.testing.assert_allclose(r.grad, pg + 0.001 * kl, rtol=1e-6, atol=1e-9)
+    adv = rlpo.rollout.grpo_advantages(scores, group_size=16, preset="verl")
+    adv_tokens = rlpo.rollout.broadcast_to_tokens(adv, mask)
+    x = torch.from_numpy(logp).requires_grad_()
+    loss = rlpo.torch.policy_loss("grpo", x, old_logp, adv_tokens, mask, aggregation="grpo")
+    loss.backward()
+    assert x.grad.shape == x.shape and torch.all(x.grad[torch.from_numpy(mask) == 0] == 0)

@@ -75,3 +75,11 @@ def test_names_and_errors():
     with pytest.raises(ValueError, match="beta"):
         rlpo.preference.dpo_loss(*x, beta=0.0)
     assert "sigmoid" in rlpo.preference.DPO_LOSS_NAMES
+
+
+def test_tensor_lengths():
+    x = [torch.from_numpy(a) for a in pairs(3, np.float64, seed=44)]
+    lc, lr = torch.tensor([3.0, 4.0, 5.0]), torch.tensor([2.0, 6.0, 1.0])
+    r = rlpo.preference.dpo_loss(*x, loss_type="ipo", chosen_lengths=lc, rejected_lengths=lr)
+    ref = reference("ipo", *[a.numpy() for a in x], lc=lc.numpy(), lr=lr.numpy())
+    check(r, np.float64, *ref)
