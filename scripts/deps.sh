@@ -2,7 +2,8 @@
 # Install the Debian packages rlpo's build, tests, demo and benchmarks need, if missing.
 # Safe to re-run: does nothing when everything is present. Needs root (or sudo) on Debian 12.
 set -euo pipefail
-pkgs=(cmake g++ make libeigen3-dev catch2 libfmt-dev libbenchmark-dev python3-torch gnuplot-nox fonts-liberation)
+pkgs=(cmake g++ make libeigen3-dev catch2 libfmt-dev libbenchmark-dev python3-torch gnuplot-nox fonts-liberation
+      pybind11-dev python3-pybind11 python3-pytest python3-numpy)
 [ "${RLPO_DEPS_CLANG:-0}" = 1 ] && pkgs+=(clang libomp-dev)
 missing=()
 for p in "${pkgs[@]}"; do

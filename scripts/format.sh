@@ -11,7 +11,7 @@ if ! command -v "$fmt" >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends clang-format-14 >/dev/null
 fi
 mapfile -t files < <(git ls-files 'include/*.hpp' 'tests/*.hpp' 'tests/*.cpp' 'examples/*.hpp' \
-  'examples/*.cpp' 'benchmarks/*.hpp' 'benchmarks/*.cpp')
+  'examples/*.cpp' 'benchmarks/*.hpp' 'benchmarks/*.cpp' 'python/*.hpp' 'python/*.cpp')
 if [ "${1:-}" = "--check" ]; then
   bad=()
   for f in "${files[@]}"; do

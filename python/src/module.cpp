@@ -1,0 +1,33 @@
+// The compiled core of the `rlpo` Python package (`rlpo._rlpo`): one submodule per C++
+// namespace, and the translation of rlpo's two exceptions.
+#include "common.hpp"
+
+#include <rlpo/version.hpp>
+
+PYBIND11_MODULE(_rlpo, m) {
+    namespace py = pybind11;
+    m.doc() = "rlpo: RL post-training objectives (values, exact gradients, metrics)";
+    m.attr("__version__") = std::to_string(RLPO_VERSION_MAJOR) + "." +
+                            std::to_string(RLPO_VERSION_MINOR) + "." +
+                            std::to_string(RLPO_VERSION_PATCH);
+    // rlpo::numerical_error → rlpo.NumericalError (an ArithmeticError); rlpo::invalid_argument
+    // → ValueError with the C++ message (pybind11 maps std::invalid_argument to ValueError;
+    // registered explicitly so that the mapping does not depend on that default).
+    static py::exception<rlpo::numerical_error> numerical(m, "NumericalError",
+                                                          PyExc_ArithmeticError);
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const rlpo::numerical_error& e) {
+            PyErr_SetString(numerical.ptr(), e.what());
+        } catch (const rlpo::invalid_argument& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        }
+    });
+    rlpo_py::bind_policy(m.def_submodule("policy", "policy-gradient surrogates (grad: logp)"));
+    rlpo_py::bind_penalties(m.def_submodule("penalties", "KL penalties (grad: logp)"));
+    rlpo_py::bind_distill(m.def_submodule("distill", "distillation divergences (grad: logits)"));
+    rlpo_py::bind_rollout(m.def_submodule("rollout", "advantages (values only)"));
+    rlpo_py::bind_preference(
+        m.def_submodule("preference", "preference losses (grad: policy sequence log-probs)"));
+}
