@@ -345,10 +345,10 @@ struct Sink {
 
 /// HOLE nonfinite-result (known_issues.hpp): a non-finite output of a case with extreme inputs
 /// (magnitudes ≥ 1e20 or ≤ 1e-20, ±inf) drops the case. Every entry point checks its value and
-/// metrics (detail::check_finite_result), but some outputs are not checked yet: seen with the
-/// skips off, a divergence gradient under a tiny Normalizer count, ReMax / GDPO advantages,
-/// Sinkhorn and step_from_logits on extreme inputs. Non-finite outputs of ordinary inputs are
-/// still violations.
+/// metrics (detail::check_finite_result), and the gradients where they can overflow; seen with
+/// the skips off, one hole is left: reverse KL on float logits whose spread over τ exceeds the
+/// float range stays on the fast path (an inf gradient, see README.md). Non-finite outputs of
+/// ordinary inputs are still violations.
 inline void maybe_inf_result(const char* fn, double v) {
     if (!std::isfinite(v) && flags().extreme && skips_enabled()) {
         (void)fn;

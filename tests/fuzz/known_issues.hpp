@@ -30,41 +30,15 @@ inline const char* skip(const char* hole) {
     return hole;
 }
 
-/// HOLE row-factor-overflow: a row factor c·m beyond the type's range — from a Normalizer
-/// count near 0 (num_tokens = 1e-300: valid, > 0 and finite), tiny mask weights (a denormal
-/// weight alone in its row) or huge ones — overflows the gradient: inf, or inf·0 = NaN where
-/// the per-token derivative is 0, is returned instead of a finite gradient or
-/// rlpo::numerical_error. Keyed on the magnitudes of the counts and mask weights: any outside
-/// [1e-(M−10), 1e(M−10)] or spanning more than 1e(M−10), M = log10 of the type's max (38, 308).
-template <class S>
-const char* row_factor_overflow(const rlpo::Normalizer& n, const rlpo::Mat<S>* mask = nullptr) {
-    const double M = std::log10(static_cast<double>(std::numeric_limits<S>::max())) - 10;
-    double lo = 0, hi = 0;  // log10 range of the weights (1 is always in it)
-    const auto see = [&](double v) {
-        if (!(v > 0) || !std::isfinite(v)) return;
-        lo = std::min(lo, std::log10(v));
-        hi = std::max(hi, std::log10(v));
-    };
-    for (const auto& c : {n.num_tokens, n.num_seqs, n.norm_constant})
-        if (c) see(*c);
-    if (mask)
-        for (rlpo::Index i = 0; i < mask->size(); ++i) see(static_cast<double>(mask->data()[i]));
-    if (lo < -M || hi > M || hi - lo > M)
-        return skip(
-            "row-factor-overflow: a row factor beyond the type's range gives an inf / "
-            "NaN gradient");
-    return nullptr;
-}
-
 template <class O, class S, class W>
 const char* policy_loss(const O&, const rlpo::Mat<S>&, const rlpo::Mat<S>&, const rlpo::Mat<S>&,
-                        const rlpo::Mat<S>& m, const rlpo::Normalizer& norm, const W&) {
-    return row_factor_overflow<S>(norm, &m);
+                        const rlpo::Mat<S>&, const rlpo::Normalizer&, const W&) {
+    return nullptr;
 }
 template <class O, class S>
 const char* kl(int, const O&, const rlpo::Mat<S>&, const rlpo::Mat<S>&, const rlpo::Mat<S>&,
-               const rlpo::Mat<S>& m, const rlpo::Normalizer& norm) {
-    return row_factor_overflow<S>(norm, &m);
+               const rlpo::Mat<S>&, const rlpo::Normalizer&) {
+    return nullptr;
 }
 template <class S>
 const char* entropy(const rlpo::Mat<S>&, const rlpo::Mat<S>&, const rlpo::Normalizer&) {
@@ -100,10 +74,8 @@ const char* rollout(const A&...) {
     return nullptr;
 }
 template <class O, class S>
-const char* train_step(const O& o, bool from_logits, rlpo::Index V, const rlpo::Mat<S>& m) {
-    (void)from_logits;
-    (void)V;
-    return row_factor_overflow<S>(o.norm, &m);
+const char* train_step(const O&, bool, rlpo::Index, const rlpo::Mat<S>&) {
+    return nullptr;
 }
 template <class S>
 const char* preference(int, const rlpo::Mat<S>&, const rlpo::Mat<S>&) {
