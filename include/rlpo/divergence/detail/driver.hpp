@@ -44,6 +44,7 @@
 #include <rlpo/distill/detail/rows.hpp>
 #include <rlpo/divergence/detail/exact_row.hpp>
 #include <rlpo/divergence/detail/fused_chunk.hpp>
+#include <rlpo/divergence/detail/kind_registry.hpp>
 #include <rlpo/divergence/detail/merge.hpp>
 #include <rlpo/divergence/detail/slot.hpp>
 
@@ -131,13 +132,15 @@ inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const 
     // gain more from overlapping memory than they lose to the larger footprint: always fused.
     constexpr std::size_t kWorkBudget = std::size_t(1) << 20;  // bytes of work rows at depth 3
     const bool inline2 =
-        D == Divergence::TVD && 4 * static_cast<std::size_t>(V) * sizeof(A) > kWorkBudget;
-    const int depth = three_stage(D) && !inline2 ? 3 : 2;
+        KindMath<D>::kValueSweepAlone && 4 * static_cast<std::size_t>(V) * sizeof(A) > kWorkBudget;
+    const int depth = kThreeStage<D> && !inline2 ? 3 : 2;
     const int npairs = depth == 3 ? 2 : 1;
     // the rows in flight in one thread: the logit rows of stage 1 (2), the work rows (2 per
-    // pair) and the logit row that stage 2 reads (JSD and skew reverse KL: the student's,
-    // skew KL: the teacher's, TVD: none; χ² reads both, but only for their −inf)
-    const std::size_t arrays = depth == 3 ? (D == Divergence::TVD ? 6 : 7) : 4;
+    // pair) and the logit rows that stage 2 reads (`KindMath::kStage2LogitRows`: JSD and skew
+    // reverse KL the student's, skew KL the teacher's, TVD none; χ² reads both, but only for
+    // their −inf, and counts one)
+    const std::size_t arrays =
+        depth == 3 ? 6 + static_cast<std::size_t>(KindMath<D>::kStage2LogitRows) : 4;
     const bool split_ok = std::is_same<S, A>::value &&
                           arrays * static_cast<std::size_t>(V) * sizeof(A) > o.tuning.split_bytes;
     // JSD's lean value sweep for long rows (4 rows in flight instead of 7); by the row length
@@ -246,10 +249,14 @@ inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const 
             fused_step<D, S, A>(c, k0, k1, a, b, gs);
         };
         auto finish2 = [&](Slot<S, A>& s) {
-            if (finish_stage2<D, S, A>(c, s))
-                loss[static_cast<std::size_t>(s.n)] = s.L;
-            else
-                exact(s);
+            if constexpr (kThreeStage<D>) {
+                if (finish_stage2<D, S, A>(c, s))
+                    loss[static_cast<std::size_t>(s.n)] = s.L;
+                else
+                    exact(s);
+            } else {
+                static_cast<void>(s);  // (two stages: no value sweep)
+            }
         };
         // after the step's sweep: the results of the rows that leave; true when the value
         // sweep of row a is due on its own (`inline2`)
@@ -259,7 +266,7 @@ inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const 
             if (a) {
                 if (!finish_stage1<D, S, A>(c, *a))
                     exact(*a);
-                else if (!three_stage(D))
+                else if (!kThreeStage<D>)
                     loss[static_cast<std::size_t>(a->n)] = a->L;
                 else if (inline2)
                     return true;
@@ -324,16 +331,12 @@ inline DenseRows dense_rows(const DistillOptions& o, const RowPlan& plan, const 
     if (d == Divergence::JSD && o.beta == 0.0) d = Divergence::ForwardKL;
     if (d == Divergence::JSD && o.beta == 1.0) d = Divergence::ReverseKL;
     DenseRows out;
-    switch (d) {
-#define RLPO_DIVERGENCE_CASE(K) \
-    case K: dense_rows_fast<K, S, A>(o, plan, z, y, g, row_scale, out); break;
-        RLPO_DIVERGENCE_CASE(Divergence::ForwardKL)
-        RLPO_DIVERGENCE_CASE(Divergence::ReverseKL)
-        RLPO_DIVERGENCE_CASE(Divergence::JSD)
-        RLPO_DIVERGENCE_CASE(Divergence::SkewKL)
-        RLPO_DIVERGENCE_CASE(Divergence::SkewReverseKL)
-        RLPO_DIVERGENCE_CASE(Divergence::TVD)
-        RLPO_DIVERGENCE_CASE(Divergence::ChiSquared)
+    switch (d) {  // one case per row of the registry (divergence/detail/kind_registry.hpp)
+#define RLPO_DIVERGENCE_CASE(K)                                                 \
+    case Divergence::K:                                                         \
+        dense_rows_fast<Divergence::K, S, A>(o, plan, z, y, g, row_scale, out); \
+        break;
+        RLPO_DIVERGENCE_KINDS(RLPO_DIVERGENCE_CASE)
 #undef RLPO_DIVERGENCE_CASE
     }
     return out;

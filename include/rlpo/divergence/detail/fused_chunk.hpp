@@ -3,10 +3,13 @@
 /// One chunk of the pipelined fast path (internal): stage 1 (exponentials, sums, KL value
 /// terms), stage 2 (the value sweep of the three-stage divergences) and stage 3 (the gradient
 /// write) of up to three rows in one fused sweep, and the dispatch over the stages present.
+/// The per-entry math of each kind is its `KindMath` (divergence/kinds/).
 
 #include <rlpo/core/simd/fast_math.hpp>
 #include <rlpo/core/simd/packet.hpp>
 #include <rlpo/divergence/detail/arith.hpp>
+#include <rlpo/divergence/detail/kind_math.hpp>
+#include <rlpo/divergence/detail/kind_registry.hpp>
 #include <rlpo/divergence/detail/slot.hpp>
 
 #include <Eigen/Core>
@@ -70,12 +73,10 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
     const A cp = St2 ? static_cast<A>(b->cp + static_cast<double>(myb) * it) : A(0);
     P u1 = zero, u2 = zero;
     A v1 = 0, v2 = 0;  // (entry-by-entry tail)
-    constexpr A kLn2f = A(0.6931471805599453);
     // lean: l = log((1−β) + c_k e_p/e_q), or the log form for a chunk marked by c_k < 0
     const A ckk = St2 && Lean ? b->ck[kk] : A(0);
     const bool logform = St2 && Lean && ckk < A(0);
     const A omb = c.omb;  // (a local: the stores below could alias c)
-    const P pck = ei::pset1<P>(ckk), pomb = ei::pset1<P>(omb);
     // stage 3
     const A* wg0 = St3 ? g->w0 + off : nullptr;
     const A* wg1 = St3 ? g->w1 + off : nullptr;
@@ -87,122 +88,17 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
     const A invT = c.invT;
     // software prefetch distance (entries) ahead of the next-chunk reads
     constexpr Index kPf = 512;
+    // the kind's per-entry math (`KindMath`), on packets (op) and on the tail's scalars (os)
+    using K = KindMath<D>;
+    const ChunkConsts<A> kc{invT, fq, fp, mq, mp, cq, cp, c.al, c.oma, ckk, omb, h0, h1, hk, nk};
+    const EntryOps<A, true, kRawLog> op{kc};
+    const EntryOps<A, false, kRawLog> os{kc};
 
-    // Stage 2 takes the unnormalised exponentials eq, ep of the chunk (q = eq·fq, p = ep·fp)
-    // and the shifted logits zv, yv; it gives the per-entry gradient factor `o2` (stored to
-    // w1) and two value sums v1, v2 that `finish_stage2` scales by the chunk factors where
-    // they are sums of eq·(…) or ep·(…) (JSD, TVD: two multiplies fewer per entry).
-    // Works for packets and scalars alike.
-    auto stage2 = [&](auto eq, auto ep, auto zv, auto yv, auto& o2, auto& v1, auto& v2) {
-        using T = std::decay_t<decltype(eq)>;
-        constexpr bool pk = !std::is_same<T, A>::value;
-        auto set1 = [](A x) {
-            if constexpr (pk)
-                return ei::pset1<T>(x);
-            else
-                return x;
-        };
-        auto mul = [](T x, T y) {
-            if constexpr (pk)
-                return rounded(ei::pmul(x, y));
-            else
-                return rounded(x * y);
-        };
-        auto add = [](T x, T y) {
-            if constexpr (pk)
-                return ei::padd(x, y);
-            else
-                return x + y;
-        };
-        auto sub = [](T x, T y) {
-            if constexpr (pk)
-                return ei::psub(x, y);
-            else
-                return x - y;
-        };
-        auto madd = [](T x, T y, T z) {
-            if constexpr (pk)
-                return ei::pmadd(x, y, z);
-            else
-                return madd_as_packet(x, y, z);
-        };
-        auto lg = [](T x) {
-            if constexpr (pk)
-                return ::rlpo::detail::plog(x);
-            else
-                return std::log(x);
-        };
-        // v/τ + k: log q, log p from the (shifted or raw) logits; fused for raw logits
-        auto lin = [&](T v, A k) {
-            if constexpr (pk)
-                return ei::pmadd(v, ei::pset1<T>(invT), ei::pset1<T>(k));
-            else if constexpr (kRawLog)
-                return std::fma(v, invT, k);
-            else
-                return madd_as_packet(v, invT, k);
-        };
-        if constexpr (D == Divergence::JSD) {
-            // M = βp + (1−β)q = eq·(1−β)fq + ep·βfp; r = log q − log M; v1 = Σ ep r (× fp),
-            // v2 = Σ eq r (× fq). KL(p‖M) = KL(p‖q) + Σ p r, KL(p‖q) from stage 1: the
-            // teacher's logits are not read again.
-            static_cast<void>(yv);
-            const T lm = lg(madd(eq, set1(mq), mul(ep, set1(mp))));
-            const T r = sub(lin(zv, cq), lm);
-            v1 = madd(ep, r, v1);
-            v2 = madd(eq, r, v2);
-            o2 = r;
-        } else if constexpr (D == Divergence::TVD) {
-            // s = sign(q − p) (h = s/2); v1 = Σ |q − p| = Σ (q − p) s, v2 = Σ eq s (× fq/2).
-            // q and p are rounded before the subtraction, so that equal rows give s = 0.
-            T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));
-            RLPO_DISTILL_ROUNDED(q);
-            RLPO_DISTILL_ROUNDED(p);
-            const T t = sub(q, p);
-            const T h = sign_of(t);
-            v1 = madd(t, h, v1);
-            v2 = madd(eq, h, v2);
-            o2 = h;
-        } else if constexpr (D == Divergence::SkewKL) {
-            // m = αp + (1−α)q; value p (log p − log m); factor −(1−α) p/m
-            const T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));
-            const T m = add(mul(set1(c.al), p), mul(set1(c.oma), q));
-            const T lp = lin(yv, cp);
-            v1 = madd(p, sub(lp, lg(m)), v1);
-            T h;
-            if constexpr (pk)
-                h = ei::pdiv(ei::pmul(ei::pset1<T>(-c.oma), p), m);
-            else
-                h = -c.oma * p / m;
-            v2 = madd(q, h, v2);
-            o2 = h;
-        } else if constexpr (D == Divergence::ChiSquared) {
-            // r = q/p, h = r − 1; v1 = Σ q h, the value and the gradient's shift Σ q h. A −inf
-            // logit need not give an exponential of exactly 0 (Eigen's exp clamps): h + 0·(z +
-            // y), NaN there, sends such rows to the exact path (h itself is unchanged).
-            static_cast<void>(v2);
-            const T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));
-            T h;
-            if constexpr (pk)
-                h = ei::padd(ei::psub(ei::pdiv(q, p), ei::pset1<T>(A(1))),
-                             ei::pmul(ei::padd(zv, yv), ei::pset1<T>(A(0))));
-            else
-                h = (q / p - A(1)) + (zv + yv) * A(0);
-            v1 = madd(q, h, v1);
-            o2 = h;
-        } else {  // SkewReverseKL: m = (1−α)p + αq; r = log(q/m); factor r − α q/m
-            const T q = mul(eq, set1(fq)), p = mul(ep, set1(fp));
-            const T m = add(mul(set1(c.oma), p), mul(set1(c.al), q));
-            const T r = sub(lin(zv, cq), lg(m));
-            v1 = madd(q, r, v1);
-            T h;
-            if constexpr (pk)
-                h = ei::psub(r, ei::pdiv(ei::pmul(ei::pset1<T>(c.al), q), m));
-            else
-                h = r - c.al * q / m;
-            v2 = madd(q, h, v2);
-            o2 = h;
-        }
-    };
+    // Stage 2 (`KindMath::stage2`) takes the unnormalised exponentials eq, ep of the chunk
+    // (q = eq·fq, p = ep·fp) and the shifted logits zv, yv; it gives the per-entry gradient
+    // factor `o2` (stored to w1) and two value sums v1, v2 that `finish_stage2` scales by the
+    // chunk factors where they are sums of eq·(…) or ep·(…) (JSD, TVD: two multiplies fewer
+    // per entry).
 
     // Lean, log form (rare: see `kLeanCapable`): l = log M − log q, log q = t·ln 2 + fl(log
     // f_q) with t recomputed from the student's logits exactly as stage 1 formed it; the
@@ -214,28 +110,15 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
         if (logform) {
             const A lqk = lean_log_factor(fq, lqe);
             const ShiftedExp<A> eb(b->mz[kk], c.invT);
-            auto logform_l = [&](auto eq, auto ep, auto z) {
-                using T = std::decay_t<decltype(eq)>;
-                if constexpr (std::is_same<T, A>::value) {
-                    const A lq = madd_as_packet(eb.scalar_arg(z), kLn2f, lqk);
-                    return static_cast<A>(std::log(madd_as_packet(eq, mq, rounded(ep * mp))) - lq);
-                } else {
-                    const T lq =
-                        ei::pmadd(eb.packet_arg(z), ei::pset1<T>(kLn2f), ei::pset1<T>(lqk));
-                    const T m =
-                        ei::pmadd(eq, ei::pset1<T>(mq), rounded(ei::pmul(ep, ei::pset1<T>(mp))));
-                    return ei::psub(::rlpo::detail::plog(m), lq);
-                }
-            };
             for (Index j = 0; j < lv; j += W) {
                 const P eq = ei::ploadu<P>(wb0 + j), ep = ei::ploadu<P>(wb1 + j);
-                const P l = logform_l(eq, ep, ei::ploadu<P>(zb + j));
+                const P l = K::lean_log(op, eq, ep, eb.packet_arg(ei::ploadu<P>(zb + j)), lqk);
                 u1 = ei::pmadd(ep, l, u1);
                 u2 = ei::pmadd(eq, l, u2);
                 ei::pstoreu(wb1 + j, l);
             }
             for (Index j = lv; j < len; ++j) {
-                const A l = logform_l(wb0[j], wb1[j], zb[j]);
+                const A l = K::lean_log(os, wb0[j], wb1[j], eb.scalar_arg(zb[j]), lqk);
                 v1 = madd_as_packet(wb1[j], l, v1);
                 v2 = madd_as_packet(wb0[j], l, v2);
                 wb1[j] = l;
@@ -251,22 +134,13 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
     for (Index j = 0; j < lv; j += W) {
         if constexpr (St3) {
             const P x0 = ei::ploadu<P>(wg0 + j), x1 = ei::ploadu<P>(wg1 + j);
-            P v;
-            if constexpr (D == Divergence::ForwardKL)  // q/τ − p/τ
-                v = ei::psub(rounded(ei::pmul(x0, ei::pset1<P>(h0))),
-                             rounded(ei::pmul(x1, ei::pset1<P>(h1))));
-            else if constexpr (D == Divergence::ReverseKL)  // q ((z − y)/τ + k)/τ
-                v = ei::pmul(ei::pmul(x0, ei::pset1<P>(h0)),
-                             ei::pmadd(x1, ei::pset1<P>(invT), ei::pset1<P>(h1)));
-            else  // q (factor − shift) · c1 = e_q · (factor · hk − shift · hk), hk = f · c1
-                v = ei::pmul(x0, ei::pmadd(x1, ei::pset1<P>(hk), ei::pset1<P>(nk)));
-            sink.packet(j, v);
+            sink.packet(j, K::grad(op, x0, x1));
         }
         if constexpr (St2 && Lean) {
             // l = log((1−β) + c_k e_p/e_q) = −r over e_p; e_q stays for stage 3
             if (!logform) {
                 const P eq = ei::ploadu<P>(wb0 + j), ep = ei::ploadu<P>(wb1 + j);
-                const P l = ::rlpo::detail::plog(ei::pmadd(ei::pdiv(ep, eq), pck, pomb));
+                const P l = K::lean_ratio(op, eq, ep);
                 u1 = ei::pmadd(ep, l, u1);
                 u2 = ei::pmadd(eq, l, u2);
                 ei::pstoreu(wb1 + j, l);
@@ -278,7 +152,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
                 zv = ei::psub(zv, ei::pset1<P>(mzb));
                 yv = ei::psub(yv, ei::pset1<P>(myb));
             }
-            stage2(ei::ploadu<P>(wb0 + j), ei::ploadu<P>(wb1 + j), zv, yv, o2, u1, u2);
+            K::stage2(op, ei::ploadu<P>(wb0 + j), ei::ploadu<P>(wb1 + j), zv, yv, o2, u1, u2);
             // e_q stays (stage 3 multiplies by the chunk factor again)
             ei::pstoreu(wb1 + j, o2);
         }
@@ -299,8 +173,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
                 const P eq = ::rlpo::detail::pexp2(tz), ep = ::rlpo::detail::pexp2(ty);
                 s1 = ei::padd(s1, eq);
                 s2 = ei::padd(s2, ep);
-                // JSD: Σ ep (log2 ep − log2 eq), for KL(p‖q)
-                if constexpr (D == Divergence::JSD) s3 = ei::pmadd(ep, ei::psub(ty, tz), s3);
+                K::stage1_fused(op, ep, tz, ty, s3);  // (JSD: Σ ep (log2 ep − log2 eq))
                 if constexpr (Lean) tmn = ei::pmin(tmn, tz);
                 ei::pstoreu(wa0 + j, eq);
                 ei::pstoreu(wa1 + j, ep);
@@ -314,41 +187,23 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             s1 = ei::padd(s1, eq);
             s2 = ei::padd(s2, ep);
             ei::pstoreu(wa0 + j, eq);
-            if constexpr (D == Divergence::ForwardKL || D == Divergence::JSD) {
-                s3 = ei::pmadd(ep, ei::psub(dy, dz), s3);
-                ei::pstoreu(wa1 + j, ep);
-            } else if constexpr (D == Divergence::ReverseKL) {
-                const P d = ei::psub(dz, dy);
-                s3 = ei::pmadd(eq, d, s3);
-                ei::pstoreu(wa1 + j, d);
-            } else {
-                ei::pstoreu(wa1 + j, ep);
-            }
+            ei::pstoreu(wa1 + j, K::stage1(op, eq, ep, dz, dy, s3));
         }
     }
     A t1 = 0, t2 = 0, t3 = 0, tm = inf;
     for (Index j = lv; j < len; ++j) {
-        if constexpr (St3) {
-            A v;
-            if constexpr (D == Divergence::ForwardKL)
-                v = rounded(wg0[j] * h0) - rounded(wg1[j] * h1);
-            else if constexpr (D == Divergence::ReverseKL)
-                v = wg0[j] * h0 * madd_as_packet(wg1[j], invT, h1);
-            else
-                v = wg0[j] * madd_as_packet(wg1[j], hk, nk);
-            sink.scalar(j, v);
-        }
+        if constexpr (St3) sink.scalar(j, K::grad(os, wg0[j], wg1[j]));
         if constexpr (St2 && Lean) {
             if (!logform) {
                 const A eq = wb0[j], ep = wb1[j];
-                const A l = std::log(madd_as_packet(ep / eq, ckk, omb));
+                const A l = K::lean_ratio(os, eq, ep);
                 v1 = madd_as_packet(ep, l, v1);
                 v2 = madd_as_packet(eq, l, v2);
                 wb1[j] = l;
             }
         } else if constexpr (St2) {
             A o2;
-            stage2(wb0[j], wb1[j], zb[j] - mzb, yb[j] - myb, o2, v1, v2);
+            K::stage2(os, wb0[j], wb1[j], zb[j] - mzb, yb[j] - myb, o2, v1, v2);
             wb1[j] = o2;
         }
         if constexpr (St1 && kFusedArg<D, A>) {
@@ -356,7 +211,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             const A eq = ::rlpo::detail::exp2_scalar(tz), ep = ::rlpo::detail::exp2_scalar(ty);
             t1 += eq;
             t2 += ep;
-            if constexpr (D == Divergence::JSD) t3 = madd_as_packet(ep, ty - tz, t3);
+            K::stage1_fused(os, ep, tz, ty, t3);
             if constexpr (Lean) tm = std::min(tm, tz);
             wa0[j] = eq;
             wa1[j] = ep;
@@ -366,15 +221,7 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             t1 += eq;
             t2 += ep;
             wa0[j] = eq;
-            if constexpr (D == Divergence::ForwardKL || D == Divergence::JSD) {
-                t3 = madd_as_packet(ep, dy - dz, t3);
-                wa1[j] = ep;
-            } else if constexpr (D == Divergence::ReverseKL) {
-                t3 = madd_as_packet(eq, dz - dy, t3);
-                wa1[j] = dz - dy;
-            } else {
-                wa1[j] = ep;
-            }
+            wa1[j] = K::stage1(os, eq, ep, dz, dy, t3);
         }
     }
     if constexpr (St1) {
@@ -412,23 +259,24 @@ template <Divergence D, bool Lean, class S, class A>
 inline void fused_step_as(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a, Slot<S, A>* b,
                           Slot<S, A>* g) {
     const int m = (a ? 4 : 0) | (b ? 2 : 0) | (g ? 1 : 0);
-    if constexpr (!three_stage(D)) {
+    if constexpr (!kThreeStage<D>) {
         switch (m & 5) {
             case 5: return fused_row_step<D, true, false, true, Lean>(c, k0, k1, a, b, g);
             case 4: return fused_row_step<D, true, false, false, Lean>(c, k0, k1, a, b, g);
             case 1: return fused_row_step<D, false, false, true, Lean>(c, k0, k1, a, b, g);
             default: return;
         }
-    }
-    switch (m) {
-        case 7: return fused_row_step<D, true, true, true, Lean>(c, k0, k1, a, b, g);
-        case 6: return fused_row_step<D, true, true, false, Lean>(c, k0, k1, a, b, g);
-        case 5: return fused_row_step<D, true, false, true, Lean>(c, k0, k1, a, b, g);
-        case 4: return fused_row_step<D, true, false, false, Lean>(c, k0, k1, a, b, g);
-        case 3: return fused_row_step<D, false, true, true, Lean>(c, k0, k1, a, b, g);
-        case 2: return fused_row_step<D, false, true, false, Lean>(c, k0, k1, a, b, g);
-        case 1: return fused_row_step<D, false, false, true, Lean>(c, k0, k1, a, b, g);
-        default: return;
+    } else {
+        switch (m) {
+            case 7: return fused_row_step<D, true, true, true, Lean>(c, k0, k1, a, b, g);
+            case 6: return fused_row_step<D, true, true, false, Lean>(c, k0, k1, a, b, g);
+            case 5: return fused_row_step<D, true, false, true, Lean>(c, k0, k1, a, b, g);
+            case 4: return fused_row_step<D, true, false, false, Lean>(c, k0, k1, a, b, g);
+            case 3: return fused_row_step<D, false, true, true, Lean>(c, k0, k1, a, b, g);
+            case 2: return fused_row_step<D, false, true, false, Lean>(c, k0, k1, a, b, g);
+            case 1: return fused_row_step<D, false, false, true, Lean>(c, k0, k1, a, b, g);
+            default: return;
+        }
     }
 }
 

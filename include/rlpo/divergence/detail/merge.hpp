@@ -3,9 +3,12 @@
 /// The merge stages of the pipelined fast path (internal): after stage 1 a row's chunk maxima
 /// and sums are merged as in an online softmax (`finish_stage1`), after stage 2 the value and
 /// the gradient constants are formed (`finish_stage2`), and JSD's lean sweep picks the form
-/// of each chunk (`lean_chunk_forms`).
+/// of each chunk (`lean_chunk_forms`). The terms of each kind are its `KindMath`
+/// (divergence/kinds/).
 
 #include <rlpo/divergence/detail/arith.hpp>
+#include <rlpo/divergence/detail/kind_math.hpp>
+#include <rlpo/divergence/detail/kind_registry.hpp>
 #include <rlpo/divergence/detail/slot.hpp>
 
 #include <Eigen/Core>
@@ -73,6 +76,7 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
     // that large logits (rows offset by hundreds) cost no float digits. The chunk factors
     // e^(dz_k/τ) (with kFusedArg over 2^δ, `ShiftedExp::delta`) in one vectorised pass first,
     // m0 and m1 holding their exponents: the merge is serial in the row split.
+    using K = KindMath<D>;
     const auto nck = static_cast<std::size_t>(c.nc);
     auto delta = [&](A m) {
         if constexpr (kFusedArg<D, A>) {
@@ -98,21 +102,12 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
                      dyk = static_cast<double>(a.my[kk]) - my;
         const double ez = a.m0[kk], ey = a.m1[kk];
         const double dlz = delta(a.mz[kk]), dly = delta(a.my[kk]);
-        // (explicit multiply-adds throughout: a compiler free to contract would not have to
-        // do it the same way in every copy of this code, and results must not depend on the
-        // copy that runs)
+        // (explicit multiply-adds throughout, here and in the kinds' `merge1`: a compiler
+        // free to contract would not have to do it the same way in every copy of this code,
+        // and results must not depend on the copy that runs)
         using std::fma;
-        if (D == Divergence::ForwardKL)  // Σ p (y − z) = Σ ep (dy − dz) + (my_k − mz_k) Σ ep
-            x = fma(ey, fma(a.s1[kk], dyk - dzk, a.s2[kk]), x);
-        else if (D == Divergence::ReverseKL)
-            x = fma(ez, fma(a.s0[kk], dzk - dyk, a.s2[kk]), x);
-        else if (D == Divergence::JSD && kFusedArg<D, A>)
-            // Σ p log(p/q) in nats: the chunk's sum of ep (log2 ep − log2 eq), whose
-            // exponents carry δy_k − δz_k, plus the shift of the chunk maxima
-            x = fma(ey, fma(kLn2, a.s2[kk], a.s1[kk] * fma(dyk - dzk, invT, -((dly - dlz) * kLn2))),
-                    x);
-        else if (D == Divergence::JSD)  // as forward KL
-            x = fma(ey * invT, fma(a.s1[kk], dyk - dzk, a.s2[kk]), x);
+        x = K::template merge1<kFusedArg<D, A>>(
+            x, Merge1Chunk{ez, ey, a.s0[kk], a.s1[kk], a.s2[kk], dzk, dyk, dlz, dly, invT});
         sq = fma(a.s0[kk], ez, sq);
         sp = fma(a.s1[kk], ey, sp);
         a.m0[kk] = a.s0[kk] * ez;  // the chunk's masses, normalised below
@@ -123,28 +118,24 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
     if (!std::isfinite(sq + sp + x)) return false;
     const double lsq = std::log(sq), lsp = std::log(sp);
     const double scale = a.rg.scale;
-    if constexpr (D == Divergence::ForwardKL || D == Divergence::ReverseKL) {
-        // forward: Σ p (log p − log q) = Σ p (y − z)/τ + (mz − my)/τ + log sq − log sp
-        const double L = D == Divergence::ForwardKL ? std::fma(x / sp, invT, lsq) - lsp
-                                                    : std::fma(x / sq, invT, lsp) - lsq;
+    const Merge1Row row{invT, sq, sp, lsq, lsp};
+    if constexpr (!kThreeStage<D>) {
+        // the value, and the gradient's chunk factors with the row's scale folded in
+        const double L = K::value1(x, row);
         if (!std::isfinite(L)) return false;
         a.L = L;
         const double iq = scale * invT / sq, ip = scale * invT / sp;
         for (Index k = 0; k < c.nc; ++k) {
             const auto kk = static_cast<std::size_t>(k);
             a.f0[kk] = static_cast<A>(a.s0[kk] * iq);
-            if (D == Divergence::ForwardKL) {
-                a.f1[kk] = static_cast<A>(a.s1[kk] * ip);
-            } else {  // log q − log p − L = (dz − dy)/τ + f1_k
-                const double dzk = static_cast<double>(a.mz[kk]) - mz,
-                             dyk = static_cast<double>(a.my[kk]) - my;
-                a.f1[kk] = static_cast<A>(std::fma(dzk - dyk, invT, lsp) - lsq - L);
-            }
+            const double dzk = static_cast<double>(a.mz[kk]) - mz,
+                         dyk = static_cast<double>(a.my[kk]) - my;
+            a.f1[kk] = K::template factor1<A>(row, a.s1[kk], ip, dzk, dyk, L);
         }
     } else {
         a.cq = std::fma(-mz, invT, -lsq);
         a.cp = std::fma(-my, invT, -lsp);
-        if (D == Divergence::JSD) a.kpq = x / sp + lsq - lsp;
+        K::merge1_row(x, row, a.kpq);
         const double iq = 1 / sq, ip = 1 / sp;
         for (Index k = 0; k < c.nc; ++k) {
             const auto kk = static_cast<std::size_t>(k);
@@ -163,14 +154,15 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
 /// q_j (h_j − c0) · c1. False when the value is not finite (the exact path decides).
 template <Divergence D, class S, class A>
 inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
-    // JSD: v1 and v2 are sums of ep·(…) and eq·(…); TVD: v2 is a sum of eq·sign (explicit
-    // multiply-adds, as in `finish_stage1`)
+    using K = KindMath<D>;
+    // the value sweep's sums, times the chunk factors where the kind summed e_q·(…) or
+    // e_p·(…) (JSD, TVD; explicit multiply-adds, as in `finish_stage1`)
     double u1 = 0, u2 = 0;
     for (Index k = 0; k < c.nc; ++k) {
         const auto kk = static_cast<std::size_t>(k);
         const double f0 = static_cast<double>(b.f0[kk]), f1 = static_cast<double>(b.f1[kk]);
-        u1 = std::fma(D == Divergence::JSD ? f1 : 1.0, b.s0[kk], u1);
-        u2 = std::fma(D == Divergence::JSD || D == Divergence::TVD ? f0 : 1.0, b.s1[kk], u2);
+        u1 = std::fma(K::v1_weight(f0, f1), b.s0[kk], u1);
+        u2 = std::fma(K::v2_weight(f0, f1), b.s1[kk], u2);
     }
     // With kFusedArg, stage 2 formed log q and log p with the row constants rounded to float,
     // off by e = c − fl(c) at every entry: the value sums lack e·Σq = e (log q) or e·Σp = e
@@ -198,40 +190,24 @@ inline bool finish_stage2(const DenseCtx<A>& c, Slot<S, A>& b) {
             u2 = -u2;
         }
     }
-    double L = u1, factor = static_cast<double>(c.invT);
-    if constexpr (D == Divergence::JSD) {
-        // KL(p‖M) = KL(p‖q) + Σ p r, KL(q‖M) = Σ q r, r = log q − log M
-        L = std::fma(static_cast<double>(c.beta), b.kpq + u1 + rp,
-                     static_cast<double>(c.omb) * (u2 + rq));
-        // The two sums cancel where the student lies far below the teacher (KL(p‖q) ≫ the
-        // JSD, which is at most log 2 / h(β)): the result would carry the rounding of
-        // KL(p‖q), about ε·KL(p‖q) (student logits 1e6 below gave 1e−2 relative in float,
-        // 1e9 below a wrong sign). Such rows take the exact path, which sums
-        // Σ p (log p − log M) term by term. The bound keeps the relative error of the fast
-        // value under about 2^8 ε (float) / 2^24 ε (double); ordinary rows (KL(p‖q) ≲
-        // 1/(β(1−β)) times the JSD) never reach it.
-        constexpr double kCancel = std::is_same<A, float>::value ? 256.0 : 16777216.0;
-        if (b.kpq > 1.0 / 1024 && b.kpq > kCancel * L) return false;
-        // the lean sweep's gradient factor is l = −r: q (r − Σ q r) = −q (l − Σ q l)
-        factor *= lean ? -static_cast<double>(c.omb) : static_cast<double>(c.omb);
-    } else if constexpr (D == Divergence::TVD) {
-        // L = ½ Σ |q − p|; ∂L/∂z = q (h − Σ q h)/τ with h = s/2 = ½ q (s − Σ q s)/τ
-        L = 0.5 * u1;
-        factor *= 0.5;
-    } else if constexpr (D == Divergence::ChiSquared) {
-        // L = Σ q (r − 1); ∂L/∂z = 2 q (h − Σ q h)/τ, h = r − 1: the shift is the value sum
-        L = u1;
-        u2 = u1;
-        factor *= 2.0;
-    } else if constexpr (D == Divergence::SkewKL) {
-        L = u1 + ep;
-    } else {  // SkewReverseKL
-        L = u1 + eq;
-    }
-    if (!std::isfinite(L) || !std::isfinite(u2)) return false;
-    b.L = L;
-    b.c0 = static_cast<A>(lean ? -u2 : u2);  // Σ q × the stored factor (r, or l = −r)
-    b.c1 = static_cast<A>(factor * b.rg.scale);
+    // the kind's value and gradient constants (`KindMath::finish2`); false: the exact path
+    Finish2 f{};
+    f.u1 = f.L = u1;
+    f.u2 = u2;
+    f.rq = rq;
+    f.rp = rp;
+    f.ecq = eq;
+    f.ecp = ep;
+    f.kpq = b.kpq;
+    f.beta = static_cast<double>(c.beta);
+    f.omb = static_cast<double>(c.omb);
+    f.lean = lean;
+    f.factor = static_cast<double>(c.invT);
+    if (!K::template finish2<A>(f)) return false;
+    if (!std::isfinite(f.L) || !std::isfinite(f.u2)) return false;
+    b.L = f.L;
+    b.c0 = static_cast<A>(lean ? -f.u2 : f.u2);  // Σ q × the stored factor (r, or l = −r)
+    b.c1 = static_cast<A>(f.factor * b.rg.scale);
     return true;
 }
 

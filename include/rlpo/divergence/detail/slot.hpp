@@ -2,11 +2,13 @@
 /// \file
 /// The state of the pipelined fast path (internal): a row in flight (`Slot`, its gradient a
 /// `GradRow` of core/result.hpp), the constants of a pass (`DenseCtx`), and which form of the
-/// pipeline a divergence takes (`three_stage`, `kFusedArg`, JSD's lean sweep `kLeanCapable`).
+/// pipeline a divergence takes (`kThreeStage`, `kFusedArg`, JSD's lean sweep `kLeanCapable`),
+/// from the traits of its `KindMath` (divergence/kinds/).
 
 #include <rlpo/core/simd/packet.hpp>
 #include <rlpo/distill/detail/rows.hpp>
 #include <rlpo/divergence/detail/arith.hpp>
+#include <rlpo/divergence/detail/kind_registry.hpp>
 #include <rlpo/divergence/kinds.hpp>
 
 #include <Eigen/Core>
@@ -70,11 +72,9 @@ struct DenseCtx {
 };
 
 /// Whether a divergence takes the three-stage pipeline (a value sweep between the
-/// exponentials and the gradient).
-constexpr bool three_stage(Divergence d) {
-    return d == Divergence::JSD || d == Divergence::SkewKL || d == Divergence::SkewReverseKL ||
-           d == Divergence::TVD || d == Divergence::ChiSquared;
-}
+/// exponentials and the gradient; `KindMath<D>::kStages`).
+template <Divergence D>
+inline constexpr bool kThreeStage = KindMath<D>::kStages == 3;
 
 /// Whether stage 1 forms the exponent in one multiply-add (`ShiftedExp::packet_fused`):
 /// float, a hardware multiply-add (without one `pmadd` rounds the product), and a divergence
@@ -82,12 +82,13 @@ constexpr bool three_stage(Divergence d) {
 template <Divergence D, class A>
 inline constexpr bool kFusedArg =
 #if defined(__FMA__) || defined(EIGEN_VECTORIZE_FMA)
-    std::is_same<A, float>::value&& three_stage(D);
+    std::is_same<A, float>::value&& kThreeStage<D>;
 #else
     false;
 #endif
 
-/// Whether JSD can take the lean value sweep, chosen for long rows (`dense_rows_fast`). Its
+/// Whether JSD (`KindMath<D>::kLean`) can take the lean value sweep, chosen for long rows
+/// (`dense_rows_fast`). Its
 /// stage 2 reads no logits (4 rows in flight in a thread instead of 7). With q = e_q f_q and
 /// p = e_p f_p (f the chunk factors), log(M/q) = log((1−β) + c_k ρ), ρ = e_p/e_q, c_k =
 /// β f_p/f_q, so stage 2 forms l = −r = log(M/q) from the two stored exponentials alone: a
@@ -100,7 +101,7 @@ inline constexpr bool kFusedArg =
 /// fl(log f_q) comes back in `finish_stage2`). Which form a chunk takes depends on the row's
 /// data only, never on the threads.
 template <Divergence D, class A>
-inline constexpr bool kLeanCapable = D == Divergence::JSD&& kFusedArg<D, A>;
+inline constexpr bool kLeanCapable = KindMath<D>::kLean&& kFusedArg<D, A>;
 
 /// log f of a chunk factor of the lean sweep's log form, rounded to float, and its rounding
 /// e = log f − fl(log f) (a factor 0 — the chunk's probabilities all underflow — takes the
