@@ -71,6 +71,7 @@
 #include <rlpo/divergence/kinds.hpp>
 
 #include <type_traits>
+#include <utility>
 
 namespace rlpo::distill {
 
@@ -87,20 +88,17 @@ Result<::rlpo::detail::scalar_t<DS>> divergence(
     constexpr const char* fn = "distill::divergence";
     const detail::LogitPair<DS, DT> in(fn, student_logits, teacher_logits);
     const ConstMatRef<S>&z = in.z, &y = in.y;
-    detail::validate(fn, opts);
+    const double t2 = detail::validate(fn, opts);
     const Index N = z.rows(), V = z.cols();
-    const detail::RowPlan plan = detail::plan_rows(fn, N, mask, norm);
-    Result<S> res;
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
-    const double t2 = detail::temperature_scale(fn, opts.temperature, opts.temperature_squared);
-    const detail::DenseRows rows = detail::dense_rows<S, A>(opts, plan, z, y, g, t2);
+    detail::RowCall<S> c(fn, N, V, mask, norm, out);
+    const detail::DenseRows rows = detail::dense_rows<S, A>(opts, c.plan, z, y, c.g, t2);
     const detail::PassResult pass =
-        detail::combine_rows(fn, plan, N, rows.loss, rows.aux, rows.errs, t2);
-    detail::check_risky_rows(fn, plan, N, V, g, t2);
-    res.value = g.coef() * pass.value;
-    res.metrics.add(to_string(opts.divergence), pass.metric, pass.count);
-    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
-    return res;
+        detail::combine_rows(fn, c.plan, N, rows.loss, rows.aux, rows.errs, t2);
+    detail::check_risky_rows(fn, c.plan, N, V, c.g, t2);
+    c.res.value = c.g.coef() * pass.value;
+    c.res.metrics.add(to_string(opts.divergence), pass.metric, pass.count);
+    ::rlpo::detail::check_finite_result(fn, c.res.value, c.res.metrics);
+    return std::move(c.res);
 }
 
 /// All rows, token-mean (no mask).

@@ -36,6 +36,7 @@
 #include <rlpo/distill/detail/rows.hpp>
 
 #include <cmath>
+#include <utility>
 
 namespace rlpo::distill {
 
@@ -107,24 +108,22 @@ Result<::rlpo::detail::scalar_t<DS>> taid(
     const ConstMatRef<S>&z = in.z, &y = in.y;
     RLPO_CHECK(opts.t >= 0 && opts.t <= 1, fn, "t: must be in [0, 1], given ", opts.t);
     detail::check_temperature(fn, opts.temperature);
-    const Index N = z.rows(), V = z.cols();
-    const detail::RowPlan plan = detail::plan_rows(fn, N, mask, norm);
-    Result<S> res;
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
     const double t2 = detail::temperature_scale(fn, opts.temperature, opts.temperature_squared);
+    const Index N = z.rows(), V = z.cols();
+    detail::RowCall<S> c(fn, N, V, mask, norm, out);
     const auto pass = detail::drive_rows<S, A>(
-        fn, plan, N, V, g, t2,
+        fn, c.plan, N, V, c.g, t2,
         [&](Index n, detail::Scratch<A>& ws, const detail::GradRow<S>& rg, detail::RowError& err,
             double&) -> double {
             const A* zr = detail::widen<A, S>(z, n, ws.z);
             const A* yr = detail::widen<A, S>(y, n, ws.y);
             return detail::taid_row<S, A>(opts.t, 1.0 / opts.temperature, zr, yr, V, ws, rg, err);
         });
-    res.value = g.coef() * pass.value;
-    res.metrics.add("taid_loss", pass.metric, pass.count);
-    res.metrics.set("taid_t", opts.t);
-    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
-    return res;
+    c.res.value = c.g.coef() * pass.value;
+    c.res.metrics.add("taid_loss", pass.metric, pass.count);
+    c.res.metrics.set("taid_t", opts.t);
+    ::rlpo::detail::check_finite_result(fn, c.res.value, c.res.metrics);
+    return std::move(c.res);
 }
 
 /// The adaptive interpolation time of TAID (a small stateful helper; see the file comment).

@@ -62,6 +62,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 namespace rlpo::distill {
@@ -167,12 +168,15 @@ inline double topk_row(TopKTail tail, const A* z, Index V, const Index* idx, con
     return L;
 }
 
-inline void validate(const char* fn, const TopKOptions& o) {
+/// Check the options; returns the loss scale (`temperature_scale`).
+inline double validate(const char* fn, const TopKOptions& o) {
     detail::check_temperature(fn, o.temperature);
+    return temperature_scale(fn, o.temperature, o.temperature_squared);
 }
-inline void validate(const char* fn, const DacKLOptions& o) {
+inline double validate(const char* fn, const DacKLOptions& o) {
     detail::check_temperature(fn, o.temperature);
     RLPO_CHECK(o.top_p > 0 && o.top_p <= 1, fn, "top_p: must be in (0, 1], given ", o.top_p);
+    return temperature_scale(fn, o.temperature, o.temperature_squared);
 }
 
 }  // namespace detail
@@ -200,7 +204,7 @@ Result<::rlpo::detail::scalar_t<DS>> forward_kl_topk(
     RLPO_CHECK(ti.rows() == N, fn, "teacher_indices: expected ", N,
                " rows (rows of student_logits), given ", ti.rows());
     ::rlpo::detail::check_same_shape(fn, "teacher_logprobs", tl, "teacher_indices", ti);
-    detail::validate(fn, opts);
+    const double t2 = detail::validate(fn, opts);
     const detail::RowPlan plan = detail::plan_rows(fn, N, mask, norm);
     // Validate the teacher's pairs of unmasked rows up front (serial, O(N k log k)).
     std::vector<Index> idx_all(static_cast<std::size_t>(N * K));
@@ -231,7 +235,6 @@ Result<::rlpo::detail::scalar_t<DS>> forward_kl_topk(
     }
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
-    const double t2 = detail::temperature_scale(fn, opts.temperature, opts.temperature_squared);
     const double invT = 1.0 / opts.temperature;
     const auto pass = detail::drive_rows<S, A>(
         fn, plan, N, V, g, t2,
@@ -261,16 +264,13 @@ Result<::rlpo::detail::scalar_t<DS>> dac_kl(
     constexpr const char* fn = "distill::dac_kl";
     const detail::LogitPair<DS, DT> in(fn, student_logits, teacher_logits);
     const ConstMatRef<S>&z = in.z, &y = in.y;
-    detail::validate(fn, opts);
+    const double t2 = detail::validate(fn, opts);
     const Index N = z.rows(), V = z.cols();
-    const detail::RowPlan plan = detail::plan_rows(fn, N, mask, norm);
-    Result<S> res;
-    const ::rlpo::detail::GradWriter<S> g(fn, res, out, N, V);
-    const double t2 = detail::temperature_scale(fn, opts.temperature, opts.temperature_squared);
+    detail::RowCall<S> c(fn, N, V, mask, norm, out);
     const double invT = 1.0 / opts.temperature;
     std::vector<double> region(static_cast<std::size_t>(N), 0.0);
     const auto pass = detail::drive_rows<S, A>(
-        fn, plan, N, V, g, t2,
+        fn, c.plan, N, V, c.g, t2,
         [&](Index n, detail::Scratch<A>& ws, const detail::GradRow<S>& rg, detail::RowError& err,
             double& aux) -> double {
             const A* zr = detail::widen<A, S>(z, n, ws.z);
@@ -326,13 +326,13 @@ Result<::rlpo::detail::scalar_t<DS>> dac_kl(
         });
     double reg = 0.0;
     for (Index n = 0; n < N; ++n)
-        reg += plan.m[static_cast<std::size_t>(n)] * region[static_cast<std::size_t>(n)];
-    res.value = g.coef() * pass.value;
-    res.metrics.add("forward_kl", pass.metric, pass.count);
-    res.metrics.add("teacher_topk_mass", pass.aux, pass.count);
-    res.metrics.add("dac_region_size", reg, pass.count);
-    ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
-    return res;
+        reg += c.plan.m[static_cast<std::size_t>(n)] * region[static_cast<std::size_t>(n)];
+    c.res.value = c.g.coef() * pass.value;
+    c.res.metrics.add("forward_kl", pass.metric, pass.count);
+    c.res.metrics.add("teacher_topk_mass", pass.aux, pass.count);
+    c.res.metrics.add("dac_region_size", reg, pass.count);
+    ::rlpo::detail::check_finite_result(fn, c.res.value, c.res.metrics);
+    return std::move(c.res);
 }
 
 }  // namespace rlpo::distill

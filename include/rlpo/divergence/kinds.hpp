@@ -160,10 +160,12 @@ inline double temperature_scale(const char* fn, double tau, bool squared) {
     return t2;
 }
 
-inline void validate(const char* fn, const DistillOptions& o) {
+/// Check the options; returns the loss scale (`temperature_scale`).
+inline double validate(const char* fn, const DistillOptions& o) {
     check_temperature(fn, o.temperature);
     RLPO_CHECK(o.beta >= 0 && o.beta <= 1, fn, "beta: must be in [0, 1], given ", o.beta);
     RLPO_CHECK(o.alpha >= 0 && o.alpha <= 1, fn, "alpha: must be in [0, 1], given ", o.alpha);
+    return temperature_scale(fn, o.temperature, o.temperature_squared);
 }
 
 }  // namespace detail

@@ -127,9 +127,7 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
             const double mk = static_cast<double>(c.m(i, t));
             if (mk == 0) continue;
             const double a = static_cast<double>(c.A(i, t));
-            const double lr = static_cast<double>(c.lp(i, t)) - static_cast<double>(c.olp(i, t));
-            if (std::isnan(lr))
-                ::rlpo::detail::fail_nan_at<S>(c.fn, i, t, {{"logp", &c.lp}, {"old_logp", &c.olp}});
+            const double lr = c.log_ratio(i, t);
             const double lrc = std::clamp(lr, lo, hi);
             const double gc = (lr >= lo && lr <= hi) ? 1.0 : 0.0;
             const double sg = a > 0 ? 1.0 : (a < 0 ? -1.0 : 0.0);
@@ -195,19 +193,10 @@ Result<::rlpo::detail::scalar_t<DL>> gmpo(
                     log_mag, "; geometric-mean log-ratio ", mean_lr, ")");
         }
         part = {term, clip_hi, clip_lo, neg_kl};
-        if (!c.g.active()) return;
-        for (Index t = 0; t < T; ++t) {
-            const double mk = static_cast<double>(c.m(i, t));
-            if (mk == 0) {
-                c.g.zero(i, t);
-                continue;
-            }
+        c.put_row(i, [&](Index t, double mk) {
             const double d = dlr[static_cast<std::size_t>(t)];
-            const double gv = d == 0 ? 0.0 : coef * mk * d;
-            if (!(std::abs(static_cast<S>(c.g.coef() * gv)) < std::numeric_limits<S>::infinity()))
-                ::rlpo::detail::fail_grad_overflow(c.fn, i, t);
-            c.g.put(i, t, gv);
-        }
+            return d == 0 ? 0.0 : coef * mk * d;
+        });
     });
     c.res.metrics.add("pg_clipfrac", sum[1], c.w.local_tokens);
     c.res.metrics.add("pg_clipfrac_lower", sum[2], c.w.local_tokens);

@@ -130,9 +130,7 @@ Result<::rlpo::detail::scalar_t<DL>> gspo_rows(
         for (Index t = 0; t < T; ++t) {
             const double mk = static_cast<double>(c.m(i, t));
             if (mk == 0) continue;
-            const double lr = static_cast<double>(c.lp(i, t)) - static_cast<double>(c.olp(i, t));
-            if (std::isnan(lr))
-                ::rlpo::detail::fail_nan_at<S>(c.fn, i, t, {{"logp", &c.lp}, {"old_logp", &c.olp}});
+            const double lr = c.log_ratio(i, t);
             sum_lr += mk * lr;
             neg_kl -= mk * lr;
         }
@@ -177,18 +175,9 @@ Result<::rlpo::detail::scalar_t<DL>> gspo_rows(
             G += dl[static_cast<std::size_t>(t)];
         }
         part = {ci * row, clipped, neg_kl};
-        if (!c.g.active()) return;
-        for (Index t = 0; t < T; ++t) {
-            const double mk = static_cast<double>(c.m(i, t));
-            if (mk == 0) {
-                c.g.zero(i, t);
-                continue;
-            }
-            const double gv = token_level ? dl[static_cast<std::size_t>(t)] : G * mk / len;
-            if (!(std::abs(static_cast<S>(c.g.coef() * gv)) < std::numeric_limits<S>::infinity()))
-                ::rlpo::detail::fail_grad_overflow(c.fn, i, t);
-            c.g.put(i, t, gv);
-        }
+        c.put_row(i, [&](Index t, double mk) {
+            return token_level ? dl[static_cast<std::size_t>(t)] : G * mk / len;
+        });
     });
     c.res.metrics.add("pg_clipfrac", sum[1], c.w.local_tokens);
     c.res.metrics.add("pg_clipfrac_lower", 0.0, c.w.local_tokens);

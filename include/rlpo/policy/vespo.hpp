@@ -135,9 +135,7 @@ Result<::rlpo::detail::scalar_t<DL>> vespo(
         for (Index t = 0; t < T; ++t) {
             const double mk = static_cast<double>(c.m(i, t));
             if (mk == 0) continue;
-            const double lr = static_cast<double>(c.lp(i, t)) - static_cast<double>(c.olp(i, t));
-            if (std::isnan(lr))
-                ::rlpo::detail::fail_nan_at<S>(c.fn, i, t, {{"logp", &c.lp}, {"old_logp", &c.olp}});
+            const double lr = c.log_ratio(i, t);
             sum += mk * std::clamp(lr, -L, L);
             if (c.is_weights) sum += std::clamp(std::log(c.weight_at(i, t)), lo, L);
         }

@@ -241,26 +241,22 @@ Result<::rlpo::detail::scalar_t<D1>> cpo_loss(
         gr[i] = -dm * drx * dr;
     }
     const double n = opts.num_pairs ? *opts.num_pairs : static_cast<double>(B);
-    const double N = opts.num_nll_tokens ? *opts.num_nll_tokens : d.chosen_tokens;
-    double sum_c = 0.0;
-    for (double v : d.pc) sum_c += v;
-    const bool nll = opts.cpo_alpha != 0 && N > 0;
-    const double nll_value = nll ? -sum_c / N : 0.0;
+    const detail::NllTerm nll(d, opts.num_nll_tokens, opts.cpo_alpha != 0);
 
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, 2, static_cast<Index>(B));
     if (g.active())
         for (std::size_t i = 0; i < B; ++i) {
             const Index k = static_cast<Index>(i);
-            detail::put_finite(fn, g, 0, k, gc[i] / n - (nll ? opts.cpo_alpha / N : 0.0));
+            detail::put_finite(fn, g, 0, k, gc[i] / n - (nll.on ? opts.cpo_alpha / nll.N : 0.0));
             detail::put_finite(fn, g, 1, k, gr[i] / n);
         }
-    res.value = g.coef() * ((B > 0 ? sum / n : 0.0) + opts.cpo_alpha * nll_value);
+    res.value = g.coef() * ((B > 0 ? sum / n : 0.0) + opts.cpo_alpha * nll.value);
     detail::add_pair_metrics(res.metrics, rc, rr, xc, xr);
     if (opts.cpo_alpha != 0 && lengths)
-        res.metrics.add("nll_loss", -sum_c, d.chosen_tokens);
+        res.metrics.add("nll_loss", -nll.sum_c, d.chosen_tokens);
     else
-        res.metrics.add("nll_loss", opts.cpo_alpha != 0 ? nll_value : 0.0, 1.0);
+        res.metrics.add("nll_loss", opts.cpo_alpha != 0 ? nll.value : 0.0, 1.0);
     ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
 }

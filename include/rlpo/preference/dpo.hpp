@@ -522,21 +522,20 @@ Result<::rlpo::detail::scalar_t<D1>> dpo_loss(
     detail::FourLogps four = detail::read_four(fn, policy_chosen_logps, policy_rejected_logps,
                                                ref_chosen_logps, ref_rejected_logps);
     const Index B = four.B;
-    using detail::read_pairs;
     d.pc = std::move(four.pc);
     d.pr = std::move(four.pr);
     d.rc = std::move(four.rc);
     d.rr = std::move(four.rr);
     if (lengths) {
-        d.len_c = read_pairs(fn, "lengths.chosen", lengths->chosen, B, "policy_chosen_logps");
-        d.len_r = read_pairs(fn, "lengths.rejected", lengths->rejected, B, "policy_chosen_logps");
+        d.len_c = four.read("lengths.chosen", lengths->chosen);
+        d.len_r = four.read("lengths.rejected", lengths->rejected);
         for (Index k = 0; k < B; ++k)
             RLPO_CHECK(d.len_c[static_cast<std::size_t>(k)] >= 0 &&
                            d.len_r[static_cast<std::size_t>(k)] >= 0,
                        fn, "lengths: must be >= 0, given a negative length at pair ", k);
     }
     if (pair_weights) {
-        d.w = read_pairs(fn, "pair_weights", *pair_weights, B, "policy_chosen_logps");
+        d.w = four.read("pair_weights", *pair_weights);
         for (Index k = 0; k < B; ++k)
             RLPO_CHECK(d.w[static_cast<std::size_t>(k)] >= 0, fn,
                        "pair_weights: must be >= 0, given ", d.w[static_cast<std::size_t>(k)],

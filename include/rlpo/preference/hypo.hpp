@@ -188,12 +188,9 @@ HyPOResult<::rlpo::detail::scalar_t<D1>> hypo_loss(
                                                      ref_chosen_logps, ref_rejected_logps);
     const Index B = four.B;
     const std::vector<double>&pc = four.pc, &pr = four.pr, &rc = four.rc, &rr = four.rr;
-    using detail::read_pairs;
-    const char* like = "policy_chosen_logps";
     if (lengths) {
-        const std::vector<double> lc = read_pairs(fn, "lengths.chosen", lengths->chosen, B, like);
-        const std::vector<double> lj =
-            read_pairs(fn, "lengths.rejected", lengths->rejected, B, like);
+        const std::vector<double> lc = four.read("lengths.chosen", lengths->chosen);
+        const std::vector<double> lj = four.read("lengths.rejected", lengths->rejected);
         for (std::size_t i = 0; i < lc.size(); ++i)
             RLPO_CHECK(lc[i] >= 0 && lj[i] >= 0, fn,
                        "lengths: must be >= 0, given a negative length at pair ", i);

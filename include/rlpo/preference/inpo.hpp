@@ -89,11 +89,8 @@ Result<::rlpo::detail::scalar_t<D1>> inpo_loss(
                                                      ref_chosen_logps, ref_rejected_logps);
     const Index B = four.B;
     const std::vector<double>&pc = four.pc, &pr = four.pr, &rc = four.rc, &rr = four.rr;
-    using detail::read_pairs;
-    const char* like = "policy_chosen_logps";
-    const std::vector<double> tc = read_pairs(fn, "prev_chosen_logps", prev_chosen_logps, B, like);
-    const std::vector<double> tr =
-        read_pairs(fn, "prev_rejected_logps", prev_rejected_logps, B, like);
+    const std::vector<double> tc = four.read("prev_chosen_logps", prev_chosen_logps);
+    const std::vector<double> tr = four.read("prev_rejected_logps", prev_rejected_logps);
     ::rlpo::detail::check_positive(fn, "eta", opts.eta);
     const double eta = opts.eta, tau = opts.tau_value();
     RLPO_CHECK(std::isfinite(tau) && tau > 0 && tau < eta, fn,

@@ -120,23 +120,19 @@ Result<::rlpo::detail::scalar_t<D1>> orpo_loss(
         rc[i] = opts.beta * ac[i];
         rr[i] = opts.beta * ar[i];
     }
-    const double N = opts.num_nll_tokens ? *opts.num_nll_tokens : d.chosen_tokens;
-    double sum_c = 0.0;
-    for (double v : d.pc) sum_c += v;
-    const bool nll = opts.compute_nll && N > 0;
-    const double nll_value = nll ? -sum_c / N : 0.0;
+    const detail::NllTerm nll(d, opts.num_nll_tokens, opts.compute_nll);
 
     Result<S> res;
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, 2, static_cast<Index>(B));
     if (g.active())
         for (std::size_t i = 0; i < B; ++i) {
             const Index k = static_cast<Index>(i);
-            detail::put_finite(fn, g, 0, k, gc[i] - (nll ? 1.0 / N : 0.0));
+            detail::put_finite(fn, g, 0, k, gc[i] - (nll.on ? 1.0 / nll.N : 0.0));
             detail::put_finite(fn, g, 1, k, gr[i]);
         }
-    res.value = g.coef() * (nll_value - (B > 0 ? opts.beta * sum / n : 0.0));
+    res.value = g.coef() * (nll.value - (B > 0 ? opts.beta * sum / n : 0.0));
     detail::add_pair_metrics(res.metrics, rc, rr, ac, ar);
-    res.metrics.add("nll_loss", opts.compute_nll ? -sum_c : 0.0, d.chosen_tokens);
+    res.metrics.add("nll_loss", opts.compute_nll ? -nll.sum_c : 0.0, d.chosen_tokens);
     const double nb = static_cast<double>(B);
     res.metrics.add("log_odds_ratio", sum, nb);
     res.metrics.add("log_odds_chosen", sum_z, nb);

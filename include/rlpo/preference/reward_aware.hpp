@@ -183,8 +183,6 @@ Result<::rlpo::detail::scalar_t<D1>> reward_aware_po_loss(
                                                      ref_chosen_logps, ref_rejected_logps);
     const Index B = four.B;
     const std::vector<double>&pc = four.pc, &pr = four.pr, &rc = four.rc, &rr = four.rr;
-    using detail::read_pairs;
-    const char* like = "policy_chosen_logps";
     const bool use_rewards = detail::needs_rewards(opts.loss);
     std::vector<double> gc, gr;
     // dpo / ipo: the rewards may be empty (not read); otherwise B entries each
@@ -193,8 +191,8 @@ Result<::rlpo::detail::scalar_t<D1>> reward_aware_po_loss(
             ::rlpo::detail::fail(fn, "chosen_rewards: preference loss '", to_string(opts.loss),
                                  "' fits the ground-truth reward margin: pass the rewards (", B,
                                  " entries each)");
-        gc = read_pairs(fn, "chosen_rewards", chosen_rewards, B, like);
-        gr = read_pairs(fn, "rejected_rewards", rejected_rewards, B, like);
+        gc = four.read("chosen_rewards", chosen_rewards);
+        gr = four.read("rejected_rewards", rejected_rewards);
     }
     ::rlpo::detail::check_positive(fn, "beta", opts.beta);
     ::rlpo::detail::check_finite_param(fn, "gt_reward_scale", opts.gt_reward_scale);

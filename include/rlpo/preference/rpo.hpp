@@ -93,12 +93,9 @@ Result<::rlpo::detail::scalar_t<D1>> rpo_loss(
                                                      ref_chosen_logps, ref_rejected_logps);
     const Index B = four.B;
     const std::vector<double>&pc = four.pc, &pr = four.pr, &rc = four.rc, &rr = four.rr;
-    using detail::read_pairs;
     if (lengths) {
-        const std::vector<double> lc =
-            read_pairs(fn, "lengths.chosen", lengths->chosen, B, "policy_chosen_logps");
-        const std::vector<double> lr =
-            read_pairs(fn, "lengths.rejected", lengths->rejected, B, "policy_chosen_logps");
+        const std::vector<double> lc = four.read("lengths.chosen", lengths->chosen);
+        const std::vector<double> lr = four.read("lengths.rejected", lengths->rejected);
         for (std::size_t k = 0; k < lc.size(); ++k)
             RLPO_CHECK(lc[k] >= 0 && lr[k] >= 0, fn,
                        "lengths: must be >= 0, given a negative length at pair ", k);

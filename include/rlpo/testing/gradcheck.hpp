@@ -48,24 +48,37 @@ inline std::ostream& operator<<(std::ostream& os, const GradCheckReport& r) {
     return os << r.str();
 }
 
-/// f: Mat<double> → double. x: the point. analytic: ∂f/∂x at x (same shape).
-template <class F>
-GradCheckReport check_gradient(F&& f, const Mat<double>& x, const Mat<double>& analytic,
-                               const GradCheckOptions& opt = {},
-                               const std::function<bool(Index)>& skip = {}) {
-    GradCheckReport rep;
+namespace detail {
+
+/// Calls `visit(j, fd)` with the central difference fd at every entry j of x that is checked
+/// (not skipped, finite: −inf log-probs etc. have no neighbourhood).
+template <class F, class Visit>
+void central_differences(F&& f, const Mat<double>& x, const GradCheckOptions& opt,
+                         const std::function<bool(Index)>& skip, Visit&& visit) {
     Mat<double> xp = x;
     for (Index j = 0; j < x.size(); ++j) {
         if (skip && skip(j)) continue;
         const double x0 = x.data()[j];
-        if (!std::isfinite(x0)) continue;  // −inf log-probs etc. have no neighbourhood
+        if (!std::isfinite(x0)) continue;
         const double h = opt.step * std::max(1.0, std::abs(x0));
         xp.data()[j] = x0 + h;
         const double fp = f(xp);
         xp.data()[j] = x0 - h;
         const double fm = f(xp);
         xp.data()[j] = x0;
-        const double fd = (fp - fm) / (2 * h);
+        visit(j, (fp - fm) / (2 * h));
+    }
+}
+
+}  // namespace detail
+
+/// f: Mat<double> → double. x: the point. analytic: ∂f/∂x at x (same shape).
+template <class F>
+GradCheckReport check_gradient(F&& f, const Mat<double>& x, const Mat<double>& analytic,
+                               const GradCheckOptions& opt = {},
+                               const std::function<bool(Index)>& skip = {}) {
+    GradCheckReport rep;
+    detail::central_differences(f, x, opt, skip, [&](Index j, double fd) {
         const double an = analytic.data()[j];
         const double abs_err = std::abs(fd - an);
         const double rel_err = abs_err / std::max({std::abs(fd), std::abs(an), opt.floor});
@@ -77,7 +90,7 @@ GradCheckReport check_gradient(F&& f, const Mat<double>& x, const Mat<double>& a
             rep.worst_fd = fd;
             rep.worst_analytic = an;
         }
-    }
+    });
     return rep;
 }
 
@@ -87,21 +100,10 @@ template <class F>
 Index count_gradient_failures(F&& f, const Mat<double>& x, const Mat<double>& analytic, double rtol,
                               double atol, const GradCheckOptions& opt = {},
                               const std::function<bool(Index)>& skip = {}) {
-    Mat<double> xp = x;
     Index bad = 0;
-    for (Index j = 0; j < x.size(); ++j) {
-        if (skip && skip(j)) continue;
-        const double x0 = x.data()[j];
-        if (!std::isfinite(x0)) continue;
-        const double h = opt.step * std::max(1.0, std::abs(x0));
-        xp.data()[j] = x0 + h;
-        const double fp = f(xp);
-        xp.data()[j] = x0 - h;
-        const double fm = f(xp);
-        xp.data()[j] = x0;
-        const double fd = (fp - fm) / (2 * h);
+    detail::central_differences(f, x, opt, skip, [&](Index j, double fd) {
         if (std::abs(fd - analytic.data()[j]) > atol + rtol * std::abs(fd)) ++bad;
-    }
+    });
     return bad;
 }
 

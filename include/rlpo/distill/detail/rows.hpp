@@ -263,6 +263,22 @@ inline RowPlan plan_rows(const char* fn, Index N, const Eigen::MatrixBase<DM>& m
     return p;
 }
 
+/// What an entry point over N rows of V entries holds through its pass: the row plan
+/// (`plan_rows`), the result, and the writer of its `[N, V]` gradient. Entry points end with
+/// `return std::move(c.res);`.
+template <class S>
+struct RowCall {
+    RowPlan plan;
+    Result<S> res;
+    ::rlpo::detail::GradWriter<S> g;
+    template <class DM>
+    RowCall(const char* fn, Index N, Index V, const Eigen::MatrixBase<DM>& mask,
+            const Normalizer& norm, const GradientOut<S>& out)
+        : plan(plan_rows(fn, N, mask, norm)), res(), g(fn, res, out, N, V) {}
+    RowCall(const RowCall&) = delete;
+    RowCall& operator=(const RowCall&) = delete;
+};
+
 /// Result of a driven pass.
 struct PassResult {
     double value = 0.0;   ///< Σ_n c m L_n (before the GradientOut coefficient)

@@ -38,11 +38,11 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
     if (d == Divergence::JSD && o.beta == 0.0) d = Divergence::ForwardKL;
     if (d == Divergence::JSD && o.beta == 1.0) d = Divergence::ReverseKL;
     // the kind's exact row (`KindMath::exact`)
-    const ExactRow<S, A, std::decay_t<decltype(zs)>, std::decay_t<decltype(ys)>> x{
+    const ExactRow<Safe, S, A, std::decay_t<decltype(zs)>, std::decay_t<decltype(ys)>> x{
         o, invT, eq, ep, zs, ys, cq, cp, iq, ip, ws, V, rg};
     switch (d) {
 #define RLPO_DIVERGENCE_EXACT(K) \
-    case Divergence::K: return KindMath<Divergence::K>::template exact<Safe>(x);
+    case Divergence::K: return KindMath<Divergence::K>::exact(x);
         RLPO_DIVERGENCE_KINDS(RLPO_DIVERGENCE_EXACT)
 #undef RLPO_DIVERGENCE_EXACT
     }

@@ -22,6 +22,7 @@
 /// rounds exactly as the pipeline's contraction rule asks (arith.hpp): `mul` is a rounded
 /// product, `madd` the packet multiply-add or `madd_as_packet`, `times` a product that meets
 /// no sum. Every member is EIGEN_ALWAYS_INLINE: the generated code is the pipeline's own.
+/// A kind's file includes this header (and the standard headers it uses), nothing else.
 
 #include <rlpo/core/result.hpp>
 #include <rlpo/core/simd/fast_math.hpp>
@@ -170,9 +171,11 @@ struct Finish2 {
 /// The row of the exact path (`dense_row_impl`): the options, the exponentials e_q, e_p (work
 /// rows, unnormalised), the logits shifted by their row maxima (`zs`, `ys`: Eigen
 /// expressions), log q = zs/τ + cq, log p = ys/τ + cp, the normalisers iq = 1/Σe_q,
-/// ip = 1/Σe_p, and the gradient row.
-template <class S, class A, class ZS, class YS>
+/// ip = 1/Σe_p, and the gradient row; with the steps the kinds' `exact` rows share. `Safe`:
+/// the row may hold −inf logits (zero probabilities), which `keep` masks exactly.
+template <bool Safe, class S, class A, class ZS, class YS>
 struct ExactRow {
+    using Scalar = A;
     const DistillOptions& o;
     A invT;
     ArrMap<A>& eq;
@@ -183,6 +186,32 @@ struct ExactRow {
     Scratch<A>& ws;
     Index V;
     const GradRow<S>& rg;
+
+    /// log q and log p (Eigen expressions)
+    auto lq() const { return zs * invT + cq; }
+    auto lp() const { return ys * invT + cp; }
+    /// `cond ? e : 0` where the row may hold zero probabilities (`keep_if`), else e
+    template <class C, class E>
+    static auto keep(const C& cond, const E& e) {
+        return keep_if<Safe>(cond, e);
+    }
+    /// e_q ← q, e_p ← p
+    void normalise() const {
+        eq *= iq;
+        ep *= ip;
+    }
+    /// log(w_p p + w_q q) in the mixture's scratch row (`log_mix`)
+    ArrMap<A> log_mix(double wp, double wq) const;
+    /// Σ_{p>0} p (log p − l) in double, with p in e_p
+    template <class E>
+    double p_log_ratio(const E& l) const {
+        return keep(ep > A(0), ep * (lp() - l)).template cast<double>().sum();
+    }
+    /// the gradient s·q (h − Σ q h)/τ, with q in e_q and h in e_p
+    void set_centred(A s = A(1)) const {
+        const A sg = (eq * ep).sum();
+        rg.set(s * eq * (ep - sg) * invT);
+    }
 };
 
 /// out = log(w1·e^l1 + w2·e^l2) entry by entry, from log-probabilities l1, l2: max(u, v) +
@@ -197,6 +226,21 @@ inline void log_mix(ArrMap<A> out, const E1& l1, const E2& l2, double w1, double
     out = (l1 + a1).max(l2 + a2);
     out += (-((l1 + a1) - (l2 + a2)).abs()).exp().log1p();
 }
+
+template <bool Safe, class S, class A, class ZS, class YS>
+ArrMap<A> ExactRow<Safe, S, A, ZS, YS>::log_mix(double wp, double wq) const {
+    const ArrMap<A> lm = mix_row(ws, V);
+    ::rlpo::distill::detail::log_mix<A>(lm, lp(), lq(), wp, wq);
+    return lm;
+}
+
+/// The traits of a two-stage kind (stage 1 forms the value terms, stage 3 the gradient).
+struct TwoStage {
+    static constexpr int kStages = 2;
+    static constexpr bool kLean = false;
+    static constexpr int kStage2LogitRows = 0;
+    static constexpr bool kValueSweepAlone = false;
+};
 
 /// The pieces every three-stage kind shares: stage 1 stores e_p and sums no value terms, the
 /// merge adds none, and stage 3 writes q (h − Σ q h) · c1 = e_q · (h · hk − Σ q h · hk) with

@@ -5,12 +5,7 @@
 /// interface). Three stages; the value sweep's one sum is both the value and the gradient's
 /// shift.
 
-#include <rlpo/core/result.hpp>
-#include <rlpo/distill/detail/rows.hpp>
 #include <rlpo/divergence/detail/kind_math.hpp>
-#include <rlpo/divergence/kinds.hpp>
-
-#include <Eigen/Core>
 
 #include <cmath>
 
@@ -39,22 +34,16 @@ struct KindMath<Divergence::ChiSquared> : GradThreeStage {
         f.factor *= 2.0;
         return true;
     }
-    template <bool Safe, class S, class A, class ZS, class YS>
-    static EIGEN_ALWAYS_INLINE double exact(const ExactRow<S, A, ZS, YS>& x) {
-        auto& eq = x.eq;
-        auto& ep = x.ep;
-        const auto& zs = x.zs;
-        const auto& ys = x.ys;
-        const A invT = x.invT, cq = x.cq, cp = x.cp, iq = x.iq;
-        const A zero(0);
+    template <class X>
+    static EIGEN_ALWAYS_INLINE double exact(const X& x) {
+        using A = typename X::Scalar;
         // L = Σ q²/p − 1 = Σ q (r − 1), r = q/p = exp(log q − log p) (+inf where p = 0 < q:
         // an infinite divergence); ∂L/∂z = 2 q (h − Σ q h)/τ with h = r − 1
-        eq *= iq;
-        ep = keep_if<Safe>(eq > zero, ((zs - ys) * invT + (cq - cp)).exp() - A(1));
-        const double L = (eq * ep).template cast<double>().sum();
+        x.eq *= x.iq;
+        x.ep = x.keep(x.eq > A(0), ((x.zs - x.ys) * x.invT + (x.cq - x.cp)).exp() - A(1));
+        const double L = (x.eq * x.ep).template cast<double>().sum();
         if (!std::isfinite(L)) return L;
-        const A sg = (eq * ep).sum();
-        x.rg.set(A(2) * eq * (ep - sg) * invT);
+        x.set_centred(A(2));
         return L;
     }
 };

@@ -4,24 +4,14 @@
 /// vocabulary pipeline (internal; divergence/detail/kind_math.hpp has the interface). Two
 /// stages: stage 1 sums the value terms Σ e_p (dy − dz), stage 3 writes q/τ − p/τ.
 
-#include <rlpo/core/result.hpp>
-#include <rlpo/distill/detail/rows.hpp>
 #include <rlpo/divergence/detail/kind_math.hpp>
-#include <rlpo/divergence/kinds.hpp>
-
-#include <Eigen/Core>
 
 #include <cmath>
 
 namespace rlpo::distill::detail {
 
 template <>
-struct KindMath<Divergence::ForwardKL> {
-    static constexpr int kStages = 2;
-    static constexpr bool kLean = false;
-    static constexpr int kStage2LogitRows = 0;
-    static constexpr bool kValueSweepAlone = false;
-
+struct KindMath<Divergence::ForwardKL> : TwoStage {
     /// Σ e_p (dy − dz) on logits shifted by their chunk maxima; stores e_p
     template <class O, class T>
     static EIGEN_ALWAYS_INLINE T stage1(const O& o, T, T ep, T dz, T dy, T& s3) {
@@ -50,19 +40,14 @@ struct KindMath<Divergence::ForwardKL> {
     static EIGEN_ALWAYS_INLINE T grad(const O& o, T x0, T x1) {
         return o.sub(o.mul(x0, o.set1(o.k.h0)), o.mul(x1, o.set1(o.k.h1)));
     }
-    template <bool Safe, class S, class A, class ZS, class YS>
-    static EIGEN_ALWAYS_INLINE double exact(const ExactRow<S, A, ZS, YS>& x) {
-        auto& eq = x.eq;
-        auto& ep = x.ep;
-        const auto& zs = x.zs;
-        const auto& ys = x.ys;
-        const A invT = x.invT, cq = x.cq, cp = x.cp, iq = x.iq, ip = x.ip;
-        const A zero(0);
+    template <class X>
+    static EIGEN_ALWAYS_INLINE double exact(const X& x) {
+        using A = typename X::Scalar;
         // L = Σ p ((y − my) − (z − mz))/τ + (cp − cq)
-        const double a = keep_if<Safe>(ep > zero, ep * (ys - zs)).template cast<double>().sum();
-        const double L = a * ip * invT + static_cast<double>(cp) - static_cast<double>(cq);
+        const double a = x.keep(x.ep > A(0), x.ep * (x.ys - x.zs)).template cast<double>().sum();
+        const double L = a * x.ip * x.invT + static_cast<double>(x.cp) - static_cast<double>(x.cq);
         if (!std::isfinite(L)) return L;
-        x.rg.set((eq * iq - ep * ip) * invT);
+        x.rg.set((x.eq * x.iq - x.ep * x.ip) * x.invT);
         return L;
     }
 };

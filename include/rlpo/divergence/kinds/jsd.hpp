@@ -7,12 +7,7 @@
 /// the lean value sweep (`kLeanCapable`: `lean_ratio`, `lean_log`). β = 0 and 1 run as
 /// forward and reverse KL (`dense_rows`).
 
-#include <rlpo/core/result.hpp>
-#include <rlpo/distill/detail/rows.hpp>
 #include <rlpo/divergence/detail/kind_math.hpp>
-#include <rlpo/divergence/kinds.hpp>
-
-#include <Eigen/Core>
 
 #include <cmath>
 #include <type_traits>
@@ -97,30 +92,21 @@ struct KindMath<Divergence::JSD> : GradThreeStage {
         f.factor *= f.lean ? -f.omb : f.omb;
         return true;
     }
-    template <bool Safe, class S, class A, class ZS, class YS>
-    static EIGEN_ALWAYS_INLINE double exact(const ExactRow<S, A, ZS, YS>& x) {
-        const DistillOptions& o = x.o;
-        auto& eq = x.eq;
-        auto& ep = x.ep;
-        const auto& zs = x.zs;
-        const auto& ys = x.ys;
-        const A invT = x.invT, cq = x.cq, cp = x.cp, iq = x.iq, ip = x.ip;
-        const A zero(0);
-        const A omb = static_cast<A>(1.0 - o.beta);
+    template <class X>
+    static EIGEN_ALWAYS_INLINE double exact(const X& x) {
+        using A = typename X::Scalar;
         // log M from log p and log q (`log_mix`); q, p normalised in place; KL(p‖M)
-        // summed, then ep ← log(q/M) (0 where q = 0)
-        const ArrMap<A> lm = mix_row(x.ws, x.V);
-        log_mix<A>(lm, ys * invT + cp, zs * invT + cq, o.beta, 1.0 - o.beta);
-        eq *= iq;
-        ep *= ip;
-        const double klp =
-            keep_if<Safe>(ep > zero, ep * ((ys * invT + cp) - lm)).template cast<double>().sum();
-        ep = keep_if<Safe>(eq > zero, (zs * invT + cq) - lm);
-        const double klq = (eq * ep).template cast<double>().sum();
-        const double L = o.beta * klp + (1.0 - o.beta) * klq;
+        // summed, then e_p ← log(q/M) (0 where q = 0)
+        const double beta = x.o.beta;
+        const auto lm = x.log_mix(beta, 1.0 - beta);
+        x.normalise();
+        const double klp = x.p_log_ratio(lm);
+        x.ep = x.keep(x.eq > A(0), x.lq() - lm);
+        const double klq = (x.eq * x.ep).template cast<double>().sum();
+        const double L = beta * klp + (1.0 - beta) * klq;
         if (!std::isfinite(L)) return L;
-        const A kq = static_cast<A>(klq);
-        x.rg.set(omb * eq * (ep - kq) * invT);
+        const A kq = static_cast<A>(klq), omb = static_cast<A>(1.0 - beta);
+        x.rg.set(omb * x.eq * (x.ep - kq) * x.invT);
         return L;
     }
 };

@@ -5,24 +5,14 @@
 /// interface). Two stages: stage 1 sums Σ e_q (dz − dy) and stores dz − dy, stage 3 writes
 /// q ((z − y)/τ + k)/τ.
 
-#include <rlpo/core/result.hpp>
-#include <rlpo/distill/detail/rows.hpp>
 #include <rlpo/divergence/detail/kind_math.hpp>
-#include <rlpo/divergence/kinds.hpp>
-
-#include <Eigen/Core>
 
 #include <cmath>
 
 namespace rlpo::distill::detail {
 
 template <>
-struct KindMath<Divergence::ReverseKL> {
-    static constexpr int kStages = 2;
-    static constexpr bool kLean = false;
-    static constexpr int kStage2LogitRows = 0;
-    static constexpr bool kValueSweepAlone = false;
-
+struct KindMath<Divergence::ReverseKL> : TwoStage {
     /// Σ e_q (dz − dy); stores dz − dy
     template <class O, class T>
     static EIGEN_ALWAYS_INLINE T stage1(const O& o, T eq, T, T dz, T dy, T& s3) {
@@ -50,18 +40,15 @@ struct KindMath<Divergence::ReverseKL> {
     static EIGEN_ALWAYS_INLINE T grad(const O& o, T x0, T x1) {
         return o.times(o.times(x0, o.set1(o.k.h0)), o.madd(x1, o.set1(o.k.invT), o.set1(o.k.h1)));
     }
-    template <bool Safe, class S, class A, class ZS, class YS>
-    static EIGEN_ALWAYS_INLINE double exact(const ExactRow<S, A, ZS, YS>& x) {
-        auto& eq = x.eq;
-        const auto& zs = x.zs;
-        const auto& ys = x.ys;
-        const A invT = x.invT, cq = x.cq, cp = x.cp, iq = x.iq;
-        const A zero(0);
-        const double b = keep_if<Safe>(eq > zero, eq * (zs - ys)).template cast<double>().sum();
-        const double L = b * iq * invT + static_cast<double>(cq) - static_cast<double>(cp);
+    template <class X>
+    static EIGEN_ALWAYS_INLINE double exact(const X& x) {
+        using A = typename X::Scalar;
+        // L = Σ q ((z − mz) − (y − my))/τ + (cq − cp);  ∂L/∂z = q (log(q/p) − L)/τ
+        const double b = x.keep(x.eq > A(0), x.eq * (x.zs - x.ys)).template cast<double>().sum();
+        const double L = b * x.iq * x.invT + static_cast<double>(x.cq) - static_cast<double>(x.cp);
         if (!std::isfinite(L)) return L;
-        const A k = static_cast<A>(static_cast<double>(cq) - static_cast<double>(cp) - L);
-        x.rg.set(keep_if<Safe>(eq > zero, eq * iq * ((zs - ys) * invT + k)) * invT);
+        const A k = static_cast<A>(static_cast<double>(x.cq) - static_cast<double>(x.cp) - L);
+        x.rg.set(x.keep(x.eq > A(0), x.eq * x.iq * ((x.zs - x.ys) * x.invT + k)) * x.invT);
         return L;
     }
 };

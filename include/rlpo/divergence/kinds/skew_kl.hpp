@@ -5,12 +5,7 @@
 /// divergence/detail/kind_math.hpp has the interface). Three stages; the value sweep reads
 /// the teacher's logits.
 
-#include <rlpo/core/result.hpp>
-#include <rlpo/distill/detail/rows.hpp>
 #include <rlpo/divergence/detail/kind_math.hpp>
-#include <rlpo/divergence/kinds.hpp>
-
-#include <Eigen/Core>
 
 #include <cmath>
 
@@ -37,27 +32,17 @@ struct KindMath<Divergence::SkewKL> : GradThreeStage {
         f.L = f.u1 + f.ecp;
         return true;
     }
-    template <bool Safe, class S, class A, class ZS, class YS>
-    static EIGEN_ALWAYS_INLINE double exact(const ExactRow<S, A, ZS, YS>& x) {
-        const DistillOptions& o = x.o;
-        auto& eq = x.eq;
-        auto& ep = x.ep;
-        const auto& zs = x.zs;
-        const auto& ys = x.ys;
-        const A invT = x.invT, cq = x.cq, cp = x.cp, iq = x.iq, ip = x.ip;
-        const A zero(0);
-        const A oma = static_cast<A>(1.0 - o.alpha);
-        // L = Σ p (log p − log m), m = αp + (1−α)q (log m: `log_mix`);  g = −(1−α) p/m
-        const ArrMap<A> lm = mix_row(x.ws, x.V);
-        log_mix<A>(lm, ys * invT + cp, zs * invT + cq, o.alpha, 1.0 - o.alpha);
-        eq *= iq;
-        ep *= ip;
-        const double L =
-            keep_if<Safe>(ep > zero, ep * ((ys * invT + cp) - lm)).template cast<double>().sum();
+    template <class X>
+    static EIGEN_ALWAYS_INLINE double exact(const X& x) {
+        using A = typename X::Scalar;
+        // L = Σ p (log p − log m), m = αp + (1−α)q (log m: `log_mix`);  h = −(1−α) p/m
+        const auto lm = x.log_mix(x.o.alpha, 1.0 - x.o.alpha);
+        x.normalise();
+        const double L = x.p_log_ratio(lm);
         if (!std::isfinite(L)) return L;
-        ep = keep_if<Safe>(ep > zero, -oma * ((ys * invT + cp) - lm).exp());
-        const A sg = (eq * ep).sum();
-        x.rg.set(eq * (ep - sg) * invT);
+        const A oma = static_cast<A>(1.0 - x.o.alpha);
+        x.ep = x.keep(x.ep > A(0), -oma * (x.lp() - lm).exp());
+        x.set_centred();
         return L;
     }
 };

@@ -5,12 +5,7 @@
 /// divergence/detail/kind_math.hpp has the interface). Three stages; the value sweep reads
 /// the student's logits.
 
-#include <rlpo/core/result.hpp>
-#include <rlpo/distill/detail/rows.hpp>
 #include <rlpo/divergence/detail/kind_math.hpp>
-#include <rlpo/divergence/kinds.hpp>
-
-#include <Eigen/Core>
 
 #include <cmath>
 
@@ -37,32 +32,23 @@ struct KindMath<Divergence::SkewReverseKL> : GradThreeStage {
         f.L = f.u1 + f.ecq;
         return true;
     }
-    template <bool Safe, class S, class A, class ZS, class YS>
-    static EIGEN_ALWAYS_INLINE double exact(const ExactRow<S, A, ZS, YS>& x) {
-        const DistillOptions& o = x.o;
-        auto& eq = x.eq;
-        auto& ep = x.ep;
-        const auto& zs = x.zs;
-        const auto& ys = x.ys;
-        const A invT = x.invT, cq = x.cq, cp = x.cp, iq = x.iq, ip = x.ip;
-        const A zero(0);
+    template <class X>
+    static EIGEN_ALWAYS_INLINE double exact(const X& x) {
+        using A = typename X::Scalar;
         // m = (1−α)p + αq (log m: `log_mix`);  L = Σ q log(q/m);  ∂L/∂q = log(q/m) + 1 −
         // αq/m
-        const ArrMap<A> lm = mix_row(x.ws, x.V);
-        log_mix<A>(lm, ys * invT + cp, zs * invT + cq, 1.0 - o.alpha, o.alpha);
-        eq *= iq;
-        ep *= ip;
-        ep = keep_if<Safe>(eq > zero, (zs * invT + cq) - lm);
-        const double L = (eq * ep).template cast<double>().sum();
+        const auto lm = x.log_mix(1.0 - x.o.alpha, x.o.alpha);
+        x.normalise();
+        x.ep = x.keep(x.eq > A(0), x.lq() - lm);
+        const double L = (x.eq * x.ep).template cast<double>().sum();
         if (!std::isfinite(L)) return L;
         // g − 1 = log(q/m) − α q/m, with α q/m = exp(log α + log(q/m)) ≤ 1 (m ≥ αq): no
         // 0·inf at α = 0, where q/m overflows when p underflows (small τ)
-        if (o.alpha > 0) {
-            const A lal = static_cast<A>(std::log(o.alpha));
-            ep = keep_if<Safe>(eq > zero, ep - (ep + lal).exp());
+        if (x.o.alpha > 0) {
+            const A lal = static_cast<A>(std::log(x.o.alpha));
+            x.ep = x.keep(x.eq > A(0), x.ep - (x.ep + lal).exp());
         }
-        const A sg = (eq * ep).sum();
-        x.rg.set(eq * (ep - sg) * invT);
+        x.set_centred();
         return L;
     }
 };

@@ -5,13 +5,7 @@
 /// interface). Three stages; the value sweep reads no logits and is cheap enough to run on
 /// its own when two pairs of work rows overflow L2 (`kValueSweepAlone`).
 
-#include <rlpo/core/result.hpp>
-#include <rlpo/distill/detail/rows.hpp>
-#include <rlpo/divergence/detail/arith.hpp>
 #include <rlpo/divergence/detail/kind_math.hpp>
-#include <rlpo/divergence/kinds.hpp>
-
-#include <Eigen/Core>
 
 #include <cmath>
 
@@ -44,18 +38,14 @@ struct KindMath<Divergence::TVD> : GradThreeStage {
         f.factor *= 0.5;
         return true;
     }
-    template <bool Safe, class S, class A, class ZS, class YS>
-    static EIGEN_ALWAYS_INLINE double exact(const ExactRow<S, A, ZS, YS>& x) {
-        auto& eq = x.eq;
-        auto& ep = x.ep;
-        const A invT = x.invT, iq = x.iq, ip = x.ip;
-        eq *= iq;
-        ep *= ip;
-        const double L = 0.5 * (ep - eq).abs().template cast<double>().sum();
-        const A half(0.5);
-        ep = half * (eq - ep).sign();
-        const A sg = (eq * ep).sum();
-        x.rg.set(eq * (ep - sg) * invT);
+    template <class X>
+    static EIGEN_ALWAYS_INLINE double exact(const X& x) {
+        using A = typename X::Scalar;
+        // L = ½ Σ |p − q|;  h = ½ sign(q − p)
+        x.normalise();
+        const double L = 0.5 * (x.ep - x.eq).abs().template cast<double>().sum();
+        x.ep = A(0.5) * (x.eq - x.ep).sign();
+        x.set_centred();
         return L;
     }
 };

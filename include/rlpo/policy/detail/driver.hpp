@@ -33,7 +33,9 @@
 #include <rlpo/policy/detail/common.hpp>
 
 #include <array>
+#include <cmath>
 #include <cstddef>
+#include <limits>
 #include <optional>
 #include <type_traits>
 
@@ -94,6 +96,34 @@ struct SurrogateCall {
         return std::move(res);
     }
     double weight_at(Index i, Index t) const { return detail::weight_at(is_weights, i, t); }
+
+    /// log π − log π_old at token (i, t); NaN (+inf and −inf inputs) is an invalid_argument
+    /// naming the token.
+    double log_ratio(Index i, Index t) const {
+        const double lr = static_cast<double>(lp(i, t)) - static_cast<double>(olp(i, t));
+        if (std::isnan(lr))
+            ::rlpo::detail::fail_nan_at<S>(fn, i, t, {{"logp", &lp}, {"old_logp", &olp}});
+        return lr;
+    }
+
+    /// Writes row i of the gradient: `grad(t, m_it)` at each unmasked token, 0 at masked ones;
+    /// an entry beyond the storage type (after the GradientOut coefficient) is a
+    /// numerical_error naming it. Nothing when no gradient is wanted.
+    template <class F>
+    void put_row(Index i, F&& grad) const {
+        if (!g.active()) return;
+        for (Index t = 0; t < lp.cols(); ++t) {
+            const double mk = static_cast<double>(m(i, t));
+            if (mk == 0) {
+                g.zero(i, t);
+                continue;
+            }
+            const double gv = grad(t, mk);
+            if (!(std::abs(static_cast<S>(g.coef() * gv)) < std::numeric_limits<S>::infinity()))
+                ::rlpo::detail::fail_grad_overflow(fn, i, t);
+            g.put(i, t, gv);
+        }
+    }
 
     /// The token pass over this call's inputs (`token_pass`): `body(i, t, stats) -> LossGrad`
     /// for each unmasked token.

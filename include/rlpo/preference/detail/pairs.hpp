@@ -89,6 +89,12 @@ inline std::vector<double> read_pairs(const char* fn, const char* name,
 struct FourLogps {
     std::vector<double> pc, pr, rc, rr;
     Index B = 0;
+    const char* fn = "";
+    /// Another `[B]` input of the call (lengths, rewards, weights), read like the four.
+    template <class D>
+    std::vector<double> read(const char* name, const Eigen::MatrixBase<D>& x) const {
+        return read_pairs(fn, name, x, B, "policy_chosen_logps");
+    }
 };
 template <class D1, class D2, class D3, class D4>
 inline FourLogps read_four(const char* fn, const Eigen::MatrixBase<D1>& policy_chosen,
@@ -99,6 +105,7 @@ inline FourLogps read_four(const char* fn, const Eigen::MatrixBase<D1>& policy_c
                   "rlpo: inputs must be float or double");
     const char* like = "policy_chosen_logps";
     FourLogps f;
+    f.fn = fn;
     f.pc = read_pairs(fn, like, policy_chosen, -1, "");
     f.B = static_cast<Index>(f.pc.size());
     f.pr = read_pairs(fn, "policy_rejected_logps", policy_rejected, f.B, like);

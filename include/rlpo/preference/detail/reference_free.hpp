@@ -52,6 +52,20 @@ SeqPairs read_seq_pairs(const char* fn, const Eigen::MatrixBase<D1>& chosen,
     return d;
 }
 
+/// The chosen completions' NLL term −Σ_i log π(y_c,i) / N of CPO and ORPO: N is the given
+/// count of chosen tokens (a global count for micro-batches) or Σ_i |y_c,i|; the term is on
+/// when asked for and N > 0. `sum_c` = Σ_i log π(y_c,i).
+struct NllTerm {
+    double N = 0.0, sum_c = 0.0, value = 0.0;
+    bool on = false;
+    NllTerm(const SeqPairs& d, const std::optional<double>& num_tokens, bool wanted)
+        : N(num_tokens ? *num_tokens : d.chosen_tokens) {
+        for (double v : d.pc) sum_c += v;
+        on = wanted && N > 0;
+        value = on ? -sum_c / N : 0.0;
+    }
+};
+
 /// TRL's pair metrics from the rewards β·r and the log-probs x the loss reads (means over B).
 inline void add_pair_metrics(Metrics& m, const std::vector<double>& reward_c,
                              const std::vector<double>& reward_r, const std::vector<double>& xc,
