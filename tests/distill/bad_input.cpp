@@ -445,3 +445,95 @@ TEST_CASE("dense divergences: a gradient beyond float on the exact path is numer
     REQUIRE(f.grad.array().isFinite().all());
     CHECK(f.grad(0, 2) < -300.0);  // −(1 − q_2)/(3τ) with q_2 < 0.1: the teacher's mode
 }
+
+namespace {
+
+// The gradient of forward / reverse KL of one row, in long double (q student, p teacher), from
+// the definitions: (q − p)/τ and q (h − Σ q h)/τ with h = log q − log p (0 where q = 0).
+std::vector<LD> ref_grad_row(Divergence d, const std::vector<LD>& z, const std::vector<LD>& y,
+                             LD tau) {
+    const std::vector<LD> lq = log_softmax_ld(z, tau), lp = log_softmax_ld(y, tau);
+    const LD ninf = -std::numeric_limits<LD>::infinity();
+    std::vector<LD> g(z.size(), 0);
+    if (d == Divergence::ForwardKL) {
+        for (std::size_t j = 0; j < z.size(); ++j) g[j] = (std::exp(lq[j]) - std::exp(lp[j])) / tau;
+        return g;
+    }
+    LD eh = 0;
+    for (std::size_t j = 0; j < z.size(); ++j)
+        if (lq[j] > ninf) eh += std::exp(lq[j]) * (lq[j] - lp[j]);
+    for (std::size_t j = 0; j < z.size(); ++j)
+        if (lq[j] > ninf) g[j] = std::exp(lq[j]) * ((lq[j] - lp[j]) - eh) / tau;
+    return g;
+}
+
+}  // namespace
+
+// One logit near the type's lowest value beside ordinary ones at a small τ: the row's spread
+// over τ (3e41 in float, 1.6e311 in double) is beyond the type's range although its maxima
+// are ordinary. The fast path's per-entry log-ratio (x − max)/τ overflowed there (reverse KL:
+// an inf gradient beside a finite value for a low teacher logit, NaN for a low student
+// logit). Every kind, either side, rows with the low entry in the vectorised body and in the
+// scalar tail: a value (and for forward / reverse KL a gradient) that matches the long double
+// reference, or a typed error where the reference itself is beyond the type (the value's
+// double, or the gradient's S).
+TEMPLATE_TEST_CASE("dense divergences: a logit spread over tau beyond the type's range",
+                   "[distill][bad_input]", float, double) {
+    using S = TestType;
+    const S low = std::numeric_limits<S>::lowest() * S(0.9);
+    const double tau = 1e-3;
+    const double smax = static_cast<double>(std::numeric_limits<S>::max());
+    rt::Generator gen(23);
+    const Index N = 3, V = 300;  // (V % 16 = 12: a scalar tail for every packet width)
+    // (ordinary rows: logits/τ of a few units, so that the softmax is not one-hot)
+    const Mat<S> z0 = (gen.logits(N, V).array() * tau).template cast<S>();
+    const Mat<S> y0 = (gen.logits(N, V).array() * tau).template cast<S>();
+    for (int side = 0; side < 2; ++side)
+        for (Divergence d : kKinds) {
+            Mat<S> z = z0, y = y0;
+            Mat<S>& x = side == 0 ? z : y;
+            x(0, 5) = low;      // vectorised body
+            x(1, V - 1) = low;  // scalar tail
+            INFO(rd::to_string(d) << (side == 0 ? ", low student logit" : ", low teacher logit"));
+            const LD ref = [&] {
+                LD total = 0;
+                for (Index n = 0; n < N; ++n)
+                    total +=
+                        ref_row(d, rlpo_test::row_ld(z, n), rlpo_test::row_ld(y, n), tau, 0.5, 0.1);
+                return total / N;
+            }();
+            const bool kl = d == Divergence::ForwardKL || d == Divergence::ReverseKL;
+            Mat<double> gref = Mat<double>::Zero(N, V);
+            bool gref_fits = true;
+            if (kl)
+                for (Index n = 0; n < N; ++n) {
+                    const auto g = ref_grad_row(d, rlpo_test::row_ld(z, n), rlpo_test::row_ld(y, n),
+                                                static_cast<LD>(tau));
+                    for (Index j = 0; j < V; ++j) {
+                        const LD v = g[static_cast<std::size_t>(j)] / N;
+                        gref_fits = gref_fits && std::fabs(v) <= static_cast<LD>(smax);
+                        gref(n, j) = static_cast<double>(v);
+                    }
+                }
+            const bool ref_fits = std::isfinite(ref) && std::fabs(ref) <= static_cast<LD>(1.7e308);
+            INFO("reference value " << static_cast<double>(ref) << ", gradient fits " << gref_fits);
+            if (!ref_fits) {
+                // an infinite divergence (χ² where p_j ≈ 0 < q_j: e^(3e41) is beyond any type)
+                RLPO_REQUIRE_THROWS_WITH_SUBSTR(rd::divergence(z, y, opts(d, tau)), "infinite");
+                continue;
+            }
+            if (!gref_fits) {
+                RLPO_REQUIRE_NUMERICAL_ERROR(rd::divergence(z, y, opts(d, tau)), "gradient");
+                // the value alone is finite and right
+                const auto rv =
+                    rd::divergence(z, y, Mat<S>::Ones(N, 1), opts(d, tau), {}, rlpo::no_grad<S>());
+                CHECK(rlpo_test::rel_err(rv.value, static_cast<double>(ref)) < 1e-5);
+                continue;
+            }
+            const auto r = rd::divergence(z, y, opts(d, tau));
+            INFO("value " << r.value);
+            CHECK(rlpo_test::rel_err(r.value, static_cast<double>(ref), 1e-6) < 1e-4);
+            CHECK(all_finite(r.grad));
+            if (kl) CHECK(rlpo_test::grad_err<S>(r.grad.template cast<double>(), gref) < 1e-4);
+        }
+}

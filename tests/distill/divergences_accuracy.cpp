@@ -148,3 +148,59 @@ TEST_CASE("distill divergences: float JSD keeps its accuracy for close distribut
         }
     }
 }
+
+TEST_CASE("distill divergences: a row's least logit beyond the fast range takes the exact path",
+          "[distill][pipeline][properties]") {
+    // One logit near float's lowest value beside ordinary ones (logit/τ of a few units) at
+    // τ = 1e−3: the row's spread over τ (3e41) is beyond float although its maxima are
+    // ordinary, and (x − max)/τ overflowed on the fast path (reverse KL: NaN gradient). Stage
+    // 1 finds the row's minima with its maxima: the first chunk of a thread's range in
+    // `chunk_range`, the next ones one chunk ahead in the fused sweep (body and scalar tail).
+    // Rows 1 to 4 hold the low logit in chunk 0, 1 and 2 and in the last entry (the tail),
+    // on the side where the divergence stays finite; rows 0 and 5 are ordinary. Every mode
+    // (one and two threads, the row split with moving ranges) must send exactly rows 1 to 4
+    // to the exact path, and match the double reference.
+    const double tau = 1e-3;
+    const Index N = 6, V = 3 * 2048 + 37;
+    const Index where[] = {3, 2048 + 17, 2 * 2048 + 5, V - 1};
+    rt::Generator gen(41);
+    const Mat<double> z0 = gen.logits(N, V) * tau, y0 = gen.logits(N, V) * tau;
+    const float low = std::numeric_limits<float>::lowest() * 0.9f;
+    for (Divergence d : kAll) {
+        // the sides where a zero probability keeps the divergence finite
+        const bool student_ok = d != Divergence::ForwardKL;
+        const bool teacher_ok = d != Divergence::ReverseKL && d != Divergence::ChiSquared;
+        Mat<float> z = z0.cast<float>(), y = y0.cast<float>();
+        for (Index r = 0; r < 4; ++r) {
+            const bool student = student_ok && (!teacher_ok || r % 2 == 0);
+            (student ? z : y)(r + 1, where[r]) = low;
+        }
+        const Mat<double> zr = z.cast<double>(), yr = y.cast<double>();
+        DistillOptions o = opts_for(d, tau, false);
+        double expect = 0;
+        Mat<double> gexp(N, V);
+        for (Index n = 0; n < N; ++n) {
+            Eigen::RowVectorXd gr;
+            expect += naive_row(d, zr.row(n), yr.row(n), tau, o.beta, o.alpha, gr) / N;
+            gexp.row(n) = gr / static_cast<double>(N);
+        }
+        std::vector<DistillOptions> modes = {o};
+#if defined(RLPO_USE_OPENMP)
+        modes.push_back(force_row_split(o, true));
+#endif
+        for (std::size_t m = 0; m < modes.size(); ++m)
+            for (int threads : {1, 2}) {
+                INFO(rlpo::distill::to_string(d) << " mode " << m << " threads " << threads);
+                rlpo::distill::FastPathStats stats;
+                DistillOptions os = modes[m];
+                os.stats = &stats;
+                const auto r =
+                    with_threads(threads, [&] { return rlpo::distill::divergence(z, y, os); });
+                CHECK(stats.exact_rows.load() == 4);
+                REQUIRE(std::isfinite(r.value));
+                CHECK(rlpo_test::rel_err(r.value, expect) < value_tol<float>());
+                CHECK(r.grad.array().isFinite().all());
+                CHECK(grad_err<float>(r.grad.cast<double>(), gexp) < grad_tol<float>());
+            }
+    }
+}

@@ -83,7 +83,6 @@ void dump(const char* name, const Mat<S>& x) {
 struct Flags {
     bool nan_unmasked = false;        ///< a NaN under a non-zero mask in an input that is read
     bool nonfinite_unmasked = false;  ///< any ±inf / NaN under a non-zero mask (or unmasked)
-    bool extreme = false;  ///< an input or option of extreme magnitude (≥ 1e20, ≤ 1e-20, ±inf)
 };
 
 /// Thrown by the checks to drop a case that hits a known hole (known_issues.hpp).
@@ -100,11 +99,6 @@ inline bool skips_enabled() {
     return on;
 }
 
-/// Extreme magnitudes (what the inf-result hole of known_issues.hpp is keyed on).
-inline bool is_extreme(double v) {
-    const double a = std::fabs(v);
-    return !std::isfinite(v) || a >= 1e20 || (a > 0 && a <= 1e-20);
-}
 inline Flags& flags() {
     static Flags f;
     return f;
@@ -161,7 +155,6 @@ double draw(FuzzedDataProvider& f, Dom d, bool allow_inf = true) {
         case 22: v = sgn * 700.0; break;
         default: v = std::round((2 * u - 1) * 3); break;  // small integers (ties)
     }
-    if (is_extreme(v) || k == 22) flags().extreme = true;
     return v;
 }
 
@@ -192,7 +185,6 @@ Mat<S> mask(FuzzedDataProvider& f, Index rows, Index cols) {
                 static const double w[] = {0.5, 2.0,  1e-30, 1e30, denorm<S>(),
                                            3.0, 1e-3, 0.25,  1e10, huge<S>()};
                 v = w[f.ConsumeIntegralInRange<int>(0, 9)];
-                if (is_extreme(v) || v >= 1e10) flags().extreme = true;
             }
             m(i, j) = static_cast<S>(v);
         }
@@ -291,7 +283,6 @@ const char* pick_name(FuzzedDataProvider& f, const rlpo::NameTable<E>& table) {
 inline double pick(FuzzedDataProvider& f, std::initializer_list<double> xs) {
     const std::size_t k = f.ConsumeIntegralInRange<std::size_t>(0, xs.size() - 1);
     const double v = *(xs.begin() + k);
-    if (is_extreme(v)) flags().extreme = true;
     return v;
 }
 
@@ -343,23 +334,7 @@ struct Sink {
 // The rule
 // ------------------------------------------------------------------------------------------
 
-/// HOLE nonfinite-result (known_issues.hpp): a non-finite output of a case with extreme inputs
-/// (magnitudes ≥ 1e20 or ≤ 1e-20, ±inf) drops the case. Every entry point checks its value and
-/// metrics (detail::check_finite_result), and the gradients where they can overflow; seen with
-/// the skips off, one hole is left: reverse KL on float logits whose spread over τ exceeds the
-/// float range stays on the fast path (an inf gradient, see README.md). Non-finite outputs of
-/// ordinary inputs are still violations.
-inline void maybe_inf_result(const char* fn, double v) {
-    if (!std::isfinite(v) && flags().extreme && skips_enabled()) {
-        (void)fn;
-        throw Skipped{
-            "nonfinite-result: extreme inputs give a non-finite value / gradient / "
-            "metric, not rlpo::numerical_error"};
-    }
-}
-
 inline void check_value(const char* fn, const char* what, double v) {
-    maybe_inf_result(fn, v);
     if (!std::isfinite(v)) {
         std::ostringstream os;
         os.precision(17);
@@ -371,9 +346,6 @@ inline void check_value(const char* fn, const char* what, double v) {
 inline void check_metrics(const char* fn, const rlpo::Metrics& m) {
     for (const auto& e : m) {
         const double v = e.second.value();
-        maybe_inf_result(fn, v);
-        maybe_inf_result(fn, e.second.sum);
-        maybe_inf_result(fn, e.second.count);
         if (!std::isfinite(v) || !std::isfinite(e.second.sum) || !std::isfinite(e.second.count)) {
             std::ostringstream os;
             os.precision(17);
@@ -396,7 +368,6 @@ void check_grad(const char* fn, const Mat<S>& g, Index rows, Index cols, const c
     for (Index i = 0; i < g.rows(); ++i)
         for (Index j = 0; j < g.cols(); ++j)
             if (!std::isfinite(static_cast<double>(g(i, j)))) {
-                maybe_inf_result(fn, static_cast<double>(g(i, j)));
                 std::ostringstream os;
                 os.precision(17);
                 os << fn << ": " << what << "[" << i << ", " << j << "] is not finite ("
@@ -488,7 +459,6 @@ inline rlpo::Normalizer normalizer(FuzzedDataProvider& f) {
         const int k = f.ConsumeIntegralInRange<int>(0, 9);
         if (k < 5) return std::nullopt;
         static const double v[] = {1.0, 0.5, 1e-300, 1e300, 3.0};
-        if (is_extreme(v[k - 5])) flags().extreme = true;
         return v[k - 5];
     };
     n.num_tokens = count();

@@ -271,9 +271,9 @@ public:
     /// Whether a row factor f (coef · the row's aggregation weight · an objective's scale) is
     /// large enough that the row's gradient may overflow S: |f| > max(S)·2⁻⁴⁰ (float 3.1e26,
     /// double 1.6e296), or f not finite. The margin 2⁴⁰ covers the per-entry terms of the
-    /// vocabulary losses on their fast paths (≤ ~2²¹/τ with τ ≥ 1e−4 for rows with
-    /// |max logit/τ| ≤ 2²⁰ whose spread over τ fits the type; rows with larger maxima go to an
-    /// exact path that checks its own output). Ordinary factors are ≤ 1 in magnitude; such a
+    /// vocabulary losses on their fast paths (≤ ~2²¹/τ with τ ≥ 1e−4 for rows whose every
+    /// |logit/τ| is ≤ 2²⁰, hence whose spread over τ is ≤ 2²¹; other rows go to an exact path
+    /// that checks its own output). Ordinary factors are ≤ 1 in magnitude; such a
     /// factor comes from a Normalizer count near 0 (num_tokens = 1e-300) or extreme mask weights.
     static bool factor_at_risk(double f) {
         return !(std::abs(f) <= static_cast<double>(std::numeric_limits<S>::max()) * 0x1p-40);

@@ -46,7 +46,8 @@
 /// **Range.** Every finite logit is accepted, float or double, and τ from 1e−4
 /// (`kMinTemperature`; smaller τ is rejected: the softmax is one-hot for ordinary logit gaps
 /// and the gradients' rounding, about ε·(Δz/τ)/τ, exceeds them) to any finite value (rows
-/// tend to uniform). Rows with |logit/τ| ≤ 2^20 run the fast path, whose values stay within
+/// tend to uniform). Rows with |logit/τ| ≤ 2^20 for every logit (student and teacher, the
+/// least as well as the largest) run the fast path, whose values stay within
 /// about 1e−5 relative (float) / 1e−10 (double) of the exact ones; rows beyond (offsets up to
 /// the float / double maximum, tested from 1e0 to 1e30) and JSD rows where the student lies
 /// far below the teacher (KL(p‖q) ≫ the JSD, where the fast path's KL(p‖q) + Σ p r would

@@ -74,29 +74,37 @@ inline T sign_of(const T& t) {
     }
 }
 
-/// The maxima of one chunk of both logit rows, in one vectorised sweep. (NaN and −inf are not
-/// looked for here: they make a row sum or the value non-finite and the row is then redone on
-/// the exact path; a +inf shows up as the maximum.)
+/// The maxima and minima of one chunk of both logit rows, in one vectorised sweep. (NaN is
+/// not looked for here: it makes a row sum or the value non-finite and the row is then redone
+/// on the exact path; a +inf shows up as the maximum, a −inf as the minimum.)
 template <class A>
-inline void chunk_max(const A* z, const A* y, Index len, A& zmax, A& ymax) {
+inline void chunk_range(const A* z, const A* y, Index len, A& zmax, A& ymax, A& zmin, A& ymin) {
     namespace ei = Eigen::internal;
     using P = Packet<A>;
     constexpr Index W = kPacket<A>;
     constexpr A inf = std::numeric_limits<A>::infinity();
     const Index lv = len - len % W;
     zmax = ymax = -inf;
+    zmin = ymin = inf;
     if (lv > 0) {
-        P pz = ei::ploadu<P>(z), py = ei::ploadu<P>(y);
+        P pz = ei::ploadu<P>(z), py = ei::ploadu<P>(y), lz = pz, ly = py;
         for (Index j = W; j < lv; j += W) {
-            pz = ei::pmax(pz, ei::ploadu<P>(z + j));
-            py = ei::pmax(py, ei::ploadu<P>(y + j));
+            const P vz = ei::ploadu<P>(z + j), vy = ei::ploadu<P>(y + j);
+            pz = ei::pmax(pz, vz);
+            py = ei::pmax(py, vy);
+            lz = ei::pmin(lz, vz);
+            ly = ei::pmin(ly, vy);
         }
         zmax = ei::predux_max(pz);
         ymax = ei::predux_max(py);
+        zmin = ei::predux_min(lz);
+        ymin = ei::predux_min(ly);
     }
     for (Index j = lv; j < len; ++j) {
         zmax = std::max(zmax, z[j]);
         ymax = std::max(ymax, y[j]);
+        zmin = std::min(zmin, z[j]);
+        ymin = std::min(ymin, y[j]);
     }
 }
 

@@ -24,8 +24,9 @@
 ///     float gradients), from the work rows, which stage 1 then refills in place.
 /// The three stages run in one fused sweep per chunk, so that the reads of one row, the
 /// arithmetic of the next and the gradient writes of a third overlap (docs/distill.md has the
-/// measurements behind this design). Rows holding a non-finite logit, or whose sums or value
-/// come out non-finite, leave the pipeline for an exact slower path. Long rows (V = 151936)
+/// measurements behind this design). Rows holding a non-finite logit or one beyond
+/// |logit/τ| = 2^20 (the chunk maxima and minima of stage 1 tell), or whose sums or value come
+/// out non-finite, leave the pipeline for an exact slower path. Long rows (V = 151936)
 /// are shared by the threads instead: each sweeps its own range of chunks of every row (the
 /// ranges follow the threads' sweep times), and thread 0 merges the per-chunk sums between
 /// barriers (`dense_rows_fast`), so that a thread's share stays in its L2 and a single row
@@ -237,14 +238,15 @@ inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const 
             }
         };
         // chunks [k0, k1) of the step, entries [e0, e1): a masked row's zeroed gradient, the
-        // maxima of the first chunk of row a, and the fused sweep
+        // maxima and minima of the first chunk of row a, and the fused sweep
         auto sweep = [&](Index k0, Index k1, Slot<S, A>* a, Slot<S, A>* b, Slot<S, A>* gs,
                          S* zero) {
             const Index e0 = std::min(V, k0 * kRowChunk), e1 = std::min(V, k1 * kRowChunk);
             if (zero) Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(zero + e0, e1 - e0).setZero();
             if (a && k0 < k1) {
                 const auto kk = static_cast<std::size_t>(k0);
-                chunk_max(a->z + e0, a->y + e0, std::min(kRowChunk, V - e0), a->mz[kk], a->my[kk]);
+                chunk_range(a->z + e0, a->y + e0, std::min(kRowChunk, V - e0), a->mz[kk], a->my[kk],
+                            a->lz[kk], a->ly[kk]);
             }
             fused_step<D, S, A>(c, k0, k1, a, b, gs);
         };

@@ -24,7 +24,8 @@ namespace rlpo::distill::detail {
 
 /// One chunk of up to three rows in one fused sweep (the pipelined fast path):
 ///   * stage 1 on row `a`: exponentials of both rows (stored to the work rows), their sums
-///     and the KL value terms, and the maxima of the next chunk (read one chunk ahead);
+///     and the KL value terms, and the maxima and minima of the next chunk (read one chunk
+///     ahead);
 ///   * stage 2 on row `b` (three-stage divergences): q and p normalised, the value terms, and
 ///     the per-entry factor of the gradient (work rows, in cache);
 ///   * stage 3 on row `g`: the gradient, written once.
@@ -54,7 +55,8 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
     A* wa0 = St1 ? a->w0 + off : nullptr;
     A* wa1 = St1 ? a->w1 + off : nullptr;
     P s1 = zero, s2 = zero, s3 = zero, nz = ei::pset1<P>(-inf), ny = nz;
-    P tmn = ei::pset1<P>(inf);  // lean: the least exponent argument of the student
+    P lz = ei::pset1<P>(inf), ly = lz;  // the next chunk's minima
+    P tmn = ei::pset1<P>(inf);          // lean: the least exponent argument of the student
     // stage 2
     A* wb0 = St2 ? b->w0 + off : nullptr;
     A* wb1 = St2 ? b->w1 + off : nullptr;
@@ -160,8 +162,11 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
             if (la && j < nlv) {
                 simd::prefetch_l1(za + C + kPf + j);
                 simd::prefetch_l1(ya + C + kPf + j);
-                nz = ei::pmax(nz, ei::ploadu<P>(za + C + j));
-                ny = ei::pmax(ny, ei::ploadu<P>(ya + C + j));
+                const P vz = ei::ploadu<P>(za + C + j), vy = ei::ploadu<P>(ya + C + j);
+                nz = ei::pmax(nz, vz);
+                ny = ei::pmax(ny, vy);
+                lz = ei::pmin(lz, vz);
+                ly = ei::pmin(ly, vy);
             }
             if (j < plv) {
                 simd::prefetch_l1(pz + j);
@@ -231,12 +236,17 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
         if constexpr (Lean) a->tmin[kk] = std::min(lv > 0 ? ei::predux_min(tmn) : inf, tm);
         if (la) {
             A mzn = nlv > 0 ? ei::predux_max(nz) : -inf, myn = nlv > 0 ? ei::predux_max(ny) : -inf;
+            A lzn = nlv > 0 ? ei::predux_min(lz) : inf, lyn = nlv > 0 ? ei::predux_min(ly) : inf;
             for (Index j = nlv; j < nlen; ++j) {
                 mzn = std::max(mzn, za[C + j]);
                 myn = std::max(myn, ya[C + j]);
+                lzn = std::min(lzn, za[C + j]);
+                lyn = std::min(lyn, ya[C + j]);
             }
             a->mz[kk + 1] = mzn;
             a->my[kk + 1] = myn;
+            a->lz[kk + 1] = lzn;
+            a->ly[kk + 1] = lyn;
         }
     }
     if constexpr (St2) {
@@ -246,8 +256,8 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
 }
 
 /// Chunks [k0, k1) of one pipeline step with the given stages present (all chunks, or one
-/// thread's share of the rows in the row-split mode). Stage 1 expects the maxima of chunk k0
-/// to be set (`chunk_max`); it finds those of the following chunks itself.
+/// thread's share of the rows in the row-split mode). Stage 1 expects the maxima and minima of
+/// chunk k0 to be set (`chunk_range`); it finds those of the following chunks itself.
 template <Divergence D, bool St1, bool St2, bool St3, bool Lean, class S, class A>
 inline void fused_row_step(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a, Slot<S, A>* b,
                            Slot<S, A>* g) {

@@ -19,8 +19,9 @@
 
 namespace rlpo::distill::detail {
 
-/// The largest |logit/τ| of a row that the three-stage divergences take on the fast path
-/// (`finish_stage1`); rows beyond take the exact path.
+/// The largest |logit/τ| of a row that the divergences take on the fast path, for every
+/// logit of both rows (its maxima and its minima: `finish_stage1`); rows beyond take the exact
+/// path.
 inline constexpr double kFastLogitRange = 1048576.0;  // 2^20
 
 /// JSD's lean sweep: c_k = β f_p/f_q per chunk for l = log((1−β) + c_k e_p/e_q), or −1 where
@@ -50,6 +51,7 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
     constexpr double kLn2 = 0.6931471805599453;
     const double invT = static_cast<double>(c.invT);
     double mz = -std::numeric_limits<double>::infinity(), my = mz;
+    double lo = std::numeric_limits<double>::infinity();  // the least logit of both rows
     for (Index k = 0; k < c.nc; ++k) {
         const auto kk = static_cast<std::size_t>(k);
         const double zk = static_cast<double>(a.mz[kk]), yk = static_cast<double>(a.my[kk]);
@@ -58,6 +60,7 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
             return false;
         mz = std::max(mz, zk);
         my = std::max(my, yk);
+        lo = std::min(lo, std::min(static_cast<double>(a.lz[kk]), static_cast<double>(a.ly[kk])));
     }
     // The value sweep of the three-stage divergences forms log q = z/τ + c_q from the raw
     // logit (and their exponent arguments z·a − fl(max·a)): the rounding is relative to
@@ -67,10 +70,16 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
     // subtracts the row maximum first. Forward and reverse KL subtract the chunk maxima
     // (x − max), so their rounding needs no bound, but their per-entry terms do: with logits
     // near float's maximum and a small τ, (x − max)/τ overflows (a NaN value or gradient), and
-    // reverse KL's q (h − E_q h)/τ grows with |logit/τ|. The same bound for every kind keeps
-    // the fast path's per-entry gradient terms below ~2^21/τ (`GradWriter::factor_at_risk`);
-    // rows beyond take the exact path, which checks its written gradient.
-    if (std::max(std::abs(mz), std::abs(my)) * invT > kFastLogitRange) return false;
+    // reverse KL's q (h − E_q h)/τ grows with |logit/τ|. The bound holds for the minima too:
+    // a row's spread over τ, not only its maxima, sizes the per-entry log-ratios (x − max)/τ
+    // (a teacher logit of −3e38 beside ordinary ones at τ = 1e−3 made reverse KL's gradient
+    // inf, and a student one NaN, with a finite value; double's exponential, which clamps its
+    // argument near −709 to e^−709 instead of 0, turned such a ratio into a wrong value). The
+    // same bound for every kind keeps the fast path's per-entry terms below 2^21/τ
+    // (`GradWriter::factor_at_risk`); rows beyond take the exact path, which checks its written
+    // gradient. (A −inf logit fails it as well: the exact path gives it probability 0.)
+    if (std::max(std::max(std::abs(mz), std::abs(my)), std::abs(lo)) * invT > kFastLogitRange)
+        return false;
     // Stage 1 summed the KL terms over logits shifted by their chunk maxima (dz = z − mz_k,
     // dy = y − my_k); the shifts come back here in double, as differences of maxima only, so
     // that large logits (rows offset by hundreds) cost no float digits. The chunk factors

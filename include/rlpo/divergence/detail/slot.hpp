@@ -32,6 +32,7 @@ struct Slot {
     A* w0 = nullptr;                 ///< work rows (a pair of the thread's work buffers,
     A* w1 = nullptr;                 ///< shared in place with the row two stages ahead)
     std::vector<A> mz, my;           ///< chunk maxima
+    std::vector<A> lz, ly;           ///< chunk minima (the row's spread, `finish_stage1`)
     std::vector<double> s0, s1, s2;  ///< per-chunk sums of the stage the row is in
     std::vector<A> f0, f1;           ///< per-chunk factors of the row's next stage
     /// per chunk: the exponents of the chunk factors, then their exponentials (every
@@ -50,6 +51,8 @@ struct Slot {
         const auto k = static_cast<std::size_t>(nc);
         mz.resize(k);
         my.resize(k);
+        lz.resize(k);
+        ly.resize(k);
         s0.resize(k);
         s1.resize(k);
         s2.resize(k);
