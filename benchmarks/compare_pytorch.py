@@ -3,6 +3,7 @@
 
 Usage: /usr/bin/python3 benchmarks/compare_pytorch.py [--filter SUBSTR] [--rounds N] [--threads K]
                                                    [--baseline BUILD_DIR] [--no-torch]
+                                                   [--python]
 
 Workloads are declared in benchmarks/compare/*.py (one module per area: token/, vocab/, ...);
 each module exposes WORKLOADS, a list of `Workload` objects (see benchmarks/compare/common.py).
@@ -22,6 +23,16 @@ compare_distill compare_token`), run in the same rounds, interleaved with the tw
 line then also carries `base_ms=B after_over_base=R` (R > 1: the current build is slower), and
 the last line `max_after_over_base=R`. `--no-torch` leaves the PyTorch side out (a paired
 before/after run of rlpo alone). Workloads the baseline's binary does not know are skipped.
+
+`--python` adds the Python-binding path for the workloads that declare one (one token workload,
+token/ppo_dual_k3_token_mean_256x4096, and one vocab workload, vocab/forward_kl_2048x32768):
+the same work done by rlpo through its Python module (`rlpo.torch` autograd Functions over the
+same tensors, forward + backward), timed here like the torch side, in the same rounds. Lines
+then carry `py_ms=P py_over_native=R` (R: rlpo via Python over rlpo native; the overhead of
+going through Python) and `torch_over_py=S` (PyTorch eager over rlpo via Python); the module is
+imported from BUILD/python (built with the `rlpo_python` target when missing). Workloads
+without a Python path are skipped under `--python`. The fixed cost of one small call (argument
+checks, keyword parsing, result packing, in microseconds) is benchmarks/python_overhead.py's.
 """
 import argparse
 import glob
@@ -69,9 +80,15 @@ def run_rlpo(w, reps, threads, build=BUILD):
     return [float(line.split()[1]) for line in out.splitlines() if line.startswith("ms ")]
 
 
-def run_torch(w, reps):
+def ensure_python_module():
+    if not os.path.exists(os.path.join(BUILD, "python", "rlpo", "__init__.py")):
+        subprocess.check_call(["cmake", "--build", BUILD, "-j2", "--target", "rlpo_python"])
+    sys.path.insert(0, os.path.join(BUILD, "python"))
+
+
+def run_torch(w, reps, setup=None):
     import torch
-    step = w.torch_setup()
+    step = (setup or w.torch_setup)()
     step()  # warm-up
     times = []
     for _ in range(reps):
@@ -89,21 +106,27 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--baseline", default="", help="build dir of another commit, run alongside")
     ap.add_argument("--no-torch", action="store_true", help="leave the PyTorch side out")
+    ap.add_argument("--python", action="store_true",
+                    help="add rlpo via its Python module (workloads that declare that path)")
     args = ap.parse_args()
     if not args.no_torch:
         import torch
         torch.set_num_threads(args.threads)
     workloads = [w for w in load_workloads() if args.filter in w.name]
+    if args.python:
+        workloads = [w for w in workloads if w.python_setup is not None]
     if not workloads:
         sys.exit("no workloads match")
     ensure_built(sorted({w.binary for w in workloads}))
+    if args.python:
+        ensure_python_module()
     speedups, ratios = [], []
     for w in workloads:
         base = args.baseline and os.path.join(args.baseline, "benchmarks", w.binary)
         if base and not os.path.exists(base):
             print("%s skipped: %s missing" % (w.name, base), flush=True)
             continue
-        r_all, t_all, b_all = [], [], []
+        r_all, t_all, b_all, p_all = [], [], [], []
         try:
             for _ in range(args.rounds):
                 r_all += run_rlpo(w, w.reps, args.threads)
@@ -111,6 +134,8 @@ def main():
                     b_all += run_rlpo(w, w.reps, args.threads, args.baseline)
                 if not args.no_torch:
                     t_all += run_torch(w, w.reps)
+                if args.python:
+                    p_all += run_torch(w, w.reps, w.python_setup)
         except subprocess.CalledProcessError:
             print("%s skipped: the baseline does not run it" % w.name, flush=True)
             continue
@@ -120,6 +145,11 @@ def main():
             t = statistics.median(t_all)
             speedups.append(t / r)
             line += " torch_ms=%.3f speedup=%.1f" % (t, t / r)
+        if args.python:
+            p = statistics.median(p_all)
+            line += " py_ms=%.3f py_over_native=%.3f" % (p, p / r)
+            if not args.no_torch:
+                line += " torch_over_py=%.1f" % (statistics.median(t_all) / p)
         if base:
             b = statistics.median(b_all)
             ratios.append(r / b)

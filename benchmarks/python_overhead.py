@@ -7,7 +7,9 @@ Usage: PYTHONPATH=build/python /usr/bin/python3 benchmarks/python_overhead.py [-
 Prints, per workload, the best and the median (best/median) over repetitions of: `rlpo` (rlpo.<module>.<fn> on NumPy
 views, value + gradient), `rlpo.torch` (the autograd Function, forward + backward) and `torch`
 (the formula in PyTorch eager, forward + backward), in microseconds. The tiny workload shows the
-fixed cost of a call (argument checks, keyword parsing, GIL release, result packing).
+fixed cost of a call (argument checks, keyword parsing, GIL release, result packing). The same
+comparison against the native C++ binaries, on the large token and vocab workloads, is
+`benchmarks/compare_pytorch.py --python`.
 """
 import argparse
 import os

@@ -33,7 +33,7 @@ dir=${RLPO_FUZZ_DIR:-build-fuzz}
 cmake -S . -B "$dir" -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CXX_FLAGS_RELEASE="-O1" -DRLPO_BUILD_FUZZ=ON -DRLPO_USE_OPENMP=OFF \
   -DRLPO_BUILD_TESTS=OFF -DRLPO_BUILD_EXAMPLES=OFF -DRLPO_BUILD_BENCHMARKS=OFF \
-  -DRLPO_INSTALL=OFF >/dev/null
+  -DRLPO_INSTALL=OFF -DRLPO_BUILD_TORCH=OFF >/dev/null
 start=$(date +%s)
 cmake --build "$dir" -j"${RLPO_FUZZ_JOBS:-2}" --target "${targets[@]/#/fuzz_}"
 echo "fuzz: built ${#targets[@]} target(s) in $(($(date +%s) - start)) s"

@@ -13,7 +13,7 @@ if [ "${1:-}" = "--sanitize" ]; then
   dir=${RLPO_BUILD_DIR:-build-asan}
   cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_STANDARD="$std" \
     -DRLPO_BUILD_BENCHMARKS=OFF -DRLPO_BUILD_EXAMPLES=ON -DRLPO_TEST_CONSUMERS=OFF \
-    -DRLPO_TEST_ISA_VARIANTS=OFF \
+    -DRLPO_TEST_ISA_VARIANTS=OFF -DRLPO_BUILD_TORCH=OFF \
     -DCMAKE_CXX_FLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
     -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >/dev/null
   label="-LE slow"

@@ -47,6 +47,26 @@ def _ppo_dual_k3_setup(B=256, T=4096, eps=0.2, c=3.0, beta=0.001):
     return step
 
 
+def _ppo_dual_k3_python_setup(B=256, T=4096, beta=0.001):
+    """The same loss through rlpo's Python module (rlpo.torch: verl's PPO clip with dual clip,
+    k3 clamped as verl, token-mean), forward + backward, metrics returned as verl logs them."""
+    import rlpo.torch as rt
+    lp0, old, ref, adv, mask = _inputs(B, T)
+    logp = lp0.clone().requires_grad_(True)
+
+    def step():
+        logp.grad = None
+        pg, m1 = rt.ppo_clip(logp, old, adv, mask, preset="verl", return_metrics=True)
+        kl, m2 = rt.kl_penalty(logp, ref, mask, preset="verl", estimator="low_var_kl",
+                               return_metrics=True)
+        loss = pg + beta * kl
+        loss.backward()
+        return loss.item()
+
+    return step
+
+
 WORKLOADS = [
-    Workload("token/ppo_dual_k3_token_mean_256x4096", "compare_token", _ppo_dual_k3_setup, reps=5),
+    Workload("token/ppo_dual_k3_token_mean_256x4096", "compare_token", _ppo_dual_k3_setup, reps=5,
+             python_setup=_ppo_dual_k3_python_setup),
 ]

@@ -44,8 +44,28 @@ def _torch_setup(kind, N, V):
     return setup
 
 
+def _python_setup(kind, N, V):
+    """The same divergence through rlpo's Python module (rlpo.torch.divergence), forward +
+    backward to the student logits."""
+    def setup():
+        import torch
+        import rlpo.torch as rt
+        g = torch.Generator().manual_seed(7)
+        z = (torch.rand(N, V, generator=g) * 6 - 3).requires_grad_(True)
+        y = torch.rand(N, V, generator=g) * 6 - 3
+
+        def step():
+            z.grad = None
+            rt.divergence(z, y, divergence=kind).backward()
+
+        return step
+    return setup
+
+
 WORKLOADS = []
 for _kind in ("forward_kl", "reverse_kl", "jsd0.5", "tvd"):
     for _N, _V in ((2048, 32768), (256, 151936)):
+        # one vocab workload also through the Python module (compare_pytorch.py --python)
+        _py = _python_setup(_kind, _N, _V) if (_kind, _N) == ("forward_kl", 2048) else None
         WORKLOADS.append(Workload("vocab/%s_%dx%d" % (_kind, _N, _V), "compare_distill",
-                                  _torch_setup(_kind, _N, _V), reps=3))
+                                  _torch_setup(_kind, _N, _V), reps=3, python_setup=_py))

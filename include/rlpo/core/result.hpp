@@ -93,6 +93,39 @@ template <class S>
 inline GradientOut<S> add_to(Mat<S>& g, double coef = 1.0) {
     return add_to<S>(MatRef<S>(g), coef);
 }
+namespace detail {
+/// Whether an Eigen destination has rlpo's gradient layout: row-major rows of contiguous
+/// entries (a vector, whose layout is the same either way, included).
+template <class G>
+inline constexpr bool is_row_major_destination_v =
+    (G::IsRowMajor || G::IsVectorAtCompileTime) && G::InnerStrideAtCompileTime == 1;
+}  // namespace detail
+
+/// Any other Eigen destination: row-major `Eigen::Map`s, `Ref`s and blocks (`write_to(
+/// rlpo::view(ptr, rows, cols))`, no scalar to name). A column-major matrix (Eigen's default,
+/// `Eigen::MatrixXf`) is rejected at compile time: rlpo writes `[rows, cols]` row by row.
+template <class G, class D = std::decay_t<G>, class S = typename D::Scalar>
+inline GradientOut<S> write_to(G&& g, double coef = 1.0) {
+    static_assert(detail::is_row_major_destination_v<D>,
+                  "rlpo::write_to / rlpo::add_to: the gradient destination must be row-major with "
+                  "contiguous rows (rlpo::Mat<S>, or a row-major Eigen::Map / Ref / block); "
+                  "Eigen::MatrixXf and other column-major matrices are not accepted");
+    if constexpr (detail::is_row_major_destination_v<D>)
+        return write_to<S>(MatRef<S>(g), coef);
+    else
+        return GradientOut<S>{};  // (not reached: the static_assert above is the one error)
+}
+template <class G, class D = std::decay_t<G>, class S = typename D::Scalar>
+inline GradientOut<S> add_to(G&& g, double coef = 1.0) {
+    static_assert(detail::is_row_major_destination_v<D>,
+                  "rlpo::write_to / rlpo::add_to: the gradient destination must be row-major with "
+                  "contiguous rows (rlpo::Mat<S>, or a row-major Eigen::Map / Ref / block); "
+                  "Eigen::MatrixXf and other column-major matrices are not accepted");
+    if constexpr (detail::is_row_major_destination_v<D>)
+        return add_to<S>(MatRef<S>(g), coef);
+    else
+        return GradientOut<S>{};  // (not reached: the static_assert above is the one error)
+}
 /// Skip the gradient (value and metrics only).
 template <class S>
 inline GradientOut<S> no_grad() {
