@@ -204,3 +204,49 @@ TEST_CASE("distill divergences: a row's least logit beyond the fast range takes 
             }
     }
 }
+
+TEST_CASE("distill divergences: skew KLs at alpha = 0 are the plain KLs where a mixture underflows",
+          "[distill][properties]") {
+    // Skew KL at α = 0 is KL(p‖q) (m = q) and skew reverse KL at α = 0 is KL(q‖p) (m = p).
+    // Where the student (skew KL) or the teacher (skew reverse KL) lies 200 nats below the
+    // other on some entries, m underflows in float while both KLs and their gradients are
+    // finite: the skew factor −(1−α) p/m (resp. log(q/m)) overflowed and skew KL reported a
+    // gradient overflow. The double reference of the plain KL (closed form of α = 0) decides.
+    const double tau = 0.01;
+    const Index N = 4, V = 2 * 2048 + 45;
+    rt::Generator gen(29);
+    const Mat<double> zu = gen.logits(N, V, 2.0);
+    const Mat<double> z0 = zu * tau, y0 = gen.perturbed(zu, 1.0) * tau;
+    for (Divergence d : {Divergence::SkewKL, Divergence::SkewReverseKL}) {
+        const Divergence plain =
+            d == Divergence::SkewKL ? Divergence::ForwardKL : Divergence::ReverseKL;
+        Mat<double> z = z0, y = y0;
+        // the low side: the student for skew KL, the teacher for skew reverse KL; entries in
+        // the vectorised body of chunks 0 and 1 and in the scalar tail, the other side high
+        Mat<double>& low = d == Divergence::SkewKL ? z : y;
+        Mat<double>& high = d == Divergence::SkewKL ? y : z;
+        for (Index n = 0; n < N; ++n)
+            for (Index j : {Index(5 + n), Index(2048 + 7 * n), Index(V - 1 - n)}) {
+                low(n, j) = low.row(n).maxCoeff() - 200.0 * tau;
+                high(n, j) = high.row(n).maxCoeff() + 1.0 * tau;
+            }
+        const Mat<float> zs = z.cast<float>(), ys = y.cast<float>();
+        const Mat<double> zr = zs.cast<double>(), yr = ys.cast<double>();
+        DistillOptions o = opts_for(d, tau, false);
+        o.alpha = 0.0;
+        double expect = 0;
+        Mat<double> gexp(N, V);
+        for (Index n = 0; n < N; ++n) {
+            Eigen::RowVectorXd gr;
+            expect += naive_row(plain, zr.row(n), yr.row(n), tau, o.beta, 0.0, gr) / N;
+            gexp.row(n) = gr / static_cast<double>(N);
+        }
+        INFO(rlpo::distill::to_string(d));
+        const auto r = rlpo::distill::divergence(zs, ys, o);
+        REQUIRE(std::isfinite(r.value));
+        CHECK(expect > 1.0);  // the 200-nat entries dominate
+        CHECK(rlpo_test::rel_err(r.value, expect) < value_tol<float>());
+        REQUIRE(r.grad.array().isFinite().all());
+        CHECK(grad_err<float>(r.grad.cast<double>(), gexp) < grad_tol<float>());
+    }
+}

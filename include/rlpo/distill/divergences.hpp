@@ -28,7 +28,8 @@
 /// **Conventions.** JSD follows TRL's `generalized_jsd_loss` / Liger's JSD: β = 0 is exactly
 /// forward KL(p‖q) and β = 1 exactly reverse KL(q‖p) (special-cased, as there: the mixture
 /// formula would give 0 at both ends); default β = 0.5. Skew KL / skew reverse KL are
-/// DistiLLM's (Ko et al., ICML 2024), α = 0.1; DistiLLM's code evaluates the skew forward KL
+/// DistiLLM's (Ko et al., ICML 2024), α = 0.1 (α = 0 runs as the plain KL, m = q resp. p,
+/// whose gradient stays finite where m underflows); DistiLLM's code evaluates the skew forward KL
 /// as the cross-entropy −Σ p log m, which differs from KL(p‖m) by the teacher entropy (a
 /// constant: same gradient); rlpo returns the divergence, so D(p, p) = 0. Temperature divides
 /// both logit rows; `temperature_squared` multiplies value and gradient by τ² (Hinton et al.

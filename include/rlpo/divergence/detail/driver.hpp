@@ -319,7 +319,7 @@ inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const 
     });
 }
 
-/// Every row of a dense divergence (`o.divergence`; JSD at β = 0 / 1 runs as forward / reverse
+/// Every row of a dense divergence (`o.divergence`, run as `kind_to_run(o)`: JSD at β = 0 / 1 as forward / reverse
 /// KL) through `dense_rows_fast`: the per-row values L_n (without `row_scale`) and errors, for
 /// the caller to combine (`combine_rows`, or a front end's own error messages). The gradient
 /// of row n is written through `g`, scaled by coef · c · m_n · `row_scale`; the logits are the
@@ -329,9 +329,7 @@ template <class S, class A>
 inline DenseRows dense_rows(const DistillOptions& o, const RowPlan& plan, const ConstMatRef<S>& z,
                             const ConstMatRef<S>& y, const ::rlpo::detail::GradWriter<S>& g,
                             double row_scale) {
-    Divergence d = o.divergence;
-    if (d == Divergence::JSD && o.beta == 0.0) d = Divergence::ForwardKL;
-    if (d == Divergence::JSD && o.beta == 1.0) d = Divergence::ReverseKL;
+    const Divergence d = kind_to_run(o);
     DenseRows out;
     switch (d) {  // one case per row of the registry (divergence/detail/kind_registry.hpp)
 #define RLPO_DIVERGENCE_CASE(K)                                                 \

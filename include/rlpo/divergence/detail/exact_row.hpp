@@ -34,9 +34,7 @@ inline double dense_row_impl(const DistillOptions& o, const A* z, const A* y, A 
     const auto zs = za - mz;
     const auto ys = ya - my;
     const A iq = static_cast<A>(1.0 / sq), ip = static_cast<A>(1.0 / sp);
-    Divergence d = o.divergence;
-    if (d == Divergence::JSD && o.beta == 0.0) d = Divergence::ForwardKL;
-    if (d == Divergence::JSD && o.beta == 1.0) d = Divergence::ReverseKL;
+    const Divergence d = kind_to_run(o);
     // the kind's exact row (`KindMath::exact`)
     const ExactRow<Safe, S, A, std::decay_t<decltype(zs)>, std::decay_t<decltype(ys)>> x{
         o, invT, eq, ep, zs, ys, cq, cp, iq, ip, ws, V, rg};

@@ -24,3 +24,21 @@
     X(SkewReverseKL)             \
     X(TVD)                       \
     X(ChiSquared)
+
+namespace rlpo::distill::detail {
+
+/// The kind whose `KindMath` computes `o.divergence` at o's β and α: JSD at β = 0 / 1 is
+/// forward / reverse KL, skew KL at α = 0 is forward KL (m = q) and skew reverse KL at α = 0
+/// reverse KL (m = p). The general kinds give the same values there, but their factors
+/// (−(1−α) p/m, α q/m, …) overflow where the plain KLs' gradients are finite (a student far
+/// below the teacher at small τ).
+inline Divergence kind_to_run(const DistillOptions& o) {
+    const Divergence d = o.divergence;
+    if (d == Divergence::JSD && o.beta == 0.0) return Divergence::ForwardKL;
+    if (d == Divergence::JSD && o.beta == 1.0) return Divergence::ReverseKL;
+    if (d == Divergence::SkewKL && o.alpha == 0.0) return Divergence::ForwardKL;
+    if (d == Divergence::SkewReverseKL && o.alpha == 0.0) return Divergence::ReverseKL;
+    return d;
+}
+
+}  // namespace rlpo::distill::detail
