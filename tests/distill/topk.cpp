@@ -178,6 +178,66 @@ TEMPLATE_TEST_CASE("top-k forward KL and DAC-KL: agree with the PyTorch autograd
     }
 }
 
+// A row whose tail (the entries outside K) lies 1800 nats and more below its maximum (τ = 1e-3,
+// a 1.8 logit gap): q_t = e^{-1800} underflows float and double alike (and the vectorised
+// exp's clamp raised it to ~1e-36 on some machines, which gave a ±inf gradient). The value is
+// the closed form in long double log space; the gradient central differences of the double
+// value; float agrees with double.
+TEST_CASE("top-k forward KL: a tail far below the row's maximum stays finite and exact",
+          "[distill][topk][accuracy]") {
+    const std::vector<double> row = {-1.98, -14.2, -1e30, -1.84, 0.0,  -1.89,
+                                     -116., -1.81, -3.0,  -15.6, -1.92};
+    const Index V = static_cast<Index>(row.size());
+    Mat<double> z(1, V);
+    for (Index j = 0; j < V; ++j) z(0, j) = row[static_cast<std::size_t>(j)];
+    Mat<double> idx(1, 2), lp(1, 2);
+    idx << 4, 8;  // the maximum and one entry below the tail
+    lp << std::log(0.3), std::log(0.04);
+    const Mat<double> m = Mat<double>::Ones(1, 1);
+    TopKOptions o;
+    o.temperature = 1e-3;
+    // closed form: log q_j = z_j/τ − lse(z/τ), q_t = Σ_{j∉K} q_j in log space
+    using LD = long double;
+    const auto lse = [&](bool tail_only) {
+        LD mx = -std::numeric_limits<LD>::infinity();
+        for (Index j = 0; j < V; ++j)
+            if (!tail_only || (j != 4 && j != 8)) mx = std::max(mx, LD(z(0, j)) / LD(1e-3));
+        LD s = 0;
+        for (Index j = 0; j < V; ++j)
+            if (!tail_only || (j != 4 && j != 8)) s += std::exp(LD(z(0, j)) / LD(1e-3) - mx);
+        return mx + std::log(s);
+    };
+    const LD ls = lse(false), lqt = lse(true) - ls;
+    const LD pt = 1 - LD(0.3) - LD(0.04);
+    LD L = pt * (std::log(pt) - lqt);
+    for (Index t = 0; t < 2; ++t) {
+        const Index j = static_cast<Index>(idx(0, t));
+        L += std::exp(LD(lp(0, t))) * (LD(lp(0, t)) - (LD(z(0, j)) / LD(1e-3) - ls));
+    }
+    REQUIRE(std::isfinite(static_cast<double>(L)));
+    REQUIRE(L > 1000);  // the tail's e^{-1800}: far from 0 and from inf
+    const auto rd = rlpo::distill::forward_kl_topk(z, idx, lp, m, o);
+    CHECK(rd.value == Approx(static_cast<double>(L)).epsilon(1e-12));
+    REQUIRE(rd.grad.allFinite());
+    rlpo_test::require_fd_gradient(
+        [&](const Mat<double>& x) {
+            return rlpo::distill::forward_kl_topk(x, idx, lp, m, o, {}, rlpo::no_grad<double>())
+                .value;
+        },
+        z, rd.grad, 1e-4, 1e-3);
+    // the tail's gradient is −p_t/τ times the tail softmax: its entries sum to q_t/τ − p_t/τ
+    double tail_sum = 0;
+    for (Index j = 0; j < V; ++j)
+        if (j != 4 && j != 8) tail_sum += rd.grad(0, j);
+    CHECK(tail_sum == Approx(-static_cast<double>(pt) / 1e-3).epsilon(1e-12));
+    const Mat<float> zf = z.cast<float>(), lpf = lp.cast<float>();
+    const auto rf = rlpo::distill::forward_kl_topk(zf, idx, lpf, m.cast<float>(), o);
+    CHECK(rf.value == Approx(rd.value).epsilon(1e-5));
+    REQUIRE(rf.grad.allFinite());
+    CHECK((rf.grad.cast<double>() - rd.grad).cwiseAbs().maxCoeff() <
+          1e-3 * rd.grad.cwiseAbs().maxCoeff());
+}
+
 TEST_CASE("top-k forward KL: limits and bounds", "[distill][topk][properties]") {
     rt::Generator gen(5);
     const Index N = 6, V = 30;

@@ -444,6 +444,38 @@ TEST_CASE("pass@k / OPO / GDPO: closed forms and identities", "[rollout][advanta
     CHECK(ap(1) == Approx(0.4));
     CHECK(ap(0) == 0);
     CHECK(ap(2) == 0);
+    // with std, ε = 0: scores {x, 0, 0, 0} give x/σ = 2 (sample σ = x/2) or 4/√3 (population
+    // σ = √3·x/4) at any scale, tiny ones included; at the smallest denormal (where σ rounds to
+    // 0) the advantage stays finite instead of inf
+    po.norm_by_std = true;
+    po.epsilon = 0;
+    for (const double x : {1.0, 1e-310}) {
+        Vec<double> one(4);
+        one << x, 0, 0, 0;
+        po.std_kind = rr::StdKind::Sample;
+        CHECK(rr::grpo_passk_advantages(one, Groups::equal(4, 4), po)(0) ==
+              Approx(2.0).epsilon(1e-9));
+        po.std_kind = rr::StdKind::Population;
+        CHECK(rr::grpo_passk_advantages(one, Groups::equal(4, 4), po)(0) ==
+              Approx(4.0 / std::sqrt(3.0)).epsilon(1e-9));
+    }
+    Vec<double> dn(4);
+    dn << std::numeric_limits<double>::denorm_min(), 0, 0, 0;
+    for (const auto kind : {rr::StdKind::Sample, rr::StdKind::Population}) {
+        po.std_kind = kind;
+        const double a0 = rr::grpo_passk_advantages(dn, Groups::equal(4, 4), po)(0);
+        CHECK(std::isfinite(a0));
+        CHECK(a0 > 0);
+        CHECK(a0 < 2.5);
+    }
+    // without std, s_max − s_2nd beyond the double range is a numerical error
+    po.norm_by_std = false;
+    Vec<double> huge(2);
+    huge << 1e308, -1e308;
+    RLPO_REQUIRE_NUMERICAL_ERROR(rr::grpo_passk_advantages(huge, Groups::equal(2, 2), po),
+                                 "overflows the storage type");
+    po.norm_by_std = true;
+    CHECK(std::isfinite(rr::grpo_passk_advantages(huge, Groups::equal(2, 2), po)(0)));
 }
 
 TEST_CASE("pass@k / OPO / GDPO: bad input gives the documented error",

@@ -350,6 +350,20 @@ TEST_CASE("whitening and GAE: huge values stay finite or overflow loudly",
     const Mat<double> wm = rr::whiten(Mat<double>(x * 1e10), Mat<double>(m * 1e300), pop);
     REQUIRE(wm.allFinite());
     CHECK(rlpo_test::max_rel_err(wm, wp) < 1e-12);
+    // one heavy weight and ε = 0: the light token's whitened value sqrt((1 − p)/p), p = its
+    // weight share (≈ 4.6e41 here), fits a double but not a float (numerical_error, never
+    // −inf); the heavy token's is −sqrt(p/(1 − p))
+    {
+        Mat<float> xf(1, 2), mf(1, 2);
+        xf << 0.0F, 1.0F;
+        mf << 3e38F, std::numeric_limits<float>::denorm_min();
+        RLPO_REQUIRE_NUMERICAL_ERROR(rr::whiten(xf, mf, pop), "the whitened value at [0, 1]");
+        const Mat<double> md = mf.cast<double>();
+        const Mat<double> wd = rr::whiten(Mat<double>(xf.cast<double>()), md, pop);
+        const double p = md(0, 1) / (md(0, 0) + md(0, 1));
+        CHECK(wd(0, 1) == Approx(std::sqrt((1 - p) / p)).epsilon(1e-12));
+        CHECK(wd(0, 0) == Approx(-std::sqrt(p / (1 - p))).epsilon(1e-12));
+    }
     // GAE whose return 1e308 + 1e308 overflows: numerical_error naming the position
     Mat<double> r = Mat<double>::Zero(1, 2), v = Mat<double>::Zero(1, 2),
                 mm = Mat<double>::Ones(1, 2);

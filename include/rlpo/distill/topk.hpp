@@ -13,7 +13,9 @@
 ///   (k+1)-category coarsenings of p and q, hence a lower bound of the full KL(p‖q) (data
 ///   processing) that equals it when the teacher's mass is all in K. ∂L/∂z_j = (q_j − p_j)/τ
 ///   for j ∈ K and q_j (1 − p_t/q_t)/τ for j ∉ K. q_t is summed over the tail directly (no
-///   1 − Q_K cancellation).
+///   1 − Q_K cancellation); a tail far below the row's maximum (q_t near the type's smallest
+///   normal number, e.g. τ = 1e−3 with a 1.8 logit gap) is taken in log space relative to
+///   its own maximum, so L stays finite and exact and the gradient bounded.
 /// * `Renormalize`: the teacher is renormalised on K, p̃_k = e^{ℓ_k}/P_K, and
 ///   L = Σ_K p̃_k (log p̃_k − log q_k) (the student is not renormalised); ∂L/∂z_j = (q_j −
 ///   p̃_j [j∈K])/τ. This is the rule of sparse / top-k logit distillation recipes that keep only
@@ -150,8 +152,33 @@ inline double topk_row(TopKTail tail, const A* z, Index V, const Index* idx, con
         saved[t] = q[idx[t]];
         q[idx[t]] = A(0);
     }
-    const double qt = sum_chunks(ArrMap<A>(q, V));
+    double qt = sum_chunks(ArrMap<A>(q, V));
     for (std::size_t t = 0; t < k; ++t) q[idx[t]] = saved[t];
+    // q_t from the normalised row is exact while it stays far above the smallest normal
+    // number (the entries lost to underflow, or raised to ~1e-38 by the vectorised exp's
+    // clamp, weigh < 1 ulp): at least V·min/ε. Below, the tail is far under the row's
+    // maximum ((z_j − mz)/τ ≲ −87 in float): log q_t is taken relative to the tail's own
+    // maximum z_t, log q_t = (z_t − mz)/τ − ls + log Σ_{j∉K} e^{(z_j − z_t)/τ}, and the tail
+    // softmax e_j/Σe carries the gradient — the value stays finite and exact and no factor
+    // p_t/q_t overflows (the student has mass e^{−1800} there, not 0).
+    constexpr double tiny = static_cast<double>(std::numeric_limits<A>::min()) /
+                            static_cast<double>(std::numeric_limits<A>::epsilon());
+    bool far_tail = pt > 0 && qt < static_cast<double>(V) * tiny;
+    double log_qt = std::log(qt), st = 0.0;
+    A* e = ws.b.data();
+    if (far_tail) {
+        for (Index j = 0; j < V; ++j) e[j] = z[j];
+        for (std::size_t t = 0; t < k; ++t) e[idx[t]] = -std::numeric_limits<A>::infinity();
+        const A zt = CArrMap<A>(e, V).maxCoeff();
+        if (zt == -std::numeric_limits<A>::infinity()) {
+            qt = 0.0;  // K holds every finite logit: the tail has no mass at all
+            log_qt = -std::numeric_limits<double>::infinity();
+            far_tail = false;
+        } else {
+            st = static_cast<double>(exp_row<true>(e, V, zt, static_cast<A>(invT), e));
+            log_qt = (static_cast<double>(zt) - mz) * invT - ls + std::log(st);
+        }
+    }
     // K covers the student's whole support: a tail mass within the rounding tolerance is 0
     if (qt == 0 && pt <= 1e-4) pt = 0;
     double L = 0.0;
@@ -159,8 +186,15 @@ inline double topk_row(TopKTail tail, const A* z, Index V, const Index* idx, con
         if (lp[t] == -std::numeric_limits<double>::infinity()) continue;
         L += std::exp(lp[t]) * (lp[t] - logq(idx[t]));
     }
-    if (pt > 0) L += pt * (std::log(pt) - std::log(qt));
+    if (pt > 0) L += pt * (std::log(pt) - log_qt);
     if (!std::isfinite(L)) return L;
+    if (far_tail) {
+        // q_j/τ − p_t·(e_j/Σe)/τ off K (e is 0 on K), then − p_k/τ on K
+        rg.set(ArrMap<A>(q, V) * static_cast<A>(invT) -
+               ArrMap<A>(e, V) * static_cast<A>(pt * invT / st));
+        for (std::size_t t = 0; t < k; ++t) rg.add_at(idx[t], -std::exp(lp[t]) * invT);
+        return L;
+    }
     const double r = pt > 0 ? pt / qt : 0.0;
     rg.set(ArrMap<A>(q, V) * static_cast<A>((1.0 - r) * invT));
     for (std::size_t t = 0; t < k; ++t)

@@ -326,7 +326,9 @@ struct GRPOPassKOptions {
 /// of each group gets a non-zero advantage, s_max − s_2nd (divided by σ_g + ε when
 /// `norm_by_std`); ties for the maximum give 0 (s_max − s_2nd = 0), and the first of the tied
 /// responses is taken as "the best". Every group needs at least 2 responses (as in verl);
-/// all-equal groups give 0.
+/// all-equal groups give 0. The ratio is formed without rounding σ_g first (scores in the
+/// denormal range stay finite); s_max − s_2nd beyond the storage type (without
+/// `norm_by_std`) → rlpo::numerical_error.
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> grpo_passk_advantages(const Eigen::MatrixBase<D>& scores,
                                                        const Groups& groups,
@@ -348,14 +350,19 @@ Vec<::rlpo::detail::scalar_t<D>> grpo_passk_advantages(const Eigen::MatrixBase<D
         double second = -std::numeric_limits<double>::infinity();
         for (Index k = b; k < e; ++k)
             if (k != best) second = std::max(second, s[static_cast<std::size_t>(k)]);
-        double adv = s[static_cast<std::size_t>(best)] - second;
+        // s_max − s_2nd, at half scale where it overflows; divided by σ_g + ε without
+        // rounding σ_g first (a std in the denormal range would give ±inf)
+        const detail::Centred d = detail::centred(s[static_cast<std::size_t>(best)], second);
+        double adv = d.d * d.scale;  // overflows only where s_max − s_2nd does (reported)
         if (opts.norm_by_std) {
             const double mu = detail::mean(s, b, e);
-            adv /= detail::stddev(s, b, e, mu, opts.std_kind == StdKind::Sample) + opts.epsilon;
+            adv = detail::ratio_to_std(
+                d, detail::stddev_scaled(s, b, e, mu, opts.std_kind == StdKind::Sample),
+                opts.epsilon);
         }
         a[static_cast<std::size_t>(best)] = adv;
     }
-    return detail::to_vec<S>(a);
+    return detail::to_vec_checked<S>(fn, a);
 }
 
 namespace detail {

@@ -213,6 +213,9 @@ inline void whiten_in_place(X& x, const ConstMatRef<S>& mask, const std::vector<
     const double denom =
         o.eps_as_floor ? std::sqrt(std::max(var, o.epsilon)) : std::sqrt(var + o.epsilon);
     const bool zero = degenerate || !(denom > 0);
+    // The first column per row whose whitened value does not fit the storage type (a tiny
+    // spread, e.g. ε = 0 with one heavy weight: (x − μ)/σ beyond float's range), or −1.
+    std::vector<Index> overflow(static_cast<std::size_t>(B), -1);
     ::rlpo::detail::parallel_for(B, B > 64, [&](Index i) {
         for (Index t = 0; t < T; ++t) {
             using X_t = typename X::Scalar;
@@ -222,9 +225,18 @@ inline void whiten_in_place(X& x, const ConstMatRef<S>& mask, const std::vector<
             }
             double w = zero ? 0.0 : (static_cast<double>(x(i, t)) - mu) / denom;
             if (!o.shift_mean) w += mu;
-            x(i, t) = static_cast<X_t>(w);
+            const X_t out = static_cast<X_t>(w);
+            if (!(std::abs(out) < std::numeric_limits<X_t>::infinity()) &&
+                overflow[static_cast<std::size_t>(i)] < 0)
+                overflow[static_cast<std::size_t>(i)] = t;
+            x(i, t) = out;
         }
     });
+    for (Index i = 0; i < B; ++i)
+        if (overflow[static_cast<std::size_t>(i)] >= 0)
+            ::rlpo::detail::fail_numerical("rollout::whiten", "the whitened value at [", i, ", ",
+                                           overflow[static_cast<std::size_t>(i)],
+                                           "] overflows the storage type");
 }
 
 }  // namespace detail

@@ -152,6 +152,17 @@ inline ScaledStd stddev_scaled(const std::vector<double>& x, Index b, Index e, d
     return {half ? 2.0 * D : D, std::sqrt(q / n)};
 }
 
+/// (d·scale)/(σ + ε) for a difference given as a `Centred` and σ = D·r as a `ScaledStd`,
+/// formed as (d/(D/scale))/(r + ε/D): σ is never rounded first, so a std in the denormal range
+/// (scores of 5e-324, where D·r rounds to 0 or to the smallest denormal) still divides
+/// exactly. 0 where σ + ε = 0; where ε/D overflows (ε ≫ σ), d·scale/(σ + ε) as it stands.
+inline double ratio_to_std(const Centred& c, const ScaledStd& sd, double eps) {
+    const double den = sd.r + eps / sd.D;
+    if (!(den > 0)) return 0.0;
+    if (!std::isfinite(den)) return c.d / ((sd.value() + eps) / c.scale);
+    return c.d / (sd.D / c.scale) / den;
+}
+
 /// The standard deviation as one double (+inf only where the true std exceeds the range).
 inline double stddev(const std::vector<double>& x, Index b, Index e, double mu, bool sample) {
     return stddev_scaled(x, b, e, mu, sample).value();
