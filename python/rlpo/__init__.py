@@ -10,16 +10,21 @@ dtype; they are read in place (no copy). Errors: ``ValueError`` (rlpo::invalid_a
 shape, an option, a NaN; also a layout or device the bindings refuse), ``TypeError`` (a dtype or
 type), ``rlpo.NumericalError`` (an ``ArithmeticError``: rlpo::numerical_error, a result that
 would overflow).
+
+Threads: each call uses ``rlpo.threads_per_call()`` threads (OpenMP's setting by default);
+``with rlpo.thread_limit(n):`` caps the calls the current thread makes inside the block. The
+GIL is released during each call, so Python threads may call rlpo at once.
 """
 
 from . import _rlpo
 from ._common import NumericalError, Result
+from ._rlpo import thread_limit, threads_per_call
 from . import distill, penalties, policy, preference, rollout
 
 __version__ = _rlpo.__version__
 
 __all__ = ["NumericalError", "Result", "distill", "penalties", "policy", "preference", "rollout",
-           "torch"]
+           "thread_limit", "threads_per_call", "torch"]
 
 
 def __getattr__(name):

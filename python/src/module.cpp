@@ -2,7 +2,19 @@
 // namespace, and the translation of rlpo's two exceptions.
 #include "common.hpp"
 
+#include <rlpo/core/threads.hpp>
 #include <rlpo/version.hpp>
+
+#include <memory>
+
+namespace {
+/// `with rlpo.thread_limit(n):` — an rlpo::ThreadLimit for the calling thread while the block
+/// runs (entered and left on that thread, as Python's `with` is).
+struct ThreadLimitBlock {
+    int threads = 0;
+    std::unique_ptr<rlpo::ThreadLimit> active;
+};
+}  // namespace
 
 PYBIND11_MODULE(_rlpo, m) {
     namespace py = pybind11;
@@ -24,6 +36,29 @@ PYBIND11_MODULE(_rlpo, m) {
             PyErr_SetString(PyExc_ValueError, e.what());
         }
     });
+    py::class_<ThreadLimitBlock>(
+        m, "thread_limit",
+        "with rlpo.thread_limit(n): every rlpo call this thread makes in the block uses at most "
+        "n threads (0: OpenMP's setting); see rlpo.threads_per_call()")
+        .def(py::init([](int threads) {
+                 RLPO_CHECK(threads >= 0, "thread_limit",
+                            "threads: must be >= 0 (0: no limit), given ", threads);
+                 return ThreadLimitBlock{threads, nullptr};
+             }),
+             py::arg("threads"))
+        .def(
+            "__enter__",
+            [](ThreadLimitBlock& b) -> ThreadLimitBlock& {
+                b.active = std::make_unique<rlpo::ThreadLimit>(b.threads);
+                return b;
+            },
+            py::return_value_policy::reference)
+        .def("__exit__", [](ThreadLimitBlock& b, const py::args&) {
+            b.active.reset();
+            return false;
+        });
+    m.def("threads_per_call", &rlpo::threads_per_call,
+          "the threads an rlpo call made now from this thread would use at most");
     rlpo_py::bind_policy(m.def_submodule("policy", "policy-gradient surrogates (grad: logp)"));
     rlpo_py::bind_penalties(m.def_submodule("penalties", "KL penalties (grad: logp)"));
     rlpo_py::bind_distill(m.def_submodule("distill", "distillation divergences (grad: logits)"));

@@ -133,6 +133,31 @@ def test_two_threads_at_once():
             assert r.metrics == serial[k].metrics
 
 
+def test_thread_limit():
+    """rlpo.thread_limit caps the calls of the current thread only, nests, and changes no bit."""
+    default = rlpo.threads_per_call()
+    assert default >= 1
+    rng = np.random.default_rng(3)
+    z, y = rng.normal(size=(64, 3000)), rng.normal(size=(64, 3000))
+    r0 = rlpo.distill.divergence(z, y)
+    seen = []
+    with rlpo.thread_limit(1):
+        assert rlpo.threads_per_call() == 1
+        with rlpo.thread_limit(3):
+            assert rlpo.threads_per_call() == 3
+        assert rlpo.threads_per_call() == 1
+        r1 = rlpo.distill.divergence(z, y)
+        other = threading.Thread(target=lambda: seen.append(rlpo.threads_per_call()))
+        other.start()
+        other.join()
+    assert rlpo.threads_per_call() == default
+    assert seen == [default]
+    assert r1.value == r0.value
+    np.testing.assert_array_equal(r1.grad, r0.grad)
+    with pytest.raises(ValueError, match="threads: must be >= 0"):
+        rlpo.thread_limit(-1)
+
+
 def test_result_and_package():
     logp, old, _, adv, m = tokens()
     value, grad, metrics = rlpo.policy.ppo_clip(logp, old, adv, m)

@@ -1,8 +1,8 @@
 #pragma once
 // The invariances every objective's test checks, written once: thread counts and micro-batches.
 //
-//   with_threads(k, f)                  f() with k OpenMP threads (the setting restored), or
-//                                       plain f() in a build without OpenMP.
+//   with_threads(k, f)                  f() with k threads per rlpo call (rlpo::ThreadLimit),
+//                                       or plain f() in a build without OpenMP.
 //   require_micro_batch_invariance(f, mask, {...})
 //                                       for every aggregation mode, with the mask's global
 //                                       counts, uneven chunks of sequences (1, 2, 3, … rows)
@@ -18,30 +18,19 @@
 
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/metrics.hpp>
+#include <rlpo/core/threads.hpp>
 
 #include <string>
 #include <utility>
 #include <vector>
 
-#if defined(RLPO_USE_OPENMP)
-#include <omp.h>
-#endif
-
 namespace rlpo_test {
 
-/// f() evaluated with k OpenMP threads, the previous setting restored (also when f throws).
-/// Without OpenMP the library runs serially and this is f().
+/// f() evaluated with at most k threads per rlpo call (`rlpo::ThreadLimit`, lifted on return,
+/// also when f throws). Without OpenMP the library runs serially and this is f().
 template <class F>
 auto with_threads(int k, F&& f) -> decltype(f()) {
-#if defined(RLPO_USE_OPENMP)
-    struct Restore {
-        int before = omp_get_max_threads();
-        ~Restore() { omp_set_num_threads(before); }
-    } restore;
-    omp_set_num_threads(k);
-#else
-    (void)k;
-#endif
+    const rlpo::ThreadLimit limit(k);
     return f();
 }
 

@@ -21,8 +21,12 @@
 ///     `team.for_dynamic(n, chunk, f)` (work sharing inside the region: per-thread scratch is
 ///     a local of `body`).
 /// `parallel` false runs on the calling thread (small inputs: a team costs more than it saves).
+/// Every team has `team_size()` threads: `rlpo::threads_per_call()` (core/threads.hpp), so a
+/// caller's `ThreadLimit` and its own parallel regions (rlpo then runs serially) are obeyed
+/// by every loop of the library.
 
 #include <rlpo/core/error.hpp>
+#include <rlpo/core/threads.hpp>
 #include <rlpo/core/types.hpp>
 
 #include <array>
@@ -36,11 +40,16 @@
 
 namespace rlpo::detail {
 
+/// The threads of the next team (`rlpo::threads_per_call()`: 1 inside the caller's parallel
+/// region or without OpenMP).
+inline int team_size() noexcept { return ::rlpo::threads_per_call(); }
+
 /// f(i) for i in [0, n), static schedule.
 template <class F>
 inline void parallel_for(Index n, bool parallel, F&& f) {
 #if defined(RLPO_USE_OPENMP)
-#pragma omp parallel for schedule(static) if (parallel)
+    const int nt = team_size();
+#pragma omp parallel for schedule(static) if (parallel && nt > 1) num_threads(nt)
     for (Index i = 0; i < n; ++i) f(i);
 #else
     static_cast<void>(parallel);
@@ -52,7 +61,8 @@ inline void parallel_for(Index n, bool parallel, F&& f) {
 template <class F>
 inline void parallel_for_dynamic(Index n, int chunk, bool parallel, F&& f) {
 #if defined(RLPO_USE_OPENMP)
-#pragma omp parallel for schedule(dynamic, chunk) if (parallel)
+    const int nt = team_size();
+#pragma omp parallel for schedule(dynamic, chunk) if (parallel && nt > 1) num_threads(nt)
     for (Index i = 0; i < n; ++i) f(i);
 #else
     static_cast<void>(chunk);
@@ -143,7 +153,8 @@ private:
 template <class F>
 inline void parallel_region(bool parallel, F&& body) {
 #if defined(RLPO_USE_OPENMP)
-#pragma omp parallel if (parallel)
+    const int nt = team_size();
+#pragma omp parallel if (parallel && nt > 1) num_threads(nt)
     {
         const Team team(omp_get_thread_num(), omp_get_num_threads());
         body(team);
@@ -154,13 +165,7 @@ inline void parallel_region(bool parallel, F&& body) {
 #endif
 }
 
-/// The number of threads a region would get (1 without OpenMP).
-inline Index max_threads() {
-#if defined(RLPO_USE_OPENMP)
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
+/// The number of threads a region would get at most (`team_size()`).
+inline Index max_threads() { return team_size(); }
 
 }  // namespace rlpo::detail

@@ -1,0 +1,77 @@
+#pragma once
+/// \file
+/// How many threads an rlpo call uses, and how a caller limits them.
+///
+/// Every parallel loop of the library goes through one layer (core/detail/parallel.hpp),
+/// which asks `threads_per_call()` for the size of each team:
+///
+///   * **Default:** OpenMP's setting for the calling thread (`OMP_NUM_THREADS`,
+///     `omp_set_num_threads`), i.e. `omp_get_max_threads()`.
+///   * **`ThreadLimit`:** `rlpo::ThreadLimit limit(4);` makes every rlpo call that this thread
+///     makes while `limit` lives use at most 4 threads (the innermost of nested limits wins;
+///     other threads are not affected). `ThreadLimit(1)` runs the calls serially on the
+///     calling thread. Nothing global changes: OpenMP's own setting stays as it was.
+///   * **Inside the caller's own parallel region** (an active OpenMP team, e.g. a trainer that
+///     evaluates micro-batches in `#pragma omp parallel for`): every call runs serially on its
+///     calling thread, whatever the limit — rlpo never starts a nested team, so the machine
+///     is not oversubscribed.
+///   * **Several threads at once** (e.g. `std::thread` workers, each calling rlpo): each call
+///     starts its own team of `threads_per_call()` threads, so W workers use W times as many;
+///     give each worker a `ThreadLimit` of (cores / W) to stay within the machine.
+///
+/// Results do not depend on the number of threads: every reduction is combined in row order
+/// (bitwise identical for 1, 2, … threads; docs/contract.md). Without OpenMP
+/// (`RLPO_USE_OPENMP` undefined) every call is serial and `threads_per_call()` is 1.
+
+#include <rlpo/core/error.hpp>
+
+#if defined(RLPO_USE_OPENMP)
+#include <omp.h>
+#endif
+
+namespace rlpo {
+
+namespace detail {
+/// The calling thread's limit (0: none). One per thread, so limits of different threads never
+/// meet.
+inline int& thread_limit_slot() noexcept {
+    static thread_local int limit = 0;
+    return limit;
+}
+}  // namespace detail
+
+/// The number of threads an rlpo call made now, from this thread, would use at most: 1 inside
+/// an active OpenMP parallel region of the caller (or without OpenMP), else the innermost
+/// `ThreadLimit` of this thread, else `omp_get_max_threads()`.
+inline int threads_per_call() noexcept {
+#if defined(RLPO_USE_OPENMP)
+    if (omp_in_parallel()) return 1;
+    const int limit = detail::thread_limit_slot();
+    return limit > 0 ? limit : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/// Limits the threads of the rlpo calls the constructing thread makes while the object lives
+/// (RAII; restores the previous limit on destruction). `threads` ≥ 1; 0 means no limit
+/// (OpenMP's setting), e.g. to lift an outer limit for one block. Create and destroy it on
+/// the same thread.
+class ThreadLimit {
+public:
+    explicit ThreadLimit(int threads) : previous_(detail::thread_limit_slot()) {
+        RLPO_CHECK(threads >= 0, "ThreadLimit", "threads: must be ≥ 0 (0: no limit), given ",
+                   threads);
+        detail::thread_limit_slot() = threads;
+    }
+    ~ThreadLimit() { detail::thread_limit_slot() = previous_; }
+    ThreadLimit(const ThreadLimit&) = delete;
+    ThreadLimit& operator=(const ThreadLimit&) = delete;
+    ThreadLimit(ThreadLimit&&) = delete;
+    ThreadLimit& operator=(ThreadLimit&&) = delete;
+
+private:
+    int previous_;
+};
+
+}  // namespace rlpo
