@@ -49,8 +49,8 @@ int loop_threads() {
 rlpo::Result<double> a_divergence() {
     rt::Generator gen(17);
     const Mat<double> z = gen.logits(48, 3000), y = gen.logits(48, 3000);
-    return rlpo::distill::divergence(z, y, rlpo::distill::DistillOptions::make(
-                                               rlpo::distill::Divergence::JSD));
+    return rlpo::distill::divergence(
+        z, y, rlpo::distill::DistillOptions::make(rlpo::distill::Divergence::JSD));
 }
 
 }  // namespace

@@ -230,6 +230,22 @@ TEST_CASE("top-k forward KL: a tail far below the row's maximum stays finite and
     for (Index j = 0; j < V; ++j)
         if (j != 4 && j != 8) tail_sum += rd.grad(0, j);
     CHECK(tail_sum == Approx(-static_cast<double>(pt) / 1e-3).epsilon(1e-12));
+    // a tail 540 nats down (q_t = e^{-540}: no underflow in double, p_t/q_t = 1e235) under a
+    // row weight of 1e300 (num_tokens = 1e-300): K's entry is (q_k − p_k)/τ times the weight,
+    // finite, never a ±1e538 tail term cancelled by a correction (inf − inf = NaN before)
+    {
+        Mat<double> z2(1, 5), i2(1, 1), l2(1, 1);
+        z2 << 1.3, 0.76, -2.0, -0.12, -16.0;
+        i2 << 0;
+        l2 << -0.8625;
+        const auto r1 = rlpo::distill::forward_kl_topk(z2, i2, l2, m, o);
+        rlpo::Normalizer big;
+        big.num_tokens = 1e-300;
+        const auto r2 = rlpo::distill::forward_kl_topk(z2, i2, l2, m, o, big);
+        REQUIRE(r2.grad.allFinite());
+        CHECK(r1.grad(0, 0) == Approx((1 - std::exp(-0.8625)) / 1e-3).epsilon(1e-12));
+        CHECK(rlpo_test::max_rel_err(r2.grad, Mat<double>(r1.grad * 1e300)) < 1e-12);
+    }
     const Mat<float> zf = z.cast<float>(), lpf = lp.cast<float>();
     const auto rf = rlpo::distill::forward_kl_topk(zf, idx, lpf, m.cast<float>(), o);
     CHECK(rf.value == Approx(rd.value).epsilon(1e-5));

@@ -152,8 +152,10 @@ inline double topk_row(TopKTail tail, const A* z, Index V, const Index* idx, con
         saved[t] = q[idx[t]];
         q[idx[t]] = A(0);
     }
+    // q stays 0 on K from here: the gradient of K's entries is written as (q_k − p_k)/τ on
+    // top of a 0, never as a large tail term cancelled by a correction (which a row weight
+    // of 1e300 would turn into inf − inf)
     double qt = sum_chunks(ArrMap<A>(q, V));
-    for (std::size_t t = 0; t < k; ++t) q[idx[t]] = saved[t];
     // q_t from the normalised row is exact while it stays far above the smallest normal
     // number (the entries lost to underflow, or raised to ~1e-38 by the vectorised exp's
     // clamp, weigh < 1 ulp): at least V·min/ε. Below, the tail is far under the row's
@@ -188,17 +190,15 @@ inline double topk_row(TopKTail tail, const A* z, Index V, const Index* idx, con
     }
     if (pt > 0) L += pt * (std::log(pt) - log_qt);
     if (!std::isfinite(L)) return L;
-    if (far_tail) {
-        // q_j/τ − p_t·(e_j/Σe)/τ off K (e is 0 on K), then − p_k/τ on K
+    if (far_tail) {  // q_j/τ − p_t·(e_j/Σe)/τ off K (q and e are 0 on K)
         rg.set(ArrMap<A>(q, V) * static_cast<A>(invT) -
                ArrMap<A>(e, V) * static_cast<A>(pt * invT / st));
-        for (std::size_t t = 0; t < k; ++t) rg.add_at(idx[t], -std::exp(lp[t]) * invT);
-        return L;
+    } else {  // q_j·(1 − p_t/q_t)/τ off K
+        const double r = pt > 0 ? pt / qt : 0.0;
+        rg.set(ArrMap<A>(q, V) * static_cast<A>((1.0 - r) * invT));
     }
-    const double r = pt > 0 ? pt / qt : 0.0;
-    rg.set(ArrMap<A>(q, V) * static_cast<A>((1.0 - r) * invT));
     for (std::size_t t = 0; t < k; ++t)
-        rg.add_at(idx[t], (static_cast<double>(saved[t]) * r - std::exp(lp[t])) * invT);
+        rg.add_at(idx[t], (static_cast<double>(saved[t]) - std::exp(lp[t])) * invT);
     return L;
 }
 
