@@ -94,6 +94,7 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -526,14 +527,7 @@ Result<::rlpo::detail::scalar_t<D1>> dpo_loss(
     d.pr = std::move(four.pr);
     d.rc = std::move(four.rc);
     d.rr = std::move(four.rr);
-    if (lengths) {
-        d.len_c = four.read("lengths.chosen", lengths->chosen);
-        d.len_r = four.read("lengths.rejected", lengths->rejected);
-        for (Index k = 0; k < B; ++k)
-            RLPO_CHECK(d.len_c[static_cast<std::size_t>(k)] >= 0 &&
-                           d.len_r[static_cast<std::size_t>(k)] >= 0,
-                       fn, "lengths: must be >= 0, given a negative length at pair ", k);
-    }
+    std::tie(d.len_c, d.len_r) = detail::read_lengths(fn, lengths, B);
     if (pair_weights) {
         d.w = four.read("pair_weights", *pair_weights);
         for (Index k = 0; k < B; ++k)

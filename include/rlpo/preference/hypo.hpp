@@ -188,13 +188,7 @@ HyPOResult<::rlpo::detail::scalar_t<D1>> hypo_loss(
                                                      ref_chosen_logps, ref_rejected_logps);
     const Index B = four.B;
     const std::vector<double>&pc = four.pc, &pr = four.pr, &rc = four.rc, &rr = four.rr;
-    if (lengths) {
-        const std::vector<double> lc = four.read("lengths.chosen", lengths->chosen);
-        const std::vector<double> lj = four.read("lengths.rejected", lengths->rejected);
-        for (std::size_t i = 0; i < lc.size(); ++i)
-            RLPO_CHECK(lc[i] >= 0 && lj[i] >= 0, fn,
-                       "lengths: must be >= 0, given a negative length at pair ", i);
-    }
+    (void)detail::read_lengths(fn, lengths, B);
     detail::validate(fn, opts.dpo, lengths.has_value(), false);
     (void)detail::read_online_pair(fn, online_logps, online_ref_logps);
     (void)detail::hypo_lambda(fn, opts);

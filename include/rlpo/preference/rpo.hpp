@@ -93,13 +93,7 @@ Result<::rlpo::detail::scalar_t<D1>> rpo_loss(
                                                      ref_chosen_logps, ref_rejected_logps);
     const Index B = four.B;
     const std::vector<double>&pc = four.pc, &pr = four.pr, &rc = four.rc, &rr = four.rr;
-    if (lengths) {
-        const std::vector<double> lc = four.read("lengths.chosen", lengths->chosen);
-        const std::vector<double> lr = four.read("lengths.rejected", lengths->rejected);
-        for (std::size_t k = 0; k < lc.size(); ++k)
-            RLPO_CHECK(lc[k] >= 0 && lr[k] >= 0, fn,
-                       "lengths: must be >= 0, given a negative length at pair ", k);
-    }
+    (void)detail::read_lengths(fn, lengths, B);
     ::rlpo::detail::check_nonnegative(fn, "eta", opts.eta);
     detail::validate(fn, opts.dpo, lengths.has_value(), false);
 

@@ -26,11 +26,14 @@
 #include <rlpo/core/math.hpp>
 #include <rlpo/core/result.hpp>
 #include <rlpo/core/types.hpp>
+#include <rlpo/preference/lengths.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <optional>
+#include <utility>
 #include <vector>
 
 namespace rlpo::preference::detail {
@@ -96,6 +99,21 @@ struct FourLogps {
         return read_pairs(fn, name, x, B, "policy_chosen_logps");
     }
 };
+
+/// The completion lengths |y_c|, |y_r| of a call (`CompletionLengths`), read like its `[B]`
+/// inputs (sized like `like`, finite) and checked >= 0 (both empty when none are given).
+inline std::pair<std::vector<double>, std::vector<double>> read_lengths(
+    const char* fn, const std::optional<CompletionLengths>& lengths, Index B,
+    const char* like = "policy_chosen_logps") {
+    std::pair<std::vector<double>, std::vector<double>> l;
+    if (!lengths) return l;
+    l.first = read_pairs(fn, "lengths.chosen", lengths->chosen, B, like);
+    l.second = read_pairs(fn, "lengths.rejected", lengths->rejected, B, like);
+    for (std::size_t k = 0; k < l.first.size(); ++k)
+        RLPO_CHECK(l.first[k] >= 0 && l.second[k] >= 0, fn,
+                   "lengths: must be >= 0, given a negative length at pair ", k);
+    return l;
+}
 template <class D1, class D2, class D3, class D4>
 inline FourLogps read_four(const char* fn, const Eigen::MatrixBase<D1>& policy_chosen,
                            const Eigen::MatrixBase<D2>& policy_rejected,

@@ -16,6 +16,7 @@
 #include <rlpo/preference/lengths.hpp>
 
 #include <optional>
+#include <tuple>
 #include <vector>
 
 namespace rlpo::preference::detail {
@@ -40,15 +41,8 @@ SeqPairs read_seq_pairs(const char* fn, const Eigen::MatrixBase<D1>& chosen,
     d.pc = read_pairs(fn, "policy_chosen_logps", chosen, -1, "");
     const Index B = static_cast<Index>(d.pc.size());
     d.pr = read_pairs(fn, "policy_rejected_logps", rejected, B, "policy_chosen_logps");
-    if (lengths) {
-        d.len_c = read_pairs(fn, "lengths.chosen", lengths->chosen, B, "policy_chosen_logps");
-        d.len_r = read_pairs(fn, "lengths.rejected", lengths->rejected, B, "policy_chosen_logps");
-        for (std::size_t k = 0; k < d.size(); ++k) {
-            RLPO_CHECK(d.len_c[k] >= 0 && d.len_r[k] >= 0, fn,
-                       "lengths: must be >= 0, given a negative length at pair ", k);
-            d.chosen_tokens += d.len_c[k];
-        }
-    }
+    std::tie(d.len_c, d.len_r) = read_lengths(fn, lengths, B);
+    for (const double l : d.len_c) d.chosen_tokens += l;
     return d;
 }
 
