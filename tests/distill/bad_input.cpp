@@ -537,3 +537,36 @@ TEMPLATE_TEST_CASE("dense divergences: a logit spread over tau beyond the type's
             if (kl) CHECK(rlpo_test::grad_err<S>(r.grad.template cast<double>(), gref) < 1e-4);
         }
 }
+
+TEST_CASE("chi-squared in double: a row spread over tau beyond the exponential's exact range",
+          "[distill][bad_input]") {
+    // χ²(q‖p) = Σ q²/p − 1 needs p exactly however small; double's fast exponential clamps
+    // arguments below about −708 instead of giving 0 (a finite, wrong value and an inf
+    // gradient before the fix). Rows whose spread over τ exceeds that take the exact path:
+    // the long double reference where it is finite, an "infinite" error where it is not.
+    // The first row is the case fuzzing found (student flat at −2, a teacher logit of −120,
+    // τ = 1e−3).
+    struct Row {
+        double z0, y0, tau;
+    };
+    for (const Row c : {Row{-2.0, -120.0, 1e-3}, Row{-2.0, -800.0, 1.0}, Row{-2.0, -2.5, 1e-3},
+                        Row{-760.0, -740.0, 1.0}, Row{-2.0, -600.0, 1.0}}) {
+        INFO("z0 " << c.z0 << " y0 " << c.y0 << " tau " << c.tau);
+        Mat<double> z = Mat<double>::Constant(1, 19, -2.0), y = z;
+        z(0, 0) = c.z0;
+        y(0, 0) = c.y0;
+        y(0, 1) = -1.9843137254901961;
+        y(0, 2) = -1.9530632486457618;
+        const LD ref = ref_row(Divergence::ChiSquared, rlpo_test::row_ld(z, 0),
+                               rlpo_test::row_ld(y, 0), static_cast<LD>(c.tau), 0.5, 0.1);
+        INFO("reference " << static_cast<double>(ref));
+        const DistillOptions o = opts(Divergence::ChiSquared, c.tau);
+        if (!(std::fabs(ref) <= static_cast<LD>(1e300))) {
+            RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::distill::divergence(z, y, o), "infinite");
+            continue;
+        }
+        const auto r = rlpo::distill::divergence(z, y, o);
+        CHECK(rlpo_test::rel_err(r.value, static_cast<double>(ref)) < 1e-10);
+        CHECK(all_finite(r.grad));
+    }
+}

@@ -240,6 +240,7 @@ struct TwoStage {
     static constexpr bool kLean = false;
     static constexpr int kStage2LogitRows = 0;
     static constexpr bool kValueSweepAlone = false;
+    static constexpr bool kMassRatio = false;  ///< see `GradThreeStage::kMassRatio`
 };
 
 /// The pieces every three-stage kind shares: stage 1 stores e_p and sums no value terms, the
@@ -249,6 +250,9 @@ struct GradThreeStage {
     static constexpr int kStages = 3;
     static constexpr bool kLean = false;
     static constexpr bool kValueSweepAlone = false;
+    /// The kind's terms divide one probability by the other (χ²: q/p), so that an entry's
+    /// exponential must be exact however small (`finish_stage1` bounds the row's spread).
+    static constexpr bool kMassRatio = false;
 
     template <class O, class T>
     static EIGEN_ALWAYS_INLINE T stage1(const O&, T, T ep, T, T, T&) {

@@ -24,6 +24,11 @@ namespace rlpo::distill::detail {
 /// path.
 inline constexpr double kFastLogitRange = 1048576.0;  // 2^20
 
+/// The largest spread of a row over τ (row maximum minus row minimum) for which double's
+/// fast exponential of every entry (relative to its row maximum) is exact rather than clamped:
+/// the kinds with a ratio of probabilities (`KindMath::kMassRatio`) need no more.
+inline constexpr double kExactExpRange = 700.0;
+
 /// JSD's lean sweep: c_k = β f_p/f_q per chunk for l = log((1−β) + c_k e_p/e_q), or −1 where
 /// that form is not safe and the chunk takes the log form (see `kLeanCapable`): e_q may be
 /// subnormal (t_min < −125), f_q is 0, or c_k ρ may overflow (log2 c_k − t_min ≥ 120).
@@ -80,6 +85,14 @@ inline bool finish_stage1(const DenseCtx<A>& c, Slot<S, A>& a) {
     // gradient. (A −inf logit fails it as well: the exact path gives it probability 0.)
     if (std::max(std::max(std::abs(mz), std::abs(my)), std::abs(lo)) * invT > kFastLogitRange)
         return false;
+    // A ratio of the two probabilities (χ²'s q/p, `KindMath::kMassRatio`) is exact only where
+    // both exponentials are, however small. In double the fast exponential clamps arguments
+    // below about −708 to a positive minimum instead of 0 (float's flushes to 0, and the ratio
+    // then comes out non-finite and sends the row to the exact path by itself): a row spread
+    // over τ beyond that gave a finite, wrong value and an inf gradient (e.g. a teacher logit
+    // of −120 beside −2 at τ = 1e−3; found by fuzzing). Such rows take the exact path.
+    if constexpr (KindMath<D>::kMassRatio && std::is_same<A, double>::value)
+        if ((std::max(mz, my) - lo) * invT > kExactExpRange) return false;
     // Stage 1 summed the KL terms over logits shifted by their chunk maxima (dz = z − mz_k,
     // dy = y − my_k); the shifts come back here in double, as differences of maxima only, so
     // that large logits (rows offset by hundreds) cost no float digits. The chunk factors

@@ -15,6 +15,8 @@ template <>
 struct KindMath<Divergence::ChiSquared> : GradThreeStage {
     /// (stage 2 reads both logit rows, for their −inf only: counted as one)
     static constexpr int kStage2LogitRows = 1;
+    /// h = q/p − 1 is exact only where both exponentials are (`finish_stage1`)
+    static constexpr bool kMassRatio = true;
 
     /// r = q/p, h = r − 1; v1 = Σ q h, the value and the gradient's shift Σ q h. A −inf
     /// logit need not give an exponential of exactly 0 (Eigen's exp clamps): h + 0·(z + y),
