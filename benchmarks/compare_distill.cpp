@@ -2,11 +2,16 @@
 // one value + gradient (w.r.t. the student logits) call per step, float logits, gradient
 // written into a preallocated [N, V] buffer — the same work as the PyTorch eager step
 // (forward + backward producing the student-logit gradient).
+// Schedule studies (environment): RLPO_BENCH_SPLIT_BYTES and RLPO_BENCH_IDLE_FRACTION set
+// FastPathTuning::split_bytes and split_idle_fraction; RLPO_BENCH_STATS=1 prints after each
+// call, to stderr, how many calls so far gave up the row split for row blocks.
 #include "compare_main.hpp"
 
 #include <rlpo/distill/divergences.hpp>
 #include <rlpo/testing/random.hpp>
 
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -35,9 +40,17 @@ rlpo_bench::Setup setup(Divergence d, Index N, Index V) {
         w->mask = Mat<float>::Ones(N, 1);
         w->o = rlpo::distill::DistillOptions::make(d);
         w->o.beta = 0.5;
+        if (const char* b = std::getenv("RLPO_BENCH_SPLIT_BYTES"))
+            w->o.tuning.split_bytes = static_cast<std::size_t>(std::strtoull(b, nullptr, 10));
+        if (const char* f = std::getenv("RLPO_BENCH_IDLE_FRACTION"))
+            w->o.tuning.split_idle_fraction = std::strtod(f, nullptr);
+        static rlpo::distill::FastPathStats stats;
+        if (std::getenv("RLPO_BENCH_STATS")) w->o.stats = &stats;
         return [w]() {
             const auto r = rlpo::distill::divergence(w->z, w->y, w->mask, w->o, rlpo::Normalizer{},
                                                      rlpo::write_to<float>(w->g));
+            if (w->o.stats)
+                std::fprintf(stderr, "fallbacks %zu\n", w->o.stats->split_fallbacks.load());
             volatile double sink = r.value;
             (void)sink;
         };

@@ -31,18 +31,19 @@ int region_team_size() {
     return size;
 }
 
-/// The threads that ran a library loop of 64 indices now (forced parallel).
+/// The size of the team that ran a library loop of 64 indices now (forced parallel; which of
+/// its threads take the blocks is up to the schedule).
 int loop_threads() {
-    std::vector<int> who(64, -1);
+    std::vector<int> team(64, -1);
     rlpo::detail::parallel_for(64, true, [&](Index i) {
 #if defined(RLPO_USE_OPENMP)
-        who[static_cast<std::size_t>(i)] = omp_get_thread_num();
+        team[static_cast<std::size_t>(i)] = omp_get_num_threads();
 #else
-        who[static_cast<std::size_t>(i)] = 0;
+        team[static_cast<std::size_t>(i)] = 1;
 #endif
     });
     int most = 0;
-    for (int w : who) most = std::max(most, w + 1);
+    for (int w : team) most = std::max(most, w);
     return most;
 }
 

@@ -214,6 +214,87 @@ TEMPLATE_TEST_CASE("distill divergences: row split with fewer chunks than thread
 }
 #endif
 
+#if defined(RLPO_USE_OPENMP)
+TEMPLATE_TEST_CASE("distill divergences: a row split giving way to row blocks, blocks of any size",
+                   "[distill][pipeline]", float, double) {
+    // The row split lets no row in after a given step and finishes in row blocks (what it does
+    // when its threads wait more than they work), and row blocks of 1, 3 and 7 rows taken by
+    // 2 or 3 threads: the same bits as one thread for the value, the gradient and an added
+    // gradient, and the fallback counted once when rows were left. 40 rows of 3 chunks, one
+    // masked and one on the exact path; TVD also on rows long enough for its value sweep on
+    // its own (`inline2`: 4 barriers a step), JSD also in its lean sweep.
+    using S = TestType;
+    struct Shape {
+        Index N, V;
+    };
+    for (const Shape sh : {Shape{40, 5000}, Shape{9, 66000}}) {
+        rt::Generator gen(17);
+        const Index N = sh.N, V = sh.V;
+        Mat<double> z = gen.logits(N, V, 3.0), y = gen.perturbed(z, 2.0);
+        Mat<double> mask = Mat<double>::Ones(N, 1);
+        mask(3, 0) = 0;
+        z(5, 2) = y(5, 2) = -inf;
+        z(6, 1) = 1e30;  // beyond the fast range: the exact path
+        const Mat<S> zs = cast<S>(z), ys = cast<S>(y);
+        for (Divergence d : kAll) {
+            if (N < 40 && d != Divergence::TVD && d != Divergence::JSD) continue;
+            for (int lean = 0; lean < (d == Divergence::JSD ? 2 : 1); ++lean) {
+                INFO(rlpo::distill::to_string(d) << " N=" << N << " lean " << lean);
+                const DistillOptions o = lean_mode(opts_for(d, 0.7, false), lean);
+                const auto r1 =
+                    with_threads(1, [&] { return rlpo::distill::divergence(zs, ys, mask, o); });
+                Mat<S> acc1 = Mat<S>::Ones(N, V);
+                with_threads(1, [&] {
+                    return rlpo::distill::divergence(zs, ys, mask, o, rlpo::Normalizer{},
+                                                     rlpo::add_to<S>(acc1));
+                });
+                for (const Index step : {Index(0), Index(1), Index(4), N - 2, N - 1, N + 1}) {
+                    for (const int nt : {2, 3}) {
+                        INFO("fallback after step " << step << ", " << nt << " threads");
+                        rlpo::distill::FastPathStats stats;
+                        DistillOptions of = force_row_split(o, step % 2 == 1);
+                        of.tuning.split_fallback_step = step;
+                        of.tuning.split_idle_fraction = 2.0;   // (never by the clock here,
+                        of.tuning.split_checkin_seconds = -1;  // nor at the team's check-in)
+                        of.stats = &stats;
+                        const auto r = with_threads(
+                            nt, [&] { return rlpo::distill::divergence(zs, ys, mask, of); });
+                        Mat<S> acc = Mat<S>::Ones(N, V);
+                        with_threads(nt, [&] {
+                            return rlpo::distill::divergence(zs, ys, mask, of, rlpo::Normalizer{},
+                                                             rlpo::add_to<S>(acc));
+                        });
+                        CHECK(r.value == r1.value);
+                        CHECK(r.grad == r1.grad);
+                        CHECK(acc == acc1);
+                        CHECK(stats.split_fallbacks.load() == (step + 1 < N ? 2u : 0u));
+                        CHECK(stats.exact_rows.load() == 4u);  // rows 5 and 6, two calls
+                    }
+                }
+                for (const Index rows : {Index(1), Index(3), Index(7)}) {
+                    for (const int nt : {2, 3}) {
+                        INFO(rows << " rows a block, " << nt << " threads");
+                        DistillOptions ob = o;
+                        ob.tuning.row_block_rows = rows;
+                        ob.tuning.split_bytes = std::numeric_limits<std::size_t>::max();
+                        const auto r = with_threads(
+                            nt, [&] { return rlpo::distill::divergence(zs, ys, mask, ob); });
+                        Mat<S> acc = Mat<S>::Ones(N, V);
+                        with_threads(nt, [&] {
+                            return rlpo::distill::divergence(zs, ys, mask, ob, rlpo::Normalizer{},
+                                                             rlpo::add_to<S>(acc));
+                        });
+                        CHECK(r.value == r1.value);
+                        CHECK(r.grad == r1.grad);
+                        CHECK(acc == acc1);
+                    }
+                }
+            }
+        }
+    }
+}
+#endif
+
 TEMPLATE_TEST_CASE("distill divergences: chi2 (the penalties' chi-squared) through the pipeline",
                    "[distill][chi2]", float, double) {
     // The kind penalties::vocab_divergence runs in double; here float too (its fused exponent

@@ -62,12 +62,29 @@ struct FastPathTuning {
     /// Every chunk of JSD's lean sweep takes the log form (`kLeanCapable`), so that tests see
     /// it on ordinary rows.
     bool lean_log_form = false;
+    /// The row split gives way to row blocks for the rest of a call when its threads spend
+    /// more than this fraction of the call waiting for each other at its per-step barriers
+    /// (judged after every step, once 1 ms was lost): on a busy host a descheduled thread
+    /// holds every other one there. Above 1: never.
+    double split_idle_fraction = 0.5;
+    /// How long thread 0 waits for the team to check in before a row split, in seconds (a
+    /// thread the host does not run now would hold every step's barrier); without the whole
+    /// team the call runs in row blocks. Below 0: as long as it takes.
+    double split_checkin_seconds = 5e-4;
+    /// Tests: the row split gives way to row blocks after this step (−1: by the idle fraction
+    /// only).
+    Index split_fallback_step = -1;
+    /// Rows per block of the row-block mode (blocks are taken in order by whichever thread is
+    /// free): 0 chooses max(min(8, ⌈N / threads⌉), ⌈N / (8 · threads)⌉).
+    Index row_block_rows = 0;
 };
 
 /// What the fast path did (`DistillOptions::stats`, optional): the rows it sent to the exact
 /// path (non-finite logits, sums or values), added to by every call that points here.
 struct FastPathStats {
     std::atomic<std::size_t> exact_rows{0};
+    /// calls whose row split gave way to row blocks (`FastPathTuning::split_idle_fraction`)
+    std::atomic<std::size_t> split_fallbacks{0};
 };
 
 struct DistillOptions {

@@ -32,18 +32,18 @@
 ///     the core's L2, so the memory traffic is one read of the logits and one write of the
 ///     gradient (8·N·V bytes for float).
 ///
-/// **Method.** Per row, chunks of 2048 entries: the chunk maximum, then Σ e^{(z−m)/τ} (and
-/// Σ e^{(z−m)/τ}(z − m) for H) in the arithmetic type, chunks merged online in double — one
-/// read of the row, no `[N, V]` temporaries. The backward forms e^{(z−M)/τ}·(α + β (z − M))
-/// per entry in an L1 buffer and streams it out; the label's entry is computed in double, with
-/// 1 − p_y = −expm1(logp) (as accurate as logp, no cancellation against p_y). Rows run in parallel (OpenMP, static blocks);
-/// each row's arithmetic does not depend on the thread, so results are bitwise identical for
-/// any thread count, and `token_logps_vjp` equals `token_logps` + `token_logps_backward` bit for
-/// bit. Arithmetic is float (double for double logits); bfloat16 logits are widened per row
-/// and their gradient is rounded back to bfloat16. Accuracy: float sums within a chunk, the
-/// exponential of core/simd/fast_math.hpp (≤ 1.4 ulp): about 1e−6 relative for float, and
-/// ln S (S = 1 + the rest of the row) carries the sum's absolute rounding (~6e−8 in float, as
-/// a float logsumexp does), so H of a nearly one-hot row is accurate to that absolutely.
+/// **Method.** Per row, chunks of 2048 entries: the chunk maximum, then Σ e^{(z−m)/τ} (and Σ
+/// e^{(z−m)/τ}(z − m) for H) in the arithmetic type, chunks merged online in double — one read of
+/// the row, no `[N, V]` temporaries. The backward forms e^{(z−M)/τ}·(α + β (z − M)) per entry in an
+/// L1 buffer and streams it out; the label's entry is computed in double, with 1 − p_y =
+/// −expm1(logp) (as accurate as logp, no cancellation against p_y). Rows run in parallel (OpenMP,
+/// blocks of rows taken by free threads); each row's arithmetic does not depend on the thread, so
+/// results are bitwise identical for any thread count, and `token_logps_vjp` equals `token_logps` +
+/// `token_logps_backward` bit for bit. Arithmetic is float (double for double logits); bfloat16
+/// logits are widened per row and their gradient is rounded back to bfloat16. Accuracy: float sums
+/// within a chunk, the exponential of core/simd/fast_math.hpp (≤ 1.4 ulp): about 1e−6 relative for
+/// float, and ln S (S = 1 + the rest of the row) carries the sum's absolute rounding (~6e−8 in
+/// float, as a float logsumexp does), so H of a nearly one-hot row is accurate to that absolutely.
 ///
 /// **Defaults**: temperature 1 (TRL and verl divide the logits by the sampling temperature
 /// before the log-softmax; pass it here instead), no entropy.
@@ -192,7 +192,8 @@ struct RowResults {
           err(static_cast<std::size_t>(N)) {}
 };
 
-/// The sweeps of every row, rows in parallel (each thread a contiguous block of rows).
+/// The sweeps of every row, rows in parallel (blocks of consecutive rows, each taken by
+/// whichever thread is free).
 /// `FEnt`: the forward sums the entropy's terms; `BEnt`: the backward has an entropy upstream.
 /// In the fused pass a row's backward sweep follows its forward sweep at once, while the row
 /// is still in the core's L2 (a two-row pipeline that overlapped the forward of row n with the
@@ -272,30 +273,31 @@ void sweep_rows(const Inputs<S>& in, double tau, Pass pass, const TokenLogps<S>*
                 return wide.data();
             }
         };
-        const Index lo = N * team.id() / team.size(), hi = N * (team.id() + 1) / team.size();
-        for (Index n = lo; n < hi; ++n) {
-            if (!in.active[static_cast<std::size_t>(n)]) {
-                zero_row(n);
-                continue;
+        team.for_blocks(N, [&](Index lo, Index hi) {
+            for (Index n = lo; n < hi; ++n) {
+                if (!in.active[static_cast<std::size_t>(n)]) {
+                    zero_row(n);
+                    continue;
+                }
+                const A* x = row_ptr(n);
+                RowStats s;
+                if (pass == Pass::Backward) {
+                    const Index b = n / in.T, t = n % in.T;
+                    s.max = saved->row_max(b, t);
+                    s.log_sum = saved->log_sum(b, t);
+                    s.mean_shift = BEnt ? saved->mean_shift(b, t) : 0.0;
+                } else {
+                    s = forward_row<A, FEnt>(x, V, tau);
+                }
+                Back back;
+                if (prepare(n, x, s, back)) {
+                    if constexpr (std::is_same<S, A>::value)
+                        if (n + 1 < hi) back.next = in.z.data() + (n + 1) * in.z.outerStride();
+                    back.row(V, buf.data());
+                    check_overflow(n, s);
+                }
             }
-            const A* x = row_ptr(n);
-            RowStats s;
-            if (pass == Pass::Backward) {
-                const Index b = n / in.T, t = n % in.T;
-                s.max = saved->row_max(b, t);
-                s.log_sum = saved->log_sum(b, t);
-                s.mean_shift = BEnt ? saved->mean_shift(b, t) : 0.0;
-            } else {
-                s = forward_row<A, FEnt>(x, V, tau);
-            }
-            Back back;
-            if (prepare(n, x, s, back)) {
-                if constexpr (std::is_same<S, A>::value)
-                    if (n + 1 < hi) back.next = in.z.data() + (n + 1) * in.z.outerStride();
-                back.row(V, buf.data());
-                check_overflow(n, s);
-            }
-        }
+        });
         ::rlpo::detail::simd::store_fence();  // order the streaming stores before returning
     });
 }

@@ -9,15 +9,17 @@
 /// number of threads. Without OpenMP (`RLPO_USE_OPENMP` undefined) every function runs its
 /// loop serially, in index order.
 ///
-///   * `parallel_for(n, parallel, f)`: f(i) for i in [0, n), static schedule (contiguous
-///     blocks of indices per thread);
+///   * `parallel_for(n, parallel, f)`: f(i) for i in [0, n), in blocks of consecutive
+///     indices (about an eighth of a thread's share) taken by whichever thread is free, so
+///     that a thread the host deschedules delays only the block it holds (a static split
+///     would make every call wait for its slowest thread's whole share);
 ///   * `parallel_for_dynamic(n, chunk, parallel, f)`: the same with a dynamic schedule of
 ///     `chunk` indices (rows of uneven cost);
 ///   * `ordered_row_sums<K>(n, parallel, row)`: the contract packaged: `row(i, part)` fills
 ///     row i's K partial sums, the rows' sums are added in row order, and an exception thrown
 ///     by a row is captured and the first one in row order rethrown after the loop;
 ///   * `parallel_region(parallel, body)`: body(team) on every thread of one team, where
-///     `team.id()`, `team.size()`, `team.barrier()`, `team.for_static(n, f)` and
+///     `team.id()`, `team.size()`, `team.barrier()`, `team.for_blocks(n, f)` and
 ///     `team.for_dynamic(n, chunk, f)` (work sharing inside the region: per-thread scratch is
 ///     a local of `body`).
 /// `parallel` false runs on the calling thread (small inputs: a team costs more than it saves).
@@ -29,6 +31,7 @@
 #include <rlpo/core/threads.hpp>
 #include <rlpo/core/types.hpp>
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <exception>
@@ -44,12 +47,14 @@ namespace rlpo::detail {
 /// region or without OpenMP).
 inline int team_size() noexcept { return ::rlpo::threads_per_call(); }
 
-/// f(i) for i in [0, n), static schedule.
+/// f(i) for i in [0, n), in blocks of consecutive indices handed out to free threads.
 template <class F>
 inline void parallel_for(Index n, bool parallel, F&& f) {
 #if defined(RLPO_USE_OPENMP)
     const int nt = team_size();
-#pragma omp parallel for schedule(static) if (parallel && nt > 1) num_threads(nt)
+    const Index per = n / (8 * static_cast<Index>(nt));
+    const int chunk = per > 1 ? static_cast<int>(std::min<Index>(per, 1 << 20)) : 1;
+#pragma omp parallel for schedule(dynamic, chunk) if (parallel && nt > 1) num_threads(nt)
     for (Index i = 0; i < n; ++i) f(i);
 #else
     static_cast<void>(parallel);
@@ -123,14 +128,18 @@ public:
         }
 #endif
     }
-    /// f(i) for i in [0, n) shared by the team, static schedule (ends with a barrier).
+    /// f(lo, hi) for blocks [lo, hi) of consecutive indices covering [0, n), shared by the
+    /// team: about eight blocks a thread, each taken by whichever thread is free (a thread the
+    /// host deschedules delays only its block); ends with a barrier.
     template <class F>
-    void for_static(Index n, F&& f) const {
+    void for_blocks(Index n, F&& f) const {
+        const Index per = std::max<Index>(1, n / (8 * size_));
+        const Index nb = (n + per - 1) / per;
 #if defined(RLPO_USE_OPENMP)
-#pragma omp for schedule(static)
-        for (Index i = 0; i < n; ++i) f(i);
+#pragma omp for schedule(dynamic, 1)
+        for (Index b = 0; b < nb; ++b) f(b * per, std::min(n, (b + 1) * per));
 #else
-        for (Index i = 0; i < n; ++i) f(i);
+        for (Index b = 0; b < nb; ++b) f(b * per, std::min(n, (b + 1) * per));
 #endif
     }
     /// f(i) for i in [0, n) shared by the team, dynamic schedule (ends with a barrier).

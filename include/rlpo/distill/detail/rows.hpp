@@ -8,7 +8,8 @@
 /// Σ_n c_{b(n)} m_n L_n. The driver here
 ///   * builds the row factors from the mask and the Normalizer (global counts supported);
 ///   * runs the objective's row kernel on every row with m_n ≠ 0, in parallel with OpenMP
-///     (static schedule, per-thread scratch rows of V entries: no `[N, V]` temporaries);
+///     (blocks of rows taken by whichever thread is free, per-thread scratch rows of V
+///     entries: no `[N, V]` temporaries);
 ///   * hands the kernel a `GradRow` (the GradWriter's row view) that writes scale · (gradient expression) straight into the
 ///     caller's buffer (overwrite or add), fused with the kernel's last pass over the row;
 ///   * zeroes (Write) or leaves untouched (Add) the gradient of masked rows, never reading them;
@@ -372,22 +373,25 @@ inline PassResult drive_rows(const char* fn, const RowPlan& plan, Index N, Index
     const bool add = g.mode() == GradMode::Add;
     ::rlpo::detail::parallel_region(N * V > 32768 && N > 1, [&](const ::rlpo::detail::Team& team) {
         Scratch<A> ws;
-        team.for_static(N, [&](Index n) {
-            const auto k = static_cast<std::size_t>(n);
-            S* dst = g.row(n);
-            if (plan.m[k] == 0) {
-                if (dst && !add) Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(dst, V).setZero();
-                return;
+        team.for_blocks(N, [&](Index lo, Index hi) {
+            for (Index n = lo; n < hi; ++n) {
+                const auto k = static_cast<std::size_t>(n);
+                S* dst = g.row(n);
+                if (plan.m[k] == 0) {
+                    if (dst && !add)
+                        Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(dst, V).setZero();
+                    continue;
+                }
+                ws.ensure(V);
+                const GradRow<S> rg = make_row_grad<S, A>(g, plan, n, V, row_scale, ws);
+                RowError err;
+                double ax = 0.0;
+                const double L = kernel(n, ws, rg, err, ax);
+                if (!err.set() && !std::isfinite(L)) err = infinite_divergence_error();
+                errs[k] = err;
+                loss[k] = L;
+                aux[k] = ax;
             }
-            ws.ensure(V);
-            const GradRow<S> rg = make_row_grad<S, A>(g, plan, n, V, row_scale, ws);
-            RowError err;
-            double ax = 0.0;
-            const double L = kernel(n, ws, rg, err, ax);
-            if (!err.set() && !std::isfinite(L)) err = infinite_divergence_error();
-            errs[k] = err;
-            loss[k] = L;
-            aux[k] = ax;
         });
         simd::store_fence();  // order the streaming stores before the results are used
     });

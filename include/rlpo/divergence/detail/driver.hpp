@@ -4,7 +4,7 @@
 /// blocks or with long rows split between the threads (`balance_ranges`).
 ///
 /// **Speed.** A softmax gradient needs two sweeps over a row (the normaliser comes last), so
-/// each thread runs its contiguous block of rows through a software pipeline and every sweep
+/// each thread runs blocks of consecutive rows through a software pipeline and every sweep
 /// serves several rows at once, in L1-sized chunks of 2048 entries:
 ///   * stage 1 of row n: both exponentials per entry (a short base-2 exponential on AVX-512,
 ///     see core/simd/fast_math.hpp), stored to a pair of per-thread work rows, with their
@@ -30,7 +30,16 @@
 /// are shared by the threads instead: each sweeps its own range of chunks of every row (the
 /// ranges follow the threads' sweep times), and thread 0 merges the per-chunk sums between
 /// barriers (`dense_rows_fast`), so that a thread's share stays in its L2 and a single row
-/// uses every thread. Per-thread (or, for shared rows,
+/// uses every thread.
+///
+/// **Busy hosts.** Row blocks are handed out in order to whichever thread is free, with no
+/// barrier: a thread the host deschedules delays only the block it holds, and losing a core
+/// costs about its share. The row split's per-step barriers cannot tolerate that (a
+/// descheduled thread holds every other one at each barrier: 60× slower calls were measured
+/// beside busy processes), so it starts only when the whole team checks in within 0.5 ms
+/// (`FastPathTuning::split_checkin_seconds`), watches its own waiting and, when its threads
+/// wait more than they work (`FastPathTuning::split_idle_fraction`), lets no further row in
+/// and finishes the call in row blocks. Per-thread (or, for shared rows,
 /// per-call) scratch of at most two pairs of V-rows; no `[N, V]` temporary beyond the gradient
 /// the caller asked for (pass a `GradientOut` over a row block to stream rows in chunks: rows
 /// are independent).
@@ -52,8 +61,10 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <thread>
 #include <vector>
 
 namespace rlpo::distill::detail {
@@ -89,10 +100,11 @@ inline void balance_ranges(Index* kb, const double* time, Index nt, Index nc, In
 }
 
 /// The fast path over all rows, in one of two ways of sharing them between threads:
-///  * row blocks: each thread takes a contiguous block of rows and runs them through a
-///    software pipeline of two (forward / reverse KL) or three stages, one fused sweep per
-///    chunk over all rows in flight (see `fused_chunk`), so that the reads of one row, the
-///    compute of the next and the gradient writes of the previous overlap;
+///  * row blocks: blocks of `FastPathTuning::row_block_rows` consecutive rows (by default
+///    about an eighth of a thread's share), each taken by whichever thread is free and run
+///    through a software pipeline of two (forward / reverse KL) or three stages, one fused
+///    sweep per chunk over all rows in flight (see `fused_chunk`), so that the reads of one
+///    row, the compute of the next and the gradient writes of the previous overlap;
 ///  * row split (long rows): every thread runs the same pipeline over all rows but sweeps
 ///    only its own contiguous range of chunks [K_t, K_t+1) of each; after each step thread 0
 ///    merges the per-chunk maxima and sums (`finish_stage1/2`), moves the ranges toward equal
@@ -106,7 +118,9 @@ inline void balance_ranges(Index* kb, const double* time, Index nt, Index nc, In
 /// same in both modes — maxima, sums and gradient entries are per chunk, merged in chunk
 /// order in double — so the results do not depend on the mode or the number of threads, bit
 /// for bit. Rows that need the exact path leave the pipeline and are done at once (by thread
-/// 0 in the row split); masked rows never enter it.
+/// 0 in the row split); masked rows never enter it. A row split whose threads wait at its
+/// barriers more than they sweep (a busy host) lets no further row in and gives the rest to
+/// row blocks (the file comment, "Busy hosts").
 template <Divergence D, class S, class A>
 inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const ConstMatRef<S>& zm,
                             const ConstMatRef<S>& ym, const ::rlpo::detail::GradWriter<S>& g,
@@ -159,16 +173,54 @@ inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const 
     // thread 0 moves the boundaries between steps after the threads' sweep times
     // (`balance_ranges`)
     std::vector<Index> kb;
-    std::vector<double> sweep_time;
+    std::vector<double> sweep_time, inline_time;
     if (split_ok) {
         kb.resize(static_cast<std::size_t>(::rlpo::detail::max_threads()) + 1);
         sweep_time.resize(kb.size());
+        inline_time.resize(kb.size());
     }
+    // where the row split stops (rows [cut, N) go to row blocks) and the step it ends at
+    Index cut = N, split_end = 0;
+    // the row blocks, taken in order by whichever thread is free: no barrier, so a thread
+    // the host deschedules delays its own block only
+    std::atomic<Index> next_block{0};
+    // the team's check-in before a row split (0: undecided, 1: split, 2: row blocks)
+    std::atomic<Index> arrived{0};
+    std::atomic<int> split_mode{0};
     const bool parallel = N * V > 32768 && (N > 1 || split_ok);
     ::rlpo::detail::parallel_region(parallel, [&](const ::rlpo::detail::Team& team) {
         const Index nt = team.size(), id = team.id();
-        const bool split = split_ok && nt > 1;
-        const Index r0 = split ? 0 : N * id / nt, r1 = split ? N : N * (id + 1) / nt;
+        bool split = split_ok && nt > 1;
+        if (split) {
+            // The row split needs the whole team from its first step; on a busy host a thread
+            // may not run for a whole scheduler slice (several ms: the first barrier alone
+            // cost 8 ms beside two busy processes). Thread 0 waits a moment for the others to
+            // check in (`FastPathTuning::split_checkin_seconds`), and without them the call
+            // runs in row blocks, which need no one.
+            arrived.fetch_add(1, std::memory_order_acq_rel);
+            if (id == 0) {
+                const auto t0 = std::chrono::steady_clock::now();
+                const double wait = o.tuning.split_checkin_seconds;
+                while (
+                    arrived.load(std::memory_order_acquire) < nt &&
+                    (wait < 0 ||
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() <
+                         wait))
+                    std::this_thread::yield();
+                const bool all = arrived.load(std::memory_order_acquire) == nt;
+                if (!all && o.stats)
+                    o.stats->split_fallbacks.fetch_add(1, std::memory_order_relaxed);
+                split_mode.store(all ? 1 : 2, std::memory_order_release);
+            } else {
+                while (split_mode.load(std::memory_order_acquire) == 0) std::this_thread::yield();
+            }
+            split = split_mode.load(std::memory_order_acquire) == 1;
+        }
+        const Index bs = o.tuning.row_block_rows > 0 ? o.tuning.row_block_rows
+                         : nt == 1                   ? std::max<Index>(N, 1)
+                                   : std::max(std::min<Index>(8, (N + nt - 1) / nt),
+                                              (N + 8 * nt - 1) / (8 * nt));
+        Index r0 = 0, r1 = N;  // the rows of the current pipeline run (a block, or all split)
         if (split && id == 0)
             for (Index t = 0; t <= nt; ++t) kb[static_cast<std::size_t>(t)] = c.nc * t / nt;
         // (the barriers of the row split; nothing in the row-block mode)
@@ -178,16 +230,17 @@ inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const 
         Scratch<A> ws;
         Slot<S, A> own_slots[3];
         Arr<A> own_pool[2][2];
-        Slot<S, A>* const slots = split ? shared_slots : own_slots;
-        Arr<A>(&pool)[2][2] = split ? shared_pool : own_pool;
+        Slot<S, A>* slots = split ? shared_slots : own_slots;
+        Arr<A>(*pool)[2] = split ? shared_pool : own_pool;
         // work buffers: one pair at depth 2, two at depth 3 (row n uses pair n mod 2, which
         // stage 3 of row n − 2 frees chunk by chunk in the same sweep)
-        if (!split || id == 0) {
+        const auto allocate = [&] {
             for (int i = 0; i < npairs; ++i) {
                 pool[i][0].resize(V);
                 pool[i][1].resize(V);
             }
-        }
+        };
+        if (!split || id == 0) allocate();
         auto exact = [&](Slot<S, A>& s) {
             if (o.stats) o.stats->exact_rows.fetch_add(1, std::memory_order_relaxed);
             const auto k = static_cast<std::size_t>(s.n);
@@ -275,45 +328,109 @@ inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const 
             }
             return false;
         };
+        // The row split's watch on its barriers (thread 0): the time of each step against the
+        // least time a thread spent sweeping in it; the rest was spent waiting.
+        using Clock = std::chrono::steady_clock;
+        auto last = Clock::now();
+        double waited = 0.0, elapsed = 0.0;
+        const auto watch = [&](Index it) {
+            const auto now = Clock::now();
+            const double wall = std::chrono::duration<double>(now - last).count();
+            last = now;
+            double least = wall;
+            for (Index t = 0; t < nt; ++t) {
+                const auto u = static_cast<std::size_t>(t);
+                least = std::min(least, sweep_time[u] + (inline2 ? inline_time[u] : 0.0));
+            }
+            waited += wall - least;
+            elapsed += wall;
+            const bool stalled = waited > 1e-3 && waited > o.tuning.split_idle_fraction * elapsed;
+            if ((stalled || it == o.tuning.split_fallback_step) && it + 1 < N) {
+                cut = it + 1;  // rows from here on are not entered: the split drains and ends
+                r1 = cut;
+                split_end = cut + depth - 1;
+                if (o.stats) o.stats->split_fallbacks.fetch_add(1, std::memory_order_relaxed);
+            }
+        };
         // One loop for both modes (one copy of the arithmetic: the results must not depend on
-        // how a compiler contracts multiply-adds in two copies). In the row split thread 0
-        // merges each step's results, moves the chunk ranges and plans the next step while
-        // the others wait at the barrier: two barriers a step (four with `inline2`).
+        // how a compiler contracts multiply-adds in two copies), run once over all rows in the
+        // row split and once per block of rows otherwise. In the row split thread 0 merges
+        // each step's results, moves the chunk ranges and plans the next step while the others
+        // wait at the barrier: two barriers a step (four with `inline2`). When the threads
+        // wait there more than they work (`watch`), no row enters after the current step,
+        // thread 0 finishes the rows in flight alone and the rest of the rows go to row blocks.
         Slot<S, A>* own_step[3] = {nullptr, nullptr, nullptr};
         S* own_zero = nullptr;
         bool own_inline = false;
-        Slot<S, A>** const st = split ? step : own_step;
-        S*& zero = split ? step_zero : own_zero;
-        bool& inl = split ? step_inline : own_inline;
-        const bool lead = !split || id == 0;
-        const Index end = r1 + depth - 1;
-        if (lead && r0 < end) plan_step(r0, st[0], st[1], st[2], zero);
-        for (Index it = r0; it < end; ++it) {
-            sync();  // the step's rows and chunk ranges are set
-            const auto t = static_cast<std::size_t>(id);
-            const Index k0 = split ? kb[t] : 0, k1 = split ? kb[t + 1] : c.nc;
-            Slot<S, A>* const a = st[0];
-            const auto start = std::chrono::steady_clock::now();
-            sweep(k0, k1, a, st[1], st[2], zero);
-            if (split)
-                sweep_time[t] =
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-            sync();  // every chunk swept
-            if (lead) inl = finish_step(a, st[1], st[2]);
-            if (inline2) {
-                sync();  // `inl` is set
-                if (inl) {
-                    fused_step<D, S, A>(c, k0, k1, nullptr, a, nullptr);
-                    sync();
-                    if (lead) finish2(*a);
+        Index from = 0;  // the first row of the row blocks
+        for (;;) {
+            if (split) {
+                r0 = 0;
+                r1 = N;
+            } else {
+                r0 = from + next_block.fetch_add(1, std::memory_order_relaxed) * bs;
+                if (r0 >= N) break;
+                r1 = std::min(N, r0 + bs);
+            }
+            Slot<S, A>** const st = split ? step : own_step;
+            S*& zero = split ? step_zero : own_zero;
+            bool& inl = split ? step_inline : own_inline;
+            const bool lead = !split || id == 0, was_split = split;
+            if (lead) {
+                if (split) split_end = r1 + depth - 1;
+                plan_step(r0, st[0], st[1], st[2], zero);
+            }
+            for (Index it = r0;; ++it) {
+                sync();  // the step's rows, chunk ranges and the split's end are set
+                if (split && cut < N) {
+                    // the row split gave way: the others start on the row blocks, and thread
+                    // 0 takes the rows still in flight through their last steps alone, whole
+                    // rows at a time (no more barriers)
+                    if (!lead) break;
+                    split = false;
+                }
+                if (it >= (split ? split_end : r1 + depth - 1)) break;
+                const auto t = static_cast<std::size_t>(id);
+                const Index k0 = split ? kb[t] : 0, k1 = split ? kb[t + 1] : c.nc;
+                Slot<S, A>* const a = st[0];
+                auto start = Clock::now();
+                sweep(k0, k1, a, st[1], st[2], zero);
+                if (split)
+                    sweep_time[t] = std::chrono::duration<double>(Clock::now() - start).count();
+                sync();  // every chunk swept
+                if (lead) inl = finish_step(a, st[1], st[2]);
+                if (inline2) {
+                    sync();  // `inl` is set
+                    if (inl) {
+                        start = Clock::now();
+                        fused_step<D, S, A>(c, k0, k1, nullptr, a, nullptr);
+                        if (split)
+                            inline_time[t] =
+                                std::chrono::duration<double>(Clock::now() - start).count();
+                        sync();
+                        if (lead) finish2(*a);
+                    } else if (split) {
+                        inline_time[t] = 0.0;
+                    }
+                }
+                if (lead) {
+                    if (split) {
+                        balance_ranges(kb.data(), sweep_time.data(), nt, c.nc, it,
+                                       o.tuning.shuffle_ranges);
+                        if (cut == N) watch(it);
+                    }
+                    const Index end = split ? split_end : r1 + depth - 1;
+                    if (it + 1 < end) plan_step(it + 1, st[0], st[1], st[2], zero);
                 }
             }
-            if (lead) {
-                if (split)
-                    balance_ranges(kb.data(), sweep_time.data(), nt, c.nc, it,
-                                   o.tuning.shuffle_ranges);
-                if (it + 1 < end) plan_step(it + 1, st[0], st[1], st[2], zero);
-            }
+            if (!was_split) continue;
+            // the row split is over: rows [cut, N) (if any) in row blocks, in this thread's
+            // own slots and work buffers
+            from = cut;
+            split = false;
+            slots = own_slots;
+            pool = own_pool;
+            if (from < N) allocate();
         }
         simd::store_fence();  // order the streaming stores before the results are used
     });
