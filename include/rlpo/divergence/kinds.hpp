@@ -83,7 +83,8 @@ struct FastPathTuning {
 /// path (non-finite logits, sums or values), added to by every call that points here.
 struct FastPathStats {
     std::atomic<std::size_t> exact_rows{0};
-    /// calls whose row split gave way to row blocks (`FastPathTuning::split_idle_fraction`)
+    /// calls whose row split gave way to row blocks (at the team's check-in or after a step:
+    /// `FastPathTuning::split_checkin_seconds`, `split_idle_fraction`)
     std::atomic<std::size_t> split_fallbacks{0};
 };
 
