@@ -9,6 +9,7 @@
 #include <rlpo/distill/divergences.hpp>
 #include <rlpo/testing/random.hpp>
 
+#include <algorithm>
 #include <thread>
 #include <vector>
 
@@ -150,5 +151,47 @@ TEST_CASE("threads: several caller threads, each with its own limit, agree bitwi
         CHECK(seen[static_cast<std::size_t>(w)] == w + 1);
 #endif
         CHECK(same[static_cast<std::size_t>(w)] == 1);
+    }
+}
+
+TEST_CASE("threads: the library's loops cover every index once, in blocks of consecutive ones",
+          "[core][threads]") {
+    // parallel_for and Team::for_blocks hand out blocks to whichever thread is free: whatever
+    // the schedule, every index runs exactly once, and for_blocks' blocks are consecutive,
+    // non-empty and tile [0, n) (counted per index; sizes below, at and above the team's).
+    for (const int nt : {1, 2, 3}) {
+        const rlpo::ThreadLimit limit(nt);
+        for (const Index n : {Index(0), Index(1), Index(2), Index(7), Index(64), Index(1001)}) {
+            INFO(nt << " threads, n = " << n);
+            std::vector<int> hits(static_cast<std::size_t>(n), 0);
+            rlpo::detail::parallel_for(n, true, [&](Index i) {
+#if defined(RLPO_USE_OPENMP)
+#pragma omp atomic
+#endif
+                ++hits[static_cast<std::size_t>(i)];
+            });
+            CHECK(std::count(hits.begin(), hits.end(), 1) == n);
+            std::vector<int> covered(static_cast<std::size_t>(n), 0);
+            int bad_blocks = 0;
+            rlpo::detail::parallel_region(true, [&](const rlpo::detail::Team& team) {
+                team.for_blocks(n, [&](Index lo, Index hi) {
+                    if (!(0 <= lo && lo < hi && hi <= n)) {
+#if defined(RLPO_USE_OPENMP)
+#pragma omp atomic
+#endif
+                        ++bad_blocks;
+                        return;
+                    }
+                    for (Index i = lo; i < hi; ++i) {
+#if defined(RLPO_USE_OPENMP)
+#pragma omp atomic
+#endif
+                        ++covered[static_cast<std::size_t>(i)];
+                    }
+                });
+            });
+            CHECK(bad_blocks == 0);
+            CHECK(std::count(covered.begin(), covered.end(), 1) == n);
+        }
     }
 }
