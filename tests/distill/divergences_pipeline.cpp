@@ -248,6 +248,19 @@ TEMPLATE_TEST_CASE("distill divergences: a row split giving way to row blocks, b
                     return rlpo::distill::divergence(zs, ys, mask, o, rlpo::Normalizer{},
                                                      rlpo::add_to<S>(acc1));
                 });
+                // value, gradient and an added gradient under `oo` with nt threads: one thread's
+                const auto same_as_one_thread = [&](const DistillOptions& oo, int nt) {
+                    const auto r = with_threads(
+                        nt, [&] { return rlpo::distill::divergence(zs, ys, mask, oo); });
+                    Mat<S> acc = Mat<S>::Ones(N, V);
+                    with_threads(nt, [&] {
+                        return rlpo::distill::divergence(zs, ys, mask, oo, rlpo::Normalizer{},
+                                                         rlpo::add_to<S>(acc));
+                    });
+                    CHECK(r.value == r1.value);
+                    CHECK(r.grad == r1.grad);
+                    CHECK(acc == acc1);
+                };
                 for (const Index step : {Index(0), Index(1), Index(4), N - 2, N - 1, N + 1}) {
                     for (const int nt : {2, 3}) {
                         INFO("fallback after step " << step << ", " << nt << " threads");
@@ -257,16 +270,7 @@ TEMPLATE_TEST_CASE("distill divergences: a row split giving way to row blocks, b
                         of.tuning.split_idle_fraction = 2.0;   // (never by the clock here,
                         of.tuning.split_checkin_seconds = -1;  // nor at the team's check-in)
                         of.stats = &stats;
-                        const auto r = with_threads(
-                            nt, [&] { return rlpo::distill::divergence(zs, ys, mask, of); });
-                        Mat<S> acc = Mat<S>::Ones(N, V);
-                        with_threads(nt, [&] {
-                            return rlpo::distill::divergence(zs, ys, mask, of, rlpo::Normalizer{},
-                                                             rlpo::add_to<S>(acc));
-                        });
-                        CHECK(r.value == r1.value);
-                        CHECK(r.grad == r1.grad);
-                        CHECK(acc == acc1);
+                        same_as_one_thread(of, nt);
                         CHECK(stats.split_fallbacks.load() == (step + 1 < N ? 2u : 0u));
                         CHECK(stats.exact_rows.load() == 4u);  // rows 5 and 6, two calls
                     }
@@ -277,16 +281,7 @@ TEMPLATE_TEST_CASE("distill divergences: a row split giving way to row blocks, b
                         DistillOptions ob = o;
                         ob.tuning.row_block_rows = rows;
                         ob.tuning.split_bytes = std::numeric_limits<std::size_t>::max();
-                        const auto r = with_threads(
-                            nt, [&] { return rlpo::distill::divergence(zs, ys, mask, ob); });
-                        Mat<S> acc = Mat<S>::Ones(N, V);
-                        with_threads(nt, [&] {
-                            return rlpo::distill::divergence(zs, ys, mask, ob, rlpo::Normalizer{},
-                                                             rlpo::add_to<S>(acc));
-                        });
-                        CHECK(r.value == r1.value);
-                        CHECK(r.grad == r1.grad);
-                        CHECK(acc == acc1);
+                        same_as_one_thread(ob, nt);
                     }
                 }
             }
