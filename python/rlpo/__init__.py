@@ -12,7 +12,7 @@ type), ``rlpo.NumericalError`` (an ``ArithmeticError``: rlpo::numerical_error, a
 would overflow).
 
 Threads: each call uses ``rlpo.threads_per_call()`` threads (OpenMP's setting by default);
-``with rlpo.thread_limit(n):`` caps the calls the current thread makes inside the block. The
+``with rlpo.thread_limit(n):`` sets n for the calls the current thread makes in the block. The
 GIL is released during each call, so Python threads may call rlpo at once.
 """
 

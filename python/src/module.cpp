@@ -38,8 +38,8 @@ PYBIND11_MODULE(_rlpo, m) {
     });
     py::class_<ThreadLimitBlock>(
         m, "thread_limit",
-        "with rlpo.thread_limit(n): every rlpo call this thread makes in the block uses at most "
-        "n threads (0: OpenMP's setting); see rlpo.threads_per_call()")
+        "with rlpo.thread_limit(n): every rlpo call this thread makes in the block runs on n "
+        "threads (0: OpenMP's setting); see rlpo.threads_per_call()")
         .def(py::init([](int threads) {
                  RLPO_CHECK(threads >= 0, "thread_limit",
                             "threads: must be >= 0 (0: no limit), given ", threads);

@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
 #include <tuple>
 
 using rlpo::Index;
@@ -363,6 +364,19 @@ TEST_CASE("whitening and GAE: huge values stay finite or overflow loudly",
         const double p = md(0, 1) / (md(0, 0) + md(0, 1));
         CHECK(wd(0, 1) == Approx(std::sqrt((1 - p) / p)).epsilon(1e-12));
         CHECK(wd(0, 0) == Approx(-std::sqrt(p / (1 - p))).epsilon(1e-12));
+        // the same whitening inside REINFORCE++ (γ = 0: the returns are the rewards) is
+        // reported under that function's name
+        ReinforcePPOptions rp;
+        rp.gamma = 0.0;
+        rp.whitening = pop;
+        std::string what;
+        try {
+            rr::reinforce_pp_advantages(xf, mf, rp);
+        } catch (const rlpo::numerical_error& e) {
+            what = e.what();
+        }
+        CHECK(what.find("reinforce_pp_advantages") != std::string::npos);
+        CHECK(what.find("the whitened value at [0, 1]") != std::string::npos);
     }
     // GAE whose return 1e308 + 1e308 overflows: numerical_error naming the position
     Mat<double> r = Mat<double>::Zero(1, 2), v = Mat<double>::Zero(1, 2),

@@ -8,8 +8,9 @@
 ///   * **Default:** OpenMP's setting for the calling thread (`OMP_NUM_THREADS`,
 ///     `omp_set_num_threads`), i.e. `omp_get_max_threads()`.
 ///   * **`ThreadLimit`:** `rlpo::ThreadLimit limit(4);` makes every rlpo call that this thread
-///     makes while `limit` lives use at most 4 threads (the innermost of nested limits wins;
-///     other threads are not affected). `ThreadLimit(1)` runs the calls serially on the
+///     makes while `limit` lives run on teams of 4 threads, fewer or more than OpenMP's
+///     setting (small inputs still run serially; the innermost of nested limits wins; other
+///     threads are not affected). `ThreadLimit(1)` runs the calls serially on the
 ///     calling thread. Nothing global changes: OpenMP's own setting stays as it was.
 ///   * **Inside the caller's own parallel region** (an active OpenMP team, e.g. a trainer that
 ///     evaluates micro-batches in `#pragma omp parallel for`): every call runs serially on its

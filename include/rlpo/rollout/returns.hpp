@@ -130,8 +130,16 @@ inline std::vector<RowScan> scan_rows(const char* fn, Index B,
 /// statistics with the values divided by M = max |x| and the weights by W = max m over the
 /// unmasked entries, so every sum stays finite; (x − μ)/sqrt(v + ε) = (x/M − μ/M) /
 /// sqrt(v/M² + ε/M²) is then exact up to rounding. Serial (a rare path).
+/// A whitened value at [i, t] beyond the storage type (a tiny spread: ε = 0 with one heavy
+/// weight), reported under the calling function's name `fn`.
+[[noreturn]] inline void fail_whitened(const char* fn, Index i, Index t) {
+    ::rlpo::detail::fail_numerical(fn, "the whitened value at [", i, ", ", t,
+                                   "] overflows the storage type");
+}
+
 template <class S, class X>
-inline void whiten_scaled(X& x, const ConstMatRef<S>& mask, const WhitenOptions& o) {
+inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask,
+                          const WhitenOptions& o) {
     using X_t = typename X::Scalar;
     const Index B = x.rows(), T = x.cols();
     double M = 0.0, W = 0.0;
@@ -175,9 +183,7 @@ inline void whiten_scaled(X& x, const ConstMatRef<S>& mask, const WhitenOptions&
             double w = zero ? 0.0 : (static_cast<double>(x(i, t)) / M - mu_s) / denom_s;
             if (!o.shift_mean) w += M * mu_s;
             const X_t out = static_cast<X_t>(w);
-            if (!(std::abs(out) < std::numeric_limits<X_t>::infinity()))
-                ::rlpo::detail::fail_numerical("rollout::whiten", "the whitened value at [", i,
-                                               ", ", t, "] overflows the storage type");
+            if (!(std::abs(out) < std::numeric_limits<X_t>::infinity())) fail_whitened(fn, i, t);
             x(i, t) = out;
         }
 }
@@ -186,8 +192,8 @@ inline void whiten_scaled(X& x, const ConstMatRef<S>& mask, const WhitenOptions&
 /// mean in double, then a second (row-parallel) pass for the variance around it, then the
 /// normalisation; masked entries set to 0.
 template <class S, class X>
-inline void whiten_in_place(X& x, const ConstMatRef<S>& mask, const std::vector<RowScan>& rows,
-                            const WhitenOptions& o) {
+inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
+                            const std::vector<RowScan>& rows, const WhitenOptions& o) {
     const Index B = x.rows(), T = x.cols();
     double n = 0.0, sum = 0.0;
     for (const auto& r : rows) n += r.weight, sum += r.sum;
@@ -206,7 +212,7 @@ inline void whiten_in_place(X& x, const ConstMatRef<S>& mask, const std::vector<
     double ss = 0.0;
     for (double v : row_ss) ss += v;
     if (!(std::isfinite(n) && std::isfinite(mu) && std::isfinite(ss)))
-        return whiten_scaled<S>(x, mask, o);  // Σ m·x or Σ m·d² overflowed: rare path
+        return whiten_scaled<S>(fn, x, mask, o);  // Σ m·x or Σ m·d² overflowed: rare path
     double var = n > 0 ? ss / n : 0.0;
     const bool degenerate = !(n > 1);
     if (o.unbiased && !degenerate) var *= n / (n - 1);
@@ -234,9 +240,7 @@ inline void whiten_in_place(X& x, const ConstMatRef<S>& mask, const std::vector<
     });
     for (Index i = 0; i < B; ++i)
         if (overflow[static_cast<std::size_t>(i)] >= 0)
-            ::rlpo::detail::fail_numerical("rollout::whiten", "the whitened value at [", i, ", ",
-                                           overflow[static_cast<std::size_t>(i)],
-                                           "] overflows the storage type");
+            fail_whitened(fn, i, overflow[static_cast<std::size_t>(i)]);
 }
 
 }  // namespace detail
@@ -265,7 +269,7 @@ Mat<::rlpo::detail::scalar_t<DX>> whiten(const Eigen::MatrixBase<DX>& x,
             sc.sum += mk * v;
         }
     });
-    detail::whiten_in_place<S>(w, m, rows, opts);
+    detail::whiten_in_place<S>(fn, w, m, rows, opts);
     return w;
 }
 
@@ -313,7 +317,7 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> reinforce_pp_advantages(
             }
         });
     out.advantages = out.returns;
-    if (opts.whiten) detail::whiten_in_place<S>(out.advantages, m, rows, opts.whitening);
+    if (opts.whiten) detail::whiten_in_place<S>(fn, out.advantages, m, rows, opts.whitening);
     return out;
 }
 
@@ -370,7 +374,7 @@ Mat<::rlpo::detail::scalar_t<DM>> reinforce_pp_baseline_advantages(
                 sc.sum += mk * ai;
             }
         });
-    detail::whiten_in_place<S>(A, m, rows, opts.whitening);
+    detail::whiten_in_place<S>(fn, A, m, rows, opts.whitening);
     return A;
 }
 
@@ -444,7 +448,7 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> gae_advantages(
                 sc.sum += mk * next_adv;
             }
         });
-    if (opts.whiten) detail::whiten_in_place<S>(out.advantages, m, rows, opts.whitening);
+    if (opts.whiten) detail::whiten_in_place<S>(fn, out.advantages, m, rows, opts.whitening);
     return out;
 }
 
