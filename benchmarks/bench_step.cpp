@@ -1,22 +1,32 @@
 // The advantage + training-step path at full RL scale: 4096 prompts × 16 responses × 1024
 // tokens = 67M tokens, float ([65536, 1024] matrices of 256 MiB each).
 //
-//   grpo: scores → GRPO advantages → broadcast over tokens → TrainingStep (PPO clip, verl
-//         preset, + k3 KL in the loss, token-mean) → loss, d/dlogp (caller's buffer), metrics
-//   ppo:  outcome token rewards → GAE (γ 1, λ 0.95, whitened) → TrainingStep (PPO clip +
-//         clipped value loss) → loss, d/dlogp, d/dvalues
+//   grpo:  scores → GRPO advantages ([B]) → TrainingStep (PPO clip, verl preset, + k3 KL in
+//          the loss, token-mean; one pass, advantages read per row) → loss, d/dlogp (caller's
+//          buffer), metrics
+//   grpo_parts_broadcast: the same with the advantages broadcast to [B, T] and one pass per
+//          term (the step before the single pass), for comparison in one run
+//   ppo:   outcome token rewards → GAE (γ 1, λ 0.95, whitened) → TrainingStep (PPO clip +
+//          clipped value loss) → loss, d/dlogp, d/dvalues
 //
-// Memory: 6 (grpo) / 11 (ppo) such matrices ≈ 1.5 / 2.8 GiB. Size with
-// RLPO_BENCH_STEP_PROMPTS (default 4096) to fit smaller machines.
+// Counters: roofline = (the bytes that must move per token × tokens / time) over the triad
+// bandwidth measured just before each call (bench_bandwidth.cpp), median of the iterations;
+// triad_GBps that bandwidth. Memory: 6 (grpo) / 11 (ppo) such matrices ≈ 1.5 / 2.8 GiB. Size
+// with RLPO_BENCH_STEP_PROMPTS (default 4096) to fit smaller machines.
+#include "bench_bandwidth.cpp"
+
 #include <rlpo/rollout/advantages.hpp>
 #include <rlpo/rollout/returns.hpp>
 #include <rlpo/train/step.hpp>
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <memory>
 #include <random>
+#include <vector>
 
 namespace {
 
@@ -73,14 +83,74 @@ Rollout& shared(bool critic) {
     return *r;
 }
 
-void BM_grpo_advantage_and_step(benchmark::State& state) {
-    Rollout& r = shared(false);
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const std::size_t n = v.size();
+    return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
+}
+
+/// Times `call` per iteration, each after a triad pass (outside the timing), and sets the
+/// roofline counters for `bytes_per_token` bytes that must move per token (as bench_distill).
+template <class F>
+void timed(benchmark::State& state, Index tokens, double bytes_per_token, F&& call) {
+    rlpo_bw::Arrays& x = rlpo_bw::shared_arrays();
+    const double bytes = bytes_per_token * static_cast<double>(tokens);
+    std::vector<double> ratio, triad;
+    for (auto _ : state) {
+        state.PauseTiming();
+        const double tt = rlpo_bw::timed_triad(x);
+        state.ResumeTiming();
+        const auto t0 = std::chrono::steady_clock::now();
+        call();
+        benchmark::ClobberMemory();
+        const double tk =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        triad.push_back(rlpo_bw::triad_bytes() / tt);
+        ratio.push_back(bytes / tk / triad.back());
+    }
+    state.SetItemsProcessed(state.iterations() * tokens);
+    state.SetBytesProcessed(static_cast<int64_t>(bytes) * state.iterations());
+    state.counters["tokens"] = static_cast<double>(tokens);
+    state.counters["roofline"] = median(ratio);
+    state.counters["triad_GBps"] = median(triad) / 1e9;
+}
+
+rlpo::train::StepOptions grpo_options() {
     rlpo::train::StepOptions o;
     o.policy.vanilla = rlpo::policy::PPOClipOptions::verl();
     o.kl = rlpo::penalties::KLOptions::verl();
+    return o;
+}
+
+// GRPO: the step reads logp, old_logp, ref_logp and the mask once and writes ∂/∂logp once
+// (20 bytes per float token); the per-sequence advantages are read per row.
+void BM_grpo_advantage_and_step(benchmark::State& state) {
+    Rollout& r = shared(false);
+    const rlpo::train::TrainingStep<float> step(grpo_options());
+    const auto groups = rlpo::rollout::Groups::equal(r.N, kGroup);
+    timed(state, r.N * kT, 20.0, [&] {
+        const rlpo::Vec<float> a = rlpo::rollout::grpo_advantages(r.scores, groups);
+        rlpo::train::StepInputs<float> in;
+        in.logp = r.logp;
+        in.mask = r.mask;
+        in.advantages = a;  // [B, 1]: read per row
+        in.old_logp = r.old;
+        in.ref_logp = r.ref;
+        const auto res =
+            step(in, {rlpo::write_to(r.grad), rlpo::no_grad<float>(), rlpo::no_grad<float>()});
+        benchmark::DoNotOptimize(res.loss);
+    });
+}
+
+// The same step as before the single pass: advantages broadcast to [B, T], then one pass per
+// term (surrogate, then KL adding into the zeroed gradient). Same bytes counted.
+void BM_grpo_parts_broadcast(benchmark::State& state) {
+    Rollout& r = shared(false);
+    rlpo::train::StepOptions o = grpo_options();
+    o.fused = false;
     const rlpo::train::TrainingStep<float> step(o);
     const auto groups = rlpo::rollout::Groups::equal(r.N, kGroup);
-    for (auto _ : state) {
+    timed(state, r.N * kT, 20.0, [&] {
         const rlpo::Vec<float> a = rlpo::rollout::grpo_advantages(r.scores, groups);
         const Mat<float> adv = rlpo::rollout::broadcast_to_tokens(a, r.mask);
         rlpo::train::StepInputs<float> in;
@@ -92,12 +162,12 @@ void BM_grpo_advantage_and_step(benchmark::State& state) {
         const auto res =
             step(in, {rlpo::write_to(r.grad), rlpo::no_grad<float>(), rlpo::no_grad<float>()});
         benchmark::DoNotOptimize(res.loss);
-        benchmark::DoNotOptimize(r.grad.data());
-    }
-    state.SetItemsProcessed(state.iterations() * r.N * kT);
-    state.counters["tokens"] = static_cast<double>(r.N * kT);
+    });
 }
 
+// PPO: outcome rewards → GAE (whitened) → step with the clipped value loss. What must move:
+// read logp, old_logp, the mask, values and old values, write ∂/∂logp and ∂/∂values (28 bytes
+// per float token; the rewards, advantages and returns are intermediates).
 void BM_ppo_gae_and_step(benchmark::State& state) {
     Rollout& r = shared(true);
     rlpo::train::StepOptions o;
@@ -106,7 +176,7 @@ void BM_ppo_gae_and_step(benchmark::State& state) {
     const rlpo::train::TrainingStep<float> step(o);
     rlpo::rollout::GAEOptions g;
     g.lambda = 0.95;
-    for (auto _ : state) {
+    timed(state, r.N * kT, 28.0, [&] {
         const Mat<float> rewards = rlpo::rollout::outcome_token_rewards(r.scores, r.mask);
         const auto ta = rlpo::rollout::gae_advantages(rewards, r.old_values, r.mask, g);
         rlpo::train::StepInputs<float> in;
@@ -120,13 +190,11 @@ void BM_ppo_gae_and_step(benchmark::State& state) {
         const auto res = step(
             in, {rlpo::write_to(r.grad), rlpo::no_grad<float>(), rlpo::write_to(r.grad_values)});
         benchmark::DoNotOptimize(res.loss);
-        benchmark::DoNotOptimize(r.grad.data());
-    }
-    state.SetItemsProcessed(state.iterations() * r.N * kT);
-    state.counters["tokens"] = static_cast<double>(r.N * kT);
+    });
 }
 
 }  // namespace
 
-BENCHMARK(BM_grpo_advantage_and_step)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
-BENCHMARK(BM_ppo_gae_and_step)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+BENCHMARK(BM_grpo_advantage_and_step)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
+BENCHMARK(BM_grpo_parts_broadcast)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
+BENCHMARK(BM_ppo_gae_and_step)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);

@@ -63,7 +63,63 @@ struct ValueLossOptions {
     }
 };
 
-/// Clipped value loss and its gradient w.r.t. `values`. All inputs `[B, T]`.
+namespace detail {
+/// The clipped value loss for one SIMD packet, in the storage precision S (run by
+/// `token_pass_simd`; the training step's fused pass calls `eval` directly). Stats: 0 the
+/// clipped branch strictly larger, 1 the value v.
+template <class S>
+struct ValueLossKernel {
+    using P = ::rlpo::detail::simd::Packet<S>;
+    static constexpr const char* name = "critic::value_loss";
+    static constexpr std::size_t stats = 2;
+
+    explicit ValueLossKernel(const ValueLossOptions& o) : clip(o.clip.has_value()) {
+        namespace simd = ::rlpo::detail::simd;
+        vc = simd::set1<S>(static_cast<S>(clip ? *o.clip : 0.0));
+        zero = simd::set1<S>(S(0));
+        half = simd::set1<S>(S(0.5));
+    }
+
+    /// v, v_old, R of one packet (masked lanes zero): the per-token loss ½·max((v − R)²,
+    /// (v_c − R)²), its gradient w.r.t. v (ties split as torch.max), and the stats. A NaN
+    /// input surfaces as a NaN loss (v_old only with the clip, as the scalar definition).
+    void eval(const P& x, const P& xo, const P& r, P& loss, P& grad,
+              ::rlpo::detail::simd::Packets<S, 2>& st) const {
+        using namespace ::rlpo::detail::simd;
+        const P d1 = psub(x, r);
+        const P l1 = pmul(half, pmul(d1, d1));
+        st[1] = x;
+        if (!clip) {
+            st[0] = zero;
+            loss = pselect(pand(not_nan<S>(x), not_nan<S>(r)), l1, padd(x, r));
+            grad = d1;
+            return;
+        }
+        const P lo = psub(xo, vc), hi = padd(xo, vc);
+        const P xc = pmin(pmax(x, lo), hi);
+        const P d2 = psub(xc, r);
+        const P l2 = pmul(half, pmul(d2, d2));
+        const P g2 = pselect(pand(pcmp_le(lo, x), pcmp_le(x, hi)), d2, zero);
+        const P gt = pcmp_lt(l1, l2), lt = pcmp_lt(l2, l1);
+        st[0] = indicator<S>(gt);
+        const P l = pselect(gt, l2, l1);
+        grad = pselect(gt, g2, pselect(lt, d1, pmul(half, padd(d1, g2))));
+        loss = pselect(pand(pand(not_nan<S>(x), not_nan<S>(r)), not_nan<S>(xo)), l,
+                       padd(padd(x, r), xo));
+    }
+
+    void report(Metrics& m, const std::array<double, 2>& st, double n) const {
+        m.add("vf_clipfrac", st[0], n);
+        m.add("vpred_mean", st[1], n);
+    }
+
+    bool clip;
+    P vc, zero, half;
+};
+}  // namespace detail
+
+/// Clipped value loss and its gradient w.r.t. `values`. All inputs `[B, T]`. Computed per SIMD
+/// packet in the storage precision (float inputs in float), sums in double.
 template <class DV, class DO, class DR, class DM>
 Result<::rlpo::detail::scalar_t<DV>> value_loss(
     const Eigen::MatrixBase<DV>& values, const Eigen::MatrixBase<DO>& old_values,
@@ -71,6 +127,7 @@ Result<::rlpo::detail::scalar_t<DV>> value_loss(
     const ValueLossOptions& opts = {}, const Normalizer& norm = {},
     const GradientOut<::rlpo::detail::scalar_t<DV>>& out = {}) {
     using S = ::rlpo::detail::scalar_t<DV>;
+    using P = ::rlpo::detail::simd::Packet<S>;
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
     constexpr const char* fn = "critic::value_loss";
     const ConstMatRef<S> v(values.derived()), vo(old_values.derived()), R(returns.derived()),
@@ -80,29 +137,22 @@ Result<::rlpo::detail::scalar_t<DV>> value_loss(
     ::rlpo::detail::check_same_shape(fn, "mask", m, "values", v);
     if (opts.clip) ::rlpo::detail::check_positive(fn, "clip", *opts.clip);
     Result<S> res;
-    const RowWeights w = row_weights(fn, m, norm);
+    const RowWeights w = ::rlpo::detail::row_weights_fast(fn, m, norm);
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, v.rows(), v.cols());
-    const bool clip = opts.clip.has_value();
-    const double c = clip ? *opts.clip : 0.0;
-    // stats: 0 clipped branch larger, 1 v
-    const auto pass = ::rlpo::detail::token_pass<2, S>(
+    const detail::ValueLossKernel<S> kern(opts);
+    const auto pass = ::rlpo::detail::token_pass_simd<2, S>(
         fn, m, w, g, {{"values", &v}, {"old_values", &vo}, {"returns", &R}},
-        [&](Index i, Index t, std::array<double, 2>& st) -> ::rlpo::detail::LossGrad {
-            const double x = static_cast<double>(v(i, t)), r = static_cast<double>(R(i, t));
-            st[1] = x;
-            const double l1 = 0.5 * (x - r) * (x - r), g1 = x - r;
-            if (!clip) return {l1, g1};
-            const double xo = static_cast<double>(vo(i, t));
-            if (std::isnan(xo)) return {xo, xo};
-            const double xc = std::clamp(x, xo - c, xo + c);
-            const double l2 = 0.5 * (xc - r) * (xc - r);
-            const double g2 = (x >= xo - c && x <= xo + c) ? (xc - r) : 0.0;
-            st[0] = l2 > l1 ? 1.0 : 0.0;
-            return ::rlpo::policy::detail::tie_max(l1, g1, l2, g2);
+        [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
+            ::rlpo::detail::simd::Packets<S, 2>& st) {
+            using ::rlpo::detail::simd::load_kept;
+            const P x = load_kept(v.data() + i * v.outerStride(), k, T, keep);
+            const P r = load_kept(R.data() + i * R.outerStride(), k, T, keep);
+            const P xo =
+                kern.clip ? load_kept(vo.data() + i * vo.outerStride(), k, T, keep) : kern.zero;
+            kern.eval(x, xo, r, loss, grad, st);
         });
     res.value = g.coef() * pass.value;
-    res.metrics.add("vf_clipfrac", pass.stats[0], pass.count);
-    res.metrics.add("vpred_mean", pass.stats[1], pass.count);
+    kern.report(res.metrics, pass.stats, pass.count);
     res.metrics.with_count_epsilon(norm.count_epsilon);
     ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;

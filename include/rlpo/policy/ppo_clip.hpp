@@ -158,9 +158,18 @@ struct PPOClipKernel {
         using namespace ::rlpo::detail::simd;
         P a = load_kept(A.data() + i * A.outerStride(), k, T, keep);
         if constexpr (Weighted) a = pmul(a, load_kept(wrow, k, T, keep));
-        const P na = pnegate(a);
         const P raw = psub(load_kept(lp.data() + i * lp.outerStride(), k, T, keep),
                            load_kept(olp.data() + i * olp.outerStride(), k, T, keep));
+        eval(a, raw, loss, grad, st);
+    }
+
+    /// The per-packet formula from the advantages `a` and the raw log-ratios
+    /// logp − old_logp (masked lanes already zero). The training step's fused pass calls it
+    /// with a row's sequence advantage broadcast over the packet.
+    void eval(const P& a, const P& raw, P& loss, P& grad,
+              ::rlpo::detail::simd::Packets<S, 3>& st) const {
+        using namespace ::rlpo::detail::simd;
+        const P na = pnegate(a);
         const P lr = pmin(pmax(raw, vnL), vL);
         const P r = pexp(lr);
         // −A·∂r/∂logp: the clamp stops the gradient outside [−L, L] (inclusive bounds)

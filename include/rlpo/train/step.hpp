@@ -38,6 +38,19 @@
 /// batch, and `StepResult::merge` combines the pieces' results (values add, metrics merge as
 /// (sum, count) pairs).
 ///
+/// **Advantages** per token (`[B, T]`) or per sequence (`[B, 1]`, e.g. `grpo_advantages`'s
+/// output, read once per row: no `[B, T]` broadcast is made on the fused path; the other
+/// surrogates get a broadcast copy, 0 at masked tokens, as `rollout::broadcast_to_tokens`).
+///
+/// **One pass** (`StepOptions::fused`, default on, with the PPO clip surrogate): the
+/// surrogate, the KL (in the loss, or its reward-placement metric) and the value loss are
+/// evaluated together per SIMD packet (train/detail/fused.hpp), so each `[B, T]` input is read
+/// once and `grad_logp` / `grad_values` are written once, without zeroing them first. The
+/// result is bit-for-bit that of the parts called one after the other (tested); the entropy
+/// and distillation terms read the logits in their own pass. When a part would throw, the
+/// step reruns the parts, so the error is the part's own. On an error the contents of the
+/// gradient buffers are unspecified.
+///
 /// **Metrics** (verl names): the surrogate's metrics under `actor/` (`actor/pg_clipfrac`,
 /// `actor/pg_clipfrac_lower`, `actor/ppo_kl` for PPO clip), `actor/kl_loss` (token-mean KL
 /// estimate, loss placement) or `actor/reward_kl` (reward placement, of old_logp against
@@ -65,6 +78,7 @@
 #include <rlpo/policy/policy_loss.hpp>
 #include <rlpo/regularizers/entropy.hpp>
 #include <rlpo/rollout/batch.hpp>
+#include <rlpo/train/detail/fused.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -104,7 +118,7 @@ template <class S>
 struct StepInputs {
     StepInput<S> logp;        ///< [B, T] current log-probs of the sampled tokens
     StepInput<S> mask;        ///< [B, T] response mask
-    StepInput<S> advantages;  ///< [B, T] (broadcast sequence advantages before)
+    StepInput<S> advantages;  ///< [B, T] per token, or [B, 1] per sequence (read per row)
     StepInput<S> old_logp;    ///< [B, T] behaviour log-probs (absent: on-policy)
     StepInput<S> ref_logp;    ///< [B, T] reference log-probs (KL)
     StepInput<S> logits;      ///< [B·T, V] logits (entropy, distillation)
@@ -161,6 +175,10 @@ struct StepOptions {
     double distill_coef = 1.0;  ///< coefficient handed to the distillation hook
 
     Normalizer norm{};  ///< one normalizer for every token term
+
+    /// With the PPO clip surrogate, evaluate the surrogate, the KL and the value loss in one
+    /// pass over the token inputs (bit-equal to one pass per term; false: one pass per term).
+    bool fused = true;
 };
 
 /// The step's output: total loss, its parts, gradients and metrics.
@@ -246,8 +264,14 @@ public:
         const ConstMatRef<S>& lp = *in.logp;
         const Index B = lp.rows(), T = lp.cols();
         detail::require(fn, in.mask, "mask", "every term", lp);
-        detail::require(fn, in.advantages, "advantages", "the policy surrogate", lp);
-        const ConstMatRef<S>& m = *in.mask;
+        RLPO_CHECK(in.advantages.present(), fn, "advantages: required (the policy surrogate)");
+        const bool seq_adv = in.advantages.cols() == 1 && T != 1;
+        if (seq_adv)
+            RLPO_CHECK(in.advantages.rows() == B, fn,
+                       "advantages: expected [B, T] or [B, 1] with B = ", B, ", given [",
+                       in.advantages.rows(), ", 1]");
+        else
+            detail::require(fn, in.advantages, "advantages", "the policy surrogate", lp);
         const bool kl_loss = opts_.kl && opts_.kl_placement == KLPlacement::Loss;
         if (kl_loss) detail::require(fn, in.ref_logp, "ref_logp", "the KL loss", lp);
         if (in.old_logp.present())
@@ -264,14 +288,43 @@ public:
             detail::require(fn, in.old_values, "old_values", "the value loss", lp);
             detail::require(fn, in.returns, "returns", "the value loss", lp);
         }
+        if (fused()) {
+            std::optional<StepResult<S>> r = fused_step(in, out, seq_adv);
+            if (r) return std::move(*r);
+        }
+        if (!seq_adv) return composed(in, *in.advantages, out);
+        // the parts take [B, T] advantages: broadcast (0 at masked tokens, as
+        // rollout::broadcast_to_tokens; a NaN stays for the surrogate to name)
+        const ConstMatRef<S>& a = *in.advantages;
+        const ConstMatRef<S>& m = *in.mask;
+        Mat<S> A(B, T);
+        for (Index i = 0; i < B; ++i)
+            for (Index t = 0; t < T; ++t) A(i, t) = m(i, t) != S(0) ? a(i, 0) : S(0);
+        return composed(in, A, out);
+    }
 
+    /// Whether calls take the single token pass (`StepOptions::fused` and the PPO clip
+    /// surrogate); otherwise each term makes its own pass.
+    bool fused() const { return opts_.fused && opts_.policy.loss == policy::PolicyLoss::Vanilla; }
+
+private:
+    static constexpr const char* kFn = "train::TrainingStep";
+
+    /// Each term its own pass, adding into the step's buffers (the definition the fused pass
+    /// reproduces bit for bit). `A` the `[B, T]` advantages.
+    StepResult<S> composed(const StepInputs<S>& in, const ConstMatRef<S>& A,
+                           const StepGradients<S>& out) const {
+        const ConstMatRef<S>& lp = *in.logp;
+        const Index B = lp.rows(), T = lp.cols();
+        const ConstMatRef<S>& m = *in.mask;
+        const bool kl_loss = opts_.kl && opts_.kl_placement == KLPlacement::Loss;
         StepResult<S> res;
         const GradientOut<S> g_lp = resolve(out.logp, res.grad_logp, B, T);
         const Normalizer& norm = opts_.norm;
 
         // 1. policy surrogate
         const ConstMatRef<S>& old = in.old_logp.present() ? *in.old_logp : lp;
-        const auto pg = policy::policy_loss(opts_.policy, lp, old, *in.advantages, m, norm, g_lp);
+        const auto pg = policy::policy_loss(opts_.policy, lp, old, A, m, norm, g_lp);
         res.pg_loss = pg.value;
         res.metrics.merge(pg.metrics.prefixed("actor/"));
 
@@ -283,29 +336,13 @@ public:
             res.kl_loss = kl.value;
             res.metrics.add("actor/kl_loss", kl.metrics.at("kl").sum, kl.metrics.at("kl").count);
         } else if (opts_.kl && in.ref_logp.present()) {
-            const ConstMatRef<S>& o = in.old_logp.present() ? *in.old_logp : lp;
             const auto kl =
-                penalties::kl_penalty(o, *in.ref_logp, m, *opts_.kl, norm, no_grad<S>());
+                penalties::kl_penalty(old, *in.ref_logp, m, *opts_.kl, norm, no_grad<S>());
             res.metrics.add("actor/reward_kl", kl.metrics.at("kl").sum, kl.metrics.at("kl").count);
         }
 
         // 3. entropy and distillation (logits)
-        if (uses_logits()) {
-            const ConstMatRef<S>& z = *in.logits;
-            const GradientOut<S> g_z = resolve(out.logits, res.grad_logits, B * T, z.cols());
-            if (opts_.entropy_coef != 0.0) {
-                GradientOut<S> g = g_z;
-                g.coef *= -opts_.entropy_coef;  // loss −c_H·H
-                const auto h = regularizers::entropy_bonus(z, m, norm, g);
-                res.entropy_loss = h.value;
-                res.metrics.merge(h.metrics.prefixed("actor/"));
-            }
-            if (distill_) {
-                GradientOut<S> g = g_z;
-                g.coef *= opts_.distill_coef;
-                res.distill_loss = distill_(z, m, g, norm, res.metrics);
-            }
-        }
+        logits_terms(in, out, res);
 
         // 4. value loss
         if (uses_values()) {
@@ -321,8 +358,158 @@ public:
         return res;
     }
 
-private:
-    static constexpr const char* kFn = "train::TrainingStep";
+    /// The entropy and distillation terms over the logits (shared by both paths).
+    void logits_terms(const StepInputs<S>& in, const StepGradients<S>& out,
+                      StepResult<S>& res) const {
+        if (!uses_logits()) return;
+        const Index B = in.logp.rows(), T = in.logp.cols();
+        const ConstMatRef<S>& m = *in.mask;
+        const ConstMatRef<S>& z = *in.logits;
+        const GradientOut<S> g_z = resolve(out.logits, res.grad_logits, B * T, z.cols());
+        if (opts_.entropy_coef != 0.0) {
+            GradientOut<S> g = g_z;
+            g.coef *= -opts_.entropy_coef;  // loss −c_H·H
+            const auto h = regularizers::entropy_bonus(z, m, opts_.norm, g);
+            res.entropy_loss = h.value;
+            res.metrics.merge(h.metrics.prefixed("actor/"));
+        }
+        if (distill_) {
+            GradientOut<S> g = g_z;
+            g.coef *= opts_.distill_coef;
+            res.distill_loss = distill_(z, m, g, opts_.norm, res.metrics);
+        }
+    }
+
+    /// The single token pass (train/detail/fused.hpp): PPO clip + KL + value loss in one read
+    /// of the token inputs, each gradient written once, bit-equal to `composed`. Returns
+    /// nothing when a check fails or the pass flags a non-finite result: the caller then runs
+    /// `composed`, which throws that error as the parts report it (in their order).
+    std::optional<StepResult<S>> fused_step(const StepInputs<S>& in, const StepGradients<S>& out,
+                                            bool seq_adv) const {
+        const ConstMatRef<S>& lp = *in.logp;
+        const Index B = lp.rows(), T = lp.cols();
+        const ConstMatRef<S>& m = *in.mask;
+        const Normalizer& norm = opts_.norm;
+        const bool kl_loss = opts_.kl && opts_.kl_placement == KLPlacement::Loss;
+        const bool kl_metric = opts_.kl && !kl_loss && in.ref_logp.present();
+        constexpr const char* pg_fn = policy::detail::PPOClipKernel<S>::name;
+        constexpr const char* kl_fn = "penalties::kl_penalty";
+        constexpr const char* vf_fn = critic::detail::ValueLossKernel<S>::name;
+        StepResult<S> res;
+        Result<S> own_lp, own_v;
+        std::optional<RowWeights> w;
+        std::optional<::rlpo::detail::GradWriter<S>> g_lp, g_v;
+        const double coef_kl = out.logp.coef * opts_.kl_coef;
+        const double coef_vf = out.values.coef * opts_.value_coef;
+        try {  // every check of the parts, without side effects
+            check_destination(out.logp, B, T);
+            w.emplace(::rlpo::detail::row_weights_fast(pg_fn, m, norm));
+            g_lp.emplace(pg_fn, own_lp, out.logp, B, T);
+            if (kl_loss) ::rlpo::detail::check_finite_param(kl_fn, "GradientOut::coef", coef_kl);
+            if (uses_logits()) check_destination(out.logits, B * T, in.logits.cols());
+            if (uses_values()) {
+                check_destination(out.values, B, T);
+                g_v.emplace(vf_fn, own_v, out.values, B, T);
+                ::rlpo::detail::check_finite_param(vf_fn, "GradientOut::coef", coef_vf);
+            }
+        } catch (const ::rlpo::invalid_argument&) {
+            return std::nullopt;
+        }
+        const policy::detail::PPOClipKernel<S> pg(opts_.policy.vanilla);
+        std::optional<penalties::detail::KLPacketConsts<S>> kc;
+        if (kl_loss || kl_metric) kc.emplace(*opts_.kl);
+        std::optional<critic::detail::ValueLossKernel<S>> vk;
+        if (uses_values()) vk.emplace(opts_.value);
+        detail::FusedSpec<S> f;
+        f.mask = &m;
+        f.logp = &lp;
+        f.old_logp = in.old_logp.present() ? &*in.old_logp : &lp;
+        f.adv = &*in.advantages;
+        f.seq_adv = seq_adv;
+        f.pg = &pg;
+        if (kc) {
+            f.kl = &*kc;
+            f.kl_in_loss = kl_loss;
+            f.ref_logp = &*in.ref_logp;
+        }
+        f.g_logp = &*g_lp;
+        f.coef_pg = out.logp.coef;
+        f.coef_kl = coef_kl;
+        if (vk) {
+            f.vf = &*vk;
+            f.values = &*in.values;
+            f.old_values = &*in.old_values;
+            f.returns = &*in.returns;
+            f.g_values = &*g_v;
+            f.coef_vf = coef_vf;
+        }
+        const auto sums = detail::fused_pass(f, *w);
+        if (sums.pg.bad || sums.kl.bad || sums.vf.bad) {
+            // the parts, into scratch buffers, throw the error (name, position) as they report it
+            StepGradients<S> scratch;
+            scratch.logp.mode = out.logp.mode == GradMode::None ? GradMode::None : GradMode::Own;
+            scratch.logp.coef = out.logp.coef;
+            scratch.logits = out.logits;
+            scratch.values.mode =
+                out.values.mode == GradMode::None ? GradMode::None : GradMode::Own;
+            scratch.values.coef = out.values.coef;
+            (void)(*this).with_fused(false)(in, scratch);
+            ::rlpo::detail::fail_numerical(kFn,
+                                           "internal: the fused pass flagged a non-finite "
+                                           "result that the parts did not report");
+        }
+        const double count = w->local_tokens;
+        // 1. policy surrogate
+        res.pg_loss = out.logp.coef * sums.pg.value;
+        Metrics mp;
+        pg.report(mp, sums.pg.stats, count);
+        mp.with_count_epsilon(norm.count_epsilon);
+        ::rlpo::detail::check_finite_result(pg_fn, res.pg_loss, mp);
+        res.metrics.merge(mp.prefixed("actor/"));
+        // 2. KL
+        if (kc) {
+            const double value = (kl_loss ? coef_kl : 1.0) * sums.kl.value;
+            Metrics mk;
+            mk.add("kl", sums.kl.stats[0], count);
+            mk.with_count_epsilon(norm.count_epsilon);
+            ::rlpo::detail::check_finite_result(kl_fn, value, mk);
+            if (kl_loss) res.kl_loss = value;
+            res.metrics.add(kl_loss ? "actor/kl_loss" : "actor/reward_kl", mk.at("kl").sum,
+                            mk.at("kl").count);
+        }
+        res.grad_logp = std::move(own_lp.grad);
+        // 3. entropy and distillation
+        logits_terms(in, out, res);
+        // 4. value loss
+        if (vk) {
+            res.vf_loss = coef_vf * sums.vf.value;
+            Metrics mv;
+            vk->report(mv, sums.vf.stats, count);
+            mv.with_count_epsilon(norm.count_epsilon);
+            ::rlpo::detail::check_finite_result(vf_fn, res.vf_loss, mv);
+            res.metrics.merge(mv.prefixed("critic/"));
+            res.grad_values = std::move(own_v.grad);
+        }
+        res.loss = res.pg_loss + res.kl_loss + res.entropy_loss + res.vf_loss + res.distill_loss;
+        return res;
+    }
+
+    /// A copy of this step with the fused pass switched on or off.
+    TrainingStep with_fused(bool on) const {
+        TrainingStep s = *this;
+        s.opts_.fused = on;
+        return s;
+    }
+
+    /// The checks `resolve` makes of a caller's buffer (no zeroing).
+    static void check_destination(const GradientOut<S>& out, Index rows, Index cols) {
+        if (out.mode != GradMode::Write && out.mode != GradMode::Add) return;
+        RLPO_CHECK(out.rows == rows && out.cols == cols, kFn, "StepGradients: expected a [", rows,
+                   ", ", cols, "] buffer, given [", out.rows, ", ", out.cols, "]");
+        RLPO_CHECK(out.data != nullptr || rows * cols == 0, kFn,
+                   "StepGradients: null buffer for a [", rows, ", ", cols, "] gradient");
+        RLPO_CHECK(out.stride >= cols, kFn, "StepGradients: stride ", out.stride, " < cols ", cols);
+    }
 
     /// Turn a caller's destination into an accumulating one: Own → zeroed matrix in `own`;
     /// Write → the caller's buffer, zeroed; Add → as given; None → none. As `GradWriter`, a
@@ -332,12 +519,7 @@ private:
         switch (out.mode) {
             case GradMode::Own: own.setZero(rows, cols); return add_to<S>(own, out.coef);
             case GradMode::Write: {
-                RLPO_CHECK(out.rows == rows && out.cols == cols, kFn, "StepGradients: expected a [",
-                           rows, ", ", cols, "] buffer, given [", out.rows, ", ", out.cols, "]");
-                RLPO_CHECK(out.data != nullptr || rows * cols == 0, kFn,
-                           "StepGradients: null buffer for a [", rows, ", ", cols, "] gradient");
-                RLPO_CHECK(out.stride >= cols, kFn, "StepGradients: stride ", out.stride,
-                           " < cols ", cols);
+                check_destination(out, rows, cols);
                 for (Index i = 0; i < rows && out.data; ++i)
                     std::fill(out.data + i * out.stride, out.data + i * out.stride + cols, S(0));
                 GradientOut<S> a = out;
