@@ -42,6 +42,7 @@
 
 #include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/core/error.hpp>
+#include <rlpo/core/simd/packet.hpp>
 #include <rlpo/core/types.hpp>
 #include <rlpo/rollout/advantages.hpp>
 #include <rlpo/rollout/detail/scores.hpp>
@@ -200,13 +201,26 @@ inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
     const double mu = n > 0 ? sum / n : 0.0;
     std::vector<double> row_ss(static_cast<std::size_t>(B), 0.0);
     ::rlpo::detail::parallel_for(B, B > 64, [&](Index i) {
-        double ss = 0.0;
-        for (Index t = 0; t < T; ++t) {
-            const double m = static_cast<double>(mask(i, t));
-            if (m == 0) continue;
-            const double d = static_cast<double>(x(i, t)) - mu;
-            ss += m * d * d;
+        // eight partial sums (a vector's worth) added in a fixed order: the same for any
+        // thread count; masked entries (never read as values) are selected away
+        constexpr Index L = 8;
+        double part[L] = {};
+        const auto* mr = mask.data() + i * mask.outerStride();
+        const auto* xr = x.data() + i * x.outerStride();
+        Index t = 0;
+        for (; t + L <= T; t += L)
+            for (Index j = 0; j < L; ++j) {
+                const double m = static_cast<double>(mr[t + j]);
+                const double d = static_cast<double>(xr[t + j]) - mu;
+                part[j] += m != 0 ? m * d * d : 0.0;
+            }
+        for (Index j = 0; t + j < T; ++j) {
+            const double m = static_cast<double>(mr[t + j]);
+            const double d = static_cast<double>(xr[t + j]) - mu;
+            part[j] += m != 0 ? m * d * d : 0.0;
         }
+        double ss = 0.0;
+        for (Index j = 0; j < L; ++j) ss += part[j];
         row_ss[static_cast<std::size_t>(i)] = ss;
     });
     double ss = 0.0;
@@ -222,21 +236,28 @@ inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
     // The first column per row whose whitened value does not fit the storage type (a tiny
     // spread, e.g. ε = 0 with one heavy weight: (x − μ)/σ beyond float's range), or −1.
     std::vector<Index> overflow(static_cast<std::size_t>(B), -1);
+    // zero: every whitened value is 0 (+ μ without shift_mean); σ is then replaced by 1 so
+    // that (x − μ)/σ stays finite before it is scaled by 0
+    const double scale = zero ? 0.0 : 1.0, add = o.shift_mean ? 0.0 : mu;
+    const double sd = zero ? 1.0 : denom;
     ::rlpo::detail::parallel_for(B, B > 64, [&](Index i) {
+        using X_t = typename X::Scalar;
+        const auto* mr = mask.data() + i * mask.outerStride();
+        auto* xr = x.data() + i * x.outerStride();
+        // branch-free (vectorisable): masked entries become 0, the others (x − μ)/σ
+        bool ok = true;
         for (Index t = 0; t < T; ++t) {
-            using X_t = typename X::Scalar;
-            if (mask(i, t) == 0) {
-                x(i, t) = X_t(0);
-                continue;
-            }
-            double w = zero ? 0.0 : (static_cast<double>(x(i, t)) - mu) / denom;
-            if (!o.shift_mean) w += mu;
-            const X_t out = static_cast<X_t>(w);
-            if (!(std::abs(out) < std::numeric_limits<X_t>::infinity()) &&
-                overflow[static_cast<std::size_t>(i)] < 0)
-                overflow[static_cast<std::size_t>(i)] = t;
-            x(i, t) = out;
+            const double w = scale * ((static_cast<double>(xr[t]) - mu) / sd) + add;
+            const X_t out = mr[t] != 0 ? static_cast<X_t>(w) : X_t(0);
+            ok &= std::abs(out) < std::numeric_limits<X_t>::infinity();
+            xr[t] = out;
         }
+        if (ok) return;
+        for (Index t = 0; t < T; ++t)  // rare: the first entry beyond the storage type
+            if (!(std::abs(xr[t]) < std::numeric_limits<X_t>::infinity())) {
+                overflow[static_cast<std::size_t>(i)] = t;
+                break;
+            }
     });
     for (Index i = 0; i < B; ++i)
         if (overflow[static_cast<std::size_t>(i)] >= 0)
@@ -401,15 +422,120 @@ struct GAEOptions {
     }
 };
 
+namespace detail {
+
+/// GAE's fast row: when the row's unmasked tokens form one contiguous segment [a, b) (a
+/// response, or a prompt-and-response layout) with finite rewards and values, the TD errors
+/// are formed vectorised, the recursion Â_t = δ_t + γλ·Â_{t+1} is the only serial chain (one
+/// fused multiply-add per token), and the outputs, the row's sums and the overflow check are
+/// vectorised again. Returns false (nothing kept) for any other row, which the general loop
+/// then handles (holes in the mask, a non-finite input or an overflow to report).
+template <class S>
+inline bool gae_segment_row(const ConstMatRef<S>& r, const ConstMatRef<S>& v,
+                            const ConstMatRef<S>& m, const GAEOptions& opts, Index i,
+                            TokenAdvantages<S>& out, RowScan& sc) {
+    using ArrS = Eigen::Array<S, Eigen::Dynamic, 1>;
+    using ArrD = Eigen::Array<double, Eigen::Dynamic, 1>;
+    const Index T = m.cols();
+    const S* mr = m.data() + i * m.outerStride();
+    const S* rr = r.data() + i * r.outerStride();
+    const S* vr = v.data() + i * v.outerStride();
+    S* ar = out.advantages.data() + i * out.advantages.outerStride();
+    S* gr = out.returns.data() + i * out.returns.outerStride();
+    namespace simd = ::rlpo::detail::simd;
+    using P = simd::Packet<S>;
+    constexpr Index W = simd::width<S>;
+    const P zero = simd::set1<S>(S(0)), all = simd::pcmp_eq(zero, zero);
+    const P inf = simd::set1<S>(std::numeric_limits<S>::infinity());
+    const auto any_nonzero = [&](const S* p) {
+        return Eigen::internal::predux_any(
+            simd::pandnot(all, simd::pcmp_eq(Eigen::internal::ploadu<P>(p), zero)));
+    };
+    // the segment [a, b) from its first to its last unmasked token
+    Index a = 0, b = T;
+    while (b >= W && !any_nonzero(mr + b - W)) b -= W;
+    while (b > 0 && mr[b - 1] == S(0)) --b;
+    while (a + W <= b && !any_nonzero(mr + a)) a += W;
+    while (a < b && mr[a] == S(0)) ++a;
+    const Index n = b - a;
+    // no hole in it, and finite rewards and values
+    P bad = zero;
+    Index k = a;
+    const auto finite = [&](const P& x) { return simd::pcmp_lt(Eigen::internal::pabs(x), inf); };
+    for (; k + W <= b; k += W)
+        bad = simd::por(
+            bad,
+            simd::por(simd::pcmp_eq(Eigen::internal::ploadu<P>(mr + k), zero),
+                      simd::pandnot(all, simd::pand(finite(Eigen::internal::ploadu<P>(rr + k)),
+                                                    finite(Eigen::internal::ploadu<P>(vr + k))))));
+    if (Eigen::internal::predux_any(bad)) return false;
+    for (; k < b; ++k)
+        if (mr[k] == S(0) || !(std::abs(rr[k]) < std::numeric_limits<S>::infinity()) ||
+            !(std::abs(vr[k]) < std::numeric_limits<S>::infinity()))
+            return false;
+    const Eigen::Map<const ArrS> rs(rr + a, n), vs(vr + a, n);
+    thread_local std::vector<double> buf;
+    if (static_cast<Index>(buf.size()) < T) buf.resize(static_cast<std::size_t>(T));
+    Eigen::Map<ArrD> d(buf.data(), n);
+    const double g = opts.gamma, gl = opts.gamma * opts.lambda;
+    // δ_t = r_t + γ·V_{t+1} − V_t, V_b = 0 (terminal after the last unmasked token)
+    if (n > 0) {
+        d.head(n - 1) = rs.head(n - 1).template cast<double>() +
+                        g * vs.tail(n - 1).template cast<double>() -
+                        vs.head(n - 1).template cast<double>();
+        d(n - 1) = static_cast<double>(rs(n - 1)) - static_cast<double>(vs(n - 1));
+    }
+    double next = 0.0;
+    for (Index t = n - 1; t >= 0; --t) d(t) = next = d(t) + gl * next;
+    Eigen::Map<ArrS> as(ar + a, n), gs(gr + a, n);
+    as = d.template cast<S>();
+    gs = (d + vs.template cast<double>()).template cast<S>();
+    for (k = a; k + W <= b; k += W)  // an overflow: the general loop names its position
+        bad = simd::por(bad,
+                        simd::pandnot(all, simd::pand(finite(Eigen::internal::ploadu<P>(ar + k)),
+                                                      finite(Eigen::internal::ploadu<P>(gr + k)))));
+    if (Eigen::internal::predux_any(bad)) return false;
+    for (; k < b; ++k)
+        if (!(std::abs(ar[k]) < std::numeric_limits<S>::infinity()) ||
+            !(std::abs(gr[k]) < std::numeric_limits<S>::infinity()))
+            return false;
+    // Σ m and Σ m·Â in eight fixed lanes (the same order whatever the thread or alignment)
+    using A8 = Eigen::Array<double, 8, 1>;
+    A8 wp = A8::Zero(), sp = A8::Zero();
+    Index t = 0;
+    for (; t + 8 <= n; t += 8) {
+        const A8 mk = Eigen::Map<const Eigen::Array<S, 8, 1>>(mr + a + t).template cast<double>();
+        wp += mk;
+        sp += mk * Eigen::Map<const A8>(buf.data() + t);
+    }
+    for (Index j = 0; t + j < n; ++j) {
+        const double mk = static_cast<double>(mr[a + t + j]);
+        wp(j) += mk;
+        sp(j) += mk * buf[static_cast<std::size_t>(t + j)];
+    }
+    std::fill(ar, ar + a, S(0));
+    std::fill(gr, gr + a, S(0));
+    std::fill(ar + b, ar + T, S(0));
+    std::fill(gr + b, gr + T, S(0));
+    for (Index j = 0; j < 8; ++j) sc.weight += wp(j), sc.sum += sp(j);
+    return true;
+}
+
+}  // namespace detail
+
 /// Generalised advantage estimation over the unmasked positions of each row (masked positions
 /// skipped, terminal value 0 after the last one): δ_t = r_t + γ·V_next − V_t,
 /// Â_t = δ_t + γλ·Â_next. `returns` = Â + V (before whitening; the critic's target);
 /// `advantages` = whiten(Â) when `whiten`, else Â. λ = 1 gives Â_t = G_t − V_t (discounted
 /// return minus value); λ = 0 gives the TD error δ_t.
+///
+/// The overload with `out` writes into `out.advantages` and `out.returns` (resized only when
+/// their shape differs, so a trainer's buffers are reused from step to step: no fresh
+/// `[B, T]` allocations and their page faults).
 template <class DR, class DV, class DM>
-TokenAdvantages<::rlpo::detail::scalar_t<DR>> gae_advantages(
-    const Eigen::MatrixBase<DR>& token_rewards, const Eigen::MatrixBase<DV>& values,
-    const Eigen::MatrixBase<DM>& mask, const GAEOptions& opts = {}) {
+void gae_advantages(const Eigen::MatrixBase<DR>& token_rewards, const Eigen::MatrixBase<DV>& values,
+                    const Eigen::MatrixBase<DM>& mask, const GAEOptions& opts,
+                    TokenAdvantages<::rlpo::detail::scalar_t<DR>>& out) {
     using S = ::rlpo::detail::scalar_t<DR>;
     constexpr const char* fn = "rollout::gae_advantages";
     const ConstMatRef<S> r(token_rewards.derived()), v(values.derived()), m(mask.derived());
@@ -419,11 +545,13 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> gae_advantages(
     detail::check_unit(fn, "gamma", opts.gamma);
     detail::check_unit(fn, "lambda", opts.lambda);
     ::rlpo::detail::check_nonnegative(fn, "whitening.epsilon", opts.whitening.epsilon);
-    TokenAdvantages<S> out;
-    out.advantages.resize(r.rows(), r.cols());
-    out.returns.resize(r.rows(), r.cols());
+    if (out.advantages.rows() != r.rows() || out.advantages.cols() != r.cols())
+        out.advantages.resize(r.rows(), r.cols());
+    if (out.returns.rows() != r.rows() || out.returns.cols() != r.cols())
+        out.returns.resize(r.rows(), r.cols());
     const auto rows = detail::scan_rows(
         fn, r.rows(), {"token_rewards", "values"}, [&](Index i, detail::RowScan& sc) {
+            if (detail::gae_segment_row<S>(r, v, m, opts, i, out, sc)) return;
             double next_value = 0.0, next_adv = 0.0;
             for (Index t = r.cols() - 1; t >= 0; --t) {
                 const double mk = static_cast<double>(m(i, t));
@@ -449,6 +577,14 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> gae_advantages(
             }
         });
     if (opts.whiten) detail::whiten_in_place<S>(fn, out.advantages, m, rows, opts.whitening);
+}
+
+template <class DR, class DV, class DM>
+TokenAdvantages<::rlpo::detail::scalar_t<DR>> gae_advantages(
+    const Eigen::MatrixBase<DR>& token_rewards, const Eigen::MatrixBase<DV>& values,
+    const Eigen::MatrixBase<DM>& mask, const GAEOptions& opts = {}) {
+    TokenAdvantages<::rlpo::detail::scalar_t<DR>> out;
+    gae_advantages(token_rewards, values, mask, opts, out);
     return out;
 }
 

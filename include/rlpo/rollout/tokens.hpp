@@ -12,6 +12,7 @@
 #include <rlpo/core/types.hpp>
 #include <rlpo/rollout/detail/scores.hpp>
 
+#include <algorithm>
 #include <vector>
 
 namespace rlpo::rollout {
@@ -54,26 +55,33 @@ Mat<::rlpo::detail::scalar_t<DM>> broadcast_to_tokens(const Eigen::MatrixBase<DA
 
 /// Outcome scores placed as token-level rewards: r_it = s_i at the last unmasked token of row i
 /// (where verl's reward manager puts it), 0 elsewhere; an empty row gets no reward.
+/// The overload with `out` writes into it (resized only when its shape differs: a trainer's
+/// buffer is reused from step to step).
 template <class DA, class DM>
-Mat<::rlpo::detail::scalar_t<DM>> outcome_token_rewards(const Eigen::MatrixBase<DA>& scores,
-                                                        const Eigen::MatrixBase<DM>& mask) {
+void outcome_token_rewards(const Eigen::MatrixBase<DA>& scores, const Eigen::MatrixBase<DM>& mask,
+                           Mat<::rlpo::detail::scalar_t<DM>>& out) {
     using S = ::rlpo::detail::scalar_t<DM>;
     constexpr const char* fn = "rollout::outcome_token_rewards";
     const std::vector<double> s = detail::read_scores(fn, "scores", scores);
     const ConstMatRef<S> m(mask.derived());
     RLPO_CHECK(static_cast<Index>(s.size()) == m.rows(), fn, "scores: expected ", m.rows(),
                " entries (rows of mask), given ", s.size());
-    Mat<S> out(m.rows(), m.cols());
+    if (out.rows() != m.rows() || out.cols() != m.cols()) out.resize(m.rows(), m.cols());
     const Index T = m.cols();
     detail::for_mask_rows<S>(fn, m, [&](Index i, const S* row) {
         S* o = out.data() + i * T;
-        Index last = -1;
-        for (Index t = 0; t < T; ++t) {
-            o[t] = S(0);
-            if (row[t] != S(0)) last = t;
-        }
+        Index last = T - 1;  // the last unmasked token, found from the end
+        while (last >= 0 && row[last] == S(0)) --last;
+        std::fill(o, o + T, S(0));
         if (last >= 0) o[last] = static_cast<S>(s[static_cast<std::size_t>(i)]);
     });
+}
+
+template <class DA, class DM>
+Mat<::rlpo::detail::scalar_t<DM>> outcome_token_rewards(const Eigen::MatrixBase<DA>& scores,
+                                                        const Eigen::MatrixBase<DM>& mask) {
+    Mat<::rlpo::detail::scalar_t<DM>> out;
+    outcome_token_rewards(scores, mask, out);
     return out;
 }
 
