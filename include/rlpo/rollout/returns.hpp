@@ -43,6 +43,7 @@
 #include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/types.hpp>
+#include <rlpo/dist/reductions.hpp>
 #include <rlpo/rollout/advantages.hpp>
 #include <rlpo/rollout/detail/scores.hpp>
 #include <rlpo/rollout/groups.hpp>
@@ -138,8 +139,8 @@ inline std::vector<RowScan> scan_rows(const char* fn, Index B,
 }
 
 template <class S, class X>
-inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask,
-                          const WhitenOptions& o) {
+inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask, const WhitenOptions& o,
+                          const ::rlpo::dist::Reductions& red) {
     using X_t = typename X::Scalar;
     const Index B = x.rows(), T = x.cols();
     double M = 0.0, W = 0.0;
@@ -149,6 +150,9 @@ inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask,
                 M = std::max(M, std::abs(static_cast<double>(x(i, t))));
                 W = std::max(W, static_cast<double>(mask(i, t)));
             }
+    double MW[2] = {M, W};
+    red.max(MW, 2);  // over ranks (a rank without tokens has 0, 0)
+    M = MW[0], W = MW[1];
     double n = 0.0, sum = 0.0, cnt = 0.0;
     for (Index i = 0; i < B; ++i)
         for (Index t = 0; t < T; ++t)
@@ -158,6 +162,9 @@ inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask,
                 sum += m * (static_cast<double>(x(i, t)) / M);
                 cnt += static_cast<double>(mask(i, t));  // the unscaled Σ m (may be +inf)
             }
+    double sums[3] = {n, sum, cnt};
+    red.sum(sums, 3);
+    n = sums[0], sum = sums[1], cnt = sums[2];
     const double mu_s = n > 0 ? sum / n : 0.0;
     double ss = 0.0;
     for (Index i = 0; i < B; ++i)
@@ -166,6 +173,7 @@ inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask,
                 const double d = static_cast<double>(x(i, t)) / M - mu_s;
                 ss += static_cast<double>(mask(i, t)) / W * d * d;
             }
+    ss = red.sum(ss);
     double var_s = n > 0 ? ss / n : 0.0;
     const bool degenerate = !(cnt > 1);
     // n/(n − 1) in unscaled counts (→ 1 where Σ m itself overflows)
@@ -190,13 +198,20 @@ inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask,
 
 /// Whitening in place over the mask (weights m), given the per-row Σm and Σm·x of pass one:
 /// mean in double, then a second (row-parallel) pass for the variance around it, then the
-/// normalisation; masked entries set to 0.
+/// normalisation; masked entries set to 0. The statistics are over all ranks of `red` (two
+/// sums of two and one values; the rare overflow path adds a max and two more sums).
 template <class S, class X>
 inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
-                            const std::vector<RowScan>& rows, const WhitenOptions& o) {
+                            const std::vector<RowScan>& rows, const WhitenOptions& o,
+                            const ::rlpo::dist::Reductions& red = ::rlpo::dist::local()) {
     const Index B = x.rows(), T = x.cols();
     double n = 0.0, sum = 0.0;
     for (const auto& r : rows) n += r.weight, sum += r.sum;
+    if (!red.local()) {
+        double ns[2] = {n, sum};
+        red.sum(ns, 2);
+        n = ns[0], sum = ns[1];
+    }
     const double mu = n > 0 ? sum / n : 0.0;
     std::vector<double> row_ss(static_cast<std::size_t>(B), 0.0);
     ::rlpo::detail::parallel_for(B, B > 64, [&](Index i) {
@@ -211,8 +226,9 @@ inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
     });
     double ss = 0.0;
     for (double v : row_ss) ss += v;
+    if (!red.local()) ss = red.sum(ss);  // every rank decides the path on the same sums
     if (!(std::isfinite(n) && std::isfinite(mu) && std::isfinite(ss)))
-        return whiten_scaled<S>(fn, x, mask, o);  // Σ m·x or Σ m·d² overflowed: rare path
+        return whiten_scaled<S>(fn, x, mask, o, red);  // Σ m·x or Σ m·d² overflowed: rare path
     double var = n > 0 ? ss / n : 0.0;
     const bool degenerate = !(n > 1);
     if (o.unbiased && !degenerate) var *= n / (n - 1);
@@ -249,7 +265,8 @@ inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
 template <class DX, class DM>
 Mat<::rlpo::detail::scalar_t<DX>> whiten(const Eigen::MatrixBase<DX>& x,
                                          const Eigen::MatrixBase<DM>& mask,
-                                         const WhitenOptions& opts = {}) {
+                                         const WhitenOptions& opts = {},
+                                         const dist::Reductions& red = dist::local()) {
     using S = ::rlpo::detail::scalar_t<DX>;
     constexpr const char* fn = "rollout::whiten";
     const ConstMatRef<S> xv(x.derived()), m(mask.derived());
@@ -269,7 +286,7 @@ Mat<::rlpo::detail::scalar_t<DX>> whiten(const Eigen::MatrixBase<DX>& x,
             sc.sum += mk * v;
         }
     });
-    detail::whiten_in_place<S>(fn, w, m, rows, opts);
+    detail::whiten_in_place<S>(fn, w, m, rows, opts, red);
     return w;
 }
 
@@ -285,7 +302,7 @@ struct ReinforcePPOptions {
 template <class DR, class DM>
 TokenAdvantages<::rlpo::detail::scalar_t<DR>> reinforce_pp_advantages(
     const Eigen::MatrixBase<DR>& token_rewards, const Eigen::MatrixBase<DM>& mask,
-    const ReinforcePPOptions& opts = {}) {
+    const ReinforcePPOptions& opts = {}, const dist::Reductions& red = dist::local()) {
     using S = ::rlpo::detail::scalar_t<DR>;
     constexpr const char* fn = "rollout::reinforce_pp_advantages";
     const ConstMatRef<S> r(token_rewards.derived()), m(mask.derived());
@@ -317,7 +334,7 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> reinforce_pp_advantages(
             }
         });
     out.advantages = out.returns;
-    if (opts.whiten) detail::whiten_in_place<S>(fn, out.advantages, m, rows, opts.whitening);
+    if (opts.whiten) detail::whiten_in_place<S>(fn, out.advantages, m, rows, opts.whitening, red);
     return out;
 }
 
@@ -339,7 +356,7 @@ struct ReinforcePPBaselineOptions {
 template <class DS, class DM>
 Mat<::rlpo::detail::scalar_t<DM>> reinforce_pp_baseline_advantages(
     const Eigen::MatrixBase<DS>& scores, const Groups& groups, const Eigen::MatrixBase<DM>& mask,
-    const ReinforcePPBaselineOptions& opts = {}) {
+    const ReinforcePPBaselineOptions& opts = {}, const dist::Reductions& red = dist::local()) {
     using S = ::rlpo::detail::scalar_t<DM>;
     constexpr const char* fn = "rollout::reinforce_pp_baseline_advantages";
     const std::vector<double> s = detail::read_scores(fn, "scores", scores, opts.nan_scores);
@@ -374,7 +391,7 @@ Mat<::rlpo::detail::scalar_t<DM>> reinforce_pp_baseline_advantages(
                 sc.sum += mk * ai;
             }
         });
-    detail::whiten_in_place<S>(fn, A, m, rows, opts.whitening);
+    detail::whiten_in_place<S>(fn, A, m, rows, opts.whitening, red);
     return A;
 }
 
@@ -409,7 +426,8 @@ struct GAEOptions {
 template <class DR, class DV, class DM>
 TokenAdvantages<::rlpo::detail::scalar_t<DR>> gae_advantages(
     const Eigen::MatrixBase<DR>& token_rewards, const Eigen::MatrixBase<DV>& values,
-    const Eigen::MatrixBase<DM>& mask, const GAEOptions& opts = {}) {
+    const Eigen::MatrixBase<DM>& mask, const GAEOptions& opts = {},
+    const dist::Reductions& red = dist::local()) {
     using S = ::rlpo::detail::scalar_t<DR>;
     constexpr const char* fn = "rollout::gae_advantages";
     const ConstMatRef<S> r(token_rewards.derived()), v(values.derived()), m(mask.derived());
@@ -448,7 +466,7 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> gae_advantages(
                 sc.sum += mk * next_adv;
             }
         });
-    if (opts.whiten) detail::whiten_in_place<S>(fn, out.advantages, m, rows, opts.whitening);
+    if (opts.whiten) detail::whiten_in_place<S>(fn, out.advantages, m, rows, opts.whitening, red);
     return out;
 }
 
