@@ -524,12 +524,15 @@ int main(int argc, char** argv) {
 #ifdef RLPO_DEMO_MPI
     MPI_Init(&argc, &argv);
     int rc = 0;
-    {
+    try {
         const rlpo::dist::MpiReductions red(MPI_COMM_WORLD);
         g_red = &red;
         rc = run(argc, argv);
-        if (rc != 0) MPI_Abort(MPI_COMM_WORLD, rc);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "rlpo_demo: %s\n", e.what());
+        rc = 1;
     }
+    if (rc != 0) MPI_Abort(MPI_COMM_WORLD, rc);
     MPI_Finalize();
     return rc;
 #else

@@ -36,7 +36,7 @@ namespace rlpo::dist {
 template <class Int>
 inline rollout::Groups whole_groups(const char* function, const std::vector<Int>& group_ids,
                                     const Reductions& red) {
-    const rollout::Groups g = rollout::Groups::from_ids(group_ids);
+    rollout::Groups g = rollout::Groups::from_ids(group_ids);
     if (red.local()) return g;
     std::vector<double> firsts;
     firsts.reserve(static_cast<std::size_t>(g.num_groups()));
