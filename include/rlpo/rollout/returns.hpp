@@ -37,6 +37,14 @@
 /// parallel with OpenMP and per-row partial sums are combined in row order, so results are
 /// bitwise identical for any thread count (tested).
 ///
+/// **Data-parallel** (the trailing `red`, dist/reductions.hpp): with the batch's rows sharded
+/// over ranks, the whitening statistics are those of all ranks' unmasked tokens (a sum of two
+/// values for μ, one for the variance; the overflow path adds a max of two and two sums), so
+/// each rank gets its rows of one call on the whole batch; the recursions stay per row. Every
+/// rank calls with the same options; a rank may hold no rows or no valid token.
+/// REINFORCE++-baseline's groups must be whole on each rank
+/// (`dist::reinforce_pp_baseline_advantages` checks it).
+///
 /// **Bad input** (rlpo::invalid_argument): shape mismatch, NaN / ±inf reward or value under a
 /// non-zero mask, bad mask, γ or λ outside [0, 1], ε < 0.
 
