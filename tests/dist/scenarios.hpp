@@ -228,6 +228,14 @@ inline Report run_all(const rlpo::dist::Reductions& red) {
             close_rows(rep, at + "grpo_advantages variant " + std::to_string(k++), as, aw, b.row0,
                        tol);
         }
+        {  // GDPO: three reward components, batch normalisation over the ranks
+            rlpo::testing::Generator g2(5);
+            const Mat<double> R = g2.normal(b.B, 3, 1.0);
+            for (const auto& o : {rr::GDPOOptions{}, rr::GDPOOptions::trl()})
+                close_rows(rep, at + "gdpo_advantages",
+                           rd::gdpo_advantages(b.block(R), ids, o, red),
+                           rr::gdpo_advantages(R, gw, o), b.row0, tol);
+        }
         close_rows(rep, at + "rloo_advantages", rd::rloo_advantages(sc, ids, {}, red),
                    rr::rloo_advantages(b.scores, gw), b.row0, tol);
         close_rows(rep, at + "opo_advantages",

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// Data-parallel group estimators and filters: GRPO (group or batch std), RLOO, OPO,
+/// Data-parallel group estimators and filters: GRPO (group or batch std), GDPO, RLOO, OPO,
 /// REINFORCE++-baseline and DAPO dynamic sampling over a mini-batch whose responses are
 /// sharded over ranks. The token-level ones without groups (whitening, REINFORCE++, GAE) take
 /// the reductions directly (`rollout::whiten(x, mask, opts, red)`, …, rollout/returns.hpp).
@@ -72,6 +72,17 @@ Vec<::rlpo::detail::scalar_t<D>> grpo_advantages(const Eigen::MatrixBase<D>& sco
                                                  const Reductions& red) {
     const auto g = whole_groups("dist::grpo_advantages", group_ids, red);
     return rollout::grpo_advantages(scores, g, opts, red);
+}
+
+/// `rollout::gdpo_advantages` on a sharded batch: per-group component normalisation local,
+/// the final batch normalisation over all ranks.
+template <class D, class Int>
+Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rewards,
+                                                 const std::vector<Int>& group_ids,
+                                                 const rollout::GDPOOptions& opts,
+                                                 const Reductions& red) {
+    const auto g = whole_groups("dist::gdpo_advantages", group_ids, red);
+    return rollout::gdpo_advantages(rewards, g, opts, red);
 }
 
 /// `rollout::rloo_advantages` on a sharded batch: whole groups make it local (the check is the

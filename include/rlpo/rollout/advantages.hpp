@@ -510,10 +510,15 @@ struct GDPOOptions {
 /// steps, sample stds, abstaining (NaN) reward functions skipped); the defaults keep rlpo's
 /// GRPO ε 1e-6 and reject NaN. Finite weights whose weighted sum of component advantages
 /// overflows (w = 1e308), or a result beyond the storage type, is rlpo::numerical_error.
+///
+/// **Data-parallel** (`red`): the component normalisation stays per group; the final batch
+/// normalisation takes its mean, std and all-equal test over all ranks' responses (a max of
+/// two values and the sums of `grpo_advantages`' batch std). Whole groups per rank:
+/// `dist::gdpo_advantages` checks them.
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rewards,
-                                                 const Groups& groups,
-                                                 const GDPOOptions& opts = {}) {
+                                                 const Groups& groups, const GDPOOptions& opts = {},
+                                                 const dist::Reductions& red = dist::local()) {
     using S = ::rlpo::detail::scalar_t<D>;
     constexpr const char* fn = "rollout::gdpo_advantages";
     const auto& R = rewards.derived();
@@ -572,7 +577,18 @@ Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rew
                                            "response ",
                                            i, " overflows (", sum[static_cast<std::size_t>(i)],
                                            ")");
-    if (opts.batch_normalize && N > 0) {
+    if (opts.batch_normalize && !red.local()) {  // over all ranks (any may hold no rows)
+        double hi_lo[2] = {-std::numeric_limits<double>::infinity(),
+                           -std::numeric_limits<double>::infinity()};  // max x, max −x
+        for (double x : sum) hi_lo[0] = std::max(hi_lo[0], x), hi_lo[1] = std::max(hi_lo[1], -x);
+        red.max(hi_lo, 2);
+        if (hi_lo[0] == -hi_lo[1]) return Vec<S>::Zero(N);  // all equal (or no response)
+        const double mu = detail::batch_mean(sum, red);
+        const double sd =
+            detail::batch_stddev(sum, mu, opts.batch_std_kind == StdKind::Sample, red).value();
+        const double den = sd + opts.batch_epsilon;
+        for (auto& x : sum) x = den > 0 ? (x - mu) / den : 0.0;
+    } else if (opts.batch_normalize && N > 0) {
         if (detail::all_equal(sum, 0, N)) return Vec<S>::Zero(N);
         const double mu = detail::mean(sum, 0, N);
         const double sd = detail::stddev(sum, 0, N, mu, opts.batch_std_kind == StdKind::Sample);
