@@ -13,8 +13,8 @@
 //     them in block order, so every rank takes the same Adam step,
 //   * reduces the step's loss and metrics (dist::reduce).
 // The blocks are the same whatever N divides kShards, and their gradients are added in the same
-// order, so N = 1, 2 and 4 train the same model bit for bit (up to the advantages of the
-// whitened GAE objective, whose sums over ranks round differently).
+// order, so N = 1, 2 and 4 train the same model bit for bit; only the whitened GAE advantages
+// (`--objective ppo`) depend on N, through the rounding of their sums over ranks.
 #include "model.hpp"
 #include "objectives.hpp"
 #include "report.hpp"
