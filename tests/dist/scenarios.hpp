@@ -359,12 +359,13 @@ inline Report run_all(const rlpo::dist::Reductions& red) {
         close_metrics(rep, at + "kto", ks.metrics, kw.metrics, tol);
     }
 
-    // 6. the training step: PPO clip + KL loss + value loss, seq-mean-token-mean
-    {
+    // 6. the training step: PPO clip + KL loss + value loss, every aggregation mode
+    for (auto mode : modes) {
+        const std::string sm = std::string(" ") + mode_name(mode);
         rlpo::train::StepOptions o;
         o.kl = rlpo::penalties::KLOptions{};
         o.value_coef = 0.5;
-        o.norm.mode = rlpo::Aggregation::SeqMeanTokenMean;
+        o.norm.mode = mode;
         rlpo::train::StepOptions ow = o;
         o.norm = rd::with_global_counts(o.norm, mask, red);
         const rlpo::Normalizer g = rlpo::global_normalizer(b.mask, ow.norm.mode);
@@ -393,13 +394,13 @@ inline Report run_all(const rlpo::dist::Reductions& red) {
         iw.old_values = b.old_values;
         iw.returns = b.rewards;
         const auto sw = rlpo::train::TrainingStep<double>(ow)(iw);
-        close(rep, at + "step loss", ss.loss, sw.loss, tol);
-        close(rep, at + "step pg_loss", ss.pg_loss, sw.pg_loss, tol);
-        close(rep, at + "step kl_loss", ss.kl_loss, sw.kl_loss, tol);
-        close(rep, at + "step vf_loss", ss.vf_loss, sw.vf_loss, tol);
-        close_rows(rep, at + "step grad_logp", ss.grad_logp, sw.grad_logp, b.row0, tol);
-        close_rows(rep, at + "step grad_values", ss.grad_values, sw.grad_values, b.row0, tol);
-        close_metrics(rep, at + "step", ss.metrics, sw.metrics, tol);
+        close(rep, at + "step loss" + sm, ss.loss, sw.loss, tol);
+        close(rep, at + "step pg_loss" + sm, ss.pg_loss, sw.pg_loss, tol);
+        close(rep, at + "step kl_loss" + sm, ss.kl_loss, sw.kl_loss, tol);
+        close(rep, at + "step vf_loss" + sm, ss.vf_loss, sw.vf_loss, tol);
+        close_rows(rep, at + "step grad_logp" + sm, ss.grad_logp, sw.grad_logp, b.row0, tol);
+        close_rows(rep, at + "step grad_values" + sm, ss.grad_values, sw.grad_values, b.row0, tol);
+        close_metrics(rep, at + "step" + sm, ss.metrics, sw.metrics, tol);
     }
     return rep;
 }
