@@ -69,6 +69,11 @@ TEST_CASE("dist: metrics merge across ranks with different name sets") {
         if (red.rank() != 1) m.add("a", red.rank() + 1.0, 2.0);
         m.add("b", 1.0, red.rank() == 2 ? 0.0 : 1.0);
         m.set("coef", 0.25);
+        rlpo::Metrics plain;  // a plain metric merged from two micro-batches: (sum 2r, count 2)
+        plain.set("p", red.rank());
+        rlpo::Metrics second;
+        second.set("p", red.rank());
+        m.merge(plain.merge(second));
         return rlpo::dist::reduce_metrics(m, red);
     });
     for (const auto& m : out) {
@@ -76,5 +81,9 @@ TEST_CASE("dist: metrics merge across ranks with different name sets") {
         CHECK(m.at("a").count == 4.0);
         CHECK(m["b"] == 1.5);
         CHECK(m["coef"] == 0.25);
+        CHECK(m.at("coef").count == 1.0);
+        CHECK(m.at("coef").plain);
+        CHECK(m["p"] == 1.0);  // (0 + 0 + 1 + 1 + 2 + 2) / 6
+        CHECK(m.at("p").plain);
     }
 }

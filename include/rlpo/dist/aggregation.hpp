@@ -81,8 +81,9 @@ inline Metrics decode(const std::vector<double>& v) {
         std::string name(len, ' ');
         for (std::size_t j = 0; j < len; ++j) name[j] = static_cast<char>(v[k++]);
         Metrics one;
-        if (v[k + 3] > 0) {
-            one.set(name, v[k]);
+        if (v[k + 3] > 0) {  // plain: keep the kind, the sum and the count (a merged one has > 1)
+            one.set(name, 0.0);
+            one.add(name, v[k], v[k + 1] - 1.0);
         } else {
             one.add(name, v[k], v[k + 1]);
             one.with_count_epsilon(v[k + 2]);

@@ -69,10 +69,8 @@ Result<::rlpo::detail::scalar_t<D1>> kto_loss(const Eigen::MatrixBase<D1>& polic
     for (const auto& e : res.metrics)
         if (e.first != "rewards/margins") {
             Metrics one;
-            if (e.second.plain)
-                one.set(e.first, e.second.sum);
-            else
-                one.add(e.first, e.second.sum, e.second.count);
+            if (e.second.plain) one.set(e.first, 0.0);  // keeps the kind
+            one.add(e.first, e.second.sum, e.second.count - (e.second.plain ? 1.0 : 0.0));
             local.merge(one.with_count_epsilon(e.second.count_epsilon));
         }
     res.metrics = std::move(local);
