@@ -3,7 +3,7 @@
 # Safe to re-run: does nothing when everything is present. Needs root (or sudo) on Debian 12.
 set -euo pipefail
 pkgs=(cmake g++ make libeigen3-dev catch2 libfmt-dev libbenchmark-dev python3-torch gnuplot-nox fonts-liberation
-      pybind11-dev python3-pybind11 python3-pytest python3-numpy libtorch-dev)
+      pybind11-dev python3-pybind11 python3-pytest python3-numpy libtorch-dev libopenmpi-dev openmpi-bin)
 [ "${RLPO_DEPS_CLANG:-0}" = 1 ] && pkgs+=(clang libomp-dev)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -2,7 +2,9 @@
 # Build and run the whole rlpo test suite (unit, differential vs PyTorch, consumer routes).
 #   scripts/test.sh              Release build in build/, all tests
 #   scripts/test.sh --sanitize   ASan + UBSan build in build-asan/ (consumer routes and the
-#                                fixed-ISA kernel variants skipped)
+#                                fixed-ISA kernel variants skipped; the mpirun tests, label mpi,
+#                                run with LeakSanitizer off: Open MPI's runtime leaks by design)
+# The mpirun tests (label mpi) are part of both runs when MPI is installed (deps.sh installs it).
 # Extra environment: CXX (compiler), RLPO_CXX_STANDARD (17 or 20), RLPO_BUILD_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -14,6 +14,14 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 flags=(-std=c++17 -I"$PWD/include" -I/usr/include/eigen3 -DRLPO_USE_OPENMP -fopenmp)
+# dist/mpi.hpp needs <mpi.h>: MPI's include directories when MPI is installed (deps.sh),
+# else the header is left out.
+skip='^include/rlpo/interop/torch.hpp$'
+if command -v mpicxx >/dev/null; then
+  for d in $(mpicxx --showme:incdirs); do flags+=(-isystem "$d"); done
+else
+  skip="$skip|^include/rlpo/dist/mpi.hpp$"
+fi
 units=()
 # interop/torch.hpp is left out: it needs LibTorch (libtorch-dev, its include paths), which
 # this script neither installs nor passes. It is compiled with warnings as errors by
@@ -23,7 +31,7 @@ while IFS= read -r h; do
   unit="$work/$(echo "$rel" | tr '/.' '__').cpp"
   printf '#include <%s>\n' "$rel" > "$unit"
   units+=("$unit")
-done < <(git ls-files 'include/rlpo/*.hpp' | grep -v '^include/rlpo/interop/torch.hpp$')
+done < <(git ls-files 'include/rlpo/*.hpp' | grep -Ev "$skip")
 units+=(examples/quickstart.cpp examples/dpo.cpp examples/demo/main.cpp)
 printf '%s\n' "${units[@]}" |
   xargs -P "$(nproc 2>/dev/null || echo 2)" -I{} sh -c \

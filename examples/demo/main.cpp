@@ -13,6 +13,11 @@
 #include "objectives.hpp"
 #include "report.hpp"
 #include "task.hpp"
+#ifdef RLPO_DEMO_MPI
+#include "parallel.hpp"
+
+#include <rlpo/dist/mpi.hpp>
+#endif
 
 #include <rlpo/rollout/groups.hpp>
 #include <rlpo/train/step.hpp>
@@ -290,9 +295,150 @@ inline std::vector<Row> train(const Config& cfg, const Objective& obj, double& a
     return rows;
 }
 
+#ifdef RLPO_DEMO_MPI
+/// Data-parallel training (parallel.hpp): this rank's blocks of every mini-batch, gradients
+/// exchanged with `exchange`, the library's reductions for advantages, normaliser and metrics.
+inline std::vector<Row> train_parallel(const Config& cfg, const Objective& obj, double& acc_start,
+                                       double& acc_end, const rlpo::dist::Reductions& red,
+                                       const Exchange& exchange) {
+    std::mt19937_64 rng(cfg.seed);
+    Net policy(kDigits, kVocab + 1, cfg.max_len, cfg.dim, cfg.hidden, kVocab, rng);
+    Net ref = policy;
+    Net critic(kDigits, kVocab + 1, cfg.max_len, cfg.dim, cfg.hidden, 1, rng);
+    Adam opt(policy, cfg.lr), copt(critic, cfg.lr);
+    std::vector<Row> rows;
+    acc_start = greedy_accuracy(policy, cfg.max_len);
+    Progress bar(cfg.steps, obj.name, cfg.quiet || red.rank() != 0);
+    const auto t0 = std::chrono::steady_clock::now();
+    const Index N = static_cast<Index>(cfg.prompts) * cfg.group, mb = N / cfg.minibatches;
+    const Index per_shard = mb / kShards;
+    const std::vector<Index> mine =
+        owned_rows(N, cfg.minibatches, cfg.group, red.rank(), red.size());
+    const int first = red.rank() * kShards / red.size(),
+              last = (red.rank() + 1) * kShards / red.size();
+    for (int it = 0; it < cfg.steps; ++it) {
+        Rollout r = sample(policy, cfg, rng);
+        RM ref_logp, values_old;
+        {
+            const auto ctx = contexts(r, 0, r.N);
+            RM probs;
+            ref_logp = gather_logp(ref.forward(ctx), r, 0, r.N, probs);
+            if (obj.critic) {
+                const RM& v = critic.forward(ctx);
+                values_old = Eigen::Map<const RM>(v.data(), r.N, r.T);
+            }
+        }
+        const Prepared prep = prepare_rows(obj, r, mine, cfg.group, ref_logp, values_old, red);
+        Row row;
+        row.step = it + 1;
+        row.reward = static_cast<double>(r.score.mean());
+        row.sample_acc = r.correct;
+        row.length = static_cast<double>(r.mask.sum()) / static_cast<double>(r.N);
+        rlpo::train::StepResult<float> agg;
+        bool any = false;
+        for (int m = 0; m < cfg.minibatches; ++m) {
+            // the normaliser of the whole mini-batch from this rank's blocks
+            rlpo::train::StepOptions so = obj.step;
+            so.norm = rlpo::dist::with_global_counts(
+                so.norm,
+                prep.mask.middleRows(m * mb + first * per_shard, (last - first) * per_shard), red);
+            const rlpo::train::TrainingStep<float> step(so);
+            std::vector<float> pg, cg;
+            for (int s = first; s < last; ++s) {
+                const Index i0 = m * mb + s * per_shard, n = per_shard;
+                const auto ctx = contexts(r, i0, n);
+                RM probs;
+                const RM z = policy.forward(ctx);
+                const RM logp = gather_logp(z, r, i0, n, probs);
+                rlpo::train::StepInputs<float> in;
+                in.logp = logp;
+                in.mask = prep.mask.middleRows(i0, n);
+                in.advantages = prep.advantages.middleRows(i0, n);
+                in.old_logp = r.old_logp.middleRows(i0, n);
+                in.ref_logp = ref_logp.middleRows(i0, n);
+                if (step.uses_logits()) in.logits = z;
+                RM vpred;
+                if (obj.critic) {
+                    const RM& v = critic.forward(ctx);
+                    vpred = Eigen::Map<const RM>(v.data(), n, r.T);
+                    in.values = vpred;
+                    in.old_values = values_old.middleRows(i0, n);
+                    in.returns = prep.returns.middleRows(i0, n);
+                }
+                const auto res = step(in);
+                RM dz = step.uses_logits() ? res.grad_logits : RM::Zero(z.rows(), z.cols());
+                for (Index i = 0; i < n; ++i)
+                    for (Index t = 0; t < r.T; ++t) {
+                        const float g = res.grad_logp(i, t);
+                        if (g == 0.0f) continue;
+                        const Index rr = i * r.T + t;
+                        dz.row(rr) -= g * probs.row(rr);
+                        dz(rr, static_cast<Index>(r.tokens(i0 + i, t))) += g;
+                    }
+                auto grads = policy.zeros();
+                policy.backward(dz, grads);
+                const auto flat = flatten(grads);
+                pg.insert(pg.end(), flat.begin(), flat.end());
+                if (obj.critic) {
+                    auto cgr = critic.zeros();
+                    const RM dv = Eigen::Map<const RM>(res.grad_values.data(), n * r.T, 1);
+                    critic.backward(dv, cgr);
+                    const auto cf = flatten(cgr);
+                    cg.insert(cg.end(), cf.begin(), cf.end());
+                }
+                if (!any)
+                    agg = res, any = true;
+                else
+                    agg.merge(res);
+            }
+            // every block's gradient, added in block order: the same sum on every rank
+            auto grads = policy.zeros();
+            sum_blocks(exchange(pg), pg.size() / static_cast<std::size_t>(last - first), grads);
+            opt.step(policy, grads);
+            if (obj.critic) {
+                auto cgr = critic.zeros();
+                sum_blocks(exchange(cg), cg.size() / static_cast<std::size_t>(last - first), cgr);
+                copt.step(critic, cgr);
+            }
+        }
+        rlpo::dist::reduce(agg, red);
+        row.accuracy = greedy_accuracy(policy, cfg.max_len);
+        const auto& mt = agg.metrics;
+        row.kl = mt.contains("actor/kl_loss")     ? mt["actor/kl_loss"]
+                 : mt.contains("actor/reward_kl") ? mt["actor/reward_kl"]
+                                                  : prep.kl;
+        row.clipfrac = mt.contains("actor/pg_clipfrac") ? mt["actor/pg_clipfrac"] : 0.0;
+        row.loss = agg.loss / cfg.minibatches;
+        row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        rows.push_back(row);
+        bar.update(row);
+    }
+    bar.done();
+    acc_end = rows.empty() ? acc_start : rows.back().accuracy;
+    return rows;
+}
+#endif
+
 }  // namespace demo
 
-int main(int argc, char** argv) {
+#ifdef RLPO_DEMO_MPI
+namespace {
+const rlpo::dist::MpiReductions* g_red = nullptr;  // set in main: MPI is initialised there
+std::vector<float> allgather(const std::vector<float>& mine) {
+    std::vector<float> all(mine.size() * static_cast<std::size_t>(g_red->size()));
+    MPI_Allgather(mine.data(), static_cast<int>(mine.size()), MPI_FLOAT, all.data(),
+                  static_cast<int>(mine.size()), MPI_FLOAT, g_red->comm());
+    return all;
+}
+}  // namespace
+#endif
+
+static int run(int argc, char** argv) {
+#ifdef RLPO_DEMO_MPI
+    const bool root = g_red->rank() == 0;
+#else
+    const bool root = true;
+#endif
     // The model's matrices are tiny: threads would only add synchronisation (and results stay
     // reproducible from the seed).
     Eigen::setNbThreads(1);
@@ -353,12 +499,18 @@ int main(int argc, char** argv) {
             const demo::Objective obj = demo::make_objective(name, cfg.kl, cfg.kl_coef,
                                                              cfg.entropy_coef, cfg.length_shaping);
             double s = 0, e = 0;
+#ifdef RLPO_DEMO_MPI
+            auto rows = demo::train_parallel(cfg, obj, s, e, *g_red, allgather);
+#else
             auto rows = demo::train(cfg, obj, s, e);
+#endif
             if (all.empty()) first_start = s, first_end = e;
-            std::printf("%-8s accuracy %.2f -> %.2f in %.1f s\n", name.c_str(), s, e,
-                        rows.empty() ? 0.0 : rows.back().seconds);
+            if (root)
+                std::printf("%-8s accuracy %.2f -> %.2f in %.1f s\n", name.c_str(), s, e,
+                            rows.empty() ? 0.0 : rows.back().seconds);
             all.push_back({name, std::move(rows)});
         }
+        if (!root) return 0;
         demo::write_outputs(cfg.out, all);
         std::printf("final accuracy %.2f (start %.2f)\n", first_end, first_start);
     } catch (const std::exception& e) {
@@ -366,4 +518,24 @@ int main(int argc, char** argv) {
         return 1;
     }
     return 0;
+}
+
+int main(int argc, char** argv) {
+#ifdef RLPO_DEMO_MPI
+    MPI_Init(&argc, &argv);
+    int rc = 0;
+    try {
+        const rlpo::dist::MpiReductions red(MPI_COMM_WORLD);
+        g_red = &red;
+        rc = run(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "rlpo_demo: %s\n", e.what());
+        rc = 1;
+    }
+    if (rc != 0) MPI_Abort(MPI_COMM_WORLD, rc);
+    MPI_Finalize();
+    return rc;
+#else
+    return run(argc, argv);
+#endif
 }

@@ -2,6 +2,7 @@
 /// \file The rlpo umbrella header: every module except rlpo/testing and rlpo/format.hpp.
 #include <rlpo/core/core.hpp>
 #include <rlpo/critic/critic.hpp>
+#include <rlpo/dist/dist.hpp>
 #include <rlpo/distill/distill.hpp>
 #include <rlpo/logits/logits.hpp>
 #include <rlpo/penalties/penalties.hpp>

@@ -34,6 +34,17 @@
 /// means, N and k come from this (micro-)batch, so Clip-Cov / KL-Cov are *not* micro-batch
 /// invariant (the only surrogates here that are not).
 ///
+/// **Data-parallel** (the trailing `red`, dist/reductions.hpp): with a mini-batch sharded over
+/// ranks (rank r holds a contiguous block of rows, blocks in rank order), pass the reductions
+/// and the global `Normalizer` (dist::global_normalizer): the means, N, k and the selection are
+/// then those of the whole batch, exactly — KL-Cov's top-k gathers each rank's own first k
+/// tokens as (cov, global position) pairs and takes the global k-th (ties broken by the global
+/// position, as one process does); Clip-Cov runs the same seeded Fisher–Yates draw on every
+/// rank over the global candidate ordinals. Each rank gets the gradient of its rows; the value
+/// and metrics are the rank's part (dist::reduce sums them). Communication: a sum of three
+/// values (the means), a gather of two values per rank, and for KL-Cov a gather of
+/// 2·min(k, n_r) values (16 bytes per selected token at most per rank).
+///
 /// **Bad input**: shapes differing from `logp`, ε ≤ 0, ρ ∉ (0, 1], cov_lb ≥ cov_ub, β < 0 →
 /// rlpo::invalid_argument; NaN under a non-zero mask → rlpo::invalid_argument naming the input;
 /// non-finite log-probs or advantages (the covariance would be undefined) →
@@ -49,11 +60,14 @@
 /// unmasked token for the top-k selection (nth_element; the selection is then a threshold on
 /// (cov, position)). No `[B, T]` temporaries; `clip_cov_selection` returns its `[B, T]` mask.
 
+#include <rlpo/dist/reductions.hpp>
 #include <rlpo/policy/detail/driver.hpp>
 
 #include <algorithm>
 #include <cstdint>
 #include <random>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace rlpo::policy {
@@ -107,7 +121,8 @@ struct CovMeans {
 };
 template <class S>
 inline CovMeans token_covariance(const char* fn, const ConstMatRef<S>& lp, const ConstMatRef<S>& A,
-                                 const ConstMatRef<S>& m, bool weighted_means) {
+                                 const ConstMatRef<S>& m, bool weighted_means,
+                                 const ::rlpo::dist::Reductions& red = ::rlpo::dist::local()) {
     double sm = 0, sa = 0, sl = 0, wmax = 0;
     for (Index i = 0; i < m.rows(); ++i)
         for (Index t = 0; t < m.cols(); ++t) {
@@ -130,16 +145,23 @@ inline CovMeans token_covariance(const char* fn, const ConstMatRef<S>& lp, const
             sa += wgt * a;
             sl += wgt * x;
         }
+    if (!red.local()) {  // the means over all ranks' tokens
+        double sums[3] = {sm, sa, sl};
+        red.sum(sums, 3);
+        sm = sums[0], sa = sums[1], sl = sums[2];
+    }
     CovMeans c;
     if (sm == 0) return c;
     c.ma = sa / sm;
     c.ml = sl / sm;
     if (std::isfinite(c.ma) && std::isfinite(c.ml)) return c;
     // rare path: a sum overflowed; weights w/wmax ≤ 1, then each term (w/Σw)·x ≤ |x|
+    wmax = red.max(wmax);
     double sw = 0;
     for (Index i = 0; i < m.rows(); ++i)
         for (Index t = 0; t < m.cols(); ++t)
             if (m(i, t) != 0) sw += (weighted_means ? static_cast<double>(m(i, t)) : 1.0) / wmax;
+    sw = red.sum(sw);
     c.ma = c.ml = 0;
     for (Index i = 0; i < m.rows(); ++i)
         for (Index t = 0; t < m.cols(); ++t)
@@ -148,18 +170,113 @@ inline CovMeans token_covariance(const char* fn, const ConstMatRef<S>& lp, const
                 c.ma += q * static_cast<double>(A(i, t));
                 c.ml += q * static_cast<double>(lp(i, t));
             }
+    if (!red.local()) {
+        double means[2] = {c.ma, c.ml};
+        red.sum(means, 2);
+        c.ma = means[0], c.ml = means[1];
+    }
     return c;
+}
+
+/// Clip-Cov's draw on a sharded batch: the same partial Fisher–Yates shuffle as one process,
+/// run on every rank over the global candidate ordinals (rank r's candidates follow those of
+/// ranks 0..r−1, in row-major order within the rank), the shuffled array kept sparse (only the
+/// swapped entries). Returns the rank's picked local indices, sorted. One gather of two values.
+inline std::vector<Index> sharded_draw(const std::vector<Index>& cand, double N,
+                                       const ClipCovOptions& opts,
+                                       const ::rlpo::dist::Reductions& red) {
+    const auto all = red.gather({N, static_cast<double>(cand.size())});
+    double N_all = 0.0;
+    std::size_t C = 0, offset = 0;
+    for (int r = 0; r < static_cast<int>(all.size()); ++r) {
+        N_all += all[static_cast<std::size_t>(r)][0];
+        if (r == red.rank()) offset = C;
+        C += static_cast<std::size_t>(all[static_cast<std::size_t>(r)][1]);
+    }
+    if (N_all == 0 || C == 0) return {};
+    const double want = std::max(1.0, std::floor(opts.ratio * N_all));
+    const std::size_t k = want >= static_cast<double>(C) ? C : static_cast<std::size_t>(want);
+    std::unordered_map<std::size_t, std::size_t> moved;  // position → ordinal, where swapped
+    const auto at = [&](std::size_t q) {
+        const auto it = moved.find(q);
+        return it == moved.end() ? q : it->second;
+    };
+    std::mt19937_64 eng(opts.seed);
+    std::vector<Index> picked;
+    for (std::size_t j = 0; j < k; ++j) {
+        const std::size_t pick = j + static_cast<std::size_t>(eng() % (C - j));
+        const std::size_t a = at(j), b = at(pick);
+        moved[j] = b;
+        moved[pick] = a;
+        if (b >= offset && b < offset + cand.size()) picked.push_back(cand[b - offset]);
+    }
+    std::sort(picked.begin(), picked.end());
+    return picked;
+}
+
+/// KL-Cov's boundary on a sharded batch: the k-th token of the whole batch in the order
+/// "cov descending, then global row-major position" (k = max(1, ⌊ρ·N⌋), N the valid tokens of
+/// all ranks). Each rank sends its own first min(k, n_r) tokens in that order as (cov, global
+/// position) pairs; the k-th of the union is the global k-th (a token among the global first k
+/// is among its rank's first k), found identically on every rank. Exact, ties included. One
+/// gather of two values per rank, one gather of 2·min(k, n_r) values.
+struct TopKBoundary {
+    Index position = -1;  ///< global row-major position of the k-th token (−1: no token)
+    double cov = 0.0;
+    Index offset = 0;  ///< global position of this rank's first token
+};
+template <class At>
+inline TopKBoundary sharded_top_k(std::vector<Index>& valid, Index rows, Index T, double ratio,
+                                  At&& at, const ::rlpo::dist::Reductions& red) {
+    const auto sizes = red.gather({static_cast<double>(rows), static_cast<double>(valid.size())});
+    TopKBoundary out;
+    double N = 0.0, before_rows = 0.0;
+    for (int r = 0; r < static_cast<int>(sizes.size()); ++r) {
+        if (r < red.rank()) before_rows += sizes[static_cast<std::size_t>(r)][0];
+        N += sizes[static_cast<std::size_t>(r)][1];
+    }
+    out.offset = static_cast<Index>(before_rows) * T;
+    const auto k = static_cast<std::size_t>(
+        std::min(N, std::max(1.0, std::floor(N * ratio))));  // N = 0 ⇒ k = 0
+    const auto before = [&](Index a, Index b) {
+        const double ca = at(a), cb = at(b);
+        return ca > cb || (ca == cb && a < b);
+    };
+    const std::size_t mine = std::min(k, valid.size());
+    if (mine > 0 && mine < valid.size())
+        std::nth_element(valid.begin(), valid.begin() + static_cast<std::ptrdiff_t>(mine - 1),
+                         valid.end(), before);
+    std::vector<double> send;
+    send.reserve(2 * mine);
+    for (std::size_t j = 0; j < mine; ++j) {
+        send.push_back(at(valid[j]));
+        send.push_back(static_cast<double>(out.offset + valid[j]));
+    }
+    const auto all = red.gather(send);
+    if (k == 0) return out;
+    std::vector<std::pair<double, double>> cand;  // (cov, global position)
+    for (const auto& part : all)
+        for (std::size_t j = 0; j + 1 < part.size(); j += 2)
+            cand.emplace_back(part[j], part[j + 1]);
+    std::nth_element(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(k - 1), cand.end(),
+                     [](const std::pair<double, double>& a, const std::pair<double, double>& b) {
+                         return a.first > b.first || (a.first == b.first && a.second < b.second);
+                     });
+    out.cov = cand[k - 1].first;
+    out.position = static_cast<Index>(cand[k - 1].second);
+    return out;
 }
 
 /// Clip-Cov's selected tokens as sorted row-major indices (see `clip_cov_selection`).
 template <class S>
-inline std::vector<Index> clip_cov_selected(const char* fn, const ConstMatRef<S>& lp,
-                                            const ConstMatRef<S>& olp, const ConstMatRef<S>& A,
-                                            const ConstMatRef<S>& m, const ClipCovOptions& opts) {
+inline std::vector<Index> clip_cov_selected(
+    const char* fn, const ConstMatRef<S>& lp, const ConstMatRef<S>& olp, const ConstMatRef<S>& A,
+    const ConstMatRef<S>& m, const ClipCovOptions& opts,
+    const ::rlpo::dist::Reductions& red = ::rlpo::dist::local()) {
     ::rlpo::detail::check_surrogate_shapes(fn, lp, olp, A, m);
     validate(fn, opts);
     ::rlpo::detail::check_mask(fn, m);
-    const CovMeans cov = token_covariance<S>(fn, lp, A, m, true);
+    const CovMeans cov = token_covariance<S>(fn, lp, A, m, true, red);
     const double lo = 1.0 - opts.clip_low, hi = 1.0 + opts.clip_high;
     std::vector<Index> cand;
     double N = 0;
@@ -178,6 +295,7 @@ inline std::vector<Index> clip_cov_selected(const char* fn, const ConstMatRef<S>
             if (!ppo_clipped && cv > opts.cov_lb && cv < opts.cov_ub)
                 cand.push_back(i * lp.cols() + t);
         }
+    if (!red.local()) return sharded_draw(cand, N, opts, red);
     if (N == 0 || cand.empty()) return {};
     // k = ⌊ρ·N⌋ (at least 1), compared in double before the conversion: with mask weights ~1e30
     // ρ·N exceeds any size_t (converting it would be undefined), and k is the candidates' count
@@ -201,12 +319,13 @@ Mat<::rlpo::detail::scalar_t<DL>> clip_cov_selection(const Eigen::MatrixBase<DL>
                                                      const Eigen::MatrixBase<DO>& old_logp,
                                                      const Eigen::MatrixBase<DA>& advantages,
                                                      const Eigen::MatrixBase<DM>& mask,
-                                                     const ClipCovOptions& opts = {}) {
+                                                     const ClipCovOptions& opts = {},
+                                                     const dist::Reductions& red = dist::local()) {
     using S = ::rlpo::detail::scalar_t<DL>;
     const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
         m(mask.derived());
     const std::vector<Index> picked =
-        detail::clip_cov_selected<S>("policy::clip_cov", lp, olp, A, m, opts);
+        detail::clip_cov_selected<S>("policy::clip_cov", lp, olp, A, m, opts, red);
     Mat<S> sel = Mat<S>::Zero(lp.rows(), lp.cols());
     for (Index q : picked) sel(q / lp.cols(), q % lp.cols()) = S(1);
     return sel;
@@ -219,14 +338,15 @@ Result<::rlpo::detail::scalar_t<DL>> clip_cov(
     const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
     const ClipCovOptions& opts = {}, const Normalizer& norm = {},
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
-    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
+    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt,
+    const dist::Reductions& red = dist::local()) {
     using S = ::rlpo::detail::scalar_t<DL>;
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
     constexpr const char* fn = "policy::clip_cov";
     const ConstMatRef<S> lp(logp.derived()), olp(old_logp.derived()), A(advantages.derived()),
         m(mask.derived());
     // checks shapes, options, NaN; the selected tokens as sorted row-major indices
-    const std::vector<Index> picked = detail::clip_cov_selected<S>(fn, lp, olp, A, m, opts);
+    const std::vector<Index> picked = detail::clip_cov_selected<S>(fn, lp, olp, A, m, opts, red);
     detail::check_weights(fn, is_weights, m);
     const Index T = lp.cols();
     const auto selected = [&](Index i, Index t) {
@@ -268,7 +388,8 @@ Result<::rlpo::detail::scalar_t<DL>> kl_cov(
     const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
     const KLCovOptions& opts = {}, const Normalizer& norm = {},
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out = {},
-    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
+    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt,
+    const dist::Reductions& red = dist::local()) {
     using S = ::rlpo::detail::scalar_t<DL>;
     // the shared preamble (policy/detail/driver.hpp), then the selection and a token pass
     detail::SurrogateCall<S, detail::KLCovRows> call(logp, old_logp, advantages, mask, opts, norm,
@@ -279,7 +400,8 @@ Result<::rlpo::detail::scalar_t<DL>> kl_cov(
     // q_k of it (nth_element) decides the selection: a token is selected iff it is q_k or
     // precedes it. cov is evaluated on demand (no [B, T] matrix).
     const Index T = lp.cols();
-    const detail::CovMeans cov = detail::token_covariance<S>(call.fn, lp, call.A, call.m, false);
+    const detail::CovMeans cov =
+        detail::token_covariance<S>(call.fn, lp, call.A, call.m, false, red);
     const auto at = [&](Index q) {
         return cov.at(static_cast<double>(call.A(q / T, q % T)),
                       static_cast<double>(lp(q / T, q % T)));
@@ -293,7 +415,11 @@ Result<::rlpo::detail::scalar_t<DL>> kl_cov(
         if (call.m(k / T, k % T) != 0) valid.push_back(k);
     Index boundary = -1;
     double boundary_cov = 0.0;
-    if (!valid.empty()) {
+    Index offset = 0;  // global row-major position of this rank's first token
+    if (!red.local()) {
+        const auto b = detail::sharded_top_k(valid, lp.rows(), T, opts.ratio, at, red);
+        boundary = b.position, boundary_cov = b.cov, offset = b.offset;
+    } else if (!valid.empty()) {
         const auto k = std::min<std::size_t>(
             valid.size(), static_cast<std::size_t>(std::max(
                               1.0, std::floor(static_cast<double>(valid.size()) * opts.ratio))));
@@ -304,7 +430,7 @@ Result<::rlpo::detail::scalar_t<DL>> kl_cov(
     }
     const auto selected = [&](Index i, Index t) {
         if (boundary < 0) return false;
-        const Index q = i * T + t;
+        const Index q = offset + i * T + t;
         const double c = cov.at(static_cast<double>(call.A(i, t)), static_cast<double>(lp(i, t)));
         return c > boundary_cov || (c == boundary_cov && q <= boundary);
     };

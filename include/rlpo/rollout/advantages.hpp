@@ -42,6 +42,7 @@
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/names.hpp>
 #include <rlpo/core/types.hpp>
+#include <rlpo/dist/reductions.hpp>
 #include <rlpo/rollout/detail/scores.hpp>
 #include <rlpo/rollout/groups.hpp>
 #include <rlpo/rollout/tokens.hpp>
@@ -72,6 +73,54 @@ enum class SingletonGroups {
 };
 
 namespace detail {
+/// The mean of all scores of the batch over the ranks of `red` (rank r holds its block of
+/// responses): Σ s / N from two summed values, and Σ (s/N) where Σ s overflows (as `mean`).
+inline double batch_mean(const std::vector<double>& s, const dist::Reductions& red) {
+    const Index n = static_cast<Index>(s.size());
+    if (red.local()) return mean(s, 0, n);
+    double a[2] = {0.0, static_cast<double>(n)};
+    for (double x : s) a[0] += x;
+    red.sum(a, 2);
+    if (!(a[1] > 0)) return 0.0;
+    if (std::isfinite(a[0])) return a[0] / a[1];
+    double q = 0.0;  // rare path: the sum overflowed
+    for (double x : s) q += x / a[1];
+    return red.sum(q);
+}
+
+/// The std of all scores of the batch around `mu` over the ranks of `red`, as D·r
+/// (`stddev_scaled` of the whole batch): one sum of three values; the rare path (a sum of
+/// squares that overflows or underflows) adds a max of two values and a sum.
+inline ScaledStd batch_stddev(const std::vector<double>& s, double mu, bool sample,
+                              const dist::Reductions& red) {
+    const Index n_local = static_cast<Index>(s.size());
+    if (red.local()) return stddev_scaled(s, 0, n_local, mu, sample);
+    double a[3] = {0.0, 0.0, static_cast<double>(n_local)};  // Σ d², any d ≠ 0, N
+    for (double x : s) {
+        const double d = x - mu;
+        a[0] += d * d;
+        a[1] = (a[1] > 0 || d != 0) ? 1.0 : 0.0;
+    }
+    red.sum(a, 3);
+    const double n = a[2] - (sample ? 1.0 : 0.0);
+    if (!(n > 0) || !(a[1] > 0)) return {};
+    if (std::isfinite(a[0]) && a[0] >= 1e-280) return {1.0, std::sqrt(a[0] / n)};
+    double hd[2] = {0.0, 0.0};  // half scale needed anywhere, largest |deviation|
+    for (double x : s) hd[0] = std::max(hd[0], centred(x, mu).scale != 1.0 ? 1.0 : 0.0);
+    red.max(hd, 1);
+    const bool half = hd[0] > 0;
+    const auto dev = [&](double x) { return half ? x / 2 - mu / 2 : x - mu; };
+    for (double x : s) hd[1] = std::max(hd[1], std::abs(dev(x)));
+    const double D = red.max(hd[1]);
+    double q = 0.0;
+    for (double x : s) {
+        const double d = dev(x) / D;
+        q += d * d;
+    }
+    q = red.sum(q);
+    return {half ? 2.0 * D : D, std::sqrt(q / n)};
+}
+
 /// The group loop of the baseline estimators: a singleton group gets its raw score
 /// (`SingletonGroups::RawScore`) or 0, a group whose scores are bitwise equal gets exactly 0,
 /// and `body(b, e)` fills a[b, e) for every other group. Returns a, zero-initialised.
@@ -152,10 +201,15 @@ struct GRPOOptions {
 /// presets and degenerate groups). Under `AdvantageScale::Batch`, σ_B is the std (same
 /// flavour) of all N scores around their batch mean, as TRL computes it; the centring stays
 /// per group. When the denominator is 0 (ε = 0 and σ = 0), the advantage is 0.
+///
+/// **Data-parallel** (`red`, dist/reductions.hpp): with the batch sharded over ranks, σ_B is
+/// the std over all ranks' scores (three summed values; the group statistics stay local). Each
+/// rank must hold whole groups, which `Groups` cannot show: `dist::grpo_advantages` takes
+/// global group ids and rejects a group split across ranks — prefer it.
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> grpo_advantages(const Eigen::MatrixBase<D>& scores,
-                                                 const Groups& groups,
-                                                 const GRPOOptions& opts = {}) {
+                                                 const Groups& groups, const GRPOOptions& opts = {},
+                                                 const dist::Reductions& red = dist::local()) {
     using S = ::rlpo::detail::scalar_t<D>;
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: scores must be float or double");
     constexpr const char* fn = "rollout::grpo_advantages";
@@ -165,10 +219,8 @@ Vec<::rlpo::detail::scalar_t<D>> grpo_advantages(const Eigen::MatrixBase<D>& sco
     detail::check_groups(fn, "scores", groups, s.size());
     const bool sample = opts.std_kind == StdKind::Sample;
     detail::ScaledStd batch_std;
-    if (opts.scale == AdvantageScale::Batch) {
-        const Index N = static_cast<Index>(s.size());
-        batch_std = detail::stddev_scaled(s, 0, N, detail::mean(s, 0, N), sample);
-    }
+    if (opts.scale == AdvantageScale::Batch)
+        batch_std = detail::batch_stddev(s, detail::batch_mean(s, red), sample, red);
     std::vector<double> a(s.size(), 0.0);
     for (Index g = 0; g < groups.num_groups(); ++g) {
         const Index b = groups.begin(g), e = groups.end(g), n = e - b;
@@ -458,10 +510,15 @@ struct GDPOOptions {
 /// steps, sample stds, abstaining (NaN) reward functions skipped); the defaults keep rlpo's
 /// GRPO ε 1e-6 and reject NaN. Finite weights whose weighted sum of component advantages
 /// overflows (w = 1e308), or a result beyond the storage type, is rlpo::numerical_error.
+///
+/// **Data-parallel** (`red`): the component normalisation stays per group; the final batch
+/// normalisation takes its mean, std and all-equal test over all ranks' responses (a max of
+/// two values and the sums of `grpo_advantages`' batch std). Whole groups per rank:
+/// `dist::gdpo_advantages` checks them.
 template <class D>
 Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rewards,
-                                                 const Groups& groups,
-                                                 const GDPOOptions& opts = {}) {
+                                                 const Groups& groups, const GDPOOptions& opts = {},
+                                                 const dist::Reductions& red = dist::local()) {
     using S = ::rlpo::detail::scalar_t<D>;
     constexpr const char* fn = "rollout::gdpo_advantages";
     const auto& R = rewards.derived();
@@ -520,7 +577,18 @@ Vec<::rlpo::detail::scalar_t<D>> gdpo_advantages(const Eigen::MatrixBase<D>& rew
                                            "response ",
                                            i, " overflows (", sum[static_cast<std::size_t>(i)],
                                            ")");
-    if (opts.batch_normalize && N > 0) {
+    if (opts.batch_normalize && !red.local()) {  // over all ranks (any may hold no rows)
+        double hi_lo[2] = {-std::numeric_limits<double>::infinity(),
+                           -std::numeric_limits<double>::infinity()};  // max x, max −x
+        for (double x : sum) hi_lo[0] = std::max(hi_lo[0], x), hi_lo[1] = std::max(hi_lo[1], -x);
+        red.max(hi_lo, 2);
+        if (hi_lo[0] == -hi_lo[1]) return Vec<S>::Zero(N);  // all equal (or no response)
+        const double mu = detail::batch_mean(sum, red);
+        const double sd =
+            detail::batch_stddev(sum, mu, opts.batch_std_kind == StdKind::Sample, red).value();
+        const double den = sd + opts.batch_epsilon;
+        for (auto& x : sum) x = den > 0 ? (x - mu) / den : 0.0;
+    } else if (opts.batch_normalize && N > 0) {
         if (detail::all_equal(sum, 0, N)) return Vec<S>::Zero(N);
         const double mu = detail::mean(sum, 0, N);
         const double sd = detail::stddev(sum, 0, N, mu, opts.batch_std_kind == StdKind::Sample);

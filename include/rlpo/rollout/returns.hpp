@@ -37,6 +37,14 @@
 /// parallel with OpenMP and per-row partial sums are combined in row order, so results are
 /// bitwise identical for any thread count (tested).
 ///
+/// **Data-parallel** (the trailing `red`, dist/reductions.hpp): with the batch's rows sharded
+/// over ranks, the whitening statistics are those of all ranks' unmasked tokens (a sum of two
+/// values for μ, one for the variance; the overflow path adds a max of two and two sums), so
+/// each rank gets its rows of one call on the whole batch; the recursions stay per row. Every
+/// rank calls with the same options; a rank may hold no rows or no valid token.
+/// REINFORCE++-baseline's groups must be whole on each rank
+/// (`dist::reinforce_pp_baseline_advantages` checks it).
+///
 /// **Bad input** (rlpo::invalid_argument): shape mismatch, NaN / ±inf reward or value under a
 /// non-zero mask, bad mask, γ or λ outside [0, 1], ε < 0.
 
@@ -44,6 +52,7 @@
 #include <rlpo/core/error.hpp>
 #include <rlpo/core/simd/packet.hpp>
 #include <rlpo/core/types.hpp>
+#include <rlpo/dist/reductions.hpp>
 #include <rlpo/rollout/advantages.hpp>
 #include <rlpo/rollout/detail/scores.hpp>
 #include <rlpo/rollout/groups.hpp>
@@ -139,8 +148,8 @@ inline std::vector<RowScan> scan_rows(const char* fn, Index B,
 }
 
 template <class S, class X>
-inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask,
-                          const WhitenOptions& o) {
+inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask, const WhitenOptions& o,
+                          const ::rlpo::dist::Reductions& red) {
     using X_t = typename X::Scalar;
     const Index B = x.rows(), T = x.cols();
     double M = 0.0, W = 0.0;
@@ -150,6 +159,9 @@ inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask,
                 M = std::max(M, std::abs(static_cast<double>(x(i, t))));
                 W = std::max(W, static_cast<double>(mask(i, t)));
             }
+    double MW[2] = {M, W};
+    red.max(MW, 2);  // over ranks (a rank without tokens has 0, 0)
+    M = MW[0], W = MW[1];
     double n = 0.0, sum = 0.0, cnt = 0.0;
     for (Index i = 0; i < B; ++i)
         for (Index t = 0; t < T; ++t)
@@ -159,6 +171,9 @@ inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask,
                 sum += m * (static_cast<double>(x(i, t)) / M);
                 cnt += static_cast<double>(mask(i, t));  // the unscaled Σ m (may be +inf)
             }
+    double sums[3] = {n, sum, cnt};
+    red.sum(sums, 3);
+    n = sums[0], sum = sums[1], cnt = sums[2];
     const double mu_s = n > 0 ? sum / n : 0.0;
     double ss = 0.0;
     for (Index i = 0; i < B; ++i)
@@ -167,6 +182,7 @@ inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask,
                 const double d = static_cast<double>(x(i, t)) / M - mu_s;
                 ss += static_cast<double>(mask(i, t)) / W * d * d;
             }
+    ss = red.sum(ss);
     double var_s = n > 0 ? ss / n : 0.0;
     const bool degenerate = !(cnt > 1);
     // n/(n − 1) in unscaled counts (→ 1 where Σ m itself overflows)
@@ -191,13 +207,20 @@ inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask,
 
 /// Whitening in place over the mask (weights m), given the per-row Σm and Σm·x of pass one:
 /// mean in double, then a second (row-parallel) pass for the variance around it, then the
-/// normalisation; masked entries set to 0.
+/// normalisation; masked entries set to 0. The statistics are over all ranks of `red` (two
+/// sums of two and one values; the rare overflow path adds a max and two more sums).
 template <class S, class X>
 inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
-                            const std::vector<RowScan>& rows, const WhitenOptions& o) {
+                            const std::vector<RowScan>& rows, const WhitenOptions& o,
+                            const ::rlpo::dist::Reductions& red = ::rlpo::dist::local()) {
     const Index B = x.rows(), T = x.cols();
     double n = 0.0, sum = 0.0;
     for (const auto& r : rows) n += r.weight, sum += r.sum;
+    if (!red.local()) {
+        double ns[2] = {n, sum};
+        red.sum(ns, 2);
+        n = ns[0], sum = ns[1];
+    }
     const double mu = n > 0 ? sum / n : 0.0;
     std::vector<double> row_ss(static_cast<std::size_t>(B), 0.0);
     ::rlpo::detail::parallel_for(B, B > 64, [&](Index i) {
@@ -225,8 +248,9 @@ inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
     });
     double ss = 0.0;
     for (double v : row_ss) ss += v;
+    if (!red.local()) ss = red.sum(ss);  // every rank decides the path on the same sums
     if (!(std::isfinite(n) && std::isfinite(mu) && std::isfinite(ss)))
-        return whiten_scaled<S>(fn, x, mask, o);  // Σ m·x or Σ m·d² overflowed: rare path
+        return whiten_scaled<S>(fn, x, mask, o, red);  // Σ m·x or Σ m·d² overflowed: rare path
     double var = n > 0 ? ss / n : 0.0;
     const bool degenerate = !(n > 1);
     if (o.unbiased && !degenerate) var *= n / (n - 1);
@@ -270,7 +294,8 @@ inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
 template <class DX, class DM>
 Mat<::rlpo::detail::scalar_t<DX>> whiten(const Eigen::MatrixBase<DX>& x,
                                          const Eigen::MatrixBase<DM>& mask,
-                                         const WhitenOptions& opts = {}) {
+                                         const WhitenOptions& opts = {},
+                                         const dist::Reductions& red = dist::local()) {
     using S = ::rlpo::detail::scalar_t<DX>;
     constexpr const char* fn = "rollout::whiten";
     const ConstMatRef<S> xv(x.derived()), m(mask.derived());
@@ -290,7 +315,7 @@ Mat<::rlpo::detail::scalar_t<DX>> whiten(const Eigen::MatrixBase<DX>& x,
             sc.sum += mk * v;
         }
     });
-    detail::whiten_in_place<S>(fn, w, m, rows, opts);
+    detail::whiten_in_place<S>(fn, w, m, rows, opts, red);
     return w;
 }
 
@@ -306,7 +331,7 @@ struct ReinforcePPOptions {
 template <class DR, class DM>
 TokenAdvantages<::rlpo::detail::scalar_t<DR>> reinforce_pp_advantages(
     const Eigen::MatrixBase<DR>& token_rewards, const Eigen::MatrixBase<DM>& mask,
-    const ReinforcePPOptions& opts = {}) {
+    const ReinforcePPOptions& opts = {}, const dist::Reductions& red = dist::local()) {
     using S = ::rlpo::detail::scalar_t<DR>;
     constexpr const char* fn = "rollout::reinforce_pp_advantages";
     const ConstMatRef<S> r(token_rewards.derived()), m(mask.derived());
@@ -338,7 +363,7 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> reinforce_pp_advantages(
             }
         });
     out.advantages = out.returns;
-    if (opts.whiten) detail::whiten_in_place<S>(fn, out.advantages, m, rows, opts.whitening);
+    if (opts.whiten) detail::whiten_in_place<S>(fn, out.advantages, m, rows, opts.whitening, red);
     return out;
 }
 
@@ -360,7 +385,7 @@ struct ReinforcePPBaselineOptions {
 template <class DS, class DM>
 Mat<::rlpo::detail::scalar_t<DM>> reinforce_pp_baseline_advantages(
     const Eigen::MatrixBase<DS>& scores, const Groups& groups, const Eigen::MatrixBase<DM>& mask,
-    const ReinforcePPBaselineOptions& opts = {}) {
+    const ReinforcePPBaselineOptions& opts = {}, const dist::Reductions& red = dist::local()) {
     using S = ::rlpo::detail::scalar_t<DM>;
     constexpr const char* fn = "rollout::reinforce_pp_baseline_advantages";
     const std::vector<double> s = detail::read_scores(fn, "scores", scores, opts.nan_scores);
@@ -395,7 +420,7 @@ Mat<::rlpo::detail::scalar_t<DM>> reinforce_pp_baseline_advantages(
                 sc.sum += mk * ai;
             }
         });
-    detail::whiten_in_place<S>(fn, A, m, rows, opts.whitening);
+    detail::whiten_in_place<S>(fn, A, m, rows, opts.whitening, red);
     return A;
 }
 
@@ -535,7 +560,8 @@ inline bool gae_segment_row(const ConstMatRef<S>& r, const ConstMatRef<S>& v,
 template <class DR, class DV, class DM>
 void gae_advantages(const Eigen::MatrixBase<DR>& token_rewards, const Eigen::MatrixBase<DV>& values,
                     const Eigen::MatrixBase<DM>& mask, const GAEOptions& opts,
-                    TokenAdvantages<::rlpo::detail::scalar_t<DR>>& out) {
+                    TokenAdvantages<::rlpo::detail::scalar_t<DR>>& out,
+                    const dist::Reductions& red = dist::local()) {
     using S = ::rlpo::detail::scalar_t<DR>;
     constexpr const char* fn = "rollout::gae_advantages";
     const ConstMatRef<S> r(token_rewards.derived()), v(values.derived()), m(mask.derived());
@@ -576,15 +602,16 @@ void gae_advantages(const Eigen::MatrixBase<DR>& token_rewards, const Eigen::Mat
                 sc.sum += mk * next_adv;
             }
         });
-    if (opts.whiten) detail::whiten_in_place<S>(fn, out.advantages, m, rows, opts.whitening);
+    if (opts.whiten) detail::whiten_in_place<S>(fn, out.advantages, m, rows, opts.whitening, red);
 }
 
 template <class DR, class DV, class DM>
 TokenAdvantages<::rlpo::detail::scalar_t<DR>> gae_advantages(
     const Eigen::MatrixBase<DR>& token_rewards, const Eigen::MatrixBase<DV>& values,
-    const Eigen::MatrixBase<DM>& mask, const GAEOptions& opts = {}) {
+    const Eigen::MatrixBase<DM>& mask, const GAEOptions& opts = {},
+    const dist::Reductions& red = dist::local()) {
     TokenAdvantages<::rlpo::detail::scalar_t<DR>> out;
-    gae_advantages(token_rewards, values, mask, opts, out);
+    gae_advantages(token_rewards, values, mask, opts, out, red);
     return out;
 }
 
