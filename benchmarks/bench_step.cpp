@@ -7,7 +7,8 @@
 //   grpo_parts_broadcast: the same with the advantages broadcast to [B, T] and one pass per
 //          term (the step before the single pass), for comparison in one run
 //   ppo:   outcome token rewards → GAE (γ 1, λ 0.95, whitened) → TrainingStep (PPO clip +
-//          clipped value loss) → loss, d/dlogp, d/dvalues
+//          clipped value loss) → loss, d/dlogp, d/dvalues; the rewards, advantages and returns
+//          go to buffers reused from call to call (a trainer's), the first call allocating them
 //
 // Counters: roofline = (the bytes that must move per token × tokens / time) over the triad
 // bandwidth measured just before each call (bench_bandwidth.cpp), median of the iterations;
@@ -176,9 +177,12 @@ void BM_ppo_gae_and_step(benchmark::State& state) {
     const rlpo::train::TrainingStep<float> step(o);
     rlpo::rollout::GAEOptions g;
     g.lambda = 0.95;
+    // the trainer's buffers, reused from step to step (allocated by the first call)
+    Mat<float> rewards;
+    rlpo::rollout::TokenAdvantages<float> ta;
     timed(state, r.N * kT, 28.0, [&] {
-        const Mat<float> rewards = rlpo::rollout::outcome_token_rewards(r.scores, r.mask);
-        const auto ta = rlpo::rollout::gae_advantages(rewards, r.old_values, r.mask, g);
+        rlpo::rollout::outcome_token_rewards(r.scores, r.mask, rewards);
+        rlpo::rollout::gae_advantages(rewards, r.old_values, r.mask, g, ta);
         rlpo::train::StepInputs<float> in;
         in.logp = r.logp;
         in.mask = r.mask;

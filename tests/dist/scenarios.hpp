@@ -402,6 +402,38 @@ inline Report run_all(const rlpo::dist::Reductions& red) {
         close_rows(rep, at + "step grad_values" + sm, ss.grad_values, sw.grad_values, b.row0, tol);
         close_metrics(rep, at + "step" + sm, ss.metrics, sw.metrics, tol);
     }
+
+    // 7. the training step with a batch-level selection (KL-Cov, Clip-Cov): given the
+    // reductions, the step selects over every rank's rows
+    for (const char* name : {"kl_cov", "clip_cov"}) {
+        const std::string sn = std::string(" ") + name;
+        rlpo::train::StepOptions o;
+        o.policy = rlpo::policy::make_policy_loss(name);
+        o.policy.kl_cov.ratio = 0.2;
+        o.policy.clip_cov.ratio = 0.2;
+        o.policy.clip_cov.cov_lb = -0.5;
+        o.policy.clip_cov.cov_ub = 0.5;
+        rlpo::train::StepOptions ow = o;
+        o.norm = rd::with_global_counts(o.norm, mask, red);
+        o.reductions = &red;
+        ow.norm = rlpo::global_normalizer(b.mask, ow.norm.mode);
+        rlpo::train::StepInputs<double> in;
+        in.logp = lp;
+        in.mask = mask;
+        in.advantages = A;
+        in.old_logp = olp;
+        auto ss = rlpo::train::TrainingStep<double>(o)(in);
+        rd::reduce(ss, red);
+        rlpo::train::StepInputs<double> iw;
+        iw.logp = b.logp;
+        iw.mask = b.mask;
+        iw.advantages = b.adv;
+        iw.old_logp = b.old_logp;
+        const auto sw = rlpo::train::TrainingStep<double>(ow)(iw);
+        close(rep, at + "step loss" + sn, ss.loss, sw.loss, tol);
+        close_rows(rep, at + "step grad_logp" + sn, ss.grad_logp, sw.grad_logp, b.row0, tol);
+        close_metrics(rep, at + "step" + sn, ss.metrics, sw.metrics, tol);
+    }
     return rep;
 }
 

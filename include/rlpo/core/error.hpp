@@ -124,6 +124,16 @@ template <class X, class M>
 /// Validate a 0/1 (or fractional) token mask: finite and >= 0 everywhere.
 template <class M>
 inline void check_mask(const char* function, const M& mask) {
+    using T = typename M::Scalar;
+    // branch-free first (vectorised: one compare pair per entry); NaN fails both compares
+    int ok = 1;
+    for (Index i = 0; i < mask.rows(); ++i)
+        for (Index t = 0; t < mask.cols(); ++t) {
+            const T m = mask(i, t);
+            ok &=
+                static_cast<int>(m >= T(0)) & static_cast<int>(m <= std::numeric_limits<T>::max());
+        }
+    if (ok) return;
     for (Index i = 0; i < mask.rows(); ++i)
         for (Index t = 0; t < mask.cols(); ++t) {
             const double m = static_cast<double>(mask(i, t));

@@ -83,8 +83,8 @@ struct ValueLossKernel {
     /// v, v_old, R of one packet (masked lanes zero): the per-token loss ½·max((v − R)²,
     /// (v_c − R)²), its gradient w.r.t. v (ties split as torch.max), and the stats. A NaN
     /// input surfaces as a NaN loss (v_old only with the clip, as the scalar definition).
-    void eval(const P& x, const P& xo, const P& r, P& loss, P& grad,
-              ::rlpo::detail::simd::Packets<S, 2>& st) const {
+    EIGEN_ALWAYS_INLINE void eval(const P& x, const P& xo, const P& r, P& loss, P& grad,
+                                  ::rlpo::detail::simd::Packets<S, 2>& st) const {
         using namespace ::rlpo::detail::simd;
         const P d1 = psub(x, r);
         const P l1 = pmul(half, pmul(d1, d1));

@@ -13,8 +13,8 @@
 ///     rlpo::dist::reduce(res, red);
 ///
 /// The advantages come from the dist:: estimators before the step. A surrogate whose token
-/// selection is batch-level (KL-Cov, Clip-Cov) selects over the rank's rows inside the step;
-/// for the global selection call `policy::kl_cov` / `policy::clip_cov` with the reductions.
+/// selection is batch-level (KL-Cov, Clip-Cov) selects over all ranks' rows when the step is
+/// given the reductions (`StepOptions::reductions = &red`), over the rank's rows otherwise.
 
 #include <rlpo/dist/aggregation.hpp>
 #include <rlpo/dist/reductions.hpp>

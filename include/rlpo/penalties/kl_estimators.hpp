@@ -167,8 +167,9 @@ struct KLPacketConsts {
 /// Vectorised estimator for one packet: d = logp − ref_logp → value v and ∂v/∂logp (the
 /// formulas of `kl_estimate`). A NaN d gives a NaN value (the clamps would hide it otherwise).
 template <class S>
-inline void kl_packet(const ::rlpo::detail::simd::Packet<S>& d, const KLPacketConsts<S>& c,
-                      ::rlpo::detail::simd::Packet<S>& v, ::rlpo::detail::simd::Packet<S>& g) {
+EIGEN_ALWAYS_INLINE void kl_packet(const ::rlpo::detail::simd::Packet<S>& d,
+                                   const KLPacketConsts<S>& c, ::rlpo::detail::simd::Packet<S>& v,
+                                   ::rlpo::detail::simd::Packet<S>& g) {
     using namespace ::rlpo::detail::simd;
     using P = Packet<S>;
     switch (c.base) {

@@ -166,8 +166,8 @@ struct PPOClipKernel {
     /// The per-packet formula from the advantages `a` and the raw log-ratios
     /// logp − old_logp (masked lanes already zero). The training step's fused pass calls it
     /// with a row's sequence advantage broadcast over the packet.
-    void eval(const P& a, const P& raw, P& loss, P& grad,
-              ::rlpo::detail::simd::Packets<S, 3>& st) const {
+    EIGEN_ALWAYS_INLINE void eval(const P& a, const P& raw, P& loss, P& grad,
+                                  ::rlpo::detail::simd::Packets<S, 3>& st) const {
         using namespace ::rlpo::detail::simd;
         const P na = pnegate(a);
         const P lr = pmin(pmax(raw, vnL), vL);

@@ -269,11 +269,11 @@ inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
         const auto* mr = mask.data() + i * mask.outerStride();
         auto* xr = x.data() + i * x.outerStride();
         // branch-free (vectorisable): masked entries become 0, the others (x − μ)/σ
-        bool ok = true;
+        int ok = 1;
         for (Index t = 0; t < T; ++t) {
             const double w = scale * ((static_cast<double>(xr[t]) - mu) / sd) + add;
             const X_t out = mr[t] != 0 ? static_cast<X_t>(w) : X_t(0);
-            ok &= std::abs(out) < std::numeric_limits<X_t>::infinity();
+            ok &= static_cast<int>(std::abs(out) <= std::numeric_limits<X_t>::max());
             xr[t] = out;
         }
         if (ok) return;

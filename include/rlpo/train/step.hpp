@@ -179,6 +179,14 @@ struct StepOptions {
     /// With the PPO clip surrogate, evaluate the surrogate, the KL and the value loss in one
     /// pass over the token inputs (bit-equal to one pass per term; false: one pass per term).
     bool fused = true;
+
+    /// The data-parallel group (dist/reductions.hpp) of a sharded mini-batch, or null (one
+    /// process). The step uses it where a term's result depends on other ranks' rows: the
+    /// KL-Cov and Clip-Cov token selections (exact over all ranks). The normaliser's global
+    /// counts are the caller's (`dist::with_global_counts` over the whole mini-batch's mask:
+    /// a micro-batch's own mask would give the wrong counts), and `dist::reduce` merges the
+    /// ranks' results. Not owned; it must outlive the calls.
+    const dist::Reductions* reductions = nullptr;
 };
 
 /// The step's output: total loss, its parts, gradients and metrics.
@@ -322,9 +330,16 @@ private:
         const GradientOut<S> g_lp = resolve(out.logp, res.grad_logp, B, T);
         const Normalizer& norm = opts_.norm;
 
-        // 1. policy surrogate
+        // 1. policy surrogate (a batch-level selection over all ranks when sharded)
         const ConstMatRef<S>& old = in.old_logp.present() ? *in.old_logp : lp;
-        const auto pg = policy::policy_loss(opts_.policy, lp, old, A, m, norm, g_lp);
+        const dist::Reductions* red = opts_.reductions;
+        const auto pg =
+            red && opts_.policy.loss == policy::PolicyLoss::KLCov
+                ? policy::kl_cov(lp, old, A, m, opts_.policy.kl_cov, norm, g_lp, std::nullopt, *red)
+            : red && opts_.policy.loss == policy::PolicyLoss::ClipCov
+                ? policy::clip_cov(lp, old, A, m, opts_.policy.clip_cov, norm, g_lp, std::nullopt,
+                                   *red)
+                : policy::policy_loss(opts_.policy, lp, old, A, m, norm, g_lp);
         res.pg_loss = pg.value;
         res.metrics.merge(pg.metrics.prefixed("actor/"));
 
@@ -444,7 +459,7 @@ private:
             f.coef_vf = coef_vf;
         }
         const auto sums = detail::fused_pass(f, *w);
-        if (sums.pg.bad || sums.kl.bad || sums.vf.bad) {
+        if (sums.bad) {
             // the parts, into scratch buffers, throw the error (name, position) as they report it
             StepGradients<S> scratch;
             scratch.logp.mode = out.logp.mode == GradMode::None ? GradMode::None : GradMode::Own;

@@ -273,16 +273,16 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
 /// Fast row factors: the same result as `row_weights` (core/aggregation.hpp) for any mask
 /// whose row sums are exact (0/1 masks: partial sums of 32 entries are exact in S;
 /// fractional masks may differ in the last bits of |y_i|), with the per-row sums in SIMD
-/// packets. Serial on purpose: it streams the mask once at memory speed, and a parallel region
-/// (with its barrier) costs more than it saves, badly so on an oversubscribed machine. Falls back
-/// to `row_weights` (which validates and reports) as soon as an entry is not finite or < 0.
+/// packets, rows in parallel for large masks (blocks of rows handed out to whichever thread is
+/// free, so a descheduled thread delays only its block). Falls back to `row_weights` (which
+/// validates and reports) as soon as an entry is not finite or < 0.
 template <class S>
 inline RowWeights row_weights_fast(const char* function, const ConstMatRef<S>& m,
                                    const Normalizer& norm) {
     const Index B = m.rows(), T = m.cols();
     std::vector<double> len(static_cast<std::size_t>(B), 0.0);
     std::vector<char> bad(static_cast<std::size_t>(B), 0);
-    for (Index i = 0; i < B; ++i) {
+    ::rlpo::detail::parallel_for(B, B * T > (Index(1) << 20), [&](Index i) {
         using namespace simd;
         constexpr Index W = width<S>;
         const S* row = m.data() + i * m.outerStride();
@@ -305,7 +305,7 @@ inline RowWeights row_weights_fast(const char* function, const ConstMatRef<S>& m
         for (Index j = 0; j < W; ++j) b = b || lanes[j] == S(0);
         len[static_cast<std::size_t>(i)] = s;
         bad[static_cast<std::size_t>(i)] = b ? 1 : 0;
-    }
+    });
     for (Index i = 0; i < B; ++i)
         if (bad[static_cast<std::size_t>(i)]) return row_weights(function, m, norm);
     // Rebuild with the shared definition of the factors: a one-column "mask" holding the row

@@ -36,7 +36,6 @@ template <std::size_t K>
 struct TermSums {
     double value = 0.0;
     std::array<double, K> stats{};
-    bool bad = false;  ///< a row flagged a non-finite per-token result or gradient
 };
 
 /// What the fused pass reads and writes. Pointers left null switch a term off.
@@ -70,29 +69,38 @@ struct FusedSums {
     TermSums<3> pg;
     TermSums<1> kl;
     TermSums<2> vf;
+    bool bad = false;  ///< a row flagged a non-finite per-token result or weighted gradient
 };
 
-template <class S>
-inline FusedSums<S> fused_pass(const FusedSpec<S>& f, const RowWeights& w) {
+/// The pass with the KL and value terms on or off at compile time (no dead accumulators or
+/// constants competing for registers).
+template <class S, bool KL, bool VF>
+inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
     using namespace ::rlpo::detail::simd;
     using P = Packet<S>;
     constexpr Index W = width<S>;
     const ConstMatRef<S>& mask = *f.mask;
     const Index B = mask.rows(), T = mask.cols();
-    const bool use_kl = f.kl != nullptr, use_vf = f.vf != nullptr;
-    const bool kl_grad = use_kl && f.kl_in_loss;
+    const bool kl_grad = KL && f.kl_in_loss;
     struct Row {
         double pg = 0, kl = 0, vf = 0;
         std::array<double, 3> spg{};
-        std::array<double, 1> skl{};
         std::array<double, 2> svf{};
-        bool bad_pg = false, bad_kl = false, bad_vf = false;
+        bool bad = false;
     };
     std::vector<Row> rows(static_cast<std::size_t>(B));
     S* const glp_base = f.g_logp->data();
     const GradMode glp_mode = f.g_logp->mode();
-    S* const gv_base = use_vf ? f.g_values->data() : nullptr;
-    const GradMode gv_mode = use_vf ? f.g_values->mode() : GradMode::None;
+    S* const gv_base = VF ? f.g_values->data() : nullptr;
+    const GradMode gv_mode = VF ? f.g_values->mode() : GradMode::None;
+    // the kernels' constants as locals of the loop (not reloaded through pointers that the
+    // gradient stores might alias)
+    const policy::detail::PPOClipKernel<S> pg = *f.pg;
+    const penalties::detail::KLPacketConsts<S> klc =
+        KL ? *f.kl : penalties::detail::KLPacketConsts<S>(penalties::KLOptions{});
+    const critic::detail::ValueLossKernel<S> vfk =
+        VF ? *f.vf : critic::detail::ValueLossKernel<S>(critic::ValueLossOptions{});
+    const bool seq_adv = f.seq_adv;
     ::rlpo::detail::parallel_for_dynamic(B, 4, B * T > 32768, [&](Index i) {
         const auto r = static_cast<std::size_t>(i);
         Row& row = rows[r];
@@ -108,12 +116,11 @@ inline FusedSums<S> fused_pass(const FusedSpec<S>& f, const RowWeights& w) {
         const S* lp = f.logp->data() + i * f.logp->outerStride();
         const S* olp = f.old_logp->data() + i * f.old_logp->outerStride();
         const S* ap = f.adv->data() + i * f.adv->outerStride();
-        const S* rp = use_kl ? f.ref_logp->data() + i * f.ref_logp->outerStride() : nullptr;
-        const S* vp = use_vf ? f.values->data() + i * f.values->outerStride() : nullptr;
-        const S* vop = use_vf && f.vf->clip
-                           ? f.old_values->data() + i * f.old_values->outerStride()
-                           : nullptr;
-        const S* Rp = use_vf ? f.returns->data() + i * f.returns->outerStride() : nullptr;
+        const S* rp = KL ? f.ref_logp->data() + i * f.ref_logp->outerStride() : nullptr;
+        const S* vp = VF ? f.values->data() + i * f.values->outerStride() : nullptr;
+        const S* vop =
+            VF && vfk.clip ? f.old_values->data() + i * f.old_values->outerStride() : nullptr;
+        const S* Rp = VF ? f.returns->data() + i * f.returns->outerStride() : nullptr;
         const P zero = set1<S>(S(0));
         const P all = pcmp_eq(zero, zero);
         const P inf = set1<S>(std::numeric_limits<S>::infinity());
@@ -121,14 +128,12 @@ inline FusedSums<S> fused_pass(const FusedSpec<S>& f, const RowWeights& w) {
         const P gs_pg = set1<S>(static_cast<S>(c * f.coef_pg));
         const P gs_kl = set1<S>(static_cast<S>(c * f.coef_kl));
         const P gs_vf = set1<S>(static_cast<S>(c * f.coef_vf));
-        const P a_row = f.seq_adv ? set1<S>(ap[0]) : zero;
-        P acc_pg = zero, acc_kl = zero, acc_vf = zero;
-        P bad_pg = zero, bad_kl = zero, bad_vf = zero;
+        const P a_row = seq_adv ? set1<S>(ap[0]) : zero;
+        // the KL's stat is its loss: one accumulator serves both (the same sums)
+        P acc_pg = zero, acc_kl = zero, acc_vf = zero, bad = zero;
         Packets<S, 3> st_pg, a_pg;
-        Packets<S, 1> a_kl;
         Packets<S, 2> st_vf, a_vf;
         for (std::size_t j = 0; j < 3; ++j) a_pg[j] = zero;
-        a_kl[0] = zero;
         for (std::size_t j = 0; j < 2; ++j) a_vf[j] = zero;
         int pending = 0;
         const auto flush = [&] {
@@ -138,13 +143,11 @@ inline FusedSums<S> fused_pass(const FusedSpec<S>& f, const RowWeights& w) {
                 row.spg[j] += static_cast<double>(Eigen::internal::predux(a_pg[j]));
                 a_pg[j] = zero;
             }
-            if (use_kl) {
+            if constexpr (KL) {
                 row.kl += static_cast<double>(Eigen::internal::predux(acc_kl));
-                row.skl[0] += static_cast<double>(Eigen::internal::predux(a_kl[0]));
                 acc_kl = zero;
-                a_kl[0] = zero;
             }
-            if (use_vf) {
+            if constexpr (VF) {
                 row.vf += static_cast<double>(Eigen::internal::predux(acc_vf));
                 acc_vf = zero;
                 for (std::size_t j = 0; j < 2; ++j) {
@@ -154,7 +157,11 @@ inline FusedSums<S> fused_pass(const FusedSpec<S>& f, const RowWeights& w) {
             }
             pending = 0;
         };
-        const auto finite = [&](const P& x) { return pcmp_lt(Eigen::internal::pabs(x), inf); };
+        // flags a lane whose two values are not both finite
+        const auto flag = [&](const P& x, const P& y) {
+            bad = por(bad, pandnot(all, pand(pcmp_lt(Eigen::internal::pabs(x), inf),
+                                             pcmp_lt(Eigen::internal::pabs(y), inf))));
+        };
         for (Index k = 0; k < T; k += W) {
             const P m = load(mk, k, T);
             const P keep = pandnot(all, pcmp_eq(m, zero));
@@ -166,33 +173,30 @@ inline FusedSums<S> fused_pass(const FusedSpec<S>& f, const RowWeights& w) {
             const P x = load_kept(lp, k, T, keep);
             const P xo = load_kept(olp, k, T, keep);
             // policy surrogate
-            const P a = f.seq_adv ? pand(a_row, keep) : load_kept(ap, k, T, keep);
+            const P a = seq_adv ? pand(a_row, keep) : load_kept(ap, k, T, keep);
             P l_pg, g_pg;
-            f.pg->eval(a, psub(x, xo), l_pg, g_pg, st_pg);
+            pg.eval(a, psub(x, xo), l_pg, g_pg, st_pg);
             P gk_pg = zero, gk_kl = zero;
             if (glp) {
                 gk_pg = pmul(pmul(g_pg, m), gs_pg);
-                bad_pg = por(bad_pg, pandnot(all, pand(finite(l_pg), finite(gk_pg))));
+                flag(l_pg, gk_pg);
             } else {
-                bad_pg = por(bad_pg, pandnot(all, pand(finite(l_pg), finite(g_pg))));
+                flag(l_pg, g_pg);
             }
             acc_pg = padd(acc_pg, pmul(l_pg, m));
             for (std::size_t j = 0; j < 3; ++j) a_pg[j] = padd(a_pg[j], pmul(st_pg[j], m));
             // KL
-            if (use_kl) {
+            if constexpr (KL) {
                 const P y = load_kept(rp, k, T, keep);
                 P l_kl, g_kl;
-                ::rlpo::penalties::detail::kl_packet<S>(psub(kl_grad ? x : xo, y), *f.kl, l_kl,
-                                                        g_kl);
+                ::rlpo::penalties::detail::kl_packet<S>(psub(kl_grad ? x : xo, y), klc, l_kl, g_kl);
                 if (kl_grad && glp) {
                     gk_kl = pmul(pmul(g_kl, m), gs_kl);
-                    bad_kl = por(bad_kl, pandnot(all, pand(finite(l_kl), finite(gk_kl))));
+                    flag(l_kl, gk_kl);
                 } else {
-                    bad_kl = por(bad_kl, pandnot(all, pand(finite(l_kl), finite(g_kl))));
+                    flag(l_kl, g_kl);
                 }
-                const P lm = pmul(l_kl, m);
-                acc_kl = padd(acc_kl, lm);
-                a_kl[0] = padd(a_kl[0], lm);
+                acc_kl = padd(acc_kl, pmul(l_kl, m));
             }
             if (glp) {  // as the parts add into the (zeroed) buffer one after the other
                 P out = glp_mode == GradMode::Add
@@ -202,21 +206,21 @@ inline FusedSums<S> fused_pass(const FusedSpec<S>& f, const RowWeights& w) {
                 store_n(glp, k, T, out);
             }
             // value loss
-            if (use_vf) {
+            if constexpr (VF) {
                 const P v = load_kept(vp, k, T, keep);
                 const P R = load_kept(Rp, k, T, keep);
                 const P vo = vop ? load_kept(vop, k, T, keep) : zero;
                 P l_vf, g_vf;
-                f.vf->eval(v, vo, R, l_vf, g_vf, st_vf);
+                vfk.eval(v, vo, R, l_vf, g_vf, st_vf);
                 if (gv) {
                     const P gk = pmul(pmul(g_vf, m), gs_vf);
-                    bad_vf = por(bad_vf, pandnot(all, pand(finite(l_vf), finite(gk))));
+                    flag(l_vf, gk);
                     if (gv_mode == GradMode::Add)
                         store_n(gv, k, T, padd(load(static_cast<const S*>(gv), k, T), gk));
                     else
                         store_n(gv, k, T, gk);
                 } else {
-                    bad_vf = por(bad_vf, pandnot(all, pand(finite(l_vf), finite(g_vf))));
+                    flag(l_vf, g_vf);
                 }
                 acc_vf = padd(acc_vf, pmul(l_vf, m));
                 for (std::size_t j = 0; j < 2; ++j) a_vf[j] = padd(a_vf[j], pmul(st_vf[j], m));
@@ -224,26 +228,31 @@ inline FusedSums<S> fused_pass(const FusedSpec<S>& f, const RowWeights& w) {
             if (++pending == 8) flush();
         }
         flush();
-        row.pg *= c;
-        row.kl *= c;
+        row.pg *= c;  // row.kl stays unweighted: it is also the KL's stat
         row.vf *= c;
-        row.bad_pg = Eigen::internal::predux_any(bad_pg);
-        row.bad_kl = Eigen::internal::predux_any(bad_kl);
-        row.bad_vf = Eigen::internal::predux_any(bad_vf);
+        row.bad = Eigen::internal::predux_any(bad);
     });
     FusedSums<S> out;
-    for (const Row& row : rows) {  // row order, as the parts combine their rows
+    for (std::size_t r = 0; r < rows.size(); ++r) {  // row order, as the parts combine rows
+        const Row& row = rows[r];
         out.pg.value += row.pg;
-        out.kl.value += row.kl;
+        out.kl.value += w.c[r] * row.kl;
+        out.kl.stats[0] += row.kl;
         out.vf.value += row.vf;
         for (std::size_t j = 0; j < 3; ++j) out.pg.stats[j] += row.spg[j];
-        out.kl.stats[0] += row.skl[0];
         for (std::size_t j = 0; j < 2; ++j) out.vf.stats[j] += row.svf[j];
-        out.pg.bad = out.pg.bad || row.bad_pg;
-        out.kl.bad = out.kl.bad || row.bad_kl;
-        out.vf.bad = out.vf.bad || row.bad_vf;
+        out.bad = out.bad || row.bad;
     }
     return out;
+}
+
+template <class S>
+inline FusedSums<S> fused_pass(const FusedSpec<S>& f, const RowWeights& w) {
+    const bool kl = f.kl != nullptr, vf = f.vf != nullptr;
+    if (kl && vf) return fused_rows<S, true, true>(f, w);
+    if (kl) return fused_rows<S, true, false>(f, w);
+    if (vf) return fused_rows<S, false, true>(f, w);
+    return fused_rows<S, false, false>(f, w);
 }
 
 }  // namespace rlpo::train::detail
