@@ -110,9 +110,8 @@ inline FusedSums<S> fused_pass(const FusedSpec<S>& f, const RowWeights& w) {
         const S* ap = f.adv->data() + i * f.adv->outerStride();
         const S* rp = use_kl ? f.ref_logp->data() + i * f.ref_logp->outerStride() : nullptr;
         const S* vp = use_vf ? f.values->data() + i * f.values->outerStride() : nullptr;
-        const S* vop = use_vf && f.vf->clip
-                           ? f.old_values->data() + i * f.old_values->outerStride()
-                           : nullptr;
+        const S* vop =
+            use_vf && f.vf->clip ? f.old_values->data() + i * f.old_values->outerStride() : nullptr;
         const S* Rp = use_vf ? f.returns->data() + i * f.returns->outerStride() : nullptr;
         const P zero = set1<S>(S(0));
         const P all = pcmp_eq(zero, zero);
