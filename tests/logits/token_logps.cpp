@@ -455,3 +455,42 @@ TEST_CASE("token_logps: a gradient beyond the storage type is numerical_error",
     CHECK(
         token_logps_vjp(z, c.y, m, Mat<float>(c.g.cast<float>()), o).grad.array().isFinite().all());
 }
+
+TEST_CASE("token_logps: a chunk of only -inf logits in a long row", "[logits][properties]") {
+    // V = 5000 spans three chunks of the sweeps; the middle one is all −inf (a banned
+    // vocabulary range): its probabilities and gradient are exactly 0, the rest is the
+    // softmax by hand, and the fused call equals forward + backward bit for bit
+    const Case c = make_case(51, 2, 3, 5000, 1.5, 0.0, false);
+    Mat<double> z = c.z;
+    for (Index n = 0; n < z.rows(); ++n)
+        for (Index j = 2048; j < 4096; ++j) z(n, j) = -kInf;
+    Labels y = c.y;
+    for (Index k = 0; k < y.size(); ++k)
+        if (y.data()[k] >= 2048 && y.data()[k] < 4096) y.data()[k] = 7;
+    TokenLogpsOptions o;
+    o.temperature = 1.5;
+    const auto r = rlpo::logits::token_logps_vjp(z, y, c.mask, c.g, o);
+    const auto fwd = rlpo::logits::token_logps(z, y, c.mask, o);
+    const auto bwd = rlpo::logits::token_logps_backward(z, y, c.mask, fwd, c.g);
+    CHECK(bwd.grad == r.grad);
+    CHECK(fwd.logp == r.logp);
+    const Index T = c.mask.cols();
+    for (Index n = 0; n < z.rows(); ++n) {
+        if (c.mask(n / T, n % T) == 0) continue;
+        double m = -kInf;
+        for (Index j = 0; j < z.cols(); ++j) m = std::max(m, z(n, j));
+        double s = 0;
+        for (Index j = 0; j < z.cols(); ++j) s += std::exp((z(n, j) - m) / 1.5);
+        const double g = c.g(n / T, n % T);
+        const Index lab = static_cast<Index>(y(n / T, n % T));
+        for (Index j = 0; j < z.cols(); ++j) {
+            const double p = std::exp((z(n, j) - m) / 1.5) / s;
+            const double expect = g / 1.5 * ((j == lab ? 1.0 : 0.0) - p);
+            if (j >= 2048 && j < 4096)
+                CHECK(r.grad(n, j) == 0.0);
+            else
+                CHECK(std::abs(r.grad(n, j) - expect) <=
+                      1e-12 * std::abs(g) + 1e-13 * std::abs(expect));
+        }
+    }
+}

@@ -261,8 +261,15 @@ void sweep_rows(const Inputs<S>& in, double tau, Pass pass, const TokenLogps<S>*
         if (j >= 0) r.err[k] = {"gradient overflows the storage type at", j, true};
     };
     ::rlpo::detail::parallel_region(N * V > 32768 && N > 1, [&](const ::rlpo::detail::Team& team) {
-        Eigen::Array<A, Eigen::Dynamic, 1> wide, buf;
+        Eigen::Array<A, Eigen::Dynamic, 1> wide, buf, ebuf, cmax;
         if (grad) buf.resize(kChunk);
+        // the fused call keeps the forward's exponentials of the row (and its chunk maxima)
+        // for the backward sweep: one exponential per entry instead of two
+        const bool keep_exp = grad && pass == Pass::Vjp;
+        if (keep_exp) {
+            ebuf.resize(V + simd::width<A>);
+            cmax.resize((V + kChunk - 1) / kChunk);
+        }
         const auto row_ptr = [&](Index n) -> const A* {
             const S* src = in.z.data() + n * in.z.outerStride();
             if constexpr (std::is_same<S, A>::value) {
@@ -287,10 +294,15 @@ void sweep_rows(const Inputs<S>& in, double tau, Pass pass, const TokenLogps<S>*
                     s.log_sum = saved->log_sum(b, t);
                     s.mean_shift = BEnt ? saved->mean_shift(b, t) : 0.0;
                 } else {
-                    s = forward_row<A, FEnt>(x, V, tau);
+                    s = keep_exp ? forward_row<A, FEnt>(x, V, tau, ebuf.data(), cmax.data())
+                                 : forward_row<A, FEnt>(x, V, tau);
                 }
                 Back back;
                 if (prepare(n, x, s, back)) {
+                    if (keep_exp) {
+                        back.e = ebuf.data();
+                        back.cmax = cmax.data();
+                    }
                     if constexpr (std::is_same<S, A>::value)
                         if (n + 1 < hi) back.next = in.z.data() + (n + 1) * in.z.outerStride();
                     back.row(V, buf.data());

@@ -123,7 +123,8 @@ public:
     /// same loop, into `next_max`: its reads from memory overlap this chunk's exponentials
     /// (from L1), so a row is swept at the memory's pace rather than at the sum of the two.
     /// False once the row is bad.
-    bool step(const A* c, Index len, A cm, const A* nx, Index nlen, A& next_max) {
+    bool step(const A* c, Index len, A cm, const A* nx, Index nlen, A& next_max,
+              A* e_out = nullptr) {
         namespace ei = Eigen::internal;
         using P = simd::Packet<A>;
         constexpr Index W = simd::width<A>;
@@ -156,6 +157,10 @@ public:
             const P d1 = simd::psub(ei::ploadu<P>(c + j + W), vm);
             const P e0 = Exp<A>::packet(simd::pmul(d0, va));
             const P e1 = Exp<A>::packet(simd::pmul(d1, va));
+            if (e_out) {
+                ei::pstore(e_out + j, e0);
+                ei::pstore(e_out + j + W, e1);
+            }
             s0 = simd::padd(s0, e0);
             s1 = simd::padd(s1, e1);
             if constexpr (Ent) {
@@ -166,6 +171,7 @@ public:
         for (; j < len; j += W) {
             const P d = simd::psub(load_pad<A>(c, j, len, ninf), vm);
             const P e = Exp<A>::packet(simd::pmul(d, va));
+            if (e_out) ei::pstore(e_out + j, e);  // the buffer has room for whole packets
             s0 = simd::padd(s0, e);
             if constexpr (Ent) t0 = ei::pmadd(e, simd::pmax(d, vlo), t0);
         }
@@ -217,15 +223,23 @@ private:
 };
 
 /// The forward sweep of one whole row (file comment). `Ent`: also the entropy's sum.
+/// With `e_out` (room for V entries rounded up to a packet, 64-byte aligned) and `cmax` (one
+/// entry per chunk), the sweep also keeps each entry's e^{(x − m_k)/T} and each chunk's
+/// maximum m_k, which the fused call's backward sweep then scales instead of recomputing the
+/// exponentials (a chunk of only −inf keeps no exponentials: its maximum says so).
 template <class A, bool Ent>
-inline RowStats forward_row(const A* x, Index V, double temperature) {
+inline RowStats forward_row(const A* x, Index V, double temperature, A* e_out = nullptr,
+                            A* cmax = nullptr) {
     ForwardSweep<A, Ent> f(temperature);
     const auto len_at = [&](Index off) { return V - off < kChunk ? V - off : kChunk; };
     A cm = chunk_max<A>(x, len_at(0));
     for (Index off = 0; off < V; off += kChunk) {
         const Index len = len_at(off), next = off + len;
         A next_max = A(0);
-        if (!f.step(x + off, len, cm, x + next, next < V ? len_at(next) : 0, next_max)) break;
+        if (cmax) cmax[off / kChunk] = cm;
+        if (!f.step(x + off, len, cm, x + next, next < V ? len_at(next) : 0, next_max,
+                    e_out ? e_out + off : nullptr))
+            break;
         cm = next_max;
     }
     return f.finish();
@@ -281,6 +295,10 @@ struct BackwardSweep {
     bool add = false;
     /// the thread's next row (null: none): prefetched into L2 as this row's chunks are written
     const A* next = nullptr;
+    /// The forward sweep's e^{(x − m_k)/T} and chunk maxima (`forward_row`), or null: then
+    /// each chunk's maximum and exponentials are recomputed here, with the same operations.
+    const A* e = nullptr;
+    const A* cmax = nullptr;
 
     void chunk(Index off, Index len, A* buf) const {
         namespace ei = Eigen::internal;
@@ -289,13 +307,38 @@ struct BackwardSweep {
         constexpr A ninf = -std::numeric_limits<A>::infinity();
         const A a = static_cast<A>(Exp<A>::factor(temperature));
         const P va = simd::set1<A>(a), vlo = simd::set1<A>(Exp<A>::lo / a);
-        const P vm = simd::set1<A>(M), val = simd::set1<A>(alpha), vbe = simd::set1<A>(beta);
         const A* c = x + off;
-        const auto term = [&](const P& xv) {
-            const P d = simd::psub(xv, vm);
-            const P e = Exp<A>::packet(simd::pmul(d, va));
-            if constexpr (Ent) return simd::pmul(e, ei::pmadd(simd::pmax(d, vlo), vbe, val));
-            return simd::pmul(e, val);
+        // e_j = e^{(x_j − m_k)/T} · e^{(m_k − M)/T}: the chunk's own exponentials (what the
+        // forward sweep formed) times one scale per chunk, folded into α and β
+        const A cm = cmax ? cmax[off / kChunk] : chunk_max<A>(c, len);
+        if (!(cm > ninf)) {  // a chunk of only −inf logits: probabilities and gradient 0
+            const P z = simd::set1<A>(A(0));
+            for (Index j = 0; j < len; j += W) simd::store_n<A>(buf, j, len, z);
+            if (label >= off && label < off + len) buf[label - off] = grad_label;
+            emit_chunk<S, A>(dst + off, buf, len, add);
+            return;
+        }
+        const A scale = static_cast<A>(
+            std::exp((static_cast<double>(cm) - static_cast<double>(M)) / temperature));
+        const P vm = simd::set1<A>(M), vcm = simd::set1<A>(cm);
+        const P val = simd::set1<A>(scale * alpha), vbe = simd::set1<A>(scale * beta);
+        const A* ec = e ? e + off : nullptr;
+        const auto term_at = [&](const P& xv, const A* ep) {
+            const P ek =
+                ep ? ei::ploadu<P>(ep) : Exp<A>::packet(simd::pmul(simd::psub(xv, vcm), va));
+            if constexpr (Ent)
+                return simd::pmul(ek, ei::pmadd(simd::pmax(simd::psub(xv, vm), vlo), vbe, val));
+            return simd::pmul(ek, val);
+        };
+        // without the entropy the stored exponentials are all the fused call reads
+        const auto xload = [&](Index j) {
+            if constexpr (!Ent)
+                if (ec) return simd::set1<A>(A(0));
+            return ei::ploadu<P>(c + j);
+        };
+        const auto term = [&](Index j) { return term_at(xload(j), ec ? ec + j : nullptr); };
+        const auto term_tail = [&](Index j) {
+            return term_at(load_pad<A>(c, j, len, ninf), ec ? ec + j : nullptr);
         };
         Index j = 0;
         if constexpr (simd::kStreamingStores && std::is_same<S, float>::value &&
@@ -310,21 +353,20 @@ struct BackwardSweep {
                         simd::prefetch_l2(next + off + j);
                         simd::prefetch_l2(next + off + j + W);
                     }
-                    simd::stream_packet(d + j, term(ei::ploadu<P>(c + j)));
-                    simd::stream_packet(d + j + W, term(ei::ploadu<P>(c + j + W)));
+                    simd::stream_packet(d + j, term(j));
+                    simd::stream_packet(d + j + W, term(j + W));
                 }
                 if (j == len) return;
-                for (Index k = j; k < len; k += W)
-                    simd::store_n<A>(buf, k, len, term(load_pad<A>(c, k, len, ninf)));
+                for (Index k = j; k < len; k += W) simd::store_n<A>(buf, k, len, term_tail(k));
                 for (Index k = j; k < len; ++k) d[k] = buf[k];
                 return;
             }
         }
         for (; j + 2 * W <= len; j += 2 * W) {
-            ei::pstore(buf + j, term(ei::ploadu<P>(c + j)));
-            ei::pstore(buf + j + W, term(ei::ploadu<P>(c + j + W)));
+            ei::pstore(buf + j, term(j));
+            ei::pstore(buf + j + W, term(j + W));
         }
-        for (; j < len; j += W) simd::store_n<A>(buf, j, len, term(load_pad<A>(c, j, len, ninf)));
+        for (; j < len; j += W) simd::store_n<A>(buf, j, len, term_tail(j));
         if (label >= off && label < off + len) buf[label - off] = grad_label;
         emit_chunk<S, A>(dst + off, buf, len, add);
     }
