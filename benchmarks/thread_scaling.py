@@ -1,0 +1,91 @@
+#!/usr/bin/python3
+"""Thread scaling of rlpo's vocabulary kernels: each kernel at 1, 2, ..., nproc threads.
+
+Usage: /usr/bin/python3 benchmarks/thread_scaling.py [--build DIR] [--threads 1,2,4]
+                                                      [--rounds K] [--filter REGEX]
+                                                      [--min-time SECONDS]
+
+Runs the Google Benchmarks of bench_distill (the distillation divergences and the vocabulary
+penalties) and bench_logits (the fused log-prob call) from DIR/benchmarks (build them with
+`cmake --build DIR --target bench_distill bench_logits`, RLPO_BENCH_NATIVE on) once per thread
+count and round, the thread counts interleaved within each round so that all of them see the
+same machine. For every kernel it prints, per thread count, the median time over the rounds,
+the speed-up over one thread and the median roofline counter (the call's bytes per second over
+the triad bandwidth measured just before each call in the same process, with the same
+threads), as a Markdown table, and in its last row the triad bandwidth at each count:
+
+    | kernel | 1 thread | 2 threads | ...
+    | BM_distill_forward_kl/2048/32768 | 27.1 ms (1.00×, 0.52) | 14.0 ms (1.94×, 0.97) | ...
+
+A kernel that is bound by memory stops scaling once its roofline nears 1; one that is bound by
+arithmetic keeps scaling with the cores until it meets the bandwidth.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+
+BINARIES = ["bench_distill", "bench_logits"]
+
+
+def run(build, binary, threads, regex, min_time):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    out = subprocess.run(
+        [os.path.join(build, "benchmarks", binary), f"--benchmark_filter={regex}",
+         f"--benchmark_min_time={min_time}", "--benchmark_format=json"],
+        env=env, check=True, capture_output=True, text=True).stdout
+    res = {}
+    for b in json.loads(out)["benchmarks"]:
+        if b.get("run_type", "iteration") != "iteration":
+            continue
+        name = b["name"].replace("/real_time", "")
+        if name.startswith("BM_bandwidth"):
+            continue
+        ms = b["real_time"] * {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b["time_unit"]]
+        res[name] = (ms, b.get("roofline"), b.get("triad_GBps"))
+    return res
+
+
+def main():
+    cores = os.cpu_count() or 2
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--build", default=os.environ.get("RLPO_BENCH_BUILD_DIR", "build"))
+    ap.add_argument("--threads", default=",".join(str(t) for t in range(1, cores + 1)))
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--filter", default="BM_distill|BM_penalty|BM_token_logps_vjp")
+    ap.add_argument("--min-time", default="0.5")
+    args = ap.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+    times, roofs, triads = {}, {}, {}
+    for _ in range(args.rounds):
+        for t in threads:
+            for binary in BINARIES:
+                for name, (ms, roof, triad) in run(args.build, binary, t, args.filter,
+                                                   args.min_time).items():
+                    times.setdefault(name, {}).setdefault(t, []).append(ms)
+                    if roof is not None:
+                        roofs.setdefault(name, {}).setdefault(t, []).append(roof)
+                    if triad is not None:
+                        triads.setdefault(t, []).append(triad)
+    print("| kernel | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in threads) + " |")
+    print("|---" * (len(threads) + 1) + "|")
+    for name, per in times.items():
+        base = statistics.median(per[threads[0]]) if threads[0] in per else None
+        cells = []
+        for t in threads:
+            if t not in per:
+                cells.append("–")
+                continue
+            ms = statistics.median(per[t])
+            speed = f"{base / ms:.2f}×" if base else "–"
+            roof = roofs.get(name, {}).get(t)
+            cells.append(f"{ms:.1f} ms ({speed}, {statistics.median(roof):.2f})" if roof
+                         else f"{ms:.1f} ms ({speed})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("| triad bandwidth (median beside the calls) | " + " | ".join(
+        f"{statistics.median(triads[t]):.1f} GB/s" if t in triads else "–" for t in threads) + " |")
+
+
+if __name__ == "__main__":
+    main()
