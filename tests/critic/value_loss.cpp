@@ -242,6 +242,19 @@ TEST_CASE("value_loss / safe_critic_loss: bad input gives the documented error",
     bad(0, 0) = std::numeric_limits<double>::quiet_NaN();
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rc::value_loss(x, bad, x, m), "old_values: NaN at [0, 0]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rc::value_loss(x, x, bad, m), "returns: NaN at [0, 0]");
+    {
+        // finite float inputs whose (v − R)² overflows float: the loss is computed in float
+        Mat<float> vf = Mat<float>::Zero(2, 3), rf = vf;
+        vf(1, 2) = 1e20f;
+        rf(1, 2) = -1e20f;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(rc::value_loss(vf, vf, rf, Mat<float>(m.cast<float>())),
+                                        "inputs at [1, 2] give a non-finite loss or gradient");
+        // the same in double is finite
+        CHECK(std::isfinite(rc::value_loss(Mat<double>(vf.cast<double>()),
+                                           Mat<double>(vf.cast<double>()),
+                                           Mat<double>(rf.cast<double>()), m)
+                                .value));
+    }
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rc::safe_critic_loss(x, y, x, x, m),
                                     "critic::safe_critic_loss(): v2: expected shape");
     SAFECriticOptions s;

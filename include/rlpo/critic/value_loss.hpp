@@ -33,8 +33,9 @@
 ///
 /// **Bad input**: shape mismatches, c ≤ 0, α ≤ 0, δ ≤ 0 → rlpo::invalid_argument; NaN under a
 /// non-zero mask → rlpo::invalid_argument naming the input; a per-token loss or gradient that is
-/// not finite (infinite values or returns, or finite ones whose (V − R)² overflows) →
-/// rlpo::invalid_argument listing the inputs at that position; a value or metric whose sum
+/// not finite (infinite values or returns, or finite ones whose (V − R)² overflows: in the
+/// storage type for `value_loss`, which computes in it) → rlpo::invalid_argument listing the
+/// inputs at that position; a value or metric whose sum
 /// overflows, or a weighted gradient entry beyond the storage type → rlpo::numerical_error.
 /// An empty mask gives value 0, gradient 0. Allocates: nothing besides the result.
 

@@ -397,8 +397,10 @@ private:
 
     /// The single token pass (train/detail/fused.hpp): PPO clip + KL + value loss in one read
     /// of the token inputs, each gradient written once, bit-equal to `composed`. Returns
-    /// nothing when a check fails or the pass flags a non-finite result: the caller then runs
-    /// `composed`, which throws that error as the parts report it (in their order).
+    /// nothing when one of the parts' checks fails (before anything is written): the caller
+    /// then runs `composed`, which throws that error as the parts report it, in their order.
+    /// When the pass flags a non-finite result, the parts run again into scratch buffers and
+    /// throw it the same way.
     std::optional<StepResult<S>> fused_step(const StepInputs<S>& in, const StepGradients<S>& out,
                                             bool seq_adv) const {
         const ConstMatRef<S>& lp = *in.logp;
@@ -464,7 +466,9 @@ private:
             StepGradients<S> scratch;
             scratch.logp.mode = out.logp.mode == GradMode::None ? GradMode::None : GradMode::Own;
             scratch.logp.coef = out.logp.coef;
-            scratch.logits = out.logits;
+            scratch.logits.mode =
+                out.logits.mode == GradMode::None ? GradMode::None : GradMode::Own;
+            scratch.logits.coef = out.logits.coef;
             scratch.values.mode =
                 out.values.mode == GradMode::None ? GradMode::None : GradMode::Own;
             scratch.values.coef = out.values.coef;

@@ -11,9 +11,9 @@
 /// then in double, rows added in row order). Per-sequence advantages (`[B, 1]`) are read once
 /// per row and broadcast in registers, equal to a `[B, T]` broadcast (0 at masked tokens).
 ///
-/// Errors: the pass only flags a non-finite per-token result or an overflowing weighted
-/// gradient per term and row; the caller then reruns the composed parts, which throw exactly
-/// the composed step's error (naming the input and position).
+/// Errors: the pass only flags a row with a non-finite per-token result or an overflowing
+/// weighted gradient (any term); the caller then reruns the composed parts, which throw
+/// exactly the composed step's error (naming the part, the input and the position).
 
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/detail/parallel.hpp>
