@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <vector>
 
 namespace rlpo_bw {
 
@@ -93,6 +94,38 @@ inline double triad_bytes() { return 3.0 * sizeof(float) * static_cast<double>(k
 inline Arrays& shared_arrays() {
     static Arrays x(kElems);
     return x;
+}
+
+/// Median of v (0 for none).
+inline double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const std::size_t n = v.size();
+    return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
+}
+
+/// The benchmark loop of the roofline benchmarks: before each timed `call()` (outside the
+/// timing) one triad pass over `shared_arrays()`; the call's `bytes` per second over that
+/// pass's bytes per second is one ratio. Sets the counters `roofline` (median ratio) and
+/// `triad_GBps` (median triad bandwidth) and the bytes processed.
+template <class F>
+inline void paired_roofline(benchmark::State& state, double bytes, F&& call) {
+    Arrays& x = shared_arrays();
+    std::vector<double> ratio, triad_bw;
+    for (auto _ : state) {
+        state.PauseTiming();
+        const double tt = timed_triad(x);
+        state.ResumeTiming();
+        const auto t0 = std::chrono::steady_clock::now();
+        call();
+        benchmark::ClobberMemory();
+        const double tk =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        triad_bw.push_back(triad_bytes() / tt);
+        ratio.push_back(bytes / tk / triad_bw.back());
+    }
+    state.SetBytesProcessed(static_cast<int64_t>(bytes) * state.iterations());
+    state.counters["roofline"] = median(ratio);
+    state.counters["triad_GBps"] = median(triad_bw) / 1e9;
 }
 
 }  // namespace rlpo_bw

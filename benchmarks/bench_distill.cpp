@@ -41,31 +41,12 @@ void bench_divergence(benchmark::State& state, Divergence d) {
     rlpo::distill::DistillOptions o = rlpo::distill::DistillOptions::make(d);
     o.beta = 0.5;
     const double bw = rlpo_bw::triad_bytes_per_second();
-    rlpo_bw::Arrays& x = rlpo_bw::shared_arrays();
     const double bytes = 12.0 * static_cast<double>(N) * static_cast<double>(V);
-    std::vector<double> ratio, triad;
-    for (auto _ : state) {
-        state.PauseTiming();
-        const double tt = rlpo_bw::timed_triad(x);
-        state.ResumeTiming();
-        const auto t0 = std::chrono::steady_clock::now();
+    rlpo_bw::paired_roofline(state, bytes, [&] {
         const auto r =
             rlpo::distill::divergence(z, y, mask, o, rlpo::Normalizer{}, rlpo::write_to<float>(g));
         benchmark::DoNotOptimize(r.value);
-        benchmark::ClobberMemory();
-        const auto t1 = std::chrono::steady_clock::now();
-        const double tk = std::chrono::duration<double>(t1 - t0).count();
-        triad.push_back(rlpo_bw::triad_bytes() / tt);
-        ratio.push_back(bytes / tk / triad.back());
-    }
-    auto median = [](std::vector<double> v) {
-        std::sort(v.begin(), v.end());
-        const std::size_t n = v.size();
-        return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
-    };
-    state.SetBytesProcessed(static_cast<int64_t>(bytes) * state.iterations());
-    state.counters["roofline"] = median(ratio);
-    state.counters["triad_GBps"] = median(triad) / 1e9;
+    });
     state.counters["roofline_start"] = benchmark::Counter(
         bytes * static_cast<double>(state.iterations()) / bw, benchmark::Counter::kIsRate);
 }

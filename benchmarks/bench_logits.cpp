@@ -41,15 +41,9 @@ void bench_token_logps(benchmark::State& state, What what) {
     const Mat<float> mask = Mat<float>::Ones(N, 1);
     const rlpo::logits::TokenLogpsOptions o;
     const auto fwd = rlpo::logits::token_logps(z, labels, mask, o);
-    rlpo_bw::Arrays& x = rlpo_bw::shared_arrays();
     const double bytes =
         (what == What::Forward ? 4.0 : 8.0) * static_cast<double>(N) * static_cast<double>(V);
-    std::vector<double> ratio, triad;
-    for (auto _ : state) {
-        state.PauseTiming();
-        const double tt = rlpo_bw::timed_triad(x);
-        state.ResumeTiming();
-        const auto t0 = std::chrono::steady_clock::now();
+    rlpo_bw::paired_roofline(state, bytes, [&] {
         double v = 0;
         if (what == What::Vjp)
             v = rlpo::logits::token_logps_vjp(z, labels, mask, up, o, rlpo::write_to<float>(grad))
@@ -61,20 +55,7 @@ void bench_token_logps(benchmark::State& state, What what) {
                                                    rlpo::write_to<float>(grad))
                     .value;
         benchmark::DoNotOptimize(v);
-        benchmark::ClobberMemory();
-        const auto t1 = std::chrono::steady_clock::now();
-        const double tk = std::chrono::duration<double>(t1 - t0).count();
-        triad.push_back(rlpo_bw::triad_bytes() / tt);
-        ratio.push_back(bytes / tk / triad.back());
-    }
-    auto median = [](std::vector<double> v) {
-        std::sort(v.begin(), v.end());
-        const std::size_t n = v.size();
-        return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
-    };
-    state.SetBytesProcessed(static_cast<int64_t>(bytes) * state.iterations());
-    state.counters["roofline"] = median(ratio);
-    state.counters["triad_GBps"] = median(triad) / 1e9;
+    });
 }
 
 }  // namespace

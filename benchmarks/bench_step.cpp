@@ -84,36 +84,13 @@ Rollout& shared(bool critic) {
     return *r;
 }
 
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    const std::size_t n = v.size();
-    return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
-}
-
-/// Times `call` per iteration, each after a triad pass (outside the timing), and sets the
-/// roofline counters for `bytes_per_token` bytes that must move per token (as bench_distill).
+/// Times `call` per iteration against the triad measured just before it
+/// (`rlpo_bw::paired_roofline`), for `bytes_per_token` bytes that must move per token.
 template <class F>
 void timed(benchmark::State& state, Index tokens, double bytes_per_token, F&& call) {
-    rlpo_bw::Arrays& x = rlpo_bw::shared_arrays();
-    const double bytes = bytes_per_token * static_cast<double>(tokens);
-    std::vector<double> ratio, triad;
-    for (auto _ : state) {
-        state.PauseTiming();
-        const double tt = rlpo_bw::timed_triad(x);
-        state.ResumeTiming();
-        const auto t0 = std::chrono::steady_clock::now();
-        call();
-        benchmark::ClobberMemory();
-        const double tk =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        triad.push_back(rlpo_bw::triad_bytes() / tt);
-        ratio.push_back(bytes / tk / triad.back());
-    }
+    rlpo_bw::paired_roofline(state, bytes_per_token * static_cast<double>(tokens), call);
     state.SetItemsProcessed(state.iterations() * tokens);
-    state.SetBytesProcessed(static_cast<int64_t>(bytes) * state.iterations());
     state.counters["tokens"] = static_cast<double>(tokens);
-    state.counters["roofline"] = median(ratio);
-    state.counters["triad_GBps"] = median(triad) / 1e9;
 }
 
 rlpo::train::StepOptions grpo_options() {

@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace demo {
@@ -195,6 +196,82 @@ inline double greedy_accuracy(Net& policy, int T) {
     return ok / 100.0;
 }
 
+/// One block of rows [i0, i0 + n) of a mini-batch through the policy (and critic), the step
+/// and back: the step's result and the parameter gradients of the block (the critic's only
+/// when `use_critic`). Shared by the one-process and the data-parallel loops.
+struct BlockGrads {
+    rlpo::train::StepResult<float> res;
+    decltype(std::declval<Net&>().zeros()) policy, critic;
+};
+
+inline BlockGrads block_step(const rlpo::train::TrainingStep<float>& step, Net& policy, Net& critic,
+                             bool use_critic, const Rollout& r, const Prepared& prep,
+                             const RM& ref_logp, const RM& values_old, Index i0, Index n) {
+    const auto ctx = contexts(r, i0, n);
+    RM probs;
+    const RM z = policy.forward(ctx);
+    const RM logp = gather_logp(z, r, i0, n, probs);
+    rlpo::train::StepInputs<float> in;
+    in.logp = logp;
+    in.mask = prep.mask.middleRows(i0, n);
+    in.advantages = prep.advantages.middleRows(i0, n);
+    in.old_logp = r.old_logp.middleRows(i0, n);
+    in.ref_logp = ref_logp.middleRows(i0, n);
+    if (step.uses_logits()) in.logits = z;
+    RM vpred;
+    if (use_critic) {
+        const RM& v = critic.forward(ctx);
+        vpred = Eigen::Map<const RM>(v.data(), n, r.T);
+        in.values = vpred;
+        in.old_values = values_old.middleRows(i0, n);
+        in.returns = prep.returns.middleRows(i0, n);
+    }
+    BlockGrads out;
+    out.res = step(in);
+    const auto& res = out.res;
+    // d loss / d logits = g_logp · (onehot(y) − softmax) + d/dlogits of logit terms
+    RM dz = step.uses_logits() ? res.grad_logits : RM::Zero(z.rows(), z.cols());
+    for (Index i = 0; i < n; ++i)
+        for (Index t = 0; t < r.T; ++t) {
+            const float g = res.grad_logp(i, t);
+            if (g == 0.0f) continue;
+            const Index rr = i * r.T + t;
+            dz.row(rr) -= g * probs.row(rr);
+            dz(rr, static_cast<Index>(r.tokens(i0 + i, t))) += g;
+        }
+    out.policy = policy.zeros();
+    policy.backward(dz, out.policy);  // activations of the forward above
+    if (use_critic) {
+        out.critic = critic.zeros();
+        const RM dv = Eigen::Map<const RM>(res.grad_values.data(), n * r.T, 1);
+        critic.backward(dv, out.critic);
+    }
+    return out;
+}
+
+/// The reference log-probs and (PPO) rollout-time values of a whole rollout.
+inline void reference_and_values(Net& ref, Net& critic, bool use_critic, const Rollout& r,
+                                 RM& ref_logp, RM& values_old) {
+    const auto ctx = contexts(r, 0, r.N);
+    RM probs;
+    ref_logp = gather_logp(ref.forward(ctx), r, 0, r.N, probs);
+    if (use_critic) {
+        const RM& v = critic.forward(ctx);
+        values_old = Eigen::Map<const RM>(v.data(), r.N, r.T);
+    }
+}
+
+/// The logged row of one step from the merged results of its mini-batches.
+inline void finish_row(Row& row, const rlpo::train::StepResult<float>& agg, const Prepared& prep,
+                       int minibatches) {
+    const auto& mt = agg.metrics;
+    row.kl = mt.contains("actor/kl_loss")     ? mt["actor/kl_loss"]
+             : mt.contains("actor/reward_kl") ? mt["actor/reward_kl"]
+                                              : prep.kl;
+    row.clipfrac = mt.contains("actor/pg_clipfrac") ? mt["actor/pg_clipfrac"] : 0.0;
+    row.loss = agg.loss / minibatches;
+}
+
 /// Train one objective; returns the per-step rows and fills start / end accuracy.
 inline std::vector<Row> train(const Config& cfg, const Objective& obj, double& acc_start,
                               double& acc_end) {
@@ -215,15 +292,7 @@ inline std::vector<Row> train(const Config& cfg, const Objective& obj, double& a
         const auto groups = rlpo::rollout::Groups::equal(r.N, cfg.group);
         // reference log-probs and (PPO) rollout-time values
         RM ref_logp, values_old;
-        {
-            const auto ctx = contexts(r, 0, r.N);
-            RM probs;
-            ref_logp = gather_logp(ref.forward(ctx), r, 0, r.N, probs);
-            if (obj.critic) {
-                const RM& v = critic.forward(ctx);
-                values_old = Eigen::Map<const RM>(v.data(), r.N, r.T);
-            }
-        }
+        reference_and_values(ref, critic, obj.critic, r, ref_logp, values_old);
         Prepared prep = prepare(obj, r, groups, ref_logp, values_old);
 
         Row row;
@@ -235,57 +304,18 @@ inline std::vector<Row> train(const Config& cfg, const Objective& obj, double& a
         const Index mb = r.N / cfg.minibatches;
         for (int m = 0; m < cfg.minibatches; ++m) {
             const Index i0 = m * mb;
-            const auto ctx = contexts(r, i0, mb);
-            RM probs;
-            const RM z = policy.forward(ctx);
-            const RM logp = gather_logp(z, r, i0, mb, probs);
-            rlpo::train::StepInputs<float> in;
-            in.logp = logp;
-            in.mask = prep.mask.middleRows(i0, mb);
-            in.advantages = prep.advantages.middleRows(i0, mb);
-            in.old_logp = r.old_logp.middleRows(i0, mb);
-            in.ref_logp = ref_logp.middleRows(i0, mb);
-            if (step.uses_logits()) in.logits = z;
-            RM vpred;
-            if (obj.critic) {
-                const RM& v = critic.forward(ctx);
-                vpred = Eigen::Map<const RM>(v.data(), mb, r.T);
-                in.values = vpred;
-                in.old_values = values_old.middleRows(i0, mb);
-                in.returns = prep.returns.middleRows(i0, mb);
-            }
-            const auto res = step(in);
-            // d loss / d logits = g_logp · (onehot(y) − softmax) + d/dlogits of logit terms
-            RM dz = step.uses_logits() ? res.grad_logits : RM::Zero(z.rows(), z.cols());
-            for (Index i = 0; i < mb; ++i)
-                for (Index t = 0; t < r.T; ++t) {
-                    const float g = res.grad_logp(i, t);
-                    if (g == 0.0f) continue;
-                    const Index rr = i * r.T + t;
-                    dz.row(rr) -= g * probs.row(rr);
-                    dz(rr, static_cast<Index>(r.tokens(i0 + i, t))) += g;
-                }
-            auto grads = policy.zeros();
-            policy.backward(dz, grads);  // activations of the forward above
-            opt.step(policy, grads);
-            if (obj.critic) {
-                auto cg = critic.zeros();
-                const RM dv = Eigen::Map<const RM>(res.grad_values.data(), mb * r.T, 1);
-                critic.backward(dv, cg);
-                copt.step(critic, cg);
-            }
+            BlockGrads bg =
+                block_step(step, policy, critic, obj.critic, r, prep, ref_logp, values_old, i0, mb);
+            const auto& res = bg.res;
+            opt.step(policy, bg.policy);
+            if (obj.critic) copt.step(critic, bg.critic);
             if (m == 0)
                 agg = res;
             else
                 agg.merge(res);
         }
         row.accuracy = greedy_accuracy(policy, cfg.max_len);
-        const auto& mt = agg.metrics;
-        row.kl = mt.contains("actor/kl_loss")     ? mt["actor/kl_loss"]
-                 : mt.contains("actor/reward_kl") ? mt["actor/reward_kl"]
-                                                  : prep.kl;
-        row.clipfrac = mt.contains("actor/pg_clipfrac") ? mt["actor/pg_clipfrac"] : 0.0;
-        row.loss = agg.loss / cfg.minibatches;
+        finish_row(row, agg, prep, cfg.minibatches);
         row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         rows.push_back(row);
         bar.update(row);
@@ -319,15 +349,7 @@ inline std::vector<Row> train_parallel(const Config& cfg, const Objective& obj, 
     for (int it = 0; it < cfg.steps; ++it) {
         Rollout r = sample(policy, cfg, rng);
         RM ref_logp, values_old;
-        {
-            const auto ctx = contexts(r, 0, r.N);
-            RM probs;
-            ref_logp = gather_logp(ref.forward(ctx), r, 0, r.N, probs);
-            if (obj.critic) {
-                const RM& v = critic.forward(ctx);
-                values_old = Eigen::Map<const RM>(v.data(), r.N, r.T);
-            }
-        }
+        reference_and_values(ref, critic, obj.critic, r, ref_logp, values_old);
         const Prepared prep = prepare_rows(obj, r, mine, cfg.group, ref_logp, values_old, red);
         Row row;
         row.step = it + 1;
@@ -346,44 +368,13 @@ inline std::vector<Row> train_parallel(const Config& cfg, const Objective& obj, 
             std::vector<float> pg, cg;
             for (int s = first; s < last; ++s) {
                 const Index i0 = m * mb + s * per_shard, n = per_shard;
-                const auto ctx = contexts(r, i0, n);
-                RM probs;
-                const RM z = policy.forward(ctx);
-                const RM logp = gather_logp(z, r, i0, n, probs);
-                rlpo::train::StepInputs<float> in;
-                in.logp = logp;
-                in.mask = prep.mask.middleRows(i0, n);
-                in.advantages = prep.advantages.middleRows(i0, n);
-                in.old_logp = r.old_logp.middleRows(i0, n);
-                in.ref_logp = ref_logp.middleRows(i0, n);
-                if (step.uses_logits()) in.logits = z;
-                RM vpred;
-                if (obj.critic) {
-                    const RM& v = critic.forward(ctx);
-                    vpred = Eigen::Map<const RM>(v.data(), n, r.T);
-                    in.values = vpred;
-                    in.old_values = values_old.middleRows(i0, n);
-                    in.returns = prep.returns.middleRows(i0, n);
-                }
-                const auto res = step(in);
-                RM dz = step.uses_logits() ? res.grad_logits : RM::Zero(z.rows(), z.cols());
-                for (Index i = 0; i < n; ++i)
-                    for (Index t = 0; t < r.T; ++t) {
-                        const float g = res.grad_logp(i, t);
-                        if (g == 0.0f) continue;
-                        const Index rr = i * r.T + t;
-                        dz.row(rr) -= g * probs.row(rr);
-                        dz(rr, static_cast<Index>(r.tokens(i0 + i, t))) += g;
-                    }
-                auto grads = policy.zeros();
-                policy.backward(dz, grads);
-                const auto flat = flatten(grads);
+                const BlockGrads bg = block_step(step, policy, critic, obj.critic, r, prep,
+                                                 ref_logp, values_old, i0, n);
+                const auto& res = bg.res;
+                const auto flat = flatten(bg.policy);
                 pg.insert(pg.end(), flat.begin(), flat.end());
                 if (obj.critic) {
-                    auto cgr = critic.zeros();
-                    const RM dv = Eigen::Map<const RM>(res.grad_values.data(), n * r.T, 1);
-                    critic.backward(dv, cgr);
-                    const auto cf = flatten(cgr);
+                    const auto cf = flatten(bg.critic);
                     cg.insert(cg.end(), cf.begin(), cf.end());
                 }
                 if (!any)
@@ -403,12 +394,7 @@ inline std::vector<Row> train_parallel(const Config& cfg, const Objective& obj, 
         }
         rlpo::dist::reduce(agg, red);
         row.accuracy = greedy_accuracy(policy, cfg.max_len);
-        const auto& mt = agg.metrics;
-        row.kl = mt.contains("actor/kl_loss")     ? mt["actor/kl_loss"]
-                 : mt.contains("actor/reward_kl") ? mt["actor/reward_kl"]
-                                                  : prep.kl;
-        row.clipfrac = mt.contains("actor/pg_clipfrac") ? mt["actor/pg_clipfrac"] : 0.0;
-        row.loss = agg.loss / cfg.minibatches;
+        finish_row(row, agg, prep, cfg.minibatches);
         row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         rows.push_back(row);
         bar.update(row);

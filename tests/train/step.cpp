@@ -8,6 +8,7 @@
 
 #include <rlpo/penalties/kl_estimators.hpp>
 #include <rlpo/policy/ppo_clip.hpp>
+#include <rlpo/rollout/tokens.hpp>
 #include <rlpo/testing/random.hpp>
 #include <rlpo/train/step.hpp>
 
@@ -534,9 +535,7 @@ TEMPLATE_TEST_CASE(
     // per-sequence advantages and their broadcast (0 at masked tokens)
     rt::Generator gen(5);
     const Mat<S> seq = gen.normal<S>(B, 1);
-    Mat<S> bcast(B, T);
-    for (Index i = 0; i < B; ++i)
-        for (Index t = 0; t < T; ++t) bcast(i, t) = d.mask(i, t) != 0 ? seq(i, 0) : S(0);
+    const Mat<S> bcast = rlpo::rollout::broadcast_to_tokens(seq, d.mask);
     for (Aggregation mode : rlpo_test::all_modes()) {
         for (int variant = 0; variant < 5; ++variant) {
             INFO(rlpo::to_string(mode) << " variant " << variant);
@@ -597,12 +596,10 @@ TEMPLATE_TEST_CASE(
 TEST_CASE("training step: per-sequence advantages with the other surrogates; bad shapes",
           "[rollout][step][properties][bad-input]") {
     const Data<double> d = make_data<double>(29, 7, 9);
-    const Index B = d.logp.rows(), T = d.logp.cols();
+    const Index B = d.logp.rows();
     rt::Generator gen(3);
     const Mat<double> seq = gen.normal<double>(B, 1);
-    Mat<double> bcast(B, T);
-    for (Index i = 0; i < B; ++i)
-        for (Index t = 0; t < T; ++t) bcast(i, t) = d.mask(i, t) != 0 ? seq(i, 0) : 0.0;
+    const Mat<double> bcast = rlpo::rollout::broadcast_to_tokens(seq, d.mask);
     for (const char* name : {"cispo", "gspo", "sapo", "vanilla"}) {
         INFO(name);
         StepOptions o = full_options(Aggregation::SeqMeanTokenMean);
