@@ -1,9 +1,11 @@
 // Memory bandwidth of this machine, STREAM-style: copy (a = b, 2 arrays moved) and triad
-// (a = b + s·c, 3 arrays moved), float arrays of 256 MiB each (beyond any cache), rows split
-// over OpenMP threads exactly as the distillation kernels split theirs (set OMP_NUM_THREADS).
+// (a = b + s·c, 3 arrays moved), float arrays of 256 MiB each (beyond any cache), in blocks
+// handed out to rlpo's threads exactly as the library's loops hand out theirs (set
+// OMP_NUM_THREADS), so that no other thread pool runs beside the kernels measured after it.
 // bench_distill includes this file so that its roofline fraction divides by a bandwidth
 // measured in the same process, on the same machine, in the same run.
 #include <benchmark/benchmark.h>
+#include <rlpo/core/detail/parallel.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -14,6 +16,14 @@
 namespace rlpo_bw {
 
 using Index = std::ptrdiff_t;
+
+/// f(lo, hi) over [0, n) in blocks of 64 Ki elements, on rlpo's threads.
+template <class F>
+inline void blocks(Index n, F&& f) {
+    constexpr Index kBlock = Index(1) << 16;
+    rlpo::detail::parallel_for((n + kBlock - 1) / kBlock, true,
+                               [&](Index b) { f(b * kBlock, std::min(n, (b + 1) * kBlock)); });
+}
 
 /// Three arrays of n floats, first touched by the threads that will use them.
 struct Arrays {
@@ -27,34 +37,36 @@ struct Arrays {
         float* pa = a.get();
         float* pb = b.get();
         float* pc = c.get();
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel for schedule(static)
-#endif
-        for (Index i = 0; i < n; ++i) {
-            pa[i] = 0.f;
-            pb[i] = 1.f;
-            pc[i] = 2.f;
-        }
+        blocks(n, [&](Index lo, Index hi) {
+            for (Index i = lo; i < hi; ++i) {
+                pa[i] = 0.f;
+                pb[i] = 1.f;
+                pc[i] = 2.f;
+            }
+        });
     }
 };
 
 inline void copy(Arrays& x) {
     float* __restrict a = x.a.get();
     const float* __restrict b = x.b.get();
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel for schedule(static)
-#endif
-    for (Index i = 0; i < x.n; ++i) a[i] = b[i];
+    blocks(x.n, [a, b](Index lo, Index hi) {
+        float* __restrict pa = a;
+        const float* __restrict pb = b;
+        for (Index i = lo; i < hi; ++i) pa[i] = pb[i];
+    });
 }
 
 inline void triad(Arrays& x, float s) {
     float* __restrict a = x.a.get();
     const float* __restrict b = x.b.get();
     const float* __restrict c = x.c.get();
-#if defined(RLPO_USE_OPENMP)
-#pragma omp parallel for schedule(static)
-#endif
-    for (Index i = 0; i < x.n; ++i) a[i] = b[i] + s * c[i];
+    blocks(x.n, [a, b, c, s](Index lo, Index hi) {
+        float* __restrict pa = a;
+        const float* __restrict pb = b;
+        const float* __restrict pc = c;
+        for (Index i = lo; i < hi; ++i) pa[i] = pb[i] + s * pc[i];
+    });
 }
 
 constexpr Index kElems = Index(64) << 20;  // 64 Mi floats = 256 MiB per array

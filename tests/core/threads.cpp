@@ -10,11 +10,20 @@
 #include <rlpo/testing/random.hpp>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #if defined(RLPO_USE_OPENMP)
 #include <omp.h>
+#endif
+#if defined(__unix__)
+#include <sys/wait.h>
+#include <unistd.h>
 #endif
 
 using rlpo::Index;
@@ -32,20 +41,14 @@ int region_team_size() {
     return size;
 }
 
-/// The size of the team that ran a library loop of 64 indices now (forced parallel; which of
-/// its threads take the blocks is up to the schedule).
+/// The number of threads that ran a library loop of 64 indices now (forced parallel): at most
+/// the team's places, since a team is whoever of the pool comes in time.
 int loop_threads() {
-    std::vector<int> team(64, -1);
-    rlpo::detail::parallel_for(64, true, [&](Index i) {
-#if defined(RLPO_USE_OPENMP)
-        team[static_cast<std::size_t>(i)] = omp_get_num_threads();
-#else
-        team[static_cast<std::size_t>(i)] = 1;
-#endif
-    });
-    int most = 0;
-    for (int w : team) most = std::max(most, w);
-    return most;
+    std::vector<std::thread::id> who(64);
+    rlpo::detail::parallel_for(
+        64, true, [&](Index i) { who[static_cast<std::size_t>(i)] = std::this_thread::get_id(); });
+    std::sort(who.begin(), who.end());
+    return static_cast<int>(std::unique(who.begin(), who.end()) - who.begin());
 }
 
 rlpo::Result<double> a_divergence() {
@@ -54,6 +57,22 @@ rlpo::Result<double> a_divergence() {
     return rlpo::distill::divergence(
         z, y, rlpo::distill::DistillOptions::make(rlpo::distill::Divergence::JSD));
 }
+
+/// For the scope: at most `cap` pool threads join the teams this thread starts (−1: no cap).
+class JoinCap {
+public:
+    explicit JoinCap(int cap) : previous_(rlpo::detail::pool::join_cap()) {
+        rlpo::detail::pool::join_cap() = cap;
+    }
+    ~JoinCap() { rlpo::detail::pool::join_cap() = previous_; }
+    JoinCap(const JoinCap&) = delete;
+    JoinCap& operator=(const JoinCap&) = delete;
+    JoinCap(JoinCap&&) = delete;
+    JoinCap& operator=(JoinCap&&) = delete;
+
+private:
+    int previous_;
+};
 
 }  // namespace
 
@@ -67,7 +86,7 @@ TEST_CASE("threads: ThreadLimit sets the team of every call of this thread, and 
         const rlpo::ThreadLimit three(3);
         CHECK(rlpo::threads_per_call() == 3);
         CHECK(region_team_size() == 3);
-        CHECK(loop_threads() == 3);
+        CHECK(loop_threads() <= 3);
         {
             const rlpo::ThreadLimit one(1);
             CHECK(rlpo::threads_per_call() == 1);
@@ -157,41 +176,160 @@ TEST_CASE("threads: several caller threads, each with its own limit, agree bitwi
 TEST_CASE("threads: the library's loops cover every index once, in blocks of consecutive ones",
           "[core][threads]") {
     // parallel_for and Team::for_blocks hand out blocks to whichever thread is free: whatever
-    // the schedule, every index runs exactly once, and for_blocks' blocks are consecutive,
-    // non-empty and tile [0, n) (counted per index; sizes below, at and above the team's).
-    for (const int nt : {1, 2, 3}) {
-        const rlpo::ThreadLimit limit(nt);
-        for (const Index n : {Index(0), Index(1), Index(2), Index(7), Index(64), Index(1001)}) {
-            INFO(nt << " threads, n = " << n);
-            std::vector<int> hits(static_cast<std::size_t>(n), 0);
-            rlpo::detail::parallel_for(n, true, [&](Index i) {
-#if defined(RLPO_USE_OPENMP)
-#pragma omp atomic
-#endif
-                ++hits[static_cast<std::size_t>(i)];
-            });
-            CHECK(std::count(hits.begin(), hits.end(), 1) == n);
-            std::vector<int> covered(static_cast<std::size_t>(n), 0);
-            int bad_blocks = 0;
-            rlpo::detail::parallel_region(true, [&](const rlpo::detail::Team& team) {
-                team.for_blocks(n, [&](Index lo, Index hi) {
-                    if (!(0 <= lo && lo < hi && hi <= n)) {
-#if defined(RLPO_USE_OPENMP)
-#pragma omp atomic
-#endif
-                        ++bad_blocks;
-                        return;
-                    }
-                    for (Index i = lo; i < hi; ++i) {
-#if defined(RLPO_USE_OPENMP)
-#pragma omp atomic
-#endif
-                        ++covered[static_cast<std::size_t>(i)];
-                    }
+    // the schedule and however many pool threads join, every index runs exactly once, and
+    // for_blocks' blocks are consecutive, non-empty and tile [0, n) (counted per index; sizes
+    // below, at and above the team's; with every member, one pool thread at most, none).
+    for (const int cap : {-1, 1, 0}) {
+        for (const int nt : {1, 2, 3}) {
+            const rlpo::ThreadLimit limit(nt);
+            const JoinCap join(cap);
+            for (const Index n : {Index(0), Index(1), Index(2), Index(7), Index(64), Index(1001)}) {
+                INFO(nt << " threads, at most " << cap << " joining, n = " << n);
+                std::vector<std::atomic<int>> hits(static_cast<std::size_t>(n));
+                rlpo::detail::parallel_for(
+                    n, true, [&](Index i) { hits[static_cast<std::size_t>(i)].fetch_add(1); });
+                CHECK(std::count(hits.begin(), hits.end(), 1) == n);
+                std::vector<std::atomic<int>> covered(static_cast<std::size_t>(n));
+                std::atomic<int> bad_blocks{0};
+                rlpo::detail::parallel_region(true, [&](const rlpo::detail::Team& team) {
+                    team.for_blocks(n, [&](Index lo, Index hi) {
+                        if (!(0 <= lo && lo < hi && hi <= n)) {
+                            bad_blocks.fetch_add(1);
+                            return;
+                        }
+                        for (Index i = lo; i < hi; ++i)
+                            covered[static_cast<std::size_t>(i)].fetch_add(1);
+                    });
                 });
-            });
-            CHECK(bad_blocks == 0);
-            CHECK(std::count(covered.begin(), covered.end(), 1) == n);
+                CHECK(bad_blocks.load() == 0);
+                CHECK(std::count(covered.begin(), covered.end(), 1) == n);
+            }
         }
     }
 }
+
+TEST_CASE("threads: a team is whoever comes; the caller never waits for a missing thread",
+          "[core][threads]") {
+    // No pool thread may join (as when the host schedules none of them in time): the team
+    // keeps its places, its members are the caller alone, and every result is the same bits
+    // (a row split of the vocabulary kernels falls back to row blocks after its check-in).
+    rt::Generator gen(5);
+    const Mat<float> z = gen.logits(6, 200000).cast<float>(),
+                     y = gen.logits(6, 200000).cast<float>();
+    const auto long_rows = [&] {
+        return rlpo::distill::divergence(
+            z, y, rlpo::distill::DistillOptions::make(rlpo::distill::Divergence::JSD));
+    };
+    const auto serial = [&] {
+        const rlpo::ThreadLimit one(1);
+        return std::make_pair(a_divergence(), long_rows());
+    }();
+    for (const int cap : {0, 1, -1}) {
+        INFO("at most " << cap << " joining");
+        const rlpo::ThreadLimit three(3);
+        const JoinCap join(cap);
+        std::atomic<int> members{0}, places{0};
+        rlpo::detail::parallel_region(true, [&](const rlpo::detail::Team& team) {
+            members.fetch_add(1);
+            if (team.id() == 0) places = static_cast<int>(team.size());
+            CHECK(team.id() < team.size());
+        });
+        CHECK(places.load() == 3);
+        if (cap == 0) CHECK(members.load() == 1);
+        if (cap == 1) CHECK(members.load() <= 2);
+        const auto a = a_divergence();
+        CHECK(a.value == serial.first.value);
+        CHECK(a.grad == serial.first.grad);
+        const auto b = long_rows();
+        CHECK(b.value == serial.second.value);
+        CHECK(b.grad == serial.second.grad);
+    }
+}
+
+TEST_CASE("threads: a barrier holds every member that joined before it", "[core][threads]") {
+    // two phases: each index of `b` reads two neighbours of `a` written by any member in the
+    // first phase; without the barrier (or with a member let through early) some read a 0
+    const Index n = 4096;
+    for (const int cap : {-1, 1, 0}) {
+        const rlpo::ThreadLimit three(3);
+        const JoinCap join(cap);
+        for (int rep = 0; rep < 20; ++rep) {
+            std::vector<int> a(static_cast<std::size_t>(n), 0), b(a);
+            rlpo::detail::parallel_region(true, [&](const rlpo::detail::Team& team) {
+                team.for_blocks(n, [&](Index lo, Index hi) {
+                    // the first block is late, as if its thread had been descheduled
+                    if (lo == 0) std::this_thread::sleep_for(std::chrono::microseconds(500));
+                    for (Index i = lo; i < hi; ++i) a[static_cast<std::size_t>(i)] = 1;
+                });
+                team.barrier();
+                team.for_blocks(n, [&](Index lo, Index hi) {
+                    for (Index i = lo; i < hi; ++i)
+                        b[static_cast<std::size_t>(i)] =
+                            a[static_cast<std::size_t>((i + 1) % n)] +
+                            a[static_cast<std::size_t>((i + n - 1) % n)];
+                });
+                team.barrier();
+            });
+            INFO("at most " << cap << " joining, repetition " << rep);
+            REQUIRE(std::count(b.begin(), b.end(), 2) == n);
+        }
+    }
+}
+
+TEST_CASE("threads: an exception on any member reaches the caller", "[core][threads]") {
+    const rlpo::ThreadLimit three(3);
+    // whichever thread runs index 500 throws; the loop's other members finish first
+    CHECK_THROWS_WITH(rlpo::detail::parallel_for(1000, true,
+                                                 [](Index i) {
+                                                     if (i == 500)
+                                                         throw std::runtime_error("row 500");
+                                                 }),
+                      "row 500");
+    // every member throws: the caller's own error is the one rethrown
+    CHECK_THROWS_WITH(rlpo::detail::parallel_region(true,
+                                                    [](const rlpo::detail::Team& team) {
+                                                        throw std::runtime_error(
+                                                            "member " + std::to_string(team.id()));
+                                                    }),
+                      "member 0");
+    // and the pool still works
+    CHECK(region_team_size() == 3);
+}
+
+TEST_CASE("threads: many short calls from several threads at once", "[core][threads]") {
+    // callers share the pool's threads: every call covers its indices once, none waits forever
+    std::vector<int> ok(4, 0);
+    std::vector<std::thread> callers;
+    for (int w = 0; w < 4; ++w)
+        callers.emplace_back([&, w] {
+            const rlpo::ThreadLimit limit(1 + w % 3);
+            int good = 0;
+            for (int rep = 0; rep < 300; ++rep) {
+                std::vector<std::atomic<int>> hits(257);
+                rlpo::detail::parallel_for(
+                    257, true, [&](Index i) { hits[static_cast<std::size_t>(i)].fetch_add(1); });
+                good += std::count(hits.begin(), hits.end(), 1) == 257;
+            }
+            ok[static_cast<std::size_t>(w)] = good;
+        });
+    for (auto& t : callers) t.join();
+    for (int w = 0; w < 4; ++w) CHECK(ok[static_cast<std::size_t>(w)] == 300);
+}
+
+#if defined(__unix__)
+TEST_CASE("threads: a child made by fork computes with a fresh pool", "[core][threads]") {
+    const auto before = a_divergence();  // the parent's pool has started
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        // the child: the parent's workers do not exist here
+        const rlpo::ThreadLimit two(2);
+        const auto r = a_divergence();
+        _exit(r.value == before.value && r.grad == before.grad ? 0 : 1);
+    }
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+}
+#endif

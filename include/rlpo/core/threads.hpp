@@ -2,8 +2,11 @@
 /// \file
 /// How many threads an rlpo call uses, and how a caller limits them.
 ///
-/// Every parallel loop of the library goes through one layer (core/detail/parallel.hpp),
-/// which asks `threads_per_call()` for the size of each team:
+/// Every parallel loop of the library goes through one layer (core/detail/parallel.hpp), which
+/// runs it on rlpo's own pool of threads (core/detail/pool.hpp) and asks `threads_per_call()`
+/// for the places of each team. The calling thread always works; pool threads join while there
+/// is work, and the call returns when the work is done and the threads that joined have left:
+/// it never waits for a pool thread the host has not scheduled (an OpenMP region's end would).
 ///
 ///   * **Default:** OpenMP's setting for the calling thread (`OMP_NUM_THREADS`,
 ///     `omp_set_num_threads`), i.e. `omp_get_max_threads()`.
@@ -13,16 +16,19 @@
 ///     threads are not affected). `ThreadLimit(1)` runs the calls serially on the
 ///     calling thread. Nothing global changes: OpenMP's own setting stays as it was.
 ///   * **Inside the caller's own parallel region** (an active OpenMP team, e.g. a trainer that
-///     evaluates micro-batches in `#pragma omp parallel for`): every call runs serially on its
-///     calling thread, whatever the limit — rlpo never starts a nested team, so the machine
-///     is not oversubscribed.
+///     evaluates micro-batches in `#pragma omp parallel for`), and inside rlpo's own teams:
+///     every call runs serially on its calling thread, whatever the limit — rlpo never starts
+///     a nested team, so the machine is not oversubscribed.
 ///   * **Several threads at once** (e.g. `std::thread` workers, each calling rlpo): each call
-///     starts its own team of `threads_per_call()` threads, so W workers use W times as many;
-///     give each worker a `ThreadLimit` of (cores / W) to stay within the machine.
+///     gets a team of `threads_per_call()` places, and the pool grows to what the calls
+///     running at once ask for, so W workers use up to W times as many threads; give each
+///     worker a `ThreadLimit` of (cores / W) to stay within the machine.
+///   * **`fork`:** a child process starts a pool of its own on its first parallel call.
 ///
-/// Results do not depend on the number of threads: every reduction is combined in row order
-/// (bitwise identical for 1, 2, … threads; docs/contract.md). Without OpenMP
-/// (`RLPO_USE_OPENMP` undefined) every call is serial and `threads_per_call()` is 1.
+/// Results do not depend on the number of threads, nor on how many of the pool's threads join
+/// a call: every reduction is combined in row order (bitwise identical for 1, 2, … threads;
+/// docs/contract.md). Without OpenMP (`RLPO_USE_OPENMP` undefined, the switch that also gives
+/// the default above) every call is serial and `threads_per_call()` is 1.
 
 #include <rlpo/core/error.hpp>
 
@@ -39,14 +45,19 @@ inline int& thread_limit_slot() noexcept {
     static thread_local int limit = 0;
     return limit;
 }
+/// Whether this thread is running a member of an rlpo team (a call made there runs serially).
+inline bool& in_rlpo_team() noexcept {
+    static thread_local bool inside = false;
+    return inside;
+}
 }  // namespace detail
 
 /// The number of threads an rlpo call made now, from this thread, would use at most: 1 inside
-/// an active OpenMP parallel region of the caller (or without OpenMP), else the innermost
-/// `ThreadLimit` of this thread, else `omp_get_max_threads()`.
+/// an active OpenMP parallel region of the caller or an rlpo team (or without OpenMP), else the
+/// innermost `ThreadLimit` of this thread, else `omp_get_max_threads()`.
 inline int threads_per_call() noexcept {
 #if defined(RLPO_USE_OPENMP)
-    if (omp_in_parallel()) return 1;
+    if (detail::in_rlpo_team() || omp_in_parallel()) return 1;
     const int limit = detail::thread_limit_slot();
     return limit > 0 ? limit : omp_get_max_threads();
 #else
