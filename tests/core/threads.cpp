@@ -234,7 +234,9 @@ TEST_CASE("threads: a team is whoever comes; the caller never waits for a missin
             if (team.id() == 0) places = static_cast<int>(team.size());
             CHECK(team.id() < team.size());
         });
+#if defined(RLPO_USE_OPENMP)
         CHECK(places.load() == 3);
+#endif
         if (cap == 0) CHECK(members.load() == 1);
         if (cap == 1) CHECK(members.load() <= 2);
         const auto a = a_divergence();
@@ -333,3 +335,38 @@ TEST_CASE("threads: a child made by fork computes with a fresh pool", "[core][th
     CHECK(WEXITSTATUS(status) == 0);
 }
 #endif
+
+TEST_CASE("threads: after a row split gave way, the next calls start in row blocks",
+          "[core][threads]") {
+    // No pool thread may join: the long-row split's check-in fails and the call gives way
+    // (one fallback). Within split_backoff_seconds the next call does not try again (no
+    // second check-in, no second fallback); with the back-off off it does. Same bits always.
+    rt::Generator gen(9);
+    const Mat<float> z = gen.logits(4, 200000).cast<float>(),
+                     y = gen.logits(4, 200000).cast<float>();
+    auto o = rlpo::distill::DistillOptions::make(rlpo::distill::Divergence::ForwardKL);
+    const auto serial = [&] {
+        const rlpo::ThreadLimit one(1);
+        return rlpo::distill::divergence(z, y, o);
+    }();
+    rlpo::distill::FastPathStats stats;
+    o.stats = &stats;
+    o.tuning.split_backoff_seconds = 3600.0;
+    const rlpo::ThreadLimit two(2);
+    const JoinCap none(0);
+    for (int call = 0; call < 3; ++call) {
+        const auto r = rlpo::distill::divergence(z, y, o);
+        CHECK(r.value == serial.value);
+        CHECK(r.grad == serial.grad);
+    }
+    CHECK(stats.split_fallbacks.load() <= 1);  // (0 when an earlier call of the process gave way)
+    o.tuning.split_backoff_seconds = 0.0;
+    const std::size_t before = stats.split_fallbacks.load();
+    const auto r = rlpo::distill::divergence(z, y, o);
+#if defined(RLPO_USE_OPENMP)
+    CHECK(stats.split_fallbacks.load() == before + 1);
+#else
+    CHECK(stats.split_fallbacks.load() == before);  // one thread: no split to give way
+#endif
+    CHECK(r.grad == serial.grad);
+}

@@ -71,6 +71,11 @@ struct FastPathTuning {
     /// thread the host does not run now would hold every step's barrier); without the whole
     /// team the call runs in row blocks. Below 0: as long as it takes.
     double split_checkin_seconds = 5e-4;
+    /// After a call's row split gave way (at the check-in or after a step: a busy host), every
+    /// call that starts within this many seconds runs in row blocks from the start (in the
+    /// whole process), instead of paying a scheduler slice before it gives way again. 0:
+    /// every call tries the split.
+    double split_backoff_seconds = 0.1;
     /// Tests: the row split gives way to row blocks after this step (−1: by the idle fraction
     /// only).
     Index split_fallback_step = -1;

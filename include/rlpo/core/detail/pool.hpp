@@ -73,8 +73,9 @@ public:
     /// The shared counter of the k-th work-sharing construct of the body.
     std::atomic<Index>& counter(int k) {
         if (k < 0 || k >= kCounters)
-            throw std::logic_error("rlpo: more work-sharing constructs in one region than the pool "
-                                   "provides");
+            throw std::logic_error(
+                "rlpo: more work-sharing constructs in one region than the pool "
+                "provides");
         return counters_[k];
     }
     /// Closes the team (at the first call) and waits for every member.
@@ -85,7 +86,7 @@ private:
     static constexpr int kCounters = 16;
     Run run_;
     void* ctx_;
-    Pool* pool_ = nullptr;       // the pool it was posted to
+    Pool* pool_ = nullptr;      // the pool it was posted to
     unsigned long serial_ = 0;  // its number among the pool's jobs (a worker joins a job once)
     int places_;
     int cap_;
@@ -268,7 +269,8 @@ inline Pool& instance() {
 #endif
     Pool* p = slot.load(std::memory_order_acquire);
     if (p) return *p;
-    Pool* fresh = new Pool;  // NOLINT(cppcoreguidelines-owning-memory): lives as long as the process
+    Pool* fresh =
+        new Pool;  // NOLINT(cppcoreguidelines-owning-memory): lives as long as the process
     if (slot.compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) return *fresh;
     delete fresh;  // NOLINT(cppcoreguidelines-owning-memory)
     return *p;

@@ -39,7 +39,9 @@
 /// beside busy processes), so it starts only when the whole team checks in within 0.5 ms
 /// (`FastPathTuning::split_checkin_seconds`), watches its own waiting and, when its threads
 /// wait more than they work (`FastPathTuning::split_idle_fraction`), lets no further row in
-/// and finishes the call in row blocks. Per-thread (or, for shared rows,
+/// and finishes the call in row blocks; the calls of the next 0.1 s then start in row blocks
+/// (`FastPathTuning::split_backoff_seconds`: a host that is busy now is likely busy for the
+/// next call too, and each attempt costs about one scheduler slice). Per-thread (or, for shared rows,
 /// per-call) scratch of at most two pairs of V-rows; no `[N, V]` temporary beyond the gradient
 /// the caller asked for (pass a `GradientOut` over a row block to stream rows in chunks: rows
 /// are independent).
@@ -64,6 +66,8 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <thread>
 #include <vector>
 
@@ -82,6 +86,26 @@ struct DenseRows {
 /// core for a while; which thread sweeps a chunk never changes its arithmetic, so results
 /// stay the same bit for bit. (`shuffle`, `FastPathTuning::shuffle_ranges`, for tests: the
 /// boundaries move by a fixed pattern of the step instead.)
+/// When a row split last gave way on a busy host (steady-clock nanoseconds; process-wide).
+inline std::atomic<std::int64_t>& last_split_fallback() noexcept {
+    static std::atomic<std::int64_t> t{std::numeric_limits<std::int64_t>::min() / 2};
+    return t;
+}
+inline std::int64_t steady_ns() noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+inline void note_split_fallback() noexcept {
+    last_split_fallback().store(steady_ns(), std::memory_order_relaxed);
+}
+/// Whether a split gave way within the last `seconds`.
+inline bool split_backed_off(double seconds) noexcept {
+    if (!(seconds > 0)) return false;
+    const std::int64_t since = steady_ns() - last_split_fallback().load(std::memory_order_relaxed);
+    return static_cast<double>(since) < seconds * 1e9;
+}
+
 inline void balance_ranges(Index* kb, const double* time, Index nt, Index nc, Index step,
                            bool shuffle = false) {
     if (shuffle) {
@@ -188,9 +212,14 @@ inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const 
     std::atomic<Index> arrived{0};
     std::atomic<int> split_mode{0};
     const bool parallel = N * V > 32768 && (N > 1 || split_ok);
+    // a split that gave way in the last `split_backoff_seconds` (any call of the process):
+    // row blocks from the start (decided once, before the team starts)
+    // (not when the caller waits for the whole team as long as it takes: tests of the split)
+    const bool backoff = split_ok && o.tuning.split_checkin_seconds >= 0 &&
+                         split_backed_off(o.tuning.split_backoff_seconds);
     ::rlpo::detail::parallel_region(parallel, [&](const ::rlpo::detail::Team& team) {
         const Index nt = team.size(), id = team.id();
-        bool split = split_ok && nt > 1;
+        bool split = split_ok && nt > 1 && !backoff;
         if (split) {
             // The row split needs the whole team from its first step; on a busy host a thread
             // may not run for a whole scheduler slice (several ms: the first barrier alone
@@ -208,8 +237,10 @@ inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const 
                          wait))
                     std::this_thread::yield();
                 const bool all = arrived.load(std::memory_order_acquire) == nt;
-                if (!all && o.stats)
-                    o.stats->split_fallbacks.fetch_add(1, std::memory_order_relaxed);
+                if (!all) {
+                    note_split_fallback();
+                    if (o.stats) o.stats->split_fallbacks.fetch_add(1, std::memory_order_relaxed);
+                }
                 split_mode.store(all ? 1 : 2, std::memory_order_release);
             } else {
                 while (split_mode.load(std::memory_order_acquire) == 0) std::this_thread::yield();
@@ -349,6 +380,7 @@ inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const 
                 cut = it + 1;  // rows from here on are not entered: the split drains and ends
                 r1 = cut;
                 split_end = cut + depth - 1;
+                if (stalled) note_split_fallback();
                 if (o.stats) o.stats->split_fallbacks.fetch_add(1, std::memory_order_relaxed);
             }
         };
