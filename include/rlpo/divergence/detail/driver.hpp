@@ -41,8 +41,8 @@
 /// wait more than they work (`FastPathTuning::split_idle_fraction`), lets no further row in
 /// and finishes the call in row blocks; the calls of the next 0.1 s then start in row blocks
 /// (`FastPathTuning::split_backoff_seconds`: a host that is busy now is likely busy for the
-/// next call too, and each attempt costs about one scheduler slice). Per-thread (or, for shared rows,
-/// per-call) scratch of at most two pairs of V-rows; no `[N, V]` temporary beyond the gradient
+/// next call too, and each attempt costs about one scheduler slice). Per-thread (or, for
+/// shared rows, per-call) scratch of at most two pairs of V-rows; no `[N, V]` temporary beyond the gradient
 /// the caller asked for (pass a `GradientOut` over a row block to stream rows in chunks: rows
 /// are independent).
 /// Arithmetic in float (double for double logits), float sums within chunks and double
@@ -80,12 +80,6 @@ struct DenseRows {
     std::vector<RowError> errs;
 };
 
-/// The row split's load balance: moves the boundary kb[t + 1] between threads t and t + 1
-/// one chunk toward the faster of the two when their last sweep times differ by more than
-/// one chunk of the slower one (a thread keeps at least one chunk). The host may slow one
-/// core for a while; which thread sweeps a chunk never changes its arithmetic, so results
-/// stay the same bit for bit. (`shuffle`, `FastPathTuning::shuffle_ranges`, for tests: the
-/// boundaries move by a fixed pattern of the step instead.)
 /// When a row split last gave way on a busy host (steady-clock nanoseconds; process-wide).
 inline std::atomic<std::int64_t>& last_split_fallback() noexcept {
     static std::atomic<std::int64_t> t{std::numeric_limits<std::int64_t>::min() / 2};
@@ -106,6 +100,12 @@ inline bool split_backed_off(double seconds) noexcept {
     return static_cast<double>(since) < seconds * 1e9;
 }
 
+/// The row split's load balance: moves the boundary kb[t + 1] between threads t and t + 1
+/// one chunk toward the faster of the two when their last sweep times differ by more than
+/// one chunk of the slower one (a thread keeps at least one chunk). The host may slow one
+/// core for a while; which thread sweeps a chunk never changes its arithmetic, so results
+/// stay the same bit for bit. (`shuffle`, `FastPathTuning::shuffle_ranges`, for tests: the
+/// boundaries move by a fixed pattern of the step instead.)
 inline void balance_ranges(Index* kb, const double* time, Index nt, Index nc, Index step,
                            bool shuffle = false) {
     if (shuffle) {
