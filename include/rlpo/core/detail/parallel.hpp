@@ -123,14 +123,16 @@ inline void parallel_region(bool parallel, F&& body) {
     }
 #if defined(RLPO_USE_OPENMP)
     using Body = std::remove_reference_t<F>;
+    struct Ctx {
+        Body* body;
+    } ctx{&body};
     pool::Job job(
         nt,
-        [](void* ctx, pool::Job& j, int id) {
+        [](void* c, pool::Job& j, int id) {
             const Team team(&j, id, j.places());
-            (*static_cast<Body*>(ctx))(team);
+            (*static_cast<Ctx*>(c)->body)(team);
         },
-        const_cast<void*>(
-            static_cast<const void*>(&body)));  // NOLINT(cppcoreguidelines-pro-type-const-cast)
+        &ctx);
     pool::run(job);
 #else
     const Team solo(nullptr, 0, 1);
