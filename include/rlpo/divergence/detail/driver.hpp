@@ -371,7 +371,10 @@ inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const 
             double least = wall;
             for (Index t = 0; t < nt; ++t) {
                 const auto u = static_cast<std::size_t>(t);
-                least = std::min(least, sweep_time[u] + (inline2 ? inline_time[u] : 0.0));
+                // (the value sweep's time only in a step that ran it: without it, the
+                // threads wrote no time after the last barrier)
+                least = std::min(least,
+                                 sweep_time[u] + (inline2 && step_inline ? inline_time[u] : 0.0));
             }
             waited += wall - least;
             elapsed += wall;
@@ -441,8 +444,6 @@ inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const 
                                 std::chrono::duration<double>(Clock::now() - start).count();
                         sync();
                         if (lead) finish2(*a);
-                    } else if (split) {
-                        inline_time[t] = 0.0;
                     }
                 }
                 if (lead) {
