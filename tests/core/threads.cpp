@@ -59,20 +59,8 @@ rlpo::Result<double> a_divergence() {
 }
 
 /// For the scope: at most `cap` pool threads join the teams this thread starts (−1: no cap).
-class JoinCap {
-public:
-    explicit JoinCap(int cap) : previous_(rlpo::detail::pool::join_cap()) {
-        rlpo::detail::pool::join_cap() = cap;
-    }
-    ~JoinCap() { rlpo::detail::pool::join_cap() = previous_; }
-    JoinCap(const JoinCap&) = delete;
-    JoinCap& operator=(const JoinCap&) = delete;
-    JoinCap(JoinCap&&) = delete;
-    JoinCap& operator=(JoinCap&&) = delete;
-
-private:
-    int previous_;
-};
+using JoinCap = rlpo::detail::ScopedValue<int>;
+int& join_cap() { return rlpo::detail::pool::join_cap(); }
 
 }  // namespace
 
@@ -182,7 +170,7 @@ TEST_CASE("threads: the library's loops cover every index once, in blocks of con
     for (const int cap : {-1, 1, 0}) {
         for (const int nt : {1, 2, 3}) {
             const rlpo::ThreadLimit limit(nt);
-            const JoinCap join(cap);
+            const JoinCap join(join_cap(), cap);
             for (const Index n : {Index(0), Index(1), Index(2), Index(7), Index(64), Index(1001)}) {
                 INFO(nt << " threads, at most " << cap << " joining, n = " << n);
                 std::vector<std::atomic<int>> hits(static_cast<std::size_t>(n));
@@ -227,7 +215,7 @@ TEST_CASE("threads: a team is whoever comes; the caller never waits for a missin
     for (const int cap : {0, 1, -1}) {
         INFO("at most " << cap << " joining");
         const rlpo::ThreadLimit three(3);
-        const JoinCap join(cap);
+        const JoinCap join(join_cap(), cap);
         std::atomic<int> members{0}, places{0}, bad_ids{0};
         rlpo::detail::parallel_region(true, [&](const rlpo::detail::Team& team) {
             members.fetch_add(1);
@@ -255,7 +243,7 @@ TEST_CASE("threads: a barrier holds every member that joined before it", "[core]
     const Index n = 4096;
     for (const int cap : {-1, 1, 0}) {
         const rlpo::ThreadLimit three(3);
-        const JoinCap join(cap);
+        const JoinCap join(join_cap(), cap);
         for (int rep = 0; rep < 20; ++rep) {
             std::vector<int> a(static_cast<std::size_t>(n), 0), b(a);
             rlpo::detail::parallel_region(true, [&](const rlpo::detail::Team& team) {
@@ -354,7 +342,7 @@ TEST_CASE("threads: after a row split gave way, the next calls start in row bloc
     o.stats = &stats;
     o.tuning.split_backoff_seconds = 3600.0;
     const rlpo::ThreadLimit two(2);
-    const JoinCap none(0);
+    const JoinCap none(join_cap(), 0);
     for (int call = 0; call < 3; ++call) {
         const auto r = rlpo::distill::divergence(z, y, o);
         CHECK(r.value == serial.value);

@@ -50,6 +50,23 @@ inline bool& in_rlpo_team() noexcept {
     static thread_local bool inside = false;
     return inside;
 }
+/// For a scope: a per-thread setting (`slot`) holds `value`, and gets its previous value back
+/// at the end (RAII; create and destroy it on the same thread). `ThreadLimit`, a team
+/// member's mark (`in_rlpo_team`) and the tests' cap on joining threads are all this.
+template <class T>
+class ScopedValue {
+public:
+    ScopedValue(T& slot, T value) : slot_(slot), previous_(slot) { slot_ = value; }
+    ~ScopedValue() { slot_ = previous_; }
+    ScopedValue(const ScopedValue&) = delete;
+    ScopedValue& operator=(const ScopedValue&) = delete;
+    ScopedValue(ScopedValue&&) = delete;
+    ScopedValue& operator=(ScopedValue&&) = delete;
+
+private:
+    T& slot_;
+    T previous_;
+};
 }  // namespace detail
 
 /// The number of threads an rlpo call made now, from this thread, would use at most: 1 inside
@@ -71,19 +88,15 @@ inline int threads_per_call() noexcept {
 /// the same thread.
 class ThreadLimit {
 public:
-    explicit ThreadLimit(int threads) : previous_(detail::thread_limit_slot()) {
-        RLPO_CHECK(threads >= 0, "ThreadLimit", "threads: must be ≥ 0 (0: no limit), given ",
-                   threads);
-        detail::thread_limit_slot() = threads;
-    }
-    ~ThreadLimit() { detail::thread_limit_slot() = previous_; }
-    ThreadLimit(const ThreadLimit&) = delete;
-    ThreadLimit& operator=(const ThreadLimit&) = delete;
-    ThreadLimit(ThreadLimit&&) = delete;
-    ThreadLimit& operator=(ThreadLimit&&) = delete;
+    explicit ThreadLimit(int threads) : scope_(detail::thread_limit_slot(), checked(threads)) {}
 
 private:
-    int previous_;
+    static int checked(int threads) {
+        RLPO_CHECK(threads >= 0, "ThreadLimit", "threads: must be ≥ 0 (0: no limit), given ",
+                   threads);
+        return threads;
+    }
+    detail::ScopedValue<int> scope_;  // (not copyable, not movable)
 };
 
 }  // namespace rlpo

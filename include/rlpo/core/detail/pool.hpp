@@ -136,7 +136,8 @@ public:
         if (wake) work_cv_.notify_all();  // (after the unlock: the woken take the mutex next)
         std::exception_ptr own;
         {
-            const TeamMark mark;
+            // (the caller runs a team member: its own calls in the body run serially)
+            const ScopedValue<bool> mark(in_rlpo_team(), true);
             try {
                 job.run_(job.ctx_, job, 0);
             } catch (...) {
@@ -172,17 +173,6 @@ public:
 private:
     static constexpr int kMaxThreads = 1024;
     static constexpr std::chrono::microseconds kWorkerSpin{50}, kCallerSpin{20};
-
-    /// Marks the thread as running an rlpo team member (its own calls run serially).
-    struct TeamMark {
-        bool previous = in_rlpo_team();
-        TeamMark() { in_rlpo_team() = true; }
-        ~TeamMark() { in_rlpo_team() = previous; }
-        TeamMark(const TeamMark&) = delete;
-        TeamMark& operator=(const TeamMark&) = delete;
-        TeamMark(TeamMark&&) = delete;
-        TeamMark& operator=(TeamMark&&) = delete;
-    };
 
     void close_locked(Job& job) {
         if (!job.open_) return;
