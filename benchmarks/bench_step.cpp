@@ -6,9 +6,12 @@
 //          buffer), metrics
 //   grpo_parts_broadcast: the same with the advantages broadcast to [B, T] and one pass per
 //          term (the step before the single pass), for comparison in one run
-//   ppo:   outcome token rewards → GAE (γ 1, λ 0.95, whitened) → TrainingStep (PPO clip +
-//          clipped value loss) → loss, d/dlogp, d/dvalues; the rewards, advantages and returns
-//          go to buffers reused from call to call (a trainer's), the first call allocating them
+//   ppo:   outcome rewards ([B], the reward of each response's last token, read per row) →
+//          GAE (γ 1, λ 0.95, whitened) → TrainingStep (PPO clip + clipped value loss) → loss,
+//          d/dlogp, d/dvalues; the advantages and returns go to buffers reused from call to
+//          call (a trainer's), the first call allocating them
+//   ppo_token_rewards: the same from a [B, T] token-reward matrix (outcome_token_rewards),
+//          for comparison in one run
 //
 // Counters: roofline = (the bytes that must move per token × tokens / time) over the triad
 // bandwidth measured just before each call (bench_bandwidth.cpp), median of the iterations;
@@ -146,7 +149,7 @@ void BM_grpo_parts_broadcast(benchmark::State& state) {
 // PPO: outcome rewards → GAE (whitened) → step with the clipped value loss. What must move:
 // read logp, old_logp, the mask, values and old values, write ∂/∂logp and ∂/∂values (28 bytes
 // per float token; the rewards, advantages and returns are intermediates).
-void BM_ppo_gae_and_step(benchmark::State& state) {
+void ppo_gae_and_step(benchmark::State& state, bool token_rewards) {
     Rollout& r = shared(true);
     rlpo::train::StepOptions o;
     o.policy.vanilla = rlpo::policy::PPOClipOptions::verl();
@@ -158,8 +161,12 @@ void BM_ppo_gae_and_step(benchmark::State& state) {
     Mat<float> rewards;
     rlpo::rollout::TokenAdvantages<float> ta;
     timed(state, r.N * kT, 28.0, [&] {
-        rlpo::rollout::outcome_token_rewards(r.scores, r.mask, rewards);
-        rlpo::rollout::gae_advantages(rewards, r.old_values, r.mask, g, ta);
+        if (token_rewards) {
+            rlpo::rollout::outcome_token_rewards(r.scores, r.mask, rewards);
+            rlpo::rollout::gae_advantages(rewards, r.old_values, r.mask, g, ta);
+        } else {
+            rlpo::rollout::gae_advantages(r.scores, r.old_values, r.mask, g, ta);
+        }
         rlpo::train::StepInputs<float> in;
         in.logp = r.logp;
         in.mask = r.mask;
@@ -174,8 +181,12 @@ void BM_ppo_gae_and_step(benchmark::State& state) {
     });
 }
 
+void BM_ppo_gae_and_step(benchmark::State& state) { ppo_gae_and_step(state, false); }
+void BM_ppo_token_rewards(benchmark::State& state) { ppo_gae_and_step(state, true); }
+
 }  // namespace
 
 BENCHMARK(BM_grpo_advantage_and_step)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
 BENCHMARK(BM_grpo_parts_broadcast)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
 BENCHMARK(BM_ppo_gae_and_step)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
+BENCHMARK(BM_ppo_token_rewards)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);

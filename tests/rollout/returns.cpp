@@ -186,6 +186,96 @@ TEST_CASE("gae: λ = 1 is discounted return minus value, λ = 0 the TD error",
     CHECK(g.advantages(0, 4) == 0.0);
 }
 
+TEMPLATE_TEST_CASE("gae: long rows, outcome rewards per row, whitening, any thread count",
+                   "[rollout][returns][properties]", float, double) {
+    // Rows long enough for the blocked recursion (T = 300: 37 blocks of 8 and a tail): plain
+    // responses, prompt-and-response segments, rows with holes (the general loop), empty rows
+    // and fractional weights. Reference: the token-by-token recursion in long double, and the
+    // whitening of the stored unwhitened values by its definition.
+    using S = TestType;
+    using LD = long double;
+    rt::Generator gen(31);
+    const Index B = 41, T = 300;
+    Mat<S> m = Mat<S>::Zero(B, T);
+    const Mat<S> v = gen.normal<S>(B, T), u = gen.uniform<S>(B, 3, 0.0, 1.0);
+    Vec<S> score(B);
+    for (Index i = 0; i < B; ++i) {
+        score(i) = static_cast<S>(4 * u(i, 0) - 2);
+        const auto len = static_cast<Index>(static_cast<double>(u(i, 1)) * T);
+        const Index start = i % 4 == 1 ? static_cast<Index>(static_cast<double>(u(i, 2)) * len) : 0;
+        for (Index t = start; t < len; ++t) m(i, t) = i % 5 == 2 ? S(0.5) : S(1);
+        if (i % 6 == 3 && len > 20) m(i, len / 2) = m(i, len / 3) = 0;  // holes
+    }
+    m.row(0).setOnes();
+    m.row(1).setZero();
+    score(1) = std::numeric_limits<S>::quiet_NaN();  // an empty row's reward is never read
+    const Mat<S> r_tok = rr::outcome_token_rewards(
+        score.unaryExpr([](S x) { return std::isfinite(x) ? x : S(0); }), m);
+    for (const GAEOptions& base : {GAEOptions{}, GAEOptions::openrlhf(), GAEOptions::ppo_paper()}) {
+        GAEOptions o = base;
+        o.whiten = false;
+        const auto seq = rr::gae_advantages(score, v, m, o);
+        // [B, 1] outcome rewards are the token rewards of the last unmasked token, exactly
+        Mat<S> r_tok_nan = r_tok;
+        const auto tok = rr::gae_advantages(r_tok_nan, v, m, o);
+        CHECK(seq.advantages == tok.advantages);
+        CHECK(seq.returns == tok.returns);
+        // against the token-by-token recursion
+        double err = 0.0;
+        for (Index i = 0; i < B; ++i) {
+            LD next_v = 0, next_a = 0;
+            for (Index t = T - 1; t >= 0; --t) {
+                if (m(i, t) == 0) {
+                    CHECK(seq.advantages(i, t) == S(0));
+                    CHECK(seq.returns(i, t) == S(0));
+                    continue;
+                }
+                const LD delta = LD(r_tok(i, t)) + LD(o.gamma) * next_v - LD(v(i, t));
+                next_a = delta + LD(o.gamma) * LD(o.lambda) * next_a;
+                next_v = LD(v(i, t));
+                const auto rel = [](LD x, S y) {
+                    return static_cast<double>(std::abs(x - LD(y)) / (1 + std::abs(x)));
+                };
+                err = std::max({err, rel(next_a, seq.advantages(i, t)),
+                                rel(next_a + next_v, seq.returns(i, t))});
+            }
+        }
+        // the outputs' rounding to S, and the recursion's own in double (≲ T·2⁻⁵³)
+        INFO("max relative error " << err);
+        CHECK(err < 4 * std::numeric_limits<S>::epsilon() + 1e-13);
+        // whitened: (x − μ)/sqrt(v + ε) of the stored values, weights m
+        o.whiten = true;
+        const auto w = rr::gae_advantages(score, v, m, o);
+        CHECK(w.returns == seq.returns);
+        LD n = 0, sum = 0, ss = 0;
+        for (Index k = 0; k < m.size(); ++k)
+            n += m.data()[k], sum += m.data()[k] * LD(seq.advantages.data()[k]);
+        const LD mu = sum / n;
+        for (Index k = 0; k < m.size(); ++k) {
+            const LD d = LD(seq.advantages.data()[k]) - mu;
+            ss += m.data()[k] * d * d;
+        }
+        LD var = ss / n;
+        if (o.whitening.unbiased) var *= n / (n - 1);
+        const LD den = o.whitening.eps_as_floor ? std::sqrt(std::max(var, LD(o.whitening.epsilon)))
+                                                : std::sqrt(var + LD(o.whitening.epsilon));
+        double werr = 0.0;
+        for (Index k = 0; k < m.size(); ++k) {
+            const LD ref = m.data()[k] == 0 ? 0 : (LD(seq.advantages.data()[k]) - mu) / den;
+            werr = std::max(werr, static_cast<double>(std::abs(ref - LD(w.advantages.data()[k]))));
+        }
+        INFO("max whitening error " << werr);
+        CHECK(werr < 8 * std::numeric_limits<S>::epsilon() + 1e-13);
+        // bitwise the same for 1, 2 and 3 threads
+        for (int k : {1, 2, 3}) {
+            const auto wk =
+                rlpo_test::with_threads(k, [&] { return rr::gae_advantages(score, v, m, o); });
+            CHECK(wk.advantages == w.advantages);
+            CHECK(wk.returns == w.returns);
+        }
+    }
+}
+
 TEST_CASE("whitening: moments, degenerate counts, masked entries never read",
           "[rollout][returns][properties]") {
     rt::Generator gen(12);
@@ -282,6 +372,16 @@ TEST_CASE("token advantages: bad input gives the documented error",
     Mat<double> m2 = m;
     m2(1, 2) = 0;  // the NaN is masked: fine
     CHECK_NOTHROW(rr::gae_advantages(r, bad, m2));
+    // one outcome reward per row ([B, 1]): its row count, and a non-finite one under the mask
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::gae_advantages(Vec<double>::Ones(3), r, m),
+        "rollout::gae_advantages(): token_rewards: expected [B, T] or [B, 1] with B = 2");
+    Vec<double> s2 = Vec<double>::Ones(2);
+    s2(1) = nan_d;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(s2, r, m),
+                                    "token_rewards: non-finite value nan at [1, 0]");
+    m2.row(1).setZero();  // a row without tokens does not read its reward
+    CHECK_NOTHROW(rr::gae_advantages(s2, r, m2));
     GAEOptions o;
     o.lambda = 1.5;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(r, r, m, o),

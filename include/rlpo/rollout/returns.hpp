@@ -33,7 +33,7 @@
 /// rlpo::numerical_error.
 ///
 /// Precision and threads: recursions and whitening statistics run in double; outputs are stored
-/// in the caller's scalar type (the variance pass reads those stored values). Rows run in
+/// in the caller's scalar type (the variance is that of those stored values). Rows run in
 /// parallel with OpenMP and per-row partial sums are combined in row order, so results are
 /// bitwise identical for any thread count (tested).
 ///
@@ -102,7 +102,46 @@ struct RowScan {
     double weight = 0.0;    ///< Σ_t m
     double sum = 0.0;       ///< Σ_t m·x
     Index overflow_t = -1;  ///< first position whose recursion overflowed (finite inputs)
+    /// Σ_t m·(x − x̄)², x̄ = sum / weight, of the row's stored values (`row_moments`); then
+    /// `centred` is true and whitening needs no variance pass of its own.
+    double sq = 0.0;
+    bool centred = false;
 };
+
+/// A row's whitening moments from its stored values `x` (the outputs, 0 where m = 0) and mask
+/// weights `m` over n positions: Σ m, Σ m·x and the centred Σ m·(x − x̄)², each in eight fixed
+/// lanes (the same order whatever the thread), computed while the row is still in cache.
+/// The batch's variance then combines the rows exactly (`whiten_in_place`).
+template <class S>
+inline void row_moments(const S* m, const S* x, Index n, RowScan& sc) {
+    using A8 = Eigen::Array<double, 8, 1>;
+    using M8 = Eigen::Map<const Eigen::Array<S, 8, 1>>;
+    A8 wp = A8::Zero(), sp = A8::Zero();
+    Index t = 0;
+    for (; t + 8 <= n; t += 8) {
+        const A8 mk = M8(m + t).template cast<double>();
+        wp += mk;
+        sp += mk * M8(x + t).template cast<double>();
+    }
+    for (Index j = 0; t + j < n; ++j) {
+        const double mk = static_cast<double>(m[t + j]);
+        wp(j) += mk;
+        sp(j) += mk * static_cast<double>(x[t + j]);
+    }
+    double w = 0.0, s = 0.0;
+    for (Index j = 0; j < 8; ++j) w += wp(j), s += sp(j);
+    const double mu = w > 0 ? s / w : 0.0;
+    A8 qp = A8::Zero();
+    for (t = 0; t + 8 <= n; t += 8)
+        qp += M8(m + t).template cast<double>() * (M8(x + t).template cast<double>() - mu).square();
+    for (Index j = 0; t + j < n; ++j) {
+        const double d = static_cast<double>(x[t + j]) - mu;
+        qp(j) += static_cast<double>(m[t + j]) * d * d;
+    }
+    double q = 0.0;
+    for (Index j = 0; j < 8; ++j) q += qp(j);
+    sc.weight = w, sc.sum = s, sc.sq = q, sc.centred = true;
+}
 
 /// Flag a recursion value that is not finite in double or in the storage type S (its inputs
 /// are finite: the input check comes first).
@@ -206,7 +245,8 @@ inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask, cons
 }
 
 /// Whitening in place over the mask (weights m), given the per-row Σm and Σm·x of pass one:
-/// mean in double, then a second (row-parallel) pass for the variance around it, then the
+/// mean in double, then the variance around it — from the rows' centred sums when pass one
+/// formed them (`row_moments`), else by a second (row-parallel) pass — then the
 /// normalisation; masked entries set to 0. The statistics are over all ranks of `red` (two
 /// sums of two and one values; the rare overflow path adds a max and two more sums).
 template <class S, class X>
@@ -222,32 +262,42 @@ inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
         n = ns[0], sum = ns[1];
     }
     const double mu = n > 0 ? sum / n : 0.0;
-    std::vector<double> row_ss(static_cast<std::size_t>(B), 0.0);
-    ::rlpo::detail::parallel_for(B, B > 64, [&](Index i) {
-        // eight partial sums (a vector's worth) added in a fixed order: the same for any
-        // thread count; masked entries (never read as values) are selected away
-        constexpr Index L = 8;
-        double part[L] = {};
-        const auto* mr = mask.data() + i * mask.outerStride();
-        const auto* xr = x.data() + i * x.outerStride();
-        Index t = 0;
-        for (; t + L <= T; t += L)
-            for (Index j = 0; j < L; ++j) {
+    double ss = 0.0;
+    if (std::all_of(rows.begin(), rows.end(), [](const RowScan& r) { return r.centred; })) {
+        // the rows' centred sums moved to the batch mean (exact: Σ m·(x − μ)² over a row is
+        // its Σ m·(x − x̄)² + Σ m·(x̄ − μ)²), added in row order
+        for (const auto& r : rows)
+            if (r.weight > 0) {
+                const double d = r.sum / r.weight - mu;
+                ss += r.sq + r.weight * d * d;
+            }
+    } else {
+        std::vector<double> row_ss(static_cast<std::size_t>(B), 0.0);
+        ::rlpo::detail::parallel_for(B, B > 64, [&](Index i) {
+            // eight partial sums (a vector's worth) added in a fixed order: the same for any
+            // thread count; masked entries (never read as values) are selected away
+            constexpr Index L = 8;
+            double part[L] = {};
+            const auto* mr = mask.data() + i * mask.outerStride();
+            const auto* xr = x.data() + i * x.outerStride();
+            Index t = 0;
+            for (; t + L <= T; t += L)
+                for (Index j = 0; j < L; ++j) {
+                    const double m = static_cast<double>(mr[t + j]);
+                    const double d = static_cast<double>(xr[t + j]) - mu;
+                    part[j] += m != 0 ? m * d * d : 0.0;
+                }
+            for (Index j = 0; t + j < T; ++j) {
                 const double m = static_cast<double>(mr[t + j]);
                 const double d = static_cast<double>(xr[t + j]) - mu;
                 part[j] += m != 0 ? m * d * d : 0.0;
             }
-        for (Index j = 0; t + j < T; ++j) {
-            const double m = static_cast<double>(mr[t + j]);
-            const double d = static_cast<double>(xr[t + j]) - mu;
-            part[j] += m != 0 ? m * d * d : 0.0;
-        }
-        double ss = 0.0;
-        for (Index j = 0; j < L; ++j) ss += part[j];
-        row_ss[static_cast<std::size_t>(i)] = ss;
-    });
-    double ss = 0.0;
-    for (double v : row_ss) ss += v;
+            double rs = 0.0;
+            for (Index j = 0; j < L; ++j) rs += part[j];
+            row_ss[static_cast<std::size_t>(i)] = rs;
+        });
+        for (double v : row_ss) ss += v;
+    }
     if (!red.local()) ss = red.sum(ss);  // every rank decides the path on the same sums
     if (!(std::isfinite(n) && std::isfinite(mu) && std::isfinite(ss)))
         return whiten_scaled<S>(fn, x, mask, o, red);  // Σ m·x or Σ m·d² overflowed: rare path
@@ -268,6 +318,10 @@ inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
         using X_t = typename X::Scalar;
         const auto* mr = mask.data() + i * mask.outerStride();
         auto* xr = x.data() + i * x.outerStride();
+        if (i + 1 < B) {  // the next row (most often this thread's next)
+            ::rlpo::detail::simd::prefetch_span_l2(mr + mask.outerStride(), sizeof(*mr) * T);
+            ::rlpo::detail::simd::prefetch_span_l2(xr + x.outerStride(), sizeof(*xr) * T);
+        }
         // branch-free (vectorisable): masked entries become 0, the others (x − μ)/σ
         int ok = 1;
         for (Index t = 0; t < T; ++t) {
@@ -451,16 +505,21 @@ namespace detail {
 
 /// GAE's fast row: when the row's unmasked tokens form one contiguous segment [a, b) (a
 /// response, or a prompt-and-response layout) with finite rewards and values, the TD errors
-/// are formed vectorised, the recursion Â_t = δ_t + γλ·Â_{t+1} is the only serial chain (one
-/// fused multiply-add per token), and the outputs, the row's sums and the overflow check are
-/// vectorised again. Returns false (nothing kept) for any other row, which the general loop
-/// then handles (holes in the mask, a non-finite input or an overflow to report).
+/// are formed vectorised, the recursion runs in blocks of eight (below), and the outputs, the
+/// row's whitening moments and the overflow check are vectorised again. Returns false
+/// (nothing kept) for any other row, which the general loop then handles (holes in the mask,
+/// a non-finite input or an overflow to report). `seq`: `r` holds one outcome reward per row
+/// (column 0), the reward of the segment's last token.
+///
+/// The recursion Â_t = δ_t + c·Â_{t+1} (c = γλ) is Â_t = Σ_k c^k·δ_{t+k}; by blocks of eight
+/// from the end, a block's partial sums y_j = δ_j + c·y_{j+1} do not depend on the later
+/// blocks, and Â_{t+j} = y_j + c^{8−j}·Â_{t+8}: one multiply-add per block on the serial chain
+/// (instead of one per token), so rows run at the speed of memory rather than of the FMA
+/// latency. The same sums as the token-by-token recursion up to rounding in double.
 template <class S>
-inline bool gae_segment_row(const ConstMatRef<S>& r, const ConstMatRef<S>& v,
+inline bool gae_segment_row(const ConstMatRef<S>& r, bool seq, const ConstMatRef<S>& v,
                             const ConstMatRef<S>& m, const GAEOptions& opts, Index i,
                             TokenAdvantages<S>& out, RowScan& sc) {
-    using ArrS = Eigen::Array<S, Eigen::Dynamic, 1>;
-    using ArrD = Eigen::Array<double, Eigen::Dynamic, 1>;
     const Index T = m.cols();
     const S* mr = m.data() + i * m.outerStride();
     const S* rr = r.data() + i * r.outerStride();
@@ -468,6 +527,12 @@ inline bool gae_segment_row(const ConstMatRef<S>& r, const ConstMatRef<S>& v,
     S* ar = out.advantages.data() + i * out.advantages.outerStride();
     S* gr = out.returns.data() + i * out.returns.outerStride();
     namespace simd = ::rlpo::detail::simd;
+    if (i + 1 < m.rows()) {  // the next row's inputs (most often this thread's next row)
+        const auto bytes = static_cast<std::size_t>(T) * sizeof(S);
+        simd::prefetch_span_l2(mr + m.outerStride(), bytes);
+        simd::prefetch_span_l2(vr + v.outerStride(), bytes);
+        if (!seq) simd::prefetch_span_l2(rr + r.outerStride(), bytes);
+    }
     using P = simd::Packet<S>;
     constexpr Index W = simd::width<S>;
     const P zero = simd::set1<S>(S(0)), all = simd::pcmp_eq(zero, zero);
@@ -484,34 +549,61 @@ inline bool gae_segment_row(const ConstMatRef<S>& r, const ConstMatRef<S>& v,
     while (a < b && mr[a] == S(0)) ++a;
     const Index n = b - a;
     // no hole in it, and finite rewards and values
+    if (seq && n > 0 && !(std::abs(rr[0]) < std::numeric_limits<S>::infinity())) return false;
     P bad = zero;
     Index k = a;
     const auto finite = [&](const P& x) { return simd::pcmp_lt(Eigen::internal::pabs(x), inf); };
-    for (; k + W <= b; k += W)
-        bad = simd::por(
-            bad,
-            simd::por(simd::pcmp_eq(Eigen::internal::ploadu<P>(mr + k), zero),
-                      simd::pandnot(all, simd::pand(finite(Eigen::internal::ploadu<P>(rr + k)),
-                                                    finite(Eigen::internal::ploadu<P>(vr + k))))));
+    for (; k + W <= b; k += W) {
+        P ok = finite(Eigen::internal::ploadu<P>(vr + k));
+        if (!seq) ok = simd::pand(ok, finite(Eigen::internal::ploadu<P>(rr + k)));
+        bad = simd::por(bad, simd::por(simd::pcmp_eq(Eigen::internal::ploadu<P>(mr + k), zero),
+                                       simd::pandnot(all, ok)));
+    }
     if (Eigen::internal::predux_any(bad)) return false;
     for (; k < b; ++k)
-        if (mr[k] == S(0) || !(std::abs(rr[k]) < std::numeric_limits<S>::infinity()) ||
+        if (mr[k] == S(0) || (!seq && !(std::abs(rr[k]) < std::numeric_limits<S>::infinity())) ||
             !(std::abs(vr[k]) < std::numeric_limits<S>::infinity()))
             return false;
-    const Eigen::Map<const ArrS> rs(rr + a, n), vs(vr + a, n);
+    using ArrS = Eigen::Array<S, Eigen::Dynamic, 1>;
+    using ArrD = Eigen::Array<double, Eigen::Dynamic, 1>;
+    const Eigen::Map<const ArrS> vs(vr + a, n);
     thread_local std::vector<double> buf;
     if (static_cast<Index>(buf.size()) < T) buf.resize(static_cast<std::size_t>(T));
-    Eigen::Map<ArrD> d(buf.data(), n);
-    const double g = opts.gamma, gl = opts.gamma * opts.lambda;
+    double* q = buf.data();
+    Eigen::Map<ArrD> d(q, n);
+    const double g = opts.gamma, c = opts.gamma * opts.lambda;
     // δ_t = r_t + γ·V_{t+1} − V_t, V_b = 0 (terminal after the last unmasked token)
     if (n > 0) {
-        d.head(n - 1) = rs.head(n - 1).template cast<double>() +
-                        g * vs.tail(n - 1).template cast<double>() -
-                        vs.head(n - 1).template cast<double>();
-        d(n - 1) = static_cast<double>(rs(n - 1)) - static_cast<double>(vs(n - 1));
+        if (seq) {
+            d.head(n - 1) =
+                g * vs.tail(n - 1).template cast<double>() - vs.head(n - 1).template cast<double>();
+            d(n - 1) = static_cast<double>(rr[0]) - static_cast<double>(vs(n - 1));
+        } else {
+            const Eigen::Map<const ArrS> rs(rr + a, n);
+            d.head(n - 1) = rs.head(n - 1).template cast<double>() +
+                            g * vs.tail(n - 1).template cast<double>() -
+                            vs.head(n - 1).template cast<double>();
+            d(n - 1) = static_cast<double>(rs(n - 1)) - static_cast<double>(vs(n - 1));
+        }
     }
-    double next = 0.0;
-    for (Index t = n - 1; t >= 0; --t) d(t) = next = d(t) + gl * next;
+    // the recursion by blocks of eight from the end (see above)
+    double cp[9];  // c^0 … c^8
+    cp[0] = 1.0;
+    for (int j = 1; j <= 8; ++j) cp[j] = cp[j - 1] * c;
+    double carry = 0.0;  // Â after the block
+    Index t = n;
+    for (; t >= 8; t -= 8) {
+        double* blk = q + t - 8;
+        double y[8];
+        y[7] = blk[7];
+        for (int j = 6; j >= 0; --j) y[j] = blk[j] + c * y[j + 1];
+        for (int j = 0; j < 8; ++j) blk[j] = y[j] + cp[8 - j] * carry;
+        carry = blk[0];
+    }
+    while (t > 0) {
+        --t;
+        q[t] = carry = q[t] + c * carry;
+    }
     Eigen::Map<ArrS> as(ar + a, n), gs(gr + a, n);
     as = d.template cast<S>();
     gs = (d + vs.template cast<double>()).template cast<S>();
@@ -524,25 +616,11 @@ inline bool gae_segment_row(const ConstMatRef<S>& r, const ConstMatRef<S>& v,
         if (!(std::abs(ar[k]) < std::numeric_limits<S>::infinity()) ||
             !(std::abs(gr[k]) < std::numeric_limits<S>::infinity()))
             return false;
-    // Σ m and Σ m·Â in eight fixed lanes (the same order whatever the thread or alignment)
-    using A8 = Eigen::Array<double, 8, 1>;
-    A8 wp = A8::Zero(), sp = A8::Zero();
-    Index t = 0;
-    for (; t + 8 <= n; t += 8) {
-        const A8 mk = Eigen::Map<const Eigen::Array<S, 8, 1>>(mr + a + t).template cast<double>();
-        wp += mk;
-        sp += mk * Eigen::Map<const A8>(buf.data() + t);
-    }
-    for (Index j = 0; t + j < n; ++j) {
-        const double mk = static_cast<double>(mr[a + t + j]);
-        wp(j) += mk;
-        sp(j) += mk * buf[static_cast<std::size_t>(t + j)];
-    }
     std::fill(ar, ar + a, S(0));
     std::fill(gr, gr + a, S(0));
     std::fill(ar + b, ar + T, S(0));
     std::fill(gr + b, gr + T, S(0));
-    for (Index j = 0; j < 8; ++j) sc.weight += wp(j), sc.sum += sp(j);
+    row_moments(mr + a, ar + a, n, sc);
     return true;
 }
 
@@ -553,6 +631,11 @@ inline bool gae_segment_row(const ConstMatRef<S>& r, const ConstMatRef<S>& v,
 /// Â_t = δ_t + γλ·Â_next. `returns` = Â + V (before whitening; the critic's target);
 /// `advantages` = whiten(Â) when `whiten`, else Â. λ = 1 gives Â_t = G_t − V_t (discounted
 /// return minus value); λ = 0 gives the TD error δ_t.
+///
+/// `token_rewards` is `[B, T]`, or `[B, 1]`: one outcome reward per response (a scorer's
+/// output), which is the reward of the row's last unmasked token and 0 elsewhere — the same
+/// as `outcome_token_rewards(scores, mask)` (verl's reward manager) without its `[B, T]`
+/// matrix. A row without unmasked tokens does not read its reward.
 ///
 /// The overload with `out` writes into `out.advantages` and `out.returns` (resized only when
 /// their shape differs, so a trainer's buffers are reused from step to step: no fresh
@@ -565,32 +648,40 @@ void gae_advantages(const Eigen::MatrixBase<DR>& token_rewards, const Eigen::Mat
     using S = ::rlpo::detail::scalar_t<DR>;
     constexpr const char* fn = "rollout::gae_advantages";
     const ConstMatRef<S> r(token_rewards.derived()), v(values.derived()), m(mask.derived());
-    ::rlpo::detail::check_same_shape(fn, "values", v, "token_rewards", r);
-    ::rlpo::detail::check_same_shape(fn, "mask", m, "token_rewards", r);
+    const Index B = v.rows(), T = v.cols();
+    const bool seq = r.cols() == 1 && T != 1;  // one outcome reward per row
+    if (seq)
+        RLPO_CHECK(r.rows() == B, fn, "token_rewards: expected [B, T] or [B, 1] with B = ", B,
+                   " (rows of values), given [", r.rows(), ", 1]");
+    else
+        ::rlpo::detail::check_same_shape(fn, "values", v, "token_rewards", r);
+    ::rlpo::detail::check_same_shape(fn, "mask", m, "values", v);
     ::rlpo::detail::check_mask(fn, m);
     detail::check_unit(fn, "gamma", opts.gamma);
     detail::check_unit(fn, "lambda", opts.lambda);
     ::rlpo::detail::check_nonnegative(fn, "whitening.epsilon", opts.whitening.epsilon);
-    if (out.advantages.rows() != r.rows() || out.advantages.cols() != r.cols())
-        out.advantages.resize(r.rows(), r.cols());
-    if (out.returns.rows() != r.rows() || out.returns.cols() != r.cols())
-        out.returns.resize(r.rows(), r.cols());
-    const auto rows = detail::scan_rows(
-        fn, r.rows(), {"token_rewards", "values"}, [&](Index i, detail::RowScan& sc) {
-            if (detail::gae_segment_row<S>(r, v, m, opts, i, out, sc)) return;
+    if (out.advantages.rows() != B || out.advantages.cols() != T) out.advantages.resize(B, T);
+    if (out.returns.rows() != B || out.returns.cols() != T) out.returns.resize(B, T);
+    const auto rows =
+        detail::scan_rows(fn, B, {"token_rewards", "values"}, [&](Index i, detail::RowScan& sc) {
+            if (detail::gae_segment_row<S>(r, seq, v, m, opts, i, out, sc)) return;
             double next_value = 0.0, next_adv = 0.0;
-            for (Index t = r.cols() - 1; t >= 0; --t) {
+            bool last = true;  // the row's last unmasked token (its outcome reward when seq)
+            for (Index t = T - 1; t >= 0; --t) {
                 const double mk = static_cast<double>(m(i, t));
                 if (mk == 0) {
                     out.advantages(i, t) = S(0);
                     out.returns(i, t) = S(0);
                     continue;
                 }
-                const double rt = static_cast<double>(r(i, t)), vt = static_cast<double>(v(i, t));
+                const double rt = seq ? (last ? static_cast<double>(r(i, 0)) : 0.0)
+                                      : static_cast<double>(r(i, t));
+                const double vt = static_cast<double>(v(i, t));
                 if (sc.bad_input < 0 && !std::isfinite(rt))
-                    sc.bad_input = 0, sc.bad_t = t, sc.bad_value = rt;
+                    sc.bad_input = 0, sc.bad_t = seq ? 0 : t, sc.bad_value = rt;
                 if (sc.bad_input < 0 && !std::isfinite(vt))
                     sc.bad_input = 1, sc.bad_t = t, sc.bad_value = vt;
+                last = false;
                 const double delta = rt + opts.gamma * next_value - vt;
                 next_adv = delta + opts.gamma * opts.lambda * next_adv;
                 next_value = vt;
@@ -598,9 +689,9 @@ void gae_advantages(const Eigen::MatrixBase<DR>& token_rewards, const Eigen::Mat
                 detail::flag_overflow<S>(sc, t, next_adv + vt);
                 out.advantages(i, t) = static_cast<S>(next_adv);
                 out.returns(i, t) = static_cast<S>(next_adv + vt);
-                sc.weight += mk;
-                sc.sum += mk * next_adv;
             }
+            detail::row_moments(m.data() + i * m.outerStride(),
+                                out.advantages.data() + i * out.advantages.outerStride(), T, sc);
         });
     if (opts.whiten) detail::whiten_in_place<S>(fn, out.advantages, m, rows, opts.whitening, red);
 }

@@ -72,6 +72,10 @@ struct FusedSums {
     bool bad = false;  ///< a row flagged a non-finite per-token result or weighted gradient
 };
 
+/// How far ahead (entries) the pass prefetches its inputs: 2 KiB.
+template <class S>
+constexpr Index kPrefetchAhead = 2048 / static_cast<Index>(sizeof(S));
+
 /// The pass with the KL and value terms on or off at compile time (no dead accumulators or
 /// constants competing for registers).
 template <class S, bool KL, bool VF>
@@ -123,7 +127,6 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
         const S* Rp = VF ? f.returns->data() + i * f.returns->outerStride() : nullptr;
         const P zero = set1<S>(S(0));
         const P all = pcmp_eq(zero, zero);
-        const P inf = set1<S>(std::numeric_limits<S>::infinity());
         // the weights each part's pass forms: c·coef rounded to S
         const P gs_pg = set1<S>(static_cast<S>(c * f.coef_pg));
         const P gs_kl = set1<S>(static_cast<S>(c * f.coef_kl));
@@ -157,12 +160,39 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
             }
             pending = 0;
         };
-        // flags a lane whose two values are not both finite
+        // flags a lane whose two values are not both finite: x·0 + y·0 is NaN exactly then,
+        // and a NaN stays in the accumulator (two multiply-adds instead of compares and masks)
         const auto flag = [&](const P& x, const P& y) {
-            bad = por(bad, pandnot(all, pand(pcmp_lt(Eigen::internal::pabs(x), inf),
-                                             pcmp_lt(Eigen::internal::pabs(y), inf))));
+            bad = Eigen::internal::pmadd(y, zero, Eigen::internal::pmadd(x, zero, bad));
+        };
+        // software prefetch a fixed distance ahead in every input stream, into the thread's
+        // next row near the end of this one: a row is often a page of its own, where the
+        // hardware prefetchers stop and start over
+        const bool next_row = i + 1 < B;
+        const auto prefetch_ahead = [&](Index k) {
+            Index at = k + kPrefetchAhead<S>;
+            std::ptrdiff_t row_step = 0;
+            if (at >= T) {
+                if (!next_row) return;
+                at -= T;
+                row_step = 1;
+            }
+            const auto pf = [&](const S* p, const ConstMatRef<S>* x) {
+                prefetch_l1(p + row_step * x->outerStride() + at);
+            };
+            pf(mk, f.mask);
+            pf(lp, f.logp);
+            if (olp != lp) pf(olp, f.old_logp);
+            if (!seq_adv) pf(ap, f.adv);
+            if constexpr (KL) pf(rp, f.ref_logp);
+            if constexpr (VF) {
+                pf(vp, f.values);
+                if (vop) pf(vop, f.old_values);
+                pf(Rp, f.returns);
+            }
         };
         for (Index k = 0; k < T; k += W) {
+            prefetch_ahead(k);
             const P m = load(mk, k, T);
             const P keep = pandnot(all, pcmp_eq(m, zero));
             if (!Eigen::internal::predux_any(keep)) {
@@ -230,7 +260,8 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
         flush();
         row.pg *= c;  // row.kl stays unweighted: it is also the KL's stat
         row.vf *= c;
-        row.bad = Eigen::internal::predux_any(bad);
+        row.bad = !(std::abs(static_cast<double>(Eigen::internal::predux(bad))) <
+                    std::numeric_limits<double>::infinity());
     });
     FusedSums<S> out;
     for (std::size_t r = 0; r < rows.size(); ++r) {  // row order, as the parts combine rows

@@ -91,6 +91,15 @@ EIGEN_ALWAYS_INLINE void prefetch_l2(const void* p) {
 #endif
 }
 
+/// Prefetch every cache line of [p, p + bytes) into L2 (a no-op without SSE2): the row a
+/// thread reads next, while it works on this one. Each row of a `[B, T]` input is a stream of
+/// its own (a 4 KiB row is a page, where the hardware prefetchers stop), which they would pick
+/// up only after a few misses.
+EIGEN_ALWAYS_INLINE void prefetch_span_l2(const void* p, std::size_t bytes) {
+    const char* c = static_cast<const char*>(p);
+    for (std::size_t k = 0; k < bytes; k += 64) prefetch_l2(c + k);
+}
+
 #if defined(__AVX512F__)
 namespace avx512 {
 
