@@ -593,6 +593,37 @@ TEMPLATE_TEST_CASE(
     }
 }
 
+TEST_CASE("training step: the single pass streams large gradients, same bits as the parts",
+          "[rollout][step][properties]") {
+    // Gradients of 8 MiB and more are overwritten with streaming stores where a row starts on
+    // a packet boundary: rows of 1024 floats (all aligned) and of 1001 (alignment varies by
+    // row, so both stores meet in one call), into write_to buffers and the result's own.
+    for (const Index T : {Index(1024), Index(1001)}) {
+        INFO("T = " << T);
+        const Index B = 2100;
+        REQUIRE(static_cast<double>(B * T) * sizeof(float) >= 8.0 * 1024 * 1024);
+        const Data<float> d = make_data<float>(41, B, T, 1);
+        StepOptions o = full_options(Aggregation::TokenMean);
+        o.entropy_coef = 0.0;
+        StepOptions parts_o = o;
+        parts_o.fused = false;
+        const TrainingStep<float> fused(o), parts(parts_o);
+        StepInputs<float> in;
+        fill(in, d, 0, B, false, true);
+        const auto a = fused(in), b = parts(in);
+        CHECK(a.loss == b.loss);
+        CHECK(same_bits(a.grad_logp, b.grad_logp));
+        CHECK(same_bits(a.grad_values, b.grad_values));
+        Mat<float> w1 = Mat<float>::Constant(B, T, 3.0f), w2 = w1;
+        Mat<float> v1 = Mat<float>::Constant(B, T, -2.0f), v2 = v1;
+        fused(in, {rlpo::write_to<float>(w1), rlpo::no_grad<float>(), rlpo::write_to<float>(v1)});
+        parts(in, {rlpo::write_to<float>(w2), rlpo::no_grad<float>(), rlpo::write_to<float>(v2)});
+        CHECK(same_bits(w1, w2));
+        CHECK(same_bits(v1, v2));
+        CHECK(same_bits(w1, a.grad_logp));
+    }
+}
+
 TEST_CASE("training step: per-sequence advantages with the other surrogates; bad shapes",
           "[rollout][step][properties][bad-input]") {
     const Data<double> d = make_data<double>(29, 7, 9);

@@ -318,17 +318,22 @@ inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
         using X_t = typename X::Scalar;
         const auto* mr = mask.data() + i * mask.outerStride();
         auto* xr = x.data() + i * x.outerStride();
-        if (i + 1 < B) {  // the next row (most often this thread's next)
-            ::rlpo::detail::simd::prefetch_span_l2(mr + mask.outerStride(), sizeof(*mr) * T);
-            ::rlpo::detail::simd::prefetch_span_l2(xr + x.outerStride(), sizeof(*xr) * T);
-        }
-        // branch-free (vectorisable): masked entries become 0, the others (x − μ)/σ
+        // branch-free, a block of entries at a time (vectorised): masked entries become 0, the
+        // others (x − μ)/σ in double, rounded to the storage type
+        constexpr Index L = 16;
+        double w[L];
+        X_t out[L];
         int ok = 1;
-        for (Index t = 0; t < T; ++t) {
-            const double w = scale * ((static_cast<double>(xr[t]) - mu) / sd) + add;
-            const X_t out = mr[t] != 0 ? static_cast<X_t>(w) : X_t(0);
-            ok &= static_cast<int>(std::abs(out) <= std::numeric_limits<X_t>::max());
-            xr[t] = out;
+        for (Index t0 = 0; t0 < T; t0 += L) {
+            const Index len = std::min<Index>(L, T - t0);
+            for (Index j = 0; j < len; ++j)
+                w[j] = scale * ((static_cast<double>(xr[t0 + j]) - mu) / sd) + add;
+            for (Index j = 0; j < len; ++j) out[j] = static_cast<X_t>(w[j]);
+            for (Index j = 0; j < len; ++j) {
+                const X_t o = mr[t0 + j] != 0 ? out[j] : X_t(0);
+                ok &= static_cast<int>(std::abs(o) <= std::numeric_limits<X_t>::max());
+                xr[t0 + j] = o;
+            }
         }
         if (ok) return;
         for (Index t = 0; t < T; ++t)  // rare: the first entry beyond the storage type

@@ -11,6 +11,11 @@
 /// then in double, rows added in row order). Per-sequence advantages (`[B, 1]`) are read once
 /// per row and broadcast in registers, equal to a `[B, T]` broadcast (0 at masked tokens).
 ///
+/// Memory: every input is prefetched a fixed distance ahead (into the thread's next row near
+/// the end of a row); an overwritten float gradient of `kStreamMinBytes` or more is written
+/// with streaming stores (rows that start on a packet boundary), so its lines are not read
+/// first. Neither changes a bit of the results.
+///
 /// Errors: the pass only flags a row with a non-finite per-token result or an overflowing
 /// weighted gradient (any term); the caller then reruns the composed parts, which throw
 /// exactly the composed step's error (naming the part, the input and the position).
@@ -26,7 +31,9 @@
 
 #include <array>
 #include <cmath>
+#include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace rlpo::train::detail {
@@ -105,6 +112,8 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
     const critic::detail::ValueLossKernel<S> vfk =
         VF ? *f.vf : critic::detail::ValueLossKernel<S>(critic::ValueLossOptions{});
     const bool seq_adv = f.seq_adv;
+    const bool large =
+        static_cast<double>(B) * static_cast<double>(T) * sizeof(S) >= kStreamMinBytes;
     ::rlpo::detail::parallel_for_dynamic(B, 4, B * T > 32768, [&](Index i) {
         const auto r = static_cast<std::size_t>(i);
         Row& row = rows[r];
@@ -191,13 +200,30 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
                 pf(Rp, f.returns);
             }
         };
+        // an overwritten float row starting on a packet boundary, of a gradient too large to
+        // stay in cache anyway, is written with streaming (non-temporal) stores: no read of
+        // the destination's lines before they are written
+        const auto streams = [&](const S* g, GradMode mode) {
+            return kStreamingStores && std::is_same<S, float>::value && g && large &&
+                   mode == GradMode::Write && reinterpret_cast<std::uintptr_t>(g) % sizeof(P) == 0;
+        };
+        const bool stream_lp = streams(glp, glp_mode), stream_v = streams(gv, gv_mode);
+        const auto put = [&](S* g, bool stream, Index k, const P& v) {
+            if constexpr (kStreamingStores && std::is_same<S, float>::value) {
+                if (stream && k + W <= T) {
+                    stream_packet(g + k, v);
+                    return;
+                }
+            }
+            store_n(g, k, T, v);
+        };
         for (Index k = 0; k < T; k += W) {
             prefetch_ahead(k);
             const P m = load(mk, k, T);
             const P keep = pandnot(all, pcmp_eq(m, zero));
             if (!Eigen::internal::predux_any(keep)) {
-                if (glp && glp_mode == GradMode::Write) store_n(glp, k, T, zero);
-                if (gv && gv_mode == GradMode::Write) store_n(gv, k, T, zero);
+                if (glp && glp_mode == GradMode::Write) put(glp, stream_lp, k, zero);
+                if (gv && gv_mode == GradMode::Write) put(gv, stream_v, k, zero);
                 continue;
             }
             const P x = load_kept(lp, k, T, keep);
@@ -233,7 +259,7 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
                             ? padd(load(static_cast<const S*>(glp), k, T), gk_pg)
                             : gk_pg;
                 if (kl_grad) out = padd(out, gk_kl);
-                store_n(glp, k, T, out);
+                put(glp, stream_lp, k, out);
             }
             // value loss
             if constexpr (VF) {
@@ -248,7 +274,7 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
                     if (gv_mode == GradMode::Add)
                         store_n(gv, k, T, padd(load(static_cast<const S*>(gv), k, T), gk));
                     else
-                        store_n(gv, k, T, gk);
+                        put(gv, stream_v, k, gk);
                 } else {
                     flag(l_vf, g_vf);
                 }
@@ -258,6 +284,7 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
             if (++pending == 8) flush();
         }
         flush();
+        if (stream_lp || stream_v) store_fence();
         row.pg *= c;  // row.kl stays unweighted: it is also the KL's stat
         row.vf *= c;
         row.bad = !(std::abs(static_cast<double>(Eigen::internal::predux(bad))) <

@@ -37,6 +37,11 @@ inline constexpr bool kStreamingStores =
     false;
 #endif
 
+/// The size (bytes) from which the training step's single pass writes a `[B, T]` gradient
+/// with streaming stores: 8 MiB. A smaller one, e.g. a micro-batch's, stays in cache for
+/// whoever reads it next.
+inline constexpr double kStreamMinBytes = 8.0 * 1024 * 1024;
+
 /// Whether the AVX-512 float kernels of this file are available.
 inline constexpr bool kAvx512 =
 #if defined(__AVX512F__)
