@@ -5,9 +5,10 @@
 //
 // Per step: sample G responses for each of P prompts from the policy, score them, compute
 // advantages (GRPO / RLOO / Dr.GRPO / GAE with a critic ...), then for each mini-batch run the
-// model forward, call rlpo::train::TrainingStep once (surrogate + KL + entropy + value loss →
-// loss, d/dlogp, d/dlogits, d/dvalues, metrics), back-propagate through the softmax by hand and
-// take an Adam step. Writes DIR/metrics.csv and DIR/demo.png (gnuplot). The last line reads
+// model forward, call rlpo::train::step_from_logits once (the sampled tokens' log-probs, then
+// the training step: surrogate + KL + entropy + value loss → loss, d/dlogits including the
+// log-softmax's backward, d/dvalues, metrics), back-propagate to the parameters and take an
+// Adam step. Writes DIR/metrics.csv and DIR/demo.png (gnuplot). The last line reads
 // "final accuracy <end> (start <start>)" (greedy decoding, exact match, all 100 prompts).
 #include "model.hpp"
 #include "objectives.hpp"
@@ -19,7 +20,9 @@
 #include <rlpo/dist/mpi.hpp>
 #endif
 
+#include <rlpo/logits/token_logps.hpp>
 #include <rlpo/rollout/groups.hpp>
+#include <rlpo/train/from_logits.hpp>
 #include <rlpo/train/step.hpp>
 
 #include <algorithm>
@@ -149,21 +152,11 @@ inline std::vector<Context> contexts(const Rollout& r, Index i0, Index n) {
     return ctx;
 }
 
-/// log-prob of the sampled token of each row of `z` ([n·T, V]) → [n, T], plus the softmax.
-inline RM gather_logp(const RM& z, const Rollout& r, Index i0, Index n, RM& probs) {
-    RM lp(n, r.T);
-    probs.resize(z.rows(), z.cols());
-    for (Index i = 0; i < n; ++i)
-        for (Index t = 0; t < r.T; ++t) {
-            const Index row = i * r.T + t;
-            const float mx = z.row(row).maxCoeff();
-            probs.row(row) = (z.row(row).array() - mx).exp();
-            const float s = probs.row(row).sum();
-            probs.row(row) /= s;
-            const int y = static_cast<int>(r.tokens(i0 + i, t));
-            lp(i, t) = z(row, y) - mx - std::log(s);
-        }
-    return lp;
+/// The sampled tokens of rows [i0, i0 + n) as integer labels ([n, T]; 0 at masked positions).
+inline Eigen::Matrix<int, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> labels(const Rollout& r,
+                                                                                  Index i0,
+                                                                                  Index n) {
+    return r.tokens.middleRows(i0, n).cast<int>();
 }
 
 inline double greedy_accuracy(Net& policy, int T) {
@@ -208,16 +201,13 @@ inline BlockGrads block_step(const rlpo::train::TrainingStep<float>& step, Net& 
                              bool use_critic, const Rollout& r, const Prepared& prep,
                              const RM& ref_logp, const RM& values_old, Index i0, Index n) {
     const auto ctx = contexts(r, i0, n);
-    RM probs;
     const RM z = policy.forward(ctx);
-    const RM logp = gather_logp(z, r, i0, n, probs);
     rlpo::train::StepInputs<float> in;
-    in.logp = logp;
+    in.logits = z;  // the step computes the log-probs (and their backward) from them
     in.mask = prep.mask.middleRows(i0, n);
     in.advantages = prep.advantages.middleRows(i0, n);
     in.old_logp = r.old_logp.middleRows(i0, n);
     in.ref_logp = ref_logp.middleRows(i0, n);
-    if (step.uses_logits()) in.logits = z;
     RM vpred;
     if (use_critic) {
         const RM& v = critic.forward(ctx);
@@ -227,23 +217,14 @@ inline BlockGrads block_step(const rlpo::train::TrainingStep<float>& step, Net& 
         in.returns = prep.returns.middleRows(i0, n);
     }
     BlockGrads out;
-    out.res = step(in);
-    const auto& res = out.res;
-    // d loss / d logits = g_logp · (onehot(y) − softmax) + d/dlogits of logit terms
-    RM dz = step.uses_logits() ? res.grad_logits : RM::Zero(z.rows(), z.cols());
-    for (Index i = 0; i < n; ++i)
-        for (Index t = 0; t < r.T; ++t) {
-            const float g = res.grad_logp(i, t);
-            if (g == 0.0f) continue;
-            const Index rr = i * r.T + t;
-            dz.row(rr) -= g * probs.row(rr);
-            dz(rr, static_cast<Index>(r.tokens(i0 + i, t))) += g;
-        }
+    // d loss / d logits = the logit terms' gradient + the log-softmax's backward of d/dlogp
+    out.res = rlpo::train::step_from_logits(step, in, labels(r, i0, n));
+    const RM& dz = out.res.grad_logits;
     out.policy = policy.zeros();
     policy.backward(dz, out.policy);  // activations of the forward above
     if (use_critic) {
         out.critic = critic.zeros();
-        const RM dv = Eigen::Map<const RM>(res.grad_values.data(), n * r.T, 1);
+        const RM dv = Eigen::Map<const RM>(out.res.grad_values.data(), n * r.T, 1);
         critic.backward(dv, out.critic);
     }
     return out;
@@ -253,8 +234,8 @@ inline BlockGrads block_step(const rlpo::train::TrainingStep<float>& step, Net& 
 inline void reference_and_values(Net& ref, Net& critic, bool use_critic, const Rollout& r,
                                  RM& ref_logp, RM& values_old) {
     const auto ctx = contexts(r, 0, r.N);
-    RM probs;
-    ref_logp = gather_logp(ref.forward(ctx), r, 0, r.N, probs);
+    const RM z = ref.forward(ctx);
+    ref_logp = rlpo::logits::token_logps(z, labels(r, 0, r.N), r.mask).logp;
     if (use_critic) {
         const RM& v = critic.forward(ctx);
         values_old = Eigen::Map<const RM>(v.data(), r.N, r.T);

@@ -81,7 +81,7 @@ struct FusedSums {
 
 /// How far ahead (entries) the pass prefetches its inputs: 2 KiB.
 template <class S>
-constexpr Index kPrefetchAhead = 2048 / static_cast<Index>(sizeof(S));
+inline constexpr Index kPrefetchAhead = 2048 / static_cast<Index>(sizeof(S));
 
 /// The pass with the KL and value terms on or off at compile time (no dead accumulators or
 /// constants competing for registers).
