@@ -242,10 +242,17 @@ void one(FuzzedDataProvider& f) {
             o.lambda = fz::pick(f, {o.lambda, 0.95, 0.0, 1.0});
             o.whiten = f.ConsumeIntegralInRange<int>(0, 3) != 0;
             o.whitening = whiten_options(f);
-            if (bad_tokens_r || bad_tokens_v)
-                fz::require_throw("non-finite token reward or value under the mask");
+            // token rewards [B, T], or one outcome reward per row [B, 1] (read where the row
+            // has an unmasked token)
+            const bool outcome = f.ConsumeBool();
+            bool bad = bad_tokens_v || (!outcome && bad_tokens_r);
+            for (Index i = 0; outcome && i < N; ++i)
+                if (!std::isfinite(static_cast<double>(s(i))) && (m.row(i).array() != 0).any())
+                    bad = true;
+            if (bad) fz::require_throw("non-finite reward or value under the mask");
             fz::run("gae_advantages", [&] {
-                const auto a = rr::gae_advantages(r, v, m, o);
+                const auto a =
+                    outcome ? rr::gae_advantages(s, v, m, o) : rr::gae_advantages(r, v, m, o);
                 check_tokens("gae_advantages", a.advantages, m, "advantages");
                 check_tokens("gae_advantages", a.returns, m, "returns");
             });
