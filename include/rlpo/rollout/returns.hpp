@@ -33,7 +33,8 @@
 /// rlpo::numerical_error.
 ///
 /// Precision and threads: recursions and whitening statistics run in double; outputs are stored
-/// in the caller's scalar type (the variance is that of those stored values). Rows run in
+/// in the caller's scalar type, and the whitening mean and variance are those of the stored
+/// values (each row's moments taken in the pass that writes it, `row_moments`). Rows run in
 /// parallel with OpenMP and per-row partial sums are combined in row order, so results are
 /// bitwise identical for any thread count (tested).
 ///
@@ -102,16 +103,14 @@ struct RowScan {
     double weight = 0.0;    ///< Σ_t m
     double sum = 0.0;       ///< Σ_t m·x
     Index overflow_t = -1;  ///< first position whose recursion overflowed (finite inputs)
-    /// Σ_t m·(x − x̄)², x̄ = sum / weight, of the row's stored values (`row_moments`); then
-    /// `centred` is true and whitening needs no variance pass of its own.
-    double sq = 0.0;
-    bool centred = false;
+    double sq = 0.0;        ///< Σ_t m·(x − x̄)², x̄ = sum / weight
 };
 
 /// A row's whitening moments from its stored values `x` (the outputs, 0 where m = 0) and mask
 /// weights `m` over n positions: Σ m, Σ m·x and the centred Σ m·(x − x̄)², each in eight fixed
-/// lanes (the same order whatever the thread), computed while the row is still in cache.
-/// The batch's variance then combines the rows exactly (`whiten_in_place`).
+/// lanes (the same order whatever the thread). Every producer of whitened values calls it at
+/// the end of its row pass, while the row is still in cache; `whiten_in_place` combines the
+/// rows exactly, so whitening reads the batch once more only to normalise it.
 template <class S>
 inline void row_moments(const S* m, const S* x, Index n, RowScan& sc) {
     using A8 = Eigen::Array<double, 8, 1>;
@@ -140,7 +139,7 @@ inline void row_moments(const S* m, const S* x, Index n, RowScan& sc) {
     }
     double q = 0.0;
     for (Index j = 0; j < 8; ++j) q += qp(j);
-    sc.weight = w, sc.sum = s, sc.sq = q, sc.centred = true;
+    sc.weight = w, sc.sum = s, sc.sq = q;
 }
 
 /// Flag a recursion value that is not finite in double or in the storage type S (its inputs
@@ -244,10 +243,9 @@ inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask, cons
         }
 }
 
-/// Whitening in place over the mask (weights m), given the per-row Σm and Σm·x of pass one:
-/// mean in double, then the variance around it — from the rows' centred sums when pass one
-/// formed them (`row_moments`), else by a second (row-parallel) pass — then the
-/// normalisation; masked entries set to 0. The statistics are over all ranks of `red` (two
+/// Whitening in place over the mask (weights m), given each row's moments of pass one
+/// (`row_moments`): the batch mean and variance in double from them, then the normalisation;
+/// masked entries set to 0. The statistics are over all ranks of `red` (two
 /// sums of two and one values; the rare overflow path adds a max and two more sums).
 template <class S, class X>
 inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
@@ -262,42 +260,14 @@ inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
         n = ns[0], sum = ns[1];
     }
     const double mu = n > 0 ? sum / n : 0.0;
+    // the rows' centred sums moved to the batch mean (exact: Σ m·(x − μ)² over a row is its
+    // Σ m·(x − x̄)² + Σ m·(x̄ − μ)²), added in row order
     double ss = 0.0;
-    if (std::all_of(rows.begin(), rows.end(), [](const RowScan& r) { return r.centred; })) {
-        // the rows' centred sums moved to the batch mean (exact: Σ m·(x − μ)² over a row is
-        // its Σ m·(x − x̄)² + Σ m·(x̄ − μ)²), added in row order
-        for (const auto& r : rows)
-            if (r.weight > 0) {
-                const double d = r.sum / r.weight - mu;
-                ss += r.sq + r.weight * d * d;
-            }
-    } else {
-        std::vector<double> row_ss(static_cast<std::size_t>(B), 0.0);
-        ::rlpo::detail::parallel_for(B, B > 64, [&](Index i) {
-            // eight partial sums (a vector's worth) added in a fixed order: the same for any
-            // thread count; masked entries (never read as values) are selected away
-            constexpr Index L = 8;
-            double part[L] = {};
-            const auto* mr = mask.data() + i * mask.outerStride();
-            const auto* xr = x.data() + i * x.outerStride();
-            Index t = 0;
-            for (; t + L <= T; t += L)
-                for (Index j = 0; j < L; ++j) {
-                    const double m = static_cast<double>(mr[t + j]);
-                    const double d = static_cast<double>(xr[t + j]) - mu;
-                    part[j] += m != 0 ? m * d * d : 0.0;
-                }
-            for (Index j = 0; t + j < T; ++j) {
-                const double m = static_cast<double>(mr[t + j]);
-                const double d = static_cast<double>(xr[t + j]) - mu;
-                part[j] += m != 0 ? m * d * d : 0.0;
-            }
-            double rs = 0.0;
-            for (Index j = 0; j < L; ++j) rs += part[j];
-            row_ss[static_cast<std::size_t>(i)] = rs;
-        });
-        for (double v : row_ss) ss += v;
-    }
+    for (const auto& r : rows)
+        if (r.weight > 0) {
+            const double d = r.sum / r.weight - mu;
+            ss += r.sq + r.weight * d * d;
+        }
     if (!red.local()) ss = red.sum(ss);  // every rank decides the path on the same sums
     if (!(std::isfinite(n) && std::isfinite(mu) && std::isfinite(ss)))
         return whiten_scaled<S>(fn, x, mask, o, red);  // Σ m·x or Σ m·d² overflowed: rare path
@@ -364,15 +334,17 @@ Mat<::rlpo::detail::scalar_t<DX>> whiten(const Eigen::MatrixBase<DX>& x,
     Mat<S> w(xv.rows(), xv.cols());
     const auto rows = detail::scan_rows(fn, xv.rows(), {"x"}, [&](Index i, detail::RowScan& sc) {
         for (Index t = 0; t < xv.cols(); ++t) {
-            const double mk = static_cast<double>(m(i, t));
-            if (mk == 0) continue;
+            if (m(i, t) == 0) {
+                w(i, t) = S(0);  // never read as a value
+                continue;
+            }
             const double v = static_cast<double>(xv(i, t));
             if (!std::isfinite(v) && sc.bad_input < 0)
                 sc.bad_input = 0, sc.bad_t = t, sc.bad_value = v;
             w(i, t) = xv(i, t);
-            sc.weight += mk;
-            sc.sum += mk * v;
         }
+        detail::row_moments(m.data() + i * m.outerStride(), w.data() + i * w.outerStride(),
+                            xv.cols(), sc);
     });
     detail::whiten_in_place<S>(fn, w, m, rows, opts, red);
     return w;
@@ -417,9 +389,9 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> reinforce_pp_advantages(
                 detail::flag_overflow<S>(sc, t, G);
                 out.returns(i, t) = static_cast<S>(G);
                 next = G;
-                sc.weight += mk;
-                sc.sum += mk * G;
             }
+            detail::row_moments(m.data() + i * m.outerStride(),
+                                out.returns.data() + i * out.returns.outerStride(), r.cols(), sc);
         });
     out.advantages = out.returns;
     if (opts.whiten) detail::whiten_in_place<S>(fn, out.advantages, m, rows, opts.whitening, red);
@@ -467,17 +439,13 @@ Mat<::rlpo::detail::scalar_t<DM>> reinforce_pp_baseline_advantages(
         for (Index k = b; k < e; ++k)
             a[static_cast<std::size_t>(k)] = s[static_cast<std::size_t>(k)] - mu;
     }
-    // The mean comes from a in double (no rounding to S before it).
     Mat<S> A(m.rows(), m.cols());
     const auto rows =
         detail::scan_rows(fn, m.rows(), {"scores"}, [&](Index i, detail::RowScan& sc) {
             const double ai = a[static_cast<std::size_t>(i)];
-            for (Index t = 0; t < m.cols(); ++t) {
-                const double mk = static_cast<double>(m(i, t));
-                A(i, t) = mk != 0 ? static_cast<S>(ai) : S(0);
-                sc.weight += mk;
-                sc.sum += mk * ai;
-            }
+            for (Index t = 0; t < m.cols(); ++t) A(i, t) = m(i, t) != 0 ? static_cast<S>(ai) : S(0);
+            detail::row_moments(m.data() + i * m.outerStride(), A.data() + i * A.outerStride(),
+                                m.cols(), sc);
         });
     detail::whiten_in_place<S>(fn, A, m, rows, opts.whitening, red);
     return A;

@@ -31,9 +31,7 @@
 
 #include <array>
 #include <cmath>
-#include <cstdint>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 namespace rlpo::train::detail {
@@ -200,30 +198,34 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
                 pf(Rp, f.returns);
             }
         };
-        // an overwritten float row starting on a packet boundary, of a gradient too large to
-        // stay in cache anyway, is written with streaming (non-temporal) stores: no read of
-        // the destination's lines before they are written
-        const auto streams = [&](const S* g, GradMode mode) {
-            return kStreamingStores && std::is_same<S, float>::value && g && large &&
-                   mode == GradMode::Write && reinterpret_cast<std::uintptr_t>(g) % sizeof(P) == 0;
-        };
-        const bool stream_lp = streams(glp, glp_mode), stream_v = streams(gv, gv_mode);
-        const auto put = [&](S* g, bool stream, Index k, const P& v) {
-            if constexpr (kStreamingStores && std::is_same<S, float>::value) {
-                if (stream && k + W <= T) {
-                    stream_packet(g + k, v);
-                    return;
-                }
+        // overwritten rows through the gradient's packet view (`GradRow`: streaming stores
+        // for float rows aligned for packets, so the lines are not read first), streamed only
+        // for a gradient too large to stay in cache anyway; added rows keep the parts' order
+        // of additions below
+        const auto view = [&](const ::rlpo::detail::GradWriter<S>* g, GradMode mode) {
+            ::rlpo::detail::GradRow<S> v;
+            if (g && g->active() && mode == GradMode::Write) {
+                v = g->row_view(i, T, 1.0).template from<P>(0);
+                v.stream = v.stream && large;
             }
-            store_n(g, k, T, v);
+            return v;
+        };
+        const ::rlpo::detail::GradRow<S> out_lp = view(f.g_logp, glp_mode);
+        const ::rlpo::detail::GradRow<S> out_v =
+            VF ? view(f.g_values, gv_mode) : ::rlpo::detail::GradRow<S>{};
+        const auto put = [&](const ::rlpo::detail::GradRow<S>& o, Index k, const P& v) {
+            if (k + W <= T)
+                o.packet(k, v);
+            else
+                store_n(o.dst, k, T, v);
         };
         for (Index k = 0; k < T; k += W) {
             prefetch_ahead(k);
             const P m = load(mk, k, T);
             const P keep = pandnot(all, pcmp_eq(m, zero));
             if (!Eigen::internal::predux_any(keep)) {
-                if (glp && glp_mode == GradMode::Write) put(glp, stream_lp, k, zero);
-                if (gv && gv_mode == GradMode::Write) put(gv, stream_v, k, zero);
+                if (out_lp.active()) put(out_lp, k, zero);
+                if (out_v.active()) put(out_v, k, zero);
                 continue;
             }
             const P x = load_kept(lp, k, T, keep);
@@ -259,7 +261,10 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
                             ? padd(load(static_cast<const S*>(glp), k, T), gk_pg)
                             : gk_pg;
                 if (kl_grad) out = padd(out, gk_kl);
-                put(glp, stream_lp, k, out);
+                if (out_lp.active())
+                    put(out_lp, k, out);
+                else
+                    store_n(glp, k, T, out);
             }
             // value loss
             if constexpr (VF) {
@@ -274,7 +279,7 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
                     if (gv_mode == GradMode::Add)
                         store_n(gv, k, T, padd(load(static_cast<const S*>(gv), k, T), gk));
                     else
-                        put(gv, stream_v, k, gk);
+                        put(out_v, k, gk);
                 } else {
                     flag(l_vf, g_vf);
                 }
@@ -284,7 +289,7 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
             if (++pending == 8) flush();
         }
         flush();
-        if (stream_lp || stream_v) store_fence();
+        if (out_lp.stream || out_v.stream) store_fence();
         row.pg *= c;  // row.kl stays unweighted: it is also the KL's stat
         row.vf *= c;
         row.bad = !(std::abs(static_cast<double>(Eigen::internal::predux(bad))) <
