@@ -216,8 +216,7 @@ TEMPLATE_TEST_CASE("gae: long rows, outcome rewards per row, whitening, any thre
         o.whiten = false;
         const auto seq = rr::gae_advantages(score, v, m, o);
         // [B, 1] outcome rewards are the token rewards of the last unmasked token, exactly
-        Mat<S> r_tok_nan = r_tok;
-        const auto tok = rr::gae_advantages(r_tok_nan, v, m, o);
+        const auto tok = rr::gae_advantages(r_tok, v, m, o);
         CHECK(seq.advantages == tok.advantages);
         CHECK(seq.returns == tok.returns);
         // against the token-by-token recursion
@@ -243,7 +242,8 @@ TEMPLATE_TEST_CASE("gae: long rows, outcome rewards per row, whitening, any thre
         // the outputs' rounding to S, and the recursion's own in double (≲ T·2⁻⁵³)
         INFO("max relative error " << err);
         CHECK(err < 4 * std::numeric_limits<S>::epsilon() + 1e-13);
-        // whitened: (x − μ)/sqrt(v + ε) of the stored values, weights m
+        // whitened: (x − μ)/sqrt(v + ε) of the stored values (checked above against the
+        // long-double recursion), weights m, by the definition
         o.whiten = true;
         const auto w = rr::gae_advantages(score, v, m, o);
         CHECK(w.returns == seq.returns);
