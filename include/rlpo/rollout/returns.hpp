@@ -62,6 +62,7 @@
 #include <cmath>
 #include <initializer_list>
 #include <limits>
+#include <optional>
 #include <vector>
 
 namespace rlpo::rollout {
@@ -243,15 +244,19 @@ inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask, cons
         }
 }
 
-/// Whitening in place over the mask (weights m), given each row's moments of pass one
-/// (`row_moments`): the batch mean and variance in double from them, then the normalisation;
-/// masked entries set to 0. The statistics are over all ranks of `red` (two
-/// sums of two and one values; the rare overflow path adds a max and two more sums).
-template <class S, class X>
-inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
-                            const std::vector<RowScan>& rows, const WhitenOptions& o,
-                            const ::rlpo::dist::Reductions& red = ::rlpo::dist::local()) {
-    const Index B = x.rows(), T = x.cols();
+/// The whitening's map x ↦ (x − μ)·k + add of unmasked entries: k = 1/σ (verl multiplies by
+/// rsqrt(v + ε): a multiply per entry, not a division), 0 when the statistics are degenerate
+/// (then every whitened value is `add`); add = μ without shift_mean, else 0.
+struct WhitenMap {
+    double mu = 0.0, k = 0.0, add = 0.0;
+};
+
+/// The whitening map of the batch from each row's moments of pass one (`row_moments`): the
+/// mean and variance in double, over all ranks of `red` (two sums, of two values and of one).
+/// Nothing when Σ m·x or Σ m·d² overflows (the caller then takes `whiten_scaled`; every rank
+/// decides on the same sums).
+inline std::optional<WhitenMap> whiten_map(const std::vector<RowScan>& rows, const WhitenOptions& o,
+                                           const ::rlpo::dist::Reductions& red) {
     double n = 0.0, sum = 0.0;
     for (const auto& r : rows) n += r.weight, sum += r.sum;
     if (!red.local()) {
@@ -268,49 +273,62 @@ inline void whiten_in_place(const char* fn, X& x, const ConstMatRef<S>& mask,
             const double d = r.sum / r.weight - mu;
             ss += r.sq + r.weight * d * d;
         }
-    if (!red.local()) ss = red.sum(ss);  // every rank decides the path on the same sums
-    if (!(std::isfinite(n) && std::isfinite(mu) && std::isfinite(ss)))
-        return whiten_scaled<S>(fn, x, mask, o, red);  // Σ m·x or Σ m·d² overflowed: rare path
+    if (!red.local()) ss = red.sum(ss);
+    if (!(std::isfinite(n) && std::isfinite(mu) && std::isfinite(ss))) return std::nullopt;
     double var = n > 0 ? ss / n : 0.0;
     const bool degenerate = !(n > 1);
     if (o.unbiased && !degenerate) var *= n / (n - 1);
     const double denom =
         o.eps_as_floor ? std::sqrt(std::max(var, o.epsilon)) : std::sqrt(var + o.epsilon);
     const bool zero = degenerate || !(denom > 0);
-    // The first column per row whose whitened value does not fit the storage type (a tiny
-    // spread, e.g. ε = 0 with one heavy weight: (x − μ)/σ beyond float's range), or −1.
-    std::vector<Index> overflow(static_cast<std::size_t>(B), -1);
-    // zero: every whitened value is 0 (+ μ without shift_mean); σ is then replaced by 1 so
-    // that (x − μ)/σ stays finite before it is scaled by 0
-    const double scale = zero ? 0.0 : 1.0, add = o.shift_mean ? 0.0 : mu;
-    const double sd = zero ? 1.0 : denom;
-    ::rlpo::detail::parallel_for(B, B > 64, [&](Index i) {
-        using X_t = typename X::Scalar;
-        const auto* mr = mask.data() + i * mask.outerStride();
-        auto* xr = x.data() + i * x.outerStride();
-        // branch-free, a block of entries at a time (vectorised): masked entries become 0, the
-        // others (x − μ)/σ in double, rounded to the storage type
-        constexpr Index L = 16;
-        double w[L];
-        X_t out[L];
-        int ok = 1;
-        for (Index t0 = 0; t0 < T; t0 += L) {
-            const Index len = std::min<Index>(L, T - t0);
-            for (Index j = 0; j < len; ++j)
-                w[j] = scale * ((static_cast<double>(xr[t0 + j]) - mu) / sd) + add;
-            for (Index j = 0; j < len; ++j) out[j] = static_cast<X_t>(w[j]);
-            for (Index j = 0; j < len; ++j) {
-                const X_t o = mr[t0 + j] != 0 ? out[j] : X_t(0);
-                ok &= static_cast<int>(std::abs(o) <= std::numeric_limits<X_t>::max());
-                xr[t0 + j] = o;
-            }
+    return WhitenMap{mu, zero ? 0.0 : 1.0 / denom, o.shift_mean ? 0.0 : mu};
+}
+
+/// One row of the whitening's pass two, in place: x ↦ (x − μ)·k + add in double, rounded to
+/// S, where m ≠ 0; 0 where m = 0. Branch-free, sixteen entries at a time. Returns the first
+/// column whose whitened value does not fit S (a tiny spread, e.g. ε = 0 with one heavy
+/// weight), or −1.
+template <class S>
+inline Index whiten_row(const S* m, S* x, Index n, const WhitenMap& f) {
+    namespace simd = ::rlpo::detail::simd;
+    using P = simd::Packet<S>;
+    constexpr Index W = simd::width<S>, L = 16 > W ? 16 : W;
+    const P zero = simd::set1<S>(S(0)), all = simd::pcmp_eq(zero, zero);
+    P chk = zero;  // o·0 accumulated: NaN once an entry is ±inf
+    alignas(64) double w[L];
+    alignas(64) S out[L];
+    for (Index t0 = 0; t0 < n; t0 += L) {
+        const Index len = std::min<Index>(L, n - t0);
+        for (Index j = 0; j < L; ++j)  // the tail's extra lanes are never stored
+            w[j] = (static_cast<double>(x[t0 + std::min(j, len - 1)]) - f.mu) * f.k + f.add;
+        for (Index j = 0; j < L; ++j) out[j] = static_cast<S>(w[j]);
+        for (Index j = 0; j < len; j += W) {
+            const P keep = simd::pandnot(all, simd::pcmp_eq(simd::load(m, t0 + j, n), zero));
+            const P o = simd::pand(Eigen::internal::pload<P>(out + j), keep);
+            chk = Eigen::internal::pmadd(o, zero, chk);
+            simd::store_n(x, t0 + j, n, o);
         }
-        if (ok) return;
-        for (Index t = 0; t < T; ++t)  // rare: the first entry beyond the storage type
-            if (!(std::abs(xr[t]) < std::numeric_limits<X_t>::infinity())) {
-                overflow[static_cast<std::size_t>(i)] = t;
-                break;
-            }
+    }
+    if (std::abs(Eigen::internal::predux(chk)) < std::numeric_limits<S>::infinity()) return -1;
+    for (Index t = 0; t < n; ++t)  // rare: the first entry beyond the storage type
+        if (!(std::abs(x[t]) < std::numeric_limits<S>::infinity())) return t;
+    return -1;
+}
+
+/// Whitening in place over the mask (weights m), given each row's moments of pass one
+/// (`row_moments`): the map from the batch statistics (`whiten_map`), then each row
+/// normalised (`whiten_row`); masked entries set to 0.
+template <class S>
+inline void whiten_in_place(const char* fn, Mat<S>& x, const ConstMatRef<S>& mask,
+                            const std::vector<RowScan>& rows, const WhitenOptions& o,
+                            const ::rlpo::dist::Reductions& red = ::rlpo::dist::local()) {
+    const std::optional<WhitenMap> f = whiten_map(rows, o, red);
+    if (!f) return whiten_scaled<S>(fn, x, mask, o, red);  // the sums overflowed: rare path
+    const Index B = x.rows(), T = x.cols();
+    std::vector<Index> overflow(static_cast<std::size_t>(B), -1);
+    ::rlpo::detail::parallel_for(B, B > 64, [&](Index i) {
+        overflow[static_cast<std::size_t>(i)] =
+            whiten_row(mask.data() + i * mask.outerStride(), x.data() + i * x.outerStride(), T, *f);
     });
     for (Index i = 0; i < B; ++i)
         if (overflow[static_cast<std::size_t>(i)] >= 0)
