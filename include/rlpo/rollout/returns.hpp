@@ -495,18 +495,19 @@ struct GAEOptions {
 namespace detail {
 
 /// GAE's fast row: when the row's unmasked tokens form one contiguous segment [a, b) (a
-/// response, or a prompt-and-response layout) with finite rewards and values, the TD errors
-/// are formed vectorised, the recursion runs in blocks of eight (below), and the outputs, the
-/// row's whitening moments and the overflow check are vectorised again. Returns false
-/// (nothing kept) for any other row, which the general loop then handles (holes in the mask,
-/// a non-finite input or an overflow to report). `seq`: `r` holds one outcome reward per row
+/// response, or a prompt-and-response layout) with finite rewards and values, one backward
+/// pass over blocks of eight tokens forms the TD errors, the recursion, both outputs and the
+/// checks (a hole, a non-finite input, an overflow), vectorised; then the row's whitening
+/// moments. Returns false (what it wrote is overwritten) for any other row, which the general
+/// loop then handles (and names what it finds). `seq`: `r` holds one outcome reward per row
 /// (column 0), the reward of the segment's last token.
 ///
 /// The recursion Â_t = δ_t + c·Â_{t+1} (c = γλ) is Â_t = Σ_k c^k·δ_{t+k}; by blocks of eight
-/// from the end, a block's partial sums y_j = δ_j + c·y_{j+1} do not depend on the later
-/// blocks, and Â_{t+j} = y_j + c^{8−j}·Â_{t+8}: one multiply-add per block on the serial chain
-/// (instead of one per token), so rows run at the speed of memory rather than of the FMA
-/// latency. The same sums as the token-by-token recursion up to rounding in double.
+/// from the end, a block's partial sums y_j = Σ_{k≥j} c^{k−j}·δ_k do not depend on the later
+/// blocks (a triangular matrix of powers of c times the block's δ: eight vector multiply-adds)
+/// and Â_{t+j} = y_j + c^{8−j}·Â_{t+8}: one multiply-add per block on the serial chain, so
+/// rows run at the speed of memory rather than of the FMA latency. The same sums as the
+/// token-by-token recursion up to rounding in double.
 template <class S>
 inline bool gae_segment_row(const ConstMatRef<S>& r, bool seq, const ConstMatRef<S>& v,
                             const ConstMatRef<S>& m, const GAEOptions& opts, Index i,
@@ -527,7 +528,6 @@ inline bool gae_segment_row(const ConstMatRef<S>& r, bool seq, const ConstMatRef
     using P = simd::Packet<S>;
     constexpr Index W = simd::width<S>;
     const P zero = simd::set1<S>(S(0)), all = simd::pcmp_eq(zero, zero);
-    const P inf = simd::set1<S>(std::numeric_limits<S>::infinity());
     const auto any_nonzero = [&](const S* p) {
         return Eigen::internal::predux_any(
             simd::pandnot(all, simd::pcmp_eq(Eigen::internal::ploadu<P>(p), zero)));
@@ -539,22 +539,9 @@ inline bool gae_segment_row(const ConstMatRef<S>& r, bool seq, const ConstMatRef
     while (a + W <= b && !any_nonzero(mr + a)) a += W;
     while (a < b && mr[a] == S(0)) ++a;
     const Index n = b - a;
-    // no hole in it, and finite rewards and values
     if (seq && n > 0 && !(std::abs(rr[0]) < std::numeric_limits<S>::infinity())) return false;
-    P bad = zero;
-    Index k = a;
-    const auto finite = [&](const P& x) { return simd::pcmp_lt(Eigen::internal::pabs(x), inf); };
-    for (; k + W <= b; k += W) {
-        P ok = finite(Eigen::internal::ploadu<P>(vr + k));
-        if (!seq) ok = simd::pand(ok, finite(Eigen::internal::ploadu<P>(rr + k)));
-        bad = simd::por(bad, simd::por(simd::pcmp_eq(Eigen::internal::ploadu<P>(mr + k), zero),
-                                       simd::pandnot(all, ok)));
-    }
-    if (Eigen::internal::predux_any(bad)) return false;
-    for (; k < b; ++k)
-        if (mr[k] == S(0) || (!seq && !(std::abs(rr[k]) < std::numeric_limits<S>::infinity())) ||
-            !(std::abs(vr[k]) < std::numeric_limits<S>::infinity()))
-            return false;
+    // δ_t = r_t + γ·V_{t+1} − V_t into a row of doubles (V_b = 0: terminal after the last
+    // unmasked token); a non-finite input makes a non-finite δ, found in the outputs below
     using ArrS = Eigen::Array<S, Eigen::Dynamic, 1>;
     using ArrD = Eigen::Array<double, Eigen::Dynamic, 1>;
     const Eigen::Map<const ArrS> vs(vr + a, n);
@@ -563,7 +550,6 @@ inline bool gae_segment_row(const ConstMatRef<S>& r, bool seq, const ConstMatRef
     double* q = buf.data();
     Eigen::Map<ArrD> d(q, n);
     const double g = opts.gamma, c = opts.gamma * opts.lambda;
-    // δ_t = r_t + γ·V_{t+1} − V_t, V_b = 0 (terminal after the last unmasked token)
     if (n > 0) {
         if (seq) {
             d.head(n - 1) =
@@ -577,36 +563,48 @@ inline bool gae_segment_row(const ConstMatRef<S>& r, bool seq, const ConstMatRef
             d(n - 1) = static_cast<double>(rs(n - 1)) - static_cast<double>(vs(n - 1));
         }
     }
-    // the recursion by blocks of eight from the end (see above)
-    double cp[9];  // c^0 … c^8
-    cp[0] = 1.0;
-    for (int j = 1; j <= 8; ++j) cp[j] = cp[j - 1] * c;
-    double carry = 0.0;  // Â after the block
-    Index t = n;
-    for (; t >= 8; t -= 8) {
-        double* blk = q + t - 8;
-        double y[8];
-        y[7] = blk[7];
-        for (int j = 6; j >= 0; --j) y[j] = blk[j] + c * y[j + 1];
-        for (int j = 0; j < 8; ++j) blk[j] = y[j] + cp[8 - j] * carry;
-        carry = blk[0];
+    // The recursion and the outputs in one backward pass over blocks of eight. A block's
+    // partial sums y_j = Σ_{k≥j} c^{k−j}·δ_k are a triangular matrix C of powers of c times
+    // its δ (eight vector multiply-adds of broadcast δ_k), and Â_j = y_j + c^{8−j}·Â_8.
+    using A8 = Eigen::Array<double, 8, 1>;
+    using S8 = Eigen::Array<S, 8, 1>;
+    Eigen::Array<double, 8, 8> C = Eigen::Array<double, 8, 8>::Zero();  // C(j, k) = c^{k−j}
+    A8 pw;                                                              // c^{8−j}
+    {
+        double cp[9];
+        cp[0] = 1.0;
+        for (int j = 1; j <= 8; ++j) cp[j] = cp[j - 1] * c;
+        for (int k = 0; k < 8; ++k)
+            for (int j = 0; j <= k; ++j) C(j, k) = cp[k - j];
+        for (int j = 0; j < 8; ++j) pw(j) = cp[8 - j];
     }
-    while (t > 0) {
-        --t;
-        q[t] = carry = q[t] + c * carry;
+    double carry = 0.0;    // Â after the current block
+    S8 flag = S8::Zero();  // x·0 of the outputs: NaN once one is not finite
+    S8 mmin = S8::Ones();  // the smallest mask weight: 0 where there is a hole
+    Index t0 = b - 8;
+    for (; t0 >= a; t0 -= 8) {
+        const double* qb = q + (t0 - a);
+        A8 y = C.col(7) * qb[7];
+        for (int k = 6; k >= 0; --k) y += C.col(k) * qb[k];
+        const A8 adv = y + pw * carry;
+        carry = adv(0);
+        const S8 as = adv.template cast<S>();
+        const S8 gs =
+            (adv + Eigen::Map<const S8>(vr + t0).template cast<double>()).template cast<S>();
+        Eigen::Map<S8>(ar + t0) = as;
+        Eigen::Map<S8>(gr + t0) = gs;
+        flag += as * S(0) + gs * S(0);
+        mmin = mmin.min(Eigen::Map<const S8>(mr + t0));
     }
-    Eigen::Map<ArrS> as(ar + a, n), gs(gr + a, n);
-    as = d.template cast<S>();
-    gs = (d + vs.template cast<double>()).template cast<S>();
-    for (k = a; k + W <= b; k += W)  // an overflow: the general loop names its position
-        bad = simd::por(bad,
-                        simd::pandnot(all, simd::pand(finite(Eigen::internal::ploadu<P>(ar + k)),
-                                                      finite(Eigen::internal::ploadu<P>(gr + k)))));
-    if (Eigen::internal::predux_any(bad)) return false;
-    for (; k < b; ++k)
-        if (!(std::abs(ar[k]) < std::numeric_limits<S>::infinity()) ||
-            !(std::abs(gr[k]) < std::numeric_limits<S>::infinity()))
-            return false;
+    for (Index t = t0 + 7; t >= a; --t) {  // the first n mod 8 tokens, one at a time
+        carry = q[t - a] + c * carry;
+        ar[t] = static_cast<S>(carry);
+        gr[t] = static_cast<S>(carry + static_cast<double>(vr[t]));
+        flag(0) += ar[t] * S(0) + gr[t] * S(0);
+        mmin(0) = std::min(mmin(0), mr[t]);
+    }
+    // a hole, a non-finite input or an overflow: the general loop names it
+    if (!(mmin.minCoeff() > S(0)) || !(flag.sum() == S(0))) return false;
     std::fill(ar, ar + a, S(0));
     std::fill(gr, gr + a, S(0));
     std::fill(ar + b, ar + T, S(0));
