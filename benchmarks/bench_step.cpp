@@ -12,6 +12,9 @@
 //          call (a trainer's), the first call allocating them
 //   ppo_token_rewards: the same from a [B, T] token-reward matrix (outcome_token_rewards),
 //          for comparison in one run
+//   ppo_gae_in_step: the same with GAE inside the step's pass (gae_plan: the whitening
+//          statistics, reading values and mask once; then StepInputs::gae forms each row's
+//          advantages and returns where they are used, no [B, T] intermediates)
 //
 // Counters: roofline = (the bytes that must move per token × tokens / time) over the triad
 // bandwidth measured just before each call (bench_bandwidth.cpp), median of the iterations;
@@ -181,6 +184,34 @@ void ppo_gae_and_step(benchmark::State& state, bool token_rewards) {
     });
 }
 
+// PPO with GAE inside the step: the plan (one read of the old values and the mask), then the
+// step forming each row's advantages and returns in its pass. The same 28 bytes per token
+// must move.
+void BM_ppo_gae_in_step(benchmark::State& state) {
+    Rollout& r = shared(true);
+    rlpo::train::StepOptions o;
+    o.policy.vanilla = rlpo::policy::PPOClipOptions::verl();
+    o.value_coef = 1.0;
+    const rlpo::train::TrainingStep<float> step(o);
+    rlpo::rollout::GAEOptions g;
+    g.lambda = 0.95;
+    timed(state, r.N * kT, 28.0, [&] {
+        const rlpo::rollout::GAEPlan plan =
+            rlpo::rollout::gae_plan(r.scores, r.old_values, r.mask, g);
+        rlpo::train::StepInputs<float> in;
+        in.logp = r.logp;
+        in.mask = r.mask;
+        in.old_logp = r.old;
+        in.values = r.values;
+        in.old_values = r.old_values;
+        in.rewards = r.scores;
+        in.gae = &plan;
+        const auto res = step(
+            in, {rlpo::write_to(r.grad), rlpo::no_grad<float>(), rlpo::write_to(r.grad_values)});
+        benchmark::DoNotOptimize(res.loss);
+    });
+}
+
 void BM_ppo_gae_and_step(benchmark::State& state) { ppo_gae_and_step(state, false); }
 void BM_ppo_token_rewards(benchmark::State& state) { ppo_gae_and_step(state, true); }
 
@@ -189,4 +220,5 @@ void BM_ppo_token_rewards(benchmark::State& state) { ppo_gae_and_step(state, tru
 BENCHMARK(BM_grpo_advantage_and_step)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
 BENCHMARK(BM_grpo_parts_broadcast)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
 BENCHMARK(BM_ppo_gae_and_step)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
+BENCHMARK(BM_ppo_gae_in_step)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);
 BENCHMARK(BM_ppo_token_rewards)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(5);

@@ -492,3 +492,48 @@ TEST_CASE("whitening and GAE: huge values stay finite or overflow loudly",
     CHECK(ok.advantages.allFinite());
     CHECK(ok.returns.allFinite());
 }
+
+TEST_CASE("gae plan: pieces whitened with the whole batch's statistics equal the one call",
+          "[rollout][returns][properties]") {
+    // gae_plan measures the whitening without the [B, T] outputs; gae_advantages(plan, …) on
+    // any piece of the batch gives that piece's rows of one gae_advantages call, bit for bit:
+    // ordinary values, and values whose whitening sums overflow (the rescaled statistics).
+    rt::Generator gen(17);
+    const Index B = 11, T = 29;
+    Mat<double> m = gen.mask(B, T, 1, true);
+    for (Index t = 4; t < 9; ++t) m(3, t) = 0.0;  // a hole: the general recursion
+    const Mat<double> scores = gen.normal(B, 1);
+    for (const double scale : {1.0, 1e306}) {
+        INFO("scale " << scale);
+        const Mat<double> v = gen.normal(B, T) * scale, r = gen.normal(B, T) * scale;
+        GAEOptions g = GAEOptions::openrlhf();
+        g.lambda = 0.5;
+        for (int rk = 0; rk < 2; ++rk) {
+            const Mat<double>& rew = rk == 0 ? scores : r;
+            const auto whole = rr::gae_advantages(rew, v, m, g);
+            const rr::GAEPlan plan = rr::gae_plan(rew, v, m, g);
+            CHECK(plan.whitening.k > 0);
+            CHECK((plan.whitening.s != 1.0) == (scale > 1.0));  // Σ m·Â overflows at 1e306
+            for (const auto& ch : rlpo_test::uneven_chunks(B)) {
+                rr::TokenAdvantages<double> piece;
+                rr::gae_advantages(plan, rew.middleRows(ch.first, ch.second),
+                                   v.middleRows(ch.first, ch.second),
+                                   m.middleRows(ch.first, ch.second), piece);
+                CHECK(piece.advantages == whole.advantages.middleRows(ch.first, ch.second));
+                CHECK(piece.returns == whole.returns.middleRows(ch.first, ch.second));
+            }
+        }
+    }
+    // bad input, named under gae_plan; without whitening the plan measures nothing
+    Mat<double> bad = Mat<double>::Ones(B, T);
+    bad(0, 0) = std::numeric_limits<double>::quiet_NaN();
+    Mat<double> full = m;
+    full.row(0).setOnes();
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_plan(scores, bad, full),
+                                    "rollout::gae_plan(): values: non-finite value nan at [0, 0]");
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_plan(scores, bad, full.topRows(B - 1)),
+                                    "rollout::gae_plan(): mask: expected shape");
+    GAEOptions off;
+    off.whiten = false;
+    CHECK(rr::gae_plan(scores, bad, full, off).whitening.k == 0.0);
+}

@@ -4,10 +4,12 @@
 #include "support/catch.hpp"
 #include "support/checks.hpp"
 #include "support/compare.hpp"
+#include "support/invariance.hpp"
 #include "support/torch_reference.hpp"
 
 #include <rlpo/penalties/kl_estimators.hpp>
 #include <rlpo/policy/ppo_clip.hpp>
+#include <rlpo/rollout/returns.hpp>
 #include <rlpo/rollout/tokens.hpp>
 #include <rlpo/testing/random.hpp>
 #include <rlpo/train/step.hpp>
@@ -670,4 +672,205 @@ TEST_CASE("training step: per-sequence advantages with the other surrogates; bad
         RLPO_REQUIRE_THROWS_WITH_SUBSTR(
             s(in), "policy::ppo_clip(): advantages: NaN at [2, " + std::to_string(t0) + "]");
     }
+}
+
+namespace {
+/// A critic rollout for GAE inside the step: `make_data` with a mask whose row 2 has a hole
+/// (two response segments: the general recursion), row 4 empty, and rewards per token or
+/// one outcome reward per row.
+template <class S>
+Data<S> gae_data(std::uint64_t seed, Index B, Index T) {
+    Data<S> d = make_data<S>(seed, B, T);
+    for (Index t = 0; t < T; ++t) d.mask(2, t) = t < T - 3 ? S(1) : S(0);
+    for (Index t = 3; t < 6; ++t) d.mask(2, t) = S(0);
+    d.mask.row(4).setZero();
+    for (Index i = 0; i < B; ++i)  // the newly unmasked entries get finite inputs
+        for (Index t = 0; t < T; ++t)
+            if (d.mask(i, t) != 0 && std::isnan(d.logp(i, t)))
+                d.logp(i, t) = S(-1.25), d.values(i, t) = S(0.5);
+    return d;
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("training step: GAE inside the pass equals gae_advantages then the step",
+                   "[rollout][step][properties]", float, double) {
+    // The reference is the composition: rollout::gae_advantages on the whole batch (its own
+    // whitening), its [B, T] outputs handed to the step of the parts. The step with
+    // StepInputs::gae forms each row in its pass; the plan fixes the whitening.
+    using S = TestType;
+    const Index B = 9, T = 37;
+    const Data<S> d = gae_data<S>(31, B, T);
+    rt::Generator gen(8);
+    const Mat<S> outcome = gen.normal<S>(B, 1), token = gen.normal<S>(B, T);
+    rlpo::rollout::GAEOptions g1;
+    g1.lambda = 0.95;
+    rlpo::rollout::GAEOptions g2 = rlpo::rollout::GAEOptions::ppo_paper();
+    g2.whiten = false;
+    for (const auto& g : {g1, g2, rlpo::rollout::GAEOptions::openrlhf()}) {
+        for (int rk = 0; rk < 2; ++rk) {
+            const Mat<S>& rewards = rk == 0 ? outcome : token;
+            INFO("lambda " << g.lambda << " whiten " << g.whiten << " rewards " << rewards.cols());
+            const auto ta = rlpo::rollout::gae_advantages(rewards, d.old_values, d.mask, g);
+            const rlpo::rollout::GAEPlan plan =
+                rlpo::rollout::gae_plan(rewards, d.old_values, d.mask, g);
+            // the plan's advantages of the whole batch and of pieces: the same rows
+            rlpo::rollout::TokenAdvantages<S> tp;
+            rlpo::rollout::gae_advantages(plan, rewards, d.old_values, d.mask, tp);
+            CHECK(same_bits(tp.advantages, ta.advantages));
+            CHECK(same_bits(tp.returns, ta.returns));
+            for (const auto& ch : rlpo_test::uneven_chunks(B)) {
+                rlpo::rollout::TokenAdvantages<S> piece;
+                rlpo::rollout::gae_advantages(plan, rewards.middleRows(ch.first, ch.second),
+                                              d.old_values.middleRows(ch.first, ch.second),
+                                              d.mask.middleRows(ch.first, ch.second), piece);
+                CHECK(same_bits(piece.advantages,
+                                Mat<S>(ta.advantages.middleRows(ch.first, ch.second))));
+                CHECK(same_bits(piece.returns, Mat<S>(ta.returns.middleRows(ch.first, ch.second))));
+            }
+            for (Aggregation mode : {Aggregation::TokenMean, Aggregation::SeqMeanTokenMean}) {
+                StepOptions o = full_options(mode);
+                o.entropy_coef = 0.0;
+                StepOptions parts_o = o;
+                parts_o.fused = false;
+                const TrainingStep<S> fused(o), parts(parts_o);
+                StepInputs<S> ref;
+                fill(ref, d, 0, B, false, true);
+                ref.advantages = ta.advantages;
+                ref.returns = ta.returns;
+                const auto want = parts(ref);
+                for (int k : {0, 1, 2, 3}) {  // fused with 1, 2, 3 threads; the parts
+                    INFO(rlpo::to_string(mode) << " run " << k);
+                    StepInputs<S> gin;
+                    gin.logp = d.logp;
+                    gin.mask = d.mask;
+                    gin.old_logp = d.old;
+                    gin.ref_logp = d.ref;
+                    gin.values = d.values;
+                    gin.old_values = d.old_values;
+                    gin.rewards = rewards;
+                    gin.gae = &plan;
+                    const auto got = k == 0
+                                         ? parts(gin)
+                                         : rlpo_test::with_threads(k, [&] { return fused(gin); });
+                    CHECK(got.loss == want.loss);
+                    CHECK(got.pg_loss == want.pg_loss);
+                    CHECK(got.kl_loss == want.kl_loss);
+                    CHECK(got.vf_loss == want.vf_loss);
+                    CHECK(same_bits(got.grad_logp, want.grad_logp));
+                    CHECK(same_bits(got.grad_values, want.grad_values));
+                    CHECK(got.metrics.size() == want.metrics.size());
+                    for (const auto& e : want.metrics) {
+                        INFO(e.first);
+                        CHECK(got.metrics.at(e.first).sum == e.second.sum);
+                        CHECK(got.metrics.at(e.first).count == e.second.count);
+                    }
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("training step: GAE inside the pass over micro-batches; its bad input",
+          "[rollout][step][properties][bad-input]") {
+    const Index B = 10, T = 23;
+    const Data<double> d = gae_data<double>(37, B, T);
+    rt::Generator gen(9);
+    const Mat<double> outcome = gen.normal<double>(B, 1);
+    rlpo::rollout::GAEOptions g;
+    g.lambda = 0.9;
+    const rlpo::rollout::GAEPlan plan = rlpo::rollout::gae_plan(outcome, d.old_values, d.mask, g);
+    const auto bind = [&](StepInputs<double>& in, Index r0, Index n) {
+        in.logp = d.logp.middleRows(r0, n);
+        in.mask = d.mask.middleRows(r0, n);
+        in.old_logp = d.old.middleRows(r0, n);
+        in.ref_logp = d.ref.middleRows(r0, n);
+        in.values = d.values.middleRows(r0, n);
+        in.old_values = d.old_values.middleRows(r0, n);
+        in.rewards = outcome.middleRows(r0, n);
+        in.gae = &plan;
+    };
+    StepOptions o = full_options(Aggregation::TokenMean);
+    o.entropy_coef = 0.0;
+    o.norm = rlpo::global_normalizer(d.mask, o.norm.mode);
+    const TrainingStep<double> step(o);
+    StepInputs<double> all;
+    bind(all, 0, B);
+    const auto whole = step(all);
+    // micro-batches with the whole batch's plan: their gradients are the whole step's rows
+    Mat<double> g_lp(B, T), g_v(B, T);
+    double loss = 0.0;
+    for (const auto& ch : rlpo_test::uneven_chunks(B)) {
+        StepInputs<double> mb;
+        bind(mb, ch.first, ch.second);
+        loss +=
+            step(
+                mb,
+                {rlpo::write_to<double>(rlpo::MatRef<double>(g_lp.middleRows(ch.first, ch.second))),
+                 rlpo::no_grad<double>(),
+                 rlpo::write_to<double>(rlpo::MatRef<double>(g_v.middleRows(ch.first, ch.second)))})
+                .loss;
+    }
+    CHECK(rlpo_test::rel_err(loss, whole.loss) < 1e-12);
+    CHECK(same_bits(g_lp, whole.grad_logp));
+    CHECK(same_bits(g_v, whole.grad_values));
+
+    // bad input: the errors gae_advantages gives, on the fused and the composed path
+    for (bool fused : {true, false}) {
+        StepOptions fo = o;
+        fo.fused = fused;
+        const TrainingStep<double> s(fo);
+        INFO("fused " << fused);
+        StepInputs<double> in;
+        bind(in, 0, B);
+        in.advantages = d.adv;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            s(in), "train::TrainingStep(): advantages, returns: formed in the step with gae");
+        StepInputs<double> no_gae;
+        fill(no_gae, d, 0, B, false, true);
+        no_gae.rewards = outcome;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(s(no_gae),
+                                        "train::TrainingStep(): rewards: read only with gae");
+        StepInputs<double> no_r;
+        bind(no_r, 0, B);
+        no_r.rewards = Mat<double>(B - 1, 1);
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            s(no_r), "rollout::gae_advantages(): token_rewards: expected [B, T] or [B, 1]");
+        Mat<double> bad_r = outcome;
+        bad_r(3, 0) = std::numeric_limits<double>::quiet_NaN();
+        StepInputs<double> nan_r;
+        bind(nan_r, 0, B);
+        nan_r.rewards = bad_r;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            s(nan_r), "rollout::gae_advantages(): token_rewards: non-finite value nan at [3, 0]");
+        Mat<double> bad_v = d.old_values;
+        bad_v(5, 1) = std::numeric_limits<double>::infinity();
+        REQUIRE(d.mask(5, 1) != 0);
+        StepInputs<double> inf_v;
+        bind(inf_v, 0, B);
+        inf_v.old_values = bad_v;
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+            s(inf_v), "rollout::gae_advantages(): values: non-finite value inf at [5, 1]");
+        StepInputs<double> no_ov;
+        bind(no_ov, 0, B);
+        no_ov.old_values = Mat<double>(B, T - 1);
+        RLPO_REQUIRE_THROWS_WITH_SUBSTR(s(no_ov),
+                                        "train::TrainingStep(): old_values: expected shape");
+    }
+    StepInputs<double> fresh;
+    fresh.logp = d.logp;
+    fresh.mask = d.mask;
+    fresh.values = d.values;
+    fresh.old_values = d.old_values;
+    fresh.gae = &plan;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(step(fresh), "train::TrainingStep(): rewards: required (gae)");
+    Mat<double> bad_r = outcome;
+    bad_r(3, 0) = std::numeric_limits<double>::quiet_NaN();
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rlpo::rollout::gae_plan(bad_r, d.old_values, d.mask, g),
+        "rollout::gae_plan(): token_rewards: non-finite value nan at [3, 0]");
+    // a reward of a row without unmasked tokens is never read
+    REQUIRE(d.mask.row(4).sum() == 0);
+    bad_r = outcome;
+    bad_r(4, 0) = std::numeric_limits<double>::quiet_NaN();
+    CHECK(rlpo::rollout::gae_plan(bad_r, d.old_values, d.mask, g).whitening.k == plan.whitening.k);
 }

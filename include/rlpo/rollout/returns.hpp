@@ -175,10 +175,14 @@ inline std::vector<RowScan> scan_rows(const char* fn, Index B,
     return rows;
 }
 
-/// Whitening whose sums overflow (values or mask weights near the double range): the same
-/// statistics with the values divided by M = max |x| and the weights by W = max m over the
-/// unmasked entries, so every sum stays finite; (x − μ)/sqrt(v + ε) = (x/M − μ/M) /
-/// sqrt(v/M² + ε/M²) is then exact up to rounding. Serial (a rare path).
+/// The whitening's map of unmasked entries, x ↦ (x·s − μ)·k + add: s = 1 (or 1/M on the
+/// rescaled path below), k = 1/σ (verl multiplies by rsqrt(v + ε): a multiply per entry, not
+/// a division), 0 when the statistics are degenerate (then every whitened value is `add`);
+/// add = μ/s without shift_mean, else 0.
+struct WhitenMap {
+    double s = 1.0, mu = 0.0, k = 0.0, add = 0.0;
+};
+
 /// A whitened value at [i, t] beyond the storage type (a tiny spread: ε = 0 with one heavy
 /// weight), reported under the calling function's name `fn`.
 [[noreturn]] inline void fail_whitened(const char* fn, Index i, Index t) {
@@ -186,10 +190,14 @@ inline std::vector<RowScan> scan_rows(const char* fn, Index B,
                                    "] overflows the storage type");
 }
 
-template <class S, class X>
-inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask, const WhitenOptions& o,
-                          const ::rlpo::dist::Reductions& red) {
-    using X_t = typename X::Scalar;
+/// The whitening map when the sums overflow (values or mask weights near the double range):
+/// the same statistics with the values divided by M = max |x| and the weights by W = max m
+/// over the unmasked entries, so every sum stays finite; (x − μ)/sqrt(v + ε) = (x/M − μ/M) /
+/// sqrt(v/M² + ε/M²) is then exact up to rounding. Serial, over the stored values (a rare
+/// path); over all ranks of `red` (a max of two, sums of three and one).
+template <class S>
+inline WhitenMap whiten_scaled_map(const ConstMatRef<S>& x, const ConstMatRef<S>& mask,
+                                   const WhitenOptions& o, const ::rlpo::dist::Reductions& red) {
     const Index B = x.rows(), T = x.cols();
     double M = 0.0, W = 0.0;
     for (Index i = 0; i < B; ++i)
@@ -230,31 +238,13 @@ inline void whiten_scaled(const char* fn, X& x, const ConstMatRef<S>& mask, cons
     const double denom_s =
         o.eps_as_floor ? std::sqrt(std::max(var_s, eps_s)) : std::sqrt(var_s + eps_s);
     const bool zero = degenerate || !(denom_s > 0);
-    for (Index i = 0; i < B; ++i)
-        for (Index t = 0; t < T; ++t) {
-            if (mask(i, t) == 0) {
-                x(i, t) = X_t(0);
-                continue;
-            }
-            double w = zero ? 0.0 : (static_cast<double>(x(i, t)) / M - mu_s) / denom_s;
-            if (!o.shift_mean) w += M * mu_s;
-            const X_t out = static_cast<X_t>(w);
-            if (!(std::abs(out) < std::numeric_limits<X_t>::infinity())) fail_whitened(fn, i, t);
-            x(i, t) = out;
-        }
+    return WhitenMap{1.0 / M, mu_s, zero ? 0.0 : 1.0 / denom_s, o.shift_mean ? 0.0 : M * mu_s};
 }
-
-/// The whitening's map x ↦ (x − μ)·k + add of unmasked entries: k = 1/σ (verl multiplies by
-/// rsqrt(v + ε): a multiply per entry, not a division), 0 when the statistics are degenerate
-/// (then every whitened value is `add`); add = μ without shift_mean, else 0.
-struct WhitenMap {
-    double mu = 0.0, k = 0.0, add = 0.0;
-};
 
 /// The whitening map of the batch from each row's moments of pass one (`row_moments`): the
 /// mean and variance in double, over all ranks of `red` (two sums, of two values and of one).
-/// Nothing when Σ m·x or Σ m·d² overflows (the caller then takes `whiten_scaled`; every rank
-/// decides on the same sums).
+/// Nothing when Σ m·x or Σ m·d² overflows (the caller then takes `whiten_scaled_map`; every
+/// rank decides on the same sums).
 inline std::optional<WhitenMap> whiten_map(const std::vector<RowScan>& rows, const WhitenOptions& o,
                                            const ::rlpo::dist::Reductions& red) {
     double n = 0.0, sum = 0.0;
@@ -281,11 +271,11 @@ inline std::optional<WhitenMap> whiten_map(const std::vector<RowScan>& rows, con
     const double denom =
         o.eps_as_floor ? std::sqrt(std::max(var, o.epsilon)) : std::sqrt(var + o.epsilon);
     const bool zero = degenerate || !(denom > 0);
-    return WhitenMap{mu, zero ? 0.0 : 1.0 / denom, o.shift_mean ? 0.0 : mu};
+    return WhitenMap{1.0, mu, zero ? 0.0 : 1.0 / denom, o.shift_mean ? 0.0 : mu};
 }
 
-/// One row of the whitening's pass two, in place: x ↦ (x − μ)·k + add in double, rounded to
-/// S, where m ≠ 0; 0 where m = 0. Branch-free, sixteen entries at a time. Returns the first
+/// One row of the whitening's pass two, in place: x ↦ (x·s − μ)·k + add in double, rounded
+/// to S, where m ≠ 0; 0 where m = 0. Branch-free, sixteen entries at a time. Returns the first
 /// column whose whitened value does not fit S (a tiny spread, e.g. ε = 0 with one heavy
 /// weight), or −1.
 template <class S>
@@ -300,7 +290,7 @@ inline Index whiten_row(const S* m, S* x, Index n, const WhitenMap& f) {
     for (Index t0 = 0; t0 < n; t0 += L) {
         const Index len = std::min<Index>(L, n - t0);
         for (Index j = 0; j < L; ++j)  // the tail's extra lanes are never stored
-            w[j] = (static_cast<double>(x[t0 + std::min(j, len - 1)]) - f.mu) * f.k + f.add;
+            w[j] = (static_cast<double>(x[t0 + std::min(j, len - 1)]) * f.s - f.mu) * f.k + f.add;
         for (Index j = 0; j < L; ++j) out[j] = static_cast<S>(w[j]);
         for (Index j = 0; j < len; j += W) {
             const P keep = simd::pandnot(all, simd::pcmp_eq(simd::load(m, t0 + j, n), zero));
@@ -315,6 +305,21 @@ inline Index whiten_row(const S* m, S* x, Index n, const WhitenMap& f) {
     return -1;
 }
 
+/// Every row of x whitened in place by the map f (`whiten_row`), in parallel; the first entry
+/// beyond the storage type (in row order) → rlpo::numerical_error under `fn`'s name.
+template <class S>
+inline void whiten_rows(const char* fn, Mat<S>& x, const ConstMatRef<S>& mask, const WhitenMap& f) {
+    const Index B = x.rows(), T = x.cols();
+    std::vector<Index> overflow(static_cast<std::size_t>(B), -1);
+    ::rlpo::detail::parallel_for(B, B > 64, [&](Index i) {
+        overflow[static_cast<std::size_t>(i)] =
+            whiten_row(mask.data() + i * mask.outerStride(), x.data() + i * x.outerStride(), T, f);
+    });
+    for (Index i = 0; i < B; ++i)
+        if (overflow[static_cast<std::size_t>(i)] >= 0)
+            fail_whitened(fn, i, overflow[static_cast<std::size_t>(i)]);
+}
+
 /// Whitening in place over the mask (weights m), given each row's moments of pass one
 /// (`row_moments`): the map from the batch statistics (`whiten_map`), then each row
 /// normalised (`whiten_row`); masked entries set to 0.
@@ -322,17 +327,9 @@ template <class S>
 inline void whiten_in_place(const char* fn, Mat<S>& x, const ConstMatRef<S>& mask,
                             const std::vector<RowScan>& rows, const WhitenOptions& o,
                             const ::rlpo::dist::Reductions& red = ::rlpo::dist::local()) {
-    const std::optional<WhitenMap> f = whiten_map(rows, o, red);
-    if (!f) return whiten_scaled<S>(fn, x, mask, o, red);  // the sums overflowed: rare path
-    const Index B = x.rows(), T = x.cols();
-    std::vector<Index> overflow(static_cast<std::size_t>(B), -1);
-    ::rlpo::detail::parallel_for(B, B > 64, [&](Index i) {
-        overflow[static_cast<std::size_t>(i)] =
-            whiten_row(mask.data() + i * mask.outerStride(), x.data() + i * x.outerStride(), T, *f);
-    });
-    for (Index i = 0; i < B; ++i)
-        if (overflow[static_cast<std::size_t>(i)] >= 0)
-            fail_whitened(fn, i, overflow[static_cast<std::size_t>(i)]);
+    std::optional<WhitenMap> f = whiten_map(rows, o, red);
+    if (!f) f = whiten_scaled_map<S>(x, mask, o, red);  // the sums overflowed: rare path
+    whiten_rows<S>(fn, x, mask, *f);
 }
 
 }  // namespace detail
@@ -494,6 +491,11 @@ struct GAEOptions {
 
 namespace detail {
 
+/// What GAE's row pass makes of each row: the `[B, T]` outputs (Â and returns) with the row's
+/// whitening moments (`gae_advantages`); only the moments (`gae_plan`); or the outputs with
+/// Â already whitened by the batch's map (the training step's in-pass GAE).
+enum class GAERowOut { Store, Moments, Whitened };
+
 /// GAE's fast row: when the row's unmasked tokens form one contiguous segment [a, b) (a
 /// response, or a prompt-and-response layout) with finite rewards and values, one backward
 /// pass over blocks of eight tokens forms the TD errors, the recursion, both outputs and the
@@ -508,16 +510,14 @@ namespace detail {
 /// and Â_{t+j} = y_j + c^{8−j}·Â_{t+8}: one multiply-add per block on the serial chain, so
 /// rows run at the speed of memory rather than of the FMA latency. The same sums as the
 /// token-by-token recursion up to rounding in double.
-template <class S>
+template <class S, GAERowOut Out = GAERowOut::Store>
 inline bool gae_segment_row(const ConstMatRef<S>& r, bool seq, const ConstMatRef<S>& v,
-                            const ConstMatRef<S>& m, const GAEOptions& opts, Index i,
-                            TokenAdvantages<S>& out, RowScan& sc) {
+                            const ConstMatRef<S>& m, const GAEOptions& opts, Index i, S* ar, S* gr,
+                            RowScan& sc, const WhitenMap* wm = nullptr) {
     const Index T = m.cols();
     const S* mr = m.data() + i * m.outerStride();
     const S* rr = r.data() + i * r.outerStride();
     const S* vr = v.data() + i * v.outerStride();
-    S* ar = out.advantages.data() + i * out.advantages.outerStride();
-    S* gr = out.returns.data() + i * out.returns.outerStride();
     namespace simd = ::rlpo::detail::simd;
     if (i + 1 < m.rows()) {  // the next row's inputs (most often this thread's next row)
         const auto bytes = static_cast<std::size_t>(T) * sizeof(S);
@@ -578,6 +578,16 @@ inline bool gae_segment_row(const ConstMatRef<S>& r, bool seq, const ConstMatRef
             for (int j = 0; j <= k; ++j) C(j, k) = cp[k - j];
         for (int j = 0; j < 8; ++j) pw(j) = cp[8 - j];
     }
+    constexpr bool kMoments = Out != GAERowOut::Whitened;
+    const WhitenMap f = Out == GAERowOut::Whitened ? *wm : WhitenMap{};
+    // the stored Â (rounded to S) whitened by f, in double, rounded to S
+    const auto whiten8 = [&](const S8& x) {
+        return (((x.template cast<double>() * f.s - f.mu) * f.k) + f.add).template cast<S>();
+    };
+    // the row's moments of the stored Â shifted by K, its last token's stored Â (a value of the
+    // row: no cancellation when the row sits far from 0): Σ m, Σ m·(x − K), Σ m·(x − K)²
+    const double K = n > 0 ? static_cast<double>(static_cast<S>(q[n - 1])) : 0.0;
+    A8 mw = A8::Zero(), ms = A8::Zero(), mq = A8::Zero();
     double carry = 0.0;    // Â after the current block
     S8 flag = S8::Zero();  // x·0 of the outputs: NaN once one is not finite
     S8 mmin = S8::Ones();  // the smallest mask weight: 0 where there is a hole
@@ -591,26 +601,146 @@ inline bool gae_segment_row(const ConstMatRef<S>& r, bool seq, const ConstMatRef
         const S8 as = adv.template cast<S>();
         const S8 gs =
             (adv + Eigen::Map<const S8>(vr + t0).template cast<double>()).template cast<S>();
-        Eigen::Map<S8>(ar + t0) = as;
-        Eigen::Map<S8>(gr + t0) = gs;
+        const S8 mb = Eigen::Map<const S8>(mr + t0);
+        if constexpr (Out == GAERowOut::Whitened) {
+            const S8 ws = whiten8(as);
+            Eigen::Map<S8>(ar + t0) = ws;
+            flag += ws * S(0);
+        } else if constexpr (Out == GAERowOut::Store) {
+            Eigen::Map<S8>(ar + t0) = as;
+        }
+        if constexpr (Out != GAERowOut::Moments) Eigen::Map<S8>(gr + t0) = gs;
         flag += as * S(0) + gs * S(0);
-        mmin = mmin.min(Eigen::Map<const S8>(mr + t0));
+        mmin = mmin.min(mb);
+        if constexpr (kMoments) {
+            const A8 md = mb.template cast<double>(), dx = as.template cast<double>() - K;
+            mw += md;
+            ms += md * dx;
+            mq += md * dx * dx;
+        }
     }
     for (Index t = t0 + 7; t >= a; --t) {  // the first n mod 8 tokens, one at a time
         carry = q[t - a] + c * carry;
-        ar[t] = static_cast<S>(carry);
-        gr[t] = static_cast<S>(carry + static_cast<double>(vr[t]));
-        flag(0) += ar[t] * S(0) + gr[t] * S(0);
+        const S as = static_cast<S>(carry);
+        const S gs = static_cast<S>(carry + static_cast<double>(vr[t]));
+        if constexpr (Out == GAERowOut::Whitened) {
+            const S ws = static_cast<S>((static_cast<double>(as) * f.s - f.mu) * f.k + f.add);
+            ar[t] = ws;
+            flag(0) += ws * S(0);
+        } else if constexpr (Out == GAERowOut::Store) {
+            ar[t] = as;
+        }
+        if constexpr (Out != GAERowOut::Moments) gr[t] = gs;
+        flag(0) += as * S(0) + gs * S(0);
         mmin(0) = std::min(mmin(0), mr[t]);
+        if constexpr (kMoments) {
+            const double md = static_cast<double>(mr[t]), dx = static_cast<double>(as) - K;
+            mw(0) += md;
+            ms(0) += md * dx;
+            mq(0) += md * dx * dx;
+        }
     }
     // a hole, a non-finite input or an overflow: the general loop names it
     if (!(mmin.minCoeff() > S(0)) || !(flag.sum() == S(0))) return false;
+    if constexpr (kMoments) {
+        const double w = mw.sum(), s1 = ms.sum(), s2 = mq.sum();
+        sc.weight = w;
+        sc.sum = s1 + K * w;
+        sc.sq = w > 0 ? std::max(0.0, s2 - s1 * (s1 / w)) : 0.0;
+    }
+    if constexpr (Out == GAERowOut::Moments) return true;
     std::fill(ar, ar + a, S(0));
     std::fill(gr, gr + a, S(0));
     std::fill(ar + b, ar + T, S(0));
     std::fill(gr + b, gr + T, S(0));
-    row_moments(mr + a, ar + a, n, sc);
     return true;
+}
+
+/// One row of GAE (the fast segment row when it applies, else the token-by-token recursion
+/// over the unmasked positions) into `ar` (Â) and `gr` (returns), T entries each, 0 where
+/// m = 0, with its first non-finite input or overflow in `sc`, and by `Out`: Store — Â as is
+/// and the row's whitening moments in `sc`; Moments — only the moments (`ar`, `gr` are then
+/// scratch); Whitened — Â whitened by `*wm` (a whitened value beyond S counts as an
+/// overflow). `gae_advantages`, `gae_plan` and the training step's in-pass GAE form every row
+/// with it, so they agree bit for bit.
+template <class S, GAERowOut Out = GAERowOut::Store>
+inline void gae_row(const ConstMatRef<S>& r, bool seq, const ConstMatRef<S>& v,
+                    const ConstMatRef<S>& m, const GAEOptions& opts, Index i, S* ar, S* gr,
+                    RowScan& sc, const WhitenMap* wm = nullptr) {
+    if (gae_segment_row<S, Out>(r, seq, v, m, opts, i, ar, gr, sc, wm)) return;
+    const Index T = m.cols();
+    double next_value = 0.0, next_adv = 0.0;
+    bool last = true;  // the row's last unmasked token (its outcome reward when seq)
+    for (Index t = T - 1; t >= 0; --t) {
+        const double mk = static_cast<double>(m(i, t));
+        if (mk == 0) {
+            ar[t] = S(0);
+            gr[t] = S(0);
+            continue;
+        }
+        const double rt =
+            seq ? (last ? static_cast<double>(r(i, 0)) : 0.0) : static_cast<double>(r(i, t));
+        const double vt = static_cast<double>(v(i, t));
+        if (sc.bad_input < 0 && !std::isfinite(rt))
+            sc.bad_input = 0, sc.bad_t = seq ? 0 : t, sc.bad_value = rt;
+        if (sc.bad_input < 0 && !std::isfinite(vt))
+            sc.bad_input = 1, sc.bad_t = t, sc.bad_value = vt;
+        last = false;
+        const double delta = rt + opts.gamma * next_value - vt;
+        next_adv = delta + opts.gamma * opts.lambda * next_adv;
+        next_value = vt;
+        flag_overflow<S>(sc, t, next_adv);
+        flag_overflow<S>(sc, t, next_adv + vt);
+        ar[t] = static_cast<S>(next_adv);
+        gr[t] = static_cast<S>(next_adv + vt);
+    }
+    const S* mr = m.data() + i * m.outerStride();
+    if constexpr (Out == GAERowOut::Whitened) {  // a whitened value beyond S: an overflow
+        if (sc.bad_input < 0 && sc.overflow_t < 0) {
+            const Index t = whiten_row(mr, ar, T, *wm);
+            if (t >= 0) sc.overflow_t = t;
+        }
+    } else {
+        row_moments(mr, ar, T, sc);
+    }
+}
+
+/// GAE's checks of its inputs and options under `fn` (the mask's values too unless
+/// `mask_values` is false: the training step checks them in its own pass over the mask); true
+/// when the rewards are one outcome reward per row (`[B, 1]`).
+template <class S>
+inline bool gae_check(const char* fn, const ConstMatRef<S>& r, const ConstMatRef<S>& v,
+                      const ConstMatRef<S>& m, const GAEOptions& opts, bool mask_values = true) {
+    const Index B = v.rows(), T = v.cols();
+    const bool seq = r.cols() == 1 && T != 1;
+    if (seq)
+        RLPO_CHECK(r.rows() == B, fn, "token_rewards: expected [B, T] or [B, 1] with B = ", B,
+                   " (rows of values), given [", r.rows(), ", 1]");
+    else
+        ::rlpo::detail::check_same_shape(fn, "values", v, "token_rewards", r);
+    ::rlpo::detail::check_same_shape(fn, "mask", m, "values", v);
+    if (mask_values) ::rlpo::detail::check_mask(fn, m);
+    check_unit(fn, "gamma", opts.gamma);
+    check_unit(fn, "lambda", opts.lambda);
+    ::rlpo::detail::check_nonnegative(fn, "whitening.epsilon", opts.whitening.epsilon);
+    return seq;
+}
+
+/// Every row of GAE into `out` (resized only when its shape differs), before whitening: the
+/// checks, then `gae_row` per row in parallel; a non-finite input or an overflow is reported
+/// under `fn`. Returns the rows' whitening moments.
+template <class S>
+inline std::vector<RowScan> gae_rows(const char* fn, const ConstMatRef<S>& r,
+                                     const ConstMatRef<S>& v, const ConstMatRef<S>& m,
+                                     const GAEOptions& opts, TokenAdvantages<S>& out) {
+    const bool seq = gae_check<S>(fn, r, v, m, opts);
+    const Index B = v.rows(), T = v.cols();
+    if (out.advantages.rows() != B || out.advantages.cols() != T) out.advantages.resize(B, T);
+    if (out.returns.rows() != B || out.returns.cols() != T) out.returns.resize(B, T);
+    return scan_rows(fn, B, {"token_rewards", "values"}, [&](Index i, RowScan& sc) {
+        gae_row<S>(r, seq, v, m, opts, i, out.advantages.row(i).data(), out.returns.row(i).data(),
+                   sc);
+    });
 }
 
 }  // namespace detail
@@ -637,51 +767,7 @@ void gae_advantages(const Eigen::MatrixBase<DR>& token_rewards, const Eigen::Mat
     using S = ::rlpo::detail::scalar_t<DR>;
     constexpr const char* fn = "rollout::gae_advantages";
     const ConstMatRef<S> r(token_rewards.derived()), v(values.derived()), m(mask.derived());
-    const Index B = v.rows(), T = v.cols();
-    const bool seq = r.cols() == 1 && T != 1;  // one outcome reward per row
-    if (seq)
-        RLPO_CHECK(r.rows() == B, fn, "token_rewards: expected [B, T] or [B, 1] with B = ", B,
-                   " (rows of values), given [", r.rows(), ", 1]");
-    else
-        ::rlpo::detail::check_same_shape(fn, "values", v, "token_rewards", r);
-    ::rlpo::detail::check_same_shape(fn, "mask", m, "values", v);
-    ::rlpo::detail::check_mask(fn, m);
-    detail::check_unit(fn, "gamma", opts.gamma);
-    detail::check_unit(fn, "lambda", opts.lambda);
-    ::rlpo::detail::check_nonnegative(fn, "whitening.epsilon", opts.whitening.epsilon);
-    if (out.advantages.rows() != B || out.advantages.cols() != T) out.advantages.resize(B, T);
-    if (out.returns.rows() != B || out.returns.cols() != T) out.returns.resize(B, T);
-    const auto rows =
-        detail::scan_rows(fn, B, {"token_rewards", "values"}, [&](Index i, detail::RowScan& sc) {
-            if (detail::gae_segment_row<S>(r, seq, v, m, opts, i, out, sc)) return;
-            double next_value = 0.0, next_adv = 0.0;
-            bool last = true;  // the row's last unmasked token (its outcome reward when seq)
-            for (Index t = T - 1; t >= 0; --t) {
-                const double mk = static_cast<double>(m(i, t));
-                if (mk == 0) {
-                    out.advantages(i, t) = S(0);
-                    out.returns(i, t) = S(0);
-                    continue;
-                }
-                const double rt = seq ? (last ? static_cast<double>(r(i, 0)) : 0.0)
-                                      : static_cast<double>(r(i, t));
-                const double vt = static_cast<double>(v(i, t));
-                if (sc.bad_input < 0 && !std::isfinite(rt))
-                    sc.bad_input = 0, sc.bad_t = seq ? 0 : t, sc.bad_value = rt;
-                if (sc.bad_input < 0 && !std::isfinite(vt))
-                    sc.bad_input = 1, sc.bad_t = t, sc.bad_value = vt;
-                last = false;
-                const double delta = rt + opts.gamma * next_value - vt;
-                next_adv = delta + opts.gamma * opts.lambda * next_adv;
-                next_value = vt;
-                detail::flag_overflow<S>(sc, t, next_adv);
-                detail::flag_overflow<S>(sc, t, next_adv + vt);
-                out.advantages(i, t) = static_cast<S>(next_adv);
-                out.returns(i, t) = static_cast<S>(next_adv + vt);
-            }
-            detail::row_moments(m.data() + i * m.outerStride(),
-                                out.advantages.data() + i * out.advantages.outerStride(), T, sc);
-        });
+    const auto rows = detail::gae_rows<S>(fn, r, v, m, opts, out);
     if (opts.whiten) detail::whiten_in_place<S>(fn, out.advantages, m, rows, opts.whitening, red);
 }
 
@@ -693,6 +779,64 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> gae_advantages(
     TokenAdvantages<::rlpo::detail::scalar_t<DR>> out;
     gae_advantages(token_rewards, values, mask, opts, out, red);
     return out;
+}
+
+/// GAE with its whitening fixed over a whole (mini-)batch, so that the advantages can be
+/// formed a piece at a time — per micro-batch (`gae_advantages(plan, …)`) or one row at a
+/// time inside the training step's pass (`train::StepInputs::gae`) — each piece bit-equal to
+/// its rows of one `gae_advantages(…, plan.options)` call on the whole batch. Made by
+/// `gae_plan`.
+struct GAEPlan {
+    GAEOptions options{};
+    detail::WhitenMap whitening{};  ///< the whole batch's map (unused without options.whiten)
+};
+
+/// The plan of a batch: `gae_advantages`'s first pass (each row's Â into a scratch row, its
+/// whitening moments) without the `[B, T]` outputs, so it reads the rewards, values and mask
+/// once and writes nothing; the statistics are over all ranks of `red`. Bad input and
+/// overflow: as `gae_advantages` (named under this function). Without `opts.whiten` there is
+/// nothing to measure: the options are checked and kept.
+template <class DR, class DV, class DM>
+GAEPlan gae_plan(const Eigen::MatrixBase<DR>& token_rewards, const Eigen::MatrixBase<DV>& values,
+                 const Eigen::MatrixBase<DM>& mask, const GAEOptions& opts = {},
+                 const dist::Reductions& red = dist::local()) {
+    using S = ::rlpo::detail::scalar_t<DR>;
+    constexpr const char* fn = "rollout::gae_plan";
+    const ConstMatRef<S> r(token_rewards.derived()), v(values.derived()), m(mask.derived());
+    const bool seq = detail::gae_check<S>(fn, r, v, m, opts);
+    GAEPlan plan{opts, {}};
+    if (!opts.whiten) return plan;
+    const Index T = v.cols();
+    const auto rows = detail::scan_rows(
+        fn, v.rows(), {"token_rewards", "values"}, [&](Index i, detail::RowScan& sc) {
+            thread_local std::vector<S> a, g;  // the row's Â and returns, discarded
+            if (static_cast<Index>(a.size()) < T)
+                a.resize(static_cast<std::size_t>(T)), g.resize(static_cast<std::size_t>(T));
+            detail::gae_row<S, detail::GAERowOut::Moments>(r, seq, v, m, opts, i, a.data(),
+                                                           g.data(), sc);
+        });
+    if (auto f = detail::whiten_map(rows, opts.whitening, red)) {
+        plan.whitening = *f;
+    } else {  // the sums overflow (rare): the rescaled statistics of the stored Â
+        TokenAdvantages<S> full;
+        detail::gae_rows<S>(fn, r, v, m, opts, full);
+        plan.whitening = detail::whiten_scaled_map<S>(full.advantages, m, opts.whitening, red);
+    }
+    return plan;
+}
+
+/// GAE of a piece of a batch (a micro-batch, or this rank's rows) whitened with the whole
+/// batch's `plan` (no statistics of its own; no collective call): the rows equal those of one
+/// `gae_advantages(…, plan.options)` call on the whole batch. `out` as in `gae_advantages`.
+template <class DR, class DV, class DM>
+void gae_advantages(const GAEPlan& plan, const Eigen::MatrixBase<DR>& token_rewards,
+                    const Eigen::MatrixBase<DV>& values, const Eigen::MatrixBase<DM>& mask,
+                    TokenAdvantages<::rlpo::detail::scalar_t<DR>>& out) {
+    using S = ::rlpo::detail::scalar_t<DR>;
+    constexpr const char* fn = "rollout::gae_advantages";
+    const ConstMatRef<S> r(token_rewards.derived()), v(values.derived()), m(mask.derived());
+    detail::gae_rows<S>(fn, r, v, m, plan.options, out);
+    if (plan.options.whiten) detail::whiten_rows<S>(fn, out.advantages, m, plan.whitening);
 }
 
 /// ReMax (Li et al. 2023, arXiv:2310.10505), as verl's `compute_remax_outcome_advantage`: the

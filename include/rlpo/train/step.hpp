@@ -42,6 +42,13 @@
 /// output, read once per row: no `[B, T]` broadcast is made on the fused path; the other
 /// surrogates get a broadcast copy, 0 at masked tokens, as `rollout::broadcast_to_tokens`).
 ///
+/// **GAE in the pass** (`StepInputs::gae`, PPO with a critic): instead of `[B, T]` advantages
+/// and returns, give the rewards (`[B, 1]` outcome or `[B, T]` token rewards), the rollout's
+/// values as `old_values` and a `rollout::gae_plan` of the whole mini-batch (its whitening
+/// statistics, over all ranks); each row's advantages and returns are then formed where the
+/// pass uses them, bit-equal to handing the step `rollout::gae_advantages(plan, …)`'s outputs
+/// and without their two `[B, T]` matrices. Micro-batches share the mini-batch's plan.
+///
 /// **One pass** (`StepOptions::fused`, default on, with the PPO clip surrogate): the
 /// surrogate, the KL (in the loss, or its reward-placement metric) and the value loss are
 /// evaluated together per SIMD packet (train/detail/fused.hpp), so each `[B, T]` input is read
@@ -78,6 +85,7 @@
 #include <rlpo/policy/policy_loss.hpp>
 #include <rlpo/regularizers/entropy.hpp>
 #include <rlpo/rollout/batch.hpp>
+#include <rlpo/rollout/returns.hpp>
 #include <rlpo/train/detail/fused.hpp>
 
 #include <algorithm>
@@ -125,6 +133,14 @@ struct StepInputs {
     StepInput<S> values;      ///< [B, T] current critic values (value loss)
     StepInput<S> old_values;  ///< [B, T] values at rollout time (value clip)
     StepInput<S> returns;     ///< [B, T] value targets
+    /// GAE inside the step (instead of `advantages` and `returns`, which must then be absent):
+    /// each row's advantages and returns are formed in the pass that uses them, from `rewards`
+    /// and `old_values` (the values at rollout time) with the whole batch's plan
+    /// (`rollout::gae_plan`: options and whitening) — bit-equal to passing the
+    /// `rollout::gae_advantages(*gae, rewards, old_values, mask)` outputs, without their
+    /// `[B, T]` matrices. Not owned.
+    const rollout::GAEPlan* gae = nullptr;
+    StepInput<S> rewards;  ///< [B, T] token rewards or [B, 1] outcome rewards (with `gae`)
 };
 
 /// Bind the rollout's fields of rows [row0, row0 + rows) to a step's inputs (read in place):
@@ -272,13 +288,24 @@ public:
         const ConstMatRef<S>& lp = *in.logp;
         const Index B = lp.rows(), T = lp.cols();
         detail::require(fn, in.mask, "mask", "every term", lp);
-        RLPO_CHECK(in.advantages.present(), fn, "advantages: required (the policy surrogate)");
-        const bool seq_adv = in.advantages.cols() == 1 && T != 1;
+        const bool gae = in.gae != nullptr;
+        if (gae) {
+            RLPO_CHECK(!in.advantages.present() && !in.returns.present(), fn,
+                       "advantages, returns: formed in the step with gae (give neither)");
+            RLPO_CHECK(in.rewards.present(), fn, "rewards: required (gae)");
+            detail::require(fn, in.old_values, "old_values", "gae", lp);
+            (void)rollout::detail::gae_check<S>("rollout::gae_advantages", *in.rewards,
+                                                *in.old_values, *in.mask, in.gae->options, false);
+        } else {
+            RLPO_CHECK(in.advantages.present(), fn, "advantages: required (the policy surrogate)");
+            RLPO_CHECK(!in.rewards.present(), fn, "rewards: read only with gae (StepInputs::gae)");
+        }
+        const bool seq_adv = !gae && in.advantages.cols() == 1 && T != 1;
         if (seq_adv)
             RLPO_CHECK(in.advantages.rows() == B, fn,
                        "advantages: expected [B, T] or [B, 1] with B = ", B, ", given [",
                        in.advantages.rows(), ", 1]");
-        else
+        else if (!gae)
             detail::require(fn, in.advantages, "advantages", "the policy surrogate", lp);
         const bool kl_loss = opts_.kl && opts_.kl_placement == KLPlacement::Loss;
         if (kl_loss) detail::require(fn, in.ref_logp, "ref_logp", "the KL loss", lp);
@@ -294,11 +321,16 @@ public:
         if (uses_values()) {
             detail::require(fn, in.values, "values", "the value loss", lp);
             detail::require(fn, in.old_values, "old_values", "the value loss", lp);
-            detail::require(fn, in.returns, "returns", "the value loss", lp);
+            if (!gae) detail::require(fn, in.returns, "returns", "the value loss", lp);
         }
         if (fused()) {
             std::optional<StepResult<S>> r = fused_step(in, out, seq_adv);
             if (r) return std::move(*r);
+        }
+        if (gae) {  // the [B, T] advantages and returns of the plan, then the parts
+            rollout::TokenAdvantages<S> ta;
+            rollout::gae_advantages(*in.gae, *in.rewards, *in.old_values, *in.mask, ta);
+            return composed(in, ta.advantages, out, &ta.returns);
         }
         if (!seq_adv) return composed(in, *in.advantages, out);
         // the parts take [B, T] advantages: broadcast (0 at masked tokens, as
@@ -319,9 +351,9 @@ private:
     static constexpr const char* kFn = "train::TrainingStep";
 
     /// Each term its own pass, adding into the step's buffers (the definition the fused pass
-    /// reproduces bit for bit). `A` the `[B, T]` advantages.
+    /// reproduces bit for bit). `A` the `[B, T]` advantages; `R` the returns (null: `in`'s).
     StepResult<S> composed(const StepInputs<S>& in, const ConstMatRef<S>& A,
-                           const StepGradients<S>& out) const {
+                           const StepGradients<S>& out, const Mat<S>* R = nullptr) const {
         const ConstMatRef<S>& lp = *in.logp;
         const Index B = lp.rows(), T = lp.cols();
         const ConstMatRef<S>& m = *in.mask;
@@ -363,8 +395,10 @@ private:
         if (uses_values()) {
             GradientOut<S> g = resolve(out.values, res.grad_values, B, T);
             g.coef *= opts_.value_coef;
-            const auto vf = critic::value_loss(*in.values, *in.old_values, *in.returns, m,
-                                               opts_.value, norm, g);
+            const auto vf =
+                R ? critic::value_loss(*in.values, *in.old_values, *R, m, opts_.value, norm, g)
+                  : critic::value_loss(*in.values, *in.old_values, *in.returns, m, opts_.value,
+                                       norm, g);
             res.vf_loss = vf.value;
             res.metrics.merge(vf.metrics.prefixed("critic/"));
         }
@@ -441,8 +475,14 @@ private:
         f.mask = &m;
         f.logp = &lp;
         f.old_logp = in.old_logp.present() ? &*in.old_logp : &lp;
-        f.adv = &*in.advantages;
-        f.seq_adv = seq_adv;
+        if (in.gae) {
+            f.gae = in.gae;
+            f.rewards = &*in.rewards;
+            f.old_values = &*in.old_values;
+        } else {
+            f.adv = &*in.advantages;
+            f.seq_adv = seq_adv;
+        }
         f.pg = &pg;
         if (kc) {
             f.kl = &*kc;
@@ -456,7 +496,7 @@ private:
             f.vf = &*vk;
             f.values = &*in.values;
             f.old_values = &*in.old_values;
-            f.returns = &*in.returns;
+            if (!in.gae) f.returns = &*in.returns;
             f.g_values = &*g_v;
             f.coef_vf = coef_vf;
         }

@@ -10,6 +10,9 @@
 /// same gradient sums ((0 + g_pg) + g_kl), the same per-term row sums (in S over 8 packets,
 /// then in double, rows added in row order). Per-sequence advantages (`[B, 1]`) are read once
 /// per row and broadcast in registers, equal to a `[B, T]` broadcast (0 at masked tokens).
+/// With a GAE plan, each row's whitened advantages and returns are formed at the start of the
+/// row (`rollout::detail::gae_row`, as `rollout::gae_advantages` forms them) into the thread's
+/// scratch rows, which the packet loop then reads from cache.
 ///
 /// Memory: every input is prefetched a fixed distance ahead (into the thread's next row near
 /// the end of a row); an overwritten float gradient of `kStreamMinBytes` or more is written
@@ -28,6 +31,7 @@
 #include <rlpo/critic/value_loss.hpp>
 #include <rlpo/penalties/kl_estimators.hpp>
 #include <rlpo/policy/ppo_clip.hpp>
+#include <rlpo/rollout/returns.hpp>
 
 #include <array>
 #include <cmath>
@@ -51,6 +55,9 @@ struct FusedSpec {
     const ConstMatRef<S>* old_logp = nullptr;  ///< = logp on-policy
     const ConstMatRef<S>* adv = nullptr;       ///< [B, T], or [B, 1] when seq_adv
     bool seq_adv = false;
+    // or GAE per row (adv and returns null): from rewards and old_values with the plan
+    const rollout::GAEPlan* gae = nullptr;
+    const ConstMatRef<S>* rewards = nullptr;
     const policy::detail::PPOClipKernel<S>* pg = nullptr;
     // KL: in the loss (gradient into grad_logp, of logp − ref) or the reward-placement metric
     // (no gradient, of old_logp − ref)
@@ -110,6 +117,9 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
     const critic::detail::ValueLossKernel<S> vfk =
         VF ? *f.vf : critic::detail::ValueLossKernel<S>(critic::ValueLossOptions{});
     const bool seq_adv = f.seq_adv;
+    // GAE's whitening map (the identity without whitening)
+    const rollout::detail::WhitenMap gae_map =
+        f.gae && f.gae->options.whiten ? f.gae->whitening : rollout::detail::WhitenMap{1, 0, 1, 0};
     const bool large =
         static_cast<double>(B) * static_cast<double>(T) * sizeof(S) >= kStreamMinBytes;
     ::rlpo::detail::parallel_for_dynamic(B, 4, B * T > 32768, [&](Index i) {
@@ -126,12 +136,33 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
         const S* mk = mask.data() + i * mask.outerStride();
         const S* lp = f.logp->data() + i * f.logp->outerStride();
         const S* olp = f.old_logp->data() + i * f.old_logp->outerStride();
-        const S* ap = f.adv->data() + i * f.adv->outerStride();
+        const S* ap = nullptr;
+        const S* Rp = nullptr;
+        if (f.gae) {
+            // the row's advantages and returns, formed here as rollout::gae_advantages forms
+            // them (the same row function and whitening map), into this thread's scratch
+            thread_local std::vector<S> buf;
+            if (static_cast<Index>(buf.size()) < 2 * T) buf.resize(static_cast<std::size_t>(2 * T));
+            S* ar = buf.data();
+            S* gr = ar + T;
+            rollout::detail::RowScan sc;
+            rollout::detail::gae_row<S, rollout::detail::GAERowOut::Whitened>(
+                *f.rewards, f.rewards->cols() == 1 && T != 1, *f.old_values, mask, f.gae->options,
+                i, ar, gr, sc, &gae_map);
+            if (sc.bad_input >= 0 || sc.overflow_t >= 0) {
+                row.bad = true;  // the composed rerun reports it as gae_advantages does
+                return;
+            }
+            ap = ar;
+            Rp = gr;
+        } else {
+            ap = f.adv->data() + i * f.adv->outerStride();
+            if constexpr (VF) Rp = f.returns->data() + i * f.returns->outerStride();
+        }
         const S* rp = KL ? f.ref_logp->data() + i * f.ref_logp->outerStride() : nullptr;
         const S* vp = VF ? f.values->data() + i * f.values->outerStride() : nullptr;
         const S* vop =
             VF && vfk.clip ? f.old_values->data() + i * f.old_values->outerStride() : nullptr;
-        const S* Rp = VF ? f.returns->data() + i * f.returns->outerStride() : nullptr;
         const P zero = set1<S>(S(0));
         const P all = pcmp_eq(zero, zero);
         // the weights each part's pass forms: c·coef rounded to S
@@ -190,12 +221,12 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
             pf(mk, f.mask);
             pf(lp, f.logp);
             if (olp != lp) pf(olp, f.old_logp);
-            if (!seq_adv) pf(ap, f.adv);
+            if (!seq_adv && !f.gae) pf(ap, f.adv);
             if constexpr (KL) pf(rp, f.ref_logp);
             if constexpr (VF) {
                 pf(vp, f.values);
                 if (vop) pf(vop, f.old_values);
-                pf(Rp, f.returns);
+                if (!f.gae) pf(Rp, f.returns);
             }
         };
         // overwritten rows through the gradient's packet view (`GradRow`: streaming stores
