@@ -405,6 +405,30 @@ TEST_CASE("token advantages: bad input gives the documented error",
     mneg(0, 0) = -1;
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::whiten(r, mneg),
                                     "rollout::whiten(): mask: entries must be finite and >= 0");
+    // the mask is checked in each estimator's row pass: the first bad entry, named as
+    // check_mask names it, before a non-finite value elsewhere in the batch
+    Mat<double> mbad = Mat<double>::Ones(m.rows(), m.cols()), rnan = r;
+    mbad(1, 2) = std::numeric_limits<double>::quiet_NaN();
+    mbad(1, 0) = -0.5;
+    rnan(0, 1) = std::numeric_limits<double>::infinity();
+    const std::string want = "mask: entries must be finite and >= 0, given -0.5 at [1, 0]";
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::whiten(rnan, mbad), "rollout::whiten(): " + want);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::reinforce_pp_advantages(rnan, mbad),
+                                    "rollout::reinforce_pp_advantages(): " + want);
+    Vec<double> sc2(2);
+    sc2 << 1, 2;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(
+        rr::reinforce_pp_baseline_advantages(sc2, rr::Groups::equal(2, 2), mbad),
+        "rollout::reinforce_pp_baseline_advantages(): " + want);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_advantages(rnan, r, mbad),
+                                    "rollout::gae_advantages(): " + want);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_plan(rnan, r, mbad), "rollout::gae_plan(): " + want);
+    GAEOptions raw;
+    raw.whiten = false;
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::gae_plan(rnan, r, mbad, raw),
+                                    "rollout::gae_plan(): " + want);
+    RLPO_REQUIRE_THROWS_WITH_SUBSTR(rr::remax_advantages(rnan, sc2, mbad),
+                                    "rollout::remax_advantages(): " + want);
 }
 
 #if defined(RLPO_USE_OPENMP)

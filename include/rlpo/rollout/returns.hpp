@@ -151,15 +151,31 @@ inline void flag_overflow(RowScan& sc, Index t, double v) {
         sc.overflow_t = t;
 }
 
-/// Run `f(i, scan)` for every row (in parallel with OpenMP; rows are independent and the
-/// partial sums are combined in row order afterwards, so results do not depend on the thread
-/// count), then report the first non-finite input a row flagged, naming it and its position.
-template <class F>
-inline std::vector<RowScan> scan_rows(const char* fn, Index B,
+/// Run `f(i, scan)` for every row of the mask (in parallel with OpenMP; rows are independent
+/// and the partial sums are combined in row order afterwards, so results do not depend on the
+/// thread count), checking each row's mask weights (finite, ≥ 0) first, in the same pass;
+/// then report a bad mask as `check_mask` does (the first bad entry), else the first
+/// non-finite input a row flagged, naming it and its position, else the first overflow.
+template <class S, class F>
+inline std::vector<RowScan> scan_rows(const char* fn, const ConstMatRef<S>& mask,
                                       std::initializer_list<const char*> names, F&& f) {
+    const Index B = mask.rows(), T = mask.cols();
     std::vector<RowScan> rows(static_cast<std::size_t>(B));
-    ::rlpo::detail::parallel_for(B, B > 64,
-                                 [&](Index i) { f(i, rows[static_cast<std::size_t>(i)]); });
+    std::vector<char> bad_mask(static_cast<std::size_t>(B), 0);
+    ::rlpo::detail::parallel_for(B, B > 64, [&](Index i) {
+        const S* mr = mask.data() + i * mask.outerStride();
+        int ok = 1;  // check_mask's test, branch-free; NaN fails both compares
+        for (Index t = 0; t < T; ++t)
+            ok &= static_cast<int>(mr[t] >= S(0)) &
+                  static_cast<int>(mr[t] <= std::numeric_limits<S>::max());
+        if (!ok) {  // the row is not processed; check_mask below names the entry
+            bad_mask[static_cast<std::size_t>(i)] = 1;
+            return;
+        }
+        f(i, rows[static_cast<std::size_t>(i)]);
+    });
+    for (Index i = 0; i < B; ++i)
+        if (bad_mask[static_cast<std::size_t>(i)]) ::rlpo::detail::check_mask(fn, mask);
     for (Index i = 0; i < B; ++i) {
         const RowScan& r = rows[static_cast<std::size_t>(i)];
         if (r.bad_input >= 0)
@@ -344,10 +360,9 @@ Mat<::rlpo::detail::scalar_t<DX>> whiten(const Eigen::MatrixBase<DX>& x,
     constexpr const char* fn = "rollout::whiten";
     const ConstMatRef<S> xv(x.derived()), m(mask.derived());
     ::rlpo::detail::check_same_shape(fn, "mask", m, "x", xv);
-    ::rlpo::detail::check_mask(fn, m);
     ::rlpo::detail::check_nonnegative(fn, "epsilon", opts.epsilon);
     Mat<S> w(xv.rows(), xv.cols());
-    const auto rows = detail::scan_rows(fn, xv.rows(), {"x"}, [&](Index i, detail::RowScan& sc) {
+    const auto rows = detail::scan_rows(fn, m, {"x"}, [&](Index i, detail::RowScan& sc) {
         for (Index t = 0; t < xv.cols(); ++t) {
             if (m(i, t) == 0) {
                 w(i, t) = S(0);  // never read as a value
@@ -382,13 +397,12 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> reinforce_pp_advantages(
     constexpr const char* fn = "rollout::reinforce_pp_advantages";
     const ConstMatRef<S> r(token_rewards.derived()), m(mask.derived());
     ::rlpo::detail::check_same_shape(fn, "mask", m, "token_rewards", r);
-    ::rlpo::detail::check_mask(fn, m);
     detail::check_unit(fn, "gamma", opts.gamma);
     ::rlpo::detail::check_nonnegative(fn, "whitening.epsilon", opts.whitening.epsilon);
     TokenAdvantages<S> out;
     out.returns.resize(r.rows(), r.cols());
     const auto rows =
-        detail::scan_rows(fn, r.rows(), {"token_rewards"}, [&](Index i, detail::RowScan& sc) {
+        detail::scan_rows(fn, m, {"token_rewards"}, [&](Index i, detail::RowScan& sc) {
             double next = 0.0;  // G_{t+1}·m_{t+1}
             for (Index t = r.cols() - 1; t >= 0; --t) {
                 const double mk = static_cast<double>(m(i, t));
@@ -439,7 +453,6 @@ Mat<::rlpo::detail::scalar_t<DM>> reinforce_pp_baseline_advantages(
     const ConstMatRef<S> m(mask.derived());
     RLPO_CHECK(m.rows() == static_cast<Index>(s.size()), fn, "mask: expected ", s.size(),
                " rows (one per score), given ", m.rows());
-    ::rlpo::detail::check_mask(fn, m);
     ::rlpo::detail::check_nonnegative(fn, "whitening.epsilon", opts.whitening.epsilon);
     std::vector<double> a(s.size(), 0.0);
     for (Index g = 0; g < groups.num_groups(); ++g) {
@@ -455,13 +468,12 @@ Mat<::rlpo::detail::scalar_t<DM>> reinforce_pp_baseline_advantages(
             a[static_cast<std::size_t>(k)] = s[static_cast<std::size_t>(k)] - mu;
     }
     Mat<S> A(m.rows(), m.cols());
-    const auto rows =
-        detail::scan_rows(fn, m.rows(), {"scores"}, [&](Index i, detail::RowScan& sc) {
-            const double ai = a[static_cast<std::size_t>(i)];
-            for (Index t = 0; t < m.cols(); ++t) A(i, t) = m(i, t) != 0 ? static_cast<S>(ai) : S(0);
-            detail::row_moments(m.data() + i * m.outerStride(), A.data() + i * A.outerStride(),
-                                m.cols(), sc);
-        });
+    const auto rows = detail::scan_rows(fn, m, {"scores"}, [&](Index i, detail::RowScan& sc) {
+        const double ai = a[static_cast<std::size_t>(i)];
+        for (Index t = 0; t < m.cols(); ++t) A(i, t) = m(i, t) != 0 ? static_cast<S>(ai) : S(0);
+        detail::row_moments(m.data() + i * m.outerStride(), A.data() + i * A.outerStride(),
+                            m.cols(), sc);
+    });
     detail::whiten_in_place<S>(fn, A, m, rows, opts.whitening, red);
     return A;
 }
@@ -733,11 +745,11 @@ template <class S>
 inline std::vector<RowScan> gae_rows(const char* fn, const ConstMatRef<S>& r,
                                      const ConstMatRef<S>& v, const ConstMatRef<S>& m,
                                      const GAEOptions& opts, TokenAdvantages<S>& out) {
-    const bool seq = gae_check<S>(fn, r, v, m, opts);
+    const bool seq = gae_check<S>(fn, r, v, m, opts, false);  // scan_rows checks the mask
     const Index B = v.rows(), T = v.cols();
     if (out.advantages.rows() != B || out.advantages.cols() != T) out.advantages.resize(B, T);
     if (out.returns.rows() != B || out.returns.cols() != T) out.returns.resize(B, T);
-    return scan_rows(fn, B, {"token_rewards", "values"}, [&](Index i, RowScan& sc) {
+    return scan_rows(fn, m, {"token_rewards", "values"}, [&](Index i, RowScan& sc) {
         gae_row<S>(r, seq, v, m, opts, i, out.advantages.row(i).data(), out.returns.row(i).data(),
                    sc);
     });
@@ -803,12 +815,13 @@ GAEPlan gae_plan(const Eigen::MatrixBase<DR>& token_rewards, const Eigen::Matrix
     using S = ::rlpo::detail::scalar_t<DR>;
     constexpr const char* fn = "rollout::gae_plan";
     const ConstMatRef<S> r(token_rewards.derived()), v(values.derived()), m(mask.derived());
-    const bool seq = detail::gae_check<S>(fn, r, v, m, opts);
+    // the mask's values: here without whitening, else in the row pass (scan_rows)
+    const bool seq = detail::gae_check<S>(fn, r, v, m, opts, !opts.whiten);
     GAEPlan plan{opts, {}};
     if (!opts.whiten) return plan;
     const Index T = v.cols();
-    const auto rows = detail::scan_rows(
-        fn, v.rows(), {"token_rewards", "values"}, [&](Index i, detail::RowScan& sc) {
+    const auto rows =
+        detail::scan_rows(fn, m, {"token_rewards", "values"}, [&](Index i, detail::RowScan& sc) {
             thread_local std::vector<S> a, g;  // the row's Â and returns, discarded
             if (static_cast<Index>(a.size()) < T)
                 a.resize(static_cast<std::size_t>(T)), g.resize(static_cast<std::size_t>(T));
@@ -854,14 +867,13 @@ TokenAdvantages<::rlpo::detail::scalar_t<DR>> remax_advantages(
     constexpr const char* fn = "rollout::remax_advantages";
     const ConstMatRef<S> r(token_rewards.derived()), m(mask.derived());
     ::rlpo::detail::check_same_shape(fn, "mask", m, "token_rewards", r);
-    ::rlpo::detail::check_mask(fn, m);
     const std::vector<double> b = detail::read_scores(fn, "greedy_baseline", greedy_baseline);
     RLPO_CHECK(static_cast<Index>(b.size()) == r.rows(), fn, "greedy_baseline: expected ", r.rows(),
                " entries (rows of token_rewards), given ", b.size());
     TokenAdvantages<S> out;
     out.advantages.resize(r.rows(), r.cols());
     out.returns.resize(r.rows(), r.cols());
-    detail::scan_rows(fn, r.rows(), {"token_rewards"}, [&](Index i, detail::RowScan& sc) {
+    detail::scan_rows(fn, m, {"token_rewards"}, [&](Index i, detail::RowScan& sc) {
         double togo = 0.0;
         for (Index t = r.cols() - 1; t >= 0; --t) {
             const double mk = static_cast<double>(m(i, t));
