@@ -1,8 +1,10 @@
 // Fuzz target: the training step (train/step.hpp) and the step from logits
 // (train/from_logits.hpp): a surrogate by name, KL in the loss or the reward (every
 // estimator), entropy, the clipped value loss and a distillation hook, under one normalizer,
-// with the inputs each term needs (or not, which must throw).
+// with the inputs each term needs (or not, which must throw); the advantages given, or formed
+// in the step by GAE from a plan of the batch (StepInputs::gae).
 #include <rlpo/distill/divergences.hpp>
+#include <rlpo/rollout/returns.hpp>
 #include <rlpo/train/from_logits.hpp>
 #include <rlpo/train/step.hpp>
 
@@ -21,6 +23,7 @@ void one(FuzzedDataProvider& f) {
     const Index T = f.ConsumeIntegralInRange<Index>(0, 12);
     const Index V = f.ConsumeIntegralInRange<Index>(0, 40);
     const bool from_logits = f.ConsumeBool();
+    const bool gae = f.ConsumeIntegralInRange<int>(0, 3) == 3;  // GAE inside the step
     rt::StepOptions o;
     const char* name = fz::pick_name(f, rlpo::policy::detail::policy_loss_table());
     o.policy = rlpo::policy::make_policy_loss(name);
@@ -75,7 +78,7 @@ void one(FuzzedDataProvider& f) {
     fz::poison_tokens(f, lp, m, !from_logits, "logp");
     fz::poison_tokens(f, old, m, give_old && o.policy.loss != rlpo::policy::PolicyLoss::GPG,
                       "old_logp");
-    fz::poison_tokens(f, adv, m, true, "advantages");
+    fz::poison_tokens(f, adv, m, !gae, "advantages");  // not read with GAE
     fz::poison_tokens(f, ref, m, false, "ref_logp");
     fz::poison_tokens(f, val, m, false, "values");
     fz::poison_rows(f, z, m, false, "logits");
@@ -99,17 +102,42 @@ void one(FuzzedDataProvider& f) {
             mt.merge(r.metrics);
             return r.value;
         };
+    // GAE inside the step: a plan of the batch from rewards, the old values and the mask
+    const rlpo::rollout::GAEOptions go =
+        f.ConsumeBool() ? rlpo::rollout::GAEOptions::openrlhf() : rlpo::rollout::GAEOptions::verl();
+    const Mat<S> rew = fz::matrix<S>(f, B, f.ConsumeBool() ? 1 : T, fz::Dom::Real);
+    rlpo::rollout::GAEPlan plan;
+    if (gae) {
+        fz::trace() << "gae: lambda " << go.lambda << " rewards [" << rew.rows() << ", "
+                    << rew.cols() << "]\n";
+        fz::dump("rewards", rew);
+        bool planned = false;
+        const fz::Flags poisoned = fz::flags();
+        fz::flags() = fz::Flags{};  // the plan reads none of the poisoned inputs
+        fz::run("gae_plan", [&] {
+            plan = rlpo::rollout::gae_plan(rew, oval, m, go);
+            planned = true;
+        });
+        fz::flags() = poisoned;
+        if (!planned) return;
+    }
     rt::StepInputs<S> in;
     if (!from_logits) in.logp = lp;
     in.mask = m;
-    in.advantages = adv;
+    if (gae) {
+        in.gae = &plan;
+        in.rewards = rew;
+        in.old_values = oval;
+    } else {
+        in.advantages = adv;
+    }
     if (give_old) in.old_logp = old;
     if (give_ref) in.ref_logp = ref;
     if (give_logits) in.logits = z;
     if (give_values) {
         in.values = val;
         in.old_values = oval;
-        in.returns = ret;
+        if (!gae) in.returns = ret;
     }
     const auto masked = [&](Index i, Index t) { return m(i, t) == 0; };
     const auto masked_row = [&](Index n, Index) { return T == 0 || m(n / T, n % T) == 0; };

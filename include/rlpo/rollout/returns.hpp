@@ -7,7 +7,7 @@
 /// |---|---|---|
 /// | REINFORCE++ | whiten(G), G_t = r_t + γ·G_{t+1} within the response | `reinforce_pp_advantages` |
 /// | REINFORCE++-baseline | whiten(s_i − μ_g broadcast over tokens) | `reinforce_pp_baseline_advantages` |
-/// | GAE | Â_t = δ_t + γλ·Â_{t+1}, δ_t = r_t + γ·V_{t+1} − V_t; returns Â + V; then whiten(Â) | `gae_advantages` |
+/// | GAE | Â_t = δ_t + γλ·Â_{t+1}, δ_t = r_t + γ·V_{t+1} − V_t; returns Â + V; then whiten(Â) | `gae_advantages` (a whole batch, or a piece with a `gae_plan`) |
 /// | ReMax | Σ_{t'≥t} r_t' − b_i, b_i the reward of the greedy response to the same prompt | `remax_advantages` |
 ///
 /// Papers: REINFORCE++ (Hu 2025, arXiv:2501.03262: discounted token returns, global batch
@@ -509,11 +509,12 @@ namespace detail {
 enum class GAERowOut { Store, Moments, Whitened };
 
 /// GAE's fast row: when the row's unmasked tokens form one contiguous segment [a, b) (a
-/// response, or a prompt-and-response layout) with finite rewards and values, one backward
-/// pass over blocks of eight tokens forms the TD errors, the recursion, both outputs and the
-/// checks (a hole, a non-finite input, an overflow), vectorised; then the row's whitening
-/// moments. Returns false (what it wrote is overwritten) for any other row, which the general
-/// loop then handles (and names what it finds). `seq`: `r` holds one outcome reward per row
+/// response, or a prompt-and-response layout) with finite rewards and values: the TD errors
+/// in one vectorised pass, then one backward pass over blocks of eight tokens forms the
+/// recursion, the outputs (by `Out`, see `gae_row`), the checks (a hole, a non-finite input,
+/// an overflow) and the row's whitening moments, vectorised. Returns false (what it wrote is
+/// overwritten) for any other row, which the general loop then handles (and names what it
+/// finds). `seq`: `r` holds one outcome reward per row
 /// (column 0), the reward of the segment's last token.
 ///
 /// The recursion Â_t = δ_t + c·Â_{t+1} (c = γλ) is Â_t = Σ_k c^k·δ_{t+k}; by blocks of eight
