@@ -537,6 +537,13 @@ TEST_CASE("gae plan: pieces whitened with the whole batch's statistics equal the
             const auto whole = rr::gae_advantages(rew, v, m, g);
             const rr::GAEPlan plan = rr::gae_plan(rew, v, m, g);
             CHECK(plan.whitening.k > 0);
+            for (int k : {1, 2, 3}) {  // the same map for any thread count
+                const rr::GAEPlan pk =
+                    rlpo_test::with_threads(k, [&] { return rr::gae_plan(rew, v, m, g); });
+                CHECK(pk.whitening.mu == plan.whitening.mu);
+                CHECK(pk.whitening.k == plan.whitening.k);
+                CHECK(pk.whitening.s == plan.whitening.s);
+            }
             CHECK((plan.whitening.s != 1.0) == (scale > 1.0));  // Σ m·Â overflows at 1e306
             for (const auto& ch : rlpo_test::uneven_chunks(B)) {
                 rr::TokenAdvantages<double> piece;
