@@ -718,9 +718,10 @@ inline void gae_row(const ConstMatRef<S>& r, bool seq, const ConstMatRef<S>& v,
     }
 }
 
-/// GAE's checks of its inputs and options under `fn` (the mask's values too unless
-/// `mask_values` is false: the training step checks them in its own pass over the mask); true
-/// when the rewards are one outcome reward per row (`[B, 1]`).
+/// GAE's checks of its inputs and options under `fn`, the mask's values too unless
+/// `mask_values` is false (where the caller's own pass over the mask checks them: `scan_rows`,
+/// the training step's row weights); true when the rewards are one outcome reward per row
+/// (`[B, 1]`).
 template <class S>
 inline bool gae_check(const char* fn, const ConstMatRef<S>& r, const ConstMatRef<S>& v,
                       const ConstMatRef<S>& m, const GAEOptions& opts, bool mask_values = true) {
@@ -804,9 +805,9 @@ struct GAEPlan {
     detail::WhitenMap whitening{};  ///< the whole batch's map (unused without options.whiten)
 };
 
-/// The plan of a batch: `gae_advantages`'s first pass (each row's Â into a scratch row, its
-/// whitening moments) without the `[B, T]` outputs, so it reads the rewards, values and mask
-/// once and writes nothing; the statistics are over all ranks of `red`. Bad input and
+/// The plan of a batch: `gae_advantages`'s first pass (each row's Â and its whitening moments)
+/// without the `[B, T]` outputs, so it reads the rewards, values and mask once and writes
+/// nothing (rows with holes use a scratch row); the statistics are over all ranks of `red`. Bad input and
 /// overflow: as `gae_advantages` (named under this function). Without `opts.whiten` there is
 /// nothing to measure: the options are checked and kept.
 template <class DR, class DV, class DM>
