@@ -146,7 +146,8 @@ struct StepInputs {
 /// Bind the rollout's fields of rows [row0, row0 + rows) to a step's inputs (read in place):
 /// `mask`, and where the batch has them `old_logp`, `ref_logp` and `old_values` (= the rollout's
 /// `values`). The trainer still sets `logp` (and `logits` / `values` / `returns`) from its
-/// forward pass and `advantages` from an estimator run over the whole batch.
+/// forward pass and `advantages` from an estimator run over the whole batch (or `rewards` and
+/// `gae`, a `rollout::gae_plan` of the whole batch: GAE formed in the step's pass).
 template <class S>
 inline void bind_rollout(StepInputs<S>& in, const rollout::RolloutBatch<S>& b, Index row0,
                          Index rows) {
