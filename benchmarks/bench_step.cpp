@@ -151,8 +151,13 @@ void BM_grpo_parts_broadcast(benchmark::State& state) {
 
 // PPO: outcome rewards → GAE (whitened) → step with the clipped value loss. What must move:
 // read logp, old_logp, the mask, values and old values, write ∂/∂logp and ∂/∂values (28 bytes
-// per float token; the rewards, advantages and returns are intermediates).
-void ppo_gae_and_step(benchmark::State& state, bool token_rewards) {
+// per float token; the rewards, advantages and returns are intermediates). GAE runs before
+// the step into the trainer's reused buffers (from the outcome rewards, or from a [B, T]
+// token-reward matrix), or inside the step's pass (a plan: one read of the old values and
+// the mask, then each row's advantages and returns formed where they are used).
+enum class PPOGae { Before, BeforeFromTokenRewards, InStep };
+
+void ppo_gae_and_step(benchmark::State& state, PPOGae where) {
     Rollout& r = shared(true);
     rlpo::train::StepOptions o;
     o.policy.vanilla = rlpo::policy::PPOClipOptions::verl();
@@ -164,56 +169,38 @@ void ppo_gae_and_step(benchmark::State& state, bool token_rewards) {
     Mat<float> rewards;
     rlpo::rollout::TokenAdvantages<float> ta;
     timed(state, r.N * kT, 28.0, [&] {
-        if (token_rewards) {
-            rlpo::rollout::outcome_token_rewards(r.scores, r.mask, rewards);
-            rlpo::rollout::gae_advantages(rewards, r.old_values, r.mask, g, ta);
+        rlpo::train::StepInputs<float> in;
+        in.logp = r.logp;
+        in.mask = r.mask;
+        in.old_logp = r.old;
+        in.values = r.values;
+        in.old_values = r.old_values;
+        rlpo::rollout::GAEPlan plan;
+        if (where == PPOGae::InStep) {
+            plan = rlpo::rollout::gae_plan(r.scores, r.old_values, r.mask, g);
+            in.rewards = r.scores;
+            in.gae = &plan;
         } else {
-            rlpo::rollout::gae_advantages(r.scores, r.old_values, r.mask, g, ta);
+            if (where == PPOGae::BeforeFromTokenRewards) {
+                rlpo::rollout::outcome_token_rewards(r.scores, r.mask, rewards);
+                rlpo::rollout::gae_advantages(rewards, r.old_values, r.mask, g, ta);
+            } else {
+                rlpo::rollout::gae_advantages(r.scores, r.old_values, r.mask, g, ta);
+            }
+            in.advantages = ta.advantages;
+            in.returns = ta.returns;
         }
-        rlpo::train::StepInputs<float> in;
-        in.logp = r.logp;
-        in.mask = r.mask;
-        in.advantages = ta.advantages;
-        in.old_logp = r.old;
-        in.values = r.values;
-        in.old_values = r.old_values;
-        in.returns = ta.returns;
         const auto res = step(
             in, {rlpo::write_to(r.grad), rlpo::no_grad<float>(), rlpo::write_to(r.grad_values)});
         benchmark::DoNotOptimize(res.loss);
     });
 }
 
-// PPO with GAE inside the step: the plan (one read of the old values and the mask), then the
-// step forming each row's advantages and returns in its pass. The same 28 bytes per token
-// must move.
-void BM_ppo_gae_in_step(benchmark::State& state) {
-    Rollout& r = shared(true);
-    rlpo::train::StepOptions o;
-    o.policy.vanilla = rlpo::policy::PPOClipOptions::verl();
-    o.value_coef = 1.0;
-    const rlpo::train::TrainingStep<float> step(o);
-    rlpo::rollout::GAEOptions g;
-    g.lambda = 0.95;
-    timed(state, r.N * kT, 28.0, [&] {
-        const rlpo::rollout::GAEPlan plan =
-            rlpo::rollout::gae_plan(r.scores, r.old_values, r.mask, g);
-        rlpo::train::StepInputs<float> in;
-        in.logp = r.logp;
-        in.mask = r.mask;
-        in.old_logp = r.old;
-        in.values = r.values;
-        in.old_values = r.old_values;
-        in.rewards = r.scores;
-        in.gae = &plan;
-        const auto res = step(
-            in, {rlpo::write_to(r.grad), rlpo::no_grad<float>(), rlpo::write_to(r.grad_values)});
-        benchmark::DoNotOptimize(res.loss);
-    });
+void BM_ppo_gae_and_step(benchmark::State& state) { ppo_gae_and_step(state, PPOGae::Before); }
+void BM_ppo_gae_in_step(benchmark::State& state) { ppo_gae_and_step(state, PPOGae::InStep); }
+void BM_ppo_token_rewards(benchmark::State& state) {
+    ppo_gae_and_step(state, PPOGae::BeforeFromTokenRewards);
 }
-
-void BM_ppo_gae_and_step(benchmark::State& state) { ppo_gae_and_step(state, false); }
-void BM_ppo_token_rewards(benchmark::State& state) { ppo_gae_and_step(state, true); }
 
 }  // namespace
 

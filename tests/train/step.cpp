@@ -60,21 +60,37 @@ Data<S> make_data(std::uint64_t seed, Index B = 6, Index T = 7, Index V = 5) {
     return d;
 }
 
-/// Inputs over rows [r0, r0 + n) of the data (a micro-batch when n < B).
+/// The inputs every variant reads, over rows [r0, r0 + n) of the data.
 template <class S>
-void fill(StepInputs<S>& in, const Data<S>& d, Index r0, Index n, bool logits, bool values) {
+void fill_common(StepInputs<S>& in, const Data<S>& d, Index r0, Index n, bool logits, bool values) {
     const Index T = d.logp.cols();
     in.logp = d.logp.middleRows(r0, n);
     in.mask = d.mask.middleRows(r0, n);
-    in.advantages = d.adv.middleRows(r0, n);
     in.old_logp = d.old.middleRows(r0, n);
     in.ref_logp = d.ref.middleRows(r0, n);
     if (logits) in.logits = d.logits.middleRows(r0 * T, n * T);
     if (values) {
         in.values = d.values.middleRows(r0, n);
         in.old_values = d.old_values.middleRows(r0, n);
-        in.returns = d.returns.middleRows(r0, n);
     }
+}
+
+/// Inputs over rows [r0, r0 + n) of the data (a micro-batch when n < B).
+template <class S>
+void fill(StepInputs<S>& in, const Data<S>& d, Index r0, Index n, bool logits, bool values) {
+    fill_common(in, d, r0, n, logits, values);
+    in.advantages = d.adv.middleRows(r0, n);
+    if (values) in.returns = d.returns.middleRows(r0, n);
+}
+
+/// The same rows with GAE inside the step: the rewards' rows and the whole batch's plan
+/// instead of advantages and returns (the values and old values given).
+template <class S>
+void fill_gae(StepInputs<S>& in, const Data<S>& d, Index r0, Index n, const Mat<S>& rewards,
+              const rlpo::rollout::GAEPlan& plan) {
+    fill_common(in, d, r0, n, false, true);
+    in.rewards = rewards.middleRows(r0, n);
+    in.gae = &plan;
 }
 
 StepOptions full_options(Aggregation mode) {
@@ -526,6 +542,24 @@ template <class S>
 bool same_bits(const Mat<S>& a, const Mat<S>& b) {
     return a.rows() == b.rows() && a.cols() == b.cols() && (a.array() == b.array()).all();
 }
+
+/// Two step results the same bit for bit: every loss part, ∂/∂logp, ∂/∂values and every
+/// metric's (sum, count).
+template <class S>
+void check_same_result(const rlpo::train::StepResult<S>& a, const rlpo::train::StepResult<S>& b) {
+    CHECK(a.loss == b.loss);
+    CHECK(a.pg_loss == b.pg_loss);
+    CHECK(a.kl_loss == b.kl_loss);
+    CHECK(a.vf_loss == b.vf_loss);
+    CHECK(same_bits(a.grad_logp, b.grad_logp));
+    CHECK(same_bits(a.grad_values, b.grad_values));
+    CHECK(a.metrics.size() == b.metrics.size());
+    for (const auto& e : b.metrics) {
+        INFO(e.first);
+        CHECK(a.metrics.at(e.first).sum == e.second.sum);
+        CHECK(a.metrics.at(e.first).count == e.second.count);
+    }
+}
 }  // namespace
 
 TEMPLATE_TEST_CASE(
@@ -565,18 +599,7 @@ TEMPLATE_TEST_CASE(
                 fill(in2, d, 0, B, false, true);
                 in2.advantages = bcast;
                 const auto b = parts(in2);
-                CHECK(a.loss == b.loss);
-                CHECK(a.pg_loss == b.pg_loss);
-                CHECK(a.kl_loss == b.kl_loss);
-                CHECK(a.vf_loss == b.vf_loss);
-                CHECK(same_bits(a.grad_logp, b.grad_logp));
-                CHECK(same_bits(a.grad_values, b.grad_values));
-                CHECK(a.metrics.size() == b.metrics.size());
-                for (const auto& e : b.metrics) {
-                    INFO(e.first);
-                    CHECK(a.metrics.at(e.first).sum == e.second.sum);
-                    CHECK(a.metrics.at(e.first).count == e.second.count);
-                }
+                check_same_result(a, b);
                 // write_to and add_to destinations: the same bits as the parts'
                 Mat<S> w1 = Mat<S>::Constant(B, T, S(3)), w2 = w1;
                 Mat<S> v1 = Mat<S>::Constant(B, T, S(-2)), v2 = v1;
@@ -741,29 +764,11 @@ TEMPLATE_TEST_CASE("training step: GAE inside the pass equals gae_advantages the
                 for (int k : {0, 1, 2, 3}) {  // fused with 1, 2, 3 threads; the parts
                     INFO(rlpo::to_string(mode) << " run " << k);
                     StepInputs<S> gin;
-                    gin.logp = d.logp;
-                    gin.mask = d.mask;
-                    gin.old_logp = d.old;
-                    gin.ref_logp = d.ref;
-                    gin.values = d.values;
-                    gin.old_values = d.old_values;
-                    gin.rewards = rewards;
-                    gin.gae = &plan;
+                    fill_gae(gin, d, 0, B, rewards, plan);
                     const auto got = k == 0
                                          ? parts(gin)
                                          : rlpo_test::with_threads(k, [&] { return fused(gin); });
-                    CHECK(got.loss == want.loss);
-                    CHECK(got.pg_loss == want.pg_loss);
-                    CHECK(got.kl_loss == want.kl_loss);
-                    CHECK(got.vf_loss == want.vf_loss);
-                    CHECK(same_bits(got.grad_logp, want.grad_logp));
-                    CHECK(same_bits(got.grad_values, want.grad_values));
-                    CHECK(got.metrics.size() == want.metrics.size());
-                    for (const auto& e : want.metrics) {
-                        INFO(e.first);
-                        CHECK(got.metrics.at(e.first).sum == e.second.sum);
-                        CHECK(got.metrics.at(e.first).count == e.second.count);
-                    }
+                    check_same_result(got, want);
                 }
             }
         }
@@ -780,14 +785,7 @@ TEST_CASE("training step: GAE inside the pass over micro-batches; its bad input"
     g.lambda = 0.9;
     const rlpo::rollout::GAEPlan plan = rlpo::rollout::gae_plan(outcome, d.old_values, d.mask, g);
     const auto bind = [&](StepInputs<double>& in, Index r0, Index n) {
-        in.logp = d.logp.middleRows(r0, n);
-        in.mask = d.mask.middleRows(r0, n);
-        in.old_logp = d.old.middleRows(r0, n);
-        in.ref_logp = d.ref.middleRows(r0, n);
-        in.values = d.values.middleRows(r0, n);
-        in.old_values = d.old_values.middleRows(r0, n);
-        in.rewards = outcome.middleRows(r0, n);
-        in.gae = &plan;
+        fill_gae(in, d, r0, n, outcome, plan);
     };
     StepOptions o = full_options(Aggregation::TokenMean);
     o.entropy_coef = 0.0;
