@@ -501,6 +501,22 @@ TEST_CASE("whitening and GAE: huge values stay finite or overflow loudly",
         }
         CHECK(what.find("reinforce_pp_advantages") != std::string::npos);
         CHECK(what.find("the whitened value at [0, 1]") != std::string::npos);
+        // and inside GAE (γ = 0, values 0: Â = the rewards), whose row pass takes the moments
+        // on its own path (the fast row), its plan and a piece formed with the plan
+        GAEOptions gp;
+        gp.gamma = 0.0;
+        gp.whitening = pop;
+        const Mat<double> zd = Mat<double>::Zero(1, 2);
+        const auto gd = rr::gae_advantages(Mat<double>(xf.cast<double>()), zd, md, gp);
+        CHECK(gd.advantages(0, 1) == Approx(std::sqrt((1 - p) / p)).epsilon(1e-12));
+        CHECK(gd.advantages(0, 0) == Approx(-std::sqrt(p / (1 - p))).epsilon(1e-12));
+        const rr::GAEPlan plan = rr::gae_plan(Mat<double>(xf.cast<double>()), zd, md, gp);
+        rr::TokenAdvantages<double> piece;
+        rr::gae_advantages(plan, Mat<double>(xf.cast<double>()), zd, md, piece);
+        CHECK(piece.advantages == gd.advantages);
+        RLPO_REQUIRE_NUMERICAL_ERROR(
+            rr::gae_advantages(xf, Mat<float>(Mat<float>::Zero(1, 2)), mf, gp),
+            "rollout::gae_advantages(): the whitened value at [0, 1]");
     }
     // GAE whose return 1e308 + 1e308 overflows: numerical_error naming the position
     Mat<double> r = Mat<double>::Zero(1, 2), v = Mat<double>::Zero(1, 2),

@@ -511,8 +511,9 @@ enum class GAERowOut { Store, Moments, Whitened };
 /// GAE's fast row: when the row's unmasked tokens form one contiguous segment [a, b) (a
 /// response, or a prompt-and-response layout) with finite rewards and values: the TD errors
 /// in one vectorised pass, then one backward pass over blocks of eight tokens forms the
-/// recursion, the outputs (by `Out`, see `gae_row`), the checks (a hole, a non-finite input,
-/// an overflow) and the row's whitening moments, vectorised. Returns false (what it wrote is
+/// recursion, the outputs (by `Out`, see `gae_row`) and the checks (a hole, a non-finite
+/// input, an overflow), vectorised; then, unless whitened, the row's whitening moments of the
+/// stored Â (`row_moments`, while the row is in cache). Returns false (what it wrote is
 /// overwritten) for any other row, which the general loop then handles (and names what it
 /// finds). `seq`: `r` holds one outcome reward per row
 /// (column 0), the reward of the segment's last token.
@@ -597,10 +598,6 @@ inline bool gae_segment_row(const ConstMatRef<S>& r, bool seq, const ConstMatRef
     const auto whiten8 = [&](const S8& x) {
         return (((x.template cast<double>() * f.s - f.mu) * f.k) + f.add).template cast<S>();
     };
-    // the row's moments of the stored Â shifted by K, its last token's stored Â (a value of the
-    // row: no cancellation when the row sits far from 0): Σ m, Σ m·(x − K), Σ m·(x − K)²
-    const double K = n > 0 ? static_cast<double>(static_cast<S>(q[n - 1])) : 0.0;
-    A8 mw = A8::Zero(), ms = A8::Zero(), mq = A8::Zero();
     double carry = 0.0;    // Â after the current block
     S8 flag = S8::Zero();  // x·0 of the outputs: NaN once one is not finite
     S8 mmin = S8::Ones();  // the smallest mask weight: 0 where there is a hole
@@ -619,18 +616,12 @@ inline bool gae_segment_row(const ConstMatRef<S>& r, bool seq, const ConstMatRef
             const S8 ws = whiten8(as);
             Eigen::Map<S8>(ar + t0) = ws;
             flag += ws * S(0);
-        } else if constexpr (Out == GAERowOut::Store) {
+        } else {  // Store, and Moments into the scratch row `row_moments` reads
             Eigen::Map<S8>(ar + t0) = as;
         }
         if constexpr (Out != GAERowOut::Moments) Eigen::Map<S8>(gr + t0) = gs;
         flag += as * S(0) + gs * S(0);
         mmin = mmin.min(mb);
-        if constexpr (kMoments) {
-            const A8 md = mb.template cast<double>(), dx = as.template cast<double>() - K;
-            mw += md;
-            ms += md * dx;
-            mq += md * dx * dx;
-        }
     }
     for (Index t = t0 + 7; t >= a; --t) {  // the first n mod 8 tokens, one at a time
         carry = q[t - a] + c * carry;
@@ -640,27 +631,16 @@ inline bool gae_segment_row(const ConstMatRef<S>& r, bool seq, const ConstMatRef
             const S ws = static_cast<S>((static_cast<double>(as) * f.s - f.mu) * f.k + f.add);
             ar[t] = ws;
             flag(0) += ws * S(0);
-        } else if constexpr (Out == GAERowOut::Store) {
+        } else {
             ar[t] = as;
         }
         if constexpr (Out != GAERowOut::Moments) gr[t] = gs;
         flag(0) += as * S(0) + gs * S(0);
         mmin(0) = std::min(mmin(0), mr[t]);
-        if constexpr (kMoments) {
-            const double md = static_cast<double>(mr[t]), dx = static_cast<double>(as) - K;
-            mw(0) += md;
-            ms(0) += md * dx;
-            mq(0) += md * dx * dx;
-        }
     }
     // a hole, a non-finite input or an overflow: the general loop names it
     if (!(mmin.minCoeff() > S(0)) || !(flag.sum() == S(0))) return false;
-    if constexpr (kMoments) {
-        const double w = mw.sum(), s1 = ms.sum(), s2 = mq.sum();
-        sc.weight = w;
-        sc.sum = s1 + K * w;
-        sc.sq = w > 0 ? std::max(0.0, s2 - s1 * (s1 / w)) : 0.0;
-    }
+    if constexpr (kMoments) row_moments(mr + a, ar + a, n, sc);  // the stored Â, in cache
     if constexpr (Out == GAERowOut::Moments) return true;
     std::fill(ar, ar + a, S(0));
     std::fill(gr, gr + a, S(0));
@@ -805,10 +785,10 @@ struct GAEPlan {
     detail::WhitenMap whitening{};  ///< the whole batch's map (unused without options.whiten)
 };
 
-/// The plan of a batch: `gae_advantages`'s first pass (each row's Â and its whitening moments)
-/// without the `[B, T]` outputs, so it reads the rewards, values and mask once and writes
-/// nothing (rows with holes use a scratch row); the statistics are over all ranks of `red`. Bad input and
-/// overflow: as `gae_advantages` (named under this function). Without `opts.whiten` there is
+/// The plan of a batch: `gae_advantages`'s first pass (each row's Â into the thread's scratch
+/// row, its whitening moments from there) without the `[B, T]` outputs, so it reads the
+/// rewards, values and mask once and writes nothing; the statistics are over all ranks of
+/// `red`. Bad input and overflow: as `gae_advantages` (named under this function). Without `opts.whiten` there is
 /// nothing to measure: the options are checked and kept.
 template <class DR, class DV, class DM>
 GAEPlan gae_plan(const Eigen::MatrixBase<DR>& token_rewards, const Eigen::MatrixBase<DV>& values,
