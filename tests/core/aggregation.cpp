@@ -3,11 +3,19 @@
 #include "support/checks.hpp"
 
 #include <rlpo/core/aggregation.hpp>
+#include <rlpo/core/detail/token_pass.hpp>
+#include <rlpo/critic/value_loss.hpp>
+#include <rlpo/penalties/kl_estimators.hpp>
 #include <rlpo/policy/ppo_clip.hpp>
+#include <rlpo/policy/sapo.hpp>
 #include <rlpo/testing/random.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
+#include <string>
+#include <vector>
 
 using rlpo::Aggregation;
 using rlpo::Index;
@@ -234,4 +242,115 @@ TEST_CASE("aggregation names and bad normalizers", "[core][aggregation][bad-inpu
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::aggregate(L, m), "at [1, 2]");
     RLPO_REQUIRE_THROWS_WITH_SUBSTR(rlpo::aggregate(L, Mat<double>::Ones(3, 3)),
                                     "mask: expected shape [2, 3]");
+}
+
+TEMPLATE_TEST_CASE("row extents: each row's end, and no input read or gradient left past it",
+                   "[core][aggregation]", float, double) {
+    using S = TestType;
+    using rlpo::GradientOut;
+    const S nan = std::numeric_limits<S>::quiet_NaN();
+    // rows padded after 1, 31, 32, 33, 63, 64, 65, 99 and 100 of T = 100 tokens (around the
+    // fast builder's blocks of 32 and every packet width), a hole, an empty row, fractions
+    const Index T = 100;
+    const std::vector<Index> lens = {1, 31, 32, 33, 63, 64, 65, 99, 100, 0, 40, 70};
+    const auto B = static_cast<Index>(lens.size());
+    Mat<S> m = Mat<S>::Zero(B, T);
+    for (Index i = 0; i < B; ++i) m.row(i).head(lens[static_cast<std::size_t>(i)]).setOnes();
+    m.block(10, 5, 1, 20).setZero();  // a hole inside row 10
+    m.row(11).head(70) *= S(0.25);    // fractional weights
+    m.block(11, 64, 1, 5).setZero();
+    m(11, 69) = S(1e-30);  // its last entry, alone in its block of 32: tiny, not zero
+    std::vector<Index> exact(static_cast<std::size_t>(B), 0);  // one past the last m > 0
+    for (Index i = 0; i < B; ++i)
+        for (Index t = 0; t < T; ++t)
+            if (m(i, t) != 0) exact[static_cast<std::size_t>(i)] = t + 1;
+    REQUIRE(exact[9] == 0);
+    REQUIRE(exact[11] == 70);
+    for (Aggregation mode : rlpo_test::all_modes()) {
+        INFO(rlpo::to_string(mode));
+        rlpo::Normalizer n;
+        n.mode = mode;
+        const rlpo::RowWeights w = rlpo::row_weights("t", m, n);
+        const rlpo::RowWeights f = rlpo::detail::row_weights_fast<S>("t", m, n);
+        for (Index i = 0; i < B; ++i) {
+            const auto r = static_cast<std::size_t>(i);
+            INFO("row " << i);
+            CHECK(w.end[r] == exact[r]);
+            // the fast builder: the end of the last block of 32 with an entry > 0
+            CHECK(f.end[r] == std::min(T, (exact[r] + 31) / 32 * 32));
+            CHECK(f.len[r] == w.len[r]);
+            CHECK(f.c[r] == w.c[r]);
+        }
+        CHECK(f.local_tokens == w.local_tokens);
+        CHECK(f.local_seqs == w.local_seqs);
+    }
+    // Every token pass (vectorised: PPO clip, KL, value loss; scalar: SAPO) with NaN in every
+    // input past each row's end: the result is that of finite inputs there, bit for bit; an
+    // overwritten gradient is exactly 0 there, an added one untouched.
+    rt::Generator gen(29);
+    const Mat<S> lp = gen.logprobs<S>(B, T), old = gen.perturbed<S>(lp, 0.3),
+                 ref = gen.perturbed<S>(lp, 0.5), adv = gen.normal<S>(B, T);
+    const Mat<S> v = gen.normal<S>(B, T), vo = gen.perturbed<S>(v, 0.3), R = gen.normal<S>(B, T);
+    const auto poisoned = [&](Mat<S> x) {
+        for (Index i = 0; i < B; ++i)
+            for (Index t = exact[static_cast<std::size_t>(i)]; t < T; ++t) x(i, t) = nan;
+        return x;
+    };
+    using Call = std::function<rlpo::Result<S>(const Mat<S>&, const Mat<S>&, const Mat<S>&,
+                                               const Mat<S>&, const GradientOut<S>&)>;
+    const rlpo::Normalizer n;
+    const std::vector<std::pair<std::string, Call>> calls = {
+        {"ppo_clip",
+         [&](const Mat<S>& a, const Mat<S>& b, const Mat<S>& c, const Mat<S>& mk,
+             const GradientOut<S>& out) {
+             return rlpo::policy::ppo_clip(a, b, c, mk, rlpo::policy::PPOClipOptions::verl(), n,
+                                           out);
+         }},
+        {"kl_penalty",
+         [&](const Mat<S>& a, const Mat<S>& b, const Mat<S>&, const Mat<S>& mk,
+             const GradientOut<S>& out) {
+             return rlpo::penalties::kl_penalty(a, b, mk, rlpo::penalties::KLOptions::verl(), n,
+                                                out);
+         }},
+        {"value_loss",
+         [&](const Mat<S>& a, const Mat<S>& b, const Mat<S>& c, const Mat<S>& mk,
+             const GradientOut<S>& out) {
+             rlpo::critic::ValueLossOptions o;
+             o.clip = 0.2;
+             return rlpo::critic::value_loss(a, b, c, mk, o, n, out);
+         }},
+        {"sapo (scalar pass)",
+         [&](const Mat<S>& a, const Mat<S>& b, const Mat<S>& c, const Mat<S>& mk,
+             const GradientOut<S>& out) { return rlpo::policy::sapo(a, b, c, mk, {}, n, out); }},
+    };
+    for (const auto& [name, call] : calls) {
+        INFO(name);
+        const bool values = name == "value_loss";
+        const Mat<S>& x0 = values ? v : lp;
+        const Mat<S>& x1 = values ? vo : (name == "kl_penalty" ? ref : old);
+        const Mat<S>& x2 = values ? R : adv;
+        const auto clean = call(x0, x1, x2, m, {});
+        const Mat<S> p0 = poisoned(x0), p1 = poisoned(x1), p2 = poisoned(x2);
+        const auto dirty = call(p0, p1, p2, m, {});
+        CHECK(dirty.value == clean.value);
+        CHECK(rlpo_test::max_rel_err(dirty.grad, clean.grad) == 0.0);
+        // the same tokens in reverse order end every row at T (nothing to skip): the same
+        // per-token gradient, the same value up to summation order
+        const auto rev = [](const Mat<S>& x) { return Mat<S>(x.rowwise().reverse()); };
+        const auto flipped = call(rev(x0), rev(x1), rev(x2), rev(m), {});
+        CHECK(rlpo_test::max_rel_err(rev(flipped.grad), clean.grad) == 0.0);
+        CHECK(flipped.value == Approx(clean.value).epsilon(sizeof(S) == 4 ? 1e-5 : 1e-13));
+        Mat<S> wbuf = Mat<S>::Constant(B, T, nan), abuf = Mat<S>::Constant(B, T, S(3));
+        call(p0, p1, p2, m, rlpo::write_to<S>(wbuf));
+        call(p0, p1, p2, m, rlpo::add_to<S>(abuf));
+        for (Index i = 0; i < B; ++i)
+            for (Index t = 0; t < T; ++t) {
+                if (m(i, t) != 0) continue;
+                if (wbuf(i, t) != S(0) || abuf(i, t) != S(3)) {
+                    FAIL_CHECK("masked [" << i << ", " << t << "]: written " << wbuf(i, t)
+                                          << ", added " << abuf(i, t));
+                }
+            }
+        CHECK(std::isfinite(static_cast<double>(wbuf.sum())));
+    }
 }

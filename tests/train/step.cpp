@@ -609,6 +609,10 @@ TEMPLATE_TEST_CASE(
                       {rlpo::add_to<S>(w2, 0.5), rlpo::no_grad<S>(), rlpo::write_to<S>(v2, 2.0)});
                 CHECK(same_bits(w1, w2));
                 CHECK(same_bits(v1, v2));
+                // masked entries: the added buffer untouched (3), the overwritten one 0
+                for (Index k = 0; k < d.mask.size(); ++k)
+                    if (d.mask.data()[k] == 0)
+                        CHECK((w1.data()[k] == S(3) && v1.data()[k] == S(0)));
                 fused(in, {rlpo::write_to<S>(w1, 1.5), rlpo::no_grad<S>(), rlpo::add_to<S>(v1)});
                 parts(in2, {rlpo::write_to<S>(w2, 1.5), rlpo::no_grad<S>(), rlpo::add_to<S>(v2)});
                 CHECK(same_bits(w1, w2));
@@ -646,6 +650,15 @@ TEST_CASE("training step: the single pass streams large gradients, same bits as 
         CHECK(same_bits(w1, w2));
         CHECK(same_bits(v1, v2));
         CHECK(same_bits(w1, a.grad_logp));
+        // the rows' padded tails (never read) streamed as zeros over the buffers' 3 and −2
+        Index masked = 0, wrong = 0;
+        for (Index k = 0; k < d.mask.size(); ++k)
+            if (d.mask.data()[k] == 0) {
+                ++masked;
+                wrong += w1.data()[k] != 0.0f || v1.data()[k] != 0.0f;
+            }
+        CHECK(masked > B * T / 4);
+        CHECK(wrong == 0);
     }
 }
 

@@ -138,31 +138,25 @@ struct RowWeights {
     double local_seqs = 0.0;    ///< rows with |y_i| > 0
     double tokens = 0.0;        ///< N_tok used (global if supplied)
     double seqs = 0.0;          ///< N_seq used (global if supplied)
+    /// The row's extent: every mask entry of row i at t ≥ end[i] is 0 (0 for an empty row).
+    /// At least one past the row's last entry > 0; a fast builder may round it up to its block
+    /// (`row_weights_fast`: 32 entries). Token passes read no input at or past it: a padded
+    /// row's tail costs only its gradient's zeros.
+    std::vector<Index> end;
 };
 
-/// Build the row factors for `mask` under `norm`, validating the mask (finite, ≥ 0) and the
-/// normalizer (supplied counts > 0, C > 0) on the way. One pass over the mask.
-template <class Derived>
-inline RowWeights row_weights(const char* function, const Eigen::MatrixBase<Derived>& mask,
-                              const Normalizer& norm) {
-    const auto& m = mask.derived();
-    RowWeights w;
-    const Index B = m.rows();
-    w.c.assign(static_cast<std::size_t>(B), 0.0);
-    w.len.assign(static_cast<std::size_t>(B), 0.0);
-    bool bad = false;
-    for (Index i = 0; i < B; ++i) {
-        double s = 0.0;
-        for (Index t = 0; t < m.cols(); ++t) {
-            const double v = static_cast<double>(m(i, t));
-            bad |= !(v >= 0.0 && v < std::numeric_limits<double>::infinity());
-            s += v;
-        }
-        w.len[static_cast<std::size_t>(i)] = s;
+namespace detail {
+/// The factors from the rows' lengths w.len (and extents w.end) already in `w`, for a mask of
+/// `cols` columns: the local counts (rows added in row order), the normalizer's checks, c_i.
+inline void finish_row_weights(const char* function, RowWeights& w, Index cols,
+                               const Normalizer& norm) {
+    w.c.assign(w.len.size(), 0.0);
+    w.local_tokens = 0.0;
+    w.local_seqs = 0.0;
+    for (const double s : w.len) {
         w.local_tokens += s;
         w.local_seqs += s > 0 ? 1.0 : 0.0;
     }
-    if (bad) detail::check_mask(function, m);
     if (norm.num_tokens)
         RLPO_CHECK(*norm.num_tokens > 0 && std::isfinite(*norm.num_tokens), function,
                    "Normalizer::num_tokens: must be > 0, given ", *norm.num_tokens);
@@ -178,9 +172,8 @@ inline RowWeights row_weights(const char* function, const Eigen::MatrixBase<Deri
                "Normalizer::count_epsilon: must be >= 0, given ", norm.count_epsilon);
     w.tokens = norm.num_tokens.value_or(w.local_tokens);
     w.seqs = norm.num_seqs.value_or(w.local_seqs);
-    const double C = norm.norm_constant.value_or(static_cast<double>(m.cols()));
-    for (Index i = 0; i < B; ++i) {
-        const auto k = static_cast<std::size_t>(i);
+    const double C = norm.norm_constant.value_or(static_cast<double>(cols));
+    for (std::size_t k = 0; k < w.len.size(); ++k) {
         if (w.len[k] <= 0) continue;  // empty rows contribute 0 in every mode
         switch (norm.mode) {
             case Aggregation::TokenMean: w.c[k] = w.tokens > 0 ? 1.0 / w.tokens : 0.0; break;
@@ -195,6 +188,34 @@ inline RowWeights row_weights(const char* function, const Eigen::MatrixBase<Deri
                 break;
         }
     }
+}
+}  // namespace detail
+
+/// Build the row factors for `mask` under `norm`, validating the mask (finite, ≥ 0) and the
+/// normalizer (supplied counts > 0, C > 0) on the way. One pass over the mask.
+template <class Derived>
+inline RowWeights row_weights(const char* function, const Eigen::MatrixBase<Derived>& mask,
+                              const Normalizer& norm) {
+    const auto& m = mask.derived();
+    RowWeights w;
+    const Index B = m.rows();
+    w.len.assign(static_cast<std::size_t>(B), 0.0);
+    w.end.assign(static_cast<std::size_t>(B), 0);
+    bool bad = false;
+    for (Index i = 0; i < B; ++i) {
+        double s = 0.0;
+        Index e = 0;
+        for (Index t = 0; t < m.cols(); ++t) {
+            const double v = static_cast<double>(m(i, t));
+            bad |= !(v >= 0.0 && v < std::numeric_limits<double>::infinity());
+            s += v;
+            if (v != 0.0) e = t + 1;
+        }
+        w.len[static_cast<std::size_t>(i)] = s;
+        w.end[static_cast<std::size_t>(i)] = e;
+    }
+    if (bad) detail::check_mask(function, m);
+    detail::finish_row_weights(function, w, m.cols(), norm);
     return w;
 }
 

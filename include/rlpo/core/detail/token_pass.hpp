@@ -104,6 +104,14 @@ inline TokenPassResult<K> combine_rows(const char* function, const RowWeights& w
 
 inline constexpr double kInf = std::numeric_limits<double>::infinity();
 
+/// Where row r's loop over packets of W entries stops: its extent (`RowWeights::end`) rounded
+/// up to a whole packet, at most T (T when the factors carry no extents). Entries from there on
+/// are masked: their gradient is 0 and no input is read.
+inline Index row_stop(const RowWeights& w, std::size_t r, Index T, Index W = 1) {
+    if (w.end.empty()) return T;
+    return std::min(T, (w.end[r] + W - 1) / W * W);
+}
+
 template <std::size_t K, class S, class F>
 inline TokenPassResult<K> token_pass(const char* function, const ConstMatRef<S>& mask,
                                      const RowWeights& w, const GradWriter<S>& g,
@@ -117,7 +125,9 @@ inline TokenPassResult<K> token_pass(const char* function, const ConstMatRef<S>&
         const double c = w.c[r];
         double acc = 0.0;
         std::array<double, K> st{};
-        for (Index t = 0; t < T; ++t) {
+        const Index stop = row_stop(w, r, T);
+        for (Index t = stop; t < T; ++t) g.zero(i, t);
+        for (Index t = 0; t < stop; ++t) {
             const double mk = static_cast<double>(mask(i, t));
             if (mk == 0) {
                 g.zero(i, t);
@@ -214,7 +224,9 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
         Packets<S, K> stats;
         // |x| < inf is false for NaN and ±inf: one compare per output flags both
         const P inf = set1<S>(std::numeric_limits<S>::infinity());
-        for (Index k = 0; k < T; k += W) {
+        const Index stop = row_stop(w, r, T, W);
+        if (gw && gmode == GradMode::Write) std::fill(gw + stop, gw + T, S(0));
+        for (Index k = 0; k < stop; k += W) {
             const P m = load(mk, k, T);
             const P keep = pandnot(all, pcmp_eq(m, zero));
             if (!Eigen::internal::predux_any(keep)) {
@@ -245,7 +257,7 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
             const S sinf = std::numeric_limits<S>::infinity();
             // a non-finite per-token result (an input error) outranks an overflowing weighted
             // gradient found earlier in the row
-            for (Index k = 0; k < T && row_nan[r] < 0; k += W) {
+            for (Index k = 0; k < stop && row_nan[r] < 0; k += W) {
                 const P m = load(mk, k, T);
                 f(i, k, T, pandnot(all, pcmp_eq(m, zero)), loss, grad, stats);
                 S lb[W], gb[W], mb[W], wb[W];
@@ -274,13 +286,16 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
 /// whose row sums are exact (0/1 masks: partial sums of 32 entries are exact in S;
 /// fractional masks may differ in the last bits of |y_i|), with the per-row sums in SIMD
 /// packets, rows in parallel for large masks (blocks of rows handed out to whichever thread is
-/// free, so a descheduled thread delays only its block). Falls back to `row_weights` (which
-/// validates and reports) as soon as an entry is not finite or < 0.
+/// free, so a descheduled thread delays only its block). A row's extent `end` is the end of its
+/// last block of 32 entries with a positive sum. Falls back to `row_weights` (which validates
+/// and reports) as soon as an entry is not finite or < 0.
 template <class S>
 inline RowWeights row_weights_fast(const char* function, const ConstMatRef<S>& m,
                                    const Normalizer& norm) {
     const Index B = m.rows(), T = m.cols();
-    std::vector<double> len(static_cast<std::size_t>(B), 0.0);
+    RowWeights w;
+    w.len.assign(static_cast<std::size_t>(B), 0.0);
+    w.end.assign(static_cast<std::size_t>(B), 0);
     std::vector<char> bad(static_cast<std::size_t>(B), 0);
     ::rlpo::detail::parallel_for(B, B * T > (Index(1) << 20), [&](Index i) {
         using namespace simd;
@@ -289,6 +304,7 @@ inline RowWeights row_weights_fast(const char* function, const ConstMatRef<S>& m
         const Packet<S> zero = set1<S>(S(0)), big = set1<S>(std::numeric_limits<S>::max());
         Packet<S> okp = pcmp_eq(zero, zero);
         double s = 0.0;
+        Index end = 0;
         for (Index b0 = 0; b0 < T; b0 += 32) {
             const Index e = std::min<Index>(b0 + 32, T);
             Packet<S> acc = zero;
@@ -297,25 +313,24 @@ inline RowWeights row_weights_fast(const char* function, const ConstMatRef<S>& m
                 okp = pand(okp, pand(pcmp_le(zero, mk), pcmp_le(mk, big)));
                 acc = padd(acc, mk);
             }
-            s += static_cast<double>(Eigen::internal::predux(acc));
+            // entries ≥ 0 (else the row falls back below): a block sums to 0 exactly when all
+            // of its entries are 0
+            const S block = Eigen::internal::predux(acc);
+            s += static_cast<double>(block);
+            if (block != S(0)) end = e;
         }
         S lanes[W];
         Eigen::internal::pstoreu(lanes, okp);
         bool b = false;
         for (Index j = 0; j < W; ++j) b = b || lanes[j] == S(0);
-        len[static_cast<std::size_t>(i)] = s;
+        w.len[static_cast<std::size_t>(i)] = s;
+        w.end[static_cast<std::size_t>(i)] = end;
         bad[static_cast<std::size_t>(i)] = b ? 1 : 0;
     });
     for (Index i = 0; i < B; ++i)
         if (bad[static_cast<std::size_t>(i)]) return row_weights(function, m, norm);
-    // Rebuild with the shared definition of the factors: a one-column "mask" holding the row
-    // sums has exactly these lengths, and row_weights derives c_i, N_tok and N_seq from them.
-    Mat<double> lens(B, 1);
-    for (Index i = 0; i < B; ++i) lens(i, 0) = len[static_cast<std::size_t>(i)];
-    Normalizer n2 = norm;
-    if (norm.mode == Aggregation::SeqMeanTokenSumNorm && !norm.norm_constant)
-        n2.norm_constant = static_cast<double>(T);  // C defaults to the columns of the real mask
-    return row_weights(function, lens, n2);
+    finish_row_weights(function, w, T, norm);
+    return w;
 }
 
 }  // namespace rlpo::detail

@@ -14,8 +14,9 @@
 /// row (`rollout::detail::gae_row`, as `rollout::gae_advantages` forms them) into the thread's
 /// scratch rows, which the packet loop then reads from cache.
 ///
-/// Memory: every input is prefetched a fixed distance ahead (into the thread's next row near
-/// the end of a row); an overwritten float gradient of `kStreamMinBytes` or more is written
+/// Memory: no input is read at or past a row's extent (`RowWeights::end`: the mask is 0
+/// there), so a padded tail costs only its gradient's zeros; every input is prefetched a fixed
+/// distance ahead (into the thread's next row near the end of a row's extent); an overwritten float gradient of `kStreamMinBytes` or more is written
 /// with streaming stores (rows that start on a packet boundary), so its lines are not read
 /// first. Neither changes a bit of the results.
 ///
@@ -208,13 +209,15 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
         // software prefetch a fixed distance ahead in every input stream, into the thread's
         // next row near the end of this one: a row is often a page of its own, where the
         // hardware prefetchers stop and start over
-        const bool next_row = i + 1 < B;
+        // (within the rows' extents: a padded tail is never read)
+        const Index stop = ::rlpo::detail::row_stop(w, r, T, W);
+        const Index next_stop = i + 1 < B ? ::rlpo::detail::row_stop(w, r + 1, T, W) : 0;
         const auto prefetch_ahead = [&](Index k) {
             Index at = k + kPrefetchAhead<S>;
             std::ptrdiff_t row_step = 0;
-            if (at >= T) {
-                if (!next_row) return;
-                at -= T;
+            if (at >= stop) {
+                at -= stop;
+                if (at >= next_stop) return;
                 row_step = 1;
             }
             const auto pf = [&](const S* p, const ConstMatRef<S>* x) {
@@ -252,7 +255,11 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
             else
                 store_n(o.dst, k, T, v);
         };
-        for (Index k = 0; k < T; k += W) {
+        for (Index k = stop; k < T; k += W) {  // the masked tail: zeros, nothing read
+            if (out_lp.active()) put(out_lp, k, zero);
+            if (out_v.active()) put(out_v, k, zero);
+        }
+        for (Index k = 0; k < stop; k += W) {
             prefetch_ahead(k);
             const P m = load(mk, k, T);
             const P keep = pandnot(all, pcmp_eq(m, zero));
