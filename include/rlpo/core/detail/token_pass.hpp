@@ -194,7 +194,7 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
     std::vector<std::array<double, K>> row_stats(static_cast<std::size_t>(B));
     std::vector<Index> row_nan(static_cast<std::size_t>(B), -1);
     const GradMode gmode = g.mode();
-    ::rlpo::detail::parallel_for_dynamic(B, 4, B * T > 32768, [&](Index i) {
+    ::rlpo::detail::parallel_for_dynamic(B, 4, B * T > 32768, [&](Index i) RLPO_SIMD_FLATTEN {
         const auto r = static_cast<std::size_t>(i);
         const double c = w.c[r];
         S* gw = g.row(i);

@@ -125,7 +125,7 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
         static_cast<double>(B) * static_cast<double>(T) * sizeof(S) >= kStreamMinBytes;
     // rows handed out 32 at a time: the row after this one, into which the prefetches below
     // reach near a row's end, is then most often this thread's own next row
-    ::rlpo::detail::parallel_for_dynamic(B, 32, B * T > 32768, [&](Index i) {
+    ::rlpo::detail::parallel_for_dynamic(B, 32, B * T > 32768, [&](Index i) RLPO_SIMD_FLATTEN {
         const auto r = static_cast<std::size_t>(i);
         Row& row = rows[r];
         const double c = w.c[r];
