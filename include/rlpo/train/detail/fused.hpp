@@ -16,9 +16,10 @@
 ///
 /// Memory: no input is read at or past a row's extent (`RowWeights::end`: the mask is 0
 /// there), so a padded tail costs only its gradient's zeros; every input is prefetched a fixed
-/// distance ahead (into the thread's next row near the end of a row's extent); an overwritten float gradient of `kStreamMinBytes` or more is written
-/// with streaming stores (rows that start on a packet boundary), so its lines are not read
-/// first. Neither changes a bit of the results.
+/// distance ahead (into the thread's next row near the end of a row's extent); an overwritten
+/// float gradient of `kStreamMinBytes` or more is written with streaming stores (rows that
+/// start on a packet boundary), so its lines are not read first. None of this changes a bit of
+/// the results.
 ///
 /// Errors: the pass only flags a row with a non-finite per-token result or an overflowing
 /// weighted gradient (any term); the caller then reruns the composed parts, which throw
