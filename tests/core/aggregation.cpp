@@ -284,6 +284,22 @@ TEMPLATE_TEST_CASE("row extents: each row's end, and no input read or gradient l
         CHECK(f.local_tokens == w.local_tokens);
         CHECK(f.local_seqs == w.local_seqs);
     }
+    if constexpr (sizeof(S) == 4) {
+        // two float entries of 0.9·max in one block: its sum overflows float, so the fast
+        // builder takes the exact path (double sums, exact extents); the counts stay finite
+        Mat<S> big = m;
+        big(3, 40) = big(3, 41) = S(0.9) * std::numeric_limits<S>::max();
+        const rlpo::RowWeights w = rlpo::row_weights("t", big, rlpo::Normalizer{});
+        const rlpo::RowWeights f = rlpo::detail::row_weights_fast<S>("t", big, rlpo::Normalizer{});
+        CHECK(std::isfinite(w.len[3]));
+        CHECK(f.len == w.len);
+        CHECK(f.end == w.end);
+        CHECK(f.local_tokens == w.local_tokens);
+        const Mat<S> z = Mat<S>::Zero(B, T);
+        const auto r = rlpo::policy::ppo_clip(z, z, z, big);
+        CHECK(r.metrics.at("pg_clipfrac").count == w.local_tokens);
+        CHECK(std::isfinite(r.metrics.at("pg_clipfrac").count));
+    }
     // Every token pass (vectorised: PPO clip, KL, value loss; scalar: SAPO) with NaN in every
     // input past each row's end: the result is that of finite inputs there, bit for bit; an
     // overwritten gradient is exactly 0 there, an added one untouched.

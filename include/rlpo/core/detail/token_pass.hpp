@@ -288,7 +288,8 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
 /// packets, rows in parallel for large masks (blocks of rows handed out to whichever thread is
 /// free, so a descheduled thread delays only its block). A row's extent `end` is the end of its
 /// last block of 32 entries with a positive sum. Falls back to `row_weights` (which validates
-/// and reports) as soon as an entry is not finite or < 0.
+/// and reports, and sums in double) as soon as an entry is not finite or < 0, or a block's sum
+/// overflows S.
 template <class S>
 inline RowWeights row_weights_fast(const char* function, const ConstMatRef<S>& m,
                                    const Normalizer& norm) {
@@ -305,6 +306,7 @@ inline RowWeights row_weights_fast(const char* function, const ConstMatRef<S>& m
         Packet<S> okp = pcmp_eq(zero, zero);
         double s = 0.0;
         Index end = 0;
+        bool over = false;
         for (Index b0 = 0; b0 < T; b0 += 32) {
             const Index e = std::min<Index>(b0 + 32, T);
             Packet<S> acc = zero;
@@ -318,10 +320,12 @@ inline RowWeights row_weights_fast(const char* function, const ConstMatRef<S>& m
             const S block = Eigen::internal::predux(acc);
             s += static_cast<double>(block);
             if (block != S(0)) end = e;
+            // a sum past max(S) (entries near it) is left to the exact path's double sums
+            over = over || !(block <= std::numeric_limits<S>::max());
         }
         S lanes[W];
         Eigen::internal::pstoreu(lanes, okp);
-        bool b = false;
+        bool b = over;
         for (Index j = 0; j < W; ++j) b = b || lanes[j] == S(0);
         w.len[static_cast<std::size_t>(i)] = s;
         w.end[static_cast<std::size_t>(i)] = end;
