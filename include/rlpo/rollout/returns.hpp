@@ -788,8 +788,8 @@ struct GAEPlan {
 /// The plan of a batch: `gae_advantages`'s first pass (each row's Â into the thread's scratch
 /// row, its whitening moments from there) without the `[B, T]` outputs, so it reads the
 /// rewards, values and mask once and writes nothing; the statistics are over all ranks of
-/// `red`. Bad input and overflow: as `gae_advantages` (named under this function). Without `opts.whiten` there is
-/// nothing to measure: the options are checked and kept.
+/// `red`. Bad input and overflow: as `gae_advantages` (named under this function). Without
+/// `opts.whiten` there is nothing to measure: the options are checked and kept.
 template <class DR, class DV, class DM>
 GAEPlan gae_plan(const Eigen::MatrixBase<DR>& token_rewards, const Eigen::MatrixBase<DV>& values,
                  const Eigen::MatrixBase<DM>& mask, const GAEOptions& opts = {},
