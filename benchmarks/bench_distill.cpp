@@ -7,9 +7,13 @@
 //                      call (outside the timing) one triad pass over 3 × 256 MiB runs in this
 //                      process (bench_bandwidth.cpp, included below); the call's bytes/s over
 //                      that pass's bytes/s is one ratio, and the counter is the median ratio of
-//                      the benchmark's iterations (1.0 = memory-bound optimum). On a shared
-//                      machine whose bandwidth drifts during a run this compares like with like;
-//   triad_GBps       — the median bandwidth of those triad passes;
+//                      the benchmark's iterations. On a shared machine whose bandwidth drifts
+//                      during a run this compares like with like. The triad's ordinary stores
+//                      read each output line first, which the kernels' streaming stores do
+//                      not: this ratio can exceed 1 (by up to 4/3);
+//   roofline_nt      — the same against a streamed triad pass run beside it (streaming stores,
+//                      3 arrays moved as counted): the memory-bound optimum, 1.0;
+//   triad_GBps, triad_nt_GBps — the median bandwidths of those passes;
 //   roofline_start   — the same rate divided instead by the best of 7 triad passes measured
 //                      once when the process starts (the earlier definition, for comparison).
 #include "bench_bandwidth.cpp"

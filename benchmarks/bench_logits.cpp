@@ -7,7 +7,8 @@
 //   BM_token_logps_backward backward from the saved rows: bytes = 8·N·V.
 // Counters as in bench_distill.cpp: `roofline` = the call's bytes/s over the bandwidth of one
 // triad pass run just before it (outside the timing), median over the iterations;
-// `triad_GBps` the median triad bandwidth.
+// `roofline_nt` the same over a streamed triad pass; `triad_GBps`, `triad_nt_GBps` the median
+// bandwidths.
 #include "bench_bandwidth.cpp"
 
 #include <rlpo/logits/token_logps.hpp>

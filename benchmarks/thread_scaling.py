@@ -10,15 +10,17 @@ penalties) and bench_logits (the fused log-prob call) from DIR/benchmarks (build
 `cmake --build DIR --target bench_distill bench_logits`, RLPO_BENCH_NATIVE on) once per thread
 count and round, the thread counts interleaved within each round so that all of them see the
 same machine. For every kernel it prints, per thread count, the median time over the rounds,
-the speed-up over one thread and the median roofline counter (the call's bytes per second over
-the triad bandwidth measured just before each call in the same process, with the same
-threads), as a Markdown table, and in its last row the triad bandwidth at each count:
+the speed-up over one thread and the median roofline counters (the call's bytes per second over
+the bandwidth of a triad pass run just before each call in the same process, with the same
+threads: the ordinary triad, then the streamed one, whose streaming stores write as the kernels
+write their gradients: see benchmarks/bench_bandwidth.cpp), as a Markdown table, and in its
+last rows the two triad bandwidths at each count:
 
     | kernel | 1 thread | 2 threads | ...
-    | BM_distill_forward_kl/2048/32768 | 27.1 ms (1.00×, 0.52) | 14.0 ms (1.94×, 0.97) | ...
+    | BM_distill_forward_kl/2048/32768 | 27.1 ms (1.00×, 0.52 / 0.40) | 14.0 ms (1.94×, 0.97 / 0.75) | ...
 
-A kernel that is bound by memory stops scaling once its roofline nears 1; one that is bound by
-arithmetic keeps scaling with the cores until it meets the bandwidth.
+A kernel that is bound by memory stops scaling once its streamed roofline nears 1; one that is
+bound by arithmetic keeps scaling with the cores until it meets the bandwidth.
 """
 import argparse
 import json
@@ -36,6 +38,8 @@ def run(build, binary, threads, regex, min_time):
          f"--benchmark_min_time={min_time}", "--benchmark_format=json"],
         env=env, check=True, capture_output=True, text=True).stdout
     res = {}
+    if not out.strip():  # no benchmark of this binary matches the filter
+        return res
     for b in json.loads(out)["benchmarks"]:
         if b.get("run_type", "iteration") != "iteration":
             continue
@@ -43,7 +47,8 @@ def run(build, binary, threads, regex, min_time):
         if name.startswith("BM_bandwidth"):
             continue
         ms = b["real_time"] * {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b["time_unit"]]
-        res[name] = (ms, b.get("roofline"), b.get("triad_GBps"))
+        res[name] = (ms, b.get("roofline"), b.get("roofline_nt"), b.get("triad_GBps"),
+                     b.get("triad_nt_GBps"))
     return res
 
 
@@ -61,13 +66,13 @@ def main():
     for _ in range(args.rounds):
         for t in threads:
             for binary in BINARIES:
-                for name, (ms, roof, triad) in run(args.build, binary, t, args.filter,
-                                                   args.min_time).items():
+                for name, (ms, roof, roof_nt, triad, triad_nt) in run(
+                        args.build, binary, t, args.filter, args.min_time).items():
                     times.setdefault(name, {}).setdefault(t, []).append(ms)
                     if roof is not None:
-                        roofs.setdefault(name, {}).setdefault(t, []).append(roof)
+                        roofs.setdefault(name, {}).setdefault(t, []).append((roof, roof_nt))
                     if triad is not None:
-                        triads.setdefault(t, []).append(triad)
+                        triads.setdefault(t, []).append((triad, triad_nt))
     print("| kernel | " + " | ".join(f"{t} thread{'s' if t > 1 else ''}" for t in threads) + " |")
     print("|---" * (len(threads) + 1) + "|")
     for name, per in times.items():
@@ -80,12 +85,17 @@ def main():
             ms = statistics.median(per[t])
             speed = f"{base / ms:.2f}×" if base else "–"
             roof = roofs.get(name, {}).get(t)
-            cells.append(f"{ms:.1f} ms ({speed}, {statistics.median(roof):.2f})" if roof
-                         else f"{ms:.1f} ms ({speed})")
+            if roof:
+                r = statistics.median(x for x, _ in roof)
+                rn = statistics.median(y for _, y in roof)
+                cells.append(f"{ms:.1f} ms ({speed}, {r:.2f} / {rn:.2f})")
+            else:
+                cells.append(f"{ms:.1f} ms ({speed})")
         print(f"| {name} | " + " | ".join(cells) + " |")
-    print("| triad bandwidth (median beside the calls) | " + " | ".join(
-        f"{statistics.median(triads[t]):.1f} GB/s" if t in triads else "–" for t in threads) + " |")
-
+    for label, i in (("triad", 0), ("streamed triad", 1)):
+        print(f"| {label} bandwidth (median beside the calls) | " + " | ".join(
+            f"{statistics.median(x[i] for x in triads[t]):.1f} GB/s" if t in triads else "–"
+            for t in threads) + " |")
 
 if __name__ == "__main__":
     main()
