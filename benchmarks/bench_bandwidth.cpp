@@ -88,24 +88,24 @@ inline void triad(Arrays& x, float s) {
     });
 }
 
-/// The triad with streaming stores to `a` (ordinary stores where the instruction set has none:
+/// The triad with streaming stores to `a` (ordinary stores without SSE2, as
 /// `simd::kStreamingStores`), as rlpo's kernels write an overwritten float gradient.
 inline void triad_streamed(Arrays& x, float s) {
     float* __restrict a = x.a.get();
     const float* __restrict b = x.b.get();
     const float* __restrict c = x.c.get();
     blocks(x.n, [a, b, c, s](Index lo, Index hi) {
+        Index i = lo;
+#if defined(__SSE2__)
         namespace ei = Eigen::internal;
         using P = rlpo::detail::simd::Packet<float>;
         constexpr Index W = rlpo::detail::simd::width<float>;
-        Index i = lo;
-        if constexpr (rlpo::detail::simd::kStreamingStores) {
-            const P ps = ei::pset1<P>(s);
-            for (; i + W <= hi; i += W)  // (blocks start at multiples of 64 Ki floats)
-                rlpo::detail::simd::stream_packet(
-                    a + i, ei::pmadd(ps, ei::pload<P>(c + i), ei::pload<P>(b + i)));
-            rlpo::detail::simd::store_fence();
-        }
+        const P ps = ei::pset1<P>(s);
+        for (; i + W <= hi; i += W)  // (blocks start at multiples of 64 Ki floats)
+            rlpo::detail::simd::stream_packet(
+                a + i, ei::pmadd(ps, ei::pload<P>(c + i), ei::pload<P>(b + i)));
+        rlpo::detail::simd::store_fence();
+#endif
         for (; i < hi; ++i) a[i] = b[i] + s * c[i];
     });
 }

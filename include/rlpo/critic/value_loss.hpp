@@ -92,7 +92,8 @@ struct ValueLossKernel {
         st[1] = x;
         if (!clip) {
             st[0] = zero;
-            loss = pselect(pand(not_nan<S>(x), not_nan<S>(r)), l1, padd(x, r));
+            loss =
+                mask_select<S>(mask_and<S>(mask_not_nan<S>(x), mask_not_nan<S>(r)), l1, padd(x, r));
             grad = d1;
             return;
         }
@@ -100,13 +101,14 @@ struct ValueLossKernel {
         const P xc = pmin(pmax(x, lo), hi);
         const P d2 = psub(xc, r);
         const P l2 = pmul(half, pmul(d2, d2));
-        const P g2 = pselect(pand(pcmp_le(lo, x), pcmp_le(x, hi)), d2, zero);
-        const P gt = pcmp_lt(l1, l2), lt = pcmp_lt(l2, l1);
-        st[0] = indicator<S>(gt);
-        const P l = pselect(gt, l2, l1);
-        grad = pselect(gt, g2, pselect(lt, d1, pmul(half, padd(d1, g2))));
-        loss = pselect(pand(pand(not_nan<S>(x), not_nan<S>(r)), not_nan<S>(xo)), l,
-                       padd(padd(x, r), xo));
+        const P g2 = mask_select<S>(mask_and<S>(mask_le<S>(lo, x), mask_le<S>(x, hi)), d2, zero);
+        const auto gt = mask_lt<S>(l1, l2), lt = mask_lt<S>(l2, l1);
+        st[0] = mask_indicator<S>(gt);
+        const P l = mask_select<S>(gt, l2, l1);
+        grad = mask_select<S>(gt, g2, mask_select<S>(lt, d1, pmul(half, padd(d1, g2))));
+        loss = mask_select<S>(
+            mask_and<S>(mask_and<S>(mask_not_nan<S>(x), mask_not_nan<S>(r)), mask_not_nan<S>(xo)),
+            l, padd(padd(x, r), xo));
     }
 
     void report(Metrics& m, const std::array<double, 2>& st, double n) const {

@@ -175,8 +175,8 @@ EIGEN_ALWAYS_INLINE void kl_packet(const ::rlpo::detail::simd::Packet<S>& d,
     switch (c.base) {
         case KLEstimator::Abs:
             v = pmax(d, pnegate(d));
-            g = pselect(pcmp_lt(c.zero, d), c.one,
-                        pselect(pcmp_lt(d, c.zero), pnegate(c.one), c.zero));
+            g = mask_select<S>(mask_lt<S>(c.zero, d), c.one,
+                               mask_select<S>(mask_lt<S>(d, c.zero), pnegate(c.one), c.zero));
             break;
         case KLEstimator::K2:
             v = pmul(c.half, pmul(d, d));
@@ -188,9 +188,10 @@ EIGEN_ALWAYS_INLINE void kl_packet(const ::rlpo::detail::simd::Packet<S>& d,
             const P e = pexp(dc);
             const P raw = psub(psub(e, dc), c.one);
             v = pmin(raw, c.vmax);
-            const P live =
-                pand(pand(pcmp_le(c.vnL, delta), pcmp_le(delta, c.vL)), pcmp_le(raw, c.vmax));
-            g = pselect(live, psub(c.one, e), c.zero);
+            const auto live =
+                mask_and<S>(mask_and<S>(mask_le<S>(c.vnL, delta), mask_le<S>(delta, c.vL)),
+                            mask_le<S>(raw, c.vmax));
+            g = mask_select<S>(live, psub(c.one, e), c.zero);
             break;
         }
         default:  // K1: value d, gradient 1
@@ -199,7 +200,7 @@ EIGEN_ALWAYS_INLINE void kl_packet(const ::rlpo::detail::simd::Packet<S>& d,
             break;
     }
     if (c.straight_through) g = d;
-    v = pselect(not_nan<S>(d), v, d);
+    v = mask_select<S>(mask_not_nan<S>(d), v, d);
 }
 }  // namespace detail
 
@@ -295,8 +296,9 @@ Result<S> kl_pass(const char* fn, const ConstMatRef<S>& lp, const ConstMatRef<S>
             kl_packet<S>(d, kc, v, gv);
             const P raw = psub(x, load_kept(olp.data() + i * olp.outerStride(), k, T, keep));
             const P wt = pexp(pmin(pmax(raw, kc.vnL), kc.vL));
-            const P dw = pselect(pand(pcmp_le(kc.vnL, raw), pcmp_le(raw, kc.vL)), wt, kc.zero);
-            loss = pselect(not_nan<S>(raw), pmul(wt, v), raw);
+            const P dw = mask_select<S>(
+                mask_and<S>(mask_le<S>(kc.vnL, raw), mask_le<S>(raw, kc.vL)), wt, kc.zero);
+            loss = mask_select<S>(mask_not_nan<S>(raw), pmul(wt, v), raw);
             grad = padd(pmul(wt, gv), pmul(v, dw));
         } else {
             kl_packet<S>(d, kc, loss, grad);

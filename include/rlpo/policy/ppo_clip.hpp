@@ -173,32 +173,35 @@ struct PPOClipKernel {
         const P lr = pmin(pmax(raw, vnL), vL);
         const P r = pexp(lr);
         // −A·∂r/∂logp: the clamp stops the gradient outside [−L, L] (inclusive bounds)
-        const P g0 = pselect(pand(pcmp_le(vnL, raw), pcmp_le(raw, vL)), pmul(na, r), zero);
+        const P g0 = mask_select<S>(mask_and<S>(mask_le<S>(vnL, raw), mask_le<S>(raw, vL)),
+                                    pmul(na, r), zero);
         P l1 = pmul(na, r), g1 = g0;
         if (two_sided) {  // unclipped branch uses min(r, δ)
-            const P capped = pcmp_lt(vdelta, r);
-            l1 = pmul(na, pselect(capped, vdelta, r));
-            g1 = pselect(capped, zero, g0);
+            const auto capped = mask_lt<S>(vdelta, r);
+            l1 = pmul(na, mask_select<S>(capped, vdelta, r));
+            g1 = mask_select<S>(capped, zero, g0);
         }
         const P l2 = pmul(na, pmin(pmax(r, vlo), vhi));
-        const P g2 = pselect(pand(pcmp_le(vlo, r), pcmp_le(r, vhi)), g0, zero);
-        const P gt = pcmp_lt(l1, l2), lt = pcmp_lt(l2, l1);
-        P l = pselect(gt, l2, l1);
-        P gr = pselect(gt, g2, pselect(lt, g1, pmul(half, padd(g1, g2))));
-        st[0] = indicator<S>(gt);
+        const P g2 = mask_select<S>(mask_and<S>(mask_le<S>(vlo, r), mask_le<S>(r, vhi)), g0, zero);
+        const auto gt = mask_lt<S>(l1, l2), lt = mask_lt<S>(l2, l1);
+        P l = mask_select<S>(gt, l2, l1);
+        P gr = mask_select<S>(gt, g2, mask_select<S>(lt, g1, pmul(half, padd(g1, g2))));
+        st[0] = mask_indicator<S>(gt);
         st[2] = pnegate(lr);
         if (dual) {  // for A < 0: min(l, −A·c), ties split as torch.minimum
-            const P neg = pcmp_lt(a, zero), l3 = pmul(na, vc);
-            const P above = pcmp_lt(l3, l), below = pcmp_lt(l, l3);
-            st[1] = indicator<S>(pand(neg, above));
-            const P gd = pselect(above, zero, pselect(below, gr, pmul(half, gr)));
-            gr = pselect(neg, gd, gr);
-            l = pselect(neg, pselect(above, l3, l), l);
+            const auto neg = mask_lt<S>(a, zero);
+            const P l3 = pmul(na, vc);
+            const auto above = mask_lt<S>(l3, l), below = mask_lt<S>(l, l3);
+            st[1] = mask_indicator<S>(mask_and<S>(neg, above));
+            const P gd = mask_select<S>(above, zero, mask_select<S>(below, gr, pmul(half, gr)));
+            gr = mask_select<S>(neg, gd, gr);
+            l = mask_select<S>(neg, mask_select<S>(above, l3, l), l);
         } else {
             st[1] = zero;
         }
         // NaN inputs must surface as a NaN loss (min/max/compares drop them)
-        loss = pselect(pand(not_nan<S>(raw), not_nan<S>(a)), l, padd(raw, a));
+        loss =
+            mask_select<S>(mask_and<S>(mask_not_nan<S>(raw), mask_not_nan<S>(a)), l, padd(raw, a));
         grad = gr;
     }
 

@@ -14,6 +14,7 @@
 #include <Eigen/Core>
 
 #include <cstddef>
+#include <type_traits>
 
 /// Forces `x` to be rounded to its type here (keeps the compiler from fusing the product
 /// that made it into a later sum; see docs/architecture.md, Contraction).
@@ -103,6 +104,106 @@ inline Packet<S> not_nan(const Packet<S>& x) {
 template <class S>
 inline Packet<S> indicator(const Packet<S>& mask) {
     return pand(mask, set1<S>(S(1)));
+}
+/// Whether packets of S have AVX-512 mask registers for their lane masks (float, double).
+template <class S>
+inline constexpr bool kMaskRegisters =
+#if defined(__AVX512F__)
+    std::is_same<S, float>::value || std::is_same<S, double>::value;
+#else
+    false;
+#endif
+
+/// The lanes of a packet of S where a compare holds (`mask_lt`, `mask_le`, `mask_eq`,
+/// `mask_not_nan`), combined by `mask_and` and used by `mask_select` and `mask_indicator`.
+/// Generically the all-ones / zero lanes of a packet, as Eigen's compares give them; for
+/// AVX-512's float and double packets (`kMaskRegisters`) a mask register, so that a compare and
+/// a select are one instruction each instead of two (Eigen's compares move their mask into a
+/// vector, which its `pselect` tests again). The lanes, and so every result, are the same
+/// either way: the compares are ordered (false where either side is NaN), as Eigen's.
+/// (Templates on the scalar: a vector type as a template argument loses its attributes.)
+template <class S, bool K = kMaskRegisters<S>>
+struct LaneMask {
+    Packet<S> v;
+};
+#if defined(__AVX512F__)
+template <>
+struct LaneMask<float, true> {
+    __mmask16 k;
+};
+template <>
+struct LaneMask<double, true> {
+    __mmask8 k;
+};
+#endif
+template <class S>
+inline LaneMask<S> mask_lt(const Packet<S>& a, const Packet<S>& b) {
+#if defined(__AVX512F__)
+    if constexpr (kMaskRegisters<S>) {
+        return {avx512::cmp_lt(a, b)};
+    } else
+#endif
+    {
+        return {pcmp_lt(a, b)};
+    }
+}
+template <class S>
+inline LaneMask<S> mask_le(const Packet<S>& a, const Packet<S>& b) {
+#if defined(__AVX512F__)
+    if constexpr (kMaskRegisters<S>) {
+        return {avx512::cmp_le(a, b)};
+    } else
+#endif
+    {
+        return {pcmp_le(a, b)};
+    }
+}
+template <class S>
+inline LaneMask<S> mask_eq(const Packet<S>& a, const Packet<S>& b) {
+#if defined(__AVX512F__)
+    if constexpr (kMaskRegisters<S>) {
+        return {avx512::cmp_eq(a, b)};
+    } else
+#endif
+    {
+        return {pcmp_eq(a, b)};
+    }
+}
+/// The lanes where x is not NaN.
+template <class S>
+inline LaneMask<S> mask_not_nan(const Packet<S>& x) {
+    return mask_eq<S>(x, x);
+}
+template <class S>
+inline LaneMask<S> mask_and(const LaneMask<S>& a, const LaneMask<S>& b) {
+    if constexpr (kMaskRegisters<S>)
+        return {static_cast<decltype(a.k)>(a.k & b.k)};
+    else
+        return {pand(a.v, b.v)};
+}
+/// a where the mask holds, else b.
+template <class S>
+inline Packet<S> mask_select(const LaneMask<S>& m, const Packet<S>& a, const Packet<S>& b) {
+#if defined(__AVX512F__)
+    if constexpr (kMaskRegisters<S>) {
+        return avx512::blend(m.k, a, b);
+    } else
+#endif
+    {
+        return pselect(m.v, a, b);
+    }
+}
+/// 1 where the mask holds, else 0.
+template <class S>
+inline Packet<S> mask_indicator(const LaneMask<S>& m) {
+#if defined(__AVX512F__)
+    if constexpr (kMaskRegisters<S>) {
+        return avx512::zero_unless(m.k, set1<S>(S(1)));
+    } else
+#endif
+    {
+        return pand(m.v, set1<S>(S(1)));
+    }
 }
 /// K packets (a plain array member: std::array of a vector type would drop its alignment
 /// attributes in the template argument).

@@ -9,6 +9,8 @@
 ///     and the callers take their ordinary stores);
 ///   * software prefetches into L1 and L2 (`prefetch_l1`, `prefetch_l2`: SSE2; elsewhere
 ///     nothing);
+///   * the lane masks of the AVX-512 float and double packets (compares into mask registers,
+///     blends, zero-masked moves: `simd::LaneMask` in core/simd/packet.hpp);
 ///   * the AVX-512 pieces of the fast math and of the divergence kernels on `Packet16f`:
 ///     `vreduceps` / `vrndscaleps` (the fraction t − floor(t)), `vscalefps` (2^n scaling),
 ///     the 32-cell table logarithm (`vgetmantps`, `vgetexpps`, `vpermt2ps`) and the sign by
@@ -148,6 +150,41 @@ EIGEN_ALWAYS_INLINE Packet16f log_cells(const Packet16f& x, const float* rcp, co
 /// SNaN and QNaN → 0 (8). Exact for subnormal t.
 EIGEN_ALWAYS_INLINE Packet16f sign_by_class(const Packet16f& t) {
     return _mm512_fixupimm_ps(t, t, _mm512_set1_epi32(static_cast<int>(0xA9A9A888u)), 0);
+}
+
+/// Lane masks in mask registers (`simd::LaneMask`): the ordered compares (false where either
+/// side is NaN) into a mask, a blend (a where the mask is set, else b) and a zero-masked move,
+/// lane for lane what Eigen's vector compares and `pselect` give, in one instruction each.
+EIGEN_ALWAYS_INLINE __mmask16 cmp_lt(const Packet16f& a, const Packet16f& b) {
+    return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ);
+}
+EIGEN_ALWAYS_INLINE __mmask16 cmp_le(const Packet16f& a, const Packet16f& b) {
+    return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ);
+}
+EIGEN_ALWAYS_INLINE __mmask16 cmp_eq(const Packet16f& a, const Packet16f& b) {
+    return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ);
+}
+EIGEN_ALWAYS_INLINE Packet16f blend(__mmask16 m, const Packet16f& a, const Packet16f& b) {
+    return _mm512_mask_blend_ps(m, b, a);
+}
+EIGEN_ALWAYS_INLINE Packet16f zero_unless(__mmask16 m, const Packet16f& a) {
+    return _mm512_maskz_mov_ps(m, a);
+}
+using Packet8d = Eigen::internal::Packet8d;
+EIGEN_ALWAYS_INLINE __mmask8 cmp_lt(const Packet8d& a, const Packet8d& b) {
+    return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ);
+}
+EIGEN_ALWAYS_INLINE __mmask8 cmp_le(const Packet8d& a, const Packet8d& b) {
+    return _mm512_cmp_pd_mask(a, b, _CMP_LE_OQ);
+}
+EIGEN_ALWAYS_INLINE __mmask8 cmp_eq(const Packet8d& a, const Packet8d& b) {
+    return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ);
+}
+EIGEN_ALWAYS_INLINE Packet8d blend(__mmask8 m, const Packet8d& a, const Packet8d& b) {
+    return _mm512_mask_blend_pd(m, b, a);
+}
+EIGEN_ALWAYS_INLINE Packet8d zero_unless(__mmask8 m, const Packet8d& a) {
+    return _mm512_maskz_mov_pd(m, a);
 }
 
 }  // namespace avx512
