@@ -25,9 +25,21 @@ namespace simd = rlpo::detail::simd;
 template <class S>
 std::vector<S> specials() {
     using L = std::numeric_limits<S>;
-    return {S(0),          -S(0),        S(1),         S(-1),       S(0.5),     S(-2.5),
-            L::infinity(), -L::infinity(), L::quiet_NaN(), L::max(),  L::lowest(), L::min(),
-            L::denorm_min(), -L::denorm_min(), S(3)};
+    return {S(0),
+            -S(0),
+            S(1),
+            S(-1),
+            S(0.5),
+            S(-2.5),
+            L::infinity(),
+            -L::infinity(),
+            L::quiet_NaN(),
+            L::max(),
+            L::lowest(),
+            L::min(),
+            L::denorm_min(),
+            -L::denorm_min(),
+            S(3)};
 }
 
 template <class S>
@@ -68,14 +80,19 @@ void check_lanes(const std::vector<S>& x, const std::vector<S>& y, int& checked)
             CHECK(same_bits(out[j], ref[j]));
         }
     };
-    check(simd::mask_lt<S>(px, py), ei::pcmp_lt(px, py), [](S u, S v) { return u < v; }, "lt");
-    check(simd::mask_le<S>(px, py), ei::pcmp_le(px, py), [](S u, S v) { return u <= v; }, "le");
-    check(simd::mask_eq<S>(px, py), ei::pcmp_eq(px, py), [](S u, S v) { return u == v; }, "eq");
-    check(simd::mask_not_nan<S>(px), ei::pcmp_eq(px, px),
-          [](S u, S) { return !std::isnan(u); }, "not_nan");
-    check(simd::mask_and<S>(simd::mask_le<S>(px, py), simd::mask_not_nan<S>(py)),
-          ei::pand(ei::pcmp_le(px, py), ei::pcmp_eq(py, py)),
-          [](S u, S v) { return u <= v && !std::isnan(v); }, "and");
+    check(
+        simd::mask_lt<S>(px, py), ei::pcmp_lt(px, py), [](S u, S v) { return u < v; }, "lt");
+    check(
+        simd::mask_le<S>(px, py), ei::pcmp_le(px, py), [](S u, S v) { return u <= v; }, "le");
+    check(
+        simd::mask_eq<S>(px, py), ei::pcmp_eq(px, py), [](S u, S v) { return u == v; }, "eq");
+    check(
+        simd::mask_not_nan<S>(px), ei::pcmp_eq(px, px), [](S u, S) { return !std::isnan(u); },
+        "not_nan");
+    check(
+        simd::mask_and<S>(simd::mask_le<S>(px, py), simd::mask_not_nan<S>(py)),
+        ei::pand(ei::pcmp_le(px, py), ei::pcmp_eq(py, py)),
+        [](S u, S v) { return u <= v && !std::isnan(v); }, "and");
     // selecting NaN and signed zeros keeps their bits
     ei::pstore(out, simd::mask_select<S>(simd::mask_lt<S>(px, py), px, py));
     for (int j = 0; j < W; ++j) CHECK(same_bits(out[j], xb[j] < yb[j] ? xb[j] : yb[j]));
