@@ -235,8 +235,11 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
             }
             f(i, k, T, keep, loss, grad, stats);
             // masked lanes saw zero inputs: their outputs are finite, and m = 0 zeroes them
+            // (the weighted gradient rounded, and the sums explicit multiply-adds: a product
+            // that meets a sum is never left for the compiler to fuse, which it may do in one
+            // copy of a kernel and not in another: docs/architecture.md, Contraction)
             if (gw) {
-                const P gk = pmul(pmul(grad, m), gs);
+                const P gk = rounded(pmul(pmul(grad, m), gs));
                 bad = por(bad, pandnot(all, pand(pcmp_lt(Eigen::internal::pabs(loss), inf),
                                                  pcmp_lt(Eigen::internal::pabs(gk), inf))));
                 if (gmode == GradMode::Add)
@@ -247,8 +250,9 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
                 bad = por(bad, pandnot(all, pand(pcmp_lt(Eigen::internal::pabs(loss), inf),
                                                  pcmp_lt(Eigen::internal::pabs(grad), inf))));
             }
-            acc = padd(acc, pmul(loss, m));
-            for (std::size_t j = 0; j < K; ++j) acc_st[j] = padd(acc_st[j], pmul(stats[j], m));
+            acc = Eigen::internal::pmadd(loss, m, acc);
+            for (std::size_t j = 0; j < K; ++j)
+                acc_st[j] = Eigen::internal::pmadd(stats[j], m, acc_st[j]);
             if (++pending == 8) flush();
         }
         flush();

@@ -277,25 +277,28 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
             pg.eval(a, psub(x, xo), l_pg, g_pg, st_pg);
             P gk_pg = zero, gk_kl = zero;
             if (glp) {
-                gk_pg = pmul(pmul(g_pg, m), gs_pg);
+                gk_pg = rounded(pmul(pmul(g_pg, m), gs_pg));
                 flag(l_pg, gk_pg);
             } else {
                 flag(l_pg, g_pg);
             }
-            acc_pg = padd(acc_pg, pmul(l_pg, m));
-            for (std::size_t j = 0; j < 3; ++j) a_pg[j] = padd(a_pg[j], pmul(st_pg[j], m));
+            // (the parts' sums: explicit multiply-adds, and the weighted gradients rounded, so
+            // that no compiler fuses one copy and not the other: docs/architecture.md)
+            acc_pg = Eigen::internal::pmadd(l_pg, m, acc_pg);
+            for (std::size_t j = 0; j < 3; ++j)
+                a_pg[j] = Eigen::internal::pmadd(st_pg[j], m, a_pg[j]);
             // KL
             if constexpr (KL) {
                 const P y = load_kept(rp, k, T, keep);
                 P l_kl, g_kl;
                 ::rlpo::penalties::detail::kl_packet<S>(psub(kl_grad ? x : xo, y), klc, l_kl, g_kl);
                 if (kl_grad && glp) {
-                    gk_kl = pmul(pmul(g_kl, m), gs_kl);
+                    gk_kl = rounded(pmul(pmul(g_kl, m), gs_kl));
                     flag(l_kl, gk_kl);
                 } else {
                     flag(l_kl, g_kl);
                 }
-                acc_kl = padd(acc_kl, pmul(l_kl, m));
+                acc_kl = Eigen::internal::pmadd(l_kl, m, acc_kl);
             }
             if (glp) {  // as the parts add into the (zeroed) buffer one after the other
                 P out = glp_mode == GradMode::Add
@@ -315,7 +318,7 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
                 P l_vf, g_vf;
                 vfk.eval(v, vo, R, l_vf, g_vf, st_vf);
                 if (gv) {
-                    const P gk = pmul(pmul(g_vf, m), gs_vf);
+                    const P gk = rounded(pmul(pmul(g_vf, m), gs_vf));
                     flag(l_vf, gk);
                     if (gv_mode == GradMode::Add)
                         store_n(gv, k, T, padd(load(static_cast<const S*>(gv), k, T), gk));
@@ -324,8 +327,9 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
                 } else {
                     flag(l_vf, g_vf);
                 }
-                acc_vf = padd(acc_vf, pmul(l_vf, m));
-                for (std::size_t j = 0; j < 2; ++j) a_vf[j] = padd(a_vf[j], pmul(st_vf[j], m));
+                acc_vf = Eigen::internal::pmadd(l_vf, m, acc_vf);
+                for (std::size_t j = 0; j < 2; ++j)
+                    a_vf[j] = Eigen::internal::pmadd(st_vf[j], m, a_vf[j]);
             }
             if (++pending == 8) flush();
         }
@@ -340,7 +344,9 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
     for (std::size_t r = 0; r < rows.size(); ++r) {  // row order, as the parts combine rows
         const Row& row = rows[r];
         out.pg.value += row.pg;
-        out.kl.value += w.c[r] * row.kl;
+        // (the product rounded first, as the KL part forms c·row before adding it: a compiler
+        // free to fuse it into the sum gave a different last bit on AVX-512 builds)
+        out.kl.value += ::rlpo::detail::simd::rounded(w.c[r] * row.kl);
         out.kl.stats[0] += row.kl;
         out.vf.value += row.vf;
         for (std::size_t j = 0; j < 3; ++j) out.pg.stats[j] += row.spg[j];
