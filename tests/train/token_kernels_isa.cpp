@@ -59,7 +59,7 @@ Inputs make_inputs(std::uint64_t seed) {
         // logp − ref: small, beyond k3's value clamp (δ = ref − logp ≈ 3 gives e^δ − δ − 1 ≈
         // 16 > 10), and beyond the ±20 clamp
         const double w = gen.uniform();
-        const double d = w < 0.6 ? gen.uniform(-1.0, 1.0)
+        const double d = w < 0.6   ? gen.uniform(-1.0, 1.0)
                          : w < 0.8 ? gen.uniform(-4.0, -2.5)
                                    : gen.uniform(20.5, 24.0) * (gen.uniform() < 0.5 ? -1 : 1);
         in.ref.data()[k] = in.logp.data()[k] - d;
@@ -194,17 +194,21 @@ void check_kernels(std::uint64_t seed) {
         check_token_mean<S>(
             r, d.mask,
             [&](Index k) {
-                return ppo_token(at(adv, k), static_cast<double>(logp.data()[k] - old.data()[k]), o);
+                return ppo_token(at(adv, k), static_cast<double>(logp.data()[k] - old.data()[k]),
+                                 o);
             },
             "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl");
     }
     using rlpo::penalties::KLEstimator;
     using rlpo::penalties::KLOptions;
-    for (const KLOptions& o : {KLOptions::verl(KLEstimator::K3), KLOptions::verl(KLEstimator::Abs)}) {
+    for (const KLOptions& o :
+         {KLOptions::verl(KLEstimator::K3), KLOptions::verl(KLEstimator::Abs)}) {
         const auto r = rlpo::penalties::kl_penalty(logp, ref, mask, o);
         check_token_mean<S>(
             r, d.mask,
-            [&](Index k) { return kl_token(static_cast<double>(logp.data()[k] - ref.data()[k]), o); },
+            [&](Index k) {
+                return kl_token(static_cast<double>(logp.data()[k] - ref.data()[k]), o);
+            },
             "kl", "", "");
     }
     const rlpo::critic::ValueLossOptions vopt;
