@@ -2,11 +2,12 @@
 /// \file
 /// The portable packet vocabulary of rlpo's SIMD kernels (internal): `simd::Packet<S>` (the
 /// widest packet of S that Eigen has for the build), `simd::width<S>` (its lanes), set1 / load
-/// / store helpers that never touch memory past the end of a row, and the blend idioms. The
+/// / store helpers that never touch memory past the end of a row, and the lane masks. The
 /// token-level kernels (policy/, penalties/) and the vocabulary kernels (distill/, divergence/)
 /// speak this one vocabulary; the operations are Eigen's own packet primitives, portable to
 /// every instruction set Eigen supports. The few x86 instructions Eigen has no primitive for
-/// (streaming stores, prefetch, the AVX-512 pieces of the fast math) are in arch/avx512.hpp.
+/// (streaming stores, prefetch, mask registers, the AVX-512 pieces of the fast math) are in
+/// arch/avx512.hpp.
 
 #include <rlpo/core/simd/arch/avx512.hpp>
 #include <rlpo/core/types.hpp>
@@ -42,7 +43,7 @@
 namespace rlpo::detail {
 
 /// SIMD helpers over Eigen's packet primitives (the same ones Eigen's own array code uses):
-/// a packet of S, loads that zero-pad past the end of a row, and the usual blend idioms.
+/// a packet of S, loads that zero-pad past the end of a row, and the lane masks (`LaneMask`).
 namespace simd {
 template <class S>
 using Packet = typename Eigen::internal::packet_traits<S>::type;
@@ -94,16 +95,6 @@ inline void store_n(S* p, Index k, Index n, const Packet<S>& v) {
 template <class S>
 inline Packet<S> load_kept(const S* p, Index k, Index n, const Packet<S>& keep) {
     return pand(load(p, k, n), keep);
-}
-/// All-ones lanes where x is not NaN.
-template <class S>
-inline Packet<S> not_nan(const Packet<S>& x) {
-    return pcmp_eq(x, x);
-}
-/// 1 where mask, else 0.
-template <class S>
-inline Packet<S> indicator(const Packet<S>& mask) {
-    return pand(mask, set1<S>(S(1)));
 }
 /// Whether packets of S have AVX-512 mask registers for their lane masks (float, double).
 template <class S>
