@@ -105,5 +105,6 @@ def main():
             f"{statistics.median(x[i] for x in triads[t]):.1f} GB/s" if t in triads else "–"
             for t in threads) + " |")
 
+
 if __name__ == "__main__":
     main()
