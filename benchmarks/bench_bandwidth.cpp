@@ -130,13 +130,18 @@ inline double triad_bytes_per_second(int reps = 7) {
     return bw;
 }
 
-/// Seconds of one triad pass over `x` (`streamed`: `triad_streamed`).
-inline double timed_triad(Arrays& x, bool streamed = false) {
-    const auto t0 = std::chrono::steady_clock::now();
+/// One triad pass over `x`, the streamed one (`triad_streamed`) or the ordinary one.
+inline void triad_pass(Arrays& x, bool streamed) {
     if (streamed)
         triad_streamed(x, 3.f);
     else
         triad(x, 3.f);
+}
+
+/// Seconds of one triad pass over `x` (`triad_pass`).
+inline double timed_triad(Arrays& x, bool streamed = false) {
+    const auto t0 = std::chrono::steady_clock::now();
+    triad_pass(x, streamed);
     const auto t1 = std::chrono::steady_clock::now();
     benchmark::DoNotOptimize(x.a.get());
     benchmark::ClobberMemory();
@@ -208,26 +213,16 @@ static void BM_bandwidth_copy(benchmark::State& state) {
 }
 BENCHMARK(BM_bandwidth_copy)->UseRealTime()->Unit(benchmark::kMillisecond);
 
+// (state.range(0): 1 for the streamed triad)
 static void BM_bandwidth_triad(benchmark::State& state) {
     rlpo_bw::Arrays x(rlpo_bw::kElems);
     for (auto _ : state) {
-        rlpo_bw::triad(x, 3.f);
+        rlpo_bw::triad_pass(x, state.range(0) == 1);
         benchmark::DoNotOptimize(x.a.get());
         benchmark::ClobberMemory();
     }
     state.SetBytesProcessed(state.iterations() * 3 * static_cast<int64_t>(sizeof(float)) *
                             rlpo_bw::kElems);
+    state.SetLabel(state.range(0) == 1 ? "streamed" : "ordinary stores");
 }
-BENCHMARK(BM_bandwidth_triad)->UseRealTime()->Unit(benchmark::kMillisecond);
-
-static void BM_bandwidth_triad_streamed(benchmark::State& state) {
-    rlpo_bw::Arrays x(rlpo_bw::kElems);
-    for (auto _ : state) {
-        rlpo_bw::triad_streamed(x, 3.f);
-        benchmark::DoNotOptimize(x.a.get());
-        benchmark::ClobberMemory();
-    }
-    state.SetBytesProcessed(state.iterations() * 3 * static_cast<int64_t>(sizeof(float)) *
-                            rlpo_bw::kElems);
-}
-BENCHMARK(BM_bandwidth_triad_streamed)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_bandwidth_triad)->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);

@@ -19,8 +19,9 @@
 // Counters: roofline = (the bytes that must move per token × tokens / time) over the triad
 // bandwidth measured just before each call (bench_bandwidth.cpp), median of the iterations;
 // roofline_nt the same over the streamed triad (streaming stores, as the step writes a large
-// gradient: the upper bound); triad_GBps, triad_nt_GBps those bandwidths. Memory: 6 (grpo) / 11 (ppo) such matrices ≈ 1.5 / 2.8 GiB. Size
-// with RLPO_BENCH_STEP_PROMPTS (default 4096) to fit smaller machines.
+// gradient: the upper bound); triad_GBps, triad_nt_GBps those bandwidths. Memory: 6 (grpo) /
+// 11 (ppo) such matrices ≈ 1.5 / 2.8 GiB. Size with RLPO_BENCH_STEP_PROMPTS (default 4096) to
+// fit smaller machines.
 #include "bench_bandwidth.cpp"
 
 #include <rlpo/rollout/advantages.hpp>

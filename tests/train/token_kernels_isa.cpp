@@ -188,6 +188,36 @@ void check_kernels(std::uint64_t seed) {
     using rlpo::policy::PPOClipOptions;
     PPOClipOptions both = PPOClipOptions::verl();
     both.two_sided_delta = 2.5;
+    // the inputs reach every branch under the mask: the clip, the dual clip, δ, the ±20
+    // clamp, k3's value clamp and the value clip (else the comparisons below prove less)
+    {
+        using rlpo::penalties::KLOptions;
+        const KLOptions k3 = KLOptions::verl();
+        Index clipped = 0, dual = 0, capped = 0, clamped = 0, k3_capped = 0, v_clipped = 0;
+        for (Index k = 0; k < d.mask.size(); ++k) {
+            if (d.mask.data()[k] == 0) continue;
+            const double lr = d.logp.data()[k] - d.old.data()[k];
+            // (the dual clip binds without δ: with δ = 2.5 < c = 3 the first term stays below
+            // −A·c)
+            const Token t = ppo_token(d.adv.data()[k], lr, PPOClipOptions::verl());
+            clipped += t.s0 > 0;
+            dual += t.s1 > 0;
+            capped += d.adv.data()[k] < 0 && std::exp(lr) > *both.two_sided_delta;
+            clamped += std::abs(lr) > both.log_ratio_clamp;
+            const double delta = d.ref.data()[k] - d.logp.data()[k];
+            k3_capped += std::abs(delta) < k3.log_ratio_clamp &&
+                         std::exp(delta) - delta - 1 > k3.value_clamp;
+            v_clipped += value_token(d.values.data()[k], d.old_values.data()[k] - 0.5,
+                                     d.old_values.data()[k] + 0.5, d.returns.data()[k])
+                             .s0 > 0;
+        }
+        CHECK(clipped > 0);
+        CHECK(dual > 0);
+        CHECK(capped > 0);
+        CHECK(clamped > 0);
+        CHECK(k3_capped > 0);
+        CHECK(v_clipped > 0);
+    }
     for (const PPOClipOptions& o : {PPOClipOptions{}, PPOClipOptions::verl(), both}) {
         const auto r = rlpo::policy::ppo_clip(logp, old, adv, mask, o);
         // (the log-ratio as the kernel forms it: the difference of the inputs in S)
