@@ -51,6 +51,7 @@
 /// the same whoever computes it, so results are identical for any thread count.
 
 #include <rlpo/core/detail/parallel.hpp>
+#include <rlpo/core/kernel_instances.hpp>
 #include <rlpo/core/result.hpp>
 #include <rlpo/core/simd/packet.hpp>
 #include <rlpo/distill/detail/rows.hpp>
@@ -475,10 +476,11 @@ inline void dense_rows_fast(const DistillOptions& o, const RowPlan& plan, const 
 /// of row n is written through `g`, scaled by coef · c · m_n · `row_scale`; the logits are the
 /// student's `z` (the gradient's input) and the teacher's `y`. Arithmetic in A (float or
 /// double; bfloat16 and float logits may be widened to a wider A).
+/// (Not inline: one of the kernels that can be compiled once, core/kernel_instances.hpp.)
 template <class S, class A>
-inline DenseRows dense_rows(const DistillOptions& o, const RowPlan& plan, const ConstMatRef<S>& z,
-                            const ConstMatRef<S>& y, const ::rlpo::detail::GradWriter<S>& g,
-                            double row_scale) {
+DenseRows dense_rows(const DistillOptions& o, const RowPlan& plan, const ConstMatRef<S>& z,
+                     const ConstMatRef<S>& y, const ::rlpo::detail::GradWriter<S>& g,
+                     double row_scale) {
     const Divergence d = kind_to_run(o);
     DenseRows out;
     switch (d) {  // one case per row of the registry (divergence/detail/kind_registry.hpp)
@@ -491,5 +493,17 @@ inline DenseRows dense_rows(const DistillOptions& o, const RowPlan& plan, const 
     }
     return out;
 }
+
+// the scalar types of `distill::divergence` (float, double, bfloat16 in float) and of
+// `penalties::vocab_divergence` (float and double logits in double)
+#define RLPO_DENSE_ROWS_INSTANCE(S, A)                                                            \
+    RLPO_KERNEL_INSTANCE(DenseRows dense_rows<S, A>(const DistillOptions&, const RowPlan&,        \
+                                                    const ConstMatRef<S>&, const ConstMatRef<S>&, \
+                                                    const ::rlpo::detail::GradWriter<S>&, double))
+RLPO_DENSE_ROWS_INSTANCE(float, float)
+RLPO_DENSE_ROWS_INSTANCE(double, double)
+RLPO_DENSE_ROWS_INSTANCE(float, double)
+RLPO_DENSE_ROWS_INSTANCE(Eigen::bfloat16, float)
+#undef RLPO_DENSE_ROWS_INSTANCE
 
 }  // namespace rlpo::distill::detail

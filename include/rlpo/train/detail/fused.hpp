@@ -28,6 +28,7 @@
 #include <rlpo/core/aggregation.hpp>
 #include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/core/detail/token_pass.hpp>
+#include <rlpo/core/kernel_instances.hpp>
 #include <rlpo/core/result.hpp>
 #include <rlpo/core/simd/packet.hpp>
 #include <rlpo/critic/value_loss.hpp>
@@ -356,13 +357,18 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
     return out;
 }
 
+/// (Not inline: one of the kernels that can be compiled once, core/kernel_instances.hpp.)
 template <class S>
-inline FusedSums<S> fused_pass(const FusedSpec<S>& f, const RowWeights& w) {
+FusedSums<S> fused_pass(const FusedSpec<S>& f, const RowWeights& w) {
     const bool kl = f.kl != nullptr, vf = f.vf != nullptr;
     if (kl && vf) return fused_rows<S, true, true>(f, w);
     if (kl) return fused_rows<S, true, false>(f, w);
     if (vf) return fused_rows<S, false, true>(f, w);
     return fused_rows<S, false, false>(f, w);
 }
+
+RLPO_KERNEL_INSTANCE(FusedSums<float> fused_pass<float>(const FusedSpec<float>&, const RowWeights&))
+RLPO_KERNEL_INSTANCE(FusedSums<double> fused_pass<double>(const FusedSpec<double>&,
+                                                          const RowWeights&))
 
 }  // namespace rlpo::train::detail
