@@ -119,22 +119,17 @@ struct ValueLossKernel {
     bool clip;
     P vc, zero, half;
 };
-}  // namespace detail
 
-/// Clipped value loss and its gradient w.r.t. `values`. All inputs `[B, T]`. Computed per SIMD
-/// packet in the storage precision (float inputs in float), sums in double.
-template <class DV, class DO, class DR, class DM>
-Result<::rlpo::detail::scalar_t<DV>> value_loss(
-    const Eigen::MatrixBase<DV>& values, const Eigen::MatrixBase<DO>& old_values,
-    const Eigen::MatrixBase<DR>& returns, const Eigen::MatrixBase<DM>& mask,
-    const ValueLossOptions& opts = {}, const Normalizer& norm = {},
-    const GradientOut<::rlpo::detail::scalar_t<DV>>& out = {}) {
-    using S = ::rlpo::detail::scalar_t<DV>;
+/// The clipped value loss over views (what `value_loss` runs: a template on the scalar only,
+/// so that the callers' input expression types share one copy of the pass).
+template <class S>
+Result<S> value_loss_pass(const ConstMatRef<S>& v, const ConstMatRef<S>& vo,
+                          const ConstMatRef<S>& R, const ConstMatRef<S>& m,
+                          const ValueLossOptions& opts, const Normalizer& norm,
+                          const GradientOut<S>& out) {
     using P = ::rlpo::detail::simd::Packet<S>;
     static_assert(::rlpo::detail::is_supported_scalar_v<S>, "rlpo: inputs must be float or double");
     constexpr const char* fn = "critic::value_loss";
-    const ConstMatRef<S> v(values.derived()), vo(old_values.derived()), R(returns.derived()),
-        m(mask.derived());
     ::rlpo::detail::check_same_shape(fn, "old_values", vo, "values", v);
     ::rlpo::detail::check_same_shape(fn, "returns", R, "values", v);
     ::rlpo::detail::check_same_shape(fn, "mask", m, "values", v);
@@ -142,7 +137,7 @@ Result<::rlpo::detail::scalar_t<DV>> value_loss(
     Result<S> res;
     const RowWeights w = ::rlpo::detail::row_weights_fast(fn, m, norm);
     const ::rlpo::detail::GradWriter<S> g(fn, res, out, v.rows(), v.cols());
-    const detail::ValueLossKernel<S> kern(opts);
+    const ValueLossKernel<S> kern(opts);
     const auto pass = ::rlpo::detail::token_pass_simd<2, S>(
         fn, m, w, g, {{"values", &v}, {"old_values", &vo}, {"returns", &R}},
         [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
@@ -159,6 +154,20 @@ Result<::rlpo::detail::scalar_t<DV>> value_loss(
     res.metrics.with_count_epsilon(norm.count_epsilon);
     ::rlpo::detail::check_finite_result(fn, res.value, res.metrics);
     return res;
+}
+}  // namespace detail
+
+/// Clipped value loss and its gradient w.r.t. `values`. All inputs `[B, T]`. Computed per SIMD
+/// packet in the storage precision (float inputs in float), sums in double.
+template <class DV, class DO, class DR, class DM>
+Result<::rlpo::detail::scalar_t<DV>> value_loss(
+    const Eigen::MatrixBase<DV>& values, const Eigen::MatrixBase<DO>& old_values,
+    const Eigen::MatrixBase<DR>& returns, const Eigen::MatrixBase<DM>& mask,
+    const ValueLossOptions& opts = {}, const Normalizer& norm = {},
+    const GradientOut<::rlpo::detail::scalar_t<DV>>& out = {}) {
+    using S = ::rlpo::detail::scalar_t<DV>;
+    return detail::value_loss_pass<S>(values.derived(), old_values.derived(), returns.derived(),
+                                      mask.derived(), opts, norm, out);
 }
 
 struct SAFECriticOptions {

@@ -197,6 +197,21 @@ private:
     }
 };
 
+/// The token pass of `run_tokens` over the call's views. (A template on the kernel and the
+/// scalar only, as `token_sums_simd`: the callers' input expression types, e.g. a `Map` or a
+/// constant, share one copy of the pass.)
+template <class S, class Kernel>
+::rlpo::detail::TokenPassResult<Kernel::stats> token_sums(const SurrogateCall<S, Kernel>& c) {
+    constexpr std::size_t K = Kernel::stats;
+    return c.template tokens<K>(
+        [&](Index i, Index t, std::array<double, K>& st) -> ::rlpo::detail::LossGrad {
+            Token tok{static_cast<double>(c.lp(i, t)), 0.0, static_cast<double>(c.A(i, t)),
+                      c.weight_at(i, t)};
+            if constexpr (Kernel::reads_old_logp) tok.old_logp = static_cast<double>(c.olp(i, t));
+            return c.kernel(tok, st);
+        });
+}
+
 /// Token-level surrogate over `token_pass` (see the file comment). All inputs `[B, T]`;
 /// `old_logp` is not read (not even its shape) when `Kernel::reads_old_logp` is false.
 template <class Kernel, class DL, class DO, class DA, class DM>
@@ -207,45 +222,28 @@ Result<::rlpo::detail::scalar_t<DL>> run_tokens(
     const GradientOut<::rlpo::detail::scalar_t<DL>>& out,
     const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights) {
     using S = ::rlpo::detail::scalar_t<DL>;
-    constexpr std::size_t K = Kernel::stats;
     SurrogateCall<S, Kernel> c(logp, old_logp, advantages, mask, opts, norm, out, is_weights,
                                false);
-    const auto pass = c.template tokens<K>(
-        [&](Index i, Index t, std::array<double, K>& st) -> ::rlpo::detail::LossGrad {
-            Token tok{static_cast<double>(c.lp(i, t)), 0.0, static_cast<double>(c.A(i, t)),
-                      c.weight_at(i, t)};
-            if constexpr (Kernel::reads_old_logp) tok.old_logp = static_cast<double>(c.olp(i, t));
-            return c.kernel(tok, st);
-        });
+    const auto pass = token_sums(c);
     c.kernel.report(c.res.metrics, pass.stats, pass.count);
     return c.finish(pass.value);
 }
 
-/// Token-level surrogate over `token_pass_simd` with the fast row factors. The kernel is a
-/// template over S (`Kernel<S>`) whose call operator, a template over `bool Weighted`, takes
-/// the views, the row of `is_weights` (null when unweighted) and the packet arguments:
-/// `k.template operator()<Weighted>(lp, olp, A, wrow, i, k, T, keep, loss, grad, stats)`. The
-/// weights are read per packet (no weighted copy of an input); the unweighted instantiation is
-/// the kernel without them.
-template <template <class> class Kernel, class DL, class DO, class DA, class DM>
-Result<::rlpo::detail::scalar_t<DL>> run_tokens_simd(
-    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
-    const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
-    const typename Kernel<::rlpo::detail::scalar_t<DL>>::Options& opts, const Normalizer& norm,
-    const GradientOut<::rlpo::detail::scalar_t<DL>>& out,
-    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
-    using S = ::rlpo::detail::scalar_t<DL>;
-    using Kern = Kernel<S>;
+/// The SIMD token pass of `run_tokens_simd` over the call's views: a template on the kernel
+/// and the scalar only, so that every combination of the callers' input expression types
+/// (`Mat`, `Map`, a constant, …) shares one copy of the pass, the costliest code of a
+/// surrogate to compile.
+template <class S, class Kern>
+::rlpo::detail::TokenPassResult<Kern::stats> token_sums_simd(const SurrogateCall<S, Kern>& c) {
     using P = ::rlpo::detail::simd::Packet<S>;
     using NI = ::rlpo::detail::NamedInput<S>;
     constexpr std::size_t K = Kern::stats;
-    SurrogateCall<S, Kern> c(logp, old_logp, advantages, mask, opts, norm, out, is_weights, true);
     const auto& lp = c.lp;
     const auto& olp = c.olp;
     const auto& A = c.A;
     ::rlpo::detail::TokenPassResult<K> pass;
-    if (is_weights) {
-        const ConstMatRef<S>& wm = *is_weights;
+    if (c.is_weights) {
+        const ConstMatRef<S>& wm = *c.is_weights;
         pass = ::rlpo::detail::token_pass_simd<K, S>(
             c.fn, c.m, c.w, c.g,
             {NI{"logp", &lp}, NI{"old_logp", &olp}, NI{"advantages", &A}, NI{"is_weights", &wm}},
@@ -263,6 +261,26 @@ Result<::rlpo::detail::scalar_t<DL>> run_tokens_simd(
                                                     st);
             });
     }
+    return pass;
+}
+
+/// Token-level surrogate over `token_pass_simd` with the fast row factors. The kernel is a
+/// template over S (`Kernel<S>`) whose call operator, a template over `bool Weighted`, takes
+/// the views, the row of `is_weights` (null when unweighted) and the packet arguments:
+/// `k.template operator()<Weighted>(lp, olp, A, wrow, i, k, T, keep, loss, grad, stats)`. The
+/// weights are read per packet (no weighted copy of an input); the unweighted instantiation is
+/// the kernel without them.
+template <template <class> class Kernel, class DL, class DO, class DA, class DM>
+Result<::rlpo::detail::scalar_t<DL>> run_tokens_simd(
+    const Eigen::MatrixBase<DL>& logp, const Eigen::MatrixBase<DO>& old_logp,
+    const Eigen::MatrixBase<DA>& advantages, const Eigen::MatrixBase<DM>& mask,
+    const typename Kernel<::rlpo::detail::scalar_t<DL>>::Options& opts, const Normalizer& norm,
+    const GradientOut<::rlpo::detail::scalar_t<DL>>& out,
+    const TokenWeights<::rlpo::detail::scalar_t<DL>>& is_weights = std::nullopt) {
+    using S = ::rlpo::detail::scalar_t<DL>;
+    SurrogateCall<S, Kernel<S>> c(logp, old_logp, advantages, mask, opts, norm, out, is_weights,
+                                  true);
+    const auto pass = token_sums_simd(c);
     c.kernel.report(c.res.metrics, pass.stats, pass.count);
     return c.finish(pass.value);
 }
