@@ -1,5 +1,6 @@
 // The lane masks of the SIMD layer (core/simd/packet.hpp: `mask_lt`, `mask_le`, `mask_eq`,
-// `mask_not_nan`, `mask_and`, `mask_select`, `mask_indicator`), float and double, against the
+// `mask_neq`, `mask_not_nan`, `mask_and`, `mask_andnot`, `mask_any`, `mask_select`,
+// `mask_zero_unless`, `mask_indicator`, `load_kept`), float and double, against the
 // scalar comparisons of every pair of a set of special values (±0, ±1, ±inf, NaN, the extreme
 // finite and subnormal numbers) and, bit for bit, against Eigen's vector compares and
 // `pselect`, which the kernels used before. Built for the baseline ISA (Eigen's vector masks)
@@ -93,6 +94,38 @@ void check_lanes(const std::vector<S>& x, const std::vector<S>& y, int& checked)
         simd::mask_and<S>(simd::mask_le<S>(px, py), simd::mask_not_nan<S>(py)),
         ei::pand(ei::pcmp_le(px, py), ei::pcmp_eq(py, py)),
         [](S u, S v) { return u <= v && !std::isnan(v); }, "and");
+    // the token passes' `keep`: every lane but the equal ones (NaN included), as the vector
+    // mask the kernels formed before, NOT(x == y)
+    check(
+        simd::mask_neq<S>(px, py), ei::pandnot(ei::ptrue(px), ei::pcmp_eq(px, py)),
+        [](S u, S v) { return !(u == v); }, "neq");
+    check(
+        simd::mask_andnot<S>(simd::mask_not_nan<S>(px), simd::mask_lt<S>(px, py)),
+        ei::pandnot(ei::pcmp_eq(px, px), ei::pcmp_lt(px, py)),
+        [](S u, S v) { return !std::isnan(u) && !(u < v); }, "andnot");
+    // zeroing the clear lanes (a loaded row's masked tokens), through `mask_zero_unless` and
+    // `load_kept`; any lane set
+    {
+        const simd::LaneMask<S> m = simd::mask_lt<S>(px, py);
+        bool any = false, any_number = false;
+        for (int j = 0; j < W; ++j) {
+            any = any || xb[j] < yb[j];
+            any_number = any_number || !std::isnan(xb[j]);
+        }
+        CHECK(simd::mask_any<S>(m) == any);
+        CHECK(simd::mask_any<S>(simd::mask_not_nan<S>(px)) == any_number);
+        ei::pstore(out, simd::mask_zero_unless<S>(m, py));
+        for (int j = 0; j < W; ++j) {
+            INFO("zero_unless lane " << j << ": x = " << xb[j] << ", y = " << yb[j]);
+            CHECK(same_bits(out[j], xb[j] < yb[j] ? yb[j] : S(0)));
+        }
+        // a row of W − 1 entries: the last lane is past its end and reads as 0
+        ei::pstore(out, simd::load_kept<S>(yb, 0, W - 1, m));
+        for (int j = 0; j < W; ++j) {
+            INFO("load_kept lane " << j << ": x = " << xb[j] << ", y = " << yb[j]);
+            CHECK(same_bits(out[j], j < W - 1 && xb[j] < yb[j] ? yb[j] : S(0)));
+        }
+    }
     // selecting NaN and signed zeros keeps their bits
     ei::pstore(out, simd::mask_select<S>(simd::mask_lt<S>(px, py), px, py));
     for (int j = 0; j < W; ++j) CHECK(same_bits(out[j], xb[j] < yb[j] ? xb[j] : yb[j]));
@@ -126,9 +159,9 @@ int check_all_pairs() {
 
 TEST_CASE("lane masks: every special pair as the scalar compare and as Eigen's masks",
           "[core][simd]") {
-    // 15 × 15 pairs × 5 masks (padded to whole packets)
-    CHECK(check_all_pairs<float>() >= 5 * 225);
-    CHECK(check_all_pairs<double>() >= 5 * 225);
+    // 15 × 15 pairs × 7 masks (padded to whole packets)
+    CHECK(check_all_pairs<float>() >= 7 * 225);
+    CHECK(check_all_pairs<double>() >= 7 * 225);
 }
 
 TEST_CASE("lane masks: AVX-512 builds use mask registers", "[core][simd]") {

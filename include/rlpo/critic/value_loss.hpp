@@ -140,8 +140,8 @@ Result<S> value_loss_pass(const ConstMatRef<S>& v, const ConstMatRef<S>& vo,
     const ValueLossKernel<S> kern(opts);
     const auto pass = ::rlpo::detail::token_pass_simd<2, S>(
         fn, m, w, g, {{"values", &v}, {"old_values", &vo}, {"returns", &R}},
-        [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
-            ::rlpo::detail::simd::Packets<S, 2>& st) {
+        [&](Index i, Index k, Index T, const ::rlpo::detail::simd::LaneMask<S>& keep, P& loss,
+            P& grad, ::rlpo::detail::simd::Packets<S, 2>& st) {
             using ::rlpo::detail::simd::load_kept;
             const P x = load_kept(v.data() + i * v.outerStride(), k, T, keep);
             const P r = load_kept(R.data() + i * R.outerStride(), k, T, keep);

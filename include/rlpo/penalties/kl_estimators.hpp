@@ -276,17 +276,18 @@ Result<S> kl_pass(const char* fn, const ConstMatRef<S>& lp, const ConstMatRef<S>
     // rows whose stored values overflow (coefficient × estimate, or the sum with the buffer);
     // each row is one thread's, so the flags need no synchronisation
     std::vector<char> values_bad(tv.active() ? static_cast<std::size_t>(lp.rows()) : 0, 0);
-    const auto store_values = [&](Index i, Index k, Index T, const P& keep, const P& loss) {
+    using Keep = ::rlpo::detail::simd::LaneMask<S>;
+    const auto store_values = [&](Index i, Index k, Index T, const Keep& keep, const P& loss) {
         using namespace ::rlpo::detail::simd;
         S* row = tv.row(i);
-        P v = pand(pmul(loss, vcoef), keep);
+        P v = mask_zero_unless<S>(keep, pmul(loss, vcoef));
         if (add_values) v = padd(load(static_cast<const S*>(row), k, T), v);
         // |v| < inf is false for ±inf and NaN; only the unmasked lanes count
-        if (Eigen::internal::predux_any(pandnot(keep, pcmp_lt(Eigen::internal::pabs(v), vinf))))
+        if (mask_any<S>(mask_andnot<S>(keep, mask_lt<S>(Eigen::internal::pabs(v), vinf))))
             values_bad[static_cast<std::size_t>(i)] = 1;
         store_n(row, k, T, v);
     };
-    const auto body = [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
+    const auto body = [&](Index i, Index k, Index T, const Keep& keep, P& loss, P& grad,
                           ::rlpo::detail::simd::Packets<S, 1>& st) {
         using namespace ::rlpo::detail::simd;
         const P x = load_kept(lp.data() + i * lp.outerStride(), k, T, keep);

@@ -153,7 +153,8 @@ struct PPOClipKernel {
     /// (exact: PPO's per-token loss is positively homogeneous in A and the weights are ≥ 0).
     template <bool Weighted>
     void operator()(const ConstMatRef<S>& lp, const ConstMatRef<S>& olp, const ConstMatRef<S>& A,
-                    const S* wrow, Index i, Index k, Index T, const P& keep, P& loss, P& grad,
+                    const S* wrow, Index i, Index k, Index T,
+                    const ::rlpo::detail::simd::LaneMask<S>& keep, P& loss, P& grad,
                     ::rlpo::detail::simd::Packets<S, 3>& st) const {
         using namespace ::rlpo::detail::simd;
         P a = load_kept(A.data() + i * A.outerStride(), k, T, keep);

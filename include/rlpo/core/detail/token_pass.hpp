@@ -163,9 +163,10 @@ inline TokenPassResult<K> token_pass(const char* function, const ConstMatRef<S>&
 // `token_pass_simd` keeps the contract of `token_pass` (masked tokens never influence anything,
 // gradient exactly 0 there, aggregation weights c_i·m_it, per-row partial sums combined in row
 // order, non-finite diagnosis) but calls the objective once per SIMD *packet* of a row, computed
-// in the storage precision S with Eigen's packet primitives (exp, min, max, compares; masks are
-// blends, never branches). The driver blends masked lanes away (so garbage at masked positions
-// never propagates), sums in registers and writes the gradient. `row_weights_fast` computes
+// in the storage precision S with Eigen's packet primitives (exp, min, max) and rlpo's lane
+// masks (core/simd/packet.hpp: compares and selects, never branches). The driver zeroes masked
+// lanes as they are loaded (so garbage at masked positions never propagates), sums in
+// registers and writes the gradient. `row_weights_fast` computes
 // the aggregation factors of core/aggregation.hpp with vectorised row sums.
 
 namespace rlpo::detail {
@@ -173,15 +174,17 @@ namespace rlpo::detail {
 /// Per-packet token pass: the fastest form, used by ppo_clip and kl_penalty. The functor is
 /// called once per SIMD packet of a row,
 ///     `f(i, k, T, keep, loss, grad, stats)`
-///     (const Packet<S>& keep, Packet<S>& loss, Packet<S>& grad, simd::Packets<S, K>& stats)
+///     (const simd::LaneMask<S>& keep, Packet<S>& loss, Packet<S>& grad,
+///      simd::Packets<S, K>& stats)
 /// for the tokens [k, k + width) of row i (T = row length). It must read its inputs with
 /// `simd::load_kept(p, k, T, keep)`, which zero-pads past the end of the row and zeroes the
 /// masked lanes, so that whatever a masked position holds (NaN included) never reaches the
 /// arithmetic; on zero inputs a kernel must produce finite values. It returns loss, ∂loss/∂x
 /// and the K statistics in registers. The driver loads the mask once per packet, skips packets
-/// whose lanes are all masked, checks that loss and (weighted) gradient are finite (one compare
-/// |x| < inf each), writes the gradient and accumulates the sums (in S over 8 packets, then in
-/// double, in a fixed order). Same contract as token_pass.
+/// whose lanes are all masked, checks that loss and (weighted) gradient are finite (x·0 is NaN
+/// exactly where x is not finite: two multiply-adds into an accumulator per packet), writes the
+/// gradient and accumulates the sums (in S over 8 packets, then in double, in a fixed order).
+/// Same contract as token_pass.
 template <std::size_t K, class S, class F>
 inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRef<S>& mask,
                                           const RowWeights& w, const GradWriter<S>& g,
@@ -204,7 +207,6 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
             return;
         }
         const P zero = set1<S>(S(0)), gs = set1<S>(static_cast<S>(c * g.coef()));
-        const P all = pcmp_eq(zero, zero);
         P acc = zero, bad = zero;
         Packets<S, K> acc_st;
         acc_st.fill(zero);
@@ -222,14 +224,17 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
         };
         P loss, grad;
         Packets<S, K> stats;
-        // |x| < inf is false for NaN and ±inf: one compare per output flags both
-        const P inf = set1<S>(std::numeric_limits<S>::infinity());
+        // flags a lane whose two values are not both finite: x·0 + y·0 is NaN exactly then,
+        // and a NaN stays in the accumulator
+        const auto flag = [&](const P& x, const P& y) {
+            bad = Eigen::internal::pmadd(y, zero, Eigen::internal::pmadd(x, zero, bad));
+        };
         const Index stop = row_stop(w, r, T, W);
         if (gw && gmode == GradMode::Write) std::fill(gw + stop, gw + T, S(0));
         for (Index k = 0; k < stop; k += W) {
             const P m = load(mk, k, T);
-            const P keep = pandnot(all, pcmp_eq(m, zero));
-            if (!Eigen::internal::predux_any(keep)) {
+            const LaneMask<S> keep = mask_neq<S>(m, zero);
+            if (!mask_any<S>(keep)) {
                 if (gw && gmode == GradMode::Write) store_n(gw, k, T, zero);
                 continue;
             }
@@ -240,15 +245,13 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
             // copy of a kernel and not in another: docs/architecture.md, Contraction)
             if (gw) {
                 const P gk = rounded(pmul(pmul(grad, m), gs));
-                bad = por(bad, pandnot(all, pand(pcmp_lt(Eigen::internal::pabs(loss), inf),
-                                                 pcmp_lt(Eigen::internal::pabs(gk), inf))));
+                flag(loss, gk);
                 if (gmode == GradMode::Add)
                     store_n(gw, k, T, padd(load(static_cast<const S*>(gw), k, T), gk));
                 else
                     store_n(gw, k, T, gk);
             } else {
-                bad = por(bad, pandnot(all, pand(pcmp_lt(Eigen::internal::pabs(loss), inf),
-                                                 pcmp_lt(Eigen::internal::pabs(grad), inf))));
+                flag(loss, grad);
             }
             acc = Eigen::internal::pmadd(loss, m, acc);
             for (std::size_t j = 0; j < K; ++j)
@@ -256,14 +259,15 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
             if (++pending == 8) flush();
         }
         flush();
-        if (Eigen::internal::predux_any(bad)) {
+        if (!(std::abs(static_cast<double>(Eigen::internal::predux(bad))) <
+              std::numeric_limits<double>::infinity())) {
             // find the first non-finite entry again, in scalar code (rare path: the call throws)
             const S sinf = std::numeric_limits<S>::infinity();
             // a non-finite per-token result (an input error) outranks an overflowing weighted
             // gradient found earlier in the row
             for (Index k = 0; k < stop && row_nan[r] < 0; k += W) {
                 const P m = load(mk, k, T);
-                f(i, k, T, pandnot(all, pcmp_eq(m, zero)), loss, grad, stats);
+                f(i, k, T, mask_neq<S>(m, zero), loss, grad, stats);
                 S lb[W], gb[W], mb[W], wb[W];
                 Eigen::internal::pstoreu(lb, loss);
                 Eigen::internal::pstoreu(gb, grad);

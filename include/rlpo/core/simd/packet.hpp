@@ -91,11 +91,6 @@ inline void store_n(S* p, Index k, Index n, const Packet<S>& v) {
     Eigen::internal::pstoreu(buf, v);
     for (Index j = 0; k + j < n; ++j) p[k + j] = buf[j];
 }
-/// `load` with the lanes where `keep` is clear set to 0 (masked positions never reach the math).
-template <class S>
-inline Packet<S> load_kept(const S* p, Index k, Index n, const Packet<S>& keep) {
-    return pand(load(p, k, n), keep);
-}
 /// Whether packets of S have AVX-512 mask registers for their lane masks (float, double).
 template <class S>
 inline constexpr bool kMaskRegisters =
@@ -106,7 +101,8 @@ inline constexpr bool kMaskRegisters =
 #endif
 
 /// The lanes of a packet of S where a compare holds (`mask_lt`, `mask_le`, `mask_eq`,
-/// `mask_not_nan`), combined by `mask_and` and used by `mask_select` and `mask_indicator`.
+/// `mask_neq`, `mask_not_nan`), combined by `mask_and` and `mask_andnot`, tested by
+/// `mask_any` and used by `mask_select`, `mask_zero_unless`, `mask_indicator` and `load_kept`.
 /// Generically the all-ones / zero lanes of a packet, as Eigen's compares give them; for
 /// AVX-512's float and double packets (`kMaskRegisters`) a mask register, so that a compare and
 /// a select are one instruction each instead of two (Eigen's compares move their mask into a
@@ -160,6 +156,18 @@ inline LaneMask<S> mask_eq(const Packet<S>& a, const Packet<S>& b) {
         return {pcmp_eq(a, b)};
     }
 }
+/// The lanes where a ≠ b or either side is NaN: exactly those where `mask_eq` is clear.
+template <class S>
+inline LaneMask<S> mask_neq(const Packet<S>& a, const Packet<S>& b) {
+#if defined(__AVX512F__)
+    if constexpr (kMaskRegisters<S>) {
+        return {avx512::cmp_neq(a, b)};
+    } else
+#endif
+    {
+        return {pandnot(Eigen::internal::ptrue(a), pcmp_eq(a, b))};
+    }
+}
 /// The lanes where x is not NaN.
 template <class S>
 inline LaneMask<S> mask_not_nan(const Packet<S>& x) {
@@ -172,6 +180,22 @@ inline LaneMask<S> mask_and(const LaneMask<S>& a, const LaneMask<S>& b) {
     else
         return {pand(a.v, b.v)};
 }
+/// The lanes of a that are not in b.
+template <class S>
+inline LaneMask<S> mask_andnot(const LaneMask<S>& a, const LaneMask<S>& b) {
+    if constexpr (kMaskRegisters<S>)
+        return {static_cast<decltype(a.k)>(a.k & ~b.k)};
+    else
+        return {pandnot(a.v, b.v)};
+}
+/// Whether any lane is set.
+template <class S>
+inline bool mask_any(const LaneMask<S>& m) {
+    if constexpr (kMaskRegisters<S>)
+        return m.k != 0;
+    else
+        return Eigen::internal::predux_any(m.v);
+}
 /// a where the mask holds, else b.
 template <class S>
 inline Packet<S> mask_select(const LaneMask<S>& m, const Packet<S>& a, const Packet<S>& b) {
@@ -183,6 +207,23 @@ inline Packet<S> mask_select(const LaneMask<S>& m, const Packet<S>& a, const Pac
     {
         return pselect(m.v, a, b);
     }
+}
+/// x where the mask holds, else 0.
+template <class S>
+inline Packet<S> mask_zero_unless(const LaneMask<S>& m, const Packet<S>& x) {
+#if defined(__AVX512F__)
+    if constexpr (kMaskRegisters<S>) {
+        return avx512::zero_unless(m.k, x);
+    } else
+#endif
+    {
+        return pand(x, m.v);
+    }
+}
+/// `load` with the lanes where `keep` is clear set to 0 (masked positions never reach the math).
+template <class S>
+inline Packet<S> load_kept(const S* p, Index k, Index n, const LaneMask<S>& keep) {
+    return mask_zero_unless<S>(keep, load(p, k, n));
 }
 /// 1 where the mask holds, else 0.
 template <class S>

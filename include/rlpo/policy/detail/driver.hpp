@@ -237,6 +237,7 @@ template <class S, class Kern>
 ::rlpo::detail::TokenPassResult<Kern::stats> token_sums_simd(const SurrogateCall<S, Kern>& c) {
     using P = ::rlpo::detail::simd::Packet<S>;
     using NI = ::rlpo::detail::NamedInput<S>;
+    using Keep = ::rlpo::detail::simd::LaneMask<S>;
     constexpr std::size_t K = Kern::stats;
     const auto& lp = c.lp;
     const auto& olp = c.olp;
@@ -247,7 +248,7 @@ template <class S, class Kern>
         pass = ::rlpo::detail::token_pass_simd<K, S>(
             c.fn, c.m, c.w, c.g,
             {NI{"logp", &lp}, NI{"old_logp", &olp}, NI{"advantages", &A}, NI{"is_weights", &wm}},
-            [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
+            [&](Index i, Index k, Index T, const Keep& keep, P& loss, P& grad,
                 ::rlpo::detail::simd::Packets<S, K>& st) {
                 c.kernel.template operator()<true>(lp, olp, A, wm.data() + i * wm.outerStride(), i,
                                                    k, T, keep, loss, grad, st);
@@ -255,7 +256,7 @@ template <class S, class Kern>
     } else {
         pass = ::rlpo::detail::token_pass_simd<K, S>(
             c.fn, c.m, c.w, c.g, {NI{"logp", &lp}, NI{"old_logp", &olp}, NI{"advantages", &A}},
-            [&](Index i, Index k, Index T, const P& keep, P& loss, P& grad,
+            [&](Index i, Index k, Index T, const Keep& keep, P& loss, P& grad,
                 ::rlpo::detail::simd::Packets<S, K>& st) {
                 c.kernel.template operator()<false>(lp, olp, A, nullptr, i, k, T, keep, loss, grad,
                                                     st);

@@ -169,7 +169,6 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
         const S* vop =
             VF && vfk.clip ? f.old_values->data() + i * f.old_values->outerStride() : nullptr;
         const P zero = set1<S>(S(0));
-        const P all = pcmp_eq(zero, zero);
         // the weights each part's pass forms: c·coef rounded to S
         const P gs_pg = set1<S>(static_cast<S>(c * f.coef_pg));
         const P gs_kl = set1<S>(static_cast<S>(c * f.coef_kl));
@@ -264,8 +263,8 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
         for (Index k = 0; k < stop; k += W) {
             prefetch_ahead(k);
             const P m = load(mk, k, T);
-            const P keep = pandnot(all, pcmp_eq(m, zero));
-            if (!Eigen::internal::predux_any(keep)) {
+            const LaneMask<S> keep = mask_neq<S>(m, zero);
+            if (!mask_any<S>(keep)) {
                 if (out_lp.active()) put(out_lp, k, zero);
                 if (out_v.active()) put(out_v, k, zero);
                 continue;
@@ -273,7 +272,7 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
             const P x = load_kept(lp, k, T, keep);
             const P xo = load_kept(olp, k, T, keep);
             // policy surrogate
-            const P a = seq_adv ? pand(a_row, keep) : load_kept(ap, k, T, keep);
+            const P a = seq_adv ? mask_zero_unless<S>(keep, a_row) : load_kept(ap, k, T, keep);
             P l_pg, g_pg;
             pg.eval(a, psub(x, xo), l_pg, g_pg, st_pg);
             P gk_pg = zero, gk_kl = zero;

@@ -164,6 +164,10 @@ EIGEN_ALWAYS_INLINE __mmask16 cmp_le(const Packet16f& a, const Packet16f& b) {
 EIGEN_ALWAYS_INLINE __mmask16 cmp_eq(const Packet16f& a, const Packet16f& b) {
     return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ);
 }
+/// a ≠ b, or either side NaN (unordered): the complement of `cmp_eq`
+EIGEN_ALWAYS_INLINE __mmask16 cmp_neq(const Packet16f& a, const Packet16f& b) {
+    return _mm512_cmp_ps_mask(a, b, _CMP_NEQ_UQ);
+}
 EIGEN_ALWAYS_INLINE Packet16f blend(__mmask16 m, const Packet16f& a, const Packet16f& b) {
     return _mm512_mask_blend_ps(m, b, a);
 }
@@ -179,6 +183,9 @@ EIGEN_ALWAYS_INLINE __mmask8 cmp_le(const Packet8d& a, const Packet8d& b) {
 }
 EIGEN_ALWAYS_INLINE __mmask8 cmp_eq(const Packet8d& a, const Packet8d& b) {
     return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ);
+}
+EIGEN_ALWAYS_INLINE __mmask8 cmp_neq(const Packet8d& a, const Packet8d& b) {
+    return _mm512_cmp_pd_mask(a, b, _CMP_NEQ_UQ);
 }
 EIGEN_ALWAYS_INLINE Packet8d blend(__mmask8 m, const Packet8d& a, const Packet8d& b) {
     return _mm512_mask_blend_pd(m, b, a);
