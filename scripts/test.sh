@@ -16,8 +16,8 @@ if [ "${1:-}" = "--sanitize" ]; then
   # -g1 (line tables: the sanitizers' reports keep file and line) compiles about a fifth
   # faster than Debug's -g and writes a third of the object size; -Og instead of -O1 halves
   # the compile time of an instrumented test (41 -> 20 s of CPU for policy/policy_loss) and
-  # leaves the heaviest test's run time as it was (distill/divergences_pipeline: 79-82 s), as
-  # the kernels' hot loops are always-inline or flattened either way
+  # leaves the heaviest test's run time about as it was (distill/divergences_pipeline: 79-103 s
+  # against 82 s), as the kernels' hot loops are always-inline or flattened either way
   cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_STANDARD="$std" \
     -DRLPO_BUILD_BENCHMARKS=OFF -DRLPO_BUILD_EXAMPLES=ON -DRLPO_TEST_CONSUMERS=OFF \
     -DRLPO_TEST_ISA_VARIANTS=OFF -DRLPO_BUILD_TORCH=OFF -DCMAKE_CXX_FLAGS_DEBUG="-g1" \
