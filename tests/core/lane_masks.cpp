@@ -1,6 +1,7 @@
 // The lane masks of the SIMD layer (core/simd/packet.hpp: `mask_lt`, `mask_le`, `mask_eq`,
 // `mask_neq`, `mask_not_nan`, `mask_and`, `mask_andnot`, `mask_any`, `mask_select`,
-// `mask_zero_unless`, `mask_indicator`, `load_kept`), float and double, against the
+// `mask_zero_unless`, `mask_indicator`, `load_kept`) and the finiteness flag
+// (`flag_non_finite`, `any_flagged`), float and double, against the
 // scalar comparisons of every pair of a set of special values (±0, ±1, ±inf, NaN, the extreme
 // finite and subnormal numbers) and, bit for bit, against Eigen's vector compares and
 // `pselect`, which the kernels used before. Built for the baseline ISA (Eigen's vector masks)
@@ -125,6 +126,19 @@ void check_lanes(const std::vector<S>& x, const std::vector<S>& y, int& checked)
             INFO("load_kept lane " << j << ": x = " << xb[j] << ", y = " << yb[j]);
             CHECK(same_bits(out[j], j < W - 1 && xb[j] < yb[j] ? yb[j] : S(0)));
         }
+    }
+    // the passes' finiteness flag: a packet is flagged exactly when a lane of x or y is NaN
+    // or ±inf
+    {
+        P bad = ei::pset1<P>(S(0));
+        bool non_finite = false;
+        for (int j = 0; j < W; ++j)
+            non_finite = non_finite || !std::isfinite(xb[j]) || !std::isfinite(yb[j]);
+        simd::flag_non_finite<S>(bad, px, py);
+        CHECK(simd::any_flagged<S>(bad) == non_finite);
+        // and stays flagged after finite packets
+        simd::flag_non_finite<S>(bad, pa, pb);
+        CHECK(simd::any_flagged<S>(bad) == non_finite);
     }
     // selecting NaN and signed zeros keeps their bits
     ei::pstore(out, simd::mask_select<S>(simd::mask_lt<S>(px, py), px, py));

@@ -224,11 +224,6 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
         };
         P loss, grad;
         Packets<S, K> stats;
-        // flags a lane whose two values are not both finite: x·0 + y·0 is NaN exactly then,
-        // and a NaN stays in the accumulator
-        const auto flag = [&](const P& x, const P& y) {
-            bad = Eigen::internal::pmadd(y, zero, Eigen::internal::pmadd(x, zero, bad));
-        };
         const Index stop = row_stop(w, r, T, W);
         if (gw && gmode == GradMode::Write) std::fill(gw + stop, gw + T, S(0));
         for (Index k = 0; k < stop; k += W) {
@@ -245,13 +240,13 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
             // copy of a kernel and not in another: docs/architecture.md, Contraction)
             if (gw) {
                 const P gk = rounded(pmul(pmul(grad, m), gs));
-                flag(loss, gk);
+                flag_non_finite<S>(bad, loss, gk);
                 if (gmode == GradMode::Add)
                     store_n(gw, k, T, padd(load(static_cast<const S*>(gw), k, T), gk));
                 else
                     store_n(gw, k, T, gk);
             } else {
-                flag(loss, grad);
+                flag_non_finite<S>(bad, loss, grad);
             }
             acc = Eigen::internal::pmadd(loss, m, acc);
             for (std::size_t j = 0; j < K; ++j)
@@ -259,8 +254,7 @@ inline TokenPassResult<K> token_pass_simd(const char* function, const ConstMatRe
             if (++pending == 8) flush();
         }
         flush();
-        if (!(std::abs(static_cast<double>(Eigen::internal::predux(bad))) <
-              std::numeric_limits<double>::infinity())) {
+        if (any_flagged<S>(bad)) {
             // find the first non-finite entry again, in scalar code (rare path: the call throws)
             const S sinf = std::numeric_limits<S>::infinity();
             // a non-finite per-token result (an input error) outranks an overflowing weighted

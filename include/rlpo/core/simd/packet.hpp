@@ -14,7 +14,9 @@
 
 #include <Eigen/Core>
 
+#include <cmath>
 #include <cstddef>
+#include <limits>
 #include <type_traits>
 
 /// Forces `x` to be rounded to its type here (keeps the compiler from fusing the product
@@ -90,6 +92,20 @@ inline void store_n(S* p, Index k, Index n, const Packet<S>& v) {
     S buf[W];
     Eigen::internal::pstoreu(buf, v);
     for (Index j = 0; k + j < n; ++j) p[k + j] = buf[j];
+}
+/// Flags in `bad` (an accumulator started at 0) every lane where x or y is not finite: x·0 +
+/// y·0 is NaN exactly then, and a NaN stays in the accumulator. Two multiply-adds per packet
+/// instead of compares and masks; `any_flagged` tells after the loop.
+template <class S>
+inline void flag_non_finite(Packet<S>& bad, const Packet<S>& x, const Packet<S>& y) {
+    const Packet<S> zero = set1<S>(S(0));
+    bad = Eigen::internal::pmadd(y, zero, Eigen::internal::pmadd(x, zero, bad));
+}
+/// Whether `flag_non_finite` flagged a lane of `bad`.
+template <class S>
+inline bool any_flagged(const Packet<S>& bad) {
+    return !(std::abs(static_cast<double>(Eigen::internal::predux(bad))) <
+             std::numeric_limits<double>::infinity());
 }
 /// Whether packets of S have AVX-512 mask registers for their lane masks (float, double).
 template <class S>

@@ -202,11 +202,8 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
             }
             pending = 0;
         };
-        // flags a lane whose two values are not both finite: x·0 + y·0 is NaN exactly then,
-        // and a NaN stays in the accumulator (two multiply-adds instead of compares and masks)
-        const auto flag = [&](const P& x, const P& y) {
-            bad = Eigen::internal::pmadd(y, zero, Eigen::internal::pmadd(x, zero, bad));
-        };
+        // a lane whose loss or gradient is not finite (`flag_non_finite`)
+        const auto flag = [&](const P& x, const P& y) { flag_non_finite<S>(bad, x, y); };
         // software prefetch a fixed distance ahead in every input stream, into the thread's
         // next row near the end of this one: a row is often a page of its own, where the
         // hardware prefetchers stop and start over
@@ -337,8 +334,7 @@ inline FusedSums<S> fused_rows(const FusedSpec<S>& f, const RowWeights& w) {
         if (out_lp.stream || out_v.stream) store_fence();
         row.pg *= c;  // row.kl stays unweighted: it is also the KL's stat
         row.vf *= c;
-        row.bad = !(std::abs(static_cast<double>(Eigen::internal::predux(bad))) <
-                    std::numeric_limits<double>::infinity());
+        row.bad = any_flagged<S>(bad);
     });
     FusedSums<S> out;
     for (std::size_t r = 0; r < rows.size(); ++r) {  // row order, as the parts combine rows
