@@ -258,11 +258,31 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
 /// Chunks [k0, k1) of one pipeline step with the given stages present (all chunks, or one
 /// thread's share of the rows in the row-split mode). Stage 1 expects the maxima and minima of
 /// chunk k0 to be set (`chunk_range`); it finds those of the following chunks itself.
+///
+/// With double arithmetic the chunks' loop is flattened (`RLPO_SIMD_FLATTEN`): GCC leaves
+/// Eigen's double `pexp` out of line, and each call spilled the sweep's live packets around it.
+/// The float kernels call only the inlined fast math of core/simd/fast_math.hpp. The same
+/// instructions either way, so the same results.
+template <Divergence D, bool St1, bool St2, bool St3, bool Lean, class S, class A>
+inline void fused_row_step_loop(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a,
+                                Slot<S, A>* b, Slot<S, A>* g) {
+    for (Index k = k0; k < k1; ++k)
+        fused_chunk<D, St1, St2, St3, Lean, S, A>(c, k, k0, k1, a, b, g);
+}
+
+template <Divergence D, bool St1, bool St2, bool St3, bool Lean, class S, class A>
+RLPO_SIMD_FLATTEN void fused_row_step_flat(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a,
+                                           Slot<S, A>* b, Slot<S, A>* g) {
+    fused_row_step_loop<D, St1, St2, St3, Lean, S, A>(c, k0, k1, a, b, g);
+}
+
 template <Divergence D, bool St1, bool St2, bool St3, bool Lean, class S, class A>
 inline void fused_row_step(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a, Slot<S, A>* b,
                            Slot<S, A>* g) {
-    for (Index k = k0; k < k1; ++k)
-        fused_chunk<D, St1, St2, St3, Lean, S, A>(c, k, k0, k1, a, b, g);
+    if constexpr (std::is_same<A, double>::value)
+        fused_row_step_flat<D, St1, St2, St3, Lean, S, A>(c, k0, k1, a, b, g);
+    else
+        fused_row_step_loop<D, St1, St2, St3, Lean, S, A>(c, k0, k1, a, b, g);
 }
 
 template <Divergence D, bool Lean, class S, class A>
