@@ -9,6 +9,8 @@
 // for those kernels, and the ordinary one can be exceeded (by up to 4/3).
 // bench_distill includes this file so that its roofline fractions divide by bandwidths
 // measured in the same process, on the same machine, in the same run.
+// RLPO_BENCH_HUGE_PAGES=1 puts the arrays (and the including benchmarks' large inputs and
+// gradients) in transparent huge pages (`advise_huge_pages`).
 #include <benchmark/benchmark.h>
 #include <rlpo/core/detail/parallel.hpp>
 #include <rlpo/core/simd/packet.hpp>
@@ -16,10 +18,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <new>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace rlpo_bw {
 
@@ -33,6 +40,37 @@ inline void blocks(Index n, F&& f) {
                                [&](Index b) { f(b * kBlock, std::min(n, (b + 1) * kBlock)); });
 }
 
+/// With RLPO_BENCH_HUGE_PAGES=1 in the environment (Linux): asks for transparent huge pages
+/// (2 MiB) over the whole pages of [p, p + bytes), before the memory is first touched. The
+/// kernel gives them where /sys/kernel/mm/transparent_hugepage/enabled is `madvise` or
+/// `always`. Without the variable the arrays keep the system's default pages (4 KiB under
+/// `madvise`, this project's measurements), as a trainer's tensors do unless its allocator
+/// asks (PyTorch's does with THP_MEM_ALLOC_ENABLE=1). Returns whether it asked.
+inline bool advise_huge_pages(void* p, std::size_t bytes) {
+    static const bool on = [] {
+        const char* e = std::getenv("RLPO_BENCH_HUGE_PAGES");
+        return e && e[0] == '1';
+    }();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (!on || !p) return false;
+    const auto page = std::uintptr_t(4096);
+    const auto lo = (reinterpret_cast<std::uintptr_t>(p) + page - 1) & ~(page - 1);
+    const auto hi = (reinterpret_cast<std::uintptr_t>(p) + bytes) & ~(page - 1);
+    if (hi <= lo) return false;
+    return madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE) == 0;
+#else
+    static_cast<void>(p);
+    static_cast<void>(bytes);
+    return false;
+#endif
+}
+
+/// `advise_huge_pages` over the storage of each matrix given (allocated, not yet touched).
+template <class... M>
+inline void advise_huge_pages_of(M&... m) {
+    (advise_huge_pages(m.data(), sizeof(*m.data()) * static_cast<std::size_t>(m.size())), ...);
+}
+
 /// Frees what `aligned_floats` allocated.
 struct FreeFloats {
     void operator()(float* p) const noexcept { std::free(p); }
@@ -44,6 +82,7 @@ inline Floats aligned_floats(Index n) {
     const std::size_t bytes = (static_cast<std::size_t>(n) * sizeof(float) + 63) / 64 * 64;
     void* p = std::aligned_alloc(64, bytes);
     if (!p) throw std::bad_alloc();
+    advise_huge_pages(p, bytes);
     return Floats(static_cast<float*>(p));
 }
 

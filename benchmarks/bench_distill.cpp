@@ -36,6 +36,7 @@ void bench_divergence(benchmark::State& state, Divergence d) {
     const Index N = state.range(0), V = state.range(1);
     rlpo::testing::Generator gen(1);
     Mat<float> z(N, V), y(N, V), g(N, V);
+    rlpo_bw::advise_huge_pages_of(z, y, g);
     for (Index k = 0; k < z.size(); ++k) {
         z.data()[k] = static_cast<float>(2.0 * gen.uniform(-1.7, 1.7));
         y.data()[k] = static_cast<float>(2.0 * gen.uniform(-1.7, 1.7));
@@ -78,6 +79,7 @@ void bench_vocab_penalty(benchmark::State& state, rlpo::penalties::VocabDivergen
     const Index N = state.range(0), V = state.range(1);
     rlpo::testing::Generator gen(2);
     Mat<float> z(N, V), zr(N, V), g(N, V);
+    rlpo_bw::advise_huge_pages_of(z, zr, g);
     for (Index k = 0; k < z.size(); ++k) {
         z.data()[k] = static_cast<float>(2.0 * gen.uniform(-1.7, 1.7));
         zr.data()[k] = static_cast<float>(2.0 * gen.uniform(-1.7, 1.7));

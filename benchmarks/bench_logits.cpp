@@ -30,6 +30,7 @@ void bench_token_logps(benchmark::State& state, What what) {
     const Index N = state.range(0), V = state.range(1);
     rlpo::testing::Generator gen(1);
     Mat<float> z(N, V), grad(N, V);
+    rlpo_bw::advise_huge_pages_of(z, grad);
     for (Index k = 0; k < z.size(); ++k)
         z.data()[k] = static_cast<float>(2.0 * gen.uniform(-1.7, 1.7));
     grad.setZero();

@@ -21,7 +21,8 @@
 // roofline_nt the same over the streamed triad (streaming stores, as the step writes a large
 // gradient: the upper bound); triad_GBps, triad_nt_GBps those bandwidths. Memory: 6 (grpo) /
 // 11 (ppo) such matrices ≈ 1.5 / 2.8 GiB. Size with RLPO_BENCH_STEP_PROMPTS (default 4096) to
-// fit smaller machines.
+// fit smaller machines. RLPO_BENCH_HUGE_PAGES=1: these matrices and the triad's arrays in
+// transparent huge pages (bench_bandwidth.cpp, `advise_huge_pages`).
 #include "bench_bandwidth.cpp"
 
 #include <rlpo/rollout/advantages.hpp>
@@ -61,6 +62,7 @@ struct Rollout {
         scores.resize(N);
         logp.resize(N, kT), old.resize(N, kT), ref.resize(N, kT), mask.resize(N, kT);
         grad.resize(N, kT);
+        rlpo_bw::advise_huge_pages_of(logp, old, ref, mask, grad);  // before the first touch
         for (Index i = 0; i < N; ++i) {
             scores(i) = u(rng) < 0.4f ? 1.0f : 0.0f;
             const auto len = static_cast<Index>(kT * (0.1f + 0.9f * u(rng)));
@@ -73,10 +75,13 @@ struct Rollout {
             }
         }
         if (critic) {
-            values = Mat<float>::Zero(N, kT);
+            values.resize(N, kT);
+            old_values.resize(N, kT);
+            grad_values.resize(N, kT);
+            rlpo_bw::advise_huge_pages_of(values, old_values, grad_values);
+            values.setZero();
             for (Index k = 0; k < values.size(); ++k) values.data()[k] = 0.4f + 0.1f * nrm(rng);
             old_values = values;
-            grad_values.resize(N, kT);
         }
     }
 };
