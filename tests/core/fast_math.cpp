@@ -7,10 +7,13 @@
 #include "support/catch.hpp"
 
 #include <rlpo/core/simd/fast_math.hpp>
+#include <rlpo/core/simd/packet.hpp>
 
 #include <Eigen/Core>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -149,4 +152,58 @@ TEST_CASE("fast log: accuracy over the float range, edge cases", "[core][fast_lo
     for (float x : {std::numeric_limits<float>::denorm_min(), 3e-42f, 1e-40f, 1.1e-38f})
         CHECK(packet_log(x) == Approx(std::log(static_cast<double>(x))).epsilon(1e-7));
 #endif
+}
+
+// simd::pexp on double packets (on AVX-512: avx512::exp, Eigen's operations with the final
+// 2^n scaling in one vscalefpd) against Eigen's own pexp, bit for bit, and against std::exp:
+// random arguments over Eigen's whole clamp range, the subnormal results below −708.4, the
+// clamps and the special values. Without AVX-512, simd::pexp is Eigen's pexp itself.
+TEST_CASE("double exp: Eigen's pexp bit for bit, within 2 ulp of std::exp", "[core][fast_exp]") {
+    using PD = ei::packet_traits<double>::type;
+    constexpr int WD = ei::packet_traits<double>::size;
+    std::vector<double> xs;
+    std::uint64_t state = 12345;
+    const auto next = [&state] {  // xorshift64*: a uniform double in [0, 1)
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        return static_cast<double>((state * 2685821657736338717ULL) >> 11) * 0x1.0p-53;
+    };
+    for (int i = 0; i < 400000; ++i) xs.push_back(-720.0 + 1440.0 * next());
+    for (int i = 0; i < 100000; ++i) xs.push_back(-2.0 + 4.0 * next());
+    for (int i = 0; i < 100000; ++i) xs.push_back(-745.5 + 38.0 * next());  // subnormal results
+    const double inf = std::numeric_limits<double>::infinity();
+    for (double x : {0.0, -0.0, 1.0, -1.0, 709.78, 709.784, 709.79, -709.784, -709.79, -745.0,
+                     -746.0, 1e300, -1e300, inf, -inf, std::numeric_limits<double>::quiet_NaN(),
+                     std::numeric_limits<double>::denorm_min(), 0.6931471805599453})
+        xs.push_back(x);
+    while (xs.size() % WD) xs.push_back(0.5);
+    int differ = 0;
+    double worst = 0;
+    for (std::size_t k = 0; k < xs.size(); k += WD) {
+        const PD x = ei::ploadu<PD>(xs.data() + k);
+        alignas(64) double ours[WD], eigen[WD];
+        ei::pstore(ours, rlpo::detail::simd::pexp(x));
+        ei::pstore(eigen, ei::pexp(x));
+        for (int j = 0; j < WD; ++j) {
+            if (std::memcmp(&ours[j], &eigen[j], sizeof(double)) != 0 && ++differ <= 5)
+                WARN("x = " << xs[k + j] << ": " << ours[j] << " vs Eigen " << eigen[j]);
+            const double want = std::exp(xs[k + j]);
+            if (std::isfinite(xs[k + j]) && want >= 0x1.0p-1022 && want <= 1e308)
+                worst = std::max(worst, std::abs(ours[j] - want) / want);
+        }
+    }
+    CHECK(differ == 0);
+    INFO("worst relative error " << worst);
+    CHECK(worst < 4.5e-16);  // 2 ulp: a double ulp is at most 2^−52 ≈ 2.2e−16 relative
+    double special[WD] = {};
+    const double in[4] = {0.0, inf, std::numeric_limits<double>::quiet_NaN(), -1e300};
+    for (int j = 0; j < WD; ++j) special[j] = in[j % 4];
+    alignas(64) double out[WD];
+    ei::pstore(out, rlpo::detail::simd::pexp(ei::ploadu<PD>(special)));
+    CHECK(out[0] == 1.0);
+    if (WD > 1) CHECK(out[1] == inf);
+    if (WD > 2) CHECK(std::isnan(out[2]));
+    if (WD > 3) CHECK(out[3] >= 0.0);
+    if (WD > 3) CHECK(out[3] < 1e-300);
 }

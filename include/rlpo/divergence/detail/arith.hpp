@@ -151,7 +151,7 @@ struct ShiftedExp {
         if constexpr (std::is_same<A, float>::value)
             return ::rlpo::detail::pexp2(t);
         else
-            return ei::pexp(t);
+            return ::rlpo::detail::simd::pexp(t);
     }
     A scalar_shifted(A d) const {
         if constexpr (std::is_same<A, float>::value)

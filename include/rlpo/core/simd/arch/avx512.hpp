@@ -11,13 +11,16 @@
 ///     nothing);
 ///   * the lane masks of the AVX-512 float and double packets (compares into mask registers,
 ///     blends, zero-masked moves: `simd::LaneMask` in core/simd/packet.hpp);
+///   * Eigen's double exponential with its last step in one `vscalefpd` (`avx512::exp`, the
+///     same bits as Eigen's `pexp`);
 ///   * the AVX-512 pieces of the fast math and of the divergence kernels on `Packet16f`:
 ///     `vreduceps` / `vrndscaleps` (the fraction t − floor(t)), `vscalefps` (2^n scaling),
 ///     the 32-cell table logarithm (`vgetmantps`, `vgetexpps`, `vpermt2ps`) and the sign by
 ///     class (`vfixupimmps`). Their callers (core/simd/fast_math.hpp, divergence/) select them
 ///     with `kAvx512` and use Eigen's generic packet math otherwise.
 /// Each function issues exactly the instructions its call site used to spell out, on the same
-/// data, so moving them here changed no result.
+/// data, so moving them here changed no result (`avx512::exp` replaces Eigen's last step by
+/// one instruction with the same result: its comment has why).
 
 #include <Eigen/Core>
 
@@ -125,6 +128,33 @@ EIGEN_ALWAYS_INLINE Packet16f floor_fraction(const Packet16f& t) {
 /// p · 2^floor(t) (`vscalefps`): underflows to 0 below 2^−149, 0 at t = −inf, NaN propagates.
 EIGEN_ALWAYS_INLINE Packet16f scalef(const Packet16f& p, const Packet16f& t) {
     return _mm512_scalef_ps(p, t);
+}
+
+/// e^x on a double packet: Eigen 3.4's `pexp` for double bit for bit (the Cephes rational
+/// approximation exp(g) = 1 + 2·g·P(g²) / (Q(g²) − g·P(g²)) on g = x − n·ln2,
+/// n = floor(x·log2(e) + 1/2), ln2 split in two, x clamped to ±709.784; the same operations
+/// in the same order), with its final scaling by 2^n in one `vscalefpd` where Eigen's `pldexp`
+/// multiplies by four powers of two. Each factor there is exact but the last, whose one
+/// rounding is the rounding of the exact product e^g·2^n, as `vscalefpd`'s: the same bits for
+/// every input, NaN and ±inf included (the final max with x as Eigen's).
+EIGEN_ALWAYS_INLINE Eigen::internal::Packet8d exp(const Eigen::internal::Packet8d& x_in) {
+    namespace ei = Eigen::internal;
+    using P = ei::Packet8d;
+    const P x0 = ei::pmax(ei::pmin(x_in, ei::pset1<P>(709.784)), ei::pset1<P>(-709.784));
+    const P n =
+        ei::pfloor(ei::pmadd(ei::pset1<P>(1.4426950408889634073599), x0, ei::pset1<P>(0.5)));
+    P g = ei::psub(x0, ei::pmul(n, ei::pset1<P>(0.693145751953125)));
+    g = ei::psub(g, ei::pmul(n, ei::pset1<P>(1.42860682030941723212e-6)));
+    const P g2 = ei::pmul(g, g);
+    P p = ei::pmadd(ei::pset1<P>(1.26177193074810590878e-4), g2,
+                    ei::pset1<P>(3.02994407707441961300e-2));
+    p = ei::pmul(ei::pmadd(p, g2, ei::pset1<P>(9.99999999999999999910e-1)), g);
+    P q = ei::pmadd(ei::pset1<P>(3.00198505138664455042e-6), g2,
+                    ei::pset1<P>(2.52448340349684104192e-3));
+    q = ei::pmadd(q, g2, ei::pset1<P>(2.27265548208155028766e-1));
+    q = ei::pmadd(q, g2, ei::pset1<P>(2.00000000000000000009e0));
+    const P e = ei::pmadd(ei::pset1<P>(2.0), ei::pdiv(p, ei::psub(q, p)), ei::pset1<P>(1.0));
+    return ei::pmax(_mm512_scalef_pd(e, n), x_in);
 }
 
 /// ln x by 32 cells of [1, 2) (core/simd/fast_math.hpp has the method and the accuracy):
