@@ -207,3 +207,65 @@ TEST_CASE("double exp: Eigen's pexp bit for bit, within 2 ulp of std::exp", "[co
     if (WD > 3) CHECK(out[3] >= 0.0);
     if (WD > 3) CHECK(out[3] < 1e-300);
 }
+
+// rlpo::detail::plog on double packets (on AVX-512: avx512::log, Eigen's operations with the
+// significand / exponent split in vgetmantpd / vgetexppd) against Eigen's own plog, bit for
+// bit, and against std::log: uniform and log-uniform arguments down to the subnormals, random
+// bit patterns (negative, NaN, ±inf), the special values. Without AVX-512 it is Eigen's plog.
+TEST_CASE("double log: Eigen's plog bit for bit, within 2 ulp of std::log", "[core][fast_log]") {
+    using PD = ei::packet_traits<double>::type;
+    constexpr int WD = ei::packet_traits<double>::size;
+    std::vector<double> xs;
+    std::uint64_t state = 777;
+    const auto bits = [&state] {  // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        return state * 2685821657736338717ULL;
+    };
+    const auto uniform = [&] { return static_cast<double>(bits() >> 11) * 0x1.0p-53; };
+    for (int i = 0; i < 200000; ++i) xs.push_back(uniform());
+    for (int i = 0; i < 200000; ++i) xs.push_back(std::exp(-745.0 * uniform()));
+    for (int i = 0; i < 100000; ++i) xs.push_back(0.5 + uniform());
+    for (int i = 0; i < 100000; ++i) {
+        const std::uint64_t b = bits();
+        double x;
+        std::memcpy(&x, &b, sizeof x);
+        xs.push_back(x);
+    }
+    const double inf = std::numeric_limits<double>::infinity();
+    for (double x :
+         {0.0, -0.0, 1.0, -1.0, 2.0, 0.5, 0.7071067811865476, 0.70710678118654746,
+          std::numeric_limits<double>::min(), std::numeric_limits<double>::denorm_min(),
+          std::numeric_limits<double>::max(), inf, -inf, std::numeric_limits<double>::quiet_NaN()})
+        xs.push_back(x);
+    while (xs.size() % WD) xs.push_back(3.0);
+    int differ = 0;
+    double worst = 0;
+    for (std::size_t k = 0; k < xs.size(); k += WD) {
+        const PD x = ei::ploadu<PD>(xs.data() + k);
+        alignas(64) double ours[WD], eigen[WD];
+        ei::pstore(ours, rlpo::detail::plog(x));
+        ei::pstore(eigen, ei::plog(x));
+        for (int j = 0; j < WD; ++j) {
+            if (std::memcmp(&ours[j], &eigen[j], sizeof(double)) != 0 && ++differ <= 5)
+                WARN("x = " << xs[k + j] << ": " << ours[j] << " vs Eigen " << eigen[j]);
+            const double x1 = xs[k + j];
+            // normal arguments away from 1 (near 1 ln x → 0 and the error is absolute)
+            if (x1 >= std::numeric_limits<double>::min() && x1 <= 1e308 && std::abs(x1 - 1) > 0.1)
+                worst = std::max(worst, std::abs(ours[j] - std::log(x1)) / std::abs(std::log(x1)));
+        }
+    }
+    CHECK(differ == 0);
+    INFO("worst relative error " << worst);
+    CHECK(worst < 4.5e-16);  // 2 ulp
+    alignas(64) double out[WD];
+    double special[WD] = {};
+    const double in[4] = {0.0, inf, -1.0, 1.0};
+    for (int j = 0; j < WD; ++j) special[j] = in[j % 4];
+    ei::pstore(out, rlpo::detail::plog(ei::ploadu<PD>(special)));
+    CHECK(out[0] == -inf);
+    if (WD > 1) CHECK(out[1] == inf);
+    if (WD > 2) CHECK(std::isnan(out[2]));
+    if (WD > 3) CHECK(out[3] == 0.0);
+}

@@ -109,7 +109,8 @@ inline Eigen::internal::Packet16f pexp2<Eigen::internal::Packet16f>(
 }
 #endif
 
-/// ln x on a float packet (see the file comment); Eigen's `plog` without AVX-512.
+/// ln x on a float packet (see the file comment); Eigen's `plog` without AVX-512, and for
+/// double packets (on AVX-512 with a shorter exponent split, the same bits: below).
 template <class P>
 inline P plog(const P& x) {
     return Eigen::internal::plog(x);
@@ -148,6 +149,14 @@ inline Eigen::internal::Packet16f plog<Eigen::internal::Packet16f>(
     const Eigen::internal::Packet16f& x) {
     using T = LogTable;
     return simd::avx512::log_cells(x, T::rcp, T::lnc, T::a, T::b, T::ln2);
+}
+
+/// ln x on a double packet: Eigen's `plog` bit for bit, its significand and exponent split in
+/// two instructions (`avx512::log`, arch/avx512.hpp).
+template <>
+inline Eigen::internal::Packet8d plog<Eigen::internal::Packet8d>(
+    const Eigen::internal::Packet8d& x) {
+    return simd::avx512::log(x);
 }
 #endif
 
