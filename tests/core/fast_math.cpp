@@ -12,9 +12,12 @@
 #include <Eigen/Core>
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace ei = Eigen::internal;
@@ -154,53 +157,85 @@ TEST_CASE("fast log: accuracy over the float range, edge cases", "[core][fast_lo
 #endif
 }
 
-// simd::pexp on double packets (on AVX-512: avx512::exp, Eigen's operations with the final
-// 2^n scaling in one vscalefpd) against Eigen's own pexp, bit for bit, and against std::exp:
-// random arguments over Eigen's whole clamp range, the subnormal results below −708.4, the
-// clamps and the special values. Without AVX-512, simd::pexp is Eigen's pexp itself.
-TEST_CASE("double exp: Eigen's pexp bit for bit, within 2 ulp of std::exp", "[core][fast_exp]") {
-    using PD = ei::packet_traits<double>::type;
-    constexpr int WD = ei::packet_traits<double>::size;
-    std::vector<double> xs;
-    std::uint64_t state = 12345;
-    const auto next = [&state] {  // xorshift64*: a uniform double in [0, 1)
+namespace {
+using PD = ei::packet_traits<double>::type;
+constexpr int WD = ei::packet_traits<double>::size;
+
+/// xorshift64*: random bits, and doubles uniform in [0, 1).
+struct Bits {
+    std::uint64_t state;
+    std::uint64_t operator()() {
         state ^= state >> 12;
         state ^= state << 25;
         state ^= state >> 27;
-        return static_cast<double>((state * 2685821657736338717ULL) >> 11) * 0x1.0p-53;
-    };
-    for (int i = 0; i < 400000; ++i) xs.push_back(-720.0 + 1440.0 * next());
-    for (int i = 0; i < 100000; ++i) xs.push_back(-2.0 + 4.0 * next());
-    for (int i = 0; i < 100000; ++i) xs.push_back(-745.5 + 38.0 * next());  // subnormal results
-    const double inf = std::numeric_limits<double>::infinity();
-    for (double x : {0.0, -0.0, 1.0, -1.0, 709.78, 709.784, 709.79, -709.784, -709.79, -745.0,
-                     -746.0, 1e300, -1e300, inf, -inf, std::numeric_limits<double>::quiet_NaN(),
-                     std::numeric_limits<double>::denorm_min(), 0.6931471805599453})
-        xs.push_back(x);
+        return state * 2685821657736338717ULL;
+    }
+    double uniform() { return static_cast<double>((*this)() >> 11) * 0x1.0p-53; }
+};
+
+/// rlpo's packet function `ours` against Eigen's `theirs` on every x (padded to whole
+/// packets): how many results differ in any bit (the first few are reported), and the worst
+/// relative error against the scalar `ref` over the x that `use` accepts.
+template <class Ours, class Theirs, class Ref, class Use>
+std::pair<int, double> against_eigen(std::vector<double> xs, Ours ours, Theirs theirs, Ref ref,
+                                     Use use) {
     while (xs.size() % WD) xs.push_back(0.5);
     int differ = 0;
     double worst = 0;
     for (std::size_t k = 0; k < xs.size(); k += WD) {
         const PD x = ei::ploadu<PD>(xs.data() + k);
-        alignas(64) double ours[WD], eigen[WD];
-        ei::pstore(ours, rlpo::detail::simd::pexp(x));
-        ei::pstore(eigen, ei::pexp(x));
+        alignas(64) double a[WD], b[WD];
+        ei::pstore(a, ours(x));
+        ei::pstore(b, theirs(x));
         for (int j = 0; j < WD; ++j) {
-            if (std::memcmp(&ours[j], &eigen[j], sizeof(double)) != 0 && ++differ <= 5)
-                WARN("x = " << xs[k + j] << ": " << ours[j] << " vs Eigen " << eigen[j]);
-            const double want = std::exp(xs[k + j]);
-            if (std::isfinite(xs[k + j]) && want >= 0x1.0p-1022 && want <= 1e308)
-                worst = std::max(worst, std::abs(ours[j] - want) / want);
+            const double xj = xs[k + j];
+            if (std::memcmp(&a[j], &b[j], sizeof(double)) != 0 && ++differ <= 5)
+                WARN("x = " << xj << ": " << a[j] << " vs Eigen " << b[j]);
+            if (use(xj)) worst = std::max(worst, std::abs(a[j] - ref(xj)) / std::abs(ref(xj)));
         }
     }
+    return {differ, worst};
+}
+
+/// f on a packet holding the first WD entries of `in` (cycled).
+template <class F>
+std::vector<double> on_lanes(F f, std::initializer_list<double> in) {
+    std::vector<double> x;
+    while (static_cast<int>(x.size()) < WD)
+        x.push_back(*(in.begin() + static_cast<std::ptrdiff_t>(x.size() % in.size())));
+    std::vector<double> out(static_cast<std::size_t>(WD));
+    ei::pstoreu(out.data(), f(ei::ploadu<PD>(x.data())));
+    return out;
+}
+}  // namespace
+
+// simd::pexp on double packets (on AVX-512: avx512::exp, Eigen's operations with the final
+// 2^n scaling in one vscalefpd) against Eigen's own pexp, bit for bit, and against std::exp:
+// random arguments over Eigen's whole clamp range, the subnormal results below −708.4, the
+// clamps and the special values. Without AVX-512, simd::pexp is Eigen's pexp itself.
+TEST_CASE("double exp: Eigen's pexp bit for bit, within 2 ulp of std::exp", "[core][fast_exp]") {
+    Bits rng{12345};
+    std::vector<double> xs;
+    for (int i = 0; i < 400000; ++i) xs.push_back(-720.0 + 1440.0 * rng.uniform());
+    for (int i = 0; i < 100000; ++i) xs.push_back(-2.0 + 4.0 * rng.uniform());
+    for (int i = 0; i < 100000; ++i) xs.push_back(-745.5 + 38.0 * rng.uniform());  // subnormal
+    const double inf = std::numeric_limits<double>::infinity();
+    for (double x : {0.0, -0.0, 1.0, -1.0, 709.78, 709.784, 709.79, -709.784, -709.79, -745.0,
+                     -746.0, 1e300, -1e300, inf, -inf, std::numeric_limits<double>::quiet_NaN(),
+                     std::numeric_limits<double>::denorm_min(), 0.6931471805599453})
+        xs.push_back(x);
+    const auto [differ, worst] = against_eigen(
+        xs, [](const PD& x) { return rlpo::detail::simd::pexp(x); },
+        [](const PD& x) { return ei::pexp(x); }, [](double x) { return std::exp(x); },
+        [](double x) {
+            const double e = std::exp(x);
+            return std::isfinite(x) && e >= 0x1.0p-1022 && e <= 1e308;
+        });
     CHECK(differ == 0);
     INFO("worst relative error " << worst);
     CHECK(worst < 4.5e-16);  // 2 ulp: a double ulp is at most 2^−52 ≈ 2.2e−16 relative
-    double special[WD] = {};
-    const double in[4] = {0.0, inf, std::numeric_limits<double>::quiet_NaN(), -1e300};
-    for (int j = 0; j < WD; ++j) special[j] = in[j % 4];
-    alignas(64) double out[WD];
-    ei::pstore(out, rlpo::detail::simd::pexp(ei::ploadu<PD>(special)));
+    const auto out = on_lanes([](const PD& x) { return rlpo::detail::simd::pexp(x); },
+                              {0.0, inf, std::numeric_limits<double>::quiet_NaN(), -1e300});
     CHECK(out[0] == 1.0);
     if (WD > 1) CHECK(out[1] == inf);
     if (WD > 2) CHECK(std::isnan(out[2]));
@@ -213,22 +248,13 @@ TEST_CASE("double exp: Eigen's pexp bit for bit, within 2 ulp of std::exp", "[co
 // bit, and against std::log: uniform and log-uniform arguments down to the subnormals, random
 // bit patterns (negative, NaN, ±inf), the special values. Without AVX-512 it is Eigen's plog.
 TEST_CASE("double log: Eigen's plog bit for bit, within 2 ulp of std::log", "[core][fast_log]") {
-    using PD = ei::packet_traits<double>::type;
-    constexpr int WD = ei::packet_traits<double>::size;
+    Bits rng{777};
     std::vector<double> xs;
-    std::uint64_t state = 777;
-    const auto bits = [&state] {  // xorshift64*
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        return state * 2685821657736338717ULL;
-    };
-    const auto uniform = [&] { return static_cast<double>(bits() >> 11) * 0x1.0p-53; };
-    for (int i = 0; i < 200000; ++i) xs.push_back(uniform());
-    for (int i = 0; i < 200000; ++i) xs.push_back(std::exp(-745.0 * uniform()));
-    for (int i = 0; i < 100000; ++i) xs.push_back(0.5 + uniform());
+    for (int i = 0; i < 200000; ++i) xs.push_back(rng.uniform());
+    for (int i = 0; i < 200000; ++i) xs.push_back(std::exp(-745.0 * rng.uniform()));
+    for (int i = 0; i < 100000; ++i) xs.push_back(0.5 + rng.uniform());
     for (int i = 0; i < 100000; ++i) {
-        const std::uint64_t b = bits();
+        const std::uint64_t b = rng();
         double x;
         std::memcpy(&x, &b, sizeof x);
         xs.push_back(x);
@@ -239,31 +265,18 @@ TEST_CASE("double log: Eigen's plog bit for bit, within 2 ulp of std::log", "[co
           std::numeric_limits<double>::min(), std::numeric_limits<double>::denorm_min(),
           std::numeric_limits<double>::max(), inf, -inf, std::numeric_limits<double>::quiet_NaN()})
         xs.push_back(x);
-    while (xs.size() % WD) xs.push_back(3.0);
-    int differ = 0;
-    double worst = 0;
-    for (std::size_t k = 0; k < xs.size(); k += WD) {
-        const PD x = ei::ploadu<PD>(xs.data() + k);
-        alignas(64) double ours[WD], eigen[WD];
-        ei::pstore(ours, rlpo::detail::plog(x));
-        ei::pstore(eigen, ei::plog(x));
-        for (int j = 0; j < WD; ++j) {
-            if (std::memcmp(&ours[j], &eigen[j], sizeof(double)) != 0 && ++differ <= 5)
-                WARN("x = " << xs[k + j] << ": " << ours[j] << " vs Eigen " << eigen[j]);
-            const double x1 = xs[k + j];
-            // normal arguments away from 1 (near 1 ln x → 0 and the error is absolute)
-            if (x1 >= std::numeric_limits<double>::min() && x1 <= 1e308 && std::abs(x1 - 1) > 0.1)
-                worst = std::max(worst, std::abs(ours[j] - std::log(x1)) / std::abs(std::log(x1)));
-        }
-    }
+    // normal arguments away from 1 (near 1, ln x → 0 and the error is absolute)
+    const auto [differ, worst] = against_eigen(
+        xs, [](const PD& x) { return rlpo::detail::plog(x); },
+        [](const PD& x) { return ei::plog(x); }, [](double x) { return std::log(x); },
+        [](double x) {
+            return x >= std::numeric_limits<double>::min() && x <= 1e308 && std::abs(x - 1) > 0.1;
+        });
     CHECK(differ == 0);
     INFO("worst relative error " << worst);
     CHECK(worst < 4.5e-16);  // 2 ulp
-    alignas(64) double out[WD];
-    double special[WD] = {};
-    const double in[4] = {0.0, inf, -1.0, 1.0};
-    for (int j = 0; j < WD; ++j) special[j] = in[j % 4];
-    ei::pstore(out, rlpo::detail::plog(ei::ploadu<PD>(special)));
+    const auto out =
+        on_lanes([](const PD& x) { return rlpo::detail::plog(x); }, {0.0, inf, -1.0, 1.0});
     CHECK(out[0] == -inf);
     if (WD > 1) CHECK(out[1] == inf);
     if (WD > 2) CHECK(std::isnan(out[2]));
