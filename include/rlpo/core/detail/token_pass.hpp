@@ -162,12 +162,12 @@ inline TokenPassResult<K> token_pass(const char* function, const ConstMatRef<S>&
 //
 // `token_pass_simd` keeps the contract of `token_pass` (masked tokens never influence anything,
 // gradient exactly 0 there, aggregation weights c_i·m_it, per-row partial sums combined in row
-// order, non-finite diagnosis) but calls the objective once per SIMD *packet* of a row, computed
-// in the storage precision S with Eigen's packet primitives (exp, min, max) and rlpo's lane
-// masks (core/simd/packet.hpp: compares and selects, never branches). The driver zeroes masked
-// lanes as they are loaded (so garbage at masked positions never propagates), sums in
-// registers and writes the gradient. `row_weights_fast` computes
-// the aggregation factors of core/aggregation.hpp with vectorised row sums.
+// order, non-finite diagnosis) but calls the objective once per SIMD *packet* of a row, computed in
+// the storage precision S with Eigen's packet primitives (min, max; the exponential through
+// `simd::pexp`, Eigen's bit for bit) and rlpo's lane masks (core/simd/packet.hpp: compares and
+// selects, never branches). The driver zeroes masked lanes as they are loaded (so garbage at masked
+// positions never propagates), sums in registers and writes the gradient. `row_weights_fast`
+// computes the aggregation factors of core/aggregation.hpp with vectorised row sums.
 
 namespace rlpo::detail {
 

@@ -259,10 +259,11 @@ inline void fused_chunk(const DenseCtx<A>& c, Index k, Index kbeg, Index kend, S
 /// thread's share of the rows in the row-split mode). Stage 1 expects the maxima and minima of
 /// chunk k0 to be set (`chunk_range`); it finds those of the following chunks itself.
 ///
-/// With double arithmetic the chunks' loop is flattened (`RLPO_SIMD_FLATTEN`): GCC leaves
-/// Eigen's double `pexp` out of line, and each call spilled the sweep's live packets around it.
-/// The float kernels call only the inlined fast math of core/simd/fast_math.hpp. The same
-/// instructions either way, so the same results.
+/// With double arithmetic the chunks' loop is flattened (`RLPO_SIMD_FLATTEN`): GCC leaves Eigen's
+/// double `pexp` out of line, and each call spilled the sweep's live packets around it. On AVX-512
+/// the exponential is rlpo's always-inline `avx512::exp` (arch/avx512.hpp) instead; other
+/// instruction sets still call Eigen's. The float kernels call only the inlined fast math of
+/// core/simd/fast_math.hpp. The same instructions either way, so the same results.
 template <Divergence D, bool St1, bool St2, bool St3, bool Lean, class S, class A>
 inline void fused_row_step_loop(const DenseCtx<A>& c, Index k0, Index k1, Slot<S, A>* a,
                                 Slot<S, A>* b, Slot<S, A>* g) {
